@@ -1,0 +1,38 @@
+-- The three Nexmark tables over flumen's generator (see NEXMARK.md).
+-- Every query file (qN.sql) reads only these tables, so a file declaring the
+-- same three tables over Parquet files runs the same queries over them.
+-- `flumen run --set events=N` (or rate, seed) overrides the options below.
+
+CREATE TABLE person (
+    id            BIGINT,
+    name          VARCHAR,
+    email_address VARCHAR,
+    credit_card   VARCHAR,
+    city          VARCHAR,
+    state         VARCHAR,
+    date_time     TIMESTAMP(3),
+    extra         VARCHAR
+) WITH (connector = 'nexmark', kind = 'person', events = '10000000', rate = '10000000', seed = '42');
+
+CREATE TABLE auction (
+    id          BIGINT,
+    item_name   VARCHAR,
+    description VARCHAR,
+    initial_bid BIGINT,
+    reserve     BIGINT,
+    date_time   TIMESTAMP(3),
+    expires     TIMESTAMP(3),
+    seller      BIGINT,
+    category    BIGINT,
+    extra       VARCHAR
+) WITH (connector = 'nexmark', kind = 'auction', events = '10000000', rate = '10000000', seed = '42');
+
+CREATE TABLE bid (
+    auction   BIGINT,
+    bidder    BIGINT,
+    price     BIGINT,
+    channel   VARCHAR,
+    url       VARCHAR,
+    date_time TIMESTAMP(3),
+    extra     VARCHAR
+) WITH (connector = 'nexmark', kind = 'bid', events = '10000000', rate = '10000000', seed = '42');

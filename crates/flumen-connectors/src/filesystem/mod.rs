@@ -1,0 +1,46 @@
+//! The `filesystem` connector: reads and writes JSON lines, CSV and Parquet
+//! files in a local directory or an object store.
+
+mod location;
+mod sink;
+mod source;
+
+pub use sink::FileSinkFactory;
+pub use source::FileSourceFactory;
+
+use crate::options::OptionSpec;
+
+/// Options of the `filesystem` connector.
+pub(crate) const OPTIONS: &[OptionSpec] = &[
+    OptionSpec::required("path", "a file or directory: local path or object-store URL"),
+    OptionSpec::required("format", "json, csv or parquet"),
+    OptionSpec::optional("bad_data", "fail (default) or drop: what a malformed record does"),
+    OptionSpec::optional("header", "csv: whether the first line names the columns (default true)"),
+    OptionSpec::optional("rolling_size", "sink: bytes after which a new file starts (default 134217728)"),
+];
+
+/// File formats the connector reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    Json,
+    Csv,
+    Parquet,
+}
+
+impl Format {
+    pub(crate) fn parse(options: &crate::Options) -> flumen_types::Result<Self> {
+        Ok(match options.choice("format", &["json", "csv", "parquet"], "json")? {
+            "csv" => Format::Csv,
+            "parquet" => Format::Parquet,
+            _ => Format::Json,
+        })
+    }
+
+    pub(crate) fn extension(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Csv => "csv",
+            Format::Parquet => "parquet",
+        }
+    }
+}

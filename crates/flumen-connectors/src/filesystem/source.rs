@@ -1,0 +1,405 @@
+//! Reads a file or a directory of files. Files are split over subtasks
+//! (file `j` goes to subtask `j % parallelism`); JSON lines and CSV are
+//! decoded in large chunks, and only a chunk that fails is decoded again line
+//! by line, to name (or drop) exactly the bad records.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow::compute::{cast, concat_batches};
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
+use async_trait::async_trait;
+use bytes::Bytes;
+use flumen_runtime::{JobMetrics, Source, SourceFactory, TaskContext};
+use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Message, Result};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+
+use super::Format;
+use super::location::Location;
+use crate::Options;
+
+/// Bytes of text decoded at once.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// Makes one file source per subtask over the files listed at plan time.
+pub struct FileSourceFactory {
+    location: Location,
+    files: Vec<(Path, u64)>,
+    format: Format,
+    /// Columns of the table, in declaration order (CSV is positional).
+    table_schema: SchemaRef,
+    /// Indices of the columns the query reads.
+    projection: Vec<usize>,
+    schema: SchemaRef,
+    drop_bad: bool,
+    header: bool,
+}
+
+impl FileSourceFactory {
+    /// Lists the files under `path`; a missing path is an error that names it.
+    pub async fn try_new(
+        options: &Options,
+        table_schema: &SchemaRef,
+        projection: Option<&[usize]>,
+    ) -> Result<Self> {
+        let location = Location::parse(options.required("path")?)?;
+        let format = Format::parse(options)?;
+        let drop_bad = options.choice("bad_data", &["fail", "drop"], "fail")? == "drop";
+        let header = options.choice("header", &["true", "false"], "true")? == "true";
+        let files = list_files(&location).await?;
+        let projection: Vec<usize> = match projection {
+            Some(p) => p.to_vec(),
+            None => (0..table_schema.fields().len()).collect(),
+        };
+        let schema = Arc::new(table_schema.project(&projection)?);
+        Ok(FileSourceFactory {
+            location,
+            files,
+            format,
+            table_schema: table_schema.clone(),
+            projection,
+            schema,
+            drop_bad,
+            header,
+        })
+    }
+}
+
+async fn list_files(location: &Location) -> Result<Vec<(Path, u64)>> {
+    if let Some(local) = &location.local
+        && !local.exists()
+    {
+        return Err(FlumenError::io(format!(
+            "input path '{}' does not exist",
+            location.display
+        )));
+    }
+    if let Ok(meta) = location.store.head(&location.path).await {
+        return Ok(vec![(meta.location, meta.size)]);
+    }
+    let mut files = Vec::new();
+    let mut listing = location.store.list(Some(&location.path));
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(|e| {
+            FlumenError::io(format!("listing input path '{}': {e}", location.display))
+        })?;
+        let name = meta.location.filename().unwrap_or_default();
+        if name.starts_with('.') || name.starts_with('_') || name.ends_with(".inprogress") {
+            continue;
+        }
+        files.push((meta.location, meta.size));
+    }
+    if files.is_empty() && location.local.is_none() {
+        return Err(FlumenError::io(format!(
+            "input path '{}' holds no files",
+            location.display
+        )));
+    }
+    files.sort();
+    Ok(files)
+}
+
+impl SourceFactory for FileSourceFactory {
+    fn describe(&self) -> String {
+        let cols: Vec<&str> = self.schema.fields().iter().map(|f| f.name().as_str()).collect();
+        format!(
+            "Source: filesystem {} ({:?}, {} files) columns [{}]",
+            self.location.display,
+            self.format,
+            self.files.len(),
+            cols.join(", ")
+        )
+    }
+
+    fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Source>> {
+        let files = self
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| j % ctx.parallelism == ctx.subtask)
+            .map(|(_, f)| f.clone())
+            .collect();
+        Ok(Box::new(FileSource {
+            store: self.location.store.clone(),
+            files,
+            format: self.format,
+            table_schema: self.table_schema.clone(),
+            projection: self.projection.clone(),
+            schema: self.schema.clone(),
+            drop_bad: self.drop_bad,
+            header: self.header,
+            metrics: ctx.metrics.clone(),
+            current: None,
+            pending: VecDeque::new(),
+        }))
+    }
+}
+
+struct FileSource {
+    store: Arc<dyn ObjectStore>,
+    files: VecDeque<(Path, u64)>,
+    format: Format,
+    table_schema: SchemaRef,
+    projection: Vec<usize>,
+    schema: SchemaRef,
+    drop_bad: bool,
+    header: bool,
+    metrics: Arc<JobMetrics>,
+    current: Option<Reader>,
+    pending: VecDeque<RecordBatch>,
+}
+
+enum Reader {
+    Text(TextReader),
+    Parquet {
+        path: Path,
+        reader: ParquetRecordBatchReader,
+    },
+}
+
+struct TextReader {
+    path: Path,
+    stream: BoxStream<'static, object_store::Result<Bytes>>,
+    buf: Vec<u8>,
+    eof: bool,
+    /// Lines of the file consumed so far.
+    lines: u64,
+    at_start: bool,
+}
+
+#[async_trait]
+impl Source for FileSource {
+    async fn next(&mut self) -> Result<Option<Message>> {
+        loop {
+            if let Some(batch) = self.pending.pop_front() {
+                return Ok(Some(Message::Batch(batch)));
+            }
+            let Some(reader) = &mut self.current else {
+                let Some((path, _size)) = self.files.pop_front() else {
+                    return Ok(None);
+                };
+                let reader = open(self.store.clone(), path, self.format, self.schema.clone()).await?;
+                self.current = Some(reader);
+                continue;
+            };
+            match reader {
+                Reader::Parquet { path, reader } => match reader.next() {
+                    Some(batch) => {
+                        let batch = batch
+                            .map_err(|e| FlumenError::io(format!("reading {path}: {e}")))?;
+                        let batch = conform(&batch, &self.schema)
+                            .map_err(|e| FlumenError::io(format!("reading {path}: {e}")))?;
+                        return Ok(Some(Message::Batch(batch)));
+                    }
+                    None => self.current = None,
+                },
+                Reader::Text(text) => {
+                    let chunk = text.next_chunk(self.header).await?;
+                    match chunk {
+                        Some((first_line, lines)) => {
+                            let path = text.path.clone();
+                            let batches = self.decode(&path, first_line, &lines)?;
+                            self.pending.extend(batches);
+                        }
+                        None => self.current = None,
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl FileSource {
+    fn decoder(&self) -> Result<TextDecoder> {
+        Ok(match self.format {
+            Format::Json => TextDecoder::Json(
+                arrow::json::ReaderBuilder::new(self.schema.clone())
+                    .with_batch_size(DEFAULT_BATCH_SIZE)
+                    .build_decoder()?,
+            ),
+            _ => TextDecoder::Csv(
+                arrow::csv::ReaderBuilder::new(self.table_schema.clone())
+                    .with_header(false)
+                    .with_projection(self.projection.clone())
+                    .with_batch_size(DEFAULT_BATCH_SIZE)
+                    .build_decoder(),
+            ),
+        })
+    }
+
+    /// Decodes whole lines; `first_line` is the 1-based line number of the
+    /// first of them in the file.
+    fn decode(&self, path: &Path, first_line: u64, lines: &[u8]) -> Result<Vec<RecordBatch>> {
+        if let Ok(batches) = self.decoder()?.decode_all(lines) {
+            return Ok(batches);
+        }
+        let mut good = Vec::new();
+        let mut dropped = 0;
+        for (i, line) in lines.split(|b| *b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let mut one = Vec::with_capacity(line.len() + 1);
+            one.extend_from_slice(line);
+            one.push(b'\n');
+            match self.decoder()?.decode_all(&one) {
+                Ok(batches) => good.extend(batches),
+                Err(_) if self.drop_bad => dropped += 1,
+                Err(e) => {
+                    return Err(FlumenError::BadData(format!(
+                        "{path} line {}: {e}",
+                        first_line + i as u64
+                    )));
+                }
+            }
+        }
+        self.metrics.add_bad_records_dropped(dropped);
+        if good.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(vec![concat_batches(&self.schema, &good)?])
+    }
+}
+
+/// Opens a file. A Parquet file is fetched whole and decoded from memory.
+async fn open(store: Arc<dyn ObjectStore>, path: Path, format: Format, schema: SchemaRef) -> Result<Reader> {
+    let io = |e: &dyn std::fmt::Display| FlumenError::io(format!("reading {path}: {e}"));
+    let fetched = store.get(&path).await.map_err(|e| io(&e))?;
+    if format != Format::Parquet {
+        return Ok(Reader::Text(TextReader {
+            stream: fetched.into_stream(),
+            path,
+            buf: Vec::with_capacity(CHUNK_BYTES * 2),
+            eof: false,
+            lines: 0,
+            at_start: true,
+        }));
+    }
+    let bytes = fetched.bytes().await.map_err(|e| io(&e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| io(&e))?;
+    let file_schema = builder.schema().clone();
+    let mut roots = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let index = file_schema.index_of(field.name()).map_err(|_| {
+            FlumenError::io(format!("reading {path}: the file has no column '{}'", field.name()))
+        })?;
+        roots.push(index);
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(DEFAULT_BATCH_SIZE)
+        .build()
+        .map_err(|e| io(&e))?;
+    Ok(Reader::Parquet { path, reader })
+}
+
+impl TextReader {
+    /// The next run of complete lines and the line number of its first line;
+    /// `None` at the end of the file.
+    async fn next_chunk(&mut self, header: bool) -> Result<Option<(u64, Vec<u8>)>> {
+        let mut want = CHUNK_BYTES;
+        loop {
+            while !self.eof && self.buf.len() < want {
+                match self.stream.next().await {
+                    Some(bytes) => {
+                        let bytes = bytes
+                            .map_err(|e| FlumenError::io(format!("reading {}: {e}", self.path)))?;
+                        self.buf.extend_from_slice(&bytes);
+                    }
+                    None => self.eof = true,
+                }
+            }
+            if self.at_start && header {
+                match self.buf.iter().position(|b| *b == b'\n') {
+                    Some(nl) => {
+                        self.buf.drain(..=nl);
+                        self.lines += 1;
+                    }
+                    None if self.eof => return Ok(None),
+                    None => {
+                        want = self.buf.len() * 2;
+                        continue;
+                    }
+                }
+            }
+            self.at_start = false;
+            if self.buf.is_empty() {
+                return Ok(None);
+            }
+            let cut = if self.eof {
+                self.buf.len()
+            } else {
+                match self.buf.iter().rposition(|b| *b == b'\n') {
+                    Some(p) => p + 1,
+                    None => {
+                        want = self.buf.len() * 2;
+                        continue;
+                    }
+                }
+            };
+            let rest = self.buf.split_off(cut);
+            let lines = std::mem::replace(&mut self.buf, rest);
+            let first_line = self.lines + 1;
+            self.lines += lines.iter().filter(|b| **b == b'\n').count() as u64;
+            return Ok(Some((first_line, lines)));
+        }
+    }
+}
+
+enum TextDecoder {
+    Json(arrow::json::reader::Decoder),
+    Csv(arrow::csv::reader::Decoder),
+}
+
+impl TextDecoder {
+    fn decode_all(mut self, mut data: &[u8]) -> Result<Vec<RecordBatch>, ArrowError> {
+        let mut batches = Vec::new();
+        loop {
+            let consumed = match &mut self {
+                TextDecoder::Json(d) => d.decode(data)?,
+                TextDecoder::Csv(d) => d.decode(data)?,
+            };
+            data = &data[consumed..];
+            let batch = match &mut self {
+                TextDecoder::Json(d) => d.flush()?,
+                TextDecoder::Csv(d) => d.flush()?,
+            };
+            match batch {
+                Some(b) if b.num_rows() > 0 => batches.push(b),
+                _ if data.is_empty() => return Ok(batches),
+                _ if consumed == 0 => {
+                    return Err(ArrowError::ParseError("the decoder made no progress".into()));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Selects and casts the columns of `batch` to `schema`, by name.
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let col = batch
+                .column_by_name(f.name())
+                .ok_or_else(|| ArrowError::SchemaError(format!("no column '{}'", f.name())))?;
+            if col.data_type() == f.data_type() {
+                Ok(col.clone())
+            } else {
+                cast(col, f.data_type())
+            }
+        })
+        .collect::<Result<Vec<ArrayRef>, _>>()?;
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(schema.clone(), columns, &options)
+}

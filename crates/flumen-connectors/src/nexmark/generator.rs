@@ -1,0 +1,448 @@
+//! The Nexmark event generator: event `n` is a person, an auction or a bid by
+//! `n % 50`, and its values are a pure function of (seed, n), so any split of
+//! the event numbers yields the same rows. Batches are built column by column
+//! straight into Arrow buffers, and only the columns a query reads are built.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, Int64Array, StringBuilder, TimestampMillisecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use super::rng::Rng;
+
+/// Events per generator epoch: 1 person, 3 auctions, 46 bids.
+pub const EPOCH: u64 = 50;
+const PERSON_END: u64 = 1;
+const AUCTION_END: u64 = 4;
+/// First person and auction id.
+pub const FIRST_ID: i64 = 1000;
+/// First auction category; categories are `FIRST_CATEGORY..FIRST_CATEGORY + 5`.
+pub const FIRST_CATEGORY: i64 = 10;
+const NUM_CATEGORIES: u64 = 5;
+const IN_FLIGHT_AUCTIONS: i64 = 100;
+const ACTIVE_PEOPLE: i64 = 1000;
+const HOT_BLOCK: i64 = 100;
+const CHANNELS: usize = 10_000;
+/// Event time of event 0: 2026-01-01T00:00:00Z, in nanoseconds.
+pub const BASE_TIME_NS: i64 = 1_767_225_600_000_000_000;
+const POOL_BYTES: usize = 1 << 16;
+
+const FIRST_NAMES: [&str; 11] = [
+    "Peter", "Paul", "Luke", "John", "Saul", "Vicky", "Kate", "Julie", "Sarah", "Deiter", "Walter",
+];
+const LAST_NAMES: [&str; 9] = [
+    "Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smith", "Jones", "Noris",
+];
+const CITIES: [&str; 10] = [
+    "Phoenix", "Los Angeles", "San Francisco", "Boise", "Portland", "Bend", "Redmond", "Seattle",
+    "Kent", "Cheyenne",
+];
+const STATES: [&str; 6] = ["AZ", "CA", "ID", "OR", "WA", "WY"];
+const HOT_CHANNELS: [&str; 4] = ["Google", "Facebook", "Baidu", "Apple"];
+const HOT_PATHS: [&str; 4] = ["dir1/dir2/dir3", "abc/def/ghi", "map/reduce/stream", "x/y/z"];
+
+/// Which of the three tables an event belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A person registers.
+    Person,
+    /// An auction opens.
+    Auction,
+    /// A bid is placed.
+    Bid,
+}
+
+impl EventKind {
+    /// The kind of event number `n`.
+    pub fn of_event(n: u64) -> EventKind {
+        match n % EPOCH {
+            r if r < PERSON_END => EventKind::Person,
+            r if r < AUCTION_END => EventKind::Auction,
+            _ => EventKind::Bid,
+        }
+    }
+
+    /// Offsets within an epoch that hold this kind.
+    fn offsets(self) -> std::ops::Range<u64> {
+        match self {
+            EventKind::Person => 0..PERSON_END,
+            EventKind::Auction => PERSON_END..AUCTION_END,
+            EventKind::Bid => AUCTION_END..EPOCH,
+        }
+    }
+
+    /// Events of this kind in every epoch of 50.
+    pub fn per_epoch(self) -> u64 {
+        let r = self.offsets();
+        r.end - r.start
+    }
+
+    /// The canonical columns of this kind's table.
+    pub fn schema(self) -> SchemaRef {
+        let ts = || DataType::Timestamp(TimeUnit::Millisecond, None);
+        let f = |name: &str, t: DataType| Field::new(name, t, false);
+        let fields = match self {
+            EventKind::Person => vec![
+                f("id", DataType::Int64),
+                f("name", DataType::Utf8),
+                f("email_address", DataType::Utf8),
+                f("credit_card", DataType::Utf8),
+                f("city", DataType::Utf8),
+                f("state", DataType::Utf8),
+                f("date_time", ts()),
+                f("extra", DataType::Utf8),
+            ],
+            EventKind::Auction => vec![
+                f("id", DataType::Int64),
+                f("item_name", DataType::Utf8),
+                f("description", DataType::Utf8),
+                f("initial_bid", DataType::Int64),
+                f("reserve", DataType::Int64),
+                f("date_time", ts()),
+                f("expires", ts()),
+                f("seller", DataType::Int64),
+                f("category", DataType::Int64),
+                f("extra", DataType::Utf8),
+            ],
+            EventKind::Bid => vec![
+                f("auction", DataType::Int64),
+                f("bidder", DataType::Int64),
+                f("price", DataType::Int64),
+                f("channel", DataType::Utf8),
+                f("url", DataType::Utf8),
+                f("date_time", ts()),
+                f("extra", DataType::Utf8),
+            ],
+        };
+        Arc::new(Schema::new(fields))
+    }
+}
+
+/// The generator's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GeneratorConfig {
+    /// Events per second of event time.
+    pub rate: u64,
+    /// Seed of every random choice.
+    pub seed: u64,
+}
+
+/// Shared, precomputed tables of one generator configuration.
+pub struct Generator {
+    config: GeneratorConfig,
+    /// Random lower-case text that strings are cut from.
+    pool: String,
+    /// `(channel, url)` of the 10,000 ordinary channels, then the 4 hot ones.
+    channels: Vec<(String, String)>,
+    names: Vec<String>,
+    /// "0000" to "9999", concatenated.
+    digits: String,
+}
+
+/// Base-0 id of the newest person at event `n`.
+fn last_person(n: u64) -> i64 {
+    (n / EPOCH) as i64
+}
+
+/// Base-0 id of the newest auction at event `n`.
+fn last_auction(n: u64) -> i64 {
+    let epoch = (n / EPOCH) as i64;
+    let off = n % EPOCH;
+    let per = (AUCTION_END - PERSON_END) as i64;
+    if off < PERSON_END {
+        epoch * per - 1
+    } else if off >= AUCTION_END {
+        epoch * per + per - 1
+    } else {
+        epoch * per + (off - PERSON_END) as i64
+    }
+}
+
+/// A random base-0 id among the newest `window` ids up to `last`.
+fn recent_id(rng: &mut Rng, last: i64, window: i64) -> i64 {
+    let min = (last - window + 1).max(0);
+    min + rng.below((last - min + 1).max(1) as u64) as i64
+}
+
+fn price(rng: &mut Rng) -> i64 {
+    (10f64.powf(rng.next_f64() * 6.0) * 100.0).round() as i64
+}
+
+/// Length of the `extra` padding that brings an event to `average` bytes.
+fn extra_len(rng: &mut Rng, current: usize, average: usize) -> usize {
+    if current >= average {
+        return 0;
+    }
+    let desired = average - current;
+    let delta = (desired as f64 * 0.2).round() as u64;
+    (desired as u64 - delta + rng.below(2 * delta + 1)) as usize
+}
+
+impl Generator {
+    /// Precomputes the tables for `config`.
+    pub fn new(config: GeneratorConfig) -> Self {
+        let mut rng = Rng::for_event(config.seed, u64::MAX);
+        let pool: String = (0..POOL_BYTES)
+            .map(|_| (b'a' + rng.below(26) as u8) as char)
+            .collect();
+        let words = |rng: &mut Rng| {
+            let mut w = String::new();
+            for i in 0..3 {
+                let off = rng.below((POOL_BYTES - 5) as u64) as usize;
+                if i > 0 {
+                    w.push('/');
+                }
+                w.push_str(&pool[off..off + 5]);
+            }
+            w
+        };
+        let mut channels: Vec<(String, String)> = (0..CHANNELS)
+            .map(|i| {
+                let path = words(&mut rng);
+                let id = (i as u32).reverse_bits();
+                (
+                    format!("channel-{i}"),
+                    format!("https://www.nexmark.com/{path}/item.htm?query=1&channel_id={id}"),
+                )
+            })
+            .collect();
+        for (name, path) in HOT_CHANNELS.iter().zip(HOT_PATHS) {
+            channels.push((
+                name.to_string(),
+                format!("https://www.nexmark.com/{path}/item.htm?query=1"),
+            ));
+        }
+        let names = FIRST_NAMES
+            .iter()
+            .flat_map(|f| LAST_NAMES.iter().map(move |l| format!("{f} {l}")))
+            .collect();
+        let mut digits = String::with_capacity(40_000);
+        for d in 0..10_000 {
+            let _ = write!(digits, "{d:04}");
+        }
+        Generator {
+            config,
+            pool,
+            channels,
+            names,
+            digits,
+        }
+    }
+
+    /// Event time of event `n`, in nanoseconds since the epoch.
+    pub fn timestamp_ns(&self, n: u64) -> i64 {
+        let rate = self.config.rate;
+        let ns = (n / rate) * 1_000_000_000 + (n % rate) * 1_000_000_000 / rate;
+        BASE_TIME_NS + ns as i64
+    }
+
+    fn timestamp_ms(&self, n: u64) -> i64 {
+        self.timestamp_ns(n) / 1_000_000
+    }
+
+    fn text(&self, rng: &mut Rng, len: usize) -> &str {
+        let off = rng.below((POOL_BYTES - len) as u64) as usize;
+        &self.pool[off..off + len]
+    }
+
+    /// Builds the `columns` (indices into `kind.schema()`) of every event of
+    /// `kind` with an event number in `start..end`.
+    pub fn build(&self, kind: EventKind, start: u64, end: u64, columns: &[usize]) -> Vec<ArrayRef> {
+        let events = event_numbers(kind, start, end);
+        match kind {
+            EventKind::Person => self.persons(events, columns),
+            EventKind::Auction => self.auctions(events, columns),
+            EventKind::Bid => self.bids(events, columns),
+        }
+    }
+
+    fn persons(&self, events: impl Iterator<Item = u64> + Clone, columns: &[usize]) -> Vec<ArrayRef> {
+        let rows = events.clone().count();
+        let mut c = Columns::new(EventKind::Person, columns, rows);
+        for n in events {
+            let mut rng = Rng::for_event(self.config.seed, n);
+            let name = &self.names[rng.below(self.names.len() as u64) as usize];
+            let user = self.text(&mut rng, 7);
+            let domain = self.text(&mut rng, 5);
+            let cards: [usize; 4] = std::array::from_fn(|_| rng.below(10_000) as usize * 4);
+            let city = CITIES[rng.below(CITIES.len() as u64) as usize];
+            let state = STATES[rng.below(STATES.len() as u64) as usize];
+            let current = 8 + name.len() + 17 + 19 + city.len() + state.len() + 8;
+            let extra = extra_len(&mut rng, current, 200);
+            let extra = self.text(&mut rng, extra);
+            c.int(0, FIRST_ID + last_person(n));
+            c.str(1, name);
+            if let Some(b) = c.string_builder(2) {
+                let _ = b.write_str(user);
+                let _ = b.write_str("@");
+                let _ = b.write_str(domain);
+                b.append_value(".com");
+            }
+            if let Some(b) = c.string_builder(3) {
+                for (i, &d) in cards.iter().enumerate() {
+                    if i > 0 {
+                        let _ = b.write_str(" ");
+                    }
+                    let _ = b.write_str(&self.digits[d..d + 4]);
+                }
+                b.append_value("");
+            }
+            c.str(4, city);
+            c.str(5, state);
+            c.int(6, self.timestamp_ms(n));
+            c.str(7, extra);
+        }
+        c.finish()
+    }
+
+    fn auctions(&self, events: impl Iterator<Item = u64> + Clone, columns: &[usize]) -> Vec<ArrayRef> {
+        let rows = events.clone().count();
+        let mut c = Columns::new(EventKind::Auction, columns, rows);
+        let rate = self.config.rate;
+        // Auctions run for twice the time, on average, in which the generator
+        // opens `IN_FLIGHT_AUCTIONS` auctions.
+        let events_per_lifetime = IN_FLIGHT_AUCTIONS as u64 * EPOCH / (AUCTION_END - PERSON_END);
+        let horizon_ns = (events_per_lifetime as u128 * 1_000_000_000 / rate as u128) as u64;
+        for n in events {
+            let mut rng = Rng::for_event(self.config.seed, n);
+            let item = self.text(&mut rng, 20);
+            let description = self.text(&mut rng, 100);
+            let initial = price(&mut rng);
+            let reserve = initial + price(&mut rng);
+            let ts_ns = self.timestamp_ns(n);
+            let length_ns = 1 + rng.below((2 * horizon_ns).max(1)) as i64;
+            let seller = if rng.below(4) > 0 {
+                (last_person(n) / HOT_BLOCK) * HOT_BLOCK
+            } else {
+                recent_id(&mut rng, last_person(n), ACTIVE_PEOPLE)
+            };
+            let category = FIRST_CATEGORY + rng.below(NUM_CATEGORIES) as i64;
+            let extra = extra_len(&mut rng, 8 + 20 + 100 + 6 * 8, 500);
+            let extra = self.text(&mut rng, extra);
+            c.int(0, FIRST_ID + last_auction(n));
+            c.str(1, item);
+            c.str(2, description);
+            c.int(3, initial);
+            c.int(4, reserve);
+            c.int(5, ts_ns / 1_000_000);
+            c.int(6, (ts_ns + length_ns) / 1_000_000);
+            c.int(7, FIRST_ID + seller);
+            c.int(8, category);
+            c.str(9, extra);
+        }
+        c.finish()
+    }
+
+    fn bids(&self, events: impl Iterator<Item = u64> + Clone, columns: &[usize]) -> Vec<ArrayRef> {
+        let rows = events.clone().count();
+        let mut c = Columns::new(EventKind::Bid, columns, rows);
+        for n in events {
+            let mut rng = Rng::for_event(self.config.seed, n);
+            let auction = if rng.below(2) > 0 {
+                (last_auction(n) / HOT_BLOCK) * HOT_BLOCK
+            } else {
+                recent_id(&mut rng, last_auction(n), IN_FLIGHT_AUCTIONS)
+            };
+            let bidder = if rng.below(4) > 0 {
+                (last_person(n) / HOT_BLOCK) * HOT_BLOCK + 1
+            } else {
+                recent_id(&mut rng, last_person(n), ACTIVE_PEOPLE)
+            };
+            let price = price(&mut rng);
+            let channel = if rng.below(2) > 0 {
+                CHANNELS + rng.below(HOT_CHANNELS.len() as u64) as usize
+            } else {
+                rng.below(CHANNELS as u64) as usize
+            };
+            let extra = extra_len(&mut rng, 32, 100);
+            let extra = self.text(&mut rng, extra);
+            let (channel, url) = &self.channels[channel];
+            c.int(0, FIRST_ID + auction);
+            c.int(1, FIRST_ID + bidder);
+            c.int(2, price);
+            c.str(3, channel);
+            c.str(4, url);
+            c.int(5, self.timestamp_ms(n));
+            c.str(6, extra);
+        }
+        c.finish()
+    }
+}
+
+/// Event numbers of `kind` in `start..end`, in order.
+pub fn event_numbers(kind: EventKind, start: u64, end: u64) -> impl Iterator<Item = u64> + Clone {
+    let offsets = kind.offsets();
+    let first_epoch = start / EPOCH;
+    let last_epoch = end.div_ceil(EPOCH);
+    (first_epoch..last_epoch)
+        .flat_map(move |e| offsets.clone().map(move |o| e * EPOCH + o))
+        .filter(move |n| (start..end).contains(n))
+}
+
+/// Builders for the requested columns of one batch; columns nobody reads are
+/// never built.
+struct Columns {
+    schema: SchemaRef,
+    ints: Vec<Option<Vec<i64>>>,
+    strings: Vec<Option<StringBuilder>>,
+    order: Vec<usize>,
+}
+
+impl Columns {
+    fn new(kind: EventKind, wanted: &[usize], rows: usize) -> Self {
+        let schema = kind.schema();
+        let mut ints = Vec::with_capacity(schema.fields().len());
+        let mut strings = Vec::with_capacity(schema.fields().len());
+        for (c, field) in schema.fields().iter().enumerate() {
+            let want = wanted.contains(&c);
+            let is_string = field.data_type() == &DataType::Utf8;
+            ints.push((want && !is_string).then(|| Vec::with_capacity(rows)));
+            strings.push((want && is_string).then(|| StringBuilder::with_capacity(rows, rows * 32)));
+        }
+        Columns {
+            schema,
+            ints,
+            strings,
+            order: wanted.to_vec(),
+        }
+    }
+
+    #[inline]
+    fn int(&mut self, col: usize, v: i64) {
+        if let Some(vec) = &mut self.ints[col] {
+            vec.push(v);
+        }
+    }
+
+    #[inline]
+    fn str(&mut self, col: usize, v: &str) {
+        if let Some(b) = &mut self.strings[col] {
+            b.append_value(v);
+        }
+    }
+
+    #[inline]
+    fn string_builder(&mut self, col: usize) -> Option<&mut StringBuilder> {
+        self.strings[col].as_mut()
+    }
+
+    /// The requested columns, in the order they were requested.
+    fn finish(mut self) -> Vec<ArrayRef> {
+        self.order
+            .iter()
+            .map(|&c| -> ArrayRef {
+                if let Some(b) = self.strings[c].as_mut() {
+                    return Arc::new(b.finish());
+                }
+                let ints = self.ints[c].take().unwrap_or_default();
+                match self.schema.field(c).data_type() {
+                    DataType::Timestamp(..) => Arc::new(TimestampMillisecondArray::from(ints)),
+                    _ => Arc::new(Int64Array::from(ints)),
+                }
+            })
+            .collect()
+    }
+}

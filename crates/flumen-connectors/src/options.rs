@@ -1,0 +1,153 @@
+//! Connector options from `WITH (key = 'value', …)`, checked against what
+//! each connector accepts so that a typo is an error that lists the valid keys.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use flumen_types::{FlumenError, Result};
+
+/// One option a connector accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct OptionSpec {
+    /// The key.
+    pub name: &'static str,
+    /// Whether the connector needs it.
+    pub required: bool,
+    /// What it means, for error messages and docs.
+    pub help: &'static str,
+}
+
+impl OptionSpec {
+    pub(crate) const fn required(name: &'static str, help: &'static str) -> Self {
+        OptionSpec {
+            name,
+            required: true,
+            help,
+        }
+    }
+    pub(crate) const fn optional(name: &'static str, help: &'static str) -> Self {
+        OptionSpec {
+            name,
+            required: false,
+            help,
+        }
+    }
+}
+
+/// The options of one table, keyed by lower-case name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    values: BTreeMap<String, String>,
+}
+
+impl Options {
+    /// Options from key/value pairs; keys are case-insensitive.
+    pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Result<Self> {
+        let mut values = BTreeMap::new();
+        for (k, v) in pairs {
+            let key = k.to_ascii_lowercase();
+            if values.insert(key.clone(), v).is_some() {
+                return Err(FlumenError::config(format!("option '{key}' is given twice")));
+            }
+        }
+        Ok(Options { values })
+    }
+
+    /// The value of `key`, if given.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    /// The value of `key`, or an error naming it.
+    pub fn required(&self, key: &str) -> Result<&str> {
+        self.get(key)
+            .ok_or_else(|| FlumenError::config(format!("missing required option '{key}'")))
+    }
+
+    /// The value of `key` parsed as `T`, or an error naming the key and value.
+    pub fn parse<T: FromStr>(&self, key: &str) -> Result<Option<T>> {
+        self.get(key)
+            .map(|v| {
+                v.trim().parse::<T>().map_err(|_| {
+                    FlumenError::config(format!(
+                        "option {key} = '{v}' is not a valid {}",
+                        std::any::type_name::<T>()
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    /// The value of `key`, which must be one of `choices`; `default` when absent.
+    pub fn choice<'a>(&'a self, key: &str, choices: &[&'a str], default: &'a str) -> Result<&'a str> {
+        let value = self.get(key).unwrap_or(default);
+        if choices.contains(&value) {
+            Ok(value)
+        } else {
+            Err(FlumenError::config(format!(
+                "option {key} = '{value}' is not one of: {}",
+                choices.join(", ")
+            )))
+        }
+    }
+
+    /// Checks every key against `specs` (plus `connector`) and that every
+    /// required key is present.
+    pub fn check(&self, connector: &str, specs: &[OptionSpec]) -> Result<()> {
+        for key in self.values.keys() {
+            if key != "connector" && !specs.iter().any(|s| s.name == key) {
+                let valid: Vec<String> = specs
+                    .iter()
+                    .map(|s| format!("{} ({})", s.name, s.help))
+                    .collect();
+                return Err(FlumenError::config(format!(
+                    "unknown option '{key}' for connector '{connector}'; valid options: {}",
+                    valid.join(", ")
+                )));
+            }
+        }
+        for spec in specs.iter().filter(|s| s.required) {
+            if self.get(spec.name).is_none() {
+                return Err(FlumenError::config(format!(
+                    "connector '{connector}' needs option '{}' ({})",
+                    spec.name, spec.help
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(pairs: &[(&str, &str)]) -> Options {
+        Options::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap()
+    }
+
+    const SPECS: &[OptionSpec] = &[
+        OptionSpec::required("path", "where"),
+        OptionSpec::optional("format", "how"),
+    ];
+
+    #[test]
+    fn unknown_option_lists_valid_ones() {
+        let err = opts(&[("path", "/x"), ("fromat", "csv")]).check("filesystem", SPECS).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("unknown option 'fromat'"), "{msg}");
+        assert!(msg.contains("path") && msg.contains("format"), "{msg}");
+    }
+
+    #[test]
+    fn missing_required_option_is_named() {
+        let err = opts(&[("format", "csv")]).check("filesystem", SPECS).unwrap_err();
+        assert!(err.to_string().contains("needs option 'path'"), "{err}");
+    }
+
+    #[test]
+    fn bad_number_names_key_and_value() {
+        let err = opts(&[("events", "ten")]).parse::<u64>("events").unwrap_err();
+        assert!(err.to_string().contains("events = 'ten'"), "{err}");
+    }
+}

@@ -1,0 +1,10 @@
+//! Streaming operators. Each works on whole Arrow batches with DataFusion's
+//! vectorised expression evaluation; one operator per module.
+
+#![warn(missing_docs)]
+
+mod filter;
+mod projection;
+
+pub use filter::FilterFactory;
+pub use projection::ProjectionFactory;

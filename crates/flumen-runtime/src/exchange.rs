@@ -1,0 +1,184 @@
+//! The sending side of an edge between tasks: routes each batch to the
+//! bounded channel of one or more downstream subtasks. A full channel makes
+//! `send` wait, which is how backpressure reaches the sources.
+
+use arrow::array::{ArrayRef, UInt32Array};
+use arrow::compute::take_record_batch;
+use arrow::record_batch::RecordBatch;
+use datafusion_common::hash_utils::{RandomState, create_hashes};
+use flumen_types::{FlumenError, Message, Result};
+use tokio::sync::mpsc::Sender;
+
+use crate::graph::Partitioning;
+
+/// Fixed seed so that every process maps a key to the same key group.
+const HASH_STATE: RandomState = RandomState::with_seed(0x5eed_f105);
+
+/// The key group (in `0..max_parallelism`) of a key hash.
+pub fn key_group_for_hash(hash: u64, max_parallelism: usize) -> usize {
+    // Mix the hash once more so that key groups are uniform even when the
+    // low bits of the hash are not.
+    let mixed = hash.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+    (mixed % max_parallelism as u64) as usize
+}
+
+/// The subtask (in `0..parallelism`) owning `key_group`: each subtask owns a
+/// contiguous range of key groups, so state can be redistributed on rescale.
+pub fn subtask_for_key_group(key_group: usize, max_parallelism: usize, parallelism: usize) -> usize {
+    key_group * parallelism / max_parallelism
+}
+
+/// Routes the output of one subtask over one edge.
+pub(crate) struct Exchange {
+    senders: Vec<Sender<Message>>,
+    route: Route,
+}
+
+enum Route {
+    Forward,
+    Rebalance { next: usize },
+    Broadcast,
+    Hash(HashRouter),
+}
+
+struct HashRouter {
+    key_columns: Vec<usize>,
+    max_parallelism: usize,
+    hashes: Vec<u64>,
+    indices: Vec<Vec<u32>>,
+}
+
+impl HashRouter {
+    /// Splits `batch` into one batch per downstream subtask by key hash.
+    fn split(&mut self, batch: &RecordBatch) -> Result<Vec<(usize, RecordBatch)>> {
+        let keys: Vec<ArrayRef> = self
+            .key_columns
+            .iter()
+            .map(|&c| batch.column(c).clone())
+            .collect();
+        self.hashes.clear();
+        self.hashes.resize(batch.num_rows(), 0);
+        create_hashes(&keys, &HASH_STATE, &mut self.hashes)
+            .map_err(|e| FlumenError::execution(format!("hashing keys: {e}")))?;
+        let parallelism = self.indices.len();
+        for idx in &mut self.indices {
+            idx.clear();
+        }
+        for (row, &h) in self.hashes.iter().enumerate() {
+            let kg = key_group_for_hash(h, self.max_parallelism);
+            let target = subtask_for_key_group(kg, self.max_parallelism, parallelism);
+            self.indices[target].push(row as u32);
+        }
+        let mut parts = Vec::with_capacity(parallelism);
+        for (target, idx) in self.indices.iter().enumerate() {
+            if idx.is_empty() {
+                continue;
+            }
+            let part = if idx.len() == batch.num_rows() {
+                batch.clone()
+            } else {
+                take_record_batch(batch, &UInt32Array::from(idx.clone()))?
+            };
+            parts.push((target, part));
+        }
+        Ok(parts)
+    }
+}
+
+impl Exchange {
+    /// An exchange over `senders`, one per downstream subtask (for a forward
+    /// edge, the single matching one).
+    pub(crate) fn new(
+        partitioning: &Partitioning,
+        senders: Vec<Sender<Message>>,
+        subtask: usize,
+        max_parallelism: usize,
+    ) -> Self {
+        let route = match partitioning {
+            Partitioning::Forward => Route::Forward,
+            Partitioning::Rebalance => Route::Rebalance {
+                next: subtask % senders.len(),
+            },
+            Partitioning::Broadcast => Route::Broadcast,
+            Partitioning::Hash(cols) => Route::Hash(HashRouter {
+                key_columns: cols.clone(),
+                max_parallelism,
+                hashes: Vec::new(),
+                indices: vec![Vec::new(); senders.len()],
+            }),
+        };
+        Exchange { senders, route }
+    }
+
+    /// Sends a batch to the subtask(s) its rows belong to.
+    pub(crate) async fn send_batch(&mut self, batch: RecordBatch) -> Result<()> {
+        match &mut self.route {
+            Route::Forward => send(&self.senders[0], Message::Batch(batch)).await,
+            Route::Rebalance { next } => {
+                let target = *next;
+                *next = (target + 1) % self.senders.len();
+                send(&self.senders[target], Message::Batch(batch)).await
+            }
+            Route::Broadcast => self.broadcast(Message::Batch(batch)).await,
+            Route::Hash(router) => {
+                for (target, part) in router.split(&batch)? {
+                    send(&self.senders[target], Message::Batch(part)).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends a watermark, barrier or end marker to every downstream subtask.
+    pub(crate) async fn broadcast(&mut self, msg: Message) -> Result<()> {
+        for s in &self.senders {
+            send(s, msg.clone()).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn send(sender: &Sender<Message>, msg: Message) -> Result<()> {
+    // The receiver only goes away when its task stopped, which means the job
+    // is being torn down.
+    sender.send(msg).await.map_err(|_| FlumenError::Cancelled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, RecordBatch};
+    use std::sync::Arc;
+
+    #[test]
+    fn key_groups_cover_subtasks_contiguously() {
+        let owners: Vec<usize> = (0..128).map(|kg| subtask_for_key_group(kg, 128, 3)).collect();
+        assert_eq!(owners[0], 0);
+        assert_eq!(owners[127], 2);
+        assert!(owners.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn hash_split_keeps_each_key_on_one_subtask() {
+        let keys = Int64Array::from_iter_values((0..10_000).map(|i| i % 97));
+        let batch = RecordBatch::try_from_iter([("k", Arc::new(keys) as ArrayRef)]).unwrap();
+        let mut router = HashRouter {
+            key_columns: vec![0],
+            max_parallelism: 128,
+            hashes: Vec::new(),
+            indices: vec![Vec::new(); 4],
+        };
+        let parts = router.split(&batch).unwrap();
+        let mut owner = std::collections::HashMap::new();
+        let mut rows = 0;
+        for (target, part) in &parts {
+            rows += part.num_rows();
+            let col = part.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            for k in col.values() {
+                assert_eq!(*owner.entry(*k).or_insert(*target), *target);
+            }
+        }
+        assert_eq!(rows, 10_000);
+        assert!(parts.len() > 1, "97 keys should spread over several subtasks");
+    }
+}

@@ -1,0 +1,226 @@
+//! The job graph: nodes with a parallelism each, joined by partitioned edges,
+//! and how it is cut into tasks of chained nodes.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use flumen_types::{FlumenError, Result};
+
+use crate::operator::{OperatorFactory, SinkFactory, SourceFactory};
+
+/// Index of a node in its [`JobGraph`].
+pub type NodeId = usize;
+
+/// How rows travel along an edge from the subtasks of one node to the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Partitioning {
+    /// Subtask `i` feeds subtask `i`; needs equal parallelism. Chained when possible.
+    Forward,
+    /// Rows go to the subtask owning the key group of the hash of these columns.
+    Hash(Vec<usize>),
+    /// Whole batches go round-robin to the downstream subtasks.
+    Rebalance,
+    /// Every batch goes to every downstream subtask.
+    Broadcast,
+}
+
+impl std::fmt::Display for Partitioning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Partitioning::Forward => write!(f, "forward"),
+            Partitioning::Hash(cols) => write!(f, "hash{cols:?}"),
+            Partitioning::Rebalance => write!(f, "rebalance"),
+            Partitioning::Broadcast => write!(f, "broadcast"),
+        }
+    }
+}
+
+/// What a node does.
+#[derive(Clone)]
+pub enum NodeKind {
+    /// Reads input.
+    Source(Arc<dyn SourceFactory>),
+    /// Transforms batches.
+    Operator(Arc<dyn OperatorFactory>),
+    /// Writes output.
+    Sink(Arc<dyn SinkFactory>),
+}
+
+impl NodeKind {
+    fn describe(&self) -> String {
+        match self {
+            NodeKind::Source(f) => f.describe(),
+            NodeKind::Operator(f) => f.describe(),
+            NodeKind::Sink(f) => f.describe(),
+        }
+    }
+}
+
+/// One logical step of a job, run as `parallelism` subtasks.
+#[derive(Clone)]
+pub struct Node {
+    /// What the node does.
+    pub kind: NodeKind,
+    /// Number of parallel subtasks.
+    pub parallelism: usize,
+}
+
+/// An edge from one node to another.
+#[derive(Debug, Clone)]
+pub(crate) struct Edge {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub partitioning: Partitioning,
+}
+
+/// A dataflow of sources, operators and sinks.
+#[derive(Clone, Default)]
+pub struct JobGraph {
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) edges: Vec<Edge>,
+}
+
+/// A chain of nodes that runs as one task per subtask.
+#[derive(Debug, Clone)]
+pub(crate) struct Chain {
+    pub nodes: Vec<NodeId>,
+}
+
+impl JobGraph {
+    /// An empty graph.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a node and returns its id.
+    pub fn add_node(&mut self, kind: NodeKind, parallelism: usize) -> NodeId {
+        self.nodes.push(Node {
+            kind,
+            parallelism: parallelism.max(1),
+        });
+        self.nodes.len() - 1
+    }
+
+    /// Connects `from` to `to`.
+    pub fn connect(&mut self, from: NodeId, to: NodeId, partitioning: Partitioning) {
+        self.edges.push(Edge {
+            from,
+            to,
+            partitioning,
+        });
+    }
+
+    /// The nodes, indexed by [`NodeId`].
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub(crate) fn inputs(&self, node: NodeId) -> impl Iterator<Item = &Edge> {
+        self.edges.iter().filter(move |e| e.to == node)
+    }
+
+    pub(crate) fn outputs(&self, node: NodeId) -> impl Iterator<Item = &Edge> {
+        self.edges.iter().filter(move |e| e.from == node)
+    }
+
+    /// Checks that the graph can run: sources have no inputs, sinks no outputs,
+    /// forward edges join equal parallelisms, and every node is connected.
+    pub fn validate(&self) -> Result<()> {
+        for e in &self.edges {
+            if e.from >= self.nodes.len() || e.to >= self.nodes.len() {
+                return Err(FlumenError::plan(format!(
+                    "edge {} -> {} names a missing node",
+                    e.from, e.to
+                )));
+            }
+            let (p_from, p_to) = (self.nodes[e.from].parallelism, self.nodes[e.to].parallelism);
+            if e.partitioning == Partitioning::Forward && p_from != p_to {
+                return Err(FlumenError::plan(format!(
+                    "forward edge {} -> {} joins parallelism {p_from} to {p_to}",
+                    e.from, e.to
+                )));
+            }
+        }
+        for (id, node) in self.nodes.iter().enumerate() {
+            let ins = self.inputs(id).count();
+            let outs = self.outputs(id).count();
+            let ok = match node.kind {
+                NodeKind::Source(_) => ins == 0 && outs > 0,
+                NodeKind::Operator(_) => ins > 0 && outs > 0,
+                NodeKind::Sink(_) => ins > 0 && outs == 0,
+            };
+            if !ok {
+                return Err(FlumenError::plan(format!(
+                    "node {id} ({}) has {ins} inputs and {outs} outputs",
+                    node.kind.describe()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Cuts the graph into chains: a node joins its upstream's chain when its
+    /// only input is a forward edge from a node whose only output it is.
+    pub(crate) fn chains(&self) -> Vec<Chain> {
+        let chained_to_upstream = |id: NodeId| -> Option<NodeId> {
+            let mut ins = self.inputs(id);
+            let edge = ins.next()?;
+            if ins.next().is_some() || edge.partitioning != Partitioning::Forward {
+                return None;
+            }
+            (self.outputs(edge.from).count() == 1).then_some(edge.from)
+        };
+        let mut chains = Vec::new();
+        for head in 0..self.nodes.len() {
+            if chained_to_upstream(head).is_some() {
+                continue;
+            }
+            let mut nodes = vec![head];
+            loop {
+                let last = *nodes.last().expect("a chain starts with its head");
+                let mut outs = self.outputs(last);
+                let next = match (outs.next(), outs.next()) {
+                    (Some(e), None) if chained_to_upstream(e.to) == Some(last) => e.to,
+                    _ => break,
+                };
+                nodes.push(next);
+            }
+            chains.push(Chain { nodes });
+        }
+        chains
+    }
+
+    /// A readable description of the tasks (chained nodes), their parallelism
+    /// and the exchanges between them.
+    pub fn describe(&self) -> String {
+        let chains = self.chains();
+        let task_of = |node: NodeId| {
+            chains
+                .iter()
+                .position(|c| c.nodes.contains(&node))
+                .expect("every node belongs to a chain")
+        };
+        let mut out = String::new();
+        for (t, chain) in chains.iter().enumerate() {
+            let head = chain.nodes[0];
+            let _ = writeln!(
+                out,
+                "Task {t} (parallelism {}):",
+                self.nodes[head].parallelism
+            );
+            for e in self.inputs(head) {
+                let _ = writeln!(
+                    out,
+                    "  <- {} exchange from Task {}",
+                    e.partitioning,
+                    task_of(e.from)
+                );
+            }
+            for (i, &n) in chain.nodes.iter().enumerate() {
+                let link = if i == 0 { "  " } else { "  -> " };
+                let _ = writeln!(out, "{link}[{n}] {}", self.nodes[n].kind.describe());
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,223 @@
+//! Starts every subtask of a job graph on the current tokio runtime, wires the
+//! bounded channels between them, and waits for the job to end or fail.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use flumen_types::{DEFAULT_MAX_PARALLELISM, FlumenError, Message, Result};
+use tokio::sync::mpsc::{Receiver, Sender, channel};
+use tokio::task::JoinSet;
+
+use crate::exchange::Exchange;
+use crate::graph::{JobGraph, NodeId, NodeKind, Partitioning};
+use crate::input::InputGate;
+use crate::metrics::JobMetrics;
+use crate::operator::TaskContext;
+use crate::task::{Head, Tail, Task};
+
+/// How a job runs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Batches each channel between two subtasks holds before its sender waits.
+    pub channel_capacity: usize,
+    /// Number of key groups for hash exchanges.
+    pub max_parallelism: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            channel_capacity: 4,
+            max_parallelism: DEFAULT_MAX_PARALLELISM,
+        }
+    }
+}
+
+/// A running job: its counters, a way to stop it, and its outcome.
+pub struct JobHandle {
+    metrics: Arc<JobMetrics>,
+    stop: Arc<AtomicBool>,
+    tasks: JoinSet<Result<()>>,
+}
+
+/// Starts `graph` on the current tokio runtime.
+pub fn run_job(graph: &JobGraph, options: &RunOptions) -> Result<JobHandle> {
+    graph.validate()?;
+    let metrics = Arc::new(JobMetrics::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let chains = graph.chains();
+
+    // Channels for every edge that crosses a task boundary, keyed by
+    // (edge index, upstream subtask, downstream subtask).
+    let chained: Vec<bool> = graph
+        .edges
+        .iter()
+        .map(|e| {
+            chains
+                .iter()
+                .any(|c| c.nodes.windows(2).any(|w| w[0] == e.from && w[1] == e.to))
+        })
+        .collect();
+    let mut senders: HashMap<(usize, usize, usize), Sender<Message>> = HashMap::new();
+    let mut receivers: HashMap<(usize, usize, usize), Receiver<Message>> = HashMap::new();
+    for (ei, e) in graph.edges.iter().enumerate() {
+        if chained[ei] {
+            continue;
+        }
+        let (p_from, p_to) = (graph.nodes[e.from].parallelism, graph.nodes[e.to].parallelism);
+        for i in 0..p_from {
+            for j in 0..p_to {
+                if e.partitioning == Partitioning::Forward && i != j {
+                    continue;
+                }
+                let (tx, rx) = channel(options.channel_capacity.max(1));
+                senders.insert((ei, i, j), tx);
+                receivers.insert((ei, i, j), rx);
+            }
+        }
+    }
+
+    let mut tasks = JoinSet::new();
+    for chain in &chains {
+        let head = chain.nodes[0];
+        let parallelism = graph.nodes[head].parallelism;
+        for subtask in 0..parallelism {
+            let ctx = TaskContext {
+                subtask,
+                parallelism,
+                metrics: metrics.clone(),
+            };
+            let task = build_task(
+                graph,
+                &chain.nodes,
+                &ctx,
+                options,
+                stop.clone(),
+                &mut senders,
+                &mut receivers,
+            )?;
+            tasks.spawn(task.run());
+        }
+    }
+    Ok(JobHandle {
+        metrics,
+        stop,
+        tasks,
+    })
+}
+
+fn build_task(
+    graph: &JobGraph,
+    nodes: &[NodeId],
+    ctx: &TaskContext,
+    options: &RunOptions,
+    stop: Arc<AtomicBool>,
+    senders: &mut HashMap<(usize, usize, usize), Sender<Message>>,
+    receivers: &mut HashMap<(usize, usize, usize), Receiver<Message>>,
+) -> Result<Task> {
+    let head_id = nodes[0];
+    let last_id = *nodes.last().expect("chains are never empty");
+    let mut operators = Vec::new();
+    let mut head = None;
+    let mut sink = None;
+    for &n in nodes {
+        match &graph.nodes[n].kind {
+            NodeKind::Source(f) => head = Some(Head::Source(f.create(ctx)?)),
+            NodeKind::Operator(f) => operators.push(f.create(ctx)?),
+            NodeKind::Sink(f) => sink = Some(f.create(ctx)?),
+        }
+    }
+    let head = match head {
+        Some(h) => h,
+        None => {
+            let mut rxs = Vec::new();
+            for (ei, e) in graph.edges.iter().enumerate() {
+                if e.to != head_id {
+                    continue;
+                }
+                for i in 0..graph.nodes[e.from].parallelism {
+                    if let Some(rx) = receivers.remove(&(ei, i, ctx.subtask)) {
+                        rxs.push(rx);
+                    }
+                }
+            }
+            Head::Inputs(InputGate::new(rxs))
+        }
+    };
+    let tail = match sink {
+        Some(s) => Tail::Sink(s),
+        None => {
+            let mut exchanges = Vec::new();
+            for (ei, e) in graph.edges.iter().enumerate() {
+                if e.from != last_id {
+                    continue;
+                }
+                let p_to = graph.nodes[e.to].parallelism;
+                let txs: Vec<Sender<Message>> = (0..p_to)
+                    .filter_map(|j| senders.remove(&(ei, ctx.subtask, j)))
+                    .collect();
+                exchanges.push(Exchange::new(
+                    &e.partitioning,
+                    txs,
+                    ctx.subtask,
+                    options.max_parallelism,
+                ));
+            }
+            Tail::Exchanges(exchanges)
+        }
+    };
+    Ok(Task {
+        head,
+        operators,
+        tail,
+        metrics: ctx.metrics.clone(),
+        stop,
+    })
+}
+
+impl JobHandle {
+    /// The job's live counters.
+    pub fn metrics(&self) -> Arc<JobMetrics> {
+        self.metrics.clone()
+    }
+
+    /// A flag that, once set, makes every source end its input, so the job
+    /// drains and finishes cleanly.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Asks the sources to stop; the job then drains and finishes.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for the job. The first failing task stops every other task and
+    /// its error is returned.
+    pub async fn wait(mut self) -> Result<()> {
+        let mut first_error: Option<FlumenError> = None;
+        while let Some(joined) = self.tasks.join_next().await {
+            let outcome = match joined {
+                Ok(r) => r,
+                Err(e) if e.is_cancelled() => continue,
+                Err(e) => Err(FlumenError::execution(format!("a task panicked: {e}"))),
+            };
+            if let Err(e) = outcome {
+                self.tasks.abort_all();
+                let keep = match &first_error {
+                    None => true,
+                    Some(FlumenError::Cancelled) => !matches!(e, FlumenError::Cancelled),
+                    Some(_) => false,
+                };
+                if keep {
+                    first_error = Some(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The dataflow runtime: a [`JobGraph`] of sources, operators and sinks is cut
+//! into tasks (chains of operators joined by forward edges), tasks are joined by
+//! bounded exchanges, and [`run_job`] runs them on a tokio runtime until every
+//! source has ended, a task fails, or the job is stopped.
+
+#![warn(missing_docs)]
+
+mod exchange;
+mod graph;
+mod input;
+mod job;
+mod metrics;
+mod operator;
+mod task;
+
+pub use exchange::{key_group_for_hash, subtask_for_key_group};
+pub use graph::{JobGraph, Node, NodeId, NodeKind, Partitioning};
+pub use job::{JobHandle, RunOptions, run_job};
+pub use metrics::JobMetrics;
+pub use operator::{
+    Operator, OperatorFactory, Sink, SinkFactory, Source, SourceFactory, TaskContext,
+};

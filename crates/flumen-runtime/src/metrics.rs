@@ -1,0 +1,37 @@
+//! Counters a running job updates once per batch, read by progress reporting.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Job-wide counters, shared by every task of a job. Updated once per batch,
+/// never per row.
+#[derive(Debug, Default)]
+pub struct JobMetrics {
+    rows_in: AtomicU64,
+    rows_out: AtomicU64,
+    bad_records_dropped: AtomicU64,
+}
+
+impl JobMetrics {
+    /// Rows produced by all sources so far.
+    pub fn rows_in(&self) -> u64 {
+        self.rows_in.load(Ordering::Relaxed)
+    }
+    /// Rows consumed by all sinks so far.
+    pub fn rows_out(&self) -> u64 {
+        self.rows_out.load(Ordering::Relaxed)
+    }
+    /// Malformed records that sources dropped (`bad_data = 'drop'`).
+    pub fn bad_records_dropped(&self) -> u64 {
+        self.bad_records_dropped.load(Ordering::Relaxed)
+    }
+    pub(crate) fn add_rows_in(&self, n: usize) {
+        self.rows_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn add_rows_out(&self, n: usize) {
+        self.rows_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    /// Counts malformed records a source dropped.
+    pub fn add_bad_records_dropped(&self, n: usize) {
+        self.bad_records_dropped.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}

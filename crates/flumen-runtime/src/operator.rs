@@ -1,0 +1,83 @@
+//! The contracts of sources, operators and sinks, and the factories that make
+//! one instance per parallel subtask.
+
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use flumen_types::{Message, Result, Watermark};
+
+use crate::metrics::JobMetrics;
+
+/// What a subtask knows about where it runs.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    /// Index of this subtask, `0..parallelism`.
+    pub subtask: usize,
+    /// Number of parallel subtasks of this node.
+    pub parallelism: usize,
+    /// Counters of the whole job.
+    pub metrics: Arc<JobMetrics>,
+}
+
+/// Produces the input of a job: batches and watermarks, until the input ends.
+#[async_trait]
+pub trait Source: Send {
+    /// The next [`Message::Batch`] or [`Message::Watermark`]; `None` once a
+    /// bounded input is exhausted.
+    async fn next(&mut self) -> Result<Option<Message>>;
+}
+
+/// A synchronous step over batches; chained operators run in one loop.
+pub trait Operator: Send {
+    /// Processes one batch, pushing any output batches to `out`.
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()>;
+
+    /// Event time has reached `watermark`: emit what it completes. Returns the
+    /// watermark to forward downstream.
+    fn process_watermark(
+        &mut self,
+        watermark: Watermark,
+        _out: &mut Vec<RecordBatch>,
+    ) -> Result<Option<Watermark>> {
+        Ok(Some(watermark))
+    }
+
+    /// All input has arrived: emit whatever is still held.
+    fn finish(&mut self, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Consumes the output of a job.
+#[async_trait]
+pub trait Sink: Send {
+    /// Writes one batch.
+    async fn write(&mut self, batch: RecordBatch) -> Result<()>;
+    /// Input has ended: flush and close everything.
+    async fn finish(&mut self) -> Result<()>;
+}
+
+/// Makes a [`Source`] for each subtask.
+pub trait SourceFactory: Send + Sync {
+    /// A short description for `explain` and progress output.
+    fn describe(&self) -> String;
+    /// The source of subtask `ctx.subtask`.
+    fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Source>>;
+}
+
+/// Makes an [`Operator`] for each subtask.
+pub trait OperatorFactory: Send + Sync {
+    /// A short description for `explain`.
+    fn describe(&self) -> String;
+    /// The operator of subtask `ctx.subtask`.
+    fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Operator>>;
+}
+
+/// Makes a [`Sink`] for each subtask.
+pub trait SinkFactory: Send + Sync {
+    /// A short description for `explain`.
+    fn describe(&self) -> String;
+    /// The sink of subtask `ctx.subtask`.
+    fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Sink>>;
+}

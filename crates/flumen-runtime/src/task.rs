@@ -1,0 +1,154 @@
+//! One subtask of a chain: reads from its source or input gate, runs each
+//! batch through its chained operators in one loop, and hands the result to
+//! its sink or its outgoing exchanges.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arrow::record_batch::RecordBatch;
+use flumen_types::{Message, Result, Watermark};
+
+use crate::exchange::Exchange;
+use crate::input::InputGate;
+use crate::metrics::JobMetrics;
+use crate::operator::{Operator, Sink, Source};
+
+/// Where a task's messages come from.
+pub(crate) enum Head {
+    Source(Box<dyn Source>),
+    Inputs(InputGate),
+}
+
+/// Where a task's output goes.
+pub(crate) enum Tail {
+    Sink(Box<dyn Sink>),
+    Exchanges(Vec<Exchange>),
+}
+
+pub(crate) struct Task {
+    pub head: Head,
+    pub operators: Vec<Box<dyn Operator>>,
+    pub tail: Tail,
+    pub metrics: Arc<JobMetrics>,
+    /// Set when the job is asked to stop: sources end their input early.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Task {
+    pub(crate) async fn run(mut self) -> Result<()> {
+        loop {
+            let msg = match &mut self.head {
+                Head::Source(source) => {
+                    if self.stop.load(Ordering::Relaxed) {
+                        Message::End
+                    } else {
+                        match source.next().await? {
+                            Some(Message::Batch(b)) => {
+                                self.metrics.add_rows_in(b.num_rows());
+                                Message::Batch(b)
+                            }
+                            Some(m) => m,
+                            None => Message::End,
+                        }
+                    }
+                }
+                Head::Inputs(gate) => gate.next().await?,
+            };
+            match msg {
+                Message::Batch(batch) => {
+                    let out = self.apply_operators(0, vec![batch])?;
+                    self.emit(out).await?;
+                }
+                Message::Watermark(wm) => self.on_watermark(wm).await?,
+                Message::Barrier(b) => self.emit_control(Message::Barrier(b)).await?,
+                Message::End => return self.finish().await,
+            }
+        }
+    }
+
+    /// Runs `batches` through the operators from index `from` to the end.
+    fn apply_operators(
+        &mut self,
+        from: usize,
+        mut batches: Vec<RecordBatch>,
+    ) -> Result<Vec<RecordBatch>> {
+        for op in &mut self.operators[from..] {
+            if batches.is_empty() {
+                break;
+            }
+            let mut next = Vec::with_capacity(batches.len());
+            for batch in batches.drain(..) {
+                op.process_batch(batch, &mut next)?;
+            }
+            batches = next;
+        }
+        Ok(batches)
+    }
+
+    async fn on_watermark(&mut self, wm: Watermark) -> Result<()> {
+        let mut current = Some(wm);
+        for i in 0..self.operators.len() {
+            let Some(wm) = current else { break };
+            let mut out = Vec::new();
+            current = self.operators[i].process_watermark(wm, &mut out)?;
+            let out = self.apply_operators(i + 1, out)?;
+            self.emit(out).await?;
+        }
+        match current {
+            Some(wm) => self.emit_control(Message::Watermark(wm)).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        for i in 0..self.operators.len() {
+            let mut out = Vec::new();
+            self.operators[i].finish(&mut out)?;
+            let out = self.apply_operators(i + 1, out)?;
+            self.emit(out).await?;
+        }
+        match &mut self.tail {
+            Tail::Sink(sink) => sink.finish().await,
+            Tail::Exchanges(exchanges) => {
+                for ex in exchanges {
+                    ex.broadcast(Message::End).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn emit(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
+        for batch in batches {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            match &mut self.tail {
+                Tail::Sink(sink) => {
+                    let rows = batch.num_rows();
+                    sink.write(batch).await?;
+                    self.metrics.add_rows_out(rows);
+                }
+                Tail::Exchanges(exchanges) => {
+                    let (last, rest) = exchanges
+                        .split_last_mut()
+                        .expect("a task without a sink has at least one output");
+                    for ex in rest {
+                        ex.send_batch(batch.clone()).await?;
+                    }
+                    last.send_batch(batch).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn emit_control(&mut self, msg: Message) -> Result<()> {
+        if let Tail::Exchanges(exchanges) = &mut self.tail {
+            for ex in exchanges {
+                ex.broadcast(msg.clone()).await?;
+            }
+        }
+        Ok(())
+    }
+}

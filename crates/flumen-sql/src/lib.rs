@@ -1,0 +1,15 @@
+//! From SQL scripts to job graphs. DataFusion parses and plans every
+//! statement against a catalogue of connector tables; flumen keeps the
+//! tables' connector options and turns each optimised `INSERT` or `SELECT`
+//! plan into nodes of one [`flumen_runtime::JobGraph`].
+
+#![warn(missing_docs)]
+
+mod catalog;
+mod errors;
+mod planner;
+mod script;
+mod udf;
+
+pub use planner::{Pipeline, Planner, PlannerOptions, session};
+pub use udf::udfs;

@@ -1,0 +1,402 @@
+//! The planner: runs each statement of a script through DataFusion, keeps
+//! the connector tables, and turns each `INSERT INTO … SELECT` or bare
+//! `SELECT` into a pipeline of the job graph: a source, its chained filters
+//! and projections, and a sink.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp, utils::conjunction};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{CreateTableOptions, Spanned, Statement};
+use flumen_connectors::{StdoutFormat, StdoutSinkFactory, TableSpec};
+use flumen_operators::{FilterFactory, ProjectionFactory};
+use flumen_runtime::{JobGraph, NodeId, NodeKind, Partitioning};
+use flumen_types::{FlumenError, Result};
+
+use crate::catalog::ConnectorTable;
+use crate::errors::SourcePos;
+use crate::script;
+
+/// How scripts are planned.
+#[derive(Debug, Clone)]
+pub struct PlannerOptions {
+    /// Parallelism of every source, operator and sink (stdout prints from one).
+    pub parallelism: usize,
+    /// How a bare `SELECT` prints its rows.
+    pub stdout_format: StdoutFormat,
+    /// `key = value` connector options set on every table whose connector
+    /// takes that key, overriding the script (for benchmarks and tests).
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Default for PlannerOptions {
+    fn default() -> Self {
+        PlannerOptions {
+            parallelism: 1,
+            stdout_format: StdoutFormat::Table,
+            overrides: Vec::new(),
+        }
+    }
+}
+
+/// A planned job: the graph to run and, for `explain`, each query's plan.
+pub struct Pipeline {
+    /// The job graph of every query of the script(s).
+    pub graph: JobGraph,
+    /// Each query's label and optimised logical plan, as text.
+    pub logical_plans: Vec<(String, String)>,
+}
+
+enum Target {
+    Table(String),
+    Stdout,
+}
+
+struct Query {
+    label: String,
+    plan: LogicalPlan,
+    target: Target,
+    pos: SourcePos,
+}
+
+/// Reads scripts statement by statement and builds one job from all their queries.
+pub struct Planner {
+    ctx: SessionContext,
+    options: PlannerOptions,
+    tables: HashMap<String, TableSpec>,
+    queries: Vec<Query>,
+}
+
+/// A DataFusion session configured as flumen plans: spans kept for error
+/// positions, VARCHAR as Arrow `Utf8`, and flumen's UDFs registered. Tests use
+/// the same session for their batch oracle.
+pub fn session() -> SessionContext {
+    let mut config = SessionConfig::new();
+    let opts = config.options_mut();
+    opts.sql_parser.collect_spans = true;
+    opts.sql_parser.map_string_types_to_utf8view = false;
+    let ctx = SessionContext::new_with_config(config);
+    for udf in crate::udf::udfs() {
+        ctx.register_udf(udf);
+    }
+    ctx
+}
+
+impl Planner {
+    /// A planner with no tables yet.
+    pub fn new(options: PlannerOptions) -> Self {
+        Planner {
+            ctx: session(),
+            options,
+            tables: HashMap::new(),
+            queries: Vec::new(),
+        }
+    }
+
+    /// Runs the statements of one script: DDL takes effect now, queries are
+    /// kept for [`Planner::build`]. `file` names the script in errors.
+    pub async fn add_script(&mut self, file: &str, sql: &str) -> Result<()> {
+        for statement in script::parse(file, sql)? {
+            let pos = SourcePos::at(file, statement.span().start);
+            self.add_statement(statement, &pos).await?;
+        }
+        Ok(())
+    }
+
+    async fn plan(&self, statement: Statement, pos: &SourcePos) -> Result<LogicalPlan> {
+        self.ctx
+            .state()
+            .statement_to_plan(DfStatement::Statement(Box::new(statement)))
+            .await
+            .map_err(|e| pos.datafusion(e))
+    }
+
+    async fn add_statement(&mut self, statement: Statement, pos: &SourcePos) -> Result<()> {
+        match statement {
+            Statement::CreateTable(ct) => {
+                if ct.query.is_some() {
+                    return Err(pos.error("CREATE TABLE … AS SELECT is not supported; declare the table, then INSERT INTO it"));
+                }
+                let name = ct.name.to_string().to_lowercase();
+                if self.tables.contains_key(&name) {
+                    return Err(pos.error(format!("table '{name}' is declared twice")));
+                }
+                let mut options = script::table_options(&ct).map_err(|e| pos.wrap(e))?;
+                let mut columns_only = ct.clone();
+                columns_only.table_options = CreateTableOptions::None;
+                let plan = self.plan(Statement::CreateTable(columns_only), pos).await?;
+                let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) = plan else {
+                    return Err(pos.error("CREATE TABLE did not plan as a table declaration"));
+                };
+                let schema: SchemaRef = Arc::new(create.input.schema().as_arrow().clone());
+                self.apply_overrides(&mut options);
+                let spec = TableSpec {
+                    name: name.clone(),
+                    schema: schema.clone(),
+                    options: flumen_connectors::Options::new(options).map_err(|e| pos.wrap(e))?,
+                };
+                flumen_connectors::check_table(&spec).map_err(|e| pos.wrap(e))?;
+                self.ctx
+                    .register_table(name.as_str(), Arc::new(ConnectorTable { schema }))
+                    .map_err(|e| pos.datafusion(e))?;
+                self.tables.insert(name, spec);
+            }
+            Statement::CreateView(_) => {
+                let plan = self.plan(statement, pos).await?;
+                self.ctx
+                    .execute_logical_plan(plan)
+                    .await
+                    .map_err(|e| pos.datafusion(e))?;
+            }
+            Statement::Insert(ref insert) => {
+                let source_schema = match &insert.source {
+                    Some(q) if insert.columns.is_empty() => Some(
+                        self.plan(Statement::Query(q.clone()), pos)
+                            .await?
+                            .schema()
+                            .as_arrow()
+                            .clone(),
+                    ),
+                    _ => None,
+                };
+                let plan = self.plan(statement, pos).await?;
+                let LogicalPlan::Dml(dml) = plan else {
+                    return Err(pos.error("INSERT did not plan as an insert"));
+                };
+                if dml.op != WriteOp::Insert(datafusion::logical_expr::dml::InsertOp::Append) {
+                    return Err(pos.error(format!("{} is not supported; use INSERT INTO", dml.op)));
+                }
+                let table = dml.table_name.table().to_string();
+                let spec = &self.tables[&table];
+                if let Some(source) = source_schema {
+                    check_insert_types(&table, &spec.schema, &source).map_err(|e| pos.wrap(e))?;
+                }
+                let plan = self.optimize(&dml.input, pos)?;
+                self.queries.push(Query {
+                    label: format!("INSERT INTO {table}"),
+                    plan,
+                    target: Target::Table(table),
+                    pos: pos.clone(),
+                });
+            }
+            Statement::Query(_) => {
+                let plan = self.plan(statement, pos).await?;
+                let plan = self.optimize(&plan, pos)?;
+                self.queries.push(Query {
+                    label: "SELECT".to_string(),
+                    plan,
+                    target: Target::Stdout,
+                    pos: pos.clone(),
+                });
+            }
+            other => {
+                let kind = other.to_string();
+                let kind: String = kind.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                return Err(pos.error(format!(
+                    "'{kind} …' is not supported; flumen runs CREATE TABLE, CREATE VIEW, INSERT INTO and SELECT"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_overrides(&self, options: &mut Vec<(String, String)>) {
+        let connector = options
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("connector"))
+            .map(|(_, v)| v.clone());
+        let Some(specs) = flumen_connectors::CONNECTORS
+            .iter()
+            .find(|c| Some(c.0) == connector.as_deref())
+            .map(|c| c.3)
+        else {
+            return;
+        };
+        for (key, value) in &self.options.overrides {
+            if specs.iter().any(|s| s.name == key) {
+                options.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+                options.push((key.clone(), value.clone()));
+            }
+        }
+    }
+
+    fn optimize(&self, plan: &LogicalPlan, pos: &SourcePos) -> Result<LogicalPlan> {
+        self.ctx
+            .state()
+            .optimize(plan)
+            .map_err(|e| pos.datafusion(e))
+    }
+
+    /// Builds the job graph of every query added so far.
+    pub async fn build(&self) -> Result<Pipeline> {
+        if self.queries.is_empty() {
+            return Err(FlumenError::plan(
+                "the script has no INSERT INTO or SELECT statement, so there is nothing to run",
+            ));
+        }
+        let mut graph = JobGraph::new();
+        let mut logical_plans = Vec::new();
+        let run_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        for (i, query) in self.queries.iter().enumerate() {
+            logical_plans.push((query.label.clone(), query.plan.display_indent().to_string()));
+            let last = self.plan_pipeline(&query.plan, &mut graph, &query.pos).await?;
+            let input: SchemaRef = Arc::new(query.plan.schema().as_arrow().clone());
+            let (factory, parallelism) = match &query.target {
+                Target::Stdout => (
+                    Arc::new(StdoutSinkFactory::new(self.options.stdout_format)) as _,
+                    1,
+                ),
+                Target::Table(name) => {
+                    let spec = &self.tables[name];
+                    let factory = flumen_connectors::sink_factory(spec, input, &format!("{run_id}-{i}"))
+                        .map_err(|e| query.pos.wrap(e))?;
+                    let parallelism = if spec.connector() == "stdout" {
+                        1
+                    } else {
+                        self.options.parallelism
+                    };
+                    (factory, parallelism)
+                }
+            };
+            let sink = graph.add_node(NodeKind::Sink(factory), parallelism);
+            let edge = if parallelism == graph.nodes()[last].parallelism {
+                Partitioning::Forward
+            } else {
+                Partitioning::Rebalance
+            };
+            graph.connect(last, sink, edge);
+        }
+        Ok(Pipeline {
+            graph,
+            logical_plans,
+        })
+    }
+
+    /// Adds the source and stateless operators of `plan`; returns the last node.
+    async fn plan_pipeline(
+        &self,
+        plan: &LogicalPlan,
+        graph: &mut JobGraph,
+        pos: &SourcePos,
+    ) -> Result<NodeId> {
+        let mut steps = Vec::new();
+        let mut current = plan;
+        let scan = loop {
+            match current {
+                LogicalPlan::Projection(p) => {
+                    steps.push(current);
+                    current = &p.input;
+                }
+                LogicalPlan::Filter(f) => {
+                    steps.push(current);
+                    current = &f.input;
+                }
+                LogicalPlan::SubqueryAlias(a) => current = &a.input,
+                LogicalPlan::TableScan(scan) => break scan,
+                other => return Err(pos.error(unsupported(other))),
+            }
+        };
+        if scan.fetch.is_some() {
+            return Err(pos.error("LIMIT is not supported in streaming queries yet"));
+        }
+        let table = scan.table_name.table();
+        let spec = self
+            .tables
+            .get(table)
+            .ok_or_else(|| pos.error(format!("'{table}' is a not a connector table")))?;
+        let source = flumen_connectors::source_factory(spec, scan.projection.as_deref())
+            .await
+            .map_err(|e| pos.wrap(e))?;
+        let parallelism = self.options.parallelism;
+        let mut last = graph.add_node(NodeKind::Source(source), parallelism);
+        let state = self.ctx.state();
+        let mut add = |graph: &mut JobGraph, kind: NodeKind| {
+            let node = graph.add_node(kind, parallelism);
+            graph.connect(last, node, Partitioning::Forward);
+            last = node;
+        };
+        if let Some(predicate) = conjunction(scan.filters.iter().cloned()) {
+            let expr = state
+                .create_physical_expr(predicate, &scan.projected_schema)
+                .map_err(|e| pos.datafusion(e))?;
+            add(graph, NodeKind::Operator(Arc::new(FilterFactory::new(expr))));
+        }
+        for step in steps.into_iter().rev() {
+            let kind = match step {
+                LogicalPlan::Filter(f) => {
+                    let expr = state
+                        .create_physical_expr(f.predicate.clone(), f.input.schema())
+                        .map_err(|e| pos.datafusion(e))?;
+                    NodeKind::Operator(Arc::new(FilterFactory::new(expr)))
+                }
+                LogicalPlan::Projection(p) => {
+                    let exprs = p
+                        .expr
+                        .iter()
+                        .map(|e| state.create_physical_expr(e.clone(), p.input.schema()))
+                        .collect::<datafusion::common::Result<Vec<_>>>()
+                        .map_err(|e| pos.datafusion(e))?;
+                    let schema = Arc::new(p.schema.as_arrow().clone());
+                    NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, schema)))
+                }
+                _ => unreachable!("only filters and projections are collected as steps"),
+            };
+            add(graph, kind);
+        }
+        Ok(last)
+    }
+}
+
+fn unsupported(plan: &LogicalPlan) -> String {
+    let what = match plan {
+        LogicalPlan::Aggregate(_) => "GROUP BY and aggregate functions are",
+        LogicalPlan::Join(_) => "JOIN is",
+        LogicalPlan::Window(_) => "window functions (OVER) are",
+        LogicalPlan::Sort(_) => "ORDER BY is",
+        LogicalPlan::Limit(_) => "LIMIT is",
+        LogicalPlan::Distinct(_) => "DISTINCT is",
+        LogicalPlan::Union(_) => "UNION is",
+        LogicalPlan::Values(_) | LogicalPlan::EmptyRelation(_) => {
+            return "a query must read from a connector table (a source) to run as a stream".into();
+        }
+        other => return format!("{} is not supported in streaming queries", other.display()),
+    };
+    format!("{what} not supported in streaming queries yet")
+}
+
+/// Rejects an INSERT whose query gives a column a type the table's column
+/// cannot take (a number into a timestamp, text into a number, …).
+fn check_insert_types(
+    table: &str,
+    target: &SchemaRef,
+    source: &arrow::datatypes::Schema,
+) -> Result<()> {
+    if target.fields().len() != source.fields().len() {
+        return Err(FlumenError::plan(format!(
+            "INSERT INTO {table}: the table has {} columns but the query gives {}",
+            target.fields().len(),
+            source.fields().len()
+        )));
+    }
+    for (t, s) in target.fields().iter().zip(source.fields()) {
+        let (tt, st) = (t.data_type(), s.data_type());
+        let ok = tt == st
+            || matches!(st, DataType::Null)
+            || (tt.is_numeric() && st.is_numeric())
+            || matches!(tt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+            || (tt.is_temporal() && st.is_temporal());
+        if !ok {
+            return Err(FlumenError::plan(format!(
+                "INSERT INTO {table}: column '{}' is {tt} but the query gives {st} (query column '{}')",
+                t.name(),
+                s.name()
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! Types every flumen crate shares: the [`Message`] that flows between tasks,
+//! [`Watermark`]s, checkpoint [`Barrier`]s and the common [`FlumenError`].
+
+#![warn(missing_docs)]
+
+mod error;
+mod message;
+
+pub use error::{FlumenError, Result};
+pub use message::{Barrier, Message, Watermark};
+
+/// Rows per batch that sources aim for: large enough to amortise every
+/// per-batch cost, small enough to stay in cache.
+pub const DEFAULT_BATCH_SIZE: usize = 8192;
+
+/// Number of key groups keys hash into (the maximum parallelism of a keyed
+/// operator). State is partitioned by key group so a job can rescale.
+pub const DEFAULT_MAX_PARALLELISM: usize = 128;

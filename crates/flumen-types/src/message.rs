@@ -1,0 +1,36 @@
+//! The one ordered stream of messages between tasks.
+
+use arrow::record_batch::RecordBatch;
+
+/// Event-time progress: no row with an event time below this will follow
+/// (nanoseconds since the Unix epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Watermark(pub i64);
+
+impl Watermark {
+    /// The watermark of an input that has ended: it never holds anything back.
+    pub const MAX: Watermark = Watermark(i64::MAX);
+    /// The watermark before any progress has been made.
+    pub const MIN: Watermark = Watermark(i64::MIN);
+}
+
+/// A checkpoint barrier: everything before it belongs to checkpoint `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Barrier {
+    /// Checkpoint identifier, increasing from 1.
+    pub id: u64,
+}
+
+/// What travels over a channel between two tasks, in order, so that
+/// watermarks and barriers never overtake the data they follow.
+#[derive(Debug, Clone)]
+pub enum Message {
+    /// A batch of rows.
+    Batch(RecordBatch),
+    /// Event time has advanced.
+    Watermark(Watermark),
+    /// A checkpoint barrier.
+    Barrier(Barrier),
+    /// The sender has finished; no message follows.
+    End,
+}

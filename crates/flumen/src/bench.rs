@@ -1,0 +1,125 @@
+//! `flumen bench nexmark`: runs a Nexmark query over the generator into a
+//! blackhole, several times, and reports events/s, events/s per core (CPU
+//! time of the whole process, generator included) and peak memory.
+
+use anyhow::{Result, bail};
+use clap::{Args, ValueEnum};
+use flumen_connectors::StdoutFormat;
+
+use crate::run::{Summary, execute};
+
+const DDL: &str = include_str!("../../../benchmarks/nexmark/ddl/nexmark.sql");
+
+/// The queries the driver knows, with their SQL.
+const QUERIES: &[(&str, &str)] = &[
+    ("q0", include_str!("../../../benchmarks/nexmark/q0.sql")),
+    ("q1", include_str!("../../../benchmarks/nexmark/q1.sql")),
+    ("q2", include_str!("../../../benchmarks/nexmark/q2.sql")),
+    ("q14", include_str!("../../../benchmarks/nexmark/q14.sql")),
+    ("q21", include_str!("../../../benchmarks/nexmark/q21.sql")),
+    ("q22", include_str!("../../../benchmarks/nexmark/q22.sql")),
+];
+
+/// The generator alone: every event of all three kinds, every column, into blackholes.
+const GENERATOR: &str = "
+CREATE TABLE person_sink (id BIGINT, name VARCHAR, email_address VARCHAR, credit_card VARCHAR,
+    city VARCHAR, state VARCHAR, date_time TIMESTAMP(3), extra VARCHAR) WITH (connector = 'blackhole');
+CREATE TABLE auction_sink (id BIGINT, item_name VARCHAR, description VARCHAR, initial_bid BIGINT,
+    reserve BIGINT, date_time TIMESTAMP(3), expires TIMESTAMP(3), seller BIGINT, category BIGINT,
+    extra VARCHAR) WITH (connector = 'blackhole');
+CREATE TABLE bid_sink (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR,
+    date_time TIMESTAMP(3), extra VARCHAR) WITH (connector = 'blackhole');
+INSERT INTO person_sink SELECT * FROM person;
+INSERT INTO auction_sink SELECT * FROM auction;
+INSERT INTO bid_sink SELECT * FROM bid;
+";
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Suite {
+    /// The Nexmark auction benchmark.
+    Nexmark,
+}
+
+/// Options of `flumen bench`.
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    /// Benchmark suite.
+    #[arg(value_enum)]
+    suite: Suite,
+    /// Query to run: q0, q1, q2, q14, q21, q22, or `generator` (the source alone).
+    #[arg(long, default_value = "q1")]
+    query: String,
+    /// Generator events (all kinds).
+    #[arg(long, default_value_t = 100_000_000)]
+    events: u64,
+    /// Events per second of event time.
+    #[arg(long, default_value_t = 10_000_000)]
+    rate: u64,
+    /// Parallel subtasks of every operator.
+    #[arg(short, long, default_value_t = 1)]
+    parallelism: usize,
+    /// Runs to take the median of.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+fn query_sql(query: &str) -> Result<String> {
+    if query == "generator" {
+        return Ok(GENERATOR.to_string());
+    }
+    match QUERIES.iter().find(|(name, _)| *name == query) {
+        Some((_, sql)) => Ok(sql.to_string()),
+        None => {
+            let names: Vec<&str> = QUERIES.iter().map(|q| q.0).collect();
+            bail!("unknown query '{query}'; known: {}", names.join(", "))
+        }
+    }
+}
+
+pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
+    let Suite::Nexmark = args.suite;
+    let sql = query_sql(&args.query)?;
+    let mut runs: Vec<Summary> = Vec::new();
+    for run in 1..=args.runs.max(1) {
+        let mut planner = flumen_sql::Planner::new(flumen_sql::PlannerOptions {
+            parallelism: args.parallelism.max(1),
+            stdout_format: StdoutFormat::Table,
+            overrides: vec![
+                ("events".into(), args.events.to_string()),
+                ("rate".into(), args.rate.to_string()),
+            ],
+        });
+        planner.add_script("ddl/nexmark.sql", DDL).await?;
+        planner.add_script(&format!("{}.sql", args.query), &sql).await?;
+        let pipeline = planner.build().await?;
+        let s = execute(pipeline, false).await?;
+        eprintln!(
+            "run {run}: {:.2} s, {:.2} M events/s, {:.2} M events/s per core, {} rows out",
+            s.seconds,
+            args.events as f64 / s.seconds / 1e6,
+            args.events as f64 / s.cpu_seconds / 1e6,
+            s.rows_out
+        );
+        runs.push(s);
+    }
+    let median = |f: &dyn Fn(&Summary) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let events = args.events as f64;
+    let peak = runs.iter().map(|s| s.peak_rss).max().unwrap_or(0);
+    println!(
+        "nexmark {} events={} rate={} parallelism={} runs={}: median {:.2} M events/s, {:.2} M events/s per core, {:.2} M source rows/s, peak memory {} MiB",
+        args.query,
+        args.events,
+        args.rate,
+        args.parallelism,
+        runs.len(),
+        median(&|s| events / s.seconds) / 1e6,
+        median(&|s| events / s.cpu_seconds.max(1e-9)) / 1e6,
+        median(&|s| s.rows_in as f64 / s.seconds) / 1e6,
+        peak >> 20
+    );
+    Ok(())
+}

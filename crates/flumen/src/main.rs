@@ -1,0 +1,128 @@
+//! `flumen`: runs SQL stream pipelines on this machine, explains their plans,
+//! and benchmarks them.
+
+mod bench;
+mod run;
+mod usage;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use flumen_connectors::StdoutFormat;
+
+/// flumen — a stream processor that runs SQL pipelines over Arrow batches.
+#[derive(Parser)]
+#[command(name = "flumen", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline of one or more SQL files, read in order, until its
+    /// bounded sources end (or Ctrl-C stops it cleanly).
+    Run(RunArgs),
+    /// Print the logical plan of each query and the job graph: tasks,
+    /// chained operators, parallelism and exchanges.
+    Explain(PlanArgs),
+    /// Measure throughput, CPU per core and peak memory of benchmark queries.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    /// SQL files; tables declared in one are visible in the next.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Parallel subtasks of every operator (default: the number of cores).
+    #[arg(short, long)]
+    parallelism: Option<usize>,
+    /// Override a connector option on every table whose connector takes it,
+    /// e.g. `--set events=1000000`. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    overrides: Vec<(String, String)>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    plan: PlanArgs,
+    /// How a bare SELECT prints its rows: table, json (one object per line) or csv.
+    #[arg(long, default_value = "table", value_parser = ["table", "json", "csv"])]
+    format: String,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
+        .ok_or_else(|| format!("'{s}' is not KEY=VALUE"))
+}
+
+/// The number of cores this process may use.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl PlanArgs {
+    fn planner_options(&self, format: StdoutFormat) -> flumen_sql::PlannerOptions {
+        flumen_sql::PlannerOptions {
+            parallelism: self.parallelism.unwrap_or_else(cores).max(1),
+            stdout_format: format,
+            overrides: self.overrides.clone(),
+        }
+    }
+
+    /// Reads and plans every file.
+    async fn plan(&self, format: StdoutFormat) -> Result<flumen_sql::Pipeline> {
+        let mut planner = flumen_sql::Planner::new(self.planner_options(format));
+        for file in &self.files {
+            let sql = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read SQL file '{}'", file.display()))?;
+            planner.add_script(&file.display().to_string(), &sql).await?;
+        }
+        Ok(planner.build().await?)
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores())
+        .thread_name("flumen-worker")
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = runtime().and_then(|rt| {
+        rt.block_on(async {
+            match cli.command {
+                Command::Run(args) => {
+                    let format = StdoutFormat::parse(&args.format)?;
+                    let pipeline = args.plan.plan(format).await?;
+                    run::run(pipeline).await.map(|_| ())
+                }
+                Command::Explain(args) => {
+                    let pipeline = args.plan(StdoutFormat::Table).await?;
+                    for (label, plan) in &pipeline.logical_plans {
+                        println!("== {label}: logical plan ==\n{plan}\n");
+                    }
+                    println!("== job graph ==\n{}", pipeline.graph.describe());
+                    Ok(())
+                }
+                Command::Bench(args) => bench::bench(args).await,
+            }
+        })
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -7,7 +7,17 @@ use async_trait::async_trait;
 use flumen_runtime::{Sink, SinkFactory, TaskContext};
 use flumen_types::{FlumenError, Result};
 
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+
 use crate::Options;
+
+fn stdout_error(e: std::io::Error) -> FlumenError {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        FlumenError::OutputClosed
+    } else {
+        FlumenError::io(format!("writing to stdout: {e}"))
+    }
+}
 use crate::options::OptionSpec;
 
 /// Options of the `stdout` connector.
@@ -64,6 +74,7 @@ impl SinkFactory for StdoutSinkFactory {
         Ok(Box::new(StdoutSink {
             format: self.format,
             header_written: false,
+            widths: Vec::new(),
         }))
     }
 }
@@ -71,6 +82,57 @@ impl SinkFactory for StdoutSinkFactory {
 struct StdoutSink {
     format: StdoutFormat,
     header_written: bool,
+    /// Column widths of the table, fixed by the first batch.
+    widths: Vec<usize>,
+}
+
+impl StdoutSink {
+    /// Appends `batch` as rows of one continuing table: the header and the
+    /// column widths come from the first batch, so rows print as they arrive.
+    fn write_table(&mut self, batch: &RecordBatch, buf: &mut Vec<u8>) -> Result<()> {
+        let options = FormatOptions::default().with_null("NULL");
+        let formatters = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cells: Vec<Vec<String>> = (0..batch.num_rows())
+            .map(|row| formatters.iter().map(|f| f.value(row).to_string()).collect())
+            .collect();
+        let io = |e: std::io::Error| FlumenError::io(e.to_string());
+        if !self.header_written {
+            let schema = batch.schema();
+            self.widths = schema
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(i, f)| cells.iter().map(|r| r[i].len()).fold(f.name().len(), usize::max))
+                .collect();
+            let rule = self.rule();
+            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            writeln!(buf, "{rule}\n{}\n{rule}", self.line(&names)).map_err(io)?;
+            self.header_written = true;
+        }
+        for row in &cells {
+            let row: Vec<&str> = row.iter().map(String::as_str).collect();
+            writeln!(buf, "{}", self.line(&row)).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    fn rule(&self) -> String {
+        let dashes: Vec<String> = self.widths.iter().map(|w| "-".repeat(w + 2)).collect();
+        format!("+{}+", dashes.join("+"))
+    }
+
+    fn line(&self, cells: &[&str]) -> String {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&self.widths)
+            .map(|(c, w)| format!(" {c:<w$} "))
+            .collect();
+        format!("|{}|", padded.join("|"))
+    }
 }
 
 #[async_trait]
@@ -78,10 +140,7 @@ impl Sink for StdoutSink {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
         let mut buf = Vec::new();
         match self.format {
-            StdoutFormat::Table => {
-                let table = arrow::util::pretty::pretty_format_batches(&[batch])?;
-                writeln!(buf, "{table}").map_err(|e| FlumenError::io(e.to_string()))?;
-            }
+            StdoutFormat::Table => self.write_table(&batch, &mut buf)?,
             StdoutFormat::Json => {
                 let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
                 w.write(&batch)?;
@@ -98,10 +157,14 @@ impl Sink for StdoutSink {
         let mut out = std::io::stdout().lock();
         out.write_all(&buf)
             .and_then(|()| out.flush())
-            .map_err(|e| FlumenError::io(format!("writing to stdout: {e}")))
+            .map_err(stdout_error)
     }
 
     async fn finish(&mut self) -> Result<()> {
+        if self.format == StdoutFormat::Table && self.header_written {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", self.rule()).map_err(stdout_error)?;
+        }
         Ok(())
     }
 }

@@ -26,6 +26,9 @@ pub enum FlumenError {
     /// An operator failed while processing.
     #[error("{0}")]
     Execution(String),
+    /// The reader of the job's output went away (stdout closed by `| head`).
+    #[error("output closed")]
+    OutputClosed,
     /// The job was cancelled because another task failed.
     #[error("cancelled")]
     Cancelled,

@@ -120,6 +120,13 @@ fn main() -> ExitCode {
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if matches!(
+            e.downcast_ref::<flumen_types::FlumenError>(),
+            Some(flumen_types::FlumenError::OutputClosed)
+        ) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -446,3 +446,129 @@ impl Columns {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Int64Type;
+
+    fn generator() -> Generator {
+        Generator::new(GeneratorConfig {
+            rate: 10_000_000,
+            seed: 42,
+        })
+    }
+
+    fn ints(a: &ArrayRef) -> Vec<i64> {
+        a.as_primitive::<Int64Type>().values().to_vec()
+    }
+
+    const EVENTS: u64 = 200_000;
+
+    #[test]
+    fn event_mix_is_2_6_92_percent() {
+        let count = |k| event_numbers(k, 0, EVENTS).count() as u64;
+        assert_eq!(count(EventKind::Person), EVENTS / 50);
+        assert_eq!(count(EventKind::Auction), EVENTS / 50 * 3);
+        assert_eq!(count(EventKind::Bid), EVENTS / 50 * 46);
+        assert_eq!(EventKind::of_event(0), EventKind::Person);
+        assert_eq!(EventKind::of_event(3), EventKind::Auction);
+        assert_eq!(EventKind::of_event(49), EventKind::Bid);
+    }
+
+    #[test]
+    fn ids_are_dense_from_1000_and_categories_in_range() {
+        let g = generator();
+        let persons = ints(&g.build(EventKind::Person, 0, EVENTS, &[0])[0]);
+        let expected: Vec<i64> = (0..persons.len() as i64).map(|i| FIRST_ID + i).collect();
+        assert_eq!(persons, expected);
+        let cols = g.build(EventKind::Auction, 0, EVENTS, &[0, 8, 7]);
+        let auctions = ints(&cols[0]);
+        let expected: Vec<i64> = (0..auctions.len() as i64).map(|i| FIRST_ID + i).collect();
+        assert_eq!(auctions, expected);
+        assert!(ints(&cols[1]).iter().all(|c| (10..=14).contains(c)));
+        let sellers = ints(&cols[2]);
+        assert!(sellers.iter().all(|s| *s >= FIRST_ID && *s <= FIRST_ID + (EVENTS / 50) as i64));
+    }
+
+    #[test]
+    fn bids_have_hot_keys_and_real_ids() {
+        let g = generator();
+        let cols = g.build(EventKind::Bid, 0, EVENTS, &[0, 1, 2]);
+        let (auctions, bidders, prices) = (ints(&cols[0]), ints(&cols[1]), ints(&cols[2]));
+        let bids: Vec<u64> = event_numbers(EventKind::Bid, 0, EVENTS).collect();
+        let mut hot_auction = 0;
+        let mut hot_bidder = 0;
+        for (i, &n) in bids.iter().enumerate() {
+            let last_a = FIRST_ID + last_auction(n);
+            let last_p = FIRST_ID + last_person(n);
+            assert!(auctions[i] >= FIRST_ID && auctions[i] <= last_a, "auction of bid {n}");
+            // The hot bidder may be the person registered in the next epoch.
+            assert!(bidders[i] >= FIRST_ID && bidders[i] <= last_p + 1, "bidder of bid {n}");
+            if auctions[i] == FIRST_ID + (last_auction(n) / 100) * 100 {
+                hot_auction += 1;
+            }
+            if bidders[i] == FIRST_ID + (last_person(n) / 100) * 100 + 1 {
+                hot_bidder += 1;
+            }
+            assert!((100..=100_000_000).contains(&prices[i]), "price {}", prices[i]);
+        }
+        let share = |k: usize| k as f64 / bids.len() as f64;
+        assert!((0.49..0.56).contains(&share(hot_auction)), "hot auction share {}", share(hot_auction));
+        assert!((0.74..0.8).contains(&share(hot_bidder)), "hot bidder share {}", share(hot_bidder));
+        // Log-uniform prices: about a sixth of them per decade.
+        let below_1000 = prices.iter().filter(|p| **p < 1000).count();
+        assert!((0.15..0.18).contains(&share(below_1000)), "{}", share(below_1000));
+    }
+
+    #[test]
+    fn hot_channels_carry_half_the_bids_and_urls_hold_channel_ids() {
+        let g = generator();
+        let cols = g.build(EventKind::Bid, 0, EVENTS, &[3, 4]);
+        let (channels, urls) = (cols[0].as_string::<i32>(), cols[1].as_string::<i32>());
+        let hot = channels.iter().flatten().filter(|c| HOT_CHANNELS.contains(c)).count();
+        let share = hot as f64 / channels.len() as f64;
+        assert!((0.48..0.52).contains(&share), "{share}");
+        for (c, u) in channels.iter().flatten().zip(urls.iter().flatten()) {
+            assert!(u.starts_with("https://www.nexmark.com/"), "{u}");
+            assert_eq!(HOT_CHANNELS.contains(&c), !u.contains("&channel_id="), "{c} {u}");
+        }
+    }
+
+    #[test]
+    fn extra_pads_events_to_their_average_size() {
+        let g = generator();
+        let avg = |kind, col| {
+            let a = &g.build(kind, 0, EVENTS, &[col])[0];
+            let s = a.as_string::<i32>();
+            s.value_data().len() as f64 / s.len() as f64
+        };
+        assert!((60.0..76.0).contains(&avg(EventKind::Bid, 6)));
+        assert!((300.0..350.0).contains(&avg(EventKind::Auction, 9)));
+        assert!((110.0..150.0).contains(&avg(EventKind::Person, 7)));
+    }
+
+    #[test]
+    fn a_split_yields_the_same_values_as_the_whole_range() {
+        let g = generator();
+        let all: Vec<ArrayRef> = g.build(EventKind::Bid, 0, 10_000, &[0, 1, 2, 3, 4, 5, 6]);
+        let first = g.build(EventKind::Bid, 0, 4_321, &[0, 1, 2, 3, 4, 5, 6]);
+        let second = g.build(EventKind::Bid, 4_321, 10_000, &[0, 1, 2, 3, 4, 5, 6]);
+        for c in 0..7 {
+            let joined = arrow::compute::concat(&[first[c].as_ref(), second[c].as_ref()]).unwrap();
+            assert_eq!(&joined, &all[c], "column {c}");
+        }
+        let projected = g.build(EventKind::Bid, 0, 10_000, &[6, 2]);
+        assert_eq!(&projected[0], &all[6], "a projection yields the same values");
+        assert_eq!(&projected[1], &all[2]);
+    }
+
+    #[test]
+    fn event_time_advances_by_one_over_rate() {
+        let g = Generator::new(GeneratorConfig { rate: 1000, seed: 1 });
+        assert_eq!(g.timestamp_ns(0), BASE_TIME_NS);
+        assert_eq!(g.timestamp_ns(1), BASE_TIME_NS + 1_000_000);
+        assert_eq!(g.timestamp_ns(2500), BASE_TIME_NS + 2_500_000_000);
+    }
+}

@@ -1,0 +1,277 @@
+//! The runtime end to end with hand-made sources and sinks: backpressure,
+//! failure, clean ends and the exchanges.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch};
+use arrow::datatypes::Int64Type;
+use async_trait::async_trait;
+use flumen_runtime::{
+    JobGraph, NodeKind, Operator, OperatorFactory, Partitioning, RunOptions, Sink, SinkFactory,
+    Source, SourceFactory, TaskContext, run_job,
+};
+use flumen_types::{FlumenError, Message, Result};
+
+/// Emits `batches` batches (or forever) of `rows` rows numbered from 0, and
+/// counts the batches it has produced.
+struct Counter {
+    batches: Option<u64>,
+    rows: i64,
+    produced: Arc<AtomicU64>,
+}
+
+impl SourceFactory for Counter {
+    fn describe(&self) -> String {
+        "Source: counter".into()
+    }
+    fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Source>> {
+        Ok(Box::new(CounterSource {
+            next: ctx.subtask as u64,
+            step: ctx.parallelism as u64,
+            limit: self.batches,
+            rows: self.rows,
+            produced: self.produced.clone(),
+        }))
+    }
+}
+
+struct CounterSource {
+    next: u64,
+    step: u64,
+    limit: Option<u64>,
+    rows: i64,
+    produced: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl Source for CounterSource {
+    async fn next(&mut self) -> Result<Option<Message>> {
+        if self.limit.is_some_and(|l| self.next >= l) {
+            return Ok(None);
+        }
+        let start = self.next as i64 * self.rows;
+        self.next += self.step;
+        self.produced.fetch_add(1, Ordering::SeqCst);
+        let col = Int64Array::from_iter_values(start..start + self.rows);
+        let batch = RecordBatch::try_from_iter([("n", Arc::new(col) as ArrayRef)])?;
+        Ok(Some(Message::Batch(batch)))
+    }
+}
+
+/// Records `(subtask, value)` of every row, sleeping per batch if asked.
+#[derive(Clone, Default)]
+struct Collect {
+    rows: Arc<Mutex<Vec<(usize, i64)>>>,
+    batches: Arc<AtomicU64>,
+    delay: Option<Duration>,
+}
+
+impl SinkFactory for Collect {
+    fn describe(&self) -> String {
+        "Sink: collect".into()
+    }
+    fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(CollectSink {
+            subtask: ctx.subtask,
+            inner: self.clone(),
+        }))
+    }
+}
+
+struct CollectSink {
+    subtask: usize,
+    inner: Collect,
+}
+
+#[async_trait]
+impl Sink for CollectSink {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        if let Some(d) = self.inner.delay {
+            tokio::time::sleep(d).await;
+        }
+        let col = batch.column(0).as_primitive::<Int64Type>();
+        let mut rows = self.inner.rows.lock().unwrap();
+        rows.extend(col.values().iter().map(|v| (self.subtask, *v)));
+        self.inner.batches.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Passes batches through; fails on the `fail_at`-th batch of a subtask.
+struct FailAt(usize);
+
+impl OperatorFactory for FailAt {
+    fn describe(&self) -> String {
+        "FailAt".into()
+    }
+    fn create(&self, _ctx: &TaskContext) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(FailOp {
+            seen: 0,
+            fail_at: self.0,
+        }))
+    }
+}
+
+struct FailOp {
+    seen: usize,
+    fail_at: usize,
+}
+
+impl Operator for FailOp {
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
+        self.seen += 1;
+        if self.seen == self.fail_at {
+            return Err(FlumenError::execution("boom: operator failed on purpose"));
+        }
+        out.push(batch);
+        Ok(())
+    }
+}
+
+fn counter(batches: Option<u64>, rows: i64) -> (Arc<Counter>, Arc<AtomicU64>) {
+    let produced = Arc::new(AtomicU64::new(0));
+    let c = Counter {
+        batches,
+        rows,
+        produced: produced.clone(),
+    };
+    (Arc::new(c), produced)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_sink_slows_the_source_and_memory_stays_bounded() {
+    let (source, produced) = counter(None, 1024);
+    let sink = Collect {
+        delay: Some(Duration::from_millis(5)),
+        ..Default::default()
+    };
+    let consumed = sink.batches.clone();
+    let mut g = JobGraph::new();
+    let s = g.add_node(NodeKind::Source(source), 2);
+    let op = g.add_node(NodeKind::Operator(Arc::new(FailAt(usize::MAX))), 2);
+    let k = g.add_node(NodeKind::Sink(Arc::new(sink)), 1);
+    g.connect(s, op, Partitioning::Forward);
+    g.connect(op, k, Partitioning::Rebalance);
+    let options = RunOptions {
+        channel_capacity: 4,
+        ..Default::default()
+    };
+    let job = run_job(&g, &options).unwrap();
+    let mut max_in_flight = 0;
+    while consumed.load(Ordering::SeqCst) < 60 {
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let in_flight = produced.load(Ordering::SeqCst) - consumed.load(Ordering::SeqCst);
+        max_in_flight = max_in_flight.max(in_flight);
+    }
+    // Two channels of 4 batches, plus at most one batch held by each of the
+    // two source tasks and one in the sink: an unthrottled source would be
+    // thousands of batches ahead by now.
+    let bound = 2 * 4 + 2 + 1;
+    assert!(
+        max_in_flight <= bound,
+        "{max_in_flight} batches in flight, bound {bound}"
+    );
+    job.stop();
+    tokio::time::timeout(Duration::from_secs(10), job.wait())
+        .await
+        .expect("a stopped job drains and ends")
+        .expect("a stopped job ends without error");
+    assert_eq!(
+        produced.load(Ordering::SeqCst),
+        consumed.load(Ordering::SeqCst),
+        "every produced batch reaches the sink after a stop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_task_stops_the_whole_job_with_its_error() {
+    let (source, _) = counter(None, 100);
+    let mut g = JobGraph::new();
+    let s = g.add_node(NodeKind::Source(source), 2);
+    let op = g.add_node(NodeKind::Operator(Arc::new(FailAt(10))), 3);
+    let k = g.add_node(NodeKind::Sink(Arc::new(Collect::default())), 1);
+    g.connect(s, op, Partitioning::Rebalance);
+    g.connect(op, k, Partitioning::Rebalance);
+    let job = run_job(&g, &RunOptions::default()).unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), job.wait())
+        .await
+        .expect("a failed job must not hang");
+    let err = outcome.expect_err("the job fails");
+    assert!(err.to_string().contains("boom"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_exchange_sends_each_key_to_one_subtask() {
+    let (source, _) = counter(Some(40), 1000);
+    let sink = Collect::default();
+    let rows = sink.rows.clone();
+    let mut g = JobGraph::new();
+    let s = g.add_node(NodeKind::Source(source), 2);
+    let k = g.add_node(NodeKind::Sink(Arc::new(sink)), 3);
+    g.connect(s, k, Partitioning::Hash(vec![0]));
+    run_job(&g, &RunOptions::default()).unwrap().wait().await.unwrap();
+    let rows = rows.lock().unwrap();
+    assert_eq!(rows.len(), 40_000, "every row arrives once");
+    let values: HashSet<i64> = rows.iter().map(|r| r.1).collect();
+    assert_eq!(values.len(), 40_000);
+    let subtasks: HashSet<usize> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(subtasks.len(), 3, "keys spread over all subtasks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_sends_every_row_to_every_subtask_and_rebalance_to_one() {
+    let (source, _) = counter(Some(10), 10);
+    let all = Collect::default();
+    let one = Collect::default();
+    let (all_rows, one_rows) = (all.rows.clone(), one.rows.clone());
+    let mut g = JobGraph::new();
+    let s = g.add_node(NodeKind::Source(source), 1);
+    let a = g.add_node(NodeKind::Sink(Arc::new(all)), 3);
+    let o = g.add_node(NodeKind::Sink(Arc::new(one)), 3);
+    g.connect(s, a, Partitioning::Broadcast);
+    g.connect(s, o, Partitioning::Rebalance);
+    run_job(&g, &RunOptions::default()).unwrap().wait().await.unwrap();
+    let mut per_subtask: HashMap<usize, usize> = HashMap::new();
+    for (sub, _) in all_rows.lock().unwrap().iter() {
+        *per_subtask.entry(*sub).or_default() += 1;
+    }
+    assert_eq!(per_subtask.len(), 3);
+    assert!(per_subtask.values().all(|n| *n == 100));
+    assert_eq!(one_rows.lock().unwrap().len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chains_fuse_forward_edges_and_describe_shows_exchanges() {
+    let (source, _) = counter(Some(3), 5);
+    let sink = Collect::default();
+    let rows = sink.rows.clone();
+    let mut g = JobGraph::new();
+    let s = g.add_node(NodeKind::Source(source), 2);
+    let op = g.add_node(NodeKind::Operator(Arc::new(FailAt(usize::MAX))), 2);
+    let k = g.add_node(NodeKind::Sink(Arc::new(sink)), 1);
+    g.connect(s, op, Partitioning::Forward);
+    g.connect(op, k, Partitioning::Rebalance);
+    let text = g.describe();
+    assert!(text.contains("Task 0 (parallelism 2)"), "{text}");
+    assert!(text.contains("-> [1] FailAt"), "{text}");
+    assert!(text.contains("rebalance exchange from Task 0"), "{text}");
+    run_job(&g, &RunOptions::default()).unwrap().wait().await.unwrap();
+    assert_eq!(rows.lock().unwrap().len(), 15, "a bounded job ends once its sources do");
+}
+
+#[test]
+fn forward_edge_between_different_parallelisms_is_rejected() {
+    let (source, _) = counter(Some(1), 1);
+    let mut g = JobGraph::new();
+    let s = g.add_node(NodeKind::Source(source), 2);
+    let k = g.add_node(NodeKind::Sink(Arc::new(Collect::default())), 1);
+    g.connect(s, k, Partitioning::Forward);
+    let err = g.validate().unwrap_err();
+    assert!(err.to_string().contains("forward edge"), "{err}");
+}

@@ -47,7 +47,11 @@ impl TableSpec {
 }
 
 fn connector_names() -> String {
-    CONNECTORS.iter().map(|c| c.0).collect::<Vec<_>>().join(", ")
+    CONNECTORS
+        .iter()
+        .map(|c| c.0)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Checks that the table names a known connector and only options it takes.
@@ -111,9 +115,17 @@ fn readable(read: bool) -> String {
 
 /// A sink writing rows of `input` into `spec`; `unique` names its files apart
 /// from other sinks' and runs'.
-pub fn sink_factory(spec: &TableSpec, input: SchemaRef, unique: &str) -> Result<Arc<dyn SinkFactory>> {
+pub fn sink_factory(
+    spec: &TableSpec,
+    input: SchemaRef,
+    unique: &str,
+) -> Result<Arc<dyn SinkFactory>> {
     Ok(match spec.connector() {
-        "filesystem" => Arc::new(filesystem::FileSinkFactory::try_new(&spec.options, input, unique)?),
+        "filesystem" => Arc::new(filesystem::FileSinkFactory::try_new(
+            &spec.options,
+            input,
+            unique,
+        )?),
         "stdout" => Arc::new(StdoutSinkFactory::from_options(&spec.options)?),
         "blackhole" => Arc::new(BlackholeSinkFactory),
         other => {

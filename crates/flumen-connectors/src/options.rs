@@ -47,7 +47,9 @@ impl Options {
         for (k, v) in pairs {
             let key = k.to_ascii_lowercase();
             if values.insert(key.clone(), v).is_some() {
-                return Err(FlumenError::config(format!("option '{key}' is given twice")));
+                return Err(FlumenError::config(format!(
+                    "option '{key}' is given twice"
+                )));
             }
         }
         Ok(Options { values })
@@ -79,7 +81,12 @@ impl Options {
     }
 
     /// The value of `key`, which must be one of `choices`; `default` when absent.
-    pub fn choice<'a>(&'a self, key: &str, choices: &[&'a str], default: &'a str) -> Result<&'a str> {
+    pub fn choice<'a>(
+        &'a self,
+        key: &str,
+        choices: &[&'a str],
+        default: &'a str,
+    ) -> Result<&'a str> {
         let value = self.get(key).unwrap_or(default);
         if choices.contains(&value) {
             Ok(value)
@@ -133,7 +140,9 @@ mod tests {
 
     #[test]
     fn unknown_option_lists_valid_ones() {
-        let err = opts(&[("path", "/x"), ("fromat", "csv")]).check("filesystem", SPECS).unwrap_err();
+        let err = opts(&[("path", "/x"), ("fromat", "csv")])
+            .check("filesystem", SPECS)
+            .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("unknown option 'fromat'"), "{msg}");
         assert!(msg.contains("path") && msg.contains("format"), "{msg}");
@@ -141,13 +150,17 @@ mod tests {
 
     #[test]
     fn missing_required_option_is_named() {
-        let err = opts(&[("format", "csv")]).check("filesystem", SPECS).unwrap_err();
+        let err = opts(&[("format", "csv")])
+            .check("filesystem", SPECS)
+            .unwrap_err();
         assert!(err.to_string().contains("needs option 'path'"), "{err}");
     }
 
     #[test]
     fn bad_number_names_key_and_value() {
-        let err = opts(&[("events", "ten")]).parse::<u64>("events").unwrap_err();
+        let err = opts(&[("events", "ten")])
+            .parse::<u64>("events")
+            .unwrap_err();
         assert!(err.to_string().contains("events = 'ten'"), "{err}");
     }
 }

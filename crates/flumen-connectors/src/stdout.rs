@@ -21,8 +21,10 @@ fn stdout_error(e: std::io::Error) -> FlumenError {
 use crate::options::OptionSpec;
 
 /// Options of the `stdout` connector.
-pub(crate) const OPTIONS: &[OptionSpec] =
-    &[OptionSpec::optional("format", "table (default), json or csv")];
+pub(crate) const OPTIONS: &[OptionSpec] = &[OptionSpec::optional(
+    "format",
+    "table (default), json or csv",
+)];
 
 /// How rows are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +63,9 @@ impl StdoutSinkFactory {
     }
 
     pub(crate) fn from_options(options: &Options) -> Result<Self> {
-        Ok(Self::new(StdoutFormat::parse(options.get("format").unwrap_or("table"))?))
+        Ok(Self::new(StdoutFormat::parse(
+            options.get("format").unwrap_or("table"),
+        )?))
     }
 }
 
@@ -97,7 +101,12 @@ impl StdoutSink {
             .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
             .collect::<Result<Vec<_>, _>>()?;
         let cells: Vec<Vec<String>> = (0..batch.num_rows())
-            .map(|row| formatters.iter().map(|f| f.value(row).to_string()).collect())
+            .map(|row| {
+                formatters
+                    .iter()
+                    .map(|f| f.value(row).to_string())
+                    .collect()
+            })
             .collect();
         let io = |e: std::io::Error| FlumenError::io(e.to_string());
         if !self.header_written {
@@ -106,7 +115,12 @@ impl StdoutSink {
                 .fields()
                 .iter()
                 .enumerate()
-                .map(|(i, f)| cells.iter().map(|r| r[i].len()).fold(f.name().len(), usize::max))
+                .map(|(i, f)| {
+                    cells
+                        .iter()
+                        .map(|r| r[i].len())
+                        .fold(f.name().len(), usize::max)
+                })
                 .collect();
             let rule = self.rule();
             let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
@@ -163,7 +177,9 @@ impl Sink for StdoutSink {
     async fn finish(&mut self) -> Result<()> {
         if self.format == StdoutFormat::Table && self.header_written {
             let mut out = std::io::stdout().lock();
-            writeln!(out, "{}", self.rule()).map_err(stdout_error)?;
+            writeln!(out, "{}", self.rule())
+                .and_then(|()| out.flush())
+                .map_err(stdout_error)?;
         }
         Ok(())
     }

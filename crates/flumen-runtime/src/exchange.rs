@@ -24,7 +24,11 @@ pub fn key_group_for_hash(hash: u64, max_parallelism: usize) -> usize {
 
 /// The subtask (in `0..parallelism`) owning `key_group`: each subtask owns a
 /// contiguous range of key groups, so state can be redistributed on rescale.
-pub fn subtask_for_key_group(key_group: usize, max_parallelism: usize, parallelism: usize) -> usize {
+pub fn subtask_for_key_group(
+    key_group: usize,
+    max_parallelism: usize,
+    parallelism: usize,
+) -> usize {
     key_group * parallelism / max_parallelism
 }
 
@@ -152,7 +156,9 @@ mod tests {
 
     #[test]
     fn key_groups_cover_subtasks_contiguously() {
-        let owners: Vec<usize> = (0..128).map(|kg| subtask_for_key_group(kg, 128, 3)).collect();
+        let owners: Vec<usize> = (0..128)
+            .map(|kg| subtask_for_key_group(kg, 128, 3))
+            .collect();
         assert_eq!(owners[0], 0);
         assert_eq!(owners[127], 2);
         assert!(owners.windows(2).all(|w| w[0] <= w[1]));
@@ -173,12 +179,19 @@ mod tests {
         let mut rows = 0;
         for (target, part) in &parts {
             rows += part.num_rows();
-            let col = part.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            let col = part
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap();
             for k in col.values() {
                 assert_eq!(*owner.entry(*k).or_insert(*target), *target);
             }
         }
         assert_eq!(rows, 10_000);
-        assert!(parts.len() > 1, "97 keys should spread over several subtasks");
+        assert!(
+            parts.len() > 1,
+            "97 keys should spread over several subtasks"
+        );
     }
 }

@@ -159,12 +159,19 @@ mod tests {
         let (tx_a, rx_a) = channel(8);
         let (tx_b, rx_b) = channel(8);
         let mut gate = InputGate::new(vec![rx_a, rx_b]);
-        tx_a.send(Message::Barrier(Barrier { id: 1 })).await.unwrap();
+        tx_a.send(Message::Barrier(Barrier { id: 1 }))
+            .await
+            .unwrap();
         tx_a.send(Message::Watermark(Watermark(99))).await.unwrap();
         tx_b.send(Message::Watermark(Watermark(1))).await.unwrap();
-        tx_b.send(Message::Barrier(Barrier { id: 1 })).await.unwrap();
+        tx_b.send(Message::Barrier(Barrier { id: 1 }))
+            .await
+            .unwrap();
         // Input a is blocked after its barrier, so b's messages come first.
-        assert!(matches!(gate.next().await.unwrap(), Message::Barrier(Barrier { id: 1 })));
+        assert!(matches!(
+            gate.next().await.unwrap(),
+            Message::Barrier(Barrier { id: 1 })
+        ));
         match gate.next().await.unwrap() {
             Message::Watermark(w) => assert_eq!(w, Watermark(1)),
             m => panic!("expected watermark, got {m:?}"),

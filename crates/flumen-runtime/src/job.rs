@@ -65,7 +65,10 @@ pub fn run_job(graph: &JobGraph, options: &RunOptions) -> Result<JobHandle> {
         if chained[ei] {
             continue;
         }
-        let (p_from, p_to) = (graph.nodes[e.from].parallelism, graph.nodes[e.to].parallelism);
+        let (p_from, p_to) = (
+            graph.nodes[e.from].parallelism,
+            graph.nodes[e.to].parallelism,
+        );
         for i in 0..p_from {
             for j in 0..p_to {
                 if e.partitioning == Partitioning::Forward && i != j {

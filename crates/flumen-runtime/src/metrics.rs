@@ -32,6 +32,7 @@ impl JobMetrics {
     }
     /// Counts malformed records a source dropped.
     pub fn add_bad_records_dropped(&self, n: usize) {
-        self.bad_records_dropped.fetch_add(n as u64, Ordering::Relaxed);
+        self.bad_records_dropped
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 }

@@ -215,7 +215,11 @@ async fn hash_exchange_sends_each_key_to_one_subtask() {
     let s = g.add_node(NodeKind::Source(source), 2);
     let k = g.add_node(NodeKind::Sink(Arc::new(sink)), 3);
     g.connect(s, k, Partitioning::Hash(vec![0]));
-    run_job(&g, &RunOptions::default()).unwrap().wait().await.unwrap();
+    run_job(&g, &RunOptions::default())
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     let rows = rows.lock().unwrap();
     assert_eq!(rows.len(), 40_000, "every row arrives once");
     let values: HashSet<i64> = rows.iter().map(|r| r.1).collect();
@@ -236,7 +240,11 @@ async fn broadcast_sends_every_row_to_every_subtask_and_rebalance_to_one() {
     let o = g.add_node(NodeKind::Sink(Arc::new(one)), 3);
     g.connect(s, a, Partitioning::Broadcast);
     g.connect(s, o, Partitioning::Rebalance);
-    run_job(&g, &RunOptions::default()).unwrap().wait().await.unwrap();
+    run_job(&g, &RunOptions::default())
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     let mut per_subtask: HashMap<usize, usize> = HashMap::new();
     for (sub, _) in all_rows.lock().unwrap().iter() {
         *per_subtask.entry(*sub).or_default() += 1;
@@ -261,8 +269,16 @@ async fn chains_fuse_forward_edges_and_describe_shows_exchanges() {
     assert!(text.contains("Task 0 (parallelism 2)"), "{text}");
     assert!(text.contains("-> [1] FailAt"), "{text}");
     assert!(text.contains("rebalance exchange from Task 0"), "{text}");
-    run_job(&g, &RunOptions::default()).unwrap().wait().await.unwrap();
-    assert_eq!(rows.lock().unwrap().len(), 15, "a bounded job ends once its sources do");
+    run_job(&g, &RunOptions::default())
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.lock().unwrap().len(),
+        15,
+        "a bounded job ends once its sources do"
+    );
 }
 
 #[test]

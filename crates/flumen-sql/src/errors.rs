@@ -24,7 +24,10 @@ impl SourcePos {
 
     /// A plan error at this position.
     pub(crate) fn error(&self, msg: impl std::fmt::Display) -> FlumenError {
-        FlumenError::plan(format!("{}:{}:{}: {msg}", self.file, self.line, self.column))
+        FlumenError::plan(format!(
+            "{}:{}:{}: {msg}",
+            self.file, self.line, self.column
+        ))
     }
 
     /// A DataFusion planning error, at its own span when it has one.

@@ -194,7 +194,11 @@ impl Planner {
             }
             other => {
                 let kind = other.to_string();
-                let kind: String = kind.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                let kind: String = kind
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 return Err(pos.error(format!(
                     "'{kind} …' is not supported; flumen runs CREATE TABLE, CREATE VIEW, INSERT INTO and SELECT"
                 )));
@@ -244,7 +248,9 @@ impl Planner {
             .map_or(0, |d| d.as_millis());
         for (i, query) in self.queries.iter().enumerate() {
             logical_plans.push((query.label.clone(), query.plan.display_indent().to_string()));
-            let last = self.plan_pipeline(&query.plan, &mut graph, &query.pos).await?;
+            let last = self
+                .plan_pipeline(&query.plan, &mut graph, &query.pos)
+                .await?;
             let input: SchemaRef = Arc::new(query.plan.schema().as_arrow().clone());
             let (factory, parallelism) = match &query.target {
                 Target::Stdout => (
@@ -253,8 +259,9 @@ impl Planner {
                 ),
                 Target::Table(name) => {
                     let spec = &self.tables[name];
-                    let factory = flumen_connectors::sink_factory(spec, input, &format!("{run_id}-{i}"))
-                        .map_err(|e| query.pos.wrap(e))?;
+                    let factory =
+                        flumen_connectors::sink_factory(spec, input, &format!("{run_id}-{i}"))
+                            .map_err(|e| query.pos.wrap(e))?;
                     let parallelism = if spec.connector() == "stdout" {
                         1
                     } else {
@@ -324,7 +331,10 @@ impl Planner {
             let expr = state
                 .create_physical_expr(predicate, &scan.projected_schema)
                 .map_err(|e| pos.datafusion(e))?;
-            add(graph, NodeKind::Operator(Arc::new(FilterFactory::new(expr))));
+            add(
+                graph,
+                NodeKind::Operator(Arc::new(FilterFactory::new(expr))),
+            );
         }
         for step in steps.into_iter().rev() {
             let kind = match step {
@@ -388,7 +398,10 @@ fn check_insert_types(
         let ok = tt == st
             || matches!(st, DataType::Null)
             || (tt.is_numeric() && st.is_numeric())
-            || matches!(tt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+            || matches!(
+                tt,
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            )
             || (tt.is_temporal() && st.is_temporal());
         if !ok {
             return Err(FlumenError::plan(format!(

@@ -45,9 +45,13 @@ fn option_value(e: &Expr) -> Result<String> {
             Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => Ok(s.clone()),
             Value::Number(n, _) => Ok(n.to_string()),
             Value::Boolean(b) => Ok(b.to_string()),
-            other => Err(FlumenError::plan(format!("option value {other} must be a string"))),
+            other => Err(FlumenError::plan(format!(
+                "option value {other} must be a string"
+            ))),
         },
         Expr::Identifier(i) => Ok(i.value.clone()),
-        other => Err(FlumenError::plan(format!("option value {other} must be a string"))),
+        other => Err(FlumenError::plan(format!(
+            "option value {other} must be a string"
+        ))),
     }
 }

@@ -26,7 +26,10 @@ struct CountChar {
 impl CountChar {
     fn new() -> Self {
         CountChar {
-            signature: Signature::exact(vec![DataType::Utf8, DataType::Utf8], Volatility::Immutable),
+            signature: Signature::exact(
+                vec![DataType::Utf8, DataType::Utf8],
+                Volatility::Immutable,
+            ),
         }
     }
 }

@@ -90,7 +90,9 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
             ],
         });
         planner.add_script("ddl/nexmark.sql", DDL).await?;
-        planner.add_script(&format!("{}.sql", args.query), &sql).await?;
+        planner
+            .add_script(&format!("{}.sql", args.query), &sql)
+            .await?;
         let pipeline = planner.build().await?;
         let s = execute(pipeline, false).await?;
         eprintln!(

@@ -81,7 +81,9 @@ impl PlanArgs {
         for file in &self.files {
             let sql = std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read SQL file '{}'", file.display()))?;
-            planner.add_script(&file.display().to_string(), &sql).await?;
+            planner
+                .add_script(&file.display().to_string(), &sql)
+                .await?;
         }
         Ok(planner.build().await?)
     }
@@ -120,10 +122,11 @@ fn main() -> ExitCode {
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if matches!(
-            e.downcast_ref::<flumen_types::FlumenError>(),
-            Some(flumen_types::FlumenError::OutputClosed)
-        ) =>
+        Err(e)
+            if matches!(
+                e.downcast_ref::<flumen_types::FlumenError>(),
+                Some(flumen_types::FlumenError::OutputClosed)
+            ) =>
         {
             ExitCode::SUCCESS
         }

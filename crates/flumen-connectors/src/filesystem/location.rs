@@ -23,12 +23,13 @@ pub(crate) struct Location {
 impl Location {
     pub(crate) fn parse(raw: &str) -> Result<Self> {
         if raw.contains("://") {
-            let url = Url::parse(raw)
-                .map_err(|e| FlumenError::config(format!("path '{raw}' is not a valid URL: {e}")))?;
+            let url = Url::parse(raw).map_err(|e| {
+                FlumenError::config(format!("path '{raw}' is not a valid URL: {e}"))
+            })?;
             if url.scheme() == "file" {
-                let local = url
-                    .to_file_path()
-                    .map_err(|_| FlumenError::config(format!("path '{raw}' is not a local file URL")))?;
+                let local = url.to_file_path().map_err(|_| {
+                    FlumenError::config(format!("path '{raw}' is not a local file URL"))
+                })?;
                 return Self::local(raw, local);
             }
             let (store, path) = object_store::parse_url(&url).map_err(|e| {

@@ -12,11 +12,23 @@ use crate::options::OptionSpec;
 
 /// Options of the `filesystem` connector.
 pub(crate) const OPTIONS: &[OptionSpec] = &[
-    OptionSpec::required("path", "a file or directory: local path or object-store URL"),
+    OptionSpec::required(
+        "path",
+        "a file or directory: local path or object-store URL",
+    ),
     OptionSpec::required("format", "json, csv or parquet"),
-    OptionSpec::optional("bad_data", "fail (default) or drop: what a malformed record does"),
-    OptionSpec::optional("header", "csv: whether the first line names the columns (default true)"),
-    OptionSpec::optional("rolling_size", "sink: bytes after which a new file starts (default 134217728)"),
+    OptionSpec::optional(
+        "bad_data",
+        "fail (default) or drop: what a malformed record does",
+    ),
+    OptionSpec::optional(
+        "header",
+        "csv: whether the first line names the columns (default true)",
+    ),
+    OptionSpec::optional(
+        "rolling_size",
+        "sink: bytes after which a new file starts (default 134217728)",
+    ),
 ];
 
 /// File formats the connector reads and writes.
@@ -29,11 +41,13 @@ pub(crate) enum Format {
 
 impl Format {
     pub(crate) fn parse(options: &crate::Options) -> flumen_types::Result<Self> {
-        Ok(match options.choice("format", &["json", "csv", "parquet"], "json")? {
-            "csv" => Format::Csv,
-            "parquet" => Format::Parquet,
-            _ => Format::Json,
-        })
+        Ok(
+            match options.choice("format", &["json", "csv", "parquet"], "json")? {
+                "csv" => Format::Csv,
+                "parquet" => Format::Parquet,
+                _ => Format::Json,
+            },
+        )
     }
 
     pub(crate) fn extension(self) -> &'static str {

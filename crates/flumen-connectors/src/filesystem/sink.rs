@@ -37,16 +37,24 @@ impl FileSinkFactory {
     pub fn try_new(options: &Options, schema: SchemaRef, unique: &str) -> Result<Self> {
         let location = Location::parse(options.required("path")?)?;
         let format = Format::parse(options)?;
-        let rolling_size = options.parse::<u64>("rolling_size")?.unwrap_or(DEFAULT_ROLLING_SIZE);
+        let rolling_size = options
+            .parse::<u64>("rolling_size")?
+            .unwrap_or(DEFAULT_ROLLING_SIZE);
         if let Some(dir) = &location.local {
             std::fs::create_dir_all(dir).map_err(|e| {
-                FlumenError::io(format!("cannot write to sink path '{}': {e}", location.display))
+                FlumenError::io(format!(
+                    "cannot write to sink path '{}': {e}",
+                    location.display
+                ))
             })?;
             let probe = dir.join(format!(".flumen-probe-{unique}"));
             std::fs::write(&probe, b"")
                 .and_then(|()| std::fs::remove_file(&probe))
                 .map_err(|e| {
-                    FlumenError::io(format!("cannot write to sink path '{}': {e}", location.display))
+                    FlumenError::io(format!(
+                        "cannot write to sink path '{}': {e}",
+                        location.display
+                    ))
                 })?;
         }
         Ok(FileSinkFactory {
@@ -61,7 +69,10 @@ impl FileSinkFactory {
 
 impl SinkFactory for FileSinkFactory {
     fn describe(&self) -> String {
-        format!("Sink: filesystem {} ({:?})", self.location.display, self.format)
+        format!(
+            "Sink: filesystem {} ({:?})",
+            self.location.display, self.format
+        )
     }
 
     fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Sink>> {
@@ -99,7 +110,7 @@ struct OpenFile {
 }
 
 enum FileWriter {
-    Text(BufWriter),
+    Text(Box<BufWriter>),
     Parquet(Box<AsyncArrowWriter<BufWriter>>),
 }
 
@@ -109,16 +120,25 @@ impl FileSink {
     }
 
     fn open(&mut self) -> Result<OpenFile> {
-        let file = format!("{}-{}.{}", self.name, self.next_file, self.format.extension());
+        let file = format!(
+            "{}-{}.{}",
+            self.name,
+            self.next_file,
+            self.format.extension()
+        );
         self.next_file += 1;
         let target = self.dir.clone().join(file.as_str());
-        let temp = self.dir.clone().join(format!(".{file}.inprogress").as_str());
+        let temp = self
+            .dir
+            .clone()
+            .join(format!(".{file}.inprogress").as_str());
         let out = BufWriter::new(self.store.clone(), temp.clone());
         let writer = match self.format {
             Format::Parquet => FileWriter::Parquet(Box::new(
-                AsyncArrowWriter::try_new(out, self.schema.clone(), None).map_err(|e| self.err(e))?,
+                AsyncArrowWriter::try_new(out, self.schema.clone(), None)
+                    .map_err(|e| self.err(e))?,
             )),
-            _ => FileWriter::Text(out),
+            _ => FileWriter::Text(Box::new(out)),
         };
         Ok(OpenFile {
             temp,
@@ -155,7 +175,9 @@ impl Sink for FileSink {
         let file = self.current.as_mut().expect("opened above");
         match &mut file.writer {
             FileWriter::Parquet(w) => {
-                w.write(&batch).await.map_err(|e| FlumenError::io(e.to_string()))?;
+                w.write(&batch)
+                    .await
+                    .map_err(|e| FlumenError::io(e.to_string()))?;
                 file.bytes = w.bytes_written() as u64 + w.in_progress_size() as u64;
             }
             FileWriter::Text(w) => {
@@ -170,7 +192,9 @@ impl Sink for FileSink {
                         .build(&mut buf);
                     csv.write(&batch)?;
                 }
-                w.write_all(&buf).await.map_err(|e| FlumenError::io(e.to_string()))?;
+                w.write_all(&buf)
+                    .await
+                    .map_err(|e| FlumenError::io(e.to_string()))?;
                 file.bytes += buf.len() as u64;
             }
         }

@@ -108,7 +108,12 @@ async fn list_files(location: &Location) -> Result<Vec<(Path, u64)>> {
 
 impl SourceFactory for FileSourceFactory {
     fn describe(&self) -> String {
-        let cols: Vec<&str> = self.schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let cols: Vec<&str> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
         format!(
             "Source: filesystem {} ({:?}, {} files) columns [{}]",
             self.location.display,
@@ -185,15 +190,16 @@ impl Source for FileSource {
                 let Some((path, _size)) = self.files.pop_front() else {
                     return Ok(None);
                 };
-                let reader = open(self.store.clone(), path, self.format, self.schema.clone()).await?;
+                let reader =
+                    open(self.store.clone(), path, self.format, self.schema.clone()).await?;
                 self.current = Some(reader);
                 continue;
             };
             match reader {
                 Reader::Parquet { path, reader } => match reader.next() {
                     Some(batch) => {
-                        let batch = batch
-                            .map_err(|e| FlumenError::io(format!("reading {path}: {e}")))?;
+                        let batch =
+                            batch.map_err(|e| FlumenError::io(format!("reading {path}: {e}")))?;
                         let batch = conform(&batch, &self.schema)
                             .map_err(|e| FlumenError::io(format!("reading {path}: {e}")))?;
                         return Ok(Some(Message::Batch(batch)));
@@ -201,7 +207,9 @@ impl Source for FileSource {
                     None => self.current = None,
                 },
                 Reader::Text(text) => {
-                    let chunk = text.next_chunk(self.header).await?;
+                    let chunk = text
+                        .next_chunk(self.header && self.format == Format::Csv)
+                        .await?;
                     match chunk {
                         Some((first_line, lines)) => {
                             let path = text.path.clone();
@@ -224,13 +232,13 @@ impl FileSource {
                     .with_batch_size(DEFAULT_BATCH_SIZE)
                     .build_decoder()?,
             ),
-            _ => TextDecoder::Csv(
+            _ => TextDecoder::Csv(Box::new(
                 arrow::csv::ReaderBuilder::new(self.table_schema.clone())
                     .with_header(false)
                     .with_projection(self.projection.clone())
                     .with_batch_size(DEFAULT_BATCH_SIZE)
                     .build_decoder(),
-            ),
+            )),
         })
     }
 
@@ -269,7 +277,12 @@ impl FileSource {
 }
 
 /// Opens a file. A Parquet file is fetched whole and decoded from memory.
-async fn open(store: Arc<dyn ObjectStore>, path: Path, format: Format, schema: SchemaRef) -> Result<Reader> {
+async fn open(
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    format: Format,
+    schema: SchemaRef,
+) -> Result<Reader> {
     let io = |e: &dyn std::fmt::Display| FlumenError::io(format!("reading {path}: {e}"));
     let fetched = store.get(&path).await.map_err(|e| io(&e))?;
     if format != Format::Parquet {
@@ -288,7 +301,10 @@ async fn open(store: Arc<dyn ObjectStore>, path: Path, format: Format, schema: S
     let mut roots = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
         let index = file_schema.index_of(field.name()).map_err(|_| {
-            FlumenError::io(format!("reading {path}: the file has no column '{}'", field.name()))
+            FlumenError::io(format!(
+                "reading {path}: the file has no column '{}'",
+                field.name()
+            ))
         })?;
         roots.push(index);
     }
@@ -356,7 +372,7 @@ impl TextReader {
 
 enum TextDecoder {
     Json(arrow::json::reader::Decoder),
-    Csv(arrow::csv::reader::Decoder),
+    Csv(Box<arrow::csv::reader::Decoder>),
 }
 
 impl TextDecoder {
@@ -376,7 +392,9 @@ impl TextDecoder {
                 Some(b) if b.num_rows() > 0 => batches.push(b),
                 _ if data.is_empty() => return Ok(batches),
                 _ if consumed == 0 => {
-                    return Err(ArrowError::ParseError("the decoder made no progress".into()));
+                    return Err(ArrowError::ParseError(
+                        "the decoder made no progress".into(),
+                    ));
                 }
                 _ => {}
             }

@@ -6,9 +6,7 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, Int64Array, StringBuilder, TimestampMillisecondArray,
-};
+use arrow::array::{ArrayRef, Int64Array, StringBuilder, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use super::rng::Rng;
@@ -37,12 +35,25 @@ const LAST_NAMES: [&str; 9] = [
     "Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smith", "Jones", "Noris",
 ];
 const CITIES: [&str; 10] = [
-    "Phoenix", "Los Angeles", "San Francisco", "Boise", "Portland", "Bend", "Redmond", "Seattle",
-    "Kent", "Cheyenne",
+    "Phoenix",
+    "Los Angeles",
+    "San Francisco",
+    "Boise",
+    "Portland",
+    "Bend",
+    "Redmond",
+    "Seattle",
+    "Kent",
+    "Cheyenne",
 ];
 const STATES: [&str; 6] = ["AZ", "CA", "ID", "OR", "WA", "WY"];
 const HOT_CHANNELS: [&str; 4] = ["Google", "Facebook", "Baidu", "Apple"];
-const HOT_PATHS: [&str; 4] = ["dir1/dir2/dir3", "abc/def/ghi", "map/reduce/stream", "x/y/z"];
+const HOT_PATHS: [&str; 4] = [
+    "dir1/dir2/dir3",
+    "abc/def/ghi",
+    "map/reduce/stream",
+    "x/y/z",
+];
 
 /// Which of the three tables an event belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,7 +270,11 @@ impl Generator {
         }
     }
 
-    fn persons(&self, events: impl Iterator<Item = u64> + Clone, columns: &[usize]) -> Vec<ArrayRef> {
+    fn persons(
+        &self,
+        events: impl Iterator<Item = u64> + Clone,
+        columns: &[usize],
+    ) -> Vec<ArrayRef> {
         let rows = events.clone().count();
         let mut c = Columns::new(EventKind::Person, columns, rows);
         for n in events {
@@ -298,7 +313,11 @@ impl Generator {
         c.finish()
     }
 
-    fn auctions(&self, events: impl Iterator<Item = u64> + Clone, columns: &[usize]) -> Vec<ArrayRef> {
+    fn auctions(
+        &self,
+        events: impl Iterator<Item = u64> + Clone,
+        columns: &[usize],
+    ) -> Vec<ArrayRef> {
         let rows = events.clone().count();
         let mut c = Columns::new(EventKind::Auction, columns, rows);
         let rate = self.config.rate;
@@ -400,7 +419,8 @@ impl Columns {
             let want = wanted.contains(&c);
             let is_string = field.data_type() == &DataType::Utf8;
             ints.push((want && !is_string).then(|| Vec::with_capacity(rows)));
-            strings.push((want && is_string).then(|| StringBuilder::with_capacity(rows, rows * 32)));
+            strings
+                .push((want && is_string).then(|| StringBuilder::with_capacity(rows, rows * 32)));
         }
         Columns {
             schema,
@@ -489,7 +509,11 @@ mod tests {
         assert_eq!(auctions, expected);
         assert!(ints(&cols[1]).iter().all(|c| (10..=14).contains(c)));
         let sellers = ints(&cols[2]);
-        assert!(sellers.iter().all(|s| *s >= FIRST_ID && *s <= FIRST_ID + (EVENTS / 50) as i64));
+        assert!(
+            sellers
+                .iter()
+                .all(|s| *s >= FIRST_ID && *s <= FIRST_ID + (EVENTS / 50) as i64)
+        );
     }
 
     #[test]
@@ -503,23 +527,45 @@ mod tests {
         for (i, &n) in bids.iter().enumerate() {
             let last_a = FIRST_ID + last_auction(n);
             let last_p = FIRST_ID + last_person(n);
-            assert!(auctions[i] >= FIRST_ID && auctions[i] <= last_a, "auction of bid {n}");
+            assert!(
+                auctions[i] >= FIRST_ID && auctions[i] <= last_a,
+                "auction of bid {n}"
+            );
             // The hot bidder may be the person registered in the next epoch.
-            assert!(bidders[i] >= FIRST_ID && bidders[i] <= last_p + 1, "bidder of bid {n}");
+            assert!(
+                bidders[i] >= FIRST_ID && bidders[i] <= last_p + 1,
+                "bidder of bid {n}"
+            );
             if auctions[i] == FIRST_ID + (last_auction(n) / 100) * 100 {
                 hot_auction += 1;
             }
             if bidders[i] == FIRST_ID + (last_person(n) / 100) * 100 + 1 {
                 hot_bidder += 1;
             }
-            assert!((100..=100_000_000).contains(&prices[i]), "price {}", prices[i]);
+            assert!(
+                (100..=100_000_000).contains(&prices[i]),
+                "price {}",
+                prices[i]
+            );
         }
         let share = |k: usize| k as f64 / bids.len() as f64;
-        assert!((0.49..0.56).contains(&share(hot_auction)), "hot auction share {}", share(hot_auction));
-        assert!((0.74..0.8).contains(&share(hot_bidder)), "hot bidder share {}", share(hot_bidder));
+        assert!(
+            (0.49..0.56).contains(&share(hot_auction)),
+            "hot auction share {}",
+            share(hot_auction)
+        );
+        assert!(
+            (0.74..0.8).contains(&share(hot_bidder)),
+            "hot bidder share {}",
+            share(hot_bidder)
+        );
         // Log-uniform prices: about a sixth of them per decade.
         let below_1000 = prices.iter().filter(|p| **p < 1000).count();
-        assert!((0.15..0.18).contains(&share(below_1000)), "{}", share(below_1000));
+        assert!(
+            (0.15..0.18).contains(&share(below_1000)),
+            "{}",
+            share(below_1000)
+        );
     }
 
     #[test]
@@ -527,12 +573,20 @@ mod tests {
         let g = generator();
         let cols = g.build(EventKind::Bid, 0, EVENTS, &[3, 4]);
         let (channels, urls) = (cols[0].as_string::<i32>(), cols[1].as_string::<i32>());
-        let hot = channels.iter().flatten().filter(|c| HOT_CHANNELS.contains(c)).count();
+        let hot = channels
+            .iter()
+            .flatten()
+            .filter(|c| HOT_CHANNELS.contains(c))
+            .count();
         let share = hot as f64 / channels.len() as f64;
         assert!((0.48..0.52).contains(&share), "{share}");
         for (c, u) in channels.iter().flatten().zip(urls.iter().flatten()) {
             assert!(u.starts_with("https://www.nexmark.com/"), "{u}");
-            assert_eq!(HOT_CHANNELS.contains(&c), !u.contains("&channel_id="), "{c} {u}");
+            assert_eq!(
+                HOT_CHANNELS.contains(&c),
+                !u.contains("&channel_id="),
+                "{c} {u}"
+            );
         }
     }
 
@@ -560,13 +614,19 @@ mod tests {
             assert_eq!(&joined, &all[c], "column {c}");
         }
         let projected = g.build(EventKind::Bid, 0, 10_000, &[6, 2]);
-        assert_eq!(&projected[0], &all[6], "a projection yields the same values");
+        assert_eq!(
+            &projected[0], &all[6],
+            "a projection yields the same values"
+        );
         assert_eq!(&projected[1], &all[2]);
     }
 
     #[test]
     fn event_time_advances_by_one_over_rate() {
-        let g = Generator::new(GeneratorConfig { rate: 1000, seed: 1 });
+        let g = Generator::new(GeneratorConfig {
+            rate: 1000,
+            seed: 1,
+        });
         assert_eq!(g.timestamp_ns(0), BASE_TIME_NS);
         assert_eq!(g.timestamp_ns(1), BASE_TIME_NS + 1_000_000);
         assert_eq!(g.timestamp_ns(2500), BASE_TIME_NS + 2_500_000_000);

@@ -22,7 +22,10 @@ use crate::options::{OptionSpec, Options};
 /// Options of the `nexmark` connector.
 pub(crate) const OPTIONS: &[OptionSpec] = &[
     OptionSpec::required("kind", "person, auction or bid"),
-    OptionSpec::optional("events", "total generator events, all kinds (default: unbounded)"),
+    OptionSpec::optional(
+        "events",
+        "total generator events, all kinds (default: unbounded)",
+    ),
     OptionSpec::optional("rate", "events per second of event time (default 10000000)"),
     OptionSpec::optional("seed", "seed of every random choice (default 0)"),
 ];
@@ -72,7 +75,11 @@ impl NexmarkSourceFactory {
         let mut columns = Vec::with_capacity(projected.fields().len());
         for field in projected.fields() {
             let Ok(index) = canonical.index_of(field.name()) else {
-                let valid: Vec<&str> = canonical.fields().iter().map(|f| f.name().as_str()).collect();
+                let valid: Vec<&str> = canonical
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect();
                 return Err(FlumenError::config(format!(
                     "nexmark {kind:?} table has no column '{}'; its columns are: {}",
                     field.name(),
@@ -80,7 +87,9 @@ impl NexmarkSourceFactory {
                 )));
             };
             let produced = canonical.field(index).data_type();
-            if produced != field.data_type() && !arrow::compute::can_cast_types(produced, field.data_type()) {
+            if produced != field.data_type()
+                && !arrow::compute::can_cast_types(produced, field.data_type())
+            {
                 return Err(FlumenError::config(format!(
                     "column '{}' is declared {} but nexmark produces {produced}, which cannot be cast to it",
                     field.name(),
@@ -107,8 +116,17 @@ impl SourceFactory for NexmarkSourceFactory {
         let events = self
             .events
             .map_or("unbounded".to_string(), |e| format!("{e} events"));
-        let cols: Vec<&str> = self.schema.fields().iter().map(|f| f.name().as_str()).collect();
-        format!("Source: nexmark {:?} ({events}) columns [{}]", self.kind, cols.join(", "))
+        let cols: Vec<&str> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        format!(
+            "Source: nexmark {:?} ({events}) columns [{}]",
+            self.kind,
+            cols.join(", ")
+        )
     }
 
     fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Source>> {

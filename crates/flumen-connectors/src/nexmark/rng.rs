@@ -59,6 +59,9 @@ mod tests {
         let a: Vec<u64> = (0..5).map(|n| Rng::for_event(1, n).next_u64()).collect();
         let b: Vec<u64> = (0..5).map(|n| Rng::for_event(1, n).next_u64()).collect();
         assert_eq!(a, b);
-        assert_ne!(Rng::for_event(1, 0).next_u64(), Rng::for_event(2, 0).next_u64());
+        assert_ne!(
+            Rng::for_event(1, 0).next_u64(),
+            Rng::for_event(2, 0).next_u64()
+        );
     }
 }

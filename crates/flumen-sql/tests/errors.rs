@@ -1,0 +1,209 @@
+//! Bad input gets a clear error that says where and what, never a panic, and
+//! malformed records fail the job or are dropped and counted, as configured.
+
+mod common;
+
+use common::{read_json_rows, run_scripts};
+
+const BID: &str = "CREATE TABLE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, \
+                   url VARCHAR, date_time TIMESTAMP(3), extra VARCHAR) \
+                   WITH (connector = 'nexmark', kind = 'bid', events = '1000');\n";
+
+async fn error_of(sql: &str) -> String {
+    match run_scripts(&[("job.sql", sql)], 1, &[]).await {
+        Ok(_) => panic!("expected an error for:\n{sql}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn assert_contains(msg: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(msg.contains(p), "error {msg:?} should contain {p:?}");
+    }
+}
+
+#[tokio::test]
+async fn syntax_error_names_line_and_column() {
+    let msg = error_of(&format!("{BID}SELEC auction FROM bid;")).await;
+    assert_contains(&msg, &["job.sql:2:1:", "syntax error", "SELEC"]);
+}
+
+#[tokio::test]
+async fn unknown_column_names_line_and_column() {
+    let msg = error_of(&format!("{BID}\nSELECT auction,\n       nope FROM bid;")).await;
+    assert_contains(&msg, &["job.sql:4:8:", "nope"]);
+}
+
+#[tokio::test]
+async fn unknown_connector_lists_the_valid_ones() {
+    let msg =
+        error_of("CREATE TABLE t (a BIGINT) WITH (connector = 'kafkaa');\nSELECT a FROM t;").await;
+    assert_contains(
+        &msg,
+        &[
+            "job.sql:1:",
+            "unknown connector 'kafkaa'",
+            "nexmark, filesystem, stdout, blackhole",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn unknown_option_lists_the_valid_ones() {
+    let msg = error_of(
+        "CREATE TABLE bid (auction BIGINT) WITH (connector = 'nexmark', kind = 'bid', evnts = '10');\nSELECT * FROM bid;",
+    )
+    .await;
+    assert_contains(
+        &msg,
+        &["unknown option 'evnts'", "events", "rate", "seed", "kind"],
+    );
+}
+
+#[tokio::test]
+async fn missing_required_option_is_named() {
+    let msg = error_of(
+        "CREATE TABLE bid (auction BIGINT) WITH (connector = 'nexmark');\nSELECT * FROM bid;",
+    )
+    .await;
+    assert_contains(&msg, &["needs option 'kind'"]);
+}
+
+#[tokio::test]
+async fn bad_option_value_is_named() {
+    let msg = error_of(
+        "CREATE TABLE bid (auction BIGINT) WITH (connector = 'nexmark', kind = 'bids');\nSELECT * FROM bid;",
+    )
+    .await;
+    assert_contains(&msg, &["kind = 'bids'", "person, auction, bid"]);
+}
+
+#[tokio::test]
+async fn type_mismatch_names_the_column() {
+    let sink =
+        "CREATE TABLE out (auction BIGINT, seen TIMESTAMP(3)) WITH (connector = 'blackhole');\n";
+    let msg = error_of(&format!(
+        "{BID}{sink}INSERT INTO out SELECT auction, channel FROM bid;"
+    ))
+    .await;
+    assert_contains(&msg, &["job.sql:3:1:", "column 'seen'", "Utf8"]);
+
+    let msg = error_of(
+        "CREATE TABLE bid (date_time BOOLEAN) WITH (connector = 'nexmark', kind = 'bid');\nSELECT * FROM bid;",
+    )
+    .await;
+    assert_contains(&msg, &["column 'date_time'", "Boolean"]);
+}
+
+#[tokio::test]
+async fn unsupported_construct_is_named() {
+    let msg = error_of(&format!(
+        "{BID}SELECT auction, count(*) FROM bid GROUP BY auction;"
+    ))
+    .await;
+    assert_contains(&msg, &["job.sql:2:1:", "GROUP BY"]);
+}
+
+#[tokio::test]
+async fn missing_input_path_is_named() {
+    let msg = error_of(
+        "CREATE TABLE t (a BIGINT) WITH (connector = 'filesystem', path = '/no/such/dir/in.json', format = 'json');\nSELECT a FROM t;",
+    )
+    .await;
+    assert_contains(&msg, &["/no/such/dir/in.json", "does not exist"]);
+}
+
+#[tokio::test]
+async fn unwritable_sink_path_is_named() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let path = file.path().join("out");
+    let sql = format!(
+        "{BID}CREATE TABLE out (auction BIGINT) WITH (connector = 'filesystem', path = '{}', format = 'json');\n\
+         INSERT INTO out SELECT auction FROM bid;",
+        path.display()
+    );
+    let msg = error_of(&sql).await;
+    assert_contains(&msg, &[&path.display().to_string(), "cannot write"]);
+}
+
+fn json_job(input: &std::path::Path, output: &std::path::Path, bad_data: &str) -> String {
+    format!(
+        "CREATE TABLE src (id BIGINT, name VARCHAR) WITH (connector = 'filesystem', path = '{}', format = 'json'{bad_data});\n\
+         CREATE TABLE dst (id BIGINT, name VARCHAR) WITH (connector = 'filesystem', path = '{}', format = 'json');\n\
+         INSERT INTO dst SELECT id, upper(name) FROM src;",
+        input.display(),
+        output.display()
+    )
+}
+
+const JSON_LINES: &str = "{\"id\": 1, \"name\": \"a\"}\n{\"id\": \"two\", \"name\": \"b\"}\n{\"id\": 3, \"name\": \"c\"}\n";
+
+#[tokio::test]
+async fn malformed_json_record_fails_the_job_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.json");
+    std::fs::write(&input, JSON_LINES).unwrap();
+    let msg = error_of(&json_job(&input, &dir.path().join("out"), "")).await;
+    assert_contains(&msg, &["in.json line 2"]);
+}
+
+#[tokio::test]
+async fn malformed_json_record_is_dropped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.json");
+    std::fs::write(&input, JSON_LINES).unwrap();
+    let out = dir.path().join("out");
+    let sql = json_job(&input, &out, ", bad_data = 'drop'");
+    let metrics = run_scripts(&[("job.sql", &sql)], 2, &[]).await.unwrap();
+    assert_eq!(metrics.bad_records_dropped(), 1);
+    assert_eq!(metrics.rows_in(), 2);
+    assert_eq!(read_json_rows(&out).await, vec!["1|A", "3|C"]);
+}
+
+#[tokio::test]
+async fn csv_source_reads_headers_and_names_bad_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::write(input.join("a.csv"), "id,name\n1,x\n2,y\n").unwrap();
+    std::fs::write(input.join("b.csv"), "id,name\n3,z\nfour,w\n").unwrap();
+    let out = dir.path().join("out");
+    let sql = |bad: &str| {
+        format!(
+            "CREATE TABLE src (id BIGINT, name VARCHAR) WITH (connector = 'filesystem', path = '{}', format = 'csv'{bad});\n\
+             CREATE TABLE dst (id BIGINT, name VARCHAR) WITH (connector = 'filesystem', path = '{}', format = 'json');\n\
+             INSERT INTO dst SELECT id * 10, name FROM src;",
+            input.display(),
+            out.display()
+        )
+    };
+    let msg = error_of(&sql("")).await;
+    assert_contains(&msg, &["b.csv line 3"]);
+    std::fs::remove_dir_all(&out).ok();
+    let metrics = run_scripts(&[("job.sql", &sql(", bad_data = 'drop'"))], 2, &[])
+        .await
+        .unwrap();
+    assert_eq!(metrics.bad_records_dropped(), 1);
+    assert_eq!(read_json_rows(&out).await, vec!["10|x", "20|y", "30|z"]);
+}
+
+#[tokio::test]
+async fn file_sink_rolls_files_by_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = format!(
+        "{BID}CREATE TABLE out (auction BIGINT, extra VARCHAR) WITH (connector = 'filesystem', path = '{}', format = 'json', rolling_size = '10000');\n\
+         INSERT INTO out SELECT auction, extra FROM bid;",
+        dir.path().display()
+    );
+    run_scripts(&[("job.sql", &sql)], 1, &[("events", "100000")])
+        .await
+        .unwrap();
+    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+    assert!(files.len() > 5, "{} files", files.len());
+    assert!(
+        files
+            .iter()
+            .all(|f| !f.file_name().to_string_lossy().contains("inprogress"))
+    );
+    assert_eq!(read_json_rows(dir.path()).await.len(), 92_000);
+}

@@ -1,0 +1,167 @@
+//! Each shipped Nexmark query, run as a stream over Parquet files of
+//! generated rows at parallelism 1, 2 and 4, must give exactly the multiset
+//! of rows that DataFusion's batch engine gives for the same SQL.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{assert_same_rows, read_parquet_rows, rows, run_scripts};
+use datafusion::prelude::ParquetReadOptions;
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+const EVENTS: &str = "60000";
+const TABLES: [&str; 3] = ["person", "auction", "bid"];
+
+fn nexmark_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benchmarks/nexmark")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Writes the generator's three tables as Parquet files under `dir` (several
+/// files each, so every subtask of a parallel file source has work) and
+/// returns the DDL that declares the same tables over those files.
+async fn generate_input(dir: &Path) -> String {
+    let ddl = read(&nexmark_dir().join("ddl/nexmark.sql"));
+    let mut sinks = String::new();
+    let mut file_ddl = ddl.clone();
+    for t in TABLES {
+        let generator_options = format!(
+            "connector = 'nexmark', kind = '{t}', events = '10000000', rate = '10000000', seed = '42'"
+        );
+        assert!(
+            file_ddl.contains(&generator_options),
+            "ddl/nexmark.sql declares {t} as expected"
+        );
+        let path = dir.join(t);
+        let file_options = format!(
+            "connector = 'filesystem', path = '{}', format = 'parquet'",
+            path.display()
+        );
+        file_ddl = file_ddl.replace(&generator_options, &file_options);
+        let columns = ddl_columns(&ddl, t);
+        sinks.push_str(&format!(
+            "CREATE TABLE {t}_files ({columns}) WITH ({file_options}, rolling_size = '300000');\n\
+             INSERT INTO {t}_files SELECT * FROM {t};\n"
+        ));
+    }
+    // One event per second of event time: the rows span many hours, so
+    // time-of-day logic (q14) sees every case.
+    run_scripts(
+        &[("ddl/nexmark.sql", &ddl), ("generate.sql", &sinks)],
+        2,
+        &[("events", EVENTS), ("rate", "1")],
+    )
+    .await
+    .expect("generating the input files");
+    file_ddl
+}
+
+/// The column list of table `t` in the DDL text.
+fn ddl_columns(ddl: &str, t: &str) -> String {
+    let start = ddl
+        .find(&format!("CREATE TABLE {t} ("))
+        .expect("table in ddl")
+        + format!("CREATE TABLE {t} (").len();
+    let end = start + ddl[start..].find(") WITH").expect("end of columns");
+    ddl[start..end].to_string()
+}
+
+/// The SELECT of the query file's INSERT.
+fn insert_query(sql: &str) -> String {
+    let statements = Parser::parse_sql(&GenericDialect {}, sql).expect("query parses");
+    statements
+        .iter()
+        .find_map(|s| match s {
+            Statement::Insert(i) => i.source.as_ref().map(|q| q.to_string()),
+            _ => None,
+        })
+        .expect("query file has an INSERT")
+}
+
+async fn check_query(q: &str) {
+    let input = tempfile::tempdir().unwrap();
+    let file_ddl = generate_input(input.path()).await;
+    let query_sql = read(&nexmark_dir().join(format!("{q}.sql")));
+
+    let ctx = flumen_sql::session();
+    for t in TABLES {
+        ctx.register_parquet(
+            t,
+            input.path().join(t).to_str().unwrap(),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let batch = ctx
+        .sql(&insert_query(&query_sql))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let expected = rows(&batch);
+    assert!(!expected.is_empty(), "{q}: the batch result has rows");
+
+    for parallelism in [1, 2, 4] {
+        let out = tempfile::tempdir().unwrap();
+        let sink = format!(
+            "connector = 'filesystem', path = '{}', format = 'parquet'",
+            out.path().display()
+        );
+        assert!(query_sql.contains("connector = 'blackhole'"));
+        let streaming_sql = query_sql.replace("connector = 'blackhole'", &sink);
+        run_scripts(
+            &[
+                ("files.sql", &file_ddl),
+                (&format!("{q}.sql"), &streaming_sql),
+            ],
+            parallelism,
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{q} at parallelism {parallelism}: {e}"));
+        let actual = read_parquet_rows(out.path()).await;
+        assert_same_rows(
+            &format!("{q} at parallelism {parallelism}"),
+            &actual,
+            &expected,
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q0_matches_batch() {
+    check_query("q0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q1_matches_batch() {
+    check_query("q1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q2_matches_batch() {
+    check_query("q2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q14_matches_batch() {
+    check_query("q14").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q21_matches_batch() {
+    check_query("q21").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q22_matches_batch() {
+    check_query("q22").await;
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every check a change must pass: formatting, lints and all tests.
+# The cargo target directory lives outside the checkout (reused across
+# clones and CI runs) unless CARGO_TARGET_DIR says otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flumen/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+scripts/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --all-targets --locked

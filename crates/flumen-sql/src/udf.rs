@@ -75,3 +75,46 @@ impl ScalarUDFImpl for CountChar {
         Ok(ColumnarValue::Array(Arc::new(counts) as ArrayRef))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::StringArray;
+    use arrow::datatypes::Field;
+    use datafusion::common::config::ConfigOptions;
+
+    #[test]
+    fn counts_one_character_per_row() {
+        let udf = CountChar::new();
+        let text = StringArray::from(vec![Some("cat"), Some("ccc"), None, Some(""), Some("écé")]);
+        let call = |needle: &str| {
+            let args = ScalarFunctionArgs {
+                args: vec![
+                    ColumnarValue::Array(Arc::new(text.clone())),
+                    ColumnarValue::Scalar(ScalarValue::Utf8(Some(needle.into()))),
+                ],
+                arg_fields: vec![
+                    Arc::new(Field::new("t", DataType::Utf8, true)),
+                    Arc::new(Field::new("c", DataType::Utf8, false)),
+                ],
+                number_rows: text.len(),
+                return_field: Arc::new(Field::new("r", DataType::Int64, true)),
+                config_options: Arc::new(ConfigOptions::default()),
+            };
+            let ColumnarValue::Array(a) = udf.invoke_with_args(args).unwrap() else {
+                panic!("an array")
+            };
+            a.as_any().downcast_ref::<Int64Array>().unwrap().clone()
+        };
+        let ascii = call("c");
+        assert_eq!(
+            ascii.iter().collect::<Vec<_>>(),
+            vec![Some(1), Some(3), None, Some(0), Some(1)]
+        );
+        let unicode = call("é");
+        assert_eq!(
+            unicode.iter().collect::<Vec<_>>(),
+            vec![Some(0), Some(0), None, Some(0), Some(2)]
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! The `flumen` binary: golden SQL files with their expected output, SQL
+//! errors with their expected message, help and explain.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn flumen(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flumen"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("flumen runs")
+}
+
+fn sql_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no golden files in {}", dir.display());
+    files
+}
+
+fn sorted_lines(s: &str) -> Vec<&str> {
+    let mut lines: Vec<&str> = s.lines().collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn golden_queries_print_their_expected_rows() {
+    let dir = golden_dir();
+    for sql in sql_files(&dir) {
+        let name = sql.file_name().unwrap().to_str().unwrap();
+        let expected = std::fs::read_to_string(sql.with_extension("out")).unwrap();
+        for parallelism in ["1", "2"] {
+            let out = flumen(&["run", name, "--format", "csv", "-p", parallelism], &dir);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{name}: {stderr}");
+            let stdout = String::from_utf8(out.stdout).unwrap();
+            if parallelism == "1" {
+                assert_eq!(stdout, expected, "{name} at parallelism 1");
+            } else {
+                assert_eq!(
+                    sorted_lines(&stdout),
+                    sorted_lines(&expected),
+                    "{name} at parallelism 2"
+                );
+            }
+            assert!(
+                stderr.contains("rows out"),
+                "{name} ends with a summary: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn golden_errors_print_their_expected_message() {
+    let dir = golden_dir().join("errors");
+    for sql in sql_files(&dir) {
+        let name = sql.file_name().unwrap().to_str().unwrap();
+        let expected = std::fs::read_to_string(sql.with_extension("err")).unwrap();
+        let out = flumen(&["run", name], &dir);
+        assert_eq!(out.status.code(), Some(1), "{name} exits 1");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().next(), expected.lines().next(), "{name}");
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    }
+}
+
+#[test]
+fn help_describes_every_command() {
+    let out = flumen(&["--help"], &golden_dir());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["run", "explain", "bench"] {
+        assert!(text.contains(cmd), "{text}");
+    }
+    let out = flumen(&["run", "--help"], &golden_dir());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--parallelism", "--format", "--set"] {
+        assert!(text.contains(flag), "{text}");
+    }
+}
+
+#[test]
+fn explain_prints_plan_and_job_graph() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = flumen(
+        &[
+            "explain",
+            "benchmarks/nexmark/ddl/nexmark.sql",
+            "benchmarks/nexmark/q2.sql",
+            "-p",
+            "3",
+        ],
+        &root,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for part in [
+        "INSERT INTO nexmark_q2: logical plan",
+        "TableScan: bid projection=[auction, price]",
+        "Task 0 (parallelism 3)",
+        "-> [1] Filter",
+        "Sink: blackhole",
+    ] {
+        assert!(text.contains(part), "missing {part:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn missing_sql_file_is_an_error_naming_it() {
+    let out = flumen(&["run", "no-such-file.sql"], &golden_dir());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no-such-file.sql"), "{stderr}");
+}

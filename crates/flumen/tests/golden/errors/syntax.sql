@@ -1,0 +1,3 @@
+CREATE TABLE t (a BIGINT) WITH (connector = 'blackhole');
+SELECT a
+  FROM t WHERE;

@@ -1,0 +1,2 @@
+CREATE TABLE bid (auction BIGINT) WITH (connector = 'nexmark', kind = 'bid', events = '10');
+SELECT auction, bidder FROM bid;

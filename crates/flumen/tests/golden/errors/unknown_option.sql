@@ -1,0 +1,3 @@
+CREATE TABLE t (a BIGINT)
+WITH (connector = 'filesystem', path = 'x', format = 'csv', headers = 'false');
+SELECT a FROM t;

@@ -46,6 +46,12 @@ impl TableSpec {
     }
 }
 
+/// The column names of `schema`, comma-separated, for `explain`.
+pub(crate) fn column_list(schema: &SchemaRef) -> String {
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    names.join(", ")
+}
+
 fn connector_names() -> String {
     CONNECTORS
         .iter()

@@ -37,6 +37,10 @@ pub(crate) struct Task {
 impl Task {
     pub(crate) async fn run(mut self) -> Result<()> {
         loop {
+            // A chain that never waits on a channel (source to sink in one
+            // task) must still give the runtime's timers, signals and other
+            // tasks their turn: this yields once the task's budget is spent.
+            tokio::task::consume_budget().await;
             let msg = match &mut self.head {
                 Head::Source(source) => {
                     if self.stop.load(Ordering::Relaxed) {

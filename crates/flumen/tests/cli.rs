@@ -127,3 +127,27 @@ fn missing_sql_file_is_an_error_naming_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no-such-file.sql"), "{stderr}");
 }
+
+#[test]
+fn ctrl_c_stops_an_unbounded_run_cleanly_with_progress_and_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = "CREATE TABLE bid (auction BIGINT, price BIGINT) WITH (connector = 'nexmark', kind = 'bid');\n\
+               CREATE TABLE out (auction BIGINT, price BIGINT) WITH (connector = 'blackhole');\n\
+               INSERT INTO out SELECT auction, price FROM bid WHERE auction % 123 = 0;\n";
+    std::fs::write(dir.path().join("unbounded.sql"), sql).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_flumen"))
+        .args(["run", "unbounded.sql", "-p", "2"])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("flumen starts");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // SAFETY: sending SIGINT to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for part in ["rows in", "rows/s", "stopping", "done:", "per core"] {
+        assert!(stderr.contains(part), "missing {part:?} in:\n{stderr}");
+    }
+}

@@ -108,18 +108,12 @@ async fn list_files(location: &Location) -> Result<Vec<(Path, u64)>> {
 
 impl SourceFactory for FileSourceFactory {
     fn describe(&self) -> String {
-        let cols: Vec<&str> = self
-            .schema
-            .fields()
-            .iter()
-            .map(|f| f.name().as_str())
-            .collect();
         format!(
             "Source: filesystem {} ({:?}, {} files) columns [{}]",
             self.location.display,
             self.format,
             self.files.len(),
-            cols.join(", ")
+            crate::column_list(&self.schema)
         )
     }
 

@@ -13,5 +13,10 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo test"
-cargo test --workspace --all-targets --locked
+if cargo nextest --version >/dev/null 2>&1; then
+    echo "== cargo nextest run"
+    cargo nextest run --workspace --all-targets --locked --no-fail-fast
+else
+    echo "== cargo test"
+    cargo test --workspace --all-targets --locked --no-fail-fast
+fi

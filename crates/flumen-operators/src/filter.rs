@@ -58,3 +58,52 @@ impl Operator for Filter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, Int64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::logical_expr::Operator as BinaryOp;
+    use datafusion::physical_expr::expressions::{BinaryExpr, col, lit};
+    use flumen_runtime::JobMetrics;
+
+    fn ctx() -> TaskContext {
+        TaskContext {
+            subtask: 0,
+            parallelism: 1,
+            metrics: Arc::new(JobMetrics::default()),
+        }
+    }
+
+    #[test]
+    fn keeps_rows_where_predicate_is_true_and_drops_nulls() {
+        let schema = Schema::new(vec![Field::new("a", DataType::Int64, true)]);
+        let a: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), None, Some(5), Some(7)]));
+        let batch = RecordBatch::try_new(Arc::new(schema.clone()), vec![a]).unwrap();
+        let predicate = Arc::new(BinaryExpr::new(
+            col("a", &schema).unwrap(),
+            BinaryOp::Gt,
+            lit(2i64),
+        ));
+        let mut op = FilterFactory::new(predicate).create(&ctx()).unwrap();
+        let mut out = Vec::new();
+        op.process_batch(batch.clone(), &mut out).unwrap();
+        let kept = out[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(kept.values(), &[5, 7]);
+
+        let none = Arc::new(BinaryExpr::new(
+            col("a", &schema).unwrap(),
+            BinaryOp::Gt,
+            lit(100i64),
+        ));
+        let mut op = FilterFactory::new(none).create(&ctx()).unwrap();
+        let mut out = Vec::new();
+        op.process_batch(batch, &mut out).unwrap();
+        assert!(out.is_empty(), "an empty result sends no batch");
+    }
+}

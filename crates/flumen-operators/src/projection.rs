@@ -64,3 +64,48 @@ impl Operator for Projection {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, Int64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::logical_expr::Operator as BinaryOp;
+    use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, col, lit};
+    use flumen_runtime::JobMetrics;
+
+    #[test]
+    fn computes_each_output_column_from_the_input() {
+        let input = Schema::new(vec![Field::new("price", DataType::Int64, false)]);
+        let price: ArrayRef = Arc::new(Int64Array::from(vec![100, 250]));
+        let batch = RecordBatch::try_new(Arc::new(input.clone()), vec![price]).unwrap();
+        let as_f64 = Arc::new(CastExpr::new(
+            col("price", &input).unwrap(),
+            DataType::Float64,
+            None,
+        ));
+        let euros = Arc::new(BinaryExpr::new(lit(0.5f64), BinaryOp::Multiply, as_f64));
+        let output = Arc::new(Schema::new(vec![
+            Field::new("euros", DataType::Float64, false),
+            Field::new("price", DataType::Int64, false),
+        ]));
+        let factory =
+            ProjectionFactory::new(vec![euros, col("price", &input).unwrap()], output.clone());
+        assert!(factory.describe().contains("AS euros"));
+        let ctx = TaskContext {
+            subtask: 0,
+            parallelism: 1,
+            metrics: Arc::new(JobMetrics::default()),
+        };
+        let mut op = factory.create(&ctx).unwrap();
+        let mut out = Vec::new();
+        op.process_batch(batch, &mut out).unwrap();
+        assert_eq!(out[0].schema(), output);
+        let euros = out[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
+        assert_eq!(euros.values(), &[50.0, 125.0]);
+    }
+}

@@ -34,3 +34,19 @@ pub enum Message {
     /// The sender has finished; no message follows.
     End,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermarks_order_by_time_with_min_and_max_at_the_ends() {
+        assert!(Watermark::MIN < Watermark(0));
+        assert!(Watermark(0) < Watermark(1));
+        assert!(Watermark(i64::MAX - 1) < Watermark::MAX);
+        assert_eq!(
+            [Watermark(3), Watermark(1)].iter().min(),
+            Some(&Watermark(1))
+        );
+    }
+}

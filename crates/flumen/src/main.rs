@@ -12,6 +12,11 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use flumen_connectors::StdoutFormat;
 
+/// Batches are allocated and freed at a high rate; mimalloc reuses their
+/// pages instead of returning them to the kernel and faulting them back in.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// flumen — a stream processor that runs SQL pipelines over Arrow batches.
 #[derive(Parser)]
 #[command(name = "flumen", version, about, long_about = None)]

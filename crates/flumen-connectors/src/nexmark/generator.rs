@@ -178,8 +178,10 @@ fn recent_id(rng: &mut Rng, last: i64, window: i64) -> i64 {
     min + rng.below((last - min + 1).max(1) as u64) as i64
 }
 
+/// Log-uniform in `[100, 10^8]`: `round(10^(6u) * 100)`, computed as a
+/// power of two, which is cheaper than `powf`.
 fn price(rng: &mut Rng) -> i64 {
-    (10f64.powf(rng.next_f64() * 6.0) * 100.0).round() as i64
+    ((rng.next_f64() * 6.0 * std::f64::consts::LOG2_10).exp2() * 100.0).round() as i64
 }
 
 /// Length of the `extra` padding that brings an event to `average` bytes.
@@ -401,6 +403,18 @@ pub fn event_numbers(kind: EventKind, start: u64, end: u64) -> impl Iterator<Ite
         .filter(move |n| (start..end).contains(n))
 }
 
+/// An upper bound on the length of a generated string column's values.
+fn max_string_len(kind: EventKind, column: &str) -> usize {
+    match (kind, column) {
+        (EventKind::Person, "extra") => 160,
+        (EventKind::Auction, "extra") => 390,
+        (EventKind::Bid, "extra") => 82,
+        (_, "url") => 96,
+        (_, "description") => 100,
+        _ => 24,
+    }
+}
+
 /// Builders for the requested columns of one batch; columns nobody reads are
 /// never built.
 struct Columns {
@@ -419,8 +433,9 @@ impl Columns {
             let want = wanted.contains(&c);
             let is_string = field.data_type() == &DataType::Utf8;
             ints.push((want && !is_string).then(|| Vec::with_capacity(rows)));
-            strings
-                .push((want && is_string).then(|| StringBuilder::with_capacity(rows, rows * 32)));
+            // Sized for the column's largest values so no batch reallocates.
+            let bytes = rows * max_string_len(kind, field.name());
+            strings.push((want && is_string).then(|| StringBuilder::with_capacity(rows, bytes)));
         }
         Columns {
             schema,

@@ -19,7 +19,13 @@ use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+// ParquetObjectReader is deprecated in favour of hand-written readers; it is
+// still the maintained way to read Parquet through object_store, so keep it
+// until arrow-rs ships its replacement.
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+#[allow(deprecated)]
+use parquet::arrow::async_reader::ParquetObjectReader;
+use parquet::arrow::async_reader::ParquetRecordBatchStream;
 
 use super::Format;
 use super::location::Location;
@@ -159,7 +165,8 @@ enum Reader {
     Text(TextReader),
     Parquet {
         path: Path,
-        reader: ParquetRecordBatchReader,
+        #[allow(deprecated)]
+        stream: ParquetRecordBatchStream<ParquetObjectReader>,
     },
 }
 
@@ -181,16 +188,22 @@ impl Source for FileSource {
                 return Ok(Some(Message::Batch(batch)));
             }
             let Some(reader) = &mut self.current else {
-                let Some((path, _size)) = self.files.pop_front() else {
+                let Some((path, size)) = self.files.pop_front() else {
                     return Ok(None);
                 };
-                let reader =
-                    open(self.store.clone(), path, self.format, self.schema.clone()).await?;
+                let reader = open(
+                    self.store.clone(),
+                    path,
+                    size,
+                    self.format,
+                    self.schema.clone(),
+                )
+                .await?;
                 self.current = Some(reader);
                 continue;
             };
             match reader {
-                Reader::Parquet { path, reader } => match reader.next() {
+                Reader::Parquet { path, stream } => match stream.next().await {
                     Some(batch) => {
                         let batch =
                             batch.map_err(|e| FlumenError::io(format!("reading {path}: {e}")))?;
@@ -270,16 +283,19 @@ impl FileSource {
     }
 }
 
-/// Opens a file. A Parquet file is fetched whole and decoded from memory.
+/// Opens a file: text is streamed in chunks, Parquet is read row group by
+/// row group (only the projected columns), so memory stays flat.
+#[allow(deprecated)]
 async fn open(
     store: Arc<dyn ObjectStore>,
     path: Path,
+    size: u64,
     format: Format,
     schema: SchemaRef,
 ) -> Result<Reader> {
     let io = |e: &dyn std::fmt::Display| FlumenError::io(format!("reading {path}: {e}"));
-    let fetched = store.get(&path).await.map_err(|e| io(&e))?;
     if format != Format::Parquet {
+        let fetched = store.get(&path).await.map_err(|e| io(&e))?;
         return Ok(Reader::Text(TextReader {
             stream: fetched.into_stream(),
             path,
@@ -289,8 +305,10 @@ async fn open(
             at_start: true,
         }));
     }
-    let bytes = fetched.bytes().await.map_err(|e| io(&e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| io(&e))?;
+    let reader = ParquetObjectReader::new(store, path.clone()).with_file_size(size);
+    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|e| io(&e))?;
     let file_schema = builder.schema().clone();
     let mut roots = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
@@ -303,12 +321,12 @@ async fn open(
         roots.push(index);
     }
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-    let reader = builder
+    let stream = builder
         .with_projection(mask)
         .with_batch_size(DEFAULT_BATCH_SIZE)
         .build()
         .map_err(|e| io(&e))?;
-    Ok(Reader::Parquet { path, reader })
+    Ok(Reader::Parquet { path, stream })
 }
 
 impl TextReader {

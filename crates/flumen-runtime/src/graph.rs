@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use flumen_types::{FlumenError, Result};
 
-use crate::operator::{OperatorFactory, SinkFactory, SourceFactory};
+use crate::operator::{OperatorFactory, SinkFactory, SourceFactory, WatermarkStrategy};
 
 /// Index of a node in its [`JobGraph`].
 pub type NodeId = usize;
@@ -63,6 +63,8 @@ pub struct Node {
     pub kind: NodeKind,
     /// Number of parallel subtasks.
     pub parallelism: usize,
+    /// For a source with event time: how its subtasks derive watermarks.
+    pub watermarks: Option<Arc<dyn WatermarkStrategy>>,
 }
 
 /// An edge from one node to another.
@@ -97,6 +99,7 @@ impl JobGraph {
         self.nodes.push(Node {
             kind,
             parallelism: parallelism.max(1),
+            watermarks: None,
         });
         self.nodes.len() - 1
     }
@@ -108,6 +111,11 @@ impl JobGraph {
             to,
             partitioning,
         });
+    }
+
+    /// Makes source `node` emit watermarks derived by `strategy` after each batch.
+    pub fn set_watermarks(&mut self, node: NodeId, strategy: Arc<dyn WatermarkStrategy>) {
+        self.nodes[node].watermarks = Some(strategy);
     }
 
     /// The nodes, indexed by [`NodeId`].
@@ -219,6 +227,9 @@ impl JobGraph {
             for (i, &n) in chain.nodes.iter().enumerate() {
                 let link = if i == 0 { "  " } else { "  -> " };
                 let _ = writeln!(out, "{link}[{n}] {}", self.nodes[n].kind.describe());
+                if let Some(w) = &self.nodes[n].watermarks {
+                    let _ = writeln!(out, "       watermarks: {}", w.describe());
+                }
             }
         }
         out

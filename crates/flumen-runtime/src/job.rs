@@ -126,7 +126,10 @@ fn build_task(
     let mut sink = None;
     for &n in nodes {
         match &graph.nodes[n].kind {
-            NodeKind::Source(f) => head = Some(Head::Source(f.create(ctx)?)),
+            NodeKind::Source(f) => {
+                let watermarks = graph.nodes[n].watermarks.as_ref().map(|w| w.create());
+                head = Some(Head::Source(f.create(ctx)?, watermarks));
+            }
             NodeKind::Operator(f) => operators.push(f.create(ctx)?),
             NodeKind::Sink(f) => sink = Some(f.create(ctx)?),
         }

@@ -19,4 +19,5 @@ pub use job::{JobHandle, RunOptions, run_job};
 pub use metrics::JobMetrics;
 pub use operator::{
     Operator, OperatorFactory, Sink, SinkFactory, Source, SourceFactory, TaskContext,
+    WatermarkGenerator, WatermarkStrategy,
 };

@@ -58,6 +58,22 @@ pub trait Sink: Send {
     async fn finish(&mut self) -> Result<()>;
 }
 
+/// Tracks event time in the batches of one source subtask and says when the
+/// watermark advances.
+pub trait WatermarkGenerator: Send {
+    /// Looks at a batch the source produced; returns the new watermark if
+    /// this batch moved it forward.
+    fn on_batch(&mut self, batch: &RecordBatch) -> Result<Option<Watermark>>;
+}
+
+/// Makes a [`WatermarkGenerator`] for each source subtask.
+pub trait WatermarkStrategy: Send + Sync {
+    /// A short description for `explain`.
+    fn describe(&self) -> String;
+    /// The generator of one subtask.
+    fn create(&self) -> Box<dyn WatermarkGenerator>;
+}
+
 /// Makes a [`Source`] for each subtask.
 pub trait SourceFactory: Send + Sync {
     /// A short description for `explain` and progress output.

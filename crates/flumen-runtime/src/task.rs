@@ -11,11 +11,12 @@ use flumen_types::{Message, Result, Watermark};
 use crate::exchange::Exchange;
 use crate::input::InputGate;
 use crate::metrics::JobMetrics;
-use crate::operator::{Operator, Sink, Source};
+use crate::operator::{Operator, Sink, Source, WatermarkGenerator};
 
 /// Where a task's messages come from.
 pub(crate) enum Head {
-    Source(Box<dyn Source>),
+    /// A source, and the generator of its watermarks if it has event time.
+    Source(Box<dyn Source>, Option<Box<dyn WatermarkGenerator>>),
     Inputs(InputGate),
 }
 
@@ -41,19 +42,30 @@ impl Task {
             // task) must still give the runtime's timers, signals and other
             // tasks their turn: this yields once the task's budget is spent.
             tokio::task::consume_budget().await;
+            let mut advanced = None;
             let msg = match &mut self.head {
-                Head::Source(source) => {
-                    if self.stop.load(Ordering::Relaxed) {
-                        Message::End
+                Head::Source(source, watermarks) => {
+                    let next = if self.stop.load(Ordering::Relaxed) {
+                        None
                     } else {
-                        match source.next().await? {
-                            Some(Message::Batch(b)) => {
-                                self.metrics.add_rows_in(b.num_rows());
-                                Message::Batch(b)
+                        source.next().await?
+                    };
+                    match next {
+                        Some(Message::Batch(b)) => {
+                            self.metrics.add_rows_in(b.num_rows());
+                            if let Some(generator) = watermarks {
+                                advanced = generator.on_batch(&b)?;
                             }
-                            Some(m) => m,
-                            None => Message::End,
+                            Message::Batch(b)
                         }
+                        Some(m) => m,
+                        // At the end of its input a source with event time
+                        // releases every window and timer downstream.
+                        None if watermarks.is_some() => {
+                            *watermarks = None;
+                            Message::Watermark(Watermark::MAX)
+                        }
+                        None => Message::End,
                     }
                 }
                 Head::Inputs(gate) => gate.next().await?,
@@ -62,6 +74,9 @@ impl Task {
                 Message::Batch(batch) => {
                     let out = self.apply_operators(0, vec![batch])?;
                     self.emit(out).await?;
+                    if let Some(wm) = advanced {
+                        self.on_watermark(wm).await?;
+                    }
                 }
                 Message::Watermark(wm) => self.on_watermark(wm).await?,
                 Message::Barrier(b) => self.emit_control(Message::Barrier(b)).await?,

@@ -291,3 +291,105 @@ fn forward_edge_between_different_parallelisms_is_rejected() {
     let err = g.validate().unwrap_err();
     assert!(err.to_string().contains("forward edge"), "{err}");
 }
+
+/// Watermark = largest value seen minus 5.
+struct MaxMinus5;
+
+impl flumen_runtime::WatermarkStrategy for MaxMinus5 {
+    fn describe(&self) -> String {
+        "n - 5".into()
+    }
+    fn create(&self) -> Box<dyn flumen_runtime::WatermarkGenerator> {
+        Box::new(MaxMinus5Gen(i64::MIN))
+    }
+}
+
+struct MaxMinus5Gen(i64);
+
+impl flumen_runtime::WatermarkGenerator for MaxMinus5Gen {
+    fn on_batch(&mut self, batch: &RecordBatch) -> Result<Option<flumen_types::Watermark>> {
+        let col = batch.column(0).as_primitive::<Int64Type>();
+        let max = arrow::compute::max(col).unwrap_or(i64::MIN);
+        if max - 5 > self.0 {
+            self.0 = max - 5;
+            return Ok(Some(flumen_types::Watermark(self.0)));
+        }
+        Ok(None)
+    }
+}
+
+/// Records the watermarks it is given, and passes batches on.
+struct RecordWatermarks(Arc<Mutex<Vec<(usize, i64)>>>);
+
+impl OperatorFactory for RecordWatermarks {
+    fn describe(&self) -> String {
+        "RecordWatermarks".into()
+    }
+    fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(WatermarkRecorder {
+            subtask: ctx.subtask,
+            seen: self.0.clone(),
+        }))
+    }
+}
+
+struct WatermarkRecorder {
+    subtask: usize,
+    seen: Arc<Mutex<Vec<(usize, i64)>>>,
+}
+
+impl Operator for WatermarkRecorder {
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
+        out.push(batch);
+        Ok(())
+    }
+    fn process_watermark(
+        &mut self,
+        wm: flumen_types::Watermark,
+        _out: &mut Vec<RecordBatch>,
+    ) -> Result<Option<flumen_types::Watermark>> {
+        self.seen.lock().unwrap().push((self.subtask, wm.0));
+        Ok(Some(wm))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_watermarks_flow_as_the_minimum_over_inputs_and_end_at_max() {
+    let (source, _) = counter(Some(20), 100);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut g = JobGraph::new();
+    let s = g.add_node(NodeKind::Source(source), 2);
+    g.set_watermarks(s, Arc::new(MaxMinus5));
+    let op = g.add_node(
+        NodeKind::Operator(Arc::new(RecordWatermarks(seen.clone()))),
+        2,
+    );
+    let k = g.add_node(NodeKind::Sink(Arc::new(Collect::default())), 2);
+    g.connect(s, op, Partitioning::Hash(vec![0]));
+    g.connect(op, k, Partitioning::Forward);
+    assert!(g.describe().contains("watermarks: n - 5"));
+    run_job(&g, &RunOptions::default())
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap();
+    for subtask in 0..2 {
+        let wms: Vec<i64> = seen
+            .iter()
+            .filter(|s| s.0 == subtask)
+            .map(|s| s.1)
+            .collect();
+        assert!(wms.windows(2).all(|w| w[0] < w[1]), "increasing: {wms:?}");
+        assert_eq!(wms.last(), Some(&i64::MAX), "ends at the maximum");
+        // Source subtask 0 emits batches 0, 2, 4, … and subtask 1 batches
+        // 1, 3, 5, …: before the end, the merged watermark never passes
+        // what the slower source has reached.
+        let before_end = &wms[..wms.len() - 1];
+        assert!(!before_end.is_empty());
+        assert!(
+            before_end.iter().all(|w| *w <= 19 * 100 + 99 - 5),
+            "{before_end:?}"
+        );
+    }
+}

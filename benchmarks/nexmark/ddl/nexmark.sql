@@ -2,6 +2,7 @@
 -- Every query file (qN.sql) reads only these tables, so a file declaring the
 -- same three tables over Parquet files runs the same queries over them.
 -- `flumen run --set events=N` (or rate, seed) overrides the options below.
+-- Event time is `date_time`; watermarks trail it by 4 seconds (NEXMARK.md).
 
 CREATE TABLE person (
     id            BIGINT,
@@ -11,7 +12,8 @@ CREATE TABLE person (
     city          VARCHAR,
     state         VARCHAR,
     date_time     TIMESTAMP(3),
-    extra         VARCHAR
+    extra         VARCHAR,
+    WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
 ) WITH (connector = 'nexmark', kind = 'person', events = '10000000', rate = '10000000', seed = '42');
 
 CREATE TABLE auction (
@@ -24,7 +26,8 @@ CREATE TABLE auction (
     expires     TIMESTAMP(3),
     seller      BIGINT,
     category    BIGINT,
-    extra       VARCHAR
+    extra       VARCHAR,
+    WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
 ) WITH (connector = 'nexmark', kind = 'auction', events = '10000000', rate = '10000000', seed = '42');
 
 CREATE TABLE bid (
@@ -34,5 +37,6 @@ CREATE TABLE bid (
     channel   VARCHAR,
     url       VARCHAR,
     date_time TIMESTAMP(3),
-    extra     VARCHAR
+    extra     VARCHAR,
+    WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
 ) WITH (connector = 'nexmark', kind = 'bid', events = '10000000', rate = '10000000', seed = '42');

@@ -10,6 +10,7 @@ mod errors;
 mod planner;
 mod script;
 mod udf;
+mod watermark;
 
 pub use planner::{Pipeline, Planner, PlannerOptions, session};
 pub use udf::udfs;

@@ -7,8 +7,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::DFSchema;
 use datafusion::execution::context::{SessionConfig, SessionContext};
-use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp, utils::conjunction};
+use datafusion::logical_expr::{
+    DdlStatement, ExprSchemable, LogicalPlan, WriteOp, utils::conjunction,
+};
+use datafusion::physical_expr::expressions::Column;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{CreateTableOptions, Spanned, Statement};
 use flumen_connectors::{StdoutFormat, StdoutSinkFactory, TableSpec};
@@ -18,7 +22,8 @@ use flumen_types::{FlumenError, Result};
 
 use crate::catalog::ConnectorTable;
 use crate::errors::SourcePos;
-use crate::script;
+use crate::script::{self, WatermarkClause};
+use crate::watermark::ExprWatermarks;
 
 /// How scripts are planned.
 #[derive(Debug, Clone)]
@@ -55,6 +60,13 @@ enum Target {
     Stdout,
 }
 
+/// A table's event time: its column and the watermark expression.
+struct EventTime {
+    column: String,
+    expr: datafusion::logical_expr::Expr,
+    text: String,
+}
+
 struct Query {
     label: String,
     plan: LogicalPlan,
@@ -67,6 +79,7 @@ pub struct Planner {
     ctx: SessionContext,
     options: PlannerOptions,
     tables: HashMap<String, TableSpec>,
+    event_times: HashMap<String, EventTime>,
     queries: Vec<Query>,
 }
 
@@ -92,6 +105,7 @@ impl Planner {
             ctx: session(),
             options,
             tables: HashMap::new(),
+            event_times: HashMap::new(),
             queries: Vec::new(),
         }
     }
@@ -99,9 +113,37 @@ impl Planner {
     /// Runs the statements of one script: DDL takes effect now, queries are
     /// kept for [`Planner::build`]. `file` names the script in errors.
     pub async fn add_script(&mut self, file: &str, sql: &str) -> Result<()> {
-        for statement in script::parse(file, sql)? {
+        let (sql, mut watermarks) =
+            script::strip_watermarks(sql).map_err(|e| FlumenError::plan(format!("{file}:{e}")))?;
+        let statements = script::parse(file, &sql)?;
+        let starts: Vec<(u64, u64)> = statements
+            .iter()
+            .map(|s| (s.span().start.line, s.span().start.column))
+            .collect();
+        for (i, statement) in statements.into_iter().enumerate() {
             let pos = SourcePos::at(file, statement.span().start);
-            self.add_statement(statement, &pos).await?;
+            let next = starts.get(i + 1).copied().unwrap_or((u64::MAX, u64::MAX));
+            let (mine, rest): (Vec<_>, Vec<_>) = watermarks
+                .into_iter()
+                .partition(|w| (w.line, w.column) < next);
+            watermarks = rest;
+            let mut mine = mine.into_iter();
+            let watermark = mine.next();
+            if let Some(extra) = mine.next().or_else(|| {
+                watermark
+                    .clone()
+                    .filter(|_| !matches!(statement, Statement::CreateTable(_)))
+            }) {
+                let at = SourcePos {
+                    file: file.to_string(),
+                    line: extra.line,
+                    column: extra.column,
+                };
+                return Err(at.error(
+                    "a table takes one WATERMARK FOR clause, inside its CREATE TABLE column list",
+                ));
+            }
+            self.add_statement(statement, &pos, watermark).await?;
         }
         Ok(())
     }
@@ -114,7 +156,12 @@ impl Planner {
             .map_err(|e| pos.datafusion(e))
     }
 
-    async fn add_statement(&mut self, statement: Statement, pos: &SourcePos) -> Result<()> {
+    async fn add_statement(
+        &mut self,
+        statement: Statement,
+        pos: &SourcePos,
+        watermark: Option<WatermarkClause>,
+    ) -> Result<()> {
         match statement {
             Statement::CreateTable(ct) => {
                 if ct.query.is_some() {
@@ -139,6 +186,15 @@ impl Planner {
                     options: flumen_connectors::Options::new(options).map_err(|e| pos.wrap(e))?,
                 };
                 flumen_connectors::check_table(&spec).map_err(|e| pos.wrap(e))?;
+                if let Some(clause) = watermark {
+                    let at = SourcePos {
+                        file: pos.file.clone(),
+                        line: clause.line,
+                        column: clause.column,
+                    };
+                    let event_time = self.event_time(&name, &spec.schema, clause, &at)?;
+                    self.event_times.insert(name.clone(), event_time);
+                }
                 self.ctx
                     .register_table(name.as_str(), Arc::new(ConnectorTable { schema }))
                     .map_err(|e| pos.datafusion(e))?;
@@ -205,6 +261,50 @@ impl Planner {
             }
         }
         Ok(())
+    }
+
+    /// Checks a table's `WATERMARK FOR` clause and plans its expression.
+    fn event_time(
+        &self,
+        table: &str,
+        schema: &SchemaRef,
+        clause: WatermarkClause,
+        at: &SourcePos,
+    ) -> Result<EventTime> {
+        let field = schema.field_with_name(&clause.column_name).map_err(|_| {
+            at.error(format!(
+                "WATERMARK FOR names column '{}', which table '{table}' does not have",
+                clause.column_name
+            ))
+        })?;
+        if !matches!(field.data_type(), DataType::Timestamp(..)) {
+            return Err(at.error(format!(
+                "event-time column '{}' must be a TIMESTAMP, not {}",
+                clause.column_name,
+                field.data_type()
+            )));
+        }
+        let df_schema =
+            DFSchema::try_from_qualified_schema(table, schema).map_err(|e| at.datafusion(e))?;
+        let expr = self
+            .ctx
+            .state()
+            .create_logical_expr(&clause.expr, &df_schema)
+            .map_err(|e| at.error(format!("in the watermark expression: {e}")))?;
+        let data_type = expr
+            .get_type(&df_schema)
+            .map_err(|e| at.error(format!("in the watermark expression: {e}")))?;
+        if !matches!(data_type, DataType::Timestamp(..)) {
+            return Err(at.error(format!(
+                "the watermark expression '{}' must give a TIMESTAMP, not {data_type}",
+                clause.expr
+            )));
+        }
+        Ok(EventTime {
+            text: format!("{} AS {}", clause.column_name, clause.expr),
+            column: clause.column_name,
+            expr,
+        })
     }
 
     fn apply_overrides(&self, options: &mut Vec<(String, String)>) {
@@ -316,17 +416,56 @@ impl Planner {
             .tables
             .get(table)
             .ok_or_else(|| pos.error(format!("'{table}' is a not a connector table")))?;
-        let source = flumen_connectors::source_factory(spec, scan.projection.as_deref())
+        // A source with event time always reads its event-time column, to
+        // derive watermarks, and drops it again if the query does not use it.
+        let event_time = self.event_times.get(table);
+        let mut projection = scan.projection.clone();
+        let mut keep = None;
+        if let (Some(et), Some(p)) = (event_time, projection.as_mut()) {
+            let index = spec.schema.index_of(&et.column)?;
+            if !p.contains(&index) {
+                keep = Some((0..p.len()).collect::<Vec<usize>>());
+                p.push(index);
+            }
+        }
+        let source = flumen_connectors::source_factory(spec, projection.as_deref())
             .await
             .map_err(|e| pos.wrap(e))?;
         let parallelism = self.options.parallelism;
-        let mut last = graph.add_node(NodeKind::Source(source), parallelism);
+        let source_node = graph.add_node(NodeKind::Source(source), parallelism);
+        let mut last = source_node;
         let state = self.ctx.state();
         let mut add = |graph: &mut JobGraph, kind: NodeKind| {
             let node = graph.add_node(kind, parallelism);
             graph.connect(last, node, Partitioning::Forward);
             last = node;
         };
+        if let Some(et) = event_time {
+            let produced = match &projection {
+                Some(p) => Arc::new(spec.schema.project(p)?),
+                None => spec.schema.clone(),
+            };
+            let df_schema = DFSchema::try_from_qualified_schema(table, &produced)
+                .map_err(|e| pos.datafusion(e))?;
+            let expr = state
+                .create_physical_expr(et.expr.clone(), &df_schema)
+                .map_err(|e| pos.datafusion(e))?;
+            graph.set_watermarks(
+                source_node,
+                Arc::new(ExprWatermarks::new(expr, et.text.clone())),
+            );
+            if let Some(keep) = keep {
+                let exprs = keep
+                    .iter()
+                    .map(|&i| Arc::new(Column::new(produced.field(i).name(), i)) as _)
+                    .collect();
+                let schema = Arc::new(produced.project(&keep)?);
+                add(
+                    graph,
+                    NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, schema))),
+                );
+            }
+        }
         if let Some(predicate) = conjunction(scan.filters.iter().cloned()) {
             let expr = state
                 .create_physical_expr(predicate, &scan.projected_schema)

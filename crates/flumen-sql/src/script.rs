@@ -55,3 +55,180 @@ fn option_value(e: &Expr) -> Result<String> {
         ))),
     }
 }
+
+/// A `WATERMARK FOR column AS expression` clause taken out of a
+/// `CREATE TABLE` column list (sqlparser does not know it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WatermarkClause {
+    /// 1-based line and column where the clause starts.
+    pub line: u64,
+    pub column: u64,
+    /// The event-time column.
+    pub column_name: String,
+    /// The watermark expression, as SQL.
+    pub expr: String,
+}
+
+/// Blanks out every `WATERMARK FOR … AS …` clause (and the comma before it)
+/// so the rest parses as ordinary SQL with unchanged positions, and returns
+/// the clauses.
+pub(crate) fn strip_watermarks(sql: &str) -> Result<(String, Vec<WatermarkClause>)> {
+    let bytes = sql.as_bytes();
+    let mut out = bytes.to_vec();
+    let mut clauses = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' => i = skip_quoted(bytes, i),
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            _ if starts_keyword(bytes, i, "watermark") => {
+                let start = i;
+                let end = clause_end(bytes, start);
+                let text = &sql[start..end];
+                let (line, column) = line_col(sql, start);
+                let clause = parse_clause(text).ok_or_else(|| {
+                    FlumenError::plan(format!(
+                        "{line}:{column}: expected WATERMARK FOR <column> AS <expression>, found '{}'",
+                        text.trim()
+                    ))
+                })?;
+                clauses.push(WatermarkClause {
+                    line,
+                    column,
+                    ..clause
+                });
+                blank(&mut out, start, end);
+                if let Some(comma) = sql[..start].trim_end().len().checked_sub(1)
+                    && bytes[comma] == b','
+                {
+                    out[comma] = b' ';
+                }
+                i = end;
+            }
+            _ => i += 1,
+        }
+    }
+    let stripped = String::from_utf8(out).expect("only ASCII bytes were replaced by spaces");
+    Ok((stripped, clauses))
+}
+
+fn skip_quoted(bytes: &[u8], open: usize) -> usize {
+    let mut i = open + 1;
+    while i < bytes.len() {
+        if bytes[i] == b'\'' {
+            if bytes.get(i + 1) == Some(&b'\'') {
+                i += 2;
+                continue;
+            }
+            return i + 1;
+        }
+        i += 1;
+    }
+    i
+}
+
+fn starts_keyword(bytes: &[u8], i: usize, word: &str) -> bool {
+    let end = i + word.len();
+    let boundary = |b: Option<&u8>| b.is_none_or(|b| !(b.is_ascii_alphanumeric() || *b == b'_'));
+    end <= bytes.len()
+        && bytes[i..end].eq_ignore_ascii_case(word.as_bytes())
+        && (i == 0 || boundary(bytes.get(i - 1)))
+        && boundary(bytes.get(end))
+}
+
+/// The end of a clause: the first `,` or `)` outside parentheses and quotes.
+fn clause_end(bytes: &[u8], start: usize) -> usize {
+    let mut depth = 0usize;
+    let mut i = start;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' => {
+                i = skip_quoted(bytes, i);
+                continue;
+            }
+            b'(' => depth += 1,
+            b')' if depth == 0 => return i,
+            b')' => depth -= 1,
+            b',' if depth == 0 => return i,
+            _ => {}
+        }
+        i += 1;
+    }
+    i
+}
+
+fn line_col(sql: &str, offset: usize) -> (u64, u64) {
+    let before = &sql[..offset];
+    let line = before.matches('\n').count() as u64 + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u64 + 1;
+    (line, column)
+}
+
+fn blank(out: &mut [u8], start: usize, end: usize) {
+    for b in &mut out[start..end] {
+        if *b != b'\n' {
+            *b = b' ';
+        }
+    }
+}
+
+/// `WATERMARK FOR col AS expr` → (col, expr).
+fn parse_clause(text: &str) -> Option<WatermarkClause> {
+    let mut words = text.split_whitespace();
+    let (w, f, column, as_) = (words.next()?, words.next()?, words.next()?, words.next()?);
+    if !w.eq_ignore_ascii_case("watermark")
+        || !f.eq_ignore_ascii_case("for")
+        || !as_.eq_ignore_ascii_case("as")
+    {
+        return None;
+    }
+    let as_at = text.to_ascii_lowercase().find(" as ")?;
+    let expr = text[as_at + 4..].trim();
+    (!expr.is_empty()).then(|| WatermarkClause {
+        line: 0,
+        column: 0,
+        column_name: column.trim_matches('"').to_lowercase(),
+        expr: expr.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_clause_is_taken_out_keeping_positions() {
+        let sql = "CREATE TABLE t (\n  a BIGINT,\n  ts TIMESTAMP(3),\n  WATERMARK FOR ts AS ts - INTERVAL '5' SECOND\n) WITH (x = 'watermark for');";
+        let (stripped, clauses) = strip_watermarks(sql).unwrap();
+        assert_eq!(stripped.len(), sql.len());
+        assert!(!stripped.to_lowercase().contains("watermark for ts"));
+        assert!(
+            stripped.contains("'watermark for'"),
+            "string literals are left alone"
+        );
+        assert!(
+            stripped.contains("ts TIMESTAMP(3) \n"),
+            "the comma before the clause goes: {stripped}"
+        );
+        assert_eq!(
+            clauses,
+            vec![WatermarkClause {
+                line: 4,
+                column: 3,
+                column_name: "ts".into(),
+                expr: "ts - INTERVAL '5' SECOND".into(),
+            }]
+        );
+        assert!(parse(&"f", &stripped).is_ok());
+    }
+
+    #[test]
+    fn malformed_clause_is_an_error_with_its_position() {
+        let err = strip_watermarks("CREATE TABLE t (ts TIMESTAMP, WATERMARK ts)").unwrap_err();
+        assert!(err.to_string().starts_with("1:31:"), "{err}");
+    }
+}

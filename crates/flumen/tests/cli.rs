@@ -113,7 +113,8 @@ fn explain_prints_plan_and_job_graph() {
         "INSERT INTO nexmark_q2: logical plan",
         "TableScan: bid projection=[auction, price]",
         "Task 0 (parallelism 3)",
-        "-> [1] Filter",
+        "Filter: auction@0 % 123 = 0",
+        "watermarks: date_time AS date_time - INTERVAL '4' SECOND",
         "Sink: blackhole",
     ] {
         assert!(text.contains(part), "missing {part:?} in:\n{text}");

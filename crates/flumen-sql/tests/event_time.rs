@@ -1,0 +1,98 @@
+//! `WATERMARK FOR` in CREATE TABLE: sources with event time emit watermarks,
+//! and mistakes in the clause are errors that say where.
+
+mod common;
+
+use flumen_sql::{Planner, PlannerOptions};
+
+const NEXMARK_DDL: &str = include_str!("../../../benchmarks/nexmark/ddl/nexmark.sql");
+
+async fn plan(sql: &str) -> Result<String, String> {
+    let mut planner = Planner::new(PlannerOptions::default());
+    planner
+        .add_script("job.sql", sql)
+        .await
+        .map_err(|e| e.to_string())?;
+    let pipeline = planner.build().await.map_err(|e| e.to_string())?;
+    Ok(pipeline.graph.describe())
+}
+
+#[tokio::test]
+async fn nexmark_tables_have_event_time_and_the_column_is_read_for_it() {
+    let graph = plan(&format!("{NEXMARK_DDL}\nSELECT auction FROM bid;"))
+        .await
+        .unwrap();
+    assert!(
+        graph.contains("watermarks: date_time AS date_time - INTERVAL '4' SECOND"),
+        "{graph}"
+    );
+    assert!(graph.contains("columns [auction, date_time]"), "{graph}");
+    assert!(
+        graph.contains("Projection: auction@0 AS auction"),
+        "{graph}"
+    );
+}
+
+#[tokio::test]
+async fn a_query_not_selecting_event_time_still_gives_its_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!(
+        "CREATE TABLE out (auction BIGINT) WITH (connector = 'filesystem', path = '{}', format = 'json');\n\
+         INSERT INTO out SELECT auction FROM bid WHERE auction % 7 = 0;",
+        dir.path().display()
+    );
+    common::run_scripts(
+        &[("ddl.sql", NEXMARK_DDL), ("q.sql", &sink)],
+        2,
+        &[("events", "20000")],
+    )
+    .await
+    .unwrap();
+    let rows = common::read_json_rows(dir.path()).await;
+    assert!(!rows.is_empty());
+    assert!(
+        rows.iter().all(|r| r.parse::<i64>().unwrap() % 7 == 0),
+        "{rows:?}"
+    );
+}
+
+async fn error_of(sql: &str) -> String {
+    plan(sql).await.expect_err("the clause is rejected")
+}
+
+#[tokio::test]
+async fn watermark_on_a_missing_column_names_it_and_where() {
+    let msg = error_of(
+        "CREATE TABLE t (\n  ts TIMESTAMP(3),\n  WATERMARK FOR tss AS tss - INTERVAL '1' SECOND\n) WITH (connector = 'nexmark', kind = 'bid');\nSELECT ts FROM t;",
+    )
+    .await;
+    assert!(msg.starts_with("job.sql:3:3:"), "{msg}");
+    assert!(msg.contains("'tss'"), "{msg}");
+}
+
+#[tokio::test]
+async fn watermark_on_a_non_timestamp_column_is_rejected() {
+    let msg = error_of(
+        "CREATE TABLE t (auction BIGINT, WATERMARK FOR auction AS auction) WITH (connector = 'nexmark', kind = 'bid');\nSELECT auction FROM t;",
+    )
+    .await;
+    assert!(msg.contains("must be a TIMESTAMP"), "{msg}");
+}
+
+#[tokio::test]
+async fn watermark_expression_must_give_a_timestamp() {
+    let msg = error_of(
+        "CREATE TABLE t (date_time TIMESTAMP(3), WATERMARK FOR date_time AS date_time > now()) WITH (connector = 'nexmark', kind = 'bid');\nSELECT * FROM t;",
+    )
+    .await;
+    assert!(msg.contains("must give a TIMESTAMP"), "{msg}");
+}
+
+#[tokio::test]
+async fn two_watermarks_in_one_table_are_rejected() {
+    let msg = error_of(
+        "CREATE TABLE t (date_time TIMESTAMP(3), WATERMARK FOR date_time AS date_time, WATERMARK FOR date_time AS date_time) WITH (connector = 'nexmark', kind = 'bid');\nSELECT * FROM t;",
+    )
+    .await;
+    assert!(msg.contains("one WATERMARK FOR clause"), "{msg}");
+}

@@ -223,7 +223,7 @@ mod tests {
                 expr: "ts - INTERVAL '5' SECOND".into(),
             }]
         );
-        assert!(parse(&"f", &stripped).is_ok());
+        assert!(parse("f", &stripped).is_ok());
     }
 
     #[test]

@@ -291,6 +291,16 @@ impl Planner {
             .state()
             .create_logical_expr(&clause.expr, &df_schema)
             .map_err(|e| at.error(format!("in the watermark expression: {e}")))?;
+        if expr
+            .column_refs()
+            .iter()
+            .any(|c| c.name != clause.column_name)
+        {
+            return Err(at.error(format!(
+                "the watermark expression '{}' may use only the event-time column '{}'",
+                clause.expr, clause.column_name
+            )));
+        }
         let data_type = expr
             .get_type(&df_schema)
             .map_err(|e| at.error(format!("in the watermark expression: {e}")))?;
@@ -445,15 +455,15 @@ impl Planner {
                 Some(p) => Arc::new(spec.schema.project(p)?),
                 None => spec.schema.clone(),
             };
-            let df_schema = DFSchema::try_from_qualified_schema(table, &produced)
+            let column = produced.index_of(&et.column)?;
+            let one_column = Arc::new(produced.project(&[column])?);
+            let df_schema = DFSchema::try_from_qualified_schema(table, &one_column)
                 .map_err(|e| pos.datafusion(e))?;
             let expr = state
                 .create_physical_expr(et.expr.clone(), &df_schema)
                 .map_err(|e| pos.datafusion(e))?;
-            graph.set_watermarks(
-                source_node,
-                Arc::new(ExprWatermarks::new(expr, et.text.clone())),
-            );
+            let strategy = ExprWatermarks::new(column, one_column, expr, et.text.clone());
+            graph.set_watermarks(source_node, Arc::new(strategy));
             if let Some(keep) = keep {
                 let exprs = keep
                     .iter()

@@ -96,3 +96,15 @@ async fn two_watermarks_in_one_table_are_rejected() {
     .await;
     assert!(msg.contains("one WATERMARK FOR clause"), "{msg}");
 }
+
+#[tokio::test]
+async fn watermark_expression_may_use_only_the_event_time_column() {
+    let msg = error_of(
+        "CREATE TABLE t (a TIMESTAMP(3), b TIMESTAMP(3), WATERMARK FOR a AS b) WITH (connector = 'nexmark', kind = 'bid');\nSELECT * FROM t;",
+    )
+    .await;
+    assert!(
+        msg.contains("may use only the event-time column 'a'"),
+        "{msg}"
+    );
+}

@@ -1,7 +1,9 @@
-//! Reads a file or a directory of files. Files are split over subtasks
-//! (file `j` goes to subtask `j % parallelism`); JSON lines and CSV are
-//! decoded in large chunks, and only a chunk that fails is decoded again line
-//! by line, to name (or drop) exactly the bad records.
+//! Reads a file or a directory of files. JSON-lines and CSV files are split
+//! over subtasks whole (file `j` goes to subtask `j % parallelism`) and
+//! decoded in large chunks; only a chunk that fails is decoded again line by
+//! line, to name (or drop) exactly the bad records. Parquet files are split
+//! by row group (row group `g` of file `j` goes to subtask
+//! `(j + g) % parallelism`), so even one large file is read in parallel.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -124,12 +126,17 @@ impl SourceFactory for FileSourceFactory {
     }
 
     fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Source>> {
+        let whole_files = self.format != Format::Parquet;
         let files = self
             .files
             .iter()
             .enumerate()
-            .filter(|(j, _)| j % ctx.parallelism == ctx.subtask)
-            .map(|(_, f)| f.clone())
+            .filter(|(j, _)| !whole_files || j % ctx.parallelism == ctx.subtask)
+            .map(|(j, (path, size))| Split {
+                path: path.clone(),
+                size: *size,
+                index: j,
+            })
             .collect();
         Ok(Box::new(FileSource {
             store: self.location.store.clone(),
@@ -141,15 +148,24 @@ impl SourceFactory for FileSourceFactory {
             drop_bad: self.drop_bad,
             header: self.header,
             metrics: ctx.metrics.clone(),
+            subtask: ctx.subtask,
+            parallelism: ctx.parallelism,
             current: None,
             pending: VecDeque::new(),
         }))
     }
 }
 
+/// A file to read, with its position in the sorted file list.
+struct Split {
+    path: Path,
+    size: u64,
+    index: usize,
+}
+
 struct FileSource {
     store: Arc<dyn ObjectStore>,
-    files: VecDeque<(Path, u64)>,
+    files: VecDeque<Split>,
     format: Format,
     table_schema: SchemaRef,
     projection: Vec<usize>,
@@ -157,6 +173,8 @@ struct FileSource {
     drop_bad: bool,
     header: bool,
     metrics: Arc<JobMetrics>,
+    subtask: usize,
+    parallelism: usize,
     current: Option<Reader>,
     pending: VecDeque<RecordBatch>,
 }
@@ -188,18 +206,15 @@ impl Source for FileSource {
                 return Ok(Some(Message::Batch(batch)));
             }
             let Some(reader) = &mut self.current else {
-                let Some((path, size)) = self.files.pop_front() else {
+                let Some(split) = self.files.pop_front() else {
                     return Ok(None);
                 };
-                let reader = open(
-                    self.store.clone(),
-                    path,
-                    size,
-                    self.format,
-                    self.schema.clone(),
-                )
-                .await?;
-                self.current = Some(reader);
+                let share = Share {
+                    subtask: self.subtask,
+                    parallelism: self.parallelism,
+                };
+                let store = self.store.clone();
+                self.current = open(store, split, self.format, self.schema.clone(), share).await?;
                 continue;
             };
             match reader {
@@ -283,32 +298,47 @@ impl FileSource {
     }
 }
 
-/// Opens a file: text is streamed in chunks, Parquet is read row group by
-/// row group (only the projected columns), so memory stays flat.
+/// Which subtask of how many reads, for splitting Parquet files by row group.
+#[derive(Clone, Copy)]
+struct Share {
+    subtask: usize,
+    parallelism: usize,
+}
+
+/// Opens a split: text is streamed in chunks; Parquet is read row group by
+/// row group (this subtask's share, projected columns only), so memory stays
+/// flat. `None` when the split holds nothing for this subtask.
 #[allow(deprecated)]
 async fn open(
     store: Arc<dyn ObjectStore>,
-    path: Path,
-    size: u64,
+    split: Split,
     format: Format,
     schema: SchemaRef,
-) -> Result<Reader> {
+    share: Share,
+) -> Result<Option<Reader>> {
+    let Split { path, size, index } = split;
     let io = |e: &dyn std::fmt::Display| FlumenError::io(format!("reading {path}: {e}"));
     if format != Format::Parquet {
         let fetched = store.get(&path).await.map_err(|e| io(&e))?;
-        return Ok(Reader::Text(TextReader {
+        return Ok(Some(Reader::Text(TextReader {
             stream: fetched.into_stream(),
             path,
             buf: Vec::with_capacity(CHUNK_BYTES * 2),
             eof: false,
             lines: 0,
             at_start: true,
-        }));
+        })));
     }
     let reader = ParquetObjectReader::new(store, path.clone()).with_file_size(size);
     let builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await
         .map_err(|e| io(&e))?;
+    let row_groups: Vec<usize> = (0..builder.metadata().num_row_groups())
+        .filter(|g| (index + g) % share.parallelism == share.subtask)
+        .collect();
+    if row_groups.is_empty() {
+        return Ok(None);
+    }
     let file_schema = builder.schema().clone();
     let mut roots = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
@@ -322,11 +352,12 @@ async fn open(
     }
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
     let stream = builder
+        .with_row_groups(row_groups)
         .with_projection(mask)
         .with_batch_size(DEFAULT_BATCH_SIZE)
         .build()
         .map_err(|e| io(&e))?;
-    Ok(Reader::Parquet { path, stream })
+    Ok(Some(Reader::Parquet { path, stream }))
 }
 
 impl TextReader {

@@ -226,7 +226,11 @@ impl Planner {
                     return Err(pos.error(format!("{} is not supported; use INSERT INTO", dml.op)));
                 }
                 let table = dml.table_name.table().to_string();
-                let spec = &self.tables[&table];
+                let Some(spec) = self.tables.get(&table) else {
+                    return Err(pos.error(format!(
+                        "'{table}' is a view; INSERT INTO needs a table declared with CREATE TABLE … WITH (connector = …)"
+                    )));
+                };
                 if let Some(source) = source_schema {
                     check_insert_types(&table, &spec.schema, &source).map_err(|e| pos.wrap(e))?;
                 }

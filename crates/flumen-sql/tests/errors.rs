@@ -207,3 +207,12 @@ async fn file_sink_rolls_files_by_size() {
     );
     assert_eq!(read_json_rows(dir.path()).await.len(), 92_000);
 }
+
+#[tokio::test]
+async fn insert_into_a_view_is_an_error_not_a_panic() {
+    let msg = error_of(&format!(
+        "{BID}CREATE VIEW v AS SELECT auction FROM bid;\nINSERT INTO v SELECT auction FROM bid;"
+    ))
+    .await;
+    assert_contains(&msg, &["job.sql:3:1:", "'v' is a view"]);
+}

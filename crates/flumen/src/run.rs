@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use flumen_runtime::{RunOptions, run_job};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::usage::usage;
 
@@ -38,6 +39,9 @@ pub(crate) async fn execute(pipeline: flumen_sql::Pipeline, report: bool) -> Res
         Duration::from_secs(1),
     );
     let tty = std::io::stderr().is_terminal();
+    // One signal stream for the whole run, so no Ctrl-C is missed between
+    // two turns of the loop.
+    let mut interrupts = signal(SignalKind::interrupt())?;
     let mut last_rows = 0;
     let mut stopping = false;
     let outcome = loop {
@@ -54,13 +58,13 @@ pub(crate) async fn execute(pipeline: flumen_sql::Pipeline, report: bool) -> Res
                 last_rows = rows;
                 if tty { eprint!("\r{line}\x1b[K") } else { eprintln!("{line}") }
             }
-            _ = tokio::signal::ctrl_c(), if !stopping => {
+            _ = interrupts.recv() => {
+                if stopping {
+                    anyhow::bail!("aborted");
+                }
                 eprintln!("\nstopping: sources end now, in-flight rows drain to the sinks (Ctrl-C again to abort)");
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
                 stopping = true;
-            }
-            _ = tokio::signal::ctrl_c(), if stopping => {
-                anyhow::bail!("aborted");
             }
         }
     };

@@ -5,6 +5,8 @@
 
 mod filter;
 mod projection;
+mod tumbling_window_aggregate;
 
 pub use filter::FilterFactory;
 pub use projection::ProjectionFactory;
+pub use tumbling_window_aggregate::{TumblingWindowAggregateFactory, WindowAggregate};

@@ -9,6 +9,7 @@ pub struct JobMetrics {
     rows_in: AtomicU64,
     rows_out: AtomicU64,
     bad_records_dropped: AtomicU64,
+    late_rows_dropped: AtomicU64,
 }
 
 impl JobMetrics {
@@ -23,6 +24,17 @@ impl JobMetrics {
     /// Malformed records that sources dropped (`bad_data = 'drop'`).
     pub fn bad_records_dropped(&self) -> u64 {
         self.bad_records_dropped.load(Ordering::Relaxed)
+    }
+    /// Rows that arrived after the watermark had closed their window.
+    pub fn late_rows_dropped(&self) -> u64 {
+        self.late_rows_dropped.load(Ordering::Relaxed)
+    }
+    /// Counts rows an operator dropped as late.
+    pub fn add_late_rows_dropped(&self, n: usize) {
+        if n > 0 {
+            self.late_rows_dropped
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
     pub(crate) fn add_rows_in(&self, n: usize) {
         self.rows_in.fetch_add(n as u64, Ordering::Relaxed);

@@ -16,7 +16,9 @@ use datafusion::physical_expr::expressions::Column;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{CreateTableOptions, Spanned, Statement};
 use flumen_connectors::{StdoutFormat, StdoutSinkFactory, TableSpec};
-use flumen_operators::{FilterFactory, ProjectionFactory};
+use flumen_operators::{
+    FilterFactory, ProjectionFactory, TumblingWindowAggregateFactory, WindowAggregate,
+};
 use flumen_runtime::{JobGraph, NodeId, NodeKind, Partitioning};
 use flumen_types::{FlumenError, Result};
 
@@ -418,6 +420,12 @@ impl Planner {
                     current = &f.input;
                 }
                 LogicalPlan::SubqueryAlias(a) => current = &a.input,
+                LogicalPlan::Aggregate(a)
+                    if !steps.iter().any(|s| matches!(s, LogicalPlan::Aggregate(_))) =>
+                {
+                    steps.push(current);
+                    current = &a.input;
+                }
                 LogicalPlan::TableScan(scan) => break scan,
                 other => return Err(pos.error(unsupported(other))),
             }
@@ -449,9 +457,9 @@ impl Planner {
         let source_node = graph.add_node(NodeKind::Source(source), parallelism);
         let mut last = source_node;
         let state = self.ctx.state();
-        let mut add = |graph: &mut JobGraph, kind: NodeKind| {
+        let mut add = |graph: &mut JobGraph, kind: NodeKind, partitioning: Partitioning| {
             let node = graph.add_node(kind, parallelism);
-            graph.connect(last, node, Partitioning::Forward);
+            graph.connect(last, node, partitioning);
             last = node;
         };
         if let Some(et) = event_time {
@@ -474,20 +482,16 @@ impl Planner {
                     .map(|&i| Arc::new(Column::new(produced.field(i).name(), i)) as _)
                     .collect();
                 let schema = Arc::new(produced.project(&keep)?);
-                add(
-                    graph,
-                    NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, schema))),
-                );
+                let kind = NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, schema)));
+                add(graph, kind, Partitioning::Forward);
             }
         }
         if let Some(predicate) = conjunction(scan.filters.iter().cloned()) {
             let expr = state
                 .create_physical_expr(predicate, &scan.projected_schema)
                 .map_err(|e| pos.datafusion(e))?;
-            add(
-                graph,
-                NodeKind::Operator(Arc::new(FilterFactory::new(expr))),
-            );
+            let kind = NodeKind::Operator(Arc::new(FilterFactory::new(expr)));
+            add(graph, kind, Partitioning::Forward);
         }
         for step in steps.into_iter().rev() {
             let kind = match step {
@@ -507,12 +511,153 @@ impl Planner {
                     let schema = Arc::new(p.schema.as_arrow().clone());
                     NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, schema)))
                 }
-                _ => unreachable!("only filters and projections are collected as steps"),
+                LogicalPlan::Aggregate(a) => {
+                    let (pre, aggregate, keys) = self.window_aggregate(
+                        a,
+                        event_time.map(|e| e.column.as_str()),
+                        table,
+                        pos,
+                    )?;
+                    add(graph, pre, Partitioning::Forward);
+                    add(graph, aggregate, Partitioning::Hash(keys));
+                    continue;
+                }
+                _ => {
+                    unreachable!("only filters, projections and aggregates are collected as steps")
+                }
             };
-            add(graph, kind);
+            add(graph, kind, Partitioning::Forward);
         }
         Ok(last)
     }
+}
+
+impl Planner {
+    /// Plans a `GROUP BY` that includes `date_bin(INTERVAL …, event_time)` as
+    /// a tumbling window aggregate: a projection that appends the group keys
+    /// as columns, then the aggregate behind a hash exchange on those keys.
+    /// Returns both operators and the key columns to hash.
+    fn window_aggregate(
+        &self,
+        a: &datafusion::logical_expr::Aggregate,
+        event_time: Option<&str>,
+        table: &str,
+        pos: &SourcePos,
+    ) -> Result<(NodeKind, NodeKind, Vec<usize>)> {
+        let window = a
+            .group_expr
+            .iter()
+            .enumerate()
+            .find_map(|(i, g)| tumble_of(g).map(|(size, column)| (i, size, column)));
+        let Some((window_key, size_ns, column)) = window else {
+            return Err(pos.error(
+                "GROUP BY without an event-time window gives an updating result, which is not supported yet; \
+                 group by date_bin(INTERVAL '…', <event-time column>) for a tumbling window",
+            ));
+        };
+        let size_ns = size_ns.ok_or_else(|| {
+            pos.error("a tumbling window's size must be a constant INTERVAL of days, hours, minutes or seconds")
+        })?;
+        match event_time {
+            None => {
+                return Err(pos.error(format!(
+                    "table '{table}' has no event time, so it cannot be windowed: declare WATERMARK FOR <column> AS … in its CREATE TABLE"
+                )));
+            }
+            Some(et) if et != column => {
+                return Err(pos.error(format!(
+                    "the window is over column '{column}', but the event-time column of '{table}' is '{et}'"
+                )));
+            }
+            Some(_) => {}
+        }
+        let state = self.ctx.state();
+        let input_df = a.input.schema();
+        let input = input_df.as_arrow();
+        let width = input.fields().len();
+        let output = a.schema.as_arrow();
+        let mut exprs: Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>> = input
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Arc::new(Column::new(f.name(), i)) as _)
+            .collect();
+        let mut fields: Vec<arrow::datatypes::FieldRef> = input.fields().iter().cloned().collect();
+        for (i, g) in a.group_expr.iter().enumerate() {
+            exprs.push(
+                state
+                    .create_physical_expr(g.clone(), input_df)
+                    .map_err(|e| pos.datafusion(e))?,
+            );
+            let field = output.field(i);
+            fields.push(Arc::new(arrow::datatypes::Field::new(
+                format!("__flumen_key_{i}"),
+                field.data_type().clone(),
+                true,
+            )));
+        }
+        let pre_schema = Arc::new(arrow::datatypes::Schema::new(fields));
+        let keys: Vec<usize> = (width..width + a.group_expr.len()).collect();
+        let aggregates = a
+            .aggr_expr
+            .iter()
+            .map(|e| {
+                let planning = datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext::default();
+                let lowered = datafusion::physical_expr::aggregate::LoweredAggregateBuilder::new(
+                    e,
+                    input_df,
+                    input,
+                    state.execution_props(),
+                    &planning,
+                )
+                .build()
+                .map_err(|e| pos.datafusion(e))?;
+                let (function, filter) = (lowered.aggregate, lowered.filter);
+                if !lowered.order_bys.is_empty() {
+                    return Err(pos.error(format!(
+                        "ordered aggregate {e} is not supported in windows yet"
+                    )));
+                }
+                Ok(WindowAggregate { function, filter })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let pre = NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, pre_schema.clone())));
+        let aggregate = NodeKind::Operator(Arc::new(TumblingWindowAggregateFactory {
+            key_columns: keys.clone(),
+            window_key,
+            size_ns,
+            aggregates,
+            key_schema: Arc::new(pre_schema.project(&keys)?),
+            output: Arc::new(output.clone()),
+        }));
+        Ok((pre, aggregate, keys))
+    }
+}
+
+/// `date_bin(INTERVAL …, column)`: the window size in nanoseconds (`None`
+/// when the interval is not a constant length) and the column.
+fn tumble_of(e: &datafusion::logical_expr::Expr) -> Option<(Option<i64>, String)> {
+    use datafusion::common::ScalarValue;
+    use datafusion::logical_expr::Expr;
+    let Expr::ScalarFunction(f) = e.clone().unalias() else {
+        return None;
+    };
+    if f.func.name() != "date_bin" || f.args.len() != 2 {
+        return None;
+    }
+    let Expr::Column(column) = &f.args[1] else {
+        return None;
+    };
+    let size = match &f.args[0] {
+        Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) if v.months == 0 => {
+            Some(i64::from(v.days) * 86_400_000_000_000 + v.nanoseconds)
+        }
+        Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _) => {
+            Some(i64::from(v.days) * 86_400_000_000_000 + i64::from(v.milliseconds) * 1_000_000)
+        }
+        _ => None,
+    };
+    Some((size.filter(|s| *s > 0), column.name.clone()))
 }
 
 fn unsupported(plan: &LogicalPlan) -> String {

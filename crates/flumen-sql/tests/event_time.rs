@@ -108,3 +108,69 @@ async fn watermark_expression_may_use_only_the_event_time_column() {
         "{msg}"
     );
 }
+
+#[tokio::test]
+async fn windows_need_event_time_on_the_windowed_column() {
+    let msg = error_of(
+        "CREATE TABLE t (auction BIGINT, date_time TIMESTAMP(3)) WITH (connector = 'nexmark', kind = 'bid');\n\
+         SELECT count(*) FROM t GROUP BY date_bin(INTERVAL '10' SECOND, date_time);",
+    )
+    .await;
+    assert!(
+        msg.contains("has no event time") && msg.contains("WATERMARK FOR"),
+        "{msg}"
+    );
+
+    let msg = error_of(&format!(
+        "{NEXMARK_DDL}\nSELECT count(*) FROM auction GROUP BY date_bin(INTERVAL '10' SECOND, expires);"
+    ))
+    .await;
+    assert!(msg.contains("window is over column 'expires'"), "{msg}");
+
+    let msg = error_of(&format!(
+        "{NEXMARK_DDL}\nSELECT auction, count(*) FROM bid GROUP BY auction;"
+    ))
+    .await;
+    assert!(
+        msg.contains("updating result") && msg.contains("date_bin"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn late_rows_are_dropped_and_counted_and_windows_fire_by_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let row = |s: u32| format!("{{\"ts\": \"2026-01-01T00:00:{s:02}\"}}\n");
+    // Read in name order, one batch per file: the watermark (max - 5 s) is 7 s
+    // after a.json and 20 s after b.json, so c.json's 4 s row is late.
+    std::fs::write(input.join("a.json"), [row(1), row(3), row(12)].concat()).unwrap();
+    std::fs::write(input.join("b.json"), [row(2), row(25)].concat()).unwrap();
+    std::fs::write(input.join("c.json"), row(4)).unwrap();
+    let out = dir.path().join("out");
+    let sql = format!(
+        "CREATE TABLE events (ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)\n\
+         WITH (connector = 'filesystem', path = '{}', format = 'json');\n\
+         CREATE TABLE counts (window_start TIMESTAMP(3), n BIGINT)\n\
+         WITH (connector = 'filesystem', path = '{}', format = 'json');\n\
+         INSERT INTO counts SELECT date_bin(INTERVAL '10' SECOND, ts), count(*) FROM events\n\
+         GROUP BY date_bin(INTERVAL '10' SECOND, ts);",
+        input.display(),
+        out.display()
+    );
+    let metrics = common::run_scripts(&[("late.sql", &sql)], 1, &[])
+        .await
+        .unwrap();
+    assert_eq!(metrics.late_rows_dropped(), 1);
+    // Rows read back as `n|window_start` (JSON schema inference orders the
+    // columns by name), sorted.
+    assert_eq!(
+        common::read_json_rows(&out).await,
+        vec![
+            "1|2026-01-01T00:00:10",
+            "1|2026-01-01T00:00:20",
+            "3|2026-01-01T00:00:00"
+        ]
+    );
+}

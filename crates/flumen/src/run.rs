@@ -93,6 +93,10 @@ pub(crate) async fn execute(pipeline: flumen_sql::Pipeline, report: bool) -> Res
             summary.cpu_seconds,
             summary.peak_rss >> 20
         );
+        let late = metrics.late_rows_dropped();
+        if late > 0 {
+            eprintln!("dropped {late} late rows (older than the watermark when they arrived)");
+        }
         let dropped = metrics.bad_records_dropped();
         if dropped > 0 {
             eprintln!("dropped {dropped} malformed records (bad_data = 'drop')");

@@ -132,8 +132,10 @@ impl FileSink {
     }
 
     fn open(&mut self) -> Result<OpenFile> {
+        // Zero-padded, so that listing the files in name order lists each
+        // subtask's files in the order they were written.
         let file = format!(
-            "{}-{}.{}",
+            "{}-{:06}.{}",
             self.name,
             self.next_file,
             self.format.extension()

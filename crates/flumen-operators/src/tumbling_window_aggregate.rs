@@ -1,0 +1,228 @@
+//! Aggregates rows per group and tumbling event-time window, and emits each
+//! window's groups once, when the watermark passes the window's end. Group
+//! keys are interned by DataFusion's `GroupValues` and aggregates are
+//! DataFusion `GroupsAccumulator`s, updated once per batch and window.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::compute::{cast, take_record_batch};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+use flumen_runtime::{JobMetrics, Operator, OperatorFactory, TaskContext};
+use flumen_types::{FlumenError, Result, Watermark};
+
+/// One aggregate of the query, with its `FILTER (WHERE …)` if any.
+pub struct WindowAggregate {
+    /// The aggregate function and its arguments.
+    pub function: Arc<AggregateFunctionExpr>,
+    /// Rows it counts, when the query filters them.
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+}
+
+/// Makes [`TumblingWindowAggregate`] operators.
+pub struct TumblingWindowAggregateFactory {
+    /// Input columns holding the group keys, the window start among them.
+    pub key_columns: Vec<usize>,
+    /// Which of the keys is the window start (a timestamp).
+    pub window_key: usize,
+    /// Window length in nanoseconds.
+    pub size_ns: i64,
+    /// The aggregates, in output order.
+    pub aggregates: Vec<WindowAggregate>,
+    /// Schema of the key columns.
+    pub key_schema: SchemaRef,
+    /// Output schema: the keys, then one column per aggregate.
+    pub output: SchemaRef,
+}
+
+impl OperatorFactory for TumblingWindowAggregateFactory {
+    fn describe(&self) -> String {
+        let aggs: Vec<String> = self
+            .aggregates
+            .iter()
+            .map(|a| a.function.name().to_string())
+            .collect();
+        format!(
+            "TumblingWindowAggregate: window {} ms, keys {:?}, [{}]",
+            self.size_ns / 1_000_000,
+            self.key_columns,
+            aggs.join(", ")
+        )
+    }
+
+    fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(TumblingWindowAggregate {
+            key_columns: self.key_columns.clone(),
+            window_key: self.window_key,
+            size_ns: self.size_ns,
+            aggregates: self
+                .aggregates
+                .iter()
+                .map(|a| WindowAggregate {
+                    function: a.function.clone(),
+                    filter: a.filter.clone(),
+                })
+                .collect(),
+            key_schema: self.key_schema.clone(),
+            output: self.output.clone(),
+            windows: BTreeMap::new(),
+            watermark: i64::MIN,
+            metrics: ctx.metrics.clone(),
+        }))
+    }
+}
+
+struct Window {
+    groups: Box<dyn GroupValues>,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+}
+
+/// Per-window aggregation state, freed when the window fires.
+pub struct TumblingWindowAggregate {
+    key_columns: Vec<usize>,
+    window_key: usize,
+    size_ns: i64,
+    aggregates: Vec<WindowAggregate>,
+    key_schema: SchemaRef,
+    output: SchemaRef,
+    /// Open windows by start (nanoseconds).
+    windows: BTreeMap<i64, Window>,
+    watermark: i64,
+    metrics: Arc<JobMetrics>,
+}
+
+fn df(e: impl std::fmt::Display) -> FlumenError {
+    FlumenError::execution(format!("window aggregate: {e}"))
+}
+
+impl TumblingWindowAggregate {
+    fn new_window(&self) -> Result<Window> {
+        let groups = new_group_values(self.key_schema.clone(), &GroupOrdering::None).map_err(df)?;
+        let accumulators = self
+            .aggregates
+            .iter()
+            .map(|a| -> Result<Box<dyn GroupsAccumulator>> {
+                if a.function.groups_accumulator_supported() {
+                    a.function.create_groups_accumulator().map_err(df)
+                } else {
+                    let f = a.function.clone();
+                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                        f.create_accumulator()
+                    })))
+                }
+            })
+            .collect::<Result<_>>()?;
+        Ok(Window {
+            groups,
+            accumulators,
+        })
+    }
+
+    fn update(&mut self, start: i64, rows: &RecordBatch) -> Result<()> {
+        if !self.windows.contains_key(&start) {
+            let window = self.new_window()?;
+            self.windows.insert(start, window);
+        }
+        let window = self.windows.get_mut(&start).expect("inserted above");
+        let keys: Vec<ArrayRef> = self
+            .key_columns
+            .iter()
+            .map(|&c| rows.column(c).clone())
+            .collect();
+        let mut group_indices = Vec::with_capacity(rows.num_rows());
+        window
+            .groups
+            .intern(&keys, &mut group_indices)
+            .map_err(df)?;
+        let total = window.groups.len();
+        for (agg, acc) in self.aggregates.iter().zip(&mut window.accumulators) {
+            let values = agg
+                .function
+                .expressions()
+                .iter()
+                .map(|e| e.evaluate(rows).and_then(|v| v.into_array(rows.num_rows())))
+                .collect::<datafusion::common::Result<Vec<_>>>()
+                .map_err(df)?;
+            let filter = match &agg.filter {
+                Some(f) => Some(
+                    f.evaluate(rows)
+                        .and_then(|v| v.into_array(rows.num_rows()))
+                        .map_err(df)?,
+                ),
+                None => None,
+            };
+            let filter = filter.as_ref().map(|f| f.as_boolean());
+            acc.update_batch(&values, &group_indices, filter, total)
+                .map_err(df)?;
+        }
+        Ok(())
+    }
+
+    fn emit(&self, mut window: Window) -> Result<RecordBatch> {
+        let mut columns = window.groups.emit(EmitTo::All).map_err(df)?;
+        for acc in &mut window.accumulators {
+            columns.push(acc.evaluate(EmitTo::All).map_err(df)?);
+        }
+        Ok(RecordBatch::try_new(self.output.clone(), columns)?)
+    }
+}
+
+impl Operator for TumblingWindowAggregate {
+    fn process_batch(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        let column = batch.column(self.key_columns[self.window_key]);
+        let starts = cast(
+            &cast(column, &DataType::Timestamp(TimeUnit::Nanosecond, None))?,
+            &DataType::Int64,
+        )?;
+        let starts = starts.as_primitive::<Int64Type>();
+        let mut rows_of: HashMap<i64, Vec<u32>> = HashMap::new();
+        let mut late = 0;
+        for (row, start) in starts.iter().enumerate() {
+            match start {
+                Some(s) if s.saturating_add(self.size_ns) > self.watermark => {
+                    rows_of.entry(s).or_default().push(row as u32);
+                }
+                _ => late += 1,
+            }
+        }
+        self.metrics.add_late_rows_dropped(late);
+        for (start, rows) in rows_of {
+            let part = if rows.len() == batch.num_rows() {
+                batch.clone()
+            } else {
+                take_record_batch(&batch, &UInt32Array::from(rows))?
+            };
+            self.update(start, &part)?;
+        }
+        Ok(())
+    }
+
+    fn process_watermark(
+        &mut self,
+        watermark: Watermark,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<Option<Watermark>> {
+        self.watermark = self.watermark.max(watermark.0);
+        while let Some(entry) = self.windows.first_entry() {
+            if entry.key().saturating_add(self.size_ns) > self.watermark {
+                break;
+            }
+            let window = entry.remove();
+            out.push(self.emit(window)?);
+        }
+        Ok(Some(watermark))
+    }
+
+    fn finish(&mut self, out: &mut Vec<RecordBatch>) -> Result<()> {
+        while let Some((_, window)) = self.windows.pop_first() {
+            out.push(self.emit(window)?);
+        }
+        Ok(())
+    }
+}

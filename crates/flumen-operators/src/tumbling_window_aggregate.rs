@@ -181,18 +181,29 @@ impl Operator for TumblingWindowAggregate {
             &DataType::Int64,
         )?;
         let starts = starts.as_primitive::<Int64Type>();
-        let mut rows_of: HashMap<i64, Vec<u32>> = HashMap::new();
+        // Rows of each window in this batch. Event time is mostly in order,
+        // so most rows belong to the same window as the row before them.
+        let mut windows: Vec<(i64, Vec<u32>)> = Vec::new();
+        let mut slot_of: HashMap<i64, usize> = HashMap::new();
+        let mut last: Option<(i64, usize)> = None;
         let mut late = 0;
         for (row, start) in starts.iter().enumerate() {
-            match start {
-                Some(s) if s.saturating_add(self.size_ns) > self.watermark => {
-                    rows_of.entry(s).or_default().push(row as u32);
-                }
-                _ => late += 1,
-            }
+            let Some(s) = start.filter(|s| s.saturating_add(self.size_ns) > self.watermark) else {
+                late += 1;
+                continue;
+            };
+            let slot = match last {
+                Some((prev, slot)) if prev == s => slot,
+                _ => *slot_of.entry(s).or_insert_with(|| {
+                    windows.push((s, Vec::with_capacity(batch.num_rows())));
+                    windows.len() - 1
+                }),
+            };
+            last = Some((s, slot));
+            windows[slot].1.push(row as u32);
         }
         self.metrics.add_late_rows_dropped(late);
-        for (start, rows) in rows_of {
+        for (start, rows) in windows {
             let part = if rows.len() == batch.num_rows() {
                 batch.clone()
             } else {

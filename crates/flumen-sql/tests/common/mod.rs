@@ -1,6 +1,7 @@
 //! Helpers shared by the SQL integration tests: run a script as a streaming
 //! job, read what a sink wrote, and compare row multisets.
 
+// Each test file uses only some of these helpers.
 #![allow(dead_code)]
 
 use std::path::Path;

@@ -5,8 +5,10 @@
 
 mod filter;
 mod projection;
-mod tumbling_window_aggregate;
+mod unnest;
+mod window_aggregate;
 
 pub use filter::FilterFactory;
 pub use projection::ProjectionFactory;
-pub use tumbling_window_aggregate::{TumblingWindowAggregateFactory, WindowAggregate};
+pub use unnest::UnnestFactory;
+pub use window_aggregate::{AggregateCall, WindowAggregateFactory};

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::logical_expr::Expr;
 use datafusion::logical_expr::{
     DdlStatement, ExprSchemable, LogicalPlan, WriteOp, utils::conjunction,
 };
@@ -17,7 +18,7 @@ use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{CreateTableOptions, Spanned, Statement};
 use flumen_connectors::{StdoutFormat, StdoutSinkFactory, TableSpec};
 use flumen_operators::{
-    FilterFactory, ProjectionFactory, TumblingWindowAggregateFactory, WindowAggregate,
+    AggregateCall, FilterFactory, ProjectionFactory, UnnestFactory, WindowAggregateFactory,
 };
 use flumen_runtime::{JobGraph, NodeId, NodeKind, Partitioning};
 use flumen_types::{FlumenError, Result};
@@ -420,6 +421,10 @@ impl Planner {
                     current = &f.input;
                 }
                 LogicalPlan::SubqueryAlias(a) => current = &a.input,
+                LogicalPlan::Unnest(u) => {
+                    steps.push(current);
+                    current = &u.input;
+                }
                 LogicalPlan::Aggregate(a)
                     if !steps.iter().any(|s| matches!(s, LogicalPlan::Aggregate(_))) =>
                 {
@@ -511,6 +516,22 @@ impl Planner {
                     let schema = Arc::new(p.schema.as_arrow().clone());
                     NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, schema)))
                 }
+                LogicalPlan::Unnest(u) => {
+                    let [(list_column, list)] = u.list_type_columns.as_slice() else {
+                        return Err(
+                            pos.error("UNNEST of more than one column is not supported yet")
+                        );
+                    };
+                    if list.depth != 1 || !u.struct_type_columns.is_empty() {
+                        return Err(
+                            pos.error("only UNNEST of one level of a list is supported yet")
+                        );
+                    }
+                    let output = Arc::new(u.schema.as_arrow().clone());
+                    let factory =
+                        UnnestFactory::new(*list_column, u.dependency_indices.clone(), output);
+                    NodeKind::Operator(Arc::new(factory))
+                }
                 LogicalPlan::Aggregate(a) => {
                     let (pre, aggregate, keys) = self.window_aggregate(
                         a,
@@ -548,7 +569,7 @@ impl Planner {
             .group_expr
             .iter()
             .enumerate()
-            .find_map(|(i, g)| tumble_of(g).map(|(size, column)| (i, size, column)));
+            .find_map(|(i, g)| window_of(g, &a.input).map(|(size, column)| (i, size, column)));
         let Some((window_key, size_ns, column)) = window else {
             return Err(pos.error(
                 "GROUP BY without an event-time window gives an updating result, which is not supported yet; \
@@ -618,11 +639,11 @@ impl Planner {
                         "ordered aggregate {e} is not supported in windows yet"
                     )));
                 }
-                Ok(WindowAggregate { function, filter })
+                Ok(AggregateCall { function, filter })
             })
             .collect::<Result<Vec<_>>>()?;
         let pre = NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, pre_schema.clone())));
-        let aggregate = NodeKind::Operator(Arc::new(TumblingWindowAggregateFactory {
+        let aggregate = NodeKind::Operator(Arc::new(WindowAggregateFactory {
             key_columns: keys.clone(),
             window_key,
             size_ns,
@@ -634,30 +655,62 @@ impl Planner {
     }
 }
 
-/// `date_bin(INTERVAL …, column)`: the window size in nanoseconds (`None`
-/// when the interval is not a constant length) and the column.
-fn tumble_of(e: &datafusion::logical_expr::Expr) -> Option<(Option<i64>, String)> {
-    use datafusion::common::ScalarValue;
-    use datafusion::logical_expr::Expr;
-    let Expr::ScalarFunction(f) = e.clone().unalias() else {
-        return None;
-    };
-    if f.func.name() != "date_bin" || f.args.len() != 2 {
-        return None;
-    }
-    let Expr::Column(column) = &f.args[1] else {
-        return None;
-    };
-    let size = match &f.args[0] {
-        Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) if v.months == 0 => {
-            Some(i64::from(v.days) * 86_400_000_000_000 + v.nanoseconds)
-        }
-        Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _) => {
-            Some(i64::from(v.days) * 86_400_000_000_000 + i64::from(v.milliseconds) * 1_000_000)
+/// The window a group key stands for: the window length in nanoseconds
+/// (`None` when it is not a constant interval) and the timestamp column it is
+/// computed from. A key is a window when it is `date_bin(INTERVAL, col)`
+/// (tumbling), or a column that, through projections and aliases, is the
+/// UNNEST of `hop(slide, size, col)` (sliding).
+fn window_of(key: &Expr, input: &LogicalPlan) -> Option<(Option<i64>, String)> {
+    match key.clone().unalias_nested().data {
+        Expr::Column(c) => match defining_expr(input, &c)? {
+            (Expr::ScalarFunction(f), true) if f.func.name() == "hop" && f.args.len() == 3 => {
+                let Expr::Column(ts) = &f.args[2] else {
+                    return None;
+                };
+                Some((literal_nanos(&f.args[1]), ts.name.clone()))
+            }
+            (e, false) => window_of(&e, input).filter(|_| !matches!(e, Expr::Column(_))),
+            _ => None,
+        },
+        Expr::ScalarFunction(f) if f.func.name() == "date_bin" && f.args.len() == 2 => {
+            let Expr::Column(ts) = &f.args[1] else {
+                return None;
+            };
+            Some((literal_nanos(&f.args[0]), ts.name.clone()))
         }
         _ => None,
+    }
+}
+
+fn literal_nanos(e: &Expr) -> Option<i64> {
+    match e {
+        Expr::Literal(v, _) => crate::udf::interval_nanos(v),
+        _ => None,
+    }
+}
+
+/// The expression that computes column `c` of `plan`'s output, following
+/// renames down the plan, and whether an UNNEST of it gives the column.
+fn defining_expr(plan: &LogicalPlan, c: &datafusion::common::Column) -> Option<(Expr, bool)> {
+    let index = plan.schema().index_of_column(c).ok()?;
+    let input_column = |input: &LogicalPlan, i: usize| {
+        datafusion::common::Column::from(input.schema().qualified_field(i))
     };
-    Some((size.filter(|s| *s > 0), column.name.clone()))
+    match plan {
+        LogicalPlan::Projection(p) => match p.expr[index].clone().unalias_nested().data {
+            Expr::Column(inner) => defining_expr(&p.input, &inner),
+            e => Some((e, false)),
+        },
+        LogicalPlan::SubqueryAlias(a) => defining_expr(&a.input, &input_column(&a.input, index)),
+        LogicalPlan::Filter(f) => defining_expr(&f.input, c),
+        LogicalPlan::Unnest(u) => {
+            let source = *u.dependency_indices.get(index)?;
+            let (e, _) = defining_expr(&u.input, &input_column(&u.input, source))?;
+            let unnested = u.list_type_columns.iter().any(|(i, _)| *i == source);
+            Some((e, unnested))
+        }
+        _ => None,
+    }
 }
 
 fn unsupported(plan: &LogicalPlan) -> String {

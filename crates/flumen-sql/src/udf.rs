@@ -13,7 +13,114 @@ use datafusion::logical_expr::{
 
 /// Every UDF flumen registers, for the streaming planner and the batch oracle alike.
 pub fn udfs() -> Vec<ScalarUDF> {
-    vec![ScalarUDF::new_from_impl(CountChar::new())]
+    vec![
+        ScalarUDF::new_from_impl(CountChar::new()),
+        ScalarUDF::new_from_impl(Hop::new()),
+    ]
+}
+
+/// `hop(slide INTERVAL, size INTERVAL, ts TIMESTAMP) -> TIMESTAMP[]`: the
+/// starts of the sliding windows of length `size`, every `slide`, aligned to
+/// the epoch, that contain `ts` (half-open `[start, start + size)`). UNNEST it
+/// to get one row per window.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Hop {
+    signature: Signature,
+}
+
+impl Hop {
+    fn new() -> Self {
+        Hop {
+            signature: Signature::any(3, Volatility::Immutable),
+        }
+    }
+}
+
+/// The length of a constant interval in nanoseconds, if it has no months.
+pub(crate) fn interval_nanos(v: &ScalarValue) -> Option<i64> {
+    match v {
+        ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => {
+            Some(i64::from(v.days) * 86_400_000_000_000 + v.nanoseconds)
+        }
+        ScalarValue::IntervalDayTime(Some(v)) => {
+            Some(i64::from(v.days) * 86_400_000_000_000 + i64::from(v.milliseconds) * 1_000_000)
+        }
+        _ => None,
+    }
+    .filter(|n| *n > 0)
+}
+
+impl ScalarUDFImpl for Hop {
+    fn name(&self) -> &str {
+        "hop"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        match args {
+            [_, _, ts @ DataType::Timestamp(..)] => Ok(DataType::new_list(ts.clone(), true)),
+            _ => exec_err!("hop(slide, size, ts) takes two intervals and a timestamp"),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [slide, size, ts] = args.args.as_slice() else {
+            return exec_err!("hop takes three arguments");
+        };
+        let (ColumnarValue::Scalar(slide), ColumnarValue::Scalar(size)) = (slide, size) else {
+            return exec_err!("hop's slide and size must be constant intervals");
+        };
+        let (Some(slide), Some(size)) = (interval_nanos(slide), interval_nanos(size)) else {
+            return exec_err!("hop's slide and size must be intervals of days or less");
+        };
+        if size % slide != 0 {
+            return exec_err!("hop's size must be a whole number of slides");
+        }
+        let ts = ts.to_array(args.number_rows)?;
+        let DataType::Timestamp(unit, _) = ts.data_type().clone() else {
+            return exec_err!("hop's third argument must be a timestamp");
+        };
+        let per_unit = match unit {
+            arrow::datatypes::TimeUnit::Second => 1_000_000_000,
+            arrow::datatypes::TimeUnit::Millisecond => 1_000_000,
+            arrow::datatypes::TimeUnit::Microsecond => 1_000,
+            arrow::datatypes::TimeUnit::Nanosecond => 1,
+        };
+        if slide % per_unit != 0 {
+            return exec_err!("hop's slide is finer than the timestamp's unit");
+        }
+        let (slide, size) = (slide / per_unit, size / per_unit);
+        let raw = arrow::compute::cast(&ts, &DataType::Int64)?;
+        let raw = raw.as_primitive::<arrow::datatypes::Int64Type>();
+        let windows = (size / slide) as usize;
+        let mut starts = Vec::with_capacity(raw.len() * windows);
+        let mut offsets = Vec::with_capacity(raw.len() + 1);
+        offsets.push(0i32);
+        for t in raw.iter() {
+            if let Some(t) = t {
+                let last = t.div_euclid(slide) * slide;
+                for k in (0..windows as i64).rev() {
+                    starts.push(last - k * slide);
+                }
+            }
+            offsets.push(starts.len() as i32);
+        }
+        let values = arrow::compute::cast(&Int64Array::from(starts), ts.data_type())?;
+        let field = Arc::new(arrow::datatypes::Field::new_list_field(
+            ts.data_type().clone(),
+            true,
+        ));
+        let list = arrow::array::ListArray::try_new(
+            field,
+            arrow::buffer::OffsetBuffer::new(offsets.into()),
+            values,
+            raw.nulls().cloned(),
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(list)))
+    }
 }
 
 /// `count_char(text VARCHAR, ch VARCHAR) -> BIGINT`: how often the first
@@ -82,6 +189,53 @@ mod tests {
     use arrow::array::StringArray;
     use arrow::datatypes::Field;
     use datafusion::common::config::ConfigOptions;
+
+    #[test]
+    fn hop_lists_the_starts_of_every_window_holding_the_time() {
+        use arrow::array::{ListArray, TimestampMillisecondArray};
+        use arrow::datatypes::{IntervalMonthDayNano, TimeUnit};
+        let ts_type = DataType::Timestamp(TimeUnit::Millisecond, None);
+        let ts = TimestampMillisecondArray::from(vec![Some(12_500), None, Some(-1)]);
+        let seconds = |n: i64| {
+            ScalarValue::IntervalMonthDayNano(Some(IntervalMonthDayNano::new(
+                0,
+                0,
+                n * 1_000_000_000,
+            )))
+        };
+        let args = ScalarFunctionArgs {
+            args: vec![
+                ColumnarValue::Scalar(seconds(2)),
+                ColumnarValue::Scalar(seconds(6)),
+                ColumnarValue::Array(Arc::new(ts)),
+            ],
+            arg_fields: vec![],
+            number_rows: 3,
+            return_field: Arc::new(Field::new(
+                "r",
+                DataType::new_list(ts_type.clone(), true),
+                true,
+            )),
+            config_options: Arc::new(ConfigOptions::default()),
+        };
+        let ColumnarValue::Array(a) = Hop::new().invoke_with_args(args).unwrap() else {
+            panic!("an array")
+        };
+        let lists = a.as_any().downcast_ref::<ListArray>().unwrap();
+        let starts = |row: usize| {
+            let v = lists.value(row);
+            let v = v
+                .as_any()
+                .downcast_ref::<TimestampMillisecondArray>()
+                .unwrap();
+            v.values().to_vec()
+        };
+        // 12.5 s lies in [8, 14), [10, 16) and [12, 18).
+        assert_eq!(starts(0), vec![8_000, 10_000, 12_000]);
+        assert!(lists.is_null(1));
+        // -1 ms lies in [-6, 0), [-4, 2) and [-2, 4) seconds.
+        assert_eq!(starts(2), vec![-6_000, -4_000, -2_000]);
+    }
 
     #[test]
     fn counts_one_character_per_row() {

@@ -194,3 +194,24 @@ GROUP BY auction, date_bin(INTERVAL '10' SECOND, date_time);
 async fn tumbling_window_aggregates_match_batch() {
     check_sql("tumbling", TUMBLING_AGGREGATES).await;
 }
+
+/// Bids per auction in sliding windows of 10 s every 2 s (the q5 windows),
+/// written as UNNEST of `hop(slide, size, time)`.
+const HOPPING_AGGREGATES: &str = "
+CREATE TABLE hopping_out (
+    auction BIGINT, window_start TIMESTAMP(3), bids BIGINT, highest BIGINT
+) WITH (connector = 'blackhole');
+INSERT INTO hopping_out
+SELECT auction, window_start, count(*), max(price)
+FROM (
+    SELECT auction, price,
+           unnest(hop(INTERVAL '2' SECOND, INTERVAL '10' SECOND, date_time)) AS window_start
+    FROM bid
+)
+GROUP BY auction, window_start;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hopping_window_aggregates_match_batch() {
+    check_sql("hopping", HOPPING_AGGREGATES).await;
+}

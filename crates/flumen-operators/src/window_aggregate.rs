@@ -1,5 +1,6 @@
-//! Aggregates rows per group and tumbling event-time window, and emits each
-//! window's groups once, when the watermark passes the window's end. Group
+//! Aggregates rows per group and event-time window (tumbling or sliding: a
+//! window is its start and a fixed length), and emits each window's groups
+//! once, when the watermark passes the window's end. Group
 //! keys are interned by DataFusion's `GroupValues` and aggregates are
 //! DataFusion `GroupsAccumulator`s, updated once per batch and window.
 
@@ -18,15 +19,15 @@ use flumen_runtime::{JobMetrics, Operator, OperatorFactory, TaskContext};
 use flumen_types::{FlumenError, Result, Watermark};
 
 /// One aggregate of the query, with its `FILTER (WHERE …)` if any.
-pub struct WindowAggregate {
+pub struct AggregateCall {
     /// The aggregate function and its arguments.
     pub function: Arc<AggregateFunctionExpr>,
     /// Rows it counts, when the query filters them.
     pub filter: Option<Arc<dyn PhysicalExpr>>,
 }
 
-/// Makes [`TumblingWindowAggregate`] operators.
-pub struct TumblingWindowAggregateFactory {
+/// Makes [`WindowAggregate`] operators.
+pub struct WindowAggregateFactory {
     /// Input columns holding the group keys, the window start among them.
     pub key_columns: Vec<usize>,
     /// Which of the keys is the window start (a timestamp).
@@ -34,14 +35,14 @@ pub struct TumblingWindowAggregateFactory {
     /// Window length in nanoseconds.
     pub size_ns: i64,
     /// The aggregates, in output order.
-    pub aggregates: Vec<WindowAggregate>,
+    pub aggregates: Vec<AggregateCall>,
     /// Schema of the key columns.
     pub key_schema: SchemaRef,
     /// Output schema: the keys, then one column per aggregate.
     pub output: SchemaRef,
 }
 
-impl OperatorFactory for TumblingWindowAggregateFactory {
+impl OperatorFactory for WindowAggregateFactory {
     fn describe(&self) -> String {
         let aggs: Vec<String> = self
             .aggregates
@@ -49,7 +50,7 @@ impl OperatorFactory for TumblingWindowAggregateFactory {
             .map(|a| a.function.name().to_string())
             .collect();
         format!(
-            "TumblingWindowAggregate: window {} ms, keys {:?}, [{}]",
+            "WindowAggregate: windows of {} ms, keys {:?}, [{}]",
             self.size_ns / 1_000_000,
             self.key_columns,
             aggs.join(", ")
@@ -57,14 +58,14 @@ impl OperatorFactory for TumblingWindowAggregateFactory {
     }
 
     fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Operator>> {
-        Ok(Box::new(TumblingWindowAggregate {
+        Ok(Box::new(WindowAggregate {
             key_columns: self.key_columns.clone(),
             window_key: self.window_key,
             size_ns: self.size_ns,
             aggregates: self
                 .aggregates
                 .iter()
-                .map(|a| WindowAggregate {
+                .map(|a| AggregateCall {
                     function: a.function.clone(),
                     filter: a.filter.clone(),
                 })
@@ -84,11 +85,11 @@ struct Window {
 }
 
 /// Per-window aggregation state, freed when the window fires.
-pub struct TumblingWindowAggregate {
+pub struct WindowAggregate {
     key_columns: Vec<usize>,
     window_key: usize,
     size_ns: i64,
-    aggregates: Vec<WindowAggregate>,
+    aggregates: Vec<AggregateCall>,
     key_schema: SchemaRef,
     output: SchemaRef,
     /// Open windows by start (nanoseconds).
@@ -101,7 +102,7 @@ fn df(e: impl std::fmt::Display) -> FlumenError {
     FlumenError::execution(format!("window aggregate: {e}"))
 }
 
-impl TumblingWindowAggregate {
+impl WindowAggregate {
     fn new_window(&self) -> Result<Window> {
         let groups = new_group_values(self.key_schema.clone(), &GroupOrdering::None).map_err(df)?;
         let accumulators = self
@@ -173,7 +174,7 @@ impl TumblingWindowAggregate {
     }
 }
 
-impl Operator for TumblingWindowAggregate {
+impl Operator for WindowAggregate {
     fn process_batch(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
         let column = batch.column(self.key_columns[self.window_key]);
         let starts = cast(

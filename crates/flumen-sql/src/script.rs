@@ -186,8 +186,14 @@ fn parse_clause(text: &str) -> Option<WatermarkClause> {
     {
         return None;
     }
-    let as_at = text.to_ascii_lowercase().find(" as ")?;
-    let expr = text[as_at + 4..].trim();
+    // The expression is what follows the fourth word (WATERMARK FOR col AS),
+    // whatever whitespace separates the words.
+    let mut rest = text;
+    for _ in 0..4 {
+        rest = rest.trim_start();
+        rest = &rest[rest.find(char::is_whitespace)?..];
+    }
+    let expr = rest.trim();
     (!expr.is_empty()).then(|| WatermarkClause {
         line: 0,
         column: 0,
@@ -202,7 +208,7 @@ mod tests {
 
     #[test]
     fn watermark_clause_is_taken_out_keeping_positions() {
-        let sql = "CREATE TABLE t (\n  a BIGINT,\n  ts TIMESTAMP(3),\n  WATERMARK FOR ts AS ts - INTERVAL '5' SECOND\n) WITH (x = 'watermark for');";
+        let sql = "CREATE TABLE t (\n  a BIGINT,\n  ts TIMESTAMP(3),\n  WATERMARK FOR ts\n\tAS ts - INTERVAL '5' SECOND\n) WITH (x = 'watermark for');";
         let (stripped, clauses) = strip_watermarks(sql).unwrap();
         assert_eq!(stripped.len(), sql.len());
         assert!(!stripped.to_lowercase().contains("watermark for ts"));

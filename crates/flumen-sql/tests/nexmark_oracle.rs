@@ -215,3 +215,18 @@ GROUP BY auction, window_start;
 async fn hopping_window_aggregates_match_batch() {
     check_sql("hopping", HOPPING_AGGREGATES).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q15_matches_batch() {
+    check_query("q15").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q16_matches_batch() {
+    check_query("q16").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q17_matches_batch() {
+    check_query("q17").await;
+}

@@ -16,6 +16,9 @@ const QUERIES: &[(&str, &str)] = &[
     ("q1", include_str!("../../../benchmarks/nexmark/q1.sql")),
     ("q2", include_str!("../../../benchmarks/nexmark/q2.sql")),
     ("q14", include_str!("../../../benchmarks/nexmark/q14.sql")),
+    ("q15", include_str!("../../../benchmarks/nexmark/q15.sql")),
+    ("q16", include_str!("../../../benchmarks/nexmark/q16.sql")),
+    ("q17", include_str!("../../../benchmarks/nexmark/q17.sql")),
     ("q21", include_str!("../../../benchmarks/nexmark/q21.sql")),
     ("q22", include_str!("../../../benchmarks/nexmark/q22.sql")),
 ];
@@ -46,7 +49,7 @@ pub(crate) struct BenchArgs {
     /// Benchmark suite.
     #[arg(value_enum)]
     suite: Suite,
-    /// Query to run: q0, q1, q2, q14, q21, q22, or `generator` (the source alone).
+    /// Query to run: q0, q1, q2, q14, q15, q16, q17, q21, q22, or `generator` (the source alone).
     #[arg(long, default_value = "q1")]
     query: String,
     /// Generator events (all kinds).

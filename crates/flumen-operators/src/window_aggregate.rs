@@ -196,7 +196,7 @@ impl Operator for WindowAggregate {
             let slot = match last {
                 Some((prev, slot)) if prev == s => slot,
                 _ => *slot_of.entry(s).or_insert_with(|| {
-                    windows.push((s, Vec::with_capacity(batch.num_rows())));
+                    windows.push((s, Vec::new()));
                     windows.len() - 1
                 }),
             };

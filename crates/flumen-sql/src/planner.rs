@@ -669,7 +669,8 @@ fn window_of(key: &Expr, input: &LogicalPlan) -> Option<(Option<i64>, String)> {
                 };
                 Some((literal_nanos(&f.args[1]), ts.name.clone()))
             }
-            (e, false) => window_of(&e, input).filter(|_| !matches!(e, Expr::Column(_))),
+            // `defining_expr` follows renames, so `e` is never a bare column.
+            (e, false) => window_of(&e, input),
             _ => None,
         },
         Expr::ScalarFunction(f) if f.func.name() == "date_bin" && f.args.len() == 2 => {

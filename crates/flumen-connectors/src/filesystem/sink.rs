@@ -120,6 +120,11 @@ enum FileWriter {
     Parquet(Box<AsyncArrowWriter<BufWriter>>),
 }
 
+/// An I/O error of the sink, naming its path.
+fn write_error(display: &str, e: impl std::fmt::Display) -> FlumenError {
+    FlumenError::io(format!("writing sink path '{display}': {e}"))
+}
+
 fn parquet_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_max_row_group_row_count(Some(PARQUET_ROW_GROUP_ROWS))
@@ -128,7 +133,7 @@ fn parquet_properties() -> WriterProperties {
 
 impl FileSink {
     fn err(&self, e: impl std::fmt::Display) -> FlumenError {
-        FlumenError::io(format!("writing sink path '{}': {e}", self.display))
+        write_error(&self.display, e)
     }
 
     fn open(&mut self) -> Result<OpenFile> {
@@ -186,12 +191,11 @@ impl Sink for FileSink {
             self.current = Some(self.open()?);
         }
         let format = self.format;
+        let display = &self.display;
         let file = self.current.as_mut().expect("opened above");
         match &mut file.writer {
             FileWriter::Parquet(w) => {
-                w.write(&batch)
-                    .await
-                    .map_err(|e| FlumenError::io(e.to_string()))?;
+                w.write(&batch).await.map_err(|e| write_error(display, e))?;
                 file.bytes = w.bytes_written() as u64 + w.in_progress_size() as u64;
             }
             FileWriter::Text(w) => {
@@ -208,7 +212,7 @@ impl Sink for FileSink {
                 }
                 w.write_all(&buf)
                     .await
-                    .map_err(|e| FlumenError::io(e.to_string()))?;
+                    .map_err(|e| write_error(display, e))?;
                 file.bytes += buf.len() as u64;
             }
         }

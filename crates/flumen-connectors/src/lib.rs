@@ -119,6 +119,12 @@ fn readable(read: bool) -> String {
         .join(", ")
 }
 
+/// Whether a sink of this connector applies an updating stream (rows tagged
+/// insert / delete / update); the others only append.
+pub fn accepts_updates(connector: &str) -> bool {
+    matches!(connector, "stdout" | "blackhole")
+}
+
 /// A sink writing rows of `input` into `spec`; `unique` names its files apart
 /// from other sinks' and runs'.
 pub fn sink_factory(

@@ -2,10 +2,13 @@
 
 use std::io::Write;
 
-use arrow::array::RecordBatch;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Int8Type, Schema};
 use async_trait::async_trait;
 use flumen_runtime::{Sink, SinkFactory, TaskContext};
-use flumen_types::{FlumenError, Result};
+use flumen_types::{FlumenError, Result, RowOp, is_updating};
 
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 
@@ -149,9 +152,36 @@ impl StdoutSink {
     }
 }
 
+/// An updating stream's rows with their operation shown first, as Flink
+/// prints them: an `op` column of `+I`, `-U`, `+U` or `-D`.
+fn with_op_first(batch: &RecordBatch) -> Result<RecordBatch> {
+    let last = batch.num_columns() - 1;
+    let ops: StringArray = batch
+        .column(last)
+        .as_primitive::<Int8Type>()
+        .values()
+        .iter()
+        .map(|&code| Some(RowOp::from_code(code).map_or("?", RowOp::short)))
+        .collect();
+    let schema = batch.schema();
+    let mut fields = vec![Arc::new(Field::new("op", DataType::Utf8, false))];
+    fields.extend(schema.fields()[..last].iter().cloned());
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(ops)];
+    columns.extend(batch.columns()[..last].iter().cloned());
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
 #[async_trait]
 impl Sink for StdoutSink {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        let batch = if is_updating(&batch.schema()) {
+            with_op_first(&batch)?
+        } else {
+            batch
+        };
         let mut buf = Vec::new();
         match self.format {
             StdoutFormat::Table => self.write_table(&batch, &mut buf)?,

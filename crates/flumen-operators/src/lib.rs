@@ -4,11 +4,15 @@
 #![warn(missing_docs)]
 
 mod filter;
+mod join;
 mod projection;
 mod unnest;
+mod updating_aggregate;
 mod window_aggregate;
 
 pub use filter::FilterFactory;
+pub use join::{Expiry, HashJoinFactory, JoinKind, JoinSide};
 pub use projection::ProjectionFactory;
 pub use unnest::UnnestFactory;
+pub use updating_aggregate::{RETRACTABLE, UpdatingAggregateFactory};
 pub use window_aggregate::{AggregateCall, WindowAggregateFactory};

@@ -5,11 +5,29 @@
 use std::future::poll_fn;
 use std::task::Poll;
 
+use arrow::record_batch::RecordBatch;
 use flumen_types::{Barrier, FlumenError, Message, Result, Watermark};
 use tokio::sync::mpsc::Receiver;
 
+/// What the gate hands its task next.
+#[derive(Debug)]
+pub(crate) enum GateEvent {
+    /// A batch of the node's input `0` (its first input edge), `1`, ….
+    Batch(usize, RecordBatch),
+    /// The minimum watermark over all inputs advanced.
+    Watermark(Watermark),
+    /// A barrier arrived on every input.
+    Barrier(Barrier),
+    /// Every channel of this input ended; other inputs go on.
+    InputEnded(usize),
+    /// Every input ended.
+    End,
+}
+
 struct Input {
     rx: Receiver<Message>,
+    /// Which input edge of the node this channel belongs to.
+    edge: usize,
     watermark: Watermark,
     ended: bool,
     /// Holds input back until the barrier it delivered arrives on all inputs.
@@ -23,14 +41,18 @@ pub(crate) struct InputGate {
     start: usize,
     emitted_watermark: Watermark,
     pending_barrier: Option<Barrier>,
+    /// An input edge whose last channel just ended, reported next.
+    pending_input_end: Option<usize>,
 }
 
 impl InputGate {
-    pub(crate) fn new(receivers: Vec<Receiver<Message>>) -> Self {
+    /// A gate over `receivers`, each tagged with the input edge it belongs to.
+    pub(crate) fn new(receivers: Vec<(usize, Receiver<Message>)>) -> Self {
         let inputs = receivers
             .into_iter()
-            .map(|rx| Input {
+            .map(|(edge, rx)| Input {
                 rx,
+                edge,
                 watermark: Watermark::MIN,
                 ended: false,
                 blocked: false,
@@ -41,45 +63,52 @@ impl InputGate {
             start: 0,
             emitted_watermark: Watermark::MIN,
             pending_barrier: None,
+            pending_input_end: None,
         }
     }
 
-    /// The next message for the task: a batch, a watermark that advanced the
-    /// minimum over all inputs, a barrier seen on every input, or `End` once
-    /// every input has ended.
-    pub(crate) async fn next(&mut self) -> Result<Message> {
+    /// The next event for the task: a batch, a watermark that advanced the
+    /// minimum over all inputs, a barrier seen on every input, the end of one
+    /// input edge, or `End` once every input has ended.
+    pub(crate) async fn next(&mut self) -> Result<GateEvent> {
         loop {
+            if let Some(edge) = self.pending_input_end.take() {
+                return Ok(GateEvent::InputEnded(edge));
+            }
             if self.inputs.iter().all(|i| i.ended) {
-                return Ok(Message::End);
+                return Ok(GateEvent::End);
             }
             let (index, msg) = self.recv_any().await?;
             match msg {
-                Message::Batch(_) => return Ok(msg),
+                Message::Batch(b) => return Ok(GateEvent::Batch(self.inputs[index].edge, b)),
                 Message::Watermark(wm) => {
                     let input = &mut self.inputs[index];
                     input.watermark = input.watermark.max(wm);
                     if let Some(wm) = self.advance_watermark() {
-                        return Ok(Message::Watermark(wm));
+                        return Ok(GateEvent::Watermark(wm));
                     }
                 }
                 Message::Barrier(b) => {
                     self.inputs[index].blocked = true;
                     self.pending_barrier = Some(b);
                     if let Some(b) = self.complete_barrier() {
-                        return Ok(Message::Barrier(b));
+                        return Ok(GateEvent::Barrier(b));
                     }
                 }
                 Message::End => {
                     let input = &mut self.inputs[index];
                     input.ended = true;
                     input.watermark = Watermark::MAX;
-                    if let Some(b) = self.complete_barrier() {
-                        return Ok(Message::Barrier(b));
+                    let edge = input.edge;
+                    let others_go_on = self.inputs.iter().any(|i| !i.ended);
+                    if others_go_on && self.inputs.iter().all(|i| i.edge != edge || i.ended) {
+                        self.pending_input_end = Some(edge);
                     }
-                    if self.inputs.iter().any(|i| !i.ended)
-                        && let Some(wm) = self.advance_watermark()
-                    {
-                        return Ok(Message::Watermark(wm));
+                    if let Some(b) = self.complete_barrier() {
+                        return Ok(GateEvent::Barrier(b));
+                    }
+                    if others_go_on && let Some(wm) = self.advance_watermark() {
+                        return Ok(GateEvent::Watermark(wm));
                     }
                 }
             }
@@ -138,27 +167,27 @@ mod tests {
     async fn watermark_is_minimum_of_inputs_and_end_releases_it() {
         let (tx_a, rx_a) = channel(8);
         let (tx_b, rx_b) = channel(8);
-        let mut gate = InputGate::new(vec![rx_a, rx_b]);
+        let mut gate = InputGate::new(vec![(0, rx_a), (0, rx_b)]);
         tx_a.send(Message::Watermark(Watermark(10))).await.unwrap();
         tx_b.send(Message::Watermark(Watermark(5))).await.unwrap();
         match gate.next().await.unwrap() {
-            Message::Watermark(w) => assert_eq!(w, Watermark(5)),
+            GateEvent::Watermark(w) => assert_eq!(w, Watermark(5)),
             m => panic!("expected watermark, got {m:?}"),
         }
         tx_b.send(Message::End).await.unwrap();
         match gate.next().await.unwrap() {
-            Message::Watermark(w) => assert_eq!(w, Watermark(10)),
+            GateEvent::Watermark(w) => assert_eq!(w, Watermark(10)),
             m => panic!("expected watermark, got {m:?}"),
         }
         tx_a.send(Message::End).await.unwrap();
-        assert!(matches!(gate.next().await.unwrap(), Message::End));
+        assert!(matches!(gate.next().await.unwrap(), GateEvent::End));
     }
 
     #[tokio::test]
     async fn barrier_is_emitted_once_aligned_on_all_inputs() {
         let (tx_a, rx_a) = channel(8);
         let (tx_b, rx_b) = channel(8);
-        let mut gate = InputGate::new(vec![rx_a, rx_b]);
+        let mut gate = InputGate::new(vec![(0, rx_a), (0, rx_b)]);
         tx_a.send(Message::Barrier(Barrier { id: 1 }))
             .await
             .unwrap();
@@ -170,11 +199,28 @@ mod tests {
         // Input a is blocked after its barrier, so b's messages come first.
         assert!(matches!(
             gate.next().await.unwrap(),
-            Message::Barrier(Barrier { id: 1 })
+            GateEvent::Barrier(Barrier { id: 1 })
         ));
         match gate.next().await.unwrap() {
-            Message::Watermark(w) => assert_eq!(w, Watermark(1)),
+            GateEvent::Watermark(w) => assert_eq!(w, Watermark(1)),
             m => panic!("expected watermark, got {m:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn batches_carry_their_input_and_an_ended_input_is_reported() {
+        let (tx_a, rx_a) = channel(8);
+        let (tx_b, rx_b) = channel(8);
+        let mut gate = InputGate::new(vec![(0, rx_a), (1, rx_b)]);
+        let batch = RecordBatch::new_empty(std::sync::Arc::new(arrow::datatypes::Schema::empty()));
+        tx_b.send(Message::Batch(batch)).await.unwrap();
+        assert!(matches!(gate.next().await.unwrap(), GateEvent::Batch(1, _)));
+        tx_b.send(Message::End).await.unwrap();
+        assert!(matches!(
+            gate.next().await.unwrap(),
+            GateEvent::InputEnded(1)
+        ));
+        tx_a.send(Message::End).await.unwrap();
+        assert!(matches!(gate.next().await.unwrap(), GateEvent::End));
     }
 }

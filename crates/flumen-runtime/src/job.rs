@@ -138,13 +138,15 @@ fn build_task(
         Some(h) => h,
         None => {
             let mut rxs = Vec::new();
-            for (ei, e) in graph.edges.iter().enumerate() {
-                if e.to != head_id {
-                    continue;
-                }
+            let inputs = graph
+                .edges
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.to == head_id);
+            for (input, (ei, e)) in inputs.enumerate() {
                 for i in 0..graph.nodes[e.from].parallelism {
                     if let Some(rx) = receivers.remove(&(ei, i, ctx.subtask)) {
-                        rxs.push(rx);
+                        rxs.push((input, rx));
                     }
                 }
             }

@@ -33,6 +33,24 @@ pub trait Operator: Send {
     /// Processes one batch, pushing any output batches to `out`.
     fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()>;
 
+    /// Processes one batch of input `input` (the order in which the node's
+    /// input edges were connected). Operators with one input keep the default.
+    fn process_input(
+        &mut self,
+        input: usize,
+        batch: RecordBatch,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        debug_assert_eq!(input, 0, "a one-input operator got input {input}");
+        self.process_batch(batch, out)
+    }
+
+    /// Every upstream subtask of input `input` has finished while other
+    /// inputs go on (a join can stop keeping the other side's rows).
+    fn input_ended(&mut self, _input: usize, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        Ok(())
+    }
+
     /// Event time has reached `watermark`: emit what it completes. Returns the
     /// watermark to forward downstream.
     fn process_watermark(

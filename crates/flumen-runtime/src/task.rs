@@ -9,7 +9,7 @@ use arrow::record_batch::RecordBatch;
 use flumen_types::{Message, Result, Watermark};
 
 use crate::exchange::Exchange;
-use crate::input::InputGate;
+use crate::input::{GateEvent, InputGate};
 use crate::metrics::JobMetrics;
 use crate::operator::{Operator, Sink, Source, WatermarkGenerator};
 
@@ -43,7 +43,7 @@ impl Task {
             // tasks their turn: this yields once the task's budget is spent.
             tokio::task::consume_budget().await;
             let mut advanced = None;
-            let msg = match &mut self.head {
+            let event = match &mut self.head {
                 Head::Source(source, watermarks) => {
                     let next = if self.stop.load(Ordering::Relaxed) {
                         None
@@ -56,33 +56,53 @@ impl Task {
                             if let Some(generator) = watermarks {
                                 advanced = generator.on_batch(&b)?;
                             }
-                            Message::Batch(b)
+                            GateEvent::Batch(0, b)
                         }
-                        Some(m) => m,
+                        Some(Message::Watermark(wm)) => GateEvent::Watermark(wm),
+                        Some(Message::Barrier(b)) => GateEvent::Barrier(b),
                         // At the end of its input a source with event time
                         // releases every window and timer downstream.
                         None if watermarks.is_some() => {
                             *watermarks = None;
-                            Message::Watermark(Watermark::MAX)
+                            GateEvent::Watermark(Watermark::MAX)
                         }
-                        None => Message::End,
+                        Some(Message::End) | None => GateEvent::End,
                     }
                 }
                 Head::Inputs(gate) => gate.next().await?,
             };
-            match msg {
-                Message::Batch(batch) => {
-                    let out = self.apply_operators(0, vec![batch])?;
+            match event {
+                GateEvent::Batch(input, batch) => {
+                    let out = self.apply_head(input, batch)?;
                     self.emit(out).await?;
                     if let Some(wm) = advanced {
                         self.on_watermark(wm).await?;
                     }
                 }
-                Message::Watermark(wm) => self.on_watermark(wm).await?,
-                Message::Barrier(b) => self.emit_control(Message::Barrier(b)).await?,
-                Message::End => return self.finish().await,
+                GateEvent::Watermark(wm) => self.on_watermark(wm).await?,
+                GateEvent::Barrier(b) => self.emit_control(Message::Barrier(b)).await?,
+                GateEvent::InputEnded(input) => {
+                    if let Some(first) = self.operators.first_mut() {
+                        let mut out = Vec::new();
+                        first.input_ended(input, &mut out)?;
+                        let out = self.apply_operators(1, out)?;
+                        self.emit(out).await?;
+                    }
+                }
+                GateEvent::End => return self.finish().await,
             }
         }
+    }
+
+    /// Runs a batch of input `input` through the chain: the first operator
+    /// is told which input it came from, the rest see one input.
+    fn apply_head(&mut self, input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        let Some(first) = self.operators.first_mut() else {
+            return Ok(vec![batch]);
+        };
+        let mut out = Vec::new();
+        first.process_input(input, batch, &mut out)?;
+        self.apply_operators(1, out)
     }
 
     /// Runs `batches` through the operators from index `from` to the end.

@@ -9,24 +9,19 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::execution::context::{SessionConfig, SessionContext};
-use datafusion::logical_expr::Expr;
-use datafusion::logical_expr::{
-    DdlStatement, ExprSchemable, LogicalPlan, WriteOp, utils::conjunction,
-};
-use datafusion::physical_expr::expressions::Column;
+use datafusion::logical_expr::{DdlStatement, ExprSchemable, LogicalPlan, WriteOp};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{CreateTableOptions, Spanned, Statement};
 use flumen_connectors::{StdoutFormat, StdoutSinkFactory, TableSpec};
-use flumen_operators::{
-    AggregateCall, FilterFactory, ProjectionFactory, UnnestFactory, WindowAggregateFactory,
-};
-use flumen_runtime::{JobGraph, NodeId, NodeKind, Partitioning};
+use flumen_runtime::{JobGraph, NodeKind, Partitioning};
 use flumen_types::{FlumenError, Result};
 
 use crate::catalog::ConnectorTable;
 use crate::errors::SourcePos;
 use crate::script::{self, WatermarkClause};
-use crate::watermark::ExprWatermarks;
+
+mod aggregate;
+mod streaming;
 
 /// How scripts are planned.
 #[derive(Debug, Clone)]
@@ -84,6 +79,8 @@ pub struct Planner {
     tables: HashMap<String, TableSpec>,
     event_times: HashMap<String, EventTime>,
     queries: Vec<Query>,
+    /// `SET state_ttl`: how long (event time) a regular join keeps a row.
+    state_ttl_ns: Option<i64>,
 }
 
 /// A DataFusion session configured as flumen plans: spans kept for error
@@ -104,12 +101,19 @@ pub fn session() -> SessionContext {
 impl Planner {
     /// A planner with no tables yet.
     pub fn new(options: PlannerOptions) -> Self {
+        let state_ttl_ns = options
+            .overrides
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "state_ttl")
+            .and_then(|(_, v)| script::duration_nanos(v));
         Planner {
             ctx: session(),
             options,
             tables: HashMap::new(),
             event_times: HashMap::new(),
             queries: Vec::new(),
+            state_ttl_ns,
         }
     }
 
@@ -255,6 +259,30 @@ impl Planner {
                     pos: pos.clone(),
                 });
             }
+            Statement::Set(datafusion::sql::sqlparser::ast::Set::SingleAssignment {
+                variable,
+                values,
+                ..
+            }) => {
+                let name = variable.to_string().trim_matches('\'').to_lowercase();
+                if name != "state_ttl" {
+                    return Err(pos.error(format!(
+                        "unknown setting '{name}'; valid settings: state_ttl"
+                    )));
+                }
+                let value = values
+                    .first()
+                    .map(|v| v.to_string().trim_matches('\'').to_string())
+                    .unwrap_or_default();
+                let Some(ns) = script::duration_nanos(&value) else {
+                    return Err(pos.error(format!(
+                        "state_ttl must be a duration such as '10 s', '5 min' or '1 h', not '{value}'"
+                    )));
+                };
+                if !self.options.overrides.iter().any(|(k, _)| k == "state_ttl") {
+                    self.state_ttl_ns = Some(ns);
+                }
+            }
             other => {
                 let kind = other.to_string();
                 let kind: String = kind
@@ -263,7 +291,7 @@ impl Planner {
                     .collect::<Vec<_>>()
                     .join(" ");
                 return Err(pos.error(format!(
-                    "'{kind} …' is not supported; flumen runs CREATE TABLE, CREATE VIEW, INSERT INTO and SELECT"
+                    "'{kind} …' is not supported; flumen runs CREATE TABLE, CREATE VIEW, SET, INSERT INTO and SELECT"
                 )));
             }
         }
@@ -365,10 +393,21 @@ impl Planner {
             .map_or(0, |d| d.as_millis());
         for (i, query) in self.queries.iter().enumerate() {
             logical_plans.push((query.label.clone(), query.plan.display_indent().to_string()));
-            let last = self
-                .plan_pipeline(&query.plan, &mut graph, &query.pos)
+            let stream = self
+                .plan_stream(&query.plan, &mut graph, &query.pos)
                 .await?;
-            let input: SchemaRef = Arc::new(query.plan.schema().as_arrow().clone());
+            let last = stream.node;
+            let input: SchemaRef = stream.schema.clone();
+            if let (Some(part), Target::Table(name)) = (&stream.updating, &query.target) {
+                let spec = &self.tables[name];
+                if !flumen_connectors::accepts_updates(spec.connector()) {
+                    return Err(query.pos.error(format!(
+                        "table '{name}' (connector '{}') can only append rows, but the query gives an updating result: {part}; \
+                         write it to a sink that applies updates (stdout, blackhole) or make the query append-only (window the aggregation)",
+                        spec.connector()
+                    )));
+                }
+            }
             let (factory, parallelism) = match &query.target {
                 Target::Stdout => (
                     Arc::new(StdoutSinkFactory::new(self.options.stdout_format)) as _,
@@ -400,335 +439,6 @@ impl Planner {
             logical_plans,
         })
     }
-
-    /// Adds the source and stateless operators of `plan`; returns the last node.
-    async fn plan_pipeline(
-        &self,
-        plan: &LogicalPlan,
-        graph: &mut JobGraph,
-        pos: &SourcePos,
-    ) -> Result<NodeId> {
-        let mut steps = Vec::new();
-        let mut current = plan;
-        let scan = loop {
-            match current {
-                LogicalPlan::Projection(p) => {
-                    steps.push(current);
-                    current = &p.input;
-                }
-                LogicalPlan::Filter(f) => {
-                    steps.push(current);
-                    current = &f.input;
-                }
-                LogicalPlan::SubqueryAlias(a) => current = &a.input,
-                LogicalPlan::Unnest(u) => {
-                    steps.push(current);
-                    current = &u.input;
-                }
-                LogicalPlan::Aggregate(a)
-                    if !steps.iter().any(|s| matches!(s, LogicalPlan::Aggregate(_))) =>
-                {
-                    steps.push(current);
-                    current = &a.input;
-                }
-                LogicalPlan::TableScan(scan) => break scan,
-                other => return Err(pos.error(unsupported(other))),
-            }
-        };
-        if scan.fetch.is_some() {
-            return Err(pos.error("LIMIT is not supported in streaming queries yet"));
-        }
-        let table = scan.table_name.table();
-        let spec = self
-            .tables
-            .get(table)
-            .ok_or_else(|| pos.error(format!("'{table}' is a not a connector table")))?;
-        // A source with event time always reads its event-time column, to
-        // derive watermarks, and drops it again if the query does not use it.
-        let event_time = self.event_times.get(table);
-        let mut projection = scan.projection.clone();
-        let mut keep = None;
-        if let (Some(et), Some(p)) = (event_time, projection.as_mut()) {
-            let index = spec.schema.index_of(&et.column)?;
-            if !p.contains(&index) {
-                keep = Some((0..p.len()).collect::<Vec<usize>>());
-                p.push(index);
-            }
-        }
-        let source = flumen_connectors::source_factory(spec, projection.as_deref())
-            .await
-            .map_err(|e| pos.wrap(e))?;
-        let parallelism = self.options.parallelism;
-        let source_node = graph.add_node(NodeKind::Source(source), parallelism);
-        let mut last = source_node;
-        let state = self.ctx.state();
-        let mut add = |graph: &mut JobGraph, kind: NodeKind, partitioning: Partitioning| {
-            let node = graph.add_node(kind, parallelism);
-            graph.connect(last, node, partitioning);
-            last = node;
-        };
-        if let Some(et) = event_time {
-            let produced = match &projection {
-                Some(p) => Arc::new(spec.schema.project(p)?),
-                None => spec.schema.clone(),
-            };
-            let column = produced.index_of(&et.column)?;
-            let one_column = Arc::new(produced.project(&[column])?);
-            let df_schema = DFSchema::try_from_qualified_schema(table, &one_column)
-                .map_err(|e| pos.datafusion(e))?;
-            let expr = state
-                .create_physical_expr(et.expr.clone(), &df_schema)
-                .map_err(|e| pos.datafusion(e))?;
-            let strategy = ExprWatermarks::new(column, one_column, expr, et.text.clone());
-            graph.set_watermarks(source_node, Arc::new(strategy));
-            if let Some(keep) = keep {
-                let exprs = keep
-                    .iter()
-                    .map(|&i| Arc::new(Column::new(produced.field(i).name(), i)) as _)
-                    .collect();
-                let schema = Arc::new(produced.project(&keep)?);
-                let kind = NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, schema)));
-                add(graph, kind, Partitioning::Forward);
-            }
-        }
-        if let Some(predicate) = conjunction(scan.filters.iter().cloned()) {
-            let expr = state
-                .create_physical_expr(predicate, &scan.projected_schema)
-                .map_err(|e| pos.datafusion(e))?;
-            let kind = NodeKind::Operator(Arc::new(FilterFactory::new(expr)));
-            add(graph, kind, Partitioning::Forward);
-        }
-        for step in steps.into_iter().rev() {
-            let kind = match step {
-                LogicalPlan::Filter(f) => {
-                    let expr = state
-                        .create_physical_expr(f.predicate.clone(), f.input.schema())
-                        .map_err(|e| pos.datafusion(e))?;
-                    NodeKind::Operator(Arc::new(FilterFactory::new(expr)))
-                }
-                LogicalPlan::Projection(p) => {
-                    let exprs = p
-                        .expr
-                        .iter()
-                        .map(|e| state.create_physical_expr(e.clone(), p.input.schema()))
-                        .collect::<datafusion::common::Result<Vec<_>>>()
-                        .map_err(|e| pos.datafusion(e))?;
-                    let schema = Arc::new(p.schema.as_arrow().clone());
-                    NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, schema)))
-                }
-                LogicalPlan::Unnest(u) => {
-                    let [(list_column, list)] = u.list_type_columns.as_slice() else {
-                        return Err(
-                            pos.error("UNNEST of more than one column is not supported yet")
-                        );
-                    };
-                    if list.depth != 1 || !u.struct_type_columns.is_empty() {
-                        return Err(
-                            pos.error("only UNNEST of one level of a list is supported yet")
-                        );
-                    }
-                    let output = Arc::new(u.schema.as_arrow().clone());
-                    let factory =
-                        UnnestFactory::new(*list_column, u.dependency_indices.clone(), output);
-                    NodeKind::Operator(Arc::new(factory))
-                }
-                LogicalPlan::Aggregate(a) => {
-                    let (pre, aggregate, keys) = self.window_aggregate(
-                        a,
-                        event_time.map(|e| e.column.as_str()),
-                        table,
-                        pos,
-                    )?;
-                    add(graph, pre, Partitioning::Forward);
-                    add(graph, aggregate, Partitioning::Hash(keys));
-                    continue;
-                }
-                _ => {
-                    unreachable!("only filters, projections and aggregates are collected as steps")
-                }
-            };
-            add(graph, kind, Partitioning::Forward);
-        }
-        Ok(last)
-    }
-}
-
-impl Planner {
-    /// Plans a `GROUP BY` that includes `date_bin(INTERVAL …, event_time)` as
-    /// a tumbling window aggregate: a projection that appends the group keys
-    /// as columns, then the aggregate behind a hash exchange on those keys.
-    /// Returns both operators and the key columns to hash.
-    fn window_aggregate(
-        &self,
-        a: &datafusion::logical_expr::Aggregate,
-        event_time: Option<&str>,
-        table: &str,
-        pos: &SourcePos,
-    ) -> Result<(NodeKind, NodeKind, Vec<usize>)> {
-        let window = a
-            .group_expr
-            .iter()
-            .enumerate()
-            .find_map(|(i, g)| window_of(g, &a.input).map(|(size, column)| (i, size, column)));
-        let Some((window_key, size_ns, column)) = window else {
-            return Err(pos.error(
-                "GROUP BY without an event-time window gives an updating result, which is not supported yet; \
-                 group by date_bin(INTERVAL '…', <event-time column>) for a tumbling window",
-            ));
-        };
-        let size_ns = size_ns.ok_or_else(|| {
-            pos.error("a tumbling window's size must be a constant INTERVAL of days, hours, minutes or seconds")
-        })?;
-        match event_time {
-            None => {
-                return Err(pos.error(format!(
-                    "table '{table}' has no event time, so it cannot be windowed: declare WATERMARK FOR <column> AS … in its CREATE TABLE"
-                )));
-            }
-            Some(et) if et != column => {
-                return Err(pos.error(format!(
-                    "the window is over column '{column}', but the event-time column of '{table}' is '{et}'"
-                )));
-            }
-            Some(_) => {}
-        }
-        let state = self.ctx.state();
-        let input_df = a.input.schema();
-        let input = input_df.as_arrow();
-        let width = input.fields().len();
-        let output = a.schema.as_arrow();
-        let mut exprs: Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>> = input
-            .fields()
-            .iter()
-            .enumerate()
-            .map(|(i, f)| Arc::new(Column::new(f.name(), i)) as _)
-            .collect();
-        let mut fields: Vec<arrow::datatypes::FieldRef> = input.fields().iter().cloned().collect();
-        for (i, g) in a.group_expr.iter().enumerate() {
-            exprs.push(
-                state
-                    .create_physical_expr(g.clone(), input_df)
-                    .map_err(|e| pos.datafusion(e))?,
-            );
-            let field = output.field(i);
-            fields.push(Arc::new(arrow::datatypes::Field::new(
-                format!("__flumen_key_{i}"),
-                field.data_type().clone(),
-                true,
-            )));
-        }
-        let pre_schema = Arc::new(arrow::datatypes::Schema::new(fields));
-        let keys: Vec<usize> = (width..width + a.group_expr.len()).collect();
-        let aggregates = a
-            .aggr_expr
-            .iter()
-            .map(|e| {
-                let planning = datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext::default();
-                let lowered = datafusion::physical_expr::aggregate::LoweredAggregateBuilder::new(
-                    e,
-                    input_df,
-                    input,
-                    state.execution_props(),
-                    &planning,
-                )
-                .build()
-                .map_err(|e| pos.datafusion(e))?;
-                let (function, filter) = (lowered.aggregate, lowered.filter);
-                if !lowered.order_bys.is_empty() {
-                    return Err(pos.error(format!(
-                        "ordered aggregate {e} is not supported in windows yet"
-                    )));
-                }
-                Ok(AggregateCall { function, filter })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let pre = NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, pre_schema.clone())));
-        let aggregate = NodeKind::Operator(Arc::new(WindowAggregateFactory {
-            key_columns: keys.clone(),
-            window_key,
-            size_ns,
-            aggregates,
-            key_schema: Arc::new(pre_schema.project(&keys)?),
-            output: Arc::new(output.clone()),
-        }));
-        Ok((pre, aggregate, keys))
-    }
-}
-
-/// The window a group key stands for: the window length in nanoseconds
-/// (`None` when it is not a constant interval) and the timestamp column it is
-/// computed from. A key is a window when it is `date_bin(INTERVAL, col)`
-/// (tumbling), or a column that, through projections and aliases, is the
-/// UNNEST of `hop(slide, size, col)` (sliding).
-fn window_of(key: &Expr, input: &LogicalPlan) -> Option<(Option<i64>, String)> {
-    match key.clone().unalias_nested().data {
-        Expr::Column(c) => match defining_expr(input, &c)? {
-            (Expr::ScalarFunction(f), true) if f.func.name() == "hop" && f.args.len() == 3 => {
-                let Expr::Column(ts) = &f.args[2] else {
-                    return None;
-                };
-                Some((literal_nanos(&f.args[1]), ts.name.clone()))
-            }
-            // `defining_expr` follows renames, so `e` is never a bare column.
-            (e, false) => window_of(&e, input),
-            _ => None,
-        },
-        Expr::ScalarFunction(f) if f.func.name() == "date_bin" && f.args.len() == 2 => {
-            let Expr::Column(ts) = &f.args[1] else {
-                return None;
-            };
-            Some((literal_nanos(&f.args[0]), ts.name.clone()))
-        }
-        _ => None,
-    }
-}
-
-fn literal_nanos(e: &Expr) -> Option<i64> {
-    match e {
-        Expr::Literal(v, _) => crate::udf::interval_nanos(v),
-        _ => None,
-    }
-}
-
-/// The expression that computes column `c` of `plan`'s output, following
-/// renames down the plan, and whether an UNNEST of it gives the column.
-fn defining_expr(plan: &LogicalPlan, c: &datafusion::common::Column) -> Option<(Expr, bool)> {
-    let index = plan.schema().index_of_column(c).ok()?;
-    let input_column = |input: &LogicalPlan, i: usize| {
-        datafusion::common::Column::from(input.schema().qualified_field(i))
-    };
-    match plan {
-        LogicalPlan::Projection(p) => match p.expr[index].clone().unalias_nested().data {
-            Expr::Column(inner) => defining_expr(&p.input, &inner),
-            e => Some((e, false)),
-        },
-        LogicalPlan::SubqueryAlias(a) => defining_expr(&a.input, &input_column(&a.input, index)),
-        LogicalPlan::Filter(f) => defining_expr(&f.input, c),
-        LogicalPlan::Unnest(u) => {
-            let source = *u.dependency_indices.get(index)?;
-            let (e, _) = defining_expr(&u.input, &input_column(&u.input, source))?;
-            let unnested = u.list_type_columns.iter().any(|(i, _)| *i == source);
-            Some((e, unnested))
-        }
-        _ => None,
-    }
-}
-
-fn unsupported(plan: &LogicalPlan) -> String {
-    let what = match plan {
-        LogicalPlan::Aggregate(_) => "GROUP BY and aggregate functions are",
-        LogicalPlan::Join(_) => "JOIN is",
-        LogicalPlan::Window(_) => "window functions (OVER) are",
-        LogicalPlan::Sort(_) => "ORDER BY is",
-        LogicalPlan::Limit(_) => "LIMIT is",
-        LogicalPlan::Distinct(_) => "DISTINCT is",
-        LogicalPlan::Union(_) => "UNION is",
-        LogicalPlan::Values(_) | LogicalPlan::EmptyRelation(_) => {
-            return "a query must read from a connector table (a source) to run as a stream".into();
-        }
-        other => return format!("{} is not supported in streaming queries", other.display()),
-    };
-    format!("{what} not supported in streaming queries yet")
 }
 
 /// Rejects an INSERT whose query gives a column a type the table's column

@@ -98,10 +98,56 @@ async fn type_mismatch_names_the_column() {
 #[tokio::test]
 async fn unsupported_construct_is_named() {
     let msg = error_of(&format!(
-        "{BID}SELECT auction, count(*) FROM bid GROUP BY auction;"
+        "{BID}SELECT auction FROM bid UNION ALL SELECT auction FROM bid;"
     ))
     .await;
-    assert_contains(&msg, &["job.sql:2:1:", "GROUP BY"]);
+    assert_contains(&msg, &["job.sql:2:1:", "UNION"]);
+}
+
+#[tokio::test]
+async fn an_append_only_sink_rejects_an_updating_query_naming_the_part() {
+    let msg = error_of(&format!(
+        "{BID}CREATE TABLE out (auction BIGINT, n BIGINT) WITH (connector = 'filesystem', path = '/tmp/x', format = 'json');\n\
+         INSERT INTO out SELECT auction, count(*) FROM bid GROUP BY auction;"
+    ))
+    .await;
+    assert_contains(
+        &msg,
+        &[
+            "job.sql:3:1:",
+            "can only append",
+            "GROUP BY bid.auction without a window",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn min_over_an_updating_input_cannot_be_computed_incrementally() {
+    let msg = error_of(&format!(
+        "{BID}SELECT min(n) FROM (SELECT auction, count(*) AS n FROM bid GROUP BY auction);"
+    ))
+    .await;
+    assert_contains(
+        &msg,
+        &[
+            "job.sql:2:1:",
+            "min(",
+            "cannot be computed incrementally",
+            "COUNT, SUM and AVG",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_setting_lists_the_valid_ones() {
+    let msg = error_of(&format!(
+        "SET parallelism = 4;\n{BID}SELECT auction FROM bid;"
+    ))
+    .await;
+    assert_contains(
+        &msg,
+        &["job.sql:1:1:", "unknown setting 'parallelism'", "state_ttl"],
+    );
 }
 
 #[tokio::test]

@@ -3,9 +3,11 @@
 
 #![warn(missing_docs)]
 
+mod changelog;
 mod error;
 mod message;
 
+pub use changelog::{OP_COLUMN, RowOp, is_updating, op_field};
 pub use error::{FlumenError, Result};
 pub use message::{Barrier, Message, Watermark};
 

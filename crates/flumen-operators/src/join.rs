@@ -1,0 +1,542 @@
+//! A symmetric hash join of two streams on equal keys. Each side keeps the
+//! batches it has seen; a new batch is probed against the other side's state
+//! and then stored. State is freed by watermarks (interval and window joins
+//! know when a row can no longer match), by `state_ttl`, and entirely once the
+//! other input has ended. A left outer join emits a left row padded with
+//! nulls at once and retracts it when its first match arrives.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int8Array, RecordBatch, UInt32Array, new_null_array,
+};
+use arrow::compute::kernels::aggregate::max;
+use arrow::compute::{cast, filter_record_batch, interleave, take};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use arrow::row::{RowConverter, Rows, SortField};
+use datafusion::common::hash_utils::{RandomState, create_hashes};
+use datafusion::physical_expr::PhysicalExpr;
+use flumen_runtime::{Operator, OperatorFactory, TaskContext};
+use flumen_types::{FlumenError, Result, RowOp, Watermark};
+
+/// Which rows a join keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinKind {
+    /// Only pairs that match.
+    Inner,
+    /// Every left row: matched pairs, or the row padded with nulls while it
+    /// has no match (an updating result).
+    Left,
+}
+
+/// When a stored row of one side can no longer match: once the watermark
+/// passes the time in `column` plus `offset_ns`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    /// A timestamp column of this side's input.
+    pub column: usize,
+    /// Added to the column's time (a window's length, for window joins).
+    pub offset_ns: i64,
+}
+
+/// One input of a join.
+#[derive(Debug, Clone)]
+pub struct JoinSide {
+    /// Columns holding the join keys, compared pairwise with the other side's.
+    pub keys: Vec<usize>,
+    /// The leading columns of the input that go to the output (key columns
+    /// computed only for the join follow them).
+    pub width: usize,
+    /// When this side's rows expire, if the query bounds them.
+    pub expiry: Option<Expiry>,
+}
+
+/// Makes [`HashJoin`] operators; input 0 is the left side, input 1 the right.
+pub struct HashJoinFactory {
+    /// Inner or left outer.
+    pub kind: JoinKind,
+    /// The left input.
+    pub left: JoinSide,
+    /// The right input.
+    pub right: JoinSide,
+    /// A condition on a joined row beyond equal keys (interval bounds, …).
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+    /// Rows are dropped from state this long (event time, by watermark)
+    /// after they arrive, whatever else holds them.
+    pub state_ttl_ns: Option<i64>,
+    /// Left columns, right columns, and the op column for a left join.
+    pub output: SchemaRef,
+}
+
+impl HashJoinFactory {
+    /// Whether state can grow without bound: a side that never expires.
+    pub fn unbounded_state(&self) -> bool {
+        self.state_ttl_ns.is_none() && (self.left.expiry.is_none() || self.right.expiry.is_none())
+    }
+}
+
+impl OperatorFactory for HashJoinFactory {
+    fn describe(&self) -> String {
+        let kind = match self.kind {
+            JoinKind::Inner => "inner",
+            JoinKind::Left => "left",
+        };
+        let expiry = |s: &JoinSide| match s.expiry {
+            Some(e) => format!("until column {} + {} ms", e.column, e.offset_ns / 1_000_000),
+            None => "forever".to_string(),
+        };
+        let mut text = format!(
+            "HashJoin ({kind}): keys {:?} = {:?}, left rows kept {}, right rows kept {}",
+            self.left.keys,
+            self.right.keys,
+            expiry(&self.left),
+            expiry(&self.right)
+        );
+        if let Some(f) = &self.filter {
+            text.push_str(&format!(", filter {f}"));
+        }
+        if let Some(ttl) = self.state_ttl_ns {
+            text.push_str(&format!(", state_ttl {} ms", ttl / 1_000_000));
+        }
+        if self.unbounded_state() {
+            text.push_str(" [UNBOUNDED STATE: set state_ttl to bound it]");
+        }
+        text
+    }
+
+    fn create(&self, _ctx: &TaskContext) -> Result<Box<dyn Operator>> {
+        let state = |side: &JoinSide| SideState {
+            spec: side.clone(),
+            slots: Vec::new(),
+            live: 0,
+            heads: HashMap::default(),
+            entries: Vec::new(),
+            dead_entries: 0,
+            closed: false,
+        };
+        Ok(Box::new(HashJoin {
+            kind: self.kind,
+            sides: [state(&self.left), state(&self.right)],
+            filter: self.filter.clone(),
+            state_ttl_ns: self.state_ttl_ns,
+            output: self.output.clone(),
+            watermark: i64::MIN,
+            converter: None,
+        }))
+    }
+}
+
+/// Hashes are already uniform; the map uses them as they are.
+#[derive(Default)]
+struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only u64 keys are hashed")
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+const NIL: u32 = u32::MAX;
+const HASH_STATE: RandomState = RandomState::with_seed(0x10_1e_d5);
+
+/// One stored batch of a side.
+struct Slot {
+    batch: RecordBatch,
+    keys: Rows,
+    hashes: Vec<u64>,
+    /// Per row: how many right rows it matched (left joins only).
+    matched: Vec<u32>,
+    /// The slot can be freed once the watermark passes this (ns).
+    expires_at: i64,
+}
+
+/// A stored row, chained to the previous row with the same key hash.
+struct Entry {
+    slot: u32,
+    row: u32,
+    next: u32,
+}
+
+struct SideState {
+    spec: JoinSide,
+    slots: Vec<Option<Slot>>,
+    live: usize,
+    /// Key hash to the newest entry with that hash.
+    heads: HashMap<u64, u32, BuildHasherDefault<IdentityHasher>>,
+    entries: Vec<Entry>,
+    /// Entries whose slot was freed; the index is rebuilt when they dominate.
+    dead_entries: usize,
+    /// The other input has ended: this side's rows can never match again.
+    closed: bool,
+}
+
+impl SideState {
+    fn store(&mut self, slot: Slot) {
+        let id = self.slots.len() as u32;
+        for (row, &h) in slot.hashes.iter().enumerate() {
+            if h == NULL_KEY {
+                continue;
+            }
+            let head = self.heads.entry(h).or_insert(NIL);
+            self.entries.push(Entry {
+                slot: id,
+                row: row as u32,
+                next: *head,
+            });
+            *head = (self.entries.len() - 1) as u32;
+        }
+        self.slots.push(Some(slot));
+        self.live += 1;
+    }
+
+    /// Frees every slot that expired by `watermark`.
+    fn expire(&mut self, watermark: i64) {
+        let mut freed = 0;
+        for slot in &mut self.slots {
+            if slot.as_ref().is_some_and(|s| s.expires_at < watermark) {
+                freed += slot.take().map_or(0, |s| s.hashes.len());
+                self.live -= 1;
+            }
+        }
+        if freed > 0 {
+            self.dead_entries += freed;
+            self.compact();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.slots.clear();
+        self.live = 0;
+        self.heads.clear();
+        self.entries.clear();
+        self.dead_entries = 0;
+    }
+
+    /// Rebuilds the index without freed slots once they are most of it.
+    fn compact(&mut self) {
+        if self.dead_entries * 2 < self.entries.len() {
+            return;
+        }
+        let slots: Vec<Slot> = self.slots.drain(..).flatten().collect();
+        self.clear();
+        for slot in slots {
+            self.store(slot);
+        }
+    }
+}
+
+/// Marks a row whose key has a null: it matches nothing.
+const NULL_KEY: u64 = 0x6e75_6c6c_6b65_7921;
+
+/// The running join of one subtask.
+pub struct HashJoin {
+    kind: JoinKind,
+    sides: [SideState; 2],
+    filter: Option<Arc<dyn PhysicalExpr>>,
+    state_ttl_ns: Option<i64>,
+    output: SchemaRef,
+    watermark: i64,
+    converter: Option<RowConverter>,
+}
+
+fn err(e: impl std::fmt::Display) -> FlumenError {
+    FlumenError::execution(format!("join: {e}"))
+}
+
+/// Pairs of (probe row, stored slot, stored row) that matched.
+#[derive(Default)]
+struct Matches {
+    probe: Vec<u32>,
+    stored: Vec<(usize, usize)>,
+}
+
+impl HashJoin {
+    fn key_rows(&mut self, keys: &[ArrayRef]) -> Result<Rows> {
+        if self.converter.is_none() {
+            let fields = keys
+                .iter()
+                .map(|k| SortField::new(k.data_type().clone()))
+                .collect();
+            self.converter = Some(RowConverter::new(fields)?);
+        }
+        let converter = self.converter.as_ref().expect("created above");
+        Ok(converter.convert_columns(keys)?)
+    }
+
+    fn hashes(keys: &[ArrayRef], rows: usize) -> Result<Vec<u64>> {
+        let mut hashes = vec![0; rows];
+        create_hashes(keys, &HASH_STATE, &mut hashes).map_err(err)?;
+        for k in keys {
+            if let Some(nulls) = k.logical_nulls() {
+                for (h, valid) in hashes.iter_mut().zip(nulls.iter()) {
+                    if !valid {
+                        *h = NULL_KEY;
+                    }
+                }
+            }
+        }
+        Ok(hashes)
+    }
+
+    fn expires_at(&self, side: usize, batch: &RecordBatch) -> Result<i64> {
+        let by_ttl = self
+            .state_ttl_ns
+            .map_or(i64::MAX, |ttl| self.watermark.max(0).saturating_add(ttl));
+        let by_column = match self.sides[side].spec.expiry {
+            Some(e) => {
+                let times = cast(
+                    &cast(
+                        batch.column(e.column),
+                        &DataType::Timestamp(TimeUnit::Nanosecond, None),
+                    )?,
+                    &DataType::Int64,
+                )?;
+                max(times.as_primitive::<Int64Type>())
+                    .map_or(i64::MIN, |t| t.saturating_add(e.offset_ns))
+            }
+            None => i64::MAX,
+        };
+        Ok(by_ttl.min(by_column))
+    }
+
+    /// Finds the stored rows of `other` whose key equals each probe row's.
+    fn probe(other: &SideState, keys: &Rows, hashes: &[u64]) -> Matches {
+        let mut m = Matches::default();
+        if other.live == 0 {
+            return m;
+        }
+        for (row, &h) in hashes.iter().enumerate() {
+            if h == NULL_KEY {
+                continue;
+            }
+            let Some(&head) = other.heads.get(&h) else {
+                continue;
+            };
+            let mut e = head;
+            while e != NIL {
+                let entry = &other.entries[e as usize];
+                if let Some(slot) = &other.slots[entry.slot as usize]
+                    && slot.keys.row(entry.row as usize) == keys.row(row)
+                {
+                    m.probe.push(row as u32);
+                    m.stored.push((entry.slot as usize, entry.row as usize));
+                }
+                e = entry.next;
+            }
+        }
+        m
+    }
+
+    /// The joined rows of the matches (left columns, then right columns),
+    /// after the residual filter; returns the rows and the surviving matches.
+    fn joined(
+        &self,
+        side: usize,
+        batch: &RecordBatch,
+        m: Matches,
+    ) -> Result<(Option<RecordBatch>, Matches)> {
+        if m.probe.is_empty() {
+            return Ok((None, m));
+        }
+        let other = &self.sides[1 - side];
+        let indices = UInt32Array::from(m.probe.clone());
+        let probe_cols: Vec<ArrayRef> = batch.columns()[..self.sides[side].spec.width]
+            .iter()
+            .map(|c| take(c, &indices, None))
+            .collect::<std::result::Result<_, _>>()?;
+        // Stored rows come from many slots: number the slots they use.
+        let mut local: HashMap<usize, usize> = HashMap::new();
+        let mut used = Vec::new();
+        let picks: Vec<(usize, usize)> = m
+            .stored
+            .iter()
+            .map(|&(slot, row)| {
+                let n = *local.entry(slot).or_insert_with(|| {
+                    used.push(slot);
+                    used.len() - 1
+                });
+                (n, row)
+            })
+            .collect();
+        let stored_cols: Vec<ArrayRef> = (0..other.spec.width)
+            .map(|c| {
+                let arrays: Vec<&dyn Array> = used
+                    .iter()
+                    .map(|&s| {
+                        other.slots[s]
+                            .as_ref()
+                            .expect("matched slots are live")
+                            .batch
+                            .column(c)
+                            .as_ref()
+                    })
+                    .collect();
+                interleave(&arrays, &picks)
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        let (left, right) = if side == 0 {
+            (probe_cols, stored_cols)
+        } else {
+            (stored_cols, probe_cols)
+        };
+        let mut columns = left;
+        columns.extend(right);
+        let n = m.probe.len();
+        if self.kind == JoinKind::Left {
+            columns.push(Arc::new(Int8Array::from(vec![RowOp::Insert as i8; n])));
+        }
+        let joined = RecordBatch::try_new(self.output.clone(), columns)?;
+        let Some(filter) = &self.filter else {
+            return Ok((Some(joined), m));
+        };
+        let mask = filter
+            .evaluate(&joined)
+            .and_then(|v| v.into_array(n))
+            .map_err(err)?;
+        let mask: &BooleanArray = mask.as_boolean();
+        let keep: Vec<bool> = (0..n).map(|i| mask.is_valid(i) && mask.value(i)).collect();
+        if keep.iter().all(|&k| k) {
+            return Ok((Some(joined), m));
+        }
+        let joined = filter_record_batch(&joined, &BooleanArray::from(keep.clone()))?;
+        let mut kept = Matches::default();
+        for (i, k) in keep.into_iter().enumerate() {
+            if k {
+                kept.probe.push(m.probe[i]);
+                kept.stored.push(m.stored[i]);
+            }
+        }
+        Ok((Some(joined), kept))
+    }
+
+    /// Left rows padded with nulls on the right, tagged `op`.
+    fn padded(&self, left: &RecordBatch, rows: &[u32], op: RowOp) -> Result<RecordBatch> {
+        let indices = UInt32Array::from(rows.to_vec());
+        let width = self.sides[0].spec.width;
+        let mut columns: Vec<ArrayRef> = left.columns()[..width]
+            .iter()
+            .map(|c| take(c, &indices, None))
+            .collect::<std::result::Result<_, _>>()?;
+        for f in &self.output.fields()[width..self.output.fields().len() - 1] {
+            columns.push(new_null_array(f.data_type(), rows.len()));
+        }
+        columns.push(Arc::new(Int8Array::from(vec![op as i8; rows.len()])));
+        Ok(RecordBatch::try_new(self.output.clone(), columns)?)
+    }
+
+    fn process(
+        &mut self,
+        side: usize,
+        batch: RecordBatch,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let keys: Vec<ArrayRef> = self.sides[side]
+            .spec
+            .keys
+            .iter()
+            .map(|&c| batch.column(c).clone())
+            .collect();
+        let rows = self.key_rows(&keys)?;
+        let hashes = Self::hashes(&keys, batch.num_rows())?;
+        let matches = Self::probe(&self.sides[1 - side], &rows, &hashes);
+        let (joined, matches) = self.joined(side, &batch, matches)?;
+        let mut matched = Vec::new();
+        if self.kind == JoinKind::Left {
+            if side == 0 {
+                matched = vec![0u32; batch.num_rows()];
+                for &r in &matches.probe {
+                    matched[r as usize] += 1;
+                }
+                let lonely: Vec<u32> = (0..batch.num_rows() as u32)
+                    .filter(|&r| matched[r as usize] == 0)
+                    .collect();
+                if !lonely.is_empty() {
+                    out.push(self.padded(&batch, &lonely, RowOp::Insert)?);
+                }
+            } else {
+                // A left row's first match retracts its null-padded row.
+                let left = &mut self.sides[0];
+                let mut retract: HashMap<usize, Vec<u32>> = HashMap::new();
+                for &(slot, row) in &matches.stored {
+                    let s = left.slots[slot].as_mut().expect("matched slots are live");
+                    if s.matched[row] == 0 {
+                        retract.entry(slot).or_default().push(row as u32);
+                    }
+                    s.matched[row] += 1;
+                }
+                let mut slots: Vec<_> = retract.into_iter().collect();
+                slots.sort_unstable_by_key(|(s, _)| *s);
+                for (slot, rows) in slots {
+                    let stored = self.sides[0].slots[slot]
+                        .as_ref()
+                        .expect("matched slots are live")
+                        .batch
+                        .clone();
+                    out.push(self.padded(&stored, &rows, RowOp::Delete)?);
+                }
+            }
+        }
+        if let Some(j) = joined {
+            out.push(j);
+        }
+        if !self.sides[side].closed {
+            let expires_at = self.expires_at(side, &batch)?;
+            if expires_at >= self.watermark {
+                self.sides[side].store(Slot {
+                    batch,
+                    keys: rows,
+                    hashes,
+                    matched,
+                    expires_at,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Operator for HashJoin {
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
+        self.process(0, batch, out)
+    }
+
+    fn process_input(
+        &mut self,
+        input: usize,
+        batch: RecordBatch,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        self.process(input.min(1), batch, out)
+    }
+
+    fn input_ended(&mut self, input: usize, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        // No row of the other side can meet a future row of this input.
+        let other = &mut self.sides[1 - input.min(1)];
+        other.closed = true;
+        other.clear();
+        Ok(())
+    }
+
+    fn process_watermark(
+        &mut self,
+        watermark: Watermark,
+        _out: &mut Vec<RecordBatch>,
+    ) -> Result<Option<Watermark>> {
+        self.watermark = self.watermark.max(watermark.0);
+        for side in &mut self.sides {
+            side.expire(self.watermark);
+        }
+        Ok(Some(watermark))
+    }
+}

@@ -1,0 +1,338 @@
+//! A `GROUP BY` without a window: one running result per group, emitted as
+//! an updating stream — `+I` when a group appears, `-U`/`+U` when its result
+//! changes, `-D` when every row of it was taken back.
+//!
+//! Each batch is sorted by group once; every group it touches gets one
+//! `update_batch` (and one `retract_batch` for an updating input) over a
+//! zero-copy slice, and its old and new results are emitted once per batch.
+//! Groups hold DataFusion row `Accumulator`s rather than a
+//! `GroupsAccumulator`, because an updating result must read a group's value
+//! without consuming it and take rows back, which `GroupsAccumulator` cannot.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, Int8Array, RecordBatch, UInt32Array};
+use arrow::compute::kernels::boolean::not;
+use arrow::compute::{nullif, take};
+use arrow::datatypes::{Int8Type, SchemaRef};
+use arrow::row::{RowConverter, Rows, SortField};
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::Accumulator;
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+use flumen_runtime::{Operator, OperatorFactory, TaskContext};
+use flumen_types::{FlumenError, Result, RowOp};
+
+use crate::window_aggregate::AggregateCall;
+
+/// Makes [`UpdatingAggregate`] operators.
+pub struct UpdatingAggregateFactory {
+    /// Input columns holding the group keys.
+    pub key_columns: Vec<usize>,
+    /// The aggregates, in output order.
+    pub aggregates: Vec<AggregateCall>,
+    /// The input's op column when the input is itself updating.
+    pub op_column: Option<usize>,
+    /// The keys, one column per aggregate, then the op column.
+    pub output: SchemaRef,
+}
+
+/// Names of the aggregates that can take back a row exactly (their
+/// DataFusion sliding accumulators retract in any order).
+pub const RETRACTABLE: &[&str] = &["count", "sum", "avg"];
+
+impl OperatorFactory for UpdatingAggregateFactory {
+    fn describe(&self) -> String {
+        let aggs: Vec<String> = self
+            .aggregates
+            .iter()
+            .map(|a| a.function.name().to_string())
+            .collect();
+        format!(
+            "UpdatingAggregate: keys {:?}, [{}]{} [UNBOUNDED STATE: one row per group]",
+            self.key_columns,
+            aggs.join(", "),
+            if self.op_column.is_some() {
+                ", retracting"
+            } else {
+                ""
+            }
+        )
+    }
+
+    fn create(&self, _ctx: &TaskContext) -> Result<Box<dyn Operator>> {
+        let key_fields: Vec<_> = self.output.fields()[..self.key_columns.len()]
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        let key_schema = Arc::new(arrow::datatypes::Schema::new(key_fields));
+        let converter = RowConverter::new(
+            key_schema
+                .fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )?;
+        Ok(Box::new(UpdatingAggregate {
+            key_columns: self.key_columns.clone(),
+            aggregates: self
+                .aggregates
+                .iter()
+                .map(|a| AggregateCall {
+                    function: a.function.clone(),
+                    filter: a.filter.clone(),
+                })
+                .collect(),
+            op_column: self.op_column,
+            output: self.output.clone(),
+            groups: new_group_values(key_schema, &GroupOrdering::None).map_err(err)?,
+            keys: converter.empty_rows(0, 0),
+            converter,
+            accumulators: Vec::new(),
+            counts: Vec::new(),
+        }))
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> FlumenError {
+    FlumenError::execution(format!("aggregate: {e}"))
+}
+
+/// The running groups of one subtask.
+pub struct UpdatingAggregate {
+    key_columns: Vec<usize>,
+    aggregates: Vec<AggregateCall>,
+    op_column: Option<usize>,
+    output: SchemaRef,
+    groups: Box<dyn GroupValues>,
+    /// Each group's key, by group id, to emit it again.
+    keys: Rows,
+    converter: RowConverter,
+    /// `accumulators[group * aggregates.len() + a]`.
+    accumulators: Vec<Box<dyn Accumulator>>,
+    /// Rows currently counted in each group.
+    counts: Vec<i64>,
+}
+
+/// One output row: a group's old or new result.
+struct Change {
+    group: usize,
+    op: RowOp,
+    values: Vec<ScalarValue>,
+}
+
+impl UpdatingAggregate {
+    fn new_accumulator(&self, a: usize) -> Result<Box<dyn Accumulator>> {
+        let f = &self.aggregates[a].function;
+        let acc = if self.op_column.is_some() {
+            f.create_sliding_accumulator()
+        } else {
+            f.create_accumulator()
+        };
+        acc.map_err(err)
+    }
+
+    fn values(&mut self, group: usize) -> Result<Vec<ScalarValue>> {
+        let n = self.aggregates.len();
+        self.accumulators[group * n..(group + 1) * n]
+            .iter_mut()
+            .map(|acc| acc.evaluate().map_err(err))
+            .collect()
+    }
+
+    /// Each aggregate's argument arrays for `batch`, with rows outside its
+    /// `FILTER` turned to nulls (which every supported aggregate skips).
+    fn arguments(&self, batch: &RecordBatch) -> Result<Vec<Vec<ArrayRef>>> {
+        let rows = batch.num_rows();
+        self.aggregates
+            .iter()
+            .map(|agg| {
+                let mut values = agg
+                    .function
+                    .expressions()
+                    .iter()
+                    .map(|e| e.evaluate(batch).and_then(|v| v.into_array(rows)))
+                    .collect::<datafusion::common::Result<Vec<_>>>()
+                    .map_err(err)?;
+                if let Some(f) = &agg.filter {
+                    let keep = f
+                        .evaluate(batch)
+                        .and_then(|v| v.into_array(rows))
+                        .map_err(err)?;
+                    let drop = not(keep.as_boolean())?;
+                    for v in &mut values {
+                        *v = nullif(v, &drop)?;
+                    }
+                }
+                Ok(values)
+            })
+            .collect()
+    }
+
+    fn emit(&self, changes: &[Change]) -> Result<RecordBatch> {
+        let keys = self
+            .converter
+            .convert_rows(changes.iter().map(|c| self.keys.row(c.group)))?;
+        let mut columns = keys;
+        for a in 0..self.aggregates.len() {
+            let column = ScalarValue::iter_to_array(changes.iter().map(|c| c.values[a].clone()))
+                .map_err(err)?;
+            let field = self.output.field(columns.len());
+            columns.push(if column.data_type() == field.data_type() {
+                column
+            } else {
+                arrow::compute::cast(&column, field.data_type())?
+            });
+        }
+        columns.push(Arc::new(Int8Array::from_iter_values(
+            changes.iter().map(|c| c.op as i8),
+        )));
+        Ok(RecordBatch::try_new(self.output.clone(), columns)?)
+    }
+}
+
+impl Operator for UpdatingAggregate {
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
+        let rows = batch.num_rows();
+        if rows == 0 {
+            return Ok(());
+        }
+        let key_arrays: Vec<ArrayRef> = self
+            .key_columns
+            .iter()
+            .map(|&c| batch.column(c).clone())
+            .collect();
+        let before = self.groups.len();
+        let mut ids = Vec::with_capacity(rows);
+        self.groups.intern(&key_arrays, &mut ids).map_err(err)?;
+        let total = self.groups.len();
+        if total > before {
+            // Remember the keys of the new groups, in group order.
+            let first_row_of_new: Vec<u32> = {
+                let mut first = vec![u32::MAX; total - before];
+                for (row, &g) in ids.iter().enumerate() {
+                    if g >= before && first[g - before] == u32::MAX {
+                        first[g - before] = row as u32;
+                    }
+                }
+                first
+            };
+            let indices = UInt32Array::from(first_row_of_new);
+            let new_keys: Vec<ArrayRef> = key_arrays
+                .iter()
+                .map(|k| take(k, &indices, None))
+                .collect::<std::result::Result<_, _>>()?;
+            self.converter.append(&mut self.keys, &new_keys)?;
+            for _ in before..total {
+                for a in 0..self.aggregates.len() {
+                    let acc = self.new_accumulator(a)?;
+                    self.accumulators.push(acc);
+                }
+                self.counts.push(0);
+            }
+        }
+        // Sort rows by group, additions before retractions within a group.
+        let retract: Option<Vec<bool>> = self.op_column.map(|c| {
+            batch
+                .column(c)
+                .as_primitive::<Int8Type>()
+                .values()
+                .iter()
+                .map(|&op| !RowOp::from_code(op).is_some_and(RowOp::is_addition))
+                .collect()
+        });
+        let mut order: Vec<(u32, bool, u32)> = ids
+            .iter()
+            .enumerate()
+            .map(|(row, &g)| {
+                let r = retract.as_ref().is_some_and(|r| r[row]);
+                (g as u32, r, row as u32)
+            })
+            .collect();
+        order.sort_unstable();
+        let indices = UInt32Array::from_iter_values(order.iter().map(|o| o.2));
+        let arguments: Vec<Vec<ArrayRef>> = self
+            .arguments(&batch)?
+            .into_iter()
+            .map(|values| {
+                values
+                    .iter()
+                    .map(|v| take(v, &indices, None))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        let n = self.aggregates.len();
+        let mut changes = Vec::new();
+        let mut start = 0;
+        while start < order.len() {
+            let group = order[start].0 as usize;
+            let mut end = start;
+            while end < order.len() && order[end].0 as usize == group {
+                end += 1;
+            }
+            let split = start + order[start..end].iter().take_while(|o| !o.1).count();
+            let was = self.counts[group];
+            let old = if was > 0 {
+                Some(self.values(group)?)
+            } else {
+                None
+            };
+            for (a, args) in arguments.iter().enumerate() {
+                let acc = &mut self.accumulators[group * n + a];
+                if split > start {
+                    let part: Vec<ArrayRef> =
+                        args.iter().map(|v| v.slice(start, split - start)).collect();
+                    acc.update_batch(&part).map_err(err)?;
+                }
+                if end > split {
+                    let part: Vec<ArrayRef> =
+                        args.iter().map(|v| v.slice(split, end - split)).collect();
+                    acc.retract_batch(&part).map_err(err)?;
+                }
+            }
+            let now = was + (split - start) as i64 - (end - split) as i64;
+            self.counts[group] = now;
+            match (old, now > 0) {
+                (None, true) => {
+                    let values = self.values(group)?;
+                    changes.push(Change {
+                        group,
+                        op: RowOp::Insert,
+                        values,
+                    });
+                }
+                (Some(old), true) => {
+                    let values = self.values(group)?;
+                    if values != old {
+                        changes.push(Change {
+                            group,
+                            op: RowOp::UpdateBefore,
+                            values: old,
+                        });
+                        changes.push(Change {
+                            group,
+                            op: RowOp::UpdateAfter,
+                            values,
+                        });
+                    }
+                }
+                (Some(old), false) => {
+                    changes.push(Change {
+                        group,
+                        op: RowOp::Delete,
+                        values: old,
+                    });
+                    for a in 0..n {
+                        self.accumulators[group * n + a] = self.new_accumulator(a)?;
+                    }
+                }
+                (None, false) => {}
+            }
+            start = end;
+        }
+        if !changes.is_empty() {
+            out.push(self.emit(&changes)?);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,173 @@
+//! Planning `GROUP BY`: an event-time window among the group keys makes a
+//! window aggregate that emits each window once; without one the aggregate
+//! is non-windowed and its result updates as rows arrive.
+
+use std::sync::Arc;
+
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{Aggregate, Expr};
+use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
+use flumen_operators::{
+    AggregateCall, RETRACTABLE, UpdatingAggregateFactory, WindowAggregateFactory,
+};
+use flumen_runtime::{JobGraph, NodeKind, Partitioning};
+use flumen_types::{Result, op_field};
+
+use super::Planner;
+use super::streaming::{Stream, trace_column, window_of};
+use crate::errors::SourcePos;
+
+impl Planner {
+    /// Plans a `GROUP BY` over `input`: the group keys are appended as
+    /// columns, a hash exchange on them feeds the aggregate.
+    pub(super) fn plan_aggregate(
+        &self,
+        a: &Aggregate,
+        input: Stream,
+        graph: &mut JobGraph,
+        pos: &SourcePos,
+    ) -> Result<Stream> {
+        let window = a
+            .group_expr
+            .iter()
+            .enumerate()
+            .find_map(|(i, g)| window_of(g, &a.input).map(|w| (i, w)));
+        let aggregates = self.aggregate_calls(a, pos)?;
+        let output = Arc::new(a.schema.as_arrow().clone());
+        let Some((window_key, (size_ns, ts, ts_plan))) = window else {
+            return self.updating_aggregate(a, input, aggregates, graph, pos);
+        };
+        let size_ns = size_ns.ok_or_else(|| {
+            pos.error(
+                "a window's size must be a constant INTERVAL of days, hours, minutes or seconds",
+            )
+        })?;
+        if !self.is_event_time(ts_plan, &ts) {
+            return Err(pos.error(match trace_column(ts_plan, &ts) {
+                Some((table, column)) => match self.event_times.get(&table) {
+                    Some(et) => format!(
+                        "the window is over column '{column}', but the event-time column of '{table}' is '{}'; window by '{}'",
+                        et.column, et.column
+                    ),
+                    None => format!(
+                        "table '{table}' has no event time, so it cannot be windowed: declare WATERMARK FOR <column> AS … in its CREATE TABLE"
+                    ),
+                },
+                None => format!(
+                    "the window is over '{ts}', which is not a source's event-time column; window by the column named in WATERMARK FOR"
+                ),
+            }));
+        }
+        if let Some(part) = &input.updating {
+            return Err(pos.error(format!(
+                "a window over an updating input ({part}) is not supported; window the append-only stream"
+            )));
+        }
+        let (input, keys) = self.with_keys(input, a.input.schema(), &a.group_expr, graph, pos)?;
+        let aggregate = NodeKind::Operator(Arc::new(WindowAggregateFactory {
+            key_columns: keys.clone(),
+            window_key,
+            size_ns,
+            aggregates,
+            key_schema: Arc::new(input.schema.project(&keys)?),
+            output: output.clone(),
+        }));
+        let node = graph.add_node(aggregate, self.options.parallelism);
+        graph.connect(input.node, node, Partitioning::Hash(keys));
+        Ok(Stream {
+            node,
+            schema: output,
+            updating: None,
+        })
+    }
+
+    /// A `GROUP BY` without a window: one running result per group, emitted
+    /// as an insert when the group appears and as an update when it changes.
+    fn updating_aggregate(
+        &self,
+        a: &Aggregate,
+        input: Stream,
+        aggregates: Vec<AggregateCall>,
+        graph: &mut JobGraph,
+        pos: &SourcePos,
+    ) -> Result<Stream> {
+        let retracting = input.updating.is_some();
+        if retracting {
+            for (call, e) in aggregates.iter().zip(&a.aggr_expr) {
+                let retractable = RETRACTABLE.contains(&call.function.fun().name())
+                    && call
+                        .function
+                        .create_sliding_accumulator()
+                        .is_ok_and(|acc| acc.supports_retract_batch());
+                if !retractable {
+                    return Err(pos.error(format!(
+                        "aggregate {e} cannot be computed incrementally over an updating input ({}), \
+                         because it cannot take back a row; COUNT, SUM and AVG can — or aggregate the append-only stream",
+                        input.updating.as_deref().unwrap_or_default()
+                    )));
+                }
+            }
+        }
+        let (input, keys) = self.with_keys(input, a.input.schema(), &a.group_expr, graph, pos)?;
+        let mut fields: Vec<_> = a
+            .schema
+            .as_arrow()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(op_field());
+        let output = Arc::new(arrow::datatypes::Schema::new(fields));
+        let group_text: Vec<String> = a.group_expr.iter().map(Expr::to_string).collect();
+        let factory = UpdatingAggregateFactory {
+            key_columns: keys.clone(),
+            aggregates,
+            op_column: retracting.then(|| input.schema.fields().len() - 1),
+            output: output.clone(),
+        };
+        let node = graph.add_node(
+            NodeKind::Operator(Arc::new(factory)),
+            self.options.parallelism,
+        );
+        graph.connect(input.node, node, Partitioning::Hash(keys));
+        Ok(Stream {
+            node,
+            schema: output,
+            updating: Some(format!(
+                "GROUP BY {} without a window updates each group's row as rows arrive",
+                group_text.join(", ")
+            )),
+        })
+    }
+
+    /// DataFusion's aggregate functions for the aggregate expressions.
+    fn aggregate_calls(&self, a: &Aggregate, pos: &SourcePos) -> Result<Vec<AggregateCall>> {
+        let state = self.ctx.state();
+        let input_df = a.input.schema();
+        let input = input_df.as_arrow();
+        a.aggr_expr
+            .iter()
+            .map(|e| {
+                let planning = PhysicalPlanningContext::default();
+                let lowered = LoweredAggregateBuilder::new(
+                    e,
+                    input_df,
+                    input,
+                    state.execution_props(),
+                    &planning,
+                )
+                .build()
+                .map_err(|e| pos.datafusion(e))?;
+                if !lowered.order_bys.is_empty() {
+                    return Err(pos.error(format!(
+                        "ordered aggregate {e} is not supported in streaming queries yet"
+                    )));
+                }
+                Ok(AggregateCall {
+                    function: lowered.aggregate,
+                    filter: lowered.filter,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,593 @@
+//! The streaming walk: turns an optimised logical plan, bottom up, into nodes
+//! of the job graph — sources, chained stateless operators, window
+//! aggregates behind hash exchanges, and joins of two streams.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::{Column as LogicalColumn, DFSchema};
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, JoinType, LogicalPlan, Operator};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column;
+use flumen_operators::{
+    Expiry, FilterFactory, HashJoinFactory, JoinKind, JoinSide, ProjectionFactory, UnnestFactory,
+};
+use flumen_runtime::{JobGraph, NodeId, NodeKind, Partitioning};
+use flumen_types::{OP_COLUMN, Result, op_field};
+
+use super::Planner;
+use crate::errors::SourcePos;
+use crate::watermark::ExprWatermarks;
+
+/// A planned stream: the node that produces it and what its rows are.
+pub(super) struct Stream {
+    /// The last node of the stream.
+    pub node: NodeId,
+    /// Its rows: the logical plan's columns, then the op column if updating.
+    pub schema: SchemaRef,
+    /// When the stream is updating: the part of the query that makes it so.
+    pub updating: Option<String>,
+}
+
+impl Stream {
+    fn width(&self) -> usize {
+        self.schema.fields().len() - usize::from(self.updating.is_some())
+    }
+}
+
+impl Planner {
+    fn add(
+        &self,
+        graph: &mut JobGraph,
+        input: NodeId,
+        kind: NodeKind,
+        partitioning: Partitioning,
+    ) -> NodeId {
+        let node = graph.add_node(kind, self.options.parallelism);
+        graph.connect(input, node, partitioning);
+        node
+    }
+
+    /// Plans `plan` and everything below it; returns the stream it produces.
+    pub(super) async fn plan_stream(
+        &self,
+        plan: &LogicalPlan,
+        graph: &mut JobGraph,
+        pos: &SourcePos,
+    ) -> Result<Stream> {
+        match plan {
+            LogicalPlan::TableScan(_) => self.plan_scan(plan, graph, pos).await,
+            LogicalPlan::SubqueryAlias(a) => Box::pin(self.plan_stream(&a.input, graph, pos)).await,
+            LogicalPlan::Projection(p) => {
+                let input = Box::pin(self.plan_stream(&p.input, graph, pos)).await?;
+                let state = self.ctx.state();
+                let mut exprs = p
+                    .expr
+                    .iter()
+                    .map(|e| state.create_physical_expr(e.clone(), p.input.schema()))
+                    .collect::<datafusion::common::Result<Vec<_>>>()
+                    .map_err(|e| pos.datafusion(e))?;
+                let mut fields: Vec<Field> = p
+                    .schema
+                    .as_arrow()
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                if input.updating.is_some() {
+                    exprs.push(Arc::new(Column::new(OP_COLUMN, input.width())));
+                    fields.push(op_field());
+                }
+                let schema = Arc::new(Schema::new(fields));
+                let kind =
+                    NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, schema.clone())));
+                Ok(Stream {
+                    node: self.add(graph, input.node, kind, Partitioning::Forward),
+                    schema,
+                    updating: input.updating,
+                })
+            }
+            LogicalPlan::Filter(f) => {
+                let input = Box::pin(self.plan_stream(&f.input, graph, pos)).await?;
+                let expr = self
+                    .ctx
+                    .state()
+                    .create_physical_expr(f.predicate.clone(), f.input.schema())
+                    .map_err(|e| pos.datafusion(e))?;
+                let kind = NodeKind::Operator(Arc::new(FilterFactory::new(expr)));
+                Ok(Stream {
+                    node: self.add(graph, input.node, kind, Partitioning::Forward),
+                    ..input
+                })
+            }
+            LogicalPlan::Unnest(u) => {
+                let input = Box::pin(self.plan_stream(&u.input, graph, pos)).await?;
+                if input.updating.is_some() {
+                    return Err(pos.error("UNNEST of an updating result is not supported"));
+                }
+                let [(list_column, list)] = u.list_type_columns.as_slice() else {
+                    return Err(pos.error("UNNEST of more than one column is not supported yet"));
+                };
+                if list.depth != 1 || !u.struct_type_columns.is_empty() {
+                    return Err(pos.error("only UNNEST of one level of a list is supported yet"));
+                }
+                let schema = Arc::new(u.schema.as_arrow().clone());
+                let factory =
+                    UnnestFactory::new(*list_column, u.dependency_indices.clone(), schema.clone());
+                Ok(Stream {
+                    node: self.add(
+                        graph,
+                        input.node,
+                        NodeKind::Operator(Arc::new(factory)),
+                        Partitioning::Forward,
+                    ),
+                    schema,
+                    updating: None,
+                })
+            }
+            LogicalPlan::Aggregate(a) => {
+                let input = Box::pin(self.plan_stream(&a.input, graph, pos)).await?;
+                self.plan_aggregate(a, input, graph, pos)
+            }
+            LogicalPlan::Join(j) => {
+                let left = Box::pin(self.plan_stream(&j.left, graph, pos)).await?;
+                let right = Box::pin(self.plan_stream(&j.right, graph, pos)).await?;
+                self.plan_join(j, left, right, graph, pos)
+            }
+            other => Err(pos.error(unsupported(other))),
+        }
+    }
+
+    /// A source for a table scan, with its watermarks, and a projection that
+    /// drops the event-time column again when only watermarks needed it.
+    async fn plan_scan(
+        &self,
+        plan: &LogicalPlan,
+        graph: &mut JobGraph,
+        pos: &SourcePos,
+    ) -> Result<Stream> {
+        let LogicalPlan::TableScan(scan) = plan else {
+            unreachable!("called for table scans only")
+        };
+        if scan.fetch.is_some() {
+            return Err(pos.error("LIMIT is not supported in streaming queries yet"));
+        }
+        let table = scan.table_name.table();
+        let spec = self
+            .tables
+            .get(table)
+            .ok_or_else(|| pos.error(format!("'{table}' is a not a connector table")))?;
+        // A source with event time always reads its event-time column, to
+        // derive watermarks, and drops it again if the query does not use it.
+        let event_time = self.event_times.get(table);
+        let mut projection = scan.projection.clone();
+        let mut keep = None;
+        if let (Some(et), Some(p)) = (event_time, projection.as_mut()) {
+            let index = spec.schema.index_of(&et.column)?;
+            if !p.contains(&index) {
+                keep = Some((0..p.len()).collect::<Vec<usize>>());
+                p.push(index);
+            }
+        }
+        let source = flumen_connectors::source_factory(spec, projection.as_deref())
+            .await
+            .map_err(|e| pos.wrap(e))?;
+        let mut node = graph.add_node(NodeKind::Source(source), self.options.parallelism);
+        let produced = match &projection {
+            Some(p) => Arc::new(spec.schema.project(p)?),
+            None => spec.schema.clone(),
+        };
+        let mut schema = produced.clone();
+        if let Some(et) = event_time {
+            let column = produced.index_of(&et.column)?;
+            let one_column = Arc::new(produced.project(&[column])?);
+            let df_schema = DFSchema::try_from_qualified_schema(table, &one_column)
+                .map_err(|e| pos.datafusion(e))?;
+            let expr = self
+                .ctx
+                .state()
+                .create_physical_expr(et.expr.clone(), &df_schema)
+                .map_err(|e| pos.datafusion(e))?;
+            let strategy = ExprWatermarks::new(column, one_column, expr, et.text.clone());
+            graph.set_watermarks(node, Arc::new(strategy));
+            if let Some(keep) = keep {
+                let exprs = keep
+                    .iter()
+                    .map(|&i| Arc::new(Column::new(produced.field(i).name(), i)) as _)
+                    .collect();
+                schema = Arc::new(produced.project(&keep)?);
+                let kind =
+                    NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, schema.clone())));
+                node = self.add(graph, node, kind, Partitioning::Forward);
+            }
+        }
+        Ok(Stream {
+            node,
+            schema,
+            updating: None,
+        })
+    }
+
+    /// Appends computed key columns to a stream so that a hash exchange and
+    /// a keyed operator can use them; returns the stream and the key columns.
+    /// Keys that are already plain columns are used as they are.
+    pub(super) fn with_keys(
+        &self,
+        input: Stream,
+        input_schema: &DFSchema,
+        keys: &[Expr],
+        graph: &mut JobGraph,
+        pos: &SourcePos,
+    ) -> Result<(Stream, Vec<usize>)> {
+        let plain: Option<Vec<usize>> = keys
+            .iter()
+            .map(|k| match k {
+                Expr::Column(c) => input_schema.index_of_column(c).ok(),
+                _ => None,
+            })
+            .collect();
+        if let Some(columns) = plain {
+            return Ok((input, columns));
+        }
+        let state = self.ctx.state();
+        let width = input.schema.fields().len();
+        let mut exprs: Vec<Arc<dyn PhysicalExpr>> = input
+            .schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Arc::new(Column::new(f.name(), i)) as _)
+            .collect();
+        let mut fields: Vec<Field> = input
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        for (i, k) in keys.iter().enumerate() {
+            exprs.push(
+                state
+                    .create_physical_expr(k.clone(), input_schema)
+                    .map_err(|e| pos.datafusion(e))?,
+            );
+            let data_type = k.get_type(input_schema).map_err(|e| pos.datafusion(e))?;
+            fields.push(Field::new(format!("__flumen_key_{i}"), data_type, true));
+        }
+        let schema = Arc::new(Schema::new(fields));
+        let kind = NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, schema.clone())));
+        let node = self.add(graph, input.node, kind, Partitioning::Forward);
+        Ok((
+            Stream {
+                node,
+                schema,
+                updating: input.updating,
+            },
+            (width..width + keys.len()).collect(),
+        ))
+    }
+
+    /// A join of two append-only streams on equal keys: a hash exchange on
+    /// the keys from each side into one symmetric hash join. Conditions
+    /// that bound a row's life (an interval `b.t BETWEEN a.t AND a.expires`,
+    /// both sides in the same event-time window) let the join free rows by
+    /// watermark; without them the join keeps rows until `state_ttl`.
+    fn plan_join(
+        &self,
+        j: &datafusion::logical_expr::Join,
+        left: Stream,
+        right: Stream,
+        graph: &mut JobGraph,
+        pos: &SourcePos,
+    ) -> Result<Stream> {
+        let kind = match j.join_type {
+            JoinType::Inner => JoinKind::Inner,
+            JoinType::Left => JoinKind::Left,
+            other => {
+                return Err(pos.error(format!(
+                    "{other} JOIN is not supported in streaming queries yet; use an inner or LEFT join"
+                )));
+            }
+        };
+        if let Some(part) = left.updating.as_ref().or(right.updating.as_ref()) {
+            return Err(pos.error(format!(
+                "a join of an updating input ({part}) is not supported yet; join the append-only streams, then aggregate"
+            )));
+        }
+        if j.on.is_empty() {
+            return Err(pos.error(
+                "a streaming join needs at least one equality between the two sides (ON a.key = b.key); \
+                 a join on other conditions alone would keep and compare every pair of rows",
+            ));
+        }
+        let (left_keys, right_keys): (Vec<Expr>, Vec<Expr>) = j.on.iter().cloned().unzip();
+        let mut left_side = JoinSide {
+            keys: Vec::new(),
+            width: left.width(),
+            expiry: None,
+        };
+        let mut right_side = JoinSide {
+            keys: Vec::new(),
+            width: right.width(),
+            expiry: None,
+        };
+        // Window joins: both sides keyed by the same event-time window.
+        for (l, r) in &j.on {
+            if let (Some(lw), Some(rw)) = (
+                self.event_time_window(l, &j.left),
+                self.event_time_window(r, &j.right),
+            ) {
+                left_side.expiry = Some(lw);
+                right_side.expiry = Some(rw);
+            }
+        }
+        // Interval joins: `lo <= hi` where lo is one side's event time bounds
+        // how long the other side's row `hi` can still match.
+        if let Some(filter) = &j.filter {
+            for conjunct in split_conjunction(filter) {
+                let Some((lo, hi)) = ordered_columns(conjunct) else {
+                    continue;
+                };
+                for (lo_plan, hi_plan, hi_side) in [
+                    (&j.left, &j.right, &mut right_side),
+                    (&j.right, &j.left, &mut left_side),
+                ] {
+                    let (Ok(_), Ok(hi_index)) = (
+                        lo_plan.schema().index_of_column(lo),
+                        hi_plan.schema().index_of_column(hi),
+                    ) else {
+                        continue;
+                    };
+                    if hi_side.expiry.is_none()
+                        && self.is_event_time(lo_plan, lo)
+                        && matches!(
+                            hi_plan.schema().field(hi_index).data_type(),
+                            DataType::Timestamp(..)
+                        )
+                    {
+                        hi_side.expiry = Some(Expiry {
+                            column: hi_index,
+                            offset_ns: 0,
+                        });
+                    }
+                }
+            }
+        }
+        let (left, lk) = self.with_keys(left, j.left.schema(), &left_keys, graph, pos)?;
+        let (right, rk) = self.with_keys(right, j.right.schema(), &right_keys, graph, pos)?;
+        for (&l, &r) in lk.iter().zip(&rk) {
+            let (lt, rt) = (
+                left.schema.field(l).data_type(),
+                right.schema.field(r).data_type(),
+            );
+            if lt != rt {
+                return Err(pos.error(format!(
+                    "join keys {} and {} have different types ({lt} and {rt}); CAST one to the other's type",
+                    j.on[lk.iter().position(|&x| x == l).unwrap_or(0)].0,
+                    j.on[rk.iter().position(|&x| x == r).unwrap_or(0)].1,
+                )));
+            }
+        }
+        left_side.keys = lk.clone();
+        right_side.keys = rk.clone();
+        let filter = match &j.filter {
+            Some(f) => Some(
+                self.ctx
+                    .state()
+                    .create_physical_expr(f.clone(), &j.schema)
+                    .map_err(|e| pos.datafusion(e))?,
+            ),
+            None => None,
+        };
+        let mut fields: Vec<Field> = j
+            .schema
+            .as_arrow()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        let updating = (kind == JoinKind::Left).then(|| {
+            fields.push(op_field());
+            "a LEFT JOIN retracts a row padded with nulls when its first match arrives".to_string()
+        });
+        let schema = Arc::new(Schema::new(fields));
+        let factory = HashJoinFactory {
+            kind,
+            left: left_side,
+            right: right_side,
+            filter,
+            state_ttl_ns: self.state_ttl_ns,
+            output: schema.clone(),
+        };
+        let node = graph.add_node(
+            NodeKind::Operator(Arc::new(factory)),
+            self.options.parallelism,
+        );
+        graph.connect(left.node, node, Partitioning::Hash(lk));
+        graph.connect(right.node, node, Partitioning::Hash(rk));
+        Ok(Stream {
+            node,
+            schema,
+            updating,
+        })
+    }
+
+    /// If `key` (an expression over `plan`'s output) is an event-time window
+    /// start, the expiry of a row: the window's end.
+    fn event_time_window(&self, key: &Expr, plan: &LogicalPlan) -> Option<Expiry> {
+        let Expr::Column(c) = key else { return None };
+        let (size, ts, ts_plan) = window_of(key, plan)?;
+        if !self.is_event_time(ts_plan, &ts) {
+            return None;
+        }
+        Some(Expiry {
+            column: plan.schema().index_of_column(c).ok()?,
+            offset_ns: size?,
+        })
+    }
+
+    /// Whether column `c` of `plan` is, unchanged, a source's event-time column.
+    pub(super) fn is_event_time(&self, plan: &LogicalPlan, c: &LogicalColumn) -> bool {
+        trace_column(plan, c).is_some_and(|(table, column)| {
+            self.event_times
+                .get(&table)
+                .is_some_and(|et| et.column == column)
+        })
+    }
+}
+
+/// `lo <= hi` (or `<`) between two columns, in either spelling.
+fn ordered_columns(e: &Expr) -> Option<(&LogicalColumn, &LogicalColumn)> {
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = e else {
+        return None;
+    };
+    let (Expr::Column(a), Expr::Column(b)) = (left.as_ref(), right.as_ref()) else {
+        return None;
+    };
+    match op {
+        Operator::Lt | Operator::LtEq => Some((a, b)),
+        Operator::Gt | Operator::GtEq => Some((b, a)),
+        _ => None,
+    }
+}
+
+/// The table and column that column `c` of `plan` is, unchanged, if any.
+pub(super) fn trace_column(plan: &LogicalPlan, c: &LogicalColumn) -> Option<(String, String)> {
+    let index = plan.schema().index_of_column(c).ok()?;
+    let input_column =
+        |input: &LogicalPlan, i: usize| LogicalColumn::from(input.schema().qualified_field(i));
+    match plan {
+        LogicalPlan::TableScan(scan) => Some((
+            scan.table_name.table().to_string(),
+            plan.schema().field(index).name().clone(),
+        )),
+        LogicalPlan::Projection(p) => match p.expr[index].clone().unalias_nested().data {
+            Expr::Column(inner) => trace_column(&p.input, &inner),
+            _ => None,
+        },
+        LogicalPlan::SubqueryAlias(a) => trace_column(&a.input, &input_column(&a.input, index)),
+        LogicalPlan::Filter(f) => trace_column(&f.input, c),
+        LogicalPlan::Join(j) => {
+            let left_width = j.left.schema().fields().len();
+            if index < left_width {
+                trace_column(&j.left, &input_column(&j.left, index))
+            } else {
+                trace_column(&j.right, &input_column(&j.right, index - left_width))
+            }
+        }
+        LogicalPlan::Window(w) if index < w.input.schema().fields().len() => {
+            trace_column(&w.input, &input_column(&w.input, index))
+        }
+        LogicalPlan::Aggregate(a) if index < a.group_expr.len() => {
+            match a.group_expr[index].clone().unalias_nested().data {
+                Expr::Column(inner) => trace_column(&a.input, &inner),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The window a group key stands for: the window length in nanoseconds
+/// (`None` when it is not a constant interval), the timestamp column it is
+/// computed from, and the plan that column belongs to. A key is a window
+/// when it is `date_bin(INTERVAL, col)` (tumbling), or a column that, through
+/// projections, aliases, joins and groupings, is one or is the UNNEST of
+/// `hop(slide, size, col)` (sliding).
+pub(super) fn window_of<'a>(
+    key: &Expr,
+    input: &'a LogicalPlan,
+) -> Option<(Option<i64>, LogicalColumn, &'a LogicalPlan)> {
+    match key.clone().unalias_nested().data {
+        Expr::Column(c) => match defining_expr(input, &c)? {
+            (Expr::ScalarFunction(f), true, plan)
+                if f.func.name() == "hop" && f.args.len() == 3 =>
+            {
+                let Expr::Column(ts) = &f.args[2] else {
+                    return None;
+                };
+                Some((literal_nanos(&f.args[1]), ts.clone(), plan))
+            }
+            // `defining_expr` follows renames, so `e` is never a bare column.
+            (e, false, plan) => window_of(&e, plan),
+            _ => None,
+        },
+        Expr::ScalarFunction(f) if f.func.name() == "date_bin" && f.args.len() == 2 => {
+            let Expr::Column(ts) = &f.args[1] else {
+                return None;
+            };
+            Some((literal_nanos(&f.args[0]), ts.clone(), input))
+        }
+        _ => None,
+    }
+}
+
+fn literal_nanos(e: &Expr) -> Option<i64> {
+    match e {
+        Expr::Literal(v, _) => crate::udf::interval_nanos(v),
+        _ => None,
+    }
+}
+
+/// The expression that computes column `c` of `plan`'s output, following
+/// renames down the plan, whether an UNNEST of it gives the column, and the
+/// plan the expression is evaluated over.
+fn defining_expr<'a>(
+    plan: &'a LogicalPlan,
+    c: &LogicalColumn,
+) -> Option<(Expr, bool, &'a LogicalPlan)> {
+    let index = plan.schema().index_of_column(c).ok()?;
+    let input_column =
+        |input: &LogicalPlan, i: usize| LogicalColumn::from(input.schema().qualified_field(i));
+    match plan {
+        LogicalPlan::Projection(p) => match p.expr[index].clone().unalias_nested().data {
+            Expr::Column(inner) => defining_expr(&p.input, &inner),
+            e => Some((e, false, &p.input)),
+        },
+        LogicalPlan::SubqueryAlias(a) => defining_expr(&a.input, &input_column(&a.input, index)),
+        LogicalPlan::Filter(f) => defining_expr(&f.input, c),
+        LogicalPlan::Unnest(u) => {
+            let source = *u.dependency_indices.get(index)?;
+            let (e, _, p) = defining_expr(&u.input, &input_column(&u.input, source))?;
+            let unnested = u.list_type_columns.iter().any(|(i, _)| *i == source);
+            Some((e, unnested, p))
+        }
+        LogicalPlan::Join(j) => {
+            let left_width = j.left.schema().fields().len();
+            if index < left_width {
+                defining_expr(&j.left, &input_column(&j.left, index))
+            } else {
+                defining_expr(&j.right, &input_column(&j.right, index - left_width))
+            }
+        }
+        LogicalPlan::Window(w) if index < w.input.schema().fields().len() => {
+            defining_expr(&w.input, &input_column(&w.input, index))
+        }
+        LogicalPlan::Aggregate(a) if index < a.group_expr.len() => {
+            match a.group_expr[index].clone().unalias_nested().data {
+                Expr::Column(inner) => defining_expr(&a.input, &inner),
+                e => Some((e, false, &a.input)),
+            }
+        }
+        _ => None,
+    }
+}
+
+fn unsupported(plan: &LogicalPlan) -> String {
+    let what = match plan {
+        LogicalPlan::Window(_) => {
+            return "window functions (OVER) are supported only as TopN: \
+                    ROW_NUMBER() or RANK() OVER (PARTITION BY … ORDER BY …) filtered by <= N"
+                .into();
+        }
+        LogicalPlan::Sort(_) => "ORDER BY is",
+        LogicalPlan::Limit(_) => "LIMIT is",
+        LogicalPlan::Distinct(_) => "DISTINCT is",
+        LogicalPlan::Union(_) => "UNION is",
+        LogicalPlan::Values(_) | LogicalPlan::EmptyRelation(_) => {
+            return "a query must read from a connector table (a source) to run as a stream".into();
+        }
+        other => return format!("{} is not supported in streaming queries", other.display()),
+    };
+    format!("{what} not supported in streaming queries yet")
+}

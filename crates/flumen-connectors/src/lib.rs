@@ -119,10 +119,15 @@ fn readable(read: bool) -> String {
         .join(", ")
 }
 
-/// Whether a sink of this connector applies an updating stream (rows tagged
-/// insert / delete / update); the others only append.
-pub fn accepts_updates(connector: &str) -> bool {
-    matches!(connector, "stdout" | "blackhole")
+/// Whether a sink of this table takes an updating stream (rows tagged
+/// insert / delete / update): stdout and blackhole do, a filesystem sink does
+/// when it writes the changelog (`changelog = 'true'`); others only append.
+pub fn accepts_updates(spec: &TableSpec) -> bool {
+    match spec.connector() {
+        "stdout" | "blackhole" => true,
+        "filesystem" => spec.options.get("changelog") == Some("true"),
+        _ => false,
+    }
 }
 
 /// A sink writing rows of `input` into `spec`; `unique` names its files apart

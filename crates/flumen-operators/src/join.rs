@@ -29,6 +29,9 @@ pub enum JoinKind {
     /// Every left row: matched pairs, or the row padded with nulls while it
     /// has no match (an updating result).
     Left,
+    /// Each left row once, when its first match arrives (`EXISTS`, `IN`, or
+    /// a join with a side the optimizer made distinct).
+    LeftSemi,
 }
 
 /// When a stored row of one side can no longer match: once the watermark
@@ -61,19 +64,29 @@ pub struct HashJoinFactory {
     pub left: JoinSide,
     /// The right input.
     pub right: JoinSide,
-    /// A condition on a joined row beyond equal keys (interval bounds, …).
+    /// A condition on a joined row (left columns, then right columns)
+    /// beyond equal keys (interval bounds, …).
     pub filter: Option<Arc<dyn PhysicalExpr>>,
+    /// The columns the filter sees: the left side's output columns, then
+    /// the right side's.
+    pub joined: SchemaRef,
     /// Rows are dropped from state this long (event time, by watermark)
     /// after they arrive, whatever else holds them.
     pub state_ttl_ns: Option<i64>,
-    /// Left columns, right columns, and the op column for a left join.
+    /// One input is bounded: once it ends the other side's rows are freed.
+    pub bounded_input: bool,
+    /// Left columns, right columns, and the op column for a left join; only
+    /// the left columns for a semi join.
     pub output: SchemaRef,
 }
 
 impl HashJoinFactory {
-    /// Whether state can grow without bound: a side that never expires.
+    /// Whether state can grow without bound: a side that never expires,
+    /// with no TTL and no bounded input to end it.
     pub fn unbounded_state(&self) -> bool {
-        self.state_ttl_ns.is_none() && (self.left.expiry.is_none() || self.right.expiry.is_none())
+        self.state_ttl_ns.is_none()
+            && !self.bounded_input
+            && (self.left.expiry.is_none() || self.right.expiry.is_none())
     }
 }
 
@@ -82,6 +95,7 @@ impl OperatorFactory for HashJoinFactory {
         let kind = match self.kind {
             JoinKind::Inner => "inner",
             JoinKind::Left => "left",
+            JoinKind::LeftSemi => "left semi",
         };
         let expiry = |s: &JoinSide| match s.expiry {
             Some(e) => format!("until column {} + {} ms", e.column, e.offset_ns / 1_000_000),
@@ -121,6 +135,7 @@ impl OperatorFactory for HashJoinFactory {
             sides: [state(&self.left), state(&self.right)],
             filter: self.filter.clone(),
             state_ttl_ns: self.state_ttl_ns,
+            joined: self.joined.clone(),
             output: self.output.clone(),
             watermark: i64::MIN,
             converter: None,
@@ -242,6 +257,7 @@ pub struct HashJoin {
     sides: [SideState; 2],
     filter: Option<Arc<dyn PhysicalExpr>>,
     state_ttl_ns: Option<i64>,
+    joined: SchemaRef,
     output: SchemaRef,
     watermark: i64,
     converter: Option<RowConverter>,
@@ -337,7 +353,30 @@ impl HashJoin {
 
     /// The joined rows of the matches (left columns, then right columns),
     /// after the residual filter; returns the rows and the surviving matches.
+    /// Left joins tag the rows as inserts; semi joins build no rows here.
     fn joined(
+        &self,
+        side: usize,
+        batch: &RecordBatch,
+        m: Matches,
+    ) -> Result<(Option<RecordBatch>, Matches)> {
+        let (joined, m) = self.matched_pairs(side, batch, m)?;
+        let Some(joined) = joined else {
+            return Ok((None, m));
+        };
+        Ok(match self.kind {
+            JoinKind::Inner => (Some(joined), m),
+            JoinKind::Left => {
+                let mut columns = joined.columns().to_vec();
+                let ops = Int8Array::from(vec![RowOp::Insert as i8; joined.num_rows()]);
+                columns.push(Arc::new(ops));
+                (Some(RecordBatch::try_new(self.output.clone(), columns)?), m)
+            }
+            JoinKind::LeftSemi => (None, m),
+        })
+    }
+
+    fn matched_pairs(
         &self,
         side: usize,
         batch: &RecordBatch,
@@ -390,10 +429,7 @@ impl HashJoin {
         let mut columns = left;
         columns.extend(right);
         let n = m.probe.len();
-        if self.kind == JoinKind::Left {
-            columns.push(Arc::new(Int8Array::from(vec![RowOp::Insert as i8; n])));
-        }
-        let joined = RecordBatch::try_new(self.output.clone(), columns)?;
+        let joined = RecordBatch::try_new(self.joined.clone(), columns)?;
         let Some(filter) = &self.filter else {
             return Ok((Some(joined), m));
         };
@@ -415,6 +451,17 @@ impl HashJoin {
             }
         }
         Ok((Some(joined), kept))
+    }
+
+    /// Rows `rows` of a left batch, alone (a semi join's output).
+    fn left_rows(&self, left: &RecordBatch, rows: &[u32]) -> Result<RecordBatch> {
+        let indices = UInt32Array::from(rows.to_vec());
+        let width = self.sides[0].spec.width;
+        let columns: Vec<ArrayRef> = left.columns()[..width]
+            .iter()
+            .map(|c| take(c, &indices, None))
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(RecordBatch::try_new(self.output.clone(), columns)?)
     }
 
     /// Left rows padded with nulls on the right, tagged `op`.
@@ -452,38 +499,45 @@ impl HashJoin {
         let matches = Self::probe(&self.sides[1 - side], &rows, &hashes);
         let (joined, matches) = self.joined(side, &batch, matches)?;
         let mut matched = Vec::new();
-        if self.kind == JoinKind::Left {
+        if self.kind != JoinKind::Inner {
             if side == 0 {
                 matched = vec![0u32; batch.num_rows()];
                 for &r in &matches.probe {
                     matched[r as usize] += 1;
                 }
-                let lonely: Vec<u32> = (0..batch.num_rows() as u32)
-                    .filter(|&r| matched[r as usize] == 0)
+                let wanted = if self.kind == JoinKind::Left { 0 } else { 1 };
+                let rows: Vec<u32> = (0..batch.num_rows() as u32)
+                    .filter(|&r| matched[r as usize].min(1) == wanted)
                     .collect();
-                if !lonely.is_empty() {
-                    out.push(self.padded(&batch, &lonely, RowOp::Insert)?);
+                if !rows.is_empty() {
+                    out.push(match self.kind {
+                        JoinKind::Left => self.padded(&batch, &rows, RowOp::Insert)?,
+                        _ => self.left_rows(&batch, &rows)?,
+                    });
                 }
             } else {
-                // A left row's first match retracts its null-padded row.
+                // A left row's first match retracts its null-padded row (left
+                // join) or emits it (semi join).
                 let left = &mut self.sides[0];
-                let mut retract: HashMap<usize, Vec<u32>> = HashMap::new();
+                let mut first: HashMap<usize, Vec<u32>> = HashMap::new();
                 for &(slot, row) in &matches.stored {
                     let s = left.slots[slot].as_mut().expect("matched slots are live");
                     if s.matched[row] == 0 {
-                        retract.entry(slot).or_default().push(row as u32);
+                        first.entry(slot).or_default().push(row as u32);
                     }
                     s.matched[row] += 1;
                 }
-                let mut slots: Vec<_> = retract.into_iter().collect();
+                let mut slots: Vec<_> = first.into_iter().collect();
                 slots.sort_unstable_by_key(|(s, _)| *s);
                 for (slot, rows) in slots {
-                    let stored = self.sides[0].slots[slot]
+                    let stored = &self.sides[0].slots[slot]
                         .as_ref()
                         .expect("matched slots are live")
-                        .batch
-                        .clone();
-                    out.push(self.padded(&stored, &rows, RowOp::Delete)?);
+                        .batch;
+                    out.push(match self.kind {
+                        JoinKind::Left => self.padded(stored, &rows, RowOp::Delete)?,
+                        _ => self.left_rows(stored, &rows)?,
+                    });
                 }
             }
         }

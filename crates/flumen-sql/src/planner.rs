@@ -400,10 +400,10 @@ impl Planner {
             let input: SchemaRef = stream.schema.clone();
             if let (Some(part), Target::Table(name)) = (&stream.updating, &query.target) {
                 let spec = &self.tables[name];
-                if !flumen_connectors::accepts_updates(spec.connector()) {
+                if !flumen_connectors::accepts_updates(spec) {
                     return Err(query.pos.error(format!(
                         "table '{name}' (connector '{}') can only append rows, but the query gives an updating result: {part}; \
-                         write it to a sink that applies updates (stdout, blackhole) or make the query append-only (window the aggregation)",
+                         write it to a sink that takes updates (stdout, blackhole, filesystem with changelog = 'true') or make the query append-only (window the aggregation)",
                         spec.connector()
                     )));
                 }

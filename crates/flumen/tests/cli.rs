@@ -71,13 +71,18 @@ fn golden_queries_print_their_expected_rows() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(out.status.success(), "{name}: {stderr}");
             let stdout = String::from_utf8(out.stdout).unwrap();
-            if parallelism == "1" {
+            // Files marked "golden: final rows" are updating results whose
+            // intermediate rows depend on which input arrives first.
+            let exact = !std::fs::read_to_string(&sql)
+                .unwrap()
+                .contains("-- golden: final rows");
+            if parallelism == "1" && exact {
                 assert_eq!(stdout, expected, "{name} at parallelism 1");
             } else {
                 assert_eq!(
                     final_rows(&stdout),
                     final_rows(&expected),
-                    "{name} at parallelism 2"
+                    "{name} at parallelism {parallelism}"
                 );
             }
             assert!(

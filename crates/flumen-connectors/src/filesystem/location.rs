@@ -50,6 +50,7 @@ impl Location {
     }
 
     fn local(raw: &str, local: std::path::PathBuf) -> Result<Self> {
+        let local = without_dot_segments(&local);
         let path = Path::from_absolute_path(&local)
             .map_err(|e| FlumenError::config(format!("path '{raw}': {e}")))?;
         Ok(Location {
@@ -58,5 +59,34 @@ impl Location {
             display: raw.to_string(),
             local: Some(local),
         })
+    }
+}
+
+/// `path` with `.` and `..` segments resolved by their text alone (object
+/// store paths take neither), so `../data/x.csv` works as in a shell.
+fn without_dot_segments(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_of_a_local_path_are_resolved() {
+        let l = Location::parse("/tmp/a/../b/./c.csv").unwrap();
+        assert_eq!(l.path.as_ref(), "tmp/b/c.csv");
+        assert_eq!(l.local.unwrap(), std::path::PathBuf::from("/tmp/b/c.csv"));
     }
 }

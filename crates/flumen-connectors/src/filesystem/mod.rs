@@ -26,6 +26,10 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
         "csv: whether the first line names the columns (default true)",
     ),
     OptionSpec::optional(
+        "changelog",
+        "sink: true to write an updating result as rows with an _op column (default false)",
+    ),
+    OptionSpec::optional(
         "rolling_size",
         "sink: bytes after which a new file starts (default 134217728)",
     ),

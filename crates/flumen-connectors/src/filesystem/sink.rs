@@ -43,6 +43,7 @@ impl FileSinkFactory {
     pub fn try_new(options: &Options, schema: SchemaRef, unique: &str) -> Result<Self> {
         let location = Location::parse(options.required("path")?)?;
         let format = Format::parse(options)?;
+        options.choice("changelog", &["true", "false"], "false")?;
         let rolling_size = options
             .parse::<u64>("rolling_size")?
             .unwrap_or(DEFAULT_ROLLING_SIZE);

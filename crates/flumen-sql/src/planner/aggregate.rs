@@ -78,6 +78,7 @@ impl Planner {
             node,
             schema: output,
             updating: None,
+            bounded: input.bounded,
         })
     }
 
@@ -137,6 +138,7 @@ impl Planner {
                 "GROUP BY {} without a window updates each group's row as rows arrive",
                 group_text.join(", ")
             )),
+            bounded: input.bounded,
         })
     }
 

@@ -28,6 +28,8 @@ pub(super) struct Stream {
     pub schema: SchemaRef,
     /// When the stream is updating: the part of the query that makes it so.
     pub updating: Option<String>,
+    /// Whether every source under it is bounded (files), so it ends by itself.
+    pub bounded: bool,
 }
 
 impl Stream {
@@ -86,6 +88,7 @@ impl Planner {
                     node: self.add(graph, input.node, kind, Partitioning::Forward),
                     schema,
                     updating: input.updating,
+                    bounded: input.bounded,
                 })
             }
             LogicalPlan::Filter(f) => {
@@ -124,6 +127,7 @@ impl Planner {
                     ),
                     schema,
                     updating: None,
+                    bounded: input.bounded,
                 })
             }
             LogicalPlan::Aggregate(a) => {
@@ -206,6 +210,7 @@ impl Planner {
             node,
             schema,
             updating: None,
+            bounded: spec.connector() == "filesystem",
         })
     }
 
@@ -262,6 +267,7 @@ impl Planner {
                 node,
                 schema,
                 updating: input.updating,
+                bounded: input.bounded,
             },
             (width..width + keys.len()).collect(),
         ))
@@ -283,6 +289,7 @@ impl Planner {
         let kind = match j.join_type {
             JoinType::Inner => JoinKind::Inner,
             JoinType::Left => JoinKind::Left,
+            JoinType::LeftSemi => JoinKind::LeftSemi,
             other => {
                 return Err(pos.error(format!(
                     "{other} JOIN is not supported in streaming queries yet; use an inner or LEFT join"
@@ -370,11 +377,16 @@ impl Planner {
         }
         left_side.keys = lk.clone();
         right_side.keys = rk.clone();
+        let joined = j
+            .left
+            .schema()
+            .join(j.right.schema())
+            .map_err(|e| pos.datafusion(e))?;
         let filter = match &j.filter {
             Some(f) => Some(
                 self.ctx
                     .state()
-                    .create_physical_expr(f.clone(), &j.schema)
+                    .create_physical_expr(f.clone(), &joined)
                     .map_err(|e| pos.datafusion(e))?,
             ),
             None => None,
@@ -397,6 +409,8 @@ impl Planner {
             right: right_side,
             filter,
             state_ttl_ns: self.state_ttl_ns,
+            joined: Arc::new(joined.as_arrow().clone()),
+            bounded_input: left.bounded || right.bounded,
             output: schema.clone(),
         };
         let node = graph.add_node(
@@ -409,6 +423,7 @@ impl Planner {
             node,
             schema,
             updating,
+            bounded: left.bounded && right.bounded,
         })
     }
 

@@ -39,7 +39,37 @@ pub async fn run_scripts(
 }
 
 /// Each row of `batches` as one `|`-separated line, sorted: a multiset.
+/// For an updating result (a trailing `_op` column) the rows it ends with:
+/// inserts and update-afters add a row, deletes and update-befores take one.
 pub fn rows(batches: &[RecordBatch]) -> Vec<String> {
+    let updating = batches
+        .first()
+        .is_some_and(|b| flumen_types::is_updating(&b.schema()));
+    if !updating {
+        return plain_rows(batches);
+    }
+    let mut live: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    for line in plain_rows_unsorted(batches) {
+        let (row, op) = line.rsplit_once('|').expect("op column");
+        let op = flumen_types::RowOp::from_code(op.parse().expect("op code")).expect("known op");
+        *live.entry(row.to_string()).or_default() += if op.is_addition() { 1 } else { -1 };
+    }
+    let mut out = Vec::new();
+    for (row, n) in live {
+        assert!(n >= 0, "more rows taken back than added: {row}");
+        out.extend(std::iter::repeat_n(row, n as usize));
+    }
+    out.sort();
+    out
+}
+
+fn plain_rows(batches: &[RecordBatch]) -> Vec<String> {
+    let mut out = plain_rows_unsorted(batches);
+    out.sort();
+    out
+}
+
+fn plain_rows_unsorted(batches: &[RecordBatch]) -> Vec<String> {
     let options = FormatOptions::default().with_null("NULL");
     let mut out = Vec::new();
     for batch in batches {
@@ -56,7 +86,6 @@ pub fn rows(batches: &[RecordBatch]) -> Vec<String> {
             out.push(cells.join("|"));
         }
     }
-    out.sort();
     out
 }
 

@@ -6,6 +6,7 @@
 mod filter;
 mod join;
 mod projection;
+mod top_n;
 mod unnest;
 mod updating_aggregate;
 mod window_aggregate;
@@ -13,6 +14,7 @@ mod window_aggregate;
 pub use filter::FilterFactory;
 pub use join::{Expiry, HashJoinFactory, JoinKind, JoinSide};
 pub use projection::ProjectionFactory;
+pub use top_n::{RankFunction, TopNFactory, TopNWindow};
 pub use unnest::UnnestFactory;
 pub use updating_aggregate::{RETRACTABLE, UpdatingAggregateFactory};
 pub use window_aggregate::{AggregateCall, WindowAggregateFactory};

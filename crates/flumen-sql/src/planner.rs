@@ -22,6 +22,7 @@ use crate::script::{self, WatermarkClause};
 
 mod aggregate;
 mod streaming;
+mod top_n;
 
 /// How scripts are planned.
 #[derive(Debug, Clone)]

@@ -262,3 +262,37 @@ async fn insert_into_a_view_is_an_error_not_a_panic() {
     .await;
     assert_contains(&msg, &["job.sql:3:1:", "'v' is a view"]);
 }
+
+#[tokio::test]
+async fn a_top_n_without_order_by_says_what_would_work() {
+    let msg = error_of(&format!(
+        "{BID}SELECT * FROM (SELECT auction, ROW_NUMBER() OVER (PARTITION BY auction) AS rn FROM bid) WHERE rn <= 3;"
+    ))
+    .await;
+    assert_contains(
+        &msg,
+        &[
+            "job.sql:2:1:",
+            "TopN needs ORDER BY",
+            "ORDER BY <column> DESC",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn a_window_function_that_is_not_a_top_n_is_named() {
+    let msg = error_of(&format!(
+        "{BID}SELECT auction, sum(price) OVER (PARTITION BY auction ORDER BY date_time) FROM bid;"
+    ))
+    .await;
+    assert_contains(&msg, &["job.sql:2:1:", "only as TopN", "ROW_NUMBER()"]);
+}
+
+#[tokio::test]
+async fn a_join_without_equal_keys_is_rejected() {
+    let msg = error_of(&format!(
+        "{BID}SELECT a.auction FROM bid AS a JOIN bid AS b ON a.price < b.price;"
+    ))
+    .await;
+    assert_contains(&msg, &["job.sql:2:1:", "needs at least one equality"]);
+}

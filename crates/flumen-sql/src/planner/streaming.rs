@@ -17,6 +17,7 @@ use flumen_runtime::{JobGraph, NodeId, NodeKind, Partitioning};
 use flumen_types::{OP_COLUMN, Result, op_field};
 
 use super::Planner;
+use super::top_n::top_n_of;
 use crate::errors::SourcePos;
 use crate::watermark::ExprWatermarks;
 
@@ -33,13 +34,13 @@ pub(super) struct Stream {
 }
 
 impl Stream {
-    fn width(&self) -> usize {
+    pub(super) fn width(&self) -> usize {
         self.schema.fields().len() - usize::from(self.updating.is_some())
     }
 }
 
 impl Planner {
-    fn add(
+    pub(super) fn add(
         &self,
         graph: &mut JobGraph,
         input: NodeId,
@@ -63,36 +64,26 @@ impl Planner {
             LogicalPlan::SubqueryAlias(a) => Box::pin(self.plan_stream(&a.input, graph, pos)).await,
             LogicalPlan::Projection(p) => {
                 let input = Box::pin(self.plan_stream(&p.input, graph, pos)).await?;
-                let state = self.ctx.state();
-                let mut exprs = p
-                    .expr
-                    .iter()
-                    .map(|e| state.create_physical_expr(e.clone(), p.input.schema()))
-                    .collect::<datafusion::common::Result<Vec<_>>>()
-                    .map_err(|e| pos.datafusion(e))?;
-                let mut fields: Vec<Field> = p
-                    .schema
-                    .as_arrow()
-                    .fields()
-                    .iter()
-                    .map(|f| f.as_ref().clone())
-                    .collect();
-                if input.updating.is_some() {
-                    exprs.push(Arc::new(Column::new(OP_COLUMN, input.width())));
-                    fields.push(op_field());
-                }
-                let schema = Arc::new(Schema::new(fields));
-                let kind =
-                    NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, schema.clone())));
-                Ok(Stream {
-                    node: self.add(graph, input.node, kind, Partitioning::Forward),
-                    schema,
-                    updating: input.updating,
-                    bounded: input.bounded,
-                })
+                self.project(p, input, graph, pos)
             }
             LogicalPlan::Filter(f) => {
-                let input = Box::pin(self.plan_stream(&f.input, graph, pos)).await?;
+                let input = match top_n_of(f) {
+                    Some(top_n) => {
+                        let mut stream = Box::pin(self.plan_top_n(&top_n, graph, pos)).await?;
+                        for step in top_n.chain.iter().rev() {
+                            if let LogicalPlan::Projection(p) = step {
+                                stream = self.project(p, stream, graph, pos)?;
+                            }
+                        }
+                        // The TopN emits only rows within the bound; other
+                        // conditions of the filter still apply.
+                        if split_conjunction(&f.predicate).len() == 1 {
+                            return Ok(stream);
+                        }
+                        stream
+                    }
+                    None => Box::pin(self.plan_stream(&f.input, graph, pos)).await?,
+                };
                 let expr = self
                     .ctx
                     .state()
@@ -141,6 +132,42 @@ impl Planner {
             }
             other => Err(pos.error(unsupported(other))),
         }
+    }
+
+    /// A projection over `input`; an updating input's op column is kept last.
+    pub(super) fn project(
+        &self,
+        p: &datafusion::logical_expr::Projection,
+        input: Stream,
+        graph: &mut JobGraph,
+        pos: &SourcePos,
+    ) -> Result<Stream> {
+        let state = self.ctx.state();
+        let mut exprs = p
+            .expr
+            .iter()
+            .map(|e| state.create_physical_expr(e.clone(), p.input.schema()))
+            .collect::<datafusion::common::Result<Vec<_>>>()
+            .map_err(|e| pos.datafusion(e))?;
+        let mut fields: Vec<Field> = p
+            .schema
+            .as_arrow()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        if input.updating.is_some() {
+            exprs.push(Arc::new(Column::new(OP_COLUMN, input.width())));
+            fields.push(op_field());
+        }
+        let schema = Arc::new(Schema::new(fields));
+        let kind = NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, schema.clone())));
+        Ok(Stream {
+            node: self.add(graph, input.node, kind, Partitioning::Forward),
+            schema,
+            updating: input.updating,
+            bounded: input.bounded,
+        })
     }
 
     /// A source for a table scan, with its watermarks, and a projection that
@@ -428,16 +455,19 @@ impl Planner {
     }
 
     /// If `key` (an expression over `plan`'s output) is an event-time window
-    /// start, the expiry of a row: the window's end.
+    /// start, the window's length in nanoseconds.
+    pub(super) fn event_time_window_size(&self, key: &Expr, plan: &LogicalPlan) -> Option<i64> {
+        let (size, ts, ts_plan) = window_of(key, plan)?;
+        self.is_event_time(ts_plan, &ts).then_some(size).flatten()
+    }
+
+    /// If `key` is a column of `plan` holding an event-time window start, the
+    /// expiry of a row: the window's end.
     fn event_time_window(&self, key: &Expr, plan: &LogicalPlan) -> Option<Expiry> {
         let Expr::Column(c) = key else { return None };
-        let (size, ts, ts_plan) = window_of(key, plan)?;
-        if !self.is_event_time(ts_plan, &ts) {
-            return None;
-        }
         Some(Expiry {
             column: plan.schema().index_of_column(c).ok()?,
-            offset_ns: size?,
+            offset_ns: self.event_time_window_size(key, plan)?,
         })
     }
 

@@ -112,6 +112,34 @@ pub async fn read_parquet_rows(dir: &Path) -> Vec<String> {
     rows(&df.collect().await.unwrap())
 }
 
+/// Columns `columns` (and the op column, if written) of every Parquet file
+/// a sink wrote under `dir`, as rows.
+pub async fn read_parquet_columns(dir: &Path, columns: &str) -> Vec<String> {
+    if !has_files(dir, "parquet") {
+        return Vec::new();
+    }
+    let ctx = SessionContext::new();
+    ctx.register_parquet(
+        "written",
+        dir.to_str().unwrap(),
+        ParquetReadOptions::default(),
+    )
+    .await
+    .unwrap();
+    let updating = ctx
+        .table("written")
+        .await
+        .unwrap()
+        .schema()
+        .has_column_with_unqualified_name(flumen_types::OP_COLUMN);
+    let op = if updating { ", _op" } else { "" };
+    let df = ctx
+        .sql(&format!("SELECT {columns}{op} FROM written"))
+        .await
+        .unwrap();
+    rows(&df.collect().await.unwrap())
+}
+
 /// The rows of every JSON-lines file a sink wrote under `dir`.
 pub async fn read_json_rows(dir: &Path) -> Vec<String> {
     if !has_files(dir, "json") {

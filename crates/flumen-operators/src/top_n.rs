@@ -1,0 +1,612 @@
+//! TopN: the first N rows of each partition by an order, numbered by
+//! `ROW_NUMBER`, `RANK` or `DENSE_RANK`. A partition that includes an
+//! event-time window is emitted once, append-only, when the watermark passes
+//! the window's end. A partition without one never closes: each batch that
+//! changes its first N emits the difference as an updating stream (`+I`,
+//! `-U`/`+U` where a rank's row changed, `-D`).
+//!
+//! Order keys are encoded with `arrow-row`, so comparing two rows is one
+//! `memcmp`; a row worse than a full partition's last kept row is rejected
+//! with that one comparison, which is what most rows do once a partition
+//! has filled up. Rows that get in are copied out of their batch together.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Int8Array, RecordBatch, UInt32Array, UInt64Array};
+use arrow::compute::{SortOptions, cast, interleave, take};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use arrow::row::{OwnedRow, RowConverter, SortField};
+use flumen_runtime::{JobMetrics, Operator, OperatorFactory, TaskContext};
+use flumen_types::{Result, RowOp, Watermark};
+
+/// How rows are numbered within a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RankFunction {
+    /// 1, 2, 3, … with ties in arrival order.
+    RowNumber,
+    /// Ties share a rank; the next rank skips (1, 1, 3).
+    Rank,
+    /// Ties share a rank; the next rank follows (1, 1, 2).
+    DenseRank,
+}
+
+/// The partition column that is an event-time window start, and the window length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopNWindow {
+    /// Input column holding the window start (a timestamp).
+    pub column: usize,
+    /// Window length in nanoseconds.
+    pub size_ns: i64,
+}
+
+/// Makes [`TopN`] operators.
+pub struct TopNFactory {
+    /// The input's schema.
+    pub input: SchemaRef,
+    /// Leading input columns that go to the output.
+    pub width: usize,
+    /// Input columns of the partition key.
+    pub partition_columns: Vec<usize>,
+    /// Input columns of the order, each with its direction.
+    pub order_columns: Vec<(usize, SortOptions)>,
+    /// How rows are numbered.
+    pub function: RankFunction,
+    /// Rows with a number up to this are kept.
+    pub limit: usize,
+    /// Set when the partition is an event-time window: emit it when it closes.
+    pub window: Option<TopNWindow>,
+    /// The `width` columns, the number (UInt64), and the op column when the
+    /// result is updating (no window).
+    pub output: SchemaRef,
+}
+
+impl OperatorFactory for TopNFactory {
+    fn describe(&self) -> String {
+        let mut text = format!(
+            "TopN: {:?} <= {} per partition {:?}, ordered by {:?}",
+            self.function,
+            self.limit,
+            self.partition_columns,
+            self.order_columns
+                .iter()
+                .map(|(c, o)| format!("{c} {}", if o.descending { "DESC" } else { "ASC" }))
+                .collect::<Vec<_>>()
+        );
+        match self.window {
+            Some(w) => text.push_str(&format!(
+                ", emitted when the window of {} ms closes",
+                w.size_ns / 1_000_000
+            )),
+            None => text.push_str(", updating [UNBOUNDED STATE: one partition per key]"),
+        }
+        text
+    }
+
+    fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Operator>> {
+        let sort_fields = |columns: Vec<(usize, SortOptions)>| -> Result<RowConverter> {
+            let fields = columns
+                .iter()
+                .map(|&(c, o)| {
+                    SortField::new_with_options(self.input.field(c).data_type().clone(), o)
+                })
+                .collect();
+            Ok(RowConverter::new(fields)?)
+        };
+        let partition = sort_fields(
+            self.partition_columns
+                .iter()
+                .map(|&c| (c, SortOptions::default()))
+                .collect(),
+        )?;
+        let order = sort_fields(self.order_columns.clone())?;
+        Ok(Box::new(TopN {
+            width: self.width,
+            partition_columns: self.partition_columns.clone(),
+            order_columns: self.order_columns.iter().map(|o| o.0).collect(),
+            function: self.function,
+            limit: self.limit,
+            window: self.window,
+            output: self.output.clone(),
+            partition_converter: partition,
+            order_converter: order,
+            partitions: HashMap::new(),
+            closing: BTreeMap::new(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            next_id: 0,
+            watermark: i64::MIN,
+            metrics: ctx.metrics.clone(),
+        }))
+    }
+}
+
+/// A kept row: its order key, where its values are, and an identity.
+struct Entry {
+    key: OwnedRow,
+    slot: u32,
+    row: u32,
+    id: u64,
+}
+
+struct Partition {
+    /// Best first; ties in arrival order.
+    entries: Vec<Entry>,
+}
+
+/// Copied-out candidate rows and how many entries still point into them.
+struct Slot {
+    batch: RecordBatch,
+    refs: usize,
+}
+
+/// The running TopN of one subtask.
+pub struct TopN {
+    width: usize,
+    partition_columns: Vec<usize>,
+    order_columns: Vec<usize>,
+    function: RankFunction,
+    limit: usize,
+    window: Option<TopNWindow>,
+    output: SchemaRef,
+    partition_converter: RowConverter,
+    order_converter: RowConverter,
+    partitions: HashMap<Box<[u8]>, Partition>,
+    /// Windowed partitions by window end, to close them in order.
+    closing: BTreeMap<i64, Vec<Box<[u8]>>>,
+    slots: Vec<Option<Slot>>,
+    free_slots: Vec<u32>,
+    next_id: u64,
+    watermark: i64,
+    metrics: Arc<JobMetrics>,
+}
+
+/// A kept row with its number, as a partition held it before a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Numbered {
+    rank: u64,
+    slot: u32,
+    row: u32,
+    id: u64,
+}
+
+/// One output row: a kept row, its number, and the change.
+struct OutRow {
+    slot: u32,
+    row: u32,
+    rank: u64,
+    op: RowOp,
+}
+
+impl TopN {
+    /// The numbers of `entries` (best first) under `function`.
+    fn ranks(function: RankFunction, entries: &[Entry]) -> Vec<u64> {
+        let mut ranks = Vec::with_capacity(entries.len());
+        let mut dense = 0;
+        for (i, e) in entries.iter().enumerate() {
+            let tie = i > 0 && entries[i - 1].key == e.key;
+            let rank = match function {
+                RankFunction::RowNumber => i as u64 + 1,
+                RankFunction::Rank if tie => ranks[i - 1],
+                RankFunction::Rank => i as u64 + 1,
+                RankFunction::DenseRank => {
+                    if !tie {
+                        dense += 1;
+                    }
+                    dense
+                }
+            };
+            ranks.push(rank);
+        }
+        ranks
+    }
+
+    /// Drops entries numbered beyond the limit; returns them.
+    fn trim(&self, entries: &mut Vec<Entry>) -> Vec<Entry> {
+        let ranks = Self::ranks(self.function, entries);
+        let keep = ranks
+            .iter()
+            .take_while(|&&r| r <= self.limit as u64)
+            .count();
+        entries.split_off(keep)
+    }
+
+    /// Whether a row with `key` cannot get into a partition holding `entries`.
+    fn rejects(&self, entries: &[Entry], key: &[u8]) -> bool {
+        if entries.len() < self.limit {
+            return false;
+        }
+        let last = entries.last().expect("a full partition has entries");
+        match self.function {
+            // A tie with the last kept row comes after it in arrival order.
+            RankFunction::RowNumber => key >= last.key.row().as_ref(),
+            RankFunction::Rank | RankFunction::DenseRank => key > last.key.row().as_ref(),
+        }
+    }
+
+    fn store_slot(&mut self, batch: RecordBatch) -> u32 {
+        let slot = Slot { batch, refs: 0 };
+        match self.free_slots.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(slot);
+                i
+            }
+            None => {
+                self.slots.push(Some(slot));
+                (self.slots.len() - 1) as u32
+            }
+        }
+    }
+
+    fn release(&mut self, entries: Vec<Entry>) {
+        for e in entries {
+            let slot = self.slots[e.slot as usize]
+                .as_mut()
+                .expect("entries point to live slots");
+            slot.refs -= 1;
+            if slot.refs == 0 {
+                self.slots[e.slot as usize] = None;
+                self.free_slots.push(e.slot);
+            }
+        }
+    }
+
+    fn emit(&self, rows: &[OutRow]) -> Result<RecordBatch> {
+        let mut local: HashMap<u32, usize> = HashMap::new();
+        let mut used: Vec<u32> = Vec::new();
+        let picks: Vec<(usize, usize)> = rows
+            .iter()
+            .map(|r| {
+                let n = *local.entry(r.slot).or_insert_with(|| {
+                    used.push(r.slot);
+                    used.len() - 1
+                });
+                (n, r.row as usize)
+            })
+            .collect();
+        let mut columns: Vec<ArrayRef> = (0..self.width)
+            .map(|c| {
+                let arrays: Vec<&dyn Array> = used
+                    .iter()
+                    .map(|&s| {
+                        self.slots[s as usize]
+                            .as_ref()
+                            .expect("emitted rows are live")
+                            .batch
+                            .column(c)
+                            .as_ref()
+                    })
+                    .collect();
+                interleave(&arrays, &picks)
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        columns.push(Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.rank),
+        )));
+        if self.window.is_none() {
+            columns.push(Arc::new(Int8Array::from_iter_values(
+                rows.iter().map(|r| r.op as i8),
+            )));
+        }
+        Ok(RecordBatch::try_new(self.output.clone(), columns)?)
+    }
+
+    /// `entries` with their numbers.
+    fn numbered(&self, entries: &[Entry]) -> Vec<Numbered> {
+        entries
+            .iter()
+            .zip(Self::ranks(self.function, entries))
+            .map(|(e, rank)| Numbered {
+                rank,
+                slot: e.slot,
+                row: e.row,
+                id: e.id,
+            })
+            .collect()
+    }
+
+    /// The changes between a partition's numbered rows before and after.
+    fn diff(&self, before: &[Numbered], after: &[Entry], out: &mut Vec<OutRow>) {
+        let after = self.numbered(after);
+        let row = |n: &Numbered, op| OutRow {
+            slot: n.slot,
+            row: n.row,
+            rank: n.rank,
+            op,
+        };
+        for i in 0..before.len().max(after.len()) {
+            match (before.get(i), after.get(i)) {
+                (Some(o), Some(n)) if o.rank == n.rank && o.id == n.id => {}
+                (Some(o), Some(n)) => {
+                    out.push(row(o, RowOp::UpdateBefore));
+                    out.push(row(n, RowOp::UpdateAfter));
+                }
+                (Some(o), None) => out.push(row(o, RowOp::Delete)),
+                (None, Some(n)) => out.push(row(n, RowOp::Insert)),
+                (None, None) => {}
+            }
+        }
+    }
+
+    fn close_windows(&mut self, upto: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        while let Some(entry) = self.closing.first_entry() {
+            if *entry.key() > upto {
+                break;
+            }
+            let keys = entry.remove();
+            let mut rows = Vec::new();
+            let mut released = Vec::new();
+            for key in keys {
+                let Some(p) = self.partitions.remove(&key) else {
+                    continue;
+                };
+                let ranks = Self::ranks(self.function, &p.entries);
+                for (e, rank) in p.entries.iter().zip(ranks) {
+                    rows.push(OutRow {
+                        slot: e.slot,
+                        row: e.row,
+                        rank,
+                        op: RowOp::Insert,
+                    });
+                }
+                released.extend(p.entries);
+            }
+            if !rows.is_empty() {
+                out.push(self.emit(&rows)?);
+            }
+            self.release(released);
+        }
+        Ok(())
+    }
+}
+
+impl Operator for TopN {
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let partition_cols: Vec<ArrayRef> = self
+            .partition_columns
+            .iter()
+            .map(|&c| batch.column(c).clone())
+            .collect();
+        let order_cols: Vec<ArrayRef> = self
+            .order_columns
+            .iter()
+            .map(|&c| batch.column(c).clone())
+            .collect();
+        let partition_keys = self.partition_converter.convert_columns(&partition_cols)?;
+        let order_keys = self.order_converter.convert_columns(&order_cols)?;
+        let window_ends: Option<Vec<Option<i64>>> = match self.window {
+            Some(w) => {
+                let starts = cast(
+                    &cast(
+                        batch.column(w.column),
+                        &DataType::Timestamp(TimeUnit::Nanosecond, None),
+                    )?,
+                    &DataType::Int64,
+                )?;
+                Some(
+                    starts
+                        .as_primitive::<Int64Type>()
+                        .iter()
+                        .map(|s| s.map(|s| s.saturating_add(w.size_ns)))
+                        .collect(),
+                )
+            }
+            None => None,
+        };
+        // Pass 1: which rows could get in, judged against the state before
+        // this batch (a cheap, conservative filter); the exact decision is
+        // made when they are inserted below.
+        let mut candidates: Vec<u32> = Vec::new();
+        let mut late = 0;
+        for row in 0..n {
+            if let Some(ends) = &window_ends {
+                match ends[row] {
+                    Some(end) if end > self.watermark => {}
+                    _ => {
+                        late += 1;
+                        continue;
+                    }
+                }
+            }
+            let pkey = partition_keys.row(row);
+            let rejected = self
+                .partitions
+                .get(pkey.as_ref())
+                .is_some_and(|p| self.rejects(&p.entries, order_keys.row(row).as_ref()));
+            if !rejected {
+                candidates.push(row as u32);
+            }
+        }
+        self.metrics.add_late_rows_dropped(late);
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let indices = UInt32Array::from(candidates.clone());
+        let copied: Vec<ArrayRef> = batch.columns()[..self.width]
+            .iter()
+            .map(|c| take(c, &indices, None))
+            .collect::<std::result::Result<_, _>>()?;
+        let schema = Arc::new(arrow::datatypes::Schema::new(
+            self.output.fields()[..self.width].to_vec(),
+        ));
+        let slot = self.store_slot(RecordBatch::try_new(schema, copied)?);
+        // Pass 2: insert, remembering each touched partition's rows before.
+        let mut before: HashMap<Box<[u8]>, Vec<Numbered>> = HashMap::new();
+        let mut touched: Vec<Box<[u8]>> = Vec::new();
+        let mut evicted = Vec::new();
+        let mut refs = 0;
+        for (i, &row) in candidates.iter().enumerate() {
+            let pkey = partition_keys.row(row as usize);
+            let key = order_keys.row(row as usize);
+            if !self.partitions.contains_key(pkey.as_ref()) {
+                let end = window_ends
+                    .as_ref()
+                    .and_then(|e| e[row as usize])
+                    .unwrap_or(i64::MAX);
+                let boxed: Box<[u8]> = pkey.as_ref().into();
+                if self.window.is_some() {
+                    self.closing.entry(end).or_default().push(boxed.clone());
+                }
+                self.partitions.insert(
+                    boxed,
+                    Partition {
+                        entries: Vec::new(),
+                    },
+                );
+            }
+            let partition = self.partitions.get(pkey.as_ref()).expect("inserted above");
+            if self.rejects(&partition.entries, key.as_ref()) {
+                continue;
+            }
+            if self.window.is_none() && !before.contains_key(pkey.as_ref()) {
+                let snapshot = self.numbered(&partition.entries);
+                let boxed: Box<[u8]> = pkey.as_ref().into();
+                before.insert(boxed.clone(), snapshot);
+                touched.push(boxed);
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            let mut entries = std::mem::take(
+                &mut self
+                    .partitions
+                    .get_mut(pkey.as_ref())
+                    .expect("inserted above")
+                    .entries,
+            );
+            let at = entries.partition_point(|e| e.key.row() <= key);
+            entries.insert(
+                at,
+                Entry {
+                    key: key.owned(),
+                    slot,
+                    row: i as u32,
+                    id,
+                },
+            );
+            refs += 1;
+            evicted.extend(self.trim(&mut entries));
+            self.partitions
+                .get_mut(pkey.as_ref())
+                .expect("inserted above")
+                .entries = entries;
+        }
+        self.slots[slot as usize]
+            .as_mut()
+            .expect("stored above")
+            .refs += refs;
+        if self.window.is_none() {
+            let mut rows = Vec::new();
+            for pkey in &touched {
+                let after = &self.partitions[pkey].entries;
+                self.diff(&before[pkey], after, &mut rows);
+            }
+            if !rows.is_empty() {
+                out.push(self.emit(&rows)?);
+            }
+        }
+        // Rows evicted this batch may have been emitted above as `-U`/`-D`:
+        // release them only now.
+        self.release(evicted);
+        if self.slots[slot as usize]
+            .as_ref()
+            .is_some_and(|s| s.refs == 0)
+        {
+            self.slots[slot as usize] = None;
+            self.free_slots.push(slot);
+        }
+        Ok(())
+    }
+
+    fn process_watermark(
+        &mut self,
+        watermark: Watermark,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<Option<Watermark>> {
+        self.watermark = self.watermark.max(watermark.0);
+        if self.window.is_some() {
+            self.close_windows(self.watermark, out)?;
+        }
+        Ok(Some(watermark))
+    }
+
+    fn finish(&mut self, out: &mut Vec<RecordBatch>) -> Result<()> {
+        if self.window.is_some() {
+            self.close_windows(i64::MAX, out)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &[u8], id: u64) -> Entry {
+        let converter = RowConverter::new(vec![SortField::new(DataType::Binary)]).unwrap();
+        let array: ArrayRef = Arc::new(arrow::array::BinaryArray::from(vec![key]));
+        let rows = converter.convert_columns(&[array]).unwrap();
+        Entry {
+            key: rows.row(0).owned(),
+            slot: 0,
+            row: 0,
+            id,
+        }
+    }
+
+    #[test]
+    fn rank_functions_number_ties_as_sql_does() {
+        let entries = vec![entry(b"a", 0), entry(b"a", 1), entry(b"b", 2)];
+        assert_eq!(TopN::ranks(RankFunction::RowNumber, &entries), [1, 2, 3]);
+        assert_eq!(TopN::ranks(RankFunction::Rank, &entries), [1, 1, 3]);
+        assert_eq!(TopN::ranks(RankFunction::DenseRank, &entries), [1, 1, 2]);
+    }
+
+    #[test]
+    fn unchanged_ranks_emit_nothing_and_a_shift_emits_updates() {
+        let numbered = |rank, id| Numbered {
+            rank,
+            slot: 0,
+            row: 0,
+            id,
+        };
+        let before = vec![numbered(1, 10), numbered(2, 11)];
+        let after = vec![entry(b"a", 12), entry(b"b", 10)];
+        let op = TopN {
+            width: 0,
+            partition_columns: vec![],
+            order_columns: vec![],
+            function: RankFunction::RowNumber,
+            limit: 2,
+            window: None,
+            output: Arc::new(arrow::datatypes::Schema::empty()),
+            partition_converter: RowConverter::new(vec![]).unwrap(),
+            order_converter: RowConverter::new(vec![]).unwrap(),
+            partitions: HashMap::new(),
+            closing: BTreeMap::new(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            next_id: 0,
+            watermark: i64::MIN,
+            metrics: Arc::new(JobMetrics::default()),
+        };
+        let mut out = Vec::new();
+        op.diff(&before, &after, &mut out);
+        let ops: Vec<(RowOp, u64)> = out.iter().map(|r| (r.op, r.rank)).collect();
+        assert_eq!(
+            ops,
+            [
+                (RowOp::UpdateBefore, 1),
+                (RowOp::UpdateAfter, 1),
+                (RowOp::UpdateBefore, 2),
+                (RowOp::UpdateAfter, 2)
+            ]
+        );
+        let mut out = Vec::new();
+        op.diff(&before, &[entry(b"a", 10), entry(b"b", 11)], &mut out);
+        assert!(out.is_empty());
+    }
+}

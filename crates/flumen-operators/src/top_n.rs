@@ -18,7 +18,7 @@ use arrow::compute::{SortOptions, cast, interleave, take};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use arrow::row::{OwnedRow, RowConverter, SortField};
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, TaskContext};
-use flumen_types::{Result, RowOp, Watermark};
+use flumen_types::{DEFAULT_BATCH_SIZE, Result, RowOp, Watermark};
 
 /// How rows are numbered within a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +56,9 @@ pub struct TopNFactory {
     pub limit: usize,
     /// Set when the partition is an event-time window: emit it when it closes.
     pub window: Option<TopNWindow>,
+    /// A partition not changed for this long (event time, by watermark) is
+    /// dropped; without a window and without it, partitions live forever.
+    pub state_ttl_ns: Option<i64>,
     /// The `width` columns, the number (UInt64), and the op column when the
     /// result is updating (no window).
     pub output: SchemaRef,
@@ -78,7 +81,12 @@ impl OperatorFactory for TopNFactory {
                 ", emitted when the window of {} ms closes",
                 w.size_ns / 1_000_000
             )),
-            None => text.push_str(", updating [UNBOUNDED STATE: one partition per key]"),
+            None => text.push_str(", updating"),
+        }
+        if let Some(ttl) = self.state_ttl_ns {
+            text.push_str(&format!(", state_ttl {} ms", ttl / 1_000_000));
+        } else if self.window.is_none() {
+            text.push_str(" [UNBOUNDED STATE: one partition per key; set state_ttl to bound it]");
         }
         text
     }
@@ -107,6 +115,7 @@ impl OperatorFactory for TopNFactory {
             function: self.function,
             limit: self.limit,
             window: self.window,
+            state_ttl_ns: self.state_ttl_ns,
             output: self.output.clone(),
             partition_converter: partition,
             order_converter: order,
@@ -116,6 +125,9 @@ impl OperatorFactory for TopNFactory {
             free_slots: Vec::new(),
             next_id: 0,
             watermark: i64::MIN,
+            last_sweep: i64::MIN,
+            retained_rows: 0,
+            live_entries: 0,
             metrics: ctx.metrics.clone(),
         }))
     }
@@ -132,6 +144,8 @@ struct Entry {
 struct Partition {
     /// Best first; ties in arrival order.
     entries: Vec<Entry>,
+    /// The watermark when a row last got in (for `state_ttl`).
+    touched_at: i64,
 }
 
 /// Copied-out candidate rows and how many entries still point into them.
@@ -148,6 +162,7 @@ pub struct TopN {
     function: RankFunction,
     limit: usize,
     window: Option<TopNWindow>,
+    state_ttl_ns: Option<i64>,
     output: SchemaRef,
     partition_converter: RowConverter,
     order_converter: RowConverter,
@@ -158,6 +173,12 @@ pub struct TopN {
     free_slots: Vec<u32>,
     next_id: u64,
     watermark: i64,
+    /// The watermark of the last `state_ttl` sweep.
+    last_sweep: i64,
+    /// Rows held by all slots, live or not.
+    retained_rows: usize,
+    /// Entries of all partitions.
+    live_entries: usize,
     metrics: Arc<JobMetrics>,
 }
 
@@ -225,6 +246,7 @@ impl TopN {
     }
 
     fn store_slot(&mut self, batch: RecordBatch) -> u32 {
+        self.retained_rows += batch.num_rows();
         let slot = Slot { batch, refs: 0 };
         match self.free_slots.pop() {
             Some(i) => {
@@ -239,14 +261,110 @@ impl TopN {
     }
 
     fn release(&mut self, entries: Vec<Entry>) {
+        self.live_entries -= entries.len();
         for e in entries {
             let slot = self.slots[e.slot as usize]
                 .as_mut()
                 .expect("entries point to live slots");
             slot.refs -= 1;
             if slot.refs == 0 {
-                self.slots[e.slot as usize] = None;
-                self.free_slots.push(e.slot);
+                self.free_slot(e.slot);
+            }
+        }
+    }
+
+    fn free_slot(&mut self, slot: u32) {
+        if let Some(s) = self.slots[slot as usize].take() {
+            self.retained_rows -= s.batch.num_rows();
+            self.free_slots.push(slot);
+        }
+    }
+
+    /// Copies the kept rows into fresh slots once dead rows dominate: a kept
+    /// row otherwise holds on to every row copied out of its batch with it.
+    fn compact(&mut self) -> Result<()> {
+        if self.retained_rows <= 2 * self.live_entries + DEFAULT_BATCH_SIZE {
+            return Ok(());
+        }
+        let mut picks: Vec<(u32, u32)> = Vec::with_capacity(self.live_entries);
+        for p in self.partitions.values() {
+            picks.extend(p.entries.iter().map(|e| (e.slot, e.row)));
+        }
+        let schema = Arc::new(arrow::datatypes::Schema::new(
+            self.output.fields()[..self.width].to_vec(),
+        ));
+        let mut fresh: Vec<RecordBatch> = Vec::new();
+        for chunk in picks.chunks(DEFAULT_BATCH_SIZE) {
+            let mut local: HashMap<u32, usize> = HashMap::new();
+            let mut used: Vec<u32> = Vec::new();
+            let rows: Vec<(usize, usize)> = chunk
+                .iter()
+                .map(|&(slot, row)| {
+                    let n = *local.entry(slot).or_insert_with(|| {
+                        used.push(slot);
+                        used.len() - 1
+                    });
+                    (n, row as usize)
+                })
+                .collect();
+            let columns = (0..self.width)
+                .map(|c| {
+                    let arrays: Vec<&dyn Array> = used
+                        .iter()
+                        .map(|&s| {
+                            self.slots[s as usize]
+                                .as_ref()
+                                .expect("kept rows are in live slots")
+                                .batch
+                                .column(c)
+                                .as_ref()
+                        })
+                        .collect();
+                    interleave(&arrays, &rows)
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            fresh.push(RecordBatch::try_new(schema.clone(), columns)?);
+        }
+        self.slots.clear();
+        self.free_slots.clear();
+        self.retained_rows = 0;
+        let ids: Vec<u32> = fresh.into_iter().map(|b| self.store_slot(b)).collect();
+        let mut n = 0;
+        for p in self.partitions.values_mut() {
+            for e in &mut p.entries {
+                e.slot = ids[n / DEFAULT_BATCH_SIZE];
+                e.row = (n % DEFAULT_BATCH_SIZE) as u32;
+                n += 1;
+            }
+        }
+        for (i, &id) in ids.iter().enumerate() {
+            let rows = if i + 1 == ids.len() {
+                n - i * DEFAULT_BATCH_SIZE
+            } else {
+                DEFAULT_BATCH_SIZE
+            };
+            self.slots[id as usize].as_mut().expect("stored above").refs = rows;
+        }
+        Ok(())
+    }
+
+    /// Drops partitions no row got into for `state_ttl`.
+    fn expire_idle(&mut self) {
+        let Some(ttl) = self.state_ttl_ns else { return };
+        if self.watermark < self.last_sweep.saturating_add(ttl / 2) {
+            return;
+        }
+        self.last_sweep = self.watermark;
+        let cutoff = self.watermark.saturating_sub(ttl);
+        let idle: Vec<Box<[u8]>> = self
+            .partitions
+            .iter()
+            .filter(|(_, p)| p.touched_at < cutoff)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in idle {
+            if let Some(p) = self.partitions.remove(&key) {
+                self.release(p.entries);
             }
         }
     }
@@ -455,6 +573,7 @@ impl Operator for TopN {
                     boxed,
                     Partition {
                         entries: Vec::new(),
+                        touched_at: self.watermark,
                     },
                 );
             }
@@ -488,11 +607,14 @@ impl Operator for TopN {
                 },
             );
             refs += 1;
+            self.live_entries += 1;
             evicted.extend(self.trim(&mut entries));
-            self.partitions
+            let partition = self
+                .partitions
                 .get_mut(pkey.as_ref())
-                .expect("inserted above")
-                .entries = entries;
+                .expect("inserted above");
+            partition.entries = entries;
+            partition.touched_at = self.watermark;
         }
         self.slots[slot as usize]
             .as_mut()
@@ -515,10 +637,9 @@ impl Operator for TopN {
             .as_ref()
             .is_some_and(|s| s.refs == 0)
         {
-            self.slots[slot as usize] = None;
-            self.free_slots.push(slot);
+            self.free_slot(slot);
         }
-        Ok(())
+        self.compact()
     }
 
     fn process_watermark(
@@ -530,6 +651,7 @@ impl Operator for TopN {
         if self.window.is_some() {
             self.close_windows(self.watermark, out)?;
         }
+        self.expire_idle();
         Ok(Some(watermark))
     }
 
@@ -582,6 +704,7 @@ mod tests {
             function: RankFunction::RowNumber,
             limit: 2,
             window: None,
+            state_ttl_ns: None,
             output: Arc::new(arrow::datatypes::Schema::empty()),
             partition_converter: RowConverter::new(vec![]).unwrap(),
             order_converter: RowConverter::new(vec![]).unwrap(),
@@ -591,6 +714,9 @@ mod tests {
             free_slots: Vec::new(),
             next_id: 0,
             watermark: i64::MIN,
+            last_sweep: i64::MIN,
+            retained_rows: 0,
+            live_entries: 0,
             metrics: Arc::new(JobMetrics::default()),
         };
         let mut out = Vec::new();

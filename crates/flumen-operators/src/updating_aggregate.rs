@@ -21,7 +21,7 @@ use datafusion::logical_expr::Accumulator;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use flumen_runtime::{Operator, OperatorFactory, TaskContext};
-use flumen_types::{FlumenError, Result, RowOp};
+use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
 use crate::window_aggregate::AggregateCall;
 
@@ -33,6 +33,9 @@ pub struct UpdatingAggregateFactory {
     pub aggregates: Vec<AggregateCall>,
     /// The input's op column when the input is itself updating.
     pub op_column: Option<usize>,
+    /// A group not updated for this long (event time, by watermark) is
+    /// dropped; without it groups live forever.
+    pub state_ttl_ns: Option<i64>,
     /// The keys, one column per aggregate, then the op column.
     pub output: SchemaRef,
 }
@@ -48,8 +51,12 @@ impl OperatorFactory for UpdatingAggregateFactory {
             .iter()
             .map(|a| a.function.name().to_string())
             .collect();
+        let state = match self.state_ttl_ns {
+            Some(ttl) => format!(", state_ttl {} ms", ttl / 1_000_000),
+            None => " [UNBOUNDED STATE: one row per group; set state_ttl to bound it]".to_string(),
+        };
         format!(
-            "UpdatingAggregate: keys {:?}, [{}]{} [UNBOUNDED STATE: one row per group]",
+            "UpdatingAggregate: keys {:?}, [{}]{}{state}",
             self.key_columns,
             aggs.join(", "),
             if self.op_column.is_some() {
@@ -84,12 +91,17 @@ impl OperatorFactory for UpdatingAggregateFactory {
                 })
                 .collect(),
             op_column: self.op_column,
+            state_ttl_ns: self.state_ttl_ns,
             output: self.output.clone(),
+            key_schema: key_schema.clone(),
             groups: new_group_values(key_schema, &GroupOrdering::None).map_err(err)?,
             keys: converter.empty_rows(0, 0),
             converter,
             accumulators: Vec::new(),
             counts: Vec::new(),
+            touched_at: Vec::new(),
+            watermark: i64::MIN,
+            last_sweep: i64::MIN,
         }))
     }
 }
@@ -103,7 +115,9 @@ pub struct UpdatingAggregate {
     key_columns: Vec<usize>,
     aggregates: Vec<AggregateCall>,
     op_column: Option<usize>,
+    state_ttl_ns: Option<i64>,
     output: SchemaRef,
+    key_schema: SchemaRef,
     groups: Box<dyn GroupValues>,
     /// Each group's key, by group id, to emit it again.
     keys: Rows,
@@ -112,6 +126,11 @@ pub struct UpdatingAggregate {
     accumulators: Vec<Box<dyn Accumulator>>,
     /// Rows currently counted in each group.
     counts: Vec<i64>,
+    /// The watermark when each group was last updated (for `state_ttl`).
+    touched_at: Vec<i64>,
+    watermark: i64,
+    /// The watermark of the last `state_ttl` sweep.
+    last_sweep: i64,
 }
 
 /// One output row: a group's old or new result.
@@ -167,6 +186,50 @@ impl UpdatingAggregate {
                 Ok(values)
             })
             .collect()
+    }
+
+    /// Drops groups not updated for `state_ttl`: the groups that stay are
+    /// interned again, in order, with their accumulators.
+    fn expire_idle(&mut self) -> Result<()> {
+        let Some(ttl) = self.state_ttl_ns else {
+            return Ok(());
+        };
+        if self.watermark < self.last_sweep.saturating_add(ttl / 2) {
+            return Ok(());
+        }
+        self.last_sweep = self.watermark;
+        let cutoff = self.watermark.saturating_sub(ttl);
+        let keep: Vec<usize> = (0..self.counts.len())
+            .filter(|&g| self.touched_at[g] >= cutoff)
+            .collect();
+        if keep.len() == self.counts.len() {
+            return Ok(());
+        }
+        let keys = self
+            .converter
+            .convert_rows(keep.iter().map(|&g| self.keys.row(g)))?;
+        let mut groups =
+            new_group_values(self.key_schema.clone(), &GroupOrdering::None).map_err(err)?;
+        let mut ids = Vec::with_capacity(keep.len());
+        if !keep.is_empty() {
+            groups.intern(&keys, &mut ids).map_err(err)?;
+        }
+        let n = self.aggregates.len();
+        let mut old: Vec<Option<Box<dyn Accumulator>>> = std::mem::take(&mut self.accumulators)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.accumulators = keep
+            .iter()
+            .flat_map(|&g| g * n..(g + 1) * n)
+            .map(|i| old[i].take().expect("each accumulator moves once"))
+            .collect();
+        self.counts = keep.iter().map(|&g| self.counts[g]).collect();
+        self.touched_at = keep.iter().map(|&g| self.touched_at[g]).collect();
+        self.keys = self.converter.empty_rows(keep.len(), 0);
+        self.converter.append(&mut self.keys, &keys)?;
+        self.groups = groups;
+        Ok(())
     }
 
     fn emit(&self, changes: &[Change]) -> Result<RecordBatch> {
@@ -229,6 +292,7 @@ impl Operator for UpdatingAggregate {
                     self.accumulators.push(acc);
                 }
                 self.counts.push(0);
+                self.touched_at.push(self.watermark);
             }
         }
         // Sort rows by group, additions before retractions within a group.
@@ -292,6 +356,7 @@ impl Operator for UpdatingAggregate {
             }
             let now = was + (split - start) as i64 - (end - split) as i64;
             self.counts[group] = now;
+            self.touched_at[group] = self.watermark;
             match (old, now > 0) {
                 (None, true) => {
                     let values = self.values(group)?;
@@ -334,5 +399,15 @@ impl Operator for UpdatingAggregate {
             out.push(self.emit(&changes)?);
         }
         Ok(())
+    }
+
+    fn process_watermark(
+        &mut self,
+        watermark: Watermark,
+        _out: &mut Vec<RecordBatch>,
+    ) -> Result<Option<Watermark>> {
+        self.watermark = self.watermark.max(watermark.0);
+        self.expire_idle()?;
+        Ok(Some(watermark))
     }
 }

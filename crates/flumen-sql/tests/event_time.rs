@@ -165,3 +165,63 @@ async fn late_rows_are_dropped_and_counted_and_windows_fire_by_watermark() {
         ]
     );
 }
+
+/// Runs `query` (which reads `events(k VARCHAR, ts)`) over one JSON file per
+/// list of `(key, second)` rows, read in order, and returns every change the
+/// sink received as `columns…,op` lines, in order of arrival.
+async fn changes_of(files: &[&[(&str, u32)]], prelude: &str, query: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    for (i, rows) in files.iter().enumerate() {
+        let text: String = rows
+            .iter()
+            .map(|(k, s)| {
+                format!(
+                    "{{\"k\": \"{k}\", \"ts\": \"2026-01-01T00:{:02}:{:02}\"}}\n",
+                    s / 60,
+                    s % 60
+                )
+            })
+            .collect();
+        std::fs::write(input.join(format!("{i:03}.json")), text).unwrap();
+    }
+    let out = dir.path().join("out");
+    let sql = format!(
+        "{prelude}CREATE TABLE events (k VARCHAR, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)\n\
+         WITH (connector = 'filesystem', path = '{}', format = 'json');\n\
+         CREATE TABLE changes (k VARCHAR, n BIGINT)\n\
+         WITH (connector = 'filesystem', path = '{}', format = 'csv', changelog = 'true');\n\
+         INSERT INTO changes {query}",
+        input.display(),
+        out.display()
+    );
+    common::run_scripts(&[("ttl.sql", &sql)], 1, &[])
+        .await
+        .unwrap();
+    let mut lines = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(f).unwrap();
+        lines.extend(text.lines().skip(1).map(str::to_string));
+    }
+    lines
+}
+
+#[tokio::test]
+async fn state_ttl_drops_a_group_idle_longer_than_it() {
+    let files: &[&[(&str, u32)]] = &[&[("a", 0), ("a", 1)], &[("b", 30)], &[("a", 40)]];
+    let query = "SELECT k, count(*) FROM events GROUP BY k;";
+    // Without a TTL the third `a` updates its group.
+    let kept = changes_of(files, "", query).await;
+    assert_eq!(kept, ["a,2,0", "b,1,0", "a,2,2", "a,3,3"]);
+    // With 10 s, `a` (last seen at 1 s) is dropped once the watermark
+    // passes 11 s, so at 40 s it starts again.
+    let dropped = changes_of(files, "SET state_ttl = '10 s';\n", query).await;
+    assert_eq!(dropped, ["a,2,0", "b,1,0", "a,1,0"]);
+}

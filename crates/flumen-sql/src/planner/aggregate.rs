@@ -124,6 +124,7 @@ impl Planner {
             key_columns: keys.clone(),
             aggregates,
             op_column: retracting.then(|| input.schema.fields().len() - 1),
+            state_ttl_ns: self.state_ttl_ns,
             output: output.clone(),
         };
         let node = graph.add_node(

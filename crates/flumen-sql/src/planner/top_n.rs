@@ -194,6 +194,7 @@ impl Planner {
             function,
             limit: pattern.limit,
             window,
+            state_ttl_ns: self.state_ttl_ns,
             output: schema.clone(),
         };
         let node = graph.add_node(

@@ -18,7 +18,7 @@ use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::physical_expr::PhysicalExpr;
-use flumen_runtime::{Operator, OperatorFactory, TaskContext};
+use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
 /// Which rows a join keeps.
@@ -120,11 +120,12 @@ impl OperatorFactory for HashJoinFactory {
         text
     }
 
-    fn create(&self, _ctx: &TaskContext) -> Result<Box<dyn Operator>> {
+    fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Operator>> {
         let state = |side: &JoinSide| SideState {
             spec: side.clone(),
             slots: Vec::new(),
             live: 0,
+            bytes: 0,
             heads: HashMap::default(),
             entries: Vec::new(),
             dead_entries: 0,
@@ -139,6 +140,8 @@ impl OperatorFactory for HashJoinFactory {
             output: self.output.clone(),
             watermark: i64::MIN,
             converter: None,
+            metrics: ctx.metrics.clone(),
+            gauge: StateGauge::default(),
         }))
     }
 }
@@ -173,6 +176,15 @@ struct Slot {
     expires_at: i64,
 }
 
+impl Slot {
+    fn bytes(&self) -> usize {
+        self.batch.get_array_memory_size()
+            + self.keys.size()
+            + self.hashes.capacity() * 8
+            + self.matched.capacity() * 4
+    }
+}
+
 /// A stored row, chained to the previous row with the same key hash.
 struct Entry {
     slot: u32,
@@ -184,6 +196,8 @@ struct SideState {
     spec: JoinSide,
     slots: Vec<Option<Slot>>,
     live: usize,
+    /// Bytes of the live slots.
+    bytes: usize,
     /// Key hash to the newest entry with that hash.
     heads: HashMap<u64, u32, BuildHasherDefault<IdentityHasher>>,
     entries: Vec<Entry>,
@@ -195,6 +209,7 @@ struct SideState {
 
 impl SideState {
     fn store(&mut self, slot: Slot) {
+        self.bytes += slot.bytes();
         let id = self.slots.len() as u32;
         for (row, &h) in slot.hashes.iter().enumerate() {
             if h == NULL_KEY {
@@ -217,7 +232,9 @@ impl SideState {
         let mut freed = 0;
         for slot in &mut self.slots {
             if slot.as_ref().is_some_and(|s| s.expires_at < watermark) {
-                freed += slot.take().map_or(0, |s| s.hashes.len());
+                let s = slot.take().expect("checked above");
+                freed += s.hashes.len();
+                self.bytes -= s.bytes();
                 self.live -= 1;
             }
         }
@@ -230,6 +247,7 @@ impl SideState {
     fn clear(&mut self) {
         self.slots.clear();
         self.live = 0;
+        self.bytes = 0;
         self.heads.clear();
         self.entries.clear();
         self.dead_entries = 0;
@@ -261,6 +279,8 @@ pub struct HashJoin {
     output: SchemaRef,
     watermark: i64,
     converter: Option<RowConverter>,
+    metrics: Arc<JobMetrics>,
+    gauge: StateGauge,
 }
 
 fn err(e: impl std::fmt::Display) -> FlumenError {
@@ -275,6 +295,19 @@ struct Matches {
 }
 
 impl HashJoin {
+    fn report_state(&mut self) {
+        let bytes = self
+            .sides
+            .iter()
+            .map(|s| {
+                s.bytes
+                    + s.entries.capacity() * std::mem::size_of::<Entry>()
+                    + s.heads.capacity() * 16
+            })
+            .sum();
+        self.metrics.report_state(&mut self.gauge, bytes);
+    }
+
     fn key_rows(&mut self, keys: &[ArrayRef]) -> Result<Rows> {
         if self.converter.is_none() {
             let fields = keys
@@ -579,6 +612,7 @@ impl Operator for HashJoin {
         let other = &mut self.sides[1 - input.min(1)];
         other.closed = true;
         other.clear();
+        self.report_state();
         Ok(())
     }
 
@@ -591,6 +625,15 @@ impl Operator for HashJoin {
         for side in &mut self.sides {
             side.expire(self.watermark);
         }
+        self.report_state();
         Ok(Some(watermark))
+    }
+
+    fn finish(&mut self, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        for side in &mut self.sides {
+            side.clear();
+        }
+        self.report_state();
+        Ok(())
     }
 }

@@ -17,7 +17,7 @@ use arrow::array::{Array, ArrayRef, AsArray, Int8Array, RecordBatch, UInt32Array
 use arrow::compute::{SortOptions, cast, interleave, take};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use arrow::row::{OwnedRow, RowConverter, SortField};
-use flumen_runtime::{JobMetrics, Operator, OperatorFactory, TaskContext};
+use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
 use flumen_types::{DEFAULT_BATCH_SIZE, Result, RowOp, Watermark};
 
 /// How rows are numbered within a partition.
@@ -128,7 +128,9 @@ impl OperatorFactory for TopNFactory {
             last_sweep: i64::MIN,
             retained_rows: 0,
             live_entries: 0,
+            retained_bytes: 0,
             metrics: ctx.metrics.clone(),
+            gauge: StateGauge::default(),
         }))
     }
 }
@@ -179,7 +181,10 @@ pub struct TopN {
     retained_rows: usize,
     /// Entries of all partitions.
     live_entries: usize,
+    /// Bytes of all slots.
+    retained_bytes: usize,
     metrics: Arc<JobMetrics>,
+    gauge: StateGauge,
 }
 
 /// A kept row with its number, as a partition held it before a batch.
@@ -247,6 +252,7 @@ impl TopN {
 
     fn store_slot(&mut self, batch: RecordBatch) -> u32 {
         self.retained_rows += batch.num_rows();
+        self.retained_bytes += batch.get_array_memory_size();
         let slot = Slot { batch, refs: 0 };
         match self.free_slots.pop() {
             Some(i) => {
@@ -276,6 +282,7 @@ impl TopN {
     fn free_slot(&mut self, slot: u32) {
         if let Some(s) = self.slots[slot as usize].take() {
             self.retained_rows -= s.batch.num_rows();
+            self.retained_bytes -= s.batch.get_array_memory_size();
             self.free_slots.push(slot);
         }
     }
@@ -328,6 +335,7 @@ impl TopN {
         self.slots.clear();
         self.free_slots.clear();
         self.retained_rows = 0;
+        self.retained_bytes = 0;
         let ids: Vec<u32> = fresh.into_iter().map(|b| self.store_slot(b)).collect();
         let mut n = 0;
         for p in self.partitions.values_mut() {
@@ -652,6 +660,11 @@ impl Operator for TopN {
             self.close_windows(self.watermark, out)?;
         }
         self.expire_idle();
+        let key_bytes: usize = self.partitions.keys().map(|k| k.len() + 48).sum();
+        let bytes = self.retained_bytes
+            + key_bytes
+            + self.live_entries * (std::mem::size_of::<Entry>() + 16);
+        self.metrics.report_state(&mut self.gauge, bytes);
         Ok(Some(watermark))
     }
 
@@ -659,6 +672,7 @@ impl Operator for TopN {
         if self.window.is_some() {
             self.close_windows(i64::MAX, out)?;
         }
+        self.metrics.report_state(&mut self.gauge, 0);
         Ok(())
     }
 }
@@ -717,7 +731,9 @@ mod tests {
             last_sweep: i64::MIN,
             retained_rows: 0,
             live_entries: 0,
+            retained_bytes: 0,
             metrics: Arc::new(JobMetrics::default()),
+            gauge: StateGauge::default(),
         };
         let mut out = Vec::new();
         op.diff(&before, &after, &mut out);

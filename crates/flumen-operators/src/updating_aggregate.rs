@@ -20,7 +20,7 @@ use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
-use flumen_runtime::{Operator, OperatorFactory, TaskContext};
+use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
 use crate::window_aggregate::AggregateCall;
@@ -67,7 +67,7 @@ impl OperatorFactory for UpdatingAggregateFactory {
         )
     }
 
-    fn create(&self, _ctx: &TaskContext) -> Result<Box<dyn Operator>> {
+    fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Operator>> {
         let key_fields: Vec<_> = self.output.fields()[..self.key_columns.len()]
             .iter()
             .map(|f| f.as_ref().clone())
@@ -102,6 +102,9 @@ impl OperatorFactory for UpdatingAggregateFactory {
             touched_at: Vec::new(),
             watermark: i64::MIN,
             last_sweep: i64::MIN,
+            watermarks_seen: 0,
+            metrics: ctx.metrics.clone(),
+            gauge: StateGauge::default(),
         }))
     }
 }
@@ -131,6 +134,10 @@ pub struct UpdatingAggregate {
     watermark: i64,
     /// The watermark of the last `state_ttl` sweep.
     last_sweep: i64,
+    /// Watermarks processed; the state size is measured every 64th.
+    watermarks_seen: u64,
+    metrics: Arc<JobMetrics>,
+    gauge: StateGauge,
 }
 
 /// One output row: a group's old or new result.
@@ -408,6 +415,14 @@ impl Operator for UpdatingAggregate {
     ) -> Result<Option<Watermark>> {
         self.watermark = self.watermark.max(watermark.0);
         self.expire_idle()?;
+        self.watermarks_seen += 1;
+        if self.watermarks_seen % 64 == 1 {
+            let bytes = self.groups.size()
+                + self.keys.size()
+                + self.accumulators.iter().map(|a| a.size()).sum::<usize>()
+                + self.counts.len() * 16;
+            self.metrics.report_state(&mut self.gauge, bytes);
+        }
         Ok(Some(watermark))
     }
 }

@@ -15,7 +15,7 @@ use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
-use flumen_runtime::{JobMetrics, Operator, OperatorFactory, TaskContext};
+use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
 use flumen_types::{FlumenError, Result, Watermark};
 
 /// One aggregate of the query, with its `FILTER (WHERE …)` if any.
@@ -75,6 +75,7 @@ impl OperatorFactory for WindowAggregateFactory {
             windows: BTreeMap::new(),
             watermark: i64::MIN,
             metrics: ctx.metrics.clone(),
+            gauge: StateGauge::default(),
         }))
     }
 }
@@ -96,6 +97,7 @@ pub struct WindowAggregate {
     windows: BTreeMap<i64, Window>,
     watermark: i64,
     metrics: Arc<JobMetrics>,
+    gauge: StateGauge,
 }
 
 fn df(e: impl std::fmt::Display) -> FlumenError {
@@ -228,6 +230,12 @@ impl Operator for WindowAggregate {
             let window = entry.remove();
             out.push(self.emit(window)?);
         }
+        let bytes = self
+            .windows
+            .values()
+            .map(|w| w.groups.size() + w.accumulators.iter().map(|a| a.size()).sum::<usize>())
+            .sum();
+        self.metrics.report_state(&mut self.gauge, bytes);
         Ok(Some(watermark))
     }
 
@@ -235,6 +243,7 @@ impl Operator for WindowAggregate {
         while let Some((_, window)) = self.windows.pop_first() {
             out.push(self.emit(window)?);
         }
+        self.metrics.report_state(&mut self.gauge, 0);
         Ok(())
     }
 }

@@ -16,7 +16,7 @@ mod task;
 pub use exchange::{key_group_for_hash, subtask_for_key_group};
 pub use graph::{JobGraph, Node, NodeId, NodeKind, Partitioning};
 pub use job::{JobHandle, RunOptions, run_job};
-pub use metrics::JobMetrics;
+pub use metrics::{JobMetrics, StateGauge};
 pub use operator::{
     Operator, OperatorFactory, Sink, SinkFactory, Source, SourceFactory, TaskContext,
     WatermarkGenerator, WatermarkStrategy,

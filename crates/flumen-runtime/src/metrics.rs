@@ -1,6 +1,6 @@
 //! Counters a running job updates once per batch, read by progress reporting.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Job-wide counters, shared by every task of a job. Updated once per batch,
 /// never per row.
@@ -10,6 +10,15 @@ pub struct JobMetrics {
     rows_out: AtomicU64,
     bad_records_dropped: AtomicU64,
     late_rows_dropped: AtomicU64,
+    state_bytes: AtomicI64,
+    peak_state_bytes: AtomicI64,
+}
+
+/// What one operator subtask last reported of its state size, so that it
+/// reports changes rather than totals.
+#[derive(Debug, Default)]
+pub struct StateGauge {
+    reported: i64,
 }
 
 impl JobMetrics {
@@ -41,6 +50,25 @@ impl JobMetrics {
     }
     pub(crate) fn add_rows_out(&self, n: usize) {
         self.rows_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    /// Bytes of operator state (windows, join rows, TopN rows, groups) held now.
+    pub fn state_bytes(&self) -> u64 {
+        self.state_bytes.load(Ordering::Relaxed).max(0) as u64
+    }
+    /// The most state held at once so far.
+    pub fn peak_state_bytes(&self) -> u64 {
+        self.peak_state_bytes.load(Ordering::Relaxed).max(0) as u64
+    }
+    /// An operator subtask now holds `bytes` of state (it calls this at
+    /// watermarks and when it finishes, not per row).
+    pub fn report_state(&self, gauge: &mut StateGauge, bytes: usize) {
+        let bytes = bytes as i64;
+        let delta = bytes - gauge.reported;
+        gauge.reported = bytes;
+        if delta != 0 {
+            let now = self.state_bytes.fetch_add(delta, Ordering::Relaxed) + delta;
+            self.peak_state_bytes.fetch_max(now, Ordering::Relaxed);
+        }
     }
     /// Counts malformed records a source dropped.
     pub fn add_bad_records_dropped(&self, n: usize) {

@@ -142,17 +142,23 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
     };
     let events = args.events as f64;
     let peak = runs.iter().map(|s| s.peak_rss).max().unwrap_or(0);
+    let peak_state = runs.iter().map(|s| s.peak_state).max().unwrap_or(0);
     println!(
-        "nexmark {} events={} rate={} parallelism={} runs={}: median {:.2} M events/s, {:.2} M events/s per core, {:.2} M source rows/s, peak memory {} MiB",
+        "nexmark {} events={} rate={} parallelism={} runs={}{}: median {:.2} M events/s, {:.2} M events/s per core, {:.2} M source rows/s, peak memory {} MiB, peak state {:.1} MiB",
         args.query,
         args.events,
         args.rate,
         args.parallelism,
         runs.len(),
+        args.state_ttl
+            .as_ref()
+            .map(|t| format!(" state_ttl={t}"))
+            .unwrap_or_default(),
         median(&|s| events / s.seconds) / 1e6,
         median(&|s| events / s.cpu_seconds.max(1e-9)) / 1e6,
         median(&|s| s.rows_in as f64 / s.seconds) / 1e6,
-        peak >> 20
+        peak >> 20,
+        peak_state as f64 / 1048576.0
     );
     Ok(())
 }

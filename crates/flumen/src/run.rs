@@ -18,6 +18,8 @@ pub(crate) struct Summary {
     pub seconds: f64,
     pub cpu_seconds: f64,
     pub peak_rss: u64,
+    /// The most bytes operator state held at once.
+    pub peak_state: u64,
 }
 
 /// Runs `pipeline` to its end, printing progress and a summary on stderr.
@@ -50,10 +52,11 @@ pub(crate) async fn execute(pipeline: flumen_sql::Pipeline, report: bool) -> Res
             _ = tick.tick(), if report => {
                 let rows = metrics.rows_in();
                 let line = format!(
-                    "[{:>6.1}s] rows in {rows}, rows out {}, {} rows/s",
+                    "[{:>6.1}s] rows in {rows}, rows out {}, {} rows/s, state {} MiB",
                     started.elapsed().as_secs_f64(),
                     metrics.rows_out(),
-                    rows - last_rows
+                    rows - last_rows,
+                    metrics.state_bytes() >> 20
                 );
                 last_rows = rows;
                 if tty { eprint!("\r{line}\x1b[K") } else { eprintln!("{line}") }
@@ -80,6 +83,7 @@ pub(crate) async fn execute(pipeline: flumen_sql::Pipeline, report: bool) -> Res
         seconds,
         cpu_seconds: after.cpu_seconds - cpu_before,
         peak_rss: after.peak_rss,
+        peak_state: metrics.peak_state_bytes(),
     };
     if report {
         let per_core = summary.rows_in as f64 / summary.cpu_seconds.max(1e-9);
@@ -93,6 +97,13 @@ pub(crate) async fn execute(pipeline: flumen_sql::Pipeline, report: bool) -> Res
             summary.cpu_seconds,
             summary.peak_rss >> 20
         );
+        if summary.peak_state > 0 {
+            eprintln!(
+                "operator state: peak {:.1} MiB, {:.1} MiB at the end",
+                summary.peak_state as f64 / 1048576.0,
+                metrics.state_bytes() as f64 / 1048576.0
+            );
+        }
         let late = metrics.late_rows_dropped();
         if late > 0 {
             eprintln!("dropped {late} late rows (older than the watermark when they arrived)");

@@ -15,14 +15,9 @@ FROM (
     SELECT auction, num, window_start, window_end,
            RANK() OVER (PARTITION BY window_start ORDER BY num DESC) AS rk
     FROM (
-        SELECT auction, count(*) AS num, window_start,
-               window_start + INTERVAL '10' SECOND AS window_end
-        FROM (
-            SELECT auction,
-                   unnest(hop(INTERVAL '2' SECOND, INTERVAL '10' SECOND, date_time)) AS window_start
-            FROM bid
-        )
-        GROUP BY auction, window_start
+        SELECT auction, count(*) AS num, window_start, window_end
+        FROM hop(bid, descriptor(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND)
+        GROUP BY auction, window_start, window_end
     )
 )
 WHERE rk <= 1;

@@ -12,7 +12,7 @@ INSERT INTO nexmark_q7
 SELECT auction, bidder, price, date_time
 FROM (
     SELECT auction, bidder, price, date_time,
-           RANK() OVER (PARTITION BY date_bin(INTERVAL '10' SECOND, date_time) ORDER BY price DESC) AS rk
-    FROM bid
+           RANK() OVER (PARTITION BY window_start ORDER BY price DESC) AS rk
+    FROM tumble(bid, descriptor(date_time), INTERVAL '10' SECOND)
 )
 WHERE rk <= 1;

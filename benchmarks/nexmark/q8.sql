@@ -11,13 +11,13 @@ CREATE TABLE nexmark_q8 (
 INSERT INTO nexmark_q8
 SELECT P.id, P.name, P.window_start
 FROM (
-    SELECT id, name, date_bin(INTERVAL '10' SECOND, date_time) AS window_start
-    FROM person
-    GROUP BY id, name, date_bin(INTERVAL '10' SECOND, date_time)
+    SELECT id, name, window_start
+    FROM tumble(person, descriptor(date_time), INTERVAL '10' SECOND)
+    GROUP BY id, name, window_start, window_end
 ) AS P
 JOIN (
-    SELECT seller, date_bin(INTERVAL '10' SECOND, date_time) AS window_start
-    FROM auction
-    GROUP BY seller, date_bin(INTERVAL '10' SECOND, date_time)
+    SELECT seller, window_start
+    FROM tumble(auction, descriptor(date_time), INTERVAL '10' SECOND)
+    GROUP BY seller, window_start, window_end
 ) AS A
 ON P.id = A.seller AND P.window_start = A.window_start;

@@ -12,8 +12,7 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, Int8Array, RecordBatch, UInt32Array};
-use arrow::compute::kernels::boolean::not;
-use arrow::compute::{nullif, take};
+use arrow::compute::take;
 use arrow::datatypes::{Int8Type, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::ScalarValue;
@@ -23,7 +22,7 @@ use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
-use crate::window_aggregate::AggregateCall;
+use crate::window_aggregate::{AggregateCall, filtered_arguments};
 
 /// Makes [`UpdatingAggregate`] operators.
 pub struct UpdatingAggregateFactory {
@@ -166,35 +165,6 @@ impl UpdatingAggregate {
             .collect()
     }
 
-    /// Each aggregate's argument arrays for `batch`, with rows outside its
-    /// `FILTER` turned to nulls (which every supported aggregate skips).
-    fn arguments(&self, batch: &RecordBatch) -> Result<Vec<Vec<ArrayRef>>> {
-        let rows = batch.num_rows();
-        self.aggregates
-            .iter()
-            .map(|agg| {
-                let mut values = agg
-                    .function
-                    .expressions()
-                    .iter()
-                    .map(|e| e.evaluate(batch).and_then(|v| v.into_array(rows)))
-                    .collect::<datafusion::common::Result<Vec<_>>>()
-                    .map_err(err)?;
-                if let Some(f) = &agg.filter {
-                    let keep = f
-                        .evaluate(batch)
-                        .and_then(|v| v.into_array(rows))
-                        .map_err(err)?;
-                    let drop = not(keep.as_boolean())?;
-                    for v in &mut values {
-                        *v = nullif(v, &drop)?;
-                    }
-                }
-                Ok(values)
-            })
-            .collect()
-    }
-
     /// Drops groups not updated for `state_ttl`: the groups that stay are
     /// interned again, in order, with their accumulators.
     fn expire_idle(&mut self) -> Result<()> {
@@ -322,8 +292,7 @@ impl Operator for UpdatingAggregate {
             .collect();
         order.sort_unstable();
         let indices = UInt32Array::from_iter_values(order.iter().map(|o| o.2));
-        let arguments: Vec<Vec<ArrayRef>> = self
-            .arguments(&batch)?
+        let arguments: Vec<Vec<ArrayRef>> = filtered_arguments(&self.aggregates, &batch)?
             .into_iter()
             .map(|values| {
                 values

@@ -26,13 +26,47 @@ pub struct AggregateCall {
     pub filter: Option<Arc<dyn PhysicalExpr>>,
 }
 
+/// Each aggregate's argument arrays for `batch`, with rows outside its
+/// `FILTER` turned to nulls (which COUNT, SUM, MIN, MAX and AVG skip): the
+/// input of row accumulators, which take no filter of their own.
+pub(crate) fn filtered_arguments(
+    aggregates: &[AggregateCall],
+    batch: &RecordBatch,
+) -> Result<Vec<Vec<ArrayRef>>> {
+    let rows = batch.num_rows();
+    aggregates
+        .iter()
+        .map(|agg| {
+            let mut values = agg
+                .function
+                .expressions()
+                .iter()
+                .map(|e| e.evaluate(batch).and_then(|v| v.into_array(rows)))
+                .collect::<datafusion::common::Result<Vec<_>>>()
+                .map_err(df)?;
+            if let Some(f) = &agg.filter {
+                let keep = f
+                    .evaluate(batch)
+                    .and_then(|v| v.into_array(rows))
+                    .map_err(df)?;
+                let drop = arrow::compute::kernels::boolean::not(keep.as_boolean())?;
+                for v in &mut values {
+                    *v = arrow::compute::nullif(v, &drop)?;
+                }
+            }
+            Ok(values)
+        })
+        .collect()
+}
+
 /// Makes [`WindowAggregate`] operators.
 pub struct WindowAggregateFactory {
     /// Input columns holding the group keys, the window start among them.
     pub key_columns: Vec<usize>,
     /// Which of the keys is the window start (a timestamp).
     pub window_key: usize,
-    /// Window length in nanoseconds.
+    /// How long after the window key the window ends, in nanoseconds: its
+    /// length when the key is its start, 0 when the key is its end.
     pub size_ns: i64,
     /// The aggregates, in output order.
     pub aggregates: Vec<AggregateCall>,
@@ -50,8 +84,9 @@ impl OperatorFactory for WindowAggregateFactory {
             .map(|a| a.function.name().to_string())
             .collect();
         format!(
-            "WindowAggregate: windows of {} ms, keys {:?}, [{}]",
+            "WindowAggregate: windows end {} ms after key {}, keys {:?}, [{}]",
             self.size_ns / 1_000_000,
+            self.window_key,
             self.key_columns,
             aggs.join(", ")
         )

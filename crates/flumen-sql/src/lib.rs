@@ -9,8 +9,10 @@ mod catalog;
 mod errors;
 mod planner;
 mod script;
+mod tvf;
 mod udf;
 mod watermark;
 
 pub use planner::{Pipeline, Planner, PlannerOptions, session};
+pub use tvf::expand_window_functions;
 pub use udf::udfs;

@@ -156,7 +156,8 @@ impl Planner {
         Ok(())
     }
 
-    async fn plan(&self, statement: Statement, pos: &SourcePos) -> Result<LogicalPlan> {
+    async fn plan(&self, mut statement: Statement, pos: &SourcePos) -> Result<LogicalPlan> {
+        crate::tvf::expand_window_tvfs(&mut statement).map_err(|e| pos.error(e))?;
         self.ctx
             .state()
             .statement_to_plan(DfStatement::Statement(Box::new(statement)))

@@ -16,6 +16,7 @@ pub fn udfs() -> Vec<ScalarUDF> {
     vec![
         ScalarUDF::new_from_impl(CountChar::new()),
         ScalarUDF::new_from_impl(Hop::new()),
+        ScalarUDF::new_from_impl(Cumulate::new()),
     ]
 }
 
@@ -67,60 +68,119 @@ impl ScalarUDFImpl for Hop {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let [slide, size, ts] = args.args.as_slice() else {
-            return exec_err!("hop takes three arguments");
-        };
-        let (ColumnarValue::Scalar(slide), ColumnarValue::Scalar(size)) = (slide, size) else {
-            return exec_err!("hop's slide and size must be constant intervals");
-        };
-        let (Some(slide), Some(size)) = (interval_nanos(slide), interval_nanos(size)) else {
-            return exec_err!("hop's slide and size must be intervals of days or less");
-        };
-        if size % slide != 0 {
-            return exec_err!("hop's size must be a whole number of slides");
-        }
-        let ts = ts.to_array(args.number_rows)?;
-        let DataType::Timestamp(unit, _) = ts.data_type().clone() else {
-            return exec_err!("hop's third argument must be a timestamp");
-        };
-        let per_unit = match unit {
-            arrow::datatypes::TimeUnit::Second => 1_000_000_000,
-            arrow::datatypes::TimeUnit::Millisecond => 1_000_000,
-            arrow::datatypes::TimeUnit::Microsecond => 1_000,
-            arrow::datatypes::TimeUnit::Nanosecond => 1,
-        };
-        if slide % per_unit != 0 {
-            return exec_err!("hop's slide is finer than the timestamp's unit");
-        }
-        let (slide, size) = (slide / per_unit, size / per_unit);
-        let raw = arrow::compute::cast(&ts, &DataType::Int64)?;
-        let raw = raw.as_primitive::<arrow::datatypes::Int64Type>();
-        let windows = (size / slide) as usize;
-        let mut starts = Vec::with_capacity(raw.len() * windows);
-        let mut offsets = Vec::with_capacity(raw.len() + 1);
-        offsets.push(0i32);
-        for t in raw.iter() {
-            if let Some(t) = t {
-                let last = t.div_euclid(slide) * slide;
-                for k in (0..windows as i64).rev() {
-                    starts.push(last - k * slide);
-                }
+        window_list("hop", args, |slide, size, t, out| {
+            let last = t.div_euclid(slide) * slide;
+            for k in (0..size / slide).rev() {
+                out.push(last - k * slide);
             }
-            offsets.push(starts.len() as i32);
-        }
-        let values = arrow::compute::cast(&Int64Array::from(starts), ts.data_type())?;
-        let field = Arc::new(arrow::datatypes::Field::new_list_field(
-            ts.data_type().clone(),
-            true,
-        ));
-        let list = arrow::array::ListArray::try_new(
-            field,
-            arrow::buffer::OffsetBuffer::new(offsets.into()),
-            values,
-            raw.nulls().cloned(),
-        )?;
-        Ok(ColumnarValue::Array(Arc::new(list)))
+        })
     }
+}
+
+/// `cumulate(step INTERVAL, size INTERVAL, ts TIMESTAMP) -> TIMESTAMP[]`:
+/// the ends of the cumulating windows that contain `ts`: windows that all
+/// start where the `size` window holding `ts` starts and end `step`, `2 step`,
+/// … `size` later. UNNEST it to get one row per window.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Cumulate {
+    signature: Signature,
+}
+
+impl Cumulate {
+    fn new() -> Self {
+        Cumulate {
+            signature: Signature::any(3, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for Cumulate {
+    fn name(&self) -> &str {
+        "cumulate"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        match args {
+            [_, _, ts @ DataType::Timestamp(..)] => Ok(DataType::new_list(ts.clone(), true)),
+            _ => exec_err!("cumulate(step, size, ts) takes two intervals and a timestamp"),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        window_list("cumulate", args, |step, size, t, out| {
+            let start = t.div_euclid(size) * size;
+            let mut end = start + step;
+            while end <= start + size {
+                if end > t {
+                    out.push(end);
+                }
+                end += step;
+            }
+        })
+    }
+}
+
+/// A list per row of window bounds computed by `per_row(step, size, t, out)`
+/// from the constant intervals `step` and `size` (in the timestamp's unit)
+/// and the row's time `t`: the body of `hop` and `cumulate`.
+fn window_list(
+    name: &str,
+    args: ScalarFunctionArgs,
+    per_row: impl Fn(i64, i64, i64, &mut Vec<i64>),
+) -> Result<ColumnarValue> {
+    let [step, size, ts] = args.args.as_slice() else {
+        return exec_err!("{name} takes three arguments");
+    };
+    let (ColumnarValue::Scalar(step), ColumnarValue::Scalar(size)) = (step, size) else {
+        return exec_err!("{name}'s intervals must be constants");
+    };
+    let (Some(step), Some(size)) = (interval_nanos(step), interval_nanos(size)) else {
+        return exec_err!("{name}'s intervals must be of days or less");
+    };
+    if size % step != 0 {
+        return exec_err!("{name}'s size must be a whole number of its step");
+    }
+    let ts = ts.to_array(args.number_rows)?;
+    let DataType::Timestamp(unit, _) = ts.data_type().clone() else {
+        return exec_err!("{name}'s third argument must be a timestamp");
+    };
+    let per_unit = match unit {
+        arrow::datatypes::TimeUnit::Second => 1_000_000_000,
+        arrow::datatypes::TimeUnit::Millisecond => 1_000_000,
+        arrow::datatypes::TimeUnit::Microsecond => 1_000,
+        arrow::datatypes::TimeUnit::Nanosecond => 1,
+    };
+    if step % per_unit != 0 {
+        return exec_err!("{name}'s step is finer than the timestamp's unit");
+    }
+    let (step, size) = (step / per_unit, size / per_unit);
+    let raw = arrow::compute::cast(&ts, &DataType::Int64)?;
+    let raw = raw.as_primitive::<arrow::datatypes::Int64Type>();
+    let mut values = Vec::with_capacity(raw.len() * (size / step) as usize);
+    let mut offsets = Vec::with_capacity(raw.len() + 1);
+    offsets.push(0i32);
+    for t in raw.iter() {
+        if let Some(t) = t {
+            per_row(step, size, t, &mut values);
+        }
+        offsets.push(values.len() as i32);
+    }
+    let values = arrow::compute::cast(&Int64Array::from(values), ts.data_type())?;
+    let field = Arc::new(arrow::datatypes::Field::new_list_field(
+        ts.data_type().clone(),
+        true,
+    ));
+    let list = arrow::array::ListArray::try_new(
+        field,
+        arrow::buffer::OffsetBuffer::new(offsets.into()),
+        values,
+        raw.nulls().cloned(),
+    )?;
+    Ok(ColumnarValue::Array(Arc::new(list)))
 }
 
 /// `count_char(text VARCHAR, ch VARCHAR) -> BIGINT`: how often the first

@@ -126,6 +126,7 @@ async fn check_sql(q: &str, query_sql: &str, compare: Option<&str>) {
         Some(columns) => format!("SELECT {columns} FROM ({})", insert_query(&query_sql)),
         None => insert_query(&query_sql),
     };
+    let batch_sql = flumen_sql::expand_window_functions(&batch_sql).unwrap();
     let batch = ctx.sql(&batch_sql).await.unwrap().collect().await.unwrap();
     let expected = rows(&batch);
     assert!(!expected.is_empty(), "{q}: the batch result has rows");
@@ -337,4 +338,53 @@ async fn q18_matches_batch() {
 async fn q19_matches_batch() {
     let query_sql = read(&nexmark_dir().join("q19.sql"));
     check_sql("q19", &query_sql, Some("auction, price, rank_number")).await;
+}
+
+/// Bids per auction in tumbling, sliding and cumulating windows written as
+/// window table functions, with `window_start` and `window_end`.
+const WINDOW_FUNCTIONS: &str = "
+CREATE TABLE tvf_out (
+    kind VARCHAR, auction BIGINT, window_start TIMESTAMP(3), window_end TIMESTAMP(3),
+    bids BIGINT, highest BIGINT
+) WITH (connector = 'blackhole');
+INSERT INTO tvf_out
+SELECT 'tumble', auction, window_start, window_end, count(*), max(price)
+FROM tumble(bid, descriptor(date_time), INTERVAL '10' SECOND)
+GROUP BY auction, window_start, window_end
+UNION ALL
+SELECT 'hop', auction, window_start, window_end, count(*), max(price)
+FROM hop(bid, descriptor(date_time), INTERVAL '5' SECOND, INTERVAL '15' SECOND)
+GROUP BY auction, window_start, window_end
+UNION ALL
+SELECT 'cumulate', auction, window_start, window_end, count(*), max(price)
+FROM cumulate(bid, descriptor(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND)
+GROUP BY auction, window_start, window_end;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_table_functions_match_batch() {
+    check_sql("window functions", WINDOW_FUNCTIONS, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q11_matches_batch() {
+    check_query("q11").await;
+}
+
+/// Sessions per auction with a 3-second gap: many sessions merge as rows
+/// arrive, more so when they arrive out of order.
+const SESSIONS: &str = "
+CREATE TABLE sessions_out (
+    auction BIGINT, window_start TIMESTAMP(3), window_end TIMESTAMP(3), bids BIGINT,
+    highest BIGINT, average DOUBLE
+) WITH (connector = 'blackhole');
+INSERT INTO sessions_out
+SELECT auction, window_start, window_end, count(*), max(price), avg(price)
+FROM session(bid, descriptor(date_time), INTERVAL '3' SECOND, descriptor(auction))
+GROUP BY auction, window_start, window_end;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_windows_match_batch() {
+    check_sql("sessions", SESSIONS, None).await;
 }

@@ -8,13 +8,14 @@ use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext
 use datafusion::logical_expr::{Aggregate, Expr};
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use flumen_operators::{
-    AggregateCall, RETRACTABLE, UpdatingAggregateFactory, WindowAggregateFactory,
+    AggregateCall, RETRACTABLE, SessionAggregateFactory, SessionColumn, UpdatingAggregateFactory,
+    WindowAggregateFactory,
 };
 use flumen_runtime::{JobGraph, NodeKind, Partitioning};
 use flumen_types::{Result, op_field};
 
 use super::Planner;
-use super::streaming::{Stream, trace_column, window_of};
+use super::streaming::{Stream, session_column, trace_column, window_of};
 use crate::errors::SourcePos;
 
 impl Planner {
@@ -27,13 +28,24 @@ impl Planner {
         graph: &mut JobGraph,
         pos: &SourcePos,
     ) -> Result<Stream> {
+        // Of several window keys (a cumulating window's start and end), the
+        // one that closes first decides when a window fires.
         let window = a
             .group_expr
             .iter()
             .enumerate()
-            .find_map(|(i, g)| window_of(g, &a.input).map(|w| (i, w)));
+            .filter_map(|(i, g)| window_of(g, &a.input).map(|w| (i, w)))
+            .min_by_key(|(_, w)| w.0.unwrap_or(i64::MAX));
         let aggregates = self.aggregate_calls(a, pos)?;
         let output = Arc::new(a.schema.as_arrow().clone());
+        let sessions: Vec<Option<SessionColumn>> = a
+            .group_expr
+            .iter()
+            .map(|g| session_column(g, &a.input))
+            .collect();
+        if sessions.iter().any(Option::is_some) {
+            return self.session_aggregate(a, input, aggregates, &sessions, graph, pos);
+        }
         let Some((window_key, (size_ns, ts, ts_plan))) = window else {
             return self.updating_aggregate(a, input, aggregates, graph, pos);
         };
@@ -74,6 +86,72 @@ impl Planner {
         }));
         let node = graph.add_node(aggregate, self.options.parallelism);
         graph.connect(input.node, node, Partitioning::Hash(keys));
+        Ok(Stream {
+            node,
+            schema: output,
+            updating: None,
+            bounded: input.bounded,
+        })
+    }
+
+    /// A `GROUP BY` over a `session(…)` table function: rows arrive as
+    /// sessions of their own and the session aggregate merges them per key.
+    fn session_aggregate(
+        &self,
+        a: &Aggregate,
+        input: Stream,
+        aggregates: Vec<AggregateCall>,
+        sessions: &[Option<SessionColumn>],
+        graph: &mut JobGraph,
+        pos: &SourcePos,
+    ) -> Result<Stream> {
+        let has = |c| sessions.contains(&Some(c));
+        if !has(SessionColumn::Start) || !has(SessionColumn::End) {
+            return Err(pos.error(
+                "a session window aggregate groups by both window_start and window_end of session(…)",
+            ));
+        }
+        if let Some(part) = &input.updating {
+            return Err(pos.error(format!(
+                "a session window over an updating input ({part}) is not supported"
+            )));
+        }
+        let (input, columns) =
+            self.with_keys(input, a.input.schema(), &a.group_expr, graph, pos)?;
+        let mut key_columns = Vec::new();
+        let mut layout = Vec::new();
+        let (mut start_column, mut end_column) = (0, 0);
+        for (part, &column) in sessions.iter().zip(&columns) {
+            layout.push(match part {
+                Some(SessionColumn::Start) => {
+                    start_column = column;
+                    SessionColumn::Start
+                }
+                Some(SessionColumn::End) => {
+                    end_column = column;
+                    SessionColumn::End
+                }
+                _ => {
+                    key_columns.push(column);
+                    SessionColumn::Key(key_columns.len() - 1)
+                }
+            });
+        }
+        let output = Arc::new(a.schema.as_arrow().clone());
+        let factory = SessionAggregateFactory {
+            key_columns: key_columns.clone(),
+            start_column,
+            end_column,
+            layout,
+            aggregates,
+            input: input.schema.clone(),
+            output: output.clone(),
+        };
+        let node = graph.add_node(
+            NodeKind::Operator(Arc::new(factory)),
+            self.options.parallelism,
+        );
+        graph.connect(input.node, node, Partitioning::Hash(key_columns));
         Ok(Stream {
             node,
             schema: output,

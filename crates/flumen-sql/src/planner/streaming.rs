@@ -5,13 +5,14 @@
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::{Column as LogicalColumn, DFSchema};
+use datafusion::common::{Column as LogicalColumn, DFSchema, ScalarValue};
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, JoinType, LogicalPlan, Operator};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
 use flumen_operators::{
-    Expiry, FilterFactory, HashJoinFactory, JoinKind, JoinSide, ProjectionFactory, UnnestFactory,
+    Expiry, FilterFactory, HashJoinFactory, JoinKind, JoinSide, ProjectionFactory, SessionColumn,
+    UnionFactory, UnnestFactory,
 };
 use flumen_runtime::{JobGraph, NodeId, NodeKind, Partitioning};
 use flumen_types::{OP_COLUMN, Result, op_field};
@@ -19,6 +20,7 @@ use flumen_types::{OP_COLUMN, Result, op_field};
 use super::Planner;
 use super::top_n::top_n_of;
 use crate::errors::SourcePos;
+use crate::tvf::parse_session_alias;
 use crate::watermark::ExprWatermarks;
 
 /// A planned stream: the node that produces it and what its rows are.
@@ -61,7 +63,12 @@ impl Planner {
     ) -> Result<Stream> {
         match plan {
             LogicalPlan::TableScan(_) => self.plan_scan(plan, graph, pos).await,
-            LogicalPlan::SubqueryAlias(a) => Box::pin(self.plan_stream(&a.input, graph, pos)).await,
+            LogicalPlan::SubqueryAlias(a) => match parse_session_alias(a.alias.table()) {
+                Some((gap_ns, time)) => {
+                    Box::pin(self.plan_session_rows(a, gap_ns, &time, graph, pos)).await
+                }
+                None => Box::pin(self.plan_stream(&a.input, graph, pos)).await,
+            },
             LogicalPlan::Projection(p) => {
                 let input = Box::pin(self.plan_stream(&p.input, graph, pos)).await?;
                 self.project(p, input, graph, pos)
@@ -125,6 +132,36 @@ impl Planner {
                 let input = Box::pin(self.plan_stream(&a.input, graph, pos)).await?;
                 self.plan_aggregate(a, input, graph, pos)
             }
+            LogicalPlan::Union(u) => {
+                let mut inputs = Vec::new();
+                for input in &u.inputs {
+                    let stream = Box::pin(self.plan_stream(input, graph, pos)).await?;
+                    if let Some(part) = &stream.updating {
+                        return Err(pos.error(format!(
+                            "UNION of an updating input ({part}) is not supported yet"
+                        )));
+                    }
+                    inputs.push(stream);
+                }
+                let schema = Arc::new(u.schema.as_arrow().clone());
+                let factory = UnionFactory {
+                    output: schema.clone(),
+                    inputs: inputs.len(),
+                };
+                let node = graph.add_node(
+                    NodeKind::Operator(Arc::new(factory)),
+                    self.options.parallelism,
+                );
+                for input in &inputs {
+                    graph.connect(input.node, node, Partitioning::Forward);
+                }
+                Ok(Stream {
+                    node,
+                    schema,
+                    updating: None,
+                    bounded: inputs.iter().all(|s| s.bounded),
+                })
+            }
             LogicalPlan::Join(j) => {
                 let left = Box::pin(self.plan_stream(&j.left, graph, pos)).await?;
                 let right = Box::pin(self.plan_stream(&j.right, graph, pos)).await?;
@@ -166,6 +203,68 @@ impl Planner {
             node: self.add(graph, input.node, kind, Partitioning::Forward),
             schema,
             updating: input.updating,
+            bounded: input.bounded,
+        })
+    }
+
+    /// The rows of a `session(…)` table function, each as a session of its
+    /// own: `window_start` its time, `window_end` its time plus the gap. The
+    /// session aggregate above merges them; the batch subquery's window
+    /// functions are not run.
+    async fn plan_session_rows(
+        &self,
+        a: &datafusion::logical_expr::SubqueryAlias,
+        gap_ns: i64,
+        time: &str,
+        graph: &mut JobGraph,
+        pos: &SourcePos,
+    ) -> Result<Stream> {
+        let mut inner = a.input.as_ref();
+        while matches!(inner, LogicalPlan::Projection(_) | LogicalPlan::Window(_)) {
+            inner = inner.inputs()[0];
+        }
+        let ts = inner
+            .schema()
+            .columns()
+            .into_iter()
+            .find(|c| c.name == time)
+            .ok_or_else(|| pos.error(format!("session: no column '{time}'")))?;
+        if !self.is_event_time(inner, &ts) {
+            return Err(pos.error(format!(
+                "session windows need event time: '{time}' is not the event-time column of its table (declare WATERMARK FOR {time} AS …)"
+            )));
+        }
+        let input = Box::pin(self.plan_stream(inner, graph, pos)).await?;
+        let state = self.ctx.state();
+        let gap = datafusion::logical_expr::lit(ScalarValue::IntervalMonthDayNano(Some(
+            arrow::datatypes::IntervalMonthDayNano::new(0, 0, gap_ns),
+        )));
+        let mut exprs = Vec::new();
+        for field in a.schema.fields() {
+            let logical = match field.name().as_str() {
+                "window_start" => Expr::Column(ts.clone()),
+                "window_end" => Expr::Column(ts.clone()) + gap.clone(),
+                name => Expr::Column(
+                    inner
+                        .schema()
+                        .columns()
+                        .into_iter()
+                        .find(|c| c.name == name)
+                        .ok_or_else(|| pos.error(format!("session: no column '{name}'")))?,
+                ),
+            };
+            exprs.push(
+                state
+                    .create_physical_expr(logical, inner.schema())
+                    .map_err(|e| pos.datafusion(e))?,
+            );
+        }
+        let schema = Arc::new(a.schema.as_arrow().clone());
+        let kind = NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, schema.clone())));
+        Ok(Stream {
+            node: self.add(graph, input.node, kind, Partitioning::Forward),
+            schema,
+            updating: None,
             bounded: input.bounded,
         })
     }
@@ -538,20 +637,27 @@ pub(super) fn trace_column(plan: &LogicalPlan, c: &LogicalColumn) -> Option<(Str
 /// computed from, and the plan that column belongs to. A key is a window
 /// when it is `date_bin(INTERVAL, col)` (tumbling), or a column that, through
 /// projections, aliases, joins and groupings, is one or is the UNNEST of
-/// `hop(slide, size, col)` (sliding).
+/// `hop(slide, size, col)` (sliding) or of `cumulate(step, size, col)` (the
+/// key is then the window's end, and the length returned 0).
 pub(super) fn window_of<'a>(
     key: &Expr,
     input: &'a LogicalPlan,
 ) -> Option<(Option<i64>, LogicalColumn, &'a LogicalPlan)> {
     match key.clone().unalias_nested().data {
         Expr::Column(c) => match defining_expr(input, &c)? {
+            // The starts of sliding windows (the window ends `size` later) or
+            // the ends of cumulating windows (the key is the end itself).
             (Expr::ScalarFunction(f), true, plan)
-                if f.func.name() == "hop" && f.args.len() == 3 =>
+                if matches!(f.func.name(), "hop" | "cumulate") && f.args.len() == 3 =>
             {
                 let Expr::Column(ts) = &f.args[2] else {
                     return None;
                 };
-                Some((literal_nanos(&f.args[1]), ts.clone(), plan))
+                let offset = match f.func.name() {
+                    "hop" => literal_nanos(&f.args[1]),
+                    _ => Some(0),
+                };
+                Some((offset, ts.clone(), plan))
             }
             // `defining_expr` follows renames, so `e` is never a bare column.
             (e, false, plan) => window_of(&e, plan),
@@ -628,11 +734,36 @@ fn unsupported(plan: &LogicalPlan) -> String {
         LogicalPlan::Sort(_) => "ORDER BY is",
         LogicalPlan::Limit(_) => "LIMIT is",
         LogicalPlan::Distinct(_) => "DISTINCT is",
-        LogicalPlan::Union(_) => "UNION is",
         LogicalPlan::Values(_) | LogicalPlan::EmptyRelation(_) => {
             return "a query must read from a connector table (a source) to run as a stream".into();
         }
         other => return format!("{} is not supported in streaming queries", other.display()),
     };
     format!("{what} not supported in streaming queries yet")
+}
+
+/// Whether column expression `key` of `plan` is the `window_start` or
+/// `window_end` of a `session(…)` table function below.
+pub(super) fn session_column(key: &Expr, plan: &LogicalPlan) -> Option<SessionColumn> {
+    let Expr::Column(c) = key.clone().unalias_nested().data else {
+        return None;
+    };
+    let index = plan.schema().index_of_column(&c).ok()?;
+    let input_column =
+        |input: &LogicalPlan, i: usize| LogicalColumn::from(input.schema().qualified_field(i));
+    match plan {
+        LogicalPlan::Projection(p) => session_column(&p.expr[index], &p.input),
+        LogicalPlan::Filter(f) => session_column(key, &f.input),
+        LogicalPlan::SubqueryAlias(a) if parse_session_alias(a.alias.table()).is_some() => {
+            match plan.schema().field(index).name().as_str() {
+                "window_start" => Some(SessionColumn::Start),
+                "window_end" => Some(SessionColumn::End),
+                _ => None,
+            }
+        }
+        LogicalPlan::SubqueryAlias(a) => {
+            session_column(&Expr::Column(input_column(&a.input, index)), &a.input)
+        }
+        _ => None,
+    }
 }

@@ -1,0 +1,379 @@
+//! Session windows: per key, rows closer than a gap to one another form one
+//! session `[first time, last time + gap)`. Each row arrives as a session of
+//! its own (`[t, t + gap)`, computed upstream); a batch's rows are sorted by
+//! key and start, runs of overlapping rows are folded into one update, and a
+//! run that overlaps sessions already open merges them (their accumulator
+//! states are merged). A session is emitted once, when the watermark passes
+//! its end, and freed.
+//!
+//! Sessions hold DataFusion row `Accumulator`s: merging two sessions of a key
+//! combines two states, which `GroupsAccumulator` has no call for.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
+use arrow::compute::{cast, take};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use arrow::row::{RowConverter, Rows, SortField};
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::Accumulator;
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
+use flumen_types::{FlumenError, Result, Watermark};
+
+use crate::window_aggregate::{AggregateCall, filtered_arguments};
+
+/// What one group-by column of the output is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionColumn {
+    /// The i-th key column.
+    Key(usize),
+    /// The session's start.
+    Start,
+    /// The session's end.
+    End,
+}
+
+/// Makes [`SessionAggregate`] operators.
+pub struct SessionAggregateFactory {
+    /// Input columns of the key sessions are kept apart by.
+    pub key_columns: Vec<usize>,
+    /// Input column with each row's own session start (its time).
+    pub start_column: usize,
+    /// Input column with each row's own session end (its time plus the gap).
+    pub end_column: usize,
+    /// The group-by columns of the output, in order.
+    pub layout: Vec<SessionColumn>,
+    /// The aggregates, in output order after the group-by columns.
+    pub aggregates: Vec<AggregateCall>,
+    /// The input's schema.
+    pub input: SchemaRef,
+    /// The group-by columns, then one column per aggregate.
+    pub output: SchemaRef,
+}
+
+impl OperatorFactory for SessionAggregateFactory {
+    fn describe(&self) -> String {
+        let aggs: Vec<String> = self
+            .aggregates
+            .iter()
+            .map(|a| a.function.name().to_string())
+            .collect();
+        format!(
+            "SessionAggregate: keys {:?}, sessions from columns {} to {}, [{}]",
+            self.key_columns,
+            self.start_column,
+            self.end_column,
+            aggs.join(", ")
+        )
+    }
+
+    fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Operator>> {
+        let key_fields: Vec<_> = self
+            .key_columns
+            .iter()
+            .map(|&c| self.input.field(c).clone())
+            .collect();
+        let key_schema = Arc::new(arrow::datatypes::Schema::new(key_fields));
+        let converter = RowConverter::new(
+            key_schema
+                .fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )?;
+        Ok(Box::new(SessionAggregate {
+            key_columns: self.key_columns.clone(),
+            start_column: self.start_column,
+            end_column: self.end_column,
+            layout: self.layout.clone(),
+            aggregates: self
+                .aggregates
+                .iter()
+                .map(|a| AggregateCall {
+                    function: a.function.clone(),
+                    filter: a.filter.clone(),
+                })
+                .collect(),
+            output: self.output.clone(),
+            groups: new_group_values(key_schema, &GroupOrdering::None).map_err(err)?,
+            keys: converter.empty_rows(0, 0),
+            converter,
+            sessions: Vec::new(),
+            closing: BTreeMap::new(),
+            watermark: i64::MIN,
+            metrics: ctx.metrics.clone(),
+            gauge: StateGauge::default(),
+        }))
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> FlumenError {
+    FlumenError::execution(format!("session window: {e}"))
+}
+
+/// An open session of one key.
+struct Session {
+    end: i64,
+    accumulators: Vec<Box<dyn Accumulator>>,
+}
+
+/// The open sessions of one subtask.
+pub struct SessionAggregate {
+    key_columns: Vec<usize>,
+    start_column: usize,
+    end_column: usize,
+    layout: Vec<SessionColumn>,
+    aggregates: Vec<AggregateCall>,
+    output: SchemaRef,
+    groups: Box<dyn GroupValues>,
+    /// Each key, by key id, to emit it again.
+    keys: Rows,
+    converter: RowConverter,
+    /// Per key id: open sessions by start (ns); disjoint.
+    sessions: Vec<BTreeMap<i64, Session>>,
+    /// Session ends (ns) to the (key, start) of sessions that may end then;
+    /// an entry whose session has since grown is skipped.
+    closing: BTreeMap<i64, Vec<(usize, i64)>>,
+    watermark: i64,
+    metrics: Arc<JobMetrics>,
+    gauge: StateGauge,
+}
+
+fn nanos(column: &ArrayRef) -> Result<Vec<Option<i64>>> {
+    let ns = cast(
+        &cast(column, &DataType::Timestamp(TimeUnit::Nanosecond, None))?,
+        &DataType::Int64,
+    )?;
+    Ok(ns.as_primitive::<Int64Type>().iter().collect())
+}
+
+impl SessionAggregate {
+    fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
+        self.aggregates
+            .iter()
+            .map(|a| a.function.create_accumulator().map_err(err))
+            .collect()
+    }
+
+    /// Folds `from`'s state into `into`.
+    fn merge(into: &mut [Box<dyn Accumulator>], from: Vec<Box<dyn Accumulator>>) -> Result<()> {
+        for (acc, mut other) in into.iter_mut().zip(from) {
+            let state: Vec<ArrayRef> = other
+                .state()
+                .map_err(err)?
+                .iter()
+                .map(|v| v.to_array())
+                .collect::<datafusion::common::Result<_>>()
+                .map_err(err)?;
+            acc.merge_batch(&state).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Adds the rows `range` (of the sorted arguments) as one session
+    /// `[start, end)` of key `key`, merging the open sessions it overlaps.
+    fn add_run(
+        &mut self,
+        key: usize,
+        start: i64,
+        end: i64,
+        arguments: &[Vec<ArrayRef>],
+        range: std::ops::Range<usize>,
+    ) -> Result<()> {
+        let sessions = &mut self.sessions[key];
+        let overlapping: Vec<i64> = sessions
+            .range(..end)
+            .rev()
+            .take_while(|(_, s)| s.end > start)
+            .map(|(&s, _)| s)
+            .collect();
+        let (mut new_start, mut new_end) = (start, end);
+        let mut merged: Option<Vec<Box<dyn Accumulator>>> = None;
+        for s in overlapping {
+            let session = sessions.remove(&s).expect("listed above");
+            new_start = new_start.min(s);
+            new_end = new_end.max(session.end);
+            match &mut merged {
+                None => merged = Some(session.accumulators),
+                Some(into) => Self::merge(into, session.accumulators)?,
+            }
+        }
+        let mut accumulators = match merged {
+            Some(a) => a,
+            None => self.new_accumulators()?,
+        };
+        for (acc, args) in accumulators.iter_mut().zip(arguments) {
+            let part: Vec<ArrayRef> = args
+                .iter()
+                .map(|v| v.slice(range.start, range.len()))
+                .collect();
+            acc.update_batch(&part).map_err(err)?;
+        }
+        self.sessions[key].insert(
+            new_start,
+            Session {
+                end: new_end,
+                accumulators,
+            },
+        );
+        self.closing
+            .entry(new_end)
+            .or_default()
+            .push((key, new_start));
+        Ok(())
+    }
+
+    /// Emits and frees every session ending at or before `upto`.
+    fn close(&mut self, upto: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        let mut closed: Vec<(usize, i64, i64, Vec<ScalarValue>)> = Vec::new();
+        while let Some(entry) = self.closing.first_entry() {
+            if *entry.key() > upto {
+                break;
+            }
+            let end = *entry.key();
+            for (key, start) in entry.remove() {
+                let still = self.sessions[key].get(&start).is_some_and(|s| s.end == end);
+                if !still {
+                    continue;
+                }
+                let mut session = self.sessions[key].remove(&start).expect("checked above");
+                let values = session
+                    .accumulators
+                    .iter_mut()
+                    .map(|a| a.evaluate().map_err(err))
+                    .collect::<Result<Vec<_>>>()?;
+                closed.push((key, start, end, values));
+            }
+        }
+        if !closed.is_empty() {
+            out.push(self.emit(&closed)?);
+        }
+        Ok(())
+    }
+
+    fn emit(&self, closed: &[(usize, i64, i64, Vec<ScalarValue>)]) -> Result<RecordBatch> {
+        let keys = self
+            .converter
+            .convert_rows(closed.iter().map(|c| self.keys.row(c.0)))?;
+        let time = |values: Vec<i64>, field: usize| -> Result<ArrayRef> {
+            let ns = cast(
+                &Int64Array::from(values),
+                &DataType::Timestamp(TimeUnit::Nanosecond, None),
+            )?;
+            Ok(cast(&ns, self.output.field(field).data_type())?)
+        };
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.output.fields().len());
+        for (i, part) in self.layout.iter().enumerate() {
+            columns.push(match part {
+                SessionColumn::Key(k) => keys[*k].clone(),
+                SessionColumn::Start => time(closed.iter().map(|c| c.1).collect(), i)?,
+                SessionColumn::End => time(closed.iter().map(|c| c.2).collect(), i)?,
+            });
+        }
+        for a in 0..self.aggregates.len() {
+            let column =
+                ScalarValue::iter_to_array(closed.iter().map(|c| c.3[a].clone())).map_err(err)?;
+            let field = self.output.field(columns.len());
+            columns.push(if column.data_type() == field.data_type() {
+                column
+            } else {
+                cast(&column, field.data_type())?
+            });
+        }
+        Ok(RecordBatch::try_new(self.output.clone(), columns)?)
+    }
+}
+
+impl Operator for SessionAggregate {
+    fn process_batch(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        let rows = batch.num_rows();
+        if rows == 0 {
+            return Ok(());
+        }
+        let starts = nanos(batch.column(self.start_column))?;
+        let ends = nanos(batch.column(self.end_column))?;
+        let key_arrays: Vec<ArrayRef> = self
+            .key_columns
+            .iter()
+            .map(|&c| batch.column(c).clone())
+            .collect();
+        let before = self.groups.len();
+        let mut ids = Vec::with_capacity(rows);
+        self.groups.intern(&key_arrays, &mut ids).map_err(err)?;
+        let total = self.groups.len();
+        if total > before {
+            let mut first = vec![u32::MAX; total - before];
+            for (row, &g) in ids.iter().enumerate() {
+                if g >= before && first[g - before] == u32::MAX {
+                    first[g - before] = row as u32;
+                }
+            }
+            let indices = UInt32Array::from(first);
+            let new_keys: Vec<ArrayRef> = key_arrays
+                .iter()
+                .map(|k| take(k, &indices, None))
+                .collect::<std::result::Result<_, _>>()?;
+            self.converter.append(&mut self.keys, &new_keys)?;
+            self.sessions.resize_with(total, BTreeMap::new);
+        }
+        // Rows by key and start; late rows (their own session already
+        // closed by the watermark) are dropped and counted.
+        let mut order: Vec<(usize, i64, i64, u32)> = Vec::with_capacity(rows);
+        let mut late = 0;
+        for row in 0..rows {
+            match (starts[row], ends[row]) {
+                (Some(s), Some(e)) if e > self.watermark => {
+                    order.push((ids[row], s, e, row as u32))
+                }
+                _ => late += 1,
+            }
+        }
+        self.metrics.add_late_rows_dropped(late);
+        order.sort_unstable();
+        let indices = UInt32Array::from_iter_values(order.iter().map(|o| o.3));
+        let arguments: Vec<Vec<ArrayRef>> = filtered_arguments(&self.aggregates, &batch)?
+            .into_iter()
+            .map(|values| {
+                values
+                    .iter()
+                    .map(|v| take(v, &indices, None))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        let mut i = 0;
+        while i < order.len() {
+            let (key, start, mut end, _) = order[i];
+            let mut j = i + 1;
+            while j < order.len() && order[j].0 == key && order[j].1 < end {
+                end = end.max(order[j].2);
+                j += 1;
+            }
+            self.add_run(key, start, end, &arguments, i..j)?;
+            i = j;
+        }
+        Ok(())
+    }
+
+    fn process_watermark(
+        &mut self,
+        watermark: Watermark,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<Option<Watermark>> {
+        self.watermark = self.watermark.max(watermark.0);
+        self.close(self.watermark, out)?;
+        let open: usize = self.sessions.iter().map(BTreeMap::len).sum();
+        let per_session: usize = self.aggregates.len() * 64 + 48;
+        let bytes = self.groups.size() + self.keys.size() + open * per_session;
+        self.metrics.report_state(&mut self.gauge, bytes);
+        Ok(Some(watermark))
+    }
+
+    fn finish(&mut self, out: &mut Vec<RecordBatch>) -> Result<()> {
+        self.close(i64::MAX, out)?;
+        self.metrics.report_state(&mut self.gauge, 0);
+        Ok(())
+    }
+}

@@ -1,0 +1,282 @@
+//! Window table functions, in the syntax DataFusion's parser takes (Flink's
+//! `TABLE(TUMBLE(TABLE bid, …))` does not parse):
+//!
+//! - `tumble(bid, descriptor(date_time), INTERVAL '10' SECOND)`
+//! - `hop(bid, descriptor(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND)` (slide, size)
+//! - `cumulate(bid, descriptor(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND)` (step, size)
+//! - `session(bid, descriptor(date_time), INTERVAL '10' SECOND, descriptor(bidder))` (gap, keys)
+//!
+//! Each is expanded, in the parsed statement, into a subquery over the table
+//! that adds `window_start` and `window_end`: `date_bin` for tumble, UNNEST
+//! of the `hop` or `cumulate` list functions, and for sessions window
+//! functions over the rows of each key (a new session where a row comes
+//! `gap` or more after the one before). The batch engine runs that subquery
+//! as it is; the streaming planner recognises the windows in it.
+
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{
+    self, FunctionArg, FunctionArgExpr, FunctionArguments, Statement, TableFactor, VisitMut,
+    VisitorMut,
+};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+/// The alias the planner gives a session subquery; the streaming planner
+/// reads the session's table, time column and gap back from it.
+pub(crate) const SESSION_ALIAS_PREFIX: &str = "__flumen_session";
+
+/// What a session subquery alias says: `__flumen_session:<gap ns>:<time column>`.
+pub(crate) fn session_alias(gap_ns: i64, time: &str) -> String {
+    format!("{SESSION_ALIAS_PREFIX}:{gap_ns}:{time}")
+}
+
+/// The gap and time column of a session subquery alias.
+pub(crate) fn parse_session_alias(alias: &str) -> Option<(i64, String)> {
+    let rest = alias
+        .strip_prefix(SESSION_ALIAS_PREFIX)?
+        .strip_prefix(':')?;
+    let (gap, time) = rest.split_once(':')?;
+    Some((gap.parse().ok()?, time.to_string()))
+}
+
+fn usage(function: &str) -> &'static str {
+    match function {
+        "tumble" => "tumble(<table>, descriptor(<time column>), INTERVAL '<size>')",
+        "hop" => "hop(<table>, descriptor(<time column>), INTERVAL '<slide>', INTERVAL '<size>')",
+        "cumulate" => {
+            "cumulate(<table>, descriptor(<time column>), INTERVAL '<step>', INTERVAL '<size>')"
+        }
+        _ => "session(<table>, descriptor(<time column>), INTERVAL '<gap>', descriptor(<key>, …))",
+    }
+}
+
+/// The argument expressions, when every argument is a plain positional one.
+fn positional(args: &[FunctionArg]) -> Option<Vec<&ast::Expr>> {
+    args.iter()
+        .map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Column names given as `descriptor(a, b)` or as a bare identifier.
+fn descriptor(e: &ast::Expr) -> Option<Vec<String>> {
+    match e {
+        ast::Expr::Identifier(i) => Some(vec![i.value.clone()]),
+        ast::Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("descriptor") => {
+            let FunctionArguments::List(list) = &f.args else {
+                return None;
+            };
+            positional(&list.args)?
+                .into_iter()
+                .map(|a| match a {
+                    ast::Expr::Identifier(i) => Some(i.value.clone()),
+                    _ => None,
+                })
+                .collect()
+        }
+        _ => None,
+    }
+}
+
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The length in nanoseconds of an interval written `INTERVAL 'n' UNIT` or
+/// `INTERVAL 'n unit'`.
+fn interval_nanos(e: &ast::Expr) -> Option<i64> {
+    let text = e.to_string();
+    let rest = text.strip_prefix("INTERVAL '")?;
+    let (quoted, unit) = rest.split_once('\'')?;
+    let text = format!("{quoted} {}", unit.trim()).to_lowercase();
+    crate::script::duration_nanos(text.trim())
+}
+
+/// The SQL of the subquery a window table function stands for, or an error
+/// saying how to call it.
+fn expansion(function: &str, args: &[FunctionArg]) -> Result<String, String> {
+    let arity = if function == "tumble" { 3 } else { 4 };
+    let bad = || format!("{function} takes {}", usage(function));
+    let exprs = positional(args).ok_or_else(bad)?;
+    if exprs.len() != arity {
+        return Err(bad());
+    }
+    let table = match exprs[0] {
+        ast::Expr::Identifier(i) => quoted(&i.value),
+        ast::Expr::CompoundIdentifier(parts) => parts
+            .iter()
+            .map(|p| quoted(&p.value))
+            .collect::<Vec<_>>()
+            .join("."),
+        _ => return Err(bad()),
+    };
+    let time = match descriptor(exprs[1]).as_deref() {
+        Some([one]) => one.clone(),
+        _ => return Err(bad()),
+    };
+    let ts = quoted(&time);
+    let a = exprs[2].to_string();
+    Ok(match function {
+        "tumble" => format!(
+            "SELECT *, date_bin({a}, {ts}) AS window_start, date_bin({a}, {ts}) + {a} AS window_end FROM {table}"
+        ),
+        "hop" => {
+            let b = exprs[3].to_string();
+            format!(
+                "SELECT *, window_start + {b} AS window_end \
+                 FROM (SELECT *, unnest(hop({a}, {b}, {ts})) AS window_start FROM {table})"
+            )
+        }
+        "cumulate" => {
+            let b = exprs[3].to_string();
+            format!(
+                "SELECT *, date_bin({b}, {ts}) AS window_start, unnest(cumulate({a}, {b}, {ts})) AS window_end FROM {table}"
+            )
+        }
+        _ => {
+            let keys: Vec<String> = descriptor(exprs[3])
+                .ok_or_else(bad)?
+                .iter()
+                .map(|k| quoted(k))
+                .collect();
+            let gap_ns = interval_nanos(exprs[2]).ok_or_else(|| {
+                format!("session's gap must be a constant INTERVAL such as INTERVAL '10' SECOND, not {a}")
+            })?;
+            let by_key = format!("PARTITION BY {}", keys.join(", "));
+            let session = format!("PARTITION BY {}, __flumen_session_id", keys.join(", "));
+            format!(
+                "SELECT * EXCLUDE (__flumen_session_new, __flumen_session_id) FROM (\
+                 SELECT *, min({ts}) OVER ({session}) AS window_start, max({ts}) OVER ({session}) + {a} AS window_end \
+                 FROM (SELECT *, sum(__flumen_session_new) OVER ({by_key} ORDER BY {ts} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS __flumen_session_id \
+                       FROM (SELECT *, CASE WHEN lag({ts}) OVER ({by_key} ORDER BY {ts}) + {a} > {ts} THEN 0 ELSE 1 END AS __flumen_session_new \
+                             FROM {table}))) AS \"{}\"",
+                session_alias(gap_ns, &time)
+            )
+        }
+    })
+}
+
+/// Replaces every window table function in `statement` by the subquery it
+/// stands for. The error says how the function is called.
+pub(crate) fn expand_window_tvfs(statement: &mut Statement) -> Result<(), String> {
+    struct Expander;
+    impl VisitorMut for Expander {
+        type Break = String;
+        fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<String> {
+            let TableFactor::Table {
+                name,
+                alias,
+                args: Some(args),
+                ..
+            } = factor
+            else {
+                return ControlFlow::Continue(());
+            };
+            let function = name.to_string().to_lowercase();
+            if !matches!(function.as_str(), "tumble" | "hop" | "cumulate" | "session") {
+                return ControlFlow::Continue(());
+            }
+            let sql = match expansion(&function, &args.args) {
+                Ok(sql) => sql,
+                Err(e) => return ControlFlow::Break(e),
+            };
+            let query = match Parser::parse_sql(&GenericDialect {}, &sql).map(|mut s| s.pop()) {
+                Ok(Some(Statement::Query(q))) => q,
+                other => {
+                    return ControlFlow::Break(format!("{function}: could not expand ({other:?})"));
+                }
+            };
+            *factor = TableFactor::Derived {
+                lateral: false,
+                subquery: query,
+                alias: alias.take(),
+                sample: None,
+            };
+            ControlFlow::Continue(())
+        }
+    }
+    match statement.visit(&mut Expander) {
+        ControlFlow::Break(e) => Err(e),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+/// `sql` (one statement) with its window table functions replaced by the
+/// subqueries they stand for: how DataFusion's batch engine computes the
+/// same windows (the tests' oracle).
+pub fn expand_window_functions(sql: &str) -> Result<String, String> {
+    let mut statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| e.to_string())?;
+    for s in &mut statements {
+        expand_window_tvfs(s)?;
+    }
+    Ok(statements
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(";\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_alias_round_trips() {
+        let alias = session_alias(10_000_000_000, "date_time");
+        assert_eq!(
+            parse_session_alias(&alias),
+            Some((10_000_000_000, "date_time".to_string()))
+        );
+        assert_eq!(parse_session_alias("bid"), None);
+    }
+
+    #[test]
+    fn window_functions_expand_to_subqueries_and_bad_calls_say_how() {
+        let mut s = Parser::parse_sql(
+            &GenericDialect {},
+            "SELECT * FROM tumble(bid, descriptor(date_time), INTERVAL '10' SECOND) AS t",
+        )
+        .unwrap()
+        .pop()
+        .unwrap();
+        expand_window_tvfs(&mut s).unwrap();
+        let text = s.to_string();
+        assert!(
+            text.contains("date_bin(INTERVAL '10' SECOND, \"date_time\") AS window_start"),
+            "{text}"
+        );
+        assert!(text.contains(") AS t"), "{text}");
+        let mut s = Parser::parse_sql(&GenericDialect {}, "SELECT * FROM hop(bid, date_time)")
+            .unwrap()
+            .pop()
+            .unwrap();
+        let err = expand_window_tvfs(&mut s).unwrap_err();
+        assert!(err.contains("hop takes hop(<table>"), "{err}");
+    }
+
+    #[test]
+    fn interval_literals_give_nanoseconds() {
+        let e = |sql: &str| {
+            Parser::new(&GenericDialect {})
+                .try_with_sql(sql)
+                .unwrap()
+                .parse_expr()
+                .unwrap()
+        };
+        assert_eq!(
+            interval_nanos(&e("INTERVAL '10' SECOND")),
+            Some(10_000_000_000)
+        );
+        assert_eq!(
+            interval_nanos(&e("INTERVAL '2' MINUTE")),
+            Some(120_000_000_000)
+        );
+        assert_eq!(
+            interval_nanos(&e("INTERVAL '10 seconds'")),
+            Some(10_000_000_000)
+        );
+    }
+}

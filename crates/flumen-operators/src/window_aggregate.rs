@@ -74,6 +74,19 @@ pub struct WindowAggregateFactory {
     pub key_schema: SchemaRef,
     /// Output schema: the keys, then one column per aggregate.
     pub output: SchemaRef,
+    /// Windows of processing time (`proctime()`): they close by the wall
+    /// clock, [`PROCESSING_TIME_DELAY`] after their end, not by watermarks.
+    pub processing_time: bool,
+}
+
+/// How long after its end, by the wall clock, a processing-time window
+/// closes: rows stamped just before the end may still be on their way.
+pub const PROCESSING_TIME_DELAY_NS: i64 = 1_000_000_000;
+
+fn wall_clock_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 impl OperatorFactory for WindowAggregateFactory {
@@ -84,7 +97,12 @@ impl OperatorFactory for WindowAggregateFactory {
             .map(|a| a.function.name().to_string())
             .collect();
         format!(
-            "WindowAggregate: windows end {} ms after key {}, keys {:?}, [{}]",
+            "WindowAggregate{}: windows end {} ms after key {}, keys {:?}, [{}]",
+            if self.processing_time {
+                " (processing time)"
+            } else {
+                ""
+            },
             self.size_ns / 1_000_000,
             self.window_key,
             self.key_columns,
@@ -107,6 +125,7 @@ impl OperatorFactory for WindowAggregateFactory {
                 .collect(),
             key_schema: self.key_schema.clone(),
             output: self.output.clone(),
+            processing_time: self.processing_time,
             windows: BTreeMap::new(),
             watermark: i64::MIN,
             metrics: ctx.metrics.clone(),
@@ -128,6 +147,7 @@ pub struct WindowAggregate {
     aggregates: Vec<AggregateCall>,
     key_schema: SchemaRef,
     output: SchemaRef,
+    processing_time: bool,
     /// Open windows by start (nanoseconds).
     windows: BTreeMap<i64, Window>,
     watermark: i64,
@@ -213,6 +233,11 @@ impl WindowAggregate {
 
 impl Operator for WindowAggregate {
     fn process_batch(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        if self.processing_time {
+            self.watermark = self
+                .watermark
+                .max(wall_clock_ns() - PROCESSING_TIME_DELAY_NS);
+        }
         let column = batch.column(self.key_columns[self.window_key]);
         let starts = cast(
             &cast(column, &DataType::Timestamp(TimeUnit::Nanosecond, None))?,
@@ -257,7 +282,12 @@ impl Operator for WindowAggregate {
         watermark: Watermark,
         out: &mut Vec<RecordBatch>,
     ) -> Result<Option<Watermark>> {
-        self.watermark = self.watermark.max(watermark.0);
+        let now = if self.processing_time && watermark != Watermark::MAX {
+            wall_clock_ns() - PROCESSING_TIME_DELAY_NS
+        } else {
+            watermark.0
+        };
+        self.watermark = self.watermark.max(now);
         while let Some(entry) = self.windows.first_entry() {
             if entry.key().saturating_add(self.size_ns) > self.watermark {
                 break;

@@ -17,7 +17,51 @@ pub fn udfs() -> Vec<ScalarUDF> {
         ScalarUDF::new_from_impl(CountChar::new()),
         ScalarUDF::new_from_impl(Hop::new()),
         ScalarUDF::new_from_impl(Cumulate::new()),
+        ScalarUDF::new_from_impl(ProcTime::new()),
     ]
+}
+
+/// `proctime() -> TIMESTAMP(3)`: the wall-clock time a row is processed,
+/// for processing-time windows (Flink's `PROCTIME()`). Evaluated once per
+/// batch; windows over it close by the wall clock.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ProcTime {
+    signature: Signature,
+}
+
+impl ProcTime {
+    fn new() -> Self {
+        ProcTime {
+            signature: Signature::nullary(Volatility::Volatile),
+        }
+    }
+}
+
+impl ScalarUDFImpl for ProcTime {
+    fn name(&self) -> &str {
+        "proctime"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Timestamp(
+            arrow::datatypes::TimeUnit::Millisecond,
+            None,
+        ))
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| DataFusionError::Execution(e.to_string()))?;
+        Ok(ColumnarValue::Scalar(ScalarValue::TimestampMillisecond(
+            Some(now.as_millis() as i64),
+            None,
+        )))
+    }
 }
 
 /// `hop(slide INTERVAL, size INTERVAL, ts TIMESTAMP) -> TIMESTAMP[]`: the

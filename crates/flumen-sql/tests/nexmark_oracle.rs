@@ -388,3 +388,81 @@ GROUP BY auction, window_start, window_end;
 async fn session_windows_match_batch() {
     check_sql("sessions", SESSIONS, None).await;
 }
+
+/// q12 windows by the wall clock, so its rows cannot equal a batch result;
+/// its invariants hold instead: every window is 10 s long and aligned, each
+/// bidder has one row per window, and each bidder's counts add up to the
+/// bidder's bids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q12_keeps_its_invariants() {
+    let input = tempfile::tempdir().unwrap();
+    let file_ddl = generate_input(input.path()).await;
+    let ctx = flumen_sql::session();
+    ctx.register_parquet(
+        "bid",
+        input.path().join("bid").to_str().unwrap(),
+        ParquetReadOptions::default(),
+    )
+    .await
+    .unwrap();
+    let per_bidder = ctx
+        .sql("SELECT bidder, count(*) FROM bid GROUP BY bidder")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let expected = rows(&per_bidder);
+    let query_sql = read(&nexmark_dir().join("q12.sql"));
+    for parallelism in [1, 2] {
+        let out = tempfile::tempdir().unwrap();
+        let sink = format!(
+            "connector = 'filesystem', path = '{}', format = 'parquet'",
+            out.path().display()
+        );
+        let streaming_sql = query_sql.replace("connector = 'blackhole'", &sink);
+        run_scripts(
+            &[("files.sql", &file_ddl), ("q12.sql", &streaming_sql)],
+            parallelism,
+            &[],
+        )
+        .await
+        .unwrap();
+        let check = flumen_sql::session();
+        check
+            .register_parquet(
+                "q12",
+                out.path().to_str().unwrap(),
+                ParquetReadOptions::default(),
+            )
+            .await
+            .unwrap();
+        let totals = check
+            .sql("SELECT bidder, sum(bid_count) FROM q12 GROUP BY bidder")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_same_rows("q12 bids per bidder", &rows(&totals), &expected);
+        let violations = check
+            .sql(
+                "SELECT count(*) FROM q12 WHERE window_end - window_start <> INTERVAL '10' SECOND \
+                 OR date_bin(INTERVAL '10' SECOND, window_start) <> window_start",
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(rows(&violations), ["0"], "windows are 10 s and aligned");
+        let duplicates = check
+            .sql("SELECT count(*) FROM (SELECT bidder, window_start FROM q12 GROUP BY bidder, window_start HAVING count(*) > 1)")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(rows(&duplicates), ["0"], "one row per bidder and window");
+    }
+}

@@ -21,6 +21,8 @@ const QUERIES: &[(&str, &str)] = &[
     ("q7", include_str!("../../../benchmarks/nexmark/q7.sql")),
     ("q8", include_str!("../../../benchmarks/nexmark/q8.sql")),
     ("q9", include_str!("../../../benchmarks/nexmark/q9.sql")),
+    ("q11", include_str!("../../../benchmarks/nexmark/q11.sql")),
+    ("q12", include_str!("../../../benchmarks/nexmark/q12.sql")),
     ("q13", include_str!("../../../benchmarks/nexmark/q13.sql")),
     ("q14", include_str!("../../../benchmarks/nexmark/q14.sql")),
     ("q15", include_str!("../../../benchmarks/nexmark/q15.sql")),
@@ -59,7 +61,7 @@ pub(crate) struct BenchArgs {
     /// Benchmark suite.
     #[arg(value_enum)]
     suite: Suite,
-    /// Query to run: q0–q5, q7–q9, q13–q22, or `generator` (the source alone).
+    /// Query to run: q0–q5, q7–q9, q11–q22, or `generator` (the source alone).
     #[arg(long, default_value = "q1")]
     query: String,
     /// Generator events (all kinds).

@@ -15,7 +15,7 @@ use flumen_runtime::{JobGraph, NodeKind, Partitioning};
 use flumen_types::{Result, op_field};
 
 use super::Planner;
-use super::streaming::{Stream, session_column, trace_column, window_of};
+use super::streaming::{Stream, is_proctime, session_column, trace_column, window_of};
 use crate::errors::SourcePos;
 
 impl Planner {
@@ -54,7 +54,8 @@ impl Planner {
                 "a window's size must be a constant INTERVAL of days, hours, minutes or seconds",
             )
         })?;
-        if !self.is_event_time(ts_plan, &ts) {
+        let processing_time = is_proctime(ts_plan, &ts);
+        if !processing_time && !self.is_event_time(ts_plan, &ts) {
             return Err(pos.error(match trace_column(ts_plan, &ts) {
                 Some((table, column)) => match self.event_times.get(&table) {
                     Some(et) => format!(
@@ -83,6 +84,7 @@ impl Planner {
             aggregates,
             key_schema: Arc::new(input.schema.project(&keys)?),
             output: output.clone(),
+            processing_time,
         }));
         let node = graph.add_node(aggregate, self.options.parallelism);
         graph.connect(input.node, node, Partitioning::Hash(keys));

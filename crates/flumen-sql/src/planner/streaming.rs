@@ -767,3 +767,11 @@ pub(super) fn session_column(key: &Expr, plan: &LogicalPlan) -> Option<SessionCo
         _ => None,
     }
 }
+
+/// Whether column `c` of `plan` is computed by `proctime()` (processing time).
+pub(super) fn is_proctime(plan: &LogicalPlan, c: &LogicalColumn) -> bool {
+    matches!(
+        defining_expr(plan, c),
+        Some((Expr::ScalarFunction(f), false, _)) if f.func.name() == "proctime"
+    )
+}

@@ -125,6 +125,13 @@ impl Options {
     }
 }
 
+/// The option every source connector takes: how long a source subtask may
+/// go without rows before it stops holding back the watermark.
+pub(crate) const IDLE_TIMEOUT: OptionSpec = OptionSpec::optional(
+    "idle_timeout",
+    "with WATERMARK FOR: a subtask without rows this long (default '10 s') stops holding back the watermark",
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

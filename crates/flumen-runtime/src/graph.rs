@@ -65,6 +65,9 @@ pub struct Node {
     pub parallelism: usize,
     /// For a source with event time: how its subtasks derive watermarks.
     pub watermarks: Option<Arc<dyn WatermarkStrategy>>,
+    /// For a source: after this long without a row, a subtask is marked idle
+    /// and stops holding back the watermark downstream.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// An edge from one node to another.
@@ -100,6 +103,7 @@ impl JobGraph {
             kind,
             parallelism: parallelism.max(1),
             watermarks: None,
+            idle_timeout: None,
         });
         self.nodes.len() - 1
     }
@@ -116,6 +120,11 @@ impl JobGraph {
     /// Makes source `node` emit watermarks derived by `strategy` after each batch.
     pub fn set_watermarks(&mut self, node: NodeId, strategy: Arc<dyn WatermarkStrategy>) {
         self.nodes[node].watermarks = Some(strategy);
+    }
+
+    /// Makes source `node` mark a subtask idle after `timeout` without rows.
+    pub fn set_idle_timeout(&mut self, node: NodeId, timeout: std::time::Duration) {
+        self.nodes[node].idle_timeout = Some(timeout);
     }
 
     /// The nodes, indexed by [`NodeId`].
@@ -229,6 +238,10 @@ impl JobGraph {
                 let _ = writeln!(out, "{link}[{n}] {}", self.nodes[n].kind.describe());
                 if let Some(w) = &self.nodes[n].watermarks {
                     let _ = writeln!(out, "       watermarks: {}", w.describe());
+                    if let Some(t) = self.nodes[n].idle_timeout {
+                        let _ =
+                            writeln!(out, "       idle after {} ms without rows", t.as_millis());
+                    }
                 }
             }
         }

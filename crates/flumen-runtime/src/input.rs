@@ -20,6 +20,8 @@ pub(crate) enum GateEvent {
     Barrier(Barrier),
     /// Every channel of this input ended; other inputs go on.
     InputEnded(usize),
+    /// Every input that has not ended is idle.
+    Idle,
     /// Every input ended.
     End,
 }
@@ -30,6 +32,8 @@ struct Input {
     edge: usize,
     watermark: Watermark,
     ended: bool,
+    /// Sent [`Message::Idle`] and nothing since: its watermark is ignored.
+    idle: bool,
     /// Holds input back until the barrier it delivered arrives on all inputs.
     blocked: bool,
 }
@@ -43,6 +47,8 @@ pub(crate) struct InputGate {
     pending_barrier: Option<Barrier>,
     /// An input edge whose last channel just ended, reported next.
     pending_input_end: Option<usize>,
+    /// Every input went idle with a watermark: the idleness is reported next.
+    pending_idle: bool,
 }
 
 impl InputGate {
@@ -55,6 +61,7 @@ impl InputGate {
                 edge,
                 watermark: Watermark::MIN,
                 ended: false,
+                idle: false,
                 blocked: false,
             })
             .collect();
@@ -64,6 +71,7 @@ impl InputGate {
             emitted_watermark: Watermark::MIN,
             pending_barrier: None,
             pending_input_end: None,
+            pending_idle: false,
         }
     }
 
@@ -75,12 +83,30 @@ impl InputGate {
             if let Some(edge) = self.pending_input_end.take() {
                 return Ok(GateEvent::InputEnded(edge));
             }
+            if std::mem::take(&mut self.pending_idle) {
+                return Ok(GateEvent::Idle);
+            }
             if self.inputs.iter().all(|i| i.ended) {
                 return Ok(GateEvent::End);
             }
             let (index, msg) = self.recv_any().await?;
+            if !matches!(msg, Message::Idle) {
+                self.inputs[index].idle = false;
+            }
             match msg {
                 Message::Batch(b) => return Ok(GateEvent::Batch(self.inputs[index].edge, b)),
+                Message::Idle => {
+                    self.inputs[index].idle = true;
+                    let all_idle = self.inputs.iter().all(|i| i.idle || i.ended);
+                    match self.advance_watermark() {
+                        Some(wm) => {
+                            self.pending_idle = all_idle;
+                            return Ok(GateEvent::Watermark(wm));
+                        }
+                        None if all_idle => return Ok(GateEvent::Idle),
+                        None => {}
+                    }
+                }
                 Message::Watermark(wm) => {
                     let input = &mut self.inputs[index];
                     input.watermark = input.watermark.max(wm);
@@ -115,8 +141,22 @@ impl InputGate {
         }
     }
 
+    /// The minimum watermark of the inputs that are not idle, if it moved
+    /// forward. Once every input still open is idle, the largest of their
+    /// watermarks: nothing older can come from any of them before they send
+    /// again (as Flink's watermark valve does).
     fn advance_watermark(&mut self) -> Option<Watermark> {
-        let min = self.inputs.iter().map(|i| i.watermark).min()?;
+        let active = self.inputs.iter().filter(|i| !i.idle).map(|i| i.watermark);
+        let all_idle = self.inputs.iter().all(|i| i.idle || i.ended);
+        let min = if all_idle {
+            self.inputs
+                .iter()
+                .filter(|i| i.idle && !i.ended)
+                .map(|i| i.watermark)
+                .max()?
+        } else {
+            active.min()?
+        };
         (min > self.emitted_watermark).then(|| {
             self.emitted_watermark = min;
             min
@@ -222,5 +262,35 @@ mod tests {
         ));
         tx_a.send(Message::End).await.unwrap();
         assert!(matches!(gate.next().await.unwrap(), GateEvent::End));
+    }
+
+    #[tokio::test]
+    async fn an_idle_input_stops_holding_the_watermark_back() {
+        let (tx_a, rx_a) = channel(8);
+        let (tx_b, rx_b) = channel(8);
+        let mut gate = InputGate::new(vec![(0, rx_a), (0, rx_b)]);
+        tx_a.send(Message::Watermark(Watermark(10))).await.unwrap();
+        tx_b.send(Message::Watermark(Watermark(5))).await.unwrap();
+        assert!(matches!(
+            gate.next().await.unwrap(),
+            GateEvent::Watermark(Watermark(5))
+        ));
+        tx_b.send(Message::Idle).await.unwrap();
+        assert!(matches!(
+            gate.next().await.unwrap(),
+            GateEvent::Watermark(Watermark(10))
+        ));
+        tx_a.send(Message::Idle).await.unwrap();
+        assert!(matches!(gate.next().await.unwrap(), GateEvent::Idle));
+        // All idle: the watermark is the largest of theirs (10, already out).
+        // Both wake up: the watermark moves on from the minimum of the two,
+        // never back below what was emitted.
+        tx_b.send(Message::Watermark(Watermark(7))).await.unwrap();
+        tx_a.send(Message::Watermark(Watermark(20))).await.unwrap();
+        tx_b.send(Message::Watermark(Watermark(30))).await.unwrap();
+        assert!(matches!(
+            gate.next().await.unwrap(),
+            GateEvent::Watermark(Watermark(20))
+        ));
     }
 }

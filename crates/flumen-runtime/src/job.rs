@@ -128,7 +128,11 @@ fn build_task(
         match &graph.nodes[n].kind {
             NodeKind::Source(f) => {
                 let watermarks = graph.nodes[n].watermarks.as_ref().map(|w| w.create());
-                head = Some(Head::Source(f.create(ctx)?, watermarks));
+                head = Some(Head::Source(
+                    f.create(ctx)?,
+                    watermarks,
+                    graph.nodes[n].idle_timeout,
+                ));
             }
             NodeKind::Operator(f) => operators.push(f.create(ctx)?),
             NodeKind::Sink(f) => sink = Some(f.create(ctx)?),

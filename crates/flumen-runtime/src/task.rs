@@ -15,8 +15,13 @@ use crate::operator::{Operator, Sink, Source, WatermarkGenerator};
 
 /// Where a task's messages come from.
 pub(crate) enum Head {
-    /// A source, and the generator of its watermarks if it has event time.
-    Source(Box<dyn Source>, Option<Box<dyn WatermarkGenerator>>),
+    /// A source, the generator of its watermarks if it has event time, and
+    /// how long it may go without rows before it is marked idle.
+    Source(
+        Box<dyn Source>,
+        Option<Box<dyn WatermarkGenerator>>,
+        Option<std::time::Duration>,
+    ),
     Inputs(InputGate),
 }
 
@@ -44,11 +49,16 @@ impl Task {
             tokio::task::consume_budget().await;
             let mut advanced = None;
             let event = match &mut self.head {
-                Head::Source(source, watermarks) => {
+                Head::Source(source, watermarks, idle_timeout) => {
                     let next = if self.stop.load(Ordering::Relaxed) {
                         None
                     } else {
-                        source.next().await?
+                        match idle_timeout {
+                            Some(timeout) if watermarks.is_some() => {
+                                next_or_idle(source.as_mut(), *timeout, &mut self.tail).await?
+                            }
+                            _ => source.next().await?,
+                        }
                     };
                     match next {
                         Some(Message::Batch(b)) => {
@@ -60,6 +70,7 @@ impl Task {
                         }
                         Some(Message::Watermark(wm)) => GateEvent::Watermark(wm),
                         Some(Message::Barrier(b)) => GateEvent::Barrier(b),
+                        Some(Message::Idle) => GateEvent::Idle,
                         // At the end of its input a source with event time
                         // releases every window and timer downstream.
                         None if watermarks.is_some() => {
@@ -81,6 +92,7 @@ impl Task {
                 }
                 GateEvent::Watermark(wm) => self.on_watermark(wm).await?,
                 GateEvent::Barrier(b) => self.emit_control(Message::Barrier(b)).await?,
+                GateEvent::Idle => self.emit_control(Message::Idle).await?,
                 GateEvent::InputEnded(input) => {
                     if let Some(first) = self.operators.first_mut() {
                         let mut out = Vec::new();
@@ -183,11 +195,33 @@ impl Task {
     }
 
     async fn emit_control(&mut self, msg: Message) -> Result<()> {
-        if let Tail::Exchanges(exchanges) = &mut self.tail {
-            for ex in exchanges {
-                ex.broadcast(msg.clone()).await?;
-            }
-        }
-        Ok(())
+        emit_control(&mut self.tail, msg).await
     }
+}
+
+async fn emit_control(tail: &mut Tail, msg: Message) -> Result<()> {
+    if let Tail::Exchanges(exchanges) = tail {
+        for ex in exchanges {
+            ex.broadcast(msg.clone()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The source's next message; if it has none for `timeout`, tells the
+/// downstream tasks once that this subtask is idle, and keeps waiting.
+async fn next_or_idle(
+    source: &mut dyn Source,
+    timeout: std::time::Duration,
+    tail: &mut Tail,
+) -> Result<Option<Message>> {
+    let next = source.next();
+    tokio::pin!(next);
+    tokio::select! {
+        biased;
+        msg = &mut next => return msg,
+        () = tokio::time::sleep(timeout) => {}
+    }
+    emit_control(tail, Message::Idle).await?;
+    next.await
 }

@@ -393,3 +393,85 @@ async fn source_watermarks_flow_as_the_minimum_over_inputs_and_end_at_max() {
         );
     }
 }
+
+/// Subtask 0 emits `fast` batches of 100 rows and ends after a third of
+/// `stall`; subtask 1 emits one batch and ends after `stall`.
+struct Stalling {
+    fast: i64,
+    stall: Duration,
+}
+
+impl SourceFactory for Stalling {
+    fn describe(&self) -> String {
+        "Source: stalling".into()
+    }
+    fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Source>> {
+        Ok(Box::new(StallingSource {
+            left: if ctx.subtask == 0 { self.fast } else { 1 },
+            next: 0,
+            stall: Some(if ctx.subtask == 0 {
+                self.stall / 3
+            } else {
+                self.stall
+            }),
+        }))
+    }
+}
+
+struct StallingSource {
+    left: i64,
+    next: i64,
+    stall: Option<Duration>,
+}
+
+#[async_trait]
+impl Source for StallingSource {
+    async fn next(&mut self) -> Result<Option<Message>> {
+        if self.left > 0 {
+            self.left -= 1;
+            let col = Int64Array::from_iter_values(self.next..self.next + 100);
+            self.next += 100;
+            let batch = RecordBatch::try_from_iter([("n", Arc::new(col) as ArrayRef)])?;
+            return Ok(Some(Message::Batch(batch)));
+        }
+        if let Some(stall) = self.stall.take() {
+            tokio::time::sleep(stall).await;
+        }
+        Ok(None)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_source_subtask_stops_holding_the_watermark_back() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut g = JobGraph::new();
+    let s = g.add_node(
+        NodeKind::Source(Arc::new(Stalling {
+            fast: 10,
+            stall: Duration::from_millis(1500),
+        })),
+        2,
+    );
+    g.set_watermarks(s, Arc::new(MaxMinus5));
+    g.set_idle_timeout(s, Duration::from_millis(50));
+    let op = g.add_node(
+        NodeKind::Operator(Arc::new(RecordWatermarks(seen.clone()))),
+        1,
+    );
+    let k = g.add_node(NodeKind::Sink(Arc::new(Collect::default())), 1);
+    g.connect(s, op, Partitioning::Rebalance);
+    g.connect(op, k, Partitioning::Forward);
+    assert!(g.describe().contains("idle after 50 ms without rows"));
+    run_job(&g, &RunOptions::default())
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    let wms: Vec<i64> = seen.lock().unwrap().iter().map(|s| s.1).collect();
+    // Subtask 1 stalls at 94; once it is idle the watermark follows
+    // subtask 0 to 994. Without idleness it would stay at 94 until subtask 1
+    // ends (subtask 0's end alone does not lift the minimum).
+    assert!(wms.contains(&994), "{wms:?}");
+    assert_eq!(wms.last(), Some(&i64::MAX));
+    assert!(wms.windows(2).all(|w| w[0] < w[1]), "{wms:?}");
+}

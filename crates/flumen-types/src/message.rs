@@ -31,6 +31,9 @@ pub enum Message {
     Watermark(Watermark),
     /// A checkpoint barrier.
     Barrier(Barrier),
+    /// The sender has had no rows for its idle timeout: until it sends
+    /// again, its watermark does not hold back the receiver's.
+    Idle,
     /// The sender has finished; no message follows.
     End,
 }

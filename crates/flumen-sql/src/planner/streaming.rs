@@ -321,6 +321,13 @@ impl Planner {
                 .map_err(|e| pos.datafusion(e))?;
             let strategy = ExprWatermarks::new(column, one_column, expr, et.text.clone());
             graph.set_watermarks(node, Arc::new(strategy));
+            let idle = spec.options.get("idle_timeout").unwrap_or("10 s");
+            let idle_ns = crate::script::duration_nanos(idle).ok_or_else(|| {
+                pos.error(format!(
+                    "table '{table}': idle_timeout must be a duration such as '10 s' or '500 ms', not '{idle}'"
+                ))
+            })?;
+            graph.set_idle_timeout(node, std::time::Duration::from_nanos(idle_ns as u64));
             if let Some(keep) = keep {
                 let exprs = keep
                     .iter()

@@ -125,6 +125,13 @@ impl Options {
     }
 }
 
+/// The option every source connector takes: how long after a window closes
+/// its late rows still update it (the corrections are an updating result).
+pub(crate) const ALLOWED_LATENESS: OptionSpec = OptionSpec::optional(
+    "allowed_lateness",
+    "with WATERMARK FOR: how long a window takes late rows after it fired, emitting corrections (default 0)",
+);
+
 /// The option every source connector takes: how long a source subtask may
 /// go without rows before it stops holding back the watermark.
 pub(crate) const IDLE_TIMEOUT: OptionSpec = OptionSpec::optional(

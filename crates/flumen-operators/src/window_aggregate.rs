@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::array::{ArrayRef, AsArray, Int8Array, RecordBatch, UInt32Array};
 use arrow::compute::{cast, take_record_batch};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
@@ -16,7 +16,7 @@ use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
-use flumen_types::{FlumenError, Result, Watermark};
+use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
 /// One aggregate of the query, with its `FILTER (WHERE …)` if any.
 pub struct AggregateCall {
@@ -75,8 +75,12 @@ pub struct WindowAggregateFactory {
     /// Output schema: the keys, then one column per aggregate.
     pub output: SchemaRef,
     /// Windows of processing time (`proctime()`): they close by the wall
-    /// clock, [`PROCESSING_TIME_DELAY`] after their end, not by watermarks.
+    /// clock, [`PROCESSING_TIME_DELAY_NS`] after their end, not by watermarks.
     pub processing_time: bool,
+    /// How long (event time) a window stays open after it fired, taking
+    /// late rows and emitting corrections (`-U`/`+U`); 0 for none. When set,
+    /// `output` ends with the op column.
+    pub allowed_lateness_ns: i64,
 }
 
 /// How long after its end, by the wall clock, a processing-time window
@@ -126,6 +130,7 @@ impl OperatorFactory for WindowAggregateFactory {
             key_schema: self.key_schema.clone(),
             output: self.output.clone(),
             processing_time: self.processing_time,
+            allowed_lateness_ns: self.allowed_lateness_ns,
             windows: BTreeMap::new(),
             watermark: i64::MIN,
             metrics: ctx.metrics.clone(),
@@ -137,6 +142,10 @@ impl OperatorFactory for WindowAggregateFactory {
 struct Window {
     groups: Box<dyn GroupValues>,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    /// With allowed lateness: what the window last emitted (keys and
+    /// aggregates, group by group), and whether late rows changed it since.
+    emitted: Option<RecordBatch>,
+    dirty: bool,
 }
 
 /// Per-window aggregation state, freed when the window fires.
@@ -148,6 +157,7 @@ pub struct WindowAggregate {
     key_schema: SchemaRef,
     output: SchemaRef,
     processing_time: bool,
+    allowed_lateness_ns: i64,
     /// Open windows by start (nanoseconds).
     windows: BTreeMap<i64, Window>,
     watermark: i64,
@@ -179,6 +189,8 @@ impl WindowAggregate {
         Ok(Window {
             groups,
             accumulators,
+            emitted: None,
+            dirty: false,
         })
     }
 
@@ -219,6 +231,113 @@ impl WindowAggregate {
             acc.update_batch(&values, &group_indices, filter, total)
                 .map_err(df)?;
         }
+        window.dirty = true;
+        Ok(())
+    }
+
+    /// The window's current result (keys and aggregates), leaving its state
+    /// as it was: each accumulator's state is read out, merged into a fresh
+    /// accumulator that takes its place, and into another that evaluates.
+    fn snapshot(&self, window: &mut Window) -> Result<RecordBatch> {
+        let keys = window.groups.emit(EmitTo::All).map_err(df)?;
+        let n = keys.first().map_or(0, |k| k.len());
+        let mut ids = Vec::with_capacity(n);
+        let mut groups =
+            new_group_values(self.key_schema.clone(), &GroupOrdering::None).map_err(df)?;
+        if n > 0 {
+            groups.intern(&keys, &mut ids).map_err(df)?;
+        }
+        window.groups = groups;
+        let fresh = self.new_window()?;
+        let mut columns = keys;
+        for (acc, (mut keep, mut eval)) in window.accumulators.iter_mut().zip(
+            fresh
+                .accumulators
+                .into_iter()
+                .zip(self.new_window()?.accumulators),
+        ) {
+            let state = acc.state(EmitTo::All).map_err(df)?;
+            keep.merge_batch(&state, &ids, n).map_err(df)?;
+            eval.merge_batch(&state, &ids, n).map_err(df)?;
+            columns.push(eval.evaluate(EmitTo::All).map_err(df)?);
+            *acc = keep;
+        }
+        let fields = self.output.fields()[..columns.len()].to_vec();
+        Ok(RecordBatch::try_new(
+            Arc::new(arrow::datatypes::Schema::new(fields)),
+            columns,
+        )?)
+    }
+
+    /// The corrections from `old` to `new` (group `i` is row `i` of both):
+    /// `-U`/`+U` for changed groups, `+I` for new ones.
+    fn corrections(&self, old: Option<&RecordBatch>, new: &RecordBatch) -> Result<RecordBatch> {
+        let n_old = old.map_or(0, RecordBatch::num_rows);
+        let mut changed: Vec<u32> = Vec::new();
+        if let Some(old) = old {
+            let prefix = new.slice(0, n_old);
+            let mut differs = vec![false; n_old];
+            for (a, b) in old.columns().iter().zip(prefix.columns()) {
+                let d = arrow::compute::kernels::cmp::distinct(a, b)?;
+                for (i, x) in d.iter().enumerate() {
+                    differs[i] |= x.unwrap_or(false);
+                }
+            }
+            changed = (0..n_old as u32).filter(|&i| differs[i as usize]).collect();
+        }
+        let indices = UInt32Array::from(changed.clone());
+        let mut parts = Vec::new();
+        let tagged = |batch: &RecordBatch, op: RowOp| -> Result<RecordBatch> {
+            let mut columns = batch.columns().to_vec();
+            columns.push(Arc::new(Int8Array::from(vec![op as i8; batch.num_rows()])));
+            Ok(RecordBatch::try_new(self.output.clone(), columns)?)
+        };
+        if let Some(old) = old {
+            parts.push(tagged(
+                &take_record_batch(old, &indices)?,
+                RowOp::UpdateBefore,
+            )?);
+            parts.push(tagged(
+                &take_record_batch(new, &indices)?,
+                RowOp::UpdateAfter,
+            )?);
+        }
+        parts.push(tagged(
+            &new.slice(n_old, new.num_rows() - n_old),
+            RowOp::Insert,
+        )?);
+        Ok(arrow::compute::concat_batches(&self.output, &parts)?)
+    }
+
+    /// With allowed lateness: emits every closed window not yet emitted or
+    /// changed since, then frees the windows past their lateness.
+    fn fire_with_lateness(&mut self, upto: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        let closed: Vec<i64> = self
+            .windows
+            .range(..=upto.saturating_sub(self.size_ns))
+            .filter(|(_, w)| w.dirty)
+            .map(|(&s, _)| s)
+            .collect();
+        for start in closed {
+            let mut window = self.windows.remove(&start).expect("listed above");
+            let result = self.snapshot(&mut window)?;
+            let changes = self.corrections(window.emitted.as_ref(), &result)?;
+            if changes.num_rows() > 0 {
+                out.push(changes);
+            }
+            window.emitted = Some(result);
+            window.dirty = false;
+            self.windows.insert(start, window);
+        }
+        let horizon = upto
+            .saturating_sub(self.size_ns)
+            .saturating_sub(self.allowed_lateness_ns);
+        while let Some(entry) = self.windows.first_entry() {
+            if *entry.key() > horizon {
+                break;
+            }
+            entry.remove();
+        }
         Ok(())
     }
 
@@ -251,7 +370,11 @@ impl Operator for WindowAggregate {
         let mut last: Option<(i64, usize)> = None;
         let mut late = 0;
         for (row, start) in starts.iter().enumerate() {
-            let Some(s) = start.filter(|s| s.saturating_add(self.size_ns) > self.watermark) else {
+            let Some(s) = start.filter(|s| {
+                s.saturating_add(self.size_ns)
+                    .saturating_add(self.allowed_lateness_ns)
+                    > self.watermark
+            }) else {
                 late += 1;
                 continue;
             };
@@ -288,12 +411,16 @@ impl Operator for WindowAggregate {
             watermark.0
         };
         self.watermark = self.watermark.max(now);
-        while let Some(entry) = self.windows.first_entry() {
-            if entry.key().saturating_add(self.size_ns) > self.watermark {
-                break;
+        if self.allowed_lateness_ns > 0 {
+            self.fire_with_lateness(self.watermark, out)?;
+        } else {
+            while let Some(entry) = self.windows.first_entry() {
+                if entry.key().saturating_add(self.size_ns) > self.watermark {
+                    break;
+                }
+                let window = entry.remove();
+                out.push(self.emit(window)?);
             }
-            let window = entry.remove();
-            out.push(self.emit(window)?);
         }
         let bytes = self
             .windows
@@ -305,6 +432,9 @@ impl Operator for WindowAggregate {
     }
 
     fn finish(&mut self, out: &mut Vec<RecordBatch>) -> Result<()> {
+        if self.allowed_lateness_ns > 0 {
+            self.fire_with_lateness(i64::MAX, out)?;
+        }
         while let Some((_, window)) = self.windows.pop_first() {
             out.push(self.emit(window)?);
         }

@@ -225,3 +225,62 @@ async fn state_ttl_drops_a_group_idle_longer_than_it() {
     let dropped = changes_of(files, "SET state_ttl = '10 s';\n", query).await;
     assert_eq!(dropped, ["a,2,0", "b,1,0", "a,1,0"]);
 }
+
+#[tokio::test]
+async fn allowed_lateness_corrects_a_fired_window_as_an_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let row = |s: u32| format!("{{\"ts\": \"2026-01-01T00:00:{s:02}\"}}\n");
+    // As in the late-row test, windows [0 s, 10 s) and [10 s, 20 s) fire
+    // after b.json (the watermark reaches 20 s) and c.json's 4 s row is late; with 20 s of
+    // allowed lateness it is counted and the window's row corrected. The
+    // 50 s row then moves the watermark past 30 s, and d.json's 5 s row is
+    // too late even for that.
+    std::fs::write(input.join("a.json"), [row(1), row(3), row(12)].concat()).unwrap();
+    std::fs::write(input.join("b.json"), [row(2), row(25)].concat()).unwrap();
+    std::fs::write(input.join("c.json"), [row(4), row(50)].concat()).unwrap();
+    std::fs::write(input.join("d.json"), row(5)).unwrap();
+    let out = dir.path().join("out");
+    let sql = format!(
+        "CREATE TABLE events (ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)\n\
+         WITH (connector = 'filesystem', path = '{}', format = 'json', allowed_lateness = '20 s');\n\
+         CREATE TABLE counts (window_start TIMESTAMP(3), n BIGINT)\n\
+         WITH (connector = 'filesystem', path = '{}', format = 'csv', changelog = 'true');\n\
+         INSERT INTO counts SELECT date_bin(INTERVAL '10' SECOND, ts), count(*) FROM events\n\
+         GROUP BY date_bin(INTERVAL '10' SECOND, ts);",
+        input.display(),
+        out.display()
+    );
+    let metrics = common::run_scripts(&[("lateness.sql", &sql)], 1, &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        metrics.late_rows_dropped(),
+        1,
+        "only d.json's row is too late"
+    );
+    let mut lines = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(f).unwrap();
+        lines.extend(text.lines().skip(1).map(str::to_string));
+    }
+    let window = |s: u32| format!("2026-01-01T00:00:{s:02}");
+    assert_eq!(
+        lines,
+        [
+            format!("{},3,0", window(0)),
+            format!("{},1,0", window(10)),
+            format!("{},3,2", window(0)),
+            format!("{},4,3", window(0)),
+            format!("{},1,0", window(20)),
+            format!("{},1,0", window(50)),
+        ]
+    );
+}

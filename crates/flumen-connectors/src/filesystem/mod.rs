@@ -30,6 +30,7 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
         "sink: true to write an updating result as rows with an _op column (default false)",
     ),
     crate::options::IDLE_TIMEOUT,
+    crate::options::ALLOWED_LATENESS,
     OptionSpec::optional(
         "rolling_size",
         "sink: bytes after which a new file starts (default 134217728)",

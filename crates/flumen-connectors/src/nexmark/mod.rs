@@ -29,6 +29,7 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
     OptionSpec::optional("rate", "events per second of event time (default 10000000)"),
     OptionSpec::optional("seed", "seed of every random choice (default 0)"),
     crate::options::IDLE_TIMEOUT,
+    crate::options::ALLOWED_LATENESS,
 ];
 
 /// Makes one generator source per subtask.

@@ -76,6 +76,30 @@ impl Planner {
                 "a window over an updating input ({part}) is not supported; window the append-only stream"
             )));
         }
+        let mut allowed_lateness_ns = 0;
+        let mut output = output;
+        let mut updating = None;
+        if let Some((table, _)) = trace_column(ts_plan, &ts)
+            && let Some(text) = self
+                .tables
+                .get(&table)
+                .and_then(|t| t.options.get("allowed_lateness"))
+        {
+            allowed_lateness_ns = crate::script::duration_nanos(text).ok_or_else(|| {
+                pos.error(format!(
+                    "table '{table}': allowed_lateness must be a duration such as '5 s', not '{text}'"
+                ))
+            })?;
+            if allowed_lateness_ns > 0 {
+                let mut fields: Vec<_> =
+                    output.fields().iter().map(|f| f.as_ref().clone()).collect();
+                fields.push(op_field());
+                output = Arc::new(arrow::datatypes::Schema::new(fields));
+                updating = Some(format!(
+                    "allowed_lateness = '{text}' on table '{table}' corrects a window's result when late rows arrive"
+                ));
+            }
+        }
         let (input, keys) = self.with_keys(input, a.input.schema(), &a.group_expr, graph, pos)?;
         let aggregate = NodeKind::Operator(Arc::new(WindowAggregateFactory {
             key_columns: keys.clone(),
@@ -85,13 +109,14 @@ impl Planner {
             key_schema: Arc::new(input.schema.project(&keys)?),
             output: output.clone(),
             processing_time,
+            allowed_lateness_ns,
         }));
         let node = graph.add_node(aggregate, self.options.parallelism);
         graph.connect(input.node, node, Partitioning::Hash(keys));
         Ok(Stream {
             node,
             schema: output,
-            updating: None,
+            updating,
             bounded: input.bounded,
         })
     }

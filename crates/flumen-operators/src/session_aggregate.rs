@@ -104,6 +104,7 @@ impl OperatorFactory for SessionAggregateFactory {
             sessions: Vec::new(),
             closing: BTreeMap::new(),
             watermark: i64::MIN,
+            open_sessions: 0,
             metrics: ctx.metrics.clone(),
             gauge: StateGauge::default(),
         }))
@@ -138,6 +139,8 @@ pub struct SessionAggregate {
     /// an entry whose session has since grown is skipped.
     closing: BTreeMap<i64, Vec<(usize, i64)>>,
     watermark: i64,
+    /// Sessions open over all keys.
+    open_sessions: usize,
     metrics: Arc<JobMetrics>,
     gauge: StateGauge,
 }
@@ -194,6 +197,7 @@ impl SessionAggregate {
         let mut merged: Option<Vec<Box<dyn Accumulator>>> = None;
         for s in overlapping {
             let session = sessions.remove(&s).expect("listed above");
+            self.open_sessions -= 1;
             new_start = new_start.min(s);
             new_end = new_end.max(session.end);
             match &mut merged {
@@ -212,6 +216,7 @@ impl SessionAggregate {
                 .collect();
             acc.update_batch(&part).map_err(err)?;
         }
+        self.open_sessions += 1;
         self.sessions[key].insert(
             new_start,
             Session {
@@ -240,6 +245,7 @@ impl SessionAggregate {
                     continue;
                 }
                 let mut session = self.sessions[key].remove(&start).expect("checked above");
+                self.open_sessions -= 1;
                 let values = session
                     .accumulators
                     .iter_mut()
@@ -364,9 +370,8 @@ impl Operator for SessionAggregate {
     ) -> Result<Option<Watermark>> {
         self.watermark = self.watermark.max(watermark.0);
         self.close(self.watermark, out)?;
-        let open: usize = self.sessions.iter().map(BTreeMap::len).sum();
         let per_session: usize = self.aggregates.len() * 64 + 48;
-        let bytes = self.groups.size() + self.keys.size() + open * per_session;
+        let bytes = self.groups.size() + self.keys.size() + self.open_sessions * per_session;
         self.metrics.report_state(&mut self.gauge, bytes);
         Ok(Some(watermark))
     }

@@ -10,7 +10,9 @@
 //! with that one comparison, which is what most rows do once a partition
 //! has filled up. Rows that get in are copied out of their batch together.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use datafusion::common::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Int8Array, RecordBatch, UInt32Array, UInt64Array};
@@ -129,11 +131,15 @@ impl OperatorFactory for TopNFactory {
             retained_rows: 0,
             live_entries: 0,
             retained_bytes: 0,
+            partition_key_bytes: 0,
             metrics: ctx.metrics.clone(),
             gauge: StateGauge::default(),
         }))
     }
 }
+
+/// Bytes a partition costs besides its key: its map entry and `Vec`.
+const PARTITION_OVERHEAD: usize = 64;
 
 /// A kept row: its order key, where its values are, and an identity.
 struct Entry {
@@ -183,6 +189,8 @@ pub struct TopN {
     live_entries: usize,
     /// Bytes of all slots.
     retained_bytes: usize,
+    /// Bytes of the partition keys and their map entries.
+    partition_key_bytes: usize,
     metrics: Arc<JobMetrics>,
     gauge: StateGauge,
 }
@@ -290,7 +298,7 @@ impl TopN {
     /// Copies the kept rows into fresh slots once dead rows dominate: a kept
     /// row otherwise holds on to every row copied out of its batch with it.
     fn compact(&mut self) -> Result<()> {
-        if self.retained_rows <= 2 * self.live_entries + DEFAULT_BATCH_SIZE {
+        if self.retained_rows <= self.live_entries + self.live_entries / 2 + DEFAULT_BATCH_SIZE {
             return Ok(());
         }
         let mut picks: Vec<(u32, u32)> = Vec::with_capacity(self.live_entries);
@@ -372,6 +380,7 @@ impl TopN {
             .collect();
         for key in idle {
             if let Some(p) = self.partitions.remove(&key) {
+                self.partition_key_bytes -= key.len() + PARTITION_OVERHEAD;
                 self.release(p.entries);
             }
         }
@@ -466,6 +475,7 @@ impl TopN {
                 let Some(p) = self.partitions.remove(&key) else {
                     continue;
                 };
+                self.partition_key_bytes -= key.len() + PARTITION_OVERHEAD;
                 let ranks = Self::ranks(self.function, &p.entries);
                 for (e, rank) in p.entries.iter().zip(ranks) {
                     rows.push(OutRow {
@@ -574,6 +584,7 @@ impl Operator for TopN {
                     .and_then(|e| e[row as usize])
                     .unwrap_or(i64::MAX);
                 let boxed: Box<[u8]> = pkey.as_ref().into();
+                self.partition_key_bytes += boxed.len() + PARTITION_OVERHEAD;
                 if self.window.is_some() {
                     self.closing.entry(end).or_default().push(boxed.clone());
                 }
@@ -660,9 +671,8 @@ impl Operator for TopN {
             self.close_windows(self.watermark, out)?;
         }
         self.expire_idle();
-        let key_bytes: usize = self.partitions.keys().map(|k| k.len() + 48).sum();
         let bytes = self.retained_bytes
-            + key_bytes
+            + self.partition_key_bytes
             + self.live_entries * (std::mem::size_of::<Entry>() + 16);
         self.metrics.report_state(&mut self.gauge, bytes);
         Ok(Some(watermark))
@@ -732,6 +742,7 @@ mod tests {
             retained_rows: 0,
             live_entries: 0,
             retained_bytes: 0,
+            partition_key_bytes: 0,
             metrics: Arc::new(JobMetrics::default()),
             gauge: StateGauge::default(),
         };

@@ -133,7 +133,8 @@ pub struct UpdatingAggregate {
     watermark: i64,
     /// The watermark of the last `state_ttl` sweep.
     last_sweep: i64,
-    /// Watermarks processed; the state size is measured every 64th.
+    /// Watermarks processed; the state size is measured every 1024th (it
+    /// sums over every group).
     watermarks_seen: u64,
     metrics: Arc<JobMetrics>,
     gauge: StateGauge,
@@ -385,7 +386,7 @@ impl Operator for UpdatingAggregate {
         self.watermark = self.watermark.max(watermark.0);
         self.expire_idle()?;
         self.watermarks_seen += 1;
-        if self.watermarks_seen % 64 == 1 {
+        if self.watermarks_seen % 1024 == 1 {
             let bytes = self.groups.size()
                 + self.keys.size()
                 + self.accumulators.iter().map(|a| a.size()).sum::<usize>()

@@ -14,7 +14,7 @@ use crate::graph::{JobGraph, NodeId, NodeKind, Partitioning};
 use crate::input::InputGate;
 use crate::metrics::JobMetrics;
 use crate::operator::TaskContext;
-use crate::task::{Head, Tail, Task};
+use crate::task::{Head, SourceHead, Tail, Task};
 
 /// How a job runs.
 #[derive(Debug, Clone)]
@@ -127,12 +127,20 @@ fn build_task(
     for &n in nodes {
         match &graph.nodes[n].kind {
             NodeKind::Source(f) => {
-                let watermarks = graph.nodes[n].watermarks.as_ref().map(|w| w.create());
-                head = Some(Head::Source(
-                    f.create(ctx)?,
-                    watermarks,
-                    graph.nodes[n].idle_timeout,
-                ));
+                let node = &graph.nodes[n];
+                let (source, generator) = match &node.watermarks {
+                    Some(w) => match f.create_with_watermarks(ctx, w)? {
+                        Some(source) => (source, None),
+                        None => (f.create(ctx)?, Some(w.create())),
+                    },
+                    None => (f.create(ctx)?, None),
+                };
+                head = Some(Head::Source(SourceHead {
+                    source,
+                    generator,
+                    event_time: node.watermarks.is_some(),
+                    idle_timeout: node.idle_timeout,
+                }));
             }
             NodeKind::Operator(f) => operators.push(f.create(ctx)?),
             NodeKind::Sink(f) => sink = Some(f.create(ctx)?),

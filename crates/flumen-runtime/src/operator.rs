@@ -98,6 +98,18 @@ pub trait SourceFactory: Send + Sync {
     fn describe(&self) -> String;
     /// The source of subtask `ctx.subtask`.
     fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Source>>;
+    /// For a table with event time: a source that tracks it per split (file,
+    /// partition) itself, with one generator of `watermarks` per split, and
+    /// sends [`Message::Watermark`]s, the minimum over its unfinished splits.
+    /// `None` (the default) leaves watermarks to the task, which derives them
+    /// from every batch the source returns.
+    fn create_with_watermarks(
+        &self,
+        _ctx: &TaskContext,
+        _watermarks: &Arc<dyn WatermarkStrategy>,
+    ) -> Result<Option<Box<dyn Source>>> {
+        Ok(None)
+    }
 }
 
 /// Makes an [`Operator`] for each subtask.

@@ -15,14 +15,20 @@ use crate::operator::{Operator, Sink, Source, WatermarkGenerator};
 
 /// Where a task's messages come from.
 pub(crate) enum Head {
-    /// A source, the generator of its watermarks if it has event time, and
-    /// how long it may go without rows before it is marked idle.
-    Source(
-        Box<dyn Source>,
-        Option<Box<dyn WatermarkGenerator>>,
-        Option<std::time::Duration>,
-    ),
+    Source(SourceHead),
     Inputs(InputGate),
+}
+
+/// A source and how its event time is tracked.
+pub(crate) struct SourceHead {
+    pub source: Box<dyn Source>,
+    /// Derives watermarks from each batch, unless the source sends its own
+    /// (per split) or the table has no event time.
+    pub generator: Option<Box<dyn WatermarkGenerator>>,
+    /// The table has event time: `Watermark::MAX` follows the end of input.
+    pub event_time: bool,
+    /// How long the source may go without rows before it is marked idle.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// Where a task's output goes.
@@ -49,21 +55,21 @@ impl Task {
             tokio::task::consume_budget().await;
             let mut advanced = None;
             let event = match &mut self.head {
-                Head::Source(source, watermarks, idle_timeout) => {
+                Head::Source(head) => {
                     let next = if self.stop.load(Ordering::Relaxed) {
                         None
                     } else {
-                        match idle_timeout {
-                            Some(timeout) if watermarks.is_some() => {
-                                next_or_idle(source.as_mut(), *timeout, &mut self.tail).await?
+                        match head.idle_timeout {
+                            Some(timeout) if head.event_time => {
+                                next_or_idle(head.source.as_mut(), timeout, &mut self.tail).await?
                             }
-                            _ => source.next().await?,
+                            _ => head.source.next().await?,
                         }
                     };
                     match next {
                         Some(Message::Batch(b)) => {
                             self.metrics.add_rows_in(b.num_rows());
-                            if let Some(generator) = watermarks {
+                            if let Some(generator) = &mut head.generator {
                                 advanced = generator.on_batch(&b)?;
                             }
                             GateEvent::Batch(0, b)
@@ -73,8 +79,9 @@ impl Task {
                         Some(Message::Idle) => GateEvent::Idle,
                         // At the end of its input a source with event time
                         // releases every window and timer downstream.
-                        None if watermarks.is_some() => {
-                            *watermarks = None;
+                        None if head.event_time => {
+                            head.event_time = false;
+                            head.generator = None;
                             GateEvent::Watermark(Watermark::MAX)
                         }
                         Some(Message::End) | None => GateEvent::End,

@@ -131,22 +131,25 @@ async fn windows_need_event_time_on_the_windowed_column() {
 #[tokio::test]
 async fn late_rows_are_dropped_and_counted_and_windows_fire_by_watermark() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir(&input).unwrap();
-    let row = |s: u32| format!("{{\"ts\": \"2026-01-01T00:00:{s:02}\"}}\n");
-    // Read in name order, one batch per file: the watermark (max - 5 s) is 7 s
-    // after a.json and 20 s after b.json, so c.json's 4 s row is late.
-    std::fs::write(input.join("a.json"), [row(1), row(3), row(12)].concat()).unwrap();
-    std::fs::write(input.join("b.json"), [row(2), row(25)].concat()).unwrap();
-    std::fs::write(input.join("c.json"), row(4)).unwrap();
+    let input = dir.path().join("events.json");
+    // Read as three batches: the watermark (max - 5 s) is 7 s after the
+    // first and 20 s after the second, so the third's 4 s row is late.
+    write_batches(
+        &input,
+        &[
+            &[("a", 1), ("a", 3), ("a", 12)],
+            &[("a", 2), ("a", 25)],
+            &[("a", 4)],
+        ],
+    );
     let out = dir.path().join("out");
     let sql = format!(
-        "CREATE TABLE events (ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)\n\
+        "CREATE TABLE events (ts TIMESTAMP(3), filler VARCHAR, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)\n\
          WITH (connector = 'filesystem', path = '{}', format = 'json');\n\
          CREATE TABLE counts (window_start TIMESTAMP(3), n BIGINT)\n\
          WITH (connector = 'filesystem', path = '{}', format = 'json');\n\
          INSERT INTO counts SELECT date_bin(INTERVAL '10' SECOND, ts), count(*) FROM events\n\
-         GROUP BY date_bin(INTERVAL '10' SECOND, ts);",
+         WHERE filler IS NULL GROUP BY date_bin(INTERVAL '10' SECOND, ts);",
         input.display(),
         out.display()
     );
@@ -166,30 +169,18 @@ async fn late_rows_are_dropped_and_counted_and_windows_fire_by_watermark() {
     );
 }
 
-/// Runs `query` (which reads `events(k VARCHAR, ts)`) over one JSON file per
-/// list of `(key, second)` rows, read in order, and returns every change the
-/// sink received as `columns…,op` lines, in order of arrival.
-async fn changes_of(files: &[&[(&str, u32)]], prelude: &str, query: &str) -> Vec<String> {
+/// Runs `query` (which reads `events(k VARCHAR, ts)`) over `groups` of
+/// `(key, second)` rows, each read as one batch, and returns every change
+/// the sink received as `columns…,op` lines, in order of arrival.
+async fn changes_of(groups: &[&[(&str, u32)]], prelude: &str, query: &str) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir(&input).unwrap();
-    for (i, rows) in files.iter().enumerate() {
-        let text: String = rows
-            .iter()
-            .map(|(k, s)| {
-                format!(
-                    "{{\"k\": \"{k}\", \"ts\": \"2026-01-01T00:{:02}:{:02}\"}}\n",
-                    s / 60,
-                    s % 60
-                )
-            })
-            .collect();
-        std::fs::write(input.join(format!("{i:03}.json")), text).unwrap();
-    }
+    let input = dir.path().join("events.json");
+    write_batches(&input, groups);
     let out = dir.path().join("out");
     let sql = format!(
-        "{prelude}CREATE TABLE events (k VARCHAR, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)\n\
+        "{prelude}CREATE TABLE events_all (k VARCHAR, ts TIMESTAMP(3), filler VARCHAR, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)\n\
          WITH (connector = 'filesystem', path = '{}', format = 'json');\n\
+         CREATE VIEW events AS SELECT k, ts FROM events_all WHERE filler IS NULL;\n\
          CREATE TABLE changes (k VARCHAR, n BIGINT)\n\
          WITH (connector = 'filesystem', path = '{}', format = 'csv', changelog = 'true');\n\
          INSERT INTO changes {query}",
@@ -199,18 +190,7 @@ async fn changes_of(files: &[&[(&str, u32)]], prelude: &str, query: &str) -> Vec
     common::run_scripts(&[("ttl.sql", &sql)], 1, &[])
         .await
         .unwrap();
-    let mut lines = Vec::new();
-    let mut files: Vec<_> = std::fs::read_dir(&out)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    files.sort();
-    for f in files {
-        let text = std::fs::read_to_string(f).unwrap();
-        lines.extend(text.lines().skip(1).map(str::to_string));
-    }
-    lines
+    changelog_lines(&out)
 }
 
 #[tokio::test]
@@ -229,26 +209,29 @@ async fn state_ttl_drops_a_group_idle_longer_than_it() {
 #[tokio::test]
 async fn allowed_lateness_corrects_a_fired_window_as_an_update() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir(&input).unwrap();
-    let row = |s: u32| format!("{{\"ts\": \"2026-01-01T00:00:{s:02}\"}}\n");
+    let input = dir.path().join("events.json");
     // As in the late-row test, windows [0 s, 10 s) and [10 s, 20 s) fire
-    // after b.json (the watermark reaches 20 s) and c.json's 4 s row is late; with 20 s of
-    // allowed lateness it is counted and the window's row corrected. The
-    // 50 s row then moves the watermark past 30 s, and d.json's 5 s row is
-    // too late even for that.
-    std::fs::write(input.join("a.json"), [row(1), row(3), row(12)].concat()).unwrap();
-    std::fs::write(input.join("b.json"), [row(2), row(25)].concat()).unwrap();
-    std::fs::write(input.join("c.json"), [row(4), row(50)].concat()).unwrap();
-    std::fs::write(input.join("d.json"), row(5)).unwrap();
+    // after the second batch (the watermark reaches 20 s) and the third
+    // batch's 4 s row is late; with 20 s of allowed lateness it is counted and
+    // the window's row corrected. Its 50 s row then moves the watermark past
+    // 30 s, and the last batch's 5 s row is too late even for that.
+    write_batches(
+        &input,
+        &[
+            &[("a", 1), ("a", 3), ("a", 12)],
+            &[("a", 2), ("a", 25)],
+            &[("a", 4), ("a", 50)],
+            &[("a", 5)],
+        ],
+    );
     let out = dir.path().join("out");
     let sql = format!(
-        "CREATE TABLE events (ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)\n\
+        "CREATE TABLE events (ts TIMESTAMP(3), filler VARCHAR, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)\n\
          WITH (connector = 'filesystem', path = '{}', format = 'json', allowed_lateness = '20 s');\n\
          CREATE TABLE counts (window_start TIMESTAMP(3), n BIGINT)\n\
          WITH (connector = 'filesystem', path = '{}', format = 'csv', changelog = 'true');\n\
          INSERT INTO counts SELECT date_bin(INTERVAL '10' SECOND, ts), count(*) FROM events\n\
-         GROUP BY date_bin(INTERVAL '10' SECOND, ts);",
+         WHERE filler IS NULL GROUP BY date_bin(INTERVAL '10' SECOND, ts);",
         input.display(),
         out.display()
     );
@@ -258,10 +241,52 @@ async fn allowed_lateness_corrects_a_fired_window_as_an_update() {
     assert_eq!(
         metrics.late_rows_dropped(),
         1,
-        "only d.json's row is too late"
+        "only the last 5 s row is too late"
     );
+    let window = |s: u32| format!("2026-01-01T00:00:{s:02}");
+    assert_eq!(
+        changelog_lines(&out),
+        [
+            format!("{},3,0", window(0)),
+            format!("{},1,0", window(10)),
+            format!("{},3,2", window(0)),
+            format!("{},4,3", window(0)),
+            format!("{},1,0", window(20)),
+            format!("{},1,0", window(50)),
+        ]
+    );
+}
+
+/// Writes one JSON file in which each group of `(key, second)` rows is read
+/// as a batch of its own: a filler line longer than the reader's 1 MiB chunk
+/// follows each group (fillers carry `filler`; queries skip them), so the
+/// watermark after one group applies to the next.
+fn write_batches(path: &std::path::Path, groups: &[&[(&str, u32)]]) {
+    let filler = "x".repeat(1_500_000);
+    let mut text = String::new();
+    for group in groups {
+        for (k, s) in *group {
+            text.push_str(&format!(
+                "{{\"k\": \"{k}\", \"ts\": \"2026-01-01T00:{:02}:{:02}\"}}\n",
+                s / 60,
+                s % 60
+            ));
+        }
+        let last = group.iter().map(|r| r.1).max().unwrap_or(0);
+        text.push_str(&format!(
+            "{{\"ts\": \"2026-01-01T00:{:02}:{:02}\", \"filler\": \"{filler}\"}}\n",
+            last / 60,
+            last % 60
+        ));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// The lines of the CSV files a changelog sink wrote under `out`, headers
+/// skipped, in file order.
+fn changelog_lines(out: &std::path::Path) -> Vec<String> {
     let mut lines = Vec::new();
-    let mut files: Vec<_> = std::fs::read_dir(&out)
+    let mut files: Vec<_> = std::fs::read_dir(out)
         .unwrap()
         .flatten()
         .map(|e| e.path())
@@ -271,16 +296,37 @@ async fn allowed_lateness_corrects_a_fired_window_as_an_update() {
         let text = std::fs::read_to_string(f).unwrap();
         lines.extend(text.lines().skip(1).map(str::to_string));
     }
-    let window = |s: u32| format!("2026-01-01T00:00:{s:02}");
+    lines
+}
+
+#[tokio::test]
+async fn files_out_of_event_time_order_are_not_late_each_file_has_its_own_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let row = |s: u32| format!("{{\"ts\": \"2026-01-01T00:00:{s:02}\"}}\n");
+    // One subtask reads both files. a.json alone would put the watermark at
+    // 24 s, and every row of b.json would be late; with a watermark per file
+    // the subtask's is the minimum over its unfinished files.
+    std::fs::write(input.join("a.json"), [row(20), row(21), row(25)].concat()).unwrap();
+    std::fs::write(input.join("b.json"), [row(1), row(2), row(5)].concat()).unwrap();
+    let out = dir.path().join("out");
+    let sql = format!(
+        "CREATE TABLE events (ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)\n\
+         WITH (connector = 'filesystem', path = '{}', format = 'json');\n\
+         CREATE TABLE counts (window_start TIMESTAMP(3), n BIGINT)\n\
+         WITH (connector = 'filesystem', path = '{}', format = 'json');\n\
+         INSERT INTO counts SELECT date_bin(INTERVAL '10' SECOND, ts), count(*) FROM events\n\
+         GROUP BY date_bin(INTERVAL '10' SECOND, ts);",
+        input.display(),
+        out.display()
+    );
+    let metrics = common::run_scripts(&[("splits.sql", &sql)], 1, &[])
+        .await
+        .unwrap();
+    assert_eq!(metrics.late_rows_dropped(), 0);
     assert_eq!(
-        lines,
-        [
-            format!("{},3,0", window(0)),
-            format!("{},1,0", window(10)),
-            format!("{},3,2", window(0)),
-            format!("{},4,3", window(0)),
-            format!("{},1,0", window(20)),
-            format!("{},1,0", window(50)),
-        ]
+        common::read_json_rows(&out).await,
+        vec!["3|2026-01-01T00:00:00", "3|2026-01-01T00:00:20"]
     );
 }

@@ -1,6 +1,8 @@
 //! Reads a file or a directory of files. JSON-lines and CSV files are split
 //! over subtasks whole (file `j` goes to subtask `j % parallelism`) and
-//! decoded in large chunks; only a chunk that fails is decoded again line by
+//! decoded in large chunks. A table with event time has its files read side
+//! by side, a batch from each in turn, with a watermark per file; the
+//! subtask's watermark is the minimum over the files it has not finished; only a chunk that fails is decoded again line by
 //! line, to name (or drop) exactly the bad records. Parquet files are split
 //! by row group (row group `g` of file `j` goes to subtask
 //! `(j + g) % parallelism`), so even one large file is read in parallel.
@@ -14,8 +16,10 @@ use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 use async_trait::async_trait;
 use bytes::Bytes;
-use flumen_runtime::{JobMetrics, Source, SourceFactory, TaskContext};
-use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Message, Result};
+use flumen_runtime::{
+    JobMetrics, Source, SourceFactory, TaskContext, WatermarkGenerator, WatermarkStrategy,
+};
+use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Message, Result, Watermark};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::path::Path;
@@ -126,20 +130,59 @@ impl SourceFactory for FileSourceFactory {
     }
 
     fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Source>> {
+        Ok(Box::new(self.source(ctx, None)))
+    }
+
+    /// With event time, a subtask reads all its files side by side (a batch
+    /// from each in turn) and its watermark is the minimum over the files it
+    /// has not finished, so files need not be in event-time order.
+    fn create_with_watermarks(
+        &self,
+        ctx: &TaskContext,
+        watermarks: &Arc<dyn WatermarkStrategy>,
+    ) -> Result<Option<Box<dyn Source>>> {
+        Ok(Some(Box::new(self.source(ctx, Some(watermarks)))))
+    }
+}
+
+impl FileSourceFactory {
+    fn source(
+        &self,
+        ctx: &TaskContext,
+        watermarks: Option<&Arc<dyn WatermarkStrategy>>,
+    ) -> FileSource {
         let whole_files = self.format != Format::Parquet;
-        let files = self
+        let files: VecDeque<Split> = self
             .files
             .iter()
             .enumerate()
             .filter(|(j, _)| !whole_files || j % ctx.parallelism == ctx.subtask)
-            .map(|(j, (path, size))| Split {
+            .enumerate()
+            .map(|(id, (j, (path, size)))| Split {
                 path: path.clone(),
                 size: *size,
                 index: j,
+                id,
             })
             .collect();
-        Ok(Box::new(FileSource {
+        let clocks = watermarks.map(|w| SplitClocks {
+            splits: files
+                .iter()
+                .map(|_| SplitClock {
+                    generator: w.create(),
+                    latest: Watermark::MIN,
+                    done: false,
+                })
+                .collect(),
+            emitted: Watermark::MIN,
+        });
+        FileSource {
             store: self.location.store.clone(),
+            max_open: if clocks.is_some() {
+                files.len().max(1)
+            } else {
+                1
+            },
             files,
             format: self.format,
             table_schema: self.table_schema.clone(),
@@ -150,21 +193,68 @@ impl SourceFactory for FileSourceFactory {
             metrics: ctx.metrics.clone(),
             subtask: ctx.subtask,
             parallelism: ctx.parallelism,
-            current: None,
+            open: Vec::new(),
+            turn: 0,
             pending: VecDeque::new(),
-        }))
+            clocks,
+        }
     }
 }
 
-/// A file to read, with its position in the sorted file list.
+/// A file to read, with its position in the sorted file list and among
+/// this subtask's files.
 struct Split {
     path: Path,
     size: u64,
     index: usize,
+    id: usize,
+}
+
+/// Event time per split: each file's own watermark, and the minimum over
+/// the unfinished ones that was sent last.
+struct SplitClocks {
+    splits: Vec<SplitClock>,
+    emitted: Watermark,
+}
+
+struct SplitClock {
+    generator: Box<dyn WatermarkGenerator>,
+    latest: Watermark,
+    done: bool,
+}
+
+impl SplitClocks {
+    /// The minimum over unfinished splits, if it moved past what was sent.
+    fn advanced(&mut self) -> Option<Watermark> {
+        let min = self
+            .splits
+            .iter()
+            .filter(|c| !c.done)
+            .map(|c| c.latest)
+            .min()?;
+        (min > self.emitted).then(|| {
+            self.emitted = min;
+            min
+        })
+    }
+
+    fn on_batch(&mut self, split: usize, batch: &RecordBatch) -> Result<Option<Watermark>> {
+        let clock = &mut self.splits[split];
+        if let Some(wm) = clock.generator.on_batch(batch)? {
+            clock.latest = clock.latest.max(wm);
+        }
+        Ok(self.advanced())
+    }
+
+    fn finish(&mut self, split: usize) -> Option<Watermark> {
+        self.splits[split].done = true;
+        self.advanced()
+    }
 }
 
 struct FileSource {
     store: Arc<dyn ObjectStore>,
+    /// Files not opened yet.
     files: VecDeque<Split>,
     format: Format,
     table_schema: SchemaRef,
@@ -175,8 +265,13 @@ struct FileSource {
     metrics: Arc<JobMetrics>,
     subtask: usize,
     parallelism: usize,
-    current: Option<Reader>,
-    pending: VecDeque<RecordBatch>,
+    /// Files being read, in turn; one at a time without event time.
+    open: Vec<(usize, Reader)>,
+    max_open: usize,
+    turn: usize,
+    /// Batches (and watermarks) ready to return.
+    pending: VecDeque<Message>,
+    clocks: Option<SplitClocks>,
 }
 
 enum Reader {
@@ -202,44 +297,89 @@ struct TextReader {
 impl Source for FileSource {
     async fn next(&mut self) -> Result<Option<Message>> {
         loop {
-            if let Some(batch) = self.pending.pop_front() {
-                return Ok(Some(Message::Batch(batch)));
+            if let Some(msg) = self.pending.pop_front() {
+                return Ok(Some(msg));
             }
-            let Some(reader) = &mut self.current else {
-                let Some(split) = self.files.pop_front() else {
-                    return Ok(None);
-                };
+            while self.open.len() < self.max_open
+                && let Some(split) = self.files.pop_front()
+            {
                 let share = Share {
                     subtask: self.subtask,
                     parallelism: self.parallelism,
                 };
-                let store = self.store.clone();
-                self.current = open(store, split, self.format, self.schema.clone(), share).await?;
-                continue;
-            };
-            match reader {
-                Reader::Parquet { path, stream } => match stream.next().await {
-                    Some(batch) => {
-                        let batch =
-                            batch.map_err(|e| FlumenError::io(format!("reading {path}: {e}")))?;
-                        let batch = conform(&batch, &self.schema)
-                            .map_err(|e| FlumenError::io(format!("reading {path}: {e}")))?;
-                        return Ok(Some(Message::Batch(batch)));
-                    }
-                    None => self.current = None,
-                },
-                Reader::Text(text) => {
-                    let chunk = text
-                        .next_chunk(self.header && self.format == Format::Csv)
-                        .await?;
-                    match chunk {
-                        Some((first_line, lines)) => {
-                            let path = text.path.clone();
-                            let batches = self.decode(&path, first_line, &lines)?;
-                            self.pending.extend(batches);
+                let id = split.id;
+                match open(
+                    self.store.clone(),
+                    split,
+                    self.format,
+                    self.schema.clone(),
+                    share,
+                )
+                .await?
+                {
+                    Some(reader) => self.open.push((id, reader)),
+                    None => self.split_done(id),
+                }
+            }
+            if self.open.is_empty() {
+                return Ok(None);
+            }
+            let at = self.turn % self.open.len();
+            self.turn = at + 1;
+            let id = self.open[at].0;
+            match self.read_step(at).await? {
+                Some(batches) => {
+                    for batch in batches {
+                        let wm = match &mut self.clocks {
+                            Some(c) => c.on_batch(id, &batch)?,
+                            None => None,
+                        };
+                        self.pending.push_back(Message::Batch(batch));
+                        if let Some(wm) = wm {
+                            self.pending.push_back(Message::Watermark(wm));
                         }
-                        None => self.current = None,
                     }
+                }
+                None => {
+                    self.open.remove(at);
+                    self.split_done(id);
+                }
+            }
+        }
+    }
+}
+
+impl FileSource {
+    /// Split `id` has nothing more: it no longer holds the watermark back.
+    fn split_done(&mut self, id: usize) {
+        if let Some(wm) = self.clocks.as_mut().and_then(|c| c.finish(id)) {
+            self.pending.push_back(Message::Watermark(wm));
+        }
+    }
+
+    /// The next batches of open file `at`; `None` at its end.
+    async fn read_step(&mut self, at: usize) -> Result<Option<Vec<RecordBatch>>> {
+        match &mut self.open[at].1 {
+            Reader::Parquet { path, stream } => match stream.next().await {
+                Some(batch) => {
+                    let batch =
+                        batch.map_err(|e| FlumenError::io(format!("reading {path}: {e}")))?;
+                    let batch = conform(&batch, &self.schema)
+                        .map_err(|e| FlumenError::io(format!("reading {path}: {e}")))?;
+                    Ok(Some(vec![batch]))
+                }
+                None => Ok(None),
+            },
+            Reader::Text(text) => {
+                let chunk = text
+                    .next_chunk(self.header && self.format == Format::Csv)
+                    .await?;
+                match chunk {
+                    Some((first_line, lines)) => {
+                        let path = text.path.clone();
+                        Ok(Some(self.decode(&path, first_line, &lines)?))
+                    }
+                    None => Ok(None),
                 }
             }
         }
@@ -316,7 +456,9 @@ async fn open(
     schema: SchemaRef,
     share: Share,
 ) -> Result<Option<Reader>> {
-    let Split { path, size, index } = split;
+    let Split {
+        path, size, index, ..
+    } = split;
     let io = |e: &dyn std::fmt::Display| FlumenError::io(format!("reading {path}: {e}"));
     if format != Format::Parquet {
         let fetched = store.get(&path).await.map_err(|e| io(&e))?;

@@ -5,6 +5,7 @@
 
 mod filter;
 mod join;
+mod key_table;
 mod projection;
 mod session_aggregate;
 mod top_n;

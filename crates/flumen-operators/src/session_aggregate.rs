@@ -15,14 +15,12 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
-use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
-use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
-use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
 use flumen_types::{FlumenError, Result, Watermark};
 
+use crate::key_table::{KeyTable, scalar_column};
 use crate::window_aggregate::{AggregateCall, filtered_arguments};
 
 /// What one group-by column of the output is.
@@ -76,14 +74,6 @@ impl OperatorFactory for SessionAggregateFactory {
             .iter()
             .map(|&c| self.input.field(c).clone())
             .collect();
-        let key_schema = Arc::new(arrow::datatypes::Schema::new(key_fields));
-        let converter = RowConverter::new(
-            key_schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )?;
         Ok(Box::new(SessionAggregate {
             key_columns: self.key_columns.clone(),
             start_column: self.start_column,
@@ -98,9 +88,7 @@ impl OperatorFactory for SessionAggregateFactory {
                 })
                 .collect(),
             output: self.output.clone(),
-            groups: new_group_values(key_schema, &GroupOrdering::None).map_err(err)?,
-            keys: converter.empty_rows(0, 0),
-            converter,
+            keys: KeyTable::new(key_fields)?,
             sessions: Vec::new(),
             closing: BTreeMap::new(),
             watermark: i64::MIN,
@@ -129,10 +117,8 @@ pub struct SessionAggregate {
     layout: Vec<SessionColumn>,
     aggregates: Vec<AggregateCall>,
     output: SchemaRef,
-    groups: Box<dyn GroupValues>,
-    /// Each key, by key id, to emit it again.
-    keys: Rows,
-    converter: RowConverter,
+    /// The keys, by key id.
+    keys: KeyTable,
     /// Per key id: open sessions by start (ns); disjoint.
     sessions: Vec<BTreeMap<i64, Session>>,
     /// Session ends (ns) to the (key, start) of sessions that may end then;
@@ -261,9 +247,7 @@ impl SessionAggregate {
     }
 
     fn emit(&self, closed: &[(usize, i64, i64, Vec<ScalarValue>)]) -> Result<RecordBatch> {
-        let keys = self
-            .converter
-            .convert_rows(closed.iter().map(|c| self.keys.row(c.0)))?;
+        let keys = self.keys.emit(closed.iter().map(|c| c.0))?;
         let time = |values: Vec<i64>, field: usize| -> Result<ArrayRef> {
             let ns = cast(
                 &Int64Array::from(values),
@@ -280,14 +264,8 @@ impl SessionAggregate {
             });
         }
         for a in 0..self.aggregates.len() {
-            let column =
-                ScalarValue::iter_to_array(closed.iter().map(|c| c.3[a].clone())).map_err(err)?;
             let field = self.output.field(columns.len());
-            columns.push(if column.data_type() == field.data_type() {
-                column
-            } else {
-                cast(&column, field.data_type())?
-            });
+            columns.push(scalar_column(closed.iter().map(|c| c.3[a].clone()), field)?);
         }
         Ok(RecordBatch::try_new(self.output.clone(), columns)?)
     }
@@ -306,25 +284,9 @@ impl Operator for SessionAggregate {
             .iter()
             .map(|&c| batch.column(c).clone())
             .collect();
-        let before = self.groups.len();
         let mut ids = Vec::with_capacity(rows);
-        self.groups.intern(&key_arrays, &mut ids).map_err(err)?;
-        let total = self.groups.len();
-        if total > before {
-            let mut first = vec![u32::MAX; total - before];
-            for (row, &g) in ids.iter().enumerate() {
-                if g >= before && first[g - before] == u32::MAX {
-                    first[g - before] = row as u32;
-                }
-            }
-            let indices = UInt32Array::from(first);
-            let new_keys: Vec<ArrayRef> = key_arrays
-                .iter()
-                .map(|k| take(k, &indices, None))
-                .collect::<std::result::Result<_, _>>()?;
-            self.converter.append(&mut self.keys, &new_keys)?;
-            self.sessions.resize_with(total, BTreeMap::new);
-        }
+        self.keys.intern(&key_arrays, &mut ids)?;
+        self.sessions.resize_with(self.keys.len(), BTreeMap::new);
         // Rows by key and start; late rows (their own session already
         // closed by the watermark) are dropped and counted.
         let mut order: Vec<(usize, i64, i64, u32)> = Vec::with_capacity(rows);
@@ -371,7 +333,7 @@ impl Operator for SessionAggregate {
         self.watermark = self.watermark.max(watermark.0);
         self.close(self.watermark, out)?;
         let per_session: usize = self.aggregates.len() * 64 + 48;
-        let bytes = self.groups.size() + self.keys.size() + self.open_sessions * per_session;
+        let bytes = self.keys.size() + self.open_sessions * per_session;
         self.metrics.report_state(&mut self.gauge, bytes);
         Ok(Some(watermark))
     }

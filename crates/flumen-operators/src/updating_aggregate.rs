@@ -14,14 +14,12 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, AsArray, Int8Array, RecordBatch, UInt32Array};
 use arrow::compute::take;
 use arrow::datatypes::{Int8Type, SchemaRef};
-use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
-use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
-use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
+use crate::key_table::{KeyTable, scalar_column};
 use crate::window_aggregate::{AggregateCall, filtered_arguments};
 
 /// Makes [`UpdatingAggregate`] operators.
@@ -71,14 +69,6 @@ impl OperatorFactory for UpdatingAggregateFactory {
             .iter()
             .map(|f| f.as_ref().clone())
             .collect();
-        let key_schema = Arc::new(arrow::datatypes::Schema::new(key_fields));
-        let converter = RowConverter::new(
-            key_schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )?;
         Ok(Box::new(UpdatingAggregate {
             key_columns: self.key_columns.clone(),
             aggregates: self
@@ -92,10 +82,7 @@ impl OperatorFactory for UpdatingAggregateFactory {
             op_column: self.op_column,
             state_ttl_ns: self.state_ttl_ns,
             output: self.output.clone(),
-            key_schema: key_schema.clone(),
-            groups: new_group_values(key_schema, &GroupOrdering::None).map_err(err)?,
-            keys: converter.empty_rows(0, 0),
-            converter,
+            keys: KeyTable::new(key_fields)?,
             accumulators: Vec::new(),
             counts: Vec::new(),
             touched_at: Vec::new(),
@@ -119,11 +106,8 @@ pub struct UpdatingAggregate {
     op_column: Option<usize>,
     state_ttl_ns: Option<i64>,
     output: SchemaRef,
-    key_schema: SchemaRef,
-    groups: Box<dyn GroupValues>,
-    /// Each group's key, by group id, to emit it again.
-    keys: Rows,
-    converter: RowConverter,
+    /// The groups' keys, by group id.
+    keys: KeyTable,
     /// `accumulators[group * aggregates.len() + a]`.
     accumulators: Vec<Box<dyn Accumulator>>,
     /// Rows currently counted in each group.
@@ -183,15 +167,7 @@ impl UpdatingAggregate {
         if keep.len() == self.counts.len() {
             return Ok(());
         }
-        let keys = self
-            .converter
-            .convert_rows(keep.iter().map(|&g| self.keys.row(g)))?;
-        let mut groups =
-            new_group_values(self.key_schema.clone(), &GroupOrdering::None).map_err(err)?;
-        let mut ids = Vec::with_capacity(keep.len());
-        if !keep.is_empty() {
-            groups.intern(&keys, &mut ids).map_err(err)?;
-        }
+        self.keys.retain(&keep)?;
         let n = self.aggregates.len();
         let mut old: Vec<Option<Box<dyn Accumulator>>> = std::mem::take(&mut self.accumulators)
             .into_iter()
@@ -204,26 +180,17 @@ impl UpdatingAggregate {
             .collect();
         self.counts = keep.iter().map(|&g| self.counts[g]).collect();
         self.touched_at = keep.iter().map(|&g| self.touched_at[g]).collect();
-        self.keys = self.converter.empty_rows(keep.len(), 0);
-        self.converter.append(&mut self.keys, &keys)?;
-        self.groups = groups;
         Ok(())
     }
 
     fn emit(&self, changes: &[Change]) -> Result<RecordBatch> {
-        let keys = self
-            .converter
-            .convert_rows(changes.iter().map(|c| self.keys.row(c.group)))?;
-        let mut columns = keys;
+        let mut columns = self.keys.emit(changes.iter().map(|c| c.group))?;
         for a in 0..self.aggregates.len() {
-            let column = ScalarValue::iter_to_array(changes.iter().map(|c| c.values[a].clone()))
-                .map_err(err)?;
             let field = self.output.field(columns.len());
-            columns.push(if column.data_type() == field.data_type() {
-                column
-            } else {
-                arrow::compute::cast(&column, field.data_type())?
-            });
+            columns.push(scalar_column(
+                changes.iter().map(|c| c.values[a].clone()),
+                field,
+            )?);
         }
         columns.push(Arc::new(Int8Array::from_iter_values(
             changes.iter().map(|c| c.op as i8),
@@ -243,35 +210,16 @@ impl Operator for UpdatingAggregate {
             .iter()
             .map(|&c| batch.column(c).clone())
             .collect();
-        let before = self.groups.len();
+        let before = self.keys.len();
         let mut ids = Vec::with_capacity(rows);
-        self.groups.intern(&key_arrays, &mut ids).map_err(err)?;
-        let total = self.groups.len();
-        if total > before {
-            // Remember the keys of the new groups, in group order.
-            let first_row_of_new: Vec<u32> = {
-                let mut first = vec![u32::MAX; total - before];
-                for (row, &g) in ids.iter().enumerate() {
-                    if g >= before && first[g - before] == u32::MAX {
-                        first[g - before] = row as u32;
-                    }
-                }
-                first
-            };
-            let indices = UInt32Array::from(first_row_of_new);
-            let new_keys: Vec<ArrayRef> = key_arrays
-                .iter()
-                .map(|k| take(k, &indices, None))
-                .collect::<std::result::Result<_, _>>()?;
-            self.converter.append(&mut self.keys, &new_keys)?;
-            for _ in before..total {
-                for a in 0..self.aggregates.len() {
-                    let acc = self.new_accumulator(a)?;
-                    self.accumulators.push(acc);
-                }
-                self.counts.push(0);
-                self.touched_at.push(self.watermark);
+        self.keys.intern(&key_arrays, &mut ids)?;
+        for _ in before..self.keys.len() {
+            for a in 0..self.aggregates.len() {
+                let acc = self.new_accumulator(a)?;
+                self.accumulators.push(acc);
             }
+            self.counts.push(0);
+            self.touched_at.push(self.watermark);
         }
         // Sort rows by group, additions before retractions within a group.
         let retract: Option<Vec<bool>> = self.op_column.map(|c| {
@@ -387,8 +335,7 @@ impl Operator for UpdatingAggregate {
         self.expire_idle()?;
         self.watermarks_seen += 1;
         if self.watermarks_seen % 1024 == 1 {
-            let bytes = self.groups.size()
-                + self.keys.size()
+            let bytes = self.keys.size()
                 + self.accumulators.iter().map(|a| a.size()).sum::<usize>()
                 + self.counts.len() * 16;
             self.metrics.report_state(&mut self.gauge, bytes);

@@ -293,3 +293,19 @@ async fn a_join_without_equal_keys_is_rejected() {
     .await;
     assert_contains(&msg, &["job.sql:2:1:", "needs at least one equality"]);
 }
+
+#[tokio::test]
+async fn a_window_over_a_text_column_is_a_plan_error() {
+    let msg = error_of(&format!(
+        "{BID}SELECT auction, count(*) FROM tumble(bid, descriptor(url), INTERVAL '2' SECOND) GROUP BY auction, window_start;"
+    ))
+    .await;
+    assert_contains(
+        &msg,
+        &[
+            "job.sql:2:1:",
+            "is not over a timestamp column",
+            "WATERMARK FOR",
+        ],
+    );
+}

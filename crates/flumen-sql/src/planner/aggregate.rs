@@ -15,7 +15,7 @@ use flumen_runtime::{JobGraph, NodeKind, Partitioning};
 use flumen_types::{Result, op_field};
 
 use super::Planner;
-use super::streaming::{Stream, is_proctime, session_column, trace_column, window_of};
+use super::streaming::{Stream, is_proctime, session_column, trace_column, window_call, window_of};
 use crate::errors::SourcePos;
 
 impl Planner {
@@ -47,6 +47,11 @@ impl Planner {
             return self.session_aggregate(a, input, aggregates, &sessions, graph, pos);
         }
         let Some((window_key, (size_ns, ts, ts_plan))) = window else {
+            if let Some(call) = a.group_expr.iter().find_map(|g| window_call(g, &a.input)) {
+                return Err(pos.error(format!(
+                    "the window {call} is not over a timestamp column: window by the table's event-time column (the one in WATERMARK FOR)"
+                )));
+            }
             return self.updating_aggregate(a, input, aggregates, graph, pos);
         };
         let size_ns = size_ns.ok_or_else(|| {

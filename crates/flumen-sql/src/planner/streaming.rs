@@ -782,3 +782,19 @@ pub(super) fn is_proctime(plan: &LogicalPlan, c: &LogicalColumn) -> bool {
         Some((Expr::ScalarFunction(f), false, _)) if f.func.name() == "proctime"
     )
 }
+
+/// A window function call (`date_bin`, `hop`, `cumulate`) that group key
+/// `key` is computed from but that `window_of` does not take as a window
+/// (its time argument is not a plain column: a cast of text, say).
+pub(super) fn window_call(key: &Expr, input: &LogicalPlan) -> Option<String> {
+    let e = match key.clone().unalias_nested().data {
+        Expr::Column(c) => defining_expr(input, &c)?.0,
+        e => e,
+    };
+    match &e {
+        Expr::ScalarFunction(f) if matches!(f.func.name(), "date_bin" | "hop" | "cumulate") => {
+            Some(e.to_string())
+        }
+        _ => None,
+    }
+}

@@ -82,6 +82,9 @@ pub struct Planner {
     queries: Vec<Query>,
     /// `SET state_ttl`: how long (event time) a regular join keeps a row.
     state_ttl_ns: Option<i64>,
+    /// How many session aggregates are being planned around their input:
+    /// session rows are refused outside one.
+    session_rows_wanted: std::sync::atomic::AtomicUsize,
 }
 
 /// A DataFusion session configured as flumen plans: spans kept for error
@@ -115,6 +118,7 @@ impl Planner {
             event_times: HashMap::new(),
             queries: Vec::new(),
             state_ttl_ns,
+            session_rows_wanted: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 

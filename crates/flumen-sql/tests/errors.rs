@@ -309,3 +309,18 @@ async fn a_window_over_a_text_column_is_a_plan_error() {
         ],
     );
 }
+
+#[tokio::test]
+async fn session_rows_outside_a_session_aggregate_are_refused() {
+    let msg = error_of(&format!(
+        "{BID}SELECT bidder, window_start FROM session(bid, descriptor(date_time), INTERVAL '10' SECOND, descriptor(bidder));"
+    ))
+    .await;
+    assert_contains(
+        &msg,
+        &[
+            "job.sql:2:1:",
+            "session(…) windows are computed by an aggregate",
+        ],
+    );
+}

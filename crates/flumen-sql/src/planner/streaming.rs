@@ -3,6 +3,7 @@
 //! aggregates behind hash exchanges, and joins of two streams.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{Column as LogicalColumn, DFSchema, ScalarValue};
@@ -129,8 +130,20 @@ impl Planner {
                 })
             }
             LogicalPlan::Aggregate(a) => {
-                let input = Box::pin(self.plan_stream(&a.input, graph, pos)).await?;
-                self.plan_aggregate(a, input, graph, pos)
+                // Session rows are only meaningful to the session aggregate
+                // that merges them.
+                let sessions = a
+                    .group_expr
+                    .iter()
+                    .any(|g| session_column(g, &a.input).is_some());
+                if sessions {
+                    self.session_rows_wanted.fetch_add(1, Ordering::Relaxed);
+                }
+                let input = Box::pin(self.plan_stream(&a.input, graph, pos)).await;
+                if sessions {
+                    self.session_rows_wanted.fetch_sub(1, Ordering::Relaxed);
+                }
+                self.plan_aggregate(a, input?, graph, pos)
             }
             LogicalPlan::Union(u) => {
                 let mut inputs = Vec::new();
@@ -219,6 +232,11 @@ impl Planner {
         graph: &mut JobGraph,
         pos: &SourcePos,
     ) -> Result<Stream> {
+        if self.session_rows_wanted.load(Ordering::Relaxed) == 0 {
+            return Err(pos.error(
+                "session(…) windows are computed by an aggregate: GROUP BY <key columns>, window_start, window_end",
+            ));
+        }
         let mut inner = a.input.as_ref();
         while matches!(inner, LogicalPlan::Projection(_) | LogicalPlan::Window(_)) {
             inner = inner.inputs()[0];

@@ -24,6 +24,9 @@ pub(crate) struct KeyTable {
     groups: Box<dyn GroupValues>,
     rows: Rows,
     converter: RowConverter,
+    /// With no key columns (a global aggregate) every row is in group 0,
+    /// which exists once a row has come.
+    global: Option<usize>,
 }
 
 impl KeyTable {
@@ -37,23 +40,35 @@ impl KeyTable {
                 .map(|f| SortField::new(f.data_type().clone()))
                 .collect(),
         )?;
+        let global = schema.fields().is_empty().then_some(0);
         Ok(KeyTable {
             groups: new_group_values(schema.clone(), &GroupOrdering::None).map_err(err)?,
             rows: converter.empty_rows(0, 0),
             converter,
             schema,
+            global,
         })
     }
 
     /// Number of keys.
     pub(crate) fn len(&self) -> usize {
-        self.groups.len()
+        self.global.unwrap_or_else(|| self.groups.len())
     }
 
     /// The id of each row's key in `ids`; new keys get the next ids.
-    pub(crate) fn intern(&mut self, keys: &[ArrayRef], ids: &mut Vec<usize>) -> Result<()> {
-        let before = self.groups.len();
+    pub(crate) fn intern(
+        &mut self,
+        keys: &[ArrayRef],
+        rows: usize,
+        ids: &mut Vec<usize>,
+    ) -> Result<()> {
         ids.clear();
+        if let Some(count) = &mut self.global {
+            ids.resize(rows, 0);
+            *count = (*count).max(usize::from(rows > 0));
+            return Ok(());
+        }
+        let before = self.groups.len();
         self.groups.intern(keys, ids).map_err(err)?;
         let total = self.groups.len();
         if total > before {
@@ -75,11 +90,18 @@ impl KeyTable {
 
     /// The key columns of `ids`, in that order.
     pub(crate) fn emit(&self, ids: impl Iterator<Item = usize>) -> Result<Vec<ArrayRef>> {
+        if self.global.is_some() {
+            return Ok(Vec::new());
+        }
         Ok(self.converter.convert_rows(ids.map(|g| self.rows.row(g)))?)
     }
 
     /// Keeps only the keys `keep` (ascending ids), which become ids `0..`.
     pub(crate) fn retain(&mut self, keep: &[usize]) -> Result<()> {
+        if let Some(count) = &mut self.global {
+            *count = keep.len().min(1);
+            return Ok(());
+        }
         let keys = self.emit(keep.iter().copied())?;
         let mut groups =
             new_group_values(self.schema.clone(), &GroupOrdering::None).map_err(err)?;

@@ -285,7 +285,7 @@ impl Operator for SessionAggregate {
             .map(|&c| batch.column(c).clone())
             .collect();
         let mut ids = Vec::with_capacity(rows);
-        self.keys.intern(&key_arrays, &mut ids)?;
+        self.keys.intern(&key_arrays, rows, &mut ids)?;
         self.sessions.resize_with(self.keys.len(), BTreeMap::new);
         // Rows by key and start; late rows (their own session already
         // closed by the watermark) are dropped and counted.

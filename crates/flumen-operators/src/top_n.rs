@@ -512,7 +512,16 @@ impl Operator for TopN {
             .iter()
             .map(|&c| batch.column(c).clone())
             .collect();
-        let partition_keys = self.partition_converter.convert_columns(&partition_cols)?;
+        // Without PARTITION BY every row is in the one partition, keyed by
+        // no bytes (arrow-row encodes no columns as no rows).
+        let partition_keys = (!partition_cols.is_empty())
+            .then(|| self.partition_converter.convert_columns(&partition_cols))
+            .transpose()?;
+        let pkey_of = |row: usize| -> &[u8] {
+            partition_keys
+                .as_ref()
+                .map_or(&[], |keys| keys.row(row).data())
+        };
         let order_keys = self.order_converter.convert_columns(&order_cols)?;
         let window_ends: Option<Vec<Option<i64>>> = match self.window {
             Some(w) => {
@@ -548,10 +557,10 @@ impl Operator for TopN {
                     }
                 }
             }
-            let pkey = partition_keys.row(row);
+            let pkey = pkey_of(row);
             let rejected = self
                 .partitions
-                .get(pkey.as_ref())
+                .get(pkey)
                 .is_some_and(|p| self.rejects(&p.entries, order_keys.row(row).as_ref()));
             if !rejected {
                 candidates.push(row as u32);
@@ -576,14 +585,14 @@ impl Operator for TopN {
         let mut evicted = Vec::new();
         let mut refs = 0;
         for (i, &row) in candidates.iter().enumerate() {
-            let pkey = partition_keys.row(row as usize);
+            let pkey = pkey_of(row as usize);
             let key = order_keys.row(row as usize);
-            if !self.partitions.contains_key(pkey.as_ref()) {
+            if !self.partitions.contains_key(pkey) {
                 let end = window_ends
                     .as_ref()
                     .and_then(|e| e[row as usize])
                     .unwrap_or(i64::MAX);
-                let boxed: Box<[u8]> = pkey.as_ref().into();
+                let boxed: Box<[u8]> = pkey.into();
                 self.partition_key_bytes += boxed.len() + PARTITION_OVERHEAD;
                 if self.window.is_some() {
                     self.closing.entry(end).or_default().push(boxed.clone());
@@ -596,13 +605,13 @@ impl Operator for TopN {
                     },
                 );
             }
-            let partition = self.partitions.get(pkey.as_ref()).expect("inserted above");
+            let partition = self.partitions.get(pkey).expect("inserted above");
             if self.rejects(&partition.entries, key.as_ref()) {
                 continue;
             }
-            if self.window.is_none() && !before.contains_key(pkey.as_ref()) {
+            if self.window.is_none() && !before.contains_key(pkey) {
                 let snapshot = self.numbered(&partition.entries);
-                let boxed: Box<[u8]> = pkey.as_ref().into();
+                let boxed: Box<[u8]> = pkey.into();
                 before.insert(boxed.clone(), snapshot);
                 touched.push(boxed);
             }
@@ -611,7 +620,7 @@ impl Operator for TopN {
             let mut entries = std::mem::take(
                 &mut self
                     .partitions
-                    .get_mut(pkey.as_ref())
+                    .get_mut(pkey)
                     .expect("inserted above")
                     .entries,
             );
@@ -628,10 +637,7 @@ impl Operator for TopN {
             refs += 1;
             self.live_entries += 1;
             evicted.extend(self.trim(&mut entries));
-            let partition = self
-                .partitions
-                .get_mut(pkey.as_ref())
-                .expect("inserted above");
+            let partition = self.partitions.get_mut(pkey).expect("inserted above");
             partition.entries = entries;
             partition.touched_at = self.watermark;
         }

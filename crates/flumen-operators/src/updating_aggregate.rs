@@ -212,7 +212,7 @@ impl Operator for UpdatingAggregate {
             .collect();
         let before = self.keys.len();
         let mut ids = Vec::with_capacity(rows);
-        self.keys.intern(&key_arrays, &mut ids)?;
+        self.keys.intern(&key_arrays, rows, &mut ids)?;
         for _ in before..self.keys.len() {
             for a in 0..self.aggregates.len() {
                 let acc = self.new_accumulator(a)?;

@@ -119,6 +119,21 @@ fn expansion(function: &str, args: &[FunctionArg]) -> Result<String, String> {
     };
     let ts = quoted(&time);
     let a = exprs[2].to_string();
+    if function == "hop" || function == "cumulate" {
+        let (step, size) = (interval_nanos(exprs[2]), interval_nanos(exprs[3]));
+        let Some((step, size)) = step.zip(size) else {
+            return Err(format!(
+                "{function}'s intervals must be constants such as INTERVAL '2' SECOND"
+            ));
+        };
+        if size % step != 0 {
+            return Err(format!(
+                "{function}'s size ({}) must be a whole number of its {} ({a})",
+                exprs[3],
+                if function == "hop" { "slide" } else { "step" }
+            ));
+        }
+    }
     Ok(match function {
         "tumble" => format!(
             "SELECT *, date_bin({a}, {ts}) AS window_start, date_bin({a}, {ts}) + {a} AS window_end FROM {table}"

@@ -324,3 +324,18 @@ async fn session_rows_outside_a_session_aggregate_are_refused() {
         ],
     );
 }
+
+#[tokio::test]
+async fn a_hop_whose_size_is_not_a_whole_number_of_slides_is_a_plan_error() {
+    let msg = error_of(&format!(
+        "{BID}SELECT auction, count(*) FROM hop(bid, descriptor(date_time), INTERVAL '3' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start, window_end;"
+    ))
+    .await;
+    assert_contains(
+        &msg,
+        &[
+            "job.sql:2:1:",
+            "hop's size (INTERVAL '10' SECOND) must be a whole number of its slide",
+        ],
+    );
+}

@@ -431,6 +431,27 @@ impl Operator for WindowAggregate {
         Ok(Some(watermark))
     }
 
+    fn timer_interval(&self) -> Option<std::time::Duration> {
+        self.processing_time
+            .then_some(std::time::Duration::from_millis(100))
+    }
+
+    /// Processing-time windows close by the wall clock even when no row or
+    /// watermark arrives.
+    fn on_timer(&mut self, out: &mut Vec<RecordBatch>) -> Result<()> {
+        self.watermark = self
+            .watermark
+            .max(wall_clock_ns() - PROCESSING_TIME_DELAY_NS);
+        while let Some(entry) = self.windows.first_entry() {
+            if entry.key().saturating_add(self.size_ns) > self.watermark {
+                break;
+            }
+            let window = entry.remove();
+            out.push(self.emit(window)?);
+        }
+        Ok(())
+    }
+
     fn finish(&mut self, out: &mut Vec<RecordBatch>) -> Result<()> {
         if self.allowed_lateness_ns > 0 {
             self.fire_with_lateness(i64::MAX, out)?;

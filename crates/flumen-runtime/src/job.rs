@@ -187,12 +187,25 @@ fn build_task(
             Tail::Exchanges(exchanges)
         }
     };
+    let timer = match &head {
+        Head::Inputs(_) => operators
+            .iter()
+            .filter_map(|o| o.timer_interval())
+            .min()
+            .map(|every| {
+                let mut t = tokio::time::interval(every);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            }),
+        Head::Source(_) => None,
+    };
     Ok(Task {
         head,
         operators,
         tail,
         metrics: ctx.metrics.clone(),
         stop,
+        timer,
     })
 }
 

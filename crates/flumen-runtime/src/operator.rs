@@ -65,6 +65,17 @@ pub trait Operator: Send {
     fn finish(&mut self, _out: &mut Vec<RecordBatch>) -> Result<()> {
         Ok(())
     }
+
+    /// How often the operator wants [`Operator::on_timer`] called, by the
+    /// wall clock, whether or not input arrives (processing-time windows).
+    fn timer_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// The timer fired: emit what processing time completes.
+    fn on_timer(&mut self, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Consumes the output of a job.

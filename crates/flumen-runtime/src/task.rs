@@ -44,6 +44,9 @@ pub(crate) struct Task {
     pub metrics: Arc<JobMetrics>,
     /// Set when the job is asked to stop: sources end their input early.
     pub stop: Arc<AtomicBool>,
+    /// Ticks for operators that asked for wall-clock timers (tasks with
+    /// inputs only: a source's `next` may not be interrupted).
+    pub timer: Option<tokio::time::Interval>,
 }
 
 impl Task {
@@ -87,7 +90,19 @@ impl Task {
                         Some(Message::End) | None => GateEvent::End,
                     }
                 }
-                Head::Inputs(gate) => gate.next().await?,
+                Head::Inputs(gate) => match &mut self.timer {
+                    // The gate's `next` is cancel-safe: a message is only
+                    // taken from a channel when it is handled.
+                    Some(timer) => tokio::select! {
+                        biased;
+                        event = gate.next() => event?,
+                        _ = timer.tick() => {
+                            self.on_timer().await?;
+                            continue;
+                        }
+                    },
+                    None => gate.next().await?,
+                },
             };
             match event {
                 GateEvent::Batch(input, batch) => {
@@ -141,6 +156,16 @@ impl Task {
             batches = next;
         }
         Ok(batches)
+    }
+
+    async fn on_timer(&mut self) -> Result<()> {
+        for i in 0..self.operators.len() {
+            let mut out = Vec::new();
+            self.operators[i].on_timer(&mut out)?;
+            let out = self.apply_operators(i + 1, out)?;
+            self.emit(out).await?;
+        }
+        Ok(())
     }
 
     async fn on_watermark(&mut self, wm: Watermark) -> Result<()> {

@@ -475,3 +475,57 @@ async fn an_idle_source_subtask_stops_holding_the_watermark_back() {
     assert_eq!(wms.last(), Some(&i64::MAX));
     assert!(wms.windows(2).all(|w| w[0] < w[1]), "{wms:?}");
 }
+
+/// Counts its timer calls, asking for one every 20 ms.
+struct Ticking(Arc<AtomicU64>);
+
+impl OperatorFactory for Ticking {
+    fn describe(&self) -> String {
+        "Ticking".into()
+    }
+    fn create(&self, _ctx: &TaskContext) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(TickCounter(self.0.clone())))
+    }
+}
+
+struct TickCounter(Arc<AtomicU64>);
+
+impl Operator for TickCounter {
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
+        out.push(batch);
+        Ok(())
+    }
+    fn timer_interval(&self) -> Option<Duration> {
+        Some(Duration::from_millis(20))
+    }
+    fn on_timer(&mut self, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_get_their_timer_while_no_input_arrives() {
+    let ticks = Arc::new(AtomicU64::new(0));
+    let mut g = JobGraph::new();
+    // One batch, then 400 ms (a third of the stall) of nothing before the
+    // input ends.
+    let s = g.add_node(
+        NodeKind::Source(Arc::new(Stalling {
+            fast: 1,
+            stall: Duration::from_millis(1200),
+        })),
+        1,
+    );
+    let op = g.add_node(NodeKind::Operator(Arc::new(Ticking(ticks.clone()))), 1);
+    let k = g.add_node(NodeKind::Sink(Arc::new(Collect::default())), 1);
+    g.connect(s, op, Partitioning::Rebalance);
+    g.connect(op, k, Partitioning::Forward);
+    run_job(&g, &RunOptions::default())
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    let n = ticks.load(Ordering::SeqCst);
+    assert!(n >= 5, "timer called {n} times in 400 ms of quiet");
+}

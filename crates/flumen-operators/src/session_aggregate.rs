@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
-use arrow::compute::{cast, take};
+use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
@@ -21,7 +21,7 @@ use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskCont
 use flumen_types::{FlumenError, Result, Watermark};
 
 use crate::key_table::{KeyTable, scalar_column};
-use crate::window_aggregate::{AggregateCall, filtered_arguments};
+use crate::window_aggregate::{AggregateCall, sorted_arguments};
 
 /// What one group-by column of the output is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,15 +302,7 @@ impl Operator for SessionAggregate {
         self.metrics.add_late_rows_dropped(late);
         order.sort_unstable();
         let indices = UInt32Array::from_iter_values(order.iter().map(|o| o.3));
-        let arguments: Vec<Vec<ArrayRef>> = filtered_arguments(&self.aggregates, &batch)?
-            .into_iter()
-            .map(|values| {
-                values
-                    .iter()
-                    .map(|v| take(v, &indices, None))
-                    .collect::<std::result::Result<Vec<_>, _>>()
-            })
-            .collect::<std::result::Result<_, _>>()?;
+        let arguments = sorted_arguments(&self.aggregates, &batch, &indices)?;
         let mut i = 0;
         while i < order.len() {
             let (key, start, mut end, _) = order[i];

@@ -12,7 +12,6 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, Int8Array, RecordBatch, UInt32Array};
-use arrow::compute::take;
 use arrow::datatypes::{Int8Type, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
@@ -20,7 +19,7 @@ use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskCont
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
 use crate::key_table::{KeyTable, scalar_column};
-use crate::window_aggregate::{AggregateCall, filtered_arguments};
+use crate::window_aggregate::{AggregateCall, sorted_arguments};
 
 /// Makes [`UpdatingAggregate`] operators.
 pub struct UpdatingAggregateFactory {
@@ -241,15 +240,7 @@ impl Operator for UpdatingAggregate {
             .collect();
         order.sort_unstable();
         let indices = UInt32Array::from_iter_values(order.iter().map(|o| o.2));
-        let arguments: Vec<Vec<ArrayRef>> = filtered_arguments(&self.aggregates, &batch)?
-            .into_iter()
-            .map(|values| {
-                values
-                    .iter()
-                    .map(|v| take(v, &indices, None))
-                    .collect::<std::result::Result<Vec<_>, _>>()
-            })
-            .collect::<std::result::Result<_, _>>()?;
+        let arguments = sorted_arguments(&self.aggregates, &batch, &indices)?;
         let n = self.aggregates.len();
         let mut changes = Vec::new();
         let mut start = 0;

@@ -26,12 +26,14 @@ pub struct AggregateCall {
     pub filter: Option<Arc<dyn PhysicalExpr>>,
 }
 
-/// Each aggregate's argument arrays for `batch`, with rows outside its
-/// `FILTER` turned to nulls (which COUNT, SUM, MIN, MAX and AVG skip): the
-/// input of row accumulators, which take no filter of their own.
-pub(crate) fn filtered_arguments(
+/// Each aggregate's argument arrays for the rows `order` of `batch`, in that
+/// order, with rows outside its `FILTER` turned to nulls (which COUNT, SUM,
+/// MIN, MAX and AVG skip): the input of row accumulators, which take no
+/// filter of their own, fed one slice per group.
+pub(crate) fn sorted_arguments(
     aggregates: &[AggregateCall],
     batch: &RecordBatch,
+    order: &UInt32Array,
 ) -> Result<Vec<Vec<ArrayRef>>> {
     let rows = batch.num_rows();
     aggregates
@@ -54,7 +56,10 @@ pub(crate) fn filtered_arguments(
                     *v = arrow::compute::nullif(v, &drop)?;
                 }
             }
-            Ok(values)
+            values
+                .iter()
+                .map(|v| Ok(arrow::compute::take(v, order, None)?))
+                .collect()
         })
         .collect()
 }

@@ -339,3 +339,15 @@ async fn a_hop_whose_size_is_not_a_whole_number_of_slides_is_a_plan_error() {
         ],
     );
 }
+
+#[tokio::test]
+async fn a_scalar_subquery_says_to_write_a_join() {
+    let msg = error_of(&format!(
+        "{BID}SELECT auction, price FROM bid WHERE price > (SELECT avg(price) FROM bid);"
+    ))
+    .await;
+    assert_contains(
+        &msg,
+        &["job.sql:2:1:", "subquery inside an expression", "JOIN"],
+    );
+}

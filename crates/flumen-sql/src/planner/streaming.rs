@@ -92,6 +92,7 @@ impl Planner {
                     }
                     None => Box::pin(self.plan_stream(&f.input, graph, pos)).await?,
                 };
+                no_subquery(&f.predicate, pos)?;
                 let expr = self
                     .ctx
                     .state()
@@ -192,6 +193,9 @@ impl Planner {
         graph: &mut JobGraph,
         pos: &SourcePos,
     ) -> Result<Stream> {
+        for e in &p.expr {
+            no_subquery(e, pos)?;
+        }
         let state = self.ctx.state();
         let mut exprs = p
             .expr
@@ -815,4 +819,26 @@ pub(super) fn window_call(key: &Expr, input: &LogicalPlan) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// A subquery left inside an expression (the optimizer could not turn it
+/// into a join, as with a comparison to an aggregate of the whole stream)
+/// is a plan error that says what works.
+fn no_subquery(e: &Expr, pos: &SourcePos) -> Result<()> {
+    use datafusion::common::tree_node::TreeNode;
+    let found = e
+        .exists(|e| {
+            Ok(matches!(
+                e,
+                Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)
+            ))
+        })
+        .unwrap_or(false);
+    if found {
+        return Err(pos.error(
+            "a subquery inside an expression is not supported in streaming queries; \
+             write it as a JOIN (IN / EXISTS over a table with an equality become joins)",
+        ));
+    }
+    Ok(())
 }

@@ -254,7 +254,15 @@ impl TopN {
         match self.function {
             // A tie with the last kept row comes after it in arrival order.
             RankFunction::RowNumber => key >= last.key.row().as_ref(),
-            RankFunction::Rank | RankFunction::DenseRank => key > last.key.row().as_ref(),
+            // More rows than the limit are kept only as ties, so a row
+            // worse than the last is ranked past the limit.
+            RankFunction::Rank => key > last.key.row().as_ref(),
+            // Ties do not use up dense ranks: a worse row gets in while
+            // fewer distinct values than the limit are kept.
+            RankFunction::DenseRank => {
+                let distinct = 1 + entries.windows(2).filter(|w| w[0].key != w[1].key).count();
+                distinct >= self.limit && key > last.key.row().as_ref()
+            }
         }
     }
 

@@ -470,3 +470,24 @@ async fn q12_keeps_its_invariants() {
         assert_eq!(rows(&duplicates), ["0"], "one row per bidder and window");
     }
 }
+
+/// DENSE_RANK per 10 s window: the bids at the two highest prices of each
+/// window, ties included (prices repeat: they are drawn from a small range here).
+const DENSE_TOP: &str = "
+CREATE TABLE dense_out (
+    auction BIGINT, price BIGINT, window_start TIMESTAMP(3), rk BIGINT
+) WITH (connector = 'blackhole');
+INSERT INTO dense_out
+SELECT auction, price, window_start, rk
+FROM (
+    SELECT auction, price % 7 AS price, window_start,
+           DENSE_RANK() OVER (PARTITION BY window_start ORDER BY price % 7 DESC) AS rk
+    FROM tumble(bid, descriptor(date_time), INTERVAL '10' SECOND)
+)
+WHERE rk <= 2;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dense_rank_per_window_matches_batch() {
+    check_sql("dense rank", DENSE_TOP, None).await;
+}

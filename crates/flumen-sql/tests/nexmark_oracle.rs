@@ -491,3 +491,23 @@ WHERE rk <= 2;
 async fn dense_rank_per_window_matches_batch() {
     check_sql("dense rank", DENSE_TOP, None).await;
 }
+
+/// RANK per key (an updating TopN) with many ties: every bid of an auction
+/// at its two best values of `price % 5` (ties share a rank, the next rank
+/// skips).
+const RANK_PER_KEY: &str = "
+CREATE TABLE rank_out (auction BIGINT, bidder BIGINT, v BIGINT, rk BIGINT) WITH (connector = 'blackhole');
+INSERT INTO rank_out
+SELECT auction, bidder, v, rk
+FROM (
+    SELECT auction, bidder, price % 5 AS v,
+           RANK() OVER (PARTITION BY auction ORDER BY price % 5 DESC) AS rk
+    FROM bid
+)
+WHERE rk <= 2;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rank_per_key_with_ties_matches_batch() {
+    check_sql("rank per key", RANK_PER_KEY, None).await;
+}

@@ -79,14 +79,7 @@ impl OperatorFactory for SessionAggregateFactory {
             start_column: self.start_column,
             end_column: self.end_column,
             layout: self.layout.clone(),
-            aggregates: self
-                .aggregates
-                .iter()
-                .map(|a| AggregateCall {
-                    function: a.function.clone(),
-                    filter: a.filter.clone(),
-                })
-                .collect(),
+            aggregates: self.aggregates.clone(),
             output: self.output.clone(),
             keys: KeyTable::new(key_fields)?,
             sessions: Vec::new(),

@@ -70,14 +70,7 @@ impl OperatorFactory for UpdatingAggregateFactory {
             .collect();
         Ok(Box::new(UpdatingAggregate {
             key_columns: self.key_columns.clone(),
-            aggregates: self
-                .aggregates
-                .iter()
-                .map(|a| AggregateCall {
-                    function: a.function.clone(),
-                    filter: a.filter.clone(),
-                })
-                .collect(),
+            aggregates: self.aggregates.clone(),
             op_column: self.op_column,
             state_ttl_ns: self.state_ttl_ns,
             output: self.output.clone(),

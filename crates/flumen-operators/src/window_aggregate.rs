@@ -19,6 +19,7 @@ use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskCont
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
 /// One aggregate of the query, with its `FILTER (WHERE …)` if any.
+#[derive(Clone)]
 pub struct AggregateCall {
     /// The aggregate function and its arguments.
     pub function: Arc<AggregateFunctionExpr>,
@@ -124,14 +125,7 @@ impl OperatorFactory for WindowAggregateFactory {
             key_columns: self.key_columns.clone(),
             window_key: self.window_key,
             size_ns: self.size_ns,
-            aggregates: self
-                .aggregates
-                .iter()
-                .map(|a| AggregateCall {
-                    function: a.function.clone(),
-                    filter: a.filter.clone(),
-                })
-                .collect(),
+            aggregates: self.aggregates.clone(),
             key_schema: self.key_schema.clone(),
             output: self.output.clone(),
             processing_time: self.processing_time,

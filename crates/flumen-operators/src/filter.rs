@@ -69,11 +69,7 @@ mod tests {
     use flumen_runtime::JobMetrics;
 
     fn ctx() -> TaskContext {
-        TaskContext {
-            subtask: 0,
-            parallelism: 1,
-            metrics: Arc::new(JobMetrics::default()),
-        }
+        TaskContext::new(0, 1, 128, Arc::new(JobMetrics::default()))
     }
 
     #[test]

@@ -10,15 +10,17 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int8Array, RecordBatch, UInt32Array, new_null_array,
+    Array, ArrayRef, AsArray, BooleanArray, Int8Array, Int64Array, RecordBatch, UInt32Array,
+    new_null_array,
 };
 use arrow::compute::kernels::aggregate::max;
-use arrow::compute::{cast, filter_record_batch, interleave, take};
-use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use arrow::compute::{cast, filter_record_batch, interleave, take, take_record_batch};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit, UInt32Type};
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::physical_expr::PhysicalExpr;
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
+use flumen_state::{KeyGroups, StateSnapshot};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
 /// Which rows a join keeps.
@@ -140,6 +142,7 @@ impl OperatorFactory for HashJoinFactory {
             output: self.output.clone(),
             watermark: i64::MIN,
             converter: None,
+            key_groups: ctx.key_groups,
             metrics: ctx.metrics.clone(),
             gauge: StateGauge::default(),
         }))
@@ -279,6 +282,8 @@ pub struct HashJoin {
     output: SchemaRef,
     watermark: i64,
     converter: Option<RowConverter>,
+    /// How keys map to key groups, and which this subtask owns.
+    key_groups: KeyGroups,
     metrics: Arc<JobMetrics>,
     gauge: StateGauge,
 }
@@ -593,6 +598,74 @@ impl HashJoin {
     }
 }
 
+impl HashJoin {
+    /// One side's stored rows as snapshot columns: the input's columns, how
+    /// many matches each row has had, and when its slot expires.
+    fn side_state(&self, side: usize, snapshot: &mut StateSnapshot) -> Result<()> {
+        let state = &self.sides[side];
+        let (mut hashes, mut key_groups) = (Vec::new(), Vec::new());
+        for slot in state.slots.iter().flatten() {
+            let rows = slot.batch.num_rows();
+            let keys: Vec<ArrayRef> = state
+                .spec
+                .keys
+                .iter()
+                .map(|&c| slot.batch.column(c).clone())
+                .collect();
+            self.key_groups
+                .assign(&keys, rows, &mut hashes, &mut key_groups)?;
+            let matched = if slot.matched.is_empty() {
+                vec![0; rows]
+            } else {
+                slot.matched.clone()
+            };
+            let mut columns = slot.batch.columns().to_vec();
+            columns.push(Arc::new(UInt32Array::from(matched)));
+            columns.push(Arc::new(Int64Array::from(vec![slot.expires_at; rows])));
+            snapshot.add_columns(side, columns, &key_groups)?;
+        }
+        Ok(())
+    }
+
+    /// Stores the snapshot rows of one side again, one slot per expiry time.
+    fn restore_side(&mut self, side: usize, rows: &RecordBatch) -> Result<()> {
+        let width = rows.num_columns() - 2;
+        let expiry = rows.column(width + 1).as_primitive::<Int64Type>().clone();
+        let mut by_expiry: std::collections::BTreeMap<i64, Vec<u32>> = Default::default();
+        for (row, &at) in expiry.values().iter().enumerate() {
+            by_expiry.entry(at).or_default().push(row as u32);
+        }
+        for (expires_at, picked) in by_expiry {
+            let part = take_record_batch(rows, &UInt32Array::from(picked))?;
+            let batch = part.project(&(0..width).collect::<Vec<_>>())?;
+            let keys: Vec<ArrayRef> = self.sides[side]
+                .spec
+                .keys
+                .iter()
+                .map(|&c| batch.column(c).clone())
+                .collect();
+            let key_rows = self.key_rows(&keys)?;
+            let hashes = Self::hashes(&keys, batch.num_rows())?;
+            let matched = if self.kind == JoinKind::Inner || side == 1 {
+                Vec::new()
+            } else {
+                part.column(width)
+                    .as_primitive::<UInt32Type>()
+                    .values()
+                    .to_vec()
+            };
+            self.sides[side].store(Slot {
+                batch,
+                keys: key_rows,
+                hashes,
+                matched,
+                expires_at,
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Operator for HashJoin {
     fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
         self.process(0, batch, out)
@@ -632,6 +705,24 @@ impl Operator for HashJoin {
     fn finish(&mut self, _out: &mut Vec<RecordBatch>) -> Result<()> {
         for side in &mut self.sides {
             side.clear();
+        }
+        self.report_state();
+        Ok(())
+    }
+
+    fn snapshot_state(&mut self) -> Result<StateSnapshot> {
+        let mut snapshot = StateSnapshot::default();
+        for side in 0..2 {
+            self.side_state(side, &mut snapshot)?;
+        }
+        Ok(snapshot)
+    }
+
+    fn restore_state(&mut self, snapshot: &StateSnapshot) -> Result<()> {
+        for side in 0..2 {
+            if let Some(rows) = snapshot.rows(side, self.key_groups.range)? {
+                self.restore_side(side, &rows)?;
+            }
         }
         self.report_state();
         Ok(())

@@ -3,9 +3,9 @@
 
 #![warn(missing_docs)]
 
+mod columns;
 mod filter;
 mod join;
-mod key_table;
 mod projection;
 mod session_aggregate;
 mod top_n;

@@ -92,11 +92,7 @@ mod tests {
         let factory =
             ProjectionFactory::new(vec![euros, col("price", &input).unwrap()], output.clone());
         assert!(factory.describe().contains("AS euros"));
-        let ctx = TaskContext {
-            subtask: 0,
-            parallelism: 1,
-            metrics: Arc::new(JobMetrics::default()),
-        };
+        let ctx = TaskContext::new(0, 1, 128, Arc::new(JobMetrics::default()));
         let mut op = factory.create(&ctx).unwrap();
         let mut out = Vec::new();
         op.process_batch(batch, &mut out).unwrap();

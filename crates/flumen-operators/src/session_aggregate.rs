@@ -14,13 +14,14 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
+use flumen_state::{KeyGroupRange, KeyedTable, StateSnapshot};
 use flumen_types::{FlumenError, Result, Watermark};
 
-use crate::key_table::{KeyTable, scalar_column};
+use crate::columns::{merge_state, scalar_column, state_fields, take_states};
 use crate::window_aggregate::{AggregateCall, sorted_arguments};
 
 /// What one group-by column of the output is.
@@ -81,7 +82,8 @@ impl OperatorFactory for SessionAggregateFactory {
             layout: self.layout.clone(),
             aggregates: self.aggregates.clone(),
             output: self.output.clone(),
-            keys: KeyTable::new(key_fields)?,
+            keys: KeyedTable::new(key_fields, ctx.key_groups)?,
+            owned: ctx.key_groups.range,
             sessions: Vec::new(),
             closing: BTreeMap::new(),
             watermark: i64::MIN,
@@ -111,7 +113,9 @@ pub struct SessionAggregate {
     aggregates: Vec<AggregateCall>,
     output: SchemaRef,
     /// The keys, by key id.
-    keys: KeyTable,
+    keys: KeyedTable,
+    /// The key groups this subtask owns.
+    owned: KeyGroupRange,
     /// Per key id: open sessions by start (ns); disjoint.
     sessions: Vec<BTreeMap<i64, Session>>,
     /// Session ends (ns) to the (key, start) of sessions that may end then;
@@ -132,12 +136,22 @@ fn nanos(column: &ArrayRef) -> Result<Vec<Option<i64>>> {
     Ok(ns.as_primitive::<Int64Type>().iter().collect())
 }
 
+fn new_accumulator(aggregates: &[AggregateCall], a: usize) -> Result<Box<dyn Accumulator>> {
+    aggregates[a].function.create_accumulator().map_err(err)
+}
+
 impl SessionAggregate {
     fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
-        self.aggregates
-            .iter()
-            .map(|a| a.function.create_accumulator().map_err(err))
+        (0..self.aggregates.len())
+            .map(|a| new_accumulator(&self.aggregates, a))
             .collect()
+    }
+
+    /// Opens session `[start, end)` of key `key`.
+    fn open(&mut self, key: usize, start: i64, end: i64, accumulators: Vec<Box<dyn Accumulator>>) {
+        self.open_sessions += 1;
+        self.sessions[key].insert(start, Session { end, accumulators });
+        self.closing.entry(end).or_default().push((key, start));
     }
 
     /// Folds `from`'s state into `into`.
@@ -195,18 +209,7 @@ impl SessionAggregate {
                 .collect();
             acc.update_batch(&part).map_err(err)?;
         }
-        self.open_sessions += 1;
-        self.sessions[key].insert(
-            new_start,
-            Session {
-                end: new_end,
-                accumulators,
-            },
-        );
-        self.closing
-            .entry(new_end)
-            .or_default()
-            .push((key, new_start));
+        self.open(key, new_start, new_end, accumulators);
         Ok(())
     }
 
@@ -326,6 +329,70 @@ impl Operator for SessionAggregate {
     fn finish(&mut self, out: &mut Vec<RecordBatch>) -> Result<()> {
         self.close(i64::MAX, out)?;
         self.metrics.report_state(&mut self.gauge, 0);
+        Ok(())
+    }
+
+    fn snapshot_state(&mut self) -> Result<StateSnapshot> {
+        let mut snapshot = StateSnapshot::default();
+        if self.open_sessions == 0 {
+            return Ok(snapshot);
+        }
+        let layout = state_fields(&self.aggregates)?;
+        let (mut ids, mut starts, mut ends, mut key_groups) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut entries = Vec::with_capacity(self.open_sessions);
+        for (key, sessions) in self.sessions.iter_mut().enumerate() {
+            for (&start, session) in sessions.iter_mut() {
+                ids.push(key);
+                starts.push(start);
+                ends.push(session.end);
+                key_groups.push(self.keys.key_group(key));
+                entries.push(session.accumulators.as_mut_slice());
+            }
+        }
+        let aggregates = &self.aggregates;
+        let states = take_states(entries.into_iter(), &layout, |a| {
+            new_accumulator(aggregates, a)
+        })?;
+        let mut columns = self.keys.emit(ids.into_iter())?;
+        let mut fields: Vec<Field> = self
+            .key_columns
+            .iter()
+            .zip(&columns)
+            .enumerate()
+            .map(|(i, (_, c))| Field::new(format!("_key{i}"), c.data_type().clone(), true))
+            .collect();
+        fields.push(Field::new("_start", DataType::Int64, false));
+        fields.push(Field::new("_end", DataType::Int64, false));
+        fields.extend(layout.0.iter().cloned());
+        columns.push(Arc::new(Int64Array::from(starts)));
+        columns.push(Arc::new(Int64Array::from(ends)));
+        columns.extend(states);
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+        snapshot.add(0, &batch, &key_groups)?;
+        Ok(snapshot)
+    }
+
+    fn restore_state(&mut self, snapshot: &StateSnapshot) -> Result<()> {
+        let Some(batch) = snapshot.rows(0, self.owned)? else {
+            return Ok(());
+        };
+        let (k, rows) = (self.key_columns.len(), batch.num_rows());
+        let (_, state_starts) = state_fields(&self.aggregates)?;
+        let mut ids = Vec::with_capacity(rows);
+        self.keys.intern(&batch.columns()[..k], rows, &mut ids)?;
+        self.sessions.resize_with(self.keys.len(), BTreeMap::new);
+        let starts = batch.column(k).as_primitive::<Int64Type>().clone();
+        let ends = batch.column(k + 1).as_primitive::<Int64Type>().clone();
+        let states = &batch.columns()[k + 2..];
+        for (row, &key) in ids.iter().enumerate() {
+            let mut accumulators = self.new_accumulators()?;
+            for (a, acc) in accumulators.iter_mut().enumerate() {
+                let columns = &states[state_starts[a]..state_starts[a + 1]];
+                merge_state(acc.as_mut(), columns, row)?;
+            }
+            self.open(key, starts.value(row), ends.value(row), accumulators);
+        }
         Ok(())
     }
 }

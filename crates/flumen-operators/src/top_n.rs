@@ -15,11 +15,15 @@ use std::collections::BTreeMap;
 use datafusion::common::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Int8Array, RecordBatch, UInt32Array, UInt64Array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, Int8Array, Int64Array, RecordBatch, UInt32Array,
+    UInt64Array,
+};
 use arrow::compute::{SortOptions, cast, interleave, take};
-use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit, UInt64Type};
 use arrow::row::{OwnedRow, RowConverter, SortField};
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
+use flumen_state::{KeyGroup, KeyGroups, StateSnapshot};
 use flumen_types::{DEFAULT_BATCH_SIZE, Result, RowOp, Watermark};
 
 /// How rows are numbered within a partition.
@@ -132,6 +136,7 @@ impl OperatorFactory for TopNFactory {
             live_entries: 0,
             retained_bytes: 0,
             partition_key_bytes: 0,
+            key_groups: ctx.key_groups,
             metrics: ctx.metrics.clone(),
             gauge: StateGauge::default(),
         }))
@@ -191,6 +196,8 @@ pub struct TopN {
     retained_bytes: usize,
     /// Bytes of the partition keys and their map entries.
     partition_key_bytes: usize,
+    /// How partition keys map to key groups, and which this subtask owns.
+    key_groups: KeyGroups,
     metrics: Arc<JobMetrics>,
     gauge: StateGauge,
 }
@@ -471,6 +478,22 @@ impl TopN {
         }
     }
 
+    /// Adds an empty partition `pkey`, closing at `end` when windowed.
+    fn open_partition(&mut self, pkey: &[u8], end: i64) {
+        let boxed: Box<[u8]> = pkey.into();
+        self.partition_key_bytes += boxed.len() + PARTITION_OVERHEAD;
+        if self.window.is_some() {
+            self.closing.entry(end).or_default().push(boxed.clone());
+        }
+        self.partitions.insert(
+            boxed,
+            Partition {
+                entries: Vec::new(),
+                touched_at: self.watermark,
+            },
+        );
+    }
+
     fn close_windows(&mut self, upto: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
         while let Some(entry) = self.closing.first_entry() {
             if *entry.key() > upto {
@@ -501,6 +524,56 @@ impl TopN {
             self.release(released);
         }
         Ok(())
+    }
+}
+
+impl TopN {
+    /// The kept rows of every partition as snapshot columns: the row's
+    /// values, its partition and order keys (`arrow-row` bytes), its
+    /// arrival id, its partition's last update and window end.
+    fn kept_rows(&self) -> Result<(Vec<ArrayRef>, Vec<KeyGroup>)> {
+        let mut ends: HashMap<&[u8], i64> = HashMap::new();
+        for (&end, keys) in &self.closing {
+            for key in keys {
+                ends.insert(key, end);
+            }
+        }
+        let mut rows = Vec::with_capacity(self.live_entries);
+        let (mut partition, mut order, mut ids, mut touched, mut end) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (pkey, p) in &self.partitions {
+            for e in &p.entries {
+                rows.push(OutRow {
+                    slot: e.slot,
+                    row: e.row,
+                    rank: 0,
+                    op: RowOp::Insert,
+                });
+                partition.push(pkey.as_ref());
+                order.push(e.key.row().data().to_vec());
+                ids.push(e.id);
+                touched.push(p.touched_at);
+                end.push(ends.get(pkey.as_ref()).copied().unwrap_or(i64::MAX));
+            }
+        }
+        let values = self.emit(&rows)?;
+        let mut columns = values.columns()[..self.width].to_vec();
+        let partition_columns = if self.partition_columns.is_empty() {
+            Vec::new()
+        } else {
+            let parser = self.partition_converter.parser();
+            self.partition_converter
+                .convert_rows(partition.iter().map(|k| parser.parse(k)))?
+        };
+        let (mut hashes, mut key_groups) = (Vec::new(), Vec::new());
+        self.key_groups
+            .assign(&partition_columns, rows.len(), &mut hashes, &mut key_groups)?;
+        columns.push(Arc::new(BinaryArray::from_iter_values(partition)));
+        columns.push(Arc::new(BinaryArray::from_iter_values(order)));
+        columns.push(Arc::new(UInt64Array::from(ids)));
+        columns.push(Arc::new(Int64Array::from(touched)));
+        columns.push(Arc::new(Int64Array::from(end)));
+        Ok((columns, key_groups))
     }
 }
 
@@ -600,18 +673,7 @@ impl Operator for TopN {
                     .as_ref()
                     .and_then(|e| e[row as usize])
                     .unwrap_or(i64::MAX);
-                let boxed: Box<[u8]> = pkey.into();
-                self.partition_key_bytes += boxed.len() + PARTITION_OVERHEAD;
-                if self.window.is_some() {
-                    self.closing.entry(end).or_default().push(boxed.clone());
-                }
-                self.partitions.insert(
-                    boxed,
-                    Partition {
-                        entries: Vec::new(),
-                        touched_at: self.watermark,
-                    },
-                );
+                self.open_partition(pkey, end);
             }
             let partition = self.partitions.get(pkey).expect("inserted above");
             if self.rejects(&partition.entries, key.as_ref()) {
@@ -699,6 +761,59 @@ impl Operator for TopN {
         self.metrics.report_state(&mut self.gauge, 0);
         Ok(())
     }
+
+    fn snapshot_state(&mut self) -> Result<StateSnapshot> {
+        let mut snapshot = StateSnapshot::default();
+        if self.live_entries > 0 {
+            let (columns, key_groups) = self.kept_rows()?;
+            snapshot.add_columns(0, columns, &key_groups)?;
+        }
+        Ok(snapshot)
+    }
+
+    fn restore_state(&mut self, snapshot: &StateSnapshot) -> Result<()> {
+        let Some(rows) = snapshot.rows(0, self.key_groups.range)? else {
+            return Ok(());
+        };
+        let w = self.width;
+        let schema = Arc::new(arrow::datatypes::Schema::new(
+            self.output.fields()[..w].to_vec(),
+        ));
+        let values = RecordBatch::try_new(schema, rows.columns()[..w].to_vec())?;
+        let partition = rows.column(w).as_binary::<i32>();
+        let order = rows.column(w + 1).as_binary::<i32>();
+        let ids = rows.column(w + 2).as_primitive::<UInt64Type>();
+        let touched = rows.column(w + 3).as_primitive::<Int64Type>();
+        let ends = rows.column(w + 4).as_primitive::<Int64Type>();
+        let slot = self.store_slot(values);
+        let parser = self.order_converter.parser();
+        for row in 0..rows.num_rows() {
+            let pkey = partition.value(row);
+            if !self.partitions.contains_key(pkey) {
+                self.open_partition(pkey, ends.value(row));
+            }
+            let id = ids.value(row);
+            self.next_id = self.next_id.max(id + 1);
+            let p = self.partitions.get_mut(pkey).expect("opened above");
+            p.entries.push(Entry {
+                key: parser.parse(order.value(row)).owned(),
+                slot,
+                row: row as u32,
+                id,
+            });
+            p.touched_at = touched.value(row);
+        }
+        for p in self.partitions.values_mut() {
+            p.entries
+                .sort_by(|a, b| (a.key.row(), a.id).cmp(&(b.key.row(), b.id)));
+        }
+        self.live_entries += rows.num_rows();
+        self.slots[slot as usize]
+            .as_mut()
+            .expect("stored above")
+            .refs = rows.num_rows();
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -757,6 +872,7 @@ mod tests {
             live_entries: 0,
             retained_bytes: 0,
             partition_key_bytes: 0,
+            key_groups: KeyGroups::of_subtask(0, 1, 128),
             metrics: Arc::new(JobMetrics::default()),
             gauge: StateGauge::default(),
         };

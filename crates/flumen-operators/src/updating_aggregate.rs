@@ -11,14 +11,15 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, Int8Array, RecordBatch, UInt32Array};
-use arrow::datatypes::{Int8Type, SchemaRef};
+use arrow::array::{ArrayRef, AsArray, Int8Array, Int64Array, RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, Field, Int8Type, Int64Type, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
+use flumen_state::{KeyGroupRange, KeyedTable, StateSnapshot};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
-use crate::key_table::{KeyTable, scalar_column};
+use crate::columns::{merge_state, scalar_column, state_fields, take_states};
 use crate::window_aggregate::{AggregateCall, sorted_arguments};
 
 /// Makes [`UpdatingAggregate`] operators.
@@ -74,7 +75,8 @@ impl OperatorFactory for UpdatingAggregateFactory {
             op_column: self.op_column,
             state_ttl_ns: self.state_ttl_ns,
             output: self.output.clone(),
-            keys: KeyTable::new(key_fields)?,
+            keys: KeyedTable::new(key_fields, ctx.key_groups)?,
+            owned: ctx.key_groups.range,
             accumulators: Vec::new(),
             counts: Vec::new(),
             touched_at: Vec::new(),
@@ -99,7 +101,9 @@ pub struct UpdatingAggregate {
     state_ttl_ns: Option<i64>,
     output: SchemaRef,
     /// The groups' keys, by group id.
-    keys: KeyTable,
+    keys: KeyedTable,
+    /// The key groups this subtask owns.
+    owned: KeyGroupRange,
     /// `accumulators[group * aggregates.len() + a]`.
     accumulators: Vec<Box<dyn Accumulator>>,
     /// Rows currently counted in each group.
@@ -123,15 +127,54 @@ struct Change {
     values: Vec<ScalarValue>,
 }
 
+/// A fresh accumulator of aggregate `a`; a retracting one over an updating
+/// input.
+fn new_accumulator(
+    aggregates: &[AggregateCall],
+    updating_input: bool,
+    a: usize,
+) -> Result<Box<dyn Accumulator>> {
+    let f = &aggregates[a].function;
+    let acc = if updating_input {
+        f.create_sliding_accumulator()
+    } else {
+        f.create_accumulator()
+    };
+    acc.map_err(err)
+}
+
 impl UpdatingAggregate {
     fn new_accumulator(&self, a: usize) -> Result<Box<dyn Accumulator>> {
-        let f = &self.aggregates[a].function;
-        let acc = if self.op_column.is_some() {
-            f.create_sliding_accumulator()
-        } else {
-            f.create_accumulator()
-        };
-        acc.map_err(err)
+        new_accumulator(&self.aggregates, self.op_column.is_some(), a)
+    }
+
+    /// The layout of a snapshot row: keys, accumulator states, row count,
+    /// last update.
+    fn snapshot_schema(&self, state: &[Field]) -> SchemaRef {
+        let keys = &self.output.fields()[..self.key_columns.len()];
+        let fields: Vec<Field> = keys
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .chain(state.iter().cloned())
+            .chain([
+                Field::new("_count", DataType::Int64, false),
+                Field::new("_touched_at", DataType::Int64, false),
+            ])
+            .collect();
+        Arc::new(Schema::new(fields))
+    }
+
+    /// A group for every new id up to `groups`.
+    fn add_groups(&mut self, groups: usize, touched_at: i64) -> Result<()> {
+        while self.counts.len() < groups {
+            for a in 0..self.aggregates.len() {
+                let acc = self.new_accumulator(a)?;
+                self.accumulators.push(acc);
+            }
+            self.counts.push(0);
+            self.touched_at.push(touched_at);
+        }
+        Ok(())
     }
 
     fn values(&mut self, group: usize) -> Result<Vec<ScalarValue>> {
@@ -202,17 +245,9 @@ impl Operator for UpdatingAggregate {
             .iter()
             .map(|&c| batch.column(c).clone())
             .collect();
-        let before = self.keys.len();
         let mut ids = Vec::with_capacity(rows);
         self.keys.intern(&key_arrays, rows, &mut ids)?;
-        for _ in before..self.keys.len() {
-            for a in 0..self.aggregates.len() {
-                let acc = self.new_accumulator(a)?;
-                self.accumulators.push(acc);
-            }
-            self.counts.push(0);
-            self.touched_at.push(self.watermark);
-        }
+        self.add_groups(self.keys.len(), self.watermark)?;
         // Sort rows by group, additions before retractions within a group.
         let retract: Option<Vec<bool>> = self.op_column.map(|c| {
             batch
@@ -325,5 +360,55 @@ impl Operator for UpdatingAggregate {
             self.metrics.report_state(&mut self.gauge, bytes);
         }
         Ok(Some(watermark))
+    }
+
+    fn snapshot_state(&mut self) -> Result<StateSnapshot> {
+        let mut snapshot = StateSnapshot::default();
+        let groups = self.counts.len();
+        if groups == 0 {
+            return Ok(snapshot);
+        }
+        let layout = state_fields(&self.aggregates)?;
+        let schema = self.snapshot_schema(&layout.0);
+        let mut columns = self.keys.emit(0..groups)?;
+        let n = self.aggregates.len().max(1);
+        let (aggregates, updating) = (&self.aggregates, self.op_column.is_some());
+        columns.extend(take_states(
+            self.accumulators.chunks_mut(n),
+            &layout,
+            |a| new_accumulator(aggregates, updating, a),
+        )?);
+        columns.push(Arc::new(Int64Array::from(self.counts.clone())));
+        columns.push(Arc::new(Int64Array::from(self.touched_at.clone())));
+        let batch = RecordBatch::try_new(schema, columns)?;
+        snapshot.add(0, &batch, self.keys.key_groups())?;
+        Ok(snapshot)
+    }
+
+    fn restore_state(&mut self, snapshot: &StateSnapshot) -> Result<()> {
+        let Some(batch) = snapshot.rows(0, self.owned)? else {
+            return Ok(());
+        };
+        let (k, rows) = (self.key_columns.len(), batch.num_rows());
+        let (_, starts) = state_fields(&self.aggregates)?;
+        let mut ids = Vec::with_capacity(rows);
+        self.keys.intern(&batch.columns()[..k], rows, &mut ids)?;
+        self.add_groups(self.keys.len(), i64::MIN)?;
+        let count = batch
+            .column(batch.num_columns() - 2)
+            .as_primitive::<Int64Type>();
+        let touched = batch
+            .column(batch.num_columns() - 1)
+            .as_primitive::<Int64Type>();
+        let n = self.aggregates.len();
+        for (row, &group) in ids.iter().enumerate() {
+            for a in 0..n {
+                let columns = &batch.columns()[k + starts[a]..k + starts[a + 1]];
+                merge_state(self.accumulators[group * n + a].as_mut(), columns, row)?;
+            }
+            self.counts[group] += count.value(row);
+            self.touched_at[group] = self.touched_at[group].max(touched.value(row));
+        }
+        Ok(())
     }
 }

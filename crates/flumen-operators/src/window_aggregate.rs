@@ -7,8 +7,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, Int8Array, RecordBatch, UInt32Array};
-use arrow::compute::{cast, take_record_batch};
+use arrow::array::{
+    ArrayRef, AsArray, BooleanArray, Int8Array, Int64Array, RecordBatch, UInt32Array,
+    new_null_array,
+};
+use arrow::compute::{cast, concat, take_record_batch};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
@@ -16,7 +19,10 @@ use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
+use flumen_state::{KeyGroups, StateSnapshot};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
+
+use crate::columns::state_fields;
 
 /// One aggregate of the query, with its `FILTER (WHERE …)` if any.
 #[derive(Clone)]
@@ -131,6 +137,7 @@ impl OperatorFactory for WindowAggregateFactory {
             processing_time: self.processing_time,
             allowed_lateness_ns: self.allowed_lateness_ns,
             windows: BTreeMap::new(),
+            key_groups: ctx.key_groups,
             watermark: i64::MIN,
             metrics: ctx.metrics.clone(),
             gauge: StateGauge::default(),
@@ -159,6 +166,8 @@ pub struct WindowAggregate {
     allowed_lateness_ns: i64,
     /// Open windows by start (nanoseconds).
     windows: BTreeMap<i64, Window>,
+    /// How keys map to key groups, and which this subtask owns.
+    key_groups: KeyGroups,
     watermark: i64,
     metrics: Arc<JobMetrics>,
     gauge: StateGauge,
@@ -237,7 +246,7 @@ impl WindowAggregate {
     /// The window's current result (keys and aggregates), leaving its state
     /// as it was: each accumulator's state is read out, merged into a fresh
     /// accumulator that takes its place, and into another that evaluates.
-    fn snapshot(&self, window: &mut Window) -> Result<RecordBatch> {
+    fn result(&self, window: &mut Window) -> Result<RecordBatch> {
         let keys = window.groups.emit(EmitTo::All).map_err(df)?;
         let n = keys.first().map_or(0, |k| k.len());
         let mut ids = Vec::with_capacity(n);
@@ -319,7 +328,7 @@ impl WindowAggregate {
             .collect();
         for start in closed {
             let mut window = self.windows.remove(&start).expect("listed above");
-            let result = self.snapshot(&mut window)?;
+            let result = self.result(&mut window)?;
             let changes = self.corrections(window.emitted.as_ref(), &result)?;
             if changes.num_rows() > 0 {
                 out.push(changes);
@@ -337,6 +346,85 @@ impl WindowAggregate {
             }
             entry.remove();
         }
+        Ok(())
+    }
+
+    /// One snapshot row per group of the window starting at `start`:
+    /// `start`, the keys, the accumulator states, whether the window changed
+    /// since it last fired, and (with allowed lateness) whether the group
+    /// was emitted and its emitted aggregates. The window's state stays as
+    /// it was (read out and merged back, as in [`Self::result`]).
+    fn window_state(&self, start: i64, window: &mut Window) -> Result<Vec<ArrayRef>> {
+        let keys = window.groups.emit(EmitTo::All).map_err(df)?;
+        let n = keys.first().map_or(0, |k| k.len());
+        let mut ids = Vec::with_capacity(n);
+        let mut groups =
+            new_group_values(self.key_schema.clone(), &GroupOrdering::None).map_err(df)?;
+        if n > 0 {
+            groups.intern(&keys, &mut ids).map_err(df)?;
+        }
+        window.groups = groups;
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(vec![start; n]))];
+        columns.extend(keys);
+        for (acc, mut fresh) in window
+            .accumulators
+            .iter_mut()
+            .zip(self.new_window()?.accumulators)
+        {
+            let state = acc.state(EmitTo::All).map_err(df)?;
+            fresh.merge_batch(&state, &ids, n).map_err(df)?;
+            *acc = fresh;
+            columns.extend(state);
+        }
+        columns.push(Arc::new(BooleanArray::from(vec![window.dirty; n])));
+        let emitted = window.emitted.as_ref().map_or(0, RecordBatch::num_rows);
+        columns.push(Arc::new(BooleanArray::from_iter(
+            (0..n).map(|i| Some(i < emitted)),
+        )));
+        let k = self.key_columns.len();
+        for a in 0..self.aggregates.len() {
+            let field = self.output.field(k + a);
+            let unsent = new_null_array(field.data_type(), n - emitted);
+            columns.push(match &window.emitted {
+                Some(old) => concat(&[old.column(k + a).as_ref(), unsent.as_ref()])?,
+                None => unsent,
+            });
+        }
+        Ok(columns)
+    }
+
+    /// Adds the snapshot rows `rows` of one window (its emitted groups
+    /// first) to the window starting at `start`.
+    fn restore_window(&mut self, start: i64, rows: &RecordBatch, emitted: usize) -> Result<()> {
+        let (_, states) = state_fields(&self.aggregates)?;
+        let k = self.key_columns.len();
+        let mut window = match self.windows.remove(&start) {
+            Some(w) => w,
+            None => self.new_window()?,
+        };
+        let keys = &rows.columns()[1..1 + k];
+        let mut ids = Vec::with_capacity(rows.num_rows());
+        window.groups.intern(keys, &mut ids).map_err(df)?;
+        let total = window.groups.len();
+        for (a, acc) in window.accumulators.iter_mut().enumerate() {
+            let state = &rows.columns()[1 + k + states[a]..1 + k + states[a + 1]];
+            acc.merge_batch(state, &ids, total).map_err(df)?;
+        }
+        let after = 1 + k + states[self.aggregates.len()];
+        window.dirty |= rows.column(after).as_boolean().true_count() > 0;
+        if emitted > 0 {
+            let columns: Vec<ArrayRef> = keys
+                .iter()
+                .chain(&rows.columns()[after + 2..])
+                .map(|c| c.slice(0, emitted))
+                .collect();
+            let fields = self.output.fields()[..columns.len()].to_vec();
+            window.emitted = Some(RecordBatch::try_new(
+                Arc::new(arrow::datatypes::Schema::new(fields)),
+                columns,
+            )?);
+        }
+        self.windows.insert(start, window);
         Ok(())
     }
 
@@ -461,4 +549,48 @@ impl Operator for WindowAggregate {
         self.metrics.report_state(&mut self.gauge, 0);
         Ok(())
     }
+
+    fn snapshot_state(&mut self) -> Result<StateSnapshot> {
+        let mut snapshot = StateSnapshot::default();
+        let mut windows = std::mem::take(&mut self.windows);
+        let (mut hashes, mut key_groups) = (Vec::new(), Vec::new());
+        for (&start, window) in &mut windows {
+            let columns = self.window_state(start, window)?;
+            let rows = columns[0].len();
+            let k = self.key_columns.len();
+            self.key_groups
+                .assign(&columns[1..1 + k], rows, &mut hashes, &mut key_groups)?;
+            snapshot.add_columns(WINDOW_TABLE, columns, &key_groups)?;
+        }
+        self.windows = windows;
+        Ok(snapshot)
+    }
+
+    fn restore_state(&mut self, snapshot: &StateSnapshot) -> Result<()> {
+        let Some(batch) = snapshot.rows(WINDOW_TABLE, self.key_groups.range)? else {
+            return Ok(());
+        };
+        let k = self.key_columns.len();
+        let (_, states) = state_fields(&self.aggregates)?;
+        let emitted = batch
+            .column(2 + k + states[self.aggregates.len()])
+            .as_boolean()
+            .clone();
+        // Rows of each window, its emitted groups first.
+        let mut rows: BTreeMap<i64, (Vec<u32>, Vec<u32>)> = BTreeMap::new();
+        let starts = batch.column(0).as_primitive::<Int64Type>();
+        for (row, start) in starts.values().iter().enumerate() {
+            let (sent, unsent) = rows.entry(*start).or_default();
+            if emitted.value(row) { sent } else { unsent }.push(row as u32);
+        }
+        for (start, (sent, unsent)) in rows {
+            let emitted = sent.len();
+            let order = UInt32Array::from_iter_values(sent.into_iter().chain(unsent));
+            self.restore_window(start, &take_record_batch(&batch, &order)?, emitted)?;
+        }
+        Ok(())
+    }
 }
+
+/// The snapshot table of open windows' groups.
+const WINDOW_TABLE: usize = 0;

@@ -5,32 +5,11 @@
 use arrow::array::{ArrayRef, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::record_batch::RecordBatch;
-use datafusion_common::hash_utils::{RandomState, create_hashes};
+use flumen_state::{hash_keys, key_group_for_hash, subtask_for_key_group};
 use flumen_types::{FlumenError, Message, Result};
 use tokio::sync::mpsc::Sender;
 
 use crate::graph::Partitioning;
-
-/// Fixed seed so that every process maps a key to the same key group.
-const HASH_STATE: RandomState = RandomState::with_seed(0x5eed_f105);
-
-/// The key group (in `0..max_parallelism`) of a key hash.
-pub fn key_group_for_hash(hash: u64, max_parallelism: usize) -> usize {
-    // Mix the hash once more so that key groups are uniform even when the
-    // low bits of the hash are not.
-    let mixed = hash.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
-    (mixed % max_parallelism as u64) as usize
-}
-
-/// The subtask (in `0..parallelism`) owning `key_group`: each subtask owns a
-/// contiguous range of key groups, so state can be redistributed on rescale.
-pub fn subtask_for_key_group(
-    key_group: usize,
-    max_parallelism: usize,
-    parallelism: usize,
-) -> usize {
-    key_group * parallelism / max_parallelism
-}
 
 /// Routes the output of one subtask over one edge.
 pub(crate) struct Exchange {
@@ -60,10 +39,7 @@ impl HashRouter {
             .iter()
             .map(|&c| batch.column(c).clone())
             .collect();
-        self.hashes.clear();
-        self.hashes.resize(batch.num_rows(), 0);
-        create_hashes(&keys, &HASH_STATE, &mut self.hashes)
-            .map_err(|e| FlumenError::execution(format!("hashing keys: {e}")))?;
+        hash_keys(&keys, batch.num_rows(), &mut self.hashes)?;
         let parallelism = self.indices.len();
         for idx in &mut self.indices {
             idx.clear();

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use flumen_state::MAX_KEY_GROUPS;
 use flumen_types::{DEFAULT_MAX_PARALLELISM, FlumenError, Message, Result};
 use tokio::sync::mpsc::{Receiver, Sender, channel};
 use tokio::task::JoinSet;
@@ -41,9 +42,25 @@ pub struct JobHandle {
     tasks: JoinSet<Result<()>>,
 }
 
+/// Every subtask must own at least one key group, and key groups fit a `u16`.
+fn check_parallelism(graph: &JobGraph, max_parallelism: usize) -> Result<()> {
+    if max_parallelism == 0 || max_parallelism > MAX_KEY_GROUPS {
+        return Err(FlumenError::plan(format!(
+            "max parallelism must be between 1 and {MAX_KEY_GROUPS}, not {max_parallelism}"
+        )));
+    }
+    match graph.nodes.iter().map(|n| n.parallelism).max() {
+        Some(p) if p > max_parallelism => Err(FlumenError::plan(format!(
+            "parallelism {p} exceeds the max parallelism {max_parallelism} (the number of key groups)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Starts `graph` on the current tokio runtime.
 pub fn run_job(graph: &JobGraph, options: &RunOptions) -> Result<JobHandle> {
     graph.validate()?;
+    check_parallelism(graph, options.max_parallelism)?;
     let metrics = Arc::new(JobMetrics::default());
     let stop = Arc::new(AtomicBool::new(false));
     let chains = graph.chains();
@@ -86,11 +103,12 @@ pub fn run_job(graph: &JobGraph, options: &RunOptions) -> Result<JobHandle> {
         let head = chain.nodes[0];
         let parallelism = graph.nodes[head].parallelism;
         for subtask in 0..parallelism {
-            let ctx = TaskContext {
+            let ctx = TaskContext::new(
                 subtask,
                 parallelism,
-                metrics: metrics.clone(),
-            };
+                options.max_parallelism,
+                metrics.clone(),
+            );
             let task = build_task(
                 graph,
                 &chain.nodes,

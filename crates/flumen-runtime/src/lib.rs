@@ -13,7 +13,6 @@ mod metrics;
 mod operator;
 mod task;
 
-pub use exchange::{key_group_for_hash, subtask_for_key_group};
 pub use graph::{JobGraph, Node, NodeId, NodeKind, Partitioning};
 pub use job::{JobHandle, RunOptions, run_job};
 pub use metrics::{JobMetrics, StateGauge};

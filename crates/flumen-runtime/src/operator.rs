@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
+use flumen_state::{KeyGroups, StateSnapshot};
 use flumen_types::{Message, Result, Watermark};
 
 use crate::metrics::JobMetrics;
@@ -16,8 +17,29 @@ pub struct TaskContext {
     pub subtask: usize,
     /// Number of parallel subtasks of this node.
     pub parallelism: usize,
+    /// The key groups this subtask owns and how keys map to them: what its
+    /// hash exchange routes to it, and what its keyed state holds.
+    pub key_groups: KeyGroups,
     /// Counters of the whole job.
     pub metrics: Arc<JobMetrics>,
+}
+
+impl TaskContext {
+    /// The context of `subtask` of `parallelism` subtasks, with
+    /// `max_parallelism` key groups.
+    pub fn new(
+        subtask: usize,
+        parallelism: usize,
+        max_parallelism: usize,
+        metrics: Arc<JobMetrics>,
+    ) -> Self {
+        TaskContext {
+            subtask,
+            parallelism,
+            key_groups: KeyGroups::of_subtask(subtask, parallelism, max_parallelism),
+            metrics,
+        }
+    }
 }
 
 /// Produces the input of a job: batches and watermarks, until the input ends.
@@ -74,6 +96,19 @@ pub trait Operator: Send {
 
     /// The timer fired: emit what processing time completes.
     fn on_timer(&mut self, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        Ok(())
+    }
+
+    /// The operator's keyed state, split by key group (what a checkpoint
+    /// stores). Stateless operators keep the default: no state.
+    fn snapshot_state(&mut self) -> Result<StateSnapshot> {
+        Ok(StateSnapshot::default())
+    }
+
+    /// Takes up the state of the key groups this subtask owns from
+    /// `snapshot`, which may come from any number of subtasks of the same
+    /// operator (restore at another parallelism). Called before any input.
+    fn restore_state(&mut self, _snapshot: &StateSnapshot) -> Result<()> {
         Ok(())
     }
 }

@@ -1,0 +1,86 @@
+//! Arrow columns from aggregate values and back: output columns from
+//! per-row scalar values, and row accumulators' intermediate states as
+//! columns of a state snapshot.
+
+use arrow::array::ArrayRef;
+use arrow::compute::cast;
+use arrow::datatypes::Field;
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::Accumulator;
+use flumen_types::{FlumenError, Result};
+
+use crate::window_aggregate::AggregateCall;
+
+fn err(e: impl std::fmt::Display) -> FlumenError {
+    FlumenError::execution(format!("aggregate state: {e}"))
+}
+
+/// One output column from per-row scalar values, cast to the field's type.
+pub(crate) fn scalar_column(
+    values: impl Iterator<Item = ScalarValue>,
+    field: &Field,
+) -> Result<ArrayRef> {
+    let column = ScalarValue::iter_to_array(values).map_err(err)?;
+    Ok(if column.data_type() == field.data_type() {
+        column
+    } else {
+        cast(&column, field.data_type())?
+    })
+}
+
+/// The intermediate-state fields of `aggregates`, all in order, with the
+/// index where each aggregate's fields start (and one past the last).
+pub(crate) fn state_fields(aggregates: &[AggregateCall]) -> Result<(Vec<Field>, Vec<usize>)> {
+    let mut fields = Vec::new();
+    let mut starts = vec![0];
+    for a in aggregates {
+        let state = a.function.state_fields().map_err(err)?;
+        fields.extend(state.iter().map(|f| f.as_ref().clone().with_nullable(true)));
+        starts.push(fields.len());
+    }
+    Ok((fields, starts))
+}
+
+/// The intermediate states of the accumulators of every entry (one slice
+/// of one accumulator per aggregate each) as columns, row `i` for entry `i`.
+/// Reading a state may consume it, so each accumulator is replaced by a
+/// fresh one (from `create(aggregate)`) merged from what was read.
+pub(crate) fn take_states<'a>(
+    entries: impl Iterator<Item = &'a mut [Box<dyn Accumulator>]>,
+    (fields, starts): &(Vec<Field>, Vec<usize>),
+    create: impl Fn(usize) -> Result<Box<dyn Accumulator>>,
+) -> Result<Vec<ArrayRef>> {
+    let mut values: Vec<Vec<ScalarValue>> = vec![Vec::new(); fields.len()];
+    let mut slots = Vec::new();
+    for entry in entries {
+        for (a, acc) in entry.iter_mut().enumerate() {
+            let state = acc.state().map_err(err)?;
+            for (field, value) in (starts[a]..starts[a + 1]).zip(state) {
+                values[field].push(value);
+            }
+        }
+        slots.push(entry);
+    }
+    let columns: Vec<ArrayRef> = values
+        .into_iter()
+        .zip(fields)
+        .map(|(v, f)| scalar_column(v.into_iter(), f))
+        .collect::<Result<_>>()?;
+    for (row, entry) in slots.into_iter().enumerate() {
+        for (a, acc) in entry.iter_mut().enumerate() {
+            *acc = create(a)?;
+            merge_state(acc.as_mut(), &columns[starts[a]..starts[a + 1]], row)?;
+        }
+    }
+    Ok(columns)
+}
+
+/// Merges row `row` of one aggregate's state columns into `acc`.
+pub(crate) fn merge_state(
+    acc: &mut dyn Accumulator,
+    columns: &[ArrayRef],
+    row: usize,
+) -> Result<()> {
+    let state: Vec<ArrayRef> = columns.iter().map(|c| c.slice(row, 1)).collect();
+    acc.merge_batch(&state).map_err(err)
+}

@@ -1,0 +1,567 @@
+//! Keyed state moves between parallelisms by key group: each stateful
+//! operator runs part of its input at one parallelism, every subtask's state
+//! is snapshotted, subtasks at another parallelism restore the key groups
+//! they own, and the rest of the input runs there. The output must equal an
+//! uninterrupted run at parallelism 1, row for row.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, TimestampNanosecondArray, UInt32Array};
+use arrow::compute::take_record_batch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::util::display::array_value_to_string;
+use datafusion::functions_aggregate::count::count_udaf;
+use datafusion::functions_aggregate::min_max::max_udaf;
+use datafusion::functions_aggregate::sum::sum_udaf;
+use datafusion::logical_expr::Operator as BinaryOp;
+use datafusion::physical_expr::aggregate::AggregateExprBuilder;
+use datafusion::physical_expr::expressions::{BinaryExpr, col, lit};
+use flumen_operators::{
+    AggregateCall, Expiry, HashJoinFactory, JoinKind, JoinSide, RankFunction,
+    SessionAggregateFactory, SessionColumn, TopNFactory, TopNWindow, UpdatingAggregateFactory,
+    WindowAggregateFactory,
+};
+use flumen_runtime::{JobMetrics, Operator, OperatorFactory, TaskContext};
+use flumen_state::{StateSnapshot, hash_keys, key_group_for_hash, subtask_for_key_group};
+use flumen_types::{DEFAULT_MAX_PARALLELISM, Watermark};
+
+const MAX: usize = DEFAULT_MAX_PARALLELISM;
+const SECOND: i64 = 1_000_000_000;
+
+/// One input event of a run.
+enum Step {
+    Batch(usize, RecordBatch),
+    Watermark(i64),
+}
+
+/// What the run at each parallelism leaves: output rows and the snapshot.
+struct Outcome {
+    rows: Vec<String>,
+    snapshot_rows: usize,
+    snapshot_key_groups: usize,
+}
+
+fn create(factory: &dyn OperatorFactory, parallelism: usize) -> Vec<Box<dyn Operator>> {
+    let metrics = Arc::new(JobMetrics::default());
+    (0..parallelism)
+        .map(|s| {
+            let ctx = TaskContext::new(s, parallelism, MAX, metrics.clone());
+            factory.create(&ctx).unwrap()
+        })
+        .collect()
+}
+
+/// Runs `steps` at the parallelisms of `stages` (each until its step
+/// index), snapshotting and restoring between stages, then ends the input.
+fn run(
+    factory: &dyn OperatorFactory,
+    keys: &[Vec<usize>],
+    steps: &[Step],
+    stages: &[(usize, usize)],
+) -> Outcome {
+    let mut out = Vec::new();
+    let mut ops: Vec<Box<dyn Operator>> = Vec::new();
+    let (mut done, mut snapshot_rows, mut snapshot_key_groups) = (0, 0, 0);
+    for &(parallelism, until) in stages {
+        let mut next = create(factory, parallelism);
+        if !ops.is_empty() {
+            let snapshot =
+                StateSnapshot::merge(ops.iter_mut().map(|o| o.snapshot_state().unwrap()));
+            snapshot_rows = snapshot.num_rows();
+            snapshot_key_groups = snapshot.key_groups().len();
+            for op in &mut next {
+                op.restore_state(&snapshot).unwrap();
+            }
+        }
+        ops = next;
+        for step in &steps[done..until] {
+            match step {
+                Step::Batch(input, batch) => {
+                    for (subtask, part) in route(batch, &keys[*input], parallelism) {
+                        ops[subtask].process_input(*input, part, &mut out).unwrap();
+                    }
+                }
+                Step::Watermark(t) => {
+                    for op in &mut ops {
+                        op.process_watermark(Watermark(*t), &mut out).unwrap();
+                    }
+                }
+            }
+        }
+        done = until;
+    }
+    for op in &mut ops {
+        op.process_watermark(Watermark::MAX, &mut out).unwrap();
+        op.finish(&mut out).unwrap();
+    }
+    let mut rows: Vec<String> = out
+        .iter()
+        .flat_map(|b| {
+            (0..b.num_rows()).map(move |r| {
+                b.columns()
+                    .iter()
+                    .map(|c| array_value_to_string(c, r).unwrap())
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+        })
+        .collect();
+    rows.sort();
+    Outcome {
+        rows,
+        snapshot_rows,
+        snapshot_key_groups,
+    }
+}
+
+/// The rows of `batch` each subtask's exchange would send it.
+fn route(batch: &RecordBatch, keys: &[usize], parallelism: usize) -> Vec<(usize, RecordBatch)> {
+    let columns: Vec<ArrayRef> = keys.iter().map(|&c| batch.column(c).clone()).collect();
+    let mut hashes = Vec::new();
+    hash_keys(&columns, batch.num_rows(), &mut hashes).unwrap();
+    let mut rows = vec![Vec::new(); parallelism];
+    for (row, &h) in hashes.iter().enumerate() {
+        let kg = key_group_for_hash(h, MAX);
+        rows[subtask_for_key_group(kg, MAX, parallelism)].push(row as u32);
+    }
+    rows.into_iter()
+        .enumerate()
+        .filter(|(_, r)| !r.is_empty())
+        .map(|(s, r)| (s, take_record_batch(batch, &UInt32Array::from(r)).unwrap()))
+        .collect()
+}
+
+/// Runs straight through at parallelism 1, and with state moved 2 → 3 and
+/// 3 → 1 halfway; all three must give the same rows.
+fn check(factory: &dyn OperatorFactory, keys: &[Vec<usize>], steps: &[Step]) -> Vec<String> {
+    let half = steps.len() / 2;
+    let straight = run(factory, keys, steps, &[(1, steps.len())]);
+    assert!(!straight.rows.is_empty());
+    for (from, to) in [(2, 3), (3, 1)] {
+        let moved = run(factory, keys, steps, &[(from, half), (to, steps.len())]);
+        assert!(
+            moved.snapshot_rows > 0,
+            "{from} -> {to}: nothing snapshotted"
+        );
+        assert!(
+            moved.snapshot_key_groups > 3,
+            "{from} -> {to}: too few key groups"
+        );
+        assert_eq!(moved.rows, straight.rows, "{from} -> {to}");
+    }
+    straight.rows
+}
+
+fn bids() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("v", DataType::Int64, false),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+    ]))
+}
+
+/// `batches` batches of 50 rows over 20 keys, one second of event time
+/// each, with a watermark after each batch.
+fn bid_steps(batches: i64) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for b in 0..batches {
+        let rows = 0..50i64;
+        let k = Int64Array::from_iter_values(rows.clone().map(|r| (r * 7 + b * 3) % 20));
+        let v = Int64Array::from_iter_values(rows.clone().map(|r| (r * 13 + b * 5) % 97));
+        let ts =
+            TimestampNanosecondArray::from_iter_values(rows.map(|r| b * SECOND + r * SECOND / 50));
+        let batch =
+            RecordBatch::try_new(bids(), vec![Arc::new(k), Arc::new(v), Arc::new(ts)]).unwrap();
+        steps.push(Step::Batch(0, batch));
+        steps.push(Step::Watermark((b + 1) * SECOND - 1));
+    }
+    steps
+}
+
+fn aggregate(
+    function: Arc<datafusion::logical_expr::AggregateUDF>,
+    column: &str,
+    schema: &SchemaRef,
+) -> AggregateCall {
+    let expr = AggregateExprBuilder::new(function, vec![col(column, schema).unwrap()])
+        .schema(schema.clone())
+        .alias(column)
+        .build()
+        .unwrap();
+    AggregateCall {
+        function: Arc::new(expr),
+        filter: None,
+    }
+}
+
+#[test]
+fn updating_aggregate_groups_move_by_key_group() {
+    let schema = bids();
+    let output = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("n", DataType::Int64, true),
+        Field::new("total", DataType::Int64, true),
+        Field::new("_op", DataType::Int8, false),
+    ]));
+    let factory = UpdatingAggregateFactory {
+        key_columns: vec![0],
+        aggregates: vec![
+            aggregate(count_udaf(), "v", &schema),
+            aggregate(sum_udaf(), "v", &schema),
+        ],
+        op_column: None,
+        state_ttl_ns: None,
+        output,
+    };
+    let rows = check(&factory, &[vec![0]], &bid_steps(8));
+    assert!(rows.iter().any(|r| r.ends_with("|3")), "updates expected");
+}
+
+#[test]
+fn window_aggregate_windows_move_by_key_group() {
+    let rows = check(&window_aggregate(0), &[vec![0, 1]], &window_steps(0));
+    assert_eq!(rows.len(), 20 * 3, "20 keys in each of 3 windows");
+}
+
+#[test]
+fn fired_windows_with_allowed_lateness_move_by_key_group() {
+    // Rows up to 2 s late reach windows that fired; they emit corrections.
+    let factory = window_aggregate(5 * SECOND);
+    let rows = check(&factory, &[vec![0, 1]], &window_steps(2 * SECOND));
+    assert!(
+        rows.iter().any(|r| r.ends_with("|3")),
+        "corrections expected"
+    );
+}
+
+/// A 3 s tumbling window aggregate (count and max per key and window).
+fn window_aggregate(allowed_lateness_ns: i64) -> WindowAggregateFactory {
+    let schema = window_input();
+    let timestamp = DataType::Timestamp(TimeUnit::Nanosecond, None);
+    let mut fields = vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("start", timestamp, false),
+        Field::new("n", DataType::Int64, true),
+        Field::new("top", DataType::Int64, true),
+    ];
+    if allowed_lateness_ns > 0 {
+        fields.push(Field::new("_op", DataType::Int8, false));
+    }
+    WindowAggregateFactory {
+        key_columns: vec![0, 1],
+        window_key: 1,
+        size_ns: 3 * SECOND,
+        aggregates: vec![
+            aggregate(count_udaf(), "v", &schema),
+            aggregate(max_udaf(), "v", &schema),
+        ],
+        key_schema: Arc::new(schema.project(&[0, 1]).unwrap()),
+        output: Arc::new(Schema::new(fields)),
+        processing_time: false,
+        allowed_lateness_ns,
+    }
+}
+
+/// Keys and a 3 s window start (computed upstream in a real plan).
+fn window_input() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new(
+            "start",
+            DataType::Timestamp(TimeUnit::Nanosecond, None),
+            false,
+        ),
+        Field::new("v", DataType::Int64, false),
+    ]))
+}
+
+/// [`bid_steps`] as window rows, every third row `late` behind its batch.
+fn window_steps(late: i64) -> Vec<Step> {
+    let schema = window_input();
+    bid_steps(9)
+        .into_iter()
+        .map(|s| match s {
+            Step::Batch(i, b) => {
+                let ts = b
+                    .column(2)
+                    .as_any()
+                    .downcast_ref::<TimestampNanosecondArray>();
+                let start = TimestampNanosecondArray::from_iter_values(
+                    ts.unwrap().values().iter().enumerate().map(|(r, t)| {
+                        let t = if r % 3 == 0 { (t - late).max(0) } else { *t };
+                        t - t % (3 * SECOND)
+                    }),
+                );
+                let columns = vec![b.column(0).clone(), Arc::new(start), b.column(1).clone()];
+                Step::Batch(i, RecordBatch::try_new(schema.clone(), columns).unwrap())
+            }
+            w => w,
+        })
+        .collect()
+}
+
+#[test]
+fn session_aggregate_sessions_move_by_key_group() {
+    // Each row is a session of its own, [ts, ts + 2 s), computed upstream.
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("v", DataType::Int64, false),
+        Field::new("start", DataType::Int64, false),
+        Field::new("end", DataType::Int64, false),
+    ]));
+    let steps: Vec<Step> = bid_steps(8)
+        .into_iter()
+        .map(|s| match s {
+            Step::Batch(i, b) => {
+                let ts = b
+                    .column(2)
+                    .as_any()
+                    .downcast_ref::<TimestampNanosecondArray>();
+                let ts = ts.unwrap().values();
+                // Key 5 pauses for 3 s after second 2, which splits its session.
+                let keep: Vec<u32> = (0..b.num_rows() as u32)
+                    .filter(|&r| {
+                        let key = b.column(0).as_any().downcast_ref::<Int64Array>();
+                        let t = ts[r as usize];
+                        key.unwrap().value(r as usize) != 5
+                            || !(2 * SECOND..5 * SECOND).contains(&t)
+                    })
+                    .collect();
+                let b = take_record_batch(&b, &UInt32Array::from(keep)).unwrap();
+                let ts = b
+                    .column(2)
+                    .as_any()
+                    .downcast_ref::<TimestampNanosecondArray>();
+                let ts = ts.unwrap().values();
+                let start = Int64Array::from_iter_values(ts.iter().copied());
+                let end = Int64Array::from_iter_values(ts.iter().map(|t| t + 2 * SECOND));
+                let columns = vec![
+                    b.column(0).clone(),
+                    b.column(1).clone(),
+                    Arc::new(start) as ArrayRef,
+                    Arc::new(end),
+                ];
+                Step::Batch(i, RecordBatch::try_new(schema.clone(), columns).unwrap())
+            }
+            w => w,
+        })
+        .collect();
+    let timestamp = DataType::Timestamp(TimeUnit::Nanosecond, None);
+    let output = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("window_start", timestamp.clone(), false),
+        Field::new("window_end", timestamp, false),
+        Field::new("total", DataType::Int64, true),
+    ]));
+    let factory = SessionAggregateFactory {
+        key_columns: vec![0],
+        start_column: 2,
+        end_column: 3,
+        layout: vec![
+            SessionColumn::Key(0),
+            SessionColumn::Start,
+            SessionColumn::End,
+        ],
+        aggregates: vec![aggregate(sum_udaf(), "v", &schema)],
+        input: schema.clone(),
+        output,
+    };
+    let rows = check(&factory, &[vec![0]], &steps);
+    assert_eq!(rows.len(), 21, "one session per key, two for key 5");
+}
+
+#[test]
+fn interval_join_sides_move_by_key_group() {
+    // Left: auctions (k, v, ts) expiring 3 s after ts; right: bids.
+    let left_steps = bid_steps(8);
+    let mut steps = Vec::new();
+    for step in left_steps {
+        match step {
+            Step::Batch(_, b) => {
+                let left = b.slice(0, 10);
+                steps.push(Step::Batch(0, left));
+                steps.push(Step::Batch(1, b));
+            }
+            w => steps.push(w),
+        }
+    }
+    let mut fields: Vec<Field> = bids().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.extend(bids().fields().iter().map(|f| f.as_ref().clone()));
+    let joined = Arc::new(Schema::new(fields.clone()));
+    // Right ts within [left ts, left ts + 3 s].
+    let bound = |op, offset: i64| -> Arc<dyn datafusion::physical_expr::PhysicalExpr> {
+        let left_ts: Arc<dyn datafusion::physical_expr::PhysicalExpr> =
+            Arc::new(datafusion::physical_expr::expressions::Column::new("ts", 2));
+        let right_ts = Arc::new(datafusion::physical_expr::expressions::Column::new("ts", 5));
+        let shifted = Arc::new(BinaryExpr::new(
+            Arc::new(datafusion::physical_expr::expressions::CastExpr::new(
+                left_ts,
+                DataType::Int64,
+                None,
+            )),
+            BinaryOp::Plus,
+            lit(offset),
+        ));
+        Arc::new(BinaryExpr::new(
+            Arc::new(datafusion::physical_expr::expressions::CastExpr::new(
+                right_ts,
+                DataType::Int64,
+                None,
+            )),
+            op,
+            shifted,
+        ))
+    };
+    let filter = Arc::new(BinaryExpr::new(
+        bound(BinaryOp::GtEq, 0),
+        BinaryOp::And,
+        bound(BinaryOp::LtEq, 3 * SECOND),
+    ));
+    let side = |expiry| JoinSide {
+        keys: vec![0],
+        width: 3,
+        expiry,
+    };
+    let factory = HashJoinFactory {
+        kind: JoinKind::Inner,
+        left: side(Some(Expiry {
+            column: 2,
+            offset_ns: 3 * SECOND,
+        })),
+        right: side(Some(Expiry {
+            column: 2,
+            offset_ns: 0,
+        })),
+        filter: Some(filter),
+        joined: joined.clone(),
+        state_ttl_ns: None,
+        bounded_input: false,
+        output: joined,
+    };
+    check(&factory, &[vec![0], vec![0]], &steps);
+}
+
+#[test]
+fn left_join_matches_move_by_key_group() {
+    // Left rows of keys 0..30 (10 of them never match); right rows of 0..20.
+    let mut steps = Vec::new();
+    for (b, step) in bid_steps(6).into_iter().enumerate() {
+        if let Step::Batch(_, right) = step {
+            let k = Int64Array::from_iter_values((0..5).map(|r| (b as i64 * 5 + r) % 30));
+            let left = RecordBatch::try_new(
+                Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)])),
+                vec![Arc::new(k)],
+            )
+            .unwrap();
+            steps.push(Step::Batch(0, left));
+            steps.push(Step::Batch(1, right));
+        }
+    }
+    let mut fields = vec![Field::new("k", DataType::Int64, false)];
+    fields.extend(
+        bids()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true)),
+    );
+    let joined = Arc::new(Schema::new(fields.clone()));
+    fields.push(Field::new("_op", DataType::Int8, false));
+    let factory = HashJoinFactory {
+        kind: JoinKind::Left,
+        left: JoinSide {
+            keys: vec![0],
+            width: 1,
+            expiry: None,
+        },
+        right: JoinSide {
+            keys: vec![0],
+            width: 3,
+            expiry: None,
+        },
+        filter: None,
+        joined,
+        state_ttl_ns: None,
+        bounded_input: false,
+        output: Arc::new(Schema::new(fields)),
+    };
+    let rows = check(&factory, &[vec![0], vec![0]], &steps);
+    assert!(
+        rows.iter().any(|r| r.ends_with("|1")),
+        "retractions expected"
+    );
+}
+
+fn top_n(
+    input: SchemaRef,
+    partition_columns: Vec<usize>,
+    window: Option<TopNWindow>,
+) -> TopNFactory {
+    let mut fields: Vec<Field> = bids().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("rank", DataType::UInt64, false));
+    if window.is_none() {
+        fields.push(Field::new("_op", DataType::Int8, false));
+    }
+    TopNFactory {
+        input,
+        width: 3,
+        partition_columns,
+        order_columns: vec![(
+            1,
+            arrow::compute::SortOptions {
+                descending: true,
+                nulls_first: false,
+            },
+        )],
+        function: RankFunction::Rank,
+        limit: 3,
+        window,
+        state_ttl_ns: None,
+        output: Arc::new(Schema::new(fields)),
+    }
+}
+
+#[test]
+fn top_n_per_key_moves_by_key_group() {
+    check(&top_n(bids(), vec![0], None), &[vec![0]], &bid_steps(8));
+}
+
+#[test]
+fn top_n_per_window_moves_by_key_group() {
+    // 3 s windows: a start column after the output columns, partitions by
+    // key and window, closed when the watermark passes the window's end.
+    let mut fields: Vec<Field> = bids().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(
+        "start",
+        DataType::Timestamp(TimeUnit::Nanosecond, None),
+        false,
+    ));
+    let schema = Arc::new(Schema::new(fields));
+    let steps: Vec<Step> = bid_steps(9)
+        .into_iter()
+        .map(|s| match s {
+            Step::Batch(i, b) => {
+                let ts = b
+                    .column(2)
+                    .as_any()
+                    .downcast_ref::<TimestampNanosecondArray>();
+                let start = TimestampNanosecondArray::from_iter_values(
+                    ts.unwrap().values().iter().map(|t| t - t % (3 * SECOND)),
+                );
+                let mut columns = b.columns().to_vec();
+                columns.push(Arc::new(start));
+                Step::Batch(i, RecordBatch::try_new(schema.clone(), columns).unwrap())
+            }
+            w => w,
+        })
+        .collect();
+    let window = TopNWindow {
+        column: 3,
+        size_ns: 3 * SECOND,
+    };
+    let factory = top_n(schema, vec![0, 3], Some(window));
+    let rows = check(&factory, &[vec![0, 3]], &steps);
+    assert!(
+        rows.len() >= 20 * 3 * 3,
+        "at least 3 rows per key and window"
+    );
+}

@@ -1,0 +1,198 @@
+//! A state table of keys: group keys interned to dense ids (DataFusion
+//! `GroupValues`, one vectorised call per batch), each also kept as an
+//! `arrow-row` row so the key can be emitted again while its group lives on
+//! (which `GroupValues` alone cannot do without giving its keys up), and
+//! each tagged with its key group when it first appears.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, UInt32Array};
+use arrow::compute::take;
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::row::{RowConverter, Rows, SortField};
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+use flumen_types::{FlumenError, Result};
+
+use crate::key_group::{KeyGroup, KeyGroups};
+
+fn err(e: impl std::fmt::Display) -> FlumenError {
+    FlumenError::execution(format!("group keys: {e}"))
+}
+
+/// The keys of one operator subtask's groups, with their key groups.
+pub struct KeyedTable {
+    schema: SchemaRef,
+    groups: Box<dyn GroupValues>,
+    rows: Rows,
+    converter: RowConverter,
+    key_groups: KeyGroups,
+    /// The key group of each id.
+    tags: Vec<KeyGroup>,
+    hashes: Vec<u64>,
+    /// With no key columns (a global aggregate) every row is in group 0,
+    /// which exists once a row has come.
+    global: Option<usize>,
+}
+
+impl KeyedTable {
+    /// An empty table of keys with these fields, of a subtask owning
+    /// `key_groups`.
+    pub fn new(fields: Vec<Field>, key_groups: KeyGroups) -> Result<Self> {
+        let schema = Arc::new(Schema::new(fields));
+        let converter = RowConverter::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )?;
+        let global = schema.fields().is_empty().then_some(0);
+        Ok(KeyedTable {
+            groups: new_group_values(schema.clone(), &GroupOrdering::None).map_err(err)?,
+            rows: converter.empty_rows(0, 0),
+            converter,
+            schema,
+            key_groups,
+            tags: Vec::new(),
+            hashes: Vec::new(),
+            global,
+        })
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.global.unwrap_or_else(|| self.groups.len())
+    }
+
+    /// Whether the table holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The id of each row's key in `ids`; new keys get the next ids.
+    pub fn intern(&mut self, keys: &[ArrayRef], rows: usize, ids: &mut Vec<usize>) -> Result<()> {
+        ids.clear();
+        if let Some(count) = &mut self.global {
+            ids.resize(rows, 0);
+            if *count == 0 && rows > 0 {
+                *count = 1;
+                let mut tag = Vec::new();
+                self.key_groups.assign(&[], 1, &mut self.hashes, &mut tag)?;
+                self.tags = tag;
+            }
+            return Ok(());
+        }
+        let before = self.groups.len();
+        self.groups.intern(keys, ids).map_err(err)?;
+        let total = self.groups.len();
+        if total > before {
+            let mut first = vec![u32::MAX; total - before];
+            for (row, &g) in ids.iter().enumerate() {
+                if g >= before && first[g - before] == u32::MAX {
+                    first[g - before] = row as u32;
+                }
+            }
+            let indices = UInt32Array::from(first);
+            let new_keys: Vec<ArrayRef> = keys
+                .iter()
+                .map(|k| take(k, &indices, None))
+                .collect::<std::result::Result<_, _>>()?;
+            self.converter.append(&mut self.rows, &new_keys)?;
+            self.tag(&new_keys, total - before)?;
+        }
+        Ok(())
+    }
+
+    fn tag(&mut self, new_keys: &[ArrayRef], count: usize) -> Result<()> {
+        let mut tags = Vec::with_capacity(count);
+        self.key_groups
+            .assign(new_keys, count, &mut self.hashes, &mut tags)?;
+        self.tags.extend_from_slice(&tags);
+        Ok(())
+    }
+
+    /// The key group of `id`.
+    pub fn key_group(&self, id: usize) -> KeyGroup {
+        self.tags[id]
+    }
+
+    /// The key group of every id, in id order.
+    pub fn key_groups(&self) -> &[KeyGroup] {
+        &self.tags
+    }
+
+    /// The key columns of `ids`, in that order.
+    pub fn emit(&self, ids: impl Iterator<Item = usize>) -> Result<Vec<ArrayRef>> {
+        if self.global.is_some() {
+            return Ok(Vec::new());
+        }
+        Ok(self.converter.convert_rows(ids.map(|g| self.rows.row(g)))?)
+    }
+
+    /// Keeps only the keys `keep` (ascending ids), which become ids `0..`.
+    pub fn retain(&mut self, keep: &[usize]) -> Result<()> {
+        self.tags = keep.iter().map(|&id| self.tags[id]).collect();
+        if let Some(count) = &mut self.global {
+            *count = keep.len().min(1);
+            return Ok(());
+        }
+        let keys = self.emit(keep.iter().copied())?;
+        let mut groups =
+            new_group_values(self.schema.clone(), &GroupOrdering::None).map_err(err)?;
+        let mut ids = Vec::with_capacity(keep.len());
+        if !keep.is_empty() {
+            groups.intern(&keys, &mut ids).map_err(err)?;
+        }
+        self.groups = groups;
+        self.rows = self.converter.empty_rows(keep.len(), 0);
+        self.converter.append(&mut self.rows, &keys)?;
+        Ok(())
+    }
+
+    /// Bytes held.
+    pub fn size(&self) -> usize {
+        self.groups.size() + self.rows.size() + self.tags.capacity() * size_of::<KeyGroup>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{AsArray, StringArray};
+    use arrow::datatypes::DataType;
+
+    use super::*;
+
+    #[test]
+    fn keys_keep_their_key_group_across_retain() {
+        let groups = KeyGroups::of_subtask(0, 1, 128);
+        let mut table =
+            KeyedTable::new(vec![Field::new("k", DataType::Utf8, true)], groups).unwrap();
+        let keys: ArrayRef = Arc::new(StringArray::from(vec!["a", "b", "a", "c"]));
+        let mut ids = Vec::new();
+        table.intern(std::slice::from_ref(&keys), 4, &mut ids).unwrap();
+        assert_eq!(ids, [0, 1, 0, 2]);
+        let (mut hashes, mut expected) = (Vec::new(), Vec::new());
+        groups
+            .assign(&[keys], 4, &mut hashes, &mut expected)
+            .unwrap();
+        assert_eq!(table.key_groups(), [expected[0], expected[1], expected[3]]);
+
+        table.retain(&[1, 2]).unwrap();
+        assert_eq!(table.key_groups(), [expected[1], expected[3]]);
+        let kept = table.emit(0..2).unwrap();
+        let kept: Vec<_> = kept[0].as_string::<i32>().iter().flatten().collect();
+        assert_eq!(kept, ["b", "c"]);
+    }
+
+    #[test]
+    fn a_global_table_has_one_key_once_a_row_came() {
+        let mut table = KeyedTable::new(Vec::new(), KeyGroups::of_subtask(0, 1, 128)).unwrap();
+        let mut ids = Vec::new();
+        table.intern(&[], 0, &mut ids).unwrap();
+        assert!(table.is_empty());
+        table.intern(&[], 3, &mut ids).unwrap();
+        assert_eq!((table.len(), ids), (1, vec![0, 0, 0]));
+        assert_eq!(table.key_groups().len(), 1);
+    }
+}

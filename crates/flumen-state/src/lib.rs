@@ -1,0 +1,17 @@
+//! Keyed state of operator subtasks. Keys hash into a fixed number of key
+//! groups (the job's max parallelism) with the same hash the exchanges route
+//! by; a subtask owns a contiguous range of them. State tables remember the
+//! key group of each entry, and a [`StateSnapshot`] holds an operator's state
+//! split by key group, so a subtask at any parallelism can take up exactly
+//! the key groups it owns.
+
+mod key_group;
+mod keyed_table;
+mod snapshot;
+
+pub use key_group::{
+    KeyGroup, KeyGroupRange, KeyGroups, MAX_KEY_GROUPS, hash_keys, key_group_for_hash,
+    subtask_for_key_group,
+};
+pub use keyed_table::KeyedTable;
+pub use snapshot::StateSnapshot;

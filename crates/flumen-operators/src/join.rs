@@ -58,6 +58,13 @@ pub struct JoinSide {
     pub expiry: Option<Expiry>,
 }
 
+impl JoinSide {
+    /// The key columns of a batch of this side.
+    fn key_columns(&self, batch: &RecordBatch) -> Vec<ArrayRef> {
+        self.keys.iter().map(|&c| batch.column(c).clone()).collect()
+    }
+}
+
 /// Makes [`HashJoin`] operators; input 0 is the left side, input 1 the right.
 pub struct HashJoinFactory {
     /// Inner or left outer.
@@ -526,12 +533,7 @@ impl HashJoin {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let keys: Vec<ArrayRef> = self.sides[side]
-            .spec
-            .keys
-            .iter()
-            .map(|&c| batch.column(c).clone())
-            .collect();
+        let keys = self.sides[side].spec.key_columns(&batch);
         let rows = self.key_rows(&keys)?;
         let hashes = Self::hashes(&keys, batch.num_rows())?;
         let matches = Self::probe(&self.sides[1 - side], &rows, &hashes);
@@ -606,12 +608,7 @@ impl HashJoin {
         let (mut hashes, mut key_groups) = (Vec::new(), Vec::new());
         for slot in state.slots.iter().flatten() {
             let rows = slot.batch.num_rows();
-            let keys: Vec<ArrayRef> = state
-                .spec
-                .keys
-                .iter()
-                .map(|&c| slot.batch.column(c).clone())
-                .collect();
+            let keys = state.spec.key_columns(&slot.batch);
             self.key_groups
                 .assign(&keys, rows, &mut hashes, &mut key_groups)?;
             let matched = if slot.matched.is_empty() {
@@ -638,12 +635,7 @@ impl HashJoin {
         for (expires_at, picked) in by_expiry {
             let part = take_record_batch(rows, &UInt32Array::from(picked))?;
             let batch = part.project(&(0..width).collect::<Vec<_>>())?;
-            let keys: Vec<ArrayRef> = self.sides[side]
-                .spec
-                .keys
-                .iter()
-                .map(|&c| batch.column(c).clone())
-                .collect();
+            let keys = self.sides[side].spec.key_columns(&batch);
             let key_rows = self.key_rows(&keys)?;
             let hashes = Self::hashes(&keys, batch.num_rows())?;
             let matched = if self.kind == JoinKind::Inner || side == 1 {

@@ -243,10 +243,10 @@ impl WindowAggregate {
         Ok(())
     }
 
-    /// The window's current result (keys and aggregates), leaving its state
-    /// as it was: each accumulator's state is read out, merged into a fresh
-    /// accumulator that takes its place, and into another that evaluates.
-    fn result(&self, window: &mut Window) -> Result<RecordBatch> {
+    /// The window's keys, in group order, and their ids: `GroupValues`
+    /// gives its keys up when read, so they are interned again in a fresh
+    /// table, where they get the same ids.
+    fn read_keys(&self, window: &mut Window) -> Result<(Vec<ArrayRef>, Vec<usize>)> {
         let keys = window.groups.emit(EmitTo::All).map_err(df)?;
         let n = keys.first().map_or(0, |k| k.len());
         let mut ids = Vec::with_capacity(n);
@@ -256,6 +256,15 @@ impl WindowAggregate {
             groups.intern(&keys, &mut ids).map_err(df)?;
         }
         window.groups = groups;
+        Ok((keys, ids))
+    }
+
+    /// The window's current result (keys and aggregates), leaving its state
+    /// as it was: each accumulator's state is read out, merged into a fresh
+    /// accumulator that takes its place, and into another that evaluates.
+    fn result(&self, window: &mut Window) -> Result<RecordBatch> {
+        let (keys, ids) = self.read_keys(window)?;
+        let n = ids.len();
         let fresh = self.new_window()?;
         let mut columns = keys;
         for (acc, (mut keep, mut eval)) in window.accumulators.iter_mut().zip(
@@ -355,15 +364,8 @@ impl WindowAggregate {
     /// was emitted and its emitted aggregates. The window's state stays as
     /// it was (read out and merged back, as in [`Self::result`]).
     fn window_state(&self, start: i64, window: &mut Window) -> Result<Vec<ArrayRef>> {
-        let keys = window.groups.emit(EmitTo::All).map_err(df)?;
-        let n = keys.first().map_or(0, |k| k.len());
-        let mut ids = Vec::with_capacity(n);
-        let mut groups =
-            new_group_values(self.key_schema.clone(), &GroupOrdering::None).map_err(df)?;
-        if n > 0 {
-            groups.intern(&keys, &mut ids).map_err(df)?;
-        }
-        window.groups = groups;
+        let (keys, ids) = self.read_keys(window)?;
+        let n = ids.len();
         let mut columns: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(vec![start; n]))];
         columns.extend(keys);
         for (acc, mut fresh) in window

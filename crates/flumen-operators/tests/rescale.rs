@@ -275,6 +275,18 @@ fn window_input() -> SchemaRef {
     ]))
 }
 
+/// The start of each row's 3 s window, every third row's time moved `late`
+/// back first.
+fn window_start(ts: &ArrayRef, late: i64) -> ArrayRef {
+    let ts = ts.as_any().downcast_ref::<TimestampNanosecondArray>();
+    Arc::new(TimestampNanosecondArray::from_iter_values(
+        ts.unwrap().values().iter().enumerate().map(|(r, t)| {
+            let t = if r % 3 == 0 { (t - late).max(0) } else { *t };
+            t - t % (3 * SECOND)
+        }),
+    ))
+}
+
 /// [`bid_steps`] as window rows, every third row `late` behind its batch.
 fn window_steps(late: i64) -> Vec<Step> {
     let schema = window_input();
@@ -282,17 +294,11 @@ fn window_steps(late: i64) -> Vec<Step> {
         .into_iter()
         .map(|s| match s {
             Step::Batch(i, b) => {
-                let ts = b
-                    .column(2)
-                    .as_any()
-                    .downcast_ref::<TimestampNanosecondArray>();
-                let start = TimestampNanosecondArray::from_iter_values(
-                    ts.unwrap().values().iter().enumerate().map(|(r, t)| {
-                        let t = if r % 3 == 0 { (t - late).max(0) } else { *t };
-                        t - t % (3 * SECOND)
-                    }),
-                );
-                let columns = vec![b.column(0).clone(), Arc::new(start), b.column(1).clone()];
+                let columns = vec![
+                    b.column(0).clone(),
+                    window_start(b.column(2), late),
+                    b.column(1).clone(),
+                ];
                 Step::Batch(i, RecordBatch::try_new(schema.clone(), columns).unwrap())
             }
             w => w,
@@ -540,15 +546,8 @@ fn top_n_per_window_moves_by_key_group() {
         .into_iter()
         .map(|s| match s {
             Step::Batch(i, b) => {
-                let ts = b
-                    .column(2)
-                    .as_any()
-                    .downcast_ref::<TimestampNanosecondArray>();
-                let start = TimestampNanosecondArray::from_iter_values(
-                    ts.unwrap().values().iter().map(|t| t - t % (3 * SECOND)),
-                );
                 let mut columns = b.columns().to_vec();
-                columns.push(Arc::new(start));
+                columns.push(window_start(b.column(2), 0));
                 Step::Batch(i, RecordBatch::try_new(schema.clone(), columns).unwrap())
             }
             w => w,

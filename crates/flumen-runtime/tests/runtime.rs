@@ -13,7 +13,7 @@ use flumen_runtime::{
     JobGraph, NodeKind, Operator, OperatorFactory, Partitioning, RunOptions, Sink, SinkFactory,
     Source, SourceFactory, TaskContext, run_job,
 };
-use flumen_types::{FlumenError, Message, Result};
+use flumen_types::{DEFAULT_MAX_PARALLELISM, FlumenError, Message, Result};
 
 /// Emits `batches` batches (or forever) of `rows` rows numbered from 0, and
 /// counts the batches it has produced.
@@ -226,6 +226,36 @@ async fn hash_exchange_sends_each_key_to_one_subtask() {
     assert_eq!(values.len(), 40_000);
     let subtasks: HashSet<usize> = rows.iter().map(|r| r.0).collect();
     assert_eq!(subtasks.len(), 3, "keys spread over all subtasks");
+    // Each row reached the subtask owning its key group: the one whose
+    // keyed state holds that key.
+    let keys = Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))) as ArrayRef;
+    let groups = flumen_state::KeyGroups::of_subtask(0, 1, DEFAULT_MAX_PARALLELISM);
+    let (mut hashes, mut key_groups) = (Vec::new(), Vec::new());
+    groups
+        .assign(&[keys], rows.len(), &mut hashes, &mut key_groups)
+        .unwrap();
+    for (row, kg) in rows.iter().zip(key_groups) {
+        let owned = flumen_state::KeyGroupRange::of_subtask(row.0, 3, DEFAULT_MAX_PARALLELISM);
+        assert!(owned.contains(kg), "key {} in key group {kg}", row.1);
+    }
+}
+
+#[test]
+fn parallelism_beyond_the_key_groups_is_rejected() {
+    let (source, _) = counter(Some(1), 1);
+    let mut g = JobGraph::new();
+    let s = g.add_node(NodeKind::Source(source), 1);
+    let k = g.add_node(NodeKind::Sink(Arc::new(Collect::default())), 9);
+    g.connect(s, k, Partitioning::Hash(vec![0]));
+    let options = RunOptions {
+        max_parallelism: 8,
+        ..RunOptions::default()
+    };
+    let err = run_job(&g, &options).err().expect("rejected");
+    assert!(
+        err.to_string().contains("exceeds the max parallelism 8"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

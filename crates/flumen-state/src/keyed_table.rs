@@ -170,7 +170,9 @@ mod tests {
             KeyedTable::new(vec![Field::new("k", DataType::Utf8, true)], groups).unwrap();
         let keys: ArrayRef = Arc::new(StringArray::from(vec!["a", "b", "a", "c"]));
         let mut ids = Vec::new();
-        table.intern(std::slice::from_ref(&keys), 4, &mut ids).unwrap();
+        table
+            .intern(std::slice::from_ref(&keys), 4, &mut ids)
+            .unwrap();
         assert_eq!(ids, [0, 1, 0, 2]);
         let (mut hashes, mut expected) = (Vec::new(), Vec::new());
         groups

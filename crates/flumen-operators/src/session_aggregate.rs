@@ -70,33 +70,45 @@ impl OperatorFactory for SessionAggregateFactory {
     }
 
     fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Operator>> {
-        let key_fields: Vec<_> = self
+        Ok(Box::new(SessionAggregate::from_factory(self, ctx)?))
+    }
+}
+
+impl SessionAggregate {
+    /// A subtask of `factory`.
+    fn from_factory(factory: &SessionAggregateFactory, ctx: &TaskContext) -> Result<Self> {
+        let key_fields: Vec<_> = factory
             .key_columns
             .iter()
-            .map(|&c| self.input.field(c).clone())
+            .map(|&c| factory.input.field(c).clone())
             .collect();
-        Ok(Box::new(SessionAggregate {
-            key_columns: self.key_columns.clone(),
-            start_column: self.start_column,
-            end_column: self.end_column,
-            layout: self.layout.clone(),
-            aggregates: self.aggregates.clone(),
-            output: self.output.clone(),
+        Ok(SessionAggregate {
+            key_columns: factory.key_columns.clone(),
+            start_column: factory.start_column,
+            end_column: factory.end_column,
+            layout: factory.layout.clone(),
+            aggregates: factory.aggregates.clone(),
+            output: factory.output.clone(),
             keys: KeyedTable::new(key_fields, ctx.key_groups)?,
             owned: ctx.key_groups.range,
             sessions: Vec::new(),
             closing: BTreeMap::new(),
             watermark: i64::MIN,
             open_sessions: 0,
+            live_keys: 0,
             metrics: ctx.metrics.clone(),
             gauge: StateGauge::default(),
-        }))
+        })
     }
 }
 
 fn err(e: impl std::fmt::Display) -> FlumenError {
     FlumenError::execution(format!("session window: {e}"))
 }
+
+/// Keys without an open session kept beyond as many as there are keys with
+/// one: forgetting a key costs re-interning every live key.
+const IDLE_KEYS_KEPT: usize = 4096;
 
 /// An open session of one key.
 struct Session {
@@ -124,6 +136,9 @@ pub struct SessionAggregate {
     watermark: i64,
     /// Sessions open over all keys.
     open_sessions: usize,
+    /// Keys with at least one open session; the others are dropped from
+    /// `keys` once they outnumber these (see [`IDLE_KEYS_KEPT`]).
+    live_keys: usize,
     metrics: Arc<JobMetrics>,
     gauge: StateGauge,
 }
@@ -150,6 +165,9 @@ impl SessionAggregate {
     /// Opens session `[start, end)` of key `key`.
     fn open(&mut self, key: usize, start: i64, end: i64, accumulators: Vec<Box<dyn Accumulator>>) {
         self.open_sessions += 1;
+        if self.sessions[key].is_empty() {
+            self.live_keys += 1;
+        }
         self.sessions[key].insert(start, Session { end, accumulators });
         self.closing.entry(end).or_default().push((key, start));
     }
@@ -180,6 +198,7 @@ impl SessionAggregate {
         range: std::ops::Range<usize>,
     ) -> Result<()> {
         let sessions = &mut self.sessions[key];
+        let was_live = !sessions.is_empty();
         let overlapping: Vec<i64> = sessions
             .range(..end)
             .rev()
@@ -197,6 +216,9 @@ impl SessionAggregate {
                 None => merged = Some(session.accumulators),
                 Some(into) => Self::merge(into, session.accumulators)?,
             }
+        }
+        if was_live && sessions.is_empty() {
+            self.live_keys -= 1;
         }
         let mut accumulators = match merged {
             Some(a) => a,
@@ -228,6 +250,9 @@ impl SessionAggregate {
                 }
                 let mut session = self.sessions[key].remove(&start).expect("checked above");
                 self.open_sessions -= 1;
+                if self.sessions[key].is_empty() {
+                    self.live_keys -= 1;
+                }
                 let values = session
                     .accumulators
                     .iter_mut()
@@ -238,6 +263,32 @@ impl SessionAggregate {
         }
         if !closed.is_empty() {
             out.push(self.emit(&closed)?);
+        }
+        Ok(())
+    }
+
+    /// Forgets the keys without an open session once they outnumber the
+    /// others (plus [`IDLE_KEYS_KEPT`]): the keys that stay are interned
+    /// again, in order, and the session and closing lists follow their new
+    /// ids. Amortised O(1) per key, and state stays bounded by open sessions.
+    fn drop_idle_keys(&mut self) -> Result<()> {
+        if self.keys.len() <= 2 * self.live_keys + IDLE_KEYS_KEPT {
+            return Ok(());
+        }
+        let keep: Vec<usize> = (0..self.keys.len())
+            .filter(|&k| !self.sessions[k].is_empty())
+            .collect();
+        let mut new_id = vec![usize::MAX; self.keys.len()];
+        for (n, &k) in keep.iter().enumerate() {
+            new_id[k] = n;
+        }
+        self.keys.retain(&keep)?;
+        self.sessions.retain(|s| !s.is_empty());
+        for entries in self.closing.values_mut() {
+            entries.retain_mut(|(key, _)| {
+                *key = new_id[*key];
+                *key != usize::MAX
+            });
         }
         Ok(())
     }
@@ -320,6 +371,7 @@ impl Operator for SessionAggregate {
     ) -> Result<Option<Watermark>> {
         self.watermark = self.watermark.max(watermark.0);
         self.close(self.watermark, out)?;
+        self.drop_idle_keys()?;
         let per_session: usize = self.aggregates.len() * 64 + 48;
         let bytes = self.keys.size() + self.open_sessions * per_session;
         self.metrics.report_state(&mut self.gauge, bytes);
@@ -394,5 +446,72 @@ impl Operator for SessionAggregate {
             self.open(key, starts.value(row), ends.value(row), accumulators);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::datatypes::Schema;
+    use datafusion::functions_aggregate::count::count_udaf;
+    use datafusion::physical_expr::aggregate::AggregateExprBuilder;
+    use datafusion::physical_expr::expressions::col;
+
+    use super::*;
+
+    #[test]
+    fn keys_whose_sessions_closed_are_forgotten() {
+        let input = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("start", DataType::Int64, false),
+            Field::new("end", DataType::Int64, false),
+        ]));
+        let count = AggregateExprBuilder::new(count_udaf(), vec![col("k", &input).unwrap()])
+            .schema(input.clone())
+            .alias("n")
+            .build()
+            .unwrap();
+        let timestamp = DataType::Timestamp(TimeUnit::Nanosecond, None);
+        let factory = SessionAggregateFactory {
+            key_columns: vec![0],
+            start_column: 1,
+            end_column: 2,
+            layout: vec![
+                SessionColumn::Key(0),
+                SessionColumn::Start,
+                SessionColumn::End,
+            ],
+            aggregates: vec![AggregateCall {
+                function: Arc::new(count),
+                filter: None,
+            }],
+            input: input.clone(),
+            output: Arc::new(Schema::new(vec![
+                Field::new("k", DataType::Int64, false),
+                Field::new("window_start", timestamp.clone(), false),
+                Field::new("window_end", timestamp, false),
+                Field::new("n", DataType::Int64, true),
+            ])),
+        };
+        let ctx = TaskContext::new(0, 1, 128, Arc::new(JobMetrics::default()));
+        let mut op = SessionAggregate::from_factory(&factory, &ctx).unwrap();
+        // 1,000 keys per second, each seen once: a session of 1 s each.
+        let mut out = Vec::new();
+        for second in 0..50i64 {
+            let keys = Int64Array::from_iter_values((0..1000).map(|k| second * 1000 + k));
+            let start = Int64Array::from(vec![second; 1000]);
+            let end = Int64Array::from(vec![second + 1; 1000]);
+            let batch = RecordBatch::try_new(
+                input.clone(),
+                vec![Arc::new(keys), Arc::new(start), Arc::new(end)],
+            )
+            .unwrap();
+            op.process_batch(batch, &mut out).unwrap();
+            op.process_watermark(Watermark(second + 1), &mut out)
+                .unwrap();
+            assert!(op.keys.len() <= 2 * op.live_keys + IDLE_KEYS_KEPT + 1000);
+        }
+        let emitted: usize = out.iter().map(RecordBatch::num_rows).sum();
+        assert_eq!(emitted, 50_000, "every session fired once");
+        assert!(op.keys.len() < 10_000, "{} keys kept", op.keys.len());
     }
 }

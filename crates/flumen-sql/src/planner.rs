@@ -161,7 +161,13 @@ impl Planner {
     }
 
     async fn plan(&self, mut statement: Statement, pos: &SourcePos) -> Result<LogicalPlan> {
-        crate::tvf::expand_window_tvfs(&mut statement).map_err(|e| pos.error(e))?;
+        let event_time_of = |table: &str| {
+            let name = table.trim_matches('"').to_lowercase();
+            self.tables
+                .contains_key(&name)
+                .then(|| self.event_times.get(&name).map(|e| e.column.clone()))
+        };
+        crate::tvf::expand_window_tvfs(&mut statement, &event_time_of).map_err(|e| pos.error(e))?;
         self.ctx
             .state()
             .statement_to_plan(DfStatement::Statement(Box::new(statement)))

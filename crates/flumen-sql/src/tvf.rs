@@ -95,15 +95,36 @@ fn interval_nanos(e: &ast::Expr) -> Option<i64> {
     crate::script::duration_nanos(text.trim())
 }
 
+/// What the planner knows of a table a window function names: `None` for
+/// a name that is not a source table (a view, a CTE), else its event-time
+/// column if it has one.
+pub(crate) type EventTimeOf<'a> = &'a dyn Fn(&str) -> Option<Option<String>>;
+
+/// The length of interval argument `e` (the function's `what`), which must
+/// be a positive constant.
+fn positive_interval(function: &str, what: &str, e: &ast::Expr) -> Result<i64, String> {
+    match interval_nanos(e) {
+        Some(ns) if ns > 0 => Ok(ns),
+        _ => Err(format!(
+            "{function}'s {what} must be a positive constant INTERVAL of days, hours, minutes or seconds such as INTERVAL '10' SECOND, not {e}"
+        )),
+    }
+}
+
 /// The SQL of the subquery a window table function stands for, or an error
 /// saying how to call it.
-fn expansion(function: &str, args: &[FunctionArg]) -> Result<String, String> {
+fn expansion(
+    function: &str,
+    args: &[FunctionArg],
+    event_time_of: EventTimeOf,
+) -> Result<String, String> {
     let arity = if function == "tumble" { 3 } else { 4 };
     let bad = || format!("{function} takes {}", usage(function));
     let exprs = positional(args).ok_or_else(bad)?;
     if exprs.len() != arity {
         return Err(bad());
     }
+    let table_name = exprs[0].to_string();
     let table = match exprs[0] {
         ast::Expr::Identifier(i) => quoted(&i.value),
         ast::Expr::CompoundIdentifier(parts) => parts
@@ -117,15 +138,30 @@ fn expansion(function: &str, args: &[FunctionArg]) -> Result<String, String> {
         Some([one]) => one.clone(),
         _ => return Err(bad()),
     };
+    match event_time_of(&table_name) {
+        Some(None) => {
+            return Err(format!(
+                "table '{table_name}' has no event time, so {function} cannot window it: declare WATERMARK FOR <column> AS … in its CREATE TABLE"
+            ));
+        }
+        Some(Some(column)) if !column.eq_ignore_ascii_case(&time) => {
+            return Err(format!(
+                "{function} is over column '{time}', but the event-time column of '{table_name}' is '{column}'; window by descriptor({column})"
+            ));
+        }
+        _ => {}
+    }
     let ts = quoted(&time);
     let a = exprs[2].to_string();
+    let first = match function {
+        "tumble" => "size",
+        "hop" => "slide",
+        "cumulate" => "step",
+        _ => "gap",
+    };
+    let step = positive_interval(function, first, exprs[2])?;
     if function == "hop" || function == "cumulate" {
-        let (step, size) = (interval_nanos(exprs[2]), interval_nanos(exprs[3]));
-        let Some((step, size)) = step.zip(size) else {
-            return Err(format!(
-                "{function}'s intervals must be constants such as INTERVAL '2' SECOND"
-            ));
-        };
+        let size = positive_interval(function, "size", exprs[3])?;
         if size % step != 0 {
             return Err(format!(
                 "{function}'s size ({}) must be a whole number of its {} ({a})",
@@ -157,9 +193,7 @@ fn expansion(function: &str, args: &[FunctionArg]) -> Result<String, String> {
                 .iter()
                 .map(|k| quoted(k))
                 .collect();
-            let gap_ns = interval_nanos(exprs[2]).ok_or_else(|| {
-                format!("session's gap must be a constant INTERVAL such as INTERVAL '10' SECOND, not {a}")
-            })?;
+            let gap_ns = step;
             let by_key = format!("PARTITION BY {}", keys.join(", "));
             let session = format!("PARTITION BY {}, __flumen_session_id", keys.join(", "));
             format!(
@@ -176,9 +210,12 @@ fn expansion(function: &str, args: &[FunctionArg]) -> Result<String, String> {
 
 /// Replaces every window table function in `statement` by the subquery it
 /// stands for. The error says how the function is called.
-pub(crate) fn expand_window_tvfs(statement: &mut Statement) -> Result<(), String> {
-    struct Expander;
-    impl VisitorMut for Expander {
+pub(crate) fn expand_window_tvfs(
+    statement: &mut Statement,
+    event_time_of: EventTimeOf,
+) -> Result<(), String> {
+    struct Expander<'a>(EventTimeOf<'a>);
+    impl VisitorMut for Expander<'_> {
         type Break = String;
         fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<String> {
             let TableFactor::Table {
@@ -194,7 +231,7 @@ pub(crate) fn expand_window_tvfs(statement: &mut Statement) -> Result<(), String
             if !matches!(function.as_str(), "tumble" | "hop" | "cumulate" | "session") {
                 return ControlFlow::Continue(());
             }
-            let sql = match expansion(&function, &args.args) {
+            let sql = match expansion(&function, &args.args, self.0) {
                 Ok(sql) => sql,
                 Err(e) => return ControlFlow::Break(e),
             };
@@ -213,7 +250,7 @@ pub(crate) fn expand_window_tvfs(statement: &mut Statement) -> Result<(), String
             ControlFlow::Continue(())
         }
     }
-    match statement.visit(&mut Expander) {
+    match statement.visit(&mut Expander(event_time_of)) {
         ControlFlow::Break(e) => Err(e),
         ControlFlow::Continue(()) => Ok(()),
     }
@@ -225,7 +262,7 @@ pub(crate) fn expand_window_tvfs(statement: &mut Statement) -> Result<(), String
 pub fn expand_window_functions(sql: &str) -> Result<String, String> {
     let mut statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| e.to_string())?;
     for s in &mut statements {
-        expand_window_tvfs(s)?;
+        expand_window_tvfs(s, &|_| None)?;
     }
     Ok(statements
         .iter()
@@ -257,7 +294,7 @@ mod tests {
         .unwrap()
         .pop()
         .unwrap();
-        expand_window_tvfs(&mut s).unwrap();
+        expand_window_tvfs(&mut s, &|_| None).unwrap();
         let text = s.to_string();
         assert!(
             text.contains("date_bin(INTERVAL '10' SECOND, \"date_time\") AS window_start"),
@@ -268,8 +305,46 @@ mod tests {
             .unwrap()
             .pop()
             .unwrap();
-        let err = expand_window_tvfs(&mut s).unwrap_err();
+        let err = expand_window_tvfs(&mut s, &|_| None).unwrap_err();
         assert!(err.contains("hop takes hop(<table>"), "{err}");
+        let expand = |sql: &str| {
+            let mut s = Parser::parse_sql(&GenericDialect {}, sql)
+                .unwrap()
+                .pop()
+                .unwrap();
+            let event_time = |t: &str| match t {
+                "bid" => Some(Some("date_time".to_string())),
+                "plain" => Some(None),
+                _ => None,
+            };
+            expand_window_tvfs(&mut s, &event_time).map(|()| s.to_string())
+        };
+        for (sql, error) in [
+            (
+                "SELECT * FROM hop(bid, descriptor(date_time), INTERVAL '0' SECOND, INTERVAL '10' SECOND)",
+                "hop's slide must be a positive constant INTERVAL",
+            ),
+            (
+                "SELECT * FROM tumble(bid, descriptor(date_time), INTERVAL '-5' SECOND)",
+                "tumble's size must be a positive constant INTERVAL",
+            ),
+            (
+                "SELECT * FROM cumulate(bid, descriptor(date_time), INTERVAL '2' SECOND, 'x')",
+                "cumulate's size must be a positive constant INTERVAL",
+            ),
+            (
+                "SELECT * FROM tumble(bid, descriptor(price), INTERVAL '10' SECOND)",
+                "the event-time column of 'bid' is 'date_time'; window by descriptor(date_time)",
+            ),
+            (
+                "SELECT * FROM tumble(plain, descriptor(ts), INTERVAL '10' SECOND)",
+                "table 'plain' has no event time",
+            ),
+        ] {
+            let err = expand(sql).unwrap_err();
+            assert!(err.contains(error), "{sql}: {err}");
+        }
+        assert!(expand("SELECT * FROM tumble(a_view, descriptor(p), INTERVAL '1' SECOND)").is_ok());
     }
 
     #[test]

@@ -295,7 +295,7 @@ async fn a_join_without_equal_keys_is_rejected() {
 }
 
 #[tokio::test]
-async fn a_window_over_a_text_column_is_a_plan_error() {
+async fn a_window_over_a_table_without_event_time_is_a_plan_error() {
     let msg = error_of(&format!(
         "{BID}SELECT auction, count(*) FROM tumble(bid, descriptor(url), INTERVAL '2' SECOND) GROUP BY auction, window_start;"
     ))
@@ -304,8 +304,73 @@ async fn a_window_over_a_text_column_is_a_plan_error() {
         &msg,
         &[
             "job.sql:2:1:",
-            "is not over a timestamp column",
+            "table 'bid' has no event time, so tumble cannot window it",
             "WATERMARK FOR",
+        ],
+    );
+}
+
+/// `BID` with event time.
+fn timed_bid() -> String {
+    BID.replace(
+        "extra VARCHAR)",
+        "extra VARCHAR, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)",
+    )
+}
+
+#[tokio::test]
+async fn a_window_over_another_column_names_the_event_time_column() {
+    let msg = error_of(&format!(
+        "{}SELECT auction, count(*) FROM tumble(bid, descriptor(price), INTERVAL '2' SECOND) GROUP BY auction, window_start;",
+        timed_bid()
+    ))
+    .await;
+    assert_contains(
+        &msg,
+        &[
+            "job.sql:2:1:",
+            "tumble is over column 'price', but the event-time column of 'bid' is 'date_time'",
+            "window by descriptor(date_time)",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn window_intervals_must_be_positive() {
+    for (call, error) in [
+        (
+            "hop(bid, descriptor(date_time), INTERVAL '0' SECOND, INTERVAL '10' SECOND)",
+            "hop's slide must be a positive constant INTERVAL",
+        ),
+        (
+            "tumble(bid, descriptor(date_time), INTERVAL '0' SECOND)",
+            "tumble's size must be a positive constant INTERVAL",
+        ),
+        (
+            "cumulate(bid, descriptor(date_time), INTERVAL '1' SECOND, INTERVAL '-4' SECOND)",
+            "cumulate's size must be a positive constant INTERVAL",
+        ),
+    ] {
+        let msg = error_of(&format!(
+            "{}SELECT auction, count(*) FROM {call} GROUP BY auction, window_start, window_end;",
+            timed_bid()
+        ))
+        .await;
+        assert_contains(&msg, &["job.sql:2:1:", error]);
+    }
+}
+
+#[tokio::test]
+async fn grouping_sets_are_named() {
+    let msg = error_of(&format!(
+        "{BID}SELECT auction, count(*) FROM bid GROUP BY ROLLUP(auction, bidder);"
+    ))
+    .await;
+    assert_contains(
+        &msg,
+        &[
+            "job.sql:2:1:",
+            "GROUPING SETS, ROLLUP and CUBE are not supported",
         ],
     );
 }
@@ -313,7 +378,8 @@ async fn a_window_over_a_text_column_is_a_plan_error() {
 #[tokio::test]
 async fn session_rows_outside_a_session_aggregate_are_refused() {
     let msg = error_of(&format!(
-        "{BID}SELECT bidder, window_start FROM session(bid, descriptor(date_time), INTERVAL '10' SECOND, descriptor(bidder));"
+        "{}SELECT bidder, window_start FROM session(bid, descriptor(date_time), INTERVAL '10' SECOND, descriptor(bidder));",
+        timed_bid()
     ))
     .await;
     assert_contains(
@@ -328,7 +394,8 @@ async fn session_rows_outside_a_session_aggregate_are_refused() {
 #[tokio::test]
 async fn a_hop_whose_size_is_not_a_whole_number_of_slides_is_a_plan_error() {
     let msg = error_of(&format!(
-        "{BID}SELECT auction, count(*) FROM hop(bid, descriptor(date_time), INTERVAL '3' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start, window_end;"
+        "{}SELECT auction, count(*) FROM hop(bid, descriptor(date_time), INTERVAL '3' SECOND, INTERVAL '10' SECOND) GROUP BY auction, window_start, window_end;",
+        timed_bid()
     ))
     .await;
     assert_contains(

@@ -28,6 +28,14 @@ impl Planner {
         graph: &mut JobGraph,
         pos: &SourcePos,
     ) -> Result<Stream> {
+        if a.group_expr
+            .iter()
+            .any(|g| matches!(g, Expr::GroupingSet(_)))
+        {
+            return Err(pos.error(
+                "GROUPING SETS, ROLLUP and CUBE are not supported in streaming queries yet; write one GROUP BY per grouping and UNION ALL them",
+            ));
+        }
         // Of several window keys (a cumulating window's start and end), the
         // one that closes first decides when a window fires.
         let window = a

@@ -757,7 +757,7 @@ fn unsupported(plan: &LogicalPlan) -> String {
     let what = match plan {
         LogicalPlan::Window(_) => {
             return "window functions (OVER) are supported only as TopN: \
-                    ROW_NUMBER() or RANK() OVER (PARTITION BY … ORDER BY …) filtered by <= N"
+                    ROW_NUMBER() or RANK() OVER (PARTITION BY … ORDER BY …) filtered by <= N (N ≥ 1)"
                 .into();
         }
         LogicalPlan::Sort(_) => "ORDER BY is",
@@ -815,7 +815,7 @@ pub(super) fn window_call(key: &Expr, input: &LogicalPlan) -> Option<String> {
     };
     match &e {
         Expr::ScalarFunction(f) if matches!(f.func.name(), "date_bin" | "hop" | "cumulate") => {
-            Some(e.to_string())
+            Some(e.human_display().to_string())
         }
         _ => None,
     }

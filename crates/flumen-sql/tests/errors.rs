@@ -361,6 +361,28 @@ async fn window_intervals_must_be_positive() {
 }
 
 #[tokio::test]
+async fn a_date_bin_over_an_expression_or_with_an_origin_says_what_works() {
+    for window in [
+        "date_bin(INTERVAL '10' SECOND, date_time + INTERVAL '1' SECOND)",
+        "date_bin(INTERVAL '10' SECOND, date_time, TIMESTAMP '2020-01-01 00:00:03')",
+    ] {
+        let msg = error_of(&format!(
+            "{}SELECT auction, count(*) FROM bid GROUP BY auction, {window};",
+            timed_bid()
+        ))
+        .await;
+        assert_contains(
+            &msg,
+            &[
+                "job.sql:2:1:",
+                "the date_bin(…) window is not over an event-time column as it is",
+                "with no origin and no expression around it",
+            ],
+        );
+    }
+}
+
+#[tokio::test]
 async fn grouping_sets_are_named() {
     let msg = error_of(&format!(
         "{BID}SELECT auction, count(*) FROM bid GROUP BY ROLLUP(auction, bidder);"

@@ -57,7 +57,7 @@ impl Planner {
         let Some((window_key, (size_ns, ts, ts_plan))) = window else {
             if let Some(call) = a.group_expr.iter().find_map(|g| window_call(g, &a.input)) {
                 return Err(pos.error(format!(
-                    "the window {call} is not over a timestamp column: window by the table's event-time column (the one in WATERMARK FOR)"
+                    "the {call}(…) window is not over an event-time column as it is: group by {call}(INTERVAL '…', <column>) where <column> is the table's event-time column (the one in WATERMARK FOR), with no origin and no expression around it"
                 )));
             }
             return self.updating_aggregate(a, input, aggregates, graph, pos);

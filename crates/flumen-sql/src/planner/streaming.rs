@@ -805,7 +805,7 @@ pub(super) fn is_proctime(plan: &LogicalPlan, c: &LogicalColumn) -> bool {
     )
 }
 
-/// A window function call (`date_bin`, `hop`, `cumulate`) that group key
+/// The name of the window function (`date_bin`, `hop`, `cumulate`) group key
 /// `key` is computed from but that `window_of` does not take as a window
 /// (its time argument is not a plain column: a cast of text, say).
 pub(super) fn window_call(key: &Expr, input: &LogicalPlan) -> Option<String> {
@@ -815,7 +815,7 @@ pub(super) fn window_call(key: &Expr, input: &LogicalPlan) -> Option<String> {
     };
     match &e {
         Expr::ScalarFunction(f) if matches!(f.func.name(), "date_bin" | "hop" | "cumulate") => {
-            Some(e.human_display().to_string())
+            Some(f.func.name().to_string())
         }
         _ => None,
     }

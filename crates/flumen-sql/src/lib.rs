@@ -9,6 +9,7 @@ mod catalog;
 mod errors;
 mod planner;
 mod script;
+mod time_shift;
 mod tvf;
 mod udf;
 mod watermark;

@@ -43,6 +43,17 @@ impl Stream {
 }
 
 impl Planner {
+    /// The physical expression of `expr` over `schema`, with fixed-length
+    /// timestamp arithmetic done on integers (`time_shift`).
+    fn physical(
+        &self,
+        expr: Expr,
+        schema: &DFSchema,
+    ) -> datafusion::common::Result<Arc<dyn PhysicalExpr>> {
+        let physical = self.ctx.state().create_physical_expr(expr, schema)?;
+        crate::time_shift::fast_time_arithmetic(physical, schema.as_arrow())
+    }
+
     pub(super) fn add(
         &self,
         graph: &mut JobGraph,
@@ -94,9 +105,7 @@ impl Planner {
                 };
                 no_subquery(&f.predicate, pos)?;
                 let expr = self
-                    .ctx
-                    .state()
-                    .create_physical_expr(f.predicate.clone(), f.input.schema())
+                    .physical(f.predicate.clone(), f.input.schema())
                     .map_err(|e| pos.datafusion(e))?;
                 let kind = NodeKind::Operator(Arc::new(FilterFactory::new(expr)));
                 Ok(Stream {
@@ -196,11 +205,10 @@ impl Planner {
         for e in &p.expr {
             no_subquery(e, pos)?;
         }
-        let state = self.ctx.state();
         let mut exprs = p
             .expr
             .iter()
-            .map(|e| state.create_physical_expr(e.clone(), p.input.schema()))
+            .map(|e| self.physical(e.clone(), p.input.schema()))
             .collect::<datafusion::common::Result<Vec<_>>>()
             .map_err(|e| pos.datafusion(e))?;
         let mut fields: Vec<Field> = p
@@ -257,7 +265,6 @@ impl Planner {
             )));
         }
         let input = Box::pin(self.plan_stream(inner, graph, pos)).await?;
-        let state = self.ctx.state();
         let gap = datafusion::logical_expr::lit(ScalarValue::IntervalMonthDayNano(Some(
             arrow::datatypes::IntervalMonthDayNano::new(0, 0, gap_ns),
         )));
@@ -276,8 +283,7 @@ impl Planner {
                 ),
             };
             exprs.push(
-                state
-                    .create_physical_expr(logical, inner.schema())
+                self.physical(logical, inner.schema())
                     .map_err(|e| pos.datafusion(e))?,
             );
         }
@@ -390,7 +396,6 @@ impl Planner {
         if let Some(columns) = plain {
             return Ok((input, columns));
         }
-        let state = self.ctx.state();
         let width = input.schema.fields().len();
         let mut exprs: Vec<Arc<dyn PhysicalExpr>> = input
             .schema
@@ -407,8 +412,7 @@ impl Planner {
             .collect();
         for (i, k) in keys.iter().enumerate() {
             exprs.push(
-                state
-                    .create_physical_expr(k.clone(), input_schema)
+                self.physical(k.clone(), input_schema)
                     .map_err(|e| pos.datafusion(e))?,
             );
             let data_type = k.get_type(input_schema).map_err(|e| pos.datafusion(e))?;
@@ -539,9 +543,7 @@ impl Planner {
             .map_err(|e| pos.datafusion(e))?;
         let filter = match &j.filter {
             Some(f) => Some(
-                self.ctx
-                    .state()
-                    .create_physical_expr(f.clone(), &joined)
+                self.physical(f.clone(), &joined)
                     .map_err(|e| pos.datafusion(e))?,
             ),
             None => None,

@@ -452,11 +452,14 @@ impl Operator for WindowAggregate {
             &DataType::Int64,
         )?;
         let starts = starts.as_primitive::<Int64Type>();
-        // Rows of each window in this batch. Event time is mostly in order,
-        // so most rows belong to the same window as the row before them.
+        // Rows of each window in this batch. A batch touches few windows
+        // (event time is mostly in order; a sliding window's rows come in
+        // runs of its windows), so they are found by a scan of the few seen
+        // so far, and by a hash map only once there are many.
         let mut windows: Vec<(i64, Vec<u32>)> = Vec::new();
         let mut slot_of: HashMap<i64, usize> = HashMap::new();
         let mut last: Option<(i64, usize)> = None;
+        const SCANNED: usize = 16;
         let mut late = 0;
         for (row, start) in starts.iter().enumerate() {
             let Some(s) = start.filter(|s| {
@@ -469,6 +472,16 @@ impl Operator for WindowAggregate {
             };
             let slot = match last {
                 Some((prev, slot)) if prev == s => slot,
+                _ if windows.len() <= SCANNED => match windows.iter().position(|(w, _)| *w == s) {
+                    Some(slot) => slot,
+                    None => {
+                        windows.push((s, Vec::new()));
+                        if windows.len() > SCANNED {
+                            slot_of.extend(windows.iter().enumerate().map(|(i, w)| (w.0, i)));
+                        }
+                        windows.len() - 1
+                    }
+                },
                 _ => *slot_of.entry(s).or_insert_with(|| {
                     windows.push((s, Vec::new()));
                     windows.len() - 1

@@ -330,3 +330,22 @@ async fn files_out_of_event_time_order_are_not_late_each_file_has_its_own_waterm
         vec!["3|2026-01-01T00:00:00", "3|2026-01-01T00:00:20"]
     );
 }
+
+#[tokio::test]
+async fn a_batch_spanning_many_windows_counts_each_window_once() {
+    // One batch with rows of 40 one-second windows in shuffled order; the
+    // window of second s gets s % 3 + 1 rows.
+    let mut rows: Vec<(&str, u32)> = Vec::new();
+    for i in 0..40u32 {
+        let second = (i * 17) % 40;
+        for _ in 0..=second % 3 {
+            rows.push(("a", second));
+        }
+    }
+    let query = "SELECT k, count(*) FROM events GROUP BY k, date_bin(INTERVAL '1' SECOND, ts);";
+    let mut got = changes_of(&[&rows], "", query).await;
+    got.sort();
+    let mut want: Vec<String> = (0..40u32).map(|s| format!("a,{}", s % 3 + 1)).collect();
+    want.sort();
+    assert_eq!(got, want);
+}

@@ -7,6 +7,7 @@ mod columns;
 mod filter;
 mod join;
 mod projection;
+mod retract_top_n;
 mod session_aggregate;
 mod top_n;
 mod union;

@@ -24,7 +24,9 @@ use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit, UInt64Type};
 use arrow::row::{OwnedRow, RowConverter, SortField};
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
 use flumen_state::{KeyGroup, KeyGroups, StateSnapshot};
-use flumen_types::{DEFAULT_BATCH_SIZE, Result, RowOp, Watermark};
+use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Result, RowOp, Watermark};
+
+use crate::retract_top_n::{RetractTopN, RetractTopNSpec};
 
 /// How rows are numbered within a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +70,10 @@ pub struct TopNFactory {
     /// The `width` columns, the number (UInt64), and the op column when the
     /// result is updating (no window).
     pub output: SchemaRef,
+    /// The input's op column when the input is itself updating (a running
+    /// aggregate): a taken-back row leaves its partition and the next row
+    /// moves up, so every row is kept (no window allowed).
+    pub op_column: Option<usize>,
 }
 
 impl OperatorFactory for TopNFactory {
@@ -88,6 +94,9 @@ impl OperatorFactory for TopNFactory {
                 w.size_ns / 1_000_000
             )),
             None => text.push_str(", updating"),
+        }
+        if self.op_column.is_some() {
+            text.push_str(", over an updating input (keeps every row)");
         }
         if let Some(ttl) = self.state_ttl_ns {
             text.push_str(&format!(", state_ttl {} ms", ttl / 1_000_000));
@@ -114,6 +123,37 @@ impl OperatorFactory for TopNFactory {
                 .collect(),
         )?;
         let order = sort_fields(self.order_columns.clone())?;
+        if let Some(op_column) = self.op_column {
+            if self.window.is_some() {
+                return Err(FlumenError::plan(
+                    "a TopN per event-time window over an updating input is not supported",
+                ));
+            }
+            let row_converter = RowConverter::new(
+                self.output.fields()[..self.width]
+                    .iter()
+                    .map(|f| SortField::new(f.data_type().clone()))
+                    .collect(),
+            )?;
+            let spec = RetractTopNSpec {
+                width: self.width,
+                partition_columns: self.partition_columns.clone(),
+                order_columns: self.order_columns.iter().map(|o| o.0).collect(),
+                op_column,
+                function: self.function,
+                limit: self.limit,
+                state_ttl_ns: self.state_ttl_ns,
+                output: self.output.clone(),
+                partition_converter: partition,
+                order_converter: order,
+                row_converter,
+            };
+            return Ok(Box::new(RetractTopN::new(
+                spec,
+                ctx.key_groups,
+                ctx.metrics.clone(),
+            )));
+        }
         Ok(Box::new(TopN {
             width: self.width,
             partition_columns: self.partition_columns.clone(),
@@ -141,6 +181,26 @@ impl OperatorFactory for TopNFactory {
             gauge: StateGauge::default(),
         }))
     }
+}
+
+/// The key group of each partition key (`arrow-row` bytes of the
+/// partition columns, none without PARTITION BY), by the exchange's hash
+/// of the columns they decode to.
+pub(crate) fn partition_key_groups(
+    converter: &RowConverter,
+    partitioned: bool,
+    keys: &[&[u8]],
+    key_groups: &KeyGroups,
+) -> Result<Vec<KeyGroup>> {
+    let columns = if partitioned {
+        let parser = converter.parser();
+        converter.convert_rows(keys.iter().map(|k| parser.parse(k)))?
+    } else {
+        Vec::new()
+    };
+    let (mut hashes, mut groups) = (Vec::new(), Vec::new());
+    key_groups.assign(&columns, keys.len(), &mut hashes, &mut groups)?;
+    Ok(groups)
 }
 
 /// Bytes a partition costs besides its key: its map entry and `Vec`.
@@ -558,16 +618,12 @@ impl TopN {
         }
         let values = self.emit(&rows)?;
         let mut columns = values.columns()[..self.width].to_vec();
-        let partition_columns = if self.partition_columns.is_empty() {
-            Vec::new()
-        } else {
-            let parser = self.partition_converter.parser();
-            self.partition_converter
-                .convert_rows(partition.iter().map(|k| parser.parse(k)))?
-        };
-        let (mut hashes, mut key_groups) = (Vec::new(), Vec::new());
-        self.key_groups
-            .assign(&partition_columns, rows.len(), &mut hashes, &mut key_groups)?;
+        let key_groups = partition_key_groups(
+            &self.partition_converter,
+            !self.partition_columns.is_empty(),
+            &partition,
+            &self.key_groups,
+        )?;
         columns.push(Arc::new(BinaryArray::from_iter_values(partition)));
         columns.push(Arc::new(BinaryArray::from_iter_values(order)));
         columns.push(Arc::new(UInt64Array::from(ids)));

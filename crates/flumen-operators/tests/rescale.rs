@@ -523,6 +523,7 @@ fn top_n(
         window,
         state_ttl_ns: None,
         output: Arc::new(Schema::new(fields)),
+        op_column: None,
     }
 }
 
@@ -563,4 +564,72 @@ fn top_n_per_window_moves_by_key_group() {
         rows.len() >= 20 * 3 * 3,
         "at least 3 rows per key and window"
     );
+}
+
+#[test]
+fn top_n_over_an_updating_input_moves_by_key_group() {
+    // A running value per key k (as a non-windowed aggregate would emit:
+    // +I first, then -U/+U of the old and new value), ranked per class
+    // g = k % 8: the two keys with the highest values in each class.
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("g", DataType::Int64, false),
+        Field::new("k", DataType::Int64, false),
+        Field::new("v", DataType::Int64, false),
+        Field::new("_op", DataType::Int8, false),
+    ]));
+    let value = |k: i64, b: i64| (k * 31 + b * 17) % 23;
+    let mut steps = Vec::new();
+    for b in 0..8i64 {
+        let (mut g, mut k, mut v, mut op) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for key in 0..40i64 {
+            if b > 0 {
+                g.push(key % 8);
+                k.push(key);
+                v.push(value(key, b - 1));
+                op.push(2i8);
+            }
+            g.push(key % 8);
+            k.push(key);
+            v.push(value(key, b));
+            op.push(if b == 0 { 0 } else { 3 });
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(g)),
+            Arc::new(Int64Array::from(k)),
+            Arc::new(Int64Array::from(v)),
+            Arc::new(arrow::array::Int8Array::from(op)),
+        ];
+        steps.push(Step::Batch(
+            0,
+            RecordBatch::try_new(schema.clone(), columns).unwrap(),
+        ));
+        steps.push(Step::Watermark(b));
+    }
+    let output = Arc::new(Schema::new(vec![
+        Field::new("g", DataType::Int64, false),
+        Field::new("k", DataType::Int64, false),
+        Field::new("v", DataType::Int64, false),
+        Field::new("rank", DataType::UInt64, false),
+        Field::new("_op", DataType::Int8, false),
+    ]));
+    let factory = TopNFactory {
+        input: schema,
+        width: 3,
+        partition_columns: vec![0],
+        order_columns: vec![(
+            2,
+            arrow::compute::SortOptions {
+                descending: true,
+                nulls_first: false,
+            },
+        )],
+        function: RankFunction::RowNumber,
+        limit: 2,
+        window: None,
+        state_ttl_ns: None,
+        output,
+        op_column: Some(3),
+    };
+    let rows = check(&factory, &[vec![0]], &steps);
+    assert!(rows.iter().any(|r| r.ends_with("|2")), "-U rows expected");
 }

@@ -511,3 +511,32 @@ WHERE rk <= 2;
 async fn rank_per_key_with_ties_matches_batch() {
     check_sql("rank per key", RANK_PER_KEY, None).await;
 }
+
+/// TopN over an updating input (a running count per auction): the 3
+/// auctions with the fewest bids overall (each count that grows must leave
+/// its old place: a retraction not applied leaves a stale row on top), and
+/// per bidder class the auctions with the two best counts (RANK, so ties
+/// share a place). The final rows must be the batch result.
+const TOP_OF_RUNNING_COUNTS: &str = "
+CREATE TABLE top_counts (auction BIGINT, c BIGINT, rn BIGINT) WITH (connector = 'blackhole');
+INSERT INTO top_counts
+SELECT auction, c, rn FROM (
+    SELECT auction, c, ROW_NUMBER() OVER (ORDER BY c, auction) AS rn
+    FROM (SELECT auction, count(*) AS c FROM bid GROUP BY auction)
+) WHERE rn <= 3;
+";
+
+const RANK_OF_RUNNING_COUNTS: &str = "
+CREATE TABLE ranked_counts (class BIGINT, auction BIGINT, c BIGINT, rk BIGINT) WITH (connector = 'blackhole');
+INSERT INTO ranked_counts
+SELECT class, auction, c, rk FROM (
+    SELECT class, auction, c, RANK() OVER (PARTITION BY class ORDER BY c DESC) AS rk
+    FROM (SELECT bidder % 4 AS class, auction, count(*) AS c FROM bid GROUP BY bidder % 4, auction)
+) WHERE rk <= 2;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_n_over_running_counts_matches_batch() {
+    check_sql("top 3 of running counts", TOP_OF_RUNNING_COUNTS, None).await;
+    check_sql("rank of running counts", RANK_OF_RUNNING_COUNTS, None).await;
+}

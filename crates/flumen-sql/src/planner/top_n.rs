@@ -135,11 +135,6 @@ impl Planner {
             )));
         }
         let input = Box::pin(self.plan_stream(&w.input, graph, pos)).await?;
-        if let Some(part) = &input.updating {
-            return Err(pos.error(format!(
-                "a TopN over an updating input ({part}) is not supported; rank the append-only stream"
-            )));
-        }
         let partition_by = &wf.params.partition_by;
         let mut keys: Vec<Expr> = partition_by.clone();
         keys.extend(wf.params.order_by.iter().map(|s| s.expr.clone()));
@@ -167,6 +162,13 @@ impl Planner {
                 self.event_time_window_size(e, &w.input)
                     .map(|size_ns| TopNWindow { column: c, size_ns })
             });
+        // An updating input's op column follows its own columns.
+        let op_column = input.updating.as_ref().map(|_| width);
+        if let (Some(_), Some(part)) = (window, &input.updating) {
+            return Err(pos.error(format!(
+                "a TopN per event-time window over an updating input ({part}) is not supported; rank the append-only stream"
+            )));
+        }
         let mut fields: Vec<Field> = w.schema.as_arrow().fields()[..width]
             .iter()
             .map(|f| f.as_ref().clone())
@@ -196,6 +198,7 @@ impl Planner {
             window,
             state_ttl_ns: self.state_ttl_ns,
             output: schema.clone(),
+            op_column,
         };
         let node = graph.add_node(
             NodeKind::Operator(Arc::new(factory)),

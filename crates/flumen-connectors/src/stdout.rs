@@ -89,13 +89,14 @@ impl SinkFactory for StdoutSinkFactory {
 struct StdoutSink {
     format: StdoutFormat,
     header_written: bool,
-    /// Column widths of the table, fixed by the first batch.
+    /// Column widths of the table so far.
     widths: Vec<usize>,
 }
 
 impl StdoutSink {
-    /// Appends `batch` as rows of one continuing table: the header and the
-    /// column widths come from the first batch, so rows print as they arrive.
+    /// Appends `batch` as rows of one continuing table, printed as they
+    /// arrive: the columns are as wide as the widest value seen so far, and
+    /// when a batch brings a wider one the header is printed again.
     fn write_table(&mut self, batch: &RecordBatch, buf: &mut Vec<u8>) -> Result<()> {
         let options = FormatOptions::default().with_null("NULL");
         let formatters = batch
@@ -112,19 +113,35 @@ impl StdoutSink {
             })
             .collect();
         let io = |e: std::io::Error| FlumenError::io(e.to_string());
-        if !self.header_written {
-            let schema = batch.schema();
-            self.widths = schema
-                .fields()
-                .iter()
-                .enumerate()
-                .map(|(i, f)| {
-                    cells
-                        .iter()
-                        .map(|r| r[i].len())
-                        .fold(f.name().len(), usize::max)
-                })
-                .collect();
+        let schema = batch.schema();
+        let needed: Vec<usize> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                cells
+                    .iter()
+                    .map(|r| r[i].len())
+                    .fold(f.name().len(), usize::max)
+            })
+            .collect();
+        // A value wider than its column starts a new section of the table
+        // with wider columns, so rows stay aligned under their header.
+        let wider = self.widths.len() != needed.len()
+            || needed.iter().zip(&self.widths).any(|(n, w)| n > w);
+        if !self.header_written || wider {
+            if self.header_written {
+                writeln!(buf, "{}", self.rule()).map_err(io)?;
+            }
+            self.widths = if self.widths.len() == needed.len() {
+                needed
+                    .iter()
+                    .zip(&self.widths)
+                    .map(|(n, w)| *n.max(w))
+                    .collect()
+            } else {
+                needed
+            };
             let rule = self.rule();
             let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
             writeln!(buf, "{rule}\n{}\n{rule}", self.line(&names)).map_err(io)?;
@@ -212,5 +229,47 @@ impl Sink for StdoutSink {
                 .map_err(stdout_error)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    #[test]
+    fn a_wider_value_prints_the_header_again_and_rows_stay_aligned() {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let batch = |v: Vec<i64>| {
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(v))]).unwrap()
+        };
+        let mut sink = StdoutSink {
+            format: StdoutFormat::Table,
+            header_written: false,
+            widths: Vec::new(),
+        };
+        let mut buf = Vec::new();
+        sink.write_table(&batch(vec![1, 22]), &mut buf).unwrap();
+        sink.write_table(&batch(vec![3]), &mut buf).unwrap();
+        sink.write_table(&batch(vec![4444]), &mut buf).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let expected = "\
++----+
+| n  |
++----+
+| 1  |
+| 22 |
+| 3  |
++----+
++------+
+| n    |
++------+
+| 4444 |
+";
+        assert_eq!(text, expected);
     }
 }

@@ -364,6 +364,33 @@ impl Planner {
         })
     }
 
+    /// Every `--set` key must be a setting or an option some table's
+    /// connector takes: a typo would otherwise change nothing, silently.
+    fn check_overrides(&self) -> Result<()> {
+        let mut valid: std::collections::BTreeSet<&str> = ["state_ttl"].into();
+        for spec in self.tables.values() {
+            let connector = spec.options.get("connector");
+            if let Some(c) = flumen_connectors::CONNECTORS
+                .iter()
+                .find(|c| Some(c.0) == connector)
+            {
+                valid.extend(c.3.iter().map(|o| o.name));
+            }
+        }
+        match self
+            .options
+            .overrides
+            .iter()
+            .find(|(key, _)| !valid.contains(key.as_str()))
+        {
+            Some((key, _)) => Err(FlumenError::plan(format!(
+                "--set {key}: no table of the script takes option '{key}' and it is not a setting; valid here: {}",
+                valid.into_iter().collect::<Vec<_>>().join(", ")
+            ))),
+            None => Ok(()),
+        }
+    }
+
     fn apply_overrides(&self, options: &mut Vec<(String, String)>) {
         let connector = options
             .iter()
@@ -398,6 +425,7 @@ impl Planner {
                 "the script has no INSERT INTO or SELECT statement, so there is nothing to run",
             ));
         }
+        self.check_overrides()?;
         let mut graph = JobGraph::new();
         let mut logical_plans = Vec::new();
         let run_id = std::time::SystemTime::now()

@@ -148,6 +148,25 @@ async fn an_unknown_setting_lists_the_valid_ones() {
 }
 
 #[tokio::test]
+async fn an_override_no_table_takes_lists_the_valid_ones() {
+    let err = run_scripts(
+        &[("job.sql", &format!("{BID}SELECT auction FROM bid;"))],
+        1,
+        &[("evnts", "10")],
+    )
+    .await
+    .expect_err("a typo in --set is an error");
+    assert_contains(
+        &err.to_string(),
+        &[
+            "--set evnts: no table of the script takes option 'evnts'",
+            "events",
+            "state_ttl",
+        ],
+    );
+}
+
+#[tokio::test]
 async fn missing_input_path_is_named() {
     let msg = error_of(
         "CREATE TABLE t (a BIGINT) WITH (connector = 'filesystem', path = '/no/such/dir/in.json', format = 'json');\nSELECT a FROM t;",

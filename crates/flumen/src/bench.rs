@@ -71,7 +71,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 10_000_000)]
     rate: u64,
     /// Parallel subtasks of every operator.
-    #[arg(short, long, default_value_t = 1)]
+    #[arg(short, long, default_value_t = 1, value_parser = crate::parse_parallelism)]
     parallelism: usize,
     /// Runs to take the median of.
     #[arg(long, default_value_t = 3)]
@@ -108,7 +108,7 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
     let mut runs: Vec<Summary> = Vec::new();
     for run in 1..=args.runs.max(1) {
         let mut planner = flumen_sql::Planner::new(flumen_sql::PlannerOptions {
-            parallelism: args.parallelism.max(1),
+            parallelism: args.parallelism,
             stdout_format: StdoutFormat::Table,
             overrides: [
                 ("events".to_string(), args.events.to_string()),

@@ -43,7 +43,7 @@ struct PlanArgs {
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// Parallel subtasks of every operator (default: the number of cores).
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = parse_parallelism)]
     parallelism: Option<usize>,
     /// Override a connector option on every table whose connector takes it,
     /// e.g. `--set events=1000000`. Repeatable.
@@ -60,6 +60,13 @@ struct RunArgs {
     format: String,
 }
 
+pub(crate) fn parse_parallelism(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("'{s}' is not a number of subtasks (1 or more)")),
+    }
+}
+
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
@@ -74,7 +81,7 @@ pub(crate) fn cores() -> usize {
 impl PlanArgs {
     fn planner_options(&self, format: StdoutFormat) -> flumen_sql::PlannerOptions {
         flumen_sql::PlannerOptions {
-            parallelism: self.parallelism.unwrap_or_else(cores).max(1),
+            parallelism: self.parallelism.unwrap_or_else(cores),
             stdout_format: format,
             overrides: self.overrides.clone(),
         }

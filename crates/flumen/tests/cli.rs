@@ -122,6 +122,17 @@ fn help_describes_every_command() {
 }
 
 #[test]
+fn zero_parallelism_is_refused() {
+    let out = flumen(&["run", "top_n.sql", "-p", "0"], &golden_dir());
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("is not a number of subtasks (1 or more)"),
+        "{text}"
+    );
+}
+
+#[test]
 fn explain_prints_plan_and_job_graph() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let out = flumen(

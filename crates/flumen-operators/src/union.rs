@@ -1,9 +1,13 @@
 //! `UNION ALL`: the rows of every input, as they come, under one schema.
+//! When some input is updating, so is the union: rows of the append-only
+//! inputs get an op column saying they are inserts.
 
-use arrow::array::RecordBatch;
+use std::sync::Arc;
+
+use arrow::array::{Int8Array, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use flumen_runtime::{Operator, OperatorFactory, TaskContext};
-use flumen_types::Result;
+use flumen_types::{Result, RowOp};
 
 /// Makes [`Union`] operators; the node has one input edge per branch.
 pub struct UnionFactory {
@@ -11,16 +15,25 @@ pub struct UnionFactory {
     pub output: SchemaRef,
     /// Number of branches.
     pub inputs: usize,
+    /// The branches whose rows need an op column (`+I`) appended: the
+    /// append-only ones of a union with an updating branch.
+    pub insert_op: Vec<bool>,
 }
 
 impl OperatorFactory for UnionFactory {
     fn describe(&self) -> String {
-        format!("Union of {} inputs", self.inputs)
+        let updating = if self.insert_op.iter().any(|&i| i) {
+            ", updating"
+        } else {
+            ""
+        };
+        format!("Union of {} inputs{updating}", self.inputs)
     }
 
     fn create(&self, _ctx: &TaskContext) -> Result<Box<dyn Operator>> {
         Ok(Box::new(Union {
             output: self.output.clone(),
+            insert_op: self.insert_op.clone(),
         }))
     }
 }
@@ -28,6 +41,7 @@ impl OperatorFactory for UnionFactory {
 /// Passes every batch on, relabelled with the union's column names.
 pub struct Union {
     output: SchemaRef,
+    insert_op: Vec<bool>,
 }
 
 impl Operator for Union {
@@ -41,10 +55,19 @@ impl Operator for Union {
 
     fn process_input(
         &mut self,
-        _input: usize,
+        input: usize,
         batch: RecordBatch,
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
-        self.process_batch(batch, out)
+        if !self.insert_op.get(input).copied().unwrap_or(false) {
+            return self.process_batch(batch, out);
+        }
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(Int8Array::from(vec![
+            RowOp::Insert as i8;
+            batch.num_rows()
+        ])));
+        out.push(RecordBatch::try_new(self.output.clone(), columns)?);
+        Ok(())
     }
 }

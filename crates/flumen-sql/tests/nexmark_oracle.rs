@@ -540,3 +540,19 @@ async fn top_n_over_running_counts_matches_batch() {
     check_sql("top 3 of running counts", TOP_OF_RUNNING_COUNTS, None).await;
     check_sql("rank of running counts", RANK_OF_RUNNING_COUNTS, None).await;
 }
+
+/// UNION ALL of an updating branch (running counts per auction) and an
+/// append-only one (auctions as they are created): the union updates, the
+/// append-only rows are inserts, and the final rows are the batch union.
+const UNION_OF_UPDATING: &str = "
+CREATE TABLE mixed (auction BIGINT, n BIGINT) WITH (connector = 'blackhole');
+INSERT INTO mixed
+SELECT auction, count(*) AS n FROM bid GROUP BY auction
+UNION ALL
+SELECT id, initial_bid FROM auction;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn union_with_an_updating_branch_matches_batch() {
+    check_sql("union with an updating branch", UNION_OF_UPDATING, None).await;
+}

@@ -158,18 +158,29 @@ impl Planner {
             LogicalPlan::Union(u) => {
                 let mut inputs = Vec::new();
                 for input in &u.inputs {
-                    let stream = Box::pin(self.plan_stream(input, graph, pos)).await?;
-                    if let Some(part) = &stream.updating {
-                        return Err(pos.error(format!(
-                            "UNION of an updating input ({part}) is not supported yet"
-                        )));
-                    }
-                    inputs.push(stream);
+                    inputs.push(Box::pin(self.plan_stream(input, graph, pos)).await?);
                 }
-                let schema = Arc::new(u.schema.as_arrow().clone());
+                // With an updating branch the union updates too; the other
+                // branches' rows become inserts.
+                let updating = inputs.iter().find_map(|s| s.updating.clone());
+                let mut fields: Vec<Field> = u
+                    .schema
+                    .as_arrow()
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                if updating.is_some() {
+                    fields.push(op_field());
+                }
+                let schema = Arc::new(Schema::new(fields));
                 let factory = UnionFactory {
                     output: schema.clone(),
                     inputs: inputs.len(),
+                    insert_op: inputs
+                        .iter()
+                        .map(|s| updating.is_some() && s.updating.is_none())
+                        .collect(),
                 };
                 let node = graph.add_node(
                     NodeKind::Operator(Arc::new(factory)),
@@ -181,7 +192,7 @@ impl Planner {
                 Ok(Stream {
                     node,
                     schema,
-                    updating: None,
+                    updating,
                     bounded: inputs.iter().all(|s| s.bounded),
                 })
             }

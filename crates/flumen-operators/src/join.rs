@@ -15,8 +15,8 @@ use arrow::array::{
 };
 use arrow::compute::kernels::aggregate::max;
 use arrow::compute::{cast, filter_record_batch, interleave, take, take_record_batch};
-use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit, UInt32Type};
-use arrow::row::{RowConverter, Rows, SortField};
+use arrow::datatypes::{DataType, Int8Type, Int64Type, SchemaRef, TimeUnit, UInt32Type};
+use arrow::row::{Row, RowConverter, Rows, SortField};
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::physical_expr::PhysicalExpr;
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
@@ -56,6 +56,10 @@ pub struct JoinSide {
     pub width: usize,
     /// When this side's rows expire, if the query bounds them.
     pub expiry: Option<Expiry>,
+    /// The side's op column when it is updating (inner joins only): a row
+    /// taken back leaves the side's state and takes back the joined rows it
+    /// made; joined rows carry the op of the row that made them.
+    pub op_column: Option<usize>,
 }
 
 impl JoinSide {
@@ -139,6 +143,7 @@ impl OperatorFactory for HashJoinFactory {
             entries: Vec::new(),
             dead_entries: 0,
             closed: false,
+            row_converter: None,
         };
         Ok(Box::new(HashJoin {
             kind: self.kind,
@@ -184,6 +189,18 @@ struct Slot {
     matched: Vec<u32>,
     /// The slot can be freed once the watermark passes this (ns).
     expires_at: i64,
+    /// For an updating side: what it takes to take rows back.
+    retractable: Option<Retractable>,
+}
+
+/// The rows of an updating side's slot as `arrow-row` rows of the side's
+/// columns (a row taken back is found by its values), and which rows are
+/// gone.
+struct Retractable {
+    rows: Rows,
+    gone: Vec<bool>,
+    /// Rows not gone.
+    alive: usize,
 }
 
 impl Slot {
@@ -192,6 +209,15 @@ impl Slot {
             + self.keys.size()
             + self.hashes.capacity() * 8
             + self.matched.capacity() * 4
+            + self
+                .retractable
+                .as_ref()
+                .map_or(0, |r| r.rows.size() + r.gone.len())
+    }
+
+    /// Whether row `row` was taken back.
+    fn gone(&self, row: usize) -> bool {
+        self.retractable.as_ref().is_some_and(|r| r.gone[row])
     }
 }
 
@@ -215,6 +241,8 @@ struct SideState {
     dead_entries: usize,
     /// The other input has ended: this side's rows can never match again.
     closed: bool,
+    /// Encodes an updating side's rows to find the ones taken back.
+    row_converter: Option<RowConverter>,
 }
 
 impl SideState {
@@ -222,7 +250,7 @@ impl SideState {
         self.bytes += slot.bytes();
         let id = self.slots.len() as u32;
         for (row, &h) in slot.hashes.iter().enumerate() {
-            if h == NULL_KEY {
+            if h == NULL_KEY || slot.gone(row) {
                 continue;
             }
             let head = self.heads.entry(h).or_insert(NIL);
@@ -261,6 +289,54 @@ impl SideState {
         self.heads.clear();
         self.entries.clear();
         self.dead_entries = 0;
+    }
+
+    /// The side's columns of `batch` as `arrow-row` rows (updating sides).
+    fn rows_of(&mut self, batch: &RecordBatch) -> Result<Rows> {
+        let columns = &batch.columns()[..self.spec.width];
+        if self.row_converter.is_none() {
+            let fields = columns
+                .iter()
+                .map(|c| SortField::new(c.data_type().clone()))
+                .collect();
+            self.row_converter = Some(RowConverter::new(fields)?);
+        }
+        let converter = self.row_converter.as_ref().expect("created above");
+        Ok(converter.convert_columns(columns)?)
+    }
+
+    /// Takes back one stored row with key `key` (hash `hash`) and values
+    /// `row`; false when no such row is held. A slot left with no row is
+    /// freed.
+    fn take_back(&mut self, hash: u64, key: Row<'_>, row: Row<'_>) -> bool {
+        let Some(&head) = self.heads.get(&hash) else {
+            return false;
+        };
+        let mut e = head;
+        while e != NIL {
+            let entry = &self.entries[e as usize];
+            let (slot_id, at) = (entry.slot as usize, entry.row as usize);
+            e = entry.next;
+            let Some(slot) = &mut self.slots[slot_id] else {
+                continue;
+            };
+            let Some(r) = &mut slot.retractable else {
+                continue;
+            };
+            if r.gone[at] || slot.keys.row(at) != key || r.rows.row(at) != row {
+                continue;
+            }
+            r.gone[at] = true;
+            r.alive -= 1;
+            self.dead_entries += 1;
+            if r.alive == 0 {
+                let freed = self.slots[slot_id].take().expect("checked above");
+                self.bytes -= freed.bytes();
+                self.live -= 1;
+            }
+            return true;
+        }
+        false
     }
 
     /// Rebuilds the index without freed slots once they are most of it.
@@ -385,6 +461,7 @@ impl HashJoin {
             while e != NIL {
                 let entry = &other.entries[e as usize];
                 if let Some(slot) = &other.slots[entry.slot as usize]
+                    && !slot.gone(entry.row as usize)
                     && slot.keys.row(entry.row as usize) == keys.row(row)
                 {
                     m.probe.push(row as u32);
@@ -410,6 +487,20 @@ impl HashJoin {
             return Ok((None, m));
         };
         Ok(match self.kind {
+            JoinKind::Inner if self.output.fields().len() > self.joined.fields().len() => {
+                // An updating result: each joined row has the op of the row
+                // that made it.
+                let ops: ArrayRef = match self.sides[side].spec.op_column {
+                    Some(c) => take(batch.column(c), &UInt32Array::from(m.probe.clone()), None)?,
+                    None => Arc::new(Int8Array::from(vec![
+                        RowOp::Insert as i8;
+                        joined.num_rows()
+                    ])),
+                };
+                let mut columns = joined.columns().to_vec();
+                columns.push(ops);
+                (Some(RecordBatch::try_new(self.output.clone(), columns)?), m)
+            }
             JoinKind::Inner => (Some(joined), m),
             JoinKind::Left => {
                 let mut columns = joined.columns().to_vec();
@@ -524,7 +615,89 @@ impl HashJoin {
         Ok(RecordBatch::try_new(self.output.clone(), columns)?)
     }
 
+    /// Joins a batch of one side. An updating side's rows taken back go
+    /// first (leaving its state, taking back their joined rows), then its
+    /// additions; a row taken back that was added in the same batch is
+    /// found once the additions are stored.
     fn process(
+        &mut self,
+        side: usize,
+        batch: RecordBatch,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let Some(op_column) = self.sides[side].spec.op_column else {
+            return self.add_rows(side, batch, out);
+        };
+        let ops = batch.column(op_column).as_primitive::<Int8Type>();
+        let (mut additions, mut retractions) = (Vec::new(), Vec::new());
+        for (row, &op) in ops.values().iter().enumerate() {
+            if RowOp::from_code(op).is_some_and(RowOp::is_addition) {
+                additions.push(row as u32);
+            } else {
+                retractions.push(row as u32);
+            }
+        }
+        if retractions.is_empty() {
+            return self.add_rows(side, batch, out);
+        }
+        let taken = take_record_batch(&batch, &UInt32Array::from(retractions))?;
+        let missing = self.take_back(side, taken, false, out)?;
+        if !additions.is_empty() {
+            let added = take_record_batch(&batch, &UInt32Array::from(additions))?;
+            self.add_rows(side, added, out)?;
+        }
+        if let Some(missing) = missing {
+            // Rows not held (or dropped by state_ttl) still take back what
+            // they joined, as in Flink.
+            self.take_back(side, missing, true, out)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the rows of `batch` back from `side`'s state and emits the
+    /// joined rows they made, with their ops. Rows not held are returned
+    /// for later, unless `always` (or the side's state was dropped because
+    /// the other input ended): then their joined rows are taken back too.
+    fn take_back(
+        &mut self,
+        side: usize,
+        batch: RecordBatch,
+        always: bool,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<Option<RecordBatch>> {
+        let always = always || self.sides[side].closed;
+        let keys = self.sides[side].spec.key_columns(&batch);
+        let key_rows = self.key_rows(&keys)?;
+        let hashes = Self::hashes(&keys, batch.num_rows())?;
+        let values = self.sides[side].rows_of(&batch)?;
+        let (mut found, mut missing) = (Vec::new(), Vec::new());
+        for (row, &hash) in hashes.iter().enumerate() {
+            let held = hash != NULL_KEY
+                && self.sides[side].take_back(hash, key_rows.row(row), values.row(row));
+            if held || always {
+                &mut found
+            } else {
+                &mut missing
+            }
+            .push(row as u32);
+        }
+        if !found.is_empty() {
+            let gone = take_record_batch(&batch, &UInt32Array::from(found))?;
+            let keys = self.sides[side].spec.key_columns(&gone);
+            let key_rows = self.key_rows(&keys)?;
+            let hashes = Self::hashes(&keys, gone.num_rows())?;
+            let matches = Self::probe(&self.sides[1 - side], &key_rows, &hashes);
+            if let (Some(joined), _) = self.joined(side, &gone, matches)? {
+                out.push(joined);
+            }
+        }
+        Ok((!missing.is_empty())
+            .then(|| take_record_batch(&batch, &UInt32Array::from(missing)))
+            .transpose()?)
+    }
+
+    /// Joins rows that add to `side` and stores them.
+    fn add_rows(
         &mut self,
         side: usize,
         batch: RecordBatch,
@@ -587,16 +760,30 @@ impl HashJoin {
         if !self.sides[side].closed {
             let expires_at = self.expires_at(side, &batch)?;
             if expires_at >= self.watermark {
+                let retractable = self.retractable(side, &batch)?;
                 self.sides[side].store(Slot {
                     batch,
                     keys: rows,
                     hashes,
                     matched,
                     expires_at,
+                    retractable,
                 });
             }
         }
         Ok(())
+    }
+
+    /// What an updating side keeps of a stored batch to take rows back.
+    fn retractable(&mut self, side: usize, batch: &RecordBatch) -> Result<Option<Retractable>> {
+        if self.sides[side].spec.op_column.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Retractable {
+            rows: self.sides[side].rows_of(batch)?,
+            gone: vec![false; batch.num_rows()],
+            alive: batch.num_rows(),
+        }))
     }
 }
 
@@ -607,16 +794,25 @@ impl HashJoin {
         let state = &self.sides[side];
         let (mut hashes, mut key_groups) = (Vec::new(), Vec::new());
         for slot in state.slots.iter().flatten() {
-            let rows = slot.batch.num_rows();
-            let keys = state.spec.key_columns(&slot.batch);
+            // Rows taken back are not state any more.
+            let kept: Vec<u32> = (0..slot.batch.num_rows() as u32)
+                .filter(|&r| !slot.gone(r as usize))
+                .collect();
+            let batch = if kept.len() == slot.batch.num_rows() {
+                slot.batch.clone()
+            } else {
+                take_record_batch(&slot.batch, &UInt32Array::from(kept.clone()))?
+            };
+            let rows = batch.num_rows();
+            let keys = state.spec.key_columns(&batch);
             self.key_groups
                 .assign(&keys, rows, &mut hashes, &mut key_groups)?;
             let matched = if slot.matched.is_empty() {
                 vec![0; rows]
             } else {
-                slot.matched.clone()
+                kept.iter().map(|&r| slot.matched[r as usize]).collect()
             };
-            let mut columns = slot.batch.columns().to_vec();
+            let mut columns = batch.columns().to_vec();
             columns.push(Arc::new(UInt32Array::from(matched)));
             columns.push(Arc::new(Int64Array::from(vec![slot.expires_at; rows])));
             snapshot.add_columns(side, columns, &key_groups)?;
@@ -646,12 +842,14 @@ impl HashJoin {
                     .values()
                     .to_vec()
             };
+            let retractable = self.retractable(side, &batch)?;
             self.sides[side].store(Slot {
                 batch,
                 keys: key_rows,
                 hashes,
                 matched,
                 expires_at,
+                retractable,
             });
         }
         Ok(())

@@ -23,7 +23,7 @@ use flumen_operators::{
 };
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, TaskContext};
 use flumen_state::{StateSnapshot, hash_keys, key_group_for_hash, subtask_for_key_group};
-use flumen_types::{DEFAULT_MAX_PARALLELISM, Watermark};
+use flumen_types::{DEFAULT_MAX_PARALLELISM, RowOp, Watermark};
 
 const MAX: usize = DEFAULT_MAX_PARALLELISM;
 const SECOND: i64 = 1_000_000_000;
@@ -427,6 +427,7 @@ fn interval_join_sides_move_by_key_group() {
         keys: vec![0],
         width: 3,
         expiry,
+        op_column: None,
     };
     let factory = HashJoinFactory {
         kind: JoinKind::Inner,
@@ -478,11 +479,13 @@ fn left_join_matches_move_by_key_group() {
             keys: vec![0],
             width: 1,
             expiry: None,
+            op_column: None,
         },
         right: JoinSide {
             keys: vec![0],
             width: 3,
             expiry: None,
+            op_column: None,
         },
         filter: None,
         joined,
@@ -566,6 +569,37 @@ fn top_n_per_window_moves_by_key_group() {
     );
 }
 
+/// Batch `b` of a running value per key 0..40, as a non-windowed aggregate
+/// emits it: `+I` of every key first, then `-U` of the old and `+U` of the
+/// new value for the keys `value(key, b)` changes. Columns: the keys, the
+/// values, the ops.
+fn running_values(
+    b: i64,
+    last: &mut [i64],
+    value: impl Fn(i64, i64) -> Option<i64>,
+) -> (Vec<i64>, Vec<i64>, Vec<i8>) {
+    let (mut k, mut v, mut op) = (Vec::new(), Vec::new(), Vec::new());
+    for key in 0..last.len() as i64 {
+        let Some(now) = value(key, b) else {
+            continue;
+        };
+        if b > 0 {
+            k.push(key);
+            v.push(last[key as usize]);
+            op.push(RowOp::UpdateBefore as i8);
+        }
+        last[key as usize] = now;
+        k.push(key);
+        v.push(now);
+        op.push(if b == 0 {
+            RowOp::Insert
+        } else {
+            RowOp::UpdateAfter
+        } as i8);
+    }
+    (k, v, op)
+}
+
 #[test]
 fn top_n_over_an_updating_input_moves_by_key_group() {
     // A running value per key k (as a non-windowed aggregate would emit:
@@ -577,22 +611,11 @@ fn top_n_over_an_updating_input_moves_by_key_group() {
         Field::new("v", DataType::Int64, false),
         Field::new("_op", DataType::Int8, false),
     ]));
-    let value = |k: i64, b: i64| (k * 31 + b * 17) % 23;
     let mut steps = Vec::new();
+    let mut last = vec![0i64; 40];
     for b in 0..8i64 {
-        let (mut g, mut k, mut v, mut op) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for key in 0..40i64 {
-            if b > 0 {
-                g.push(key % 8);
-                k.push(key);
-                v.push(value(key, b - 1));
-                op.push(2i8);
-            }
-            g.push(key % 8);
-            k.push(key);
-            v.push(value(key, b));
-            op.push(if b == 0 { 0 } else { 3 });
-        }
+        let (k, v, op) = running_values(b, &mut last, |k, b| Some((k * 31 + b * 17) % 23));
+        let g: Vec<i64> = k.iter().map(|k| k % 8).collect();
         let columns: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from(g)),
             Arc::new(Int64Array::from(k)),
@@ -631,5 +654,75 @@ fn top_n_over_an_updating_input_moves_by_key_group() {
         op_column: Some(3),
     };
     let rows = check(&factory, &[vec![0]], &steps);
+    assert!(rows.iter().any(|r| r.ends_with("|2")), "-U rows expected");
+}
+
+#[test]
+fn a_join_of_an_updating_input_moves_by_key_group() {
+    // Left: running values per key (+I, then -U/+U for the keys k with
+    // k % 5 == b % 5 in batch b, so a stored batch keeps some rows and has
+    // lost others when the state moves); right: a row per key early and
+    // late. Rows taken back must stay taken back after a restore.
+    let left_schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("v", DataType::Int64, false),
+        Field::new("_op", DataType::Int8, false),
+    ]));
+    let right_schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("w", DataType::Int64, false),
+    ]));
+    let mut steps = Vec::new();
+    let mut last = vec![0i64; 40];
+    for b in 0..8i64 {
+        let (k, v, op) = running_values(b, &mut last, |k, b| {
+            (b == 0 || k % 5 == b % 5).then_some(k * 10 + b)
+        });
+        let left: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(k)),
+            Arc::new(Int64Array::from(v)),
+            Arc::new(arrow::array::Int8Array::from(op)),
+        ];
+        steps.push(Step::Batch(
+            0,
+            RecordBatch::try_new(left_schema.clone(), left).unwrap(),
+        ));
+        if b == 1 || b == 6 {
+            let right: Vec<ArrayRef> = vec![
+                Arc::new(Int64Array::from_iter_values(0..40)),
+                Arc::new(Int64Array::from_iter_values((0..40).map(|x| x + b * 100))),
+            ];
+            steps.push(Step::Batch(
+                1,
+                RecordBatch::try_new(right_schema.clone(), right).unwrap(),
+            ));
+        }
+        steps.push(Step::Watermark(b));
+    }
+    let joined = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("v", DataType::Int64, false),
+        Field::new("k", DataType::Int64, false),
+        Field::new("w", DataType::Int64, false),
+    ]));
+    let mut fields: Vec<Field> = joined.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("_op", DataType::Int8, false));
+    let side = |width, op_column| JoinSide {
+        keys: vec![0],
+        width,
+        expiry: None,
+        op_column,
+    };
+    let factory = HashJoinFactory {
+        kind: JoinKind::Inner,
+        left: side(2, Some(2)),
+        right: side(2, None),
+        filter: None,
+        joined,
+        state_ttl_ns: None,
+        bounded_input: false,
+        output: Arc::new(Schema::new(fields)),
+    };
+    let rows = check(&factory, &[vec![0], vec![0]], &steps);
     assert!(rows.iter().any(|r| r.ends_with("|2")), "-U rows expected");
 }

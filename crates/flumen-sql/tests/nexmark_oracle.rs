@@ -556,3 +556,29 @@ SELECT id, initial_bid FROM auction;
 async fn union_with_an_updating_branch_matches_batch() {
     check_sql("union with an updating branch", UNION_OF_UPDATING, None).await;
 }
+
+/// Inner joins of updating inputs: running counts per auction joined with
+/// the auctions (one side updating), and with the running highest bid per
+/// auction (both sides updating). Every change of a count takes back the
+/// joined row it made; the final rows are the batch join.
+const JOIN_OF_RUNNING_COUNTS: &str = "
+CREATE TABLE counted (auction BIGINT, n BIGINT, category BIGINT) WITH (connector = 'blackhole');
+INSERT INTO counted
+SELECT c.auction, c.n, a.category
+FROM (SELECT auction, count(*) AS n FROM bid GROUP BY auction) c
+JOIN auction a ON c.auction = a.id;
+";
+
+const JOIN_OF_TWO_AGGREGATES: &str = "
+CREATE TABLE counted_max (auction BIGINT, n BIGINT, top BIGINT) WITH (connector = 'blackhole');
+INSERT INTO counted_max
+SELECT c.auction, c.n, d.top
+FROM (SELECT auction, count(*) AS n FROM bid GROUP BY auction) c
+JOIN (SELECT auction, max(price) AS top FROM bid GROUP BY auction) d ON c.auction = d.auction;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_of_updating_inputs_match_batch() {
+    check_sql("join of running counts", JOIN_OF_RUNNING_COUNTS, None).await;
+    check_sql("join of two aggregates", JOIN_OF_TWO_AGGREGATES, None).await;
+}

@@ -443,7 +443,8 @@ impl Planner {
         ))
     }
 
-    /// A join of two append-only streams on equal keys: a hash exchange on
+    /// A join of two streams on equal keys (an inner join may take updating
+    /// ones): a hash exchange on
     /// the keys from each side into one symmetric hash join. Conditions
     /// that bound a row's life (an interval `b.t BETWEEN a.t AND a.expires`,
     /// both sides in the same event-time window) let the join free rows by
@@ -466,9 +467,10 @@ impl Planner {
                 )));
             }
         };
-        if let Some(part) = left.updating.as_ref().or(right.updating.as_ref()) {
+        let updating_input = left.updating.as_ref().or(right.updating.as_ref()).cloned();
+        if let (Some(part), false) = (&updating_input, kind == JoinKind::Inner) {
             return Err(pos.error(format!(
-                "a join of an updating input ({part}) is not supported yet; join the append-only streams, then aggregate"
+                "a {kind:?} join of an updating input ({part}) is not supported yet; an inner join takes one"
             )));
         }
         if j.on.is_empty() {
@@ -478,15 +480,18 @@ impl Planner {
             ));
         }
         let (left_keys, right_keys): (Vec<Expr>, Vec<Expr>) = j.on.iter().cloned().unzip();
+        // An updating side's op column follows its own columns.
         let mut left_side = JoinSide {
             keys: Vec::new(),
             width: left.width(),
             expiry: None,
+            op_column: left.updating.as_ref().map(|_| left.width()),
         };
         let mut right_side = JoinSide {
             keys: Vec::new(),
             width: right.width(),
             expiry: None,
+            op_column: right.updating.as_ref().map(|_| right.width()),
         };
         // Window joins: both sides keyed by the same event-time window.
         for (l, r) in &j.on {
@@ -566,10 +571,19 @@ impl Planner {
             .iter()
             .map(|f| f.as_ref().clone())
             .collect();
-        let updating = (kind == JoinKind::Left).then(|| {
+        let updating = match (kind, updating_input) {
+            (JoinKind::Left, _) => Some(
+                "a LEFT JOIN retracts a row padded with nulls when its first match arrives"
+                    .to_string(),
+            ),
+            (_, Some(part)) => Some(format!(
+                "a join of an updating input ({part}) takes back the joined rows of each row taken back"
+            )),
+            _ => None,
+        };
+        if updating.is_some() {
             fields.push(op_field());
-            "a LEFT JOIN retracts a row padded with nulls when its first match arrives".to_string()
-        });
+        }
         let schema = Arc::new(Schema::new(fields));
         let factory = HashJoinFactory {
             kind,

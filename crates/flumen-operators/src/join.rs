@@ -124,6 +124,11 @@ impl OperatorFactory for HashJoinFactory {
         if let Some(f) = &self.filter {
             text.push_str(&format!(", filter {f}"));
         }
+        for (name, side) in [("left", &self.left), ("right", &self.right)] {
+            if side.op_column.is_some() {
+                text.push_str(&format!(", {name} input updating"));
+            }
+        }
         if let Some(ttl) = self.state_ttl_ns {
             text.push_str(&format!(", state_ttl {} ms", ttl / 1_000_000));
         }

@@ -492,9 +492,13 @@ impl HashJoin {
             return Ok((None, m));
         };
         Ok(match self.kind {
-            JoinKind::Inner if self.output.fields().len() > self.joined.fields().len() => {
-                // An updating result: each joined row has the op of the row
-                // that made it.
+            JoinKind::LeftSemi => (None, m),
+            JoinKind::Inner if self.output.fields().len() == self.joined.fields().len() => {
+                (Some(joined), m)
+            }
+            // An updating result: each joined row has the op of the row
+            // that made it.
+            _ => {
                 let ops: ArrayRef = match self.sides[side].spec.op_column {
                     Some(c) => take(batch.column(c), &UInt32Array::from(m.probe.clone()), None)?,
                     None => Arc::new(Int8Array::from(vec![
@@ -506,14 +510,6 @@ impl HashJoin {
                 columns.push(ops);
                 (Some(RecordBatch::try_new(self.output.clone(), columns)?), m)
             }
-            JoinKind::Inner => (Some(joined), m),
-            JoinKind::Left => {
-                let mut columns = joined.columns().to_vec();
-                let ops = Int8Array::from(vec![RowOp::Insert as i8; joined.num_rows()]);
-                columns.push(Arc::new(ops));
-                (Some(RecordBatch::try_new(self.output.clone(), columns)?), m)
-            }
-            JoinKind::LeftSemi => (None, m),
         })
     }
 
@@ -692,13 +688,73 @@ impl HashJoin {
             let key_rows = self.key_rows(&keys)?;
             let hashes = Self::hashes(&keys, gone.num_rows())?;
             let matches = Self::probe(&self.sides[1 - side], &key_rows, &hashes);
-            if let (Some(joined), _) = self.joined(side, &gone, matches)? {
+            let (joined, matches) = self.joined(side, &gone, matches)?;
+            if let Some(joined) = joined {
                 out.push(joined);
+            }
+            if self.kind == JoinKind::Left {
+                self.unpad_or_repad(side, &gone, &matches, out)?;
             }
         }
         Ok((!missing.is_empty())
             .then(|| take_record_batch(&batch, &UInt32Array::from(missing)))
             .transpose()?)
+    }
+
+    /// What rows taken back from a LEFT join change besides their joined
+    /// rows: a left row without a match takes back its null-padded row; a
+    /// right row taken back from a left row's last match pads it again.
+    fn unpad_or_repad(
+        &mut self,
+        side: usize,
+        gone: &RecordBatch,
+        matches: &Matches,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        if side == 0 {
+            let mut matched = vec![false; gone.num_rows()];
+            for &r in &matches.probe {
+                matched[r as usize] = true;
+            }
+            let alone: Vec<u32> = (0..gone.num_rows() as u32)
+                .filter(|&r| !matched[r as usize])
+                .collect();
+            if !alone.is_empty() {
+                let ops = gone
+                    .column(self.sides[0].spec.op_column.expect("an updating side"))
+                    .as_primitive::<Int8Type>();
+                for op in [RowOp::UpdateBefore, RowOp::Delete] {
+                    let rows: Vec<u32> = alone
+                        .iter()
+                        .copied()
+                        .filter(|&r| ops.value(r as usize) == op as i8)
+                        .collect();
+                    if !rows.is_empty() {
+                        out.push(self.padded(gone, &rows, op)?);
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let left = &mut self.sides[0];
+        let mut last: HashMap<usize, Vec<u32>> = HashMap::new();
+        for &(slot, row) in &matches.stored {
+            let s = left.slots[slot].as_mut().expect("matched slots are live");
+            s.matched[row] = s.matched[row].saturating_sub(1);
+            if s.matched[row] == 0 {
+                last.entry(slot).or_default().push(row as u32);
+            }
+        }
+        let mut slots: Vec<_> = last.into_iter().collect();
+        slots.sort_unstable_by_key(|(s, _)| *s);
+        for (slot, rows) in slots {
+            let stored = &self.sides[0].slots[slot]
+                .as_ref()
+                .expect("matched slots are live")
+                .batch;
+            out.push(self.padded(stored, &rows, RowOp::Insert)?);
+        }
+        Ok(())
     }
 
     /// Joins rows that add to `side` and stores them.

@@ -582,3 +582,40 @@ async fn joins_of_updating_inputs_match_batch() {
     check_sql("join of running counts", JOIN_OF_RUNNING_COUNTS, None).await;
     check_sql("join of two aggregates", JOIN_OF_TWO_AGGREGATES, None).await;
 }
+
+/// LEFT joins of updating inputs: every auction with its running bid count
+/// (right side updating: a count taken back from an auction's only match
+/// pads it with nulls again), and every running count with its auction if
+/// that is in category 10 (left side updating: a count taken back takes
+/// back its joined row, or its null-padded row when it has no match).
+const LEFT_JOIN_OF_RUNNING_COUNTS: &str = "
+CREATE TABLE auction_counts (id BIGINT, category BIGINT, n BIGINT) WITH (connector = 'blackhole');
+INSERT INTO auction_counts
+SELECT a.id, a.category, c.n
+FROM auction a
+LEFT JOIN (SELECT auction, count(*) AS n FROM bid GROUP BY auction) c ON a.id = c.auction;
+";
+
+const RUNNING_COUNTS_LEFT_JOIN: &str = "
+CREATE TABLE counts_category (auction BIGINT, n BIGINT, category BIGINT) WITH (connector = 'blackhole');
+INSERT INTO counts_category
+SELECT c.auction, c.n, a.category
+FROM (SELECT auction, count(*) AS n FROM bid GROUP BY auction) c
+LEFT JOIN (SELECT id, category FROM auction WHERE category = 10) a ON c.auction = a.id;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn left_joins_of_updating_inputs_match_batch() {
+    check_sql(
+        "auctions left join running counts",
+        LEFT_JOIN_OF_RUNNING_COUNTS,
+        None,
+    )
+    .await;
+    check_sql(
+        "running counts left join auctions",
+        RUNNING_COUNTS_LEFT_JOIN,
+        None,
+    )
+    .await;
+}

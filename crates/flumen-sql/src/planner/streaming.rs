@@ -468,9 +468,9 @@ impl Planner {
             }
         };
         let updating_input = left.updating.as_ref().or(right.updating.as_ref()).cloned();
-        if let (Some(part), false) = (&updating_input, kind == JoinKind::Inner) {
+        if let (Some(part), JoinKind::LeftSemi) = (&updating_input, kind) {
             return Err(pos.error(format!(
-                "a {kind:?} join of an updating input ({part}) is not supported yet; an inner join takes one"
+                "a semi join (IN, EXISTS) of an updating input ({part}) is not supported yet; an inner or LEFT join takes one"
             )));
         }
         if j.on.is_empty() {

@@ -217,10 +217,12 @@ fn build_task(
             }),
         Head::Source(_) => None,
     };
+    let sink_watermark = matches!(tail, Tail::Sink(_)).then(|| ctx.metrics.watermark_slot());
     Ok(Task {
         head,
         operators,
         tail,
+        sink_watermark,
         metrics: ctx.metrics.clone(),
         stop,
         timer,

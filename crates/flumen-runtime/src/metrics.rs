@@ -1,6 +1,7 @@
 //! Counters a running job updates once per batch, read by progress reporting.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Job-wide counters, shared by every task of a job. Updated once per batch,
 /// never per row.
@@ -12,6 +13,8 @@ pub struct JobMetrics {
     late_rows_dropped: AtomicU64,
     state_bytes: AtomicI64,
     peak_state_bytes: AtomicI64,
+    /// Each sink subtask's latest watermark (registered when the job starts).
+    sink_watermarks: Mutex<Vec<Arc<AtomicI64>>>,
 }
 
 /// What one operator subtask last reported of its state size, so that it
@@ -22,6 +25,32 @@ pub struct StateGauge {
 }
 
 impl JobMetrics {
+    /// A place where one sink subtask keeps its latest watermark; taken once
+    /// per sink subtask when the job starts.
+    pub fn watermark_slot(&self) -> Arc<AtomicI64> {
+        let slot = Arc::new(AtomicI64::new(i64::MIN));
+        // A poisoned lock only means another registration panicked; the
+        // list itself is still whole.
+        let mut slots = self
+            .sink_watermarks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        slots.push(slot.clone());
+        slot
+    }
+
+    /// The job's output watermark (ns of event time): the least watermark
+    /// any sink subtask has seen, up to which results are complete; `None`
+    /// until every sink subtask has one.
+    pub fn output_watermark(&self) -> Option<i64> {
+        let slots = self
+            .sink_watermarks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let least = slots.iter().map(|s| s.load(Ordering::Relaxed)).min()?;
+        (least > i64::MIN).then_some(least)
+    }
+
     /// Rows produced by all sources so far.
     pub fn rows_in(&self) -> u64 {
         self.rows_in.load(Ordering::Relaxed)

@@ -42,6 +42,9 @@ pub(crate) struct Task {
     pub operators: Vec<Box<dyn Operator>>,
     pub tail: Tail,
     pub metrics: Arc<JobMetrics>,
+    /// Where a task ending in a sink keeps its watermark (the job's output
+    /// watermark is the least of them).
+    pub sink_watermark: Option<Arc<std::sync::atomic::AtomicI64>>,
     /// Set when the job is asked to stop: sources end their input early.
     pub stop: Arc<AtomicBool>,
     /// Ticks for operators that asked for wall-clock timers (tasks with
@@ -178,7 +181,12 @@ impl Task {
             self.emit(out).await?;
         }
         match current {
-            Some(wm) => self.emit_control(Message::Watermark(wm)).await,
+            Some(wm) => {
+                if let Some(slot) = &self.sink_watermark {
+                    slot.store(wm.0, std::sync::atomic::Ordering::Relaxed);
+                }
+                self.emit_control(Message::Watermark(wm)).await
+            }
             None => Ok(()),
         }
     }

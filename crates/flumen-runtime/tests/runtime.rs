@@ -398,11 +398,19 @@ async fn source_watermarks_flow_as_the_minimum_over_inputs_and_end_at_max() {
     g.connect(s, op, Partitioning::Hash(vec![0]));
     g.connect(op, k, Partitioning::Forward);
     assert!(g.describe().contains("watermarks: n - 5"));
-    run_job(&g, &RunOptions::default())
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let job = run_job(&g, &RunOptions::default()).unwrap();
+    let metrics = job.metrics();
+    assert_eq!(
+        metrics.output_watermark(),
+        None,
+        "no sink has a watermark yet"
+    );
+    job.wait().await.unwrap();
+    assert_eq!(
+        metrics.output_watermark(),
+        Some(i64::MAX),
+        "every sink subtask saw the input end"
+    );
     let seen = seen.lock().unwrap();
     for subtask in 0..2 {
         let wms: Vec<i64> = seen

@@ -22,6 +22,17 @@ pub(crate) struct Summary {
     pub peak_state: u64,
 }
 
+/// The output watermark as progress shows it: the event time up to which
+/// results are complete, when there is one.
+fn watermark_text(watermark: Option<i64>) -> String {
+    match watermark {
+        Some(i64::MAX) => ", watermark: input ended".to_string(),
+        Some(ns) => arrow::temporal_conversions::timestamp_ns_to_datetime(ns)
+            .map_or(String::new(), |t| format!(", watermark {t}")),
+        None => String::new(),
+    }
+}
+
 /// Runs `pipeline` to its end, printing progress and a summary on stderr.
 pub(crate) async fn run(pipeline: flumen_sql::Pipeline) -> Result<Summary> {
     let summary = execute(pipeline, true).await?;
@@ -52,11 +63,12 @@ pub(crate) async fn execute(pipeline: flumen_sql::Pipeline, report: bool) -> Res
             _ = tick.tick(), if report => {
                 let rows = metrics.rows_in();
                 let line = format!(
-                    "[{:>6.1}s] rows in {rows}, rows out {}, {} rows/s, state {} MiB",
+                    "[{:>6.1}s] rows in {rows}, rows out {}, {} rows/s, state {} MiB{}",
                     started.elapsed().as_secs_f64(),
                     metrics.rows_out(),
                     rows - last_rows,
-                    metrics.state_bytes() >> 20
+                    metrics.state_bytes() >> 20,
+                    watermark_text(metrics.output_watermark())
                 );
                 last_rows = rows;
                 if tty { eprint!("\r{line}\x1b[K") } else { eprintln!("{line}") }

@@ -20,7 +20,7 @@ use flumen_runtime::{JobMetrics, Operator, StateGauge};
 use flumen_state::{KeyGroups, StateSnapshot};
 use flumen_types::{Result, RowOp, Watermark};
 
-use crate::top_n::{RankFunction, partition_key_groups};
+use crate::top_n::{RankFunction, next_rank, partition_key_groups};
 
 /// The rows of one partition, by order key and arrival id.
 struct Ranked {
@@ -104,17 +104,13 @@ impl RetractTopN {
         let mut dense = 0;
         for (i, ((key, id), row)) in p.rows.iter().enumerate() {
             let tie = previous == Some(key);
-            let rank = match self.spec.function {
-                RankFunction::RowNumber => i as u64 + 1,
-                RankFunction::Rank if tie => out.last().map_or(1, |n| n.rank),
-                RankFunction::Rank => i as u64 + 1,
-                RankFunction::DenseRank => {
-                    if !tie {
-                        dense += 1;
-                    }
-                    dense
-                }
-            };
+            let rank = next_rank(
+                self.spec.function,
+                i,
+                tie,
+                out.last().map(|n| n.rank),
+                &mut dense,
+            );
             if rank > limit {
                 break;
             }

@@ -183,6 +183,27 @@ impl OperatorFactory for TopNFactory {
     }
 }
 
+/// The number of the `index`-th row of a partition (best first) under
+/// `function`; `tie` when its order key equals the row before's, whose
+/// number was `previous`; `dense` counts distinct keys so far.
+pub(crate) fn next_rank(
+    function: RankFunction,
+    index: usize,
+    tie: bool,
+    previous: Option<u64>,
+    dense: &mut u64,
+) -> u64 {
+    if !tie {
+        *dense += 1;
+    }
+    match (function, previous) {
+        (RankFunction::RowNumber, _) => index as u64 + 1,
+        (RankFunction::Rank, Some(p)) if tie => p,
+        (RankFunction::Rank, _) => index as u64 + 1,
+        (RankFunction::DenseRank, _) => *dense,
+    }
+}
+
 /// The key group of each partition key (`arrow-row` bytes of the
 /// partition columns, none without PARTITION BY), by the exchange's hash
 /// of the columns they decode to.
@@ -282,22 +303,17 @@ struct OutRow {
 impl TopN {
     /// The numbers of `entries` (best first) under `function`.
     fn ranks(function: RankFunction, entries: &[Entry]) -> Vec<u64> {
-        let mut ranks = Vec::with_capacity(entries.len());
+        let mut ranks: Vec<u64> = Vec::with_capacity(entries.len());
         let mut dense = 0;
         for (i, e) in entries.iter().enumerate() {
             let tie = i > 0 && entries[i - 1].key == e.key;
-            let rank = match function {
-                RankFunction::RowNumber => i as u64 + 1,
-                RankFunction::Rank if tie => ranks[i - 1],
-                RankFunction::Rank => i as u64 + 1,
-                RankFunction::DenseRank => {
-                    if !tie {
-                        dense += 1;
-                    }
-                    dense
-                }
-            };
-            ranks.push(rank);
+            ranks.push(next_rank(
+                function,
+                i,
+                tie,
+                ranks.last().copied(),
+                &mut dense,
+            ));
         }
         ranks
     }
@@ -501,23 +517,34 @@ impl TopN {
         Ok(RecordBatch::try_new(self.output.clone(), columns)?)
     }
 
-    /// `entries` with their numbers.
-    fn numbered(&self, entries: &[Entry]) -> Vec<Numbered> {
-        entries
-            .iter()
-            .zip(Self::ranks(self.function, entries))
-            .map(|(e, rank)| Numbered {
-                rank,
+    /// `entries` with their numbers, appended to `out` (no allocation once
+    /// `out` has grown).
+    fn numbered_into(&self, entries: &[Entry], out: &mut Vec<Numbered>) {
+        let first = out.len();
+        let mut dense = 0;
+        for (i, e) in entries.iter().enumerate() {
+            let tie = i > 0 && entries[i - 1].key == e.key;
+            let previous = (out.len() > first).then(|| out[out.len() - 1].rank);
+            out.push(Numbered {
+                rank: next_rank(self.function, i, tie, previous, &mut dense),
                 slot: e.slot,
                 row: e.row,
                 id: e.id,
-            })
-            .collect()
+            });
+        }
     }
 
     /// The changes between a partition's numbered rows before and after.
-    fn diff(&self, before: &[Numbered], after: &[Entry], out: &mut Vec<OutRow>) {
-        let after = self.numbered(after);
+    fn diff(
+        &self,
+        before: &[Numbered],
+        after: &[Entry],
+        scratch: &mut Vec<Numbered>,
+        out: &mut Vec<OutRow>,
+    ) {
+        scratch.clear();
+        self.numbered_into(after, scratch);
+        let after = &scratch[..];
         let row = |n: &Numbered, op| OutRow {
             slot: n.slot,
             row: n.row,
@@ -717,8 +744,10 @@ impl Operator for TopN {
         ));
         let slot = self.store_slot(RecordBatch::try_new(schema, copied)?);
         // Pass 2: insert, remembering each touched partition's rows before.
-        let mut before: HashMap<Box<[u8]>, Vec<Numbered>> = HashMap::new();
-        let mut touched: Vec<Box<[u8]>> = Vec::new();
+        // Keys borrowed from this batch's rows; numbered rows in one buffer.
+        let mut before: HashMap<&[u8], (usize, usize)> = HashMap::new();
+        let mut before_rows: Vec<Numbered> = Vec::new();
+        let mut touched: Vec<&[u8]> = Vec::new();
         let mut evicted = Vec::new();
         let mut refs = 0;
         for (i, &row) in candidates.iter().enumerate() {
@@ -736,10 +765,10 @@ impl Operator for TopN {
                 continue;
             }
             if self.window.is_none() && !before.contains_key(pkey) {
-                let snapshot = self.numbered(&partition.entries);
-                let boxed: Box<[u8]> = pkey.into();
-                before.insert(boxed.clone(), snapshot);
-                touched.push(boxed);
+                let start = before_rows.len();
+                self.numbered_into(&partition.entries, &mut before_rows);
+                before.insert(pkey, (start, before_rows.len()));
+                touched.push(pkey);
             }
             let id = self.next_id;
             self.next_id += 1;
@@ -773,9 +802,11 @@ impl Operator for TopN {
             .refs += refs;
         if self.window.is_none() {
             let mut rows = Vec::new();
+            let mut scratch = Vec::new();
             for pkey in &touched {
-                let after = &self.partitions[pkey].entries;
-                self.diff(&before[pkey], after, &mut rows);
+                let after = &self.partitions[*pkey].entries;
+                let (start, end) = before[pkey];
+                self.diff(&before_rows[start..end], after, &mut scratch, &mut rows);
             }
             if !rows.is_empty() {
                 out.push(self.emit(&rows)?);
@@ -933,7 +964,7 @@ mod tests {
             gauge: StateGauge::default(),
         };
         let mut out = Vec::new();
-        op.diff(&before, &after, &mut out);
+        op.diff(&before, &after, &mut Vec::new(), &mut out);
         let ops: Vec<(RowOp, u64)> = out.iter().map(|r| (r.op, r.rank)).collect();
         assert_eq!(
             ops,
@@ -945,7 +976,12 @@ mod tests {
             ]
         );
         let mut out = Vec::new();
-        op.diff(&before, &[entry(b"a", 10), entry(b"b", 11)], &mut out);
+        op.diff(
+            &before,
+            &[entry(b"a", 10), entry(b"b", 11)],
+            &mut Vec::new(),
+            &mut out,
+        );
         assert!(out.is_empty());
     }
 }

@@ -33,6 +33,18 @@ pub struct AggregateCall {
     pub filter: Option<Arc<dyn PhysicalExpr>>,
 }
 
+impl AggregateCall {
+    /// What its accumulator takes, per row: the arguments, then the ORDER
+    /// BY expressions of an order-sensitive aggregate (`first_value(x ORDER
+    /// BY t)` compares them itself), as DataFusion's own aggregation passes
+    /// them.
+    pub(crate) fn inputs(&self) -> Vec<Arc<dyn PhysicalExpr>> {
+        let mut inputs = self.function.expressions();
+        inputs.extend(self.function.order_bys().iter().map(|o| o.expr.clone()));
+        inputs
+    }
+}
+
 /// Each aggregate's argument arrays for the rows `order` of `batch`, in that
 /// order, with rows outside its `FILTER` turned to nulls (which COUNT, SUM,
 /// MIN, MAX and AVG skip): the input of row accumulators, which take no
@@ -47,8 +59,7 @@ pub(crate) fn sorted_arguments(
         .iter()
         .map(|agg| {
             let mut values = agg
-                .function
-                .expressions()
+                .inputs()
                 .iter()
                 .map(|e| e.evaluate(batch).and_then(|v| v.into_array(rows)))
                 .collect::<datafusion::common::Result<Vec<_>>>()
@@ -221,8 +232,7 @@ impl WindowAggregate {
         let total = window.groups.len();
         for (agg, acc) in self.aggregates.iter().zip(&mut window.accumulators) {
             let values = agg
-                .function
-                .expressions()
+                .inputs()
                 .iter()
                 .map(|e| e.evaluate(rows).and_then(|v| v.into_array(rows.num_rows())))
                 .collect::<datafusion::common::Result<Vec<_>>>()

@@ -619,3 +619,29 @@ async fn left_joins_of_updating_inputs_match_batch() {
     )
     .await;
 }
+
+/// Ordered aggregates: the first and last price of each auction by bid
+/// time, in tumbling windows and without a window (an updating result),
+/// with rows arriving out of order within the watermark bound.
+const ORDERED_AGGREGATES: &str = "
+CREATE TABLE first_last (auction BIGINT, window_start TIMESTAMP(3), fp BIGINT, lp BIGINT, n BIGINT) WITH (connector = 'blackhole');
+INSERT INTO first_last
+SELECT auction, window_start,
+       first_value(price ORDER BY date_time, price) AS fp,
+       last_value(price ORDER BY date_time, price) AS lp,
+       count(*) AS n
+FROM tumble(bid, descriptor(date_time), INTERVAL '10' SECOND)
+GROUP BY auction, window_start;
+";
+
+const ORDERED_RUNNING: &str = "
+CREATE TABLE latest (auction BIGINT, lp BIGINT) WITH (connector = 'blackhole');
+INSERT INTO latest
+SELECT auction, last_value(price ORDER BY date_time, price) AS lp FROM bid GROUP BY auction;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_aggregates_match_batch() {
+    check_sql("first and last value per window", ORDERED_AGGREGATES, None).await;
+    check_sql("latest price per auction", ORDERED_RUNNING, None).await;
+}

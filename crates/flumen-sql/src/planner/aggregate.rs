@@ -145,6 +145,7 @@ impl Planner {
         graph: &mut JobGraph,
         pos: &SourcePos,
     ) -> Result<Stream> {
+        no_ordered_filter(a, &aggregates, pos)?;
         let has = |c| sessions.contains(&Some(c));
         if !has(SessionColumn::Start) || !has(SessionColumn::End) {
             return Err(pos.error(
@@ -210,6 +211,7 @@ impl Planner {
         graph: &mut JobGraph,
         pos: &SourcePos,
     ) -> Result<Stream> {
+        no_ordered_filter(a, &aggregates, pos)?;
         let retracting = input.updating.is_some();
         if retracting {
             for (call, e) in aggregates.iter().zip(&a.aggr_expr) {
@@ -279,9 +281,16 @@ impl Planner {
                 )
                 .build()
                 .map_err(|e| pos.datafusion(e))?;
-                if !lowered.order_bys.is_empty() {
+                // Ordered aggregates whose accumulators compare the ORDER BY
+                // columns themselves (first_value, last_value, array_agg)
+                // work on rows in any order; one that needs sorted input
+                // does not.
+                if !lowered.order_bys.is_empty()
+                    && lowered.aggregate.order_sensitivity().hard_requires()
+                {
                     return Err(pos.error(format!(
-                        "ordered aggregate {e} is not supported in streaming queries yet"
+                        "ordered aggregate {e} needs its input sorted, which a stream is not; \
+                         first_value, last_value and array_agg with ORDER BY work"
                     )));
                 }
                 Ok(AggregateCall {
@@ -290,5 +299,23 @@ impl Planner {
                 })
             })
             .collect()
+    }
+}
+
+/// Session and non-windowed aggregates feed row accumulators, where a
+/// `FILTER` turns the rows it leaves out into nulls; an ordered aggregate
+/// would still order by those rows (`last_value` could pick one), so the two
+/// together are a plan error there.
+fn no_ordered_filter(a: &Aggregate, aggregates: &[AggregateCall], pos: &SourcePos) -> Result<()> {
+    match aggregates
+        .iter()
+        .zip(&a.aggr_expr)
+        .find(|(c, _)| c.filter.is_some() && !c.function.order_bys().is_empty())
+    {
+        Some((_, e)) => Err(pos.error(format!(
+            "ordered aggregate {e} with FILTER (WHERE …) is supported in event-time windows only; \
+             filter the rows in WHERE, or window them"
+        ))),
+        None => Ok(()),
     }
 }

@@ -402,6 +402,21 @@ async fn a_date_bin_over_an_expression_or_with_an_origin_says_what_works() {
 }
 
 #[tokio::test]
+async fn an_ordered_aggregate_with_filter_outside_windows_says_what_works() {
+    let msg = error_of(&format!(
+        "{BID}SELECT auction, last_value(price ORDER BY date_time) FILTER (WHERE price > 10) FROM bid GROUP BY auction;"
+    ))
+    .await;
+    assert_contains(
+        &msg,
+        &[
+            "job.sql:2:1:",
+            "with FILTER (WHERE …) is supported in event-time windows only",
+        ],
+    );
+}
+
+#[tokio::test]
 async fn grouping_sets_are_named() {
     let msg = error_of(&format!(
         "{BID}SELECT auction, count(*) FROM bid GROUP BY ROLLUP(auction, bidder);"

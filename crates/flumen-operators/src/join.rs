@@ -590,14 +590,18 @@ impl HashJoin {
         Ok((Some(joined), kept))
     }
 
-    /// Rows `rows` of a left batch, alone (a semi join's output).
-    fn left_rows(&self, left: &RecordBatch, rows: &[u32]) -> Result<RecordBatch> {
+    /// Rows `rows` of a left batch, alone (a semi join's output), tagged
+    /// `op` when the result is updating.
+    fn left_rows(&self, left: &RecordBatch, rows: &[u32], op: RowOp) -> Result<RecordBatch> {
         let indices = UInt32Array::from(rows.to_vec());
         let width = self.sides[0].spec.width;
-        let columns: Vec<ArrayRef> = left.columns()[..width]
+        let mut columns: Vec<ArrayRef> = left.columns()[..width]
             .iter()
             .map(|c| take(c, &indices, None))
             .collect::<std::result::Result<_, _>>()?;
+        if self.output.fields().len() > width {
+            columns.push(Arc::new(Int8Array::from(vec![op as i8; rows.len()])));
+        }
         Ok(RecordBatch::try_new(self.output.clone(), columns)?)
     }
 
@@ -692,8 +696,8 @@ impl HashJoin {
             if let Some(joined) = joined {
                 out.push(joined);
             }
-            if self.kind == JoinKind::Left {
-                self.unpad_or_repad(side, &gone, &matches, out)?;
+            if self.kind != JoinKind::Inner {
+                self.after_take_back(side, &gone, &matches, out)?;
             }
         }
         Ok((!missing.is_empty())
@@ -701,10 +705,12 @@ impl HashJoin {
             .transpose()?)
     }
 
-    /// What rows taken back from a LEFT join change besides their joined
-    /// rows: a left row without a match takes back its null-padded row; a
-    /// right row taken back from a left row's last match pads it again.
-    fn unpad_or_repad(
+    /// What rows taken back change besides their joined rows. LEFT join: a
+    /// left row without a match takes back its null-padded row; a right row
+    /// taken back from a left row's last match pads it again. Semi join: a
+    /// left row with a match takes back its output; a right row taken back
+    /// from a left row's last match takes that left row back.
+    fn after_take_back(
         &mut self,
         side: usize,
         gone: &RecordBatch,
@@ -716,22 +722,28 @@ impl HashJoin {
             for &r in &matches.probe {
                 matched[r as usize] = true;
             }
-            let alone: Vec<u32> = (0..gone.num_rows() as u32)
-                .filter(|&r| !matched[r as usize])
+            let wanted = self.kind == JoinKind::LeftSemi;
+            let affected: Vec<u32> = (0..gone.num_rows() as u32)
+                .filter(|&r| matched[r as usize] == wanted)
                 .collect();
-            if !alone.is_empty() {
-                let ops = gone
-                    .column(self.sides[0].spec.op_column.expect("an updating side"))
-                    .as_primitive::<Int8Type>();
-                for op in [RowOp::UpdateBefore, RowOp::Delete] {
-                    let rows: Vec<u32> = alone
-                        .iter()
-                        .copied()
-                        .filter(|&r| ops.value(r as usize) == op as i8)
-                        .collect();
-                    if !rows.is_empty() {
-                        out.push(self.padded(gone, &rows, op)?);
-                    }
+            if affected.is_empty() {
+                return Ok(());
+            }
+            if self.kind == JoinKind::LeftSemi {
+                out.push(self.left_rows(gone, &affected, RowOp::Delete)?);
+                return Ok(());
+            }
+            let ops = gone
+                .column(self.sides[0].spec.op_column.expect("an updating side"))
+                .as_primitive::<Int8Type>();
+            for op in [RowOp::UpdateBefore, RowOp::Delete] {
+                let rows: Vec<u32> = affected
+                    .iter()
+                    .copied()
+                    .filter(|&r| ops.value(r as usize) == op as i8)
+                    .collect();
+                if !rows.is_empty() {
+                    out.push(self.padded(gone, &rows, op)?);
                 }
             }
             return Ok(());
@@ -752,7 +764,10 @@ impl HashJoin {
                 .as_ref()
                 .expect("matched slots are live")
                 .batch;
-            out.push(self.padded(stored, &rows, RowOp::Insert)?);
+            out.push(match self.kind {
+                JoinKind::LeftSemi => self.left_rows(stored, &rows, RowOp::Delete)?,
+                _ => self.padded(stored, &rows, RowOp::Insert)?,
+            });
         }
         Ok(())
     }
@@ -786,7 +801,7 @@ impl HashJoin {
                 if !rows.is_empty() {
                     out.push(match self.kind {
                         JoinKind::Left => self.padded(&batch, &rows, RowOp::Insert)?,
-                        _ => self.left_rows(&batch, &rows)?,
+                        _ => self.left_rows(&batch, &rows, RowOp::Insert)?,
                     });
                 }
             } else {
@@ -810,7 +825,7 @@ impl HashJoin {
                         .batch;
                     out.push(match self.kind {
                         JoinKind::Left => self.padded(stored, &rows, RowOp::Delete)?,
-                        _ => self.left_rows(stored, &rows)?,
+                        _ => self.left_rows(stored, &rows, RowOp::Insert)?,
                     });
                 }
             }

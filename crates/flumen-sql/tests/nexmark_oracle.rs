@@ -645,3 +645,32 @@ async fn ordered_aggregates_match_batch() {
     check_sql("first and last value per window", ORDERED_AGGREGATES, None).await;
     check_sql("latest price per auction", ORDERED_RUNNING, None).await;
 }
+
+/// Semi joins of updating inputs: auctions that have had at least 20 bids
+/// so far (right side updating and filtered: a count moving from 20 to 21
+/// takes its row back and adds it again), and running counts of the
+/// auctions in category 10 (left side updating).
+const SEMI_JOIN_OF_RUNNING_COUNTS: &str = "
+CREATE TABLE busy (id BIGINT, category BIGINT) WITH (connector = 'blackhole');
+INSERT INTO busy
+SELECT id, category FROM auction
+WHERE id IN (SELECT auction FROM bid GROUP BY auction HAVING count(*) >= 20);
+";
+
+const RUNNING_COUNTS_SEMI_JOIN: &str = "
+CREATE TABLE counts_10 (auction BIGINT, n BIGINT) WITH (connector = 'blackhole');
+INSERT INTO counts_10
+SELECT auction, n FROM (SELECT auction, count(*) AS n FROM bid GROUP BY auction)
+WHERE auction IN (SELECT id FROM auction WHERE category = 10);
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semi_joins_of_updating_inputs_match_batch() {
+    check_sql("auctions with 20 bids", SEMI_JOIN_OF_RUNNING_COUNTS, None).await;
+    check_sql(
+        "running counts in category 10",
+        RUNNING_COUNTS_SEMI_JOIN,
+        None,
+    )
+    .await;
+}

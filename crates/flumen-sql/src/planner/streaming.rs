@@ -468,11 +468,7 @@ impl Planner {
             }
         };
         let updating_input = left.updating.as_ref().or(right.updating.as_ref()).cloned();
-        if let (Some(part), JoinKind::LeftSemi) = (&updating_input, kind) {
-            return Err(pos.error(format!(
-                "a semi join (IN, EXISTS) of an updating input ({part}) is not supported yet; an inner or LEFT join takes one"
-            )));
-        }
+
         if j.on.is_empty() {
             return Err(pos.error(
                 "a streaming join needs at least one equality between the two sides (ON a.key = b.key); \

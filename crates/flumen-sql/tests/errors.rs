@@ -417,6 +417,26 @@ async fn an_ordered_aggregate_with_filter_outside_windows_says_what_works() {
 }
 
 #[tokio::test]
+async fn an_interval_join_of_an_updating_input_is_named() {
+    let auction = "CREATE TABLE auction (id BIGINT, date_time TIMESTAMP(3), expires TIMESTAMP(3), \
+                   WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) \
+                   WITH (connector = 'nexmark', kind = 'auction', events = '1000');\n";
+    let msg = error_of(&format!(
+        "{}{auction}SELECT c.auction FROM (SELECT auction, max(date_time) AS t FROM bid GROUP BY auction) c \
+         JOIN auction a ON c.auction = a.id AND c.t BETWEEN a.date_time AND a.expires;",
+        timed_bid()
+    ))
+    .await;
+    assert_contains(
+        &msg,
+        &[
+            "job.sql:3:1:",
+            "a window or interval join of an updating input",
+        ],
+    );
+}
+
+#[tokio::test]
 async fn grouping_sets_are_named() {
     let msg = error_of(&format!(
         "{BID}SELECT auction, count(*) FROM bid GROUP BY ROLLUP(auction, bidder);"

@@ -546,6 +546,14 @@ impl Planner {
                 )));
             }
         }
+        if let Some(part) = &updating_input
+            && (left_side.expiry.is_some() || right_side.expiry.is_some())
+        {
+            return Err(pos.error(format!(
+                "a window or interval join of an updating input ({part}) is not supported yet; \
+                 a regular join (equal keys only) takes one"
+            )));
+        }
         left_side.keys = lk.clone();
         right_side.keys = rk.clone();
         let joined = j

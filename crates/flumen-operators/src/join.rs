@@ -34,6 +34,10 @@ pub enum JoinKind {
     /// Each left row once, when its first match arrives (`EXISTS`, `IN`, or
     /// a join with a side the optimizer made distinct).
     LeftSemi,
+    /// Each left row while it has no match (`NOT EXISTS`): emitted when it
+    /// arrives unmatched, taken back at its first match, emitted again
+    /// when its last match is taken back (an updating result).
+    LeftAnti,
 }
 
 /// When a stored row of one side can no longer match: once the watermark
@@ -109,6 +113,7 @@ impl OperatorFactory for HashJoinFactory {
             JoinKind::Inner => "inner",
             JoinKind::Left => "left",
             JoinKind::LeftSemi => "left semi",
+            JoinKind::LeftAnti => "left anti",
         };
         let expiry = |s: &JoinSide| match s.expiry {
             Some(e) => format!("until column {} + {} ms", e.column, e.offset_ns / 1_000_000),
@@ -492,7 +497,7 @@ impl HashJoin {
             return Ok((None, m));
         };
         Ok(match self.kind {
-            JoinKind::LeftSemi => (None, m),
+            JoinKind::LeftSemi | JoinKind::LeftAnti => (None, m),
             JoinKind::Inner if self.output.fields().len() == self.joined.fields().len() => {
                 (Some(joined), m)
             }
@@ -709,7 +714,9 @@ impl HashJoin {
     /// left row without a match takes back its null-padded row; a right row
     /// taken back from a left row's last match pads it again. Semi join: a
     /// left row with a match takes back its output; a right row taken back
-    /// from a left row's last match takes that left row back.
+    /// from a left row's last match takes that left row back. Anti join: a
+    /// left row without a match takes back its output; a right row taken
+    /// back from a left row's last match emits that left row again.
     fn after_take_back(
         &mut self,
         side: usize,
@@ -729,7 +736,7 @@ impl HashJoin {
             if affected.is_empty() {
                 return Ok(());
             }
-            if self.kind == JoinKind::LeftSemi {
+            if self.kind != JoinKind::Left {
                 out.push(self.left_rows(gone, &affected, RowOp::Delete)?);
                 return Ok(());
             }
@@ -766,6 +773,7 @@ impl HashJoin {
                 .batch;
             out.push(match self.kind {
                 JoinKind::LeftSemi => self.left_rows(stored, &rows, RowOp::Delete)?,
+                JoinKind::LeftAnti => self.left_rows(stored, &rows, RowOp::Insert)?,
                 _ => self.padded(stored, &rows, RowOp::Insert)?,
             });
         }
@@ -794,7 +802,11 @@ impl HashJoin {
                 for &r in &matches.probe {
                     matched[r as usize] += 1;
                 }
-                let wanted = if self.kind == JoinKind::Left { 0 } else { 1 };
+                let wanted = if self.kind == JoinKind::LeftSemi {
+                    1
+                } else {
+                    0
+                };
                 let rows: Vec<u32> = (0..batch.num_rows() as u32)
                     .filter(|&r| matched[r as usize].min(1) == wanted)
                     .collect();
@@ -806,7 +818,7 @@ impl HashJoin {
                 }
             } else {
                 // A left row's first match retracts its null-padded row (left
-                // join) or emits it (semi join).
+                // join), emits it (semi join) or takes it back (anti join).
                 let left = &mut self.sides[0];
                 let mut first: HashMap<usize, Vec<u32>> = HashMap::new();
                 for &(slot, row) in &matches.stored {
@@ -825,6 +837,7 @@ impl HashJoin {
                         .batch;
                     out.push(match self.kind {
                         JoinKind::Left => self.padded(stored, &rows, RowOp::Delete)?,
+                        JoinKind::LeftAnti => self.left_rows(stored, &rows, RowOp::Delete)?,
                         _ => self.left_rows(stored, &rows, RowOp::Insert)?,
                     });
                 }

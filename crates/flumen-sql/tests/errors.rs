@@ -437,6 +437,18 @@ async fn an_interval_join_of_an_updating_input_is_named() {
 }
 
 #[tokio::test]
+async fn not_in_over_a_nullable_column_says_to_write_not_exists() {
+    let msg = error_of(&format!(
+        "{BID}SELECT auction FROM bid WHERE bidder NOT IN (SELECT auction FROM bid WHERE price > 100);"
+    ))
+    .await;
+    assert_contains(
+        &msg,
+        &["job.sql:2:1:", "NOT IN over a subquery", "NOT EXISTS"],
+    );
+}
+
+#[tokio::test]
 async fn grouping_sets_are_named() {
     let msg = error_of(&format!(
         "{BID}SELECT auction, count(*) FROM bid GROUP BY ROLLUP(auction, bidder);"

@@ -674,3 +674,30 @@ async fn semi_joins_of_updating_inputs_match_batch() {
     )
     .await;
 }
+
+/// Anti joins (NOT EXISTS): auctions without any bid (a bid takes its
+/// auction's row back), and auctions that have not reached 20 bids (the
+/// right side updating: a count crossing 20 takes the row back, and the
+/// count moving on from 20 to 21 takes its match back and adds it again).
+const AUCTIONS_WITHOUT_BIDS: &str = "
+CREATE TABLE unbid (id BIGINT, category BIGINT) WITH (connector = 'blackhole');
+INSERT INTO unbid
+SELECT id, category FROM auction a
+WHERE NOT EXISTS (SELECT 1 FROM bid b WHERE b.auction = a.id);
+";
+
+const AUCTIONS_UNDER_20_BIDS: &str = "
+CREATE TABLE quiet (id BIGINT, category BIGINT) WITH (connector = 'blackhole');
+INSERT INTO quiet
+SELECT id, category FROM auction a
+WHERE NOT EXISTS (
+    SELECT 1 FROM (SELECT auction FROM bid GROUP BY auction HAVING count(*) >= 20) b
+    WHERE b.auction = a.id
+);
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_joins_match_batch() {
+    check_sql("auctions without bids", AUCTIONS_WITHOUT_BIDS, None).await;
+    check_sql("auctions under 20 bids", AUCTIONS_UNDER_20_BIDS, None).await;
+}

@@ -461,6 +461,13 @@ impl Planner {
             JoinType::Inner => JoinKind::Inner,
             JoinType::Left => JoinKind::Left,
             JoinType::LeftSemi => JoinKind::LeftSemi,
+            JoinType::LeftAnti if j.null_aware => {
+                return Err(pos.error(
+                    "NOT IN over a subquery whose column may be NULL is not supported in streaming queries yet \
+                     (one NULL would empty the result); write NOT EXISTS (… WHERE a = b)",
+                ));
+            }
+            JoinType::LeftAnti => JoinKind::LeftAnti,
             other => {
                 return Err(pos.error(format!(
                     "{other} JOIN is not supported in streaming queries yet; use an inner or LEFT join"
@@ -578,6 +585,10 @@ impl Planner {
         let updating = match (kind, updating_input) {
             (JoinKind::Left, _) => Some(
                 "a LEFT JOIN retracts a row padded with nulls when its first match arrives"
+                    .to_string(),
+            ),
+            (JoinKind::LeftAnti, _) => Some(
+                "NOT EXISTS (an anti join) takes a row back when its first match arrives"
                     .to_string(),
             ),
             (_, Some(part)) => Some(format!(

@@ -701,3 +701,18 @@ async fn anti_joins_match_batch() {
     check_sql("auctions without bids", AUCTIONS_WITHOUT_BIDS, None).await;
     check_sql("auctions under 20 bids", AUCTIONS_UNDER_20_BIDS, None).await;
 }
+
+/// A RIGHT join (planned as the LEFT join with its sides swapped): every
+/// auction, with the bids of its first 3 seconds or nulls.
+const RIGHT_JOIN: &str = "
+CREATE TABLE early_bids (auction BIGINT, price BIGINT, id BIGINT, category BIGINT) WITH (connector = 'blackhole');
+INSERT INTO early_bids
+SELECT b.auction, b.price, a.id, a.category
+FROM bid b
+RIGHT JOIN auction a ON b.auction = a.id AND b.date_time < a.date_time + INTERVAL '3' SECOND;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn right_join_matches_batch() {
+    check_sql("right join", RIGHT_JOIN, None).await;
+}

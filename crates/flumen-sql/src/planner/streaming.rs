@@ -199,6 +199,9 @@ impl Planner {
             LogicalPlan::Join(j) => {
                 let left = Box::pin(self.plan_stream(&j.left, graph, pos)).await?;
                 let right = Box::pin(self.plan_stream(&j.right, graph, pos)).await?;
+                if j.join_type == JoinType::Right {
+                    return self.plan_right_join(j, left, right, graph, pos);
+                }
                 self.plan_join(j, left, right, graph, pos)
             }
             other => Err(pos.error(unsupported(other))),
@@ -441,6 +444,65 @@ impl Planner {
             },
             (width..width + keys.len()).collect(),
         ))
+    }
+
+    /// A RIGHT join: the LEFT join with the sides swapped, and a projection
+    /// that puts the left side's columns first again.
+    fn plan_right_join(
+        &self,
+        j: &datafusion::logical_expr::Join,
+        left: Stream,
+        right: Stream,
+        graph: &mut JobGraph,
+        pos: &SourcePos,
+    ) -> Result<Stream> {
+        let schema = datafusion::logical_expr::logical_plan::builder::build_join_schema(
+            j.right.schema(),
+            j.left.schema(),
+            &JoinType::Left,
+        )
+        .map_err(|e| pos.datafusion(e))?;
+        let swapped = datafusion::logical_expr::Join {
+            left: j.right.clone(),
+            right: j.left.clone(),
+            on: j.on.iter().map(|(l, r)| (r.clone(), l.clone())).collect(),
+            filter: j.filter.clone(),
+            join_type: JoinType::Left,
+            join_constraint: j.join_constraint,
+            schema: Arc::new(schema),
+            null_equality: j.null_equality,
+            null_aware: false,
+        };
+        let (left_width, right_width) = (left.width(), right.width());
+        let joined = self.plan_join(&swapped, right, left, graph, pos)?;
+        // Joined columns are (right…, left…, _op); put left first.
+        let order: Vec<usize> = (right_width..right_width + left_width)
+            .chain(0..right_width)
+            .chain([right_width + left_width])
+            .collect();
+        let exprs: Vec<Arc<dyn PhysicalExpr>> = order
+            .iter()
+            .map(|&i| Arc::new(Column::new(joined.schema.field(i).name(), i)) as _)
+            .collect();
+        let mut fields: Vec<Field> = j
+            .schema
+            .as_arrow()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(op_field());
+        let schema = Arc::new(Schema::new(fields));
+        let kind = NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, schema.clone())));
+        Ok(Stream {
+            node: self.add(graph, joined.node, kind, Partitioning::Forward),
+            schema,
+            updating: joined.updating.map(|_| {
+                "a RIGHT JOIN retracts a row padded with nulls when its first match arrives"
+                    .to_string()
+            }),
+            bounded: joined.bounded,
+        })
     }
 
     /// A join of two streams on equal keys (an inner join may take updating

@@ -199,10 +199,22 @@ impl Planner {
             LogicalPlan::Join(j) => {
                 let left = Box::pin(self.plan_stream(&j.left, graph, pos)).await?;
                 let right = Box::pin(self.plan_stream(&j.right, graph, pos)).await?;
-                if j.join_type == JoinType::Right {
-                    return self.plan_right_join(j, left, right, graph, pos);
+                match j.join_type {
+                    JoinType::Right => self.plan_right_join(j, left, right, graph, pos),
+                    // Right semi and anti joins are the left ones with the
+                    // sides swapped; their output is the right side only.
+                    JoinType::RightSemi | JoinType::RightAnti => {
+                        let swapped = datafusion::logical_expr::Join {
+                            left: j.right.clone(),
+                            right: j.left.clone(),
+                            on: j.on.iter().map(|(l, r)| (r.clone(), l.clone())).collect(),
+                            join_type: j.join_type.swap(),
+                            ..j.clone()
+                        };
+                        self.plan_join(&swapped, right, left, graph, pos)
+                    }
+                    _ => self.plan_join(j, left, right, graph, pos),
                 }
-                self.plan_join(j, left, right, graph, pos)
             }
             other => Err(pos.error(unsupported(other))),
         }
@@ -532,7 +544,7 @@ impl Planner {
             JoinType::LeftAnti => JoinKind::LeftAnti,
             other => {
                 return Err(pos.error(format!(
-                    "{other} JOIN is not supported in streaming queries yet; use an inner or LEFT join"
+                    "{other} JOIN is not supported in streaming queries yet; use an inner, LEFT or RIGHT join"
                 )));
             }
         };

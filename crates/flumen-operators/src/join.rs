@@ -34,6 +34,9 @@ pub enum JoinKind {
     /// Each left row once, when its first match arrives (`EXISTS`, `IN`, or
     /// a join with a side the optimizer made distinct).
     LeftSemi,
+    /// Every row of both sides: matched pairs, or a row padded with nulls
+    /// on the other side while it has no match (an updating result).
+    Full,
     /// Each left row while it has no match (`NOT EXISTS`): emitted when it
     /// arrives unmatched, taken back at its first match, emitted again
     /// when its last match is taken back (an updating result).
@@ -112,6 +115,7 @@ impl OperatorFactory for HashJoinFactory {
         let kind = match self.kind {
             JoinKind::Inner => "inner",
             JoinKind::Left => "left",
+            JoinKind::Full => "full",
             JoinKind::LeftSemi => "left semi",
             JoinKind::LeftAnti => "left anti",
         };
@@ -610,19 +614,64 @@ impl HashJoin {
         Ok(RecordBatch::try_new(self.output.clone(), columns)?)
     }
 
-    /// Left rows padded with nulls on the right, tagged `op`.
-    fn padded(&self, left: &RecordBatch, rows: &[u32], op: RowOp) -> Result<RecordBatch> {
+    /// Rows of `side` padded with nulls for the other side's columns,
+    /// tagged `op`.
+    fn padded(
+        &self,
+        side: usize,
+        batch: &RecordBatch,
+        rows: &[u32],
+        op: RowOp,
+    ) -> Result<RecordBatch> {
         let indices = UInt32Array::from(rows.to_vec());
-        let width = self.sides[0].spec.width;
-        let mut columns: Vec<ArrayRef> = left.columns()[..width]
-            .iter()
-            .map(|c| take(c, &indices, None))
-            .collect::<std::result::Result<_, _>>()?;
-        for f in &self.output.fields()[width..self.output.fields().len() - 1] {
-            columns.push(new_null_array(f.data_type(), rows.len()));
+        let left_width = self.sides[0].spec.width;
+        let fields = self.output.fields();
+        let (own, nulls) = if side == 0 {
+            (0..left_width, left_width..fields.len() - 1)
+        } else {
+            (left_width..fields.len() - 1, 0..left_width)
+        };
+        let mut columns: Vec<ArrayRef> = vec![new_null_array(&DataType::Null, 0); fields.len() - 1];
+        for (i, c) in own.zip(batch.columns()) {
+            columns[i] = take(c, &indices, None)?;
+        }
+        for i in nulls {
+            columns[i] = new_null_array(fields[i].data_type(), rows.len());
         }
         columns.push(Arc::new(Int8Array::from(vec![op as i8; rows.len()])));
         Ok(RecordBatch::try_new(self.output.clone(), columns)?)
+    }
+
+    /// Whether `side` keeps a match count per stored row: the left side of
+    /// LEFT, semi and anti joins, both sides of a FULL join.
+    fn counts(&self, side: usize) -> bool {
+        match self.kind {
+            JoinKind::Inner => false,
+            JoinKind::Full => true,
+            _ => side == 0,
+        }
+    }
+
+    /// What a row of `side` getting its first match (`first`) or losing its
+    /// last one emits: its padded row taken back or added again (LEFT and
+    /// FULL joins), or the row itself added or taken back (semi and anti).
+    fn match_change(
+        &self,
+        side: usize,
+        batch: &RecordBatch,
+        rows: &[u32],
+        first: bool,
+    ) -> Result<RecordBatch> {
+        let (padded_op, semi_op, anti_op) = if first {
+            (RowOp::Delete, RowOp::Insert, RowOp::Delete)
+        } else {
+            (RowOp::Insert, RowOp::Delete, RowOp::Insert)
+        };
+        match self.kind {
+            JoinKind::LeftSemi => self.left_rows(batch, rows, semi_op),
+            JoinKind::LeftAnti => self.left_rows(batch, rows, anti_op),
+            _ => self.padded(side, batch, rows, padded_op),
+        }
     }
 
     /// Joins a batch of one side. An updating side's rows taken back go
@@ -710,13 +759,11 @@ impl HashJoin {
             .transpose()?)
     }
 
-    /// What rows taken back change besides their joined rows. LEFT join: a
-    /// left row without a match takes back its null-padded row; a right row
-    /// taken back from a left row's last match pads it again. Semi join: a
-    /// left row with a match takes back its output; a right row taken back
-    /// from a left row's last match takes that left row back. Anti join: a
-    /// left row without a match takes back its output; a right row taken
-    /// back from a left row's last match emits that left row again.
+    /// What rows taken back change besides their joined rows. A row of a
+    /// counting side (see [`Self::counts`]) without a match takes back its
+    /// padded row (LEFT, FULL) or its output (anti); one with a match takes
+    /// back its output (semi). Rows of the other side that lose their last
+    /// match to it emit what [`Self::match_change`] says.
     fn after_take_back(
         &mut self,
         side: usize,
@@ -724,7 +771,7 @@ impl HashJoin {
         matches: &Matches,
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
-        if side == 0 {
+        if self.counts(side) {
             let mut matched = vec![false; gone.num_rows()];
             for &r in &matches.probe {
                 matched[r as usize] = true;
@@ -733,32 +780,33 @@ impl HashJoin {
             let affected: Vec<u32> = (0..gone.num_rows() as u32)
                 .filter(|&r| matched[r as usize] == wanted)
                 .collect();
-            if affected.is_empty() {
-                return Ok(());
-            }
-            if self.kind != JoinKind::Left {
-                out.push(self.left_rows(gone, &affected, RowOp::Delete)?);
-                return Ok(());
-            }
-            let ops = gone
-                .column(self.sides[0].spec.op_column.expect("an updating side"))
-                .as_primitive::<Int8Type>();
-            for op in [RowOp::UpdateBefore, RowOp::Delete] {
-                let rows: Vec<u32> = affected
-                    .iter()
-                    .copied()
-                    .filter(|&r| ops.value(r as usize) == op as i8)
-                    .collect();
-                if !rows.is_empty() {
-                    out.push(self.padded(gone, &rows, op)?);
+            if !affected.is_empty() {
+                if matches!(self.kind, JoinKind::LeftSemi | JoinKind::LeftAnti) {
+                    out.push(self.left_rows(gone, &affected, RowOp::Delete)?);
+                } else {
+                    let ops = gone
+                        .column(self.sides[side].spec.op_column.expect("an updating side"))
+                        .as_primitive::<Int8Type>();
+                    for op in [RowOp::UpdateBefore, RowOp::Delete] {
+                        let rows: Vec<u32> = affected
+                            .iter()
+                            .copied()
+                            .filter(|&r| ops.value(r as usize) == op as i8)
+                            .collect();
+                        if !rows.is_empty() {
+                            out.push(self.padded(side, gone, &rows, op)?);
+                        }
+                    }
                 }
             }
+        }
+        if !self.counts(1 - side) {
             return Ok(());
         }
-        let left = &mut self.sides[0];
+        let other = &mut self.sides[1 - side];
         let mut last: HashMap<usize, Vec<u32>> = HashMap::new();
         for &(slot, row) in &matches.stored {
-            let s = left.slots[slot].as_mut().expect("matched slots are live");
+            let s = other.slots[slot].as_mut().expect("matched slots are live");
             s.matched[row] = s.matched[row].saturating_sub(1);
             if s.matched[row] == 0 {
                 last.entry(slot).or_default().push(row as u32);
@@ -767,15 +815,11 @@ impl HashJoin {
         let mut slots: Vec<_> = last.into_iter().collect();
         slots.sort_unstable_by_key(|(s, _)| *s);
         for (slot, rows) in slots {
-            let stored = &self.sides[0].slots[slot]
+            let stored = &self.sides[1 - side].slots[slot]
                 .as_ref()
                 .expect("matched slots are live")
                 .batch;
-            out.push(match self.kind {
-                JoinKind::LeftSemi => self.left_rows(stored, &rows, RowOp::Delete)?,
-                JoinKind::LeftAnti => self.left_rows(stored, &rows, RowOp::Insert)?,
-                _ => self.padded(stored, &rows, RowOp::Insert)?,
-            });
+            out.push(self.match_change(1 - side, stored, &rows, false)?);
         }
         Ok(())
     }
@@ -796,51 +840,48 @@ impl HashJoin {
         let matches = Self::probe(&self.sides[1 - side], &rows, &hashes);
         let (joined, matches) = self.joined(side, &batch, matches)?;
         let mut matched = Vec::new();
-        if self.kind != JoinKind::Inner {
-            if side == 0 {
-                matched = vec![0u32; batch.num_rows()];
-                for &r in &matches.probe {
-                    matched[r as usize] += 1;
-                }
-                let wanted = if self.kind == JoinKind::LeftSemi {
-                    1
-                } else {
-                    0
-                };
-                let rows: Vec<u32> = (0..batch.num_rows() as u32)
-                    .filter(|&r| matched[r as usize].min(1) == wanted)
-                    .collect();
-                if !rows.is_empty() {
-                    out.push(match self.kind {
-                        JoinKind::Left => self.padded(&batch, &rows, RowOp::Insert)?,
-                        _ => self.left_rows(&batch, &rows, RowOp::Insert)?,
-                    });
-                }
+        if self.counts(side) {
+            matched = vec![0u32; batch.num_rows()];
+            for &r in &matches.probe {
+                matched[r as usize] += 1;
+            }
+            let wanted = if self.kind == JoinKind::LeftSemi {
+                1
             } else {
-                // A left row's first match retracts its null-padded row (left
-                // join), emits it (semi join) or takes it back (anti join).
-                let left = &mut self.sides[0];
-                let mut first: HashMap<usize, Vec<u32>> = HashMap::new();
-                for &(slot, row) in &matches.stored {
-                    let s = left.slots[slot].as_mut().expect("matched slots are live");
-                    if s.matched[row] == 0 {
-                        first.entry(slot).or_default().push(row as u32);
+                0
+            };
+            let rows: Vec<u32> = (0..batch.num_rows() as u32)
+                .filter(|&r| matched[r as usize].min(1) == wanted)
+                .collect();
+            if !rows.is_empty() {
+                out.push(match self.kind {
+                    JoinKind::Left | JoinKind::Full => {
+                        self.padded(side, &batch, &rows, RowOp::Insert)?
                     }
-                    s.matched[row] += 1;
+                    _ => self.left_rows(&batch, &rows, RowOp::Insert)?,
+                });
+            }
+        }
+        if self.counts(1 - side) {
+            // A stored row's first match retracts its null-padded row (LEFT,
+            // FULL), emits it (semi) or takes it back (anti).
+            let other = &mut self.sides[1 - side];
+            let mut first: HashMap<usize, Vec<u32>> = HashMap::new();
+            for &(slot, row) in &matches.stored {
+                let s = other.slots[slot].as_mut().expect("matched slots are live");
+                if s.matched[row] == 0 {
+                    first.entry(slot).or_default().push(row as u32);
                 }
-                let mut slots: Vec<_> = first.into_iter().collect();
-                slots.sort_unstable_by_key(|(s, _)| *s);
-                for (slot, rows) in slots {
-                    let stored = &self.sides[0].slots[slot]
-                        .as_ref()
-                        .expect("matched slots are live")
-                        .batch;
-                    out.push(match self.kind {
-                        JoinKind::Left => self.padded(stored, &rows, RowOp::Delete)?,
-                        JoinKind::LeftAnti => self.left_rows(stored, &rows, RowOp::Delete)?,
-                        _ => self.left_rows(stored, &rows, RowOp::Insert)?,
-                    });
-                }
+                s.matched[row] += 1;
+            }
+            let mut slots: Vec<_> = first.into_iter().collect();
+            slots.sort_unstable_by_key(|(s, _)| *s);
+            for (slot, rows) in slots {
+                let stored = &self.sides[1 - side].slots[slot]
+                    .as_ref()
+                    .expect("matched slots are live")
+                    .batch;
+                out.push(self.match_change(1 - side, stored, &rows, true)?);
             }
         }
         if let Some(j) = joined {
@@ -923,7 +964,7 @@ impl HashJoin {
             let keys = self.sides[side].spec.key_columns(&batch);
             let key_rows = self.key_rows(&keys)?;
             let hashes = Self::hashes(&keys, batch.num_rows())?;
-            let matched = if self.kind == JoinKind::Inner || side == 1 {
+            let matched = if !self.counts(side) {
                 Vec::new()
             } else {
                 part.column(width)

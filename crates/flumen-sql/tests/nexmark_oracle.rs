@@ -733,3 +733,33 @@ GROUP BY a.category;
 async fn right_semi_join_matches_batch() {
     check_sql("right semi join", RIGHT_SEMI_OF_RUNNING_COUNTS, None).await;
 }
+
+/// FULL joins: auctions and bids of their first 3 seconds, either padded
+/// with nulls while it has no match; and running counts per auction with
+/// the auctions of category 10 (one side updating).
+const FULL_JOIN: &str = "
+CREATE TABLE either (auction BIGINT, price BIGINT, id BIGINT, category BIGINT) WITH (connector = 'blackhole');
+INSERT INTO either
+SELECT b.auction, b.price, a.id, a.category
+FROM bid b
+FULL JOIN auction a ON b.auction = a.id AND b.date_time < a.date_time + INTERVAL '3' SECOND;
+";
+
+const FULL_JOIN_OF_RUNNING_COUNTS: &str = "
+CREATE TABLE counts_or_auctions (auction BIGINT, n BIGINT, id BIGINT) WITH (connector = 'blackhole');
+INSERT INTO counts_or_auctions
+SELECT c.auction, c.n, a.id
+FROM (SELECT auction, count(*) AS n FROM bid GROUP BY auction) c
+FULL JOIN (SELECT id FROM auction WHERE category = 10) a ON c.auction = a.id;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_joins_match_batch() {
+    check_sql("full join", FULL_JOIN, None).await;
+    check_sql(
+        "full join of running counts",
+        FULL_JOIN_OF_RUNNING_COUNTS,
+        None,
+    )
+    .await;
+}

@@ -534,6 +534,7 @@ impl Planner {
         let kind = match j.join_type {
             JoinType::Inner => JoinKind::Inner,
             JoinType::Left => JoinKind::Left,
+            JoinType::Full => JoinKind::Full,
             JoinType::LeftSemi => JoinKind::LeftSemi,
             JoinType::LeftAnti if j.null_aware => {
                 return Err(pos.error(
@@ -659,6 +660,10 @@ impl Planner {
         let updating = match (kind, updating_input) {
             (JoinKind::Left, _) => Some(
                 "a LEFT JOIN retracts a row padded with nulls when its first match arrives"
+                    .to_string(),
+            ),
+            (JoinKind::Full, _) => Some(
+                "a FULL JOIN retracts a row padded with nulls when its first match arrives"
                     .to_string(),
             ),
             (JoinKind::LeftAnti, _) => Some(

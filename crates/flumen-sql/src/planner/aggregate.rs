@@ -15,7 +15,9 @@ use flumen_runtime::{JobGraph, NodeKind, Partitioning};
 use flumen_types::{Result, op_field};
 
 use super::Planner;
-use super::streaming::{Stream, is_proctime, session_column, trace_column, window_call, window_of};
+use super::streaming::{
+    Stream, is_proctime, session_column, stream_schema, trace_column, window_call, window_of,
+};
 use crate::errors::SourcePos;
 
 impl Planner {
@@ -230,15 +232,7 @@ impl Planner {
             }
         }
         let (input, keys) = self.with_keys(input, a.input.schema(), &a.group_expr, graph, pos)?;
-        let mut fields: Vec<_> = a
-            .schema
-            .as_arrow()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.push(op_field());
-        let output = Arc::new(arrow::datatypes::Schema::new(fields));
+        let output = stream_schema(&a.schema, true);
         let group_text: Vec<String> = a.group_expr.iter().map(Expr::to_string).collect();
         let factory = UpdatingAggregateFactory {
             key_columns: keys.clone(),

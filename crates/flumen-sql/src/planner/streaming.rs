@@ -36,6 +36,21 @@ pub(super) struct Stream {
     pub bounded: bool,
 }
 
+/// The arrow schema of a plan's output, with the op column appended when
+/// the stream updates.
+pub(super) fn stream_schema(schema: &DFSchema, updating: bool) -> SchemaRef {
+    let mut fields: Vec<Field> = schema
+        .as_arrow()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    if updating {
+        fields.push(op_field());
+    }
+    Arc::new(Schema::new(fields))
+}
+
 impl Stream {
     pub(super) fn width(&self) -> usize {
         self.schema.fields().len() - usize::from(self.updating.is_some())
@@ -163,17 +178,7 @@ impl Planner {
                 // With an updating branch the union updates too; the other
                 // branches' rows become inserts.
                 let updating = inputs.iter().find_map(|s| s.updating.clone());
-                let mut fields: Vec<Field> = u
-                    .schema
-                    .as_arrow()
-                    .fields()
-                    .iter()
-                    .map(|f| f.as_ref().clone())
-                    .collect();
-                if updating.is_some() {
-                    fields.push(op_field());
-                }
-                let schema = Arc::new(Schema::new(fields));
+                let schema = stream_schema(&u.schema, updating.is_some());
                 let factory = UnionFactory {
                     output: schema.clone(),
                     inputs: inputs.len(),
@@ -237,18 +242,10 @@ impl Planner {
             .map(|e| self.physical(e.clone(), p.input.schema()))
             .collect::<datafusion::common::Result<Vec<_>>>()
             .map_err(|e| pos.datafusion(e))?;
-        let mut fields: Vec<Field> = p
-            .schema
-            .as_arrow()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
         if input.updating.is_some() {
             exprs.push(Arc::new(Column::new(OP_COLUMN, input.width())));
-            fields.push(op_field());
         }
-        let schema = Arc::new(Schema::new(fields));
+        let schema = stream_schema(&p.schema, input.updating.is_some());
         let kind = NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, schema.clone())));
         Ok(Stream {
             node: self.add(graph, input.node, kind, Partitioning::Forward),
@@ -496,15 +493,7 @@ impl Planner {
             .iter()
             .map(|&i| Arc::new(Column::new(joined.schema.field(i).name(), i)) as _)
             .collect();
-        let mut fields: Vec<Field> = j
-            .schema
-            .as_arrow()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.push(op_field());
-        let schema = Arc::new(Schema::new(fields));
+        let schema = stream_schema(&j.schema, true);
         let kind = NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, schema.clone())));
         Ok(Stream {
             node: self.add(graph, joined.node, kind, Partitioning::Forward),
@@ -650,13 +639,6 @@ impl Planner {
             ),
             None => None,
         };
-        let mut fields: Vec<Field> = j
-            .schema
-            .as_arrow()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
         let updating = match (kind, updating_input) {
             (JoinKind::Left, _) => Some(
                 "a LEFT JOIN retracts a row padded with nulls when its first match arrives"
@@ -675,10 +657,7 @@ impl Planner {
             )),
             _ => None,
         };
-        if updating.is_some() {
-            fields.push(op_field());
-        }
-        let schema = Arc::new(Schema::new(fields));
+        let schema = stream_schema(&j.schema, updating.is_some());
         let factory = HashJoinFactory {
             kind,
             left: left_side,

@@ -307,16 +307,7 @@ impl SideState {
 
     /// The side's columns of `batch` as `arrow-row` rows (updating sides).
     fn rows_of(&mut self, batch: &RecordBatch) -> Result<Rows> {
-        let columns = &batch.columns()[..self.spec.width];
-        if self.row_converter.is_none() {
-            let fields = columns
-                .iter()
-                .map(|c| SortField::new(c.data_type().clone()))
-                .collect();
-            self.row_converter = Some(RowConverter::new(fields)?);
-        }
-        let converter = self.row_converter.as_ref().expect("created above");
-        Ok(converter.convert_columns(columns)?)
+        encode(&mut self.row_converter, &batch.columns()[..self.spec.width])
     }
 
     /// Takes back one stored row with key `key` (hash `hash`) and values
@@ -366,6 +357,20 @@ impl SideState {
     }
 }
 
+/// `columns` as `arrow-row` rows, with `converter` made from the first
+/// columns it sees (every batch of a side has the same types).
+fn encode(converter: &mut Option<RowConverter>, columns: &[ArrayRef]) -> Result<Rows> {
+    if converter.is_none() {
+        let fields = columns
+            .iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect();
+        *converter = Some(RowConverter::new(fields)?);
+    }
+    let converter = converter.as_ref().expect("created above");
+    Ok(converter.convert_columns(columns)?)
+}
+
 /// Marks a row whose key has a null: it matches nothing.
 const NULL_KEY: u64 = 0x6e75_6c6c_6b65_7921;
 
@@ -411,15 +416,7 @@ impl HashJoin {
     }
 
     fn key_rows(&mut self, keys: &[ArrayRef]) -> Result<Rows> {
-        if self.converter.is_none() {
-            let fields = keys
-                .iter()
-                .map(|k| SortField::new(k.data_type().clone()))
-                .collect();
-            self.converter = Some(RowConverter::new(fields)?);
-        }
-        let converter = self.converter.as_ref().expect("created above");
-        Ok(converter.convert_columns(keys)?)
+        encode(&mut self.converter, keys)
     }
 
     fn hashes(keys: &[ArrayRef], rows: usize) -> Result<Vec<u64>> {

@@ -28,14 +28,37 @@ pub(crate) fn scalar_column(
     })
 }
 
-/// The intermediate-state fields of `aggregates`, all in order, with the
-/// index where each aggregate's fields start (and one past the last).
+/// The intermediate-state fields of `aggregates`' groups accumulators, all
+/// in order, with the index where each aggregate's fields start (and one
+/// past the last).
 pub(crate) fn state_fields(aggregates: &[AggregateCall]) -> Result<(Vec<Field>, Vec<usize>)> {
     let mut fields = Vec::new();
     let mut starts = vec![0];
     for a in aggregates {
         let state = a.function.state_fields().map_err(err)?;
         fields.extend(state.iter().map(|f| f.as_ref().clone().with_nullable(true)));
+        starts.push(fields.len());
+    }
+    Ok((fields, starts))
+}
+
+/// The same layout for row accumulators made by `create(aggregate)`, read
+/// from a fresh one's state: a retracting (sliding) accumulator keeps more
+/// than the aggregate's declared state (SUM keeps a count too).
+pub(crate) fn row_state_fields(
+    aggregates: usize,
+    create: impl Fn(usize) -> Result<Box<dyn Accumulator>>,
+) -> Result<(Vec<Field>, Vec<usize>)> {
+    let mut fields = Vec::new();
+    let mut starts = vec![0];
+    for a in 0..aggregates {
+        let state = create(a)?.state().map_err(err)?;
+        fields.extend(
+            state
+                .iter()
+                .enumerate()
+                .map(|(i, v)| Field::new(format!("s{a}_{i}"), v.data_type(), true)),
+        );
         starts.push(fields.len());
     }
     Ok((fields, starts))

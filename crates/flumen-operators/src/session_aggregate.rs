@@ -21,7 +21,7 @@ use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskCont
 use flumen_state::{KeyGroupRange, KeyedTable, StateSnapshot};
 use flumen_types::{FlumenError, Result, Watermark};
 
-use crate::columns::{merge_state, scalar_column, state_fields, take_states};
+use crate::columns::{merge_state, row_state_fields, scalar_column, take_states};
 use crate::window_aggregate::{AggregateCall, sorted_arguments};
 
 /// What one group-by column of the output is.
@@ -389,7 +389,9 @@ impl Operator for SessionAggregate {
         if self.open_sessions == 0 {
             return Ok(snapshot);
         }
-        let layout = state_fields(&self.aggregates)?;
+        let layout = row_state_fields(self.aggregates.len(), |a| {
+            new_accumulator(&self.aggregates, a)
+        })?;
         let (mut ids, mut starts, mut ends, mut key_groups) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut entries = Vec::with_capacity(self.open_sessions);
@@ -430,7 +432,9 @@ impl Operator for SessionAggregate {
             return Ok(());
         };
         let (k, rows) = (self.key_columns.len(), batch.num_rows());
-        let (_, state_starts) = state_fields(&self.aggregates)?;
+        let (_, state_starts) = row_state_fields(self.aggregates.len(), |a| {
+            new_accumulator(&self.aggregates, a)
+        })?;
         let mut ids = Vec::with_capacity(rows);
         self.keys.intern(&batch.columns()[..k], rows, &mut ids)?;
         self.sessions.resize_with(self.keys.len(), BTreeMap::new);

@@ -19,7 +19,7 @@ use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskCont
 use flumen_state::{KeyGroupRange, KeyedTable, StateSnapshot};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
-use crate::columns::{merge_state, scalar_column, state_fields, take_states};
+use crate::columns::{merge_state, row_state_fields, scalar_column, take_states};
 use crate::window_aggregate::{AggregateCall, sorted_arguments};
 
 /// Makes [`UpdatingAggregate`] operators.
@@ -379,7 +379,7 @@ impl Operator for UpdatingAggregate {
         if groups == 0 {
             return Ok(snapshot);
         }
-        let layout = state_fields(&self.aggregates)?;
+        let layout = row_state_fields(self.aggregates.len(), |a| self.new_accumulator(a))?;
         let schema = self.snapshot_schema(&layout.0);
         let mut columns = self.keys.emit(0..groups)?;
         let n = self.aggregates.len().max(1);
@@ -401,7 +401,7 @@ impl Operator for UpdatingAggregate {
             return Ok(());
         };
         let (k, rows) = (self.key_columns.len(), batch.num_rows());
-        let (_, starts) = state_fields(&self.aggregates)?;
+        let (_, starts) = row_state_fields(self.aggregates.len(), |a| self.new_accumulator(a))?;
         let mut ids = Vec::with_capacity(rows);
         self.keys.intern(&batch.columns()[..k], rows, &mut ids)?;
         self.add_groups(self.keys.len(), i64::MIN)?;

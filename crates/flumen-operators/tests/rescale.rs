@@ -726,3 +726,51 @@ fn a_join_of_an_updating_input_moves_by_key_group() {
     let rows = check(&factory, &[vec![0], vec![0]], &steps);
     assert!(rows.iter().any(|r| r.ends_with("|2")), "-U rows expected");
 }
+
+#[test]
+fn an_aggregate_of_an_updating_input_moves_by_key_group() {
+    // Sum and count per class g = k % 6 of running values per key: each
+    // -U takes a value back from its class (sliding accumulators), whose
+    // state must survive the move.
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("g", DataType::Int64, false),
+        Field::new("v", DataType::Int64, false),
+        Field::new("_op", DataType::Int8, false),
+    ]));
+    let mut steps = Vec::new();
+    let mut last = vec![0i64; 40];
+    for b in 0..8i64 {
+        let (k, v, op) = running_values(b, &mut last, |k, b| {
+            (b == 0 || k % 3 == b % 3).then_some((k * 7 + b * 13) % 50)
+        });
+        let g: Vec<i64> = k.iter().map(|k| k % 6).collect();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(g)),
+            Arc::new(Int64Array::from(v)),
+            Arc::new(arrow::array::Int8Array::from(op)),
+        ];
+        steps.push(Step::Batch(
+            0,
+            RecordBatch::try_new(schema.clone(), columns).unwrap(),
+        ));
+        steps.push(Step::Watermark(b));
+    }
+    let output = Arc::new(Schema::new(vec![
+        Field::new("g", DataType::Int64, false),
+        Field::new("n", DataType::Int64, true),
+        Field::new("total", DataType::Int64, true),
+        Field::new("_op", DataType::Int8, false),
+    ]));
+    let factory = UpdatingAggregateFactory {
+        key_columns: vec![0],
+        aggregates: vec![
+            aggregate(count_udaf(), "v", &schema),
+            aggregate(sum_udaf(), "v", &schema),
+        ],
+        op_column: Some(2),
+        state_ttl_ns: None,
+        output,
+    };
+    let rows = check(&factory, &[vec![0]], &steps);
+    assert!(rows.iter().any(|r| r.ends_with("|2")), "updates expected");
+}

@@ -367,3 +367,91 @@ impl Operator for RetractTopN {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::row::SortField;
+
+    use super::*;
+
+    fn op(ttl: i64) -> RetractTopN {
+        let output = Arc::new(Schema::new(vec![
+            Field::new("v", DataType::Int64, false),
+            Field::new("rank", DataType::UInt64, false),
+            Field::new("_op", DataType::Int8, false),
+        ]));
+        let converter = || RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
+        let spec = RetractTopNSpec {
+            width: 1,
+            partition_columns: Vec::new(),
+            order_columns: vec![0],
+            op_column: 1,
+            function: RankFunction::RowNumber,
+            limit: 2,
+            state_ttl_ns: Some(ttl),
+            output,
+            partition_converter: RowConverter::new(Vec::new()).unwrap(),
+            order_converter: converter(),
+            row_converter: converter(),
+        };
+        RetractTopN::new(
+            spec,
+            KeyGroups::of_subtask(0, 1, 128),
+            Arc::new(JobMetrics::default()),
+        )
+    }
+
+    fn batch(values: Vec<i64>, ops: Vec<RowOp>) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("v", DataType::Int64, false),
+            Field::new("_op", DataType::Int8, false),
+        ]));
+        let ops = Int8Array::from_iter_values(ops.into_iter().map(|o| o as i8));
+        RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from(values)), Arc::new(ops)],
+        )
+        .unwrap()
+    }
+
+    fn changes(out: &[RecordBatch]) -> Vec<(i64, u64, i8)> {
+        out.iter()
+            .flat_map(|b| {
+                let v = b.column(0).as_primitive::<Int64Type>().clone();
+                let r = b.column(1).as_primitive::<UInt64Type>().clone();
+                let o = b.column(2).as_primitive::<Int8Type>().clone();
+                (0..b.num_rows()).map(move |i| (v.value(i), r.value(i), o.value(i)))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_partition_idle_past_the_ttl_is_dropped_and_late_retractions_are_ignored() {
+        let mut top = op(10);
+        let mut out = Vec::new();
+        top.process_batch(batch(vec![5, 3, 9], vec![RowOp::Insert; 3]), &mut out)
+            .unwrap();
+        assert_eq!(
+            changes(&out),
+            [(3, 1, 0), (5, 2, 0)],
+            "ascending order, first two"
+        );
+        assert!(top.bytes > 0);
+        top.process_watermark(Watermark(100), &mut Vec::new())
+            .unwrap();
+        assert_eq!(top.bytes, 0, "the idle partition is gone");
+        let mut out = Vec::new();
+        top.process_batch(
+            batch(vec![3, 7], vec![RowOp::Delete, RowOp::Insert]),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            changes(&out),
+            [(7, 1, 0)],
+            "the dropped row's retraction is ignored"
+        );
+    }
+}

@@ -100,7 +100,10 @@ impl OperatorFactory for TopNFactory {
         }
         if let Some(ttl) = self.state_ttl_ns {
             text.push_str(&format!(", state_ttl {} ms", ttl / 1_000_000));
-        } else if self.window.is_none() {
+        } else if self.window.is_none()
+            && (!self.partition_columns.is_empty() || self.op_column.is_some())
+        {
+            // Without PARTITION BY an append-only input keeps N rows.
             text.push_str(" [UNBOUNDED STATE: one partition per key; set state_ttl to bound it]");
         }
         text

@@ -763,3 +763,23 @@ async fn full_joins_match_batch() {
     )
     .await;
 }
+
+/// `ORDER BY … LIMIT n` as a global TopN: the 5 highest bids, and the 3
+/// auctions with the most bids so far (over an updating input).
+const ORDER_BY_LIMIT: &str = "
+CREATE TABLE highest (auction BIGINT, price BIGINT) WITH (connector = 'blackhole');
+INSERT INTO highest
+SELECT auction, price FROM bid ORDER BY price DESC, auction, bidder LIMIT 5;
+";
+
+const ORDER_BY_LIMIT_OF_COUNTS: &str = "
+CREATE TABLE most_bid (auction BIGINT, c BIGINT) WITH (connector = 'blackhole');
+INSERT INTO most_bid
+SELECT auction, count(*) AS c FROM bid GROUP BY auction ORDER BY c DESC, auction LIMIT 3;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_by_limit_matches_batch() {
+    check_sql("order by limit", ORDER_BY_LIMIT, None).await;
+    check_sql("order by limit of counts", ORDER_BY_LIMIT_OF_COUNTS, None).await;
+}

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{Column as LogicalColumn, DFSchema, ScalarValue};
+use datafusion::logical_expr::logical_plan::{FetchType, SkipType};
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, JoinType, LogicalPlan, Operator};
 use datafusion::physical_expr::PhysicalExpr;
@@ -220,6 +221,22 @@ impl Planner {
                     }
                     _ => self.plan_join(j, left, right, graph, pos),
                 }
+            }
+            // `ORDER BY … LIMIT n`: the first n rows so far, a global TopN.
+            LogicalPlan::Limit(l) => match (l.get_skip_type(), l.get_fetch_type(), &*l.input) {
+                (
+                    Ok(SkipType::Literal(0)),
+                    Ok(FetchType::Literal(Some(n))),
+                    LogicalPlan::Sort(sort),
+                ) if n > 0 => self.plan_sort_limit(sort, n, graph, pos).await,
+                _ => Err(pos.error(
+                    "LIMIT is supported in streaming queries only as ORDER BY … LIMIT n (without OFFSET): \
+                     the first n rows by that order, updated as rows arrive",
+                )),
+            },
+            LogicalPlan::Sort(sort) if sort.fetch.is_some_and(|n| n > 0) => {
+                let n = sort.fetch.unwrap_or_default();
+                self.plan_sort_limit(sort, n, graph, pos).await
             }
             other => Err(pos.error(unsupported(other))),
         }
@@ -860,8 +877,11 @@ fn unsupported(plan: &LogicalPlan) -> String {
                     ROW_NUMBER() or RANK() OVER (PARTITION BY … ORDER BY …) filtered by <= N (N ≥ 1)"
                 .into();
         }
-        LogicalPlan::Sort(_) => "ORDER BY is",
-        LogicalPlan::Limit(_) => "LIMIT is",
+        LogicalPlan::Sort(_) => {
+            return "ORDER BY is supported in streaming queries only with LIMIT n (the first n rows, \
+                    updated as rows arrive), or in ROW_NUMBER() OVER (… ORDER BY …) <= n"
+                .into();
+        }
         LogicalPlan::Distinct(_) => "DISTINCT is",
         LogicalPlan::Values(_) | LogicalPlan::EmptyRelation(_) => {
             return "a query must read from a connector table (a source) to run as a stream".into();

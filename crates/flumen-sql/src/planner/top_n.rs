@@ -9,12 +9,14 @@ use arrow::datatypes::{Field, Schema};
 use datafusion::common::{Column as LogicalColumn, ScalarValue};
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Filter, LogicalPlan, Operator, Window};
-use flumen_operators::{RankFunction, TopNFactory, TopNWindow};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column;
+use flumen_operators::{ProjectionFactory, RankFunction, TopNFactory, TopNWindow};
 use flumen_runtime::{JobGraph, NodeKind, Partitioning};
 use flumen_types::{Result, op_field};
 
 use super::Planner;
-use super::streaming::Stream;
+use super::streaming::{Stream, stream_schema};
 use crate::errors::SourcePos;
 
 /// A TopN found under a filter.
@@ -213,6 +215,83 @@ impl Planner {
             node,
             schema,
             updating,
+            bounded,
+        })
+    }
+
+    /// `ORDER BY … LIMIT n`: a TopN over one partition holding every row
+    /// (ROW_NUMBER by the sort order), its number dropped again; an
+    /// updating result, since later rows can take a place in the first n.
+    pub(super) async fn plan_sort_limit(
+        &self,
+        sort: &datafusion::logical_expr::Sort,
+        limit: usize,
+        graph: &mut JobGraph,
+        pos: &SourcePos,
+    ) -> Result<Stream> {
+        let input = Box::pin(self.plan_stream(&sort.input, graph, pos)).await?;
+        let width = sort.input.schema().fields().len();
+        let op_column = input.updating.as_ref().map(|_| width);
+        let order: Vec<Expr> = sort.expr.iter().map(|s| s.expr.clone()).collect();
+        let bounded = input.bounded;
+        let (input, columns) = self.with_keys(input, sort.input.schema(), &order, graph, pos)?;
+        let order_columns = columns
+            .iter()
+            .zip(&sort.expr)
+            .map(|(&c, s)| {
+                (
+                    c,
+                    SortOptions {
+                        descending: !s.asc,
+                        nulls_first: s.nulls_first,
+                    },
+                )
+            })
+            .collect();
+        let mut fields: Vec<Field> = sort
+            .input
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(
+            "__flumen_rank",
+            arrow::datatypes::DataType::UInt64,
+            false,
+        ));
+        fields.push(op_field());
+        let ranked = Arc::new(Schema::new(fields));
+        let factory = TopNFactory {
+            input: input.schema.clone(),
+            width,
+            partition_columns: Vec::new(),
+            order_columns,
+            function: RankFunction::RowNumber,
+            limit,
+            window: None,
+            state_ttl_ns: self.state_ttl_ns,
+            output: ranked.clone(),
+            op_column,
+        };
+        let node = graph.add_node(
+            NodeKind::Operator(Arc::new(factory)),
+            self.options.parallelism,
+        );
+        graph.connect(input.node, node, Partitioning::Hash(Vec::new()));
+        // Drop the number, keep the op column.
+        let exprs: Vec<Arc<dyn PhysicalExpr>> = (0..width)
+            .chain([width + 1])
+            .map(|i| Arc::new(Column::new(ranked.field(i).name(), i)) as _)
+            .collect();
+        let schema = stream_schema(sort.input.schema(), true);
+        let kind = NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, schema.clone())));
+        Ok(Stream {
+            node: self.add(graph, node, kind, Partitioning::Forward),
+            schema,
+            updating: Some(format!(
+                "ORDER BY … LIMIT {limit} keeps the first {limit} rows, which change as rows arrive"
+            )),
             bounded,
         })
     }

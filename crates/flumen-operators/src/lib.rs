@@ -6,6 +6,7 @@
 mod columns;
 mod filter;
 mod join;
+mod limit;
 mod projection;
 mod retract_top_n;
 mod session_aggregate;
@@ -17,6 +18,7 @@ mod window_aggregate;
 
 pub use filter::FilterFactory;
 pub use join::{Expiry, HashJoinFactory, JoinKind, JoinSide};
+pub use limit::LimitFactory;
 pub use projection::ProjectionFactory;
 pub use session_aggregate::{SessionAggregateFactory, SessionColumn};
 pub use top_n::{RankFunction, TopNFactory, TopNWindow};

@@ -783,3 +783,54 @@ async fn order_by_limit_matches_batch() {
     check_sql("order by limit", ORDER_BY_LIMIT, None).await;
     check_sql("order by limit of counts", ORDER_BY_LIMIT_OF_COUNTS, None).await;
 }
+
+/// Plain `LIMIT n` (pushed into the scan by DataFusion, or above a filter):
+/// exactly n rows, each one of the query's rows, at every parallelism.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_limit_gives_n_of_the_rows() {
+    for (query, all) in [
+        (
+            "SELECT auction, price FROM bid LIMIT 7",
+            "SELECT auction, price FROM bid",
+        ),
+        (
+            "SELECT auction, price FROM bid WHERE price > 1000 LIMIT 7",
+            "SELECT auction, price FROM bid WHERE price > 1000",
+        ),
+    ] {
+        let batch_ctx = flumen_sql::session();
+        let input = tempfile::tempdir().unwrap();
+        let file_ddl = generate_input(input.path()).await;
+        for t in TABLES {
+            batch_ctx
+                .register_parquet(
+                    t,
+                    input.path().join(t).to_str().unwrap(),
+                    ParquetReadOptions::default(),
+                )
+                .await
+                .unwrap();
+        }
+        let every: std::collections::HashSet<String> =
+            rows(&batch_ctx.sql(all).await.unwrap().collect().await.unwrap())
+                .into_iter()
+                .collect();
+        for parallelism in [1, 2, 4] {
+            let out = tempfile::tempdir().unwrap();
+            let sql = format!(
+                "CREATE TABLE o (auction BIGINT, price BIGINT) WITH (connector = 'filesystem', path = '{}', format = 'parquet');\nINSERT INTO o {query};",
+                out.path().display()
+            );
+            run_scripts(
+                &[("files.sql", &file_ddl), ("q.sql", &sql)],
+                parallelism,
+                &[],
+            )
+            .await
+            .unwrap();
+            let got = read_parquet_rows(out.path()).await;
+            assert_eq!(got.len(), 7, "{query} at parallelism {parallelism}");
+            assert!(got.iter().all(|r| every.contains(r)), "{query}: {got:?}");
+        }
+    }
+}

@@ -13,8 +13,8 @@ use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, JoinType, Logica
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
 use flumen_operators::{
-    Expiry, FilterFactory, HashJoinFactory, JoinKind, JoinSide, ProjectionFactory, SessionColumn,
-    UnionFactory, UnnestFactory,
+    Expiry, FilterFactory, HashJoinFactory, JoinKind, JoinSide, LimitFactory, ProjectionFactory,
+    SessionColumn, UnionFactory, UnnestFactory,
 };
 use flumen_runtime::{JobGraph, NodeId, NodeKind, Partitioning};
 use flumen_types::{OP_COLUMN, Result, op_field};
@@ -77,9 +77,33 @@ impl Planner {
         kind: NodeKind,
         partitioning: Partitioning,
     ) -> NodeId {
-        let node = graph.add_node(kind, self.options.parallelism);
+        // A forward edge keeps the input's parallelism (a LIMIT runs as one
+        // subtask, and what follows it stays with it).
+        let parallelism = match partitioning {
+            Partitioning::Forward => graph.nodes()[input].parallelism,
+            _ => self.options.parallelism,
+        };
+        let node = graph.add_node(kind, parallelism);
         graph.connect(input, node, partitioning);
         node
+    }
+
+    /// The first `limit` rows of `input`, counted by one subtask.
+    fn limit(
+        &self,
+        input: Stream,
+        limit: usize,
+        graph: &mut JobGraph,
+        pos: &SourcePos,
+    ) -> Result<Stream> {
+        if let Some(part) = &input.updating {
+            return Err(pos.error(format!(
+                "LIMIT over an updating input ({part}) is not supported; use ORDER BY … LIMIT n"
+            )));
+        }
+        let node = graph.add_node(NodeKind::Operator(Arc::new(LimitFactory { limit })), 1);
+        graph.connect(input.node, node, Partitioning::Rebalance);
+        Ok(Stream { node, ..input })
     }
 
     /// Plans `plan` and everything below it; returns the stream it produces.
@@ -229,9 +253,15 @@ impl Planner {
                     Ok(FetchType::Literal(Some(n))),
                     LogicalPlan::Sort(sort),
                 ) if n > 0 => self.plan_sort_limit(sort, n, graph, pos).await,
+                // Plain `LIMIT n`: the first n rows that arrive, counted by
+                // one subtask.
+                (Ok(SkipType::Literal(0)), Ok(FetchType::Literal(Some(n))), _) => {
+                    let input = Box::pin(self.plan_stream(&l.input, graph, pos)).await?;
+                    self.limit(input, n, graph, pos)
+                }
                 _ => Err(pos.error(
-                    "LIMIT is supported in streaming queries only as ORDER BY … LIMIT n (without OFFSET): \
-                     the first n rows by that order, updated as rows arrive",
+                    "LIMIT with OFFSET is not supported in streaming queries; \
+                     use LIMIT n, or ORDER BY … LIMIT n for the first n rows by an order",
                 )),
             },
             LogicalPlan::Sort(sort) if sort.fetch.is_some_and(|n| n > 0) => {
@@ -348,8 +378,13 @@ impl Planner {
         let LogicalPlan::TableScan(scan) = plan else {
             unreachable!("called for table scans only")
         };
-        if scan.fetch.is_some() {
-            return Err(pos.error("LIMIT is not supported in streaming queries yet"));
+        // DataFusion pushes a plain LIMIT into the scan.
+        if let Some(limit) = scan.fetch {
+            let mut whole = scan.clone();
+            whole.fetch = None;
+            let input =
+                Box::pin(self.plan_scan(&LogicalPlan::TableScan(whole), graph, pos)).await?;
+            return self.limit(input, limit, graph, pos);
         }
         let table = scan.table_name.table();
         let spec = self

@@ -797,26 +797,44 @@ impl HashJoin {
                 }
             }
         }
-        if !self.counts(1 - side) {
-            return Ok(());
+        if self.counts(1 - side) {
+            self.count_matches(1 - side, &matches.stored, false, out)?;
         }
-        let other = &mut self.sides[1 - side];
-        let mut last: HashMap<usize, Vec<u32>> = HashMap::new();
-        for &(slot, row) in &matches.stored {
-            let s = other.slots[slot].as_mut().expect("matched slots are live");
-            s.matched[row] = s.matched[row].saturating_sub(1);
-            if s.matched[row] == 0 {
-                last.entry(slot).or_default().push(row as u32);
+        Ok(())
+    }
+
+    /// Counts one more (`added`) or one fewer match for each stored row of
+    /// `side` in `stored`, and emits what [`Self::match_change`] says for
+    /// the rows that got their first match or lost their last.
+    fn count_matches(
+        &mut self,
+        side: usize,
+        stored: &[(usize, usize)],
+        added: bool,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let state = &mut self.sides[side];
+        let mut changed: HashMap<usize, Vec<u32>> = HashMap::new();
+        for &(slot, row) in stored {
+            let s = state.slots[slot].as_mut().expect("matched slots are live");
+            let before = s.matched[row];
+            s.matched[row] = if added {
+                before + 1
+            } else {
+                before.saturating_sub(1)
+            };
+            if (before == 0) != (s.matched[row] == 0) {
+                changed.entry(slot).or_default().push(row as u32);
             }
         }
-        let mut slots: Vec<_> = last.into_iter().collect();
+        let mut slots: Vec<_> = changed.into_iter().collect();
         slots.sort_unstable_by_key(|(s, _)| *s);
         for (slot, rows) in slots {
-            let stored = &self.sides[1 - side].slots[slot]
+            let batch = &self.sides[side].slots[slot]
                 .as_ref()
                 .expect("matched slots are live")
                 .batch;
-            out.push(self.match_change(1 - side, stored, &rows, false)?);
+            out.push(self.match_change(side, batch, &rows, added)?);
         }
         Ok(())
     }
@@ -862,24 +880,7 @@ impl HashJoin {
         if self.counts(1 - side) {
             // A stored row's first match retracts its null-padded row (LEFT,
             // FULL), emits it (semi) or takes it back (anti).
-            let other = &mut self.sides[1 - side];
-            let mut first: HashMap<usize, Vec<u32>> = HashMap::new();
-            for &(slot, row) in &matches.stored {
-                let s = other.slots[slot].as_mut().expect("matched slots are live");
-                if s.matched[row] == 0 {
-                    first.entry(slot).or_default().push(row as u32);
-                }
-                s.matched[row] += 1;
-            }
-            let mut slots: Vec<_> = first.into_iter().collect();
-            slots.sort_unstable_by_key(|(s, _)| *s);
-            for (slot, rows) in slots {
-                let stored = &self.sides[1 - side].slots[slot]
-                    .as_ref()
-                    .expect("matched slots are live")
-                    .batch;
-                out.push(self.match_change(1 - side, stored, &rows, true)?);
-            }
+            self.count_matches(1 - side, &matches.stored, true, out)?;
         }
         if let Some(j) = joined {
             out.push(j);

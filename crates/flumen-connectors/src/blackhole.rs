@@ -6,6 +6,32 @@ use async_trait::async_trait;
 use flumen_runtime::{Sink, SinkFactory, TaskContext};
 use flumen_types::Result;
 
+/// The `blackhole` connector: writes only, and keeps nothing.
+pub(crate) struct Blackhole;
+
+impl crate::Connector for Blackhole {
+    fn name(&self) -> &'static str {
+        "blackhole"
+    }
+    fn options(&self) -> &'static [crate::OptionSpec] {
+        &[]
+    }
+    fn delivery(&self) -> Option<crate::Delivery> {
+        Some(crate::Delivery::AtLeastOnce)
+    }
+    fn accepts_updates(&self, _options: &crate::Options) -> bool {
+        true
+    }
+    fn sink(
+        &self,
+        _spec: &crate::TableSpec,
+        _input: arrow::datatypes::SchemaRef,
+        _unique: &str,
+    ) -> Result<std::sync::Arc<dyn SinkFactory>> {
+        Ok(std::sync::Arc::new(BlackholeSinkFactory))
+    }
+}
+
 /// Makes sinks that drop their input.
 pub struct BlackholeSinkFactory;
 

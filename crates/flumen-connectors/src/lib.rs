@@ -1,5 +1,6 @@
 //! Connectors: where a job's rows come from and go to. Each connector is a
-//! module; [`source_factory`] and [`sink_factory`] pick one by the table's
+//! module with one [`Connector`], registered in [`connectors`];
+//! [`source_factory`] and [`sink_factory`] pick one by the table's
 //! `connector` option, after [`check_table`] has validated its options.
 
 #![warn(missing_docs)]
@@ -9,6 +10,7 @@ pub mod filesystem;
 pub mod nexmark;
 mod options;
 mod stdout;
+mod throttle;
 
 use std::sync::Arc;
 
@@ -20,13 +22,91 @@ pub use blackhole::BlackholeSinkFactory;
 pub use options::{OptionSpec, Options};
 pub use stdout::{StdoutFormat, StdoutSinkFactory};
 
-/// Every connector, with whether it reads, writes, and the options it takes.
-pub const CONNECTORS: &[(&str, bool, bool, &[OptionSpec])] = &[
-    ("nexmark", true, false, nexmark::OPTIONS),
-    ("filesystem", true, true, filesystem::OPTIONS),
-    ("stdout", false, true, stdout::OPTIONS),
-    ("blackhole", false, true, &[]),
-];
+/// What a sink promises about each row it is given, with checkpoints on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Committed once, even across failures: staged at a barrier, made
+    /// visible when the checkpoint completes.
+    ExactlyOnce,
+    /// Written at least once: a restart may write again what followed the
+    /// last checkpoint.
+    AtLeastOnce,
+}
+
+/// One kind of external system a table can live in: its options, how to
+/// read and write it, and what its sink guarantees. Each connector module
+/// has one, listed in [`connectors`].
+#[async_trait::async_trait]
+pub trait Connector: Send + Sync {
+    /// The `connector` option that names it.
+    fn name(&self) -> &'static str;
+    /// The `WITH` options it takes, with their docs.
+    fn options(&self) -> &'static [OptionSpec];
+    /// Whether tables of it can be read.
+    fn reads(&self) -> bool {
+        false
+    }
+    /// What its sink guarantees; `None` if tables of it cannot be written.
+    fn delivery(&self) -> Option<Delivery> {
+        None
+    }
+    /// Whether a sink of this table takes an updating stream.
+    fn accepts_updates(&self, _options: &Options) -> bool {
+        false
+    }
+    /// A source reading `spec`, producing only the `projection` columns.
+    async fn source(
+        &self,
+        spec: &TableSpec,
+        _projection: Option<&[usize]>,
+    ) -> Result<Arc<dyn SourceFactory>> {
+        Err(FlumenError::plan(format!(
+            "table '{}' uses connector '{}', which cannot be read; readable connectors: {}",
+            spec.name,
+            self.name(),
+            names(|c| c.reads())
+        )))
+    }
+    /// A sink writing rows of `input` into `spec`; `unique` names its output
+    /// apart from other sinks' and jobs'.
+    fn sink(
+        &self,
+        spec: &TableSpec,
+        _input: SchemaRef,
+        _unique: &str,
+    ) -> Result<Arc<dyn SinkFactory>> {
+        Err(FlumenError::plan(format!(
+            "table '{}' uses connector '{}', which cannot be written; writable connectors: {}",
+            spec.name,
+            self.name(),
+            names(|c| c.delivery().is_some())
+        )))
+    }
+}
+
+/// Every connector: one line each.
+pub fn connectors() -> &'static [&'static dyn Connector] {
+    &[
+        &nexmark::Nexmark,
+        &filesystem::Filesystem,
+        &stdout::Stdout,
+        &blackhole::Blackhole,
+    ]
+}
+
+/// The connector called `name`.
+pub fn connector(name: &str) -> Option<&'static dyn Connector> {
+    connectors().iter().copied().find(|c| c.name() == name)
+}
+
+fn names(filter: impl Fn(&dyn Connector) -> bool) -> String {
+    connectors()
+        .iter()
+        .filter(|c| filter(**c))
+        .map(|c| c.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// A table declared with `CREATE TABLE … WITH (…)`.
 #[derive(Debug, Clone)]
@@ -52,33 +132,35 @@ pub(crate) fn column_list(schema: &SchemaRef) -> String {
     names.join(", ")
 }
 
-fn connector_names() -> String {
-    CONNECTORS
-        .iter()
-        .map(|c| c.0)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Checks that the table names a known connector and only options it takes.
 pub fn check_table(spec: &TableSpec) -> Result<()> {
-    let Some(connector) = spec.options.get("connector") else {
+    let Some(name) = spec.options.get("connector") else {
         return Err(FlumenError::config(format!(
             "table '{}' has no connector option; valid connectors: {}",
             spec.name,
-            connector_names()
+            names(|_| true)
         )));
     };
-    let Some((_, _, _, specs)) = CONNECTORS.iter().find(|c| c.0 == connector) else {
+    let Some(connector) = connector(name) else {
         return Err(FlumenError::config(format!(
-            "table '{}': unknown connector '{connector}'; valid connectors: {}",
+            "table '{}': unknown connector '{name}'; valid connectors: {}",
             spec.name,
-            connector_names()
+            names(|_| true)
         )));
     };
     spec.options
-        .check(connector, specs)
+        .check(name, connector.options())
         .map_err(|e| FlumenError::config(format!("table '{}': {e}", spec.name)))
+}
+
+fn connector_of(spec: &TableSpec) -> Result<&'static dyn Connector> {
+    connector(spec.connector()).ok_or_else(|| {
+        FlumenError::config(format!(
+            "table '{}': unknown connector '{}'",
+            spec.name,
+            spec.connector()
+        ))
+    })
 }
 
 /// A source reading `spec`, producing only the `projection` columns.
@@ -90,67 +172,24 @@ pub async fn source_factory(
         FlumenError::Config(m) => FlumenError::config(format!("table '{}': {m}", spec.name)),
         other => other,
     };
-    Ok(match spec.connector() {
-        "nexmark" => Arc::new(
-            nexmark::NexmarkSourceFactory::try_new(&spec.options, &spec.schema, projection)
-                .map_err(in_table)?,
-        ),
-        "filesystem" => Arc::new(
-            filesystem::FileSourceFactory::try_new(&spec.options, &spec.schema, projection)
-                .await
-                .map_err(in_table)?,
-        ),
-        other => {
-            return Err(FlumenError::plan(format!(
-                "table '{}' uses connector '{other}', which cannot be read; readable connectors: {}",
-                spec.name,
-                readable(true)
-            )));
-        }
-    })
-}
-
-fn readable(read: bool) -> String {
-    CONNECTORS
-        .iter()
-        .filter(|c| if read { c.1 } else { c.2 })
-        .map(|c| c.0)
-        .collect::<Vec<_>>()
-        .join(", ")
+    connector_of(spec)?
+        .source(spec, projection)
+        .await
+        .map_err(in_table)
 }
 
 /// Whether a sink of this table takes an updating stream (rows tagged
-/// insert / delete / update): stdout and blackhole do, a filesystem sink does
-/// when it writes the changelog (`changelog = 'true'`); others only append.
+/// insert / delete / update).
 pub fn accepts_updates(spec: &TableSpec) -> bool {
-    match spec.connector() {
-        "stdout" | "blackhole" => true,
-        "filesystem" => spec.options.get("changelog") == Some("true"),
-        _ => false,
-    }
+    connector(spec.connector()).is_some_and(|c| c.accepts_updates(&spec.options))
 }
 
 /// A sink writing rows of `input` into `spec`; `unique` names its files apart
-/// from other sinks' and runs'.
+/// from other sinks' and jobs'.
 pub fn sink_factory(
     spec: &TableSpec,
     input: SchemaRef,
     unique: &str,
 ) -> Result<Arc<dyn SinkFactory>> {
-    Ok(match spec.connector() {
-        "filesystem" => Arc::new(filesystem::FileSinkFactory::try_new(
-            &spec.options,
-            input,
-            unique,
-        )?),
-        "stdout" => Arc::new(StdoutSinkFactory::from_options(&spec.options)?),
-        "blackhole" => Arc::new(BlackholeSinkFactory),
-        other => {
-            return Err(FlumenError::plan(format!(
-                "table '{}' uses connector '{other}', which cannot be written; writable connectors: {}",
-                spec.name,
-                readable(false)
-            )));
-        }
-    })
+    connector_of(spec)?.sink(spec, input, unique)
 }

@@ -59,6 +59,34 @@ pub struct StdoutSinkFactory {
     format: StdoutFormat,
 }
 
+/// The `stdout` connector: writes only, at least once.
+pub(crate) struct Stdout;
+
+impl crate::Connector for Stdout {
+    fn name(&self) -> &'static str {
+        "stdout"
+    }
+    fn options(&self) -> &'static [OptionSpec] {
+        OPTIONS
+    }
+    fn delivery(&self) -> Option<crate::Delivery> {
+        Some(crate::Delivery::AtLeastOnce)
+    }
+    fn accepts_updates(&self, _options: &Options) -> bool {
+        true
+    }
+    fn sink(
+        &self,
+        spec: &crate::TableSpec,
+        _input: arrow::datatypes::SchemaRef,
+        _unique: &str,
+    ) -> Result<std::sync::Arc<dyn flumen_runtime::SinkFactory>> {
+        Ok(std::sync::Arc::new(StdoutSinkFactory::from_options(
+            &spec.options,
+        )?))
+    }
+}
+
 impl StdoutSinkFactory {
     /// A sink printing in `format`.
     pub fn new(format: StdoutFormat) -> Self {

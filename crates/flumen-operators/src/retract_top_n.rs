@@ -13,11 +13,11 @@ use std::sync::Arc;
 use arrow::array::{
     ArrayRef, AsArray, BinaryArray, Int8Array, Int64Array, RecordBatch, UInt64Array,
 };
-use arrow::datatypes::{Int8Type, Int64Type, SchemaRef, UInt64Type};
+use arrow::datatypes::{Int8Type, SchemaRef};
 use arrow::row::{OwnedRow, Row, RowConverter, Rows};
 use datafusion::common::HashMap;
 use flumen_runtime::{JobMetrics, Operator, StateGauge};
-use flumen_state::{KeyGroups, StateSnapshot};
+use flumen_state::{KeyGroups, StateSnapshot, state_column};
 use flumen_types::{Result, RowOp, Watermark};
 
 use crate::top_n::{RankFunction, next_rank, partition_key_groups};
@@ -339,14 +339,14 @@ impl Operator for RetractTopN {
             return Ok(());
         };
         let w = self.spec.width;
+        let pkeys = state_column::<BinaryArray>(&batch, 0, w)?;
+        let okeys = state_column::<BinaryArray>(&batch, 0, w + 1)?;
+        let ids = state_column::<UInt64Array>(&batch, 0, w + 2)?;
+        let touched = state_column::<Int64Array>(&batch, 0, w + 3)?;
         let rows = self
             .spec
             .row_converter
             .convert_columns(&batch.columns()[..w])?;
-        let pkeys = batch.column(w).as_binary::<i32>();
-        let okeys = batch.column(w + 1).as_binary::<i32>();
-        let ids = batch.column(w + 2).as_primitive::<UInt64Type>();
-        let touched = batch.column(w + 3).as_primitive::<Int64Type>();
         let parser = self.spec.order_converter.parser();
         for r in 0..batch.num_rows() {
             let pkey = pkeys.value(r);
@@ -371,7 +371,7 @@ impl Operator for RetractTopN {
 #[cfg(test)]
 mod tests {
     use arrow::array::Int64Array;
-    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema, UInt64Type};
     use arrow::row::SortField;
 
     use super::*;

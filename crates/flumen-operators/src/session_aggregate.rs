@@ -18,7 +18,7 @@ use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
-use flumen_state::{KeyGroupRange, KeyedTable, StateSnapshot};
+use flumen_state::{KeyGroupRange, KeyedTable, StateSnapshot, state_column};
 use flumen_types::{FlumenError, Result, Watermark};
 
 use crate::columns::{merge_state, row_state_fields, scalar_column, take_states};
@@ -435,11 +435,11 @@ impl Operator for SessionAggregate {
         let (_, state_starts) = row_state_fields(self.aggregates.len(), |a| {
             new_accumulator(&self.aggregates, a)
         })?;
+        let starts = state_column::<Int64Array>(&batch, 0, k)?.clone();
+        let ends = state_column::<Int64Array>(&batch, 0, k + 1)?.clone();
         let mut ids = Vec::with_capacity(rows);
         self.keys.intern(&batch.columns()[..k], rows, &mut ids)?;
         self.sessions.resize_with(self.keys.len(), BTreeMap::new);
-        let starts = batch.column(k).as_primitive::<Int64Type>().clone();
-        let ends = batch.column(k + 1).as_primitive::<Int64Type>().clone();
         let states = &batch.columns()[k + 2..];
         for (row, &key) in ids.iter().enumerate() {
             let mut accumulators = self.new_accumulators()?;

@@ -20,10 +20,10 @@ use arrow::array::{
     UInt64Array,
 };
 use arrow::compute::{SortOptions, cast, interleave, take};
-use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit, UInt64Type};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use arrow::row::{OwnedRow, RowConverter, SortField};
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
-use flumen_state::{KeyGroup, KeyGroups, StateSnapshot};
+use flumen_state::{KeyGroup, KeyGroups, StateSnapshot, state_column};
 use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Result, RowOp, Watermark};
 
 use crate::retract_top_n::{RetractTopN, RetractTopNSpec};
@@ -869,12 +869,12 @@ impl Operator for TopN {
         let schema = Arc::new(arrow::datatypes::Schema::new(
             self.output.fields()[..w].to_vec(),
         ));
+        let partition = state_column::<BinaryArray>(&rows, 0, w)?;
+        let order = state_column::<BinaryArray>(&rows, 0, w + 1)?;
+        let ids = state_column::<UInt64Array>(&rows, 0, w + 2)?;
+        let touched = state_column::<Int64Array>(&rows, 0, w + 3)?;
+        let ends = state_column::<Int64Array>(&rows, 0, w + 4)?;
         let values = RecordBatch::try_new(schema, rows.columns()[..w].to_vec())?;
-        let partition = rows.column(w).as_binary::<i32>();
-        let order = rows.column(w + 1).as_binary::<i32>();
-        let ids = rows.column(w + 2).as_primitive::<UInt64Type>();
-        let touched = rows.column(w + 3).as_primitive::<Int64Type>();
-        let ends = rows.column(w + 4).as_primitive::<Int64Type>();
         let slot = self.store_slot(values);
         let parser = self.order_converter.parser();
         for row in 0..rows.num_rows() {

@@ -12,11 +12,11 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, Int8Array, Int64Array, RecordBatch, UInt32Array};
-use arrow::datatypes::{DataType, Field, Int8Type, Int64Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Int8Type, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
-use flumen_state::{KeyGroupRange, KeyedTable, StateSnapshot};
+use flumen_state::{KeyGroupRange, KeyedTable, StateSnapshot, state_column};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
 use crate::columns::{merge_state, row_state_fields, scalar_column, take_states};
@@ -402,15 +402,12 @@ impl Operator for UpdatingAggregate {
         };
         let (k, rows) = (self.key_columns.len(), batch.num_rows());
         let (_, starts) = row_state_fields(self.aggregates.len(), |a| self.new_accumulator(a))?;
+        let width = k + starts[self.aggregates.len()] + 2;
+        let count = state_column::<Int64Array>(&batch, 0, width - 2)?;
+        let touched = state_column::<Int64Array>(&batch, 0, width - 1)?;
         let mut ids = Vec::with_capacity(rows);
         self.keys.intern(&batch.columns()[..k], rows, &mut ids)?;
         self.add_groups(self.keys.len(), i64::MIN)?;
-        let count = batch
-            .column(batch.num_columns() - 2)
-            .as_primitive::<Int64Type>();
-        let touched = batch
-            .column(batch.num_columns() - 1)
-            .as_primitive::<Int64Type>();
         let n = self.aggregates.len();
         for (row, &group) in ids.iter().enumerate() {
             for a in 0..n {

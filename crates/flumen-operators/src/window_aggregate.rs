@@ -19,7 +19,7 @@ use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
-use flumen_state::{KeyGroups, StateSnapshot};
+use flumen_state::{KeyGroups, StateSnapshot, state_column};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
 use crate::columns::state_fields;
@@ -597,13 +597,15 @@ impl Operator for WindowAggregate {
         };
         let k = self.key_columns.len();
         let (_, states) = state_fields(&self.aggregates)?;
-        let emitted = batch
-            .column(2 + k + states[self.aggregates.len()])
-            .as_boolean()
-            .clone();
+        let emitted = state_column::<BooleanArray>(
+            &batch,
+            WINDOW_TABLE,
+            2 + k + states[self.aggregates.len()],
+        )?
+        .clone();
         // Rows of each window, its emitted groups first.
         let mut rows: BTreeMap<i64, (Vec<u32>, Vec<u32>)> = BTreeMap::new();
-        let starts = batch.column(0).as_primitive::<Int64Type>();
+        let starts = state_column::<Int64Array>(&batch, WINDOW_TABLE, 0)?;
         for (row, start) in starts.values().iter().enumerate() {
             let (sent, unsent) = rows.entry(*start).or_default();
             if emitted.value(row) { sent } else { unsent }.push(row as u32);

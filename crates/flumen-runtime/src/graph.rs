@@ -2,6 +2,7 @@
 //! and how it is cut into tasks of chained nodes.
 
 use std::fmt::Write;
+use std::hash::Hasher;
 use std::sync::Arc;
 
 use flumen_types::{FlumenError, Result};
@@ -138,6 +139,74 @@ impl JobGraph {
 
     pub(crate) fn outputs(&self, node: NodeId) -> impl Iterator<Item = &Edge> {
         self.edges.iter().filter(move |e| e.from == node)
+    }
+
+    /// A stable id per node: a hash of what the node does and of its
+    /// inputs' ids, so planning the same SQL again gives the same ids (and a
+    /// checkpoint's state finds its operator) whatever the parallelism.
+    pub fn operator_ids(&self) -> Vec<String> {
+        let mut ids: Vec<Option<String>> = vec![None; self.nodes.len()];
+        let mut seen = std::collections::HashMap::new();
+        for node in 0..self.nodes.len() {
+            self.operator_id(node, &mut ids, &mut seen);
+        }
+        ids.into_iter()
+            .map(|id| id.expect("every node got an id"))
+            .collect()
+    }
+
+    fn operator_id(
+        &self,
+        node: NodeId,
+        ids: &mut Vec<Option<String>>,
+        seen: &mut std::collections::HashMap<u64, usize>,
+    ) -> String {
+        if let Some(id) = &ids[node] {
+            return id.clone();
+        }
+        let mut h = twox_hash::XxHash64::with_seed(0);
+        let kind = match &self.nodes[node].kind {
+            NodeKind::Source(_) => "source",
+            NodeKind::Operator(_) => "operator",
+            NodeKind::Sink(_) => "sink",
+        };
+        h.write(kind.as_bytes());
+        h.write(self.nodes[node].kind.describe().as_bytes());
+        let inputs: Vec<NodeId> = self.inputs(node).map(|e| e.from).collect();
+        for input in inputs {
+            h.write(self.operator_id(input, ids, seen).as_bytes());
+        }
+        let hash = h.finish();
+        // Two identical nodes (the same query twice) are told apart by order.
+        let n = seen.entry(hash).or_insert(0);
+        *n += 1;
+        let id = if *n == 1 {
+            format!("{kind}-{hash:016x}")
+        } else {
+            format!("{kind}-{hash:016x}-{n}")
+        };
+        ids[node] = Some(id.clone());
+        id
+    }
+
+    /// A hash of the whole graph's operators and edges: equal for the same
+    /// job planned again, at any parallelism.
+    pub fn fingerprint(&self) -> String {
+        let ids = self.operator_ids();
+        let mut h = twox_hash::XxHash64::with_seed(0);
+        for id in &ids {
+            h.write(id.as_bytes());
+        }
+        for e in &self.edges {
+            h.write(ids[e.from].as_bytes());
+            h.write(ids[e.to].as_bytes());
+        }
+        format!("{:016x}", h.finish())
+    }
+
+    /// What node `node` does, for messages.
+    pub fn describe_node(&self, node: NodeId) -> String {
+        self.nodes[node].kind.describe()
     }
 
     /// Checks that the graph can run: sources have no inputs, sinks no outputs,

@@ -228,18 +228,18 @@ mod tests {
         let (tx_a, rx_a) = channel(8);
         let (tx_b, rx_b) = channel(8);
         let mut gate = InputGate::new(vec![(0, rx_a), (0, rx_b)]);
-        tx_a.send(Message::Barrier(Barrier { id: 1 }))
+        tx_a.send(Message::Barrier(Barrier::checkpoint(1)))
             .await
             .unwrap();
         tx_a.send(Message::Watermark(Watermark(99))).await.unwrap();
         tx_b.send(Message::Watermark(Watermark(1))).await.unwrap();
-        tx_b.send(Message::Barrier(Barrier { id: 1 }))
+        tx_b.send(Message::Barrier(Barrier::checkpoint(1)))
             .await
             .unwrap();
         // Input a is blocked after its barrier, so b's messages come first.
         assert!(matches!(
             gate.next().await.unwrap(),
-            GateEvent::Barrier(Barrier { id: 1 })
+            GateEvent::Barrier(Barrier { id: 1, .. })
         ));
         match gate.next().await.unwrap() {
             GateEvent::Watermark(w) => assert_eq!(w, Watermark(1)),

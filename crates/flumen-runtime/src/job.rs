@@ -7,15 +7,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use flumen_state::MAX_KEY_GROUPS;
 use flumen_types::{DEFAULT_MAX_PARALLELISM, FlumenError, Message, Result};
-use tokio::sync::mpsc::{Receiver, Sender, channel};
+use tokio::sync::mpsc::{Receiver, Sender, UnboundedSender, channel, unbounded_channel};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::checkpoint::{
+    CheckpointOptions, CheckpointStats, Coordinator, NodeMeta, Request, TaskAck, TaskLink,
+    check_state_has_homes,
+};
 use crate::exchange::Exchange;
 use crate::graph::{JobGraph, NodeId, NodeKind, Partitioning};
 use crate::input::InputGate;
 use crate::metrics::JobMetrics;
-use crate::operator::TaskContext;
-use crate::task::{Head, SourceHead, Tail, Task};
+use crate::operator::{SinkFactory, TaskContext};
+use crate::task::{Head, SourceHead, Tail, Task, TaskCheckpoint};
 
 /// How a job runs.
 #[derive(Debug, Clone)]
@@ -24,6 +29,8 @@ pub struct RunOptions {
     pub channel_capacity: usize,
     /// Number of key groups for hash exchanges.
     pub max_parallelism: usize,
+    /// Checkpoints: where, how often, and what to resume from. `None`: off.
+    pub checkpoints: Option<CheckpointOptions>,
 }
 
 impl Default for RunOptions {
@@ -31,6 +38,7 @@ impl Default for RunOptions {
         RunOptions {
             channel_capacity: 4,
             max_parallelism: DEFAULT_MAX_PARALLELISM,
+            checkpoints: None,
         }
     }
 }
@@ -40,6 +48,37 @@ pub struct JobHandle {
     metrics: Arc<JobMetrics>,
     stop: Arc<AtomicBool>,
     tasks: JoinSet<Result<()>>,
+    checkpoint_stats: Arc<CheckpointStats>,
+    requests: Option<UnboundedSender<Request>>,
+    notes: Vec<String>,
+}
+
+/// Asks a running job to stop with a savepoint.
+#[derive(Clone)]
+pub struct SavepointRequester {
+    requests: Option<UnboundedSender<Request>>,
+}
+
+impl SavepointRequester {
+    /// Takes a savepoint and stops every task at it, without draining (open
+    /// windows stay in the savepoint). Returns false when checkpoints are
+    /// off or the job has ended.
+    pub fn stop_with_savepoint(&self) -> bool {
+        self.requests
+            .as_ref()
+            .is_some_and(|r| r.send(Request::StopWithSavepoint).is_ok())
+    }
+}
+
+/// What the job's checkpointing needs while its tasks are built.
+struct Wiring {
+    options: CheckpointOptions,
+    ids: Vec<String>,
+    restore: Option<Arc<crate::checkpoint::Restore>>,
+    acks: UnboundedSender<TaskAck>,
+    go: watch::Receiver<bool>,
+    links: Vec<TaskLink>,
+    first: u64,
 }
 
 /// Every subtask must own at least one key group, and key groups fit a `u16`.
@@ -64,6 +103,39 @@ pub fn run_job(graph: &JobGraph, options: &RunOptions) -> Result<JobHandle> {
     let metrics = Arc::new(JobMetrics::default());
     let stop = Arc::new(AtomicBool::new(false));
     let chains = graph.chains();
+    let ids = graph.operator_ids();
+    let mut notes = Vec::new();
+    let (go_tx, go_rx) = watch::channel(false);
+    let (ack_tx, ack_rx) = unbounded_channel();
+    let mut wiring = match &options.checkpoints {
+        Some(cp) => {
+            if let Some(restore) = &cp.restore {
+                let m = &restore.manifest;
+                notes = check_state_has_homes(m, &ids, cp.allow_unmatched_state)?;
+                if m.max_parallelism != options.max_parallelism {
+                    return Err(FlumenError::state(format!(
+                        "checkpoint {} was taken with {} key groups, the job has {}",
+                        m.id, m.max_parallelism, options.max_parallelism
+                    )));
+                }
+            }
+            let first = cp
+                .first_id
+                .max(cp.restore.as_ref().map_or(1, |r| r.manifest.id + 1));
+            let mut cp = cp.clone();
+            cp.first_id = first;
+            Some(Wiring {
+                options: cp.clone(),
+                ids: ids.clone(),
+                restore: cp.restore.clone().map(Arc::new),
+                acks: ack_tx,
+                go: go_rx,
+                links: Vec::new(),
+                first,
+            })
+        }
+        None => None,
+    };
 
     // Channels for every edge that crosses a task boundary, keyed by
     // (edge index, upstream subtask, downstream subtask).
@@ -103,13 +175,14 @@ pub fn run_job(graph: &JobGraph, options: &RunOptions) -> Result<JobHandle> {
         let head = chain.nodes[0];
         let parallelism = graph.nodes[head].parallelism;
         for subtask in 0..parallelism {
-            let ctx = TaskContext::new(
+            let mut ctx = TaskContext::new(
                 subtask,
                 parallelism,
                 options.max_parallelism,
                 metrics.clone(),
             );
-            let task = build_task(
+            ctx.first_checkpoint = wiring.as_ref().map(|w| w.first);
+            let mut task = build_task(
                 graph,
                 &chain.nodes,
                 &ctx,
@@ -118,14 +191,98 @@ pub fn run_job(graph: &JobGraph, options: &RunOptions) -> Result<JobHandle> {
                 &mut senders,
                 &mut receivers,
             )?;
+            if let Some(w) = &mut wiring {
+                task.checkpoint = Some(wire_task(graph, &chain.nodes, &ctx, &task, w));
+            }
             tasks.spawn(task.run());
         }
+    }
+    let checkpoint_stats = Arc::new(CheckpointStats::default());
+    let mut requests = None;
+    if let Some(w) = wiring {
+        let (request_tx, request_rx) = unbounded_channel();
+        requests = Some(request_tx);
+        let sinks: Vec<Arc<dyn SinkFactory>> = graph
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.kind {
+                NodeKind::Sink(f) => Some(f.clone()),
+                _ => None,
+            })
+            .collect();
+        let coordinator = Coordinator {
+            options: w.options,
+            tasks: w.links,
+            acks: ack_rx,
+            requests: request_rx,
+            nodes: graph
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| NodeMeta {
+                    id: w.ids[i].clone(),
+                    name: graph.describe_node(i),
+                    parallelism: n.parallelism,
+                })
+                .collect(),
+            sinks,
+            fingerprint: graph.fingerprint(),
+            max_parallelism: options.max_parallelism,
+            stats: checkpoint_stats.clone(),
+            go: go_tx,
+        };
+        tasks.spawn(coordinator.run());
     }
     Ok(JobHandle {
         metrics,
         stop,
         tasks,
+        checkpoint_stats,
+        requests,
+        notes,
     })
+}
+
+/// Connects a task to the checkpoint coordinator.
+fn wire_task(
+    graph: &JobGraph,
+    nodes: &[NodeId],
+    ctx: &TaskContext,
+    task: &Task,
+    w: &mut Wiring,
+) -> TaskCheckpoint {
+    let (control_tx, control_rx) = unbounded_channel();
+    let is_source = matches!(task.head, Head::Source(_));
+    w.links.push(TaskLink {
+        control: control_tx,
+        is_source,
+    });
+    let mut source_node = None;
+    let mut operator_nodes = Vec::new();
+    let mut sink_node = None;
+    for &n in nodes {
+        match &graph.nodes[n].kind {
+            NodeKind::Source(_) => source_node = Some((n, w.ids[n].clone())),
+            NodeKind::Operator(_) => {
+                operator_nodes.push((n, w.ids[n].clone(), graph.describe_node(n)))
+            }
+            NodeKind::Sink(_) => sink_node = Some(n),
+        }
+    }
+    TaskCheckpoint {
+        index: w.links.len() - 1,
+        subtask: ctx.subtask,
+        control: control_rx,
+        acks: w.acks.clone(),
+        store: w.options.store.clone(),
+        source_node,
+        operator_nodes,
+        sink_node,
+        range: ctx.key_groups.range,
+        restore: w.restore.clone(),
+        go: w.go.clone(),
+        epoch: w.first,
+    }
 }
 
 fn build_task(
@@ -158,6 +315,7 @@ fn build_task(
                     generator,
                     event_time: node.watermarks.is_some(),
                     idle_timeout: node.idle_timeout,
+                    waiting: None,
                 }));
             }
             NodeKind::Operator(f) => operators.push(f.create(ctx)?),
@@ -226,6 +384,7 @@ fn build_task(
         metrics: ctx.metrics.clone(),
         stop,
         timer,
+        checkpoint: None,
     })
 }
 
@@ -244,6 +403,25 @@ impl JobHandle {
     /// Asks the sources to stop; the job then drains and finishes.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// A way to stop the job with a savepoint, usable after the handle is
+    /// moved into [`JobHandle::wait`].
+    pub fn savepoint_requester(&self) -> SavepointRequester {
+        SavepointRequester {
+            requests: self.requests.clone(),
+        }
+    }
+
+    /// What the job's checkpoints have done so far.
+    pub fn checkpoint_stats(&self) -> Arc<CheckpointStats> {
+        self.checkpoint_stats.clone()
+    }
+
+    /// Notes from starting the job (state dropped with
+    /// `allow_unmatched_state`).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
     }
 
     /// Waits for the job. The first failing task stops every other task and

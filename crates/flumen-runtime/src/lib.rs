@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+mod checkpoint;
 mod exchange;
 mod graph;
 mod input;
@@ -13,8 +14,9 @@ mod metrics;
 mod operator;
 mod task;
 
+pub use checkpoint::{CheckpointOptions, CheckpointStats, Restore};
 pub use graph::{JobGraph, Node, NodeId, NodeKind, Partitioning};
-pub use job::{JobHandle, RunOptions, run_job};
+pub use job::{JobHandle, RunOptions, SavepointRequester, run_job};
 pub use metrics::{JobMetrics, StateGauge};
 pub use operator::{
     Operator, OperatorFactory, Sink, SinkFactory, Source, SourceFactory, TaskContext,

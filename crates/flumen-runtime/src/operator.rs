@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
+use flumen_state::checkpoint::SplitPosition;
 use flumen_state::{KeyGroups, StateSnapshot};
 use flumen_types::{Message, Result, Watermark};
 
@@ -22,6 +23,10 @@ pub struct TaskContext {
     pub key_groups: KeyGroups,
     /// Counters of the whole job.
     pub metrics: Arc<JobMetrics>,
+    /// With checkpoints on: the id of the first checkpoint this run takes
+    /// (one past the checkpoint it resumed from). A sink stages what it
+    /// writes before that checkpoint under this id. `None`: checkpoints off.
+    pub first_checkpoint: Option<u64>,
 }
 
 impl TaskContext {
@@ -38,6 +43,7 @@ impl TaskContext {
             parallelism,
             key_groups: KeyGroups::of_subtask(subtask, parallelism, max_parallelism),
             metrics,
+            first_checkpoint: None,
         }
     }
 }
@@ -46,8 +52,23 @@ impl TaskContext {
 #[async_trait]
 pub trait Source: Send {
     /// The next [`Message::Batch`] or [`Message::Watermark`]; `None` once a
-    /// bounded input is exhausted.
+    /// bounded input is exhausted. Must be safe to cancel: the task drops
+    /// this future when a barrier or a stop arrives while it waits, and
+    /// calls it again later; nothing may be lost or read twice by that.
     async fn next(&mut self) -> Result<Option<Message>>;
+
+    /// Where each of its splits has read to, counting exactly the rows
+    /// `next` has returned: what a checkpoint stores for it.
+    fn snapshot_position(&mut self) -> Result<Vec<SplitPosition>> {
+        Ok(Vec::new())
+    }
+
+    /// Rewinds to `positions`, the positions of every subtask of this
+    /// source in a checkpoint (taken at any parallelism): the source takes
+    /// up the splits it owns now. Called before the first `next`.
+    fn restore_position(&mut self, _positions: &[SplitPosition]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A synchronous step over batches; chained operators run in one loop.
@@ -113,13 +134,31 @@ pub trait Operator: Send {
     }
 }
 
-/// Consumes the output of a job.
+/// Consumes the output of a job. With checkpoints on, a sink commits in two
+/// phases: what it wrote before barrier `n` is staged at the barrier
+/// ([`Sink::pre_commit`]) and made visible once checkpoint `n` is complete
+/// ([`Sink::commit`]); [`SinkFactory::recover`] settles what a run that
+/// died had staged.
 #[async_trait]
 pub trait Sink: Send {
     /// Writes one batch.
     async fn write(&mut self, batch: RecordBatch) -> Result<()>;
-    /// Input has ended: flush and close everything.
+
+    /// Without checkpoints: input has ended, flush and make everything visible.
     async fn finish(&mut self) -> Result<()>;
+
+    /// Stages everything written since the last barrier as part of
+    /// checkpoint `checkpoint`, durably but not visibly; returns names of
+    /// what it staged, for the manifest. At-least-once sinks flush here.
+    async fn pre_commit(&mut self, _checkpoint: u64) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    /// Checkpoint `checkpoint` is complete: make visible everything staged
+    /// up to it.
+    async fn commit(&mut self, _checkpoint: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Tracks event time in the batches of one source subtask and says when the
@@ -167,9 +206,17 @@ pub trait OperatorFactory: Send + Sync {
 }
 
 /// Makes a [`Sink`] for each subtask.
+#[async_trait]
 pub trait SinkFactory: Send + Sync {
     /// A short description for `explain`.
     fn describe(&self) -> String;
     /// The sink of subtask `ctx.subtask`.
     fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Sink>>;
+    /// Before a run with checkpoints starts: finishes what earlier runs of
+    /// this job staged for checkpoints up to `committed` (the checkpoint the
+    /// run resumes from) and discards what they staged after it, at any
+    /// parallelism. Called once per sink, before any subtask writes.
+    async fn recover(&self, _committed: Option<u64>) -> Result<()> {
+        Ok(())
+    }
 }

@@ -1,14 +1,25 @@
 //! One subtask of a chain: reads from its source or input gate, runs each
 //! batch through its chained operators in one loop, and hands the result to
-//! its sink or its outgoing exchanges.
+//! its sink or its outgoing exchanges. With checkpoints on it also listens
+//! to the coordinator: at a barrier it snapshots its source position,
+//! operator state and sink, forwards the barrier, and uploads the snapshot
+//! while it goes on processing.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow::record_batch::RecordBatch;
-use flumen_types::{Message, Result, Watermark};
+use flumen_state::StateSnapshot;
+use flumen_state::checkpoint::{CheckpointStore, StateFile, dir_name};
+use flumen_state::{KeyGroupRange, checkpoint::CheckpointKind};
+use flumen_types::{Barrier, FlumenError, Message, Result, Watermark};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
+use crate::checkpoint::{Control, NodeState, Restore, TaskAck};
 use crate::exchange::Exchange;
+use crate::graph::NodeId;
 use crate::input::{GateEvent, InputGate};
 use crate::metrics::JobMetrics;
 use crate::operator::{Operator, Sink, Source, WatermarkGenerator};
@@ -29,12 +40,39 @@ pub(crate) struct SourceHead {
     pub event_time: bool,
     /// How long the source may go without rows before it is marked idle.
     pub idle_timeout: Option<std::time::Duration>,
+    /// Since when the source has been waiting for its next message, and
+    /// whether it was reported idle since: kept across interruptions.
+    pub waiting: Option<(Instant, bool)>,
 }
 
 /// Where a task's output goes.
 pub(crate) enum Tail {
     Sink(Box<dyn Sink>),
     Exchanges(Vec<Exchange>),
+}
+
+/// A task's part in checkpoints.
+pub(crate) struct TaskCheckpoint {
+    /// This task's number, as the coordinator counts tasks.
+    pub index: usize,
+    pub subtask: usize,
+    pub control: UnboundedReceiver<Control>,
+    pub acks: UnboundedSender<TaskAck>,
+    pub store: CheckpointStore,
+    /// The graph node and its stable id of the source (if any), each
+    /// chained operator, and the sink (if any).
+    pub source_node: Option<(NodeId, String)>,
+    pub operator_nodes: Vec<(NodeId, String, String)>,
+    pub sink_node: Option<NodeId>,
+    /// The key groups this subtask owns (what it restores).
+    pub range: KeyGroupRange,
+    /// The checkpoint to resume from.
+    pub restore: Option<Arc<Restore>>,
+    /// Opens once sinks have settled earlier runs' staged output.
+    pub go: watch::Receiver<bool>,
+    /// The checkpoint the data now flowing belongs to: one past the last
+    /// barrier seen.
+    pub epoch: u64,
 }
 
 pub(crate) struct Task {
@@ -50,83 +88,177 @@ pub(crate) struct Task {
     /// Ticks for operators that asked for wall-clock timers (tasks with
     /// inputs only: a source's `next` may not be interrupted).
     pub timer: Option<tokio::time::Interval>,
+    pub checkpoint: Option<TaskCheckpoint>,
+}
+
+/// What the task does next.
+enum Step {
+    /// A message of the source or the input gate; for a source batch, the
+    /// watermark it advanced to.
+    Event(GateEvent, Option<Watermark>),
+    Control(Control),
+    Timer,
 }
 
 impl Task {
     pub(crate) async fn run(mut self) -> Result<()> {
+        self.restore().await?;
         loop {
             // A chain that never waits on a channel (source to sink in one
             // task) must still give the runtime's timers, signals and other
             // tasks their turn: this yields once the task's budget is spent.
             tokio::task::consume_budget().await;
-            let mut advanced = None;
-            let event = match &mut self.head {
-                Head::Source(head) => {
-                    let next = if self.stop.load(Ordering::Relaxed) {
+            match self.next_step().await? {
+                Step::Timer => self.on_timer().await?,
+                Step::Control(Control::Barrier(b)) => {
+                    if self.on_barrier(b).await? {
+                        return Ok(());
+                    }
+                }
+                Step::Control(Control::Commit(n)) => {
+                    if let Tail::Sink(sink) = &mut self.tail {
+                        sink.commit(n).await?;
+                    }
+                }
+                Step::Event(event, advanced) => match event {
+                    GateEvent::Batch(input, batch) => {
+                        let out = self.apply_head(input, batch)?;
+                        self.emit(out).await?;
+                        if let Some(wm) = advanced {
+                            self.on_watermark(wm).await?;
+                        }
+                    }
+                    GateEvent::Watermark(wm) => self.on_watermark(wm).await?,
+                    GateEvent::Barrier(b) => {
+                        if self.on_barrier(b).await? {
+                            return Ok(());
+                        }
+                    }
+                    GateEvent::Idle => self.emit_control(Message::Idle).await?,
+                    GateEvent::InputEnded(input) => {
+                        if let Some(first) = self.operators.first_mut() {
+                            let mut out = Vec::new();
+                            first.input_ended(input, &mut out)?;
+                            let out = self.apply_operators(1, out)?;
+                            self.emit(out).await?;
+                        }
+                    }
+                    GateEvent::End => return self.finish().await,
+                },
+            }
+        }
+    }
+
+    /// Waits for the sinks to settle, then takes up this subtask's share of
+    /// the checkpoint the job resumes from.
+    async fn restore(&mut self) -> Result<()> {
+        let Some(cp) = &mut self.checkpoint else {
+            return Ok(());
+        };
+        cp.go
+            .wait_for(|go| *go)
+            .await
+            .map_err(|_| FlumenError::Cancelled)?;
+        let Some(restore) = cp.restore.clone() else {
+            return Ok(());
+        };
+        let manifest = &restore.manifest;
+        let restoring = |name: &str, id: &str, e: FlumenError| match e {
+            FlumenError::Transient { .. } => e,
+            e => FlumenError::state(format!(
+                "restoring operator '{name}' ({id}) from checkpoint {}: {e}",
+                manifest.id
+            )),
+        };
+        if let (Head::Source(head), Some((_, id))) = (&mut self.head, &cp.source_node)
+            && let Some(state) = manifest.operator(id)
+        {
+            head.source
+                .restore_position(&state.positions)
+                .map_err(|e| restoring("source", id, e))?;
+        }
+        for (op, (_, id, name)) in self.operators.iter_mut().zip(&cp.operator_nodes) {
+            let Some(state) = manifest.operator(id) else {
+                continue;
+            };
+            if state.files.is_empty() {
+                continue;
+            }
+            let files: Vec<&StateFile> = state.files.iter().collect();
+            let snapshot = restore
+                .store
+                .read_state(&files, cp.range)
+                .await
+                .map_err(|e| restoring(name, id, e))?;
+            // An operator's restore reads columns by the layout it wrote;
+            // a snapshot of another layout must be an error, not a crash.
+            let restored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                op.restore_state(&snapshot)
+            }))
+            .unwrap_or_else(|_| {
+                Err(FlumenError::state(
+                    "its state tables do not have the layout this operator stores",
+                ))
+            });
+            restored.map_err(|e| restoring(name, id, e))?;
+        }
+        Ok(())
+    }
+
+    async fn next_step(&mut self) -> Result<Step> {
+        let Task {
+            head,
+            tail,
+            checkpoint,
+            timer,
+            stop,
+            metrics,
+            ..
+        } = self;
+        let control = checkpoint.as_mut().map(|c| &mut c.control);
+        match head {
+            Head::Source(head) => {
+                let stopped = stop.load(Ordering::Relaxed);
+                let pull = async {
+                    let next = if stopped {
                         None
                     } else {
-                        match head.idle_timeout {
-                            Some(timeout) if head.event_time => {
-                                next_or_idle(head.source.as_mut(), timeout, &mut self.tail).await?
-                            }
-                            _ => head.source.next().await?,
-                        }
+                        pull_source(head, tail).await?
                     };
-                    match next {
-                        Some(Message::Batch(b)) => {
-                            self.metrics.add_rows_in(b.num_rows());
-                            if let Some(generator) = &mut head.generator {
-                                advanced = generator.on_batch(&b)?;
-                            }
-                            GateEvent::Batch(0, b)
-                        }
-                        Some(Message::Watermark(wm)) => GateEvent::Watermark(wm),
-                        Some(Message::Barrier(b)) => GateEvent::Barrier(b),
-                        Some(Message::Idle) => GateEvent::Idle,
-                        // At the end of its input a source with event time
-                        // releases every window and timer downstream.
-                        None if head.event_time => {
-                            head.event_time = false;
-                            head.generator = None;
-                            GateEvent::Watermark(Watermark::MAX)
-                        }
-                        Some(Message::End) | None => GateEvent::End,
-                    }
-                }
-                Head::Inputs(gate) => match &mut self.timer {
-                    // The gate's `next` is cancel-safe: a message is only
-                    // taken from a channel when it is handled.
-                    Some(timer) => tokio::select! {
+                    source_event(head, next, metrics)
+                };
+                match control {
+                    Some(control) => tokio::select! {
                         biased;
-                        event = gate.next() => event?,
-                        _ = timer.tick() => {
-                            self.on_timer().await?;
-                            continue;
-                        }
+                        Some(c) = control.recv() => Ok(Step::Control(c)),
+                        event = pull => event,
                     },
-                    None => gate.next().await?,
-                },
-            };
-            match event {
-                GateEvent::Batch(input, batch) => {
-                    let out = self.apply_head(input, batch)?;
-                    self.emit(out).await?;
-                    if let Some(wm) = advanced {
-                        self.on_watermark(wm).await?;
-                    }
+                    None => pull.await,
                 }
-                GateEvent::Watermark(wm) => self.on_watermark(wm).await?,
-                GateEvent::Barrier(b) => self.emit_control(Message::Barrier(b)).await?,
-                GateEvent::Idle => self.emit_control(Message::Idle).await?,
-                GateEvent::InputEnded(input) => {
-                    if let Some(first) = self.operators.first_mut() {
-                        let mut out = Vec::new();
-                        first.input_ended(input, &mut out)?;
-                        let out = self.apply_operators(1, out)?;
-                        self.emit(out).await?;
+            }
+            // The gate's `next` is cancel-safe: a message is only taken
+            // from a channel when it is handled.
+            Head::Inputs(gate) => {
+                let tick = async {
+                    match timer {
+                        Some(t) => {
+                            t.tick().await;
+                        }
+                        None => std::future::pending().await,
                     }
+                };
+                let control = async {
+                    match control {
+                        Some(c) => c.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    Some(c) = control => Ok(Step::Control(c)),
+                    event = gate.next() => Ok(Step::Event(event?, None)),
+                    () = tick => Ok(Step::Timer),
                 }
-                GateEvent::End => return self.finish().await,
             }
         }
     }
@@ -191,12 +323,112 @@ impl Task {
         }
     }
 
+    /// Barrier `b` reached this task on every input: snapshot, forward the
+    /// barrier, upload in the background. Returns whether the task stops
+    /// here (a savepoint that does not drain).
+    async fn on_barrier(&mut self, b: Barrier) -> Result<bool> {
+        if self.checkpoint.is_none() {
+            self.emit_control(Message::Barrier(b)).await?;
+            return Ok(false);
+        }
+        let states = self.snapshot(b.id).await?;
+        self.emit_control(Message::Barrier(b)).await?;
+        let cp = self.checkpoint.as_mut().expect("checked above");
+        cp.epoch = b.id + 1;
+        let kind = if b.stop {
+            CheckpointKind::Savepoint
+        } else {
+            CheckpointKind::Checkpoint
+        };
+        upload(cp, Some(b.id), dir_name(kind, b.id), states);
+        if !b.stop {
+            return Ok(false);
+        }
+        self.await_commit(b.id).await?;
+        Ok(true)
+    }
+
+    /// This task's source position, operator state and staged sink output.
+    async fn snapshot(&mut self, checkpoint: u64) -> Result<Vec<(NodeState, StateSnapshot)>> {
+        let cp = self
+            .checkpoint
+            .as_mut()
+            .expect("only called with checkpoints on");
+        let subtask = cp.subtask;
+        let node = |node: NodeId| NodeState {
+            node,
+            subtask,
+            files: Vec::new(),
+            positions: Vec::new(),
+            staged: Vec::new(),
+        };
+        let mut states = Vec::new();
+        if let (Head::Source(head), Some((id, _))) = (&mut self.head, &cp.source_node) {
+            let mut state = node(*id);
+            state.positions = head.source.snapshot_position()?;
+            states.push((state, StateSnapshot::default()));
+        }
+        for (op, (id, _, _)) in self.operators.iter_mut().zip(&cp.operator_nodes) {
+            states.push((node(*id), op.snapshot_state()?));
+        }
+        if let (Tail::Sink(sink), Some(id)) = (&mut self.tail, cp.sink_node) {
+            let mut state = node(id);
+            state.staged = sink.pre_commit(checkpoint).await?;
+            states.push((state, StateSnapshot::default()));
+        }
+        Ok(states)
+    }
+
+    /// Waits until the coordinator says a checkpoint at or past `checkpoint`
+    /// is complete, and commits the sink's staged output.
+    async fn await_commit(&mut self, checkpoint: u64) -> Result<()> {
+        let cp = self
+            .checkpoint
+            .as_mut()
+            .expect("only called with checkpoints on");
+        let Tail::Sink(sink) = &mut self.tail else {
+            return Ok(());
+        };
+        loop {
+            match cp.control.recv().await {
+                Some(Control::Commit(n)) if n >= checkpoint => return sink.commit(n).await,
+                Some(_) => {}
+                None => return Err(FlumenError::Cancelled),
+            }
+        }
+    }
+
     async fn finish(&mut self) -> Result<()> {
         for i in 0..self.operators.len() {
             let mut out = Vec::new();
             self.operators[i].finish(&mut out)?;
             let out = self.apply_operators(i + 1, out)?;
             self.emit(out).await?;
+        }
+        if self.checkpoint.is_some() {
+            // The task's final state stands for it in every later
+            // checkpoint; a sink commits once one of them completes.
+            let epoch = self.checkpoint.as_ref().map_or(0, |c| c.epoch);
+            let states = self.snapshot(epoch).await?;
+            if let Tail::Exchanges(exchanges) = &mut self.tail {
+                for ex in exchanges {
+                    ex.broadcast(Message::End).await?;
+                }
+            }
+            let cp = self.checkpoint.as_mut().expect("checked above");
+            upload(
+                cp,
+                None,
+                dir_name(CheckpointKind::Checkpoint, epoch),
+                states,
+            );
+            self.await_commit(epoch).await?;
+            // Nothing is left to stage: this only closes the output (a
+            // table's last rule on stdout).
+            if let Tail::Sink(sink) = &mut self.tail {
+                sink.finish().await?;
+            }
+            return Ok(());
         }
         match &mut self.tail {
             Tail::Sink(sink) => sink.finish().await,
@@ -239,6 +471,56 @@ impl Task {
     }
 }
 
+/// Stores the snapshots of `states` under checkpoint directory `dir` in the
+/// background and acknowledges `checkpoint` (`None`: the final state) to
+/// the coordinator with the files written.
+fn upload(
+    cp: &TaskCheckpoint,
+    checkpoint: Option<u64>,
+    dir: String,
+    states: Vec<(NodeState, StateSnapshot)>,
+) {
+    let store = cp.store.clone();
+    let acks = cp.acks.clone();
+    let task = cp.index;
+    let ids: Vec<(NodeId, String)> = cp
+        .source_node
+        .iter()
+        .cloned()
+        .chain(cp.operator_nodes.iter().map(|(n, id, _)| (*n, id.clone())))
+        .collect();
+    tokio::spawn(async move {
+        let mut out = Vec::with_capacity(states.len());
+        let mut failure = None;
+        for (mut state, snapshot) in states {
+            if snapshot.num_rows() > 0 {
+                let id = ids
+                    .iter()
+                    .find(|(n, _)| *n == state.node)
+                    .map_or("node", |(_, id)| id.as_str());
+                match store.write_state(&dir, id, state.subtask, &snapshot).await {
+                    Ok(files) => state.files = files,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            out.push(state);
+        }
+        let state = match failure {
+            Some(e) => Err(e),
+            None => Ok(out),
+        };
+        // The coordinator is gone only when the job is over.
+        let _ = acks.send(TaskAck {
+            task,
+            checkpoint,
+            state,
+        });
+    });
+}
+
 async fn emit_control(tail: &mut Tail, msg: Message) -> Result<()> {
     if let Tail::Exchanges(exchanges) = tail {
         for ex in exchanges {
@@ -248,20 +530,59 @@ async fn emit_control(tail: &mut Tail, msg: Message) -> Result<()> {
     Ok(())
 }
 
-/// The source's next message; if it has none for `timeout`, tells the
-/// downstream tasks once that this subtask is idle, and keeps waiting.
-async fn next_or_idle(
-    source: &mut dyn Source,
-    timeout: std::time::Duration,
-    tail: &mut Tail,
-) -> Result<Option<Message>> {
-    let next = source.next();
-    tokio::pin!(next);
-    tokio::select! {
-        biased;
-        msg = &mut next => return msg,
-        () = tokio::time::sleep(timeout) => {}
-    }
-    emit_control(tail, Message::Idle).await?;
-    next.await
+/// The source's next message. If it has none for its idle timeout, tells
+/// the downstream tasks once that this subtask is idle, and keeps waiting.
+/// Safe to cancel: how long it has waited is kept in the head.
+async fn pull_source(head: &mut SourceHead, tail: &mut Tail) -> Result<Option<Message>> {
+    let timeout = match head.idle_timeout {
+        Some(t) if head.event_time => t,
+        _ => return head.source.next().await,
+    };
+    let (since, reported) = *head.waiting.get_or_insert((Instant::now(), false));
+    let next = if reported {
+        head.source.next().await
+    } else {
+        let next = head.source.next();
+        tokio::pin!(next);
+        tokio::select! {
+            biased;
+            msg = &mut next => msg,
+            () = tokio::time::sleep_until(since + timeout) => {
+                head.waiting = Some((since, true));
+                emit_control(tail, Message::Idle).await?;
+                next.await
+            }
+        }
+    };
+    head.waiting = None;
+    next
+}
+
+/// Turns what the source returned into the task's next step.
+fn source_event(
+    head: &mut SourceHead,
+    next: Option<Message>,
+    metrics: &JobMetrics,
+) -> Result<Step> {
+    Ok(match next {
+        Some(Message::Batch(b)) => {
+            metrics.add_rows_in(b.num_rows());
+            let advanced = match &mut head.generator {
+                Some(generator) => generator.on_batch(&b)?,
+                None => None,
+            };
+            Step::Event(GateEvent::Batch(0, b), advanced)
+        }
+        Some(Message::Watermark(wm)) => Step::Event(GateEvent::Watermark(wm), None),
+        Some(Message::Barrier(b)) => Step::Event(GateEvent::Barrier(b), None),
+        Some(Message::Idle) => Step::Event(GateEvent::Idle, None),
+        // At the end of its input a source with event time releases every
+        // window and timer downstream.
+        None if head.event_time => {
+            head.event_time = false;
+            head.generator = None;
+            Step::Event(GateEvent::Watermark(Watermark::MAX), None)
+        }
+        Some(Message::End) | None => Step::Event(GateEvent::End, None),
+    })
 }

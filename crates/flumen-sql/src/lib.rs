@@ -14,6 +14,7 @@ mod tvf;
 mod udf;
 mod watermark;
 
-pub use planner::{Pipeline, Planner, PlannerOptions, session};
+pub use planner::{Pipeline, Planner, PlannerOptions, new_job_id, session};
+pub use script::duration_nanos;
 pub use tvf::expand_window_functions;
 pub use udf::udfs;

@@ -34,6 +34,9 @@ pub struct PlannerOptions {
     /// `key = value` connector options set on every table whose connector
     /// takes that key, overriding the script (for benchmarks and tests).
     pub overrides: Vec<(String, String)>,
+    /// Names the job's output files apart from other jobs'; a job resumed
+    /// from a checkpoint keeps the id it started with. `None`: a new id.
+    pub job_id: Option<String>,
 }
 
 impl Default for PlannerOptions {
@@ -42,6 +45,7 @@ impl Default for PlannerOptions {
             parallelism: 1,
             stdout_format: StdoutFormat::Table,
             overrides: Vec::new(),
+            job_id: None,
         }
     }
 }
@@ -370,11 +374,8 @@ impl Planner {
         let mut valid: std::collections::BTreeSet<&str> = ["state_ttl"].into();
         for spec in self.tables.values() {
             let connector = spec.options.get("connector");
-            if let Some(c) = flumen_connectors::CONNECTORS
-                .iter()
-                .find(|c| Some(c.0) == connector)
-            {
-                valid.extend(c.3.iter().map(|o| o.name));
+            if let Some(c) = connector.and_then(flumen_connectors::connector) {
+                valid.extend(c.options().iter().map(|o| o.name));
             }
         }
         match self
@@ -396,10 +397,10 @@ impl Planner {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("connector"))
             .map(|(_, v)| v.clone());
-        let Some(specs) = flumen_connectors::CONNECTORS
-            .iter()
-            .find(|c| Some(c.0) == connector.as_deref())
-            .map(|c| c.3)
+        let Some(specs) = connector
+            .as_deref()
+            .and_then(flumen_connectors::connector)
+            .map(|c| c.options())
         else {
             return;
         };
@@ -428,9 +429,7 @@ impl Planner {
         self.check_overrides()?;
         let mut graph = JobGraph::new();
         let mut logical_plans = Vec::new();
-        let run_id = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
+        let run_id = self.options.job_id.clone().unwrap_or_else(new_job_id);
         for (i, query) in self.queries.iter().enumerate() {
             logical_plans.push((query.label.clone(), query.plan.display_indent().to_string()));
             let stream = self
@@ -479,6 +478,14 @@ impl Planner {
             logical_plans,
         })
     }
+}
+
+/// A job id from the clock: distinct for every run started on a machine.
+pub fn new_job_id() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+        .to_string()
 }
 
 /// Rejects an INSERT whose query gives a column a type the table's column

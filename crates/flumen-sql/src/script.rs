@@ -239,9 +239,9 @@ mod tests {
     }
 }
 
-/// Nanoseconds of a duration written as a number and a unit: `500 ms`,
-/// `10 s`, `5 min`, `2 h`, `1 d` (long unit names and plurals too).
-pub(crate) fn duration_nanos(text: &str) -> Option<i64> {
+/// Nanoseconds of a duration written as flumen takes them everywhere:
+/// `200ms`, `10s`, `10 s`, `5 min`, `2 hours`, `1d` (a bare number is seconds).
+pub fn duration_nanos(text: &str) -> Option<i64> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())

@@ -3,10 +3,13 @@
 //! by; a subtask owns a contiguous range of them. State tables remember the
 //! key group of each entry, and a [`StateSnapshot`] holds an operator's state
 //! split by key group, so a subtask at any parallelism can take up exactly
-//! the key groups it owns.
+//! the key groups it owns. [`checkpoint`] stores snapshots, source positions
+//! and manifests in an object store.
 
+pub mod checkpoint;
 mod key_group;
 mod keyed_table;
+mod location;
 mod snapshot;
 
 pub use key_group::{
@@ -14,4 +17,5 @@ pub use key_group::{
     subtask_for_key_group,
 };
 pub use keyed_table::KeyedTable;
-pub use snapshot::StateSnapshot;
+pub use location::Location;
+pub use snapshot::{KEY_GROUP_COLUMN, StateSnapshot, state_column};

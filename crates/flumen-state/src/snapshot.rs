@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt16Array, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
-use arrow::datatypes::{Field, Schema};
-use flumen_types::Result;
+use arrow::datatypes::{DataType, Field, Schema, UInt16Type};
+use flumen_types::{FlumenError, Result};
 
 use crate::key_group::{KeyGroup, KeyGroupRange};
 
@@ -116,6 +116,106 @@ impl StateSnapshot {
     pub fn num_rows(&self) -> usize {
         self.parts.iter().map(|p| p.batch.num_rows()).sum()
     }
+
+    /// The snapshot as one batch per table and schema, each with a trailing
+    /// [`KEY_GROUP_COLUMN`]: the form a checkpoint stores.
+    pub fn to_batches(&self) -> Result<Vec<(usize, RecordBatch)>> {
+        let mut groups: Vec<(usize, Vec<&Part>)> = Vec::new();
+        for part in &self.parts {
+            let same = |p: &&Part| p.table == part.table && p.batch.schema() == part.batch.schema();
+            match groups.iter_mut().find(|(_, g)| g.first().is_some_and(same)) {
+                Some((_, g)) => g.push(part),
+                None => groups.push((part.table, vec![part])),
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(table, parts)| {
+                let schema = parts[0].batch.schema();
+                let rows = concat_batches(&schema, parts.iter().map(|p| &p.batch))?;
+                let key_groups: UInt16Array = parts
+                    .iter()
+                    .flat_map(|p| std::iter::repeat_n(p.key_group, p.batch.num_rows()))
+                    .collect();
+                let mut fields = schema.fields().to_vec();
+                fields.push(Arc::new(Field::new(
+                    KEY_GROUP_COLUMN,
+                    DataType::UInt16,
+                    false,
+                )));
+                let mut columns = rows.columns().to_vec();
+                columns.push(Arc::new(key_groups));
+                Ok((
+                    table,
+                    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Adds the rows of a stored batch of `table` (made by
+    /// [`StateSnapshot::to_batches`]) whose key groups lie in `range`.
+    pub fn add_stored(
+        &mut self,
+        table: usize,
+        stored: &RecordBatch,
+        range: KeyGroupRange,
+    ) -> Result<()> {
+        let last = stored.num_columns().checked_sub(1);
+        let key_groups = last
+            .filter(|&i| stored.schema().field(i).name() == KEY_GROUP_COLUMN)
+            .and_then(|i| stored.column(i).as_primitive_opt::<UInt16Type>())
+            .filter(|c| c.null_count() == 0)
+            .ok_or_else(|| {
+                FlumenError::state(format!(
+                    "state table {table} has no {KEY_GROUP_COLUMN} column of UInt16"
+                ))
+            })?
+            .clone();
+        let rows = stored.project(&(0..stored.num_columns() - 1).collect::<Vec<_>>())?;
+        let mut start = 0;
+        let values = key_groups.values();
+        while start < values.len() {
+            let key_group = values[start];
+            let end = start
+                + values[start..]
+                    .iter()
+                    .take_while(|&&k| k == key_group)
+                    .count();
+            if range.contains(key_group) {
+                self.parts.push(Part {
+                    table,
+                    key_group,
+                    batch: rows.slice(start, end - start),
+                });
+            }
+            start = end;
+        }
+        Ok(())
+    }
+}
+
+/// Name of the column that a stored state table adds: the key group of each row.
+pub const KEY_GROUP_COLUMN: &str = "_key_group";
+
+/// Column `index` of a restored state table as the array type `T`, or an
+/// error naming the table and column: a snapshot that does not fit the
+/// operator is an error, never a panic.
+pub fn state_column<T: 'static>(batch: &RecordBatch, table: usize, index: usize) -> Result<&T> {
+    let column = (index < batch.num_columns())
+        .then(|| batch.column(index))
+        .ok_or_else(|| {
+            FlumenError::state(format!(
+                "state table {table} has {} columns, column {index} is missing",
+                batch.num_columns()
+            ))
+        })?;
+    column.as_any().downcast_ref::<T>().ok_or_else(|| {
+        FlumenError::state(format!(
+            "state table {table}: column {index} is {}, not the type this operator stores",
+            column.data_type()
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -136,6 +236,38 @@ mod tests {
             .unwrap_or_default();
         v.sort_unstable();
         v
+    }
+
+    #[test]
+    fn stored_batches_round_trip_by_key_group_range() {
+        let mut a = StateSnapshot::default();
+        a.add(0, &batch(vec![10, 11, 12]), &[3, 1, 3]).unwrap();
+        a.add(1, &batch(vec![20, 21]), &[1, 4]).unwrap();
+        let stored = a.to_batches().unwrap();
+        assert_eq!(stored.len(), 2);
+        let mut back = StateSnapshot::default();
+        let range = KeyGroupRange { start: 0, end: 4 };
+        for (table, b) in &stored {
+            back.add_stored(*table, b, range).unwrap();
+        }
+        assert_eq!(values(back.rows(0, range).unwrap()), [10, 11, 12]);
+        assert_eq!(values(back.rows(1, range).unwrap()), [20]);
+        let without = stored[0].1.project(&[0]).unwrap();
+        let err = back.add_stored(0, &without, range).unwrap_err();
+        assert!(err.to_string().contains("_key_group"), "{err}");
+    }
+
+    #[test]
+    fn a_column_of_the_wrong_type_is_an_error_naming_the_table() {
+        let b = batch(vec![1]);
+        assert!(state_column::<Int64Array>(&b, 2, 0).is_ok());
+        let err = state_column::<arrow::array::BinaryArray>(&b, 2, 0).unwrap_err();
+        assert!(
+            err.to_string().contains("state table 2: column 0 is Int64"),
+            "{err}"
+        );
+        let err = state_column::<Int64Array>(&b, 2, 5).unwrap_err();
+        assert!(err.to_string().contains("column 5 is missing"), "{err}");
     }
 
     #[test]

@@ -32,9 +32,72 @@ pub enum FlumenError {
     /// The job was cancelled because another task failed.
     #[error("cancelled")]
     Cancelled,
+    /// A checkpoint or savepoint cannot be used: torn, corrupt, or holding
+    /// state that does not fit the job.
+    #[error("{0}")]
+    State(String),
+    /// A call to an outside system (storage, a broker, a database) failed in
+    /// a way that trying again may cure; the underlying error is kept.
+    #[error("{context}: {source}")]
+    Transient {
+        /// What flumen was doing.
+        context: String,
+        /// What the outside system said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A broken invariant: a bug in flumen, not in the job.
+    #[error("internal error (a bug in flumen): {0}")]
+    Internal(String),
+}
+
+/// Who can fix an error, which decides whether a job restarts after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The user's SQL, options, data or checkpoint: a retry fails again.
+    User,
+    /// An outside system failed; a restart from the last checkpoint may cure it.
+    Retryable,
+    /// A bug in flumen.
+    Internal,
 }
 
 impl FlumenError {
+    /// Who can fix this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            FlumenError::Io(_) | FlumenError::Transient { .. } | FlumenError::Cancelled => {
+                ErrorKind::Retryable
+            }
+            FlumenError::Internal(_) | FlumenError::Arrow(_) => ErrorKind::Internal,
+            FlumenError::Config(_)
+            | FlumenError::Plan(_)
+            | FlumenError::BadData(_)
+            | FlumenError::Execution(_)
+            | FlumenError::OutputClosed
+            | FlumenError::State(_) => ErrorKind::User,
+        }
+    }
+
+    /// A [`FlumenError::Transient`] error: `context` says what flumen was
+    /// doing, `source` what failed.
+    pub fn transient(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        FlumenError::Transient {
+            context: context.into(),
+            source: Box::new(source),
+        }
+    }
+    /// Shorthand for a [`FlumenError::State`] error.
+    pub fn state(msg: impl Into<String>) -> Self {
+        FlumenError::State(msg.into())
+    }
+    /// Shorthand for a [`FlumenError::Internal`] error.
+    pub fn internal(msg: impl Into<String>) -> Self {
+        FlumenError::Internal(msg.into())
+    }
     /// Shorthand for a [`FlumenError::Config`] error.
     pub fn config(msg: impl Into<String>) -> Self {
         FlumenError::Config(msg.into())

@@ -8,7 +8,7 @@ mod error;
 mod message;
 
 pub use changelog::{OP_COLUMN, RowOp, is_updating, op_field};
-pub use error::{FlumenError, Result};
+pub use error::{ErrorKind, FlumenError, Result};
 pub use message::{Barrier, Message, Watermark};
 
 /// Rows per batch that sources aim for: large enough to amortise every

@@ -19,6 +19,21 @@ impl Watermark {
 pub struct Barrier {
     /// Checkpoint identifier, increasing from 1.
     pub id: u64,
+    /// Whether the job stops once this checkpoint is taken (a savepoint
+    /// that does not drain): a task that has passed it reads no more input.
+    pub stop: bool,
+}
+
+impl Barrier {
+    /// The barrier of periodic checkpoint `id`.
+    pub fn checkpoint(id: u64) -> Self {
+        Barrier { id, stop: false }
+    }
+
+    /// The barrier of savepoint `id`, after which the job stops.
+    pub fn stop_with_savepoint(id: u64) -> Self {
+        Barrier { id, stop: true }
+    }
 }
 
 /// What travels over a channel between two tasks, in order, so that

@@ -121,13 +121,14 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
                     .map(|t| ("state_ttl".to_string(), t.clone())),
             )
             .collect(),
+            job_id: None,
         });
         planner.add_script("ddl/nexmark.sql", DDL).await?;
         planner
             .add_script(&format!("{}.sql", args.query), &sql)
             .await?;
         let pipeline = planner.build().await?;
-        let s = execute(pipeline, false).await?;
+        let s = execute(&pipeline, false, None).await?;
         eprintln!(
             "run {run}: {:.2} s, {:.2} M events/s, {:.2} M events/s per core, {} rows out",
             s.seconds,

@@ -2,6 +2,7 @@
 //! and benchmarks them.
 
 mod bench;
+mod checkpoints;
 mod run;
 mod usage;
 
@@ -35,6 +36,8 @@ enum Command {
     Explain(PlanArgs),
     /// Measure throughput, CPU per core and peak memory of benchmark queries.
     Bench(bench::BenchArgs),
+    /// List the checkpoints and savepoints in a checkpoint directory.
+    Checkpoints(checkpoints::ListArgs),
 }
 
 #[derive(Args)]
@@ -58,6 +61,19 @@ struct RunArgs {
     /// How a bare SELECT prints its rows: table, json (one object per line) or csv.
     #[arg(long, default_value = "table", value_parser = ["table", "json", "csv"])]
     format: String,
+    #[command(flatten)]
+    checkpoints: run::CheckpointArgs,
+}
+
+/// A duration as flumen writes them: `200ms`, `10s`, `'10 s'`, `5 min`.
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let text = s.trim().trim_matches('\'').trim_matches('"');
+    match flumen_sql::duration_nanos(text) {
+        Some(ns) if ns > 0 => Ok(std::time::Duration::from_nanos(ns as u64)),
+        _ => Err(format!(
+            "'{s}' is not a duration such as 200ms, 10s or '10 s'"
+        )),
+    }
 }
 
 pub(crate) fn parse_parallelism(s: &str) -> Result<usize, String> {
@@ -79,17 +95,27 @@ pub(crate) fn cores() -> usize {
 }
 
 impl PlanArgs {
-    fn planner_options(&self, format: StdoutFormat) -> flumen_sql::PlannerOptions {
+    fn planner_options(
+        &self,
+        format: StdoutFormat,
+        job_id: Option<String>,
+    ) -> flumen_sql::PlannerOptions {
         flumen_sql::PlannerOptions {
             parallelism: self.parallelism.unwrap_or_else(cores),
             stdout_format: format,
             overrides: self.overrides.clone(),
+            job_id,
         }
     }
 
-    /// Reads and plans every file.
-    async fn plan(&self, format: StdoutFormat) -> Result<flumen_sql::Pipeline> {
-        let mut planner = flumen_sql::Planner::new(self.planner_options(format));
+    /// Reads and plans every file; `job_id` names the output of a job that
+    /// resumes from a checkpoint.
+    async fn plan(
+        &self,
+        format: StdoutFormat,
+        job_id: Option<String>,
+    ) -> Result<flumen_sql::Pipeline> {
+        let mut planner = flumen_sql::Planner::new(self.planner_options(format, job_id));
         for file in &self.files {
             let sql = std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read SQL file '{}'", file.display()))?;
@@ -131,11 +157,10 @@ fn main() -> ExitCode {
             match cli.command {
                 Command::Run(args) => {
                     let format = StdoutFormat::parse(&args.format)?;
-                    let pipeline = args.plan.plan(format).await?;
-                    run::run(pipeline).await.map(|_| ())
+                    run::run(&args.plan, format, &args.checkpoints).await
                 }
                 Command::Explain(args) => {
-                    let pipeline = args.plan(StdoutFormat::Table).await?;
+                    let pipeline = args.plan(StdoutFormat::Table, None).await?;
                     for (label, plan) in &pipeline.logical_plans {
                         println!("== {label}: logical plan ==\n{plan}\n");
                     }
@@ -143,6 +168,7 @@ fn main() -> ExitCode {
                     Ok(())
                 }
                 Command::Bench(args) => bench::bench(args).await,
+                Command::Checkpoints(args) => checkpoints::list(&args).await,
             }
         })
     });

@@ -1,14 +1,66 @@
 //! The `filesystem` connector: reads and writes JSON lines, CSV and Parquet
 //! files in a local directory or an object store.
 
-mod location;
 mod sink;
 mod source;
 
 pub use sink::FileSinkFactory;
 pub use source::FileSourceFactory;
 
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use flumen_runtime::{SinkFactory, SourceFactory};
+use flumen_types::Result;
+
 use crate::options::OptionSpec;
+use crate::{Delivery, TableSpec};
+
+/// The `filesystem` connector: reads and writes; its sink commits exactly
+/// once with checkpoints on.
+pub(crate) struct Filesystem;
+
+#[async_trait]
+impl crate::Connector for Filesystem {
+    fn name(&self) -> &'static str {
+        "filesystem"
+    }
+    fn options(&self) -> &'static [OptionSpec] {
+        OPTIONS
+    }
+    fn reads(&self) -> bool {
+        true
+    }
+    fn delivery(&self) -> Option<Delivery> {
+        Some(Delivery::ExactlyOnce)
+    }
+    /// With `changelog = 'true'` it writes an updating result as rows with an `_op` column.
+    fn accepts_updates(&self, options: &crate::Options) -> bool {
+        options.get("changelog") == Some("true")
+    }
+    async fn source(
+        &self,
+        spec: &TableSpec,
+        projection: Option<&[usize]>,
+    ) -> Result<Arc<dyn SourceFactory>> {
+        Ok(Arc::new(
+            FileSourceFactory::try_new(&spec.options, &spec.schema, projection).await?,
+        ))
+    }
+    fn sink(
+        &self,
+        spec: &TableSpec,
+        input: SchemaRef,
+        unique: &str,
+    ) -> Result<Arc<dyn SinkFactory>> {
+        Ok(Arc::new(FileSinkFactory::try_new(
+            &spec.options,
+            input,
+            unique,
+        )?))
+    }
+}
 
 /// Options of the `filesystem` connector.
 pub(crate) const OPTIONS: &[OptionSpec] = &[
@@ -29,6 +81,7 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
         "changelog",
         "sink: true to write an updating result as rows with an _op column (default false)",
     ),
+    crate::throttle::ROWS_PER_SECOND,
     crate::options::IDLE_TIMEOUT,
     crate::options::ALLOWED_LATENESS,
     OptionSpec::optional(

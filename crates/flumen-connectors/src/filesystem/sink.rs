@@ -1,6 +1,13 @@
 //! Writes files under a directory: each subtask writes its own files, starts a
 //! new one when the current one passes `rolling_size` bytes, and gives a file
 //! its final name only once it is complete, so readers never see half a file.
+//!
+//! With checkpoints on, files are committed in two phases: what a subtask
+//! writes before barrier `n` goes to hidden files carrying `n` in their
+//! names (`.part-<job>-<sink>-<subtask>-<n>-<seq>.json`), closed at the
+//! barrier and renamed into place (the leading `.` dropped) only when
+//! checkpoint `n` completes. A restart renames those of checkpoints up to the
+//! one it resumes from and deletes the rest, so every row is committed once.
 
 use std::sync::Arc;
 
@@ -9,6 +16,7 @@ use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use flumen_runtime::{Sink, SinkFactory, TaskContext};
 use flumen_types::{FlumenError, Result};
+use futures::TryStreamExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -17,8 +25,8 @@ use parquet::file::properties::WriterProperties;
 use tokio::io::AsyncWriteExt;
 
 use super::Format;
-use super::location::Location;
 use crate::Options;
+use flumen_state::Location;
 
 const DEFAULT_ROLLING_SIZE: u64 = 128 << 20;
 
@@ -74,6 +82,7 @@ impl FileSinkFactory {
     }
 }
 
+#[async_trait]
 impl SinkFactory for FileSinkFactory {
     fn describe(&self) -> String {
         format!(
@@ -93,8 +102,56 @@ impl SinkFactory for FileSinkFactory {
             name: format!("part-{}-{}", self.prefix, ctx.subtask),
             next_file: 0,
             current: None,
+            epoch: ctx.first_checkpoint,
+            staged: Vec::new(),
         }))
     }
+
+    /// Renames the hidden files of this sink staged for checkpoints up to
+    /// `committed` into place and deletes every other hidden file of it
+    /// (staged after `committed`, or cut off while being written).
+    async fn recover(&self, committed: Option<u64>) -> Result<()> {
+        let ours = format!(".part-{}-", self.prefix);
+        let display = &self.location.display;
+        let files: Vec<Path> = self
+            .location
+            .store
+            .list(Some(&self.location.path))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(|e| write_error(display, e))?;
+        for file in files {
+            let Some(name) = file.filename().filter(|n| n.starts_with(&ours)) else {
+                continue;
+            };
+            let finished = staged_checkpoint(name).filter(|&n| committed.is_some_and(|c| n <= c));
+            let store = &self.location.store;
+            let outcome = match finished {
+                Some(_) => {
+                    let target = self.location.path.clone().join(&name[1..]);
+                    store.rename(&file, &target).await
+                }
+                None => store.delete(&file).await,
+            };
+            match outcome {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(write_error(display, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The checkpoint id in the name of a staged file
+/// (`.part-<job>-<sink>-<subtask>-<checkpoint>-<seq>.<ext>`).
+fn staged_checkpoint(name: &str) -> Option<u64> {
+    let stem = name.rsplit_once('.')?.0;
+    let mut parts = stem.rsplit('-');
+    let seq = parts.next()?;
+    let checkpoint = parts.next()?;
+    seq.parse::<u64>().ok()?;
+    checkpoint.parse::<u64>().ok()
 }
 
 struct FileSink {
@@ -107,6 +164,10 @@ struct FileSink {
     name: String,
     next_file: u64,
     current: Option<OpenFile>,
+    /// With checkpoints on: the checkpoint the rows being written belong to.
+    epoch: Option<u64>,
+    /// Closed hidden files waiting for their checkpoint: (checkpoint, file, final name).
+    staged: Vec<(u64, Path, Path)>,
 }
 
 struct OpenFile {
@@ -140,18 +201,31 @@ impl FileSink {
     fn open(&mut self) -> Result<OpenFile> {
         // Zero-padded, so that listing the files in name order lists each
         // subtask's files in the order they were written.
-        let file = format!(
-            "{}-{:06}.{}",
-            self.name,
-            self.next_file,
-            self.format.extension()
-        );
+        let (file, temp) = match self.epoch {
+            Some(epoch) => {
+                let file = format!(
+                    "{}-{epoch:08}-{:04}.{}",
+                    self.name,
+                    self.next_file,
+                    self.format.extension()
+                );
+                let temp = format!(".{file}");
+                (file, temp)
+            }
+            None => {
+                let file = format!(
+                    "{}-{:06}.{}",
+                    self.name,
+                    self.next_file,
+                    self.format.extension()
+                );
+                let temp = format!(".{file}.inprogress");
+                (file, temp)
+            }
+        };
         self.next_file += 1;
         let target = self.dir.clone().join(file.as_str());
-        let temp = self
-            .dir
-            .clone()
-            .join(format!(".{file}.inprogress").as_str());
+        let temp = self.dir.clone().join(temp.as_str());
         let out = BufWriter::new(self.store.clone(), temp.clone());
         let writer = match self.format {
             Format::Parquet => FileWriter::Parquet(Box::new(
@@ -178,10 +252,18 @@ impl FileSink {
                 w.close().await.map_err(|e| self.err(e))?;
             }
         }
-        self.store
-            .rename(&file.temp, &file.target)
-            .await
-            .map_err(|e| self.err(e))
+        match self.epoch {
+            // Complete but hidden until its checkpoint completes.
+            Some(epoch) => {
+                self.staged.push((epoch, file.temp, file.target));
+                Ok(())
+            }
+            None => self
+                .store
+                .rename(&file.temp, &file.target)
+                .await
+                .map_err(|e| self.err(e)),
+        }
     }
 }
 
@@ -225,5 +307,51 @@ impl Sink for FileSink {
 
     async fn finish(&mut self) -> Result<()> {
         self.close().await
+    }
+
+    async fn pre_commit(&mut self, checkpoint: u64) -> Result<Vec<String>> {
+        self.close().await?;
+        self.epoch = Some(checkpoint + 1);
+        self.next_file = 0;
+        Ok(self
+            .staged
+            .iter()
+            .filter(|(n, _, _)| *n <= checkpoint)
+            .map(|(_, temp, _)| temp.to_string())
+            .collect())
+    }
+
+    async fn commit(&mut self, checkpoint: u64) -> Result<()> {
+        let mut keep = Vec::new();
+        for (n, temp, target) in std::mem::take(&mut self.staged) {
+            if n > checkpoint {
+                keep.push((n, temp, target));
+                continue;
+            }
+            self.store
+                .rename(&temp, &target)
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        self.staged = keep;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_names_carry_their_checkpoint() {
+        assert_eq!(
+            staged_checkpoint(".part-17-0-3-00000012-0002.json"),
+            Some(12)
+        );
+        assert_eq!(
+            staged_checkpoint(".part-17-0-3-000001.json.inprogress"),
+            None
+        );
+        assert_eq!(staged_checkpoint(".part-17-0-3-x-0001.csv"), None);
     }
 }

@@ -28,14 +28,18 @@ use parquet::arrow::ProjectionMask;
 // ParquetObjectReader is deprecated in favour of hand-written readers; it is
 // still the maintained way to read Parquet through object_store, so keep it
 // until arrow-rs ships its replacement.
+use crate::throttle::Throttle;
+use flumen_state::checkpoint::SplitPosition;
+use object_store::{GetOptions, GetRange};
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 #[allow(deprecated)]
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::async_reader::ParquetRecordBatchStream;
 
 use super::Format;
-use super::location::Location;
 use crate::Options;
+use flumen_state::Location;
 
 /// Bytes of text decoded at once.
 const CHUNK_BYTES: usize = 1 << 20;
@@ -52,6 +56,7 @@ pub struct FileSourceFactory {
     schema: SchemaRef,
     drop_bad: bool,
     header: bool,
+    rows_per_second: Option<u64>,
 }
 
 impl FileSourceFactory {
@@ -65,6 +70,7 @@ impl FileSourceFactory {
         let format = Format::parse(options)?;
         let drop_bad = options.choice("bad_data", &["fail", "drop"], "fail")? == "drop";
         let header = options.choice("header", &["true", "false"], "true")? == "true";
+        let rows_per_second = options.parse::<u64>("rows_per_second")?;
         let files = list_files(&location).await?;
         let projection: Vec<usize> = match projection {
             Some(p) => p.to_vec(),
@@ -80,6 +86,7 @@ impl FileSourceFactory {
             schema,
             drop_bad,
             header,
+            rows_per_second,
         })
     }
 }
@@ -165,6 +172,25 @@ impl FileSourceFactory {
                 id,
             })
             .collect();
+        let progress = files
+            .iter()
+            .map(|f| Progress {
+                path: f.path.to_string(),
+                index: f.index,
+                read: if whole_files {
+                    Read::Text {
+                        offset: 0,
+                        lines: 0,
+                    }
+                } else {
+                    Read::Parquet {
+                        groups: Vec::new(),
+                        opened: false,
+                    }
+                },
+                done: false,
+            })
+            .collect();
         let clocks = watermarks.map(|w| SplitClocks {
             splits: files
                 .iter()
@@ -197,6 +223,9 @@ impl FileSourceFactory {
             turn: 0,
             pending: VecDeque::new(),
             clocks,
+            progress,
+            restored: Vec::new(),
+            throttle: Throttle::new(self.rows_per_second, ctx.parallelism),
         }
     }
 }
@@ -252,6 +281,79 @@ impl SplitClocks {
     }
 }
 
+/// How far a split has been read, counting only rows `next` returned:
+/// what a checkpoint stores.
+struct Progress {
+    path: String,
+    index: usize,
+    read: Read,
+    done: bool,
+}
+
+enum Read {
+    /// The byte offset of the first line not returned, and the lines before it.
+    Text { offset: u64, lines: u64 },
+    /// Per row group of this subtask's share: (row group, its rows, rows
+    /// returned); known once the file is opened.
+    Parquet {
+        groups: Vec<(usize, u64, u64)>,
+        opened: bool,
+    },
+}
+
+/// How a message moves its split's position once it is returned.
+enum Advance {
+    Text { offset: u64, lines: u64 },
+    Rows(u64),
+}
+
+impl Progress {
+    fn advance(&mut self, advance: Advance) {
+        match (&mut self.read, advance) {
+            (
+                Read::Text { offset, lines },
+                Advance::Text {
+                    offset: o,
+                    lines: l,
+                },
+            ) => {
+                *offset = o;
+                *lines = l;
+            }
+            (Read::Parquet { groups, .. }, Advance::Rows(mut rows)) => {
+                for (_, total, read) in groups.iter_mut() {
+                    let take = rows.min(*total - *read);
+                    *read += take;
+                    rows -= take;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn positions(&self, out: &mut Vec<SplitPosition>) {
+        match &self.read {
+            Read::Text { offset, lines } => out.push(SplitPosition {
+                split: self.path.clone(),
+                position: vec![*offset, *lines],
+                done: self.done,
+            }),
+            Read::Parquet { groups, .. } => {
+                out.extend(groups.iter().map(|&(g, total, read)| SplitPosition {
+                    split: row_group_split(&self.path, g),
+                    position: vec![read],
+                    done: self.done || read >= total,
+                }))
+            }
+        }
+    }
+}
+
+/// The split name of row group `g` of the Parquet file at `path`.
+fn row_group_split(path: &str, g: usize) -> String {
+    format!("{path}#row group {g}")
+}
+
 struct FileSource {
     store: Arc<dyn ObjectStore>,
     /// Files not opened yet.
@@ -269,9 +371,14 @@ struct FileSource {
     open: Vec<(usize, Reader)>,
     max_open: usize,
     turn: usize,
-    /// Batches (and watermarks) ready to return.
-    pending: VecDeque<Message>,
+    /// Messages ready to return, each with how it moves its split's position.
+    pending: VecDeque<(Message, Option<(usize, Advance)>)>,
     clocks: Option<SplitClocks>,
+    /// Per split of this subtask (by id): how far it has been read.
+    progress: Vec<Progress>,
+    /// Restored positions of Parquet row groups of files not opened yet.
+    restored: Vec<SplitPosition>,
+    throttle: Option<Throttle>,
 }
 
 enum Reader {
@@ -288,6 +395,8 @@ struct TextReader {
     stream: BoxStream<'static, object_store::Result<Bytes>>,
     buf: Vec<u8>,
     eof: bool,
+    /// Byte offset in the file of the start of `buf`.
+    offset: u64,
     /// Lines of the file consumed so far.
     lines: u64,
     at_start: bool,
@@ -297,26 +406,44 @@ struct TextReader {
 impl Source for FileSource {
     async fn next(&mut self) -> Result<Option<Message>> {
         loop {
-            if let Some(msg) = self.pending.pop_front() {
+            if let Some((msg, advance)) = self.pending.pop_front() {
+                if let Some((id, advance)) = advance {
+                    self.progress[id].advance(advance);
+                }
+                if let Message::Batch(b) = &msg {
+                    // Lines that were all dropped move the position only.
+                    if b.num_rows() == 0 {
+                        continue;
+                    }
+                    if let Some(t) = &mut self.throttle {
+                        t.sent(b.num_rows());
+                    }
+                }
                 return Ok(Some(msg));
             }
+            if let Some(t) = &mut self.throttle {
+                t.wait().await;
+            }
             while self.open.len() < self.max_open
-                && let Some(split) = self.files.pop_front()
+                && let Some(split) = self.files.front()
             {
                 let share = Share {
                     subtask: self.subtask,
                     parallelism: self.parallelism,
                 };
                 let id = split.id;
-                match open(
+                let opened = open(
                     self.store.clone(),
                     split,
-                    self.format,
                     self.schema.clone(),
                     share,
+                    &mut self.progress[id],
+                    &self.restored,
                 )
-                .await?
-                {
+                .await?;
+                // Taken off the queue only now: a cancelled open loses nothing.
+                self.files.pop_front();
+                match opened {
                     Some(reader) => self.open.push((id, reader)),
                     None => self.split_done(id),
                 }
@@ -329,14 +456,15 @@ impl Source for FileSource {
             let id = self.open[at].0;
             match self.read_step(at).await? {
                 Some(batches) => {
-                    for batch in batches {
+                    for (batch, advance) in batches {
                         let wm = match &mut self.clocks {
                             Some(c) => c.on_batch(id, &batch)?,
                             None => None,
                         };
-                        self.pending.push_back(Message::Batch(batch));
+                        self.pending
+                            .push_back((Message::Batch(batch), Some((id, advance))));
                         if let Some(wm) = wm {
-                            self.pending.push_back(Message::Watermark(wm));
+                            self.pending.push_back((Message::Watermark(wm), None));
                         }
                     }
                 }
@@ -347,18 +475,93 @@ impl Source for FileSource {
             }
         }
     }
+
+    fn snapshot_position(&mut self) -> Result<Vec<SplitPosition>> {
+        let mut out = Vec::new();
+        for p in &self.progress {
+            match &p.read {
+                Read::Parquet { opened: false, .. } if !p.done => {
+                    let prefix = format!("{}#", p.path);
+                    out.extend(
+                        self.restored
+                            .iter()
+                            .filter(|r| r.split.starts_with(&prefix))
+                            .cloned(),
+                    );
+                }
+                _ => p.positions(&mut out),
+            }
+        }
+        Ok(out)
+    }
+
+    fn restore_position(&mut self, positions: &[SplitPosition]) -> Result<()> {
+        let (subtask, parallelism) = (self.subtask, self.parallelism);
+        let mut done = Vec::new();
+        for p in &mut self.progress {
+            match &mut p.read {
+                Read::Text { offset, lines } => {
+                    let Some(r) = positions.iter().find(|r| r.split == p.path) else {
+                        continue;
+                    };
+                    let [o, l] = r.position[..] else {
+                        return Err(FlumenError::state(format!(
+                            "position of file {} is {:?}, not an offset and a line count",
+                            p.path, r.position
+                        )));
+                    };
+                    (*offset, *lines) = (o, l);
+                    if r.done {
+                        p.done = true;
+                    }
+                }
+                Read::Parquet { .. } => {
+                    let prefix = format!("{}#", p.path);
+                    let index = p.index;
+                    self.restored.extend(
+                        positions
+                            .iter()
+                            .filter(|r| r.split.starts_with(&prefix))
+                            .filter(|r| {
+                                r.split
+                                    .rsplit_once(' ')
+                                    .and_then(|(_, g)| g.parse::<usize>().ok())
+                                    .is_some_and(|g| (index + g) % parallelism == subtask)
+                            })
+                            .cloned(),
+                    );
+                }
+            }
+            if p.done {
+                done.push(p.path.clone());
+            }
+        }
+        let finished: Vec<usize> = self
+            .files
+            .iter()
+            .filter(|f| done.contains(&f.path.to_string()))
+            .map(|f| f.id)
+            .collect();
+        self.files.retain(|f| !finished.contains(&f.id));
+        for id in finished {
+            self.split_done(id);
+        }
+        Ok(())
+    }
 }
 
 impl FileSource {
     /// Split `id` has nothing more: it no longer holds the watermark back.
     fn split_done(&mut self, id: usize) {
+        self.progress[id].done = true;
         if let Some(wm) = self.clocks.as_mut().and_then(|c| c.finish(id)) {
-            self.pending.push_back(Message::Watermark(wm));
+            self.pending.push_back((Message::Watermark(wm), None));
         }
     }
 
-    /// The next batches of open file `at`; `None` at its end.
-    async fn read_step(&mut self, at: usize) -> Result<Option<Vec<RecordBatch>>> {
+    /// The next batches of open file `at`, each with the position after
+    /// it; `None` at its end.
+    async fn read_step(&mut self, at: usize) -> Result<Option<Vec<(RecordBatch, Advance)>>> {
         match &mut self.open[at].1 {
             Reader::Parquet { path, stream } => match stream.next().await {
                 Some(batch) => {
@@ -366,7 +569,8 @@ impl FileSource {
                         batch.map_err(|e| FlumenError::io(format!("reading {path}: {e}")))?;
                     let batch = conform(&batch, &self.schema)
                         .map_err(|e| FlumenError::io(format!("reading {path}: {e}")))?;
-                    Ok(Some(vec![batch]))
+                    let rows = batch.num_rows() as u64;
+                    Ok(Some(vec![(batch, Advance::Rows(rows))]))
                 }
                 None => Ok(None),
             },
@@ -375,9 +579,9 @@ impl FileSource {
                     .next_chunk(self.header && self.format == Format::Csv)
                     .await?;
                 match chunk {
-                    Some((first_line, lines)) => {
+                    Some(chunk) => {
                         let path = text.path.clone();
-                        Ok(Some(self.decode(&path, first_line, &lines)?))
+                        Ok(Some(self.decode(&path, &chunk)?))
                     }
                     None => Ok(None),
                 }
@@ -404,12 +608,29 @@ impl FileSource {
         })
     }
 
-    /// Decodes whole lines; `first_line` is the 1-based line number of the
-    /// first of them in the file.
-    fn decode(&self, path: &Path, first_line: u64, lines: &[u8]) -> Result<Vec<RecordBatch>> {
+    /// Decodes a chunk of whole lines into batches, each with the file
+    /// position after its last line.
+    fn decode(&self, path: &Path, chunk: &Chunk) -> Result<Vec<(RecordBatch, Advance)>> {
+        let lines = &chunk.lines;
+        let after = |end: usize, counted: &mut (usize, u64)| {
+            counted.1 += lines[counted.0..end]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count() as u64;
+            counted.0 = end;
+            Advance::Text {
+                offset: chunk.offset + end as u64,
+                lines: chunk.lines_before + counted.1,
+            }
+        };
         if let Ok(batches) = self.decoder()?.decode_all(lines) {
-            return Ok(batches);
+            let mut counted = (0, 0);
+            return Ok(batches
+                .into_iter()
+                .map(|(b, end)| (b, after(end, &mut counted)))
+                .collect());
         }
+        let first_line = chunk.lines_before + 1;
         let mut good = Vec::new();
         let mut dropped = 0;
         for (i, line) in lines.split(|b| *b == b'\n').enumerate() {
@@ -420,7 +641,7 @@ impl FileSource {
             one.extend_from_slice(line);
             one.push(b'\n');
             match self.decoder()?.decode_all(&one) {
-                Ok(batches) => good.extend(batches),
+                Ok(batches) => good.extend(batches.into_iter().map(|(b, _)| b)),
                 Err(_) if self.drop_bad => dropped += 1,
                 Err(e) => {
                     return Err(FlumenError::BadData(format!(
@@ -431,10 +652,12 @@ impl FileSource {
             }
         }
         self.metrics.add_bad_records_dropped(dropped);
-        if good.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(vec![concat_batches(&self.schema, &good)?])
+        let batch = if good.is_empty() {
+            RecordBatch::new_empty(self.schema.clone())
+        } else {
+            concat_batches(&self.schema, &good)?
+        };
+        Ok(vec![(batch, after(lines.len(), &mut (0, 0)))])
     }
 }
 
@@ -451,33 +674,70 @@ struct Share {
 #[allow(deprecated)]
 async fn open(
     store: Arc<dyn ObjectStore>,
-    split: Split,
-    format: Format,
+    split: &Split,
     schema: SchemaRef,
     share: Share,
+    progress: &mut Progress,
+    restored: &[SplitPosition],
 ) -> Result<Option<Reader>> {
     let Split {
         path, size, index, ..
     } = split;
+    let (path, size, index) = (path.clone(), *size, *index);
     let io = |e: &dyn std::fmt::Display| FlumenError::io(format!("reading {path}: {e}"));
-    if format != Format::Parquet {
-        let fetched = store.get(&path).await.map_err(|e| io(&e))?;
+    if let Read::Text { offset, lines } = progress.read {
+        if offset >= size {
+            return Ok(None);
+        }
+        let options = GetOptions {
+            range: (offset > 0).then_some(GetRange::Offset(offset)),
+            ..GetOptions::default()
+        };
+        let fetched = store.get_opts(&path, options).await.map_err(|e| io(&e))?;
         return Ok(Some(Reader::Text(TextReader {
             stream: fetched.into_stream(),
             path,
             buf: Vec::with_capacity(CHUNK_BYTES * 2),
             eof: false,
-            lines: 0,
-            at_start: true,
+            offset,
+            lines,
+            at_start: offset == 0,
         })));
     }
     let reader = ParquetObjectReader::new(store, path.clone()).with_file_size(size);
     let builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await
         .map_err(|e| io(&e))?;
-    let row_groups: Vec<usize> = (0..builder.metadata().num_row_groups())
-        .filter(|g| (index + g) % share.parallelism == share.subtask)
+    let metadata = builder.metadata().clone();
+    let mut groups = Vec::new();
+    let mut selectors = Vec::new();
+    for g in
+        (0..metadata.num_row_groups()).filter(|g| (index + g) % share.parallelism == share.subtask)
+    {
+        let total = metadata.row_group(g).num_rows().max(0) as u64;
+        let name = row_group_split(progress.path.as_str(), g);
+        let read = restored.iter().find(|r| r.split == name).map_or(0, |r| {
+            if r.done {
+                total
+            } else {
+                r.position.first().copied().unwrap_or(0).min(total)
+            }
+        });
+        groups.push((g, total, read));
+        if read < total {
+            selectors.push(RowSelector::skip(read as usize));
+            selectors.push(RowSelector::select((total - read) as usize));
+        }
+    }
+    let row_groups: Vec<usize> = groups
+        .iter()
+        .filter(|(_, total, read)| read < total)
+        .map(|(g, _, _)| *g)
         .collect();
+    progress.read = Read::Parquet {
+        groups,
+        opened: true,
+    };
     if row_groups.is_empty() {
         return Ok(None);
     }
@@ -495,6 +755,7 @@ async fn open(
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
     let stream = builder
         .with_row_groups(row_groups)
+        .with_row_selection(RowSelection::from(selectors))
         .with_projection(mask)
         .with_batch_size(DEFAULT_BATCH_SIZE)
         .build()
@@ -503,9 +764,9 @@ async fn open(
 }
 
 impl TextReader {
-    /// The next run of complete lines and the line number of its first line;
-    /// `None` at the end of the file.
-    async fn next_chunk(&mut self, header: bool) -> Result<Option<(u64, Vec<u8>)>> {
+    /// The next run of complete lines with where it starts; `None` at the
+    /// end of the file.
+    async fn next_chunk(&mut self, header: bool) -> Result<Option<Chunk>> {
         let mut want = CHUNK_BYTES;
         loop {
             while !self.eof && self.buf.len() < want {
@@ -522,6 +783,7 @@ impl TextReader {
                 match self.buf.iter().position(|b| *b == b'\n') {
                     Some(nl) => {
                         self.buf.drain(..=nl);
+                        self.offset += nl as u64 + 1;
                         self.lines += 1;
                     }
                     None if self.eof => return Ok(None),
@@ -548,11 +810,25 @@ impl TextReader {
             };
             let rest = self.buf.split_off(cut);
             let lines = std::mem::replace(&mut self.buf, rest);
-            let first_line = self.lines + 1;
-            self.lines += lines.iter().filter(|b| **b == b'\n').count() as u64;
-            return Ok(Some((first_line, lines)));
+            let chunk = Chunk {
+                offset: self.offset,
+                lines_before: self.lines,
+                lines,
+            };
+            self.offset += chunk.lines.len() as u64;
+            self.lines += chunk.lines.iter().filter(|b| **b == b'\n').count() as u64;
+            return Ok(Some(chunk));
         }
     }
+}
+
+/// A run of whole lines of a file.
+struct Chunk {
+    /// Byte offset in the file of its first line.
+    offset: u64,
+    /// Lines of the file before it.
+    lines_before: u64,
+    lines: Vec<u8>,
 }
 
 enum TextDecoder {
@@ -561,20 +837,24 @@ enum TextDecoder {
 }
 
 impl TextDecoder {
-    fn decode_all(mut self, mut data: &[u8]) -> Result<Vec<RecordBatch>, ArrowError> {
+    /// Every batch of `data`, each with the byte offset in `data` after its
+    /// last row.
+    fn decode_all(mut self, data: &[u8]) -> Result<Vec<(RecordBatch, usize)>, ArrowError> {
         let mut batches = Vec::new();
+        let mut at = 0;
         loop {
             let consumed = match &mut self {
-                TextDecoder::Json(d) => d.decode(data)?,
-                TextDecoder::Csv(d) => d.decode(data)?,
+                TextDecoder::Json(d) => d.decode(&data[at..])?,
+                TextDecoder::Csv(d) => d.decode(&data[at..])?,
             };
-            data = &data[consumed..];
+            at += consumed;
             let batch = match &mut self {
                 TextDecoder::Json(d) => d.flush()?,
                 TextDecoder::Csv(d) => d.flush()?,
             };
+            let data = &data[at..];
             match batch {
-                Some(b) if b.num_rows() > 0 => batches.push(b),
+                Some(b) if b.num_rows() > 0 => batches.push((b, at)),
                 _ if data.is_empty() => return Ok(batches),
                 _ if consumed == 0 => {
                     return Err(ArrowError::ParseError(

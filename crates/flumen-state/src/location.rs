@@ -1,5 +1,5 @@
-//! Turns a `path` option — a local path or an object-store URL — into an
-//! object store and a path inside it.
+//! Turns a path the user gave — a local path or an object-store URL — into
+//! an object store and a path inside it (file tables, checkpoint storage).
 
 use std::sync::Arc;
 
@@ -9,9 +9,9 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use url::Url;
 
-/// Where a filesystem table lives.
+/// Where a table or a checkpoint directory lives.
 #[derive(Debug, Clone)]
-pub(crate) struct Location {
+pub struct Location {
     pub store: Arc<dyn ObjectStore>,
     pub path: Path,
     /// The path as the user wrote it, for error messages.
@@ -21,7 +21,9 @@ pub(crate) struct Location {
 }
 
 impl Location {
-    pub(crate) fn parse(raw: &str) -> Result<Self> {
+    /// The store and path of `raw`: a local path, or a `file://` or
+    /// `memory://` URL.
+    pub fn parse(raw: &str) -> Result<Self> {
         if raw.contains("://") {
             let url = Url::parse(raw).map_err(|e| {
                 FlumenError::config(format!("path '{raw}' is not a valid URL: {e}"))

@@ -1,0 +1,667 @@
+//! Checkpoint storage: state files and manifests under one directory of an
+//! object store (a local directory or a URL).
+//!
+//! Layout, per checkpoint `n` (savepoints alike, as `savepoint-n`):
+//!
+//! ```text
+//! DIR/chk-00000007/<operator id>-<subtask>-t<table>-<k>.arrow   Arrow IPC, one per table
+//! DIR/chk-00000007/manifest.json                               written last
+//! ```
+//!
+//! A state file holds one state table of one operator subtask with a
+//! trailing key-group column, so a subtask at any parallelism reads the key
+//! groups it owns. The manifest lists every file with its size, checksum
+//! and key-group range, every source's positions and what every sink staged.
+//! It is written last and in one `put`, so a checkpoint directory without a
+//! manifest was never completed.
+
+use std::collections::BTreeSet;
+use std::hash::Hasher;
+use std::sync::Arc;
+
+use arrow::ipc::reader::FileReader;
+use arrow::ipc::writer::FileWriter;
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use flumen_types::{FlumenError, Result};
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::key_group::{KeyGroup, KeyGroupRange};
+use crate::location::Location;
+use crate::snapshot::{KEY_GROUP_COLUMN, StateSnapshot};
+
+/// Version of the manifest layout; a newer one is refused.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+const MANIFEST: &str = "manifest.json";
+
+/// Whether a checkpoint was taken on the job's schedule or asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointKind {
+    /// Periodic; the oldest are deleted past the retention.
+    Checkpoint,
+    /// Taken on request (stop with savepoint); never deleted by retention.
+    Savepoint,
+}
+
+impl CheckpointKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            CheckpointKind::Checkpoint => "chk-",
+            CheckpointKind::Savepoint => "savepoint-",
+        }
+    }
+}
+
+/// Where one source split had read to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitPosition {
+    /// The split's name, unique within its source (a file path, a lane of
+    /// the generator, a partition).
+    pub split: String,
+    /// The source's own numbers for the position (an offset, a line count).
+    pub position: Vec<u64>,
+    /// The split has been read to its end.
+    pub done: bool,
+}
+
+/// One stored state table of one operator subtask.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateFile {
+    /// Path relative to the checkpoint root (files of a task that finished
+    /// early stay in the checkpoint that first stored them).
+    pub path: String,
+    /// The subtask that wrote it.
+    pub subtask: usize,
+    /// The operator's table number.
+    pub table: usize,
+    /// Rows stored.
+    pub rows: u64,
+    /// Bytes of the file.
+    pub size: u64,
+    /// xxHash64 of the file's bytes, in hex.
+    pub checksum: String,
+    /// The first and last key group of its rows.
+    pub key_groups: [KeyGroup; 2],
+}
+
+/// What one operator (a node of the job graph) holds in a checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorState {
+    /// Stable id: the same when the same SQL is planned again.
+    pub id: String,
+    /// What the operator is, for messages.
+    pub name: String,
+    /// Its parallelism when the checkpoint was taken.
+    pub parallelism: usize,
+    /// Its state tables.
+    pub files: Vec<StateFile>,
+    /// A source's positions, over all its subtasks.
+    pub positions: Vec<SplitPosition>,
+    /// What a sink staged, over all its subtasks (file names, transactions).
+    pub staged: Vec<String>,
+}
+
+impl OperatorState {
+    /// Bytes of its state files.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// Rows of its state files.
+    pub fn rows(&self) -> u64 {
+        self.files.iter().map(|f| f.rows).sum()
+    }
+}
+
+/// A complete checkpoint: written last, it makes the checkpoint usable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`MANIFEST_FORMAT`] of the writer.
+    pub format: u32,
+    /// Checkpoint id, increasing over the life of the job.
+    pub id: u64,
+    /// Checkpoint or savepoint.
+    pub kind: CheckpointKind,
+    /// Every source had ended and every task finished: nothing is left to run.
+    pub finished: bool,
+    /// Milliseconds since the Unix epoch when it completed.
+    pub time_ms: u64,
+    /// Names the job's output apart from other jobs' (kept across restarts).
+    pub job_id: String,
+    /// Hash of the job graph's operator ids and edges.
+    pub fingerprint: String,
+    /// The largest parallelism of the job's operators.
+    pub parallelism: usize,
+    /// Number of key groups.
+    pub max_parallelism: usize,
+    /// Every operator's state.
+    pub operators: Vec<OperatorState>,
+}
+
+impl Manifest {
+    /// The directory (relative to the root) holding this checkpoint.
+    pub fn dir(&self) -> String {
+        dir_name(self.kind, self.id)
+    }
+
+    /// Bytes of all state files.
+    pub fn bytes(&self) -> u64 {
+        self.operators.iter().map(OperatorState::bytes).sum()
+    }
+
+    /// The state of the operator with `id`.
+    pub fn operator(&self, id: &str) -> Option<&OperatorState> {
+        self.operators.iter().find(|o| o.id == id)
+    }
+}
+
+/// The directory name of checkpoint `id` of `kind`.
+pub fn dir_name(kind: CheckpointKind, id: u64) -> String {
+    format!("{}{id:08}", kind.prefix())
+}
+
+/// A checkpoint directory found by [`CheckpointStore::list`].
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// Its name under the root.
+    pub dir: String,
+    /// Its id, from the name.
+    pub id: u64,
+    /// Checkpoint or savepoint, from the name.
+    pub kind: CheckpointKind,
+    /// The manifest, if the checkpoint completed.
+    pub manifest: Option<Manifest>,
+    /// Bytes of the files in the directory.
+    pub bytes: u64,
+}
+
+/// Reads and writes checkpoints under one root.
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    display: String,
+}
+
+fn checksum(bytes: &[u8]) -> String {
+    let mut h = twox_hash::XxHash64::with_seed(0);
+    h.write(bytes);
+    format!("{:016x}", h.finish())
+}
+
+impl CheckpointStore {
+    /// The checkpoints under `raw` (a local directory, created if missing,
+    /// or an object-store URL).
+    pub fn open(raw: &str) -> Result<Self> {
+        let location = Location::parse(raw)?;
+        if let Some(dir) = &location.local {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                FlumenError::config(format!("cannot create checkpoint directory '{raw}': {e}"))
+            })?;
+        }
+        Ok(CheckpointStore {
+            store: location.store,
+            root: location.path,
+            display: location.display,
+        })
+    }
+
+    /// The root as the user wrote it.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    fn path(&self, relative: &str) -> Path {
+        relative
+            .split('/')
+            .fold(self.root.clone(), |p, part| p.join(part))
+    }
+
+    fn io(&self, what: &str, e: impl std::error::Error + Send + Sync + 'static) -> FlumenError {
+        FlumenError::transient(
+            format!("{what} in checkpoint directory '{}'", self.display),
+            e,
+        )
+    }
+
+    /// Writes the state of one operator subtask into checkpoint directory
+    /// `dir` and returns the files written.
+    pub async fn write_state(
+        &self,
+        dir: &str,
+        operator: &str,
+        subtask: usize,
+        snapshot: &StateSnapshot,
+    ) -> Result<Vec<StateFile>> {
+        let mut files = Vec::new();
+        for (k, (table, batch)) in snapshot.to_batches()?.into_iter().enumerate() {
+            let key_groups = key_group_span(&batch);
+            let mut buf = Vec::with_capacity(batch.get_array_memory_size() + 1024);
+            let mut writer = FileWriter::try_new(&mut buf, &batch.schema())?;
+            writer.write(&batch)?;
+            writer.finish()?;
+            drop(writer);
+            let path = format!("{dir}/{operator}-{subtask}-t{table}-{k}.arrow");
+            let file = StateFile {
+                path: path.clone(),
+                subtask,
+                table,
+                rows: batch.num_rows() as u64,
+                size: buf.len() as u64,
+                checksum: checksum(&buf),
+                key_groups,
+            };
+            self.store
+                .put(&self.path(&path), PutPayload::from(buf))
+                .await
+                .map_err(|e| self.io(&format!("writing {path}"), e))?;
+            files.push(file);
+        }
+        Ok(files)
+    }
+
+    async fn read_checked(&self, file: &StateFile) -> Result<Bytes> {
+        let bytes = match self.store.get(&self.path(&file.path)).await {
+            Ok(got) => got
+                .bytes()
+                .await
+                .map_err(|e| self.io(&format!("reading {}", file.path), e))?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(FlumenError::state(format!(
+                    "state file {} is missing",
+                    file.path
+                )));
+            }
+            Err(e) => return Err(self.io(&format!("reading {}", file.path), e)),
+        };
+        if bytes.len() as u64 != file.size {
+            return Err(FlumenError::state(format!(
+                "state file {} has {} bytes, the manifest says {} (truncated)",
+                file.path,
+                bytes.len(),
+                file.size
+            )));
+        }
+        if checksum(&bytes) != file.checksum {
+            return Err(FlumenError::state(format!(
+                "state file {} fails its checksum",
+                file.path
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// The rows of `files` in key groups `range`, checked against their
+    /// sizes and checksums.
+    pub async fn read_state(
+        &self,
+        files: &[&StateFile],
+        range: KeyGroupRange,
+    ) -> Result<StateSnapshot> {
+        let mut snapshot = StateSnapshot::default();
+        for file in files {
+            let [first, last] = file.key_groups;
+            if last < range.start || first >= range.end {
+                continue;
+            }
+            let bytes = self.read_checked(file).await?;
+            let reader = FileReader::try_new(std::io::Cursor::new(bytes), None).map_err(|e| {
+                FlumenError::state(format!("state file {} is not Arrow IPC: {e}", file.path))
+            })?;
+            for batch in reader {
+                let batch = batch.map_err(|e| {
+                    FlumenError::state(format!("state file {} cannot be read: {e}", file.path))
+                })?;
+                snapshot.add_stored(file.table, &batch, range)?;
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// Writes `manifest` into its directory, completing the checkpoint.
+    pub async fn write_manifest(&self, manifest: &Manifest) -> Result<()> {
+        let json = serde_json::to_vec_pretty(manifest)
+            .map_err(|e| FlumenError::internal(format!("encoding a manifest: {e}")))?;
+        let path = format!("{}/{MANIFEST}", manifest.dir());
+        self.store
+            .put(&self.path(&path), PutPayload::from(json))
+            .await
+            .map_err(|e| self.io(&format!("writing {path}"), e))?;
+        Ok(())
+    }
+
+    /// The manifest in directory `dir` (relative to the root); `None` if the
+    /// checkpoint never completed.
+    pub async fn read_manifest(&self, dir: &str) -> Result<Option<Manifest>> {
+        let path = format!("{dir}/{MANIFEST}");
+        let bytes = match self.store.get(&self.path(&path)).await {
+            Ok(got) => got
+                .bytes()
+                .await
+                .map_err(|e| self.io(&format!("reading {path}"), e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.io(&format!("reading {path}"), e)),
+        };
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| FlumenError::state(format!("manifest {path} cannot be read: {e}")))?;
+        if manifest.format > MANIFEST_FORMAT {
+            return Err(FlumenError::state(format!(
+                "manifest {path} has format {}, newer than this flumen reads ({MANIFEST_FORMAT})",
+                manifest.format
+            )));
+        }
+        Ok(Some(manifest))
+    }
+
+    /// Checks that every file `manifest` lists is there, whole and with its
+    /// checksum; the error says which is not.
+    pub async fn verify(&self, manifest: &Manifest) -> Result<()> {
+        for op in &manifest.operators {
+            for file in &op.files {
+                self.read_checked(file).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every checkpoint and savepoint directory under the root, by id.
+    pub async fn list(&self) -> Result<Vec<Listed>> {
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&self.root))
+            .await
+            .map_err(|e| self.io("listing", e))?;
+        let mut found = Vec::new();
+        for prefix in listing.common_prefixes {
+            let Some(name) = prefix.filename().map(str::to_string) else {
+                continue;
+            };
+            let parsed = [CheckpointKind::Checkpoint, CheckpointKind::Savepoint]
+                .into_iter()
+                .find_map(|kind| {
+                    let id = name.strip_prefix(kind.prefix())?.parse::<u64>().ok()?;
+                    Some((kind, id))
+                });
+            let Some((kind, id)) = parsed else { continue };
+            let bytes = self
+                .store
+                .list(Some(&prefix))
+                .map_ok(|m| m.size)
+                .try_fold(0, |sum, size| async move { Ok(sum + size) })
+                .await
+                .map_err(|e| self.io("listing", e))?;
+            let manifest = self.read_manifest(&name).await?;
+            found.push(Listed {
+                dir: name,
+                id,
+                kind,
+                manifest,
+                bytes,
+            });
+        }
+        found.sort_by_key(|l| (l.id, l.kind == CheckpointKind::Savepoint));
+        Ok(found)
+    }
+
+    /// The newest complete checkpoint or savepoint whose files are all
+    /// there and whole, with a note for each newer one that was skipped.
+    pub async fn latest(&self) -> Result<(Option<Manifest>, Vec<String>)> {
+        let mut skipped = Vec::new();
+        for listed in self.list().await?.into_iter().rev() {
+            let Some(manifest) = listed.manifest else {
+                continue;
+            };
+            match self.verify(&manifest).await {
+                Ok(()) => return Ok((Some(manifest), skipped)),
+                Err(e) => skipped.push(format!("{} is not usable: {e}", listed.dir)),
+            }
+        }
+        Ok((None, skipped))
+    }
+
+    /// Deletes checkpoints past the newest `keep` complete ones (and
+    /// incomplete ones older than the newest complete one), except
+    /// savepoints and any directory whose files a kept manifest lists.
+    pub async fn retain(&self, keep: usize) -> Result<()> {
+        let listed = self.list().await?;
+        let complete: Vec<&Listed> = listed
+            .iter()
+            .filter(|l| l.kind == CheckpointKind::Checkpoint && l.manifest.is_some())
+            .collect();
+        let Some(newest) = complete.last().map(|l| l.id) else {
+            return Ok(());
+        };
+        let kept: Vec<&Manifest> = listed
+            .iter()
+            .filter_map(|l| l.manifest.as_ref())
+            .filter(|m| {
+                m.kind == CheckpointKind::Savepoint
+                    || complete.iter().rev().take(keep).any(|l| l.id == m.id)
+            })
+            .collect();
+        let needed: BTreeSet<String> = kept
+            .iter()
+            .flat_map(|m| {
+                std::iter::once(m.dir()).chain(m.operators.iter().flat_map(|o| {
+                    o.files
+                        .iter()
+                        .filter_map(|f| f.path.split('/').next().map(str::to_string))
+                }))
+            })
+            .collect();
+        for l in &listed {
+            let old = l.manifest.is_some() || l.id < newest;
+            if l.kind == CheckpointKind::Savepoint || needed.contains(&l.dir) || !old {
+                continue;
+            }
+            self.delete_dir(&l.dir).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a checkpoint directory, its manifest first so that a
+    /// deletion cut short leaves an incomplete checkpoint, not a torn one.
+    async fn delete_dir(&self, dir: &str) -> Result<()> {
+        let manifest = self.path(&format!("{dir}/{MANIFEST}"));
+        match self.store.delete(&manifest).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(self.io(&format!("deleting {dir}"), e)),
+        }
+        let files: Vec<Path> = self
+            .store
+            .list(Some(&self.path(dir)))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(|e| self.io(&format!("listing {dir}"), e))?;
+        for file in files {
+            match self.store.delete(&file).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.io(&format!("deleting {dir}"), e)),
+            }
+        }
+        if let Some(local) = self.local_dir(dir) {
+            let _ = std::fs::remove_dir_all(local);
+        }
+        Ok(())
+    }
+
+    /// A local store leaves empty directories behind; their path, to remove them.
+    fn local_dir(&self, dir: &str) -> Option<std::path::PathBuf> {
+        let location = Location::parse(&self.display).ok()?;
+        location.local.map(|l| l.join(dir))
+    }
+}
+
+/// The first and last key group of a stored batch (its last column).
+fn key_group_span(batch: &RecordBatch) -> [KeyGroup; 2] {
+    let column = batch
+        .column_by_name(KEY_GROUP_COLUMN)
+        .and_then(|c| {
+            c.as_any()
+                .downcast_ref::<arrow::array::UInt16Array>()
+                .cloned()
+        })
+        .map(|c| c.values().to_vec())
+        .unwrap_or_default();
+    let first = column.iter().copied().min().unwrap_or(0);
+    let last = column.iter().copied().max().unwrap_or(0);
+    [first, last]
+}
+
+/// Opens the checkpoint or savepoint directory at `raw` directly (for
+/// `--from-savepoint`): its parent as the root and its own name.
+pub fn open_dir(raw: &str) -> Result<(CheckpointStore, String)> {
+    let trimmed = raw.trim_end_matches('/');
+    let (parent, name) = trimmed.rsplit_once('/').unwrap_or((".", trimmed));
+    let parent = if parent.is_empty() { "/" } else { parent };
+    Ok((CheckpointStore::open(parent)?, name.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+    use futures::StreamExt;
+
+    fn snapshot(values: Vec<i64>, key_groups: &[KeyGroup]) -> StateSnapshot {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(values))]).unwrap();
+        let mut s = StateSnapshot::default();
+        s.add(0, &batch, key_groups).unwrap();
+        s
+    }
+
+    fn manifest(id: u64, files: Vec<StateFile>) -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            id,
+            kind: CheckpointKind::Checkpoint,
+            finished: false,
+            time_ms: 0,
+            job_id: "j".into(),
+            fingerprint: "f".into(),
+            parallelism: 1,
+            max_parallelism: 128,
+            operators: vec![OperatorState {
+                id: "op".into(),
+                name: "op".into(),
+                parallelism: 1,
+                files,
+                ..Default::default()
+            }],
+        }
+    }
+
+    /// The names of the files in checkpoint directory `dir`.
+    async fn file_names(store: &CheckpointStore, dir: &str) -> Vec<String> {
+        let mut names: Vec<String> = store
+            .store
+            .list(Some(&store.path(dir)))
+            .map(|m| {
+                m.unwrap()
+                    .location
+                    .filename()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+            .await;
+        names.sort();
+        names
+    }
+
+    async fn write(store: &CheckpointStore, id: u64) -> Manifest {
+        let dir = dir_name(CheckpointKind::Checkpoint, id);
+        let files = store
+            .write_state(&dir, "op", 0, &snapshot(vec![1, 2, 3], &[5, 9, 5]))
+            .await
+            .unwrap();
+        let m = manifest(id, files);
+        store.write_manifest(&m).await.unwrap();
+        m
+    }
+
+    #[tokio::test]
+    async fn state_round_trips_by_key_group_range_and_manifests_list() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(tmp.path().to_str().unwrap()).unwrap();
+        let m = write(&store, 1).await;
+        assert_eq!(m.operators[0].files[0].key_groups, [5, 9]);
+        let files: Vec<&StateFile> = m.operators[0].files.iter().collect();
+        let low = store
+            .read_state(&files, KeyGroupRange { start: 0, end: 6 })
+            .await
+            .unwrap();
+        assert_eq!(low.num_rows(), 2);
+        let none = store
+            .read_state(&files, KeyGroupRange { start: 10, end: 20 })
+            .await
+            .unwrap();
+        assert_eq!(none.num_rows(), 0);
+        let (latest, skipped) = store.latest().await.unwrap();
+        assert_eq!(latest.unwrap().id, 1);
+        assert!(skipped.is_empty());
+    }
+
+    #[tokio::test]
+    async fn torn_checkpoints_are_skipped_with_the_reason() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let store = CheckpointStore::open(root.to_str().unwrap()).unwrap();
+        for id in 1..=4 {
+            write(&store, id).await;
+        }
+        // 5: files but no manifest (never completed): ignored silently.
+        store
+            .write_state("chk-00000005", "op", 0, &snapshot(vec![1], &[1]))
+            .await
+            .unwrap();
+        // 4: a file truncated; 3: a file missing; 2: a file changed.
+        let file = |id: u64| root.join(format!("chk-{id:08}/op-0-t0-0.arrow"));
+        let bytes = std::fs::read(file(4)).unwrap();
+        std::fs::write(file(4), &bytes[..bytes.len() / 2]).unwrap();
+        std::fs::remove_file(file(3)).unwrap();
+        let mut changed = std::fs::read(file(2)).unwrap();
+        let last = changed.len() - 20;
+        changed[last] ^= 0xff;
+        std::fs::write(file(2), changed).unwrap();
+        let (latest, skipped) = store.latest().await.unwrap();
+        assert_eq!(latest.unwrap().id, 1);
+        assert_eq!(skipped.len(), 3, "{skipped:?}");
+        assert!(skipped[0].contains("chk-00000004") && skipped[0].contains("truncated"));
+        assert!(skipped[1].contains("chk-00000003") && skipped[1].contains("missing"));
+        assert!(skipped[2].contains("chk-00000002") && skipped[2].contains("checksum"));
+        // All torn: nothing usable.
+        std::fs::remove_file(file(1)).unwrap();
+        assert!(store.latest().await.unwrap().0.is_none());
+    }
+
+    #[tokio::test]
+    async fn retention_keeps_the_newest_and_what_they_reference() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(tmp.path().to_str().unwrap()).unwrap();
+        let first = write(&store, 1).await;
+        for id in 2..=5 {
+            write(&store, id).await;
+        }
+        // Checkpoint 6 still lists a file of checkpoint 1 (a task that
+        // finished early), so 1 must stay.
+        let mut six = manifest(6, first.operators[0].files.clone());
+        six.id = 6;
+        store.write_manifest(&six).await.unwrap();
+        store.retain(3).await.unwrap();
+        let ids: Vec<u64> = store.list().await.unwrap().iter().map(|l| l.id).collect();
+        assert_eq!(ids, [1, 4, 5, 6]);
+        assert_eq!(file_names(&store, "chk-00000001").await.len(), 2);
+    }
+}

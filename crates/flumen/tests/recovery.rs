@@ -249,3 +249,225 @@ fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     crash_until_done(work, "rescaled", &["2", "1", "3"], 10, seed ^ 0x51f1);
     check(work, "rescaled", &expected);
 }
+
+/// Starts the throttled job in `work` as `name` with checkpoints every
+/// `interval` into `checkpoints`, with `extra` arguments; stderr is piped.
+fn start(work: &Path, name: &str, checkpoints: &str, interval: &str, extra: &[&str]) -> Child {
+    let sql = format!("{name}.sql");
+    let mut args = vec![
+        "run",
+        &sql,
+        "--checkpoint-dir",
+        checkpoints,
+        "--checkpoint-interval",
+        interval,
+    ];
+    args.extend_from_slice(extra);
+    flumen(&args, work)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flumen starts")
+}
+
+/// Sends `signal` to `child` after `after`, waits (at most 60 s) and returns
+/// its output.
+fn signal_after(child: Child, signal: i32, after: Duration) -> Output {
+    std::thread::sleep(after);
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut child = child;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("flumen did not stop within 60 s of signal {signal}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The ids of the complete checkpoints in `dir`, ascending.
+fn complete_checkpoints(dir: &Path) -> Vec<u64> {
+    let mut ids: Vec<u64> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("manifest.json").exists())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("chk-")?.parse().ok())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[test]
+fn a_savepoint_taken_at_parallelism_2_resumes_at_3() {
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    let expected = expected(work);
+    std::fs::write(work.join("sp.sql"), job_sql(&work.join("sp"), true)).unwrap();
+    let checkpoints = work.join("sp-checkpoints");
+    let checkpoints = checkpoints.to_str().unwrap();
+    let child = start(work, "sp", checkpoints, "1s", &["-p", "2"]);
+    let out = signal_after(child, libc::SIGTERM, Duration::from_secs(4));
+    let text = stderr(&out);
+    assert!(out.status.success(), "{text}");
+    let savepoint = text
+        .lines()
+        .find_map(|l| l.strip_prefix("savepoint: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no savepoint reported:\n{text}"))
+        .to_string();
+    // Stopped without draining: open windows are in the savepoint, not out.
+    let windowed = committed_rows(&work.join("sp/windowed"));
+    assert!(windowed.len() < expected[0].len(), "{text}");
+    let listed = flumen(&["checkpoints", checkpoints], work)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listing.contains("savepoint") && listing.contains("complete"),
+        "{listing}"
+    );
+    let out = run_to_end(
+        &[
+            "run",
+            "sp.sql",
+            "-p",
+            "3",
+            "--checkpoint-dir",
+            checkpoints,
+            "--from-savepoint",
+            &savepoint,
+        ],
+        work,
+    );
+    assert!(
+        stderr(&out).contains("resuming from savepoint"),
+        "{}",
+        stderr(&out)
+    );
+    check(work, "sp", &expected);
+}
+
+#[test]
+fn torn_checkpoints_fall_back_and_none_left_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    std::fs::write(work.join("torn.sql"), job_sql(&work.join("torn"), true)).unwrap();
+    let dir = work.join("torn-checkpoints");
+    let checkpoints = dir.to_str().unwrap();
+    let child = start(work, "torn", checkpoints, "200ms", &["-p", "2"]);
+    signal_after(child, libc::SIGKILL, Duration::from_millis(2500));
+    let ids = complete_checkpoints(&dir);
+    assert!(ids.len() >= 2, "{ids:?}");
+    // Cut the newest checkpoint's largest state file in half.
+    let newest = dir.join(format!("chk-{:08}", ids[ids.len() - 1]));
+    let largest = std::fs::read_dir(&newest)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "arrow"))
+        .max_by_key(|p| p.metadata().unwrap().len())
+        .expect("the newest checkpoint holds state");
+    let bytes = std::fs::read(&largest).unwrap();
+    std::fs::write(&largest, &bytes[..bytes.len() / 2]).unwrap();
+    let child = start(work, "torn", checkpoints, "200ms", &["-p", "2"]);
+    let text = stderr(&signal_after(
+        child,
+        libc::SIGKILL,
+        Duration::from_millis(1500),
+    ));
+    let previous = format!("resuming from checkpoint {} ", ids[ids.len() - 2]);
+    assert!(
+        text.contains(&format!("chk-{:08} is not usable", ids[ids.len() - 1]))
+            && text.contains("truncated")
+            && text.contains(&previous),
+        "{text}"
+    );
+    // Every state file gone: no checkpoint is usable, and starting over
+    // would commit again what was committed.
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        for file in std::fs::read_dir(entry.path()).unwrap().flatten() {
+            if file.path().extension().is_some_and(|e| e == "arrow") {
+                std::fs::remove_file(file.path()).unwrap();
+            }
+        }
+    }
+    let out = flumen(&["run", "torn.sql", "--checkpoint-dir", checkpoints], work)
+        .output()
+        .unwrap();
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("no usable checkpoint is left") && text.contains("--fresh"),
+        "{text}"
+    );
+    let child = start(work, "torn", checkpoints, "200ms", &["--fresh"]);
+    let text = stderr(&signal_after(
+        child,
+        libc::SIGKILL,
+        Duration::from_millis(1500),
+    ));
+    assert!(
+        !text.contains("resuming") && !text.contains("error"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_changed_plan_is_refused_naming_the_operator() {
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    let sql = job_sql(&work.join("plan"), true);
+    std::fs::write(work.join("plan.sql"), &sql).unwrap();
+    let dir = work.join("plan-checkpoints");
+    let checkpoints = dir.to_str().unwrap();
+    let child = start(work, "plan", checkpoints, "200ms", &["-p", "2"]);
+    signal_after(child, libc::SIGKILL, Duration::from_millis(2000));
+    assert!(!complete_checkpoints(&dir).is_empty());
+    // The windows become 3 s long: the old window state has no home.
+    let changed = sql.replace("INTERVAL '2' SECOND", "INTERVAL '3' SECOND");
+    assert_ne!(changed, sql);
+    std::fs::write(work.join("plan.sql"), changed).unwrap();
+    let out = flumen(
+        &[
+            "run",
+            "plan.sql",
+            "-p",
+            "2",
+            "--checkpoint-dir",
+            checkpoints,
+        ],
+        work,
+    )
+    .output()
+    .unwrap();
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("holds state of operator 'WindowAggregate: windows end 2000 ms")
+            && text.contains("--allow-unmatched-state"),
+        "{text}"
+    );
+    let child = start(
+        work,
+        "plan",
+        checkpoints,
+        "200ms",
+        &["-p", "2", "--allow-unmatched-state"],
+    );
+    let text = stderr(&signal_after(
+        child,
+        libc::SIGKILL,
+        Duration::from_millis(1500),
+    ));
+    assert!(
+        text.contains("dropping state: checkpoint") && text.contains("WindowAggregate"),
+        "{text}"
+    );
+}

@@ -57,6 +57,7 @@ pub struct CheckpointStats {
     last_bytes: AtomicU64,
     last_duration_ms: AtomicU64,
     max_duration_ms: AtomicU64,
+    max_pause_us: AtomicU64,
     failed: AtomicU64,
     savepoint: Mutex<Option<String>>,
 }
@@ -82,6 +83,11 @@ impl CheckpointStats {
     /// The longest such duration of this run.
     pub fn max_duration_ms(&self) -> u64 {
         self.max_duration_ms.load(Ordering::Relaxed)
+    }
+    /// The longest time any task stopped processing to take a snapshot, in
+    /// microseconds (the upload runs while processing goes on).
+    pub fn max_pause_us(&self) -> u64 {
+        self.max_pause_us.load(Ordering::Relaxed)
     }
     /// Checkpoints that failed (a task could not store its state).
     pub fn failed(&self) -> u64 {
@@ -122,6 +128,8 @@ pub(crate) struct TaskAck {
     pub task: usize,
     pub checkpoint: Option<u64>,
     pub state: Result<Vec<NodeState>>,
+    /// How long the task stopped processing to take its snapshot.
+    pub pause: Duration,
 }
 
 /// What the job asks of the coordinator.
@@ -203,6 +211,9 @@ impl Coordinator {
                 },
                 ack = self.acks.recv() => {
                     let Some(ack) = ack else { return Ok(()) };
+                    self.stats
+                        .max_pause_us
+                        .fetch_max(ack.pause.as_micros() as u64, Ordering::Relaxed);
                     let state = match ack.state {
                         Ok(state) => state,
                         Err(e) => {

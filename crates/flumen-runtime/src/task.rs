@@ -331,7 +331,9 @@ impl Task {
             self.emit_control(Message::Barrier(b)).await?;
             return Ok(false);
         }
+        let paused = Instant::now();
         let states = self.snapshot(b.id).await?;
+        let pause = paused.elapsed();
         self.emit_control(Message::Barrier(b)).await?;
         let cp = self.checkpoint.as_mut().expect("checked above");
         cp.epoch = b.id + 1;
@@ -340,7 +342,7 @@ impl Task {
         } else {
             CheckpointKind::Checkpoint
         };
-        upload(cp, Some(b.id), dir_name(kind, b.id), states);
+        upload(cp, Some(b.id), dir_name(kind, b.id), states, pause);
         if !b.stop {
             return Ok(false);
         }
@@ -421,6 +423,7 @@ impl Task {
                 None,
                 dir_name(CheckpointKind::Checkpoint, epoch),
                 states,
+                std::time::Duration::ZERO,
             );
             self.await_commit(epoch).await?;
             // Nothing is left to stage: this only closes the output (a
@@ -479,6 +482,7 @@ fn upload(
     checkpoint: Option<u64>,
     dir: String,
     states: Vec<(NodeState, StateSnapshot)>,
+    pause: std::time::Duration,
 ) {
     let store = cp.store.clone();
     let acks = cp.acks.clone();
@@ -517,6 +521,7 @@ fn upload(
             task,
             checkpoint,
             state,
+            pause,
         });
     });
 }

@@ -79,6 +79,10 @@ pub(crate) struct BenchArgs {
     /// How long (event time) a regular join keeps a row, e.g. `10 s`; kept forever when unset.
     #[arg(long)]
     state_ttl: Option<String>,
+    /// Take checkpoints this often (into a fresh directory under the
+    /// system's temporary directory, removed after each run): 1s, 10s, …
+    #[arg(long, value_parser = crate::parse_duration)]
+    checkpoint_interval: Option<std::time::Duration>,
 }
 
 fn query_sql(query: &str) -> Result<String> {
@@ -128,9 +132,42 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
             .add_script(&format!("{}.sql", args.query), &sql)
             .await?;
         let pipeline = planner.build().await?;
-        let s = execute(&pipeline, false, None).await?;
+        let dir = std::env::temp_dir().join(format!("flumen-bench-{}-{run}", std::process::id()));
+        let checkpoints = match args.checkpoint_interval {
+            Some(interval) => Some((
+                flumen_runtime::CheckpointOptions {
+                    store: flumen_state::checkpoint::CheckpointStore::open(
+                        &dir.display().to_string(),
+                    )?,
+                    interval,
+                    retention: 3,
+                    job_id: flumen_sql::new_job_id(),
+                    first_id: 1,
+                    restore: None,
+                    allow_unmatched_state: false,
+                },
+                true,
+            )),
+            None => None,
+        };
+        let outcome = execute(&pipeline, false, checkpoints).await;
+        if args.checkpoint_interval.is_some() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let s = outcome?;
+        let checkpoints = if args.checkpoint_interval.is_some() {
+            format!(
+                ", {} checkpoints, the last {:.1} MiB, the longest {} ms, longest pause {:.1} ms",
+                s.checkpoints,
+                s.checkpoint_bytes as f64 / 1048576.0,
+                s.checkpoint_max_ms,
+                s.checkpoint_max_pause_us as f64 / 1000.0
+            )
+        } else {
+            String::new()
+        };
         eprintln!(
-            "run {run}: {:.2} s, {:.2} M events/s, {:.2} M events/s per core, {} rows out",
+            "run {run}: {:.2} s, {:.2} M events/s, {:.2} M events/s per core, {} rows out{checkpoints}",
             s.seconds,
             args.events as f64 / s.seconds / 1e6,
             args.events as f64 / s.cpu_seconds / 1e6,
@@ -147,7 +184,7 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
     let peak = runs.iter().map(|s| s.peak_rss).max().unwrap_or(0);
     let peak_state = runs.iter().map(|s| s.peak_state).max().unwrap_or(0);
     println!(
-        "nexmark {} events={} rate={} parallelism={} runs={}{}: median {:.2} M events/s, {:.2} M events/s per core, {:.2} M source rows/s, peak memory {} MiB, peak state {:.1} MiB",
+        "nexmark {} events={} rate={} parallelism={} runs={}{}{}: median {:.2} M events/s, {:.2} M events/s per core, {:.2} M source rows/s, peak memory {} MiB, peak state {:.1} MiB",
         args.query,
         args.events,
         args.rate,
@@ -156,6 +193,9 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
         args.state_ttl
             .as_ref()
             .map(|t| format!(" state_ttl={t}"))
+            .unwrap_or_default(),
+        args.checkpoint_interval
+            .map(|t| format!(" checkpoint_interval={}ms", t.as_millis()))
             .unwrap_or_default(),
         median(&|s| events / s.seconds) / 1e6,
         median(&|s| events / s.cpu_seconds.max(1e-9)) / 1e6,

@@ -62,6 +62,14 @@ pub(crate) struct Summary {
     pub peak_rss: u64,
     /// The most bytes operator state held at once.
     pub peak_state: u64,
+    /// Checkpoints completed.
+    pub checkpoints: u64,
+    /// Bytes of the last checkpoint's state files.
+    pub checkpoint_bytes: u64,
+    /// The longest checkpoint, from its barriers to its manifest, in ms.
+    pub checkpoint_max_ms: u64,
+    /// The longest a task stopped processing for a snapshot, in µs.
+    pub checkpoint_max_pause_us: u64,
 }
 
 /// The output watermark as progress shows it: the event time up to which
@@ -330,6 +338,10 @@ pub(crate) async fn execute(
         cpu_seconds: after.cpu_seconds - cpu_before,
         peak_rss: after.peak_rss,
         peak_state: metrics.peak_state_bytes(),
+        checkpoints: checkpoint_stats.completed(),
+        checkpoint_bytes: checkpoint_stats.last_bytes(),
+        checkpoint_max_ms: checkpoint_stats.max_duration_ms(),
+        checkpoint_max_pause_us: checkpoint_stats.max_pause_us(),
     };
     if report {
         let per_core = summary.rows_in as f64 / summary.cpu_seconds.max(1e-9);
@@ -352,13 +364,14 @@ pub(crate) async fn execute(
         }
         if checkpointing {
             eprintln!(
-                "checkpoints: {} completed, {} failed, the last ({}) {:.1} MiB in {} ms, the longest took {} ms",
+                "checkpoints: {} completed, {} failed, the last ({}) {:.1} MiB in {} ms, the longest took {} ms and paused a task {:.1} ms",
                 checkpoint_stats.completed(),
                 checkpoint_stats.failed(),
                 checkpoint_stats.last_id(),
                 checkpoint_stats.last_bytes() as f64 / 1048576.0,
                 checkpoint_stats.last_duration_ms(),
-                checkpoint_stats.max_duration_ms()
+                checkpoint_stats.max_duration_ms(),
+                checkpoint_stats.max_pause_us() as f64 / 1000.0
             );
             if let Some(savepoint) = checkpoint_stats.savepoint() {
                 eprintln!(

@@ -282,6 +282,7 @@ fn wire_task(
         restore: w.restore.clone(),
         go: w.go.clone(),
         epoch: w.first,
+        last_upload: None,
     }
 }
 

@@ -73,6 +73,9 @@ pub(crate) struct TaskCheckpoint {
     /// The checkpoint the data now flowing belongs to: one past the last
     /// barrier seen.
     pub epoch: u64,
+    /// The upload of the last snapshot: the next acknowledgement waits for
+    /// it, so the coordinator hears of a task's snapshots in order.
+    pub last_upload: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub(crate) struct Task {
@@ -478,7 +481,7 @@ impl Task {
 /// background and acknowledges `checkpoint` (`None`: the final state) to
 /// the coordinator with the files written.
 fn upload(
-    cp: &TaskCheckpoint,
+    cp: &mut TaskCheckpoint,
     checkpoint: Option<u64>,
     dir: String,
     states: Vec<(NodeState, StateSnapshot)>,
@@ -493,7 +496,8 @@ fn upload(
         .cloned()
         .chain(cp.operator_nodes.iter().map(|(n, id, _)| (*n, id.clone())))
         .collect();
-    tokio::spawn(async move {
+    let previous = cp.last_upload.take();
+    cp.last_upload = Some(tokio::spawn(async move {
         let mut out = Vec::with_capacity(states.len());
         let mut failure = None;
         for (mut state, snapshot) in states {
@@ -516,6 +520,10 @@ fn upload(
             Some(e) => Err(e),
             None => Ok(out),
         };
+        if let Some(previous) = previous {
+            // Only a panic fails it, and the job fails with that panic.
+            let _ = previous.await;
+        }
         // The coordinator is gone only when the job is over.
         let _ = acks.send(TaskAck {
             task,
@@ -523,7 +531,7 @@ fn upload(
             state,
             pause,
         });
-    });
+    }));
 }
 
 async fn emit_control(tail: &mut Tail, msg: Message) -> Result<()> {

@@ -140,7 +140,7 @@ pub(crate) async fn run(
         match execute(&pipeline, true, Some((options, args.drain))).await {
             Ok(_) => {
                 if restarts > 0 {
-                    eprintln!("the job restarted {restarts} times");
+                    eprintln!("the job restarted {restarts} time(s) from its checkpoints");
                 }
                 return Ok(());
             }
@@ -150,7 +150,7 @@ pub(crate) async fn run(
                     .is_some_and(|f| f.kind() == ErrorKind::Retryable);
                 if !retryable || restarts >= args.restart_attempts {
                     if restarts > 0 {
-                        eprintln!("the job restarted {restarts} times");
+                        eprintln!("the job restarted {restarts} time(s) from its checkpoints");
                     }
                     return Err(e);
                 }

@@ -471,3 +471,64 @@ fn a_changed_plan_is_refused_naming_the_operator() {
         "{text}"
     );
 }
+
+#[test]
+fn a_failure_a_retry_cures_restarts_the_job_from_its_checkpoint() {
+    use std::io::BufRead;
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    let input = work.join("input");
+    std::fs::create_dir(&input).unwrap();
+    let mut all = Vec::new();
+    for file in 0..2 {
+        let lines: Vec<String> = (0..20_000)
+            .map(|i| {
+                let id = file * 20_000 + i;
+                all.push(format!("{id},{}", id % 7));
+                format!("{{\"id\": {id}, \"k\": {}}}", id % 7)
+            })
+            .collect();
+        std::fs::write(input.join(format!("f{file}.json")), lines.join("\n") + "\n").unwrap();
+    }
+    all.sort();
+    let sql = format!(
+        "CREATE TABLE src (id BIGINT, k BIGINT) WITH (connector = 'filesystem', path = '{}', format = 'json', rows_per_second = '10000');
+         CREATE TABLE dst (id BIGINT, k BIGINT) WITH (connector = 'filesystem', path = '{}', format = 'csv');
+         INSERT INTO dst SELECT id, k FROM src;",
+        input.display(),
+        work.join("out").display()
+    );
+    std::fs::write(work.join("restart.sql"), sql).unwrap();
+    let checkpoints = work.join("restart-checkpoints");
+    let mut child = start(
+        work,
+        "restart",
+        checkpoints.to_str().unwrap(),
+        "200ms",
+        &["-p", "1"],
+    );
+    let lines = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (moved, second) = (work.join("f1.json.away"), input.join("f1.json"));
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for line in lines.lines() {
+        let line = line.unwrap();
+        assert!(Instant::now() < deadline, "no end within 60 s:\n{text}");
+        // The first file is being read: take the second away, so that
+        // opening it fails; put it back once the job restarts.
+        if line.starts_with('[') && second.exists() && !text.contains("restarting") {
+            std::fs::rename(&second, &moved).unwrap();
+        }
+        if line.starts_with("restarting from") && moved.exists() {
+            std::fs::rename(&moved, &second).unwrap();
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    assert!(child.wait().unwrap().success(), "{text}");
+    assert!(
+        text.contains("the job failed") && text.contains("restarted 1 time(s)"),
+        "{text}"
+    );
+    assert_eq!(committed_rows(&work.join("out")), all, "{text}");
+}

@@ -406,6 +406,11 @@ struct TextReader {
 impl Source for FileSource {
     async fn next(&mut self) -> Result<Option<Message>> {
         loop {
+            if let Some(t) = &mut self.throttle
+                && matches!(self.pending.front(), Some((Message::Batch(_), _)) | None)
+            {
+                t.wait().await;
+            }
             if let Some((msg, advance)) = self.pending.pop_front() {
                 if let Some((id, advance)) = advance {
                     self.progress[id].advance(advance);
@@ -420,9 +425,6 @@ impl Source for FileSource {
                     }
                 }
                 return Ok(Some(msg));
-            }
-            if let Some(t) = &mut self.throttle {
-                t.wait().await;
             }
             while self.open.len() < self.max_open
                 && let Some(split) = self.files.front()

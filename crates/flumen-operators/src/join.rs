@@ -15,12 +15,12 @@ use arrow::array::{
 };
 use arrow::compute::kernels::aggregate::max;
 use arrow::compute::{cast, filter_record_batch, interleave, take, take_record_batch};
-use arrow::datatypes::{DataType, Int8Type, Int64Type, SchemaRef, TimeUnit, UInt32Type};
+use arrow::datatypes::{DataType, Int8Type, Int64Type, SchemaRef, TimeUnit};
 use arrow::row::{Row, RowConverter, Rows, SortField};
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::physical_expr::PhysicalExpr;
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
-use flumen_state::{KeyGroups, StateSnapshot};
+use flumen_state::{KeyGroups, StateSnapshot, state_column};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
 /// Which rows a join keeps.
@@ -950,8 +950,15 @@ impl HashJoin {
 
     /// Stores the snapshot rows of one side again, one slot per expiry time.
     fn restore_side(&mut self, side: usize, rows: &RecordBatch) -> Result<()> {
-        let width = rows.num_columns() - 2;
-        let expiry = rows.column(width + 1).as_primitive::<Int64Type>().clone();
+        let width = rows.num_columns().checked_sub(2).ok_or_else(|| {
+            flumen_types::FlumenError::state(format!(
+                "state table {side} has {} columns, fewer than a join side stores",
+                rows.num_columns()
+            ))
+        })?;
+        let expiry = state_column::<Int64Array>(rows, side, width + 1)?.clone();
+        // The match counts: checked here, read per part below.
+        state_column::<UInt32Array>(rows, side, width)?;
         let mut by_expiry: std::collections::BTreeMap<i64, Vec<u32>> = Default::default();
         for (row, &at) in expiry.values().iter().enumerate() {
             by_expiry.entry(at).or_default().push(row as u32);
@@ -965,8 +972,7 @@ impl HashJoin {
             let matched = if !self.counts(side) {
                 Vec::new()
             } else {
-                part.column(width)
-                    .as_primitive::<UInt32Type>()
+                state_column::<UInt32Array>(&part, side, width)?
                     .values()
                     .to_vec()
             };

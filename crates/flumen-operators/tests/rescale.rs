@@ -774,3 +774,23 @@ fn an_aggregate_of_an_updating_input_moves_by_key_group() {
     let rows = check(&factory, &[vec![0]], &steps);
     assert!(rows.iter().any(|r| r.ends_with("|2")), "updates expected");
 }
+
+#[test]
+fn a_snapshot_of_another_layout_is_an_error_naming_the_table() {
+    let mut wrong = StateSnapshot::default();
+    let text: ArrayRef = Arc::new(arrow::array::StringArray::from(vec!["x", "y"]));
+    wrong.add_columns(0, vec![text], &[0, 1]).unwrap();
+    let factories: Vec<Box<dyn OperatorFactory>> = vec![
+        Box::new(window_aggregate(0)),
+        Box::new(top_n(bids(), vec![0], None)),
+    ];
+    for factory in &factories {
+        let mut op = create(factory.as_ref(), 1).pop().unwrap();
+        let err = op.restore_state(&wrong).unwrap_err().to_string();
+        assert!(
+            err.contains("state table 0"),
+            "{}: {err}",
+            factory.describe()
+        );
+    }
+}

@@ -37,14 +37,14 @@ pub enum FlumenError {
     #[error("{0}")]
     State(String),
     /// A call to an outside system (storage, a broker, a database) failed in
-    /// a way that trying again may cure; the underlying error is kept.
-    #[error("{context}: {source}")]
+    /// a way that trying again may cure; the underlying error is kept
+    /// ([`FlumenError::cause`]) and its message is part of this one's.
+    #[error("{context}: {cause}")]
     Transient {
         /// What flumen was doing.
         context: String,
         /// What the outside system said.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A broken invariant: a bug in flumen, not in the job.
     #[error("internal error (a bug in flumen): {0}")]
@@ -87,7 +87,16 @@ impl FlumenError {
     ) -> Self {
         FlumenError::Transient {
             context: context.into(),
-            source: Box::new(source),
+            cause: Box::new(source),
+        }
+    }
+
+    /// The outside system's own error behind a [`FlumenError::Transient`]
+    /// one, to tell its kinds apart (not found, refused, timed out).
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            FlumenError::Transient { cause, .. } => Some(cause.as_ref()),
+            _ => None,
         }
     }
     /// Shorthand for a [`FlumenError::State`] error.
@@ -113,5 +122,23 @@ impl FlumenError {
     /// Shorthand for a [`FlumenError::Execution`] error.
     pub fn execution(msg: impl Into<String>) -> Self {
         FlumenError::Execution(msg.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transient_error_keeps_its_cause_and_may_be_retried() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = FlumenError::transient("reading s3://b/k", io);
+        assert_eq!(e.to_string(), "reading s3://b/k: refused");
+        assert_eq!(e.kind(), ErrorKind::Retryable);
+        let cause = e.cause().unwrap().downcast_ref::<std::io::Error>().unwrap();
+        assert_eq!(cause.kind(), std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(FlumenError::plan("x").kind(), ErrorKind::User);
+        assert_eq!(FlumenError::internal("x").kind(), ErrorKind::Internal);
+        assert!(FlumenError::internal("x").to_string().contains("a bug in flumen"));
     }
 }

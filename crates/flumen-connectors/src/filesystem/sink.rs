@@ -182,9 +182,10 @@ enum FileWriter {
     Parquet(Box<AsyncArrowWriter<BufWriter>>),
 }
 
-/// An I/O error of the sink, naming its path.
-fn write_error(display: &str, e: impl std::fmt::Display) -> FlumenError {
-    FlumenError::io(format!("writing sink path '{display}': {e}"))
+/// An I/O error of the sink, naming its path, with its cause kept (a retry
+/// may cure it).
+fn write_error(display: &str, e: impl std::error::Error + Send + Sync + 'static) -> FlumenError {
+    FlumenError::transient(format!("writing sink path '{display}'"), e)
 }
 
 fn parquet_properties() -> WriterProperties {
@@ -194,7 +195,7 @@ fn parquet_properties() -> WriterProperties {
 }
 
 impl FileSink {
-    fn err(&self, e: impl std::fmt::Display) -> FlumenError {
+    fn err(&self, e: impl std::error::Error + Send + Sync + 'static) -> FlumenError {
         write_error(&self.display, e)
     }
 

@@ -567,8 +567,7 @@ impl FileSource {
         match &mut self.open[at].1 {
             Reader::Parquet { path, stream } => match stream.next().await {
                 Some(batch) => {
-                    let batch =
-                        batch.map_err(|e| FlumenError::io(format!("reading {path}: {e}")))?;
+                    let batch = batch.map_err(|e| read_error(path, e))?;
                     let batch = conform(&batch, &self.schema)
                         .map_err(|e| FlumenError::io(format!("reading {path}: {e}")))?;
                     let rows = batch.num_rows() as u64;
@@ -663,6 +662,11 @@ impl FileSource {
     }
 }
 
+/// A failure reading `path`, with its cause kept (a retry may cure it).
+fn read_error(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> FlumenError {
+    FlumenError::transient(format!("reading {path}"), e)
+}
+
 /// Which subtask of how many reads, for splitting Parquet files by row group.
 #[derive(Clone, Copy)]
 struct Share {
@@ -686,7 +690,6 @@ async fn open(
         path, size, index, ..
     } = split;
     let (path, size, index) = (path.clone(), *size, *index);
-    let io = |e: &dyn std::fmt::Display| FlumenError::io(format!("reading {path}: {e}"));
     if let Read::Text { offset, lines } = progress.read {
         if offset >= size {
             return Ok(None);
@@ -695,7 +698,10 @@ async fn open(
             range: (offset > 0).then_some(GetRange::Offset(offset)),
             ..GetOptions::default()
         };
-        let fetched = store.get_opts(&path, options).await.map_err(|e| io(&e))?;
+        let fetched = store
+            .get_opts(&path, options)
+            .await
+            .map_err(|e| read_error(&path, e))?;
         return Ok(Some(Reader::Text(TextReader {
             stream: fetched.into_stream(),
             path,
@@ -709,7 +715,7 @@ async fn open(
     let reader = ParquetObjectReader::new(store, path.clone()).with_file_size(size);
     let builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await
-        .map_err(|e| io(&e))?;
+        .map_err(|e| read_error(&path, e))?;
     let metadata = builder.metadata().clone();
     let mut groups = Vec::new();
     let mut selectors = Vec::new();
@@ -761,7 +767,7 @@ async fn open(
         .with_projection(mask)
         .with_batch_size(DEFAULT_BATCH_SIZE)
         .build()
-        .map_err(|e| io(&e))?;
+        .map_err(|e| read_error(&path, e))?;
     Ok(Some(Reader::Parquet { path, stream }))
 }
 
@@ -774,8 +780,7 @@ impl TextReader {
             while !self.eof && self.buf.len() < want {
                 match self.stream.next().await {
                     Some(bytes) => {
-                        let bytes = bytes
-                            .map_err(|e| FlumenError::io(format!("reading {}: {e}", self.path)))?;
+                        let bytes = bytes.map_err(|e| read_error(&self.path, e))?;
                         self.buf.extend_from_slice(&bytes);
                     }
                     None => self.eof = true,

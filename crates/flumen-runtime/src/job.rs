@@ -101,12 +101,19 @@ pub fn run_job(graph: &JobGraph, options: &RunOptions) -> Result<JobHandle> {
     graph.validate()?;
     check_parallelism(graph, options.max_parallelism)?;
     let metrics = Arc::new(JobMetrics::default());
+    metrics.start();
     let stop = Arc::new(AtomicBool::new(false));
     let chains = graph.chains();
     let ids = graph.operator_ids();
     let mut notes = Vec::new();
     let (go_tx, go_rx) = watch::channel(false);
     let (ack_tx, ack_rx) = unbounded_channel();
+    let restoring = Arc::new(std::sync::atomic::AtomicUsize::new(
+        chains
+            .iter()
+            .map(|c| graph.nodes[c.nodes[0]].parallelism)
+            .sum(),
+    ));
     let mut wiring = match &options.checkpoints {
         Some(cp) => {
             if let Some(restore) = &cp.restore {
@@ -192,7 +199,9 @@ pub fn run_job(graph: &JobGraph, options: &RunOptions) -> Result<JobHandle> {
                 &mut receivers,
             )?;
             if let Some(w) = &mut wiring {
-                task.checkpoint = Some(wire_task(graph, &chain.nodes, &ctx, &task, w));
+                let mut cp = wire_task(graph, &chain.nodes, &ctx, &task, w);
+                cp.restoring = restoring.clone();
+                task.checkpoint = Some(cp);
             }
             tasks.spawn(task.run());
         }
@@ -283,6 +292,7 @@ fn wire_task(
         go: w.go.clone(),
         epoch: w.first,
         last_upload: None,
+        restoring: Arc::default(),
     }
 }
 

@@ -15,6 +15,13 @@ pub struct JobMetrics {
     peak_state_bytes: AtomicI64,
     /// Each sink subtask's latest watermark (registered when the job starts).
     sink_watermarks: Mutex<Vec<Arc<AtomicI64>>>,
+    /// When the job started.
+    started: std::sync::OnceLock<std::time::Instant>,
+    /// Microseconds from the start to the first row a sink wrote (0: none yet).
+    first_output_us: AtomicU64,
+    /// Microseconds from the start until every task had restored its state
+    /// (0: not restored).
+    restored_us: AtomicU64,
 }
 
 /// What one operator subtask last reported of its state size, so that it
@@ -79,6 +86,41 @@ impl JobMetrics {
     }
     pub(crate) fn add_rows_out(&self, n: usize) {
         self.rows_out.fetch_add(n as u64, Ordering::Relaxed);
+        if self.first_output_us.load(Ordering::Relaxed) == 0 {
+            let _ = self.first_output_us.compare_exchange(
+                0,
+                self.since_start_us(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+    pub(crate) fn start(&self) {
+        self.started.get_or_init(std::time::Instant::now);
+    }
+    pub(crate) fn restored(&self) {
+        self.restored_us
+            .store(self.since_start_us(), Ordering::Relaxed);
+    }
+    fn since_start_us(&self) -> u64 {
+        self.started
+            .get()
+            .map_or(1, |t| (t.elapsed().as_micros() as u64).max(1))
+    }
+    /// Time from the start of the job to the first row a sink wrote.
+    pub fn first_output_after(&self) -> Option<std::time::Duration> {
+        match self.first_output_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(std::time::Duration::from_micros(us)),
+        }
+    }
+    /// Time from the start of the job until every task had taken up its
+    /// state from the checkpoint it resumed from.
+    pub fn restored_after(&self) -> Option<std::time::Duration> {
+        match self.restored_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(std::time::Duration::from_micros(us)),
+        }
     }
     /// Bytes of operator state (windows, join rows, TopN rows, groups) held now.
     pub fn state_bytes(&self) -> u64 {

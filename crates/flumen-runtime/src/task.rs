@@ -76,6 +76,9 @@ pub(crate) struct TaskCheckpoint {
     /// The upload of the last snapshot: the next acknowledgement waits for
     /// it, so the coordinator hears of a task's snapshots in order.
     pub last_upload: Option<tokio::task::JoinHandle<()>>,
+    /// Tasks of the job still restoring: the last one to finish marks the
+    /// job restored in its metrics.
+    pub restoring: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub(crate) struct Task {
@@ -204,6 +207,9 @@ impl Task {
                 ))
             });
             restored.map_err(|e| restoring(name, id, e))?;
+        }
+        if cp.restoring.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.metrics.restored();
         }
         Ok(())
     }

@@ -139,6 +139,10 @@ mod tests {
         assert_eq!(cause.kind(), std::io::ErrorKind::ConnectionRefused);
         assert_eq!(FlumenError::plan("x").kind(), ErrorKind::User);
         assert_eq!(FlumenError::internal("x").kind(), ErrorKind::Internal);
-        assert!(FlumenError::internal("x").to_string().contains("a bug in flumen"));
+        assert!(
+            FlumenError::internal("x")
+                .to_string()
+                .contains("a bug in flumen")
+        );
     }
 }

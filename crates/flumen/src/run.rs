@@ -373,6 +373,15 @@ pub(crate) async fn execute(
                 checkpoint_stats.max_duration_ms(),
                 checkpoint_stats.max_pause_us() as f64 / 1000.0
             );
+            if let Some(restored) = metrics.restored_after() {
+                eprintln!(
+                    "resumed: state restored {} ms after the start, first output after {} ms",
+                    restored.as_millis(),
+                    metrics
+                        .first_output_after()
+                        .map_or("none".to_string(), |d| d.as_millis().to_string())
+                );
+            }
             if let Some(savepoint) = checkpoint_stats.savepoint() {
                 eprintln!(
                     "savepoint: {savepoint} (resume with --from-savepoint {savepoint}, or start again with the same --checkpoint-dir)"

@@ -1,22 +1,51 @@
-//! An operator subtask's keyed state as Arrow batches split by key group:
+//! An operator subtask's keyed state as Arrow batches tagged by key group:
 //! what a checkpoint stores, and what a subtask at another parallelism takes
-//! its own key groups from on restore.
+//! its own key groups from on restore. Adding rows shares their buffers and
+//! copies nothing, so taking a snapshot at a barrier is cheap; the rows are
+//! copied once, when they are written out.
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt16Array, UInt32Array};
-use arrow::compute::{concat_batches, take_record_batch};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt16Array};
+use arrow::compute::{concat, concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, UInt16Type};
 use flumen_types::{FlumenError, Result};
 
 use crate::key_group::{KeyGroup, KeyGroupRange};
 
-/// Rows of one table of an operator in one key group.
+/// Rows of one table of an operator, with the key group of each row.
 #[derive(Debug, Clone)]
 struct Part {
     table: usize,
-    key_group: KeyGroup,
     batch: RecordBatch,
+    key_groups: UInt16Array,
+}
+
+/// Which of `key_groups` lie in `range`.
+fn in_range(key_groups: &UInt16Array, range: KeyGroupRange) -> BooleanArray {
+    key_groups
+        .values()
+        .iter()
+        .map(|&k| Some(range.contains(k)))
+        .collect()
+}
+
+impl Part {
+    /// The part's rows whose key group lies in `range`, with their key groups.
+    fn in_range(&self, range: KeyGroupRange) -> Result<Option<Part>> {
+        let keep = in_range(&self.key_groups, range);
+        Ok(match keep.true_count() {
+            0 => None,
+            n if n == keep.len() => Some(self.clone()),
+            _ => Some(Part {
+                table: self.table,
+                batch: filter_record_batch(&self.batch, &keep)?,
+                key_groups: arrow::compute::filter(&self.key_groups, &keep)?
+                    .as_primitive::<UInt16Type>()
+                    .clone(),
+            }),
+        })
+    }
 }
 
 /// The keyed state of one or more subtasks of an operator. An operator
@@ -29,35 +58,28 @@ pub struct StateSnapshot {
 
 impl StateSnapshot {
     /// Adds the rows of `batch` to table `table`; row `i` is in key group
-    /// `key_groups[i]`.
+    /// `key_groups[i]`. The batch's buffers are shared, not copied.
     pub fn add(
         &mut self,
         table: usize,
         batch: &RecordBatch,
         key_groups: &[KeyGroup],
     ) -> Result<()> {
-        debug_assert_eq!(batch.num_rows(), key_groups.len());
+        if batch.num_rows() != key_groups.len() {
+            return Err(FlumenError::internal(format!(
+                "state table {table}: {} rows but {} key groups",
+                batch.num_rows(),
+                key_groups.len()
+            )));
+        }
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
-        order.sort_by_key(|&row| key_groups[row as usize]);
-        let sorted = take_record_batch(batch, &UInt32Array::from(order.clone()))?;
-        let mut start = 0;
-        while start < order.len() {
-            let key_group = key_groups[order[start] as usize];
-            let end = start
-                + order[start..]
-                    .iter()
-                    .take_while(|&&row| key_groups[row as usize] == key_group)
-                    .count();
-            self.parts.push(Part {
-                table,
-                key_group,
-                batch: sorted.slice(start, end - start),
-            });
-            start = end;
-        }
+        self.parts.push(Part {
+            table,
+            batch: batch.clone(),
+            key_groups: UInt16Array::from(key_groups.to_vec()),
+        });
         Ok(())
     }
 
@@ -89,24 +111,25 @@ impl StateSnapshot {
     /// The rows of `table` whose key groups lie in `range`, in one batch;
     /// `None` when there are none.
     pub fn rows(&self, table: usize, range: KeyGroupRange) -> Result<Option<RecordBatch>> {
-        let batches: Vec<&RecordBatch> = self
-            .parts
-            .iter()
-            .filter(|p| p.table == table && range.contains(p.key_group))
-            .map(|p| &p.batch)
-            .collect();
+        let mut batches = Vec::new();
+        for part in self.parts.iter().filter(|p| p.table == table) {
+            if let Some(kept) = part.in_range(range)? {
+                batches.push(kept.batch);
+            }
+        }
         match batches.first() {
             None => Ok(None),
-            Some(first) => Ok(Some(concat_batches(
-                &first.schema(),
-                batches.iter().copied(),
-            )?)),
+            Some(first) => Ok(Some(concat_batches(&first.schema(), &batches)?)),
         }
     }
 
     /// The key groups holding state, ascending.
     pub fn key_groups(&self) -> Vec<KeyGroup> {
-        let mut groups: Vec<KeyGroup> = self.parts.iter().map(|p| p.key_group).collect();
+        let mut groups: Vec<KeyGroup> = self
+            .parts
+            .iter()
+            .flat_map(|p| p.key_groups.values().iter().copied())
+            .collect();
         groups.sort_unstable();
         groups.dedup();
         groups
@@ -118,7 +141,8 @@ impl StateSnapshot {
     }
 
     /// The snapshot as one batch per table and schema, each with a trailing
-    /// [`KEY_GROUP_COLUMN`]: the form a checkpoint stores.
+    /// [`KEY_GROUP_COLUMN`]: the form a checkpoint stores. This is where
+    /// the rows are copied.
     pub fn to_batches(&self) -> Result<Vec<(usize, RecordBatch)>> {
         let mut groups: Vec<(usize, Vec<&Part>)> = Vec::new();
         for part in &self.parts {
@@ -133,10 +157,9 @@ impl StateSnapshot {
             .map(|(table, parts)| {
                 let schema = parts[0].batch.schema();
                 let rows = concat_batches(&schema, parts.iter().map(|p| &p.batch))?;
-                let key_groups: UInt16Array = parts
-                    .iter()
-                    .flat_map(|p| std::iter::repeat_n(p.key_group, p.batch.num_rows()))
-                    .collect();
+                let key_groups: Vec<&dyn Array> =
+                    parts.iter().map(|p| &p.key_groups as &dyn Array).collect();
+                let key_groups = concat(&key_groups)?;
                 let mut fields = schema.fields().to_vec();
                 fields.push(Arc::new(Field::new(
                     KEY_GROUP_COLUMN,
@@ -144,7 +167,7 @@ impl StateSnapshot {
                     false,
                 )));
                 let mut columns = rows.columns().to_vec();
-                columns.push(Arc::new(key_groups));
+                columns.push(key_groups);
                 Ok((
                     table,
                     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?,
@@ -173,23 +196,13 @@ impl StateSnapshot {
             })?
             .clone();
         let rows = stored.project(&(0..stored.num_columns() - 1).collect::<Vec<_>>())?;
-        let mut start = 0;
-        let values = key_groups.values();
-        while start < values.len() {
-            let key_group = values[start];
-            let end = start
-                + values[start..]
-                    .iter()
-                    .take_while(|&&k| k == key_group)
-                    .count();
-            if range.contains(key_group) {
-                self.parts.push(Part {
-                    table,
-                    key_group,
-                    batch: rows.slice(start, end - start),
-                });
-            }
-            start = end;
+        let part = Part {
+            table,
+            batch: rows,
+            key_groups,
+        };
+        if let Some(kept) = part.in_range(range)? {
+            self.parts.push(kept);
         }
         Ok(())
     }

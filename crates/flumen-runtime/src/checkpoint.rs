@@ -55,6 +55,7 @@ pub struct CheckpointStats {
     completed: AtomicU64,
     last_id: AtomicU64,
     last_bytes: AtomicU64,
+    max_bytes: AtomicU64,
     last_duration_ms: AtomicU64,
     max_duration_ms: AtomicU64,
     max_pause_us: AtomicU64,
@@ -74,6 +75,10 @@ impl CheckpointStats {
     /// Bytes of state in the newest complete checkpoint.
     pub fn last_bytes(&self) -> u64 {
         self.last_bytes.load(Ordering::Relaxed)
+    }
+    /// Bytes of state in the largest checkpoint of this run.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes.load(Ordering::Relaxed)
     }
     /// Milliseconds from injecting the newest complete checkpoint's barriers
     /// to writing its manifest.
@@ -347,6 +352,9 @@ impl Coordinator {
         stats.completed.fetch_add(1, Ordering::Relaxed);
         stats.last_id.store(manifest.id, Ordering::Relaxed);
         stats.last_bytes.store(manifest.bytes(), Ordering::Relaxed);
+        stats
+            .max_bytes
+            .fetch_max(manifest.bytes(), Ordering::Relaxed);
         stats.last_duration_ms.store(took, Ordering::Relaxed);
         stats.max_duration_ms.fetch_max(took, Ordering::Relaxed);
         if manifest.kind == CheckpointKind::Savepoint {

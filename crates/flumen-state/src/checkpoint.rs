@@ -239,11 +239,14 @@ impl CheckpointStore {
         snapshot: &StateSnapshot,
     ) -> Result<Vec<StateFile>> {
         let mut files = Vec::new();
-        for (k, (table, batch)) in snapshot.to_batches()?.into_iter().enumerate() {
-            let key_groups = key_group_span(&batch);
-            let mut buf = Vec::with_capacity(batch.get_array_memory_size() + 1024);
-            let mut writer = FileWriter::try_new(&mut buf, &batch.schema())?;
-            writer.write(&batch)?;
+        for (k, (table, batches)) in snapshot.to_batches()?.into_iter().enumerate() {
+            let key_groups = key_group_span(&batches);
+            let size: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+            let mut buf = Vec::with_capacity(size + 1024);
+            let mut writer = FileWriter::try_new(&mut buf, &batches[0].schema())?;
+            for batch in &batches {
+                writer.write(batch)?;
+            }
             writer.finish()?;
             drop(writer);
             let path = format!("{dir}/{operator}-{subtask}-t{table}-{k}.arrow");
@@ -251,7 +254,7 @@ impl CheckpointStore {
                 path: path.clone(),
                 subtask,
                 table,
-                rows: batch.num_rows() as u64,
+                rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
                 size: buf.len() as u64,
                 checksum: checksum(&buf),
                 key_groups,
@@ -498,20 +501,24 @@ impl CheckpointStore {
     }
 }
 
-/// The first and last key group of a stored batch (its last column).
-fn key_group_span(batch: &RecordBatch) -> [KeyGroup; 2] {
-    let column = batch
-        .column_by_name(KEY_GROUP_COLUMN)
-        .and_then(|c| {
-            c.as_any()
-                .downcast_ref::<arrow::array::UInt16Array>()
-                .cloned()
-        })
-        .map(|c| c.values().to_vec())
-        .unwrap_or_default();
-    let first = column.iter().copied().min().unwrap_or(0);
-    let last = column.iter().copied().max().unwrap_or(0);
-    [first, last]
+/// The first and last key group of stored batches (their last column).
+fn key_group_span(batches: &[RecordBatch]) -> [KeyGroup; 2] {
+    let mut span: Option<[KeyGroup; 2]> = None;
+    for batch in batches {
+        let Some(column) = batch
+            .column_by_name(KEY_GROUP_COLUMN)
+            .and_then(|c| c.as_any().downcast_ref::<arrow::array::UInt16Array>())
+        else {
+            continue;
+        };
+        for &k in column.values() {
+            span = Some(match span {
+                None => [k, k],
+                Some([a, b]) => [a.min(k), b.max(k)],
+            });
+        }
+    }
+    span.unwrap_or([0, 0])
 }
 
 /// Opens the checkpoint or savepoint directory at `raw` directly (for

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt16Array};
-use arrow::compute::{concat, concat_batches, filter_record_batch};
+use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, UInt16Type};
 use flumen_types::{FlumenError, Result};
 
@@ -140,40 +140,31 @@ impl StateSnapshot {
         self.parts.iter().map(|p| p.batch.num_rows()).sum()
     }
 
-    /// The snapshot as one batch per table and schema, each with a trailing
-    /// [`KEY_GROUP_COLUMN`]: the form a checkpoint stores. This is where
-    /// the rows are copied.
-    pub fn to_batches(&self) -> Result<Vec<(usize, RecordBatch)>> {
-        let mut groups: Vec<(usize, Vec<&Part>)> = Vec::new();
+    /// The snapshot as batches per table and schema, each batch with a
+    /// trailing [`KEY_GROUP_COLUMN`]: the form a checkpoint stores. The
+    /// rows' buffers are shared, not copied.
+    pub fn to_batches(&self) -> Result<Vec<(usize, Vec<RecordBatch>)>> {
+        let mut groups: Vec<(usize, Vec<RecordBatch>)> = Vec::new();
         for part in &self.parts {
-            let same = |p: &&Part| p.table == part.table && p.batch.schema() == part.batch.schema();
-            match groups.iter_mut().find(|(_, g)| g.first().is_some_and(same)) {
-                Some((_, g)) => g.push(part),
-                None => groups.push((part.table, vec![part])),
+            let mut fields = part.batch.schema().fields().to_vec();
+            fields.push(Arc::new(Field::new(
+                KEY_GROUP_COLUMN,
+                DataType::UInt16,
+                false,
+            )));
+            let mut columns = part.batch.columns().to_vec();
+            columns.push(Arc::new(part.key_groups.clone()));
+            let stored = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+            let same = |b: &RecordBatch| b.schema() == stored.schema();
+            match groups
+                .iter_mut()
+                .find(|(t, g)| *t == part.table && g.first().is_some_and(same))
+            {
+                Some((_, g)) => g.push(stored),
+                None => groups.push((part.table, vec![stored])),
             }
         }
-        groups
-            .into_iter()
-            .map(|(table, parts)| {
-                let schema = parts[0].batch.schema();
-                let rows = concat_batches(&schema, parts.iter().map(|p| &p.batch))?;
-                let key_groups: Vec<&dyn Array> =
-                    parts.iter().map(|p| &p.key_groups as &dyn Array).collect();
-                let key_groups = concat(&key_groups)?;
-                let mut fields = schema.fields().to_vec();
-                fields.push(Arc::new(Field::new(
-                    KEY_GROUP_COLUMN,
-                    DataType::UInt16,
-                    false,
-                )));
-                let mut columns = rows.columns().to_vec();
-                columns.push(key_groups);
-                Ok((
-                    table,
-                    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?,
-                ))
-            })
-            .collect()
+        Ok(groups)
     }
 
     /// Adds the rows of a stored batch of `table` (made by
@@ -260,12 +251,14 @@ mod tests {
         assert_eq!(stored.len(), 2);
         let mut back = StateSnapshot::default();
         let range = KeyGroupRange { start: 0, end: 4 };
-        for (table, b) in &stored {
-            back.add_stored(*table, b, range).unwrap();
+        for (table, batches) in &stored {
+            for b in batches {
+                back.add_stored(*table, b, range).unwrap();
+            }
         }
         assert_eq!(values(back.rows(0, range).unwrap()), [10, 11, 12]);
         assert_eq!(values(back.rows(1, range).unwrap()), [20]);
-        let without = stored[0].1.project(&[0]).unwrap();
+        let without = stored[0].1[0].project(&[0]).unwrap();
         let err = back.add_stored(0, &without, range).unwrap_err();
         assert!(err.to_string().contains("_key_group"), "{err}");
     }

@@ -157,7 +157,7 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
         let s = outcome?;
         let checkpoints = if args.checkpoint_interval.is_some() {
             format!(
-                ", {} checkpoints, the last {:.1} MiB, the longest {} ms, longest pause {:.1} ms",
+                ", {} checkpoints, the largest {:.1} MiB, the longest {} ms, longest pause {:.1} ms",
                 s.checkpoints,
                 s.checkpoint_bytes as f64 / 1048576.0,
                 s.checkpoint_max_ms,

@@ -64,7 +64,7 @@ pub(crate) struct Summary {
     pub peak_state: u64,
     /// Checkpoints completed.
     pub checkpoints: u64,
-    /// Bytes of the last checkpoint's state files.
+    /// Bytes of the largest checkpoint's state files.
     pub checkpoint_bytes: u64,
     /// The longest checkpoint, from its barriers to its manifest, in ms.
     pub checkpoint_max_ms: u64,
@@ -339,7 +339,7 @@ pub(crate) async fn execute(
         peak_rss: after.peak_rss,
         peak_state: metrics.peak_state_bytes(),
         checkpoints: checkpoint_stats.completed(),
-        checkpoint_bytes: checkpoint_stats.last_bytes(),
+        checkpoint_bytes: checkpoint_stats.max_bytes(),
         checkpoint_max_ms: checkpoint_stats.max_duration_ms(),
         checkpoint_max_pause_us: checkpoint_stats.max_pause_us(),
     };

@@ -149,7 +149,11 @@ fn tune_allocator() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) };
 }
 
+/// When the process started: restart figures count from here.
+pub(crate) static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 fn main() -> ExitCode {
+    STARTED.get_or_init(std::time::Instant::now);
     tune_allocator();
     let cli = Cli::parse();
     let outcome = runtime().and_then(|rt| {

@@ -374,8 +374,13 @@ pub(crate) async fn execute(
                 checkpoint_stats.max_pause_us() as f64 / 1000.0
             );
             if let Some(restored) = metrics.restored_after() {
+                // The job started this long after the process (planning,
+                // choosing and verifying the checkpoint).
+                let before = crate::STARTED
+                    .get()
+                    .map_or(0, |t| (t.elapsed() - started.elapsed()).as_millis());
                 eprintln!(
-                    "resumed: state restored {} ms after the start, first output after {} ms",
+                    "resumed: state restored {} ms after the job started ({before} ms after the process), first output after {} ms",
                     restored.as_millis(),
                     metrics
                         .first_output_after()

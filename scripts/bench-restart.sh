@@ -11,8 +11,8 @@ FLUMEN="$TARGET/release/flumen"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 # Bids and auctions throttled so both sides of the join grow together.
-sed -e "s/kind = 'bid', events = '10000000'/kind = 'bid', events = '80000000', rows_per_second = '2300000'/" \
-    -e "s/kind = 'auction', events = '10000000'/kind = 'auction', events = '80000000', rows_per_second = '150000'/" \
+sed -e "s/kind = 'bid', events = '10000000'/kind = 'bid', events = '50000000', rows_per_second = '2300000'/" \
+    -e "s/kind = 'auction', events = '10000000'/kind = 'auction', events = '50000000', rows_per_second = '150000'/" \
     benchmarks/nexmark/ddl/nexmark.sql > "$WORK/ddl.sql"
 ARGS=(run "$WORK/ddl.sql" benchmarks/nexmark/q20.sql -p 1 --checkpoint-dir "$WORK/checkpoints" --checkpoint-interval 4s)
 "$FLUMEN" "${ARGS[@]}" > /dev/null 2> "$WORK/first.err" &

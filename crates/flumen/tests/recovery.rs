@@ -532,3 +532,30 @@ fn a_failure_a_retry_cures_restarts_the_job_from_its_checkpoint() {
     );
     assert_eq!(committed_rows(&work.join("out")), all, "{text}");
 }
+
+#[test]
+fn drain_on_sigterm_ends_the_job_and_a_finished_job_does_not_run_again() {
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    std::fs::write(work.join("drain.sql"), job_sql(&work.join("drain"), true)).unwrap();
+    let dir = work.join("drain-checkpoints");
+    let checkpoints = dir.to_str().unwrap();
+    let child = start(work, "drain", checkpoints, "500ms", &["-p", "2", "--drain"]);
+    let out = signal_after(child, libc::SIGTERM, Duration::from_millis(2500));
+    let text = stderr(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("stopping: sources end now"), "{text}");
+    let listed = flumen(&["checkpoints", checkpoints], work)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listed.stdout);
+    assert!(listing.contains("complete (job finished)"), "{listing}");
+    let windowed = committed_rows(&work.join("drain/windowed"));
+    let out = run_to_end(&["run", "drain.sql", "--checkpoint-dir", checkpoints], work);
+    assert!(
+        stderr(&out).contains("the job already finished"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(committed_rows(&work.join("drain/windowed")), windowed);
+}

@@ -25,9 +25,11 @@ use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use flumen_types::{FlumenError, Result};
 use futures::TryStreamExt;
+use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
 
 use crate::key_group::{KeyGroup, KeyGroupRange};
 use crate::location::Location;
@@ -240,30 +242,45 @@ impl CheckpointStore {
     ) -> Result<Vec<StateFile>> {
         let mut files = Vec::new();
         for (k, (table, batches)) in snapshot.to_batches()?.into_iter().enumerate() {
-            let key_groups = key_group_span(&batches);
-            let size: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
-            let mut buf = Vec::with_capacity(size + 1024);
-            let mut writer = FileWriter::try_new(&mut buf, &batches[0].schema())?;
-            for batch in &batches {
-                writer.write(batch)?;
-            }
-            writer.finish()?;
-            drop(writer);
             let path = format!("{dir}/{operator}-{subtask}-t{table}-{k}.arrow");
-            let file = StateFile {
-                path: path.clone(),
+            let io = |e| self.io(&format!("writing {path}"), e);
+            // Encoded a batch at a time and streamed out (a multipart
+            // upload, made visible whole at the end), so memory holds one
+            // batch's encoding, not the file's.
+            let mut out = BufWriter::new(self.store.clone(), self.path(&path));
+            let mut hash = twox_hash::XxHash64::with_seed(0);
+            let mut size = 0u64;
+            let mut writer = FileWriter::try_new(Vec::new(), &batches[0].schema())?;
+            let mut chunks = batches.iter().map(Some).chain(std::iter::once(None));
+            loop {
+                let last = match chunks.next() {
+                    Some(Some(batch)) => {
+                        writer.write(batch)?;
+                        false
+                    }
+                    _ => {
+                        writer.finish()?;
+                        true
+                    }
+                };
+                let chunk = std::mem::take(writer.get_mut());
+                hash.write(&chunk);
+                size += chunk.len() as u64;
+                out.write_all(&chunk).await.map_err(io)?;
+                if last {
+                    break;
+                }
+            }
+            out.shutdown().await.map_err(io)?;
+            files.push(StateFile {
+                path,
                 subtask,
                 table,
                 rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
-                size: buf.len() as u64,
-                checksum: checksum(&buf),
-                key_groups,
-            };
-            self.store
-                .put(&self.path(&path), PutPayload::from(buf))
-                .await
-                .map_err(|e| self.io(&format!("writing {path}"), e))?;
-            files.push(file);
+                size,
+                checksum: format!("{:016x}", hash.finish()),
+                key_groups: key_group_span(&batches),
+            });
         }
         Ok(files)
     }

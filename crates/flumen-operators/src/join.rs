@@ -920,7 +920,6 @@ impl HashJoin {
     /// many matches each row has had, and when its slot expires.
     fn side_state(&self, side: usize, snapshot: &mut StateSnapshot) -> Result<()> {
         let state = &self.sides[side];
-        let (mut hashes, mut key_groups) = (Vec::new(), Vec::new());
         for slot in state.slots.iter().flatten() {
             // Rows taken back are not state any more.
             let kept: Vec<u32> = (0..slot.batch.num_rows() as u32)
@@ -932,9 +931,6 @@ impl HashJoin {
                 take_record_batch(&slot.batch, &UInt32Array::from(kept.clone()))?
             };
             let rows = batch.num_rows();
-            let keys = state.spec.key_columns(&batch);
-            self.key_groups
-                .assign(&keys, rows, &mut hashes, &mut key_groups)?;
             let matched = if slot.matched.is_empty() {
                 vec![0; rows]
             } else {
@@ -943,7 +939,12 @@ impl HashJoin {
             let mut columns = batch.columns().to_vec();
             columns.push(Arc::new(UInt32Array::from(matched)));
             columns.push(Arc::new(Int64Array::from(vec![slot.expires_at; rows])));
-            snapshot.add_columns(side, columns, &key_groups)?;
+            snapshot.add_keyed_columns(
+                side,
+                columns,
+                &state.spec.keys,
+                self.key_groups.max_parallelism,
+            )?;
         }
         Ok(())
     }

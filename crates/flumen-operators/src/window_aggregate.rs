@@ -578,14 +578,15 @@ impl Operator for WindowAggregate {
     fn snapshot_state(&mut self) -> Result<StateSnapshot> {
         let mut snapshot = StateSnapshot::default();
         let mut windows = std::mem::take(&mut self.windows);
-        let (mut hashes, mut key_groups) = (Vec::new(), Vec::new());
+        let keys: Vec<usize> = (1..=self.key_columns.len()).collect();
         for (&start, window) in &mut windows {
             let columns = self.window_state(start, window)?;
-            let rows = columns[0].len();
-            let k = self.key_columns.len();
-            self.key_groups
-                .assign(&columns[1..1 + k], rows, &mut hashes, &mut key_groups)?;
-            snapshot.add_columns(WINDOW_TABLE, columns, &key_groups)?;
+            snapshot.add_keyed_columns(
+                WINDOW_TABLE,
+                columns,
+                &keys,
+                self.key_groups.max_parallelism,
+            )?;
         }
         self.windows = windows;
         Ok(snapshot)

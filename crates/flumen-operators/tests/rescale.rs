@@ -68,7 +68,7 @@ fn run(
             let snapshot =
                 StateSnapshot::merge(ops.iter_mut().map(|o| o.snapshot_state().unwrap()));
             snapshot_rows = snapshot.num_rows();
-            snapshot_key_groups = snapshot.key_groups().len();
+            snapshot_key_groups = snapshot.key_groups().unwrap().len();
             for op in &mut next {
                 op.restore_state(&snapshot).unwrap();
             }

@@ -18,7 +18,40 @@ use crate::key_group::{KeyGroup, KeyGroupRange};
 struct Part {
     table: usize,
     batch: RecordBatch,
-    key_groups: UInt16Array,
+    key_groups: KeyGroupsOf,
+}
+
+/// The key groups of a part's rows: given, or hashed from its key columns
+/// when first needed (off the barrier's path: when it is written out).
+#[derive(Debug, Clone)]
+struct KeyGroupsOf {
+    computed: std::sync::OnceLock<UInt16Array>,
+    keys: Vec<usize>,
+    max_parallelism: usize,
+}
+
+impl KeyGroupsOf {
+    fn given(key_groups: UInt16Array) -> Self {
+        KeyGroupsOf {
+            computed: key_groups.into(),
+            keys: Vec::new(),
+            max_parallelism: 0,
+        }
+    }
+
+    fn get(&self, batch: &RecordBatch) -> Result<&UInt16Array> {
+        if let Some(k) = self.computed.get() {
+            return Ok(k);
+        }
+        let keys: Vec<ArrayRef> = self.keys.iter().map(|&c| batch.column(c).clone()).collect();
+        let mut hashes = Vec::new();
+        crate::key_group::hash_keys(&keys, batch.num_rows(), &mut hashes)?;
+        let groups: UInt16Array = hashes
+            .iter()
+            .map(|&h| crate::key_group::key_group_for_hash(h, self.max_parallelism))
+            .collect();
+        Ok(self.computed.get_or_init(|| groups))
+    }
 }
 
 /// Which of `key_groups` lie in `range`.
@@ -31,18 +64,25 @@ fn in_range(key_groups: &UInt16Array, range: KeyGroupRange) -> BooleanArray {
 }
 
 impl Part {
+    fn key_groups(&self) -> Result<&UInt16Array> {
+        self.key_groups.get(&self.batch)
+    }
+
     /// The part's rows whose key group lies in `range`, with their key groups.
     fn in_range(&self, range: KeyGroupRange) -> Result<Option<Part>> {
-        let keep = in_range(&self.key_groups, range);
+        let key_groups = self.key_groups()?;
+        let keep = in_range(key_groups, range);
         Ok(match keep.true_count() {
             0 => None,
             n if n == keep.len() => Some(self.clone()),
             _ => Some(Part {
                 table: self.table,
                 batch: filter_record_batch(&self.batch, &keep)?,
-                key_groups: arrow::compute::filter(&self.key_groups, &keep)?
-                    .as_primitive::<UInt16Type>()
-                    .clone(),
+                key_groups: KeyGroupsOf::given(
+                    arrow::compute::filter(key_groups, &keep)?
+                        .as_primitive::<UInt16Type>()
+                        .clone(),
+                ),
             }),
         })
     }
@@ -78,7 +118,41 @@ impl StateSnapshot {
         self.parts.push(Part {
             table,
             batch: batch.clone(),
-            key_groups: UInt16Array::from(key_groups.to_vec()),
+            key_groups: KeyGroupsOf::given(UInt16Array::from(key_groups.to_vec())),
+        });
+        Ok(())
+    }
+
+    /// Adds rows given as columns (named by position) to table `table`;
+    /// a row's key group is that of its values in the columns `keys`, out
+    /// of `max_parallelism`, hashed as the exchanges hash. The hashing is
+    /// left for when the rows are written out, so a snapshot at a barrier
+    /// only shares buffers.
+    pub fn add_keyed_columns(
+        &mut self,
+        table: usize,
+        columns: Vec<ArrayRef>,
+        keys: &[usize],
+        max_parallelism: usize,
+    ) -> Result<()> {
+        let batch = columns_batch(columns)?;
+        if let Some(&bad) = keys.iter().find(|&&k| k >= batch.num_columns()) {
+            return Err(FlumenError::internal(format!(
+                "state table {table}: key column {bad} of {} columns",
+                batch.num_columns()
+            )));
+        }
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.parts.push(Part {
+            table,
+            batch,
+            key_groups: KeyGroupsOf {
+                computed: std::sync::OnceLock::new(),
+                keys: keys.to_vec(),
+                max_parallelism,
+            },
         });
         Ok(())
     }
@@ -91,13 +165,7 @@ impl StateSnapshot {
         columns: Vec<ArrayRef>,
         key_groups: &[KeyGroup],
     ) -> Result<()> {
-        let fields: Vec<Field> = columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
-            .collect();
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
-        self.add(table, &batch, key_groups)
+        self.add(table, &columns_batch(columns)?, key_groups)
     }
 
     /// The state of every subtask in `snapshots`, as one: what a restore at
@@ -124,15 +192,14 @@ impl StateSnapshot {
     }
 
     /// The key groups holding state, ascending.
-    pub fn key_groups(&self) -> Vec<KeyGroup> {
-        let mut groups: Vec<KeyGroup> = self
-            .parts
-            .iter()
-            .flat_map(|p| p.key_groups.values().iter().copied())
-            .collect();
+    pub fn key_groups(&self) -> Result<Vec<KeyGroup>> {
+        let mut groups = Vec::new();
+        for part in &self.parts {
+            groups.extend(part.key_groups()?.values().iter().copied());
+        }
         groups.sort_unstable();
         groups.dedup();
-        groups
+        Ok(groups)
     }
 
     /// Rows held, over all tables.
@@ -153,7 +220,7 @@ impl StateSnapshot {
                 false,
             )));
             let mut columns = part.batch.columns().to_vec();
-            columns.push(Arc::new(part.key_groups.clone()));
+            columns.push(Arc::new(part.key_groups()?.clone()));
             let stored = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
             let same = |b: &RecordBatch| b.schema() == stored.schema();
             match groups
@@ -190,13 +257,26 @@ impl StateSnapshot {
         let part = Part {
             table,
             batch: rows,
-            key_groups,
+            key_groups: KeyGroupsOf::given(key_groups),
         };
         if let Some(kept) = part.in_range(range)? {
             self.parts.push(kept);
         }
         Ok(())
     }
+}
+
+/// Columns named by position (`c0`, `c1`, …), as one batch.
+fn columns_batch(columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+    let fields: Vec<Field> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
+        .collect();
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 /// Name of the column that a stored state table adds: the key group of each row.
@@ -285,7 +365,7 @@ mod tests {
         let mut b = StateSnapshot::default();
         b.add(0, &batch(vec![14, 15]), &[5, 2]).unwrap();
         let all = StateSnapshot::merge([a, b]);
-        assert_eq!(all.key_groups(), [0, 1, 2, 3, 5]);
+        assert_eq!(all.key_groups().unwrap(), [0, 1, 2, 3, 5]);
         assert_eq!(all.num_rows(), 7);
 
         let low = KeyGroupRange { start: 0, end: 2 };

@@ -276,10 +276,11 @@ impl JobGraph {
         chains
     }
 
-    /// A readable description of the tasks (chained nodes), their parallelism
-    /// and the exchanges between them.
+    /// A readable description of the tasks (chained nodes) with each node's
+    /// stable id, their parallelism and the exchanges between them.
     pub fn describe(&self) -> String {
         let chains = self.chains();
+        let ids = self.operator_ids();
         let task_of = |node: NodeId| {
             chains
                 .iter()
@@ -305,6 +306,7 @@ impl JobGraph {
             for (i, &n) in chain.nodes.iter().enumerate() {
                 let link = if i == 0 { "  " } else { "  -> " };
                 let _ = writeln!(out, "{link}[{n}] {}", self.nodes[n].kind.describe());
+                let _ = writeln!(out, "       id: {}", ids[n]);
                 if let Some(w) = &self.nodes[n].watermarks {
                     let _ = writeln!(out, "       watermarks: {}", w.describe());
                     if let Some(t) = self.nodes[n].idle_timeout {

@@ -203,3 +203,32 @@ fn ctrl_c_stops_an_unbounded_run_cleanly_with_progress_and_summary() {
         assert!(stderr.contains(part), "missing {part:?} in:\n{stderr}");
     }
 }
+
+#[test]
+fn explain_gives_the_same_operator_ids_at_any_parallelism() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let ids = |p: &str| -> Vec<String> {
+        let out = flumen(
+            &[
+                "explain",
+                "benchmarks/nexmark/ddl/nexmark.sql",
+                "benchmarks/nexmark/q5.sql",
+                "-p",
+                p,
+            ],
+            &root,
+        );
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("id: ").map(str::to_string))
+            .collect()
+    };
+    let one = ids("1");
+    assert!(one.iter().any(|id| id.starts_with("operator-")), "{one:?}");
+    assert_eq!(one, ids("3"));
+    let mut unique = one.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), one.len(), "ids are distinct: {one:?}");
+}

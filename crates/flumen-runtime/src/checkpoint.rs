@@ -61,6 +61,8 @@ pub struct CheckpointStats {
     max_pause_us: AtomicU64,
     failed: AtomicU64,
     savepoint: Mutex<Option<String>>,
+    /// What went wrong without stopping the job, not yet reported.
+    warnings: Mutex<Vec<String>>,
 }
 
 impl CheckpointStats {
@@ -98,6 +100,19 @@ impl CheckpointStats {
     pub fn failed(&self) -> u64 {
         self.failed.load(Ordering::Relaxed)
     }
+    /// What went wrong without stopping the job (a checkpoint that failed,
+    /// old checkpoints that could not be deleted) since the last call.
+    pub fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn warn(&self, warning: String) {
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(warning);
+    }
+
     /// The directory of the savepoint the job stopped with, if it did.
     pub fn savepoint(&self) -> Option<String> {
         self.savepoint
@@ -221,17 +236,21 @@ impl Coordinator {
                         .fetch_max(ack.pause.as_micros() as u64, Ordering::Relaxed);
                     let state = match ack.state {
                         Ok(state) => state,
-                        Err(e) => {
-                            eprintln!("checkpoint {} failed: {e}", ack.checkpoint.map_or(next_id, |n| n));
-                            self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                            match ack.checkpoint {
-                                Some(n) if pending.as_ref().is_some_and(|p| p.id == n && !p.stop) => {
+                        Err(e) => match ack.checkpoint {
+                            // A periodic checkpoint is given up (once, however
+                            // many tasks fail it); the next one tries again.
+                            Some(n) if !pending.as_ref().is_some_and(|p| p.id == n && p.stop) => {
+                                if pending.as_ref().is_some_and(|p| p.id == n) {
                                     pending = None;
-                                    continue;
+                                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                                    self.stats.warn(format!("checkpoint {n} failed: {e}"));
                                 }
-                                _ => return Err(e),
+                                continue;
                             }
-                        }
+                            // The savepoint the job stops at, or a task's
+                            // final state: the job fails (and may restart).
+                            _ => return Err(e),
+                        },
                     };
                     match ack.checkpoint {
                         Some(n) => {
@@ -369,7 +388,8 @@ impl Coordinator {
             let _ = task.control.send(Control::Commit(manifest.id));
         }
         if let Err(e) = self.options.store.retain(self.options.retention).await {
-            eprintln!("deleting old checkpoints failed (they stay): {e}");
+            self.stats
+                .warn(format!("deleting old checkpoints failed (they stay): {e}"));
         }
         Ok(())
     }

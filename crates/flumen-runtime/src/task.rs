@@ -344,7 +344,7 @@ impl Task {
         let states = self.snapshot(b.id).await?;
         let pause = paused.elapsed();
         self.emit_control(Message::Barrier(b)).await?;
-        let cp = self.checkpoint.as_mut().expect("checked above");
+        let cp = checkpointing(&mut self.checkpoint)?;
         cp.epoch = b.id + 1;
         let kind = if b.stop {
             CheckpointKind::Savepoint
@@ -361,10 +361,7 @@ impl Task {
 
     /// This task's source position, operator state and staged sink output.
     async fn snapshot(&mut self, checkpoint: u64) -> Result<Vec<(NodeState, StateSnapshot)>> {
-        let cp = self
-            .checkpoint
-            .as_mut()
-            .expect("only called with checkpoints on");
+        let cp = checkpointing(&mut self.checkpoint)?;
         let subtask = cp.subtask;
         let node = |node: NodeId| NodeState {
             node,
@@ -393,10 +390,7 @@ impl Task {
     /// Waits until the coordinator says a checkpoint at or past `checkpoint`
     /// is complete, and commits the sink's staged output.
     async fn await_commit(&mut self, checkpoint: u64) -> Result<()> {
-        let cp = self
-            .checkpoint
-            .as_mut()
-            .expect("only called with checkpoints on");
+        let cp = checkpointing(&mut self.checkpoint)?;
         let Tail::Sink(sink) = &mut self.tail else {
             return Ok(());
         };
@@ -426,7 +420,7 @@ impl Task {
                     ex.broadcast(Message::End).await?;
                 }
             }
-            let cp = self.checkpoint.as_mut().expect("checked above");
+            let cp = checkpointing(&mut self.checkpoint)?;
             upload(
                 cp,
                 None,
@@ -481,6 +475,12 @@ impl Task {
     async fn emit_control(&mut self, msg: Message) -> Result<()> {
         emit_control(&mut self.tail, msg).await
     }
+}
+
+/// The task's part in checkpoints, which the checkpoint steps need.
+fn checkpointing(cp: &mut Option<TaskCheckpoint>) -> Result<&mut TaskCheckpoint> {
+    cp.as_mut()
+        .ok_or_else(|| FlumenError::internal("a checkpoint step ran with checkpoints off"))
 }
 
 /// Stores the snapshots of `states` under checkpoint directory `dir` in the

@@ -287,6 +287,9 @@ pub(crate) async fn execute(
         let signalled = tokio::select! {
             outcome = &mut wait => break outcome,
             _ = tick.tick(), if report => {
+                for warning in checkpoint_stats.take_warnings() {
+                    eprintln!("{warning}");
+                }
                 let rows = metrics.rows_in();
                 let checkpoint = match checkpoint_stats.last_id() {
                     0 => String::new(),
@@ -327,6 +330,9 @@ pub(crate) async fn execute(
     };
     if report && tty && started.elapsed() >= Duration::from_secs(1) {
         eprintln!();
+    }
+    for warning in checkpoint_stats.take_warnings() {
+        eprintln!("{warning}");
     }
     outcome?;
     let seconds = started.elapsed().as_secs_f64();

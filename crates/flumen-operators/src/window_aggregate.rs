@@ -8,11 +8,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, AsArray, BooleanArray, Int8Array, Int64Array, RecordBatch, UInt32Array,
-    new_null_array,
+    ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, Int8Array, Int64Array, RecordBatch,
+    UInt32Array, new_empty_array, new_null_array,
 };
+use arrow::buffer::BooleanBuffer;
 use arrow::compute::{cast, concat, take_record_batch};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
@@ -138,12 +140,22 @@ impl OperatorFactory for WindowAggregateFactory {
     }
 
     fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Operator>> {
+        // The window key is the same for all of a window's rows, so a
+        // window's table interns only the other keys (unless there are none).
+        let window_in_groups = self.key_columns.len() == 1;
+        let group_keys: Vec<usize> = (0..self.key_columns.len())
+            .filter(|&k| window_in_groups || k != self.window_key)
+            .collect();
+        let group_schema = Arc::new(self.key_schema.project(&group_keys)?);
         Ok(Box::new(WindowAggregate {
+            group_columns: group_keys.iter().map(|&k| self.key_columns[k]).collect(),
+            group_keys,
+            group_schema,
+            window_in_groups,
             key_columns: self.key_columns.clone(),
             window_key: self.window_key,
             size_ns: self.size_ns,
             aggregates: self.aggregates.clone(),
-            key_schema: self.key_schema.clone(),
             output: self.output.clone(),
             processing_time: self.processing_time,
             allowed_lateness_ns: self.allowed_lateness_ns,
@@ -157,7 +169,20 @@ impl OperatorFactory for WindowAggregateFactory {
 }
 
 struct Window {
+    /// The window key's value, the same for every group of the window.
+    window_value: ScalarValue,
+    /// The groups' keys (without the window key, when there are others).
     groups: Box<dyn GroupValues>,
+    /// The groups' keys in group order, as chunks of key columns: a copy
+    /// that `GroupValues` (which gives its keys up when read) cannot give,
+    /// so a snapshot reads the keys without taking the window apart.
+    /// Small chunks (a batch brings few new groups) are joined into one
+    /// once [`KEY_CHUNKS`] have gathered, so chunks stay few and large.
+    keys: Vec<Vec<ArrayRef>>,
+    /// How many of the last chunks of `keys` are small ones not yet joined.
+    small_chunks: usize,
+    /// Bytes of the key copy.
+    key_bytes: usize,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
     /// With allowed lateness: what the window last emitted (keys and
     /// aggregates, group by group), and whether late rows changed it since.
@@ -165,13 +190,113 @@ struct Window {
     dirty: bool,
 }
 
+impl Window {
+    /// Interns `keys`, giving each row its group id in `ids`, and copies the
+    /// keys of the groups seen for the first time into the window's copy.
+    /// New groups need not get their ids in row order (DataFusion's
+    /// vectorised interning resolves hash collisions last), so each new id's
+    /// key is taken from the first row that has it.
+    fn intern(&mut self, keys: &[ArrayRef], ids: &mut Vec<usize>) -> Result<()> {
+        let before = self.groups.len();
+        self.groups.intern(keys, ids).map_err(df)?;
+        let added = self.groups.len() - before;
+        if added == 0 {
+            return Ok(());
+        }
+        let mut first = vec![u32::MAX; added];
+        for (row, &id) in ids.iter().enumerate() {
+            if id >= before && first[id - before] == u32::MAX {
+                first[id - before] = row as u32;
+            }
+        }
+        let first = UInt32Array::from(first);
+        let chunk = keys
+            .iter()
+            .map(|k| Ok(arrow::compute::take(k, &first, None)?))
+            .collect::<Result<Vec<_>>>()?;
+        self.key_bytes += chunk_bytes(&chunk);
+        self.keys.push(chunk);
+        self.small_chunks += 1;
+        if self.small_chunks == KEY_CHUNKS {
+            let small = self.keys.split_off(self.keys.len() - KEY_CHUNKS);
+            self.key_bytes -= small.iter().map(|c| chunk_bytes(c)).sum::<usize>();
+            let joined = join_chunks(&small)?;
+            self.key_bytes += chunk_bytes(&joined);
+            self.keys.push(joined);
+            self.small_chunks = 0;
+        }
+        Ok(())
+    }
+
+    /// The whole key copy as one chunk, which it keeps.
+    fn joined_keys(&mut self) -> Result<Vec<ArrayRef>> {
+        if self.keys.len() != 1 {
+            let joined = join_chunks(&self.keys)?;
+            self.key_bytes = chunk_bytes(&joined);
+            self.keys = vec![joined];
+            self.small_chunks = 0;
+        }
+        Ok(self.keys[0].clone())
+    }
+
+    /// Bytes the window holds: interned keys, their copy and accumulators.
+    fn size(&self) -> usize {
+        self.groups.size()
+            + self.key_bytes
+            + self.accumulators.iter().map(|a| a.size()).sum::<usize>()
+    }
+}
+
+/// Merges an accumulator's `state` of groups `0..n` into the empty
+/// accumulator `acc`, a run of groups at a time, so the group ids it takes
+/// stay a small buffer.
+fn merge_back(acc: &mut dyn GroupsAccumulator, state: &[ArrayRef], n: usize) -> Result<()> {
+    const RUN: usize = 1 << 16;
+    let mut ids: Vec<usize> = Vec::with_capacity(RUN.min(n));
+    let mut at = 0;
+    while at < n {
+        let len = RUN.min(n - at);
+        ids.clear();
+        ids.extend(at..at + len);
+        let part: Vec<ArrayRef> = state.iter().map(|s| s.slice(at, len)).collect();
+        acc.merge_batch(&part, &ids, n).map_err(df)?;
+        at += len;
+    }
+    Ok(())
+}
+
+/// How many small chunks of a window's key copy are joined into one.
+const KEY_CHUNKS: usize = 64;
+
+fn chunk_bytes(chunk: &[ArrayRef]) -> usize {
+    chunk.iter().map(|k| k.get_array_memory_size()).sum()
+}
+
+/// Chunks of key columns joined column by column; at least one chunk.
+fn join_chunks(chunks: &[Vec<ArrayRef>]) -> Result<Vec<ArrayRef>> {
+    (0..chunks[0].len())
+        .map(|c| {
+            let columns: Vec<&dyn arrow::array::Array> =
+                chunks.iter().map(|chunk| chunk[c].as_ref()).collect();
+            Ok(concat(&columns)?)
+        })
+        .collect()
+}
+
 /// Per-window aggregation state, freed when the window fires.
 pub struct WindowAggregate {
+    /// Input columns interned per window: the keys but the window key
+    /// (which is constant within a window), or just it when alone.
+    group_columns: Vec<usize>,
+    /// Which keys those are, by position among the keys.
+    group_keys: Vec<usize>,
+    group_schema: SchemaRef,
+    /// Whether the window key is interned too (it is the only key).
+    window_in_groups: bool,
     key_columns: Vec<usize>,
     window_key: usize,
     size_ns: i64,
     aggregates: Vec<AggregateCall>,
-    key_schema: SchemaRef,
     output: SchemaRef,
     processing_time: bool,
     allowed_lateness_ns: i64,
@@ -189,10 +314,9 @@ fn df(e: impl std::fmt::Display) -> FlumenError {
 }
 
 impl WindowAggregate {
-    fn new_window(&self) -> Result<Window> {
-        let groups = new_group_values(self.key_schema.clone(), &GroupOrdering::None).map_err(df)?;
-        let accumulators = self
-            .aggregates
+    /// One empty accumulator per aggregate.
+    fn new_accumulators(&self) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
+        self.aggregates
             .iter()
             .map(|a| -> Result<Box<dyn GroupsAccumulator>> {
                 if a.function.groups_accumulator_supported() {
@@ -204,10 +328,20 @@ impl WindowAggregate {
                     })))
                 }
             })
-            .collect::<Result<_>>()?;
+            .collect()
+    }
+
+    /// A window without groups, whose window key is `window_value`.
+    fn new_window(&self, window_value: ScalarValue) -> Result<Window> {
+        let groups =
+            new_group_values(self.group_schema.clone(), &GroupOrdering::None).map_err(df)?;
         Ok(Window {
+            window_value,
             groups,
-            accumulators,
+            keys: Vec::new(),
+            small_chunks: 0,
+            key_bytes: 0,
+            accumulators: self.new_accumulators()?,
             emitted: None,
             dirty: false,
         })
@@ -215,20 +349,20 @@ impl WindowAggregate {
 
     fn update(&mut self, start: i64, rows: &RecordBatch) -> Result<()> {
         if !self.windows.contains_key(&start) {
-            let window = self.new_window()?;
+            let value =
+                ScalarValue::try_from_array(rows.column(self.key_columns[self.window_key]), 0)
+                    .map_err(df)?;
+            let window = self.new_window(value)?;
             self.windows.insert(start, window);
         }
         let window = self.windows.get_mut(&start).expect("inserted above");
         let keys: Vec<ArrayRef> = self
-            .key_columns
+            .group_columns
             .iter()
             .map(|&c| rows.column(c).clone())
             .collect();
         let mut group_indices = Vec::with_capacity(rows.num_rows());
-        window
-            .groups
-            .intern(&keys, &mut group_indices)
-            .map_err(df)?;
+        window.intern(&keys, &mut group_indices)?;
         let total = window.groups.len();
         for (agg, acc) in self.aggregates.iter().zip(&mut window.accumulators) {
             let values = agg
@@ -253,20 +387,31 @@ impl WindowAggregate {
         Ok(())
     }
 
-    /// The window's keys, in group order, and their ids: `GroupValues`
-    /// gives its keys up when read, so they are interned again in a fresh
-    /// table, where they get the same ids.
+    /// The window's keys (all of them), in group order, and their ids (0,
+    /// 1, …), read from its copy of the keys.
     fn read_keys(&self, window: &mut Window) -> Result<(Vec<ArrayRef>, Vec<usize>)> {
-        let keys = window.groups.emit(EmitTo::All).map_err(df)?;
-        let n = keys.first().map_or(0, |k| k.len());
-        let mut ids = Vec::with_capacity(n);
-        let mut groups =
-            new_group_values(self.key_schema.clone(), &GroupOrdering::None).map_err(df)?;
-        if n > 0 {
-            groups.intern(&keys, &mut ids).map_err(df)?;
+        let keys = if window.keys.is_empty() {
+            self.group_schema
+                .fields()
+                .iter()
+                .map(|f| new_empty_array(f.data_type()))
+                .collect()
+        } else {
+            window.joined_keys()?
+        };
+        let ids = (0..window.groups.len()).collect();
+        Ok((self.all_keys(window, keys)?, ids))
+    }
+
+    /// All key columns from the interned ones: the window key's column
+    /// put back in its place.
+    fn all_keys(&self, window: &Window, mut keys: Vec<ArrayRef>) -> Result<Vec<ArrayRef>> {
+        if !self.window_in_groups {
+            let n = keys.first().map_or(0, |k| k.len());
+            let column = window.window_value.to_array_of_size(n).map_err(df)?;
+            keys.insert(self.window_key, column);
         }
-        window.groups = groups;
-        Ok((keys, ids))
+        Ok(keys)
     }
 
     /// The window's current result (keys and aggregates), leaving its state
@@ -275,13 +420,11 @@ impl WindowAggregate {
     fn result(&self, window: &mut Window) -> Result<RecordBatch> {
         let (keys, ids) = self.read_keys(window)?;
         let n = ids.len();
-        let fresh = self.new_window()?;
         let mut columns = keys;
         for (acc, (mut keep, mut eval)) in window.accumulators.iter_mut().zip(
-            fresh
-                .accumulators
+            self.new_accumulators()?
                 .into_iter()
-                .zip(self.new_window()?.accumulators),
+                .zip(self.new_accumulators()?),
         ) {
             let state = acc.state(EmitTo::All).map_err(df)?;
             keep.merge_batch(&state, &ids, n).map_err(df)?;
@@ -371,38 +514,61 @@ impl WindowAggregate {
     /// One snapshot row per group of the window starting at `start`:
     /// `start`, the keys, the accumulator states, whether the window changed
     /// since it last fired, and (with allowed lateness) whether the group
-    /// was emitted and its emitted aggregates. The window's state stays as
-    /// it was (read out and merged back, as in [`Self::result`]).
-    fn window_state(&self, start: i64, window: &mut Window) -> Result<Vec<ArrayRef>> {
-        let (keys, ids) = self.read_keys(window)?;
-        let n = ids.len();
-        let mut columns: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(vec![start; n]))];
-        columns.extend(keys);
-        for (acc, mut fresh) in window
-            .accumulators
-            .iter_mut()
-            .zip(self.new_window()?.accumulators)
-        {
+    /// was emitted and its emitted aggregates; as one part per chunk of the
+    /// window's key copy, so no key is copied. The window's state stays as
+    /// it was (each accumulator's state is read out and merged back).
+    fn window_state(&self, start: i64, window: &mut Window) -> Result<Vec<Vec<ArrayRef>>> {
+        let n = window.groups.len();
+        let mut states: Vec<ArrayRef> = Vec::new();
+        for (acc, mut fresh) in window.accumulators.iter_mut().zip(self.new_accumulators()?) {
             let state = acc.state(EmitTo::All).map_err(df)?;
-            fresh.merge_batch(&state, &ids, n).map_err(df)?;
+            merge_back(fresh.as_mut(), &state, n)?;
             *acc = fresh;
-            columns.extend(state);
+            states.extend(state);
         }
-        columns.push(Arc::new(BooleanArray::from(vec![window.dirty; n])));
+        let dirty: ArrayRef = Arc::new(BooleanArray::new(
+            if window.dirty {
+                BooleanBuffer::new_set(n)
+            } else {
+                BooleanBuffer::new_unset(n)
+            },
+            None,
+        ));
         let emitted = window.emitted.as_ref().map_or(0, RecordBatch::num_rows);
-        columns.push(Arc::new(BooleanArray::from_iter(
-            (0..n).map(|i| Some(i < emitted)),
-        )));
+        let mut sent = BooleanBufferBuilder::new(n);
+        sent.append_n(emitted, true);
+        sent.append_n(n - emitted, false);
+        let sent: ArrayRef = Arc::new(BooleanArray::new(sent.finish(), None));
         let k = self.key_columns.len();
+        let mut tail = vec![dirty, sent];
         for a in 0..self.aggregates.len() {
             let field = self.output.field(k + a);
             let unsent = new_null_array(field.data_type(), n - emitted);
-            columns.push(match &window.emitted {
+            tail.push(match &window.emitted {
                 Some(old) => concat(&[old.column(k + a).as_ref(), unsent.as_ref()])?,
                 None => unsent,
             });
         }
-        Ok(columns)
+        let starts: ArrayRef = Arc::new(Int64Array::from_value(start, n));
+        let window_column = (!self.window_in_groups)
+            .then(|| window.window_value.to_array_of_size(n))
+            .transpose()
+            .map_err(df)?;
+        let mut parts = Vec::with_capacity(window.keys.len());
+        let mut at = 0;
+        for chunk in &window.keys {
+            let len = chunk.first().map_or(0, |c| c.len());
+            let mut columns: Vec<ArrayRef> = vec![starts.slice(at, len)];
+            let mut keys = chunk.clone();
+            if let Some(w) = &window_column {
+                keys.insert(self.window_key, w.slice(at, len));
+            }
+            columns.extend(keys);
+            columns.extend(states.iter().chain(&tail).map(|c| c.slice(at, len)));
+            parts.push(columns);
+            at += len;
+        }
+        Ok(parts)
     }
 
     /// Adds the snapshot rows `rows` of one window (its emitted groups
@@ -410,13 +576,15 @@ impl WindowAggregate {
     fn restore_window(&mut self, start: i64, rows: &RecordBatch, emitted: usize) -> Result<()> {
         let (_, states) = state_fields(&self.aggregates)?;
         let k = self.key_columns.len();
+        let keys = &rows.columns()[1..1 + k];
         let mut window = match self.windows.remove(&start) {
             Some(w) => w,
-            None => self.new_window()?,
+            None => self
+                .new_window(ScalarValue::try_from_array(&keys[self.window_key], 0).map_err(df)?)?,
         };
-        let keys = &rows.columns()[1..1 + k];
+        let interned: Vec<ArrayRef> = self.group_keys.iter().map(|&g| keys[g].clone()).collect();
         let mut ids = Vec::with_capacity(rows.num_rows());
-        window.groups.intern(keys, &mut ids).map_err(df)?;
+        window.intern(&interned, &mut ids)?;
         let total = window.groups.len();
         for (a, acc) in window.accumulators.iter_mut().enumerate() {
             let state = &rows.columns()[1 + k + states[a]..1 + k + states[a + 1]];
@@ -441,7 +609,8 @@ impl WindowAggregate {
     }
 
     fn emit(&self, mut window: Window) -> Result<RecordBatch> {
-        let mut columns = window.groups.emit(EmitTo::All).map_err(df)?;
+        let keys = window.groups.emit(EmitTo::All).map_err(df)?;
+        let mut columns = self.all_keys(&window, keys)?;
         for acc in &mut window.accumulators {
             columns.push(acc.evaluate(EmitTo::All).map_err(df)?);
         }
@@ -534,11 +703,7 @@ impl Operator for WindowAggregate {
                 out.push(self.emit(window)?);
             }
         }
-        let bytes = self
-            .windows
-            .values()
-            .map(|w| w.groups.size() + w.accumulators.iter().map(|a| a.size()).sum::<usize>())
-            .sum();
+        let bytes = self.windows.values().map(Window::size).sum();
         self.metrics.report_state(&mut self.gauge, bytes);
         Ok(Some(watermark))
     }
@@ -580,13 +745,14 @@ impl Operator for WindowAggregate {
         let mut windows = std::mem::take(&mut self.windows);
         let keys: Vec<usize> = (1..=self.key_columns.len()).collect();
         for (&start, window) in &mut windows {
-            let columns = self.window_state(start, window)?;
-            snapshot.add_keyed_columns(
-                WINDOW_TABLE,
-                columns,
-                &keys,
-                self.key_groups.max_parallelism,
-            )?;
+            for columns in self.window_state(start, window)? {
+                snapshot.add_keyed_columns(
+                    WINDOW_TABLE,
+                    columns,
+                    &keys,
+                    self.key_groups.max_parallelism,
+                )?;
+            }
         }
         self.windows = windows;
         Ok(snapshot)

@@ -254,6 +254,64 @@ async fn csv_source_reads_headers_and_names_bad_rows() {
     assert_eq!(read_json_rows(&out).await, vec!["10|x", "20|y", "30|z"]);
 }
 
+/// A CSV file with a header maps its columns by name: a table may declare
+/// some of them, in any order; a column the query reads that a file lacks is
+/// an error naming the file (as the user wrote its path) and the column.
+#[tokio::test]
+async fn csv_header_maps_columns_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::write(
+        input.join("a.csv"),
+        "id,city,name,score,flag,extra,zone\n1,Oslo,x,7,true,e,z\n2,Rome,y,8,false,e,z\n",
+    )
+    .unwrap();
+    std::fs::write(
+        input.join("b.csv"),
+        "zone,name,id,score\r\nq,w,3,9\r\n\"q,2\",\"v, u\",4,10\r\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let sql = |columns: &str, select: &str| {
+        format!(
+            "CREATE TABLE src ({columns}) WITH (connector = 'filesystem', path = '{}', format = 'csv', bad_data = 'drop');\n\
+             CREATE TABLE dst (a VARCHAR, b BIGINT) WITH (connector = 'filesystem', path = '{}', format = 'json');\n\
+             INSERT INTO dst SELECT {select} FROM src;",
+            input.display(),
+            out.display()
+        )
+    };
+    let metrics = run_scripts(
+        &[(
+            "job.sql",
+            &sql(
+                "score BIGINT, name VARCHAR, id BIGINT",
+                "name, id * 100 + score",
+            ),
+        )],
+        2,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(metrics.bad_records_dropped(), 0);
+    let mut rows = read_json_rows(&out).await;
+    rows.sort();
+    assert_eq!(rows, vec!["v, u|410", "w|309", "x|107", "y|208"]);
+    std::fs::remove_dir_all(&out).ok();
+    let msg = error_of(&sql("id BIGINT, city VARCHAR", "city, id")).await;
+    let file = input.join("b.csv");
+    assert_contains(
+        &msg,
+        &[
+            &format!("{}:", file.display()),
+            "no column 'city'",
+            "zone, name, id, score",
+        ],
+    );
+}
+
 #[tokio::test]
 async fn file_sink_rolls_files_by_size() {
     let dir = tempfile::tempdir().unwrap();

@@ -64,6 +64,25 @@ impl Location {
     }
 }
 
+impl Location {
+    /// A path inside this location (a file of a directory table) as the
+    /// user would write it: the location as given, then the rest of the
+    /// path. Object-store paths drop the leading `/` of a local path, so
+    /// messages print this instead.
+    pub fn show(&self, path: &Path) -> String {
+        let rest = match path.prefix_match(&self.path) {
+            Some(parts) => parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>(),
+            None if self.local.is_some() => return format!("/{path}"),
+            None => return path.to_string(),
+        };
+        if rest.is_empty() {
+            return self.display.clone();
+        }
+        let base = self.display.trim_end_matches('/');
+        format!("{base}/{}", rest.join("/"))
+    }
+}
+
 /// `path` with `.` and `..` segments resolved by their text alone (object
 /// store paths take neither), so `../data/x.csv` works as in a shell.
 fn without_dot_segments(path: &std::path::Path) -> std::path::PathBuf {
@@ -90,5 +109,19 @@ mod tests {
         let l = Location::parse("/tmp/a/../b/./c.csv").unwrap();
         assert_eq!(l.path.as_ref(), "tmp/b/c.csv");
         assert_eq!(l.local.unwrap(), std::path::PathBuf::from("/tmp/b/c.csv"));
+    }
+
+    #[test]
+    fn paths_inside_are_shown_as_the_user_wrote_the_location() {
+        let dir = Location::parse("/tmp/x/").unwrap();
+        let file = Path::from("tmp/x/part-0.csv");
+        assert_eq!(dir.show(&file), "/tmp/x/part-0.csv");
+        assert_eq!(dir.show(&dir.path), "/tmp/x/");
+        let relative = Location::parse("data/../in").unwrap();
+        let inside = relative.path.clone().join("a.json");
+        assert_eq!(relative.show(&inside), "data/../in/a.json");
+        let memory = Location::parse("memory:///t").unwrap();
+        assert_eq!(memory.show(&Path::from("t/y.csv")), "memory:///t/y.csv");
+        assert_eq!(dir.show(&Path::from("elsewhere/z")), "/elsewhere/z");
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::compute::{cast, concat_batches};
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::error::ArrowError;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -49,7 +49,8 @@ pub struct FileSourceFactory {
     location: Location,
     files: Vec<(Path, u64)>,
     format: Format,
-    /// Columns of the table, in declaration order (CSV is positional).
+    /// Columns of the table, in declaration order (CSV without a header is
+    /// positional; with one, its columns are matched by name).
     table_schema: SchemaRef,
     /// Indices of the columns the query reads.
     projection: Vec<usize>,
@@ -167,6 +168,7 @@ impl FileSourceFactory {
             .enumerate()
             .map(|(id, (j, (path, size)))| Split {
                 path: path.clone(),
+                shown: self.location.show(path),
                 size: *size,
                 index: j,
                 id,
@@ -234,6 +236,8 @@ impl FileSourceFactory {
 /// this subtask's files.
 struct Split {
     path: Path,
+    /// The path as the user would write it, for messages.
+    shown: String,
     size: u64,
     index: usize,
     id: usize,
@@ -384,14 +388,16 @@ struct FileSource {
 enum Reader {
     Text(TextReader),
     Parquet {
-        path: Path,
+        shown: String,
         #[allow(deprecated)]
         stream: ParquetRecordBatchStream<ParquetObjectReader>,
     },
 }
 
 struct TextReader {
-    path: Path,
+    shown: String,
+    /// How the file's CSV columns map to the table's.
+    csv: Option<CsvColumns>,
     stream: BoxStream<'static, object_store::Result<Bytes>>,
     buf: Vec<u8>,
     eof: bool,
@@ -434,10 +440,16 @@ impl Source for FileSource {
                     parallelism: self.parallelism,
                 };
                 let id = split.id;
+                let text = TextLayout {
+                    csv: (self.format == Format::Csv).then_some(&self.table_schema),
+                    header: self.header,
+                    projection: &self.projection,
+                };
                 let opened = open(
                     self.store.clone(),
                     split,
                     self.schema.clone(),
+                    text,
                     share,
                     &mut self.progress[id],
                     &self.restored,
@@ -565,11 +577,11 @@ impl FileSource {
     /// it; `None` at its end.
     async fn read_step(&mut self, at: usize) -> Result<Option<Vec<(RecordBatch, Advance)>>> {
         match &mut self.open[at].1 {
-            Reader::Parquet { path, stream } => match stream.next().await {
+            Reader::Parquet { shown, stream } => match stream.next().await {
                 Some(batch) => {
-                    let batch = batch.map_err(|e| read_error(path, e))?;
+                    let batch = batch.map_err(|e| read_error(shown, e))?;
                     let batch = conform(&batch, &self.schema)
-                        .map_err(|e| FlumenError::io(format!("reading {path}: {e}")))?;
+                        .map_err(|e| FlumenError::io(format!("reading {shown}: {e}")))?;
                     let rows = batch.num_rows() as u64;
                     Ok(Some(vec![(batch, Advance::Rows(rows))]))
                 }
@@ -579,39 +591,44 @@ impl FileSource {
                 let chunk = text
                     .next_chunk(self.header && self.format == Format::Csv)
                     .await?;
-                match chunk {
-                    Some(chunk) => {
-                        let path = text.path.clone();
-                        Ok(Some(self.decode(&path, &chunk)?))
-                    }
-                    None => Ok(None),
-                }
+                let Some(chunk) = chunk else {
+                    return Ok(None);
+                };
+                let Reader::Text(text) = &self.open[at].1 else {
+                    unreachable!("matched as text above");
+                };
+                Ok(Some(self.decode(&text.shown, text.csv.as_ref(), &chunk)?))
             }
         }
     }
 }
 
 impl FileSource {
-    fn decoder(&self) -> Result<TextDecoder> {
-        Ok(match self.format {
-            Format::Json => TextDecoder::Json(
+    fn decoder(&self, csv: Option<&CsvColumns>) -> Result<TextDecoder> {
+        Ok(match csv {
+            None => TextDecoder::Json(
                 arrow::json::ReaderBuilder::new(self.schema.clone())
                     .with_batch_size(DEFAULT_BATCH_SIZE)
                     .build_decoder()?,
             ),
-            _ => TextDecoder::Csv(Box::new(
-                arrow::csv::ReaderBuilder::new(self.table_schema.clone())
+            Some(csv) => TextDecoder::Csv(Box::new(
+                arrow::csv::ReaderBuilder::new(csv.file_schema.clone())
                     .with_header(false)
-                    .with_projection(self.projection.clone())
+                    .with_projection(csv.projection.clone())
                     .with_batch_size(DEFAULT_BATCH_SIZE)
                     .build_decoder(),
             )),
         })
     }
 
-    /// Decodes a chunk of whole lines into batches, each with the file
-    /// position after its last line.
-    fn decode(&self, path: &Path, chunk: &Chunk) -> Result<Vec<(RecordBatch, Advance)>> {
+    /// Decodes a chunk of whole lines of the file shown as `path` into
+    /// batches, each with the file position after its last line.
+    fn decode(
+        &self,
+        path: &str,
+        csv: Option<&CsvColumns>,
+        chunk: &Chunk,
+    ) -> Result<Vec<(RecordBatch, Advance)>> {
         let lines = &chunk.lines;
         let after = |end: usize, counted: &mut (usize, u64)| {
             counted.1 += lines[counted.0..end]
@@ -624,7 +641,7 @@ impl FileSource {
                 lines: chunk.lines_before + counted.1,
             }
         };
-        if let Ok(batches) = self.decoder()?.decode_all(lines) {
+        if let Ok(batches) = self.decoder(csv)?.decode_all(lines) {
             let mut counted = (0, 0);
             return Ok(batches
                 .into_iter()
@@ -641,7 +658,7 @@ impl FileSource {
             let mut one = Vec::with_capacity(line.len() + 1);
             one.extend_from_slice(line);
             one.push(b'\n');
-            match self.decoder()?.decode_all(&one) {
+            match self.decoder(csv)?.decode_all(&one) {
                 Ok(batches) => good.extend(batches.into_iter().map(|(b, _)| b)),
                 Err(_) if self.drop_bad => dropped += 1,
                 Err(e) => {
@@ -663,7 +680,7 @@ impl FileSource {
 }
 
 /// A failure reading `path`, with its cause kept (a retry may cure it).
-fn read_error(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> FlumenError {
+fn read_error(path: &str, e: impl std::error::Error + Send + Sync + 'static) -> FlumenError {
     FlumenError::transient(format!("reading {path}"), e)
 }
 
@@ -682,18 +699,33 @@ async fn open(
     store: Arc<dyn ObjectStore>,
     split: &Split,
     schema: SchemaRef,
+    text: TextLayout<'_>,
     share: Share,
     progress: &mut Progress,
     restored: &[SplitPosition],
 ) -> Result<Option<Reader>> {
     let Split {
-        path, size, index, ..
+        path,
+        shown,
+        size,
+        index,
+        ..
     } = split;
     let (path, size, index) = (path.clone(), *size, *index);
     if let Read::Text { offset, lines } = progress.read {
         if offset >= size {
             return Ok(None);
         }
+        let csv = match &text.csv {
+            None => None,
+            Some(table) if text.header => {
+                Some(CsvColumns::by_header(&store, &path, shown, size, table, &schema).await?)
+            }
+            Some(table) => Some(CsvColumns {
+                file_schema: Arc::clone(table),
+                projection: text.projection.to_vec(),
+            }),
+        };
         let options = GetOptions {
             range: (offset > 0).then_some(GetRange::Offset(offset)),
             ..GetOptions::default()
@@ -701,10 +733,11 @@ async fn open(
         let fetched = store
             .get_opts(&path, options)
             .await
-            .map_err(|e| read_error(&path, e))?;
+            .map_err(|e| read_error(shown, e))?;
         return Ok(Some(Reader::Text(TextReader {
             stream: fetched.into_stream(),
-            path,
+            shown: shown.clone(),
+            csv,
             buf: Vec::with_capacity(CHUNK_BYTES * 2),
             eof: false,
             offset,
@@ -715,7 +748,7 @@ async fn open(
     let reader = ParquetObjectReader::new(store, path.clone()).with_file_size(size);
     let builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await
-        .map_err(|e| read_error(&path, e))?;
+        .map_err(|e| read_error(shown, e))?;
     let metadata = builder.metadata().clone();
     let mut groups = Vec::new();
     let mut selectors = Vec::new();
@@ -754,7 +787,7 @@ async fn open(
     for field in schema.fields() {
         let index = file_schema.index_of(field.name()).map_err(|_| {
             FlumenError::io(format!(
-                "reading {path}: the file has no column '{}'",
+                "reading {shown}: the file has no column '{}'",
                 field.name()
             ))
         })?;
@@ -767,8 +800,11 @@ async fn open(
         .with_projection(mask)
         .with_batch_size(DEFAULT_BATCH_SIZE)
         .build()
-        .map_err(|e| read_error(&path, e))?;
-    Ok(Some(Reader::Parquet { path, stream }))
+        .map_err(|e| read_error(shown, e))?;
+    Ok(Some(Reader::Parquet {
+        shown: shown.clone(),
+        stream,
+    }))
 }
 
 impl TextReader {
@@ -780,7 +816,7 @@ impl TextReader {
             while !self.eof && self.buf.len() < want {
                 match self.stream.next().await {
                     Some(bytes) => {
-                        let bytes = bytes.map_err(|e| read_error(&self.path, e))?;
+                        let bytes = bytes.map_err(|e| read_error(&self.shown, e))?;
                         self.buf.extend_from_slice(&bytes);
                     }
                     None => self.eof = true,
@@ -826,6 +862,92 @@ impl TextReader {
             self.lines += chunk.lines.iter().filter(|b| **b == b'\n').count() as u64;
             return Ok(Some(chunk));
         }
+    }
+}
+
+/// What a text file's columns are, as the table declares them.
+struct TextLayout<'a> {
+    /// The table's columns, for CSV; `None` for JSON.
+    csv: Option<&'a SchemaRef>,
+    /// CSV: whether the first line names the columns.
+    header: bool,
+    /// Table columns the query reads.
+    projection: &'a [usize],
+}
+
+/// How to decode one CSV file: its columns, and which of them the query
+/// reads, in the query's order.
+struct CsvColumns {
+    file_schema: SchemaRef,
+    projection: Vec<usize>,
+}
+
+/// How long a CSV header line may be.
+const MAX_HEADER_BYTES: u64 = 1 << 20;
+
+impl CsvColumns {
+    /// Maps the columns of the file by the names in its first line: a
+    /// table may declare a subset of them, in any order. Columns the table
+    /// does not declare are read as text and dropped; a column the query
+    /// reads that the file lacks is an error naming both.
+    async fn by_header(
+        store: &Arc<dyn ObjectStore>,
+        path: &Path,
+        shown: &str,
+        size: u64,
+        table: &SchemaRef,
+        read: &SchemaRef,
+    ) -> Result<Self> {
+        let mut want = size.min(64 * 1024);
+        let line = loop {
+            let bytes = store
+                .get_range(path, 0..want)
+                .await
+                .map_err(|e| read_error(shown, e))?;
+            match bytes.iter().position(|b| *b == b'\n') {
+                Some(nl) => break bytes.slice(..nl),
+                None if want >= size => break bytes,
+                None if want >= MAX_HEADER_BYTES => {
+                    return Err(FlumenError::BadData(format!(
+                        "{shown}: the header line is longer than {MAX_HEADER_BYTES} bytes"
+                    )));
+                }
+                None => want = (want * 4).min(size),
+            }
+        };
+        let (header, _) = arrow::csv::reader::Format::default()
+            .with_header(true)
+            .infer_schema(std::io::Cursor::new(line), Some(0))
+            .map_err(|e| FlumenError::BadData(format!("{shown} line 1: {e}")))?;
+        let names: Vec<&str> = header
+            .fields()
+            .iter()
+            .map(|f| f.name().trim_end_matches('\r'))
+            .collect();
+        let fields: Vec<arrow::datatypes::Field> = names
+            .iter()
+            .map(|name| match table.field_with_name(name) {
+                Ok(declared) => declared.clone(),
+                Err(_) => arrow::datatypes::Field::new(*name, DataType::Utf8, true),
+            })
+            .collect();
+        let projection = read
+            .fields()
+            .iter()
+            .map(|f| {
+                names.iter().position(|n| n == f.name()).ok_or_else(|| {
+                    FlumenError::BadData(format!(
+                        "{shown}: the header has no column '{}' (it names: {})",
+                        f.name(),
+                        names.join(", ")
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CsvColumns {
+            file_schema: Arc::new(arrow::datatypes::Schema::new(fields)),
+            projection,
+        })
     }
 }
 

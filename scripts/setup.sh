@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs what building and testing flumen needs and a fresh machine may
-# lack: the Rust toolchain's rustfmt and clippy components. Nothing else is
-# needed: every connector tested so far is embedded (no server).
+# Installs what building flumen needs and a fresh machine may lack: the
+# Rust toolchain's rustfmt and clippy components. The servers the connector
+# tests need are installed and started by scripts/services.sh.
 set -euo pipefail
 if ! command -v cargo >/dev/null 2>&1; then
     echo "flumen needs a Rust toolchain (cargo); install it with rustup first" >&2

@@ -8,6 +8,14 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flumen/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 scripts/setup.sh
+# The servers the connector tests talk to, on loopback (installed when
+# missing); the tests read their addresses from these variables.
+SERVICES="$(scripts/services.sh)"
+while read -r name url; do
+    case "$name" in
+        postgres) export FLUMEN_POSTGRES_URL="$url" ;;
+    esac
+done <<< "$SERVICES"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -19,7 +19,7 @@ impl crate::Connector for Blackhole {
     fn delivery(&self) -> Option<crate::Delivery> {
         Some(crate::Delivery::AtLeastOnce)
     }
-    fn accepts_updates(&self, _options: &crate::Options) -> bool {
+    fn accepts_updates(&self, _spec: &crate::TableSpec) -> bool {
         true
     }
     fn sink(

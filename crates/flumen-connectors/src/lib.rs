@@ -9,6 +9,7 @@ mod blackhole;
 pub mod filesystem;
 pub mod nexmark;
 mod options;
+pub mod postgres;
 mod stdout;
 mod throttle;
 
@@ -51,7 +52,7 @@ pub trait Connector: Send + Sync {
         None
     }
     /// Whether a sink of this table takes an updating stream.
-    fn accepts_updates(&self, _options: &Options) -> bool {
+    fn accepts_updates(&self, _spec: &TableSpec) -> bool {
         false
     }
     /// A source reading `spec`, producing only the `projection` columns.
@@ -91,6 +92,7 @@ pub fn connectors() -> &'static [&'static dyn Connector] {
         &filesystem::Filesystem,
         &stdout::Stdout,
         &blackhole::Blackhole,
+        &postgres::Postgres,
     ]
 }
 
@@ -117,6 +119,9 @@ pub struct TableSpec {
     pub schema: SchemaRef,
     /// Its `WITH` options, `connector` included.
     pub options: Options,
+    /// Its `PRIMARY KEY` columns, if it declares one (a sink then applies
+    /// an updating stream by key).
+    pub primary_key: Vec<String>,
 }
 
 impl TableSpec {
@@ -181,7 +186,7 @@ pub async fn source_factory(
 /// Whether a sink of this table takes an updating stream (rows tagged
 /// insert / delete / update).
 pub fn accepts_updates(spec: &TableSpec) -> bool {
-    connector(spec.connector()).is_some_and(|c| c.accepts_updates(&spec.options))
+    connector(spec.connector()).is_some_and(|c| c.accepts_updates(spec))
 }
 
 /// A sink writing rows of `input` into `spec`; `unique` names its files apart

@@ -72,7 +72,7 @@ impl crate::Connector for Stdout {
     fn delivery(&self) -> Option<crate::Delivery> {
         Some(crate::Delivery::AtLeastOnce)
     }
-    fn accepts_updates(&self, _options: &Options) -> bool {
+    fn accepts_updates(&self, _spec: &crate::TableSpec) -> bool {
         true
     }
     fn sink(

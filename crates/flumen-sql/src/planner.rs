@@ -195,8 +195,10 @@ impl Planner {
                     return Err(pos.error(format!("table '{name}' is declared twice")));
                 }
                 let mut options = script::table_options(&ct).map_err(|e| pos.wrap(e))?;
+                let primary_key = script::primary_key(&ct);
                 let mut columns_only = ct.clone();
                 columns_only.table_options = CreateTableOptions::None;
+                script::drop_constraints(&mut columns_only);
                 let plan = self.plan(Statement::CreateTable(columns_only), pos).await?;
                 let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) = plan else {
                     return Err(pos.error("CREATE TABLE did not plan as a table declaration"));
@@ -207,7 +209,17 @@ impl Planner {
                     name: name.clone(),
                     schema: schema.clone(),
                     options: flumen_connectors::Options::new(options).map_err(|e| pos.wrap(e))?,
+                    primary_key,
                 };
+                if let Some(missing) = spec
+                    .primary_key
+                    .iter()
+                    .find(|k| schema.field_with_name(k).is_err())
+                {
+                    return Err(pos.error(format!(
+                        "PRIMARY KEY column '{missing}' is not a column of table '{name}'"
+                    )));
+                }
                 flumen_connectors::check_table(&spec).map_err(|e| pos.wrap(e))?;
                 if let Some(clause) = watermark {
                     let at = SourcePos {

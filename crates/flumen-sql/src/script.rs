@@ -2,7 +2,8 @@
 //! table spec (columns and `WITH` options).
 
 use datafusion::sql::sqlparser::ast::{
-    CreateTable, CreateTableOptions, Expr, SqlOption, Statement, Value,
+    ColumnOption, CreateTable, CreateTableOptions, Expr, SqlOption, Statement, TableConstraint,
+    Value,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -37,6 +38,49 @@ pub(crate) fn table_options(ct: &CreateTable) -> Result<Vec<(String, String)>> {
             ))),
         })
         .collect()
+}
+
+/// The `PRIMARY KEY` columns of a table, as a table constraint
+/// (`PRIMARY KEY (a, b) NOT ENFORCED`, as in Flink) or on one column, in
+/// lower case as DataFusion names columns.
+pub(crate) fn primary_key(ct: &CreateTable) -> Vec<String> {
+    let name = |e: &Expr| match e {
+        Expr::Identifier(i) => i.value.to_lowercase(),
+        other => other.to_string().to_lowercase(),
+    };
+    for c in &ct.constraints {
+        if let TableConstraint::PrimaryKey(pk) = c {
+            return pk.columns.iter().map(|c| name(&c.column.expr)).collect();
+        }
+    }
+    ct.columns
+        .iter()
+        .filter(|c| {
+            c.options
+                .iter()
+                .any(|o| matches!(o.option, ColumnOption::PrimaryKey(_)))
+        })
+        .map(|c| c.name.value.to_lowercase())
+        .collect()
+}
+
+/// Removes key constraints, which flumen reads itself ([`primary_key`]) and
+/// DataFusion's table declaration need not see (it rejects `NOT ENFORCED`).
+pub(crate) fn drop_constraints(ct: &mut CreateTable) {
+    ct.constraints.retain(|c| {
+        !matches!(
+            c,
+            TableConstraint::PrimaryKey(_) | TableConstraint::Unique(_)
+        )
+    });
+    for c in &mut ct.columns {
+        c.options.retain(|o| {
+            !matches!(
+                o.option,
+                ColumnOption::PrimaryKey(_) | ColumnOption::Unique(_)
+            )
+        });
+    }
 }
 
 fn option_value(e: &Expr) -> Result<String> {

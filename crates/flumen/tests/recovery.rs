@@ -5,9 +5,13 @@
 //! Also: savepoints taken on SIGTERM resume at another parallelism, torn
 //! checkpoints are skipped or refused, and a changed plan is refused.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use common::flumen;
 
 /// Events of the generator: 24 s of event time, read over 12 s of wall
 /// clock when throttled, so that ten runs killed within a second each
@@ -62,12 +66,6 @@ INSERT INTO updating SELECT channel, count(*), max(price) FROM bid GROUP BY chan
 }
 
 const SINKS: [&str; 3] = ["windowed", "joined", "updating"];
-
-fn flumen(args: &[&str], dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flumen"));
-    cmd.args(args).current_dir(dir);
-    cmd
-}
 
 fn run_to_end(args: &[&str], dir: &Path) -> Output {
     let out = flumen(args, dir).output().expect("flumen runs");
@@ -147,32 +145,6 @@ fn expected(work: &Path) -> Vec<Vec<String>> {
     rows
 }
 
-/// A small deterministic random sequence (xorshift), seeded per test.
-struct Random(u64);
-
-impl Random {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
-fn wait_or_kill(child: &mut Child, after: Duration) -> bool {
-    let deadline = Instant::now() + after;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "flumen failed: see its stderr above");
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    false
-}
-
 /// Runs the job with checkpoints every 200 ms, killing it with SIGKILL at
 /// random moments at least `kills` times and starting it again, at the
 /// parallelisms `parallelism` cycles through, until a run finishes.
@@ -181,41 +153,7 @@ fn crash_until_done(work: &Path, name: &str, parallelism: &[&str], kills: usize,
     let sql = format!("{name}.sql");
     std::fs::write(work.join(&sql), job_sql(&out, true)).unwrap();
     let checkpoints = work.join(format!("{name}-checkpoints"));
-    let checkpoints = checkpoints.to_str().unwrap();
-    let mut random = Random(seed);
-    let deadline = Instant::now() + Duration::from_secs(240);
-    // Every run but the last is killed: the attempt number counts the kills.
-    for killed in 0.. {
-        assert!(Instant::now() < deadline, "{name}: not done within 240 s");
-        let p = parallelism[killed % parallelism.len()];
-        let mut child = flumen(
-            &[
-                "run",
-                &sql,
-                "-p",
-                p,
-                "--checkpoint-dir",
-                checkpoints,
-                "--checkpoint-interval",
-                "200ms",
-            ],
-            work,
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("flumen starts");
-        if killed >= kills {
-            let status = child.wait().unwrap();
-            assert!(status.success(), "{name}: the last run failed");
-            return;
-        }
-        let after = Duration::from_millis(250 + random.below(750));
-        assert!(
-            !wait_or_kill(&mut child, after),
-            "{name}: finished after {killed} kills, before its kill"
-        );
-    }
+    common::crash_until_done(work, &sql, &checkpoints, parallelism, kills, seed);
 }
 
 fn check(work: &Path, name: &str, expected: &[Vec<String>]) {

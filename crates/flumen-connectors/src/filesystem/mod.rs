@@ -36,8 +36,8 @@ impl crate::Connector for Filesystem {
         Some(Delivery::ExactlyOnce)
     }
     /// With `changelog = 'true'` it writes an updating result as rows with an `_op` column.
-    fn accepts_updates(&self, options: &crate::Options) -> bool {
-        options.get("changelog") == Some("true")
+    fn accepts_updates(&self, spec: &TableSpec) -> bool {
+        spec.options.get("changelog") == Some("true")
     }
     async fn source(
         &self,

@@ -1,0 +1,91 @@
+//! Helpers shared by the integration tests that run the `flumen` binary.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `flumen` binary with `args`, run in `dir`.
+pub fn flumen(args: &[&str], dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flumen"));
+    cmd.args(args).current_dir(dir);
+    cmd
+}
+
+/// A small deterministic random sequence (xorshift), seeded per test.
+pub struct Random(pub u64);
+
+impl Random {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Waits up to `after` for `child` to finish (it must succeed); kills it
+/// with SIGKILL when it has not. Returns whether it finished.
+pub fn wait_or_kill(child: &mut Child, after: Duration) -> bool {
+    let deadline = Instant::now() + after;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "flumen failed: see its stderr above");
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    false
+}
+
+/// Runs the job in `sql` (a file in `work`) with checkpoints every 200 ms
+/// under `checkpoints`, killing it with SIGKILL at random moments at least
+/// `kills` times and starting it again, at the parallelisms `parallelism`
+/// cycles through, until a run finishes (within 240 s).
+pub fn crash_until_done(
+    work: &Path,
+    sql: &str,
+    checkpoints: &Path,
+    parallelism: &[&str],
+    kills: usize,
+    seed: u64,
+) {
+    let checkpoints = checkpoints.to_str().unwrap();
+    let mut random = Random(seed);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    // Every run but the last is killed: the attempt number counts the kills.
+    for killed in 0.. {
+        assert!(Instant::now() < deadline, "{sql}: not done within 240 s");
+        let p = parallelism[killed % parallelism.len()];
+        let mut child = flumen(
+            &[
+                "run",
+                sql,
+                "-p",
+                p,
+                "--checkpoint-dir",
+                checkpoints,
+                "--checkpoint-interval",
+                "200ms",
+            ],
+            work,
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("flumen starts");
+        if killed >= kills {
+            let status = child.wait().unwrap();
+            assert!(status.success(), "{sql}: the last run failed");
+            return;
+        }
+        let after = Duration::from_millis(250 + random.below(750));
+        assert!(
+            !wait_or_kill(&mut child, after),
+            "{sql}: finished after {killed} kills, before its kill"
+        );
+    }
+}

@@ -1,0 +1,316 @@
+//! The `postgres` sink against a real PostgreSQL server on loopback
+//! (`scripts/services.sh` installs and starts it when `FLUMEN_POSTGRES_URL`
+//! is not set): a windowed query appended and an updating query upserted
+//! exactly once although flumen is killed with SIGKILL at random moments or
+//! has its connections cut mid-run; and errors that name what is wrong.
+//! Every test makes tables of its own names and drops them.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::flumen;
+
+/// The database's URL: `FLUMEN_POSTGRES_URL`, or the server
+/// `scripts/services.sh` starts.
+fn database() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("FLUMEN_POSTGRES_URL") {
+            return url;
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/services.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .arg("postgres")
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("scripts/services.sh runs");
+        assert!(out.status.success(), "scripts/services.sh postgres failed");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let line = text.lines().find(|l| l.starts_with("postgres ")).unwrap();
+        line["postgres ".len()..].trim().to_string()
+    })
+}
+
+/// Runs `sql` with psql; its rows, `|`-separated, one per line.
+fn psql(sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([database(), "-v", "ON_ERROR_STOP=1", "-qtA", "-c", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "psql failed on {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Tables of one test, dropped when it ends however it ends.
+struct Tables(Vec<String>);
+
+impl Tables {
+    fn new(prefix: &str, count: usize) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let id = format!("{prefix}_{}_{nanos}", std::process::id());
+        Tables((0..count).map(|i| format!("{id}_{i}")).collect())
+    }
+}
+
+impl Drop for Tables {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            let _ = Command::new("psql")
+                .args([database(), "-qc", &format!("DROP TABLE IF EXISTS {t}")])
+                .output();
+        }
+    }
+}
+
+const EVENTS: u64 = 240_000;
+const THROTTLED_SECONDS: u64 = 12;
+
+/// Creates the target tables `windowed` and `per_channel` (a primary key).
+fn create(windowed: &str, per_channel: &str) {
+    psql(&format!(
+        "CREATE TABLE {windowed} (auction bigint, num bigint, top bigint, window_start timestamp);
+         CREATE TABLE {per_channel} (channel text PRIMARY KEY, n bigint NOT NULL, top bigint);"
+    ));
+}
+
+/// A windowed aggregate appended to `windowed` and an updating aggregate
+/// upserted into `per_channel`, over bids of the generator. The sinks stage
+/// every 300 rows, so most kills land after rows were staged and before
+/// their checkpoint completed.
+fn job_sql(windowed: &str, per_channel: &str, throttle: bool) -> String {
+    let rps = if throttle {
+        format!(
+            ", rows_per_second = '{}'",
+            EVENTS * 46 / 50 / THROTTLED_SECONDS
+        )
+    } else {
+        String::new()
+    };
+    let url = database();
+    format!(
+        "
+CREATE TABLE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, date_time TIMESTAMP(3),
+    WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
+  WITH (connector = 'nexmark', kind = 'bid', events = '{EVENTS}', rate = '10000', seed = '7'{rps});
+CREATE TABLE windowed (auction BIGINT, num BIGINT, top BIGINT, window_start TIMESTAMP(3))
+  WITH (connector = 'postgres', url = '{url}', 'table-name' = '{windowed}',
+        'sink.buffer-flush.max-rows' = '300');
+INSERT INTO windowed
+SELECT auction, count(*), max(price), window_start
+FROM tumble(bid, descriptor(date_time), INTERVAL '2' SECOND)
+GROUP BY auction, window_start, window_end;
+CREATE TABLE per_channel (channel VARCHAR, n BIGINT, top BIGINT, PRIMARY KEY (channel) NOT ENFORCED)
+  WITH (connector = 'postgres', url = '{url}', 'table-name' = '{per_channel}',
+        'sink.buffer-flush.max-rows' = '300');
+INSERT INTO per_channel SELECT channel, count(*), max(price) FROM bid GROUP BY channel;
+"
+    )
+}
+
+/// Both tables' rows, sorted.
+fn contents(windowed: &str, per_channel: &str) -> (String, String) {
+    (
+        psql(&format!("SELECT * FROM {windowed} ORDER BY 1, 2, 3, 4")),
+        psql(&format!("SELECT * FROM {per_channel} ORDER BY 1")),
+    )
+}
+
+/// What a run without failures writes.
+fn expected(work: &Path, tables: &[String]) -> (String, String) {
+    create(&tables[0], &tables[1]);
+    std::fs::write(
+        work.join("expected.sql"),
+        job_sql(&tables[0], &tables[1], false),
+    )
+    .unwrap();
+    let out = flumen(&["run", "expected.sql", "-p", "2"], work)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = contents(&tables[0], &tables[1]);
+    assert!(want.0.lines().count() > 1000 && want.1.lines().count() > 1000);
+    want
+}
+
+fn assert_same(got: &(String, String), want: &(String, String)) {
+    for (what, g, w) in [
+        ("windowed", &got.0, &want.0),
+        ("per_channel", &got.1, &want.1),
+    ] {
+        if g != w {
+            let first = g.lines().zip(w.lines()).find(|(a, b)| a != b);
+            panic!(
+                "{what}: {} rows written, {} expected; first difference (got, expected): {first:?}",
+                g.lines().count(),
+                w.lines().count()
+            );
+        }
+    }
+}
+
+#[test]
+fn sigkill_at_random_moments_writes_each_row_once() {
+    let work = tempfile::tempdir().unwrap();
+    let tables = Tables::new("flumen_kill", 4);
+    let want = expected(work.path(), &tables.0);
+    create(&tables.0[2], &tables.0[3]);
+    std::fs::write(
+        work.path().join("job.sql"),
+        job_sql(&tables.0[2], &tables.0[3], true),
+    )
+    .unwrap();
+    common::crash_until_done(
+        work.path(),
+        "job.sql",
+        &work.path().join("checkpoints"),
+        &["2", "1", "3"],
+        10,
+        0x5eed_1234,
+    );
+    assert_same(&contents(&tables.0[2], &tables.0[3]), &want);
+    let staged = psql(&format!(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'flumen' AND tablename LIKE 'stage_{}%'",
+        tables.0[2]
+    ));
+    assert_eq!(staged.trim(), "1", "one staging table per target");
+}
+
+#[test]
+fn cut_connections_restart_the_job_from_its_checkpoint() {
+    let work = tempfile::tempdir().unwrap();
+    let tables = Tables::new("flumen_cut", 4);
+    let want = expected(work.path(), &tables.0);
+    create(&tables.0[2], &tables.0[3]);
+    std::fs::write(
+        work.path().join("job.sql"),
+        job_sql(&tables.0[2], &tables.0[3], true),
+    )
+    .unwrap();
+    let child = flumen(
+        &[
+            "run",
+            "job.sql",
+            "-p",
+            "2",
+            "--checkpoint-dir",
+            "checkpoints",
+            "--checkpoint-interval",
+            "200ms",
+        ],
+        work.path(),
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Cut every connection of the job to one table, twice, mid-run.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut cut = 0;
+    while cut < 2 {
+        assert!(Instant::now() < deadline, "the job never connected");
+        std::thread::sleep(Duration::from_millis(1500));
+        let n = psql(&format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = 'flumen {}'",
+            tables.0[2]
+        ));
+        if n.trim() != "0" {
+            cut += 1;
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("restarting from checkpoint") || stderr.contains("the job restarted"),
+        "the job should say it restarted:\n{stderr}"
+    );
+    assert_same(&contents(&tables.0[2], &tables.0[3]), &want);
+}
+
+/// Runs a one-statement job writing the generator's bids into `target`
+/// (declared with `columns`), expecting it to fail; its stderr.
+fn failure(columns: &str, select: &str, options: &str) -> String {
+    let work = tempfile::tempdir().unwrap();
+    let sql = format!(
+        "CREATE TABLE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, date_time TIMESTAMP(3))
+           WITH (connector = 'nexmark', kind = 'bid', events = '1000');
+         CREATE TABLE out ({columns}) WITH (connector = 'postgres'{options});
+         INSERT INTO out {select};"
+    );
+    std::fs::write(work.path().join("job.sql"), sql).unwrap();
+    let out = flumen(&["run", "job.sql"], work.path()).output().unwrap();
+    assert!(!out.status.success(), "the job should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn errors_name_the_server_table_and_column() {
+    let url = database();
+    let tables = Tables::new("flumen_err", 2);
+    let (t, keyless) = (&tables.0[0], &tables.0[1]);
+    psql(&format!(
+        "CREATE TABLE {t} (auction bigint, price bigint); CREATE TABLE {keyless} (channel text, n bigint);"
+    ));
+    let unreachable = failure(
+        "auction BIGINT",
+        "SELECT auction FROM bid",
+        &format!(
+            ", url = 'postgres://flumen@127.0.0.1:9/flumen', 'table-name' = '{t}', 'connect.max-retries' = '2'"
+        ),
+    );
+    assert!(
+        unreachable.contains("cannot connect to PostgreSQL at 127.0.0.1:9/flumen (2 attempts)"),
+        "{unreachable}"
+    );
+    let missing = failure(
+        "auction BIGINT",
+        "SELECT auction FROM bid",
+        &format!(", url = '{url}', 'table-name' = '{t}_nope'"),
+    );
+    assert!(
+        missing.contains(&format!("has no table '{t}_nope'")),
+        "{missing}"
+    );
+    let column = failure(
+        "auction BIGINT, bidder BIGINT",
+        "SELECT auction, bidder FROM bid",
+        &format!(", url = '{url}', 'table-name' = '{t}'"),
+    );
+    assert!(
+        column.contains("has no column 'bidder' (it has: auction, price)"),
+        "{column}"
+    );
+    let no_index = failure(
+        "channel VARCHAR, n BIGINT, PRIMARY KEY (channel) NOT ENFORCED",
+        "SELECT channel, count(*) FROM bid GROUP BY channel",
+        &format!(", url = '{url}', 'table-name' = '{keyless}'"),
+    );
+    assert!(
+        no_index.contains("no primary key or unique index on (channel)"),
+        "{no_index}"
+    );
+    let no_key = failure(
+        "channel VARCHAR, n BIGINT",
+        "SELECT channel, count(*) FROM bid GROUP BY channel",
+        &format!(", url = '{url}', 'table-name' = '{keyless}'"),
+    );
+    assert!(no_key.contains("can only append rows"), "{no_key}");
+    assert!(!unreachable.contains("panicked") && !column.contains("panicked"));
+}

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Starts the servers that flumen's connector tests and examples talk to, on
+# loopback, installing them first when missing; prints one line per server
+# with the address its clients use. Idempotent: a server already running is
+# left as it is. Data and logs live outside the clone, under
+# $FLUMEN_SERVICES (default /var/lib/flumen/services for root, whose home
+# the servers' own users cannot enter, else ~/.cache/flumen/services).
+#
+#   scripts/services.sh [postgres]      start (all when none is named)
+#   scripts/services.sh stop [postgres] stop
+#
+# PostgreSQL: Debian's package, a cluster of its own on 127.0.0.1:54329
+# (FLUMEN_POSTGRES_PORT), user `flumen` with trust authentication, database
+# `flumen`: postgres://flumen@127.0.0.1:54329/flumen
+set -euo pipefail
+if [ "$(id -u)" -eq 0 ]; then
+    ROOT="${FLUMEN_SERVICES:-/var/lib/flumen/services}"
+else
+    ROOT="${FLUMEN_SERVICES:-$HOME/.cache/flumen/services}"
+fi
+PG_PORT="${FLUMEN_POSTGRES_PORT:-54329}"
+mkdir -p "$ROOT"
+
+apt_install() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "services.sh: '$*' is missing; installing it needs root (apt-get)" >&2
+        exit 1
+    fi
+    if [ ! -f "$ROOT/.apt-updated" ]; then
+        apt-get update -qq >&2
+        touch "$ROOT/.apt-updated"
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+}
+
+pg_bin() {
+    local dir
+    dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+    if [ -z "$dir" ] || [ ! -x "$dir/postgres" ]; then
+        return 1
+    fi
+    echo "$dir"
+}
+
+# Runs a PostgreSQL program as the cluster's owner (postgres refuses root).
+as_owner() {
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+start_postgres() {
+    local bin data log
+    if ! bin="$(pg_bin)"; then
+        apt_install postgresql
+        bin="$(pg_bin)"
+    fi
+    data="$ROOT/postgres/data"
+    log="$ROOT/postgres/server.log"
+    if [ ! -f "$data/PG_VERSION" ]; then
+        mkdir -p "$ROOT/postgres"
+        rm -rf "$data"
+        if [ "$(id -u)" -eq 0 ]; then
+            chown postgres "$ROOT/postgres"
+        fi
+        as_owner "$bin/initdb" -D "$data" -U flumen --auth=trust -E UTF8 >/dev/null
+        cat >> "$data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = ''
+fsync = off
+max_connections = 200
+CONF
+    fi
+    if ! as_owner "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+        as_owner "$bin/pg_ctl" -D "$data" -l "$log" -w -t 60 start >/dev/null
+    fi
+    if ! as_owner "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U flumen -d postgres -tAc \
+        "SELECT 1 FROM pg_database WHERE datname = 'flumen'" | grep -q 1; then
+        as_owner "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U flumen -d postgres -qc "CREATE DATABASE flumen"
+    fi
+    echo "postgres postgres://flumen@127.0.0.1:$PG_PORT/flumen"
+}
+
+stop_postgres() {
+    local bin
+    bin="$(pg_bin)" || return 0
+    if [ -f "$ROOT/postgres/data/PG_VERSION" ]; then
+        as_owner "$bin/pg_ctl" -D "$ROOT/postgres/data" -m fast stop >/dev/null 2>&1 || true
+    fi
+}
+
+action=start
+if [ "${1:-}" = stop ]; then
+    action=stop
+    shift
+fi
+services=("$@")
+[ ${#services[@]} -eq 0 ] && services=(postgres)
+for s in "${services[@]}"; do
+    case "$s" in
+        postgres) "${action}_postgres" ;;
+        *) echo "services.sh: unknown server '$s'; known: postgres" >&2; exit 2 ;;
+    esac
+done

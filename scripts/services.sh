@@ -74,9 +74,20 @@ fsync = off
 max_connections = 200
 CONF
     fi
-    if ! as_owner "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
-        as_owner "$bin/pg_ctl" -D "$data" -l "$log" -w -t 60 start >/dev/null
-    fi
+    # Running means accepting connections: a server killed with its
+    # processes still exiting, or a stale pid file, is stopped and started.
+    local tries=0
+    until "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; do
+        tries=$((tries + 1))
+        if [ "$tries" -gt 5 ]; then
+            echo "services.sh: PostgreSQL did not start; see $log" >&2
+            exit 1
+        fi
+        if as_owner "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+            as_owner "$bin/pg_ctl" -D "$data" -m immediate -w -t 30 stop >/dev/null 2>&1 || true
+        fi
+        as_owner "$bin/pg_ctl" -D "$data" -l "$log" -w -t 60 start >/dev/null 2>&1 || sleep 1
+    done
     if ! as_owner "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U flumen -d postgres -tAc \
         "SELECT 1 FROM pg_database WHERE datname = 'flumen'" | grep -q 1; then
         as_owner "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U flumen -d postgres -qc "CREATE DATABASE flumen"

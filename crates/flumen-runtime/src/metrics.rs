@@ -10,6 +10,7 @@ pub struct JobMetrics {
     rows_in: AtomicU64,
     rows_out: AtomicU64,
     bad_records_dropped: AtomicU64,
+    bad_records_dead_lettered: AtomicU64,
     late_rows_dropped: AtomicU64,
     state_bytes: AtomicI64,
     peak_state_bytes: AtomicI64,
@@ -69,6 +70,11 @@ impl JobMetrics {
     /// Malformed records that sources dropped (`bad_data = 'drop'`).
     pub fn bad_records_dropped(&self) -> u64 {
         self.bad_records_dropped.load(Ordering::Relaxed)
+    }
+    /// Malformed records that sources sent to their dead-letter output
+    /// (`bad_data = 'dead_letter'`).
+    pub fn bad_records_dead_lettered(&self) -> u64 {
+        self.bad_records_dead_lettered.load(Ordering::Relaxed)
     }
     /// Rows that arrived after the watermark had closed their window.
     pub fn late_rows_dropped(&self) -> u64 {
@@ -140,6 +146,11 @@ impl JobMetrics {
             let now = self.state_bytes.fetch_add(delta, Ordering::Relaxed) + delta;
             self.peak_state_bytes.fetch_max(now, Ordering::Relaxed);
         }
+    }
+    /// Counts malformed records a source sent to its dead-letter output.
+    pub fn add_bad_records_dead_lettered(&self, n: usize) {
+        self.bad_records_dead_lettered
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
     /// Counts malformed records a source dropped.
     pub fn add_bad_records_dropped(&self, n: usize) {

@@ -228,6 +228,49 @@ async fn malformed_json_record_is_dropped_and_counted() {
 }
 
 #[tokio::test]
+async fn malformed_records_go_to_the_dead_letter_output_with_error_and_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.json");
+    let bytes = [JSON_LINES.as_bytes(), b"{\"id\": 4, \"name\": \"\xff\"}\n"].concat();
+    std::fs::write(&input, bytes).unwrap();
+    let out = dir.path().join("out");
+    let dead = dir.path().join("dead");
+    let sql = json_job(
+        &input,
+        &out,
+        &format!(
+            ", bad_data = 'dead_letter', 'dead_letter.path' = '{}'",
+            dead.display()
+        ),
+    );
+    let metrics = run_scripts(&[("job.sql", &sql)], 1, &[]).await.unwrap();
+    assert_eq!(metrics.bad_records_dead_lettered(), 2);
+    assert_eq!(metrics.bad_records_dropped(), 0);
+    assert_eq!(read_json_rows(&out).await, vec!["1|A", "3|C"]);
+    let text = std::fs::read_to_string(dead.join("dead-letter-0.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2, "{text}");
+    assert_eq!(records[0]["file"], input.display().to_string());
+    assert_eq!(records[0]["line"], 2);
+    assert_eq!(records[0]["offset"], 23);
+    assert_eq!(records[0]["raw"], "{\"id\": \"two\", \"name\": \"b\"}");
+    assert!(
+        records[0]["error"].as_str().unwrap().contains("two"),
+        "{text}"
+    );
+    assert_eq!(records[1]["line"], 4);
+    assert!(
+        records[1]["raw_hex"].as_str().unwrap().ends_with("ff227d"),
+        "{text}"
+    );
+    let missing = error_of(&json_job(&input, &out, ", bad_data = 'dead_letter'")).await;
+    assert_contains(&missing, &["'dead_letter.path'"]);
+}
+
+#[tokio::test]
 async fn csv_source_reads_headers_and_names_bad_rows() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");

@@ -407,6 +407,12 @@ pub(crate) async fn execute(
         if dropped > 0 {
             eprintln!("dropped {dropped} malformed records (bad_data = 'drop')");
         }
+        let dead = metrics.bad_records_dead_lettered();
+        if dead > 0 {
+            eprintln!(
+                "sent {dead} malformed records to the dead-letter output (bad_data = 'dead_letter')"
+            );
+        }
     }
     Ok(summary)
 }

@@ -71,7 +71,11 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
     OptionSpec::required("format", "json, csv or parquet"),
     OptionSpec::optional(
         "bad_data",
-        "fail (default) or drop: what a malformed record does",
+        "fail (default), drop or dead_letter: what a malformed record does",
+    ),
+    OptionSpec::optional(
+        "dead_letter.path",
+        "with bad_data = 'dead_letter': a local directory that receives each malformed record, with its error and position, as a JSON line",
     ),
     OptionSpec::optional(
         "header",

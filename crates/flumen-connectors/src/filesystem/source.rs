@@ -55,9 +55,21 @@ pub struct FileSourceFactory {
     /// Indices of the columns the query reads.
     projection: Vec<usize>,
     schema: SchemaRef,
-    drop_bad: bool,
+    bad_data: BadData,
     header: bool,
     rows_per_second: Option<u64>,
+}
+
+/// What a malformed record does.
+#[derive(Clone, PartialEq, Eq)]
+enum BadData {
+    /// The job fails, naming the file and line.
+    Fail,
+    /// It is dropped and counted.
+    Drop,
+    /// It is written, with its error and position, to a file under this
+    /// directory, and counted.
+    DeadLetter(std::path::PathBuf),
 }
 
 impl FileSourceFactory {
@@ -69,7 +81,27 @@ impl FileSourceFactory {
     ) -> Result<Self> {
         let location = Location::parse(options.required("path")?)?;
         let format = Format::parse(options)?;
-        let drop_bad = options.choice("bad_data", &["fail", "drop"], "fail")? == "drop";
+        let bad_data = match options.choice("bad_data", &["fail", "drop", "dead_letter"], "fail")? {
+            "drop" => BadData::Drop,
+            "dead_letter" => {
+                let dir = options.get("dead_letter.path").ok_or_else(|| {
+                    FlumenError::config(
+                        "bad_data = 'dead_letter' needs option 'dead_letter.path' (a local directory)",
+                    )
+                })?;
+                let dir = std::path::absolute(dir).map_err(|e| {
+                    FlumenError::config(format!("option 'dead_letter.path' ('{dir}'): {e}"))
+                })?;
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    FlumenError::io(format!(
+                        "cannot create the dead-letter directory '{}': {e}",
+                        dir.display()
+                    ))
+                })?;
+                BadData::DeadLetter(dir)
+            }
+            _ => BadData::Fail,
+        };
         let header = options.choice("header", &["true", "false"], "true")? == "true";
         let rows_per_second = options.parse::<u64>("rows_per_second")?;
         let files = list_files(&location).await?;
@@ -85,7 +117,7 @@ impl FileSourceFactory {
             table_schema: table_schema.clone(),
             projection,
             schema,
-            drop_bad,
+            bad_data,
             header,
             rows_per_second,
         })
@@ -216,7 +248,7 @@ impl FileSourceFactory {
             table_schema: self.table_schema.clone(),
             projection: self.projection.clone(),
             schema: self.schema.clone(),
-            drop_bad: self.drop_bad,
+            bad_data: self.bad_data.clone(),
             header: self.header,
             metrics: ctx.metrics.clone(),
             subtask: ctx.subtask,
@@ -366,7 +398,7 @@ struct FileSource {
     table_schema: SchemaRef,
     projection: Vec<usize>,
     schema: SchemaRef,
-    drop_bad: bool,
+    bad_data: BadData,
     header: bool,
     metrics: Arc<JobMetrics>,
     subtask: usize,
@@ -597,7 +629,10 @@ impl FileSource {
                 let Reader::Text(text) = &self.open[at].1 else {
                     unreachable!("matched as text above");
                 };
-                Ok(Some(self.decode(&text.shown, text.csv.as_ref(), &chunk)?))
+                let mut dead = Vec::new();
+                let batches = self.decode(&text.shown, text.csv.as_ref(), &chunk, &mut dead)?;
+                self.send_to_dead_letter(&dead)?;
+                Ok(Some(batches))
             }
         }
     }
@@ -623,11 +658,14 @@ impl FileSource {
 
     /// Decodes a chunk of whole lines of the file shown as `path` into
     /// batches, each with the file position after its last line.
+    /// Malformed records go to `dead` (as dead-letter JSON lines) when the
+    /// table says so.
     fn decode(
         &self,
         path: &str,
         csv: Option<&CsvColumns>,
         chunk: &Chunk,
+        dead: &mut Vec<String>,
     ) -> Result<Vec<(RecordBatch, Advance)>> {
         let lines = &chunk.lines;
         let after = |end: usize, counted: &mut (usize, u64)| {
@@ -651,17 +689,27 @@ impl FileSource {
         let first_line = chunk.lines_before + 1;
         let mut good = Vec::new();
         let mut dropped = 0;
+        let mut start = 0;
         for (i, line) in lines.split(|b| *b == b'\n').enumerate() {
+            let at = chunk.offset + start as u64;
+            start += line.len() + 1;
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             let mut one = Vec::with_capacity(line.len() + 1);
             one.extend_from_slice(line);
             one.push(b'\n');
-            match self.decoder(csv)?.decode_all(&one) {
-                Ok(batches) => good.extend(batches.into_iter().map(|(b, _)| b)),
-                Err(_) if self.drop_bad => dropped += 1,
-                Err(e) => {
+            match (self.decoder(csv)?.decode_all(&one), &self.bad_data) {
+                (Ok(batches), _) => good.extend(batches.into_iter().map(|(b, _)| b)),
+                (Err(_), BadData::Drop) => dropped += 1,
+                (Err(e), BadData::DeadLetter(_)) => dead.push(dead_letter(
+                    path,
+                    first_line + i as u64,
+                    at,
+                    &e.to_string(),
+                    line,
+                )),
+                (Err(e), BadData::Fail) => {
                     return Err(FlumenError::BadData(format!(
                         "{path} line {}: {e}",
                         first_line + i as u64
@@ -677,6 +725,56 @@ impl FileSource {
         };
         Ok(vec![(batch, after(lines.len(), &mut (0, 0)))])
     }
+}
+
+impl FileSource {
+    /// Appends dead-letter records to this subtask's file under the
+    /// dead-letter directory and counts them. Appended as they are found,
+    /// so a restart may write a record again (at least once).
+    fn send_to_dead_letter(&self, records: &[String]) -> Result<()> {
+        let BadData::DeadLetter(dir) = &self.bad_data else {
+            return Ok(());
+        };
+        if records.is_empty() {
+            return Ok(());
+        }
+        let file = dir.join(format!("dead-letter-{}.jsonl", self.subtask));
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&file)?;
+            let mut text = records.join("\n");
+            text.push('\n');
+            out.write_all(text.as_bytes())
+        };
+        write().map_err(|e| {
+            FlumenError::transient(format!("writing dead letters to {}", file.display()), e)
+        })?;
+        self.metrics.add_bad_records_dead_lettered(records.len());
+        Ok(())
+    }
+}
+
+/// One dead-letter record: where the malformed record was (file as the
+/// user wrote it, line, byte offset), why it failed, and its bytes (as text
+/// when they are UTF-8, else as hex).
+fn dead_letter(path: &str, line: u64, offset: u64, error: &str, raw: &[u8]) -> String {
+    let mut record = serde_json::json!({
+        "file": path,
+        "line": line,
+        "offset": offset,
+        "error": error,
+    });
+    match std::str::from_utf8(raw) {
+        Ok(text) => record["raw"] = text.trim_end_matches('\r').into(),
+        Err(_) => {
+            let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            record["raw_hex"] = hex.into();
+        }
+    }
+    record.to_string()
 }
 
 /// A failure reading `path`, with its cause kept (a retry may cure it).

@@ -148,6 +148,16 @@ fn expected(work: &Path, tables: &[String]) -> (String, String) {
     want
 }
 
+/// Writes what a run without failures gives into tables 0 and 1, creates
+/// tables 2 and 3 and writes `job.sql`, a throttled job into them; returns
+/// the rows expected.
+fn throttled_job(work: &Path, tables: &[String]) -> (String, String) {
+    let want = expected(work, tables);
+    create(&tables[2], &tables[3]);
+    std::fs::write(work.join("job.sql"), job_sql(&tables[2], &tables[3], true)).unwrap();
+    want
+}
+
 fn assert_same(got: &(String, String), want: &(String, String)) {
     for (what, g, w) in [
         ("windowed", &got.0, &want.0),
@@ -168,13 +178,7 @@ fn assert_same(got: &(String, String), want: &(String, String)) {
 fn sigkill_at_random_moments_writes_each_row_once() {
     let work = tempfile::tempdir().unwrap();
     let tables = Tables::new("flumen_kill", 4);
-    let want = expected(work.path(), &tables.0);
-    create(&tables.0[2], &tables.0[3]);
-    std::fs::write(
-        work.path().join("job.sql"),
-        job_sql(&tables.0[2], &tables.0[3], true),
-    )
-    .unwrap();
+    let want = throttled_job(work.path(), &tables.0);
     common::crash_until_done(
         work.path(),
         "job.sql",
@@ -195,13 +199,7 @@ fn sigkill_at_random_moments_writes_each_row_once() {
 fn cut_connections_restart_the_job_from_its_checkpoint() {
     let work = tempfile::tempdir().unwrap();
     let tables = Tables::new("flumen_cut", 4);
-    let want = expected(work.path(), &tables.0);
-    create(&tables.0[2], &tables.0[3]);
-    std::fs::write(
-        work.path().join("job.sql"),
-        job_sql(&tables.0[2], &tables.0[3], true),
-    )
-    .unwrap();
+    let want = throttled_job(work.path(), &tables.0);
     let child = flumen(
         &[
             "run",

@@ -277,6 +277,19 @@ fn errors_name_the_server_table_and_column() {
         unreachable.contains("cannot connect to PostgreSQL at 127.0.0.1:9/flumen (2 attempts)"),
         "{unreachable}"
     );
+    let no_database = failure(
+        "auction BIGINT",
+        "SELECT auction FROM bid",
+        &format!(
+            ", url = '{}/flumen_nope', 'table-name' = '{t}'",
+            url.rsplit_once('/').unwrap().0
+        ),
+    );
+    assert!(
+        no_database.contains("refused the connection")
+            && no_database.contains("\"flumen_nope\" does not exist"),
+        "{no_database}"
+    );
     let missing = failure(
         "auction BIGINT",
         "SELECT auction FROM bid",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the servers that flumen's connector tests and examples talk to, on
-# loopback, installing them first when missing; prints one line per server
-# with the address its clients use. Idempotent: a server already running is
+# loopback, installing them first when missing; prints one line per server:
+# its name, the address its clients use, and `started` or `running` (it
+# was up already). Idempotent: a server already running is
 # left as it is. Data and logs live outside the clone, under
 # $FLUMEN_SERVICES (default /var/lib/flumen/services for root, whose home
 # the servers' own users cannot enter, else ~/.cache/flumen/services).
@@ -76,9 +77,10 @@ CONF
     fi
     # Running means accepting connections: a server killed with its
     # processes still exiting, or a stale pid file, is stopped and started.
-    local tries=0
+    local tries=0 how=running
     until "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; do
         tries=$((tries + 1))
+        how=started
         if [ "$tries" -gt 5 ]; then
             echo "services.sh: PostgreSQL did not start; see $log" >&2
             exit 1
@@ -92,7 +94,7 @@ CONF
         "SELECT 1 FROM pg_database WHERE datname = 'flumen'" | grep -q 1; then
         as_owner "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U flumen -d postgres -qc "CREATE DATABASE flumen"
     fi
-    echo "postgres postgres://flumen@127.0.0.1:$PG_PORT/flumen"
+    echo "postgres postgres://flumen@127.0.0.1:$PG_PORT/flumen $how"
 }
 
 stop_postgres() {

@@ -9,13 +9,21 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 scripts/setup.sh
 # The servers the connector tests talk to, on loopback (installed when
-# missing); the tests read their addresses from these variables.
+# missing); the tests read their addresses from these variables. Servers
+# this run started are stopped when it ends.
 SERVICES="$(scripts/services.sh)"
-while read -r name url; do
+STARTED=()
+while read -r name url how; do
     case "$name" in
         postgres) export FLUMEN_POSTGRES_URL="$url" ;;
     esac
+    if [ "$how" = started ]; then
+        STARTED+=("$name")
+    fi
 done <<< "$SERVICES"
+if [ ${#STARTED[@]} -gt 0 ]; then
+    trap 'scripts/services.sh stop "${STARTED[@]}"' EXIT
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

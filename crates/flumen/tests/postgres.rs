@@ -32,7 +32,7 @@ fn database() -> &'static str {
         assert!(out.status.success(), "scripts/services.sh postgres failed");
         let text = String::from_utf8(out.stdout).unwrap();
         let line = text.lines().find(|l| l.starts_with("postgres ")).unwrap();
-        line["postgres ".len()..].trim().to_string()
+        line.split_whitespace().nth(1).unwrap().to_string()
     })
 }
 

@@ -429,7 +429,7 @@ enum Reader {
 struct TextReader {
     shown: String,
     /// How the file's CSV columns map to the table's.
-    csv: Option<CsvColumns>,
+    csv: Option<Arc<CsvColumns>>,
     stream: BoxStream<'static, object_store::Result<Bytes>>,
     buf: Vec<u8>,
     eof: bool,
@@ -626,11 +626,9 @@ impl FileSource {
                 let Some(chunk) = chunk else {
                     return Ok(None);
                 };
-                let Reader::Text(text) = &self.open[at].1 else {
-                    unreachable!("matched as text above");
-                };
+                let (shown, csv) = (text.shown.clone(), text.csv.clone());
                 let mut dead = Vec::new();
-                let batches = self.decode(&text.shown, text.csv.as_ref(), &chunk, &mut dead)?;
+                let batches = self.decode(&shown, csv.as_deref(), &chunk, &mut dead)?;
                 self.send_to_dead_letter(&dead)?;
                 Ok(Some(batches))
             }
@@ -835,7 +833,7 @@ async fn open(
         return Ok(Some(Reader::Text(TextReader {
             stream: fetched.into_stream(),
             shown: shown.clone(),
-            csv,
+            csv: csv.map(Arc::new),
             buf: Vec::with_capacity(CHUNK_BYTES * 2),
             eof: false,
             offset,

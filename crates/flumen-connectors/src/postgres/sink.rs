@@ -314,13 +314,17 @@ struct PostgresSink {
 }
 
 impl PostgresSink {
+    /// The subtask's connection, made (and the tables checked) on first use.
     async fn client(&mut self) -> Result<&mut Client> {
-        if self.client.is_none() {
-            let client = self.shared.db.connect().await?;
-            self.shared.prepare(&client).await?;
-            self.client = Some(client);
-        }
-        Ok(self.client.as_mut().expect("connected above"))
+        let client = match self.client.take() {
+            Some(client) => client,
+            None => {
+                let client = self.shared.db.connect().await?;
+                self.shared.prepare(&client).await?;
+                client
+            }
+        };
+        Ok(self.client.insert(client))
     }
 
     /// Stages the buffered rows under `epoch` (and, without checkpoints,

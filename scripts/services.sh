@@ -7,12 +7,18 @@
 # $FLUMEN_SERVICES (default /var/lib/flumen/services for root, whose home
 # the servers' own users cannot enter, else ~/.cache/flumen/services).
 #
-#   scripts/services.sh [postgres]      start (all when none is named)
-#   scripts/services.sh stop [postgres] stop
+#   scripts/services.sh [postgres] [kafka]      start (postgres when none is named)
+#   scripts/services.sh stop [postgres] [kafka] stop
 #
 # PostgreSQL: Debian's package, a cluster of its own on 127.0.0.1:54329
 # (FLUMEN_POSTGRES_PORT), user `flumen` with trust authentication, database
 # `flumen`: postgres://flumen@127.0.0.1:54329/flumen
+#
+# Kafka: tansu, a Kafka-compatible broker from crates.io, built once with
+# `cargo install --locked` into $FLUMEN_TOOLS (default /var/lib/flumen/tools
+# for root, else ~/.cache/flumen/tools; the first build takes about half an
+# hour on 2 cores), with its in-memory storage (topics are gone when it
+# stops), listening on 127.0.0.1:19092 (FLUMEN_KAFKA_PORT).
 set -euo pipefail
 if [ "$(id -u)" -eq 0 ]; then
     ROOT="${FLUMEN_SERVICES:-/var/lib/flumen/services}"
@@ -20,6 +26,13 @@ else
     ROOT="${FLUMEN_SERVICES:-$HOME/.cache/flumen/services}"
 fi
 PG_PORT="${FLUMEN_POSTGRES_PORT:-54329}"
+KAFKA_PORT="${FLUMEN_KAFKA_PORT:-19092}"
+TANSU_VERSION=0.6.0
+if [ "$(id -u)" -eq 0 ]; then
+    TOOLS="${FLUMEN_TOOLS:-/var/lib/flumen/tools}"
+else
+    TOOLS="${FLUMEN_TOOLS:-$HOME/.cache/flumen/tools}"
+fi
 mkdir -p "$ROOT"
 
 apt_install() {
@@ -105,6 +118,52 @@ stop_postgres() {
     fi
 }
 
+listening() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+start_kafka() {
+    local tansu="$TOOLS/bin/tansu" log="$ROOT/kafka/server.log"
+    if [ ! -x "$tansu" ] || ! "$tansu" --version 2>/dev/null | grep -q "$TANSU_VERSION" \
+        || [ ! -f "$TOOLS/tansu-features" ] || [ "$(cat "$TOOLS/tansu-features")" != dynostore ]; then
+        echo "services.sh: building tansu $TANSU_VERSION into $TOOLS (once; see $TOOLS/tansu-install.log)" >&2
+        mkdir -p "$TOOLS"
+        CARGO_TARGET_DIR="$TOOLS/target" cargo install --locked tansu --version "$TANSU_VERSION" \
+            --features dynostore --root "$TOOLS" > "$TOOLS/tansu-install.log" 2>&1 || {
+            echo "services.sh: building tansu failed; see $TOOLS/tansu-install.log" >&2
+            exit 1
+        }
+        echo dynostore > "$TOOLS/tansu-features"
+    fi
+    local how=running
+    if ! listening "$KAFKA_PORT"; then
+        how=started
+        mkdir -p "$ROOT/kafka"
+        nohup "$tansu" broker --storage-engine memory://tansu/ \
+            --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+            --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+            > "$log" 2>&1 < /dev/null &
+        echo $! > "$ROOT/kafka/pid"
+        local tries=0
+        until listening "$KAFKA_PORT"; do
+            tries=$((tries + 1))
+            if [ "$tries" -gt 300 ] || ! kill -0 "$(cat "$ROOT/kafka/pid")" 2>/dev/null; then
+                echo "services.sh: tansu did not start; see $log" >&2
+                exit 1
+            fi
+            sleep 0.1
+        done
+    fi
+    echo "kafka 127.0.0.1:$KAFKA_PORT $how"
+}
+
+stop_kafka() {
+    if [ -f "$ROOT/kafka/pid" ]; then
+        kill "$(cat "$ROOT/kafka/pid")" 2>/dev/null || true
+        rm -f "$ROOT/kafka/pid"
+    fi
+}
+
 action=start
 if [ "${1:-}" = stop ]; then
     action=stop
@@ -112,9 +171,14 @@ if [ "${1:-}" = stop ]; then
 fi
 services=("$@")
 [ ${#services[@]} -eq 0 ] && services=(postgres)
+if [ "$action" = stop ]; then
+    # Kafka keeps its topics in PostgreSQL: stop it first.
+    mapfile -t services < <(printf '%s\n' "${services[@]}" | sort)
+fi
 for s in "${services[@]}"; do
     case "$s" in
         postgres) "${action}_postgres" ;;
-        *) echo "services.sh: unknown server '$s'; known: postgres" >&2; exit 2 ;;
+        kafka) "${action}_kafka" ;;
+        *) echo "services.sh: unknown server '$s'; known: postgres, kafka" >&2; exit 2 ;;
     esac
 done

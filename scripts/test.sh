@@ -16,6 +16,7 @@ STARTED=()
 while read -r name url how; do
     case "$name" in
         postgres) export FLUMEN_POSTGRES_URL="$url" ;;
+        kafka) export FLUMEN_KAFKA_BROKERS="$url" ;;
     esac
     if [ "$how" = started ]; then
         STARTED+=("$name")

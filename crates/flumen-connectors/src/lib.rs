@@ -5,8 +5,12 @@
 
 #![warn(missing_docs)]
 
+mod bad_data;
 mod blackhole;
+mod clocks;
 pub mod filesystem;
+mod format;
+pub mod kafka;
 pub mod nexmark;
 mod options;
 pub mod postgres;
@@ -93,6 +97,7 @@ pub fn connectors() -> &'static [&'static dyn Connector] {
         &stdout::Stdout,
         &blackhole::Blackhole,
         &postgres::Postgres,
+        &kafka::Kafka,
     ]
 }
 

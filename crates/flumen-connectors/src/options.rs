@@ -80,6 +80,31 @@ impl Options {
             .transpose()
     }
 
+    /// The value of `key` as a duration (`200ms`, `10 s`, `5 min`), or an
+    /// error naming the key and value.
+    pub fn duration(&self, key: &str) -> Result<Option<std::time::Duration>> {
+        self.get(key)
+            .map(|v| {
+                flumen_types::duration_nanos(v)
+                    .filter(|ns| *ns >= 0)
+                    .map(|ns| std::time::Duration::from_nanos(ns as u64))
+                    .ok_or_else(|| {
+                        FlumenError::config(format!(
+                            "option {key} = '{v}' is not a duration such as '200ms' or '10 s'"
+                        ))
+                    })
+            })
+            .transpose()
+    }
+
+    /// The options whose keys start with `prefix`, with it removed
+    /// (`properties.` options passed through to a client library).
+    pub fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.values
+            .iter()
+            .filter_map(move |(k, v)| Some((k.strip_prefix(prefix)?, v.as_str())))
+    }
+
     /// The value of `key`, which must be one of `choices`; `default` when absent.
     pub fn choice<'a>(
         &'a self,
@@ -99,10 +124,17 @@ impl Options {
     }
 
     /// Checks every key against `specs` (plus `connector`) and that every
-    /// required key is present.
+    /// required key is present. A spec named `prefix.*` takes every key
+    /// that starts with `prefix.`.
     pub fn check(&self, connector: &str, specs: &[OptionSpec]) -> Result<()> {
+        let known = |key: &str| {
+            specs.iter().any(|s| match s.name.strip_suffix('*') {
+                Some(prefix) => key.starts_with(prefix) && key.len() > prefix.len(),
+                None => s.name == key,
+            })
+        };
         for key in self.values.keys() {
-            if key != "connector" && !specs.iter().any(|s| s.name == key) {
+            if key != "connector" && !known(key) {
                 let valid: Vec<String> = specs
                     .iter()
                     .map(|s| format!("{} ({})", s.name, s.help))

@@ -4,10 +4,12 @@
 #![warn(missing_docs)]
 
 mod changelog;
+mod duration;
 mod error;
 mod message;
 
 pub use changelog::{OP_COLUMN, RowOp, is_updating, op_field};
+pub use duration::duration_nanos;
 pub use error::{ErrorKind, FlumenError, Result};
 pub use message::{Barrier, Message, Watermark};
 

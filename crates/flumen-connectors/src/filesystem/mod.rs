@@ -69,14 +69,8 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
         "a file or directory: local path or object-store URL",
     ),
     OptionSpec::required("format", "json, csv or parquet"),
-    OptionSpec::optional(
-        "bad_data",
-        "fail (default), drop or dead_letter: what a malformed record does",
-    ),
-    OptionSpec::optional(
-        "dead_letter.path",
-        "with bad_data = 'dead_letter': a local directory that receives each malformed record, with its error and position, as a JSON line",
-    ),
+    crate::bad_data::OPTIONS[0],
+    crate::bad_data::OPTIONS[1],
     OptionSpec::optional(
         "header",
         "csv: whether the first line names the columns (default true)",

@@ -16,10 +16,8 @@ use arrow::datatypes::{DataType, SchemaRef};
 use arrow::error::ArrowError;
 use async_trait::async_trait;
 use bytes::Bytes;
-use flumen_runtime::{
-    JobMetrics, Source, SourceFactory, TaskContext, WatermarkGenerator, WatermarkStrategy,
-};
-use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Message, Result, Watermark};
+use flumen_runtime::{JobMetrics, Source, SourceFactory, TaskContext, WatermarkStrategy};
+use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Message, Result};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::path::Path;
@@ -28,6 +26,7 @@ use parquet::arrow::ProjectionMask;
 // ParquetObjectReader is deprecated in favour of hand-written readers; it is
 // still the maintained way to read Parquet through object_store, so keep it
 // until arrow-rs ships its replacement.
+use crate::clocks::SplitClocks;
 use crate::throttle::Throttle;
 use flumen_state::checkpoint::SplitPosition;
 use object_store::{GetOptions, GetRange};
@@ -39,6 +38,8 @@ use parquet::arrow::async_reader::ParquetRecordBatchStream;
 
 use super::Format;
 use crate::Options;
+use crate::bad_data::{BadData, dead_letter_record};
+use crate::format::TextDecoder;
 use flumen_state::Location;
 
 /// Bytes of text decoded at once.
@@ -60,18 +61,6 @@ pub struct FileSourceFactory {
     rows_per_second: Option<u64>,
 }
 
-/// What a malformed record does.
-#[derive(Clone, PartialEq, Eq)]
-enum BadData {
-    /// The job fails, naming the file and line.
-    Fail,
-    /// It is dropped and counted.
-    Drop,
-    /// It is written, with its error and position, to a file under this
-    /// directory, and counted.
-    DeadLetter(std::path::PathBuf),
-}
-
 impl FileSourceFactory {
     /// Lists the files under `path`; a missing path is an error that names it.
     pub async fn try_new(
@@ -81,27 +70,7 @@ impl FileSourceFactory {
     ) -> Result<Self> {
         let location = Location::parse(options.required("path")?)?;
         let format = Format::parse(options)?;
-        let bad_data = match options.choice("bad_data", &["fail", "drop", "dead_letter"], "fail")? {
-            "drop" => BadData::Drop,
-            "dead_letter" => {
-                let dir = options.get("dead_letter.path").ok_or_else(|| {
-                    FlumenError::config(
-                        "bad_data = 'dead_letter' needs option 'dead_letter.path' (a local directory)",
-                    )
-                })?;
-                let dir = std::path::absolute(dir).map_err(|e| {
-                    FlumenError::config(format!("option 'dead_letter.path' ('{dir}'): {e}"))
-                })?;
-                std::fs::create_dir_all(&dir).map_err(|e| {
-                    FlumenError::io(format!(
-                        "cannot create the dead-letter directory '{}': {e}",
-                        dir.display()
-                    ))
-                })?;
-                BadData::DeadLetter(dir)
-            }
-            _ => BadData::Fail,
-        };
+        let bad_data = BadData::parse(options)?;
         let header = options.choice("header", &["true", "false"], "true")? == "true";
         let rows_per_second = options.parse::<u64>("rows_per_second")?;
         let files = list_files(&location).await?;
@@ -225,17 +194,7 @@ impl FileSourceFactory {
                 done: false,
             })
             .collect();
-        let clocks = watermarks.map(|w| SplitClocks {
-            splits: files
-                .iter()
-                .map(|_| SplitClock {
-                    generator: w.create(),
-                    latest: Watermark::MIN,
-                    done: false,
-                })
-                .collect(),
-            emitted: Watermark::MIN,
-        });
+        let clocks = watermarks.map(|w| SplitClocks::new(w, files.len(), None));
         FileSource {
             store: self.location.store.clone(),
             max_open: if clocks.is_some() {
@@ -273,48 +232,6 @@ struct Split {
     size: u64,
     index: usize,
     id: usize,
-}
-
-/// Event time per split: each file's own watermark, and the minimum over
-/// the unfinished ones that was sent last.
-struct SplitClocks {
-    splits: Vec<SplitClock>,
-    emitted: Watermark,
-}
-
-struct SplitClock {
-    generator: Box<dyn WatermarkGenerator>,
-    latest: Watermark,
-    done: bool,
-}
-
-impl SplitClocks {
-    /// The minimum over unfinished splits, if it moved past what was sent.
-    fn advanced(&mut self) -> Option<Watermark> {
-        let min = self
-            .splits
-            .iter()
-            .filter(|c| !c.done)
-            .map(|c| c.latest)
-            .min()?;
-        (min > self.emitted).then(|| {
-            self.emitted = min;
-            min
-        })
-    }
-
-    fn on_batch(&mut self, split: usize, batch: &RecordBatch) -> Result<Option<Watermark>> {
-        let clock = &mut self.splits[split];
-        if let Some(wm) = clock.generator.on_batch(batch)? {
-            clock.latest = clock.latest.max(wm);
-        }
-        Ok(self.advanced())
-    }
-
-    fn finish(&mut self, split: usize) -> Option<Watermark> {
-        self.splits[split].done = true;
-        self.advanced()
-    }
 }
 
 /// How far a split has been read, counting only rows `next` returned:
@@ -726,53 +643,22 @@ impl FileSource {
 }
 
 impl FileSource {
-    /// Appends dead-letter records to this subtask's file under the
-    /// dead-letter directory and counts them. Appended as they are found,
-    /// so a restart may write a record again (at least once).
+    /// Appends dead-letter records to this subtask's dead-letter file and
+    /// counts them.
     fn send_to_dead_letter(&self, records: &[String]) -> Result<()> {
-        let BadData::DeadLetter(dir) = &self.bad_data else {
-            return Ok(());
-        };
-        if records.is_empty() {
-            return Ok(());
-        }
-        let file = dir.join(format!("dead-letter-{}.jsonl", self.subtask));
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut out = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&file)?;
-            let mut text = records.join("\n");
-            text.push('\n');
-            out.write_all(text.as_bytes())
-        };
-        write().map_err(|e| {
-            FlumenError::transient(format!("writing dead letters to {}", file.display()), e)
-        })?;
-        self.metrics.add_bad_records_dead_lettered(records.len());
-        Ok(())
+        self.bad_data
+            .send_to_dead_letter(self.subtask, records, &self.metrics)
     }
 }
 
-/// One dead-letter record: where the malformed record was (file as the
-/// user wrote it, line, byte offset), why it failed, and its bytes (as text
-/// when they are UTF-8, else as hex).
+/// One dead-letter record of a file: the file as the user wrote it, line,
+/// byte offset, error and raw bytes.
 fn dead_letter(path: &str, line: u64, offset: u64, error: &str, raw: &[u8]) -> String {
-    let mut record = serde_json::json!({
-        "file": path,
-        "line": line,
-        "offset": offset,
-        "error": error,
-    });
-    match std::str::from_utf8(raw) {
-        Ok(text) => record["raw"] = text.trim_end_matches('\r').into(),
-        Err(_) => {
-            let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-            record["raw_hex"] = hex.into();
-        }
-    }
-    record.to_string()
+    dead_letter_record(
+        serde_json::json!({"file": path, "line": line, "offset": offset}),
+        error,
+        raw,
+    )
 }
 
 /// A failure reading `path`, with its cause kept (a retry may cure it).
@@ -1054,42 +940,6 @@ struct Chunk {
     /// Lines of the file before it.
     lines_before: u64,
     lines: Vec<u8>,
-}
-
-enum TextDecoder {
-    Json(arrow::json::reader::Decoder),
-    Csv(Box<arrow::csv::reader::Decoder>),
-}
-
-impl TextDecoder {
-    /// Every batch of `data`, each with the byte offset in `data` after its
-    /// last row.
-    fn decode_all(mut self, data: &[u8]) -> Result<Vec<(RecordBatch, usize)>, ArrowError> {
-        let mut batches = Vec::new();
-        let mut at = 0;
-        loop {
-            let consumed = match &mut self {
-                TextDecoder::Json(d) => d.decode(&data[at..])?,
-                TextDecoder::Csv(d) => d.decode(&data[at..])?,
-            };
-            at += consumed;
-            let batch = match &mut self {
-                TextDecoder::Json(d) => d.flush()?,
-                TextDecoder::Csv(d) => d.flush()?,
-            };
-            let data = &data[at..];
-            match batch {
-                Some(b) if b.num_rows() > 0 => batches.push((b, at)),
-                _ if data.is_empty() => return Ok(batches),
-                _ if consumed == 0 => {
-                    return Err(ArrowError::ParseError(
-                        "the decoder made no progress".into(),
-                    ));
-                }
-                _ => {}
-            }
-        }
-    }
 }
 
 /// Selects and casts the columns of `batch` to `schema`, by name.

@@ -1,0 +1,395 @@
+//! Message formats: how the payload of one message (a Kafka record, a NATS
+//! message) maps to one row, both ways. `json` and `csv` decode with Arrow's
+//! vectorised readers over many payloads at once; `raw` takes the payload
+//! whole as the table's one column.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BinaryArray, RecordBatch, StringArray};
+use arrow::compute::concat_batches;
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::error::ArrowError;
+use flumen_types::{FlumenError, Result};
+
+use crate::Options;
+
+/// The formats of message payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MessageFormat {
+    /// One JSON object per message; fields matched to columns by name.
+    Json,
+    /// One CSV record per message; fields matched to columns by position.
+    Csv,
+    /// The payload is the table's only column (`STRING` or `BYTES`).
+    Raw,
+}
+
+impl MessageFormat {
+    /// The format named by option `key` (default `json`).
+    pub(crate) fn parse(options: &Options, key: &str) -> Result<Self> {
+        Ok(
+            match options.choice(key, &["json", "csv", "raw"], "json")? {
+                "csv" => MessageFormat::Csv,
+                "raw" => MessageFormat::Raw,
+                _ => MessageFormat::Json,
+            },
+        )
+    }
+}
+
+/// Decodes payloads into rows of `schema`: the columns a query reads, out
+/// of the table's `table_schema` (CSV is positional over all of them).
+pub(crate) struct PayloadDecoder {
+    format: MessageFormat,
+    schema: SchemaRef,
+    table_schema: SchemaRef,
+    projection: Vec<usize>,
+}
+
+impl PayloadDecoder {
+    /// A decoder of `format` into the `projection` columns of
+    /// `table_schema`; `raw` needs a table of one string or bytes column.
+    pub(crate) fn try_new(
+        format: MessageFormat,
+        table_schema: &SchemaRef,
+        projection: &[usize],
+    ) -> Result<Self> {
+        if format == MessageFormat::Raw {
+            let fields = table_schema.fields();
+            if fields.len() != 1
+                || !matches!(fields[0].data_type(), DataType::Utf8 | DataType::Binary)
+            {
+                return Err(FlumenError::config(format!(
+                    "format 'raw' needs a table of one STRING or BYTES column, not ({})",
+                    crate::column_list(table_schema)
+                )));
+            }
+        }
+        Ok(PayloadDecoder {
+            format,
+            schema: Arc::new(table_schema.project(projection)?),
+            table_schema: table_schema.clone(),
+            projection: projection.to_vec(),
+        })
+    }
+
+    /// The schema of decoded rows.
+    pub(crate) fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// One row per payload, all decoded at once; an error if any payload
+    /// is malformed (then [`PayloadDecoder::decode_one`] finds which).
+    pub(crate) fn decode(&self, payloads: &[&[u8]]) -> Result<RecordBatch, ArrowError> {
+        if payloads.is_empty() {
+            return Ok(RecordBatch::new_empty(self.schema.clone()));
+        }
+        let text = match self.format {
+            MessageFormat::Raw => return self.raw(payloads),
+            MessageFormat::Json | MessageFormat::Csv => {
+                let mut text = Vec::with_capacity(payloads.iter().map(|p| p.len() + 1).sum());
+                for p in payloads {
+                    check_framing(self.format, p)?;
+                    text.extend_from_slice(p);
+                    text.push(b'\n');
+                }
+                text
+            }
+        };
+        let batches = self.text_decoder(payloads.len())?.decode_all(&text)?;
+        let batches: Vec<RecordBatch> = batches.into_iter().map(|(b, _)| b).collect();
+        let batch = concat_batches(&self.schema, &batches)?;
+        if batch.num_rows() != payloads.len() {
+            return Err(ArrowError::ParseError(format!(
+                "{} messages held {} rows",
+                payloads.len(),
+                batch.num_rows()
+            )));
+        }
+        Ok(batch)
+    }
+
+    /// One payload alone, to name a malformed one.
+    pub(crate) fn decode_one(&self, payload: &[u8]) -> Result<RecordBatch, ArrowError> {
+        self.decode(&[payload])
+    }
+
+    fn text_decoder(&self, rows: usize) -> Result<TextDecoder, ArrowError> {
+        let rows = rows.max(1);
+        Ok(match self.format {
+            MessageFormat::Csv => TextDecoder::Csv(Box::new(
+                arrow::csv::ReaderBuilder::new(self.table_schema.clone())
+                    .with_header(false)
+                    .with_projection(self.projection.clone())
+                    .with_batch_size(rows)
+                    .build_decoder(),
+            )),
+            _ => TextDecoder::Json(
+                arrow::json::ReaderBuilder::new(self.schema.clone())
+                    .with_batch_size(rows)
+                    .build_decoder()?,
+            ),
+        })
+    }
+
+    fn raw(&self, payloads: &[&[u8]]) -> Result<RecordBatch, ArrowError> {
+        let column: ArrayRef = match self.table_schema.field(0).data_type() {
+            DataType::Utf8 => {
+                let mut strings = Vec::with_capacity(payloads.len());
+                for p in payloads {
+                    strings.push(std::str::from_utf8(p).map_err(|e| {
+                        ArrowError::ParseError(format!("the message is not UTF-8: {e}"))
+                    })?);
+                }
+                Arc::new(StringArray::from(strings))
+            }
+            _ => Arc::new(BinaryArray::from_iter_values(payloads.iter())),
+        };
+        let columns = if self.projection.is_empty() {
+            vec![]
+        } else {
+            vec![column]
+        };
+        RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(payloads.len())),
+        )
+    }
+}
+
+/// Checks that a payload can only be one whole row, so that payloads
+/// decoded back to back map one to one onto rows (with the row count
+/// checked after): not empty, and a JSON payload is one object.
+fn check_framing(format: MessageFormat, payload: &[u8]) -> Result<(), ArrowError> {
+    let text = payload.trim_ascii();
+    if text.is_empty() {
+        return Err(ArrowError::ParseError("an empty message".into()));
+    }
+    if format == MessageFormat::Json && (text[0] != b'{' || text[text.len() - 1] != b'}') {
+        return Err(ArrowError::ParseError(
+            "a JSON message must be one object".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Rows encoded as payloads: row `i` is `data[ends[i - 1]..ends[i]]`.
+pub(crate) struct Encoded {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Encoded {
+    /// Number of rows.
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The payload of row `i`.
+    pub(crate) fn row(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.data[start..self.ends[i]]
+    }
+}
+
+/// Encodes each row of `batch` as one payload of `format`.
+pub(crate) fn encode(format: MessageFormat, batch: &RecordBatch) -> Result<Encoded> {
+    let mut data = Vec::new();
+    let mut ends = Vec::with_capacity(batch.num_rows());
+    match format {
+        MessageFormat::Json => {
+            let mut writer = arrow::json::LineDelimitedWriter::new(&mut data);
+            writer.write(batch)?;
+            writer.finish()?;
+            drop(writer);
+            // JSON escapes newlines inside strings: each one ends a row.
+            let mut kept = 0;
+            let mut start = 0;
+            for i in 0..data.len() {
+                if data[i] == b'\n' {
+                    data.copy_within(start..i, kept);
+                    kept += i - start;
+                    ends.push(kept);
+                    start = i + 1;
+                }
+            }
+            data.truncate(kept);
+        }
+        MessageFormat::Csv => {
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(false)
+                .build(&mut data);
+            writer.write(batch)?;
+            drop(writer);
+            // A newline inside quotes belongs to a field.
+            let mut quoted = false;
+            let mut kept = 0;
+            let mut start = 0;
+            for i in 0..data.len() {
+                match data[i] {
+                    b'"' => quoted = !quoted,
+                    b'\n' if !quoted => {
+                        data.copy_within(start..i, kept);
+                        kept += i - start;
+                        ends.push(kept);
+                        start = i + 1;
+                    }
+                    _ => {}
+                }
+            }
+            data.truncate(kept);
+        }
+        MessageFormat::Raw => {
+            if batch.num_columns() != 1 {
+                return Err(FlumenError::config(format!(
+                    "format 'raw' writes one column, not {}",
+                    batch.num_columns()
+                )));
+            }
+            let column = batch.column(0);
+            let bytes = |i: usize| -> &[u8] {
+                if column.is_null(i) {
+                    return &[];
+                }
+                match column.as_any().downcast_ref::<StringArray>() {
+                    Some(s) => s.value(i).as_bytes(),
+                    None => column
+                        .as_any()
+                        .downcast_ref::<BinaryArray>()
+                        .map_or(&[][..], |b| b.value(i)),
+                }
+            };
+            if !matches!(column.data_type(), DataType::Utf8 | DataType::Binary) {
+                return Err(FlumenError::config(format!(
+                    "format 'raw' writes a STRING or BYTES column, not {}",
+                    column.data_type()
+                )));
+            }
+            for i in 0..batch.num_rows() {
+                data.extend_from_slice(bytes(i));
+                ends.push(data.len());
+            }
+        }
+    }
+    if ends.len() != batch.num_rows() {
+        return Err(FlumenError::internal(format!(
+            "encoding {} rows gave {} messages",
+            batch.num_rows(),
+            ends.len()
+        )));
+    }
+    Ok(Encoded { data, ends })
+}
+
+/// Decodes JSON lines or CSV records (no header) into batches.
+pub(crate) enum TextDecoder {
+    /// JSON values, one per row.
+    Json(arrow::json::reader::Decoder),
+    /// CSV records, one per row.
+    Csv(Box<arrow::csv::reader::Decoder>),
+}
+
+impl TextDecoder {
+    /// Every batch of `data`, each with the byte offset in `data` after its
+    /// last row.
+    pub(crate) fn decode_all(
+        mut self,
+        data: &[u8],
+    ) -> Result<Vec<(RecordBatch, usize)>, ArrowError> {
+        let mut batches = Vec::new();
+        let mut at = 0;
+        loop {
+            let consumed = match &mut self {
+                TextDecoder::Json(d) => d.decode(&data[at..])?,
+                TextDecoder::Csv(d) => d.decode(&data[at..])?,
+            };
+            at += consumed;
+            let batch = match &mut self {
+                TextDecoder::Json(d) => d.flush()?,
+                TextDecoder::Csv(d) => d.flush()?,
+            };
+            let data = &data[at..];
+            match batch {
+                Some(b) if b.num_rows() > 0 => batches.push((b, at)),
+                _ if data.is_empty() => return Ok(batches),
+                _ if consumed == 0 => {
+                    return Err(ArrowError::ParseError(
+                        "the decoder made no progress".into(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{Field, Schema};
+
+    fn table() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+        ]))
+    }
+
+    #[test]
+    fn json_and_csv_round_trip_one_row_per_message() {
+        let batch = RecordBatch::try_new(
+            table(),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2, 3])),
+                Arc::new(StringArray::from(vec![Some("a\nb"), None, Some("c,\"d")])),
+            ],
+        )
+        .unwrap();
+        for format in [MessageFormat::Json, MessageFormat::Csv] {
+            let encoded = encode(format, &batch).unwrap();
+            assert_eq!(encoded.len(), 3, "{format:?}");
+            let payloads: Vec<&[u8]> = (0..3).map(|i| encoded.row(i)).collect();
+            let decoder = PayloadDecoder::try_new(format, &table(), &[0, 1]).unwrap();
+            if format == MessageFormat::Json {
+                assert_eq!(decoder.decode(&payloads).unwrap(), batch);
+            } else {
+                // CSV cannot tell a null from an empty string.
+                let back = decoder.decode(&payloads[..1]).unwrap();
+                assert_eq!(back, batch.slice(0, 1), "{format:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_malformed_payload_fails_the_batch_and_is_found_alone() {
+        let decoder = PayloadDecoder::try_new(MessageFormat::Json, &table(), &[1, 0]).unwrap();
+        let good = br#"{"id": 1, "name": "x"}"#;
+        let bad = br#"{"id": "one"}"#;
+        assert!(decoder.decode(&[good, bad]).is_err());
+        assert!(decoder.decode_one(bad).is_err());
+        let one = decoder.decode_one(good).unwrap();
+        assert_eq!(one.schema().field(0).name(), "name");
+        // Two values in one message, or none, are not one row.
+        assert!(decoder.decode(&[br#"{"id": 1} {"id": 2}"#]).is_err());
+        assert!(decoder.decode_one(b"  ").is_err());
+    }
+
+    #[test]
+    fn raw_takes_the_payload_as_its_one_column() {
+        let schema = Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, true)]));
+        let decoder = PayloadDecoder::try_new(MessageFormat::Raw, &schema, &[0]).unwrap();
+        let batch = decoder.decode(&[b"a b", b"{"]).unwrap();
+        let encoded = encode(MessageFormat::Raw, &batch).unwrap();
+        assert_eq!(encoded.row(1), b"{");
+        assert!(decoder.decode(&[&[0xff]]).is_err());
+        let err = PayloadDecoder::try_new(MessageFormat::Raw, &table(), &[0])
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("one STRING or BYTES column"),
+            "{err}"
+        );
+    }
+}

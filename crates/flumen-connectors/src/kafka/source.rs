@@ -1,0 +1,751 @@
+//! Reads Kafka topics. Partitions are spread over source subtasks by a
+//! fixed rule (so a checkpoint's offsets find their owner at any
+//! parallelism) and assigned directly, without the group protocol; each
+//! subtask's offsets go into checkpoints and, for monitoring only, to the
+//! consumer group. Payloads are decoded many at a time, one batch per
+//! partition, with a watermark per partition (idle partitions stop holding
+//! it back).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use flumen_runtime::{JobMetrics, Source, SourceFactory, TaskContext, WatermarkStrategy};
+use flumen_state::checkpoint::SplitPosition;
+use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Message, Result};
+use futures::{FutureExt, StreamExt};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::time::Instant;
+
+use super::{CALL_TIMEOUT, brokers, client_config, kafka_error, topics};
+use crate::TableSpec;
+use crate::bad_data::{BadData, dead_letter_record};
+use crate::clocks::SplitClocks;
+use crate::format::{MessageFormat, PayloadDecoder};
+use crate::throttle::Throttle;
+
+/// How long a subtask waits for a message before it looks at idleness and
+/// partition discovery again.
+const TICK: Duration = Duration::from_millis(100);
+
+/// How long metadata look-ups at plan time wait for the brokers.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a job without a checkpoint starts reading.
+#[derive(Debug, Clone, Copy)]
+enum Startup {
+    GroupOffsets,
+    Earliest,
+    Latest,
+    Timestamp(i64),
+}
+
+/// Makes one Kafka source per subtask over the partitions found at plan
+/// time (and later, when discovery is on).
+pub struct KafkaSourceFactory {
+    table: String,
+    config: ClientConfig,
+    brokers: String,
+    topics: Vec<String>,
+    partitions: Vec<(String, i32)>,
+    decoder: Arc<PayloadDecoder>,
+    startup: Startup,
+    bounded: bool,
+    discovery: Option<Duration>,
+    bad_data: BadData,
+    idle_after: Option<Duration>,
+    rows_per_second: Option<u64>,
+}
+
+impl KafkaSourceFactory {
+    /// Checks the options and that every topic exists, listing partitions.
+    pub async fn try_new(spec: &TableSpec, projection: Option<&[usize]>) -> Result<Self> {
+        let options = &spec.options;
+        let format = MessageFormat::parse(options, "format")?;
+        let projection: Vec<usize> = match projection {
+            Some(p) => p.to_vec(),
+            None => (0..spec.schema.fields().len()).collect(),
+        };
+        let decoder = PayloadDecoder::try_new(format, &spec.schema, &projection)?;
+        let startup = match options.choice(
+            "scan.startup.mode",
+            &["group-offsets", "earliest-offset", "latest-offset", "timestamp"],
+            "group-offsets",
+        )? {
+            "earliest-offset" => Startup::Earliest,
+            "latest-offset" => Startup::Latest,
+            "timestamp" => Startup::Timestamp(
+                options
+                    .parse::<i64>("scan.startup.timestamp-millis")?
+                    .ok_or_else(|| {
+                        FlumenError::config(
+                            "scan.startup.mode = 'timestamp' needs option 'scan.startup.timestamp-millis'",
+                        )
+                    })?,
+            ),
+            _ => Startup::GroupOffsets,
+        };
+        let bounded = options.choice(
+            "scan.bounded.mode",
+            &["unbounded", "latest-offset"],
+            "unbounded",
+        )? == "latest-offset";
+        let discovery = options
+            .duration("scan.topic-partition-discovery.interval")?
+            .unwrap_or(Duration::from_secs(10));
+        let idle_after = options
+            .duration("idle_timeout")?
+            .unwrap_or(Duration::from_secs(10));
+        let group = format!("flumen-{}", spec.name);
+        let config = client_config(
+            options,
+            &[
+                ("group.id", group.as_str()),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("enable.partition.eof", "true"),
+                ("auto.offset.reset", "earliest"),
+                ("isolation.level", "read_committed"),
+            ],
+        );
+        let topics = topics(options)?;
+        let brokers = brokers(options).to_string();
+        let partitions = list_partitions(&config, &brokers, &topics).await?;
+        Ok(KafkaSourceFactory {
+            table: spec.name.clone(),
+            config,
+            brokers,
+            topics,
+            partitions,
+            decoder: Arc::new(decoder),
+            startup,
+            bounded,
+            discovery: (!bounded && !discovery.is_zero()).then_some(discovery),
+            bad_data: BadData::parse(options)?,
+            idle_after: (!idle_after.is_zero()).then_some(idle_after),
+            rows_per_second: options.parse::<u64>("rows_per_second")?,
+        })
+    }
+
+    fn source(
+        &self,
+        ctx: &TaskContext,
+        watermarks: Option<&Arc<dyn WatermarkStrategy>>,
+    ) -> Result<KafkaSource> {
+        let consumer: StreamConsumer = self
+            .config
+            .create()
+            .map_err(|e| kafka_error(format!("creating a consumer of {}", self.brokers), e))?;
+        let mut source = KafkaSource {
+            consumer: Arc::new(consumer),
+            brokers: self.brokers.clone(),
+            topics: self.topics.clone(),
+            decoder: self.decoder.clone(),
+            startup: self.startup,
+            bounded: self.bounded,
+            discovery: self.discovery,
+            next_discovery: Instant::now() + self.discovery.unwrap_or_default(),
+            bad_data: self.bad_data.clone(),
+            metrics: ctx.metrics.clone(),
+            subtask: ctx.subtask,
+            parallelism: ctx.parallelism,
+            splits: Vec::new(),
+            by_topic: HashMap::new(),
+            assigned: false,
+            restored: Vec::new(),
+            pending: VecDeque::new(),
+            clocks: watermarks.map(|w| SplitClocks::new(w, 0, self.idle_after)),
+            throttle: Throttle::new(self.rows_per_second, ctx.parallelism),
+        };
+        for (topic, partition) in &self.partitions {
+            source.add_split(topic, *partition);
+        }
+        Ok(source)
+    }
+}
+
+impl SourceFactory for KafkaSourceFactory {
+    fn describe(&self) -> String {
+        format!(
+            "kafka {} ({} partitions){}",
+            self.topics.join(";"),
+            self.partitions.len(),
+            if self.bounded { ", bounded" } else { "" }
+        )
+    }
+
+    fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Source>> {
+        Ok(Box::new(self.source(ctx, None)?))
+    }
+
+    /// Watermarks per partition, the minimum over the active ones.
+    fn create_with_watermarks(
+        &self,
+        ctx: &TaskContext,
+        watermarks: &Arc<dyn WatermarkStrategy>,
+    ) -> Result<Option<Box<dyn Source>>> {
+        Ok(Some(Box::new(self.source(ctx, Some(watermarks))?)))
+    }
+}
+
+impl std::fmt::Debug for KafkaSourceFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KafkaSourceFactory({})", self.table)
+    }
+}
+
+/// Every partition of `topics`, sorted; a topic that does not exist, or
+/// brokers that cannot be reached, are errors that name them.
+async fn list_partitions(
+    config: &ClientConfig,
+    brokers: &str,
+    topics: &[String],
+) -> Result<Vec<(String, i32)>> {
+    let config = config.clone();
+    let brokers = brokers.to_string();
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config
+            .create()
+            .map_err(|e| kafka_error(format!("creating a consumer of {brokers}"), e))?;
+        metadata_partitions(&consumer, &brokers, &topics, METADATA_TIMEOUT)
+    })
+    .await
+    .map_err(|e| FlumenError::internal(format!("metadata look-up panicked: {e}")))?
+}
+
+/// The partitions of `topics` by the brokers' metadata (blocking).
+fn metadata_partitions<C: Consumer>(
+    consumer: &C,
+    brokers: &str,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<Vec<(String, i32)>> {
+    let mut partitions = Vec::new();
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| match e {
+                KafkaError::MetadataFetch(_) => FlumenError::transient(
+                    format!("Kafka brokers at {brokers} not reachable (tried for {timeout:?})"),
+                    e,
+                ),
+                e => kafka_error(
+                    format!("reading metadata of topic '{topic}' at {brokers}"),
+                    e,
+                ),
+            })?;
+        let found = metadata.topics().iter().find(|t| t.name() == topic);
+        match found {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                partitions.extend(t.partitions().iter().map(|p| (topic.clone(), p.id())));
+            }
+            Some(t) if let Some(e) = t.error() => {
+                let code = rdkafka::types::RDKafkaErrorCode::from(e);
+                return Err(FlumenError::config(format!(
+                    "topic '{topic}' at {brokers}: {code}"
+                )));
+            }
+            _ => {
+                return Err(FlumenError::config(format!(
+                    "topic '{topic}' does not exist at {brokers}"
+                )));
+            }
+        }
+    }
+    partitions.sort();
+    Ok(partitions)
+}
+
+/// The subtask of `parallelism` that reads `partition` of `topic`: the
+/// topic's hash picks where its partitions start, then they go round.
+fn owner(topic: &str, partition: i32, parallelism: usize) -> usize {
+    let start = twox_hash::XxHash64::oneshot(0, topic.as_bytes()) % parallelism as u64;
+    ((start + partition.max(0) as u64) % parallelism as u64) as usize
+}
+
+/// The split name of a partition in checkpoints.
+fn split_name(topic: &str, partition: i32) -> String {
+    format!("{topic}:{partition}")
+}
+
+/// One partition this subtask reads.
+struct Split {
+    topic: String,
+    partition: i32,
+    /// The offset after the last message returned; `None` before any.
+    next_offset: Option<i64>,
+    /// Bounded reading: the offset it ends at.
+    stop: Option<i64>,
+    done: bool,
+    /// Its clock, with event time.
+    clock: usize,
+    /// Messages taken but not yet decoded.
+    buffer: Payloads,
+}
+
+/// Payloads of one partition, back to back, with each one's offset.
+#[derive(Default)]
+struct Payloads {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+    offsets: Vec<i64>,
+    /// Offset after the last message taken (tombstones included).
+    next: Option<i64>,
+}
+
+struct KafkaSource {
+    consumer: Arc<StreamConsumer>,
+    brokers: String,
+    topics: Vec<String>,
+    decoder: Arc<PayloadDecoder>,
+    startup: Startup,
+    bounded: bool,
+    discovery: Option<Duration>,
+    next_discovery: Instant,
+    bad_data: BadData,
+    metrics: Arc<JobMetrics>,
+    subtask: usize,
+    parallelism: usize,
+    splits: Vec<Split>,
+    /// Split ids by topic, then partition.
+    by_topic: HashMap<String, HashMap<i32, usize>>,
+    assigned: bool,
+    restored: Vec<SplitPosition>,
+    /// Messages ready to return, each with the split offset it moves to.
+    pending: VecDeque<(Message, Option<(usize, i64)>)>,
+    clocks: Option<SplitClocks>,
+    throttle: Option<Throttle>,
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    async fn next(&mut self) -> Result<Option<Message>> {
+        loop {
+            if let Some(t) = &mut self.throttle
+                && matches!(self.pending.front(), Some((Message::Batch(_), _)))
+            {
+                t.wait().await;
+            }
+            if let Some((msg, advance)) = self.pending.pop_front() {
+                if let Some((id, next)) = advance {
+                    self.splits[id].next_offset = Some(next);
+                }
+                if let Message::Batch(b) = &msg {
+                    if b.num_rows() == 0 {
+                        continue;
+                    }
+                    if let Some(t) = &mut self.throttle {
+                        t.sent(b.num_rows());
+                    }
+                }
+                return Ok(Some(msg));
+            }
+            if !self.assigned {
+                self.assign().await?;
+            }
+            if self.bounded && self.splits.iter().all(|s| s.done) {
+                return Ok(None);
+            }
+            if self.discovery.is_some() && Instant::now() >= self.next_discovery {
+                self.discover().await?;
+            }
+            let consumer = self.consumer.clone();
+            let mut stream = consumer.stream();
+            let first = tokio::select! {
+                m = stream.next() => m,
+                _ = tokio::time::sleep(TICK) => None,
+            };
+            let Some(first) = first else {
+                if let Some(wm) = self.clocks.as_mut().and_then(|c| c.advanced()) {
+                    return Ok(Some(Message::Watermark(wm)));
+                }
+                continue;
+            };
+            self.take(first)?;
+            let mut taken = 1;
+            while taken < DEFAULT_BATCH_SIZE {
+                match stream.next().now_or_never() {
+                    Some(Some(m)) => self.take(m)?,
+                    _ => break,
+                }
+                taken += 1;
+            }
+            drop(stream);
+            self.decode_taken()?;
+        }
+    }
+
+    fn snapshot_position(&mut self) -> Result<Vec<SplitPosition>> {
+        let mut commit = TopicPartitionList::new();
+        let positions = self
+            .splits
+            .iter()
+            .filter(|s| owner(&s.topic, s.partition, self.parallelism) == self.subtask)
+            .map(|s| {
+                if let Some(next) = s.next_offset {
+                    // Offsets to the group are for monitoring only: a
+                    // failure to commit them changes nothing.
+                    let _ =
+                        commit.add_partition_offset(&s.topic, s.partition, Offset::Offset(next));
+                }
+                SplitPosition {
+                    split: split_name(&s.topic, s.partition),
+                    position: s.next_offset.map(|o| vec![o as u64]).unwrap_or_default(),
+                    done: s.done,
+                }
+            })
+            .collect();
+        if commit.count() > 0 {
+            let _ = self.consumer.commit(&commit, CommitMode::Async);
+        }
+        Ok(positions)
+    }
+
+    fn restore_position(&mut self, positions: &[SplitPosition]) -> Result<()> {
+        self.restored = positions.to_vec();
+        Ok(())
+    }
+}
+
+impl KafkaSource {
+    /// Adds `partition` of `topic` if this subtask owns it.
+    fn add_split(&mut self, topic: &str, partition: i32) {
+        if owner(topic, partition, self.parallelism) != self.subtask
+            || self
+                .by_topic
+                .get(topic)
+                .is_some_and(|p| p.contains_key(&partition))
+        {
+            return;
+        }
+        let clock = self.clocks.as_mut().map_or(0, |c| c.add());
+        self.by_topic
+            .entry(topic.to_string())
+            .or_default()
+            .insert(partition, self.splits.len());
+        self.splits.push(Split {
+            topic: topic.to_string(),
+            partition,
+            next_offset: None,
+            stop: None,
+            done: false,
+            clock,
+            buffer: Payloads::default(),
+        });
+    }
+
+    /// Assigns this subtask's partitions at their checkpointed offsets, or
+    /// where the startup mode says; bounded reading notes where each ends.
+    async fn assign(&mut self) -> Result<()> {
+        let restored: HashMap<&str, &SplitPosition> = self
+            .restored
+            .iter()
+            .map(|p| (p.split.as_str(), p))
+            .collect();
+        let from_checkpoint = !self.restored.is_empty();
+        let mut list = TopicPartitionList::new();
+        let mut by_time = TopicPartitionList::new();
+        for s in &mut self.splits {
+            let offset = match restored.get(split_name(&s.topic, s.partition).as_str()) {
+                Some(p) => {
+                    s.done = p.done;
+                    match p.position.first() {
+                        Some(&o) => {
+                            s.next_offset = Some(o as i64);
+                            Offset::Offset(o as i64)
+                        }
+                        None => start_offset(self.startup),
+                    }
+                }
+                // A partition the checkpoint does not know is new: read it all.
+                None if from_checkpoint => Offset::Beginning,
+                None => start_offset(self.startup),
+            };
+            let list = match (offset, self.startup) {
+                (Offset::Stored, Startup::Timestamp(ms)) => {
+                    by_time
+                        .add_partition_offset(&s.topic, s.partition, Offset::Offset(ms))
+                        .map_err(|e| kafka_error("assigning partitions".into(), e))?;
+                    continue;
+                }
+                _ => &mut list,
+            };
+            list.add_partition_offset(&s.topic, s.partition, offset)
+                .map_err(|e| kafka_error("assigning partitions".into(), e))?;
+        }
+        let consumer = self.consumer.clone();
+        let brokers = self.brokers.clone();
+        let bounded = self.bounded;
+        let (list, stops) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let mut list = list;
+            if by_time.count() > 0 {
+                let found = consumer
+                    .offsets_for_times(by_time, CALL_TIMEOUT)
+                    .map_err(|e| kafka_error(format!("finding offsets by time at {brokers}"), e))?;
+                for e in found.elements() {
+                    // No message at or after the time: start at the end.
+                    let offset = match e.offset() {
+                        Offset::Offset(o) => Offset::Offset(o),
+                        _ => Offset::End,
+                    };
+                    list.add_partition_offset(e.topic(), e.partition(), offset)
+                        .map_err(|err| kafka_error("assigning partitions".into(), err))?;
+                }
+            }
+            let mut stops = Vec::new();
+            if bounded {
+                for e in list.elements() {
+                    let (low, high) = consumer
+                        .fetch_watermarks(e.topic(), e.partition(), CALL_TIMEOUT)
+                        .map_err(|err| {
+                            kafka_error(
+                                format!(
+                                    "reading the end of {}:{} at {brokers}",
+                                    e.topic(),
+                                    e.partition()
+                                ),
+                                err,
+                            )
+                        })?;
+                    // Where reading starts, when known without reading.
+                    let start = match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        Offset::Beginning => Some(low),
+                        Offset::End => Some(high),
+                        _ => None,
+                    };
+                    stops.push((e.topic().to_string(), e.partition(), start, high));
+                }
+            }
+            Ok((list, stops))
+        })
+        .await
+        .map_err(|e| FlumenError::internal(format!("assigning partitions panicked: {e}")))??;
+        for (topic, partition, start, stop) in stops {
+            let Some(&id) = self.by_topic.get(&topic).and_then(|p| p.get(&partition)) else {
+                continue;
+            };
+            let s = &mut self.splits[id];
+            s.stop = Some(stop);
+            if start.is_some_and(|o| o >= stop) {
+                s.done = true;
+            }
+        }
+        for s in self.splits.iter().filter(|s| s.done) {
+            if let Some(c) = self.clocks.as_mut() {
+                c.finish(s.clock);
+            }
+        }
+        self.consumer
+            .assign(&list)
+            .map_err(|e| kafka_error(format!("assigning partitions at {}", self.brokers), e))?;
+        self.assigned = true;
+        Ok(())
+    }
+
+    /// Looks for partitions added since the last look and starts reading
+    /// those this subtask owns from their beginning.
+    async fn discover(&mut self) -> Result<()> {
+        self.next_discovery = Instant::now() + self.discovery.unwrap_or_default();
+        let consumer = self.consumer.clone();
+        let brokers = self.brokers.clone();
+        let topics = self.topics.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            metadata_partitions(&*consumer, &brokers, &topics, CALL_TIMEOUT)
+        })
+        .await
+        .map_err(|e| FlumenError::internal(format!("partition discovery panicked: {e}")))??;
+        let known = self.splits.len();
+        for (topic, partition) in found {
+            self.add_split(&topic, partition);
+        }
+        if self.splits.len() > known {
+            let mut list = TopicPartitionList::new();
+            for s in &self.splits[known..] {
+                list.add_partition_offset(&s.topic, s.partition, Offset::Beginning)
+                    .map_err(|e| kafka_error("assigning new partitions".into(), e))?;
+            }
+            self.consumer.incremental_assign(&list).map_err(|e| {
+                kafka_error(format!("assigning new partitions at {}", self.brokers), e)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Buffers one message (or notes a partition's end).
+    fn take(&mut self, message: Result<BorrowedMessage<'_>, KafkaError>) -> Result<()> {
+        let message = match message {
+            Ok(m) => m,
+            Err(KafkaError::PartitionEOF(partition)) => {
+                self.at_end(partition);
+                return Ok(());
+            }
+            Err(e) => return Err(kafka_error(format!("reading from {}", self.brokers), e)),
+        };
+        let Some(&id) = self
+            .by_topic
+            .get(message.topic())
+            .and_then(|p| p.get(&message.partition()))
+        else {
+            return Ok(());
+        };
+        let buffer = &mut self.splits[id].buffer;
+        buffer.next = Some(message.offset() + 1);
+        // A message without a value (a tombstone) is no row.
+        if let Some(payload) = message.payload() {
+            buffer.data.extend_from_slice(payload);
+            buffer.ends.push(buffer.data.len());
+            buffer.offsets.push(message.offset());
+        }
+        Ok(())
+    }
+
+    /// The consumer reached the end of `partition` (of some topic): in
+    /// bounded reading, each split at that number whose position passed
+    /// its end is done.
+    fn at_end(&mut self, partition: i32) {
+        if !self.bounded {
+            return;
+        }
+        let positions = self.consumer.position().ok();
+        for s in self
+            .splits
+            .iter_mut()
+            .filter(|s| s.partition == partition && !s.done)
+        {
+            let fetched = positions
+                .as_ref()
+                .and_then(|p| p.find_partition(&s.topic, s.partition))
+                .and_then(|e| e.offset().to_raw());
+            let at = s.buffer.next.or(s.next_offset).max(fetched);
+            if s.stop.is_some_and(|stop| at.is_some_and(|a| a >= stop)) {
+                s.done = true;
+                if let Some(c) = self.clocks.as_mut() {
+                    c.finish(s.clock);
+                }
+            }
+        }
+    }
+
+    /// Decodes every split's buffered payloads into a batch each, queued
+    /// with the watermark it moves to.
+    fn decode_taken(&mut self) -> Result<()> {
+        let mut dead = Vec::new();
+        for id in 0..self.splits.len() {
+            let Some(next) = self.splits[id].buffer.next.take() else {
+                continue;
+            };
+            let buffer = std::mem::take(&mut self.splits[id].buffer);
+            let batch = self.decode(id, &buffer, &mut dead)?;
+            if let Some(stop) = self.splits[id].stop
+                && next >= stop
+            {
+                self.splits[id].done = true;
+            }
+            let wm = match self.clocks.as_mut() {
+                Some(c) if batch.num_rows() > 0 => c.on_batch(self.splits[id].clock, &batch)?,
+                _ => None,
+            };
+            self.pending
+                .push_back((Message::Batch(batch), Some((id, next))));
+            if let Some(wm) = wm {
+                self.pending.push_back((Message::Watermark(wm), None));
+            }
+            if self.splits[id].done
+                && let Some(wm) = self
+                    .clocks
+                    .as_mut()
+                    .and_then(|c| c.finish(self.splits[id].clock))
+            {
+                self.pending.push_back((Message::Watermark(wm), None));
+            }
+            // Keep the buffer's memory for the next round.
+            let mut reused = buffer;
+            reused.data.clear();
+            reused.ends.clear();
+            reused.offsets.clear();
+            self.splits[id].buffer = reused;
+        }
+        self.bad_data
+            .send_to_dead_letter(self.subtask, &dead, &self.metrics)
+    }
+
+    /// The rows of one split's payloads; malformed ones are found one by
+    /// one and failed, dropped or dead-lettered.
+    fn decode(&self, id: usize, buffer: &Payloads, dead: &mut Vec<String>) -> Result<RecordBatch> {
+        let payloads: Vec<&[u8]> = (0..buffer.ends.len())
+            .map(|i| {
+                let start = if i == 0 { 0 } else { buffer.ends[i - 1] };
+                &buffer.data[start..buffer.ends[i]]
+            })
+            .collect();
+        if let Ok(batch) = self.decoder.decode(&payloads) {
+            return Ok(batch);
+        }
+        let split = &self.splits[id];
+        let mut good = Vec::new();
+        let mut dropped = 0;
+        for (payload, offset) in payloads.iter().zip(&buffer.offsets) {
+            match (self.decoder.decode_one(payload), &self.bad_data) {
+                (Ok(b), _) => good.push(b),
+                (Err(_), BadData::Drop) => dropped += 1,
+                (Err(e), BadData::DeadLetter(_)) => dead.push(dead_letter_record(
+                    serde_json::json!({
+                        "topic": split.topic,
+                        "partition": split.partition,
+                        "offset": offset,
+                    }),
+                    &e.to_string(),
+                    payload,
+                )),
+                (Err(e), BadData::Fail) => {
+                    return Err(FlumenError::BadData(format!(
+                        "topic '{}' partition {} offset {offset}: {e}",
+                        split.topic, split.partition
+                    )));
+                }
+            }
+        }
+        self.metrics.add_bad_records_dropped(dropped);
+        Ok(arrow::compute::concat_batches(
+            self.decoder.schema(),
+            &good,
+        )?)
+    }
+}
+
+/// Where a partition without a checkpointed offset starts; `Stored` for
+/// a timestamp, which is looked up before assigning.
+fn start_offset(startup: Startup) -> Offset {
+    match startup {
+        Startup::Earliest => Offset::Beginning,
+        Startup::Latest => Offset::End,
+        Startup::GroupOffsets | Startup::Timestamp(_) => Offset::Stored,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_go_round_the_subtasks_from_a_start_the_topic_picks() {
+        for parallelism in 1..=5 {
+            let mut per_subtask = vec![0; parallelism];
+            for p in 0..(parallelism as i32 * 2) {
+                per_subtask[owner("bids", p, parallelism)] += 1;
+            }
+            assert!(per_subtask.iter().all(|n| *n == 2), "{per_subtask:?}");
+        }
+        // Consecutive partitions go to consecutive subtasks.
+        let first = owner("bids", 0, 4);
+        assert_eq!(owner("bids", 1, 4), (first + 1) % 4);
+        assert_eq!(split_name("bids", 3), "bids:3");
+    }
+}

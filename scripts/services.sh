@@ -7,7 +7,7 @@
 # $FLUMEN_SERVICES (default /var/lib/flumen/services for root, whose home
 # the servers' own users cannot enter, else ~/.cache/flumen/services).
 #
-#   scripts/services.sh [postgres] [kafka]      start (postgres when none is named)
+#   scripts/services.sh [postgres] [kafka]      start (all when none is named)
 #   scripts/services.sh stop [postgres] [kafka] stop
 #
 # PostgreSQL: Debian's package, a cluster of its own on 127.0.0.1:54329
@@ -170,7 +170,7 @@ if [ "${1:-}" = stop ]; then
     shift
 fi
 services=("$@")
-[ ${#services[@]} -eq 0 ] && services=(postgres)
+[ ${#services[@]} -eq 0 ] && services=(postgres kafka)
 if [ "$action" = stop ]; then
     # Kafka keeps its topics in PostgreSQL: stop it first.
     mapfile -t services < <(printf '%s\n' "${services[@]}" | sort)

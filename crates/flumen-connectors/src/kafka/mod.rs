@@ -91,7 +91,7 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
     ),
     OptionSpec::optional(
         "scan.bounded.mode",
-        "source: unbounded (default) or latest-offset (read up to the offsets at start, then end)",
+        "source: unbounded (default) or latest-offset (read each partition until first caught up with its end, then end)",
     ),
     OptionSpec::optional(
         "scan.topic-partition-discovery.interval",

@@ -285,38 +285,35 @@ impl KafkaSink {
     /// its transaction begun. The first call fences this subtask's
     /// transactional ids, aborting what a dead run left open.
     async fn open_producer(&mut self) -> Result<&Slot> {
-        if self.open.is_none() {
-            let s = self.shared.clone();
-            if s.guarantee == Guarantee::ExactlyOnce
-                && self.slots.is_empty()
-                && self.waiting.is_empty()
-            {
-                for slot in 0..SLOTS {
-                    let id = format!("{}-{}-{slot}", s.prefix, self.subtask);
-                    self.slots.push(transactional(&s, id).await?);
-                }
-            }
-            let slot = match self.slots.pop() {
-                Some(slot) => slot,
-                None if s.guarantee == Guarantee::ExactlyOnce => {
-                    // More checkpoints wait to commit than the pool holds.
-                    let n = SLOTS + self.waiting.len();
-                    transactional(&s, format!("{}-{}-{n}", s.prefix, self.subtask)).await?
-                }
-                None => Slot {
-                    producer: Arc::new(create(&s, s.config.clone())?),
-                    id: String::new(),
-                },
-            };
-            if s.guarantee == Guarantee::ExactlyOnce {
-                slot.producer.begin_transaction().map_err(|e| {
-                    kafka_error(format!("beginning a transaction on topic '{}'", s.topic), e)
-                })?;
-            }
-            self.open = Some(slot);
+        if let Some(slot) = self.open.take() {
+            return Ok(self.open.insert(slot));
         }
-        // Set just above when it was empty.
-        Ok(self.open.as_ref().expect("a producer is open"))
+        let s = self.shared.clone();
+        if s.guarantee == Guarantee::ExactlyOnce && self.slots.is_empty() && self.waiting.is_empty()
+        {
+            for slot in 0..SLOTS {
+                let id = format!("{}-{}-{slot}", s.prefix, self.subtask);
+                self.slots.push(transactional(&s, id).await?);
+            }
+        }
+        let slot = match self.slots.pop() {
+            Some(slot) => slot,
+            None if s.guarantee == Guarantee::ExactlyOnce => {
+                // More checkpoints wait to commit than the pool holds.
+                let n = SLOTS + self.waiting.len();
+                transactional(&s, format!("{}-{}-{n}", s.prefix, self.subtask)).await?
+            }
+            None => Slot {
+                producer: Arc::new(create(&s, s.config.clone())?),
+                id: String::new(),
+            },
+        };
+        if s.guarantee == Guarantee::ExactlyOnce {
+            slot.producer.begin_transaction().map_err(|e| {
+                kafka_error(format!("beginning a transaction on topic '{}'", s.topic), e)
+            })?;
+        }
+        Ok(self.open.insert(slot))
     }
 }
 

@@ -160,6 +160,7 @@ impl KafkaSourceFactory {
             restored: Vec::new(),
             pending: VecDeque::new(),
             clocks: watermarks.map(|w| SplitClocks::new(w, 0, self.idle_after)),
+            ended: Vec::new(),
             throttle: Throttle::new(self.rows_per_second, ctx.parallelism),
         };
         for (topic, partition) in &self.partitions {
@@ -320,6 +321,9 @@ struct KafkaSource {
     /// Messages ready to return, each with the split offset it moves to.
     pending: VecDeque<(Message, Option<(usize, i64)>)>,
     clocks: Option<SplitClocks>,
+    /// Splits found at their end since the last decode, whose clocks stop
+    /// once their last rows are queued.
+    ended: Vec<usize>,
     throttle: Option<Throttle>,
 }
 
@@ -382,29 +386,18 @@ impl Source for KafkaSource {
     }
 
     fn snapshot_position(&mut self) -> Result<Vec<SplitPosition>> {
+        // Offsets to the group are for monitoring only: a failure to
+        // commit them changes nothing.
         let mut commit = TopicPartitionList::new();
-        let positions = self
-            .splits
-            .iter()
-            .filter(|s| owner(&s.topic, s.partition, self.parallelism) == self.subtask)
-            .map(|s| {
-                if let Some(next) = s.next_offset {
-                    // Offsets to the group are for monitoring only: a
-                    // failure to commit them changes nothing.
-                    let _ =
-                        commit.add_partition_offset(&s.topic, s.partition, Offset::Offset(next));
-                }
-                SplitPosition {
-                    split: split_name(&s.topic, s.partition),
-                    position: s.next_offset.map(|o| vec![o as u64]).unwrap_or_default(),
-                    done: s.done,
-                }
-            })
-            .collect();
+        for s in &self.splits {
+            if let Some(next) = s.next_offset {
+                let _ = commit.add_partition_offset(&s.topic, s.partition, Offset::Offset(next));
+            }
+        }
         if commit.count() > 0 {
             let _ = self.consumer.commit(&commit, CommitMode::Async);
         }
-        Ok(positions)
+        Ok(split_positions(&self.splits, &self.pending))
     }
 
     fn restore_position(&mut self, positions: &[SplitPosition]) -> Result<()> {
@@ -481,7 +474,8 @@ impl KafkaSource {
         }
         let consumer = self.consumer.clone();
         let brokers = self.brokers.clone();
-        let bounded = self.bounded;
+        // With several topics, `at_end` needs each partition's end.
+        let need_stops = self.bounded && self.topics.len() > 1;
         let (list, stops) = tokio::task::spawn_blocking(move || -> Result<_> {
             let mut list = list;
             if by_time.count() > 0 {
@@ -499,9 +493,9 @@ impl KafkaSource {
                 }
             }
             let mut stops = Vec::new();
-            if bounded {
+            if need_stops {
                 for e in list.elements() {
-                    let (low, high) = consumer
+                    let (_, high) = consumer
                         .fetch_watermarks(e.topic(), e.partition(), CALL_TIMEOUT)
                         .map_err(|err| {
                             kafka_error(
@@ -513,28 +507,18 @@ impl KafkaSource {
                                 err,
                             )
                         })?;
-                    // Where reading starts, when known without reading.
-                    let start = match e.offset() {
-                        Offset::Offset(o) => Some(o),
-                        Offset::Beginning => Some(low),
-                        Offset::End => Some(high),
-                        _ => None,
-                    };
-                    stops.push((e.topic().to_string(), e.partition(), start, high));
+                    stops.push((e.topic().to_string(), e.partition(), high));
                 }
             }
             Ok((list, stops))
         })
         .await
         .map_err(|e| FlumenError::internal(format!("assigning partitions panicked: {e}")))??;
-        for (topic, partition, start, stop) in stops {
-            let Some(&id) = self.by_topic.get(&topic).and_then(|p| p.get(&partition)) else {
-                continue;
-            };
-            let s = &mut self.splits[id];
-            s.stop = Some(stop);
-            if start.is_some_and(|o| o >= stop) {
-                s.done = true;
+        // Each split is done when the consumer reaches its end (`at_end`),
+        // an empty one included; these ends only tell topics apart.
+        for (topic, partition, stop) in stops {
+            if let Some(&id) = self.by_topic.get(&topic).and_then(|p| p.get(&partition)) {
+                self.splits[id].stop = Some(stop);
             }
         }
         for s in self.splits.iter().filter(|s| s.done) {
@@ -606,29 +590,34 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// The consumer reached the end of `partition` (of some topic): in
-    /// bounded reading, each split at that number whose position passed
-    /// its end is done.
+    /// The consumer reached the end of `partition` (of some topic), as
+    /// the log is now: in bounded reading, the split is done. librdkafka
+    /// does not say which topic, so with several topics a split at that
+    /// number is done only once its position passed the end it had at
+    /// start. Its clock stops after its last batch ([`Self::decode_taken`]).
     fn at_end(&mut self, partition: i32) {
         if !self.bounded {
             return;
         }
-        let positions = self.consumer.position().ok();
-        for s in self
-            .splits
-            .iter_mut()
-            .filter(|s| s.partition == partition && !s.done)
-        {
-            let fetched = positions
-                .as_ref()
-                .and_then(|p| p.find_partition(&s.topic, s.partition))
-                .and_then(|e| e.offset().to_raw());
-            let at = s.buffer.next.or(s.next_offset).max(fetched);
-            if s.stop.is_some_and(|stop| at.is_some_and(|a| a >= stop)) {
+        let one_topic = self.topics.len() == 1;
+        let positions = (!one_topic)
+            .then(|| self.consumer.position().ok())
+            .flatten();
+        for (id, s) in self.splits.iter_mut().enumerate() {
+            if s.partition != partition || s.done {
+                continue;
+            }
+            let passed_stop = || {
+                let fetched = positions
+                    .as_ref()
+                    .and_then(|p| p.find_partition(&s.topic, s.partition))
+                    .and_then(|e| e.offset().to_raw());
+                let at = s.buffer.next.or(s.next_offset).max(fetched);
+                s.stop.is_some_and(|stop| at.is_some_and(|a| a >= stop))
+            };
+            if one_topic || passed_stop() {
                 s.done = true;
-                if let Some(c) = self.clocks.as_mut() {
-                    c.finish(s.clock);
-                }
+                self.ended.push(id);
             }
         }
     }
@@ -641,13 +630,7 @@ impl KafkaSource {
             let Some(next) = self.splits[id].buffer.next.take() else {
                 continue;
             };
-            let buffer = std::mem::take(&mut self.splits[id].buffer);
-            let batch = self.decode(id, &buffer, &mut dead)?;
-            if let Some(stop) = self.splits[id].stop
-                && next >= stop
-            {
-                self.splits[id].done = true;
-            }
+            let batch = self.decode(id, &self.splits[id].buffer, &mut dead)?;
             let wm = match self.clocks.as_mut() {
                 Some(c) if batch.num_rows() > 0 => c.on_batch(self.splits[id].clock, &batch)?,
                 _ => None,
@@ -657,20 +640,18 @@ impl KafkaSource {
             if let Some(wm) = wm {
                 self.pending.push_back((Message::Watermark(wm), None));
             }
-            if self.splits[id].done
-                && let Some(wm) = self
-                    .clocks
-                    .as_mut()
-                    .and_then(|c| c.finish(self.splits[id].clock))
-            {
+            // Keep the buffer's memory for the next round.
+            let buffer = &mut self.splits[id].buffer;
+            buffer.data.clear();
+            buffer.ends.clear();
+            buffer.offsets.clear();
+        }
+        // Splits read to their end no longer hold the watermark back.
+        for id in std::mem::take(&mut self.ended) {
+            let clock = self.splits[id].clock;
+            if let Some(wm) = self.clocks.as_mut().and_then(|c| c.finish(clock)) {
                 self.pending.push_back((Message::Watermark(wm), None));
             }
-            // Keep the buffer's memory for the next round.
-            let mut reused = buffer;
-            reused.data.clear();
-            reused.ends.clear();
-            reused.offsets.clear();
-            self.splits[id].buffer = reused;
         }
         self.bad_data
             .send_to_dead_letter(self.subtask, &dead, &self.metrics)
@@ -720,6 +701,27 @@ impl KafkaSource {
     }
 }
 
+/// Where each split has read to, counting only rows returned: a split
+/// found at its end is done only once none of its rows wait in `pending`.
+fn split_positions(
+    splits: &[Split],
+    pending: &VecDeque<(Message, Option<(usize, i64)>)>,
+) -> Vec<SplitPosition> {
+    let queued: Vec<usize> = pending
+        .iter()
+        .filter_map(|(_, a)| Some(a.as_ref()?.0))
+        .collect();
+    splits
+        .iter()
+        .enumerate()
+        .map(|(id, s)| SplitPosition {
+            split: split_name(&s.topic, s.partition),
+            position: s.next_offset.map(|o| vec![o as u64]).unwrap_or_default(),
+            done: s.done && !queued.contains(&id),
+        })
+        .collect()
+}
+
 /// Where a partition without a checkpointed offset starts; `Stored` for
 /// a timestamp, which is looked up before assigning.
 fn start_offset(startup: Startup) -> Offset {
@@ -747,5 +749,28 @@ mod tests {
         let first = owner("bids", 0, 4);
         assert_eq!(owner("bids", 1, 4), (first + 1) % 4);
         assert_eq!(split_name("bids", 3), "bids:3");
+    }
+
+    #[test]
+    fn a_split_at_its_end_is_done_only_once_its_rows_are_returned() {
+        let split = |partition, next_offset: Option<i64>| Split {
+            topic: "bids".into(),
+            partition,
+            next_offset,
+            stop: None,
+            done: true,
+            clock: 0,
+            buffer: Payloads::default(),
+        };
+        let splits = vec![split(0, Some(7)), split(1, None)];
+        let batch = RecordBatch::new_empty(Arc::new(arrow::datatypes::Schema::empty()));
+        let mut pending = VecDeque::new();
+        pending.push_back((Message::Batch(batch), Some((0, 9))));
+        let positions = split_positions(&splits, &pending);
+        assert_eq!(positions[0].position, vec![7]);
+        assert!(!positions[0].done, "rows up to offset 9 are still queued");
+        assert!(positions[1].done && positions[1].position.is_empty());
+        pending.clear();
+        assert!(split_positions(&splits, &pending)[0].done);
     }
 }

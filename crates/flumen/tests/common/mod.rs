@@ -42,9 +42,10 @@ pub fn wait_or_kill(child: &mut Child, after: Duration) -> bool {
 }
 
 /// Runs the job in `sql` (a file in `work`) with checkpoints every 200 ms
-/// under `checkpoints`, killing it with SIGKILL at random moments at least
-/// `kills` times and starting it again, at the parallelisms `parallelism`
-/// cycles through, until a run finishes (within 240 s).
+/// under `checkpoints`, killing it with SIGKILL at random moments (250 ms
+/// to 1 s after it starts) at least `kills` times and starting it again,
+/// at the parallelisms `parallelism` cycles through, until a run finishes
+/// (within 240 s).
 pub fn crash_until_done(
     work: &Path,
     sql: &str,
@@ -52,6 +53,20 @@ pub fn crash_until_done(
     parallelism: &[&str],
     kills: usize,
     seed: u64,
+) {
+    crash_until_done_within(work, sql, checkpoints, parallelism, kills, seed, 250..1000);
+}
+
+/// [`crash_until_done`], killing each run at a random moment `kill_ms`
+/// milliseconds after it starts (later for jobs slow to start reading).
+pub fn crash_until_done_within(
+    work: &Path,
+    sql: &str,
+    checkpoints: &Path,
+    parallelism: &[&str],
+    kills: usize,
+    seed: u64,
+    kill_ms: std::ops::Range<u64>,
 ) {
     let checkpoints = checkpoints.to_str().unwrap();
     let mut random = Random(seed);
@@ -82,7 +97,8 @@ pub fn crash_until_done(
             assert!(status.success(), "{sql}: the last run failed");
             return;
         }
-        let after = Duration::from_millis(250 + random.below(750));
+        let after =
+            Duration::from_millis(kill_ms.start + random.below(kill_ms.end - kill_ms.start));
         assert!(
             !wait_or_kill(&mut child, after),
             "{sql}: finished after {killed} kills, before its kill"

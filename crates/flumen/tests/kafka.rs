@@ -11,7 +11,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -28,23 +28,8 @@ use rdkafka::{Offset, TopicPartitionList};
 /// The brokers: `FLUMEN_KAFKA_BROKERS`, or the broker
 /// `scripts/services.sh` starts.
 fn brokers() -> &'static str {
-    static BROKERS: OnceLock<String> = OnceLock::new();
-    BROKERS.get_or_init(|| {
-        if let Ok(b) = std::env::var("FLUMEN_KAFKA_BROKERS") {
-            return b;
-        }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/services.sh");
-        let out = Command::new("bash")
-            .arg(script)
-            .arg("kafka")
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("scripts/services.sh runs");
-        assert!(out.status.success(), "scripts/services.sh kafka failed");
-        let text = String::from_utf8(out.stdout).unwrap();
-        let line = text.lines().find(|l| l.starts_with("kafka ")).unwrap();
-        line.split_whitespace().nth(1).unwrap().to_string()
-    })
+    static ADDRESS: OnceLock<String> = OnceLock::new();
+    ADDRESS.get_or_init(|| common::service("kafka", "FLUMEN_KAFKA_BROKERS"))
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -108,14 +93,7 @@ fn bids(work: &Path, events: u64) -> Vec<String> {
         ),
     )
     .unwrap();
-    let out = flumen(&["run", "bids.sql", "-p", "1"], work)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_ok(work, "bids.sql", "1");
     lines_of(&work.join("bids"), false)
 }
 
@@ -256,14 +234,7 @@ fn expected(work: &Path) -> Vec<String> {
         ),
     )
     .unwrap();
-    let out = flumen(&["run", "expected.sql", "-p", "1"], work)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_ok(work, "expected.sql", "1");
     let want = lines_of(&work.join("expected"), true);
     assert!(want.len() > 1000, "{} rows expected", want.len());
     want
@@ -314,14 +285,7 @@ fn reads_every_partition_exactly_at_several_parallelisms() {
         let dir = format!("out-{p}");
         let sink = (p == "2").then_some(output.as_str());
         std::fs::write(work.path().join("job.sql"), job(input, "", &dir, sink)).unwrap();
-        let out = flumen(&["run", "job.sql", "-p", p], work.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::run_ok(work.path(), "job.sql", p);
         assert_same(
             &format!("p={p}"),
             &lines_of(&work.path().join(&dir), true),
@@ -498,12 +462,7 @@ fn bad_messages_and_missing_topics_are_named() {
         ),
     )
     .unwrap();
-    let out = flumen(&["run", "job.sql"], work.path()).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_ok(work.path(), "job.sql", "1");
     assert_eq!(lines_of(&work.path().join("out"), true).len(), 2);
     let dead = lines_of(&work.path().join("dead"), false);
     assert_eq!(dead.len(), 1, "{dead:?}");

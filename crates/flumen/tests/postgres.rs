@@ -17,23 +17,8 @@ use common::flumen;
 /// The database's URL: `FLUMEN_POSTGRES_URL`, or the server
 /// `scripts/services.sh` starts.
 fn database() -> &'static str {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        if let Ok(url) = std::env::var("FLUMEN_POSTGRES_URL") {
-            return url;
-        }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/services.sh");
-        let out = Command::new("bash")
-            .arg(script)
-            .arg("postgres")
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("scripts/services.sh runs");
-        assert!(out.status.success(), "scripts/services.sh postgres failed");
-        let text = String::from_utf8(out.stdout).unwrap();
-        let line = text.lines().find(|l| l.starts_with("postgres ")).unwrap();
-        line.split_whitespace().nth(1).unwrap().to_string()
-    })
+    static ADDRESS: OnceLock<String> = OnceLock::new();
+    ADDRESS.get_or_init(|| common::service("postgres", "FLUMEN_POSTGRES_URL"))
 }
 
 /// Runs `sql` with psql; its rows, `|`-separated, one per line.
@@ -135,14 +120,7 @@ fn expected(work: &Path, tables: &[String]) -> (String, String) {
         job_sql(&tables[0], &tables[1], false),
     )
     .unwrap();
-    let out = flumen(&["run", "expected.sql", "-p", "2"], work)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_ok(work, "expected.sql", "2");
     let want = contents(&tables[0], &tables[1]);
     assert!(want.0.lines().count() > 1000 && want.1.lines().count() > 1000);
     want

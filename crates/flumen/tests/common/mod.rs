@@ -13,6 +13,41 @@ pub fn flumen(args: &[&str], dir: &Path) -> Command {
     cmd
 }
 
+/// Runs `flumen run SQL -p P` in `dir`, which must succeed.
+pub fn run_ok(dir: &Path, sql: &str, parallelism: &str) {
+    let out = flumen(&["run", sql, "-p", parallelism], dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "flumen run {sql} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The address of the server `name` (`postgres`, `kafka`) the tests talk
+/// to: the environment variable `var`, or what `scripts/services.sh name`
+/// prints after starting it.
+pub fn service(name: &str, var: &str) -> String {
+    if let Ok(address) = std::env::var(var) {
+        return address;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/services.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(name)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("scripts/services.sh runs");
+    assert!(out.status.success(), "scripts/services.sh {name} failed");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("scripts/services.sh printed no line for {name}: {text}"));
+    line.split_whitespace().nth(1).unwrap().to_string()
+}
+
 /// A small deterministic random sequence (xorshift), seeded per test.
 pub struct Random(pub u64);
 

@@ -7,8 +7,8 @@
 # $FLUMEN_SERVICES (default /var/lib/flumen/services for root, whose home
 # the servers' own users cannot enter, else ~/.cache/flumen/services).
 #
-#   scripts/services.sh [postgres] [kafka]      start (all when none is named)
-#   scripts/services.sh stop [postgres] [kafka] stop
+#   scripts/services.sh [postgres] [kafka] [nats]      start (all when none is named)
+#   scripts/services.sh stop [postgres] [kafka] [nats] stop
 #
 # PostgreSQL: Debian's package, a cluster of its own on 127.0.0.1:54329
 # (FLUMEN_POSTGRES_PORT), user `flumen` with trust authentication, database
@@ -19,6 +19,9 @@
 # for root, else ~/.cache/flumen/tools; the first build takes about half an
 # hour on 2 cores), with its in-memory storage (topics are gone when it
 # stops), listening on 127.0.0.1:19092 (FLUMEN_KAFKA_PORT).
+#
+# NATS: Debian's nats-server with JetStream on, its store under $ROOT/nats,
+# listening on 127.0.0.1:14222 (FLUMEN_NATS_PORT): nats://127.0.0.1:14222
 set -euo pipefail
 if [ "$(id -u)" -eq 0 ]; then
     ROOT="${FLUMEN_SERVICES:-/var/lib/flumen/services}"
@@ -27,6 +30,7 @@ else
 fi
 PG_PORT="${FLUMEN_POSTGRES_PORT:-54329}"
 KAFKA_PORT="${FLUMEN_KAFKA_PORT:-19092}"
+NATS_PORT="${FLUMEN_NATS_PORT:-14222}"
 TANSU_VERSION=0.6.0
 if [ "$(id -u)" -eq 0 ]; then
     TOOLS="${FLUMEN_TOOLS:-/var/lib/flumen/tools}"
@@ -164,13 +168,46 @@ stop_kafka() {
     fi
 }
 
+start_nats() {
+    local log="$ROOT/nats/server.log"
+    if ! command -v nats-server >/dev/null; then
+        apt_install nats-server
+    fi
+    local how=running
+    if ! listening "$NATS_PORT"; then
+        how=started
+        mkdir -p "$ROOT/nats"
+        nohup nats-server --jetstream --store_dir "$ROOT/nats/store" \
+            --addr 127.0.0.1 --port "$NATS_PORT" \
+            > "$log" 2>&1 < /dev/null &
+        echo $! > "$ROOT/nats/pid"
+        local tries=0
+        until listening "$NATS_PORT"; do
+            tries=$((tries + 1))
+            if [ "$tries" -gt 100 ] || ! kill -0 "$(cat "$ROOT/nats/pid")" 2>/dev/null; then
+                echo "services.sh: nats-server did not start; see $log" >&2
+                exit 1
+            fi
+            sleep 0.1
+        done
+    fi
+    echo "nats nats://127.0.0.1:$NATS_PORT $how"
+}
+
+stop_nats() {
+    if [ -f "$ROOT/nats/pid" ]; then
+        kill "$(cat "$ROOT/nats/pid")" 2>/dev/null || true
+        rm -f "$ROOT/nats/pid"
+    fi
+}
+
 action=start
 if [ "${1:-}" = stop ]; then
     action=stop
     shift
 fi
 services=("$@")
-[ ${#services[@]} -eq 0 ] && services=(postgres kafka)
+[ ${#services[@]} -eq 0 ] && services=(postgres kafka nats)
 if [ "$action" = stop ]; then
     # Kafka keeps its topics in PostgreSQL: stop it first.
     mapfile -t services < <(printf '%s\n' "${services[@]}" | sort)
@@ -179,6 +216,7 @@ for s in "${services[@]}"; do
     case "$s" in
         postgres) "${action}_postgres" ;;
         kafka) "${action}_kafka" ;;
-        *) echo "services.sh: unknown server '$s'; known: postgres, kafka" >&2; exit 2 ;;
+        nats) "${action}_nats" ;;
+        *) echo "services.sh: unknown server '$s'; known: postgres, kafka, nats" >&2; exit 2 ;;
     esac
 done

@@ -17,6 +17,7 @@ while read -r name url how; do
     case "$name" in
         postgres) export FLUMEN_POSTGRES_URL="$url" ;;
         kafka) export FLUMEN_KAFKA_BROKERS="$url" ;;
+        nats) export FLUMEN_NATS_URL="$url" ;;
     esac
     if [ "$how" = started ]; then
         STARTED+=("$name")

@@ -191,6 +191,20 @@ impl Encoded {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
         &self.data[start..self.ends[i]]
     }
+
+    /// Each row's payload, as slices of one shared buffer (no copy per row).
+    pub(crate) fn into_payloads(self) -> Vec<bytes::Bytes> {
+        let data = bytes::Bytes::from(self.data);
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                let payload = data.slice(start..end);
+                start = end;
+                payload
+            })
+            .collect()
+    }
 }
 
 /// Encodes each row of `batch` as one payload of `format`.
@@ -321,6 +335,27 @@ impl TextDecoder {
                 _ => {}
             }
         }
+    }
+}
+
+/// Format `raw` writes one STRING or BYTES column.
+pub(crate) fn check_raw(option: &str, input: &SchemaRef, columns: &[usize]) -> Result<()> {
+    match columns {
+        [c] if matches!(
+            input.field(*c).data_type(),
+            arrow::datatypes::DataType::Utf8 | arrow::datatypes::DataType::Binary
+        ) =>
+        {
+            Ok(())
+        }
+        _ => Err(FlumenError::config(format!(
+            "{option} = 'raw' writes one STRING or BYTES column, not ({})",
+            columns
+                .iter()
+                .map(|c| format!("{} {}", input.field(*c).name(), input.field(*c).data_type()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
     }
 }
 

@@ -10,9 +10,12 @@ mod blackhole;
 mod clocks;
 pub mod filesystem;
 mod format;
+mod guarantee;
 pub mod kafka;
+pub mod nats;
 pub mod nexmark;
 mod options;
+mod payloads;
 pub mod postgres;
 mod stdout;
 mod throttle;
@@ -98,6 +101,7 @@ pub fn connectors() -> &'static [&'static dyn Connector] {
         &blackhole::Blackhole,
         &postgres::Postgres,
         &kafka::Kafka,
+        &nats::Nats,
     ]
 }
 

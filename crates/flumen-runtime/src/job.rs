@@ -275,7 +275,7 @@ fn wire_task(
             NodeKind::Operator(_) => {
                 operator_nodes.push((n, w.ids[n].clone(), graph.describe_node(n)))
             }
-            NodeKind::Sink(_) => sink_node = Some(n),
+            NodeKind::Sink(_) => sink_node = Some((n, w.ids[n].clone())),
         }
     }
     TaskCheckpoint {

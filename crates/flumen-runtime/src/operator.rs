@@ -58,9 +58,16 @@ pub trait Source: Send {
     async fn next(&mut self) -> Result<Option<Message>>;
 
     /// Where each of its splits has read to, counting exactly the rows
-    /// `next` has returned: what a checkpoint stores for it.
-    fn snapshot_position(&mut self) -> Result<Vec<SplitPosition>> {
+    /// `next` has returned: what checkpoint `checkpoint` stores for it.
+    fn snapshot_position(&mut self, _checkpoint: u64) -> Result<Vec<SplitPosition>> {
         Ok(Vec::new())
+    }
+
+    /// Checkpoint `checkpoint` is complete: a source whose system wants to
+    /// hear what was consumed (acknowledgements, offsets for monitoring)
+    /// tells it now about everything up to that checkpoint's positions.
+    async fn checkpoint_complete(&mut self, _checkpoint: u64) -> Result<()> {
+        Ok(())
     }
 
     /// Rewinds to `positions`, the positions of every subtask of this
@@ -157,6 +164,20 @@ pub trait Sink: Send {
     /// Checkpoint `checkpoint` is complete: make visible everything staged
     /// up to it.
     async fn commit(&mut self, _checkpoint: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// What the sink staged that must survive in the checkpoint itself
+    /// (rows not yet handed to its system), split by key group; called
+    /// right after [`Sink::pre_commit`]. Most sinks stage in their own
+    /// system and keep the default: nothing.
+    fn snapshot_state(&mut self) -> Result<StateSnapshot> {
+        Ok(StateSnapshot::default())
+    }
+
+    /// Takes up what [`Sink::snapshot_state`] stored, for the key groups
+    /// this subtask owns, before any write (restore at any parallelism).
+    fn restore_state(&mut self, _snapshot: &StateSnapshot) -> Result<()> {
         Ok(())
     }
 }

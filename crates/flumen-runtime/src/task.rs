@@ -63,7 +63,7 @@ pub(crate) struct TaskCheckpoint {
     /// chained operator, and the sink (if any).
     pub source_node: Option<(NodeId, String)>,
     pub operator_nodes: Vec<(NodeId, String, String)>,
-    pub sink_node: Option<NodeId>,
+    pub sink_node: Option<(NodeId, String)>,
     /// The key groups this subtask owns (what it restores).
     pub range: KeyGroupRange,
     /// The checkpoint to resume from.
@@ -122,6 +122,9 @@ impl Task {
                     }
                 }
                 Step::Control(Control::Commit(n)) => {
+                    if let Head::Source(head) = &mut self.head {
+                        head.source.checkpoint_complete(n).await?;
+                    }
                     if let Tail::Sink(sink) = &mut self.tail {
                         sink.commit(n).await?;
                     }
@@ -184,29 +187,25 @@ impl Task {
                 .map_err(|e| restoring("source", id, e))?;
         }
         for (op, (_, id, name)) in self.operators.iter_mut().zip(&cp.operator_nodes) {
-            let Some(state) = manifest.operator(id) else {
+            let Some(snapshot) = read_snapshot(&restore, id, cp.range).await else {
                 continue;
             };
-            if state.files.is_empty() {
-                continue;
-            }
-            let files: Vec<&StateFile> = state.files.iter().collect();
-            let snapshot = restore
-                .store
-                .read_state(&files, cp.range)
-                .await
-                .map_err(|e| restoring(name, id, e))?;
             // An operator's restore reads columns by the layout it wrote;
             // a snapshot of another layout must be an error, not a crash.
             let restored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                op.restore_state(&snapshot)
+                op.restore_state(&snapshot?)
             }))
-            .unwrap_or_else(|_| {
-                Err(FlumenError::state(
-                    "its state tables do not have the layout this operator stores",
-                ))
-            });
+            .unwrap_or_else(|_| Err(FlumenError::state(WRONG_LAYOUT)));
             restored.map_err(|e| restoring(name, id, e))?;
+        }
+        if let (Tail::Sink(sink), Some((_, id))) = (&mut self.tail, &cp.sink_node)
+            && let Some(snapshot) = read_snapshot(&restore, id, cp.range).await
+        {
+            let restored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                sink.restore_state(&snapshot?)
+            }))
+            .unwrap_or_else(|_| Err(FlumenError::state(WRONG_LAYOUT)));
+            restored.map_err(|e| restoring("sink", id, e))?;
         }
         if cp.restoring.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.metrics.restored();
@@ -373,16 +372,16 @@ impl Task {
         let mut states = Vec::new();
         if let (Head::Source(head), Some((id, _))) = (&mut self.head, &cp.source_node) {
             let mut state = node(*id);
-            state.positions = head.source.snapshot_position()?;
+            state.positions = head.source.snapshot_position(checkpoint)?;
             states.push((state, StateSnapshot::default()));
         }
         for (op, (id, _, _)) in self.operators.iter_mut().zip(&cp.operator_nodes) {
             states.push((node(*id), op.snapshot_state()?));
         }
-        if let (Tail::Sink(sink), Some(id)) = (&mut self.tail, cp.sink_node) {
-            let mut state = node(id);
+        if let (Tail::Sink(sink), Some((id, _))) = (&mut self.tail, &cp.sink_node) {
+            let mut state = node(*id);
             state.staged = sink.pre_commit(checkpoint).await?;
-            states.push((state, StateSnapshot::default()));
+            states.push((state, sink.snapshot_state()?));
         }
         Ok(states)
     }
@@ -483,6 +482,24 @@ fn checkpointing(cp: &mut Option<TaskCheckpoint>) -> Result<&mut TaskCheckpoint>
         .ok_or_else(|| FlumenError::internal("a checkpoint step ran with checkpoints off"))
 }
 
+/// Why a restore that panicked failed.
+const WRONG_LAYOUT: &str = "its state tables do not have the layout this operator stores";
+
+/// The state node `id` stored in the checkpoint `restore` resumes from, for
+/// the key groups in `range`; `None` when it stored none.
+async fn read_snapshot(
+    restore: &Restore,
+    id: &str,
+    range: KeyGroupRange,
+) -> Option<Result<StateSnapshot>> {
+    let state = restore.manifest.operator(id)?;
+    if state.files.is_empty() {
+        return None;
+    }
+    let files: Vec<&StateFile> = state.files.iter().collect();
+    Some(restore.store.read_state(&files, range).await)
+}
+
 /// Stores the snapshots of `states` under checkpoint directory `dir` in the
 /// background and acknowledges `checkpoint` (`None`: the final state) to
 /// the coordinator with the files written.
@@ -501,6 +518,7 @@ fn upload(
         .iter()
         .cloned()
         .chain(cp.operator_nodes.iter().map(|(n, id, _)| (*n, id.clone())))
+        .chain(cp.sink_node.iter().cloned())
         .collect();
     let previous = cp.last_upload.take();
     cp.last_upload = Some(tokio::spawn(async move {

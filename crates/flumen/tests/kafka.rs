@@ -10,11 +10,10 @@
 
 mod common;
 
-use std::path::Path;
-
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use common::bids::{BID_COLUMNS, OUT_COLUMNS, WINDOWED, assert_same, bids, expected, lines_of};
 use common::flumen;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -77,54 +76,6 @@ impl Drop for Topics {
         let names: Vec<&str> = self.0.iter().map(String::as_str).collect();
         let _ = runtime().block_on(admin().delete_topics(&names, &AdminOptions::new()));
     }
-}
-
-/// Writes the generator's bids as JSON lines into `work/bids/`; returns
-/// the lines.
-fn bids(work: &Path, events: u64) -> Vec<String> {
-    std::fs::write(
-        work.join("bids.sql"),
-        format!(
-            "CREATE TABLE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, date_time TIMESTAMP(3))
-               WITH (connector = 'nexmark', kind = 'bid', events = '{events}', rate = '10000', seed = '11');
-             CREATE TABLE out (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, date_time TIMESTAMP(3))
-               WITH (connector = 'filesystem', path = 'bids', format = 'json');
-             INSERT INTO out SELECT * FROM bid;"
-        ),
-    )
-    .unwrap();
-    common::run_ok(work, "bids.sql", "1");
-    lines_of(&work.join("bids"), false)
-}
-
-/// The lines of every file under `dir`; sorted when `sort`.
-fn lines_of(dir: &Path, sort: bool) -> Vec<String> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            !p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with(['.', '_'])
-        })
-        .collect();
-    files.sort();
-    let mut lines: Vec<String> = files
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    if sort {
-        lines.sort();
-    }
-    lines
 }
 
 /// Produces `lines` to `topic`, keyed by the auction so each partition
@@ -202,17 +153,6 @@ fn read_committed(topic: &str) -> Vec<String> {
     lines
 }
 
-const BID_COLUMNS: &str =
-    "auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, date_time TIMESTAMP(3),
-    WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND";
-
-/// A windowed count and top price per auction over `bid`.
-const WINDOWED: &str = "SELECT auction, count(*) AS num, max(price) AS top, window_start
-    FROM tumble(bid, descriptor(date_time), INTERVAL '2' SECOND)
-    GROUP BY auction, window_start, window_end";
-
-const OUT_COLUMNS: &str = "auction BIGINT, num BIGINT, top BIGINT, window_start TIMESTAMP(3)";
-
 /// `with` options of a bounded Kafka table of `topic`.
 fn kafka_table(topic: &str, extra: &str) -> String {
     format!(
@@ -221,34 +161,6 @@ fn kafka_table(topic: &str, extra: &str) -> String {
          'scan.bounded.mode' = 'latest-offset'{extra}",
         brokers()
     )
-}
-
-/// The windowed query over the bids in `work/bids` (files): the oracle.
-fn expected(work: &Path) -> Vec<String> {
-    std::fs::write(
-        work.join("expected.sql"),
-        format!(
-            "CREATE TABLE bid ({BID_COLUMNS}) WITH (connector = 'filesystem', path = 'bids', format = 'json');
-             CREATE TABLE out ({OUT_COLUMNS}) WITH (connector = 'filesystem', path = 'expected', format = 'json');
-             INSERT INTO out {WINDOWED};"
-        ),
-    )
-    .unwrap();
-    common::run_ok(work, "expected.sql", "1");
-    let want = lines_of(&work.join("expected"), true);
-    assert!(want.len() > 1000, "{} rows expected", want.len());
-    want
-}
-
-fn assert_same(what: &str, got: &[String], want: &[String]) {
-    if got != want {
-        let first = got.iter().zip(want).find(|(a, b)| a != b);
-        panic!(
-            "{what}: {} rows, {} expected; first difference (got, expected): {first:?}",
-            got.len(),
-            want.len()
-        );
-    }
 }
 
 /// The windowed job from Kafka table `input` into a filesystem table

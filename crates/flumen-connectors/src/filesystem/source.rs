@@ -439,7 +439,7 @@ impl Source for FileSource {
         }
     }
 
-    fn snapshot_position(&mut self) -> Result<Vec<SplitPosition>> {
+    fn snapshot_position(&mut self, _checkpoint: u64) -> Result<Vec<SplitPosition>> {
         let mut out = Vec::new();
         for p in &self.progress {
             match &p.read {

@@ -21,19 +21,12 @@ use rdkafka::{ClientConfig, ClientContext};
 
 use super::{CALL_TIMEOUT, brokers, client_config, kafka_error};
 use crate::TableSpec;
-use crate::format::{MessageFormat, encode};
+use crate::format::{MessageFormat, check_raw, encode};
+use crate::guarantee::Guarantee;
 
 /// Transactional producers each subtask fences when it starts: one open
 /// transaction and those waiting for their checkpoint to complete.
 const SLOTS: usize = 3;
-
-/// What the sink promises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Guarantee {
-    ExactlyOnce,
-    AtLeastOnce,
-    None,
-}
 
 /// Makes one Kafka sink per subtask.
 pub struct KafkaSinkFactory {
@@ -93,15 +86,7 @@ impl KafkaSinkFactory {
         if let Some((columns, MessageFormat::Raw)) = &key {
             check_raw("key.format", &input, columns)?;
         }
-        let guarantee = match options.choice(
-            "sink.delivery-guarantee",
-            &["exactly-once", "at-least-once", "none"],
-            "at-least-once",
-        )? {
-            "exactly-once" => Guarantee::ExactlyOnce,
-            "none" => Guarantee::None,
-            _ => Guarantee::AtLeastOnce,
-        };
+        let guarantee = Guarantee::parse(options)?;
         let prefix = options
             .get("sink.transactional-id-prefix")
             .map(str::to_string)
@@ -137,16 +122,7 @@ impl KafkaSinkFactory {
 impl SinkFactory for KafkaSinkFactory {
     fn describe(&self) -> String {
         let s = &self.shared;
-        format!(
-            "kafka {} ({:?}, {})",
-            s.topic,
-            s.format,
-            match s.guarantee {
-                Guarantee::ExactlyOnce => "exactly-once",
-                Guarantee::AtLeastOnce => "at-least-once",
-                Guarantee::None => "none",
-            }
-        )
+        format!("kafka {} ({:?}, {})", s.topic, s.format, s.guarantee.name())
     }
 
     fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Sink>> {
@@ -314,27 +290,6 @@ impl KafkaSink {
             })?;
         }
         Ok(self.open.insert(slot))
-    }
-}
-
-/// Format `raw` writes one STRING or BYTES column.
-fn check_raw(option: &str, input: &SchemaRef, columns: &[usize]) -> Result<()> {
-    match columns {
-        [c] if matches!(
-            input.field(*c).data_type(),
-            arrow::datatypes::DataType::Utf8 | arrow::datatypes::DataType::Binary
-        ) =>
-        {
-            Ok(())
-        }
-        _ => Err(FlumenError::config(format!(
-            "{option} = 'raw' writes one STRING or BYTES column, not ({})",
-            columns
-                .iter()
-                .map(|c| format!("{} {}", input.field(*c).name(), input.field(*c).data_type()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
     }
 }
 

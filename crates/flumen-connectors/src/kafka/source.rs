@@ -2,15 +2,14 @@
 //! fixed rule (so a checkpoint's offsets find their owner at any
 //! parallelism) and assigned directly, without the group protocol; each
 //! subtask's offsets go into checkpoints and, for monitoring only, to the
-//! consumer group. Payloads are decoded many at a time, one batch per
+//! consumer group once the checkpoint completes. Payloads are decoded many at a time, one batch per
 //! partition, with a watermark per partition (idle partitions stop holding
 //! it back).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use flumen_runtime::{JobMetrics, Source, SourceFactory, TaskContext, WatermarkStrategy};
 use flumen_state::checkpoint::SplitPosition;
@@ -24,9 +23,10 @@ use tokio::time::Instant;
 
 use super::{CALL_TIMEOUT, brokers, client_config, kafka_error, topics};
 use crate::TableSpec;
-use crate::bad_data::{BadData, dead_letter_record};
+use crate::bad_data::BadData;
 use crate::clocks::SplitClocks;
 use crate::format::{MessageFormat, PayloadDecoder};
+use crate::payloads::Payloads;
 use crate::throttle::Throttle;
 
 /// How long a subtask waits for a message before it looks at idleness and
@@ -158,10 +158,12 @@ impl KafkaSourceFactory {
             by_topic: HashMap::new(),
             assigned: false,
             restored: Vec::new(),
+            offsets_of: BTreeMap::new(),
             pending: VecDeque::new(),
             clocks: watermarks.map(|w| SplitClocks::new(w, 0, self.idle_after)),
             ended: Vec::new(),
             throttle: Throttle::new(self.rows_per_second, ctx.parallelism),
+            idle_sent: false,
         };
         for (topic, partition) in &self.partitions {
             source.add_split(topic, *partition);
@@ -286,18 +288,10 @@ struct Split {
     done: bool,
     /// Its clock, with event time.
     clock: usize,
-    /// Messages taken but not yet decoded.
+    /// Messages taken but not yet decoded, by offset.
     buffer: Payloads,
-}
-
-/// Payloads of one partition, back to back, with each one's offset.
-#[derive(Default)]
-struct Payloads {
-    data: Vec<u8>,
-    ends: Vec<usize>,
-    offsets: Vec<i64>,
     /// Offset after the last message taken (tombstones included).
-    next: Option<i64>,
+    taken_next: Option<i64>,
 }
 
 struct KafkaSource {
@@ -318,6 +312,8 @@ struct KafkaSource {
     by_topic: HashMap<String, HashMap<i32, usize>>,
     assigned: bool,
     restored: Vec<SplitPosition>,
+    /// Offsets of each checkpoint taken and not yet complete.
+    offsets_of: BTreeMap<u64, TopicPartitionList>,
     /// Messages ready to return, each with the split offset it moves to.
     pending: VecDeque<(Message, Option<(usize, i64)>)>,
     clocks: Option<SplitClocks>,
@@ -325,6 +321,8 @@ struct KafkaSource {
     /// once their last rows are queued.
     ended: Vec<usize>,
     throttle: Option<Throttle>,
+    /// Whether it said it is idle, having no partition.
+    idle_sent: bool,
 }
 
 #[async_trait]
@@ -359,6 +357,11 @@ impl Source for KafkaSource {
             if self.discovery.is_some() && Instant::now() >= self.next_discovery {
                 self.discover().await?;
             }
+            // A subtask without partitions holds no watermark back.
+            if self.splits.is_empty() && !self.idle_sent {
+                self.idle_sent = true;
+                return Ok(Some(Message::Idle));
+            }
             let consumer = self.consumer.clone();
             let mut stream = consumer.stream();
             let first = tokio::select! {
@@ -385,19 +388,30 @@ impl Source for KafkaSource {
         }
     }
 
-    fn snapshot_position(&mut self) -> Result<Vec<SplitPosition>> {
-        // Offsets to the group are for monitoring only: a failure to
-        // commit them changes nothing.
-        let mut commit = TopicPartitionList::new();
+    fn snapshot_position(&mut self, checkpoint: u64) -> Result<Vec<SplitPosition>> {
+        let positions = split_positions(&self.splits, &self.pending);
+        let mut offsets = TopicPartitionList::new();
         for s in &self.splits {
             if let Some(next) = s.next_offset {
-                let _ = commit.add_partition_offset(&s.topic, s.partition, Offset::Offset(next));
+                let _ = offsets.add_partition_offset(&s.topic, s.partition, Offset::Offset(next));
             }
         }
-        if commit.count() > 0 {
-            let _ = self.consumer.commit(&commit, CommitMode::Async);
+        self.offsets_of.insert(checkpoint, offsets);
+        Ok(positions)
+    }
+
+    /// Commits the offsets of the completed checkpoint to the consumer
+    /// group, as Flink does: for monitoring only, so a failure changes
+    /// nothing.
+    async fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<()> {
+        let later = self.offsets_of.split_off(&(checkpoint + 1));
+        let covered = std::mem::replace(&mut self.offsets_of, later);
+        if let Some((_, offsets)) = covered.into_iter().next_back()
+            && offsets.count() > 0
+        {
+            let _ = self.consumer.commit(&offsets, CommitMode::Async);
         }
-        Ok(split_positions(&self.splits, &self.pending))
+        Ok(())
     }
 
     fn restore_position(&mut self, positions: &[SplitPosition]) -> Result<()> {
@@ -430,6 +444,7 @@ impl KafkaSource {
             done: false,
             clock,
             buffer: Payloads::default(),
+            taken_next: None,
         });
     }
 
@@ -579,13 +594,11 @@ impl KafkaSource {
         else {
             return Ok(());
         };
-        let buffer = &mut self.splits[id].buffer;
-        buffer.next = Some(message.offset() + 1);
+        let split = &mut self.splits[id];
+        split.taken_next = Some(message.offset() + 1);
         // A message without a value (a tombstone) is no row.
         if let Some(payload) = message.payload() {
-            buffer.data.extend_from_slice(payload);
-            buffer.ends.push(buffer.data.len());
-            buffer.offsets.push(message.offset());
+            split.buffer.push(payload, message.offset());
         }
         Ok(())
     }
@@ -612,7 +625,7 @@ impl KafkaSource {
                     .as_ref()
                     .and_then(|p| p.find_partition(&s.topic, s.partition))
                     .and_then(|e| e.offset().to_raw());
-                let at = s.buffer.next.or(s.next_offset).max(fetched);
+                let at = s.taken_next.or(s.next_offset).max(fetched);
                 s.stop.is_some_and(|stop| at.is_some_and(|a| a >= stop))
             };
             if one_topic || passed_stop() {
@@ -627,10 +640,29 @@ impl KafkaSource {
     fn decode_taken(&mut self) -> Result<()> {
         let mut dead = Vec::new();
         for id in 0..self.splits.len() {
-            let Some(next) = self.splits[id].buffer.next.take() else {
+            let Some(next) = self.splits[id].taken_next.take() else {
                 continue;
             };
-            let batch = self.decode(id, &self.splits[id].buffer, &mut dead)?;
+            let split = &self.splits[id];
+            let batch = split.buffer.decode(
+                &self.decoder,
+                &self.bad_data,
+                &self.metrics,
+                &mut dead,
+                |offset| {
+                    serde_json::json!({
+                        "topic": split.topic,
+                        "partition": split.partition,
+                        "offset": offset,
+                    })
+                },
+                |offset| {
+                    format!(
+                        "topic '{}' partition {} offset {offset}",
+                        split.topic, split.partition
+                    )
+                },
+            )?;
             let wm = match self.clocks.as_mut() {
                 Some(c) if batch.num_rows() > 0 => c.on_batch(self.splits[id].clock, &batch)?,
                 _ => None,
@@ -640,11 +672,7 @@ impl KafkaSource {
             if let Some(wm) = wm {
                 self.pending.push_back((Message::Watermark(wm), None));
             }
-            // Keep the buffer's memory for the next round.
-            let buffer = &mut self.splits[id].buffer;
-            buffer.data.clear();
-            buffer.ends.clear();
-            buffer.offsets.clear();
+            self.splits[id].buffer.clear();
         }
         // Splits read to their end no longer hold the watermark back.
         for id in std::mem::take(&mut self.ended) {
@@ -655,49 +683,6 @@ impl KafkaSource {
         }
         self.bad_data
             .send_to_dead_letter(self.subtask, &dead, &self.metrics)
-    }
-
-    /// The rows of one split's payloads; malformed ones are found one by
-    /// one and failed, dropped or dead-lettered.
-    fn decode(&self, id: usize, buffer: &Payloads, dead: &mut Vec<String>) -> Result<RecordBatch> {
-        let payloads: Vec<&[u8]> = (0..buffer.ends.len())
-            .map(|i| {
-                let start = if i == 0 { 0 } else { buffer.ends[i - 1] };
-                &buffer.data[start..buffer.ends[i]]
-            })
-            .collect();
-        if let Ok(batch) = self.decoder.decode(&payloads) {
-            return Ok(batch);
-        }
-        let split = &self.splits[id];
-        let mut good = Vec::new();
-        let mut dropped = 0;
-        for (payload, offset) in payloads.iter().zip(&buffer.offsets) {
-            match (self.decoder.decode_one(payload), &self.bad_data) {
-                (Ok(b), _) => good.push(b),
-                (Err(_), BadData::Drop) => dropped += 1,
-                (Err(e), BadData::DeadLetter(_)) => dead.push(dead_letter_record(
-                    serde_json::json!({
-                        "topic": split.topic,
-                        "partition": split.partition,
-                        "offset": offset,
-                    }),
-                    &e.to_string(),
-                    payload,
-                )),
-                (Err(e), BadData::Fail) => {
-                    return Err(FlumenError::BadData(format!(
-                        "topic '{}' partition {} offset {offset}: {e}",
-                        split.topic, split.partition
-                    )));
-                }
-            }
-        }
-        self.metrics.add_bad_records_dropped(dropped);
-        Ok(arrow::compute::concat_batches(
-            self.decoder.schema(),
-            &good,
-        )?)
     }
 }
 
@@ -735,6 +720,7 @@ fn start_offset(startup: Startup) -> Offset {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::record_batch::RecordBatch;
 
     #[test]
     fn partitions_go_round_the_subtasks_from_a_start_the_topic_picks() {
@@ -761,6 +747,7 @@ mod tests {
             done: true,
             clock: 0,
             buffer: Payloads::default(),
+            taken_next: None,
         };
         let splits = vec![split(0, Some(7)), split(1, None)];
         let batch = RecordBatch::new_empty(Arc::new(arrow::datatypes::Schema::empty()));

@@ -291,7 +291,7 @@ impl Source for NexmarkSource {
         }
     }
 
-    fn snapshot_position(&mut self) -> Result<Vec<SplitPosition>> {
+    fn snapshot_position(&mut self, _checkpoint: u64) -> Result<Vec<SplitPosition>> {
         Ok(self
             .lanes
             .iter()

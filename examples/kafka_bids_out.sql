@@ -1,6 +1,7 @@
 -- Writes the generator's bids as JSON messages to the Kafka topic `bids`
 -- (keyed by auction), the input of examples/kafka_to_postgres.sql.
 --   scripts/services.sh kafka
+--   /var/lib/flumen/tools/bin/tansu topic create bids --broker tcp://127.0.0.1:19092
 --   cargo run --release -p flumen -- run examples/kafka_bids_out.sql
 
 CREATE TABLE bid (

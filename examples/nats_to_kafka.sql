@@ -3,6 +3,7 @@
 -- its messages are acknowledged when a checkpoint completes.
 --   scripts/services.sh nats kafka
 --   cargo run --release -p flumen -- run examples/nats_bids_out.sql
+--   /var/lib/flumen/tools/bin/tansu topic create auction_windows --broker tcp://127.0.0.1:19092
 --   cargo run --release -p flumen -- run examples/nats_to_kafka.sql --checkpoint-dir /tmp/flumen-nats-example
 -- Kill it (SIGKILL) and run the same command again: it resumes at the
 -- checkpointed sequences. The topic is written at least once (tansu, the

@@ -388,6 +388,22 @@ fn bad_messages_and_missing_topics_are_named() {
         missing.contains(&format!("topic '{topic}-nope'")) && missing.contains(brokers()),
         "{missing}"
     );
+    // A sink's missing topic is named at once, not a delivery timeout.
+    let missing_out = failure(&format!(
+        "{}
+         CREATE TABLE t_out (auction BIGINT, price BIGINT) WITH (connector = 'kafka', topic = '{topic}-absent',
+           'properties.bootstrap.servers' = '{}', format = 'json');
+         INSERT INTO t_out SELECT * FROM t;",
+        job(", bad_data = 'drop'", "out"),
+        brokers()
+    ));
+    assert!(
+        missing_out.contains(&format!(
+            "topic '{topic}-absent' does not exist at {}",
+            brokers()
+        )),
+        "{missing_out}"
+    );
     let unknown = failure(&job(", 'scan.startup.mod' = 'earliest-offset'", "out"));
     assert!(
         unknown.contains("unknown option 'scan.startup.mod'")

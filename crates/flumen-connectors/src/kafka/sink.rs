@@ -132,6 +132,7 @@ impl SinkFactory for KafkaSinkFactory {
             slots: Vec::new(),
             open: None,
             waiting: Vec::new(),
+            topic_checked: false,
         }))
     }
 }
@@ -173,6 +174,8 @@ struct KafkaSink {
     open: Option<Slot>,
     /// Transactions flushed at a barrier, waiting for their checkpoint.
     waiting: Vec<(u64, Slot)>,
+    /// Whether the topic was found to exist.
+    topic_checked: bool,
 }
 
 #[async_trait]
@@ -284,6 +287,10 @@ impl KafkaSink {
                 id: String::new(),
             },
         };
+        if !self.topic_checked {
+            check_topic(&slot.producer, &s).await?;
+            self.topic_checked = true;
+        }
         if s.guarantee == Guarantee::ExactlyOnce {
             slot.producer.begin_transaction().map_err(|e| {
                 kafka_error(format!("beginning a transaction on topic '{}'", s.topic), e)
@@ -291,6 +298,33 @@ impl KafkaSink {
         }
         Ok(self.open.insert(slot))
     }
+}
+
+/// Fails naming the topic and brokers when the topic does not exist, so
+/// that writing to it is not a delivery timeout much later.
+async fn check_topic(producer: &Arc<KafkaProducer>, s: &Shared) -> Result<()> {
+    let producer = producer.clone();
+    let topic = s.topic.clone();
+    let brokers = s.brokers.clone();
+    tokio::task::spawn_blocking(move || {
+        let metadata = producer
+            .client()
+            .fetch_metadata(Some(&topic), CALL_TIMEOUT)
+            .map_err(|e| {
+                kafka_error(
+                    format!("reading metadata of topic '{topic}' at {brokers}"),
+                    e,
+                )
+            })?;
+        match metadata.topics().iter().find(|t| t.name() == topic) {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+            _ => Err(FlumenError::config(format!(
+                "topic '{topic}' does not exist at {brokers}"
+            ))),
+        }
+    })
+    .await
+    .map_err(|e| FlumenError::internal(format!("topic look-up panicked: {e}")))?
 }
 
 fn create(s: &Shared, config: ClientConfig) -> Result<KafkaProducer> {

@@ -17,6 +17,7 @@ pub mod nexmark;
 mod options;
 mod payloads;
 pub mod postgres;
+mod ready;
 mod stdout;
 mod throttle;
 

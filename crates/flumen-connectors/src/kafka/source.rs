@@ -6,7 +6,7 @@
 //! partition, with a watermark per partition (idle partitions stop holding
 //! it back).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use crate::bad_data::BadData;
 use crate::clocks::SplitClocks;
 use crate::format::{MessageFormat, PayloadDecoder};
 use crate::payloads::Payloads;
+use crate::ready::Ready;
 use crate::throttle::Throttle;
 
 /// How long a subtask waits for a message before it looks at idleness and
@@ -159,10 +160,9 @@ impl KafkaSourceFactory {
             assigned: false,
             restored: Vec::new(),
             offsets_of: BTreeMap::new(),
-            pending: VecDeque::new(),
+            pending: Ready::new(Throttle::new(self.rows_per_second, ctx.parallelism)),
             clocks: watermarks.map(|w| SplitClocks::new(w, 0, self.idle_after)),
             ended: Vec::new(),
-            throttle: Throttle::new(self.rows_per_second, ctx.parallelism),
             idle_sent: false,
         };
         for (topic, partition) in &self.partitions {
@@ -315,12 +315,11 @@ struct KafkaSource {
     /// Offsets of each checkpoint taken and not yet complete.
     offsets_of: BTreeMap<u64, TopicPartitionList>,
     /// Messages ready to return, each with the split offset it moves to.
-    pending: VecDeque<(Message, Option<(usize, i64)>)>,
+    pending: Ready<(usize, i64)>,
     clocks: Option<SplitClocks>,
     /// Splits found at their end since the last decode, whose clocks stop
     /// once their last rows are queued.
     ended: Vec<usize>,
-    throttle: Option<Throttle>,
     /// Whether it said it is idle, having no partition.
     idle_sent: bool,
 }
@@ -329,24 +328,14 @@ struct KafkaSource {
 impl Source for KafkaSource {
     async fn next(&mut self) -> Result<Option<Message>> {
         loop {
-            if let Some(t) = &mut self.throttle
-                && matches!(self.pending.front(), Some((Message::Batch(_), _)))
-            {
-                t.wait().await;
-            }
-            if let Some((msg, advance)) = self.pending.pop_front() {
+            if let Some((msg, advance)) = self.pending.pop().await {
                 if let Some((id, next)) = advance {
                     self.splits[id].next_offset = Some(next);
                 }
-                if let Message::Batch(b) = &msg {
-                    if b.num_rows() == 0 {
-                        continue;
-                    }
-                    if let Some(t) = &mut self.throttle {
-                        t.sent(b.num_rows());
-                    }
+                match msg {
+                    Some(msg) => return Ok(Some(msg)),
+                    None => continue,
                 }
-                return Ok(Some(msg));
             }
             if !self.assigned {
                 self.assign().await?;
@@ -667,10 +656,9 @@ impl KafkaSource {
                 Some(c) if batch.num_rows() > 0 => c.on_batch(self.splits[id].clock, &batch)?,
                 _ => None,
             };
-            self.pending
-                .push_back((Message::Batch(batch), Some((id, next))));
+            self.pending.push(Message::Batch(batch), Some((id, next)));
             if let Some(wm) = wm {
-                self.pending.push_back((Message::Watermark(wm), None));
+                self.pending.push(Message::Watermark(wm), None);
             }
             self.splits[id].buffer.clear();
         }
@@ -678,7 +666,7 @@ impl KafkaSource {
         for id in std::mem::take(&mut self.ended) {
             let clock = self.splits[id].clock;
             if let Some(wm) = self.clocks.as_mut().and_then(|c| c.finish(clock)) {
-                self.pending.push_back((Message::Watermark(wm), None));
+                self.pending.push(Message::Watermark(wm), None);
             }
         }
         self.bad_data
@@ -688,14 +676,8 @@ impl KafkaSource {
 
 /// Where each split has read to, counting only rows returned: a split
 /// found at its end is done only once none of its rows wait in `pending`.
-fn split_positions(
-    splits: &[Split],
-    pending: &VecDeque<(Message, Option<(usize, i64)>)>,
-) -> Vec<SplitPosition> {
-    let queued: Vec<usize> = pending
-        .iter()
-        .filter_map(|(_, a)| Some(a.as_ref()?.0))
-        .collect();
+fn split_positions(splits: &[Split], pending: &Ready<(usize, i64)>) -> Vec<SplitPosition> {
+    let queued: Vec<usize> = pending.advances().map(|(id, _)| *id).collect();
     splits
         .iter()
         .enumerate()
@@ -751,13 +733,13 @@ mod tests {
         };
         let splits = vec![split(0, Some(7)), split(1, None)];
         let batch = RecordBatch::new_empty(Arc::new(arrow::datatypes::Schema::empty()));
-        let mut pending = VecDeque::new();
-        pending.push_back((Message::Batch(batch), Some((0, 9))));
+        let mut pending = Ready::new(None);
+        pending.push(Message::Batch(batch), Some((0, 9)));
         let positions = split_positions(&splits, &pending);
         assert_eq!(positions[0].position, vec![7]);
         assert!(!positions[0].done, "rows up to offset 9 are still queued");
         assert!(positions[1].done && positions[1].position.is_empty());
-        pending.clear();
+        let pending = Ready::new(None);
         assert!(split_positions(&splits, &pending)[0].done);
     }
 }

@@ -9,7 +9,7 @@
 //! delivered again (after `ack_wait`) is recognised by its sequence and
 //! skipped.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ use crate::bad_data::BadData;
 use crate::clocks::SplitClocks;
 use crate::format::{MessageFormat, PayloadDecoder};
 use crate::payloads::Payloads;
+use crate::ready::Ready;
 use crate::throttle::Throttle;
 
 /// How long a subtask waits for a message before it looks at idleness.
@@ -184,11 +185,10 @@ impl NatsSourceFactory {
             opened: false,
             messages: SelectAll::new(),
             restored: None,
-            pending: VecDeque::new(),
+            pending: Ready::new(Throttle::new(self.rows_per_second, ctx.parallelism)),
             acks: BTreeMap::new(),
             clocks,
             ended: Vec::new(),
-            throttle: Throttle::new(self.rows_per_second, ctx.parallelism),
             idle_sent: false,
         }
     }
@@ -324,13 +324,12 @@ struct NatsSource {
     /// Positions of the checkpoint resumed from, by split name.
     restored: Option<Vec<SplitPosition>>,
     /// Messages ready to return, each with where its split moves to.
-    pending: VecDeque<(Message, Option<Advance>)>,
+    pending: Ready<Advance>,
     /// Per checkpoint (`u64::MAX`: the one to come), the last
     /// acknowledgement subject of each split.
     acks: BTreeMap<u64, Vec<(usize, Subject)>>,
     clocks: Option<SplitClocks>,
     ended: Vec<usize>,
-    throttle: Option<Throttle>,
     /// Whether it said it is idle, having no split.
     idle_sent: bool,
 }
@@ -339,12 +338,7 @@ struct NatsSource {
 impl Source for NatsSource {
     async fn next(&mut self) -> Result<Option<Message>> {
         loop {
-            if let Some(t) = &mut self.throttle
-                && matches!(self.pending.front(), Some((Message::Batch(_), _)))
-            {
-                t.wait().await;
-            }
-            if let Some((msg, advance)) = self.pending.pop_front() {
+            if let Some((msg, advance)) = self.pending.pop().await {
                 if let Some((id, next, reply)) = advance {
                     self.splits[id].next_sequence = Some(next);
                     if self.checkpoints {
@@ -353,15 +347,10 @@ impl Source for NatsSource {
                         ack(self.client.as_ref(), self.server.address(), reply).await?;
                     }
                 }
-                if let Message::Batch(b) = &msg {
-                    if b.num_rows() == 0 {
-                        continue;
-                    }
-                    if let Some(t) = &mut self.throttle {
-                        t.sent(b.num_rows());
-                    }
+                match msg {
+                    Some(msg) => return Ok(Some(msg)),
+                    None => continue,
                 }
-                return Ok(Some(msg));
             }
             if !self.opened {
                 self.open().await?;
@@ -404,11 +393,7 @@ impl Source for NatsSource {
         if let Some(replies) = self.acks.remove(&u64::MAX) {
             self.acks.insert(checkpoint, replies);
         }
-        let queued: Vec<usize> = self
-            .pending
-            .iter()
-            .filter_map(|(_, a)| Some(a.as_ref()?.0))
-            .collect();
+        let queued: Vec<usize> = self.pending.advances().map(|(id, _, _)| *id).collect();
         Ok(self
             .splits
             .iter()
@@ -605,16 +590,16 @@ impl NatsSource {
                 _ => None,
             };
             self.pending
-                .push_back((Message::Batch(batch), Some((id, next, reply))));
+                .push(Message::Batch(batch), Some((id, next, reply)));
             if let Some(wm) = wm {
-                self.pending.push_back((Message::Watermark(wm), None));
+                self.pending.push(Message::Watermark(wm), None);
             }
             self.splits[id].buffer.clear();
         }
         for id in std::mem::take(&mut self.ended) {
             let clock = self.splits[id].clock;
             if let Some(wm) = self.clocks.as_mut().and_then(|c| c.finish(clock)) {
-                self.pending.push_back((Message::Watermark(wm), None));
+                self.pending.push(Message::Watermark(wm), None);
             }
         }
         self.bad_data

@@ -7,8 +7,8 @@
 # $FLUMEN_SERVICES (default /var/lib/flumen/services for root, whose home
 # the servers' own users cannot enter, else ~/.cache/flumen/services).
 #
-#   scripts/services.sh [postgres] [kafka] [nats]      start (all when none is named)
-#   scripts/services.sh stop [postgres] [kafka] [nats] stop
+#   scripts/services.sh [postgres] [kafka] [nats] [s3]      start (all when none is named)
+#   scripts/services.sh stop [postgres] [kafka] [nats] [s3] stop
 #
 # PostgreSQL: Debian's package, a cluster of its own on 127.0.0.1:54329
 # (FLUMEN_POSTGRES_PORT), user `flumen` with trust authentication, database
@@ -22,6 +22,12 @@
 #
 # NATS: Debian's nats-server with JetStream on, its store under $ROOT/nats,
 # listening on 127.0.0.1:14222 (FLUMEN_NATS_PORT): nats://127.0.0.1:14222
+#
+# S3: s3s-fs, an S3-compatible server over a directory, from crates.io,
+# built once like tansu (a few minutes), on 127.0.0.1:19000
+# (FLUMEN_S3_PORT) with access key `flumen` and secret key
+# `flumen-test-secret` (region us-east-1), data under $ROOT/s3; it has one
+# bucket, `flumen`: http://127.0.0.1:19000
 set -euo pipefail
 if [ "$(id -u)" -eq 0 ]; then
     ROOT="${FLUMEN_SERVICES:-/var/lib/flumen/services}"
@@ -31,7 +37,10 @@ fi
 PG_PORT="${FLUMEN_POSTGRES_PORT:-54329}"
 KAFKA_PORT="${FLUMEN_KAFKA_PORT:-19092}"
 NATS_PORT="${FLUMEN_NATS_PORT:-14222}"
+S3_PORT="${FLUMEN_S3_PORT:-19000}"
 TANSU_VERSION=0.6.0
+# The newest s3s-fs that builds with this machine's Rust (1.95).
+S3S_VERSION=0.14.1
 if [ "$(id -u)" -eq 0 ]; then
     TOOLS="${FLUMEN_TOOLS:-/var/lib/flumen/tools}"
 else
@@ -201,13 +210,55 @@ stop_nats() {
     fi
 }
 
+start_s3() {
+    local server="$TOOLS/bin/s3s-fs" log="$ROOT/s3/server.log"
+    if [ ! -x "$server" ] || [ "$(cat "$TOOLS/s3s-version" 2>/dev/null)" != "$S3S_VERSION" ]; then
+        echo "services.sh: building s3s-fs $S3S_VERSION into $TOOLS (once; see $TOOLS/s3s-install.log)" >&2
+        mkdir -p "$TOOLS"
+        CARGO_TARGET_DIR="$TOOLS/target" cargo install --locked s3s-fs --version "$S3S_VERSION" \
+            --features binary --root "$TOOLS" > "$TOOLS/s3s-install.log" 2>&1 || {
+            echo "services.sh: building s3s-fs failed; see $TOOLS/s3s-install.log" >&2
+            exit 1
+        }
+        echo "$S3S_VERSION" > "$TOOLS/s3s-version"
+    fi
+    local how=running
+    if ! listening "$S3_PORT"; then
+        how=started
+        # Test data only: each start begins empty, with the one bucket.
+        rm -rf "$ROOT/s3/data"
+        mkdir -p "$ROOT/s3/data/flumen"
+        nohup "$server" --host 127.0.0.1 --port "$S3_PORT" \
+            --access-key flumen --secret-key flumen-test-secret "$ROOT/s3/data" \
+            > "$log" 2>&1 < /dev/null &
+        echo $! > "$ROOT/s3/pid"
+        local tries=0
+        until listening "$S3_PORT"; do
+            tries=$((tries + 1))
+            if [ "$tries" -gt 100 ] || ! kill -0 "$(cat "$ROOT/s3/pid")" 2>/dev/null; then
+                echo "services.sh: s3s-fs did not start; see $log" >&2
+                exit 1
+            fi
+            sleep 0.1
+        done
+    fi
+    echo "s3 http://127.0.0.1:$S3_PORT $how"
+}
+
+stop_s3() {
+    if [ -f "$ROOT/s3/pid" ]; then
+        kill "$(cat "$ROOT/s3/pid")" 2>/dev/null || true
+        rm -f "$ROOT/s3/pid"
+    fi
+}
+
 action=start
 if [ "${1:-}" = stop ]; then
     action=stop
     shift
 fi
 services=("$@")
-[ ${#services[@]} -eq 0 ] && services=(postgres kafka nats)
+[ ${#services[@]} -eq 0 ] && services=(postgres kafka nats s3)
 if [ "$action" = stop ]; then
     # Kafka keeps its topics in PostgreSQL: stop it first.
     mapfile -t services < <(printf '%s\n' "${services[@]}" | sort)
@@ -217,6 +268,7 @@ for s in "${services[@]}"; do
         postgres) "${action}_postgres" ;;
         kafka) "${action}_kafka" ;;
         nats) "${action}_nats" ;;
-        *) echo "services.sh: unknown server '$s'; known: postgres, kafka, nats" >&2; exit 2 ;;
+        s3) "${action}_s3" ;;
+        *) echo "services.sh: unknown server '$s'; known: postgres, kafka, nats, s3" >&2; exit 2 ;;
     esac
 done

@@ -18,6 +18,7 @@ while read -r name url how; do
         postgres) export FLUMEN_POSTGRES_URL="$url" ;;
         kafka) export FLUMEN_KAFKA_BROKERS="$url" ;;
         nats) export FLUMEN_NATS_URL="$url" ;;
+        s3) export FLUMEN_S3_ENDPOINT="$url" ;;
     esac
     if [ "$how" = started ]; then
         STARTED+=("$name")

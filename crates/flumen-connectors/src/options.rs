@@ -35,9 +35,27 @@ impl OptionSpec {
 }
 
 /// The options of one table, keyed by lower-case name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Options {
     values: BTreeMap<String, String>,
+}
+
+/// Whether the value of option `key` is a secret, never to be printed.
+fn is_secret(key: &str) -> bool {
+    ["secret", "password", "token", "credential"]
+        .iter()
+        .any(|word| key.contains(word))
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.values.iter().map(|(k, v)| {
+                let shown = if is_secret(k) { "***" } else { v.as_str() };
+                (k, shown)
+            }))
+            .finish()
+    }
 }
 
 impl Options {
@@ -208,5 +226,20 @@ mod tests {
             .parse::<u64>("events")
             .unwrap_err();
         assert!(err.to_string().contains("events = 'ten'"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let o = opts(&[
+            ("s3.secret-key", "hunter2"),
+            ("auth.password", "pw1"),
+            ("auth.token", "tk1"),
+            ("path", "s3://b/x"),
+        ]);
+        let shown = format!("{o:?}");
+        assert!(shown.contains("s3://b/x"), "{shown}");
+        for secret in ["hunter2", "pw1", "tk1"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
     }
 }

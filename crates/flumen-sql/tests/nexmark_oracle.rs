@@ -235,6 +235,69 @@ async fn q22_matches_batch() {
     check_query("q22").await;
 }
 
+/// q10 writes Hive-partitioned Parquet files (`dt=…/hour=…/`, the
+/// partition columns only in the directory names): read back by
+/// DataFusion's own listing table with those partition columns, they hold
+/// exactly the rows of the batch query, at parallelism 1, 2 and 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q10_partitioned_files_match_batch() {
+    let q10 = read(&nexmark_dir().join("q10.sql"));
+    let input = tempfile::tempdir().unwrap();
+    let file_ddl = generate_input(input.path()).await;
+    let ctx = flumen_sql::session();
+    for t in TABLES {
+        ctx.register_parquet(
+            t,
+            input.path().join(t).to_str().unwrap(),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let columns = "auction, bidder, price, date_time, extra, dt, hour";
+    let batch_sql = format!("SELECT {columns} FROM ({})", insert_query(&q10));
+    let batch = ctx.sql(&batch_sql).await.unwrap().collect().await.unwrap();
+    let expected = rows(&batch);
+    for parallelism in [1, 2, 4] {
+        let out = tempfile::tempdir().unwrap();
+        let sql = q10.replace(
+            "path = 'nexmark_q10'",
+            &format!("path = '{}'", out.path().display()),
+        );
+        let what = format!("q10 at parallelism {parallelism}");
+        run_scripts(
+            &[("files.sql", &file_ddl), ("q10.sql", &sql)],
+            parallelism,
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let hours = std::fs::read_dir(out.path())
+            .unwrap()
+            .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
+            .sum::<usize>();
+        assert!(hours > 10, "{what}: {hours} dt=/hour= directories");
+        let written = datafusion::prelude::SessionContext::new();
+        let partitions = vec![
+            ("dt".to_string(), arrow::datatypes::DataType::Utf8),
+            ("hour".to_string(), arrow::datatypes::DataType::Utf8),
+        ];
+        written
+            .register_parquet(
+                "q10",
+                out.path().to_str().unwrap(),
+                ParquetReadOptions::default().table_partition_cols(partitions),
+            )
+            .await
+            .unwrap();
+        let df = written
+            .sql(&format!("SELECT {columns} FROM q10"))
+            .await
+            .unwrap();
+        assert_same_rows(&what, &rows(&df.collect().await.unwrap()), &expected);
+    }
+}
+
 /// Bids per auction and 10-second tumbling window, with every kind of
 /// aggregate the window operator takes (including DISTINCT and FILTER).
 const TUMBLING_AGGREGATES: &str = "

@@ -17,5 +17,5 @@ pub use key_group::{
     subtask_for_key_group,
 };
 pub use keyed_table::KeyedTable;
-pub use location::Location;
+pub use location::{Location, S3Settings};
 pub use snapshot::{KEY_GROUP_COLUMN, StateSnapshot, state_column};

@@ -1,6 +1,8 @@
 //! The `filesystem` connector: reads and writes JSON lines, CSV and Parquet
 //! files in a local directory or an object store.
 
+mod output;
+mod partition;
 mod sink;
 mod source;
 
@@ -15,7 +17,8 @@ use flumen_runtime::{SinkFactory, SourceFactory};
 use flumen_types::Result;
 
 use crate::options::OptionSpec;
-use crate::{Delivery, TableSpec};
+use crate::{Delivery, Options, TableSpec};
+use flumen_state::{Location, S3Settings};
 
 /// The `filesystem` connector: reads and writes; its sink commits exactly
 /// once with checkpoints on.
@@ -86,7 +89,48 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
         "rolling_size",
         "sink: bytes after which a new file starts (default 134217728)",
     ),
+    OptionSpec::optional(
+        "partition_by",
+        "columns (a, b) whose values name the directories rows go to, Hive-style: path/a=1/b=x/; they are left out of the files and read back from the directory names (default none)",
+    ),
+    OptionSpec::optional(
+        "s3.endpoint",
+        "s3:// paths: endpoint URL of an S3-compatible server (default AWS_ENDPOINT_URL, else AWS)",
+    ),
+    OptionSpec::optional(
+        "s3.region",
+        "s3:// paths: region (default AWS_REGION, else us-east-1)",
+    ),
+    OptionSpec::optional(
+        "s3.access-key",
+        "s3:// paths: access key id (default AWS_ACCESS_KEY_ID)",
+    ),
+    OptionSpec::optional(
+        "s3.secret-key",
+        "s3:// paths: secret access key, never printed (default AWS_SECRET_ACCESS_KEY)",
+    ),
+    OptionSpec::optional(
+        "s3.commit",
+        "s3:// sink: multipart (files are uploads completed on commit) or copy (hidden objects copied into place on commit, for servers whose upload completion is not atomic); default multipart",
+    ),
+    OptionSpec::optional(
+        "s3.session-token",
+        "s3:// paths: session token of temporary credentials (default AWS_SESSION_TOKEN)",
+    ),
 ];
+
+/// The table's `path`, reached with its `s3.*` options.
+pub(crate) fn location(options: &Options) -> Result<Location> {
+    let get = |key: &str| options.get(key).map(str::to_string);
+    let s3 = S3Settings {
+        endpoint: get("s3.endpoint"),
+        region: get("s3.region"),
+        access_key: get("s3.access-key"),
+        secret_key: get("s3.secret-key"),
+        session_token: get("s3.session-token"),
+    };
+    Location::parse_with(options.required("path")?, &s3)
+}
 
 /// File formats the connector reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

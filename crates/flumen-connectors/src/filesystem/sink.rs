@@ -9,24 +9,27 @@
 //! checkpoint `n` completes. A restart renames those of checkpoints up to the
 //! one it resumes from and deletes the rest, so every row is committed once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::array::{AsArray, ListBuilder, RecordBatch, StringArray, StringBuilder, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use flumen_runtime::{Sink, SinkFactory, TaskContext};
+use flumen_state::{KeyGroupRange, Location, StateSnapshot};
 use flumen_types::{FlumenError, Result};
 use futures::TryStreamExt;
 use object_store::buffered::BufWriter;
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::AsyncArrowWriter;
 use parquet::file::properties::WriterProperties;
-use tokio::io::AsyncWriteExt;
 
 use super::Format;
+use super::output::{Output, Sealed, Upload};
+use super::partition::Partitioning;
 use crate::Options;
-use flumen_state::Location;
 
 const DEFAULT_ROLLING_SIZE: u64 = 128 << 20;
 
@@ -40,7 +43,9 @@ pub struct FileSinkFactory {
     location: Location,
     format: Format,
     rolling_size: u64,
-    schema: SchemaRef,
+    /// What files hold: the input's columns less the partition columns.
+    file_schema: SchemaRef,
+    partitions: Partitioning,
     /// Distinguishes the files of this sink from those of other runs and sinks.
     prefix: String,
 }
@@ -49,8 +54,15 @@ impl FileSinkFactory {
     /// A sink writing batches of `schema` under the `path` option. A local
     /// directory is created now, so an unwritable path fails before the job.
     pub fn try_new(options: &Options, schema: SchemaRef, unique: &str) -> Result<Self> {
-        let location = Location::parse(options.required("path")?)?;
+        let location = super::location(options)?;
         let format = Format::parse(options)?;
+        let partitions = Partitioning::new(options.get("partition_by"), &schema)?;
+        let commit = options.choice("s3.commit", &["multipart", "copy"], "multipart")?;
+        let mut location = location;
+        if commit == "copy" {
+            // Staged as hidden objects, copied into place on commit.
+            location.multipart = None;
+        }
         options.choice("changelog", &["true", "false"], "false")?;
         let rolling_size = options
             .parse::<u64>("rolling_size")?
@@ -76,7 +88,8 @@ impl FileSinkFactory {
             location,
             format,
             rolling_size: rolling_size.max(1),
-            schema,
+            file_schema: partitions.file_schema(&schema)?,
+            partitions,
             prefix: unique.to_string(),
         })
     }
@@ -93,17 +106,22 @@ impl SinkFactory for FileSinkFactory {
 
     fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Sink>> {
         Ok(Box::new(FileSink {
+            location: self.location.clone(),
             store: self.location.store.clone(),
+            uploads: self.location.multipart.clone(),
             dir: self.location.path.clone(),
             display: self.location.display.clone(),
             format: self.format,
             rolling_size: self.rolling_size,
-            schema: self.schema.clone(),
+            schema: self.file_schema.clone(),
+            partitions: self.partitions.clone(),
             name: format!("part-{}-{}", self.prefix, ctx.subtask),
             next_file: 0,
-            current: None,
+            open: HashMap::new(),
             epoch: ctx.first_checkpoint,
             staged: Vec::new(),
+            range: ctx.key_groups.range,
+            checked: false,
         }))
     }
 
@@ -120,7 +138,7 @@ impl SinkFactory for FileSinkFactory {
             .map_ok(|m| m.location)
             .try_collect()
             .await
-            .map_err(|e| write_error(display, e))?;
+            .map_err(|e| self.location.error("listing sink path", e))?;
         for file in files {
             let Some(name) = file.filename().filter(|n| n.starts_with(&ours)) else {
                 continue;
@@ -129,7 +147,10 @@ impl SinkFactory for FileSinkFactory {
             let store = &self.location.store;
             let outcome = match finished {
                 Some(_) => {
-                    let target = self.location.path.clone().join(&name[1..]);
+                    // Its own directory: a partition's, under a partitioned table.
+                    let mut dir: Vec<_> = file.parts().collect();
+                    dir.pop();
+                    let target = Path::from_iter(dir).join(&name[1..]);
                     store.rename(&file, &target).await
                 }
                 None => store.delete(&file).await,
@@ -155,19 +176,45 @@ fn staged_checkpoint(name: &str) -> Option<u64> {
 }
 
 struct FileSink {
+    location: Location,
     store: Arc<dyn ObjectStore>,
+    /// The store again where files are staged as resumable uploads (S3).
+    uploads: Option<Arc<dyn MultipartStore>>,
     dir: Path,
     display: String,
     format: Format,
     rolling_size: u64,
+    /// The columns written into files: the input's less its partition columns.
     schema: SchemaRef,
+    partitions: Partitioning,
     name: String,
     next_file: u64,
-    current: Option<OpenFile>,
+    /// Open files by partition directory ("" when not partitioned).
+    open: HashMap<String, OpenFile>,
     /// With checkpoints on: the checkpoint the rows being written belong to.
     epoch: Option<u64>,
-    /// Closed hidden files waiting for their checkpoint: (checkpoint, file, final name).
-    staged: Vec<(u64, Path, Path)>,
+    /// Closed files waiting for their checkpoint.
+    staged: Vec<Staged>,
+    /// The key groups this subtask owns: its staged uploads are kept in the
+    /// checkpoint under the first.
+    range: KeyGroupRange,
+    /// Whether the store has answered a listing of `dir`, which tells a
+    /// missing bucket or rejected credentials before the first upload
+    /// (some S3-compatible servers make a bucket on upload).
+    checked: bool,
+}
+
+/// A closed file that becomes visible when its checkpoint completes.
+struct Staged {
+    checkpoint: u64,
+    file: StagedFile,
+}
+
+enum StagedFile {
+    /// A hidden file renamed into place on commit.
+    Hidden { temp: Path, target: Path },
+    /// A sealed upload completed on commit.
+    Upload(Sealed),
 }
 
 struct OpenFile {
@@ -178,8 +225,8 @@ struct OpenFile {
 }
 
 enum FileWriter {
-    Text(Box<BufWriter>),
-    Parquet(Box<AsyncArrowWriter<BufWriter>>),
+    Text(Output),
+    Parquet(Box<AsyncArrowWriter<Output>>),
 }
 
 /// An I/O error of the sink, naming its path, with its cause kept (a retry
@@ -199,7 +246,7 @@ impl FileSink {
         write_error(&self.display, e)
     }
 
-    fn open(&mut self) -> Result<OpenFile> {
+    async fn open(&mut self, partition: &str) -> Result<OpenFile> {
         // Zero-padded, so that listing the files in name order lists each
         // subtask's files in the order they were written.
         let (file, temp) = match self.epoch {
@@ -225,15 +272,40 @@ impl FileSink {
             }
         };
         self.next_file += 1;
-        let target = self.dir.clone().join(file.as_str());
-        let temp = self.dir.clone().join(temp.as_str());
-        let out = BufWriter::new(self.store.clone(), temp.clone());
+        let mut dir = self.dir.clone();
+        for part in partition.split('/').filter(|p| !p.is_empty()) {
+            dir = dir.join(part);
+        }
+        let target = dir.clone().join(file.as_str());
+        if self.uploads.is_some() && !self.checked {
+            self.store
+                .list_with_delimiter(Some(&self.dir))
+                .await
+                .map_err(|e| self.location.error("writing sink path", e))?;
+            self.checked = true;
+        }
+        let (temp, out) = match &self.uploads {
+            // An upload is invisible until completed: it goes to its final name.
+            Some(uploads) => (
+                target.clone(),
+                Output::Upload(Box::new(
+                    Upload::start(uploads.clone(), target.clone())
+                        .await
+                        .map_err(|e| self.location.error("writing sink path", e))?,
+                )),
+            ),
+            None => {
+                let temp = dir.join(temp.as_str());
+                let out = BufWriter::new(self.store.clone(), temp.clone());
+                (temp, Output::Buffered(Box::new(out)))
+            }
+        };
         let writer = match self.format {
             Format::Parquet => FileWriter::Parquet(Box::new(
                 AsyncArrowWriter::try_new(out, self.schema.clone(), Some(parquet_properties()))
                     .map_err(|e| self.err(e))?,
             )),
-            _ => FileWriter::Text(Box::new(out)),
+            _ => FileWriter::Text(out),
         };
         Ok(OpenFile {
             temp,
@@ -243,56 +315,72 @@ impl FileSink {
         })
     }
 
-    async fn close(&mut self) -> Result<()> {
-        let Some(file) = self.current.take() else {
-            return Ok(());
-        };
-        match file.writer {
-            FileWriter::Text(mut w) => w.shutdown().await.map_err(|e| self.err(e))?,
-            FileWriter::Parquet(w) => {
-                w.close().await.map_err(|e| self.err(e))?;
-            }
+    /// Closes every open file.
+    async fn close_all(&mut self) -> Result<()> {
+        let open: Vec<OpenFile> = self.open.drain().map(|(_, f)| f).collect();
+        for file in open {
+            self.close(file).await?;
         }
+        Ok(())
+    }
+
+    async fn close(&mut self, file: OpenFile) -> Result<()> {
+        let sealed = match file.writer {
+            FileWriter::Text(mut out) => out.finish().await.map_err(|e| self.err(e))?,
+            FileWriter::Parquet(mut w) => {
+                w.finish().await.map_err(|e| self.err(e))?;
+                w.into_inner().finish().await.map_err(|e| self.err(e))?
+            }
+        };
+        let staged = match sealed {
+            Some(sealed) => StagedFile::Upload(sealed),
+            None => StagedFile::Hidden {
+                temp: file.temp,
+                target: file.target,
+            },
+        };
         match self.epoch {
             // Complete but hidden until its checkpoint completes.
-            Some(epoch) => {
-                self.staged.push((epoch, file.temp, file.target));
+            Some(checkpoint) => {
+                self.staged.push(Staged {
+                    checkpoint,
+                    file: staged,
+                });
                 Ok(())
             }
-            None => self
-                .store
-                .rename(&file.temp, &file.target)
-                .await
-                .map_err(|e| self.err(e)),
+            None => make_visible(&self.location, &staged).await,
         }
     }
-}
 
-#[async_trait]
-impl Sink for FileSink {
-    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        if self.current.is_none() {
-            self.current = Some(self.open()?);
+    /// Writes `batch` (already without partition columns) to the open file
+    /// of `partition`, opening one when there is none.
+    async fn write_to(&mut self, partition: &str, batch: &RecordBatch) -> Result<()> {
+        if !self.open.contains_key(partition) {
+            let file = self.open(partition).await?;
+            self.open.insert(partition.to_string(), file);
         }
         let format = self.format;
         let display = &self.display;
-        let file = self.current.as_mut().expect("opened above");
+        let file = self
+            .open
+            .get_mut(partition)
+            .expect("opened above when missing");
         match &mut file.writer {
             FileWriter::Parquet(w) => {
-                w.write(&batch).await.map_err(|e| write_error(display, e))?;
+                w.write(batch).await.map_err(|e| write_error(display, e))?;
                 file.bytes = w.bytes_written() as u64 + w.in_progress_size() as u64;
             }
             FileWriter::Text(w) => {
                 let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 2);
                 if format == Format::Json {
                     let mut json = arrow::json::LineDelimitedWriter::new(&mut buf);
-                    json.write(&batch)?;
+                    json.write(batch)?;
                     json.finish()?;
                 } else {
                     let mut csv = arrow::csv::WriterBuilder::new()
                         .with_header(file.bytes == 0)
                         .build(&mut buf);
-                    csv.write(&batch)?;
+                    csv.write(batch)?;
                 }
                 w.write_all(&buf)
                     .await
@@ -301,47 +389,264 @@ impl Sink for FileSink {
             }
         }
         if file.bytes >= self.rolling_size {
-            self.close().await?;
+            let file = self.open.remove(partition).expect("written to just above");
+            self.close(file).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for FileSink {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        if self.partitions.is_empty() {
+            return self.write_to("", &batch).await;
+        }
+        for (dir, rows) in self.partitions.split(&batch)? {
+            self.write_to(&dir, &rows).await?;
         }
         Ok(())
     }
 
     async fn finish(&mut self) -> Result<()> {
-        self.close().await
+        self.close_all().await
     }
 
     async fn pre_commit(&mut self, checkpoint: u64) -> Result<Vec<String>> {
-        self.close().await?;
+        self.close_all().await?;
         self.epoch = Some(checkpoint + 1);
         self.next_file = 0;
         Ok(self
             .staged
             .iter()
-            .filter(|(n, _, _)| *n <= checkpoint)
-            .map(|(_, temp, _)| temp.to_string())
+            .filter(|s| s.checkpoint <= checkpoint)
+            .map(|s| match &s.file {
+                StagedFile::Hidden { temp, .. } => temp.to_string(),
+                StagedFile::Upload(sealed) => sealed.path.to_string(),
+            })
             .collect())
     }
 
     async fn commit(&mut self, checkpoint: u64) -> Result<()> {
         let mut keep = Vec::new();
-        for (n, temp, target) in std::mem::take(&mut self.staged) {
-            if n > checkpoint {
-                keep.push((n, temp, target));
+        for staged in std::mem::take(&mut self.staged) {
+            if staged.checkpoint > checkpoint {
+                keep.push(staged);
                 continue;
             }
-            self.store
-                .rename(&temp, &target)
-                .await
-                .map_err(|e| self.err(e))?;
+            make_visible(&self.location, &staged.file).await?;
         }
         self.staged = keep;
         Ok(())
     }
+
+    /// The sealed uploads not yet completed: a run resuming from this
+    /// checkpoint completes them (hidden files are found by listing).
+    fn snapshot_state(&mut self) -> Result<StateSnapshot> {
+        let mut snapshot = StateSnapshot::default();
+        let uploads: Vec<(u64, &Sealed)> = self
+            .staged
+            .iter()
+            .filter_map(|s| match &s.file {
+                StagedFile::Upload(sealed) => Some((s.checkpoint, sealed)),
+                StagedFile::Hidden { .. } => None,
+            })
+            .collect();
+        if uploads.is_empty() {
+            return Ok(snapshot);
+        }
+        let batch = uploads_batch(&uploads)?;
+        snapshot.add(0, &batch, &vec![self.range.start; uploads.len()])?;
+        Ok(snapshot)
+    }
+
+    fn restore_state(&mut self, snapshot: &StateSnapshot) -> Result<()> {
+        let Some(batch) = snapshot.rows(0, self.range)? else {
+            return Ok(());
+        };
+        for (checkpoint, sealed) in read_uploads(&batch)? {
+            self.staged.push(Staged {
+                checkpoint,
+                file: StagedFile::Upload(sealed),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Makes a staged file visible: renames a hidden file into place or
+/// completes an upload.
+async fn make_visible(location: &Location, file: &StagedFile) -> Result<()> {
+    match file {
+        StagedFile::Hidden { temp, target } => location
+            .store
+            .rename(temp, target)
+            .await
+            .map_err(|e| write_error(&location.display, e)),
+        StagedFile::Upload(sealed) => {
+            let uploads = location.multipart.as_ref().ok_or_else(|| {
+                FlumenError::internal("an upload staged on a store without uploads")
+            })?;
+            sealed
+                .complete(uploads.as_ref(), location.store.as_ref())
+                .await
+                .map_err(|e| location.error("committing a file of sink path", e))
+        }
+    }
+}
+
+fn uploads_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("checkpoint", DataType::UInt64, false),
+        Field::new("path", DataType::Utf8, false),
+        Field::new("upload_id", DataType::Utf8, false),
+        Field::new(
+            "parts",
+            DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
+            false,
+        ),
+    ]))
+}
+
+/// Sealed uploads as a state table: checkpoint, path, upload id, part ids.
+fn uploads_batch(uploads: &[(u64, &Sealed)]) -> Result<RecordBatch> {
+    let mut parts = ListBuilder::new(StringBuilder::new());
+    for (_, sealed) in uploads {
+        for part in &sealed.parts {
+            parts.values().append_value(&part.content_id);
+        }
+        parts.append(true);
+    }
+    Ok(RecordBatch::try_new(
+        uploads_schema(),
+        vec![
+            Arc::new(UInt64Array::from_iter_values(uploads.iter().map(|u| u.0))),
+            Arc::new(StringArray::from_iter_values(
+                uploads.iter().map(|u| u.1.path.as_ref()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                uploads.iter().map(|u| u.1.id.as_str()),
+            )),
+            Arc::new(parts.finish()),
+        ],
+    )?)
+}
+
+fn read_uploads(batch: &RecordBatch) -> Result<Vec<(u64, Sealed)>> {
+    if batch.schema().fields() != uploads_schema().fields() {
+        return Err(FlumenError::state(format!(
+            "staged uploads stored as {:?}, expected {:?}",
+            batch.schema(),
+            uploads_schema()
+        )));
+    }
+    let layout = || FlumenError::state("staged uploads of another layout");
+    let checkpoints = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<UInt64Array>()
+        .ok_or_else(layout)?;
+    let paths = batch.column(1).as_string_opt::<i32>().ok_or_else(layout)?;
+    let ids = batch.column(2).as_string_opt::<i32>().ok_or_else(layout)?;
+    let parts = batch.column(3).as_list_opt::<i32>().ok_or_else(layout)?;
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        let list = parts.value(i);
+        let list = list.as_string_opt::<i32>().ok_or_else(layout)?;
+        out.push((
+            checkpoints.value(i),
+            Sealed {
+                path: Path::from(paths.value(i)),
+                id: ids.value(i).to_string(),
+                parts: list
+                    .iter()
+                    .map(|p| PartId {
+                        content_id: p.unwrap_or_default().to_string(),
+                    })
+                    .collect(),
+            },
+        ));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::Int64Array;
+    use flumen_runtime::JobMetrics;
+    use object_store::memory::InMemory;
+
+    /// A sink over an in-memory store that takes uploads as S3 does.
+    fn upload_sink() -> (Arc<InMemory>, FileSinkFactory) {
+        let store = Arc::new(InMemory::new());
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+        let factory = FileSinkFactory {
+            location: Location {
+                store: store.clone(),
+                path: Path::from("out"),
+                display: "s3://bucket/out".into(),
+                local: None,
+                multipart: Some(store.clone()),
+            },
+            format: Format::Json,
+            rolling_size: 1 << 20,
+            file_schema: schema,
+            partitions: Partitioning::default(),
+            prefix: "t".into(),
+        };
+        (store, factory)
+    }
+
+    fn run(factory: &FileSinkFactory, first_checkpoint: u64) -> Box<dyn Sink> {
+        let mut ctx = TaskContext::new(0, 1, 128, Arc::new(JobMetrics::default()));
+        ctx.first_checkpoint = Some(first_checkpoint);
+        factory.create(&ctx).unwrap()
+    }
+
+    async fn visible(store: &InMemory) -> Vec<String> {
+        let mut out = Vec::new();
+        for meta in store.list(None).try_collect::<Vec<_>>().await.unwrap() {
+            let bytes = store
+                .get(&meta.location)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            out.push(String::from_utf8(bytes.to_vec()).unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn uploads_sealed_in_a_checkpoint_are_completed_by_the_run_that_resumes_it() {
+        let (store, factory) = upload_sink();
+        let mut first = run(&factory, 1);
+        let schema = factory.file_schema.clone();
+        let rows =
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2]))]).unwrap();
+        first.write(rows).await.unwrap();
+        first.pre_commit(1).await.unwrap();
+        let snapshot = first.snapshot_state().unwrap();
+        // Killed after checkpoint 1 completed, before its commit.
+        drop(first);
+        assert!(
+            visible(&store).await.is_empty(),
+            "nothing visible before a commit"
+        );
+        let mut second = run(&factory, 2);
+        second.restore_state(&snapshot).unwrap();
+        second.pre_commit(2).await.unwrap();
+        second.commit(2).await.unwrap();
+        assert_eq!(visible(&store).await, vec!["{\"a\":1}\n{\"a\":2}\n"]);
+        // Killed again before checkpoint 2 completed: a third run resumes
+        // checkpoint 1 once more and finds its upload done.
+        let mut third = run(&factory, 2);
+        third.restore_state(&snapshot).unwrap();
+        third.commit(2).await.unwrap();
+        assert_eq!(visible(&store).await.len(), 1);
+    }
 
     #[test]
     fn staged_names_carry_their_checkpoint() {

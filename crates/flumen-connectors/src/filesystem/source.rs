@@ -10,8 +10,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
-use arrow::compute::{cast, concat_batches};
+use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, StringArray, UInt32Array};
+use arrow::compute::{cast, concat_batches, take};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::error::ArrowError;
 use async_trait::async_trait;
@@ -37,6 +37,7 @@ use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::async_reader::ParquetRecordBatchStream;
 
 use super::Format;
+use super::partition::{NULL_PARTITION, Partitioning, unescape};
 use crate::Options;
 use crate::bad_data::{BadData, dead_letter_record};
 use crate::format::TextDecoder;
@@ -56,6 +57,8 @@ pub struct FileSourceFactory {
     /// Indices of the columns the query reads.
     projection: Vec<usize>,
     schema: SchemaRef,
+    /// Partition columns: read from directory names, not from files.
+    partitions: Partitioning,
     bad_data: BadData,
     header: bool,
     rows_per_second: Option<u64>,
@@ -68,8 +71,9 @@ impl FileSourceFactory {
         table_schema: &SchemaRef,
         projection: Option<&[usize]>,
     ) -> Result<Self> {
-        let location = Location::parse(options.required("path")?)?;
+        let location = super::location(options)?;
         let format = Format::parse(options)?;
+        let partitions = Partitioning::new(options.get("partition_by"), table_schema)?;
         let bad_data = BadData::parse(options)?;
         let header = options.choice("header", &["true", "false"], "true")? == "true";
         let rows_per_second = options.parse::<u64>("rows_per_second")?;
@@ -86,6 +90,7 @@ impl FileSourceFactory {
             table_schema: table_schema.clone(),
             projection,
             schema,
+            partitions,
             bad_data,
             header,
             rows_per_second,
@@ -93,35 +98,47 @@ impl FileSourceFactory {
     }
 }
 
+/// The files of the table: the object at `path`, or those under it
+/// (skipping hidden ones), sorted.
 async fn list_files(location: &Location) -> Result<Vec<(Path, u64)>> {
-    if let Some(local) = &location.local
-        && !local.exists()
-    {
-        return Err(FlumenError::io(format!(
-            "input path '{}' does not exist",
+    if let Some(local) = &location.local {
+        if !local.exists() {
+            return Err(FlumenError::io(format!(
+                "input path '{}' does not exist",
+                location.display
+            )));
+        }
+        if let Ok(meta) = location.store.head(&location.path).await {
+            return Ok(vec![(meta.location, meta.size)]);
+        }
+        return list_under(location).await;
+    }
+    // An object store: a prefix first (one request tells an unreachable
+    // server, rejected credentials or a missing bucket), then an object.
+    let files = list_under(location).await?;
+    if !files.is_empty() {
+        return Ok(files);
+    }
+    match location.store.head(&location.path).await {
+        Ok(meta) => Ok(vec![(meta.location, meta.size)]),
+        Err(object_store::Error::NotFound { .. }) => Err(FlumenError::io(format!(
+            "input path '{}' holds no files",
             location.display
-        )));
+        ))),
+        Err(e) => Err(location.error("reading input path", e)),
     }
-    if let Ok(meta) = location.store.head(&location.path).await {
-        return Ok(vec![(meta.location, meta.size)]);
-    }
+}
+
+async fn list_under(location: &Location) -> Result<Vec<(Path, u64)>> {
     let mut files = Vec::new();
     let mut listing = location.store.list(Some(&location.path));
     while let Some(meta) = listing.next().await {
-        let meta = meta.map_err(|e| {
-            FlumenError::io(format!("listing input path '{}': {e}", location.display))
-        })?;
+        let meta = meta.map_err(|e| location.error("listing input path", e))?;
         let name = meta.location.filename().unwrap_or_default();
         if name.starts_with('.') || name.starts_with('_') || name.ends_with(".inprogress") {
             continue;
         }
         files.push((meta.location, meta.size));
-    }
-    if files.is_empty() && location.local.is_none() {
-        return Err(FlumenError::io(format!(
-            "input path '{}' holds no files",
-            location.display
-        )));
     }
     files.sort();
     Ok(files)
@@ -139,7 +156,7 @@ impl SourceFactory for FileSourceFactory {
     }
 
     fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Source>> {
-        Ok(Box::new(self.source(ctx, None)))
+        Ok(Box::new(self.source(ctx, None)?))
     }
 
     /// With event time, a subtask reads all its files side by side (a batch
@@ -150,7 +167,7 @@ impl SourceFactory for FileSourceFactory {
         ctx: &TaskContext,
         watermarks: &Arc<dyn WatermarkStrategy>,
     ) -> Result<Option<Box<dyn Source>>> {
-        Ok(Some(Box::new(self.source(ctx, Some(watermarks)))))
+        Ok(Some(Box::new(self.source(ctx, Some(watermarks))?)))
     }
 }
 
@@ -159,7 +176,7 @@ impl FileSourceFactory {
         &self,
         ctx: &TaskContext,
         watermarks: Option<&Arc<dyn WatermarkStrategy>>,
-    ) -> FileSource {
+    ) -> Result<FileSource> {
         let whole_files = self.format != Format::Parquet;
         let files: VecDeque<Split> = self
             .files
@@ -195,7 +212,12 @@ impl FileSourceFactory {
             })
             .collect();
         let clocks = watermarks.map(|w| SplitClocks::new(w, files.len(), None));
-        FileSource {
+        let read = PartitionedRead::new(&self.partitions, &self.table_schema, &self.projection)?;
+        let partition_values = files
+            .iter()
+            .map(|f| read.values(&self.location, f))
+            .collect::<Result<_>>()?;
+        Ok(FileSource {
             store: self.location.store.clone(),
             max_open: if clocks.is_some() {
                 files.len().max(1)
@@ -204,9 +226,12 @@ impl FileSourceFactory {
             },
             files,
             format: self.format,
-            table_schema: self.table_schema.clone(),
-            projection: self.projection.clone(),
-            schema: self.schema.clone(),
+            table_schema: read.file_table,
+            projection: read.projection,
+            schema: read.schema,
+            output: self.schema.clone(),
+            fill: read.fill,
+            partition_values,
             bad_data: self.bad_data.clone(),
             header: self.header,
             metrics: ctx.metrics.clone(),
@@ -219,7 +244,74 @@ impl FileSourceFactory {
             progress,
             restored: Vec::new(),
             throttle: Throttle::new(self.rows_per_second, ctx.parallelism),
+        })
+    }
+}
+
+/// How a subtask reads a partitioned table: files hold the table less its
+/// partition columns; the query's partition columns are filled in from
+/// each file's directory names.
+struct PartitionedRead {
+    /// The table's columns that files hold, in declaration order.
+    file_table: SchemaRef,
+    /// The query's columns that files hold, as indices into `file_table`.
+    projection: Vec<usize>,
+    /// Their schema: what is decoded.
+    schema: SchemaRef,
+    /// The query's partition columns: (position in the query's columns,
+    /// name, type).
+    fill: Vec<(usize, String, DataType)>,
+}
+
+impl PartitionedRead {
+    fn new(partitions: &Partitioning, table: &SchemaRef, projection: &[usize]) -> Result<Self> {
+        let file_table = partitions.file_schema(table)?;
+        let is_partition = |i: usize| partitions.columns().iter().any(|(c, _)| *c == i);
+        let mut read = Vec::new();
+        let mut fill = Vec::new();
+        for (at, &i) in projection.iter().enumerate() {
+            if is_partition(i) {
+                let field = table.field(i);
+                fill.push((at, field.name().clone(), field.data_type().clone()));
+            } else {
+                read.push(i - (0..i).filter(|&c| is_partition(c)).count());
+            }
         }
+        Ok(PartitionedRead {
+            schema: Arc::new(file_table.project(&read)?),
+            file_table,
+            projection: read,
+            fill,
+        })
+    }
+
+    /// One-row arrays of the partition values of `split`, in `fill`'s
+    /// order, from its `name=value` directories (null when absent).
+    fn values(&self, location: &Location, split: &Split) -> Result<Vec<ArrayRef>> {
+        if self.fill.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dirs: Vec<String> = match split.path.prefix_match(&location.path) {
+            Some(parts) => parts.map(|p| p.as_ref().to_string()).collect(),
+            None => split.path.parts().map(|p| p.as_ref().to_string()).collect(),
+        };
+        let dirs = &dirs[..dirs.len().saturating_sub(1)];
+        self.fill
+            .iter()
+            .map(|(_, name, to)| {
+                let value = dirs.iter().rev().find_map(|d| {
+                    let (k, v) = d.split_once('=')?;
+                    (unescape(k) == *name && v != NULL_PARTITION).then(|| unescape(v))
+                });
+                let text: ArrayRef = Arc::new(StringArray::from(vec![value]));
+                cast(&text, to).map_err(|e| {
+                    FlumenError::BadData(format!(
+                        "{}: partition column '{name}' from its directory: {e}",
+                        split.shown
+                    ))
+                })
+            })
+            .collect()
     }
 }
 
@@ -312,9 +404,18 @@ struct FileSource {
     /// Files not opened yet.
     files: VecDeque<Split>,
     format: Format,
+    /// The table's columns that files hold.
     table_schema: SchemaRef,
+    /// The query's columns that files hold (indices into `table_schema`).
     projection: Vec<usize>,
+    /// Their schema: what is decoded.
     schema: SchemaRef,
+    /// What the source returns: the query's columns, partition columns included.
+    output: SchemaRef,
+    /// The query's partition columns (position, name, type).
+    fill: Vec<(usize, String, DataType)>,
+    /// Per split (by id): one-row arrays of its partition values, in `fill`'s order.
+    partition_values: Vec<Vec<ArrayRef>>,
     bad_data: BadData,
     header: bool,
     metrics: Arc<JobMetrics>,
@@ -420,6 +521,7 @@ impl Source for FileSource {
             match self.read_step(at).await? {
                 Some(batches) => {
                     for (batch, advance) in batches {
+                        let batch = self.with_partitions(id, batch)?;
                         let wm = match &mut self.clocks {
                             Some(c) => c.on_batch(id, &batch)?,
                             None => None,
@@ -514,6 +616,34 @@ impl Source for FileSource {
 }
 
 impl FileSource {
+    /// `batch` of split `id` with the query's partition columns put in.
+    fn with_partitions(&self, id: usize, batch: RecordBatch) -> Result<RecordBatch> {
+        if self.fill.is_empty() {
+            return Ok(batch);
+        }
+        let rows = batch.num_rows();
+        let repeat = UInt32Array::from(vec![0u32; rows]);
+        let mut read = batch.columns().iter();
+        let mut filled = self.fill.iter().zip(&self.partition_values[id]).peekable();
+        let mut columns = Vec::with_capacity(self.output.fields().len());
+        for at in 0..self.output.fields().len() {
+            match filled.peek() {
+                Some(((p, _, _), value)) if *p == at => {
+                    columns.push(take(value.as_ref(), &repeat, None)?);
+                    filled.next();
+                }
+                _ => columns.push(read.next().cloned().ok_or_else(|| {
+                    FlumenError::internal("a file batch with fewer columns than its schema")
+                })?),
+            }
+        }
+        Ok(RecordBatch::try_new_with_options(
+            self.output.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?)
+    }
+
     /// Split `id` has nothing more: it no longer holds the watermark back.
     fn split_done(&mut self, id: usize) {
         self.progress[id].done = true;

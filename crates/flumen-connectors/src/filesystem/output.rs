@@ -1,0 +1,198 @@
+//! Where the file sink's bytes go: a buffered writer to a hidden file that
+//! is renamed into place later (local directories and stores without
+//! resumable uploads), or a multipart upload to the file's final name that
+//! nobody sees until it is completed (S3), so committing is completing the
+//! upload instead of copying the file.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use object_store::buffered::BufWriter;
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path;
+use object_store::{MultipartId, ObjectStore, ObjectStoreExt};
+use parquet::arrow::async_writer::AsyncFileWriter;
+use tokio::io::AsyncWriteExt;
+
+/// Bytes gathered before a part is uploaded. S3 wants every part but the
+/// last to hold at least 5 MiB.
+const PART_SIZE: usize = 8 << 20;
+
+/// The bytes of one file being written.
+pub(super) enum Output {
+    Buffered(Box<BufWriter>),
+    Upload(Box<Upload>),
+}
+
+impl Output {
+    /// Appends `bytes`.
+    pub(super) async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Output::Buffered(w) => w.write_all(bytes).await,
+            Output::Upload(u) => u.write(bytes).await.map_err(std::io::Error::other),
+        }
+    }
+
+    /// Writes out the last bytes. A buffered file is then complete; an
+    /// upload is sealed: all its parts are stored, waiting to be completed.
+    pub(super) async fn finish(&mut self) -> std::io::Result<Option<Sealed>> {
+        match self {
+            Output::Buffered(w) => w.shutdown().await.map(|()| None),
+            Output::Upload(u) => u.seal().await.map(Some).map_err(std::io::Error::other),
+        }
+    }
+}
+
+impl AsyncFileWriter for Output {
+    fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        Box::pin(async move {
+            self.write_all(&bs)
+                .await
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+        })
+    }
+
+    /// Parquet's writer calls this after the footer; the sink finishes
+    /// the output itself afterwards, so this only flushes.
+    fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        Box::pin(async move {
+            match self {
+                Output::Buffered(w) => w.flush().await,
+                Output::Upload(u) => u.upload_part().await.map_err(std::io::Error::other),
+            }
+            .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+        })
+    }
+}
+
+/// A file written as a multipart upload: parts go up as they fill, and
+/// the file appears under its name only when the upload is completed.
+pub(super) struct Upload {
+    store: Arc<dyn MultipartStore>,
+    path: Path,
+    id: MultipartId,
+    parts: Vec<PartId>,
+    buffer: Vec<u8>,
+}
+
+impl Upload {
+    /// Starts an upload to `path`.
+    pub(super) async fn start(
+        store: Arc<dyn MultipartStore>,
+        path: Path,
+    ) -> object_store::Result<Self> {
+        let id = store.create_multipart(&path).await?;
+        Ok(Upload {
+            store,
+            path,
+            id,
+            parts: Vec::new(),
+            buffer: Vec::new(),
+        })
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> object_store::Result<()> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= PART_SIZE {
+            self.upload_part().await?;
+        }
+        Ok(())
+    }
+
+    /// Uploads what is buffered as the next part.
+    async fn upload_part(&mut self) -> object_store::Result<()> {
+        if self.buffer.is_empty() && !self.parts.is_empty() {
+            return Ok(());
+        }
+        let payload = std::mem::take(&mut self.buffer);
+        let part = self
+            .store
+            .put_part(&self.path, &self.id, self.parts.len(), payload.into())
+            .await?;
+        self.parts.push(part);
+        Ok(())
+    }
+
+    /// Uploads the last part; the upload then waits to be completed.
+    async fn seal(&mut self) -> object_store::Result<Sealed> {
+        self.upload_part().await?;
+        Ok(Sealed {
+            path: self.path.clone(),
+            id: self.id.clone(),
+            parts: std::mem::take(&mut self.parts),
+        })
+    }
+}
+
+/// An upload with all its parts stored, not yet visible: what a checkpoint
+/// keeps so that whichever run finishes the checkpoint can complete it.
+#[derive(Debug, Clone)]
+pub(super) struct Sealed {
+    pub(super) path: Path,
+    pub(super) id: MultipartId,
+    pub(super) parts: Vec<PartId>,
+}
+
+impl Sealed {
+    /// Makes the file visible. An upload that an earlier run already
+    /// completed is gone from the store's uploads; its file is there, so
+    /// that counts as done.
+    pub(super) async fn complete(
+        &self,
+        uploads: &dyn MultipartStore,
+        store: &dyn ObjectStore,
+    ) -> object_store::Result<()> {
+        let Err(e) = uploads
+            .complete_multipart(&self.path, &self.id, self.parts.clone())
+            .await
+        else {
+            return Ok(());
+        };
+        match store.head(&self.path).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    #[tokio::test]
+    async fn an_upload_is_invisible_until_completed_and_completes_once() {
+        let store = Arc::new(InMemory::new());
+        let path = Path::from("out/a.json");
+        let mut out = Output::Upload(Box::new(
+            Upload::start(store.clone(), path.clone()).await.unwrap(),
+        ));
+        out.write_all(b"{\"a\":1}\n").await.unwrap();
+        out.write_all(&vec![b' '; PART_SIZE]).await.unwrap();
+        out.write_all(b"{\"a\":2}\n").await.unwrap();
+        let sealed = out.finish().await.unwrap().unwrap();
+        assert_eq!(sealed.parts.len(), 2);
+        assert!(
+            store.head(&path).await.is_err(),
+            "visible before completion"
+        );
+        sealed
+            .complete(store.as_ref(), store.as_ref())
+            .await
+            .unwrap();
+        let bytes = store.get(&path).await.unwrap().bytes().await.unwrap();
+        assert_eq!(bytes.len(), PART_SIZE + 16);
+        assert!(bytes.ends_with(b"{\"a\":2}\n"));
+        // A second run completing the same upload finds the file: done.
+        sealed
+            .complete(store.as_ref(), store.as_ref())
+            .await
+            .unwrap();
+        let gone = Sealed {
+            path: Path::from("out/never.json"),
+            ..sealed
+        };
+        assert!(gone.complete(store.as_ref(), store.as_ref()).await.is_err());
+    }
+}

@@ -7,8 +7,8 @@
 # $FLUMEN_SERVICES (default /var/lib/flumen/services for root, whose home
 # the servers' own users cannot enter, else ~/.cache/flumen/services).
 #
-#   scripts/services.sh [postgres] [kafka] [nats] [s3]      start (all when none is named)
-#   scripts/services.sh stop [postgres] [kafka] [nats] [s3] stop
+#   scripts/services.sh [postgres] [kafka] [nats] [s3] [redis]      start (all when none is named)
+#   scripts/services.sh stop [postgres] [kafka] [nats] [s3] [redis] stop
 #
 # PostgreSQL: Debian's package, a cluster of its own on 127.0.0.1:54329
 # (FLUMEN_POSTGRES_PORT), user `flumen` with trust authentication, database
@@ -28,6 +28,10 @@
 # (FLUMEN_S3_PORT) with access key `flumen` and secret key
 # `flumen-test-secret` (region us-east-1), data under $ROOT/s3; it has one
 # bucket, `flumen`: http://127.0.0.1:19000
+#
+# Redis: Debian's redis-server, in memory only (no snapshots), on
+# 127.0.0.1:16379 (FLUMEN_REDIS_PORT) with password `flumen-test-secret`:
+# redis://:flumen-test-secret@127.0.0.1:16379
 set -euo pipefail
 if [ "$(id -u)" -eq 0 ]; then
     ROOT="${FLUMEN_SERVICES:-/var/lib/flumen/services}"
@@ -38,6 +42,7 @@ PG_PORT="${FLUMEN_POSTGRES_PORT:-54329}"
 KAFKA_PORT="${FLUMEN_KAFKA_PORT:-19092}"
 NATS_PORT="${FLUMEN_NATS_PORT:-14222}"
 S3_PORT="${FLUMEN_S3_PORT:-19000}"
+REDIS_PORT="${FLUMEN_REDIS_PORT:-16379}"
 TANSU_VERSION=0.6.0
 # The newest s3s-fs that builds with this machine's Rust (1.95).
 S3S_VERSION=0.14.1
@@ -252,13 +257,46 @@ stop_s3() {
     fi
 }
 
+start_redis() {
+    local log="$ROOT/redis/server.log"
+    if ! command -v redis-server >/dev/null; then
+        apt_install redis-server
+    fi
+    local how=running
+    if ! listening "$REDIS_PORT"; then
+        how=started
+        mkdir -p "$ROOT/redis"
+        nohup redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+            --requirepass flumen-test-secret --dir "$ROOT/redis" \
+            > "$log" 2>&1 < /dev/null &
+        echo $! > "$ROOT/redis/pid"
+        local tries=0
+        until listening "$REDIS_PORT"; do
+            tries=$((tries + 1))
+            if [ "$tries" -gt 100 ] || ! kill -0 "$(cat "$ROOT/redis/pid")" 2>/dev/null; then
+                echo "services.sh: redis-server did not start; see $log" >&2
+                exit 1
+            fi
+            sleep 0.1
+        done
+    fi
+    echo "redis redis://:flumen-test-secret@127.0.0.1:$REDIS_PORT $how"
+}
+
+stop_redis() {
+    if [ -f "$ROOT/redis/pid" ]; then
+        kill "$(cat "$ROOT/redis/pid")" 2>/dev/null || true
+        rm -f "$ROOT/redis/pid"
+    fi
+}
+
 action=start
 if [ "${1:-}" = stop ]; then
     action=stop
     shift
 fi
 services=("$@")
-[ ${#services[@]} -eq 0 ] && services=(postgres kafka nats s3)
+[ ${#services[@]} -eq 0 ] && services=(postgres kafka nats s3 redis)
 if [ "$action" = stop ]; then
     # Kafka keeps its topics in PostgreSQL: stop it first.
     mapfile -t services < <(printf '%s\n' "${services[@]}" | sort)
@@ -269,6 +307,7 @@ for s in "${services[@]}"; do
         kafka) "${action}_kafka" ;;
         nats) "${action}_nats" ;;
         s3) "${action}_s3" ;;
-        *) echo "services.sh: unknown server '$s'; known: postgres, kafka, nats, s3" >&2; exit 2 ;;
+        redis) "${action}_redis" ;;
+        *) echo "services.sh: unknown server '$s'; known: postgres, kafka, nats, s3, redis" >&2; exit 2 ;;
     esac
 done

@@ -19,6 +19,7 @@ while read -r name url how; do
         kafka) export FLUMEN_KAFKA_BROKERS="$url" ;;
         nats) export FLUMEN_NATS_URL="$url" ;;
         s3) export FLUMEN_S3_ENDPOINT="$url" ;;
+        redis) export FLUMEN_REDIS_URL="$url" ;;
     esac
     if [ "$how" = started ]; then
         STARTED+=("$name")

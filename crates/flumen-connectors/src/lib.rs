@@ -18,6 +18,7 @@ mod options;
 mod payloads;
 pub mod postgres;
 mod ready;
+pub mod redis;
 mod stdout;
 mod throttle;
 
@@ -103,6 +104,7 @@ pub fn connectors() -> &'static [&'static dyn Connector] {
         &postgres::Postgres,
         &kafka::Kafka,
         &nats::Nats,
+        &redis::Redis,
     ]
 }
 

@@ -68,11 +68,7 @@ struct Prefix(String);
 
 impl Prefix {
     fn new(test: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        Prefix(format!("{test}-{}-{nanos}", std::process::id()))
+        Prefix(common::unique_name(test))
     }
 
     /// `s3://flumen/<prefix>/<dir>`.

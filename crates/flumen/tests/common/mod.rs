@@ -50,6 +50,16 @@ pub fn service(name: &str, var: &str) -> String {
     line.split_whitespace().nth(1).unwrap().to_string()
 }
 
+/// A name no other test run uses at the same time: `test`, this
+/// process's id and the clock's nanoseconds.
+pub fn unique_name(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{test}-{}-{nanos}", std::process::id())
+}
+
 /// A small deterministic random sequence (xorshift), seeded per test.
 pub struct Random(pub u64);
 

@@ -64,6 +64,11 @@ pub trait Connector: Send + Sync {
     fn accepts_updates(&self, _spec: &TableSpec) -> bool {
         false
     }
+    /// The metadata its source can fill columns from
+    /// (`col BIGINT METADATA FROM 'offset'`), with their types and docs.
+    fn metadata(&self) -> &'static [OptionSpec] {
+        &[]
+    }
     /// A source reading `spec`, producing only the `projection` columns.
     async fn source(
         &self,
@@ -134,6 +139,9 @@ pub struct TableSpec {
     /// Its `PRIMARY KEY` columns, if it declares one (a sink then applies
     /// an updating stream by key).
     pub primary_key: Vec<String>,
+    /// Its metadata columns: (column, metadata key), filled by the source
+    /// from each message's metadata instead of its payload.
+    pub metadata: Vec<(String, String)>,
 }
 
 impl TableSpec {
@@ -167,7 +175,26 @@ pub fn check_table(spec: &TableSpec) -> Result<()> {
     };
     spec.options
         .check(name, connector.options())
-        .map_err(|e| FlumenError::config(format!("table '{}': {e}", spec.name)))
+        .map_err(|e| FlumenError::config(format!("table '{}': {e}", spec.name)))?;
+    for (column, key) in &spec.metadata {
+        if !connector.metadata().iter().any(|m| m.name == key.as_str()) {
+            let valid: Vec<String> = connector
+                .metadata()
+                .iter()
+                .map(|m| format!("{} ({})", m.name, m.help))
+                .collect();
+            return Err(FlumenError::config(format!(
+                "table '{}': column '{column}' reads metadata '{key}', which connector '{name}' does not have; {}",
+                spec.name,
+                if valid.is_empty() {
+                    "it has no metadata".to_string()
+                } else {
+                    format!("its metadata: {}", valid.join(", "))
+                }
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn connector_of(spec: &TableSpec) -> Result<&'static dyn Connector> {
@@ -208,5 +235,11 @@ pub fn sink_factory(
     input: SchemaRef,
     unique: &str,
 ) -> Result<Arc<dyn SinkFactory>> {
+    if let Some((column, _)) = spec.metadata.first() {
+        return Err(FlumenError::plan(format!(
+            "table '{}' is written, but its column '{column}' is a METADATA column, which flumen only reads; write to a table declared without metadata columns",
+            spec.name
+        )));
+    }
     connector_of(spec)?.sink(spec, input, unique)
 }

@@ -34,6 +34,11 @@ impl Payloads {
         self.positions.clear();
     }
 
+    /// The position of each payload, in order.
+    pub(crate) fn positions(&self) -> &[i64] {
+        &self.positions
+    }
+
     /// The rows of the payloads. A malformed payload fails the job with
     /// `failed(position)` and the error, is dropped and counted, or becomes
     /// a dead-letter record in `dead` with `where_(position)` (a JSON
@@ -47,6 +52,22 @@ impl Payloads {
         where_: impl Fn(i64) -> serde_json::Value,
         failed: impl Fn(i64) -> String,
     ) -> Result<RecordBatch> {
+        Ok(self
+            .decode_kept(decoder, bad_data, metrics, dead, where_, failed)?
+            .0)
+    }
+
+    /// As [`Payloads::decode`], with the indices of the payloads the rows
+    /// come from when some were left out (`None`: every payload is a row).
+    pub(crate) fn decode_kept(
+        &self,
+        decoder: &PayloadDecoder,
+        bad_data: &BadData,
+        metrics: &JobMetrics,
+        dead: &mut Vec<String>,
+        where_: impl Fn(i64) -> serde_json::Value,
+        failed: impl Fn(i64) -> String,
+    ) -> Result<(RecordBatch, Option<Vec<usize>>)> {
         let payloads: Vec<&[u8]> = (0..self.ends.len())
             .map(|i| {
                 let start = if i == 0 { 0 } else { self.ends[i - 1] };
@@ -54,13 +75,17 @@ impl Payloads {
             })
             .collect();
         if let Ok(batch) = decoder.decode(&payloads) {
-            return Ok(batch);
+            return Ok((batch, None));
         }
         let mut good = Vec::new();
+        let mut kept = Vec::new();
         let mut dropped = 0;
-        for (payload, &position) in payloads.iter().zip(&self.positions) {
+        for (i, (payload, &position)) in payloads.iter().zip(&self.positions).enumerate() {
             match (decoder.decode_one(payload), bad_data) {
-                (Ok(b), _) => good.push(b),
+                (Ok(b), _) => {
+                    good.push(b);
+                    kept.push(i);
+                }
                 (Err(_), BadData::Drop) => dropped += 1,
                 (Err(e), BadData::DeadLetter(_)) => dead.push(dead_letter_record(
                     where_(position),
@@ -73,6 +98,9 @@ impl Payloads {
             }
         }
         metrics.add_bad_records_dropped(dropped);
-        Ok(arrow::compute::concat_batches(decoder.schema(), &good)?)
+        Ok((
+            arrow::compute::concat_batches(decoder.schema(), &good)?,
+            Some(kept),
+        ))
     }
 }

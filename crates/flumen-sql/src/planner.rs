@@ -18,7 +18,7 @@ use flumen_types::{FlumenError, Result};
 
 use crate::catalog::ConnectorTable;
 use crate::errors::SourcePos;
-use crate::script::{self, WatermarkClause};
+use crate::script::{self, MetadataClause, WatermarkClause};
 
 mod aggregate;
 mod streaming;
@@ -131,6 +131,8 @@ impl Planner {
     pub async fn add_script(&mut self, file: &str, sql: &str) -> Result<()> {
         let (sql, mut watermarks) =
             script::strip_watermarks(sql).map_err(|e| FlumenError::plan(format!("{file}:{e}")))?;
+        let (sql, mut metadata) =
+            script::strip_metadata(&sql).map_err(|e| FlumenError::plan(format!("{file}:{e}")))?;
         let statements = script::parse(file, &sql)?;
         let starts: Vec<(u64, u64)> = statements
             .iter()
@@ -143,6 +145,10 @@ impl Planner {
                 .into_iter()
                 .partition(|w| (w.line, w.column) < next);
             watermarks = rest;
+            let (columns, rest): (Vec<_>, Vec<_>) = metadata
+                .into_iter()
+                .partition(|m| (m.line, m.column) < next);
+            metadata = rest;
             let mut mine = mine.into_iter();
             let watermark = mine.next();
             if let Some(extra) = mine.next().or_else(|| {
@@ -159,7 +165,8 @@ impl Planner {
                     "a table takes one WATERMARK FOR clause, inside its CREATE TABLE column list",
                 ));
             }
-            self.add_statement(statement, &pos, watermark).await?;
+            self.add_statement(statement, &pos, watermark, columns)
+                .await?;
         }
         Ok(())
     }
@@ -184,7 +191,19 @@ impl Planner {
         statement: Statement,
         pos: &SourcePos,
         watermark: Option<WatermarkClause>,
+        metadata: Vec<MetadataClause>,
     ) -> Result<()> {
+        if let (Some(m), false) = (
+            metadata.first(),
+            matches!(statement, Statement::CreateTable(_)),
+        ) {
+            let at = SourcePos {
+                file: pos.file.clone(),
+                line: m.line,
+                column: m.column,
+            };
+            return Err(at.error("METADATA belongs to a column of a CREATE TABLE"));
+        }
         match statement {
             Statement::CreateTable(ct) => {
                 if ct.query.is_some() {
@@ -210,6 +229,10 @@ impl Planner {
                     schema: schema.clone(),
                     options: flumen_connectors::Options::new(options).map_err(|e| pos.wrap(e))?,
                     primary_key,
+                    metadata: metadata
+                        .iter()
+                        .map(|m| (m.column_name.clone(), m.key.clone()))
+                        .collect(),
                 };
                 if let Some(missing) = spec
                     .primary_key

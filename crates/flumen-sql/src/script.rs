@@ -161,6 +161,172 @@ pub(crate) fn strip_watermarks(sql: &str) -> Result<(String, Vec<WatermarkClause
     Ok((stripped, clauses))
 }
 
+/// A `METADATA [FROM 'key'] [VIRTUAL]` column clause taken out of a
+/// `CREATE TABLE` column list (Flink's syntax; sqlparser does not know it):
+/// the column is filled from the message's metadata (a Kafka record's
+/// offset, partition, …) instead of from its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MetadataClause {
+    /// 1-based line and column where the clause starts.
+    pub line: u64,
+    pub column: u64,
+    /// The column it belongs to, in lower case.
+    pub column_name: String,
+    /// The metadata key: the `FROM` string, else the column's name.
+    pub key: String,
+}
+
+/// Blanks out every `METADATA [FROM 'key'] [VIRTUAL]` clause of the column
+/// lists of `CREATE TABLE` statements, keeping positions, and returns them.
+pub(crate) fn strip_metadata(sql: &str) -> Result<(String, Vec<MetadataClause>)> {
+    let bytes = sql.as_bytes();
+    let mut out = bytes.to_vec();
+    let mut clauses = Vec::new();
+    for (open, close) in column_lists(bytes) {
+        let mut depth = 0usize;
+        let mut def_start = open + 1;
+        let mut i = open + 1;
+        while i < close {
+            match bytes[i] {
+                b'\'' | b'"' => {
+                    i = skip_quoted_by(bytes, i, bytes[i]);
+                    continue;
+                }
+                b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                    while i < close && bytes[i] != b'\n' {
+                        i += 1;
+                    }
+                    continue;
+                }
+                b'(' => depth += 1,
+                b')' => depth = depth.saturating_sub(1),
+                b',' if depth == 0 => def_start = i + 1,
+                _ if depth == 0
+                    && starts_keyword(bytes, i, "metadata")
+                    && !sql[def_start..i].trim().is_empty() =>
+                {
+                    let (line, column) = line_col(sql, i);
+                    let end = clause_end(bytes, i).min(close);
+                    let text = &sql[i..end];
+                    let column_name = sql[def_start..i]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .trim_matches('"')
+                        .to_lowercase();
+                    let key = parse_metadata(text, &column_name).ok_or_else(|| {
+                        FlumenError::plan(format!(
+                            "{line}:{column}: expected METADATA [FROM 'key'] [VIRTUAL], found '{}'",
+                            text.trim()
+                        ))
+                    })?;
+                    clauses.push(MetadataClause {
+                        line,
+                        column,
+                        column_name,
+                        key,
+                    });
+                    blank(&mut out, i, end);
+                    i = end;
+                    continue;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+    }
+    let stripped = String::from_utf8(out).expect("only ASCII bytes were replaced by spaces");
+    Ok((stripped, clauses))
+}
+
+/// `METADATA [FROM 'key'] [VIRTUAL]` → the key (`default` without FROM).
+fn parse_metadata(text: &str, default: &str) -> Option<String> {
+    let rest = text.trim();
+    let rest = rest
+        .get(..8)?
+        .eq_ignore_ascii_case("metadata")
+        .then(|| rest[8..].trim())?;
+    let (key, rest) = match rest.get(..4) {
+        Some(from) if from.eq_ignore_ascii_case("from") => {
+            let quoted = rest[4..].trim_start();
+            let body = quoted.strip_prefix('\'')?;
+            let close = body.find('\'')?;
+            (body[..close].to_string(), body[close + 1..].trim())
+        }
+        _ => (default.to_string(), rest),
+    };
+    (rest.is_empty() || rest.eq_ignore_ascii_case("virtual")).then_some(key)
+}
+
+/// The byte ranges `(open, close)` of the parentheses around each
+/// `CREATE TABLE name (…)` column list.
+fn column_lists(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let mut lists = Vec::new();
+    let mut i = 0;
+    let mut after_create = false;
+    let mut in_table = false;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' | b'"' => {
+                i = skip_quoted_by(bytes, i, bytes[i]);
+                continue;
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b';' => (after_create, in_table) = (false, false),
+            b'(' if in_table => {
+                let mut depth = 0usize;
+                let mut j = i;
+                while j < bytes.len() {
+                    match bytes[j] {
+                        b'\'' | b'"' => {
+                            j = skip_quoted_by(bytes, j, bytes[j]);
+                            continue;
+                        }
+                        b'(' => depth += 1,
+                        b')' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    j += 1;
+                }
+                lists.push((i, j.min(bytes.len())));
+                (after_create, in_table) = (false, false);
+                i = j;
+                continue;
+            }
+            _ if starts_keyword(bytes, i, "create") => after_create = true,
+            _ if after_create && starts_keyword(bytes, i, "table") => in_table = true,
+            _ => {}
+        }
+        i += 1;
+    }
+    lists
+}
+
+fn skip_quoted_by(bytes: &[u8], open: usize, quote: u8) -> usize {
+    let mut i = open + 1;
+    while i < bytes.len() {
+        if bytes[i] == quote {
+            if bytes.get(i + 1) == Some(&quote) {
+                i += 2;
+                continue;
+            }
+            return i + 1;
+        }
+        i += 1;
+    }
+    i
+}
+
 fn skip_quoted(bytes: &[u8], open: usize) -> usize {
     let mut i = open + 1;
     while i < bytes.len() {
@@ -250,6 +416,27 @@ fn parse_clause(text: &str) -> Option<WatermarkClause> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_clauses_are_taken_out_of_column_lists_only() {
+        let sql = "CREATE TABLE t (\n  a BIGINT,\n  off BIGINT METADATA FROM 'offset' VIRTUAL,\n  \"partition\" INT METADATA,\n  metadata VARCHAR,\n  d DECIMAL(10, 2) METADATA FROM 'x'\n) WITH (k = 'metadata');\nSELECT metadata FROM t;";
+        let (stripped, clauses) = strip_metadata(sql).unwrap();
+        assert_eq!(stripped.len(), sql.len());
+        let got: Vec<(String, String)> = clauses
+            .iter()
+            .map(|c| (c.column_name.clone(), c.key.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [("off", "offset"), ("partition", "partition"), ("d", "x")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        assert_eq!((clauses[0].line, clauses[0].column), (3, 14));
+        assert!(stripped.contains("metadata VARCHAR") && stripped.contains("SELECT metadata"));
+        assert!(!stripped.contains("VIRTUAL") && !stripped.contains("'offset'"));
+        let err = strip_metadata("CREATE TABLE t (a INT METADATA FROM offset)").unwrap_err();
+        assert!(err.to_string().contains("1:23: expected METADATA"), "{err}");
+    }
 
     #[test]
     fn watermark_clause_is_taken_out_keeping_positions() {

@@ -84,12 +84,7 @@ impl Drop for Topics {
 /// batch, skips to the next batch (see `tansu_in_memory_lists_and_fetches_by_batch_start`), so a job resuming
 /// mid-batch would miss rows there but not on a Kafka broker.
 fn produce(topic: &str, lines: &[String]) {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("batch.num.messages", "1")
-        .set("linger.ms", "0")
-        .create()
-        .unwrap();
+    let producer = one_per_batch_producer();
     for line in lines {
         let auction = line
             .split("\"auction\":")
@@ -110,6 +105,17 @@ fn produce(topic: &str, lines: &[String]) {
         }
     }
     producer.flush(Duration::from_secs(60)).unwrap();
+}
+
+/// A producer that sends each message as a batch of its own (tansu reads
+/// by batch; see `tansu_in_memory_lists_and_fetches_by_batch_start`).
+fn one_per_batch_producer() -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("batch.num.messages", "1")
+        .set("linger.ms", "0")
+        .create()
+        .unwrap()
 }
 
 /// Every message of `topic` as a `read_committed` reader sees it, sorted.
@@ -411,4 +417,119 @@ fn bad_messages_and_missing_topics_are_named() {
         "{unknown}"
     );
     assert!(!fail.contains("panicked") && !missing.contains("panicked"));
+}
+
+#[test]
+fn metadata_columns_read_topic_partition_offset_timestamp_key_and_headers() {
+    let topics = Topics::new("flumen-meta", 1, 2);
+    let topic = &topics.0[0];
+    let producer = one_per_batch_producer();
+    // Partition p gets records i = p, p + 2, …: key k<i>, timestamp
+    // 1_700_000_000_000 + i ms, a header on even i, and a malformed
+    // payload at i = 5 that `bad_data = 'drop'` leaves out.
+    let mut want = Vec::new();
+    let mut next_offset = [0i64; 2];
+    for i in 0..40i64 {
+        let partition = (i % 2) as i32;
+        let key = format!("k{i}");
+        let payload = if i == 5 {
+            "not json".to_string()
+        } else {
+            format!("{{\"v\": {i}}}")
+        };
+        let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: "source",
+            value: Some("test"),
+        });
+        let mut record = BaseRecord::to(topic)
+            .partition(partition)
+            .key(&key)
+            .payload(&payload)
+            .timestamp(1_700_000_000_000 + i);
+        if i % 2 == 0 {
+            record = record.headers(headers);
+        }
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let offset = next_offset[partition as usize];
+        next_offset[partition as usize] += 1;
+        if i == 5 {
+            continue;
+        }
+        let h = if i % 2 == 0 {
+            ",\"h\":\"{\\\"source\\\":\\\"test\\\"}\""
+        } else {
+            ""
+        };
+        // The JSON writer leaves out a zero fraction of a second.
+        let millis = match i % 1000 {
+            0 => String::new(),
+            ms => format!(".{ms:03}"),
+        };
+        let ts = chrono_free_timestamp(1_700_000_000 + i / 1000);
+        want.push(format!(
+            "{{\"v\":{i},\"t\":\"{topic}\",\"p\":{partition},\"o\":{offset},\"ts\":\"{ts}{millis}\",\"k\":\"{key}\"{h}}}"
+        ));
+    }
+    want.sort();
+    let work = tempfile::tempdir().unwrap();
+    let sql = format!(
+        "CREATE TABLE src (
+           v BIGINT,
+           t VARCHAR METADATA FROM 'topic' VIRTUAL,
+           p INT METADATA FROM 'partition' VIRTUAL,
+           o BIGINT METADATA FROM 'offset',
+           ts TIMESTAMP(3) METADATA FROM 'timestamp',
+           k VARCHAR METADATA FROM 'key',
+           h VARCHAR METADATA FROM 'headers'
+         ) WITH ({}, bad_data = 'drop');
+         CREATE TABLE out (v BIGINT, t VARCHAR, p INT, o BIGINT, ts TIMESTAMP(3), k VARCHAR, h VARCHAR)
+           WITH (connector = 'filesystem', path = 'out', format = 'json');
+         INSERT INTO out SELECT v, t, p, o, ts, k, h FROM src;",
+        kafka_table(topic, "")
+    );
+    std::fs::write(work.path().join("job.sql"), sql).unwrap();
+    common::run_ok(work.path(), "job.sql", "2");
+    assert_same("metadata", &lines_of(&work.path().join("out"), true), &want);
+    // Metadata a Kafka record does not have is named with those it has.
+    let err = failure(&format!(
+        "CREATE TABLE src (v BIGINT, x BIGINT METADATA FROM 'leader-epoch') WITH ({});
+         CREATE TABLE out (v BIGINT) WITH (connector = 'stdout');
+         INSERT INTO out SELECT v FROM src;",
+        kafka_table(topic, "")
+    ));
+    assert!(
+        err.contains("column 'x' reads metadata 'leader-epoch'") && err.contains("offset (BIGINT"),
+        "{err}"
+    );
+    let err = failure(&format!(
+        "CREATE TABLE src (v BIGINT) WITH ({table});
+         CREATE TABLE dst (v BIGINT, o BIGINT METADATA FROM 'offset') WITH ({table});
+         INSERT INTO dst SELECT v, v + 1 AS o FROM src;",
+        table = kafka_table(topic, "")
+    ));
+    assert!(err.contains("column 'o' is a METADATA column"), "{err}");
+}
+
+/// `seconds` since 1970 as `YYYY-MM-DDTHH:MM:SS` (UTC), as flumen writes
+/// timestamps, without a date library.
+fn chrono_free_timestamp(seconds: i64) -> String {
+    let days = seconds.div_euclid(86_400);
+    let rest = seconds.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }

@@ -5,6 +5,7 @@
 //! writes exactly once through transactions committed when a checkpoint
 //! completes, or at least once.
 
+mod metadata;
 mod sink;
 mod source;
 
@@ -30,6 +31,9 @@ pub(crate) struct Kafka;
 impl crate::Connector for Kafka {
     fn name(&self) -> &'static str {
         "kafka"
+    }
+    fn metadata(&self) -> &'static [OptionSpec] {
+        metadata::KEYS
     }
     fn options(&self) -> &'static [OptionSpec] {
         OPTIONS

@@ -21,6 +21,7 @@ use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::time::Instant;
 
+use super::metadata::{MetadataColumns, Records};
 use super::{CALL_TIMEOUT, brokers, client_config, kafka_error, topics};
 use crate::TableSpec;
 use crate::bad_data::BadData;
@@ -55,6 +56,8 @@ pub struct KafkaSourceFactory {
     topics: Vec<String>,
     partitions: Vec<(String, i32)>,
     decoder: Arc<PayloadDecoder>,
+    /// The columns filled from records' metadata.
+    metadata: Arc<MetadataColumns>,
     startup: Startup,
     bounded: bool,
     discovery: Option<Duration>,
@@ -72,7 +75,8 @@ impl KafkaSourceFactory {
             Some(p) => p.to_vec(),
             None => (0..spec.schema.fields().len()).collect(),
         };
-        let decoder = PayloadDecoder::try_new(format, &spec.schema, &projection)?;
+        let (metadata, payload) = MetadataColumns::new(spec, &projection)?;
+        let decoder = PayloadDecoder::try_new(format, &payload.schema, &payload.projection)?;
         let startup = match options.choice(
             "scan.startup.mode",
             &["group-offsets", "earliest-offset", "latest-offset", "timestamp"],
@@ -124,6 +128,7 @@ impl KafkaSourceFactory {
             topics,
             partitions,
             decoder: Arc::new(decoder),
+            metadata: Arc::new(metadata),
             startup,
             bounded,
             discovery: (!bounded && !discovery.is_zero()).then_some(discovery),
@@ -147,6 +152,7 @@ impl KafkaSourceFactory {
             brokers: self.brokers.clone(),
             topics: self.topics.clone(),
             decoder: self.decoder.clone(),
+            metadata: self.metadata.clone(),
             startup: self.startup,
             bounded: self.bounded,
             discovery: self.discovery,
@@ -290,6 +296,8 @@ struct Split {
     clock: usize,
     /// Messages taken but not yet decoded, by offset.
     buffer: Payloads,
+    /// Their timestamps, keys and headers, when a column reads them.
+    records: Records,
     /// Offset after the last message taken (tombstones included).
     taken_next: Option<i64>,
 }
@@ -299,6 +307,7 @@ struct KafkaSource {
     brokers: String,
     topics: Vec<String>,
     decoder: Arc<PayloadDecoder>,
+    metadata: Arc<MetadataColumns>,
     startup: Startup,
     bounded: bool,
     discovery: Option<Duration>,
@@ -433,6 +442,7 @@ impl KafkaSource {
             done: false,
             clock,
             buffer: Payloads::default(),
+            records: Records::default(),
             taken_next: None,
         });
     }
@@ -588,6 +598,9 @@ impl KafkaSource {
         // A message without a value (a tombstone) is no row.
         if let Some(payload) = message.payload() {
             split.buffer.push(payload, message.offset());
+            if self.metadata.per_record() {
+                split.records.push(&message);
+            }
         }
         Ok(())
     }
@@ -633,7 +646,7 @@ impl KafkaSource {
                 continue;
             };
             let split = &self.splits[id];
-            let batch = split.buffer.decode(
+            let (batch, kept) = split.buffer.decode_kept(
                 &self.decoder,
                 &self.bad_data,
                 &self.metrics,
@@ -652,6 +665,14 @@ impl KafkaSource {
                     )
                 },
             )?;
+            let batch = self.metadata.attach(
+                batch,
+                kept.as_deref(),
+                &split.topic,
+                split.partition,
+                split.buffer.positions(),
+                &split.records,
+            )?;
             let wm = match self.clocks.as_mut() {
                 Some(c) if batch.num_rows() > 0 => c.on_batch(self.splits[id].clock, &batch)?,
                 _ => None,
@@ -661,6 +682,7 @@ impl KafkaSource {
                 self.pending.push(Message::Watermark(wm), None);
             }
             self.splits[id].buffer.clear();
+            self.splits[id].records.clear();
         }
         // Splits read to their end no longer hold the watermark back.
         for id in std::mem::take(&mut self.ended) {
@@ -729,6 +751,7 @@ mod tests {
             done: true,
             clock: 0,
             buffer: Payloads::default(),
+            records: Records::default(),
             taken_next: None,
         };
         let splits = vec![split(0, Some(7)), split(1, None)];

@@ -446,6 +446,7 @@ mod tests {
             )
             .unwrap(),
             primary_key: primary_key.iter().map(|k| k.to_string()).collect(),
+            metadata: Vec::new(),
         }
     }
 

@@ -69,6 +69,11 @@ pub trait Connector: Send + Sync {
     fn metadata(&self) -> &'static [OptionSpec] {
         &[]
     }
+    /// The metadata its sink writes from columns (Kafka: `headers`,
+    /// `timestamp`); other metadata columns make a table read-only.
+    fn writable_metadata(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// A source reading `spec`, producing only the `projection` columns.
     async fn source(
         &self,
@@ -235,11 +240,23 @@ pub fn sink_factory(
     input: SchemaRef,
     unique: &str,
 ) -> Result<Arc<dyn SinkFactory>> {
-    if let Some((column, _)) = spec.metadata.first() {
+    let connector = connector_of(spec)?;
+    let writable = connector.writable_metadata();
+    if let Some((column, key)) = spec
+        .metadata
+        .iter()
+        .find(|(_, key)| !writable.contains(&key.as_str()))
+    {
         return Err(FlumenError::plan(format!(
-            "table '{}' is written, but its column '{column}' is a METADATA column, which flumen only reads; write to a table declared without metadata columns",
-            spec.name
+            "table '{}' is written, but its column '{column}' is a METADATA column ('{key}'), which connector '{}' only reads; {}",
+            spec.name,
+            connector.name(),
+            if writable.is_empty() {
+                "write to a table declared without metadata columns".to_string()
+            } else {
+                format!("it writes metadata {}", writable.join(", "))
+            }
         )));
     }
-    connector_of(spec)?.sink(spec, input, unique)
+    connector.sink(spec, input, unique)
 }

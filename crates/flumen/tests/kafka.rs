@@ -421,13 +421,14 @@ fn bad_messages_and_missing_topics_are_named() {
 
 #[test]
 fn metadata_columns_read_topic_partition_offset_timestamp_key_and_headers() {
-    let topics = Topics::new("flumen-meta", 1, 2);
-    let topic = &topics.0[0];
+    let topics = Topics::new("flumen-meta", 2, 2);
+    let (topic, copy) = (&topics.0[0], &topics.0[1]);
     let producer = one_per_batch_producer();
     // Partition p gets records i = p, p + 2, …: key k<i>, timestamp
     // 1_700_000_000_000 + i ms, a header on even i, and a malformed
     // payload at i = 5 that `bad_data = 'drop'` leaves out.
     let mut want = Vec::new();
+    let mut want_copy = Vec::new();
     let mut next_offset = [0i64; 2];
     for i in 0..40i64 {
         let partition = (i % 2) as i32;
@@ -470,8 +471,10 @@ fn metadata_columns_read_topic_partition_offset_timestamp_key_and_headers() {
         want.push(format!(
             "{{\"v\":{i},\"t\":\"{topic}\",\"p\":{partition},\"o\":{offset},\"ts\":\"{ts}{millis}\",\"k\":\"{key}\"{h}}}"
         ));
+        want_copy.push(format!("{{\"v\":{i},\"ts\":\"{ts}{millis}\"{h}}}"));
     }
     want.sort();
+    want_copy.sort();
     let work = tempfile::tempdir().unwrap();
     let sql = format!(
         "CREATE TABLE src (
@@ -491,6 +494,42 @@ fn metadata_columns_read_topic_partition_offset_timestamp_key_and_headers() {
     std::fs::write(work.path().join("job.sql"), sql).unwrap();
     common::run_ok(work.path(), "job.sql", "2");
     assert_same("metadata", &lines_of(&work.path().join("out"), true), &want);
+    // Timestamps and headers written by the sink from metadata columns
+    // read back the same.
+    let copy_table = |extra: &str| {
+        format!(
+            "connector = 'kafka', topic = '{copy}', 'properties.bootstrap.servers' = '{}',
+             format = 'json', 'scan.startup.mode' = 'earliest-offset',
+             'scan.bounded.mode' = 'latest-offset'{extra}",
+            brokers()
+        )
+    };
+    let sql = format!(
+        "CREATE TABLE src (v BIGINT, ts TIMESTAMP(3) METADATA FROM 'timestamp', h VARCHAR METADATA FROM 'headers')
+           WITH ({}, bad_data = 'drop');
+         CREATE TABLE dst (v BIGINT, ts TIMESTAMP(3) METADATA FROM 'timestamp', h VARCHAR METADATA FROM 'headers')
+           WITH ({});
+         INSERT INTO dst SELECT v, ts, h FROM src;",
+        kafka_table(topic, ""),
+        copy_table(", 'sink.delivery-guarantee' = 'at-least-once'")
+    );
+    std::fs::write(work.path().join("copy.sql"), sql).unwrap();
+    common::run_ok(work.path(), "copy.sql", "1");
+    let sql = format!(
+        "CREATE TABLE dst (v BIGINT, ts TIMESTAMP(3) METADATA FROM 'timestamp', h VARCHAR METADATA FROM 'headers')
+           WITH ({});
+         CREATE TABLE back (v BIGINT, ts TIMESTAMP(3), h VARCHAR)
+           WITH (connector = 'filesystem', path = 'back', format = 'json');
+         INSERT INTO back SELECT v, ts, h FROM dst;",
+        copy_table("")
+    );
+    std::fs::write(work.path().join("back.sql"), sql).unwrap();
+    common::run_ok(work.path(), "back.sql", "1");
+    assert_same(
+        "written back",
+        &lines_of(&work.path().join("back"), true),
+        &want_copy,
+    );
     // Metadata a Kafka record does not have is named with those it has.
     let err = failure(&format!(
         "CREATE TABLE src (v BIGINT, x BIGINT METADATA FROM 'leader-epoch') WITH ({});
@@ -508,7 +547,11 @@ fn metadata_columns_read_topic_partition_offset_timestamp_key_and_headers() {
          INSERT INTO dst SELECT v, v + 1 AS o FROM src;",
         table = kafka_table(topic, "")
     ));
-    assert!(err.contains("column 'o' is a METADATA column"), "{err}");
+    assert!(
+        err.contains("column 'o' is a METADATA column ('offset')")
+            && err.contains("it writes metadata headers, timestamp"),
+        "{err}"
+    );
 }
 
 /// `seconds` since 1970 as `YYYY-MM-DDTHH:MM:SS` (UTC), as flumen writes

@@ -35,6 +35,9 @@ impl crate::Connector for Kafka {
     fn metadata(&self) -> &'static [OptionSpec] {
         metadata::KEYS
     }
+    fn writable_metadata(&self) -> &'static [&'static str] {
+        &["headers", "timestamp"]
+    }
     fn options(&self) -> &'static [OptionSpec] {
         OPTIONS
     }

@@ -10,12 +10,15 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arrow::datatypes::SchemaRef;
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::compute::{can_cast_types, cast};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMillisecondType};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use flumen_runtime::{Sink, SinkFactory, TaskContext};
 use flumen_types::{FlumenError, Result};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
 
@@ -40,6 +43,12 @@ struct Shared {
     format: MessageFormat,
     /// Key columns of the input and their format.
     key: Option<(Vec<usize>, MessageFormat)>,
+    /// The input's columns written as the value: all but metadata columns.
+    value_columns: Vec<usize>,
+    /// The input's metadata columns written as each record's headers (a
+    /// JSON object of strings) and timestamp.
+    headers: Option<usize>,
+    timestamp: Option<usize>,
     guarantee: Guarantee,
     prefix: String,
 }
@@ -76,12 +85,30 @@ impl KafkaSinkFactory {
                 Some((columns, key_format))
             }
         };
+        let metadata_column = |key: &str| -> Result<Option<usize>> {
+            let Some((column, _)) = spec.metadata.iter().find(|(_, k)| k == key) else {
+                return Ok(None);
+            };
+            input.index_of(column).map(Some).map_err(|_| {
+                FlumenError::internal(format!("metadata column '{column}' is not written"))
+            })
+        };
+        let headers = metadata_column("headers")?;
+        let timestamp = metadata_column("timestamp")?;
+        let value_columns: Vec<usize> = (0..input.fields().len())
+            .filter(|i| Some(*i) != headers && Some(*i) != timestamp)
+            .collect();
+        if let Some(t) = timestamp
+            && !can_cast_types(input.field(t).data_type(), &TIMESTAMP_MS)
+        {
+            return Err(FlumenError::config(format!(
+                "column '{}' ({}) cannot be written as the record timestamp",
+                input.field(t).name(),
+                input.field(t).data_type()
+            )));
+        }
         if format == MessageFormat::Raw {
-            check_raw(
-                "format",
-                &input,
-                &(0..input.fields().len()).collect::<Vec<_>>(),
-            )?;
+            check_raw("format", &input, &value_columns)?;
         }
         if let Some((columns, MessageFormat::Raw)) = &key {
             check_raw("key.format", &input, columns)?;
@@ -111,6 +138,9 @@ impl KafkaSinkFactory {
                 config,
                 format,
                 key,
+                value_columns,
+                headers,
+                timestamp,
                 guarantee,
                 prefix,
             }),
@@ -185,7 +215,21 @@ impl Sink for KafkaSink {
             return Ok(());
         }
         let s = self.shared.clone();
-        let values = encode(s.format, &batch)?;
+        let values = encode(s.format, &batch.project(&s.value_columns)?)?;
+        let headers = match s.headers {
+            Some(h) => Some(record_headers(
+                batch.column(h),
+                batch.schema().field(h).name(),
+            )?),
+            None => None,
+        };
+        let timestamps = match s.timestamp {
+            Some(t) => Some(cast(batch.column(t), &TIMESTAMP_MS)?),
+            None => None,
+        };
+        let timestamps = timestamps
+            .as_ref()
+            .map(|t| t.as_primitive::<TimestampMillisecondType>());
         let keys = match &s.key {
             Some((columns, format)) => Some(encode(*format, &batch.project(columns)?)?),
             None => None,
@@ -195,6 +239,12 @@ impl Sink for KafkaSink {
             let mut record = BaseRecord::to(&s.topic).payload(values.row(i));
             if let Some(keys) = &keys {
                 record = record.key(keys.row(i));
+            }
+            if let Some(h) = headers.as_ref().and_then(|h| h[i].clone()) {
+                record = record.headers(h);
+            }
+            if let Some(t) = timestamps.filter(|t| t.is_valid(i)) {
+                record = record.timestamp(t.value(i));
             }
             loop {
                 match producer.send(record) {
@@ -302,6 +352,41 @@ impl KafkaSink {
 
 /// Fails naming the topic and brokers when the topic does not exist, so
 /// that writing to it is not a delivery timeout much later.
+/// The type a record's timestamp is written from.
+const TIMESTAMP_MS: DataType = DataType::Timestamp(TimeUnit::Millisecond, None);
+
+/// Each row's headers from a column holding a JSON object of strings
+/// (null values are headers without a value; a null column no headers).
+fn record_headers(column: &ArrayRef, name: &str) -> Result<Vec<Option<OwnedHeaders>>> {
+    let text = cast(column, &DataType::Utf8)?;
+    let text = text.as_string::<i32>();
+    (0..text.len())
+        .map(|i| {
+            if text.is_null(i) {
+                return Ok(None);
+            }
+            let bad = |why: String| {
+                FlumenError::BadData(format!(
+                    "column '{name}' must hold the record headers as a JSON object of strings, not {}: {why}",
+                    text.value(i)
+                ))
+            };
+            let object: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(text.value(i)).map_err(|e| bad(e.to_string()))?;
+            let mut headers = OwnedHeaders::new_with_capacity(object.len());
+            for (key, value) in &object {
+                let value = match value {
+                    serde_json::Value::Null => None,
+                    serde_json::Value::String(s) => Some(s.as_str()),
+                    other => return Err(bad(format!("header '{key}' is {other}"))),
+                };
+                headers = headers.insert(Header { key, value });
+            }
+            Ok(Some(headers))
+        })
+        .collect()
+}
+
 async fn check_topic(producer: &Arc<KafkaProducer>, s: &Shared) -> Result<()> {
     let producer = producer.clone();
     let topic = s.topic.clone();

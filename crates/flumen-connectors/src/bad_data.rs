@@ -29,9 +29,19 @@ pub(crate) enum BadData {
     Fail,
     /// It is dropped and counted.
     Drop,
-    /// It is written, with its error and position, to a file under this
-    /// directory, and counted.
-    DeadLetter(PathBuf),
+    /// It is written, with its error and position, to a dead-letter
+    /// output, and counted.
+    DeadLetter(DeadLetters),
+}
+
+/// Where dead letters go.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum DeadLetters {
+    /// A file per subtask under this local directory.
+    Dir(PathBuf),
+    /// A Kafka topic (Kafka sources: `dead_letter.topic`), written by the
+    /// source itself.
+    Topic(String),
 }
 
 impl BadData {
@@ -41,9 +51,12 @@ impl BadData {
             match options.choice("bad_data", &["fail", "drop", "dead_letter"], "fail")? {
                 "drop" => BadData::Drop,
                 "dead_letter" => {
+                    if let Some(topic) = options.get("dead_letter.topic") {
+                        return Ok(BadData::DeadLetter(DeadLetters::Topic(topic.to_string())));
+                    }
                     let dir = options.get("dead_letter.path").ok_or_else(|| {
                         FlumenError::config(
-                            "bad_data = 'dead_letter' needs option 'dead_letter.path' (a local directory)",
+                            "bad_data = 'dead_letter' needs option 'dead_letter.path' (a local directory; Kafka sources: or 'dead_letter.topic')",
                         )
                     })?;
                     let dir = std::path::absolute(dir).map_err(|e| {
@@ -55,7 +68,7 @@ impl BadData {
                             dir.display()
                         ))
                     })?;
-                    BadData::DeadLetter(dir)
+                    BadData::DeadLetter(DeadLetters::Dir(dir))
                 }
                 _ => BadData::Fail,
             },
@@ -71,8 +84,14 @@ impl BadData {
         records: &[String],
         metrics: &JobMetrics,
     ) -> Result<()> {
-        let BadData::DeadLetter(dir) = self else {
-            return Ok(());
+        let dir = match self {
+            BadData::DeadLetter(DeadLetters::Dir(dir)) => dir,
+            BadData::DeadLetter(DeadLetters::Topic(topic)) => {
+                return Err(FlumenError::internal(format!(
+                    "dead letters for topic '{topic}' reached the file writer"
+                )));
+            }
+            _ => return Ok(()),
         };
         if records.is_empty() {
             return Ok(());

@@ -350,8 +350,8 @@ fn failure(sql: &str) -> String {
 
 #[test]
 fn bad_messages_and_missing_topics_are_named() {
-    let topics = Topics::new("flumen-bad", 1, 1);
-    let topic = &topics.0[0];
+    let topics = Topics::new("flumen-bad", 2, 1);
+    let (topic, dead_topic) = (&topics.0[0], &topics.0[1]);
     let lines: Vec<String> = vec![
         r#"{"auction": 1, "price": 10}"#.into(),
         r#"{"auction": "two", "price": 20}"#.into(),
@@ -388,6 +388,29 @@ fn bad_messages_and_missing_topics_are_named() {
     assert_eq!(record["topic"], topic.as_str());
     assert_eq!(record["offset"], 1);
     assert_eq!(record["raw"], lines[1].as_str());
+    // Dead letters into a topic instead, the same record.
+    std::fs::write(
+        work.path().join("job.sql"),
+        job(
+            &format!(", bad_data = 'dead_letter', 'dead_letter.topic' = '{dead_topic}'"),
+            "out-2",
+        ),
+    )
+    .unwrap();
+    common::run_ok(work.path(), "job.sql", "1");
+    assert_eq!(lines_of(&work.path().join("out-2"), true).len(), 2);
+    let dead = read_committed(dead_topic);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let from_topic: serde_json::Value = serde_json::from_str(&dead[0]).unwrap();
+    assert_eq!(from_topic, record);
+    let no_dead_topic = failure(&job(
+        &format!(", bad_data = 'dead_letter', 'dead_letter.topic' = '{dead_topic}-nope'"),
+        "out",
+    ));
+    assert!(
+        no_dead_topic.contains(&format!("topic '{dead_topic}-nope'")),
+        "{no_dead_topic}"
+    );
 
     let missing = failure(&job("", "out").replace(topic.as_str(), &format!("{topic}-nope")));
     assert!(

@@ -5,6 +5,7 @@
 //! writes exactly once through transactions committed when a checkpoint
 //! completes, or at least once.
 
+mod dead_letters;
 mod metadata;
 mod sink;
 mod source;
@@ -106,6 +107,10 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
     ),
     crate::bad_data::OPTIONS[0],
     crate::bad_data::OPTIONS[1],
+    OptionSpec::optional(
+        "dead_letter.topic",
+        "source, with bad_data = 'dead_letter': a topic of the same brokers that receives each malformed record, with its error and position, as a JSON message (instead of dead_letter.path)",
+    ),
     crate::options::IDLE_TIMEOUT,
     crate::options::ALLOWED_LATENESS,
     crate::throttle::ROWS_PER_SECOND,

@@ -169,8 +169,15 @@ impl SinkFactory for KafkaSinkFactory {
 
 /// Notes the first failed delivery of a producer, for the next call to see.
 #[derive(Default)]
-struct Deliveries {
+pub(super) struct Deliveries {
     failed: Mutex<Option<KafkaError>>,
+}
+
+impl Deliveries {
+    /// The first failed delivery since the last call, if any.
+    pub(super) fn take_failure(&self) -> Option<KafkaError> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 impl ClientContext for Deliveries {}
@@ -185,7 +192,7 @@ impl ProducerContext for Deliveries {
     }
 }
 
-type KafkaProducer = ThreadedProducer<Deliveries>;
+pub(super) type KafkaProducer = ThreadedProducer<Deliveries>;
 
 /// One producer of a subtask; transactional in exactly-once mode.
 struct Slot {
@@ -473,13 +480,7 @@ async fn commit_transaction(producer: &Arc<KafkaProducer>, s: &Arc<Shared>) -> R
 
 /// The first delivery that failed, as an error.
 fn check_deliveries(producer: &KafkaProducer, s: &Shared) -> Result<()> {
-    let failed = producer
-        .context()
-        .failed
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    match failed {
+    match producer.context().take_failure() {
         Some(e) => Err(kafka_error(
             format!("writing to topic '{}' at {}", s.topic, s.brokers),
             e,

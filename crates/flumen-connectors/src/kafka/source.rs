@@ -21,10 +21,11 @@ use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::time::Instant;
 
+use super::dead_letters::DeadLetterTopic;
 use super::metadata::{MetadataColumns, Records};
 use super::{CALL_TIMEOUT, brokers, client_config, kafka_error, topics};
 use crate::TableSpec;
-use crate::bad_data::BadData;
+use crate::bad_data::{BadData, DeadLetters};
 use crate::clocks::SplitClocks;
 use crate::format::{MessageFormat, PayloadDecoder};
 use crate::payloads::Payloads;
@@ -62,6 +63,8 @@ pub struct KafkaSourceFactory {
     bounded: bool,
     discovery: Option<Duration>,
     bad_data: BadData,
+    /// With `dead_letter.topic`: the producer's properties and the topic.
+    dead_letters: Option<(ClientConfig, String)>,
     idle_after: Option<Duration>,
     rows_per_second: Option<u64>,
 }
@@ -121,6 +124,15 @@ impl KafkaSourceFactory {
         let topics = topics(options)?;
         let brokers = brokers(options).to_string();
         let partitions = list_partitions(&config, &brokers, &topics).await?;
+        let bad_data = BadData::parse(options)?;
+        let dead_letters = match &bad_data {
+            BadData::DeadLetter(DeadLetters::Topic(topic)) => {
+                // It must exist now, not fail deliveries minutes later.
+                list_partitions(&config, &brokers, std::slice::from_ref(topic)).await?;
+                Some((client_config(options, &[("linger.ms", "5")]), topic.clone()))
+            }
+            _ => None,
+        };
         Ok(KafkaSourceFactory {
             table: spec.name.clone(),
             config,
@@ -132,7 +144,8 @@ impl KafkaSourceFactory {
             startup,
             bounded,
             discovery: (!bounded && !discovery.is_zero()).then_some(discovery),
-            bad_data: BadData::parse(options)?,
+            bad_data,
+            dead_letters,
             idle_after: (!idle_after.is_zero()).then_some(idle_after),
             rows_per_second: options.parse::<u64>("rows_per_second")?,
         })
@@ -158,6 +171,10 @@ impl KafkaSourceFactory {
             discovery: self.discovery,
             next_discovery: Instant::now() + self.discovery.unwrap_or_default(),
             bad_data: self.bad_data.clone(),
+            dead_letters: match &self.dead_letters {
+                Some((config, topic)) => Some(DeadLetterTopic::new(config, topic, &self.brokers)?),
+                None => None,
+            },
             metrics: ctx.metrics.clone(),
             subtask: ctx.subtask,
             parallelism: ctx.parallelism,
@@ -313,6 +330,8 @@ struct KafkaSource {
     discovery: Option<Duration>,
     next_discovery: Instant,
     bad_data: BadData,
+    /// With `dead_letter.topic`: where malformed records go.
+    dead_letters: Option<DeadLetterTopic>,
     metrics: Arc<JobMetrics>,
     subtask: usize,
     parallelism: usize,
@@ -350,6 +369,9 @@ impl Source for KafkaSource {
                 self.assign().await?;
             }
             if self.bounded && self.splits.iter().all(|s| s.done) {
+                if let Some(d) = &self.dead_letters {
+                    d.flush()?;
+                }
                 return Ok(None);
             }
             if self.discovery.is_some() && Instant::now() >= self.next_discovery {
@@ -387,6 +409,10 @@ impl Source for KafkaSource {
     }
 
     fn snapshot_position(&mut self, checkpoint: u64) -> Result<Vec<SplitPosition>> {
+        // Dead letters of records before the barrier are stored first.
+        if let Some(d) = &self.dead_letters {
+            d.flush()?;
+        }
         let positions = split_positions(&self.splits, &self.pending);
         let mut offsets = TopicPartitionList::new();
         for s in &self.splits {
@@ -691,8 +717,13 @@ impl KafkaSource {
                 self.pending.push(Message::Watermark(wm), None);
             }
         }
-        self.bad_data
-            .send_to_dead_letter(self.subtask, &dead, &self.metrics)
+        match &self.dead_letters {
+            Some(d) if !dead.is_empty() => d.send(&dead, &self.metrics),
+            Some(_) => Ok(()),
+            None => self
+                .bad_data
+                .send_to_dead_letter(self.subtask, &dead, &self.metrics),
+        }
     }
 }
 

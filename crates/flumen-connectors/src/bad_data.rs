@@ -42,6 +42,9 @@ pub(crate) enum DeadLetters {
     /// A Kafka topic (Kafka sources: `dead_letter.topic`), written by the
     /// source itself.
     Topic(String),
+    /// A NATS subject a JetStream stream captures (NATS sources:
+    /// `dead_letter.subject`), published to by the source itself.
+    Subject(String),
 }
 
 impl BadData {
@@ -54,9 +57,14 @@ impl BadData {
                     if let Some(topic) = options.get("dead_letter.topic") {
                         return Ok(BadData::DeadLetter(DeadLetters::Topic(topic.to_string())));
                     }
+                    if let Some(subject) = options.get("dead_letter.subject") {
+                        return Ok(BadData::DeadLetter(DeadLetters::Subject(
+                            subject.to_string(),
+                        )));
+                    }
                     let dir = options.get("dead_letter.path").ok_or_else(|| {
                         FlumenError::config(
-                            "bad_data = 'dead_letter' needs option 'dead_letter.path' (a local directory; Kafka sources: or 'dead_letter.topic')",
+                            "bad_data = 'dead_letter' needs option 'dead_letter.path' (a local directory; Kafka sources: or 'dead_letter.topic'; NATS sources: or 'dead_letter.subject')",
                         )
                     })?;
                     let dir = std::path::absolute(dir).map_err(|e| {
@@ -86,9 +94,9 @@ impl BadData {
     ) -> Result<()> {
         let dir = match self {
             BadData::DeadLetter(DeadLetters::Dir(dir)) => dir,
-            BadData::DeadLetter(DeadLetters::Topic(topic)) => {
+            BadData::DeadLetter(DeadLetters::Topic(to) | DeadLetters::Subject(to)) => {
                 return Err(FlumenError::internal(format!(
-                    "dead letters for topic '{topic}' reached the file writer"
+                    "dead letters for '{to}' reached the file writer"
                 )));
             }
             _ => return Ok(()),

@@ -272,8 +272,8 @@ fn fails(work: &Path, sql: &str) -> String {
 #[test]
 fn bad_messages_missing_streams_and_unreachable_servers_are_named() {
     let work = tempfile::tempdir().unwrap();
-    let streams = Streams::new("flumen_bad", 1);
-    let input = &streams.0[0];
+    let streams = Streams::new("flumen_bad", 2);
+    let (input, dead_stream) = (&streams.0[0], &streams.0[1]);
     let good = r#"{"auction": 1, "bidder": 2, "price": 3, "channel": "a", "date_time": "2026-01-01T00:00:00"}"#;
     publish(
         input,
@@ -308,6 +308,21 @@ fn bad_messages_missing_streams_and_unreachable_servers_are_named() {
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(dead[0].contains("\"sequence\":2"), "{}", dead[0]);
     assert!(dead[0].contains("not json at all"), "{}", dead[0]);
+    // Dead letters into a subject instead, the same record.
+    std::fs::write(
+        work.path().join("dead.sql"),
+        query(&format!(
+            ", bad_data = 'dead_letter', 'dead_letter.subject' = '{dead_stream}.letters'"
+        ))
+        .replace("path = 'out'", "path = 'out-2'"),
+    )
+    .unwrap();
+    common::run_ok(work.path(), "dead.sql", "1");
+    assert_eq!(lines_of(&work.path().join("out-2"), true).len(), 2);
+    let in_subject = stored(dead_stream);
+    assert_eq!(in_subject.len(), 1, "{in_subject:?}");
+    let parse = |l: &str| serde_json::from_str::<serde_json::Value>(l).unwrap();
+    assert_eq!(parse(&in_subject[0]), parse(&dead[0]));
 
     let missing = query("").replace(&format!("stream = '{input}'"), "stream = 'no_such_stream'");
     let err = fails(work.path(), &missing);

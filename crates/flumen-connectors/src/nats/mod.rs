@@ -97,6 +97,10 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
     ),
     crate::bad_data::OPTIONS[0],
     crate::bad_data::OPTIONS[1],
+    OptionSpec::optional(
+        "dead_letter.subject",
+        "source, with bad_data = 'dead_letter': a subject a stream captures that receives each malformed record, with its error and position, as a JSON message (instead of dead_letter.path)",
+    ),
     crate::options::IDLE_TIMEOUT,
     crate::options::ALLOWED_LATENESS,
     crate::throttle::ROWS_PER_SECOND,

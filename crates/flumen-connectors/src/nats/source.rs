@@ -26,7 +26,7 @@ use futures::{FutureExt, StreamExt};
 
 use super::Server;
 use crate::TableSpec;
-use crate::bad_data::BadData;
+use crate::bad_data::{BadData, DeadLetters};
 use crate::clocks::SplitClocks;
 use crate::format::{MessageFormat, PayloadDecoder};
 use crate::payloads::Payloads;
@@ -190,6 +190,7 @@ impl NatsSourceFactory {
             clocks,
             ended: Vec::new(),
             idle_sent: false,
+            dead: Vec::new(),
         }
     }
 }
@@ -332,6 +333,9 @@ struct NatsSource {
     ended: Vec<usize>,
     /// Whether it said it is idle, having no split.
     idle_sent: bool,
+    /// Dead letters decoded and not yet stored in their subject
+    /// (`dead_letter.subject`).
+    dead: Vec<String>,
 }
 
 #[async_trait]
@@ -384,6 +388,7 @@ impl Source for NatsSource {
                 taken += 1;
             }
             self.decode_taken()?;
+            self.publish_dead_letters().await?;
         }
     }
 
@@ -602,8 +607,46 @@ impl NatsSource {
                 self.pending.push(Message::Watermark(wm), None);
             }
         }
+        if let BadData::DeadLetter(DeadLetters::Subject(_)) = &self.bad_data {
+            self.dead.extend(dead);
+            return Ok(());
+        }
         self.bad_data
             .send_to_dead_letter(self.subtask, &dead, &self.metrics)
+    }
+
+    /// Publishes the dead letters waiting for `dead_letter.subject`, each
+    /// acknowledged by its stream before the rows after it are returned
+    /// (at least once: cut off, the rest are published again).
+    async fn publish_dead_letters(&mut self) -> Result<()> {
+        let BadData::DeadLetter(DeadLetters::Subject(subject)) = &self.bad_data else {
+            return Ok(());
+        };
+        if self.dead.is_empty() {
+            return Ok(());
+        }
+        let client = match &self.client {
+            Some(c) => c.clone(),
+            None => self.client.insert(self.server.connect().await?).clone(),
+        };
+        let context = jetstream::new(client);
+        let failed = |e: &dyn std::fmt::Display| {
+            FlumenError::io(format!(
+                "publishing dead letters to subject '{subject}' at {}: {e}",
+                self.server.address()
+            ))
+        };
+        while let Some(record) = self.dead.first() {
+            context
+                .publish(subject.clone(), record.clone().into())
+                .await
+                .map_err(|e| failed(&e))?
+                .await
+                .map_err(|e| failed(&e))?;
+            self.dead.remove(0);
+            self.metrics.add_bad_records_dead_lettered(1);
+        }
+        Ok(())
     }
 }
 

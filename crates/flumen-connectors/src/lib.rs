@@ -12,6 +12,7 @@ pub mod filesystem;
 mod format;
 mod guarantee;
 pub mod kafka;
+mod metadata;
 pub mod nats;
 pub mod nexmark;
 mod options;

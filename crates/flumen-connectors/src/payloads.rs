@@ -39,27 +39,13 @@ impl Payloads {
         &self.positions
     }
 
-    /// The rows of the payloads. A malformed payload fails the job with
-    /// `failed(position)` and the error, is dropped and counted, or becomes
-    /// a dead-letter record in `dead` with `where_(position)` (a JSON
-    /// object) beside its error and bytes.
-    pub(crate) fn decode(
-        &self,
-        decoder: &PayloadDecoder,
-        bad_data: &BadData,
-        metrics: &JobMetrics,
-        dead: &mut Vec<String>,
-        where_: impl Fn(i64) -> serde_json::Value,
-        failed: impl Fn(i64) -> String,
-    ) -> Result<RecordBatch> {
-        Ok(self
-            .decode_kept(decoder, bad_data, metrics, dead, where_, failed)?
-            .0)
-    }
-
-    /// As [`Payloads::decode`], with the indices of the payloads the rows
+    /// The rows of the payloads, with the indices of the payloads they
     /// come from when some were left out (`None`: every payload is a row).
-    pub(crate) fn decode_kept(
+    /// A malformed payload fails the job with `failed(position)` and the
+    /// error, is dropped and counted, or becomes a dead-letter record in
+    /// `dead` with `where_(position)` (a JSON object) beside its error and
+    /// bytes.
+    pub(crate) fn decode(
         &self,
         decoder: &PayloadDecoder,
         bad_data: &BadData,

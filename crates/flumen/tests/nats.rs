@@ -503,3 +503,64 @@ fn server_restart_mid_run_resumes_without_loss_or_duplicates() {
     assert_same("files", &lines_of(&work.path().join("out"), true), &want);
     assert_same("output stream", &stored_at(&own.url, output), &want);
 }
+
+#[test]
+fn metadata_columns_read_stream_subject_sequence_timestamp_and_headers() {
+    let streams = Streams::new("flumen_meta", 1);
+    let name = &streams.0[0];
+    runtime().block_on(async {
+        let js = context().await;
+        for i in 1..=6u64 {
+            let subject = format!("{name}.m.{}", i % 2);
+            let payload = if i == 3 {
+                "bad".to_string()
+            } else {
+                format!("{{\"v\": {i}}}")
+            };
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("n", i.to_string().as_str());
+            let ack = if i % 2 == 0 {
+                js.publish_with_headers(subject, headers, payload.into())
+                    .await
+            } else {
+                js.publish(subject, payload.into()).await
+            };
+            ack.unwrap().await.unwrap();
+        }
+    });
+    // Sequence i holds v = i; the malformed sequence 3 is dropped.
+    let mut want: Vec<String> = [1u64, 2, 4, 5, 6]
+        .iter()
+        .map(|i| {
+            let h = if i % 2 == 0 {
+                format!(",\"h\":\"{{\\\"n\\\":\\\"{i}\\\"}}\"")
+            } else {
+                String::new()
+            };
+            format!(
+                "{{\"v\":{i},\"st\":\"{name}\",\"subj\":\"{name}.m.{}\",\"seq\":{i}{h},\"recent\":true}}",
+                i % 2
+            )
+        })
+        .collect();
+    want.sort();
+    let work = tempfile::tempdir().unwrap();
+    let sql = format!(
+        "CREATE TABLE src (
+           v BIGINT,
+           st VARCHAR METADATA FROM 'stream',
+           subj VARCHAR METADATA FROM 'subject' VIRTUAL,
+           seq BIGINT METADATA FROM 'sequence',
+           ts TIMESTAMP(3) METADATA FROM 'timestamp',
+           h VARCHAR METADATA FROM 'headers'
+         ) WITH (connector = 'nats', servers = '{}', stream = '{name}', format = 'json',
+           'scan.startup.mode' = 'earliest', 'scan.bounded.mode' = 'latest', bad_data = 'drop');
+         CREATE TABLE out (v BIGINT, st VARCHAR, subj VARCHAR, seq BIGINT, h VARCHAR, recent BOOLEAN)
+           WITH (connector = 'filesystem', path = 'out', format = 'json');
+         INSERT INTO out SELECT v, st, subj, seq, h, ts > TIMESTAMP '2026-01-01 00:00:00' FROM src;",
+        server()
+    );
+    std::fs::write(work.path().join("job.sql"), sql).unwrap();
+    common::run_ok(work.path(), "job.sql", "1");
+    assert_same("metadata", &lines_of(&work.path().join("out"), true), &want);
+}

@@ -6,7 +6,6 @@
 //! completes, or at least once.
 
 mod dead_letters;
-mod metadata;
 mod sink;
 mod source;
 
@@ -34,7 +33,7 @@ impl crate::Connector for Kafka {
         "kafka"
     }
     fn metadata(&self) -> &'static [OptionSpec] {
-        metadata::KEYS
+        crate::metadata::KAFKA_KEYS
     }
     fn writable_metadata(&self) -> &'static [&'static str] {
         &["headers", "timestamp"]

@@ -22,12 +22,12 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::time::Instant;
 
 use super::dead_letters::DeadLetterTopic;
-use super::metadata::{MetadataColumns, Records};
 use super::{CALL_TIMEOUT, brokers, client_config, kafka_error, topics};
 use crate::TableSpec;
 use crate::bad_data::{BadData, DeadLetters};
 use crate::clocks::SplitClocks;
 use crate::format::{MessageFormat, PayloadDecoder};
+use crate::metadata::{MetadataColumns, Records};
 use crate::payloads::Payloads;
 use crate::ready::Ready;
 use crate::throttle::Throttle;
@@ -625,7 +625,7 @@ impl KafkaSource {
         if let Some(payload) = message.payload() {
             split.buffer.push(payload, message.offset());
             if self.metadata.per_record() {
-                split.records.push(&message);
+                split.records.push_kafka(&message);
             }
         }
         Ok(())
@@ -672,7 +672,7 @@ impl KafkaSource {
                 continue;
             };
             let split = &self.splits[id];
-            let (batch, kept) = split.buffer.decode_kept(
+            let (batch, kept) = split.buffer.decode(
                 &self.decoder,
                 &self.bad_data,
                 &self.metrics,

@@ -30,6 +30,9 @@ impl crate::Connector for Nats {
     fn name(&self) -> &'static str {
         "nats"
     }
+    fn metadata(&self) -> &'static [OptionSpec] {
+        crate::metadata::NATS_KEYS
+    }
     fn options(&self) -> &'static [OptionSpec] {
         OPTIONS
     }

@@ -29,6 +29,7 @@ use crate::TableSpec;
 use crate::bad_data::{BadData, DeadLetters};
 use crate::clocks::SplitClocks;
 use crate::format::{MessageFormat, PayloadDecoder};
+use crate::metadata::{MetadataColumns, Records};
 use crate::payloads::Payloads;
 use crate::ready::Ready;
 use crate::throttle::Throttle;
@@ -57,6 +58,8 @@ pub struct NatsSourceFactory {
     subjects: Vec<String>,
     consumer: String,
     decoder: Arc<PayloadDecoder>,
+    /// The columns filled from messages' metadata.
+    metadata: Arc<MetadataColumns>,
     startup: Startup,
     bounded: bool,
     bad_data: BadData,
@@ -86,7 +89,8 @@ impl NatsSourceFactory {
             Some(p) => p.to_vec(),
             None => (0..spec.schema.fields().len()).collect(),
         };
-        let decoder = PayloadDecoder::try_new(format, &spec.schema, &projection)?;
+        let (metadata, payload) = MetadataColumns::new(spec, &projection)?;
+        let decoder = PayloadDecoder::try_new(format, &payload.schema, &payload.projection)?;
         let startup = match options.choice(
             "scan.startup.mode",
             &["consumer-position", "earliest", "latest"],
@@ -119,6 +123,7 @@ impl NatsSourceFactory {
             subjects,
             consumer,
             decoder: Arc::new(decoder),
+            metadata: Arc::new(metadata),
             startup,
             bounded,
             bad_data: BadData::parse(options)?,
@@ -166,6 +171,7 @@ impl NatsSourceFactory {
                     done: false,
                     clock: clocks.as_mut().map_or(0, |c| c.add()),
                     buffer: Payloads::default(),
+                    records: Records::default(),
                     taken_next: None,
                 }
             })
@@ -174,6 +180,7 @@ impl NatsSourceFactory {
             server: self.server.clone(),
             stream: self.stream.clone(),
             decoder: self.decoder.clone(),
+            metadata: self.metadata.clone(),
             startup: self.startup,
             bounded: self.bounded,
             bad_data: self.bad_data.clone(),
@@ -296,6 +303,8 @@ struct Split {
     clock: usize,
     /// Messages taken but not yet decoded, by stream sequence.
     buffer: Payloads,
+    /// Their subjects, timestamps and headers, when a column reads them.
+    records: Records,
     /// Sequence after the last message taken, and its reply subject.
     taken_next: Option<(u64, Subject)>,
 }
@@ -310,6 +319,8 @@ struct NatsSource {
     server: Server,
     stream: String,
     decoder: Arc<PayloadDecoder>,
+    /// The columns filled from messages' metadata.
+    metadata: Arc<MetadataColumns>,
     startup: Startup,
     bounded: bool,
     bad_data: BadData,
@@ -544,6 +555,7 @@ impl NatsSource {
             FlumenError::internal(format!("a JetStream message without its metadata: {e}"))
         })?;
         let (sequence, pending) = (info.stream_sequence, info.pending);
+        let stored_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
         let split = &mut self.splits[id];
         let seen = split
             .taken_next
@@ -559,6 +571,13 @@ impl NatsSource {
             ));
         };
         split.buffer.push(&message.message.payload, sequence as i64);
+        if self.metadata.per_record() {
+            split.records.push_nats(
+                message.message.subject.as_str(),
+                stored_ms,
+                message.message.headers.as_ref(),
+            );
+        }
         split.taken_next = Some((sequence + 1, reply));
         if self.bounded && pending == 0 {
             split.done = true;
@@ -576,7 +595,7 @@ impl NatsSource {
                 continue;
             };
             let split = &self.splits[id];
-            let batch = split.buffer.decode(
+            let (batch, kept) = split.buffer.decode(
                 &self.decoder,
                 &self.bad_data,
                 &self.metrics,
@@ -590,6 +609,14 @@ impl NatsSource {
                 },
                 |sequence| format!("NATS stream '{}' sequence {sequence}", self.stream),
             )?;
+            let batch = self.metadata.attach(
+                batch,
+                kept.as_deref(),
+                &self.stream,
+                0,
+                split.buffer.positions(),
+                &split.records,
+            )?;
             let wm = match self.clocks.as_mut() {
                 Some(c) if batch.num_rows() > 0 => c.on_batch(self.splits[id].clock, &batch)?,
                 _ => None,
@@ -600,6 +627,7 @@ impl NatsSource {
                 self.pending.push(Message::Watermark(wm), None);
             }
             self.splits[id].buffer.clear();
+            self.splits[id].records.clear();
         }
         for id in std::mem::take(&mut self.ended) {
             let clock = self.splits[id].clock;

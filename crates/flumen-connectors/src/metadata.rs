@@ -1,7 +1,8 @@
-//! Kafka record metadata read into columns declared `METADATA [FROM 'key']`
+//! Message metadata read into columns declared `METADATA [FROM 'key']`
 //! (as in Flink): the payload is decoded into the other columns, and the
-//! metadata columns are filled from each record's topic, partition,
-//! offset, timestamp, key and headers.
+//! metadata columns are filled from each message: a Kafka record's topic,
+//! partition, offset, timestamp, key and headers; a NATS JetStream
+//! message's stream, subject, sequence, timestamp and headers.
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use crate::TableSpec;
 use crate::options::OptionSpec;
 
 /// The metadata a Kafka table can read, with the type it comes as.
-pub(crate) const KEYS: &[OptionSpec] = &[
+pub(crate) const KAFKA_KEYS: &[OptionSpec] = &[
     OptionSpec::optional("topic", "VARCHAR: the record's topic"),
     OptionSpec::optional("partition", "INT: its partition"),
     OptionSpec::optional("offset", "BIGINT: its offset in the partition"),
@@ -36,22 +37,40 @@ pub(crate) const KEYS: &[OptionSpec] = &[
     ),
 ];
 
+/// The metadata a NATS table can read, with the type it comes as.
+pub(crate) const NATS_KEYS: &[OptionSpec] = &[
+    OptionSpec::optional("stream", "VARCHAR: the JetStream stream"),
+    OptionSpec::optional("subject", "VARCHAR: the message's subject"),
+    OptionSpec::optional("sequence", "BIGINT: its stream sequence"),
+    OptionSpec::optional("timestamp", "TIMESTAMP(3): when the stream stored it"),
+    OptionSpec::optional(
+        "headers",
+        "VARCHAR: its headers as a JSON object of strings (a repeated header's last value; null without headers)",
+    ),
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Meta {
+    /// Kafka topic or NATS stream: the same for every message of a split.
     Topic,
+    /// Kafka partition: the same for every message of a split.
     Partition,
+    /// Kafka offset or NATS stream sequence: the message's position.
     Offset,
     Timestamp,
     Key,
     Headers,
+    /// NATS subject.
+    Subject,
 }
 
 impl Meta {
     fn parse(name: &str) -> Option<Meta> {
         Some(match name {
-            "topic" => Meta::Topic,
+            "topic" | "stream" => Meta::Topic,
             "partition" => Meta::Partition,
-            "offset" => Meta::Offset,
+            "offset" | "sequence" => Meta::Offset,
+            "subject" => Meta::Subject,
             "timestamp" => Meta::Timestamp,
             "key" => Meta::Key,
             "headers" => Meta::Headers,
@@ -62,7 +81,7 @@ impl Meta {
     /// The type the metadata comes as, before the cast to the column's.
     fn data_type(self) -> DataType {
         match self {
-            Meta::Topic | Meta::Headers => DataType::Utf8,
+            Meta::Topic | Meta::Headers | Meta::Subject => DataType::Utf8,
             Meta::Partition => DataType::Int32,
             Meta::Offset => DataType::Int64,
             Meta::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, None),
@@ -107,7 +126,7 @@ impl MetadataColumns {
                 continue;
             };
             let key = Meta::parse(name)
-                .ok_or_else(|| FlumenError::config(format!("unknown Kafka metadata '{name}'")))?;
+                .ok_or_else(|| FlumenError::config(format!("unknown metadata '{name}'")))?;
             let field = table.field(i);
             if !can_cast_types(&key.data_type(), field.data_type()) {
                 return Err(FlumenError::config(format!(
@@ -137,13 +156,17 @@ impl MetadataColumns {
 
     /// Whether records' timestamps, keys or headers must be kept.
     pub(crate) fn per_record(&self) -> bool {
-        self.fill
-            .iter()
-            .any(|(_, k, _)| matches!(k, Meta::Timestamp | Meta::Key | Meta::Headers))
+        self.fill.iter().any(|(_, k, _)| {
+            matches!(
+                k,
+                Meta::Timestamp | Meta::Key | Meta::Headers | Meta::Subject
+            )
+        })
     }
 
     /// `payload` (one row per kept record) with the metadata columns put
-    /// in: records `kept` (all when `None`) of `offsets` and `records`.
+    /// in: records `kept` (all when `None`) of `offsets` and `records`;
+    /// `topic` and `partition` are the split's (a NATS split: its stream).
     pub(crate) fn attach(
         &self,
         payload: RecordBatch,
@@ -184,6 +207,9 @@ impl MetadataColumns {
                 Meta::Headers => Arc::new(StringArray::from_iter(
                     (0..rows).map(|r| records.headers[index(r)].as_deref()),
                 )),
+                Meta::Subject => Arc::new(StringArray::from_iter(
+                    (0..rows).map(|r| records.subjects[index(r)].as_deref()),
+                )),
             };
             columns.push(cast(&column, to)?);
         }
@@ -195,33 +221,51 @@ impl MetadataColumns {
     }
 }
 
-/// The timestamps, keys and headers of records taken and not yet decoded,
-/// beside their payloads (kept only when a column reads them).
+/// The timestamps, keys, headers and subjects of messages taken and not
+/// yet decoded, beside their payloads (kept only when a column reads them).
 #[derive(Default)]
 pub(crate) struct Records {
     timestamps: Vec<Option<i64>>,
     keys: Vec<Option<Vec<u8>>>,
     headers: Vec<Option<String>>,
+    subjects: Vec<Option<String>>,
 }
 
 impl Records {
-    /// Keeps `message`'s metadata.
-    pub(crate) fn push(&mut self, message: &BorrowedMessage<'_>) {
+    /// Keeps a Kafka record's metadata.
+    pub(crate) fn push_kafka(&mut self, message: &BorrowedMessage<'_>) {
         self.timestamps.push(message.timestamp().to_millis());
         self.keys.push(message.key().map(<[u8]>::to_vec));
         self.headers.push(message.headers().map(|h| {
-            let object: serde_json::Map<String, serde_json::Value> = h
-                .iter()
-                .map(|header| {
-                    let value = header
+            headers_json(h.iter().map(|header| {
+                (
+                    header.key.to_string(),
+                    header
                         .value
-                        .map(|v| serde_json::Value::String(String::from_utf8_lossy(v).into()))
-                        .unwrap_or(serde_json::Value::Null);
-                    (header.key.to_string(), value)
-                })
-                .collect();
-            serde_json::Value::Object(object).to_string()
+                        .map(|v| String::from_utf8_lossy(v).into_owned()),
+                )
+            }))
         }));
+        self.subjects.push(None);
+    }
+
+    /// Keeps a NATS message's metadata: its subject, when the stream
+    /// stored it (epoch milliseconds) and its headers.
+    pub(crate) fn push_nats(
+        &mut self,
+        subject: &str,
+        stored_ms: i64,
+        headers: Option<&async_nats::HeaderMap>,
+    ) {
+        self.timestamps.push(Some(stored_ms));
+        self.keys.push(None);
+        self.headers.push(headers.map(|h| {
+            headers_json(
+                h.iter()
+                    .map(|(name, values)| (name.to_string(), values.last().map(|v| v.to_string()))),
+            )
+        }));
+        self.subjects.push(Some(subject.to_string()));
     }
 
     /// Empties it, keeping its memory.
@@ -229,7 +273,21 @@ impl Records {
         self.timestamps.clear();
         self.keys.clear();
         self.headers.clear();
+        self.subjects.clear();
     }
+}
+
+/// Headers as a JSON object of strings (null: a header without a value).
+fn headers_json(headers: impl Iterator<Item = (String, Option<String>)>) -> String {
+    let object: serde_json::Map<String, serde_json::Value> = headers
+        .map(|(k, v)| {
+            (
+                k,
+                v.map_or(serde_json::Value::Null, serde_json::Value::String),
+            )
+        })
+        .collect();
+    serde_json::Value::Object(object).to_string()
 }
 
 #[cfg(test)]

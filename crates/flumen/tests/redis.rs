@@ -291,3 +291,162 @@ fn wrong_passwords_unreachable_servers_and_keyless_tables_are_named() {
         "printed the password: {err}"
     );
 }
+
+/// A redis-server of one test, on a port of its own, appending every write
+/// to a file (so what it acknowledged survives its restart).
+struct OwnServer {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl OwnServer {
+    fn start(dir: &std::path::Path) -> Self {
+        // The shared server's start installs redis-server when missing.
+        url();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut s = OwnServer {
+            port,
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        s.up();
+        s
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn up(&mut self) {
+        self.child = Some(
+            std::process::Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+                .args(["--appendfsync", "always", "--port"])
+                .arg(self.port.to_string())
+                .arg("--dir")
+                .arg(&self.dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server starts"),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server as a shutdown does (SIGTERM) and waits for it.
+    fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn a_server_restart_mid_run_is_ridden_out_with_the_exact_final_state() {
+    let work = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut own = OwnServer::start(data.path());
+    let lines = bids(work.path(), 60_000);
+    let mut counts: BTreeMap<i64, (u64, i64)> = BTreeMap::new();
+    for l in &lines {
+        let v = json(l);
+        let entry = counts
+            .entry(v["auction"].as_i64().unwrap() % 7)
+            .or_insert((0, i64::MIN));
+        entry.0 += 1;
+        entry.1 = entry.1.max(v["price"].as_i64().unwrap());
+    }
+    let want: Vec<String> = counts
+        .iter()
+        .map(|(b, c)| format!("c:{b}={{\"n\":{},\"top\":{}}}", c.0, c.1))
+        .collect();
+    let sql = format!(
+        "CREATE TABLE bid ({BID_COLUMNS}) WITH (connector = 'filesystem', path = 'bids', format = 'json',
+           rows_per_second = '10000');
+         CREATE TABLE counts (bucket BIGINT, n BIGINT, top BIGINT, PRIMARY KEY (bucket) NOT ENFORCED)
+           WITH (connector = 'redis', url = '{}', 'key.prefix' = 'c:');
+         INSERT INTO counts SELECT auction % 7, count(*), max(price) FROM bid GROUP BY auction % 7;",
+        own.url()
+    );
+    std::fs::write(work.path().join("job.sql"), sql).unwrap();
+    let log = std::fs::File::create(work.path().join("flumen.log")).unwrap();
+    let mut child = flumen(
+        &[
+            "run",
+            "job.sql",
+            "-p",
+            "2",
+            "--checkpoint-dir",
+            "checkpoints",
+            "--checkpoint-interval",
+            "200ms",
+        ],
+        work.path(),
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(log)
+    .spawn()
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    own.down();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    own.up();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(work.path().join("flumen.log")).unwrap();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "failed or not done within 120 s: {log}"
+    );
+    assert!(
+        log.contains("Redis"),
+        "the job never saw the server go: {log}"
+    );
+    let mut con = redis::Client::open(own.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("c:*").query(&mut con).unwrap();
+    keys.sort();
+    let got: Vec<String> = keys
+        .iter()
+        .map(|key| {
+            let value: String = redis::cmd("GET").arg(key).query(&mut con).unwrap();
+            format!("{key}={value}")
+        })
+        .collect();
+    assert_eq!(got, want);
+}

@@ -480,3 +480,183 @@ fn wrong_credentials_missing_buckets_and_unreachable_servers_are_named() {
     assert!(err.contains("127.0.0.1:1"), "{err}");
     assert!(!err.contains(SECRET_KEY), "printed the secret: {err}");
 }
+
+/// An s3s-fs of one test, on a port of its own, over a directory that
+/// outlives its restarts.
+struct OwnServer {
+    port: u16,
+    data: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl OwnServer {
+    fn start(data: &Path) -> Self {
+        // The shared server's start builds s3s-fs when missing.
+        endpoint();
+        std::fs::create_dir_all(data.join(BUCKET)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut s = OwnServer {
+            port,
+            data: data.to_path_buf(),
+            child: None,
+        };
+        s.up();
+        s
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn binary() -> std::path::PathBuf {
+        let tools = match std::env::var("FLUMEN_TOOLS") {
+            Ok(t) => std::path::PathBuf::from(t),
+            // SAFETY: getuid has no preconditions.
+            Err(_) if unsafe { libc::getuid() } == 0 => "/var/lib/flumen/tools".into(),
+            Err(_) => {
+                std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/flumen/tools")
+            }
+        };
+        tools.join("bin/s3s-fs")
+    }
+
+    fn up(&mut self) {
+        self.child = Some(
+            std::process::Command::new(Self::binary())
+                .args(["--host", "127.0.0.1", "--port"])
+                .arg(self.port.to_string())
+                .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+                .arg(&self.data)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("s3s-fs starts"),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "s3s-fs did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// The test's own s3s-fs killed 1.5 s into a run and started again 1.5 s
+/// later: the store client's retries (with backoff, ~10 s in all) ride the
+/// outage out (the job takes about twice as long); without retries the job
+/// fails, restarts from to its last checkpoint (tried: still exact).
+/// Either way what is committed holds every row once.
+#[test]
+fn a_server_restart_mid_run_loses_and_doubles_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut own = OwnServer::start(data.path());
+    bids(work.path(), 60_000);
+    let want = expected(work.path());
+    let want_rows = partitioned_rows(work.path());
+    let prefix = Prefix::new("restart");
+    let sql =
+        job_sql(&prefix, 12_000, "'s3.commit' = 'multipart'").replace(endpoint(), &own.endpoint());
+    std::fs::write(work.path().join("job.sql"), sql).unwrap();
+    let log = std::fs::File::create(work.path().join("flumen.log")).unwrap();
+    let mut child = flumen(
+        &[
+            "run",
+            "job.sql",
+            "-p",
+            "2",
+            "--checkpoint-dir",
+            "checkpoints",
+            "--checkpoint-interval",
+            "200ms",
+        ],
+        work.path(),
+    )
+    .stdout(Stdio::null())
+    .stderr(log)
+    .spawn()
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    own.down();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    own.up();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(work.path().join("flumen.log")).unwrap();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "failed or not done within 120 s: {log}"
+    );
+    // Read what the restarted server holds straight from its directory.
+    let lines = |dir: &str| {
+        let root = data.path().join(BUCKET).join(&prefix.0).join(dir);
+        let mut out = Vec::new();
+        for entry in walk(&root) {
+            let name = entry.file_name().unwrap().to_str().unwrap().to_string();
+            if name.starts_with(['.', '_']) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&entry).unwrap();
+            let bucket = entry
+                .parent()
+                .and_then(|p| p.file_name())
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("bucket="))
+                .map(str::to_string);
+            out.extend(text.lines().map(|l| match &bucket {
+                Some(b) => format!("{},\"bucket\":{b}}}", l.trim_end_matches('}')),
+                None => l.to_string(),
+            }));
+        }
+        out.sort();
+        out
+    };
+    assert_same("windows", &lines("out"), &want);
+    assert_same("every bid", &lines("rows"), &want_rows);
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return files;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

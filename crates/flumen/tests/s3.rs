@@ -563,7 +563,7 @@ impl Drop for OwnServer {
 /// The test's own s3s-fs killed 1.5 s into a run and started again 1.5 s
 /// later: the store client's retries (with backoff, ~10 s in all) ride the
 /// outage out (the job takes about twice as long); without retries the job
-/// fails, restarts from to its last checkpoint (tried: still exact).
+/// fails and restarts from its last checkpoint (tried: still exact).
 /// Either way what is committed holds every row once.
 #[test]
 fn a_server_restart_mid_run_loses_and_doubles_nothing() {

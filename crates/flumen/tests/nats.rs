@@ -461,45 +461,12 @@ fn server_restart_mid_run_resumes_without_loss_or_duplicates() {
     let sql =
         job(input, ", rows_per_second = '8000'", "out", Some(output)).replace(server(), &own.url);
     std::fs::write(work.path().join("job.sql"), sql).unwrap();
-    let log = std::fs::File::create(work.path().join("flumen.log")).unwrap();
-    let mut child = flumen(
-        &[
-            "run",
-            "job.sql",
-            "-p",
-            "2",
-            "--checkpoint-dir",
-            "checkpoints",
-            "--checkpoint-interval",
-            "200ms",
-        ],
-        work.path(),
-    )
-    .stdout(std::process::Stdio::null())
-    .stderr(log)
-    .spawn()
-    .unwrap();
+    let child = common::start_checkpointed(work.path(), "job.sql", "2");
     std::thread::sleep(Duration::from_secs(2));
     own.down();
     std::thread::sleep(Duration::from_millis(1500));
     own.up();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let log = std::fs::read_to_string(work.path().join("flumen.log")).unwrap();
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "failed or not done within 120 s: {log}"
-    );
+    common::finish_checkpointed(child, work.path(), Duration::from_secs(120));
     assert_same("files", &lines_of(&work.path().join("out"), true), &want);
     assert_same("output stream", &stored_at(&own.url, output), &want);
 }

@@ -392,45 +392,12 @@ fn a_server_restart_mid_run_is_ridden_out_with_the_exact_final_state() {
         own.url()
     );
     std::fs::write(work.path().join("job.sql"), sql).unwrap();
-    let log = std::fs::File::create(work.path().join("flumen.log")).unwrap();
-    let mut child = flumen(
-        &[
-            "run",
-            "job.sql",
-            "-p",
-            "2",
-            "--checkpoint-dir",
-            "checkpoints",
-            "--checkpoint-interval",
-            "200ms",
-        ],
-        work.path(),
-    )
-    .stdout(std::process::Stdio::null())
-    .stderr(log)
-    .spawn()
-    .unwrap();
+    let child = common::start_checkpointed(work.path(), "job.sql", "2");
     std::thread::sleep(std::time::Duration::from_millis(1000));
     own.down();
     std::thread::sleep(std::time::Duration::from_millis(1500));
     own.up();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            break None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let log = std::fs::read_to_string(work.path().join("flumen.log")).unwrap();
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "failed or not done within 120 s: {log}"
-    );
+    let log = common::finish_checkpointed(child, work.path(), std::time::Duration::from_secs(120));
     assert!(
         log.contains("Redis"),
         "the job never saw the server go: {log}"

@@ -60,6 +60,52 @@ pub fn unique_name(test: &str) -> String {
     format!("{test}-{}-{nanos}", std::process::id())
 }
 
+/// Starts `flumen run SQL -p P` in `work` with checkpoints every 200 ms
+/// under `work/checkpoints`, its stderr going to `work/flumen.log`.
+pub fn start_checkpointed(work: &Path, sql: &str, parallelism: &str) -> Child {
+    let log = std::fs::File::create(work.join("flumen.log")).unwrap();
+    flumen(
+        &[
+            "run",
+            sql,
+            "-p",
+            parallelism,
+            "--checkpoint-dir",
+            "checkpoints",
+            "--checkpoint-interval",
+            "200ms",
+        ],
+        work,
+    )
+    .stdout(Stdio::null())
+    .stderr(log)
+    .spawn()
+    .expect("flumen starts")
+}
+
+/// Waits up to `within` for a job [`start_checkpointed`] started; it must
+/// succeed (else the assertion shows its log). Returns its log.
+pub fn finish_checkpointed(mut child: Child, work: &Path, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(work.join("flumen.log")).unwrap();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "failed or not done within {within:?}: {log}"
+    );
+    log
+}
+
 /// A small deterministic random sequence (xorshift), seeded per test.
 pub struct Random(pub u64);
 

@@ -97,6 +97,17 @@ pub(crate) struct MetadataColumns {
     fill: Vec<(usize, Meta, DataType)>,
     /// The source's columns.
     output: SchemaRef,
+    /// What must be kept of each message, beside its payload.
+    wanted: Wanted,
+}
+
+/// The per-message metadata some column reads: only that is kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Wanted {
+    timestamp: bool,
+    key: bool,
+    headers: bool,
+    subject: bool,
 }
 
 /// What a source decodes its payloads into: the table's columns without
@@ -142,10 +153,18 @@ impl MetadataColumns {
             .filter(|&i| meta_of(i).is_none())
             .collect();
         let payload_schema = Arc::new(table.project(&payload_fields)?);
+        let reads = |m: Meta| fill.iter().any(|(_, k, _)| *k == m);
+        let wanted = Wanted {
+            timestamp: reads(Meta::Timestamp),
+            key: reads(Meta::Key),
+            headers: reads(Meta::Headers),
+            subject: reads(Meta::Subject),
+        };
         Ok((
             MetadataColumns {
                 fill,
                 output: Arc::new(table.project(projection)?),
+                wanted,
             },
             PayloadColumns {
                 schema: payload_schema,
@@ -154,14 +173,10 @@ impl MetadataColumns {
         ))
     }
 
-    /// Whether records' timestamps, keys or headers must be kept.
-    pub(crate) fn per_record(&self) -> bool {
-        self.fill.iter().any(|(_, k, _)| {
-            matches!(
-                k,
-                Meta::Timestamp | Meta::Key | Meta::Headers | Meta::Subject
-            )
-        })
+    /// What of each message must be kept beside its payload; `None` when
+    /// nothing (the split's own topic, partition and offsets suffice).
+    pub(crate) fn per_record(&self) -> Option<Wanted> {
+        (self.wanted != Wanted::default()).then_some(self.wanted)
     }
 
     /// `payload` (one row per kept record) with the metadata columns put
@@ -232,40 +247,48 @@ pub(crate) struct Records {
 }
 
 impl Records {
-    /// Keeps a Kafka record's metadata.
-    pub(crate) fn push_kafka(&mut self, message: &BorrowedMessage<'_>) {
-        self.timestamps.push(message.timestamp().to_millis());
-        self.keys.push(message.key().map(<[u8]>::to_vec));
-        self.headers.push(message.headers().map(|h| {
-            headers_json(h.iter().map(|header| {
-                (
-                    header.key.to_string(),
-                    header
-                        .value
-                        .map(|v| String::from_utf8_lossy(v).into_owned()),
-                )
-            }))
-        }));
+    /// Keeps what `wanted` says of a Kafka record's metadata.
+    pub(crate) fn push_kafka(&mut self, message: &BorrowedMessage<'_>, wanted: Wanted) {
+        self.timestamps
+            .push(message.timestamp().to_millis().filter(|_| wanted.timestamp));
+        self.keys
+            .push(message.key().filter(|_| wanted.key).map(<[u8]>::to_vec));
+        self.headers
+            .push(message.headers().filter(|_| wanted.headers).map(|h| {
+                headers_json(h.iter().map(|header| {
+                    (
+                        header.key.to_string(),
+                        header
+                            .value
+                            .map(|v| String::from_utf8_lossy(v).into_owned()),
+                    )
+                }))
+            }));
         self.subjects.push(None);
     }
 
-    /// Keeps a NATS message's metadata: its subject, when the stream
-    /// stored it (epoch milliseconds) and its headers.
+    /// Keeps what `wanted` says of a NATS message's metadata: its
+    /// subject, when the stream stored it (epoch milliseconds) and its
+    /// headers.
     pub(crate) fn push_nats(
         &mut self,
         subject: &str,
         stored_ms: i64,
         headers: Option<&async_nats::HeaderMap>,
+        wanted: Wanted,
     ) {
-        self.timestamps.push(Some(stored_ms));
+        self.timestamps.push(wanted.timestamp.then_some(stored_ms));
         self.keys.push(None);
-        self.headers.push(headers.map(|h| {
-            headers_json(
-                h.iter()
-                    .map(|(name, values)| (name.to_string(), values.last().map(|v| v.to_string()))),
-            )
-        }));
-        self.subjects.push(Some(subject.to_string()));
+        self.headers
+            .push(headers.filter(|_| wanted.headers).map(|h| {
+                headers_json(
+                    h.iter().map(|(name, values)| {
+                        (name.to_string(), values.last().map(|v| v.to_string()))
+                    }),
+                )
+            }));
+        self.subjects
+            .push(wanted.subject.then(|| subject.to_string()));
     }
 
     /// Empties it, keeping its memory.
@@ -323,7 +346,7 @@ mod tests {
         let (meta, payload) = MetadataColumns::new(&spec, &[3, 0, 1, 2]).unwrap();
         assert_eq!(payload.projection, vec![0, 1]);
         assert_eq!(payload.schema.fields().len(), 2);
-        assert!(!meta.per_record());
+        assert_eq!(meta.per_record(), None);
         let decoded = RecordBatch::try_new(
             Arc::new(payload.schema.project(&payload.projection).unwrap()),
             vec![

@@ -624,8 +624,8 @@ impl KafkaSource {
         // A message without a value (a tombstone) is no row.
         if let Some(payload) = message.payload() {
             split.buffer.push(payload, message.offset());
-            if self.metadata.per_record() {
-                split.records.push_kafka(&message);
+            if let Some(wanted) = self.metadata.per_record() {
+                split.records.push_kafka(&message, wanted);
             }
         }
         Ok(())

@@ -571,11 +571,12 @@ impl NatsSource {
             ));
         };
         split.buffer.push(&message.message.payload, sequence as i64);
-        if self.metadata.per_record() {
+        if let Some(wanted) = self.metadata.per_record() {
             split.records.push_nats(
                 message.message.subject.as_str(),
                 stored_ms,
                 message.message.headers.as_ref(),
+                wanted,
             );
         }
         split.taken_next = Some((sequence + 1, reply));

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::bids::{BID_COLUMNS, OUT_COLUMNS, WINDOWED, assert_same, bids, expected, lines_of};
-use common::flumen;
+use common::{flumen, runtime};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -29,13 +29,6 @@ use rdkafka::{Offset, TopicPartitionList};
 fn brokers() -> &'static str {
     static ADDRESS: OnceLock<String> = OnceLock::new();
     ADDRESS.get_or_init(|| common::service("kafka", "FLUMEN_KAFKA_BROKERS"))
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn admin() -> AdminClient<DefaultClientContext> {

@@ -17,20 +17,13 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use common::bids::{BID_COLUMNS, OUT_COLUMNS, WINDOWED, assert_same, bids, expected, lines_of};
-use common::flumen;
+use common::{flumen, runtime};
 use futures::StreamExt;
 
 /// The server: `FLUMEN_NATS_URL`, or the one `scripts/services.sh` starts.
 fn server() -> &'static str {
     static ADDRESS: OnceLock<String> = OnceLock::new();
     ADDRESS.get_or_init(|| common::service("nats", "FLUMEN_NATS_URL"))
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 async fn context_at(url: &str) -> jetstream::Context {
@@ -372,11 +365,7 @@ impl OwnServer {
     fn start(dir: &Path) -> Self {
         // The shared server's start installs nats-server when missing.
         server();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let mut s = OwnServer {
             url: format!("nats://127.0.0.1:{port}"),
             port,
@@ -400,14 +389,7 @@ impl OwnServer {
                 .spawn()
                 .expect("nats-server starts"),
         );
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "nats-server did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::wait_listening(self.port, "nats-server");
     }
 
     /// Stops the server as a shutdown does (SIGTERM) and waits for it.

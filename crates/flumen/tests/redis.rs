@@ -304,11 +304,7 @@ impl OwnServer {
     fn start(dir: &std::path::Path) -> Self {
         // The shared server's start installs redis-server when missing.
         url();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let mut s = OwnServer {
             port,
             dir: dir.to_path_buf(),
@@ -335,14 +331,7 @@ impl OwnServer {
                 .spawn()
                 .expect("redis-server starts"),
         );
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not listen"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        common::wait_listening(self.port, "redis-server");
     }
 
     /// Stops the server as a shutdown does (SIGTERM) and waits for it.

@@ -17,7 +17,7 @@ use std::process::Stdio;
 use std::sync::{Arc, OnceLock};
 
 use common::bids::{BID_COLUMNS, OUT_COLUMNS, WINDOWED, assert_same, bids, expected, lines_of};
-use common::flumen;
+use common::{flumen, runtime};
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as StorePath;
@@ -32,13 +32,6 @@ const SECRET_KEY: &str = "flumen-test-secret";
 fn endpoint() -> &'static str {
     static ADDRESS: OnceLock<String> = OnceLock::new();
     ADDRESS.get_or_init(|| common::service("s3", "FLUMEN_S3_ENDPOINT"))
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn store() -> Arc<dyn ObjectStore> {
@@ -494,11 +487,7 @@ impl OwnServer {
         // The shared server's start builds s3s-fs when missing.
         endpoint();
         std::fs::create_dir_all(data.join(BUCKET)).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let mut s = OwnServer {
             port,
             data: data.to_path_buf(),
@@ -536,14 +525,7 @@ impl OwnServer {
                 .spawn()
                 .expect("s3s-fs starts"),
         );
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "s3s-fs did not listen"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        common::wait_listening(self.port, "s3s-fs");
     }
 
     fn down(&mut self) {

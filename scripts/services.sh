@@ -140,6 +140,21 @@ listening() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# Waits for server $1 (started with its pid in $ROOT/$1/pid) to listen on
+# port $2, for at most $3 tenths of a second; exits naming $4 and its log
+# $5 when it does not, or when it died.
+await_server() {
+    local tries=0
+    until listening "$2"; do
+        tries=$((tries + 1))
+        if [ "$tries" -gt "$3" ] || ! kill -0 "$(cat "$ROOT/$1/pid")" 2>/dev/null; then
+            echo "services.sh: $4 did not start; see $5" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+}
+
 start_kafka() {
     local tansu="$TOOLS/bin/tansu" log="$ROOT/kafka/server.log"
     if [ ! -x "$tansu" ] || ! "$tansu" --version 2>/dev/null | grep -q "$TANSU_VERSION" \
@@ -162,15 +177,7 @@ start_kafka() {
             --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
             > "$log" 2>&1 < /dev/null &
         echo $! > "$ROOT/kafka/pid"
-        local tries=0
-        until listening "$KAFKA_PORT"; do
-            tries=$((tries + 1))
-            if [ "$tries" -gt 300 ] || ! kill -0 "$(cat "$ROOT/kafka/pid")" 2>/dev/null; then
-                echo "services.sh: tansu did not start; see $log" >&2
-                exit 1
-            fi
-            sleep 0.1
-        done
+        await_server kafka "$KAFKA_PORT" 300 tansu "$log"
     fi
     echo "kafka 127.0.0.1:$KAFKA_PORT $how"
 }
@@ -195,15 +202,7 @@ start_nats() {
             --addr 127.0.0.1 --port "$NATS_PORT" \
             > "$log" 2>&1 < /dev/null &
         echo $! > "$ROOT/nats/pid"
-        local tries=0
-        until listening "$NATS_PORT"; do
-            tries=$((tries + 1))
-            if [ "$tries" -gt 100 ] || ! kill -0 "$(cat "$ROOT/nats/pid")" 2>/dev/null; then
-                echo "services.sh: nats-server did not start; see $log" >&2
-                exit 1
-            fi
-            sleep 0.1
-        done
+        await_server nats "$NATS_PORT" 100 nats-server "$log"
     fi
     echo "nats nats://127.0.0.1:$NATS_PORT $how"
 }
@@ -237,15 +236,7 @@ start_s3() {
             --access-key flumen --secret-key flumen-test-secret "$ROOT/s3/data" \
             > "$log" 2>&1 < /dev/null &
         echo $! > "$ROOT/s3/pid"
-        local tries=0
-        until listening "$S3_PORT"; do
-            tries=$((tries + 1))
-            if [ "$tries" -gt 100 ] || ! kill -0 "$(cat "$ROOT/s3/pid")" 2>/dev/null; then
-                echo "services.sh: s3s-fs did not start; see $log" >&2
-                exit 1
-            fi
-            sleep 0.1
-        done
+        await_server s3 "$S3_PORT" 100 s3s-fs "$log"
     fi
     echo "s3 http://127.0.0.1:$S3_PORT $how"
 }
@@ -270,15 +261,7 @@ start_redis() {
             --requirepass flumen-test-secret --dir "$ROOT/redis" \
             > "$log" 2>&1 < /dev/null &
         echo $! > "$ROOT/redis/pid"
-        local tries=0
-        until listening "$REDIS_PORT"; do
-            tries=$((tries + 1))
-            if [ "$tries" -gt 100 ] || ! kill -0 "$(cat "$ROOT/redis/pid")" 2>/dev/null; then
-                echo "services.sh: redis-server did not start; see $log" >&2
-                exit 1
-            fi
-            sleep 0.1
-        done
+        await_server redis "$REDIS_PORT" 100 redis-server "$log"
     fi
     echo "redis redis://:flumen-test-secret@127.0.0.1:$REDIS_PORT $how"
 }

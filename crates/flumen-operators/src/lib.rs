@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+mod accumulator_layers;
 mod columns;
 mod filter;
 mod join;

@@ -15,15 +15,16 @@ use arrow::buffer::BooleanBuffer;
 use arrow::compute::{cast, concat, take_record_batch};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use datafusion::common::ScalarValue;
-use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::logical_expr::EmitTo;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
-use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
 use flumen_state::{KeyGroups, StateSnapshot, state_column};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
+use crate::accumulator_layers::{Accumulators, Layers, SharedLayers, new_accumulators};
 use crate::columns::state_fields;
 
 /// One aggregate of the query, with its `FILTER (WHERE …)` if any.
@@ -155,7 +156,7 @@ impl OperatorFactory for WindowAggregateFactory {
             key_columns: self.key_columns.clone(),
             window_key: self.window_key,
             size_ns: self.size_ns,
-            aggregates: self.aggregates.clone(),
+            aggregates: self.aggregates.clone().into(),
             output: self.output.clone(),
             processing_time: self.processing_time,
             allowed_lateness_ns: self.allowed_lateness_ns,
@@ -183,7 +184,10 @@ struct Window {
     small_chunks: usize,
     /// Bytes of the key copy.
     key_bytes: usize,
-    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    /// Aggregate state since the last barrier; what came before is frozen
+    /// in `layers`.
+    accumulators: Accumulators,
+    layers: Layers,
     /// With allowed lateness: what the window last emitted (keys and
     /// aggregates, group by group), and whether late rows changed it since.
     emitted: Option<RecordBatch>,
@@ -239,30 +243,24 @@ impl Window {
         Ok(self.keys[0].clone())
     }
 
-    /// Bytes the window holds: interned keys, their copy and accumulators.
+    /// Bytes the window holds: interned keys, their copy and aggregate
+    /// state.
     fn size(&self) -> usize {
         self.groups.size()
             + self.key_bytes
             + self.accumulators.iter().map(|a| a.size()).sum::<usize>()
+            + self.layers.bytes()
     }
-}
 
-/// Merges an accumulator's `state` of groups `0..n` into the empty
-/// accumulator `acc`, a run of groups at a time, so the group ids it takes
-/// stay a small buffer.
-fn merge_back(acc: &mut dyn GroupsAccumulator, state: &[ArrayRef], n: usize) -> Result<()> {
-    const RUN: usize = 1 << 16;
-    let mut ids: Vec<usize> = Vec::with_capacity(RUN.min(n));
-    let mut at = 0;
-    while at < n {
-        let len = RUN.min(n - at);
-        ids.clear();
-        ids.extend(at..at + len);
-        let part: Vec<ArrayRef> = state.iter().map(|s| s.slice(at, len)).collect();
-        acc.merge_batch(&part, &ids, n).map_err(df)?;
-        at += len;
+    /// Accumulators holding the window's whole aggregate state: the live
+    /// ones when no barrier froze any, else every layer merged with them.
+    fn whole(&mut self, aggregates: &[AggregateCall]) -> Result<Accumulators> {
+        if self.layers.is_empty() {
+            return Ok(std::mem::take(&mut self.accumulators));
+        }
+        self.layers.freeze(&mut self.accumulators, aggregates)?;
+        self.layers.merged(aggregates)
     }
-    Ok(())
 }
 
 /// How many small chunks of a window's key copy are joined into one.
@@ -296,7 +294,7 @@ pub struct WindowAggregate {
     key_columns: Vec<usize>,
     window_key: usize,
     size_ns: i64,
-    aggregates: Vec<AggregateCall>,
+    aggregates: Arc<[AggregateCall]>,
     output: SchemaRef,
     processing_time: bool,
     allowed_lateness_ns: i64,
@@ -314,23 +312,6 @@ fn df(e: impl std::fmt::Display) -> FlumenError {
 }
 
 impl WindowAggregate {
-    /// One empty accumulator per aggregate.
-    fn new_accumulators(&self) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
-        self.aggregates
-            .iter()
-            .map(|a| -> Result<Box<dyn GroupsAccumulator>> {
-                if a.function.groups_accumulator_supported() {
-                    a.function.create_groups_accumulator().map_err(df)
-                } else {
-                    let f = a.function.clone();
-                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
-                        f.create_accumulator()
-                    })))
-                }
-            })
-            .collect()
-    }
-
     /// A window without groups, whose window key is `window_value`.
     fn new_window(&self, window_value: ScalarValue) -> Result<Window> {
         let groups =
@@ -341,7 +322,8 @@ impl WindowAggregate {
             keys: Vec::new(),
             small_chunks: 0,
             key_bytes: 0,
-            accumulators: self.new_accumulators()?,
+            accumulators: new_accumulators(&self.aggregates)?,
+            layers: Layers::default(),
             emitted: None,
             dirty: false,
         })
@@ -387,9 +369,9 @@ impl WindowAggregate {
         Ok(())
     }
 
-    /// The window's keys (all of them), in group order, and their ids (0,
-    /// 1, …), read from its copy of the keys.
-    fn read_keys(&self, window: &mut Window) -> Result<(Vec<ArrayRef>, Vec<usize>)> {
+    /// The window's keys (all of them), in group order, read from its copy
+    /// of the keys.
+    fn read_keys(&self, window: &mut Window) -> Result<Vec<ArrayRef>> {
         let keys = if window.keys.is_empty() {
             self.group_schema
                 .fields()
@@ -399,8 +381,7 @@ impl WindowAggregate {
         } else {
             window.joined_keys()?
         };
-        let ids = (0..window.groups.len()).collect();
-        Ok((self.all_keys(window, keys)?, ids))
+        self.all_keys(window, keys)
     }
 
     /// All key columns from the interned ones: the window key's column
@@ -415,22 +396,16 @@ impl WindowAggregate {
     }
 
     /// The window's current result (keys and aggregates), leaving its state
-    /// as it was: each accumulator's state is read out, merged into a fresh
-    /// accumulator that takes its place, and into another that evaluates.
+    /// as it was: its state is frozen into one layer, which a fresh set of
+    /// accumulators merges and evaluates.
     fn result(&self, window: &mut Window) -> Result<RecordBatch> {
-        let (keys, ids) = self.read_keys(window)?;
-        let n = ids.len();
-        let mut columns = keys;
-        for (acc, (mut keep, mut eval)) in window.accumulators.iter_mut().zip(
-            self.new_accumulators()?
-                .into_iter()
-                .zip(self.new_accumulators()?),
-        ) {
-            let state = acc.state(EmitTo::All).map_err(df)?;
-            keep.merge_batch(&state, &ids, n).map_err(df)?;
-            eval.merge_batch(&state, &ids, n).map_err(df)?;
+        let mut columns = self.read_keys(window)?;
+        window
+            .layers
+            .freeze(&mut window.accumulators, &self.aggregates)?;
+        window.layers.compact(&self.aggregates)?;
+        for mut eval in window.layers.merged(&self.aggregates)? {
             columns.push(eval.evaluate(EmitTo::All).map_err(df)?);
-            *acc = keep;
         }
         let fields = self.output.fields()[..columns.len()].to_vec();
         Ok(RecordBatch::try_new(
@@ -511,66 +486,6 @@ impl WindowAggregate {
         Ok(())
     }
 
-    /// One snapshot row per group of the window starting at `start`:
-    /// `start`, the keys, the accumulator states, whether the window changed
-    /// since it last fired, and (with allowed lateness) whether the group
-    /// was emitted and its emitted aggregates; as one part per chunk of the
-    /// window's key copy, so no key is copied. The window's state stays as
-    /// it was (each accumulator's state is read out and merged back).
-    fn window_state(&self, start: i64, window: &mut Window) -> Result<Vec<Vec<ArrayRef>>> {
-        let n = window.groups.len();
-        let mut states: Vec<ArrayRef> = Vec::new();
-        for (acc, mut fresh) in window.accumulators.iter_mut().zip(self.new_accumulators()?) {
-            let state = acc.state(EmitTo::All).map_err(df)?;
-            merge_back(fresh.as_mut(), &state, n)?;
-            *acc = fresh;
-            states.extend(state);
-        }
-        let dirty: ArrayRef = Arc::new(BooleanArray::new(
-            if window.dirty {
-                BooleanBuffer::new_set(n)
-            } else {
-                BooleanBuffer::new_unset(n)
-            },
-            None,
-        ));
-        let emitted = window.emitted.as_ref().map_or(0, RecordBatch::num_rows);
-        let mut sent = BooleanBufferBuilder::new(n);
-        sent.append_n(emitted, true);
-        sent.append_n(n - emitted, false);
-        let sent: ArrayRef = Arc::new(BooleanArray::new(sent.finish(), None));
-        let k = self.key_columns.len();
-        let mut tail = vec![dirty, sent];
-        for a in 0..self.aggregates.len() {
-            let field = self.output.field(k + a);
-            let unsent = new_null_array(field.data_type(), n - emitted);
-            tail.push(match &window.emitted {
-                Some(old) => concat(&[old.column(k + a).as_ref(), unsent.as_ref()])?,
-                None => unsent,
-            });
-        }
-        let starts: ArrayRef = Arc::new(Int64Array::from_value(start, n));
-        let window_column = (!self.window_in_groups)
-            .then(|| window.window_value.to_array_of_size(n))
-            .transpose()
-            .map_err(df)?;
-        let mut parts = Vec::with_capacity(window.keys.len());
-        let mut at = 0;
-        for chunk in &window.keys {
-            let len = chunk.first().map_or(0, |c| c.len());
-            let mut columns: Vec<ArrayRef> = vec![starts.slice(at, len)];
-            let mut keys = chunk.clone();
-            if let Some(w) = &window_column {
-                keys.insert(self.window_key, w.slice(at, len));
-            }
-            columns.extend(keys);
-            columns.extend(states.iter().chain(&tail).map(|c| c.slice(at, len)));
-            parts.push(columns);
-            at += len;
-        }
-        Ok(parts)
-    }
-
     /// Adds the snapshot rows `rows` of one window (its emitted groups
     /// first) to the window starting at `start`.
     fn restore_window(&mut self, start: i64, rows: &RecordBatch, emitted: usize) -> Result<()> {
@@ -611,7 +526,7 @@ impl WindowAggregate {
     fn emit(&self, mut window: Window) -> Result<RecordBatch> {
         let keys = window.groups.emit(EmitTo::All).map_err(df)?;
         let mut columns = self.all_keys(&window, keys)?;
-        for acc in &mut window.accumulators {
+        for mut acc in window.whole(&self.aggregates)? {
             columns.push(acc.evaluate(EmitTo::All).map_err(df)?);
         }
         Ok(RecordBatch::try_new(self.output.clone(), columns)?)
@@ -740,21 +655,36 @@ impl Operator for WindowAggregate {
         Ok(())
     }
 
+    /// Freezes each window's aggregate state (no copy) and leaves building
+    /// its snapshot rows to the snapshot's writer.
     fn snapshot_state(&mut self) -> Result<StateSnapshot> {
         let mut snapshot = StateSnapshot::default();
-        let mut windows = std::mem::take(&mut self.windows);
         let keys: Vec<usize> = (1..=self.key_columns.len()).collect();
-        for (&start, window) in &mut windows {
-            for columns in self.window_state(start, window)? {
-                snapshot.add_keyed_columns(
-                    WINDOW_TABLE,
-                    columns,
-                    &keys,
-                    self.key_groups.max_parallelism,
-                )?;
-            }
+        for (&start, window) in &mut self.windows {
+            window
+                .layers
+                .freeze(&mut window.accumulators, &self.aggregates)?;
+            let rows = WindowRows {
+                start,
+                groups: window.groups.len(),
+                keys: window.keys.clone(),
+                window_value: (!self.window_in_groups).then(|| window.window_value.clone()),
+                window_key: self.window_key,
+                key_count: self.key_columns.len(),
+                layers: window.layers.share(),
+                dirty: window.dirty,
+                emitted: window.emitted.clone(),
+                aggregates: self.aggregates.clone(),
+                output: self.output.clone(),
+            };
+            snapshot.add_deferred(
+                WINDOW_TABLE,
+                rows.groups,
+                &keys,
+                self.key_groups.max_parallelism,
+                move || rows.build(),
+            );
         }
-        self.windows = windows;
         Ok(snapshot)
     }
 
@@ -788,3 +718,76 @@ impl Operator for WindowAggregate {
 
 /// The snapshot table of open windows' groups.
 const WINDOW_TABLE: usize = 0;
+
+/// What a snapshot keeps of one window, to build its rows from later.
+struct WindowRows {
+    start: i64,
+    groups: usize,
+    /// The window's copy of its keys, as chunks in group order.
+    keys: Vec<Vec<ArrayRef>>,
+    /// The window key's value, when it is not among the interned keys.
+    window_value: Option<ScalarValue>,
+    window_key: usize,
+    /// How many keys the output has, the window key among them.
+    key_count: usize,
+    layers: SharedLayers,
+    dirty: bool,
+    emitted: Option<RecordBatch>,
+    aggregates: Arc<[AggregateCall]>,
+    output: SchemaRef,
+}
+
+impl WindowRows {
+    /// One row per group: `start`, the keys, the accumulator states,
+    /// whether the window changed since it last fired, and (with allowed
+    /// lateness) whether the group was emitted and its emitted aggregates;
+    /// as one part per chunk of the key copy, so no key is copied.
+    fn build(self) -> Result<Vec<Vec<ArrayRef>>> {
+        let n = self.groups;
+        let states = self.layers.states(&self.aggregates, n)?;
+        let dirty: ArrayRef = Arc::new(BooleanArray::new(
+            if self.dirty {
+                BooleanBuffer::new_set(n)
+            } else {
+                BooleanBuffer::new_unset(n)
+            },
+            None,
+        ));
+        let emitted = self.emitted.as_ref().map_or(0, RecordBatch::num_rows);
+        let mut sent = BooleanBufferBuilder::new(n);
+        sent.append_n(emitted, true);
+        sent.append_n(n - emitted, false);
+        let sent: ArrayRef = Arc::new(BooleanArray::new(sent.finish(), None));
+        let k = self.key_count;
+        let mut tail = vec![dirty, sent];
+        for a in 0..self.aggregates.len() {
+            let field = self.output.field(k + a);
+            let unsent = new_null_array(field.data_type(), n - emitted);
+            tail.push(match &self.emitted {
+                Some(old) => concat(&[old.column(k + a).as_ref(), unsent.as_ref()])?,
+                None => unsent,
+            });
+        }
+        let starts: ArrayRef = Arc::new(Int64Array::from_value(self.start, n));
+        let window_column = self
+            .window_value
+            .map(|v| v.to_array_of_size(n))
+            .transpose()
+            .map_err(df)?;
+        let mut parts = Vec::with_capacity(self.keys.len());
+        let mut at = 0;
+        for chunk in self.keys {
+            let len = chunk.first().map_or(0, |c| c.len());
+            let mut columns: Vec<ArrayRef> = vec![starts.slice(at, len)];
+            let mut keys = chunk;
+            if let Some(w) = &window_column {
+                keys.insert(self.window_key, w.slice(at, len));
+            }
+            columns.extend(keys);
+            columns.extend(states.iter().chain(&tail).map(|c| c.slice(at, len)));
+            parts.push(columns);
+            at += len;
+        }
+        Ok(parts)
+    }
+}

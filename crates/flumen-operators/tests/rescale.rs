@@ -2,7 +2,10 @@
 //! operator runs part of its input at one parallelism, every subtask's state
 //! is snapshotted, subtasks at another parallelism restore the key groups
 //! they own, and the rest of the input runs there. The output must equal an
-//! uninterrupted run at parallelism 1, row for row.
+//! uninterrupted run at parallelism 1, row for row. The runs that move
+//! state also take a snapshot after every input event, as checkpoints that
+//! are never restored from, so operators that freeze state for a snapshot
+//! must go on exactly.
 
 use std::sync::Arc;
 
@@ -66,7 +69,9 @@ fn run(
         let mut next = create(factory, parallelism);
         if !ops.is_empty() {
             let snapshot =
-                StateSnapshot::merge(ops.iter_mut().map(|o| o.snapshot_state().unwrap()));
+                StateSnapshot::merge(ops.iter_mut().map(|o| o.snapshot_state().unwrap()))
+                    .resolve()
+                    .unwrap();
             snapshot_rows = snapshot.num_rows();
             snapshot_key_groups = snapshot.key_groups().unwrap().len();
             for op in &mut next {
@@ -85,6 +90,13 @@ fn run(
                     for op in &mut ops {
                         op.process_watermark(Watermark(*t), &mut out).unwrap();
                     }
+                }
+            }
+            if stages.len() > 1 {
+                // A checkpoint that is not restored from: the operators go
+                // on with the state they froze for it.
+                for op in &mut ops {
+                    op.snapshot_state().unwrap().resolve().unwrap();
                 }
             }
         }

@@ -524,6 +524,23 @@ fn upload(
     cp.last_upload = Some(tokio::spawn(async move {
         let mut out = Vec::with_capacity(states.len());
         let mut failure = None;
+        // Rows that operators left to build (from state they no longer
+        // change) are built on a blocking thread, beside processing.
+        let resolved = tokio::task::spawn_blocking(move || {
+            states
+                .into_iter()
+                .map(|(state, snapshot)| Ok((state, snapshot.resolve()?)))
+                .collect::<Result<Vec<_>>>()
+        })
+        .await
+        .unwrap_or_else(|e| Err(FlumenError::internal(format!("building a snapshot: {e}"))));
+        let states = match resolved {
+            Ok(states) => states,
+            Err(e) => {
+                failure = Some(e);
+                Vec::new()
+            }
+        };
         for (mut state, snapshot) in states {
             if snapshot.num_rows() > 0 {
                 let id = ids

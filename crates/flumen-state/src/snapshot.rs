@@ -88,12 +88,38 @@ impl Part {
     }
 }
 
+/// Builds the rows of a deferred part: column sets, each a batch's columns.
+type MakeRows = Box<dyn FnOnce() -> Result<Vec<Vec<ArrayRef>>> + Send + Sync>;
+
+/// Rows of a table that an operator hands over as work to do rather than
+/// as arrays: built by [`StateSnapshot::resolve`], off the barrier's path.
+struct Deferred {
+    table: usize,
+    rows: usize,
+    keys: Vec<usize>,
+    max_parallelism: usize,
+    make: MakeRows,
+}
+
 /// The keyed state of one or more subtasks of an operator. An operator
 /// numbers its own tables (window contents, join sides, …) and lays out
 /// each table's rows in a schema of its choosing.
-#[derive(Debug, Clone, Default)]
+#[derive(Default)]
 pub struct StateSnapshot {
     parts: Vec<Part>,
+    deferred: Vec<Deferred>,
+}
+
+impl std::fmt::Debug for StateSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateSnapshot")
+            .field("parts", &self.parts)
+            .field(
+                "deferred_rows",
+                &self.deferred.iter().map(|d| d.rows).sum::<usize>(),
+            )
+            .finish()
+    }
 }
 
 impl StateSnapshot {
@@ -157,6 +183,64 @@ impl StateSnapshot {
         Ok(())
     }
 
+    /// Adds `rows` rows to table `table` that `make` builds later, when the
+    /// snapshot is resolved (beside processing, not at the barrier): column
+    /// sets keyed by the columns `keys`, as for
+    /// [`StateSnapshot::add_keyed_columns`]. `make` must build from data the
+    /// operator no longer changes.
+    pub fn add_deferred(
+        &mut self,
+        table: usize,
+        rows: usize,
+        keys: &[usize],
+        max_parallelism: usize,
+        make: impl FnOnce() -> Result<Vec<Vec<ArrayRef>>> + Send + Sync + 'static,
+    ) {
+        if rows > 0 {
+            self.deferred.push(Deferred {
+                table,
+                rows,
+                keys: keys.to_vec(),
+                max_parallelism,
+                make: Box::new(make),
+            });
+        }
+    }
+
+    /// Builds the deferred rows, so that the snapshot can be read and
+    /// written; the rows each one built must be the number it declared.
+    pub fn resolve(mut self) -> Result<Self> {
+        for d in std::mem::take(&mut self.deferred) {
+            let mut built = 0;
+            for columns in (d.make)()? {
+                let before = self.parts.len();
+                self.add_keyed_columns(d.table, columns, &d.keys, d.max_parallelism)?;
+                built += self.parts[before..]
+                    .iter()
+                    .map(|p| p.batch.num_rows())
+                    .sum::<usize>();
+            }
+            if built != d.rows {
+                return Err(FlumenError::internal(format!(
+                    "state table {}: {built} rows built, {} declared",
+                    d.table, d.rows
+                )));
+            }
+        }
+        Ok(self)
+    }
+
+    /// An error unless every deferred part has been built.
+    fn resolved(&self) -> Result<()> {
+        match self.deferred.first() {
+            None => Ok(()),
+            Some(d) => Err(FlumenError::internal(format!(
+                "state table {} read before its deferred rows were built",
+                d.table
+            ))),
+        }
+    }
+
     /// Adds rows given as columns (named by position in the table's
     /// schema) to table `table`; row `i` is in key group `key_groups[i]`.
     pub fn add_columns(
@@ -171,14 +255,18 @@ impl StateSnapshot {
     /// The state of every subtask in `snapshots`, as one: what a restore at
     /// a new parallelism reads from.
     pub fn merge(snapshots: impl IntoIterator<Item = StateSnapshot>) -> Self {
-        StateSnapshot {
-            parts: snapshots.into_iter().flat_map(|s| s.parts).collect(),
+        let mut merged = StateSnapshot::default();
+        for s in snapshots {
+            merged.parts.extend(s.parts);
+            merged.deferred.extend(s.deferred);
         }
+        merged
     }
 
     /// The rows of `table` whose key groups lie in `range`, in one batch;
     /// `None` when there are none.
     pub fn rows(&self, table: usize, range: KeyGroupRange) -> Result<Option<RecordBatch>> {
+        self.resolved()?;
         let mut batches = Vec::new();
         for part in self.parts.iter().filter(|p| p.table == table) {
             if let Some(kept) = part.in_range(range)? {
@@ -193,6 +281,7 @@ impl StateSnapshot {
 
     /// The key groups holding state, ascending.
     pub fn key_groups(&self) -> Result<Vec<KeyGroup>> {
+        self.resolved()?;
         let mut groups = Vec::new();
         for part in &self.parts {
             groups.extend(part.key_groups()?.values().iter().copied());
@@ -202,15 +291,17 @@ impl StateSnapshot {
         Ok(groups)
     }
 
-    /// Rows held, over all tables.
+    /// Rows held, over all tables (deferred ones as declared).
     pub fn num_rows(&self) -> usize {
-        self.parts.iter().map(|p| p.batch.num_rows()).sum()
+        self.parts.iter().map(|p| p.batch.num_rows()).sum::<usize>()
+            + self.deferred.iter().map(|d| d.rows).sum::<usize>()
     }
 
     /// The snapshot as batches per table and schema, each batch with a
     /// trailing [`KEY_GROUP_COLUMN`]: the form a checkpoint stores. The
     /// rows' buffers are shared, not copied.
     pub fn to_batches(&self) -> Result<Vec<(usize, Vec<RecordBatch>)>> {
+        self.resolved()?;
         let mut groups: Vec<(usize, Vec<RecordBatch>)> = Vec::new();
         for part in &self.parts {
             let mut fields = part.batch.schema().fields().to_vec();
@@ -374,5 +465,32 @@ mod tests {
         assert_eq!(values(all.rows(0, high).unwrap()), [10, 12, 14, 15]);
         assert_eq!(values(all.rows(1, low).unwrap()), [20]);
         assert!(all.rows(1, high).unwrap().is_none());
+    }
+
+    #[test]
+    fn deferred_rows_are_built_by_resolve_and_checked_against_their_count() {
+        let mut a = StateSnapshot::default();
+        a.add_deferred(0, 3, &[0], 128, || {
+            Ok(vec![
+                vec![Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef],
+                vec![Arc::new(Int64Array::from(vec![3])) as ArrayRef],
+            ])
+        });
+        assert_eq!(a.num_rows(), 3);
+        let range = KeyGroupRange { start: 0, end: 128 };
+        let err = a.rows(0, range).unwrap_err();
+        assert!(err.to_string().contains("deferred"), "{err}");
+        let a = a.resolve().unwrap();
+        assert_eq!(values(a.rows(0, range).unwrap()), [1, 2, 3]);
+
+        let mut wrong = StateSnapshot::default();
+        wrong.add_deferred(0, 2, &[0], 128, || {
+            Ok(vec![vec![Arc::new(Int64Array::from(vec![1])) as ArrayRef]])
+        });
+        let err = wrong.resolve().unwrap_err();
+        assert!(
+            err.to_string().contains("1 rows built, 2 declared"),
+            "{err}"
+        );
     }
 }

@@ -7,8 +7,8 @@
 # $FLUMEN_SERVICES (default /var/lib/flumen/services for root, whose home
 # the servers' own users cannot enter, else ~/.cache/flumen/services).
 #
-#   scripts/services.sh [postgres] [kafka] [nats] [s3] [redis]      start (all when none is named)
-#   scripts/services.sh stop [postgres] [kafka] [nats] [s3] [redis] stop
+#   scripts/services.sh [postgres] [kafka] [nats] [s3] [redis] [mqtt]      start (all when none is named)
+#   scripts/services.sh stop [postgres] [kafka] [nats] [s3] [redis] [mqtt] stop
 #
 # PostgreSQL: Debian's package, a cluster of its own on 127.0.0.1:54329
 # (FLUMEN_POSTGRES_PORT), user `flumen` with trust authentication, database
@@ -32,6 +32,11 @@
 # Redis: Debian's redis-server, in memory only (no snapshots), on
 # 127.0.0.1:16379 (FLUMEN_REDIS_PORT) with password `flumen-test-secret`:
 # redis://:flumen-test-secret@127.0.0.1:16379
+#
+# MQTT: Debian's mosquitto, without persistence, on 127.0.0.1:11883
+# (FLUMEN_MQTT_PORT) for user `flumen` with password `flumen-test-secret`;
+# no limit on unacknowledged QoS 1 messages per client (a source
+# acknowledges only after checkpoints): tcp://127.0.0.1:11883
 set -euo pipefail
 if [ "$(id -u)" -eq 0 ]; then
     ROOT="${FLUMEN_SERVICES:-/var/lib/flumen/services}"
@@ -43,6 +48,7 @@ KAFKA_PORT="${FLUMEN_KAFKA_PORT:-19092}"
 NATS_PORT="${FLUMEN_NATS_PORT:-14222}"
 S3_PORT="${FLUMEN_S3_PORT:-19000}"
 REDIS_PORT="${FLUMEN_REDIS_PORT:-16379}"
+MQTT_PORT="${FLUMEN_MQTT_PORT:-11883}"
 TANSU_VERSION=0.6.0
 # The newest s3s-fs that builds with this machine's Rust (1.95).
 S3S_VERSION=0.14.1
@@ -273,13 +279,50 @@ stop_redis() {
     fi
 }
 
+start_mqtt() {
+    local dir="$ROOT/mqtt"
+    if ! command -v mosquitto >/dev/null; then
+        apt_install mosquitto
+    fi
+    local how=running
+    if ! listening "$MQTT_PORT"; then
+        how=started
+        mkdir -p "$dir"
+        rm -f "$dir/passwd"
+        mosquitto_passwd -b -c "$dir/passwd" flumen flumen-test-secret
+        local user=""
+        [ "$(id -u)" -eq 0 ] && user="user root"
+        cat > "$dir/mosquitto.conf" <<CONF
+listener $MQTT_PORT 127.0.0.1
+allow_anonymous false
+password_file $dir/passwd
+persistence false
+max_inflight_messages 0
+max_queued_messages 0
+log_dest stderr
+$user
+CONF
+        nohup mosquitto -c "$dir/mosquitto.conf" > "$dir/server.log" 2>&1 < /dev/null &
+        echo $! > "$dir/pid"
+        await_server mqtt "$MQTT_PORT" 100 mosquitto "$dir/server.log"
+    fi
+    echo "mqtt tcp://127.0.0.1:$MQTT_PORT $how"
+}
+
+stop_mqtt() {
+    if [ -f "$ROOT/mqtt/pid" ]; then
+        kill "$(cat "$ROOT/mqtt/pid")" 2>/dev/null || true
+        rm -f "$ROOT/mqtt/pid"
+    fi
+}
+
 action=start
 if [ "${1:-}" = stop ]; then
     action=stop
     shift
 fi
 services=("$@")
-[ ${#services[@]} -eq 0 ] && services=(postgres kafka nats s3 redis)
+[ ${#services[@]} -eq 0 ] && services=(postgres kafka nats s3 redis mqtt)
 if [ "$action" = stop ]; then
     # Kafka keeps its topics in PostgreSQL: stop it first.
     mapfile -t services < <(printf '%s\n' "${services[@]}" | sort)
@@ -291,6 +334,7 @@ for s in "${services[@]}"; do
         nats) "${action}_nats" ;;
         s3) "${action}_s3" ;;
         redis) "${action}_redis" ;;
-        *) echo "services.sh: unknown server '$s'; known: postgres, kafka, nats, s3, redis" >&2; exit 2 ;;
+        mqtt) "${action}_mqtt" ;;
+        *) echo "services.sh: unknown server '$s'; known: postgres, kafka, nats, s3, redis, mqtt" >&2; exit 2 ;;
     esac
 done

@@ -20,6 +20,7 @@ while read -r name url how; do
         nats) export FLUMEN_NATS_URL="$url" ;;
         s3) export FLUMEN_S3_ENDPOINT="$url" ;;
         redis) export FLUMEN_REDIS_URL="$url" ;;
+        mqtt) export FLUMEN_MQTT_URL="$url" ;;
     esac
     if [ "$how" = started ]; then
         STARTED+=("$name")

@@ -13,6 +13,7 @@ mod format;
 mod guarantee;
 pub mod kafka;
 mod metadata;
+pub mod mqtt;
 pub mod nats;
 pub mod nexmark;
 mod options;
@@ -116,6 +117,7 @@ pub fn connectors() -> &'static [&'static dyn Connector] {
         &kafka::Kafka,
         &nats::Nats,
         &redis::Redis,
+        &mqtt::Mqtt,
     ]
 }
 

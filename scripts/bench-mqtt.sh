@@ -47,7 +47,7 @@ INSERT INTO sink SELECT * FROM topic;
 SQL
 
 # The reader's persistent session: made by a first run, stopped at once.
-(cd "$WORK" && "$FLUMEN" run read.sql --checkpoint-dir ck --checkpoint-interval 1s \
+(cd "$WORK" && exec "$FLUMEN" run read.sql --checkpoint-dir ck --checkpoint-interval 1s \
     > /dev/null 2> session.log) &
 READER=$!
 sleep 2

@@ -233,7 +233,7 @@ fn stop_when_all(
     {
         std::thread::sleep(Duration::from_millis(100));
     }
-    sigterm(child.id());
+    common::sigterm(child.id());
     common::finish_checkpointed(child, work, Duration::from_secs(30))
 }
 
@@ -252,14 +252,6 @@ fn count_lines(dir: &Path) -> usize {
     } else {
         0
     }
-}
-
-fn sigterm(pid: u32) {
-    let status = std::process::Command::new("kill")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 fn topics(test: &str, n: usize) -> Vec<String> {
@@ -454,7 +446,7 @@ impl OwnBroker {
     /// sessions) and waits for it.
     fn down(&mut self) {
         if let Some(mut child) = self.child.take() {
-            sigterm(child.id());
+            common::sigterm(child.id());
             child.wait().unwrap();
         }
     }

@@ -395,7 +395,7 @@ impl OwnServer {
     /// Stops the server as a shutdown does (SIGTERM) and waits for it.
     fn down(&mut self) {
         if let Some(mut child) = self.child.take() {
-            sigterm(child.id());
+            common::sigterm(child.id());
             child.wait().unwrap();
         }
     }
@@ -408,15 +408,6 @@ impl Drop for OwnServer {
             let _ = child.wait();
         }
     }
-}
-
-/// Sends SIGTERM to `pid` through the `kill` command.
-fn sigterm(pid: u32) {
-    let status = std::process::Command::new("kill")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 #[test]

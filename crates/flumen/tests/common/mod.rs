@@ -106,6 +106,13 @@ pub fn finish_checkpointed(mut child: Child, work: &Path, within: Duration) -> S
     log
 }
 
+/// Sends SIGTERM to `pid` through the `kill` command (a stop with a
+/// savepoint for flumen, a clean shutdown for a server).
+pub fn sigterm(pid: u32) {
+    let status = Command::new("kill").arg(pid.to_string()).status().unwrap();
+    assert!(status.success());
+}
+
 /// A single-threaded tokio runtime for a test's own client calls.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

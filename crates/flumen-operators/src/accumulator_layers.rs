@@ -230,6 +230,10 @@ impl SharedLayers {
         aggregates: &[AggregateCall],
         groups: usize,
     ) -> Result<Vec<ArrayRef>> {
+        if aggregates.is_empty() {
+            // Grouping alone (`GROUP BY` without aggregates): no state.
+            return Ok(Vec::new());
+        }
         let layer = match self.layers.as_slice() {
             [one] => one.clone(),
             many => {
@@ -251,5 +255,19 @@ impl SharedLayers {
             )));
         }
         Ok(layer.states.iter().flatten().cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_without_aggregates_shares_no_state() {
+        let mut layers = Layers::default();
+        let mut live = Vec::new();
+        layers.freeze(&mut live, &[]).unwrap();
+        assert!(layers.is_empty());
+        assert!(layers.share().states(&[], 5).unwrap().is_empty());
     }
 }

@@ -159,6 +159,13 @@ impl TableSpec {
     }
 }
 
+/// The subtask of `parallelism` that reads the split named `name` (a NATS
+/// subject, an MQTT topic filter): by its hash, so a split finds the same
+/// owner whenever the job runs at that parallelism.
+pub(crate) fn split_owner(name: &str, parallelism: usize) -> usize {
+    (twox_hash::XxHash64::oneshot(0, name.as_bytes()) % parallelism.max(1) as u64) as usize
+}
+
 /// The column names of `schema`, comma-separated, for `explain`.
 pub(crate) fn column_list(schema: &SchemaRef) -> String {
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();

@@ -84,6 +84,28 @@ impl Options {
             .ok_or_else(|| FlumenError::config(format!("missing required option '{key}'")))
     }
 
+    /// The items of the `;`-separated list `key` (`a;b`), trimmed, empty
+    /// ones left out; none when `key` is not given.
+    pub fn list(&self, key: &str) -> Vec<String> {
+        self.get(key)
+            .unwrap_or_default()
+            .split(';')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The items of the list `key`, which must name at least one.
+    pub fn required_list(&self, key: &str) -> Result<Vec<String>> {
+        self.required(key)?;
+        let items = self.list(key);
+        if items.is_empty() {
+            return Err(FlumenError::config(format!("option '{key}' names nothing")));
+        }
+        Ok(items)
+    }
+
     /// The value of `key` parsed as `T`, or an error naming the key and value.
     pub fn parse<T: FromStr>(&self, key: &str) -> Result<Option<T>> {
         self.get(key)
@@ -241,5 +263,17 @@ mod tests {
         for secret in ["hunter2", "pw1", "tk1"] {
             assert!(!shown.contains(secret), "{shown}");
         }
+    }
+
+    #[test]
+    fn lists_split_on_semicolons_and_a_required_one_names_something() {
+        let o = opts(&[("topic", " a ; b;;"), ("empty", " ; ")]);
+        assert_eq!(o.list("topic"), ["a", "b"]);
+        assert!(o.list("missing").is_empty());
+        assert_eq!(o.required_list("topic").unwrap(), ["a", "b"]);
+        let err = o.required_list("empty").unwrap_err().to_string();
+        assert!(err.contains("'empty' names nothing"), "{err}");
+        let err = o.required_list("missing").unwrap_err().to_string();
+        assert!(err.contains("missing required option 'missing'"), "{err}");
     }
 }

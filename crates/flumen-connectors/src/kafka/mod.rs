@@ -151,21 +151,6 @@ fn brokers(options: &Options) -> &str {
         .unwrap_or_default()
 }
 
-/// The topics named by `topic` (`a;b`).
-fn topics(options: &Options) -> Result<Vec<String>> {
-    let topics: Vec<String> = options
-        .required("topic")?
-        .split(';')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
-        .collect();
-    if topics.is_empty() {
-        return Err(FlumenError::config("option 'topic' names no topic"));
-    }
-    Ok(topics)
-}
-
 /// How long a blocking client call (metadata, offsets, transactions) may
 /// take before it fails.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);

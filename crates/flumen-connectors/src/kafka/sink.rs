@@ -57,7 +57,7 @@ impl KafkaSinkFactory {
     /// Checks the options against the rows written.
     pub fn try_new(spec: &TableSpec, input: SchemaRef, unique: &str) -> Result<Self> {
         let options = &spec.options;
-        let topics = super::topics(options)?;
+        let topics = options.required_list("topic")?;
         let [topic] = topics.as_slice() else {
             return Err(FlumenError::config(format!(
                 "a Kafka sink writes one topic, not {}",

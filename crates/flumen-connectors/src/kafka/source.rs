@@ -22,7 +22,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::time::Instant;
 
 use super::dead_letters::DeadLetterTopic;
-use super::{CALL_TIMEOUT, brokers, client_config, kafka_error, topics};
+use super::{CALL_TIMEOUT, brokers, client_config, kafka_error};
 use crate::TableSpec;
 use crate::bad_data::{BadData, DeadLetters};
 use crate::clocks::SplitClocks;
@@ -121,7 +121,7 @@ impl KafkaSourceFactory {
                 ("isolation.level", "read_committed"),
             ],
         );
-        let topics = topics(options)?;
+        let topics = options.required_list("topic")?;
         let brokers = brokers(options).to_string();
         let partitions = list_partitions(&config, &brokers, &topics).await?;
         let bad_data = BadData::parse(options)?;

@@ -54,16 +54,7 @@ impl MqttSourceFactory {
     pub async fn try_new(spec: &TableSpec, projection: Option<&[usize]>) -> Result<Self> {
         let options = &spec.options;
         let broker = Broker::from_options(options)?;
-        let topics: Vec<String> = options
-            .required("topic")?
-            .split(';')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_string)
-            .collect();
-        if topics.is_empty() {
-            return Err(FlumenError::config("option topic names no topic"));
-        }
+        let topics = options.required_list("topic")?;
         let format = MessageFormat::parse(options, "format")?;
         let projection: Vec<usize> = match projection {
             Some(p) => p.to_vec(),
@@ -112,7 +103,7 @@ impl MqttSourceFactory {
         let splits = self
             .topics
             .iter()
-            .filter(|t| owner(t, ctx.parallelism) == ctx.subtask)
+            .filter(|t| crate::split_owner(t, ctx.parallelism) == ctx.subtask)
             .map(|topic| Split {
                 topic: topic.clone(),
                 client_id: self.client_id(topic),
@@ -174,11 +165,6 @@ impl std::fmt::Debug for MqttSourceFactory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "MqttSourceFactory({})", self.table)
     }
-}
-
-/// The subtask of `parallelism` that reads topic filter `topic`.
-fn owner(topic: &str, parallelism: usize) -> usize {
-    (twox_hash::XxHash64::oneshot(0, topic.as_bytes()) % parallelism.max(1) as u64) as usize
 }
 
 /// A QoS 1 message to acknowledge: its split, the connection it came on

@@ -76,14 +76,7 @@ impl NatsSourceFactory {
             .get("stream")
             .ok_or_else(|| FlumenError::config("a NATS source needs option 'stream'"))?
             .to_string();
-        let subjects: Vec<String> = options
-            .get("subject")
-            .unwrap_or_default()
-            .split(';')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect();
+        let subjects = options.list("subject");
         let format = MessageFormat::parse(options, "format")?;
         let projection: Vec<usize> = match projection {
             Some(p) => p.to_vec(),
@@ -152,7 +145,7 @@ impl NatsSourceFactory {
         let splits = self
             .splits()
             .into_iter()
-            .filter(|(name, _)| owner(name, ctx.parallelism) == ctx.subtask)
+            .filter(|(name, _)| crate::split_owner(name, ctx.parallelism) == ctx.subtask)
             .map(|(name, subject)| {
                 let consumer = match &subject {
                     Some(s) => format!(
@@ -281,11 +274,6 @@ async fn ack(client: Option<&Client>, servers: &str, reply: Subject) -> Result<(
         .publish(reply, Bytes::from_static(b"+ACK"))
         .await
         .map_err(|e| FlumenError::transient(format!("acknowledging to NATS at {servers}"), e))
-}
-
-/// The subtask of `parallelism` that reads split `name`.
-fn owner(name: &str, parallelism: usize) -> usize {
-    (twox_hash::XxHash64::oneshot(0, name.as_bytes()) % parallelism.max(1) as u64) as usize
 }
 
 /// One split this subtask reads.

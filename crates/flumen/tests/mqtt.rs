@@ -75,33 +75,13 @@ fn make_session(url: &str, id: &str, topic: &str) {
 /// Publishes `lines` to `topic` at QoS 1 and waits for every
 /// acknowledgement.
 fn publish(url: &str, topic: &str, lines: &[String]) {
-    runtime().block_on(async {
-        let (c, mut events) = client(url, &unique_name("pub"), true);
-        let n = lines.len();
-        let driver = tokio::spawn(async move {
-            let mut acked = 0;
-            while acked < n {
-                if let Event::Incoming(Packet::PubAck(_)) = events.poll().await.unwrap() {
-                    acked += 1;
-                }
-            }
-        });
-        for line in lines {
-            c.publish(topic, QoS::AtLeastOnce, false, line.as_bytes().to_vec())
-                .await
-                .unwrap();
-        }
-        tokio::time::timeout(Duration::from_secs(60), driver)
-            .await
-            .expect("acknowledged within 60 s")
-            .unwrap();
-    });
+    publish_paced(url, &[topic.to_string()], lines, None);
 }
 
-/// Publishes `lines` spread over `topics` at QoS 1, about `per_second`
-/// of them a second, through one connection; waits for every
-/// acknowledgement.
-fn publish_paced(url: &str, topics: &[String], lines: &[String], per_second: u64) {
+/// Publishes `lines` spread over `topics` (line `i` to topic `i` modulo
+/// their number) at QoS 1, about `per_second` of them a second when given,
+/// through one connection; waits for every acknowledgement.
+fn publish_paced(url: &str, topics: &[String], lines: &[String], per_second: Option<u64>) {
     runtime().block_on(async {
         let (c, mut events) = client(url, &unique_name("pub"), true);
         let n = lines.len();
@@ -119,9 +99,11 @@ fn publish_paced(url: &str, topics: &[String], lines: &[String], per_second: u64
             c.publish(topic, QoS::AtLeastOnce, false, line.as_bytes().to_vec())
                 .await
                 .unwrap();
-            let due = Duration::from_micros(i as u64 * 1_000_000 / per_second);
-            if let Some(wait) = due.checked_sub(start.elapsed()) {
-                tokio::time::sleep(wait).await;
+            if let Some(rate) = per_second {
+                let due = Duration::from_micros(i as u64 * 1_000_000 / rate);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
             }
         }
         tokio::time::timeout(Duration::from_secs(60), driver)
@@ -194,19 +176,6 @@ fn far_future(line: &str) -> String {
     bid.to_string()
 }
 
-/// Spreads `lines` over `topics` by position and publishes them.
-fn publish_spread(url: &str, topics: &[String], lines: &[String]) {
-    for (i, topic) in topics.iter().enumerate() {
-        let share: Vec<String> = lines
-            .iter()
-            .skip(i)
-            .step_by(topics.len())
-            .cloned()
-            .collect();
-        publish(url, topic, &share);
-    }
-}
-
 /// `with` options of an MQTT table reading `topics` as client `id`.
 fn mqtt_table(url: &str, topics: &[String], id: &str, extra: &str) -> String {
     format!(
@@ -271,7 +240,7 @@ fn windows_over_three_topics_equal_the_file_oracle_at_p1_and_p2() {
         for t in &topics {
             make_session(&url, &split_client(&id, t), t);
         }
-        publish_spread(&url, &topics, &lines);
+        publish_paced(&url, &topics, &lines, None);
         for (topic, line) in topics.iter().zip(&lines) {
             publish(&url, topic, &[far_future(line)]);
         }
@@ -352,7 +321,7 @@ fn sigkill_at_random_moments_loses_no_message() {
     // message acknowledged before its checkpoint completed would be lost.
     let publisher = {
         let (url, topics, lines) = (url.clone(), topics.clone(), lines.clone());
-        std::thread::spawn(move || publish_paced(&url, &topics, &lines, 5000))
+        std::thread::spawn(move || publish_paced(&url, &topics, &lines, Some(5000)))
     };
     std::fs::write(
         work.path().join("job.sql"),
@@ -380,29 +349,22 @@ fn sigkill_at_random_moments_loses_no_message() {
     eprintln!("{} rows, {twice} delivered twice", want.len());
 }
 
-/// A Mosquitto of a test's own, with persistence (a restart keeps its
-/// sessions and queued messages), on a free port.
-struct OwnBroker {
-    url: String,
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl OwnBroker {
-    fn start(dir: &Path) -> Self {
-        // The shared broker's start installs mosquitto when missing.
-        broker();
-        let port = common::free_port();
-        let passwd = dir.join("passwd");
-        let status = std::process::Command::new("mosquitto_passwd")
-            .args(["-b", "-c"])
-            .arg(&passwd)
-            .args([USER, PASSWORD])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let user = if running_as_root() { "user root\n" } else { "" };
+/// A Mosquitto of a test's own on a free port, with persistence under
+/// `dir` (a restart keeps its sessions and queued messages), and its URL.
+fn own_broker(dir: &Path) -> (common::OwnServer, String) {
+    // The shared broker's start installs mosquitto when missing.
+    broker();
+    let passwd = dir.join("passwd");
+    let status = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwd)
+        .args([USER, PASSWORD])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let user = if running_as_root() { "user root\n" } else { "" };
+    let dir = dir.to_path_buf();
+    let own = common::OwnServer::start("mosquitto", move |port| {
         std::fs::write(
             dir.join("mosquitto.conf"),
             format!(
@@ -414,51 +376,17 @@ impl OwnBroker {
             ),
         )
         .unwrap();
-        let mut b = OwnBroker {
-            url: format!("tcp://127.0.0.1:{port}"),
-            port,
-            dir: dir.to_path_buf(),
-            child: None,
-        };
-        b.up();
-        b
-    }
-
-    fn up(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("broker.log"))
+            .open(dir.join("broker.log"))
             .unwrap();
-        self.child = Some(
-            std::process::Command::new("mosquitto")
-                .arg("-c")
-                .arg(self.dir.join("mosquitto.conf"))
-                .stdout(std::process::Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("mosquitto starts"),
-        );
-        common::wait_listening(self.port, "mosquitto");
-    }
-
-    /// Stops the broker as a shutdown does (SIGTERM: it saves its
-    /// sessions) and waits for it.
-    fn down(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            common::sigterm(child.id());
-            child.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+        let mut c = std::process::Command::new("mosquitto");
+        c.arg("-c").arg(dir.join("mosquitto.conf")).stderr(log);
+        c
+    });
+    let url = format!("tcp://127.0.0.1:{}", own.port);
+    (own, url)
 }
 
 /// Whether this process runs as root (mosquitto then needs `user root` to
@@ -474,17 +402,17 @@ fn running_as_root() -> bool {
 #[test]
 fn a_broker_restart_mid_run_is_ridden_out_without_loss() {
     let work = tempfile::tempdir().unwrap();
-    let mut own = OwnBroker::start(work.path());
+    let (mut own, own_url) = own_broker(work.path());
     let lines = bids(work.path(), 20_000);
     let want = projected(work.path());
     let topics = topics("restart", 1);
     let id = unique_name("flumen-restart");
-    make_session(&own.url, &id, &topics[0]);
+    make_session(&own_url, &id, &topics[0]);
     let (first, second) = lines.split_at(lines.len() / 2);
-    publish(&own.url, &topics[0], first);
+    publish(&own_url, &topics[0], first);
     std::fs::write(
         work.path().join("job.sql"),
-        projection_job(&own.url, &topics, &id, ""),
+        projection_job(&own_url, &topics, &id, ""),
     )
     .unwrap();
     let child = common::start_checkpointed(work.path(), "job.sql", "1");
@@ -496,7 +424,7 @@ fn a_broker_restart_mid_run_is_ridden_out_without_loss() {
     own.down();
     std::thread::sleep(Duration::from_millis(1500));
     own.up();
-    publish(&own.url, &topics[0], second);
+    publish(&own_url, &topics[0], second);
     stop_when_all(child, &out, &want, Duration::from_secs(60), work.path());
     let twice = assert_all_at_least_once("after a restart", &lines_of(&out, true), &want);
     eprintln!("{twice} rows delivered twice");

@@ -352,72 +352,26 @@ fn bad_messages_missing_streams_and_unreachable_servers_are_named() {
     );
 }
 
-/// A NATS server of one test's own (so stopping it disturbs no other
-/// test), with JetStream storing under `dir`; stopped when dropped.
-struct OwnServer {
-    url: String,
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<std::process::Child>,
-}
-
-impl OwnServer {
-    fn start(dir: &Path) -> Self {
-        // The shared server's start installs nats-server when missing.
-        server();
-        let port = common::free_port();
-        let mut s = OwnServer {
-            url: format!("nats://127.0.0.1:{port}"),
-            port,
-            dir: dir.to_path_buf(),
-            child: None,
-        };
-        s.up();
-        s
-    }
-
-    fn up(&mut self) {
-        let log = std::fs::File::create(self.dir.join("server.log")).unwrap();
-        self.child = Some(
-            std::process::Command::new("nats-server")
-                .args(["--jetstream", "--addr", "127.0.0.1", "--port"])
-                .arg(self.port.to_string())
-                .arg("--store_dir")
-                .arg(self.dir.join("store"))
-                .stdout(std::process::Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("nats-server starts"),
-        );
-        common::wait_listening(self.port, "nats-server");
-    }
-
-    /// Stops the server as a shutdown does (SIGTERM) and waits for it.
-    fn down(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            common::sigterm(child.id());
-            child.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 #[test]
 fn server_restart_mid_run_resumes_without_loss_or_duplicates() {
     let work = tempfile::tempdir().unwrap();
-    let mut own = OwnServer::start(work.path());
+    // The shared server's start installs nats-server when missing.
+    server();
+    let dir = work.path().to_path_buf();
+    let mut own = common::OwnServer::start("nats-server", move |port| {
+        let mut c = std::process::Command::new("nats-server");
+        c.args(["--jetstream", "--addr", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .arg("--store_dir")
+            .arg(dir.join("store"))
+            .stderr(std::fs::File::create(dir.join("server.log")).unwrap());
+        c
+    });
+    let url = format!("nats://127.0.0.1:{}", own.port);
     let input = "restart_in";
     let output = "restart_out";
     runtime().block_on(async {
-        let js = jetstream::new(async_nats::connect(own.url.as_str()).await.unwrap());
+        let js = jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
         for name in [input, output] {
             js.create_stream(stream::Config {
                 name: name.to_string(),
@@ -429,10 +383,9 @@ fn server_restart_mid_run_resumes_without_loss_or_duplicates() {
         }
     });
     let lines = bids(work.path(), 60_000);
-    publish_to(&own.url, input, &lines);
+    publish_to(&url, input, &lines);
     let want = expected(work.path());
-    let sql =
-        job(input, ", rows_per_second = '8000'", "out", Some(output)).replace(server(), &own.url);
+    let sql = job(input, ", rows_per_second = '8000'", "out", Some(output)).replace(server(), &url);
     std::fs::write(work.path().join("job.sql"), sql).unwrap();
     let child = common::start_checkpointed(work.path(), "job.sql", "2");
     std::thread::sleep(Duration::from_secs(2));
@@ -441,7 +394,7 @@ fn server_restart_mid_run_resumes_without_loss_or_duplicates() {
     own.up();
     common::finish_checkpointed(child, work.path(), Duration::from_secs(120));
     assert_same("files", &lines_of(&work.path().join("out"), true), &want);
-    assert_same("output stream", &stored_at(&own.url, output), &want);
+    assert_same("output stream", &stored_at(&url, output), &want);
 }
 
 #[test]

@@ -292,72 +292,26 @@ fn wrong_passwords_unreachable_servers_and_keyless_tables_are_named() {
     );
 }
 
-/// A redis-server of one test, on a port of its own, appending every write
-/// to a file (so what it acknowledged survives its restart).
-struct OwnServer {
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<std::process::Child>,
-}
-
-impl OwnServer {
-    fn start(dir: &std::path::Path) -> Self {
-        // The shared server's start installs redis-server when missing.
-        url();
-        let port = common::free_port();
-        let mut s = OwnServer {
-            port,
-            dir: dir.to_path_buf(),
-            child: None,
-        };
-        s.up();
-        s
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn up(&mut self) {
-        self.child = Some(
-            std::process::Command::new("redis-server")
-                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-                .args(["--appendfsync", "always", "--port"])
-                .arg(self.port.to_string())
-                .arg("--dir")
-                .arg(&self.dir)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("redis-server starts"),
-        );
-        common::wait_listening(self.port, "redis-server");
-    }
-
-    /// Stops the server as a shutdown does (SIGTERM) and waits for it.
-    fn down(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: sending a signal to our own child process.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            child.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 #[test]
 fn a_server_restart_mid_run_is_ridden_out_with_the_exact_final_state() {
     let work = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
-    let mut own = OwnServer::start(data.path());
+    // The shared server's start installs redis-server when missing.
+    url();
+    // Every write appended to a file, so what the server acknowledged
+    // survives its restart.
+    let dir = data.path().to_path_buf();
+    let mut own = common::OwnServer::start("redis-server", move |port| {
+        let mut c = std::process::Command::new("redis-server");
+        c.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+            .args(["--appendfsync", "always", "--port"])
+            .arg(port.to_string())
+            .arg("--dir")
+            .arg(&dir)
+            .stderr(std::process::Stdio::null());
+        c
+    });
+    let own_url = format!("redis://127.0.0.1:{}", own.port);
     let lines = bids(work.path(), 60_000);
     let mut counts: BTreeMap<i64, (u64, i64)> = BTreeMap::new();
     for l in &lines {
@@ -378,7 +332,7 @@ fn a_server_restart_mid_run_is_ridden_out_with_the_exact_final_state() {
          CREATE TABLE counts (bucket BIGINT, n BIGINT, top BIGINT, PRIMARY KEY (bucket) NOT ENFORCED)
            WITH (connector = 'redis', url = '{}', 'key.prefix' = 'c:');
          INSERT INTO counts SELECT auction % 7, count(*), max(price) FROM bid GROUP BY auction % 7;",
-        own.url()
+        own_url.as_str()
     );
     std::fs::write(work.path().join("job.sql"), sql).unwrap();
     let child = common::start_checkpointed(work.path(), "job.sql", "2");
@@ -391,7 +345,7 @@ fn a_server_restart_mid_run_is_ridden_out_with_the_exact_final_state() {
         log.contains("Redis"),
         "the job never saw the server go: {log}"
     );
-    let mut con = redis::Client::open(own.url())
+    let mut con = redis::Client::open(own_url.as_str())
         .unwrap()
         .get_connection()
         .unwrap();

@@ -474,72 +474,17 @@ fn wrong_credentials_missing_buckets_and_unreachable_servers_are_named() {
     assert!(!err.contains(SECRET_KEY), "printed the secret: {err}");
 }
 
-/// An s3s-fs of one test, on a port of its own, over a directory that
-/// outlives its restarts.
-struct OwnServer {
-    port: u16,
-    data: std::path::PathBuf,
-    child: Option<std::process::Child>,
-}
-
-impl OwnServer {
-    fn start(data: &Path) -> Self {
-        // The shared server's start builds s3s-fs when missing.
-        endpoint();
-        std::fs::create_dir_all(data.join(BUCKET)).unwrap();
-        let port = common::free_port();
-        let mut s = OwnServer {
-            port,
-            data: data.to_path_buf(),
-            child: None,
-        };
-        s.up();
-        s
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn binary() -> std::path::PathBuf {
-        let tools = match std::env::var("FLUMEN_TOOLS") {
-            Ok(t) => std::path::PathBuf::from(t),
-            // SAFETY: getuid has no preconditions.
-            Err(_) if unsafe { libc::getuid() } == 0 => "/var/lib/flumen/tools".into(),
-            Err(_) => {
-                std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/flumen/tools")
-            }
-        };
-        tools.join("bin/s3s-fs")
-    }
-
-    fn up(&mut self) {
-        self.child = Some(
-            std::process::Command::new(Self::binary())
-                .args(["--host", "127.0.0.1", "--port"])
-                .arg(self.port.to_string())
-                .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-                .arg(&self.data)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("s3s-fs starts"),
-        );
-        common::wait_listening(self.port, "s3s-fs");
-    }
-
-    fn down(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
+/// Where `scripts/services.sh` builds s3s-fs.
+fn s3s_fs() -> std::path::PathBuf {
+    let tools = match std::env::var("FLUMEN_TOOLS") {
+        Ok(t) => std::path::PathBuf::from(t),
+        // SAFETY: getuid has no preconditions.
+        Err(_) if unsafe { libc::getuid() } == 0 => "/var/lib/flumen/tools".into(),
+        Err(_) => {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/flumen/tools")
         }
-    }
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        self.down();
-    }
+    };
+    tools.join("bin/s3s-fs")
 }
 
 /// The test's own s3s-fs killed 1.5 s into a run and started again 1.5 s
@@ -551,17 +496,31 @@ impl Drop for OwnServer {
 fn a_server_restart_mid_run_loses_and_doubles_nothing() {
     let work = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
-    let mut own = OwnServer::start(data.path());
+    // The shared server's start builds s3s-fs when missing; the test's
+    // own serves a directory that outlives its restarts.
+    endpoint();
+    std::fs::create_dir_all(data.path().join(BUCKET)).unwrap();
+    let dir = data.path().to_path_buf();
+    let mut own = common::OwnServer::start("s3s-fs", move |port| {
+        let mut c = std::process::Command::new(s3s_fs());
+        c.args(["--host", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(&dir)
+            .stderr(Stdio::null());
+        c
+    });
+    let own_endpoint = format!("http://127.0.0.1:{}", own.port);
     bids(work.path(), 60_000);
     let want = expected(work.path());
     let want_rows = partitioned_rows(work.path());
     let prefix = Prefix::new("restart");
     let sql =
-        job_sql(&prefix, 12_000, "'s3.commit' = 'multipart'").replace(endpoint(), &own.endpoint());
+        job_sql(&prefix, 12_000, "'s3.commit' = 'multipart'").replace(endpoint(), &own_endpoint);
     std::fs::write(work.path().join("job.sql"), sql).unwrap();
     let child = common::start_checkpointed(work.path(), "job.sql", "2");
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    own.down();
+    own.kill();
     std::thread::sleep(std::time::Duration::from_millis(1500));
     own.up();
     common::finish_checkpointed(child, work.path(), std::time::Duration::from_secs(120));

@@ -113,6 +113,67 @@ pub fn sigterm(pid: u32) {
     assert!(status.success());
 }
 
+/// A server of one test's own on a free loopback port (so stopping it
+/// disturbs no other test), stopped and started again mid-run; killed
+/// when dropped.
+pub struct OwnServer {
+    /// The port it listens on.
+    pub port: u16,
+    name: &'static str,
+    command: Box<dyn Fn(u16) -> Command>,
+    child: Option<Child>,
+}
+
+impl OwnServer {
+    /// Starts `command(port)` (its stdout discarded) and waits for it to
+    /// listen; `up` starts the same command again.
+    pub fn start(name: &'static str, command: impl Fn(u16) -> Command + 'static) -> Self {
+        let mut s = OwnServer {
+            port: free_port(),
+            name,
+            command: Box::new(command),
+            child: None,
+        };
+        s.up();
+        s
+    }
+
+    /// Starts it (again) and waits for it to listen.
+    pub fn up(&mut self) {
+        let child = (self.command)(self.port)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} does not start: {e}", self.name));
+        self.child = Some(child);
+        wait_listening(self.port, self.name);
+    }
+
+    /// Stops it as a shutdown does (SIGTERM) and waits for it.
+    pub fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            sigterm(child.id());
+            child.wait().unwrap();
+        }
+    }
+
+    /// Kills it (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A single-threaded tokio runtime for a test's own client calls.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

@@ -146,6 +146,22 @@ listening() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# Stops server $1, started with its pid in $ROOT/$1/pid, if it runs, and
+# waits (up to 5 s) until it is gone, so a start right after finds its
+# port free.
+stop_pid() {
+    if [ -f "$ROOT/$1/pid" ]; then
+        local pid tries=0
+        pid="$(cat "$ROOT/$1/pid")"
+        kill "$pid" 2>/dev/null || true
+        while kill -0 "$pid" 2>/dev/null && [ "$tries" -lt 50 ]; do
+            sleep 0.1
+            tries=$((tries + 1))
+        done
+        rm -f "$ROOT/$1/pid"
+    fi
+}
+
 # Waits for server $1 (started with its pid in $ROOT/$1/pid) to listen on
 # port $2, for at most $3 tenths of a second; exits naming $4 and its log
 # $5 when it does not, or when it died.
@@ -189,10 +205,7 @@ start_kafka() {
 }
 
 stop_kafka() {
-    if [ -f "$ROOT/kafka/pid" ]; then
-        kill "$(cat "$ROOT/kafka/pid")" 2>/dev/null || true
-        rm -f "$ROOT/kafka/pid"
-    fi
+    stop_pid kafka
 }
 
 start_nats() {
@@ -214,10 +227,7 @@ start_nats() {
 }
 
 stop_nats() {
-    if [ -f "$ROOT/nats/pid" ]; then
-        kill "$(cat "$ROOT/nats/pid")" 2>/dev/null || true
-        rm -f "$ROOT/nats/pid"
-    fi
+    stop_pid nats
 }
 
 start_s3() {
@@ -248,10 +258,7 @@ start_s3() {
 }
 
 stop_s3() {
-    if [ -f "$ROOT/s3/pid" ]; then
-        kill "$(cat "$ROOT/s3/pid")" 2>/dev/null || true
-        rm -f "$ROOT/s3/pid"
-    fi
+    stop_pid s3
 }
 
 start_redis() {
@@ -273,10 +280,7 @@ start_redis() {
 }
 
 stop_redis() {
-    if [ -f "$ROOT/redis/pid" ]; then
-        kill "$(cat "$ROOT/redis/pid")" 2>/dev/null || true
-        rm -f "$ROOT/redis/pid"
-    fi
+    stop_pid redis
 }
 
 start_mqtt() {
@@ -310,10 +314,7 @@ CONF
 }
 
 stop_mqtt() {
-    if [ -f "$ROOT/mqtt/pid" ]; then
-        kill "$(cat "$ROOT/mqtt/pid")" 2>/dev/null || true
-        rm -f "$ROOT/mqtt/pid"
-    fi
+    stop_pid mqtt
 }
 
 action=start

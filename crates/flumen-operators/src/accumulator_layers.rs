@@ -16,7 +16,7 @@ use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::GroupsAccumulatorAdapter;
 use flumen_types::{FlumenError, Result};
 
-use crate::window_aggregate::AggregateCall;
+use crate::window_aggregate::{AggregateCall, df};
 
 /// Accumulators given their state by [`merge`]: one per aggregate.
 pub(crate) type Accumulators = Vec<Box<dyn GroupsAccumulator>>;
@@ -36,10 +36,6 @@ pub(crate) fn new_accumulators(aggregates: &[AggregateCall]) -> Result<Accumulat
             }
         })
         .collect()
-}
-
-fn df(e: impl std::fmt::Display) -> FlumenError {
-    FlumenError::execution(format!("window aggregate: {e}"))
 }
 
 /// Merges an accumulator's `state` of groups `0..n` into `acc`, which has

@@ -307,7 +307,8 @@ pub struct WindowAggregate {
     gauge: StateGauge,
 }
 
-fn df(e: impl std::fmt::Display) -> FlumenError {
+/// A DataFusion error of the window aggregate, as a job error naming it.
+pub(crate) fn df(e: impl std::fmt::Display) -> FlumenError {
     FlumenError::execution(format!("window aggregate: {e}"))
 }
 

@@ -199,8 +199,9 @@ struct Slot {
     batch: RecordBatch,
     keys: Rows,
     hashes: Vec<u64>,
-    /// Per row: how many right rows it matched (left joins only).
-    matched: Vec<u32>,
+    /// Per row: how many right rows it matched (left joins only). Shared
+    /// with snapshots taken since it last changed (copied on write).
+    matched: Arc<Vec<u32>>,
     /// The slot can be freed once the watermark passes this (ns).
     expires_at: i64,
     /// For an updating side: what it takes to take rows back.
@@ -212,7 +213,8 @@ struct Slot {
 /// gone.
 struct Retractable {
     rows: Rows,
-    gone: Vec<bool>,
+    /// Shared with snapshots taken since a row was last taken back.
+    gone: Arc<Vec<bool>>,
     /// Rows not gone.
     alive: usize,
 }
@@ -331,7 +333,7 @@ impl SideState {
             if r.gone[at] || slot.keys.row(at) != key || r.rows.row(at) != row {
                 continue;
             }
-            r.gone[at] = true;
+            Arc::make_mut(&mut r.gone)[at] = true;
             r.alive -= 1;
             self.dead_entries += 1;
             if r.alive == 0 {
@@ -817,13 +819,14 @@ impl HashJoin {
         let mut changed: HashMap<usize, Vec<u32>> = HashMap::new();
         for &(slot, row) in stored {
             let s = state.slots[slot].as_mut().expect("matched slots are live");
-            let before = s.matched[row];
-            s.matched[row] = if added {
+            let counts = Arc::make_mut(&mut s.matched);
+            let before = counts[row];
+            counts[row] = if added {
                 before + 1
             } else {
                 before.saturating_sub(1)
             };
-            if (before == 0) != (s.matched[row] == 0) {
+            if (before == 0) != (counts[row] == 0) {
                 changed.entry(slot).or_default().push(row as u32);
             }
         }
@@ -893,7 +896,7 @@ impl HashJoin {
                     batch,
                     keys: rows,
                     hashes,
-                    matched,
+                    matched: Arc::new(matched),
                     expires_at,
                     retractable,
                 });
@@ -909,44 +912,80 @@ impl HashJoin {
         }
         Ok(Some(Retractable {
             rows: self.sides[side].rows_of(batch)?,
-            gone: vec![false; batch.num_rows()],
+            gone: Arc::new(vec![false; batch.num_rows()]),
             alive: batch.num_rows(),
         }))
     }
 }
 
+/// A stored slot as a snapshot holds it until its rows are built.
+struct SlotRows {
+    batch: RecordBatch,
+    matched: Arc<Vec<u32>>,
+    gone: Option<Arc<Vec<bool>>>,
+    expires_at: i64,
+}
+
+impl SlotRows {
+    /// The rows not taken back, with their match counts and expiry.
+    fn columns(&self) -> Result<Vec<ArrayRef>> {
+        let kept: Option<Vec<u32>> = self
+            .gone
+            .as_ref()
+            .filter(|g| g.contains(&true))
+            .map(|g| (0..g.len() as u32).filter(|&r| !g[r as usize]).collect());
+        let batch = match &kept {
+            None => self.batch.clone(),
+            Some(kept) => take_record_batch(&self.batch, &UInt32Array::from(kept.clone()))?,
+        };
+        let rows = batch.num_rows();
+        let matched = match &kept {
+            _ if self.matched.is_empty() => UInt32Array::from(vec![0; rows]),
+            None => UInt32Array::from(self.matched.as_ref().clone()),
+            Some(kept) => kept.iter().map(|&r| self.matched[r as usize]).collect(),
+        };
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(matched));
+        columns.push(Arc::new(Int64Array::from(vec![self.expires_at; rows])));
+        Ok(columns)
+    }
+}
+
 impl HashJoin {
     /// One side's stored rows as snapshot columns: the input's columns, how
-    /// many matches each row has had, and when its slot expires.
-    fn side_state(&self, side: usize, snapshot: &mut StateSnapshot) -> Result<()> {
+    /// many matches each row has had, and when its slot expires. Only the
+    /// slots are shared here (no copy); the columns are built when the
+    /// snapshot is resolved, beside processing.
+    fn side_state(&self, side: usize, snapshot: &mut StateSnapshot) {
         let state = &self.sides[side];
-        for slot in state.slots.iter().flatten() {
-            // Rows taken back are not state any more.
-            let kept: Vec<u32> = (0..slot.batch.num_rows() as u32)
-                .filter(|&r| !slot.gone(r as usize))
-                .collect();
-            let batch = if kept.len() == slot.batch.num_rows() {
-                slot.batch.clone()
-            } else {
-                take_record_batch(&slot.batch, &UInt32Array::from(kept.clone()))?
-            };
-            let rows = batch.num_rows();
-            let matched = if slot.matched.is_empty() {
-                vec![0; rows]
-            } else {
-                kept.iter().map(|&r| slot.matched[r as usize]).collect()
-            };
-            let mut columns = batch.columns().to_vec();
-            columns.push(Arc::new(UInt32Array::from(matched)));
-            columns.push(Arc::new(Int64Array::from(vec![slot.expires_at; rows])));
-            snapshot.add_keyed_columns(
-                side,
-                columns,
-                &state.spec.keys,
-                self.key_groups.max_parallelism,
-            )?;
-        }
-        Ok(())
+        let slots: Vec<SlotRows> = state
+            .slots
+            .iter()
+            .flatten()
+            .map(|slot| SlotRows {
+                batch: slot.batch.clone(),
+                matched: slot.matched.clone(),
+                gone: slot.retractable.as_ref().map(|r| r.gone.clone()),
+                expires_at: slot.expires_at,
+            })
+            .collect();
+        let rows = state
+            .slots
+            .iter()
+            .flatten()
+            .map(|s| {
+                s.retractable
+                    .as_ref()
+                    .map_or(s.batch.num_rows(), |r| r.alive)
+            })
+            .sum();
+        snapshot.add_deferred(
+            side,
+            rows,
+            &state.spec.keys,
+            self.key_groups.max_parallelism,
+            move || slots.iter().map(SlotRows::columns).collect(),
+        );
     }
 
     /// Stores the snapshot rows of one side again, one slot per expiry time.
@@ -970,13 +1009,13 @@ impl HashJoin {
             let keys = self.sides[side].spec.key_columns(&batch);
             let key_rows = self.key_rows(&keys)?;
             let hashes = Self::hashes(&keys, batch.num_rows())?;
-            let matched = if !self.counts(side) {
+            let matched = Arc::new(if !self.counts(side) {
                 Vec::new()
             } else {
                 state_column::<UInt32Array>(&part, side, width)?
                     .values()
                     .to_vec()
-            };
+            });
             let retractable = self.retractable(side, &batch)?;
             self.sides[side].store(Slot {
                 batch,
@@ -1038,7 +1077,7 @@ impl Operator for HashJoin {
     fn snapshot_state(&mut self) -> Result<StateSnapshot> {
         let mut snapshot = StateSnapshot::default();
         for side in 0..2 {
-            self.side_state(side, &mut snapshot)?;
+            self.side_state(side, &mut snapshot);
         }
         Ok(snapshot)
     }

@@ -5,7 +5,9 @@
 //! uninterrupted run at parallelism 1, row for row. The runs that move
 //! state also take a snapshot after every input event, as checkpoints that
 //! are never restored from, so operators that freeze state for a snapshot
-//! must go on exactly.
+//! must go on exactly; and the snapshot that moves state is built only after
+//! its subtasks ran on to the end, so it must hold the state of its barrier
+//! whatever they changed since.
 
 use std::sync::Arc;
 
@@ -69,9 +71,20 @@ fn run(
         let mut next = create(factory, parallelism);
         if !ops.is_empty() {
             let snapshot =
-                StateSnapshot::merge(ops.iter_mut().map(|o| o.snapshot_state().unwrap()))
-                    .resolve()
+                StateSnapshot::merge(ops.iter_mut().map(|o| o.snapshot_state().unwrap()));
+            // The old subtasks run on to the end before the snapshot is
+            // built, as processing goes on beside a checkpoint's upload:
+            // what they change after the barrier must not reach it.
+            let mut discarded = Vec::new();
+            for step in &steps[done..] {
+                apply(&mut ops, step, keys, &mut discarded);
+            }
+            for op in &mut ops {
+                op.process_watermark(Watermark::MAX, &mut discarded)
                     .unwrap();
+                op.finish(&mut discarded).unwrap();
+            }
+            let snapshot = snapshot.resolve().unwrap();
             snapshot_rows = snapshot.num_rows();
             snapshot_key_groups = snapshot.key_groups().unwrap().len();
             for op in &mut next {
@@ -80,18 +93,7 @@ fn run(
         }
         ops = next;
         for step in &steps[done..until] {
-            match step {
-                Step::Batch(input, batch) => {
-                    for (subtask, part) in route(batch, &keys[*input], parallelism) {
-                        ops[subtask].process_input(*input, part, &mut out).unwrap();
-                    }
-                }
-                Step::Watermark(t) => {
-                    for op in &mut ops {
-                        op.process_watermark(Watermark(*t), &mut out).unwrap();
-                    }
-                }
-            }
+            apply(&mut ops, step, keys, &mut out);
             if stages.len() > 1 {
                 // A checkpoint that is not restored from: the operators go
                 // on with the state they froze for it.
@@ -123,6 +125,27 @@ fn run(
         rows,
         snapshot_rows,
         snapshot_key_groups,
+    }
+}
+
+/// Feeds one input event to the subtasks in `ops`, routed by key.
+fn apply(
+    ops: &mut [Box<dyn Operator>],
+    step: &Step,
+    keys: &[Vec<usize>],
+    out: &mut Vec<RecordBatch>,
+) {
+    match step {
+        Step::Batch(input, batch) => {
+            for (subtask, part) in route(batch, &keys[*input], ops.len()) {
+                ops[subtask].process_input(*input, part, out).unwrap();
+            }
+        }
+        Step::Watermark(t) => {
+            for op in ops {
+                op.process_watermark(Watermark(*t), out).unwrap();
+            }
+        }
     }
 }
 

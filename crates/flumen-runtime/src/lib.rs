@@ -10,6 +10,7 @@ mod exchange;
 mod graph;
 mod input;
 mod job;
+mod lookup;
 mod metrics;
 mod operator;
 mod task;
@@ -17,6 +18,7 @@ mod task;
 pub use checkpoint::{CheckpointOptions, CheckpointStats, Restore};
 pub use graph::{JobGraph, Node, NodeId, NodeKind, Partitioning};
 pub use job::{JobHandle, RunOptions, SavepointRequester, run_job};
+pub use lookup::{Lookup, LookupFactory, wait_for};
 pub use metrics::{JobMetrics, StateGauge};
 pub use operator::{
     Operator, OperatorFactory, Sink, SinkFactory, Source, SourceFactory, TaskContext,

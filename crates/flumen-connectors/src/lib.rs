@@ -12,6 +12,7 @@ pub mod filesystem;
 mod format;
 mod guarantee;
 pub mod kafka;
+mod lookup;
 mod metadata;
 pub mod mqtt;
 pub mod nats;
@@ -27,10 +28,11 @@ mod throttle;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
-use flumen_runtime::{SinkFactory, SourceFactory};
+use flumen_runtime::{LookupFactory, SinkFactory, SourceFactory};
 use flumen_types::{FlumenError, Result};
 
 pub use blackhole::BlackholeSinkFactory;
+pub use lookup::{lookup_cache, lookup_factory};
 pub use options::{OptionSpec, Options};
 pub use stdout::{StdoutFormat, StdoutSinkFactory};
 
@@ -87,6 +89,26 @@ pub trait Connector: Send + Sync {
             spec.name,
             self.name(),
             names(|c| c.reads())
+        )))
+    }
+    /// Whether tables of it can be looked up by key (the table side of a
+    /// lookup join); such tables also take the `lookup.*` options.
+    fn looks_up(&self) -> bool {
+        false
+    }
+    /// A lookup of `spec`'s rows by its columns `keys`, returning its
+    /// `projection` columns.
+    async fn lookup(
+        &self,
+        spec: &TableSpec,
+        _projection: &[usize],
+        _keys: &[usize],
+    ) -> Result<Arc<dyn LookupFactory>> {
+        Err(FlumenError::plan(format!(
+            "table '{}' uses connector '{}', which cannot be looked up; lookup connectors: {}",
+            spec.name,
+            self.name(),
+            names(|c| c.looks_up())
         )))
     }
     /// A sink writing rows of `input` into `spec`; `unique` names its output
@@ -188,8 +210,12 @@ pub fn check_table(spec: &TableSpec) -> Result<()> {
             names(|_| true)
         )));
     };
+    let mut options = connector.options().to_vec();
+    if connector.looks_up() {
+        options.extend_from_slice(lookup::OPTIONS);
+    }
     spec.options
-        .check(name, connector.options())
+        .check(name, &options)
         .map_err(|e| FlumenError::config(format!("table '{}': {e}", spec.name)))?;
     for (column, key) in &spec.metadata {
         if !connector.metadata().iter().any(|m| m.name == key.as_str()) {

@@ -21,7 +21,7 @@ mod window_aggregate;
 pub use filter::FilterFactory;
 pub use join::{Expiry, HashJoinFactory, JoinKind, JoinSide};
 pub use limit::LimitFactory;
-pub use lookup_join::{LookupCache, LookupJoinFactory};
+pub use lookup_join::LookupJoinFactory;
 pub use projection::ProjectionFactory;
 pub use session_aggregate::{SessionAggregateFactory, SessionColumn};
 pub use top_n::{RankFunction, TopNFactory, TopNWindow};

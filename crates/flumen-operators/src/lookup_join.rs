@@ -8,28 +8,19 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array, new_null_array};
 use arrow::compute::{filter_record_batch, interleave, sort_to_indices, take, take_record_batch};
 use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
-use flumen_runtime::{Lookup, LookupFactory, Operator, OperatorFactory, TaskContext, wait_for};
+use flumen_runtime::{
+    Lookup, LookupCache, LookupFactory, Operator, OperatorFactory, TaskContext, wait_for,
+};
 use flumen_types::{FlumenError, Result};
 
 use crate::JoinKind;
-
-/// How a lookup join keeps what it read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LookupCache {
-    /// Keys held at most; when full, the key read longest ago goes first.
-    pub max_keys: usize,
-    /// A key is read again this long after it was read.
-    pub ttl: Duration,
-    /// Whether a key the table does not have is remembered as such.
-    pub cache_missing: bool,
-}
 
 /// Makes the lookup join of each subtask.
 pub struct LookupJoinFactory {
@@ -394,6 +385,8 @@ mod tests {
     use datafusion::logical_expr::Operator as BinaryOp;
     use datafusion::physical_expr::expressions::{BinaryExpr, col, lit};
     use flumen_runtime::JobMetrics;
+
+    use std::time::Duration;
 
     use super::*;
 

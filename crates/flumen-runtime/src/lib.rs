@@ -18,7 +18,7 @@ mod task;
 pub use checkpoint::{CheckpointOptions, CheckpointStats, Restore};
 pub use graph::{JobGraph, Node, NodeId, NodeKind, Partitioning};
 pub use job::{JobHandle, RunOptions, SavepointRequester, run_job};
-pub use lookup::{Lookup, LookupFactory, wait_for};
+pub use lookup::{Lookup, LookupCache, LookupFactory, wait_for};
 pub use metrics::{JobMetrics, StateGauge};
 pub use operator::{
     Operator, OperatorFactory, Sink, SinkFactory, Source, SourceFactory, TaskContext,

@@ -3,11 +3,23 @@
 //! a synchronous operator to wait for it.
 
 use std::future::Future;
+use std::time::Duration;
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use flumen_types::{FlumenError, Result};
+
+/// How a lookup join keeps what it read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LookupCache {
+    /// Keys held at most; when full, the key read longest ago goes first.
+    pub max_keys: usize,
+    /// A key is read again this long after it was read.
+    pub ttl: Duration,
+    /// Whether a key the table does not have is remembered as such.
+    pub cache_missing: bool,
+}
 
 /// Reads rows of an external table by their key columns.
 #[async_trait]

@@ -21,6 +21,7 @@ use crate::errors::SourcePos;
 use crate::script::{self, MetadataClause, WatermarkClause};
 
 mod aggregate;
+mod lookup;
 mod streaming;
 mod top_n;
 
@@ -133,6 +134,8 @@ impl Planner {
             script::strip_watermarks(sql).map_err(|e| FlumenError::plan(format!("{file}:{e}")))?;
         let (sql, mut metadata) =
             script::strip_metadata(&sql).map_err(|e| FlumenError::plan(format!("{file}:{e}")))?;
+        let (sql, mut lookups) = script::strip_system_time(&sql)
+            .map_err(|e| FlumenError::plan(format!("{file}:{e}")))?;
         let statements = script::parse(file, &sql)?;
         let starts: Vec<(u64, u64)> = statements
             .iter()
@@ -149,6 +152,17 @@ impl Planner {
                 .into_iter()
                 .partition(|m| (m.line, m.column) < next);
             metadata = rest;
+            let (clauses, rest): (Vec<_>, Vec<_>) =
+                lookups.into_iter().partition(|c| (c.line, c.column) < next);
+            lookups = rest;
+            for clause in clauses {
+                let at = SourcePos {
+                    file: file.to_string(),
+                    line: clause.line,
+                    column: clause.column,
+                };
+                self.check_lookup_clause(&clause.table, &at)?;
+            }
             let mut mine = mine.into_iter();
             let watermark = mine.next();
             if let Some(extra) = mine.next().or_else(|| {
@@ -347,6 +361,26 @@ impl Planner {
             }
         }
         Ok(())
+    }
+
+    /// `FOR SYSTEM_TIME AS OF` must follow a table of a lookup connector.
+    fn check_lookup_clause(&self, table: &str, at: &SourcePos) -> Result<()> {
+        let lookups = flumen_connectors::connectors()
+            .iter()
+            .filter(|c| c.looks_up())
+            .map(|c| c.name())
+            .collect::<Vec<_>>()
+            .join(", ");
+        match self.tables.get(table) {
+            Some(_) if self.is_lookup_table(table) => Ok(()),
+            Some(spec) => Err(at.error(format!(
+                "FOR SYSTEM_TIME AS OF reads a table by key (a lookup join), but table '{table}' uses connector '{}'; lookup connectors: {lookups}",
+                spec.connector()
+            ))),
+            None => Err(at.error(format!(
+                "FOR SYSTEM_TIME AS OF follows '{table}', which is not a declared table; it reads a table of a lookup connector ({lookups}) by key"
+            ))),
+        }
     }
 
     /// Checks a table's `WATERMARK FOR` clause and plans its expression.

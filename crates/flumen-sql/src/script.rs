@@ -161,6 +161,121 @@ pub(crate) fn strip_watermarks(sql: &str) -> Result<(String, Vec<WatermarkClause
     Ok((stripped, clauses))
 }
 
+/// A `FOR SYSTEM_TIME AS OF expression` clause taken out of a join
+/// (Flink's lookup join; the dialect flumen parses with does not take it):
+/// the table before it is read by key when each row arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SystemTimeClause {
+    /// 1-based line and column where the clause starts.
+    pub line: u64,
+    pub column: u64,
+    /// The table it follows, in lower case as DataFusion names tables.
+    pub table: String,
+}
+
+/// Blanks out every `FOR SYSTEM_TIME AS OF <column or call>` so the rest
+/// parses as ordinary SQL with unchanged positions, and returns the clauses.
+pub(crate) fn strip_system_time(sql: &str) -> Result<(String, Vec<SystemTimeClause>)> {
+    let bytes = sql.as_bytes();
+    let mut out = bytes.to_vec();
+    let mut clauses = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' | b'"' => i = skip_quoted_by(bytes, i, bytes[i]),
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            _ if starts_keyword(bytes, i, "for") => {
+                let Some(expr_start) = after_words(bytes, i, &["for", "system_time", "as", "of"])
+                else {
+                    i += 3;
+                    continue;
+                };
+                let (line, column) = line_col(sql, i);
+                let end = time_expr_end(bytes, expr_start);
+                let keyword = [
+                    "on", "as", "where", "join", "left", "inner", "using", "group",
+                ]
+                .iter()
+                .any(|k| sql[expr_start..end].eq_ignore_ascii_case(k));
+                if end == expr_start || keyword {
+                    return Err(FlumenError::plan(format!(
+                        "{line}:{column}: expected a column after FOR SYSTEM_TIME AS OF (the stream's time, e.g. o.proc_time)"
+                    )));
+                }
+                let table = sql[..i]
+                    .trim_end()
+                    .rsplit(|c: char| c.is_whitespace() || c == ',' || c == '(')
+                    .next()
+                    .unwrap_or_default()
+                    .replace('"', "")
+                    .to_lowercase();
+                clauses.push(SystemTimeClause {
+                    line,
+                    column,
+                    table,
+                });
+                blank(&mut out, i, end);
+                i = end;
+            }
+            _ => i += 1,
+        }
+    }
+    let stripped = String::from_utf8(out).expect("only ASCII bytes were replaced by spaces");
+    Ok((stripped, clauses))
+}
+
+/// Where the text after `words` (separated by whitespace) starts, if
+/// `bytes` holds them from `i`.
+fn after_words(bytes: &[u8], mut i: usize, words: &[&str]) -> Option<usize> {
+    for word in words {
+        while bytes.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
+            i += 1;
+        }
+        if !starts_keyword(bytes, i, word) {
+            return None;
+        }
+        i += word.len();
+    }
+    while bytes.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
+        i += 1;
+    }
+    Some(i)
+}
+
+/// The end of a time attribute: a dotted name, possibly quoted, possibly a
+/// call with its parenthesised arguments (`o.proc_time`, `PROCTIME()`).
+fn time_expr_end(bytes: &[u8], start: usize) -> usize {
+    let mut i = start;
+    loop {
+        match bytes.get(i) {
+            Some(b'"') => i = skip_quoted_by(bytes, i, b'"'),
+            Some(b) if b.is_ascii_alphanumeric() || *b == b'_' || *b == b'.' => i += 1,
+            Some(b'(') if i > start => {
+                let mut depth = 0usize;
+                while let Some(b) = bytes.get(i) {
+                    i += 1;
+                    match b {
+                        b'(' => depth += 1,
+                        b')' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                return i;
+            }
+            _ => return i,
+        }
+    }
+}
+
 /// A `METADATA [FROM 'key'] [VIRTUAL]` column clause taken out of a
 /// `CREATE TABLE` column list (Flink's syntax; sqlparser does not know it):
 /// the column is filled from the message's metadata (a Kafka record's
@@ -416,6 +531,28 @@ fn parse_clause(text: &str) -> Option<WatermarkClause> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn system_time_clauses_are_taken_out_of_joins() {
+        let sql = "SELECT * FROM bids AS b\nJOIN Customers FOR SYSTEM_TIME AS OF b.proc_time AS c ON b.bidder = c.id\nLEFT JOIN \"S\".rates for  system_time as\n of PROCTIME() r ON true\n-- FOR SYSTEM_TIME AS OF x\nWHERE b.note <> 'FOR SYSTEM_TIME AS OF y'";
+        let (stripped, clauses) = strip_system_time(sql).unwrap();
+        assert_eq!(stripped.len(), sql.len());
+        let got: Vec<(&str, u64, u64)> = clauses
+            .iter()
+            .map(|c| (c.table.as_str(), c.line, c.column))
+            .collect();
+        assert_eq!(got, [("customers", 2, 16), ("s.rates", 3, 21)]);
+        assert!(stripped.contains("JOIN Customers"));
+        assert!(stripped.contains(" AS c ON b.bidder"));
+        assert!(stripped.contains(" r ON true"));
+        assert!(!stripped.contains("proc_time") && !stripped.contains("PROCTIME"));
+        assert!(stripped.contains("'FOR SYSTEM_TIME AS OF y'") && stripped.contains("-- FOR"));
+        let err =
+            strip_system_time("SELECT * FROM a JOIN t FOR SYSTEM_TIME AS OF ON x").unwrap_err();
+        assert!(err.to_string().contains("1:24: expected a column"), "{err}");
+        let (same, none) = strip_system_time("SELECT 1 FOR x").unwrap();
+        assert_eq!((same.as_str(), none.len()), ("SELECT 1 FOR x", 0));
+    }
 
     #[test]
     fn metadata_clauses_are_taken_out_of_column_lists_only() {

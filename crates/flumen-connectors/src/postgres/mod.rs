@@ -1,15 +1,17 @@
 //! The `postgres` connector: writes a table of a PostgreSQL database, in
 //! append mode or, when the table declares a `PRIMARY KEY`, in upsert mode
 //! (an updating stream's inserts, updates and deletes applied by key).
-//! Exactly once with checkpoints: see [`sink`].
+//! Exactly once with checkpoints: see [`sink`]. Its tables can also be
+//! looked up by key in a lookup join: see [`lookup`].
 
+mod lookup;
 mod sink;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
-use flumen_runtime::SinkFactory;
+use flumen_runtime::{LookupFactory, SinkFactory};
 use flumen_types::{FlumenError, Result};
 use tokio_postgres::{Client, Config, NoTls};
 
@@ -18,7 +20,7 @@ use crate::{Delivery, Options, TableSpec};
 
 pub use sink::PostgresSinkFactory;
 
-/// The `postgres` connector (sink).
+/// The `postgres` connector (sink and lookup table).
 pub(crate) struct Postgres;
 
 #[async_trait::async_trait]
@@ -44,6 +46,19 @@ impl crate::Connector for Postgres {
     ) -> Result<Arc<dyn SinkFactory>> {
         Ok(Arc::new(PostgresSinkFactory::try_new(spec, input, unique)?))
     }
+    fn looks_up(&self) -> bool {
+        true
+    }
+    async fn lookup(
+        &self,
+        spec: &TableSpec,
+        projection: &[usize],
+        keys: &[usize],
+    ) -> Result<Arc<dyn LookupFactory>> {
+        Ok(Arc::new(
+            lookup::PostgresLookupFactory::try_new(spec, projection, keys).await?,
+        ))
+    }
 }
 
 /// Options of the `postgres` connector (named as Flink's JDBC connector).
@@ -54,7 +69,7 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
     ),
     OptionSpec::required(
         "table-name",
-        "the table written, optionally schema-qualified (it must exist)",
+        "the table written or looked up, optionally schema-qualified (it must exist)",
     ),
     OptionSpec::optional("username", "user name (overrides the url's)"),
     OptionSpec::optional("password", "password (overrides the url's); never printed"),

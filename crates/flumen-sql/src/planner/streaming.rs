@@ -227,6 +227,16 @@ impl Planner {
                 })
             }
             LogicalPlan::Join(j) => {
+                if let Some(side) = self.lookup_side(&j.right) {
+                    let left = Box::pin(self.plan_stream(&j.left, graph, pos)).await?;
+                    return Box::pin(self.plan_lookup_join(j, left, side, graph, pos)).await;
+                }
+                if let Some(side) = self.lookup_side(&j.left) {
+                    return Err(pos.error(format!(
+                        "lookup table '{}' must be the right side of its join: FROM stream s JOIN {0} FOR SYSTEM_TIME AS OF s.time …",
+                        side.table()
+                    )));
+                }
                 let left = Box::pin(self.plan_stream(&j.left, graph, pos)).await?;
                 let right = Box::pin(self.plan_stream(&j.right, graph, pos)).await?;
                 match j.join_type {
@@ -391,6 +401,13 @@ impl Planner {
             .tables
             .get(table)
             .ok_or_else(|| pos.error(format!("'{table}' is a not a connector table")))?;
+        if self.is_lookup_table(table) {
+            return Err(pos.error(format!(
+                "table '{table}' (connector '{}') is read by key, as the right side of a lookup join: \
+                 FROM stream s JOIN {table} FOR SYSTEM_TIME AS OF s.time AS t ON s.key = t.key",
+                spec.connector()
+            )));
+        }
         // A source with event time always reads its event-time column, to
         // derive watermarks, and drops it again if the query does not use it.
         let event_time = self.event_times.get(table);

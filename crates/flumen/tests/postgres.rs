@@ -499,3 +499,84 @@ fn lookup_joins_equal_the_batch_join_at_several_parallelisms() {
         }
     }
 }
+
+/// Runs `query` over the generator's bids with `customers` declared as a
+/// postgres table with `columns` over table `table` (and more `options`),
+/// expecting it to fail; its stderr.
+fn lookup_failure(columns: &str, table: &str, query: &str, options: &str) -> String {
+    let work = tempfile::tempdir().unwrap();
+    let sql = format!(
+        "CREATE TABLE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, date_time TIMESTAMP(3))
+           WITH (connector = 'nexmark', kind = 'bid', events = '1000');
+         CREATE TABLE customers ({columns}) WITH (connector = 'postgres', url = '{}', 'table-name' = '{table}'{options});
+         {query};",
+        database()
+    );
+    std::fs::write(work.path().join("job.sql"), sql).unwrap();
+    let out = flumen(&["run", "job.sql"], work.path()).output().unwrap();
+    assert!(!out.status.success(), "the job should fail");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn lookup_join_errors_name_the_table_column_and_syntax() {
+    let tables = Tables::new("flumen_lookup_err", 1);
+    let t = &tables.0[0];
+    psql(&format!("CREATE TABLE {t} (id bigint, name text)"));
+    let join = "SELECT b.price, c.name FROM bid AS b JOIN customers FOR SYSTEM_TIME AS OF b.date_time AS c ON b.bidder = c.id";
+    let missing = lookup_failure("id BIGINT, name VARCHAR", &format!("{t}_nope"), join, "");
+    assert!(
+        missing.contains(&format!("PostgreSQL table {t}_nope does not exist")),
+        "{missing}"
+    );
+    let column = lookup_failure(
+        "id BIGINT, nick VARCHAR",
+        t,
+        &join.replace("c.name", "c.nick"),
+        "",
+    );
+    assert!(
+        column.contains(&format!(
+            "column 'nick' is not a column of PostgreSQL table {t}"
+        )) && column.contains("its columns: id, name"),
+        "{column}"
+    );
+    let scanned = lookup_failure("id BIGINT, name VARCHAR", t, "SELECT * FROM customers", "");
+    assert!(
+        scanned.contains("is read by key, as the right side of a lookup join"),
+        "{scanned}"
+    );
+    let left_side = lookup_failure(
+        "id BIGINT, name VARCHAR",
+        t,
+        "SELECT c.name FROM customers AS c JOIN bid AS b ON b.bidder = c.id",
+        "",
+    );
+    assert!(
+        left_side.contains("lookup table 'customers' must be the right side of its join"),
+        "{left_side}"
+    );
+    let not_lookup = lookup_failure(
+        "id BIGINT, name VARCHAR",
+        t,
+        "SELECT a.price FROM bid AS a JOIN bid FOR SYSTEM_TIME AS OF a.date_time AS b ON a.bidder = b.bidder",
+        "",
+    );
+    assert!(
+        not_lookup.contains("job.sql:4:48: FOR SYSTEM_TIME AS OF reads a table by key")
+            && not_lookup.contains("uses connector 'nexmark'; lookup connectors: postgres"),
+        "{not_lookup}"
+    );
+    let cache = lookup_failure(
+        "id BIGINT, name VARCHAR",
+        t,
+        join,
+        ", 'lookup.cache' = 'FULL'",
+    );
+    assert!(
+        cache.contains("lookup.cache = 'FULL' is not one of: PARTIAL, NONE"),
+        "{cache}"
+    );
+}

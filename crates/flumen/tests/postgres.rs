@@ -304,69 +304,12 @@ fn errors_name_the_server_table_and_column() {
     assert!(!unreachable.contains("panicked") && !column.contains("panicked"));
 }
 
-/// Customers keyed by bidder id, as (id, name, tier, since, active); ids
-/// divisible by 7 are missing, so joins meet keys the table lacks.
-fn customers() -> Vec<(i64, String, i32, String, bool)> {
-    (1000..1600)
-        .filter(|id| id % 7 != 0)
-        .map(|id| {
-            (
-                id,
-                format!("c'{id}"),
-                (id % 4) as i32,
-                format!(
-                    "2026-0{}-1{} 0{}:04:05.{:03}",
-                    1 + id % 9,
-                    id % 10,
-                    id % 10,
-                    id % 1000
-                ),
-                id % 5 != 0,
-            )
-        })
-        .collect()
-}
-
-const CUSTOMER_COLUMNS: &str =
-    "id BIGINT, name VARCHAR, tier INT, since TIMESTAMP(3), active BOOLEAN";
-
-/// The lookup joins checked: an inner join with a condition on the
-/// table's rows, and a LEFT join with one in its ON clause.
-const LOOKUP_QUERIES: [&str; 2] = [
-    "SELECT b.auction, b.bidder, b.price, c.name, c.tier, c.since
-     FROM bid AS b JOIN customers FOR SYSTEM_TIME AS OF b.date_time AS c ON b.bidder = c.id
-     WHERE c.active",
-    "SELECT b.auction, b.price, c.name, c.since
-     FROM bid AS b LEFT JOIN customers FOR SYSTEM_TIME AS OF b.date_time AS c
-       ON b.bidder = c.id AND c.tier > 1",
-];
-
-/// Every row of `batches`, its values `|`-separated, sorted.
-fn rendered(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
-    let mut rows: Vec<String> = batches
-        .iter()
-        .flat_map(|b| {
-            (0..b.num_rows()).map(move |r| {
-                b.columns()
-                    .iter()
-                    .map(|c| arrow::util::display::array_value_to_string(c, r).unwrap())
-                    .collect::<Vec<_>>()
-                    .join("|")
-            })
-        })
-        .collect();
-    rows.sort();
-    rows
-}
-
 #[test]
 fn lookup_joins_equal_the_batch_join_at_several_parallelisms() {
     let work = tempfile::tempdir().unwrap();
-    let work = work.path();
     let tables = Tables::new("flumen_lookup", 1);
     let t = &tables.0[0];
-    let rows = customers();
-    let values: Vec<String> = rows
+    let values: Vec<String> = common::lookup::customers()
         .iter()
         .map(|(id, name, tier, since, active)| {
             format!(
@@ -380,124 +323,13 @@ fn lookup_joins_equal_the_batch_join_at_several_parallelisms() {
          INSERT INTO {t} VALUES {};",
         values.join(", ")
     ));
-    let mut csv = String::from("id,name,tier,since,active\n");
-    for (id, name, tier, since, active) in &rows {
-        csv.push_str(&format!("{id},{name},{tier},{since},{active}\n"));
-    }
-    std::fs::create_dir(work.join("customers")).unwrap();
-    std::fs::write(work.join("customers/part-0.csv"), csv).unwrap();
-    common::bids::bids(work, 20_000);
-
-    // The oracle: DataFusion's batch engine over the same rows.
-    let rt = common::runtime();
-    let ctx = flumen_sql::session();
-    let expected: Vec<Vec<String>> = rt.block_on(async {
-        let bid_schema = arrow::datatypes::Schema::new(vec![
-            arrow::datatypes::Field::new("auction", arrow::datatypes::DataType::Int64, true),
-            arrow::datatypes::Field::new("bidder", arrow::datatypes::DataType::Int64, true),
-            arrow::datatypes::Field::new("price", arrow::datatypes::DataType::Int64, true),
-            arrow::datatypes::Field::new("channel", arrow::datatypes::DataType::Utf8, true),
-            arrow::datatypes::Field::new(
-                "date_time",
-                arrow::datatypes::DataType::Timestamp(
-                    arrow::datatypes::TimeUnit::Millisecond,
-                    None,
-                ),
-                true,
-            ),
-        ]);
-        let customer_schema = arrow::datatypes::Schema::new(vec![
-            arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Int64, true),
-            arrow::datatypes::Field::new("name", arrow::datatypes::DataType::Utf8, true),
-            arrow::datatypes::Field::new("tier", arrow::datatypes::DataType::Int32, true),
-            arrow::datatypes::Field::new(
-                "since",
-                arrow::datatypes::DataType::Timestamp(
-                    arrow::datatypes::TimeUnit::Millisecond,
-                    None,
-                ),
-                true,
-            ),
-            arrow::datatypes::Field::new("active", arrow::datatypes::DataType::Boolean, true),
-        ]);
-        let json = datafusion::prelude::JsonReadOptions::default()
-            .schema(&bid_schema)
-            .file_extension(".json");
-        ctx.register_json("bid", work.join("bids").to_str().unwrap(), json)
-            .await
-            .unwrap();
-        let csv = datafusion::prelude::CsvReadOptions::new().schema(&customer_schema);
-        ctx.register_csv("customers", work.join("customers").to_str().unwrap(), csv)
-            .await
-            .unwrap();
-        let mut all = Vec::new();
-        for q in LOOKUP_QUERIES {
-            let batch = q.replace("FOR SYSTEM_TIME AS OF b.date_time", "");
-            let got = ctx.sql(&batch).await.unwrap().collect().await.unwrap();
-            all.push(rendered(&got));
-        }
-        all
-    });
-    assert!(expected[0].len() > 1000 && expected[1].len() > expected[0].len());
-    let padded = expected[1].iter().filter(|r| r.ends_with("||")).count();
-    assert!(padded > 100, "{padded} bids without a matching customer");
-
-    let url = database();
-    for p in ["1", "2", "3"] {
-        let out = work.join(format!("out-{p}"));
-        let mut sql = format!(
-            "CREATE TABLE bid ({}) WITH (connector = 'filesystem', path = 'bids', format = 'json');
-             CREATE TABLE customers ({CUSTOMER_COLUMNS}) WITH (connector = 'postgres', url = '{url}',
-               'table-name' = '{t}', 'lookup.partial-cache.max-rows' = '200');",
-            common::bids::BID_COLUMNS
-        );
-        for (i, q) in LOOKUP_QUERIES.iter().enumerate() {
-            let columns = if i == 0 {
-                "auction BIGINT, bidder BIGINT, price BIGINT, name VARCHAR, tier INT, since TIMESTAMP(3)"
-            } else {
-                "auction BIGINT, price BIGINT, name VARCHAR, since TIMESTAMP(3)"
-            };
-            sql.push_str(&format!(
-                "CREATE TABLE out{i} ({columns}) WITH (connector = 'filesystem', path = '{}/q{i}', format = 'csv');
-                 INSERT INTO out{i} {q};",
-                out.display()
-            ));
-        }
-        std::fs::write(work.join("job.sql"), sql).unwrap();
-        common::run_ok(work, "job.sql", p);
-        for (i, want) in expected.iter().enumerate() {
-            let got = rt.block_on(async {
-                let schema = ctx
-                    .sql(
-                        LOOKUP_QUERIES[i]
-                            .replace("FOR SYSTEM_TIME AS OF b.date_time", "")
-                            .as_str(),
-                    )
-                    .await
-                    .unwrap()
-                    .schema()
-                    .as_arrow()
-                    .clone();
-                let read = flumen_sql::session();
-                let csv = datafusion::prelude::CsvReadOptions::new()
-                    .schema(&schema)
-                    .has_header(true);
-                read.register_csv("got", out.join(format!("q{i}")).to_str().unwrap(), csv)
-                    .await
-                    .unwrap();
-                rendered(
-                    &read
-                        .sql("SELECT * FROM got")
-                        .await
-                        .unwrap()
-                        .collect()
-                        .await
-                        .unwrap(),
-                )
-            });
-            common::bids::assert_same(&format!("query {i} at parallelism {p}"), &got, want);
-        }
-    }
+    common::lookup::check(
+        work.path(),
+        &format!(
+            "connector = 'postgres', url = '{}', 'table-name' = '{t}', 'lookup.partial-cache.max-rows' = '200'",
+            database()
+        ),
+    );
 }
 
 /// Runs `query` over the generator's bids with `customers` declared as a

@@ -360,3 +360,53 @@ fn a_server_restart_mid_run_is_ridden_out_with_the_exact_final_state() {
         .collect();
     assert_eq!(got, want);
 }
+
+/// Stores the lookup tests' customers under `prefix`: as hashes, or as
+/// strings holding a JSON object of the non-key columns.
+fn store_customers(prefix: &str, hashes: bool) {
+    let mut con = connection();
+    let mut pipe = redis::pipe();
+    for (id, name, tier, since, active) in common::lookup::customers() {
+        let key = format!("{prefix}{id}");
+        if hashes {
+            pipe.cmd("HSET")
+                .arg(&key)
+                .arg(
+                    &[
+                        "name",
+                        &name,
+                        "tier",
+                        &tier.to_string(),
+                        "since",
+                        &since,
+                        "active",
+                        &active.to_string(),
+                    ][..],
+                )
+                .ignore();
+        } else {
+            let value =
+                serde_json::json!({"name": name, "tier": tier, "since": since, "active": active});
+            pipe.cmd("SET").arg(&key).arg(value.to_string()).ignore();
+        }
+    }
+    pipe.query::<()>(&mut con).unwrap();
+}
+
+#[test]
+fn lookup_joins_of_hashes_and_strings_equal_the_batch_join() {
+    for (hashes, data_type) in [(true, "hash"), (false, "string")] {
+        let prefix = Prefix::new(&format!("lookup-{data_type}"));
+        store_customers(&prefix.0, hashes);
+        let work = tempfile::tempdir().unwrap();
+        common::lookup::check(
+            work.path(),
+            &format!(
+                "connector = 'redis', url = '{}', 'data-type' = '{data_type}', 'key.fields' = 'id', \
+                 'key.prefix' = '{}', 'lookup.partial-cache.max-rows' = '100'",
+                url(),
+                prefix.0
+            ),
+        );
+    }
+}

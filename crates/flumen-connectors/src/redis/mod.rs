@@ -3,22 +3,29 @@
 //! Strings and hashes take an updating stream (upserts by key: an insert
 //! or update sets the key, a delete removes it), so a replay after a
 //! restart converges to the same state; lists and streams are appended to
-//! at least once. See [`sink`].
+//! at least once. See [`sink`]. Strings and hashes can also be looked up
+//! by key in a lookup join: see [`lookup`].
 
+mod lookup;
 mod sink;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use arrow::datatypes::SchemaRef;
-use flumen_runtime::SinkFactory;
-use flumen_types::Result;
+use ::redis::aio::MultiplexedConnection;
+use ::redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError};
+use arrow::array::{Array, AsArray, StringArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, SchemaRef};
+use flumen_runtime::{LookupFactory, SinkFactory};
+use flumen_types::{FlumenError, Result};
 
 use crate::options::OptionSpec;
-use crate::{Delivery, TableSpec};
+use crate::{Delivery, Options, TableSpec};
 
 pub use sink::RedisSinkFactory;
 
-/// The `redis` connector (sink).
+/// The `redis` connector (sink and lookup table).
 pub(crate) struct Redis;
 
 #[async_trait::async_trait]
@@ -48,6 +55,19 @@ impl crate::Connector for Redis {
         _unique: &str,
     ) -> Result<Arc<dyn SinkFactory>> {
         Ok(Arc::new(RedisSinkFactory::try_new(spec, input)?))
+    }
+    fn looks_up(&self) -> bool {
+        true
+    }
+    async fn lookup(
+        &self,
+        spec: &TableSpec,
+        projection: &[usize],
+        keys: &[usize],
+    ) -> Result<Arc<dyn LookupFactory>> {
+        Ok(Arc::new(lookup::RedisLookupFactory::try_new(
+            spec, projection, keys,
+        )?))
     }
 }
 
@@ -83,3 +103,170 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
         "attempts to reach the server before the job fails, with backoff from 100 ms (default 6)",
     ),
 ];
+
+/// How rows are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    String,
+    Hash,
+    List,
+    Stream,
+}
+
+/// Where a table's rows live in Redis and how: the server, the data type,
+/// and which columns make the key and which the value.
+struct Layout {
+    client: Client,
+    /// `host:port`, for messages (never the password).
+    address: String,
+    retries: u32,
+    kind: Kind,
+    raw: bool,
+    prefix: String,
+    /// Key and value columns, by index in `columns`.
+    keys: Vec<usize>,
+    values: Vec<usize>,
+    /// The value columns' names (hash fields, stream entry fields).
+    value_names: Vec<String>,
+}
+
+impl Layout {
+    /// Checks the table's options against its `columns`; connects nothing yet.
+    fn of(spec: &TableSpec, columns: &[&str]) -> Result<Self> {
+        let options = &spec.options;
+        let client = client(options)?;
+        let address = client.get_connection_info().addr().to_string();
+        let kind =
+            match options.choice("data-type", &["string", "hash", "list", "stream"], "string")? {
+                "hash" => Kind::Hash,
+                "list" => Kind::List,
+                "stream" => Kind::Stream,
+                _ => Kind::String,
+            };
+        let raw = options.choice("format", &["json", "raw"], "json")? == "raw";
+        let prefix = options.get("key.prefix").unwrap_or_default().to_string();
+        let key_names: Vec<String> = match options.get("key.fields") {
+            Some(list) => list
+                .split([';', ','])
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())
+                .collect(),
+            None => spec.primary_key.clone(),
+        };
+        let mut keys = Vec::new();
+        for name in &key_names {
+            let Some(i) = columns.iter().position(|c| c == name) else {
+                return Err(FlumenError::config(format!(
+                    "key column '{name}' is not a column of the table; its columns are: {}",
+                    columns.join(", ")
+                )));
+            };
+            keys.push(i);
+        }
+        if keys.is_empty() && matches!(kind, Kind::String | Kind::Hash) {
+            return Err(FlumenError::config(
+                "data-type 'string' and 'hash' need key columns: declare PRIMARY KEY (…) NOT ENFORCED or option key.fields",
+            ));
+        }
+        if keys.is_empty() && prefix.is_empty() {
+            return Err(FlumenError::config(
+                "a list or stream without key columns needs option key.prefix: the key written to",
+            ));
+        }
+        let values: Vec<usize> = (0..columns.len()).filter(|i| !keys.contains(i)).collect();
+        if values.is_empty() {
+            return Err(FlumenError::config(
+                "every column is a key column: there is no value to write",
+            ));
+        }
+        if raw && (values.len() != 1 || matches!(kind, Kind::Hash | Kind::Stream)) {
+            return Err(FlumenError::config(
+                "format 'raw' writes one non-key column as a string or list value; this table has more, or is a hash or stream",
+            ));
+        }
+        let retries = options.parse::<u32>("connect.max-retries")?.unwrap_or(6);
+        Ok(Layout {
+            client,
+            address,
+            retries: retries.max(1),
+            kind,
+            raw,
+            prefix,
+            value_names: values.iter().map(|&i| columns[i].to_string()).collect(),
+            keys,
+            values,
+        })
+    }
+
+    /// A connection, retried with backoff (100 ms, doubling) while the
+    /// server cannot be reached; refused credentials fail at once.
+    async fn connect(&self) -> Result<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(60)));
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            match self
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+            {
+                Ok(c) => return Ok(c),
+                Err(e) if refused(&e) => {
+                    return Err(FlumenError::config(format!(
+                        "Redis at {} refused the credentials: {e}",
+                        self.address
+                    )));
+                }
+                Err(e) if attempt >= self.retries => {
+                    return Err(FlumenError::transient(
+                        format!(
+                            "cannot connect to Redis at {} ({attempt} attempts)",
+                            self.address
+                        ),
+                        e,
+                    ));
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+/// The client for the `url` option, with the `password` option put in.
+fn client(options: &Options) -> Result<Client> {
+    let raw = options.required("url")?;
+    let mut url = url::Url::parse(raw).map_err(|e| {
+        FlumenError::config(format!(
+            "option 'url' is not a Redis URL (redis://host:port/db): {e}"
+        ))
+    })?;
+    if let Some(password) = options.get("password") {
+        url.set_password(Some(password))
+            .map_err(|()| FlumenError::config("option 'url' takes no password"))?;
+    }
+    Client::open(url.as_str()).map_err(|e| {
+        FlumenError::config(format!(
+            "option 'url' is not a Redis URL (redis://host:port/db): {}",
+            e.category()
+        ))
+    })
+}
+
+/// Whether the server refused who we said we are (retrying cannot help).
+fn refused(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::AuthenticationFailed
+        || ["WRONGPASS", "NOAUTH", "NOPERM"]
+            .iter()
+            .any(|code| e.to_string().contains(code))
+}
+
+/// A column as text (numbers in decimal, timestamps as ISO 8601).
+fn text(column: &Arc<dyn Array>) -> Result<StringArray> {
+    Ok(cast(column, &DataType::Utf8)?.as_string::<i32>().clone())
+}

@@ -17,27 +17,16 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError};
-use arrow::array::{Array, AsArray, Int8Array, RecordBatch, StringArray};
-use arrow::compute::cast;
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::array::{Array, Int8Array, RecordBatch};
+use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use flumen_runtime::{Sink, SinkFactory, TaskContext};
 use flumen_types::{FlumenError, OP_COLUMN, Result, RowOp};
 
-use crate::{Options, TableSpec};
-
-/// How rows are stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    String,
-    Hash,
-    List,
-    Stream,
-}
+use super::{Kind, Layout, refused, text};
+use crate::TableSpec;
 
 /// Makes one writer per subtask.
 pub struct RedisSinkFactory {
@@ -46,18 +35,7 @@ pub struct RedisSinkFactory {
 
 /// What every subtask of the sink shares.
 struct Shared {
-    client: Client,
-    /// `host:port`, for messages (never the password).
-    address: String,
-    retries: u32,
-    kind: Kind,
-    raw: bool,
-    prefix: String,
-    /// Key and value columns, by index in the input (without `_op`).
-    keys: Vec<usize>,
-    values: Vec<usize>,
-    /// The value columns' names (hash fields, stream entry fields).
-    value_names: Vec<String>,
+    layout: Layout,
     /// Index of the `_op` column of an updating input.
     op: Option<usize>,
     ttl: Option<u64>,
@@ -67,17 +45,6 @@ impl RedisSinkFactory {
     /// Checks the table's options against its columns; connects nothing yet.
     pub fn try_new(spec: &TableSpec, input: SchemaRef) -> Result<Self> {
         let options = &spec.options;
-        let client = client(options)?;
-        let address = client.get_connection_info().addr().to_string();
-        let kind =
-            match options.choice("data-type", &["string", "hash", "list", "stream"], "string")? {
-                "hash" => Kind::Hash,
-                "list" => Kind::List,
-                "stream" => Kind::Stream,
-                _ => Kind::String,
-            };
-        let raw = options.choice("format", &["json", "raw"], "json")? == "raw";
-        let prefix = options.get("key.prefix").unwrap_or_default().to_string();
         let op = input
             .fields()
             .last()
@@ -89,86 +56,16 @@ impl RedisSinkFactory {
             .take(op.unwrap_or(input.fields().len()))
             .map(|f| f.name().as_str())
             .collect();
-        let key_names: Vec<String> = match options.get("key.fields") {
-            Some(list) => list
-                .split([';', ','])
-                .map(|c| c.trim().to_string())
-                .filter(|c| !c.is_empty())
-                .collect(),
-            None => spec.primary_key.clone(),
-        };
-        let mut keys = Vec::new();
-        for name in &key_names {
-            let Some(i) = columns.iter().position(|c| c == name) else {
-                return Err(FlumenError::config(format!(
-                    "key column '{name}' is not a column of the table; its columns are: {}",
-                    columns.join(", ")
-                )));
-            };
-            keys.push(i);
-        }
-        if keys.is_empty() && matches!(kind, Kind::String | Kind::Hash) {
-            return Err(FlumenError::config(
-                "data-type 'string' and 'hash' need key columns: declare PRIMARY KEY (…) NOT ENFORCED or option key.fields",
-            ));
-        }
-        if keys.is_empty() && prefix.is_empty() {
-            return Err(FlumenError::config(
-                "a list or stream without key columns needs option key.prefix: the key written to",
-            ));
-        }
-        let values: Vec<usize> = (0..columns.len()).filter(|i| !keys.contains(i)).collect();
-        if values.is_empty() {
-            return Err(FlumenError::config(
-                "every column is a key column: there is no value to write",
-            ));
-        }
-        if raw && (values.len() != 1 || matches!(kind, Kind::Hash | Kind::Stream)) {
-            return Err(FlumenError::config(
-                "format 'raw' writes one non-key column as a string or list value; this table has more, or is a hash or stream",
-            ));
-        }
+        let layout = Layout::of(spec, &columns)?;
+        let kind = layout.kind;
         let ttl = options
             .duration("ttl")?
             .map(|d| d.as_secs().max(1))
             .filter(|_| matches!(kind, Kind::String | Kind::Hash));
-        let retries = options.parse::<u32>("connect.max-retries")?.unwrap_or(6);
         Ok(RedisSinkFactory {
-            shared: Arc::new(Shared {
-                client,
-                address,
-                retries: retries.max(1),
-                kind,
-                raw,
-                prefix,
-                value_names: values.iter().map(|&i| columns[i].to_string()).collect(),
-                keys,
-                values,
-                op,
-                ttl,
-            }),
+            shared: Arc::new(Shared { layout, op, ttl }),
         })
     }
-}
-
-/// The client for the `url` option, with the `password` option put in.
-fn client(options: &Options) -> Result<Client> {
-    let raw = options.required("url")?;
-    let mut url = url::Url::parse(raw).map_err(|e| {
-        FlumenError::config(format!(
-            "option 'url' is not a Redis URL (redis://host:port/db): {e}"
-        ))
-    })?;
-    if let Some(password) = options.get("password") {
-        url.set_password(Some(password))
-            .map_err(|()| FlumenError::config("option 'url' takes no password"))?;
-    }
-    Client::open(url.as_str()).map_err(|e| {
-        FlumenError::config(format!(
-            "option 'url' is not a Redis URL (redis://host:port/db): {}",
-            e.category()
-        ))
-    })
 }
 
 #[async_trait]
@@ -177,7 +74,7 @@ impl SinkFactory for RedisSinkFactory {
         let s = &self.shared;
         format!(
             "Sink: redis {} ({:?}, key prefix '{}')",
-            s.address, s.kind, s.prefix
+            s.layout.address, s.layout.kind, s.layout.prefix
         )
     }
 
@@ -194,64 +91,18 @@ struct RedisSink {
     connection: Option<MultiplexedConnection>,
 }
 
-/// Whether the server refused who we said we are (retrying cannot help).
-fn refused(e: &RedisError) -> bool {
-    e.kind() == ErrorKind::AuthenticationFailed
-        || ["WRONGPASS", "NOAUTH", "NOPERM"]
-            .iter()
-            .any(|code| e.to_string().contains(code))
-}
-
 impl Shared {
-    /// A connection, retried with backoff (100 ms, doubling) while the
-    /// server cannot be reached; refused credentials fail at once.
-    async fn connect(&self) -> Result<MultiplexedConnection> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(60)));
-        let mut delay = Duration::from_millis(100);
-        let mut attempt = 1;
-        loop {
-            match self
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-            {
-                Ok(c) => return Ok(c),
-                Err(e) if refused(&e) => {
-                    return Err(FlumenError::config(format!(
-                        "Redis at {} refused the credentials: {e}",
-                        self.address
-                    )));
-                }
-                Err(e) if attempt >= self.retries => {
-                    return Err(FlumenError::transient(
-                        format!(
-                            "cannot connect to Redis at {} ({attempt} attempts)",
-                            self.address
-                        ),
-                        e,
-                    ));
-                }
-                Err(_) => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                    attempt += 1;
-                }
-            }
-        }
-    }
-
     /// Each row's key.
     fn keys(&self, batch: &RecordBatch) -> Result<Vec<String>> {
         let columns = self
+            .layout
             .keys
             .iter()
             .map(|&i| text(batch.column(i)))
             .collect::<Result<Vec<_>>>()?;
         Ok((0..batch.num_rows())
             .map(|row| {
-                let mut key = self.prefix.clone();
+                let mut key = self.layout.prefix.clone();
                 for (n, c) in columns.iter().enumerate() {
                     if n > 0 {
                         key.push(':');
@@ -268,13 +119,13 @@ impl Shared {
     /// Each row's value for a string or list: its value columns as a JSON
     /// object, or the one value column as text.
     fn encoded(&self, batch: &RecordBatch) -> Result<Vec<String>> {
-        if self.raw {
-            let c = text(batch.column(self.values[0]))?;
+        if self.layout.raw {
+            let c = text(batch.column(self.layout.values[0]))?;
             return Ok((0..c.len())
                 .map(|i| if c.is_valid(i) { c.value(i) } else { "" }.to_string())
                 .collect());
         }
-        let values = batch.project(&self.values)?;
+        let values = batch.project(&self.layout.values)?;
         let mut buf = Vec::with_capacity(values.get_array_memory_size());
         let mut json = arrow::json::LineDelimitedWriter::new(&mut buf);
         json.write(&values)?;
@@ -314,12 +165,12 @@ impl Shared {
             ops.is_none_or(|o| RowOp::from_code(o.value(row)).is_some_and(RowOp::is_addition))
         };
         let mut pipe = ::redis::pipe();
-        match self.kind {
+        match self.layout.kind {
             Kind::String | Kind::List => {
                 let values = self.encoded(batch)?;
                 for row in rows {
                     let key = &keys[row];
-                    match self.kind {
+                    match self.layout.kind {
                         Kind::List => pipe.cmd("RPUSH").arg(key).arg(&values[row]).ignore(),
                         _ if !sets(row) => pipe.cmd("DEL").arg(key).ignore(),
                         _ => {
@@ -334,23 +185,25 @@ impl Shared {
             }
             Kind::Hash | Kind::Stream => {
                 let fields = self
+                    .layout
                     .values
                     .iter()
                     .map(|&i| text(batch.column(i)))
                     .collect::<Result<Vec<_>>>()?;
                 for row in rows {
                     let key = &keys[row];
-                    if self.kind == Kind::Hash && !sets(row) {
+                    if self.layout.kind == Kind::Hash && !sets(row) {
                         pipe.cmd("DEL").arg(key).ignore();
                         continue;
                     }
                     let present = || {
-                        self.value_names
+                        self.layout
+                            .value_names
                             .iter()
                             .zip(&fields)
                             .filter(move |(_, c)| c.is_valid(row))
                     };
-                    if self.kind == Kind::Stream {
+                    if self.layout.kind == Kind::Stream {
                         pipe.cmd("XADD").arg(key).arg("*");
                         for (name, c) in present() {
                             pipe.arg(name).arg(c.value(row));
@@ -366,6 +219,7 @@ impl Shared {
                         pipe.ignore();
                     }
                     let nulls: Vec<&String> = self
+                        .layout
                         .value_names
                         .iter()
                         .zip(&fields)
@@ -385,11 +239,6 @@ impl Shared {
     }
 }
 
-/// A column as text (numbers in decimal, timestamps as ISO 8601).
-fn text(column: &Arc<dyn Array>) -> Result<StringArray> {
-    Ok(cast(column, &DataType::Utf8)?.as_string::<i32>().clone())
-}
-
 #[async_trait]
 impl Sink for RedisSink {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
@@ -398,7 +247,7 @@ impl Sink for RedisSink {
         }
         let pipe = self.shared.pipeline(&batch)?;
         if self.connection.is_none() {
-            self.connection = Some(self.shared.connect().await?);
+            self.connection = Some(self.shared.layout.connect().await?);
         }
         let connection = self.connection.as_mut().expect("connected above");
         if let Err(e) = pipe.query_async::<()>(connection).await {
@@ -407,11 +256,11 @@ impl Sink for RedisSink {
             if refused(&e) {
                 return Err(FlumenError::config(format!(
                     "Redis at {} refused a write: {e}",
-                    self.shared.address
+                    self.shared.layout.address
                 )));
             }
             return Err(FlumenError::transient(
-                format!("writing to Redis at {}", self.shared.address),
+                format!("writing to Redis at {}", self.shared.layout.address),
                 e,
             ));
         }

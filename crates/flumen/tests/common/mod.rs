@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bids;
+pub mod lookup;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -276,8 +276,9 @@ impl Sink for RedisSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Int8Array, Int64Array};
-    use arrow::datatypes::{Field, Schema};
+    use crate::Options;
+    use arrow::array::{Int8Array, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
 
     fn spec(options: &[(&str, &str)], primary_key: &[&str]) -> TableSpec {
         let schema = Arc::new(Schema::new(vec![

@@ -23,7 +23,11 @@ TICKS="$(getconf CLK_TCK)"
 WORK="$(mktemp -d)"
 TABLE="bench_lookup_$$"
 PREFIX="bench-lookup-$$:"
-REDIS_CLI=(redis-cli -u "$REDIS")
+# redis://:password@host:port as redis-cli's own options.
+REDIS_HOSTPORT="${REDIS##*@}"
+REDIS_PASSWORD="${REDIS#redis://:}"
+REDIS_PASSWORD="${REDIS_PASSWORD%@*}"
+REDIS_CLI=(redis-cli --no-auth-warning -h "${REDIS_HOSTPORT%:*}" -p "${REDIS_HOSTPORT##*:}" -a "$REDIS_PASSWORD")
 cleanup() {
     psql "$PG" -qc "DROP TABLE IF EXISTS $TABLE" > /dev/null 2>&1 || true
     "${REDIS_CLI[@]}" --scan --pattern "$PREFIX*" | xargs -r -n 1000 "${REDIS_CLI[@]}" DEL > /dev/null || true

@@ -277,61 +277,62 @@ impl Operator for LookupJoin {
         };
         let rows = converter.convert_columns(&keys)?;
         let now = Instant::now();
-        // Per stream row: its key's rows, or the index of a key to read.
-        enum Rows {
-            None,
-            Found(Found),
-            Read(usize),
-        }
-        let mut per_row = Vec::with_capacity(n);
-        let mut to_read: Vec<u32> = Vec::new();
-        let mut reading: HashMap<&[u8], usize> = HashMap::new();
+        // Each row's distinct key (`NO_KEY` for a null key) and the first
+        // row of each distinct key: the cache is probed once per key.
+        const NO_KEY: u32 = u32::MAX;
+        let mut key_of_row = Vec::with_capacity(n);
+        let mut first_rows: Vec<u32> = Vec::new();
+        let mut distinct: HashMap<&[u8], u32> = HashMap::new();
         for (i, row) in rows.iter().enumerate() {
             if keys.iter().any(|k| k.is_null(i)) {
-                per_row.push(Rows::None);
+                key_of_row.push(NO_KEY);
                 continue;
             }
-            let bytes = row.data();
-            if let Some(found) = self.cached(bytes, now) {
-                per_row.push(Rows::Found(found));
-                continue;
+            let next = first_rows.len() as u32;
+            let k = *distinct.entry(row.data()).or_insert(next);
+            if k == next {
+                first_rows.push(i as u32);
             }
-            let next = reading.len();
-            let at = *reading.entry(bytes).or_insert(next);
-            if at == next {
-                to_read.push(i as u32);
-            }
-            per_row.push(Rows::Read(at));
+            key_of_row.push(k);
         }
-        let read = if to_read.is_empty() {
-            Vec::new()
-        } else {
+        let mut found: Vec<Option<Found>> = first_rows
+            .iter()
+            .map(|&i| self.cached(rows.row(i as usize).data(), now))
+            .collect();
+        let missing: Vec<usize> = (0..found.len()).filter(|&k| found[k].is_none()).collect();
+        if !missing.is_empty() {
+            let to_read: Vec<u32> = missing.iter().map(|&k| first_rows[k]).collect();
             let read = self.read(&keys, &to_read)?;
-            for (&i, found) in to_read.iter().zip(&read) {
-                self.remember(rows.row(i as usize).data(), found, now);
+            for (k, f) in missing.into_iter().zip(read) {
+                self.remember(rows.row(first_rows[k] as usize).data(), &f, now);
+                found[k] = Some(f);
             }
-            read
-        };
-        // Pairs of stream row and table row, the blocks they come from.
+        }
+        // Each distinct key's rows as (block, first row, rows), the blocks
+        // numbered in the order they are first met.
         let mut blocks: Vec<Arc<RecordBatch>> = Vec::new();
         let mut block_ids: HashMap<*const RecordBatch, usize> = HashMap::new();
-        let (mut left, mut right) = (Vec::new(), Vec::new());
-        for (i, r) in per_row.iter().enumerate() {
-            let found = match r {
-                Rows::None => continue,
-                Rows::Found(f) => f,
-                Rows::Read(at) => &read[*at],
-            };
-            if found.len == 0 {
-                continue;
-            }
-            let id = *block_ids
-                .entry(Arc::as_ptr(&found.block))
-                .or_insert_with(|| {
-                    blocks.push(found.block.clone());
+        let spans: Vec<(usize, usize, usize)> = found
+            .iter()
+            .map(|f| {
+                let f = f
+                    .as_ref()
+                    .expect("every key was found in the cache or read");
+                let id = *block_ids.entry(Arc::as_ptr(&f.block)).or_insert_with(|| {
+                    blocks.push(f.block.clone());
                     blocks.len() - 1
                 });
-            for row in found.offset..found.offset + found.len {
+                (id, f.offset, f.len)
+            })
+            .collect();
+        // Pairs of stream row and table row.
+        let (mut left, mut right) = (Vec::new(), Vec::new());
+        for (i, &k) in key_of_row.iter().enumerate() {
+            if k == NO_KEY {
+                continue;
+            }
+            let (id, offset, len) = spans[k as usize];
+            for row in offset..offset + len {
                 left.push(i as u32);
                 right.push(Some((id, row)));
             }

@@ -128,7 +128,14 @@ async fn column_types(
             db.address
         )));
     }
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get(0).map_err(unexpected)?,
+                r.try_get(1).map_err(unexpected)?,
+            ))
+        })
+        .collect()
 }
 
 impl LookupFactory for PostgresLookupFactory {
@@ -184,13 +191,13 @@ impl PostgresLookup {
         let s = &self.shared;
         let owners: Vec<u32> = rows
             .iter()
-            .map(|r| (r.get::<_, i32>(0) - 1) as u32)
-            .collect();
+            .map(|r| Ok((r.try_get::<_, i32>(0).map_err(unexpected)? - 1) as u32))
+            .collect::<Result<_>>()?;
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(s.schema.fields().len());
         for (c, field) in s.schema.fields().iter().enumerate() {
             let mut text = StringBuilder::new();
             for row in rows {
-                text.append_option(row.get::<_, Option<&str>>(c + 1));
+                text.append_option(row.try_get::<_, Option<&str>>(c + 1).map_err(unexpected)?);
             }
             let text: ArrayRef = Arc::new(text.finish());
             let strict = CastOptions {
@@ -223,6 +230,13 @@ impl PostgresLookup {
         let batch = RecordBatch::try_new_with_options(s.schema.clone(), columns, &options)?;
         Ok((batch, owners))
     }
+}
+
+/// A reply column that is not what flumen's own query asked for.
+fn unexpected(e: tokio_postgres::Error) -> FlumenError {
+    FlumenError::internal(format!(
+        "a PostgreSQL reply column has an unexpected type: {e}"
+    ))
 }
 
 /// A key column's values as text, as the query takes them.

@@ -9,10 +9,10 @@ use std::time::Duration;
 use ::redis::aio::MultiplexedConnection;
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, StringArray, UInt32Array};
 use arrow::compute::{CastOptions, cast_with_options, take};
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use flumen_runtime::{Lookup, LookupFactory};
-use flumen_types::{FlumenError, Result};
+use flumen_types::{ErrorKind, FlumenError, Result};
 
 use super::{Kind, Layout, refused, text};
 use crate::TableSpec;
@@ -240,8 +240,7 @@ impl Lookup for RedisLookup {
         let got = loop {
             match self.read(&redis_keys).await {
                 Ok(got) => break got,
-                Err(e @ FlumenError::Transient { .. }) if attempt < s.retries => {
-                    drop(e);
+                Err(e) if e.kind() == ErrorKind::Retryable && attempt < s.retries => {
                     self.connection = None;
                     attempt += 1;
                     tokio::time::sleep(delay).await;
@@ -278,9 +277,8 @@ impl Lookup for RedisLookup {
             });
         }
         let options = RecordBatchOptions::new().with_row_count(Some(owners.len()));
-        let schema: Arc<Schema> = s.schema.clone();
         Ok((
-            RecordBatch::try_new_with_options(schema, columns, &options)?,
+            RecordBatch::try_new_with_options(s.schema.clone(), columns, &options)?,
             owners,
         ))
     }

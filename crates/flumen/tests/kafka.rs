@@ -435,6 +435,98 @@ fn bad_messages_and_missing_topics_are_named() {
     assert!(!fail.contains("panicked") && !missing.contains("panicked"));
 }
 
+/// The Avro record schema of the bids written in the Avro test, as a
+/// registry would hold it.
+const BID_AVRO: &str = r#"{"type": "record", "name": "bid", "fields": [
+    {"name": "auction", "type": ["null", "long"]},
+    {"name": "bidder", "type": ["null", "long"]},
+    {"name": "price", "type": ["null", "long"]},
+    {"name": "channel", "type": ["null", "string"]},
+    {"name": "date_time", "type": ["null", {"type": "long", "logicalType": "local-timestamp-millis"}]}]}"#;
+
+#[test]
+fn avro_confluent_records_written_and_read_back_equal_the_file_run() {
+    let work = tempfile::tempdir().unwrap();
+    let topics = Topics::new("flumen-avro", 1, 3);
+    let topic = &topics.0[0];
+    bids(work.path(), 30_000);
+    let want = expected(work.path());
+    let avro = |extra: &str| {
+        format!(
+            "format = 'avro-confluent', 'avro-confluent.schema-id' = '7',
+             'avro-confluent.schema' = '{BID_AVRO}'{extra}"
+        )
+    };
+    std::fs::write(
+        work.path().join("write.sql"),
+        format!(
+            "CREATE TABLE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, date_time TIMESTAMP(3))
+               WITH (connector = 'filesystem', path = 'bids', format = 'json');
+             CREATE TABLE t (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, date_time TIMESTAMP(3))
+               WITH (connector = 'kafka', topic = '{topic}', 'properties.bootstrap.servers' = '{}',
+                     'key.fields' = 'auction', 'key.format' = 'json', {});
+             INSERT INTO t SELECT * FROM bid;",
+            brokers(),
+            avro("")
+        ),
+    )
+    .unwrap();
+    common::run_ok(work.path(), "write.sql", "1");
+    // A message of another schema id and one that is not Avro at all.
+    let mut other_id = vec![0, 0, 0, 0, 8];
+    other_id.extend_from_slice(b"\x02\x04");
+    let producer = one_per_batch_producer();
+    for payload in [&other_id[..], br#"{"auction": 1}"#] {
+        producer
+            .send(
+                BaseRecord::<(), [u8]>::to(topic)
+                    .payload(payload)
+                    .partition(1),
+            )
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+
+    // The table declares the columns it reads, in its own order, and takes
+    // the rest of the record from the schema.
+    let read = |dir: &str, bad: &str| {
+        format!(
+            "CREATE TABLE bid (date_time TIMESTAMP(3), price BIGINT, auction BIGINT,
+               WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) WITH ({});
+             CREATE TABLE out ({OUT_COLUMNS}) WITH (connector = 'filesystem', path = '{dir}', format = 'json');
+             INSERT INTO out {WINDOWED};",
+            kafka_table(topic, "")
+                .replace("format = 'json'", &avro(bad))
+        )
+    };
+    let fail = failure(&read("out", ""));
+    assert!(
+        fail.contains("schema id 8, the table reads id 7")
+            && fail.contains(&format!("topic '{topic}' partition 1")),
+        "{fail}"
+    );
+    for p in ["1", "3"] {
+        let dir = format!("out-{p}");
+        std::fs::write(
+            work.path().join("read.sql"),
+            read(&dir, ", bad_data = 'drop'"),
+        )
+        .unwrap();
+        common::run_ok(work.path(), "read.sql", p);
+        assert_same(
+            &format!("p={p}"),
+            &lines_of(&work.path().join(&dir), true),
+            &want,
+        );
+    }
+    let missing =
+        failure(&read("out", "").replace("price BIGINT,", "price BIGINT, seller BIGINT,"));
+    assert!(
+        missing.contains("column 'seller' is not a field of the Avro schema (its fields: auction, bidder, price, channel, date_time)"),
+        "{missing}"
+    );
+}
+
 #[test]
 fn metadata_columns_read_topic_partition_offset_timestamp_key_and_headers() {
     let topics = Topics::new("flumen-meta", 2, 2);

@@ -86,8 +86,11 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
     ),
     OptionSpec::optional(
         "format",
-        "json (default), csv or raw: the value of each message",
+        "json (default), csv, raw, avro or avro-confluent: the value of each message",
     ),
+    crate::format::AVRO_OPTIONS[0],
+    crate::format::AVRO_OPTIONS[1],
+    crate::format::AVRO_OPTIONS[2],
     OptionSpec::optional(
         "scan.startup.mode",
         "source, where a job without a checkpoint starts: group-offsets (default; earliest when the group has none), earliest-offset, latest-offset or timestamp",
@@ -119,7 +122,19 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
     ),
     OptionSpec::optional(
         "key.format",
-        "sink: json, csv or raw: the format of the key (default: as format)",
+        "sink: json, csv, raw, avro or avro-confluent: the format of the key (default: as format; required with an Avro format)",
+    ),
+    OptionSpec::optional(
+        "key.avro.schema",
+        "sink, with key.format = 'avro': the key's Avro record schema (default: one from the key columns)",
+    ),
+    OptionSpec::optional(
+        "key.avro-confluent.schema",
+        "sink, with key.format = 'avro-confluent': the key's Avro record schema (default: one from the key columns)",
+    ),
+    OptionSpec::optional(
+        "key.avro-confluent.schema-id",
+        "sink, with key.format = 'avro-confluent': the schema id in each key's header",
     ),
     OptionSpec::optional(
         "sink.delivery-guarantee",

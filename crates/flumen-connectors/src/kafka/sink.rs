@@ -80,7 +80,12 @@ impl KafkaSinkFactory {
                 }
                 let key_format = match options.get("key.format") {
                     Some(_) => MessageFormat::parse(options, "key.format")?,
-                    None => format,
+                    None if matches!(format, MessageFormat::Avro(_)) => {
+                        return Err(FlumenError::config(
+                            "with an Avro format, option key.format must say how the key columns are written (its Avro options are key.avro.schema, key.avro-confluent.schema and key.avro-confluent.schema-id)",
+                        ));
+                    }
+                    None => format.clone(),
                 };
                 Some((columns, key_format))
             }
@@ -107,11 +112,15 @@ impl KafkaSinkFactory {
                 input.field(t).data_type()
             )));
         }
-        if format == MessageFormat::Raw {
+        if format.is_raw() {
             check_raw("format", &input, &value_columns)?;
         }
-        if let Some((columns, MessageFormat::Raw)) = &key {
-            check_raw("key.format", &input, columns)?;
+        format.check_writes("format", &input.project(&value_columns)?)?;
+        if let Some((columns, key_format)) = &key {
+            if key_format.is_raw() {
+                check_raw("key.format", &input, columns)?;
+            }
+            key_format.check_writes("key.format", &input.project(columns)?)?;
         }
         let guarantee = Guarantee::parse(options)?;
         let prefix = options
@@ -222,7 +231,7 @@ impl Sink for KafkaSink {
             return Ok(());
         }
         let s = self.shared.clone();
-        let values = encode(s.format, &batch.project(&s.value_columns)?)?;
+        let values = encode(&s.format, &batch.project(&s.value_columns)?)?;
         let headers = match s.headers {
             Some(h) => Some(record_headers(
                 batch.column(h),
@@ -238,7 +247,7 @@ impl Sink for KafkaSink {
             .as_ref()
             .map(|t| t.as_primitive::<TimestampMillisecondType>());
         let keys = match &s.key {
-            Some((columns, format)) => Some(encode(*format, &batch.project(columns)?)?),
+            Some((columns, format)) => Some(encode(format, &batch.project(columns)?)?),
             None => None,
         };
         let producer = self.open_producer().await?.producer.clone();

@@ -83,8 +83,11 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
     ),
     OptionSpec::optional(
         "format",
-        "json (default), csv or raw: the payload of each message",
+        "json (default), csv, raw, avro or avro-confluent: the payload of each message",
     ),
+    crate::format::AVRO_OPTIONS[0],
+    crate::format::AVRO_OPTIONS[1],
+    crate::format::AVRO_OPTIONS[2],
     OptionSpec::optional(
         "retain",
         "sink: true to publish retained messages (default false)",

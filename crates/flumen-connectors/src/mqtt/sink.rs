@@ -51,13 +51,14 @@ impl MqttSinkFactory {
             )));
         }
         let format = MessageFormat::parse(options, "format")?;
-        if format == MessageFormat::Raw {
+        if format.is_raw() {
             check_raw(
                 "format",
                 &input,
                 &(0..input.fields().len()).collect::<Vec<_>>(),
             )?;
         }
+        format.check_writes("format", &input)?;
         Ok(MqttSinkFactory {
             shared: Arc::new(Shared {
                 broker: Broker::from_options(options)?,
@@ -157,7 +158,7 @@ impl Sink for MqttSink {
         }
         let client = self.client().clone();
         let s = &self.shared;
-        for payload in encode(s.format, &batch)?.into_payloads() {
+        for payload in encode(&s.format, &batch)?.into_payloads() {
             if client
                 .publish_bytes(s.topic.clone(), s.qos, s.retain, payload)
                 .await

@@ -84,8 +84,11 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
     OptionSpec::optional("auth.token", "token; never printed"),
     OptionSpec::optional(
         "format",
-        "json (default), csv or raw: the payload of each message",
+        "json (default), csv, raw, avro or avro-confluent: the payload of each message",
     ),
+    crate::format::AVRO_OPTIONS[0],
+    crate::format::AVRO_OPTIONS[1],
+    crate::format::AVRO_OPTIONS[2],
     OptionSpec::optional(
         "scan.startup.mode",
         "source, where a job without a checkpoint starts: consumer-position (default: where the durable consumer is, all messages when it is new), earliest, latest or timestamp",

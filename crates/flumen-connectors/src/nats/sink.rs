@@ -64,13 +64,14 @@ impl NatsSinkFactory {
             )));
         }
         let format = MessageFormat::parse(options, "format")?;
-        if format == MessageFormat::Raw {
+        if format.is_raw() {
             check_raw(
                 "format",
                 &input,
                 &(0..input.fields().len()).collect::<Vec<_>>(),
             )?;
         }
+        format.check_writes("format", &input)?;
         Ok(NatsSinkFactory {
             shared: Arc::new(Shared {
                 server: Server::from_options(options)?,
@@ -135,7 +136,7 @@ impl Sink for NatsSink {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let payloads = encode(self.shared.format, &batch)?.into_payloads();
+        let payloads = encode(&self.shared.format, &batch)?.into_payloads();
         if self.staging {
             self.open.extend(payloads);
             return Ok(());

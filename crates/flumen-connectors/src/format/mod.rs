@@ -1,7 +1,10 @@
 //! Message formats: how the payload of one message (a Kafka record, a NATS
 //! message) maps to one row, both ways. `json` and `csv` decode with Arrow's
 //! vectorised readers over many payloads at once; `raw` takes the payload
-//! whole as the table's one column.
+//! whole as the table's one column; `avro` and `avro-confluent` decode and
+//! encode Avro records (see [`avro`]).
+
+mod avro;
 
 use std::sync::Arc;
 
@@ -13,8 +16,10 @@ use flumen_types::{FlumenError, Result};
 
 use crate::Options;
 
+pub(crate) use avro::OPTIONS as AVRO_OPTIONS;
+
 /// The formats of message payloads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum MessageFormat {
     /// One JSON object per message; fields matched to columns by name.
     Json,
@@ -22,18 +27,44 @@ pub(crate) enum MessageFormat {
     Csv,
     /// The payload is the table's only column (`STRING` or `BYTES`).
     Raw,
+    /// One Avro binary record per message, bare or behind Confluent's
+    /// wire-format header.
+    Avro(Arc<avro::AvroFormat>),
 }
 
 impl MessageFormat {
-    /// The format named by option `key` (default `json`).
+    /// The format named by option `key` (default `json`); the Avro
+    /// formats' own options are named with what precedes `format` in `key`.
     pub(crate) fn parse(options: &Options, key: &str) -> Result<Self> {
-        Ok(
-            match options.choice(key, &["json", "csv", "raw"], "json")? {
-                "csv" => MessageFormat::Csv,
-                "raw" => MessageFormat::Raw,
-                _ => MessageFormat::Json,
-            },
-        )
+        let choices = ["json", "csv", "raw", "avro", "avro-confluent"];
+        Ok(match options.choice(key, &choices, "json")? {
+            "csv" => MessageFormat::Csv,
+            "raw" => MessageFormat::Raw,
+            name @ ("avro" | "avro-confluent") => {
+                let prefix = key.strip_suffix("format").unwrap_or_default();
+                MessageFormat::Avro(Arc::new(avro::AvroFormat::parse(options, prefix, name)?))
+            }
+            _ => MessageFormat::Json,
+        })
+    }
+
+    /// Checks that rows of `schema` can be written in this format (named
+    /// by `option`), so that a sink fails when planned, not at its first row.
+    pub(crate) fn check_writes(
+        &self,
+        option: &str,
+        schema: &arrow::datatypes::Schema,
+    ) -> Result<()> {
+        match self {
+            MessageFormat::Avro(avro) => avro::check_writes(avro, schema)
+                .map_err(|e| FlumenError::config(format!("{option}: {e}"))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether this is `raw`, which reads and writes one column.
+    pub(crate) fn is_raw(&self) -> bool {
+        matches!(self, MessageFormat::Raw)
     }
 }
 
@@ -44,6 +75,7 @@ pub(crate) struct PayloadDecoder {
     schema: SchemaRef,
     table_schema: SchemaRef,
     projection: Vec<usize>,
+    avro: Option<avro::AvroDecoder>,
 }
 
 impl PayloadDecoder {
@@ -54,7 +86,7 @@ impl PayloadDecoder {
         table_schema: &SchemaRef,
         projection: &[usize],
     ) -> Result<Self> {
-        if format == MessageFormat::Raw {
+        if format.is_raw() {
             let fields = table_schema.fields();
             if fields.len() != 1
                 || !matches!(fields[0].data_type(), DataType::Utf8 | DataType::Binary)
@@ -65,11 +97,19 @@ impl PayloadDecoder {
                 )));
             }
         }
+        let schema = Arc::new(table_schema.project(projection)?);
+        let avro = match &format {
+            MessageFormat::Avro(avro) => {
+                Some(avro::AvroDecoder::try_new(avro, &schema, table_schema)?)
+            }
+            _ => None,
+        };
         Ok(PayloadDecoder {
             format,
-            schema: Arc::new(table_schema.project(projection)?),
+            schema,
             table_schema: table_schema.clone(),
             projection: projection.to_vec(),
+            avro,
         })
     }
 
@@ -84,12 +124,15 @@ impl PayloadDecoder {
         if payloads.is_empty() {
             return Ok(RecordBatch::new_empty(self.schema.clone()));
         }
+        if let Some(avro) = &self.avro {
+            return avro.decode(payloads);
+        }
         let text = match self.format {
             MessageFormat::Raw => return self.raw(payloads),
-            MessageFormat::Json | MessageFormat::Csv => {
+            MessageFormat::Json | MessageFormat::Csv | MessageFormat::Avro(_) => {
                 let mut text = Vec::with_capacity(payloads.iter().map(|p| p.len() + 1).sum());
                 for p in payloads {
-                    check_framing(self.format, p)?;
+                    check_framing(&self.format, p)?;
                     text.extend_from_slice(p);
                     text.push(b'\n');
                 }
@@ -161,12 +204,12 @@ impl PayloadDecoder {
 /// Checks that a payload can only be one whole row, so that payloads
 /// decoded back to back map one to one onto rows (with the row count
 /// checked after): not empty, and a JSON payload is one object.
-fn check_framing(format: MessageFormat, payload: &[u8]) -> Result<(), ArrowError> {
+fn check_framing(format: &MessageFormat, payload: &[u8]) -> Result<(), ArrowError> {
     let text = payload.trim_ascii();
     if text.is_empty() {
         return Err(ArrowError::ParseError("an empty message".into()));
     }
-    if format == MessageFormat::Json && (text[0] != b'{' || text[text.len() - 1] != b'}') {
+    if matches!(format, MessageFormat::Json) && (text[0] != b'{' || text[text.len() - 1] != b'}') {
         return Err(ArrowError::ParseError(
             "a JSON message must be one object".into(),
         ));
@@ -176,7 +219,7 @@ fn check_framing(format: MessageFormat, payload: &[u8]) -> Result<(), ArrowError
 
 /// Rows encoded as payloads: row `i` is `data[ends[i - 1]..ends[i]]`.
 pub(crate) struct Encoded {
-    data: Vec<u8>,
+    data: bytes::Bytes,
     ends: Vec<usize>,
 }
 
@@ -194,7 +237,7 @@ impl Encoded {
 
     /// Each row's payload, as slices of one shared buffer (no copy per row).
     pub(crate) fn into_payloads(self) -> Vec<bytes::Bytes> {
-        let data = bytes::Bytes::from(self.data);
+        let data = self.data;
         let mut start = 0;
         self.ends
             .iter()
@@ -208,10 +251,14 @@ impl Encoded {
 }
 
 /// Encodes each row of `batch` as one payload of `format`.
-pub(crate) fn encode(format: MessageFormat, batch: &RecordBatch) -> Result<Encoded> {
+pub(crate) fn encode(format: &MessageFormat, batch: &RecordBatch) -> Result<Encoded> {
     let mut data = Vec::new();
     let mut ends = Vec::with_capacity(batch.num_rows());
     match format {
+        MessageFormat::Avro(avro) => {
+            let (data, ends) = avro::encode(avro, batch)?;
+            return checked(batch, Encoded { data, ends });
+        }
         MessageFormat::Json => {
             let mut writer = arrow::json::LineDelimitedWriter::new(&mut data);
             writer.write(batch)?;
@@ -286,14 +333,25 @@ pub(crate) fn encode(format: MessageFormat, batch: &RecordBatch) -> Result<Encod
             }
         }
     }
-    if ends.len() != batch.num_rows() {
+    checked(
+        batch,
+        Encoded {
+            data: data.into(),
+            ends,
+        },
+    )
+}
+
+/// `encoded`, when it holds one message per row of `batch`.
+fn checked(batch: &RecordBatch, encoded: Encoded) -> Result<Encoded> {
+    if encoded.len() != batch.num_rows() {
         return Err(FlumenError::internal(format!(
             "encoding {} rows gave {} messages",
             batch.num_rows(),
-            ends.len()
+            encoded.len()
         )));
     }
-    Ok(Encoded { data, ends })
+    Ok(encoded)
 }
 
 /// Decodes JSON lines or CSV records (no header) into batches.
@@ -383,11 +441,11 @@ mod tests {
         )
         .unwrap();
         for format in [MessageFormat::Json, MessageFormat::Csv] {
-            let encoded = encode(format, &batch).unwrap();
+            let encoded = encode(&format, &batch).unwrap();
             assert_eq!(encoded.len(), 3, "{format:?}");
             let payloads: Vec<&[u8]> = (0..3).map(|i| encoded.row(i)).collect();
-            let decoder = PayloadDecoder::try_new(format, &table(), &[0, 1]).unwrap();
-            if format == MessageFormat::Json {
+            let decoder = PayloadDecoder::try_new(format.clone(), &table(), &[0, 1]).unwrap();
+            if matches!(format, MessageFormat::Json) {
                 assert_eq!(decoder.decode(&payloads).unwrap(), batch);
             } else {
                 // CSV cannot tell a null from an empty string.
@@ -416,7 +474,7 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, true)]));
         let decoder = PayloadDecoder::try_new(MessageFormat::Raw, &schema, &[0]).unwrap();
         let batch = decoder.decode(&[b"a b", b"{"]).unwrap();
-        let encoded = encode(MessageFormat::Raw, &batch).unwrap();
+        let encoded = encode(&MessageFormat::Raw, &batch).unwrap();
         assert_eq!(encoded.row(1), b"{");
         assert!(decoder.decode(&[&[0xff]]).is_err());
         let err = PayloadDecoder::try_new(MessageFormat::Raw, &table(), &[0])

@@ -68,6 +68,11 @@ pub trait Connector: Send + Sync {
     fn accepts_updates(&self, _spec: &TableSpec) -> bool {
         false
     }
+    /// Whether its source reads this table as an updating stream (change
+    /// events), its rows followed by the op column.
+    fn produces_updates(&self, _spec: &TableSpec) -> bool {
+        false
+    }
     /// The metadata its source can fill columns from
     /// (`col BIGINT METADATA FROM 'offset'`), with their types and docs.
     fn metadata(&self) -> &'static [OptionSpec] {
@@ -217,6 +222,14 @@ pub fn check_table(spec: &TableSpec) -> Result<()> {
     spec.options
         .check(name, &options)
         .map_err(|e| FlumenError::config(format!("table '{}': {e}", spec.name)))?;
+    if connector.produces_updates(spec)
+        && let Some((column, _)) = spec.metadata.first()
+    {
+        return Err(FlumenError::config(format!(
+            "table '{}': column '{column}' is a METADATA column, which a table of change events (format 'debezium-json') cannot have yet",
+            spec.name
+        )));
+    }
     for (column, key) in &spec.metadata {
         if !connector.metadata().iter().any(|m| m.name == key.as_str()) {
             let valid: Vec<String> = connector
@@ -267,6 +280,12 @@ pub async fn source_factory(
 /// insert / delete / update).
 pub fn accepts_updates(spec: &TableSpec) -> bool {
     connector(spec.connector()).is_some_and(|c| c.accepts_updates(spec))
+}
+
+/// Whether a source of this table gives an updating stream (rows tagged
+/// insert / delete / update, in the op column after the table's columns).
+pub fn produces_updates(spec: &TableSpec) -> bool {
+    connector(spec.connector()).is_some_and(|c| c.produces_updates(spec))
 }
 
 /// A sink writing rows of `input` into `spec`; `unique` names its files apart

@@ -39,8 +39,9 @@ impl Payloads {
         &self.positions
     }
 
-    /// The rows of the payloads, with the indices of the payloads they
-    /// come from when some were left out (`None`: every payload is a row).
+    /// The rows of the payloads, with the index of the payload each comes
+    /// from when that is not one row per payload (some were left out, or
+    /// one was two rows).
     /// A malformed payload fails the job with `failed(position)` and the
     /// error, is dropped and counted, or becomes a dead-letter record in
     /// `dead` with `where_(position)` (a JSON object) beside its error and
@@ -60,8 +61,8 @@ impl Payloads {
                 &self.data[start..self.ends[i]]
             })
             .collect();
-        if let Ok(batch) = decoder.decode(&payloads) {
-            return Ok((batch, None));
+        if let Ok(decoded) = decoder.decode(&payloads) {
+            return Ok(decoded);
         }
         let mut good = Vec::new();
         let mut kept = Vec::new();
@@ -69,8 +70,8 @@ impl Payloads {
         for (i, (payload, &position)) in payloads.iter().zip(&self.positions).enumerate() {
             match (decoder.decode_one(payload), bad_data) {
                 (Ok(b), _) => {
+                    kept.extend(std::iter::repeat_n(i, b.num_rows()));
                     good.push(b);
-                    kept.push(i);
                 }
                 (Err(_), BadData::Drop) => dropped += 1,
                 (Err(e), BadData::DeadLetter(_)) => dead.push(dead_letter_record(

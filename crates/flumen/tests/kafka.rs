@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -524,6 +525,188 @@ fn avro_confluent_records_written_and_read_back_equal_the_file_run() {
     assert!(
         missing.contains("column 'seller' is not a field of the Avro schema (its fields: auction, bidder, price, channel, date_time)"),
         "{missing}"
+    );
+}
+
+/// Accounts by id: owner and balance.
+type Accounts = BTreeMap<i64, (String, i64)>;
+
+/// A table's history as Debezium would capture it: snapshot reads, then
+/// inserts, updates (some moving an account to another owner) and deletes
+/// (each followed by a tombstone) of 150 accounts, keyed by id; and the
+/// accounts left at the end.
+fn account_history() -> (Vec<(i64, Option<String>)>, Accounts) {
+    let mut rng = common::Random(29);
+    let mut live = Accounts::new();
+    let mut events = Vec::new();
+    let row = |id: i64, (owner, balance): &(String, i64)| {
+        serde_json::json!({"id": id, "owner": owner, "balance": balance}).to_string()
+    };
+    for step in 0..4_000 {
+        let id = rng.below(150) as i64;
+        let owner = format!("o\"{}", rng.below(6));
+        let balance = rng.below(10_000) as i64 - 2_000;
+        let event = match live.get(&id).cloned() {
+            None => {
+                let op = if step < 100 { "r" } else { "c" };
+                let after = (owner, balance);
+                let e = format!(
+                    r#"{{"before": null, "after": {}, "op": "{op}", "ts_ms": {step}}}"#,
+                    row(id, &after)
+                );
+                live.insert(id, after);
+                e
+            }
+            Some(before) if rng.below(4) == 0 => {
+                live.remove(&id);
+                let e = format!(
+                    r#"{{"before": {}, "after": null, "op": "d", "source": {{"table": "account"}}}}"#,
+                    row(id, &before)
+                );
+                events.push((id, Some(e)));
+                events.push((id, None));
+                continue;
+            }
+            Some(before) => {
+                let after = if rng.below(3) == 0 {
+                    (owner, balance)
+                } else {
+                    (before.0.clone(), balance)
+                };
+                let e = format!(
+                    r#"{{"before": {}, "after": {}, "op": "u"}}"#,
+                    row(id, &before),
+                    row(id, &after)
+                );
+                live.insert(id, after);
+                e
+            }
+        };
+        events.push((id, Some(event)));
+    }
+    (events, live)
+}
+
+/// Produces change events keyed by id (a `None` is a tombstone).
+fn produce_keyed(topic: &str, events: &[(i64, Option<String>)]) {
+    let producer = one_per_batch_producer();
+    for (id, payload) in events {
+        let key = id.to_string();
+        let mut record = BaseRecord::<String, String>::to(topic).key(&key);
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+}
+
+#[test]
+fn debezium_change_events_upsert_postgres_and_round_trip_through_a_topic() {
+    let work = tempfile::tempdir().unwrap();
+    let topics = Topics::new("flumen-cdc", 2, 3);
+    let (cdc, per_owner_topic) = (&topics.0[0], &topics.0[1]);
+    let tables = common::postgres::Tables::new("flumen_cdc", 3);
+    let (accounts, per_owner, from_topic) = (&tables.0[0], &tables.0[1], &tables.0[2]);
+    let (events, live) = account_history();
+    produce_keyed(cdc, &events);
+    common::postgres::psql(&format!(
+        "CREATE TABLE {accounts} (id bigint PRIMARY KEY, owner text, balance bigint);
+         CREATE TABLE {per_owner} (owner text PRIMARY KEY, n bigint, total bigint);
+         CREATE TABLE {from_topic} (owner text PRIMARY KEY, n bigint, total bigint);"
+    ));
+    let url = common::postgres::database();
+    let source = |name: &str, columns: &str, topic: &str| {
+        format!(
+            "CREATE TABLE {name} ({columns}) WITH ({});",
+            kafka_table(topic, "").replace("format = 'json'", "format = 'debezium-json'")
+        )
+    };
+    let upsert = |name: &str, columns: &str, key: &str, table: &str| {
+        format!(
+            "CREATE TABLE {name} ({columns}, PRIMARY KEY ({key}) NOT ENFORCED)
+               WITH (connector = 'postgres', url = '{url}', 'table-name' = '{table}');"
+        )
+    };
+    let account_columns = "id BIGINT NOT NULL, owner VARCHAR, balance BIGINT";
+    let owner_columns = "owner VARCHAR NOT NULL, n BIGINT, total BIGINT";
+    let per_owner_sql =
+        "SELECT owner, count(*) AS n, sum(balance) AS total FROM account GROUP BY owner";
+    std::fs::write(
+        work.path().join("cdc.sql"),
+        format!(
+            "{}{}{}
+             CREATE TABLE owners_out ({owner_columns}) WITH (connector = 'kafka', topic = '{per_owner_topic}',
+               'properties.bootstrap.servers' = '{}', format = 'debezium-json',
+               'key.fields' = 'owner', 'key.format' = 'json');
+             INSERT INTO accounts SELECT * FROM account;
+             INSERT INTO per_owner {per_owner_sql};
+             INSERT INTO owners_out {per_owner_sql};",
+            source("account", account_columns, cdc),
+            upsert("accounts", account_columns, "id", accounts),
+            upsert("per_owner", owner_columns, "owner", per_owner),
+            brokers(),
+        ),
+    )
+    .unwrap();
+    common::run_ok(work.path(), "cdc.sql", "2");
+    let want_accounts: Vec<String> = live
+        .iter()
+        .map(|(id, (owner, balance))| format!("{id}|{owner}|{balance}"))
+        .collect();
+    let got = common::postgres::psql(&format!("SELECT * FROM {accounts} ORDER BY id"));
+    assert_eq!(got.lines().collect::<Vec<_>>(), want_accounts);
+    let mut owners: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for (owner, balance) in live.values() {
+        let o = owners.entry(owner).or_default();
+        o.0 += 1;
+        o.1 += balance;
+    }
+    let want_owners: Vec<String> = owners
+        .iter()
+        .map(|(owner, (n, total))| format!("{owner}|{n}|{total}"))
+        .collect();
+    let got = common::postgres::psql(&format!("SELECT * FROM {per_owner} ORDER BY owner"));
+    assert_eq!(got.lines().collect::<Vec<_>>(), want_owners, "per owner");
+
+    // The updating aggregate written as change events reads back the same.
+    std::fs::write(
+        work.path().join("back.sql"),
+        format!(
+            "{}{} INSERT INTO back SELECT * FROM owners;",
+            source("owners", owner_columns, per_owner_topic),
+            upsert("back", owner_columns, "owner", from_topic),
+        ),
+    )
+    .unwrap();
+    common::run_ok(work.path(), "back.sql", "1");
+    let got = common::postgres::psql(&format!("SELECT * FROM {from_topic} ORDER BY owner"));
+    assert_eq!(
+        got.lines().collect::<Vec<_>>(),
+        want_owners,
+        "read back from the topic"
+    );
+
+    let windowed = failure(&format!(
+        "{} CREATE TABLE out (n BIGINT) WITH (connector = 'blackhole'); INSERT INTO out SELECT count(*) FROM account;",
+        source(
+            "account",
+            "id BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts",
+            cdc
+        )
+    ));
+    assert!(
+        windowed.contains("holds change events (format 'debezium-json'), which have no event time"),
+        "{windowed}"
+    );
+    let append_only = failure(&format!(
+        "{} CREATE TABLE out ({account_columns}) WITH (connector = 'filesystem', path = 'x', format = 'json');
+         INSERT INTO out SELECT * FROM account;",
+        source("account", account_columns, cdc)
+    ));
+    assert!(
+        append_only.contains("can only append rows"),
+        "{append_only}"
     );
 }
 

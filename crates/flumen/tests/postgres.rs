@@ -8,56 +8,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::flumen;
-
-/// The database's URL: `FLUMEN_POSTGRES_URL`, or the server
-/// `scripts/services.sh` starts.
-fn database() -> &'static str {
-    static ADDRESS: OnceLock<String> = OnceLock::new();
-    ADDRESS.get_or_init(|| common::service("postgres", "FLUMEN_POSTGRES_URL"))
-}
-
-/// Runs `sql` with psql; its rows, `|`-separated, one per line.
-fn psql(sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([database(), "-v", "ON_ERROR_STOP=1", "-qtA", "-c", sql])
-        .output()
-        .expect("psql runs");
-    assert!(
-        out.status.success(),
-        "psql failed on {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Tables of one test, dropped when it ends however it ends.
-struct Tables(Vec<String>);
-
-impl Tables {
-    fn new(prefix: &str, count: usize) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let id = format!("{prefix}_{}_{nanos}", std::process::id());
-        Tables((0..count).map(|i| format!("{id}_{i}")).collect())
-    }
-}
-
-impl Drop for Tables {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            let _ = Command::new("psql")
-                .args([database(), "-qc", &format!("DROP TABLE IF EXISTS {t}")])
-                .output();
-        }
-    }
-}
+use common::postgres::{Tables, database, psql};
 
 const EVENTS: u64 = 240_000;
 const THROTTLED_SECONDS: u64 = 12;

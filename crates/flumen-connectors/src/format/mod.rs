@@ -2,9 +2,11 @@
 //! message) maps to one row, both ways. `json` and `csv` decode with Arrow's
 //! vectorised readers over many payloads at once; `raw` takes the payload
 //! whole as the table's one column; `avro` and `avro-confluent` decode and
-//! encode Avro records (see [`avro`]).
+//! encode Avro records (see [`avro`]); `debezium-json` reads and writes
+//! change events of updating streams (see [`debezium`]).
 
 mod avro;
+mod debezium;
 
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ use flumen_types::{FlumenError, Result};
 use crate::Options;
 
 pub(crate) use avro::OPTIONS as AVRO_OPTIONS;
+pub(crate) use debezium::OPTIONS as DEBEZIUM_OPTIONS;
 
 /// The formats of message payloads.
 #[derive(Debug, Clone)]
@@ -30,15 +33,27 @@ pub(crate) enum MessageFormat {
     /// One Avro binary record per message, bare or behind Confluent's
     /// wire-format header.
     Avro(Arc<avro::AvroFormat>),
+    /// Debezium's change events as JSON: rows of an updating stream.
+    Debezium(Arc<debezium::DebeziumFormat>),
 }
 
 impl MessageFormat {
     /// The format named by option `key` (default `json`); the Avro
     /// formats' own options are named with what precedes `format` in `key`.
     pub(crate) fn parse(options: &Options, key: &str) -> Result<Self> {
-        let choices = ["json", "csv", "raw", "avro", "avro-confluent"];
+        let choices = [
+            "json",
+            "csv",
+            "raw",
+            "avro",
+            "avro-confluent",
+            "debezium-json",
+        ];
         Ok(match options.choice(key, &choices, "json")? {
             "csv" => MessageFormat::Csv,
+            "debezium-json" => {
+                MessageFormat::Debezium(Arc::new(debezium::DebeziumFormat::parse(options)?))
+            }
             "raw" => MessageFormat::Raw,
             name @ ("avro" | "avro-confluent") => {
                 let prefix = key.strip_suffix("format").unwrap_or_default();
@@ -68,6 +83,12 @@ impl MessageFormat {
     }
 }
 
+/// Whether a message table of `spec` holds change events: read as an
+/// updating stream, and written from one.
+pub(crate) fn is_changelog_table(spec: &crate::TableSpec) -> bool {
+    spec.options.get("format") == Some("debezium-json")
+}
+
 /// Decodes payloads into rows of `schema`: the columns a query reads, out
 /// of the table's `table_schema` (CSV is positional over all of them).
 pub(crate) struct PayloadDecoder {
@@ -76,6 +97,7 @@ pub(crate) struct PayloadDecoder {
     table_schema: SchemaRef,
     projection: Vec<usize>,
     avro: Option<avro::AvroDecoder>,
+    debezium: Option<debezium::DebeziumDecoder>,
 }
 
 impl PayloadDecoder {
@@ -97,7 +119,15 @@ impl PayloadDecoder {
                 )));
             }
         }
-        let schema = Arc::new(table_schema.project(projection)?);
+        let mut schema = Arc::new(table_schema.project(projection)?);
+        let debezium = match &format {
+            MessageFormat::Debezium(d) => {
+                let decoder = debezium::DebeziumDecoder::new(d, &schema);
+                schema = decoder.schema().clone();
+                Some(decoder)
+            }
+            _ => None,
+        };
         let avro = match &format {
             MessageFormat::Avro(avro) => {
                 Some(avro::AvroDecoder::try_new(avro, &schema, table_schema)?)
@@ -110,6 +140,7 @@ impl PayloadDecoder {
             table_schema: table_schema.clone(),
             projection: projection.to_vec(),
             avro,
+            debezium,
         })
     }
 
@@ -118,27 +149,34 @@ impl PayloadDecoder {
         &self.schema
     }
 
-    /// One row per payload, all decoded at once; an error if any payload
-    /// is malformed (then [`PayloadDecoder::decode_one`] finds which).
-    pub(crate) fn decode(&self, payloads: &[&[u8]]) -> Result<RecordBatch, ArrowError> {
+    /// The rows of the payloads, all decoded at once, with the payload
+    /// each row comes from when that is not one row per payload (a change
+    /// event may be two rows, an update's before and after); an error if
+    /// any payload is malformed (then [`PayloadDecoder::decode_one`] finds
+    /// which).
+    pub(crate) fn decode(
+        &self,
+        payloads: &[&[u8]],
+    ) -> Result<(RecordBatch, Option<Vec<usize>>), ArrowError> {
         if payloads.is_empty() {
-            return Ok(RecordBatch::new_empty(self.schema.clone()));
+            return Ok((RecordBatch::new_empty(self.schema.clone()), None));
         }
         if let Some(avro) = &self.avro {
-            return avro.decode(payloads);
+            return Ok((avro.decode(payloads)?, None));
         }
-        let text = match self.format {
-            MessageFormat::Raw => return self.raw(payloads),
-            MessageFormat::Json | MessageFormat::Csv | MessageFormat::Avro(_) => {
-                let mut text = Vec::with_capacity(payloads.iter().map(|p| p.len() + 1).sum());
-                for p in payloads {
-                    check_framing(&self.format, p)?;
-                    text.extend_from_slice(p);
-                    text.push(b'\n');
-                }
-                text
-            }
-        };
+        if let MessageFormat::Raw = self.format {
+            return Ok((self.raw(payloads)?, None));
+        }
+        let mut text = Vec::with_capacity(payloads.iter().map(|p| p.len() + 1).sum());
+        for p in payloads {
+            check_framing(&self.format, p)?;
+            text.extend_from_slice(p);
+            text.push(b'\n');
+        }
+        if let Some(debezium) = &self.debezium {
+            let (batch, from) = debezium.decode(&text, payloads.len())?;
+            return Ok((batch, Some(from)));
+        }
         let batches = self.text_decoder(payloads.len())?.decode_all(&text)?;
         let batches: Vec<RecordBatch> = batches.into_iter().map(|(b, _)| b).collect();
         let batch = concat_batches(&self.schema, &batches)?;
@@ -149,12 +187,12 @@ impl PayloadDecoder {
                 batch.num_rows()
             )));
         }
-        Ok(batch)
+        Ok((batch, None))
     }
 
-    /// One payload alone, to name a malformed one.
+    /// The rows of one payload alone, to name a malformed one.
     pub(crate) fn decode_one(&self, payload: &[u8]) -> Result<RecordBatch, ArrowError> {
-        self.decode(&[payload])
+        self.decode(&[payload]).map(|(batch, _)| batch)
     }
 
     fn text_decoder(&self, rows: usize) -> Result<TextDecoder, ArrowError> {
@@ -209,7 +247,9 @@ fn check_framing(format: &MessageFormat, payload: &[u8]) -> Result<(), ArrowErro
     if text.is_empty() {
         return Err(ArrowError::ParseError("an empty message".into()));
     }
-    if matches!(format, MessageFormat::Json) && (text[0] != b'{' || text[text.len() - 1] != b'}') {
+    if matches!(format, MessageFormat::Json | MessageFormat::Debezium(_))
+        && (text[0] != b'{' || text[text.len() - 1] != b'}')
+    {
         return Err(ArrowError::ParseError(
             "a JSON message must be one object".into(),
         ));
@@ -259,23 +299,16 @@ pub(crate) fn encode(format: &MessageFormat, batch: &RecordBatch) -> Result<Enco
             let (data, ends) = avro::encode(avro, batch)?;
             return checked(batch, Encoded { data, ends });
         }
+        MessageFormat::Debezium(_) => {
+            data = debezium::events(batch, flumen_types::is_updating(&batch.schema()))?;
+            split_lines(&mut data, &mut ends);
+        }
         MessageFormat::Json => {
             let mut writer = arrow::json::LineDelimitedWriter::new(&mut data);
             writer.write(batch)?;
             writer.finish()?;
             drop(writer);
-            // JSON escapes newlines inside strings: each one ends a row.
-            let mut kept = 0;
-            let mut start = 0;
-            for i in 0..data.len() {
-                if data[i] == b'\n' {
-                    data.copy_within(start..i, kept);
-                    kept += i - start;
-                    ends.push(kept);
-                    start = i + 1;
-                }
-            }
-            data.truncate(kept);
+            split_lines(&mut data, &mut ends);
         }
         MessageFormat::Csv => {
             let mut writer = arrow::csv::WriterBuilder::new()
@@ -340,6 +373,22 @@ pub(crate) fn encode(format: &MessageFormat, batch: &RecordBatch) -> Result<Enco
             ends,
         },
     )
+}
+
+/// Drops the newline after each JSON line of `data`, recording where each
+/// line ends (JSON escapes newlines inside strings: each one ends a row).
+fn split_lines(data: &mut Vec<u8>, ends: &mut Vec<usize>) {
+    let mut kept = 0;
+    let mut start = 0;
+    for i in 0..data.len() {
+        if data[i] == b'\n' {
+            data.copy_within(start..i, kept);
+            kept += i - start;
+            ends.push(kept);
+            start = i + 1;
+        }
+    }
+    data.truncate(kept);
 }
 
 /// `encoded`, when it holds one message per row of `batch`.
@@ -446,10 +495,10 @@ mod tests {
             let payloads: Vec<&[u8]> = (0..3).map(|i| encoded.row(i)).collect();
             let decoder = PayloadDecoder::try_new(format.clone(), &table(), &[0, 1]).unwrap();
             if matches!(format, MessageFormat::Json) {
-                assert_eq!(decoder.decode(&payloads).unwrap(), batch);
+                assert_eq!(decoder.decode(&payloads).unwrap(), (batch.clone(), None));
             } else {
                 // CSV cannot tell a null from an empty string.
-                let back = decoder.decode(&payloads[..1]).unwrap();
+                let back = decoder.decode_one(payloads[0]).unwrap();
                 assert_eq!(back, batch.slice(0, 1), "{format:?}");
             }
         }
@@ -473,7 +522,7 @@ mod tests {
     fn raw_takes_the_payload_as_its_one_column() {
         let schema = Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, true)]));
         let decoder = PayloadDecoder::try_new(MessageFormat::Raw, &schema, &[0]).unwrap();
-        let batch = decoder.decode(&[b"a b", b"{"]).unwrap();
+        let (batch, _) = decoder.decode(&[b"a b", b"{"]).unwrap();
         let encoded = encode(&MessageFormat::Raw, &batch).unwrap();
         assert_eq!(encoded.row(1), b"{");
         assert!(decoder.decode(&[&[0xff]]).is_err());

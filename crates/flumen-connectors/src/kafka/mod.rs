@@ -44,6 +44,14 @@ impl crate::Connector for Kafka {
     fn reads(&self) -> bool {
         true
     }
+    /// With `format = 'debezium-json'`, read as change events.
+    fn produces_updates(&self, spec: &TableSpec) -> bool {
+        crate::format::is_changelog_table(spec)
+    }
+    /// With `format = 'debezium-json'`, written as change events.
+    fn accepts_updates(&self, spec: &TableSpec) -> bool {
+        crate::format::is_changelog_table(spec)
+    }
     fn delivery(&self) -> Option<Delivery> {
         Some(Delivery::ExactlyOnce)
     }
@@ -86,11 +94,12 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
     ),
     OptionSpec::optional(
         "format",
-        "json (default), csv, raw, avro or avro-confluent: the value of each message",
+        "json (default), csv, raw, avro, avro-confluent or debezium-json: the value of each message",
     ),
     crate::format::AVRO_OPTIONS[0],
     crate::format::AVRO_OPTIONS[1],
     crate::format::AVRO_OPTIONS[2],
+    crate::format::DEBEZIUM_OPTIONS[0],
     OptionSpec::optional(
         "scan.startup.mode",
         "source, where a job without a checkpoint starts: group-offsets (default; earliest when the group has none), earliest-offset, latest-offset or timestamp",
@@ -122,7 +131,7 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
     ),
     OptionSpec::optional(
         "key.format",
-        "sink: json, csv, raw, avro or avro-confluent: the format of the key (default: as format; required with an Avro format)",
+        "sink: json, csv, raw, avro, avro-confluent or debezium-json: the format of the key (default: as format; required with an Avro format)",
     ),
     OptionSpec::optional(
         "key.avro.schema",

@@ -39,6 +39,14 @@ impl crate::Connector for Nats {
     fn reads(&self) -> bool {
         true
     }
+    /// With `format = 'debezium-json'`, read as change events.
+    fn produces_updates(&self, spec: &TableSpec) -> bool {
+        crate::format::is_changelog_table(spec)
+    }
+    /// With `format = 'debezium-json'`, written as change events.
+    fn accepts_updates(&self, spec: &TableSpec) -> bool {
+        crate::format::is_changelog_table(spec)
+    }
     fn delivery(&self) -> Option<Delivery> {
         Some(Delivery::ExactlyOnce)
     }
@@ -84,11 +92,12 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
     OptionSpec::optional("auth.token", "token; never printed"),
     OptionSpec::optional(
         "format",
-        "json (default), csv, raw, avro or avro-confluent: the payload of each message",
+        "json (default), csv, raw, avro, avro-confluent or debezium-json: the payload of each message",
     ),
     crate::format::AVRO_OPTIONS[0],
     crate::format::AVRO_OPTIONS[1],
     crate::format::AVRO_OPTIONS[2],
+    crate::format::DEBEZIUM_OPTIONS[0],
     OptionSpec::optional(
         "scan.startup.mode",
         "source, where a job without a checkpoint starts: consumer-position (default: where the durable consumer is, all messages when it is new), earliest, latest or timestamp",

@@ -408,9 +408,19 @@ impl Planner {
                 spec.connector()
             )));
         }
+        // A table of change events is an updating stream: its rows, then
+        // the op column.
+        let changes = flumen_connectors::produces_updates(spec);
         // A source with event time always reads its event-time column, to
         // derive watermarks, and drops it again if the query does not use it.
         let event_time = self.event_times.get(table);
+        if changes && event_time.is_some() {
+            return Err(pos.error(format!(
+                "table '{table}' holds change events (format '{}'), which have no event time: \
+                 windows need an append-only table, so declare it without WATERMARK",
+                spec.options.get("format").unwrap_or_default()
+            )));
+        }
         let mut projection = scan.projection.clone();
         let mut keep = None;
         if let (Some(et), Some(p)) = (event_time, projection.as_mut()) {
@@ -459,10 +469,21 @@ impl Planner {
                 node = self.add(graph, node, kind, Partitioning::Forward);
             }
         }
+        let updating = changes.then(|| {
+            format!(
+                "table '{table}' of change events (format '{}')",
+                spec.options.get("format").unwrap_or_default()
+            )
+        });
+        if updating.is_some() {
+            let mut fields = schema.fields().to_vec();
+            fields.push(Arc::new(flumen_types::op_field()));
+            schema = Arc::new(arrow::datatypes::Schema::new(fields));
+        }
         Ok(Stream {
             node,
             schema,
-            updating: None,
+            updating,
             bounded: spec.connector() == "filesystem",
         })
     }

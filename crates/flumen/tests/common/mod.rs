@@ -4,6 +4,7 @@
 
 pub mod bids;
 pub mod lookup;
+pub mod postgres;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -68,6 +68,13 @@ pub trait Connector: Send + Sync {
     fn accepts_updates(&self, _spec: &TableSpec) -> bool {
         false
     }
+    /// The columns that identify a row of this table's sink, by which an
+    /// updating result is shuffled so that one subtask applies all of a
+    /// key's changes in order: the primary key unless the connector keys
+    /// its writes otherwise.
+    fn upsert_key(&self, spec: &TableSpec) -> Vec<String> {
+        spec.primary_key.clone()
+    }
     /// Whether its source reads this table as an updating stream (change
     /// events), its rows followed by the op column.
     fn produces_updates(&self, _spec: &TableSpec) -> bool {
@@ -193,6 +200,19 @@ pub(crate) fn split_owner(name: &str, parallelism: usize) -> usize {
     (twox_hash::XxHash64::oneshot(0, name.as_bytes()) % parallelism.max(1) as u64) as usize
 }
 
+/// The columns named by option `key.fields` (separated by `;` or `,`), or
+/// else the primary key.
+pub(crate) fn key_fields(spec: &TableSpec) -> Vec<String> {
+    match spec.options.get("key.fields") {
+        Some(list) => list
+            .split([';', ','])
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect(),
+        None => spec.primary_key.clone(),
+    }
+}
+
 /// The column names of `schema`, comma-separated, for `explain`.
 pub(crate) fn column_list(schema: &SchemaRef) -> String {
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
@@ -280,6 +300,12 @@ pub async fn source_factory(
 /// insert / delete / update).
 pub fn accepts_updates(spec: &TableSpec) -> bool {
     connector(spec.connector()).is_some_and(|c| c.accepts_updates(spec))
+}
+
+/// The columns by which an updating result is shuffled before this
+/// table's sink (see [`Connector::upsert_key`]); none: no shuffle.
+pub fn upsert_key(spec: &TableSpec) -> Vec<String> {
+    connector(spec.connector()).map_or_else(Vec::new, |c| c.upsert_key(spec))
 }
 
 /// Whether a source of this table gives an updating stream (rows tagged

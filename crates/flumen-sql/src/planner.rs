@@ -535,11 +535,17 @@ impl Planner {
                 }
             };
             let sink = graph.add_node(NodeKind::Sink(factory), parallelism);
-            let edge = if parallelism == graph.nodes()[last].parallelism {
+            let edge = match (&stream.updating, &query.target) {
+                (Some(_), Target::Table(name)) if parallelism > 1 => {
+                    upsert_shuffle(&self.tables[name])
+                }
+                _ => None,
+            };
+            let edge = edge.unwrap_or(if parallelism == graph.nodes()[last].parallelism {
                 Partitioning::Forward
             } else {
                 Partitioning::Rebalance
-            };
+            });
             graph.connect(last, sink, edge);
         }
         Ok(Pipeline {
@@ -547,6 +553,19 @@ impl Planner {
             logical_plans,
         })
     }
+}
+
+/// The hash exchange by a table's upsert key that an updating result takes
+/// into its sink, so that one sink subtask applies every change of a key
+/// in the order it was made (as Flink's keyed shuffle before upsert sinks);
+/// none for a table without a key. The query's columns map to the table's
+/// by position.
+fn upsert_shuffle(spec: &TableSpec) -> Option<Partitioning> {
+    let columns: Option<Vec<usize>> = flumen_connectors::upsert_key(spec)
+        .iter()
+        .map(|k| spec.schema.index_of(k).ok())
+        .collect();
+    columns.filter(|c| !c.is_empty()).map(Partitioning::Hash)
 }
 
 /// A job id from the clock: distinct for every run started on a machine.

@@ -164,6 +164,41 @@ fn explain_prints_plan_and_job_graph() {
 }
 
 #[test]
+fn an_updating_result_is_shuffled_by_the_sinks_key() {
+    let work = tempfile::tempdir().unwrap();
+    let job = |key: &str| {
+        format!(
+            "CREATE TABLE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, date_time TIMESTAMP(3))
+               WITH (connector = 'nexmark', kind = 'bid', events = '1000');
+             CREATE TABLE out (bidder BIGINT, auction BIGINT, n BIGINT{key}) WITH (connector = 'blackhole');
+             INSERT INTO out SELECT bidder, auction, count(*) FROM bid GROUP BY auction, bidder;"
+        )
+    };
+    let explain = |sql: &str, p: &str| {
+        std::fs::write(work.path().join("job.sql"), sql).unwrap();
+        let out = flumen(&["explain", "job.sql", "-p", p], work.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let keyed = explain(&job(", PRIMARY KEY (bidder) NOT ENFORCED"), "2");
+    assert!(
+        keyed.contains("<- hash[0] exchange from Task 1\n  [3] Sink: blackhole"),
+        "{keyed}"
+    );
+    // No key, or one subtask: the sink is chained as before.
+    for text in [
+        explain(&job(""), "2"),
+        explain(&job(", PRIMARY KEY (bidder) NOT ENFORCED"), "1"),
+    ] {
+        assert!(!text.contains("Task 2"), "{text}");
+    }
+}
+
+#[test]
 fn missing_sql_file_is_an_error_naming_it() {
     let out = flumen(&["run", "no-such-file.sql"], &golden_dir());
     assert_eq!(out.status.code(), Some(1));

@@ -48,6 +48,10 @@ impl crate::Connector for Kafka {
     fn produces_updates(&self, spec: &TableSpec) -> bool {
         crate::format::is_changelog_table(spec)
     }
+    /// Records are keyed by `key.fields`, else the primary key.
+    fn upsert_key(&self, spec: &TableSpec) -> Vec<String> {
+        crate::key_fields(spec)
+    }
     /// With `format = 'debezium-json'`, written as change events.
     fn accepts_updates(&self, spec: &TableSpec) -> bool {
         crate::format::is_changelog_table(spec)

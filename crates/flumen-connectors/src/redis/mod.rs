@@ -40,6 +40,10 @@ impl crate::Connector for Redis {
         Some(Delivery::AtLeastOnce)
     }
     /// Strings and hashes with key columns take updates (upserts by key).
+    /// Writes are keyed by `key.fields`, else the primary key.
+    fn upsert_key(&self, spec: &TableSpec) -> Vec<String> {
+        crate::key_fields(spec)
+    }
     fn accepts_updates(&self, spec: &TableSpec) -> bool {
         let keyed = !spec.primary_key.is_empty() || spec.options.get("key.fields").is_some();
         keyed
@@ -145,14 +149,7 @@ impl Layout {
             };
         let raw = options.choice("format", &["json", "raw"], "json")? == "raw";
         let prefix = options.get("key.prefix").unwrap_or_default().to_string();
-        let key_names: Vec<String> = match options.get("key.fields") {
-            Some(list) => list
-                .split([';', ','])
-                .map(|c| c.trim().to_string())
-                .filter(|c| !c.is_empty())
-                .collect(),
-            None => spec.primary_key.clone(),
-        };
+        let key_names = crate::key_fields(spec);
         let mut keys = Vec::new();
         for name in &key_names {
             let Some(i) = columns.iter().position(|c| c == name) else {

@@ -5,7 +5,9 @@
 //! a file, at several parallelisms, also when flumen is killed with SIGKILL
 //! at random moments and resumes from its checkpointed offsets; the rows
 //! written back to a topic are all there; bad messages and missing topics
-//! are named; and the broker's lack of transactions is shown. Every test makes topics of its own names and
+//! are named; a broker outage mid-run (connections cut through a relay)
+//! loses and doubles nothing; Avro and Debezium messages read back what was
+//! written; and the broker's lack of transactions is shown. Every test makes topics of its own names and
 //! deletes them.
 
 mod common;
@@ -32,19 +34,25 @@ fn brokers() -> &'static str {
     ADDRESS.get_or_init(|| common::service("kafka", "FLUMEN_KAFKA_BROKERS"))
 }
 
-fn admin() -> AdminClient<DefaultClientContext> {
+fn admin(brokers: &str) -> AdminClient<DefaultClientContext> {
     ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .create()
         .expect("an admin client")
 }
 
-/// Topics of one test, deleted when it ends however it ends.
-struct Topics(Vec<String>);
+/// Topics of one test, deleted when it ends however it ends, and the
+/// brokers they are on.
+struct Topics(Vec<String>, String);
 
 impl Topics {
     /// `count` topics of `partitions` partitions each.
     fn new(prefix: &str, count: usize, partitions: i32) -> Self {
+        Topics::new_at(brokers(), prefix, count, partitions)
+    }
+
+    /// `count` topics of `partitions` partitions each on `brokers`.
+    fn new_at(brokers: &str, prefix: &str, count: usize, partitions: i32) -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -56,19 +64,19 @@ impl Topics {
             .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
             .collect();
         let results = runtime()
-            .block_on(admin().create_topics(&topics, &AdminOptions::new()))
+            .block_on(admin(brokers).create_topics(&topics, &AdminOptions::new()))
             .expect("topics are created");
         for r in results {
             r.expect("a topic is created");
         }
-        Topics(names)
+        Topics(names, brokers.to_string())
     }
 }
 
 impl Drop for Topics {
     fn drop(&mut self) {
         let names: Vec<&str> = self.0.iter().map(String::as_str).collect();
-        let _ = runtime().block_on(admin().delete_topics(&names, &AdminOptions::new()));
+        let _ = runtime().block_on(admin(&self.1).delete_topics(&names, &AdminOptions::new()));
     }
 }
 
@@ -78,7 +86,12 @@ impl Drop for Topics {
 /// batch, skips to the next batch (see `tansu_in_memory_lists_and_fetches_by_batch_start`), so a job resuming
 /// mid-batch would miss rows there but not on a Kafka broker.
 fn produce(topic: &str, lines: &[String]) {
-    let producer = one_per_batch_producer();
+    produce_at(brokers(), topic, lines);
+}
+
+/// [`produce`] to `brokers`.
+fn produce_at(brokers: &str, topic: &str, lines: &[String]) {
+    let producer = one_per_batch_producer_at(brokers);
     for line in lines {
         let auction = line
             .split("\"auction\":")
@@ -104,8 +117,13 @@ fn produce(topic: &str, lines: &[String]) {
 /// A producer that sends each message as a batch of its own (tansu reads
 /// by batch; see `tansu_in_memory_lists_and_fetches_by_batch_start`).
 fn one_per_batch_producer() -> ThreadedProducer<DefaultProducerContext> {
+    one_per_batch_producer_at(brokers())
+}
+
+/// [`one_per_batch_producer`] to `brokers`.
+fn one_per_batch_producer_at(brokers: &str) -> ThreadedProducer<DefaultProducerContext> {
     ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("batch.num.messages", "1")
         .set("linger.ms", "0")
         .create()
@@ -114,8 +132,13 @@ fn one_per_batch_producer() -> ThreadedProducer<DefaultProducerContext> {
 
 /// Every message of `topic` as a `read_committed` reader sees it, sorted.
 fn read_committed(topic: &str) -> Vec<String> {
+    read_committed_at(brokers(), topic)
+}
+
+/// [`read_committed`] from `brokers`.
+fn read_committed_at(brokers: &str, topic: &str) -> Vec<String> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", format!("{topic}-check"))
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
@@ -252,6 +275,60 @@ fn sigkill_at_random_moments_resumes_from_checkpointed_offsets() {
 /// its in-memory storage rejects `EndTxn`, so transactions cannot commit
 /// and flumen's exactly-once Kafka sink cannot be tested against it. If
 /// this test fails, tansu supports them now: test the exactly-once sink.
+/// The test's own tansu, reached through a relay whose connections the
+/// test cuts for 3 s, 2 s into a throttled checkpointed run at p=2: every
+/// connection to the broker drops and new ones are refused, as when a
+/// broker restarts (tansu in memory would lose its topics if restarted
+/// itself, so the relay plays the outage). The job rides it out or
+/// restarts from its checkpoint; either way the committed files hold each
+/// result once and the output topic every result.
+#[test]
+fn a_broker_outage_mid_run_loses_and_doubles_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    // The shared broker's start builds tansu when missing.
+    brokers();
+    let port = common::free_port();
+    let proxy = common::CutProxy::start(port);
+    let advertised = format!("tcp://127.0.0.1:{}", proxy.port);
+    let log = work.path().join("tansu.log");
+    let _tansu = common::OwnServer::start_on(port, "tansu", move |port| {
+        let mut c = std::process::Command::new(common::tool("tansu"));
+        c.args([
+            "broker",
+            "--storage-engine",
+            "memory://tansu/",
+            "--listener-url",
+        ])
+        .arg(format!("tcp://127.0.0.1:{port}"))
+        .arg("--advertised-listener-url")
+        .arg(&advertised)
+        .stderr(std::fs::File::create(&log).unwrap());
+        c
+    });
+    let own = format!("127.0.0.1:{}", proxy.port);
+    let topics = Topics::new_at(&own, "flumen-outage", 2, 3);
+    let (input, output) = (&topics.0[0], &topics.0[1]);
+    let lines = bids(work.path(), 60_000);
+    produce_at(&own, input, &lines);
+    let want = expected(work.path());
+    let sql =
+        job(input, ", rows_per_second = '8000'", "out", Some(output)).replace(brokers(), &own);
+    std::fs::write(work.path().join("job.sql"), sql).unwrap();
+    let child = common::start_checkpointed(work.path(), "job.sql", "2");
+    std::thread::sleep(Duration::from_secs(2));
+    proxy.cut(Duration::from_secs(3));
+    let log = common::finish_checkpointed(child, work.path(), Duration::from_secs(120));
+    assert_same("files", &lines_of(&work.path().join("out"), true), &want);
+    let mut written = read_committed_at(&own, output);
+    written.dedup();
+    assert_same("output topic (at least once)", &written, &want);
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        log.contains("restarting from checkpoint"),
+        "the outage went unseen: {log}"
+    );
+}
+
 #[test]
 fn tansu_in_memory_cannot_commit_transactions() {
     let topics = Topics::new("flumen-txn", 1, 1);

@@ -476,15 +476,7 @@ fn wrong_credentials_missing_buckets_and_unreachable_servers_are_named() {
 
 /// Where `scripts/services.sh` builds s3s-fs.
 fn s3s_fs() -> std::path::PathBuf {
-    let tools = match std::env::var("FLUMEN_TOOLS") {
-        Ok(t) => std::path::PathBuf::from(t),
-        // SAFETY: getuid has no preconditions.
-        Err(_) if unsafe { libc::getuid() } == 0 => "/var/lib/flumen/tools".into(),
-        Err(_) => {
-            std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/flumen/tools")
-        }
-    };
-    tools.join("bin/s3s-fs")
+    common::tool("s3s-fs")
 }
 
 /// The test's own s3s-fs killed 1.5 s into a run and started again 1.5 s

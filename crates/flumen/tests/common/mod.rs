@@ -130,8 +130,17 @@ impl OwnServer {
     /// Starts `command(port)` (its stdout discarded) and waits for it to
     /// listen; `up` starts the same command again.
     pub fn start(name: &'static str, command: impl Fn(u16) -> Command + 'static) -> Self {
+        OwnServer::start_on(free_port(), name, command)
+    }
+
+    /// [`OwnServer::start`] on `port`.
+    pub fn start_on(
+        port: u16,
+        name: &'static str,
+        command: impl Fn(u16) -> Command + 'static,
+    ) -> Self {
         let mut s = OwnServer {
-            port: free_port(),
+            port,
             name,
             command: Box::new(command),
             child: None,
@@ -292,5 +301,97 @@ pub fn crash_until_done_within(
             !wait_or_kill(&mut child, after),
             "{sql}: finished after {killed} kills, before its kill"
         );
+    }
+}
+
+/// A binary the project's scripts install (`scripts/services.sh`): under
+/// `FLUMEN_TOOLS`, else `/var/lib/flumen/tools` for root, else
+/// `~/.cache/flumen/tools`.
+pub fn tool(name: &str) -> std::path::PathBuf {
+    let tools = match std::env::var("FLUMEN_TOOLS") {
+        Ok(t) => std::path::PathBuf::from(t),
+        // SAFETY: getuid has no preconditions.
+        Err(_) if unsafe { libc::getuid() } == 0 => "/var/lib/flumen/tools".into(),
+        Err(_) => {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/flumen/tools")
+        }
+    };
+    tools.join("bin").join(name)
+}
+
+/// A TCP relay on a free loopback port to `target`, whose connections a
+/// test can cut: a server that goes away and comes back, as the clients
+/// see it, with the server's own state kept. Its threads end when it is
+/// dropped.
+pub struct CutProxy {
+    /// The port it listens on.
+    pub port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    live: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl CutProxy {
+    /// Relays connections on a new port to `127.0.0.1:target`.
+    pub fn start(target: u16) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let proxy = CutProxy {
+            port: listener.local_addr().unwrap().port(),
+            open: Default::default(),
+            stop: Default::default(),
+            live: Default::default(),
+        };
+        proxy.open.store(true, Ordering::SeqCst);
+        let (open, stop, live) = (proxy.open.clone(), proxy.stop.clone(), proxy.live.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                // While cut, a new connection is closed at once.
+                if !open.load(Ordering::SeqCst) {
+                    continue;
+                }
+                client.set_nonblocking(false).unwrap();
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let mut all = live.lock().unwrap();
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                all.push(client);
+                all.push(server);
+            }
+        });
+        proxy
+    }
+
+    /// Closes every relayed connection and refuses new ones for `down`.
+    pub fn cut(&self, down: Duration) {
+        use std::sync::atomic::Ordering;
+        self.open.store(false, Ordering::SeqCst);
+        for s in self.live.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        std::thread::sleep(down);
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in self.live.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
     }
 }

@@ -167,6 +167,19 @@ impl OwnServer {
         }
     }
 
+    /// Stops it as Ctrl-C does (SIGINT: servers that drain their requests
+    /// on it finish those in flight) and waits for it.
+    pub fn interrupt(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let status = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            child.wait().unwrap();
+        }
+    }
+
     /// Kills it (SIGKILL) and waits for it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -1,6 +1,7 @@
 //! `flumen bench nexmark`: runs a Nexmark query over the generator into a
 //! blackhole, several times, and reports events/s, events/s per core (CPU
-//! time of the whole process, generator included) and peak memory.
+//! time of the whole process, generator included) and peak memory; with
+//! `--json`, one JSON object per run for scripts to compare.
 
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
@@ -86,6 +87,32 @@ pub(crate) struct BenchArgs {
     /// system's temporary directory, removed after each run): 1s, 10s, …
     #[arg(long, value_parser = crate::parse_duration)]
     checkpoint_interval: Option<std::time::Duration>,
+    /// Print one JSON object per run on standard output (the summary
+    /// line goes to standard error): query, parallelism, events (rows the
+    /// sources really produced), rows_read, rows_written, wall_s, cpu_s,
+    /// events_per_s, events_per_core_s, peak_rss_bytes, peak_state_bytes.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One run as `--json` prints it. `events` counts the rows the sources
+/// produced: a query that reads only persons and auctions makes the
+/// generator skip bids, and those are not counted.
+fn run_json(query: &str, parallelism: usize, s: &Summary) -> serde_json::Value {
+    let events = s.rows_in as f64;
+    serde_json::json!({
+        "query": query,
+        "parallelism": parallelism,
+        "events": s.rows_in,
+        "rows_read": s.rows_in,
+        "rows_written": s.rows_out,
+        "wall_s": s.seconds,
+        "cpu_s": s.cpu_seconds,
+        "events_per_s": events / s.seconds.max(1e-9),
+        "events_per_core_s": events / s.cpu_seconds.max(1e-9),
+        "peak_rss_bytes": s.peak_rss,
+        "peak_state_bytes": s.peak_state,
+    })
 }
 
 fn query_sql(query: &str) -> Result<String> {
@@ -179,6 +206,9 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
             args.events as f64 / s.cpu_seconds / 1e6,
             s.rows_out
         );
+        if args.json {
+            println!("{}", run_json(&args.query, args.parallelism, &s));
+        }
         runs.push(s);
     }
     let median = |f: &dyn Fn(&Summary) -> f64| {
@@ -189,7 +219,7 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
     let events = args.events as f64;
     let peak = runs.iter().map(|s| s.peak_rss).max().unwrap_or(0);
     let peak_state = runs.iter().map(|s| s.peak_state).max().unwrap_or(0);
-    println!(
+    let line = format!(
         "nexmark {} events={} rate={} parallelism={} runs={}{}{}: median {:.2} M events/s, {:.2} M events/s per core, {:.2} M source rows/s, peak memory {} MiB, peak state {:.1} MiB",
         args.query,
         args.events,
@@ -209,5 +239,10 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
         peak >> 20,
         peak_state as f64 / 1048576.0
     );
+    if args.json {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
     Ok(())
 }

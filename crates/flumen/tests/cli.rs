@@ -199,6 +199,58 @@ fn an_updating_result_is_shuffled_by_the_sinks_key() {
 }
 
 #[test]
+fn bench_json_prints_one_object_per_run_counting_only_generated_events() {
+    let work = tempfile::tempdir().unwrap();
+    let runs = |query: &str| -> Vec<serde_json::Value> {
+        let out = flumen(
+            &[
+                "bench", "nexmark", "--query", query, "--events", "20000", "--runs", "2", "-p",
+                "2", "--json",
+            ],
+            work.path(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let q1 = runs("q1");
+    assert_eq!(q1.len(), 2);
+    for run in &q1 {
+        for key in [
+            "query",
+            "parallelism",
+            "events",
+            "rows_read",
+            "rows_written",
+            "wall_s",
+            "cpu_s",
+            "events_per_s",
+            "events_per_core_s",
+            "peak_rss_bytes",
+            "peak_state_bytes",
+        ] {
+            assert!(run.get(key).is_some(), "no {key} in {run}");
+        }
+        assert_eq!(run["query"], "q1");
+        assert_eq!(run["parallelism"], 2);
+        // q1 reads bids only: 46 of every 50 events.
+        assert_eq!(run["events"], 18_400);
+        assert_eq!(run["rows_written"], 18_400);
+        let rate = run["events"].as_f64().unwrap() / run["wall_s"].as_f64().unwrap();
+        assert!((rate / run["events_per_s"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+    }
+    // q8 reads persons and auctions: the bids the generator skips do not count.
+    assert_eq!(runs("q8")[0]["events"], 1_600);
+}
+
+#[test]
 fn missing_sql_file_is_an_error_naming_it() {
     let out = flumen(&["run", "no-such-file.sql"], &golden_dir());
     assert_eq!(out.status.code(), Some(1));

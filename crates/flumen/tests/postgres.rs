@@ -259,11 +259,8 @@ fn errors_name_the_server_table_and_column() {
     assert!(!unreachable.contains("panicked") && !column.contains("panicked"));
 }
 
-#[test]
-fn lookup_joins_equal_the_batch_join_at_several_parallelisms() {
-    let work = tempfile::tempdir().unwrap();
-    let tables = Tables::new("flumen_lookup", 1);
-    let t = &tables.0[0];
+/// Creates table `t` of the lookup tests' customers.
+fn create_customers(t: &str) {
     let values: Vec<String> = common::lookup::customers()
         .iter()
         .map(|(id, name, tier, since, active)| {
@@ -278,12 +275,62 @@ fn lookup_joins_equal_the_batch_join_at_several_parallelisms() {
          INSERT INTO {t} VALUES {};",
         values.join(", ")
     ));
+}
+
+#[test]
+fn lookup_joins_equal_the_batch_join_at_several_parallelisms() {
+    let work = tempfile::tempdir().unwrap();
+    let tables = Tables::new("flumen_lookup", 1);
+    let t = &tables.0[0];
+    create_customers(t);
     common::lookup::check(
         work.path(),
         &format!(
             "connector = 'postgres', url = '{}', 'table-name' = '{t}', 'lookup.partial-cache.max-rows' = '200'",
             database()
         ),
+    );
+}
+
+/// A throttled, checkpointed lookup job without a cache whose connections
+/// to the database are cut twice mid-run: the lookups reconnect and retry
+/// without restarting the job, and the output still equals the batch join.
+#[test]
+fn lookup_joins_ride_out_cut_connections() {
+    let work = tempfile::tempdir().unwrap();
+    let tables = Tables::new("flumen_lookup_cut", 1);
+    let t = &tables.0[0];
+    create_customers(t);
+    let cut = |work: &Path, p: &str| {
+        let child = common::start_checkpointed(work, "job.sql", p);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut cuts = 0;
+        while cuts < 2 {
+            assert!(Instant::now() < deadline, "the job never connected");
+            std::thread::sleep(Duration::from_millis(1000));
+            let n = psql(&format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name = 'flumen {t}'"
+            ));
+            if n.trim() != "0" {
+                cuts += 1;
+            }
+        }
+        let log = common::finish_checkpointed(child, work, Duration::from_secs(120));
+        assert!(
+            !log.contains("restarting from checkpoint"),
+            "the lookups should reconnect and retry, not restart the job: {log}"
+        );
+    };
+    common::lookup::check_runs(
+        work.path(),
+        &format!(
+            "connector = 'postgres', url = '{}', 'table-name' = '{t}', 'lookup.cache' = 'NONE'",
+            database()
+        ),
+        &["2"],
+        ", rows_per_second = '4000'",
+        &cut,
     );
 }
 

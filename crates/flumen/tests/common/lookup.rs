@@ -64,6 +64,20 @@ pub fn rendered(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
 /// (customers_with)` against DataFusion's batch joins over the same rows,
 /// at parallelism 1, 2 and 3.
 pub fn check(work: &Path, customers_with: &str) {
+    check_runs(work, customers_with, &["1", "2", "3"], "", &|work, p| {
+        super::run_ok(work, "job.sql", p)
+    });
+}
+
+/// [`check`] at the `parallelisms` given, the bids' table declared with
+/// `bid_options` too, each job (`job.sql` in `work`) run by `run`.
+pub fn check_runs(
+    work: &Path,
+    customers_with: &str,
+    parallelisms: &[&str],
+    bid_options: &str,
+    run: &dyn Fn(&Path, &str),
+) {
     let rows = customers();
     let mut csv = String::from("id,name,tier,since,active\n");
     for (id, name, tier, since, active) in &rows {
@@ -127,10 +141,10 @@ pub fn check(work: &Path, customers_with: &str) {
     let padded = expected[1].iter().filter(|r| r.ends_with("||")).count();
     assert!(padded > 100, "{padded} bids without a matching customer");
 
-    for p in ["1", "2", "3"] {
+    for &p in parallelisms {
         let out = work.join(format!("out-{p}"));
         let mut sql = format!(
-            "CREATE TABLE bid ({}) WITH (connector = 'filesystem', path = 'bids', format = 'json');
+            "CREATE TABLE bid ({}) WITH (connector = 'filesystem', path = 'bids', format = 'json'{bid_options});
              CREATE TABLE customers ({CUSTOMER_COLUMNS}) WITH ({customers_with});",
             super::bids::BID_COLUMNS
         );
@@ -147,7 +161,7 @@ pub fn check(work: &Path, customers_with: &str) {
             ));
         }
         std::fs::write(work.join("job.sql"), sql).unwrap();
-        super::run_ok(work, "job.sql", p);
+        run(work, p);
         for (i, want) in expected.iter().enumerate() {
             let got = rt.block_on(async {
                 let schema = ctx

@@ -96,8 +96,14 @@ pub(crate) struct PayloadDecoder {
     schema: SchemaRef,
     table_schema: SchemaRef,
     projection: Vec<usize>,
-    avro: Option<avro::AvroDecoder>,
-    debezium: Option<debezium::DebeziumDecoder>,
+    /// The decoder of a format that needs state of its own.
+    own: Option<OwnDecoder>,
+}
+
+/// The decoders of formats with their own settings.
+enum OwnDecoder {
+    Avro(avro::AvroDecoder),
+    Debezium(debezium::DebeziumDecoder),
 }
 
 impl PayloadDecoder {
@@ -120,18 +126,17 @@ impl PayloadDecoder {
             }
         }
         let mut schema = Arc::new(table_schema.project(projection)?);
-        let debezium = match &format {
+        let own = match &format {
             MessageFormat::Debezium(d) => {
                 let decoder = debezium::DebeziumDecoder::new(d, &schema);
                 schema = decoder.schema().clone();
-                Some(decoder)
+                Some(OwnDecoder::Debezium(decoder))
             }
-            _ => None,
-        };
-        let avro = match &format {
-            MessageFormat::Avro(avro) => {
-                Some(avro::AvroDecoder::try_new(avro, &schema, table_schema)?)
-            }
+            MessageFormat::Avro(avro) => Some(OwnDecoder::Avro(avro::AvroDecoder::try_new(
+                avro,
+                &schema,
+                table_schema,
+            )?)),
             _ => None,
         };
         Ok(PayloadDecoder {
@@ -139,8 +144,7 @@ impl PayloadDecoder {
             schema,
             table_schema: table_schema.clone(),
             projection: projection.to_vec(),
-            avro,
-            debezium,
+            own,
         })
     }
 
@@ -161,7 +165,7 @@ impl PayloadDecoder {
         if payloads.is_empty() {
             return Ok((RecordBatch::new_empty(self.schema.clone()), None));
         }
-        if let Some(avro) = &self.avro {
+        if let Some(OwnDecoder::Avro(avro)) = &self.own {
             return Ok((avro.decode(payloads)?, None));
         }
         if let MessageFormat::Raw = self.format {
@@ -173,7 +177,7 @@ impl PayloadDecoder {
             text.extend_from_slice(p);
             text.push(b'\n');
         }
-        if let Some(debezium) = &self.debezium {
+        if let Some(OwnDecoder::Debezium(debezium)) = &self.own {
             let (batch, from) = debezium.decode(&text, payloads.len())?;
             return Ok((batch, Some(from)));
         }

@@ -64,9 +64,16 @@ pub trait Connector: Send + Sync {
     fn delivery(&self) -> Option<Delivery> {
         None
     }
-    /// Whether a sink of this table takes an updating stream.
-    fn accepts_updates(&self, _spec: &TableSpec) -> bool {
+    /// Whether its tables' payloads are in a message format (`format`:
+    /// json, csv, raw, avro, avro-confluent, debezium-json), which brings
+    /// the formats' own options and, with debezium-json, updating streams.
+    fn formats_messages(&self) -> bool {
         false
+    }
+    /// Whether a sink of this table takes an updating stream: with a
+    /// message format, when it is debezium-json (written as change events).
+    fn accepts_updates(&self, spec: &TableSpec) -> bool {
+        self.formats_messages() && format::is_changelog_table(spec)
     }
     /// The columns that identify a row of this table's sink, by which an
     /// updating result is shuffled so that one subtask applies all of a
@@ -76,9 +83,10 @@ pub trait Connector: Send + Sync {
         spec.primary_key.clone()
     }
     /// Whether its source reads this table as an updating stream (change
-    /// events), its rows followed by the op column.
-    fn produces_updates(&self, _spec: &TableSpec) -> bool {
-        false
+    /// events, `format = 'debezium-json'`), its rows followed by the op
+    /// column.
+    fn produces_updates(&self, spec: &TableSpec) -> bool {
+        self.formats_messages() && format::is_changelog_table(spec)
     }
     /// The metadata its source can fill columns from
     /// (`col BIGINT METADATA FROM 'offset'`), with their types and docs.
@@ -238,6 +246,9 @@ pub fn check_table(spec: &TableSpec) -> Result<()> {
     let mut options = connector.options().to_vec();
     if connector.looks_up() {
         options.extend_from_slice(lookup::OPTIONS);
+    }
+    if connector.formats_messages() {
+        options.extend_from_slice(format::OPTIONS);
     }
     spec.options
         .check(name, &options)

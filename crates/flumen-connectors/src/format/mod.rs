@@ -18,8 +18,14 @@ use flumen_types::{FlumenError, Result};
 
 use crate::Options;
 
-pub(crate) use avro::OPTIONS as AVRO_OPTIONS;
-pub(crate) use debezium::OPTIONS as DEBEZIUM_OPTIONS;
+/// The options of the message formats' own (the Kafka key's Avro options
+/// are the Kafka connector's).
+pub(crate) const OPTIONS: &[crate::OptionSpec] = &[
+    avro::OPTIONS[0],
+    avro::OPTIONS[1],
+    avro::OPTIONS[2],
+    debezium::OPTIONS[0],
+];
 
 /// The formats of message payloads.
 #[derive(Debug, Clone)]

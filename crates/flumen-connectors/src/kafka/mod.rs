@@ -44,17 +44,12 @@ impl crate::Connector for Kafka {
     fn reads(&self) -> bool {
         true
     }
-    /// With `format = 'debezium-json'`, read as change events.
-    fn produces_updates(&self, spec: &TableSpec) -> bool {
-        crate::format::is_changelog_table(spec)
+    fn formats_messages(&self) -> bool {
+        true
     }
     /// Records are keyed by `key.fields`, else the primary key.
     fn upsert_key(&self, spec: &TableSpec) -> Vec<String> {
         crate::key_fields(spec)
-    }
-    /// With `format = 'debezium-json'`, written as change events.
-    fn accepts_updates(&self, spec: &TableSpec) -> bool {
-        crate::format::is_changelog_table(spec)
     }
     fn delivery(&self) -> Option<Delivery> {
         Some(Delivery::ExactlyOnce)
@@ -100,10 +95,6 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
         "format",
         "json (default), csv, raw, avro, avro-confluent or debezium-json: the value of each message",
     ),
-    crate::format::AVRO_OPTIONS[0],
-    crate::format::AVRO_OPTIONS[1],
-    crate::format::AVRO_OPTIONS[2],
-    crate::format::DEBEZIUM_OPTIONS[0],
     OptionSpec::optional(
         "scan.startup.mode",
         "source, where a job without a checkpoint starts: group-offsets (default; earliest when the group has none), earliest-offset, latest-offset or timestamp",

@@ -39,13 +39,8 @@ impl crate::Connector for Nats {
     fn reads(&self) -> bool {
         true
     }
-    /// With `format = 'debezium-json'`, read as change events.
-    fn produces_updates(&self, spec: &TableSpec) -> bool {
-        crate::format::is_changelog_table(spec)
-    }
-    /// With `format = 'debezium-json'`, written as change events.
-    fn accepts_updates(&self, spec: &TableSpec) -> bool {
-        crate::format::is_changelog_table(spec)
+    fn formats_messages(&self) -> bool {
+        true
     }
     fn delivery(&self) -> Option<Delivery> {
         Some(Delivery::ExactlyOnce)
@@ -94,10 +89,6 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
         "format",
         "json (default), csv, raw, avro, avro-confluent or debezium-json: the payload of each message",
     ),
-    crate::format::AVRO_OPTIONS[0],
-    crate::format::AVRO_OPTIONS[1],
-    crate::format::AVRO_OPTIONS[2],
-    crate::format::DEBEZIUM_OPTIONS[0],
     OptionSpec::optional(
         "scan.startup.mode",
         "source, where a job without a checkpoint starts: consumer-position (default: where the durable consumer is, all messages when it is new), earliest, latest or timestamp",

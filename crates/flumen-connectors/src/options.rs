@@ -204,6 +204,16 @@ pub(crate) const ALLOWED_LATENESS: OptionSpec = OptionSpec::optional(
     "with WATERMARK FOR: how long a window takes late rows after it fired, emitting corrections (default 0)",
 );
 
+/// How long a source holds a partial batch for more rows: the option of
+/// sources whose rows arrive over time.
+pub(crate) const LINGER: OptionSpec = OptionSpec::optional(
+    "linger",
+    "how long a partial batch waits for more rows before it is sent (default '1 ms'); a full batch goes at once",
+);
+
+/// [`LINGER`]'s default: a row waits at most this long for others.
+pub(crate) const DEFAULT_LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// The option every source connector takes: how long a source subtask may
 /// go without rows before it stops holding back the watermark.
 pub(crate) const IDLE_TIMEOUT: OptionSpec = OptionSpec::optional(

@@ -1,8 +1,9 @@
-//! The decoded messages a message source (Kafka, NATS) has ready to return,
-//! each with where its split moves once it is returned, paced by
-//! `rows_per_second`.
+//! The decoded messages a message source (Kafka, NATS, MQTT) has ready to
+//! return, each with where its split moves once it is returned and when its
+//! rows arrived, paced by `rows_per_second`.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use flumen_types::Message;
 
@@ -10,8 +11,12 @@ use crate::throttle::Throttle;
 
 /// Messages waiting to be returned, in order.
 pub(crate) struct Ready<A> {
-    queue: VecDeque<(Message, Option<A>)>,
+    queue: VecDeque<(Message, Option<A>, Option<Instant>)>,
     throttle: Option<Throttle>,
+    /// When the rows pushed from now on arrived.
+    arrived: Option<Instant>,
+    /// When the rows of the last batch returned arrived.
+    returned: Option<Instant>,
 }
 
 impl<A> Ready<A> {
@@ -20,12 +25,20 @@ impl<A> Ready<A> {
         Ready {
             queue: VecDeque::new(),
             throttle,
+            arrived: None,
+            returned: None,
         }
+    }
+
+    /// The rows pushed from now on arrived at `at` (when the first message
+    /// of their round was taken).
+    pub(crate) fn arrived(&mut self, at: Instant) {
+        self.arrived = Some(at);
     }
 
     /// Queues `message`; `advance` is where its split moves once returned.
     pub(crate) fn push(&mut self, message: Message, advance: Option<A>) {
-        self.queue.push_back((message, advance));
+        self.queue.push_back((message, advance, self.arrived));
     }
 
     /// The next message and its advance; the message is `None` for a batch
@@ -33,11 +46,11 @@ impl<A> Ready<A> {
     /// taking a batch, so it is safe to cancel.
     pub(crate) async fn pop(&mut self) -> Option<(Option<Message>, Option<A>)> {
         if let Some(t) = &mut self.throttle
-            && matches!(self.queue.front(), Some((Message::Batch(_), _)))
+            && matches!(self.queue.front(), Some((Message::Batch(_), _, _)))
         {
             t.wait().await;
         }
-        let (message, advance) = self.queue.pop_front()?;
+        let (message, advance, arrived) = self.queue.pop_front()?;
         if let Message::Batch(b) = &message {
             if b.num_rows() == 0 {
                 return Some((None, advance));
@@ -45,12 +58,19 @@ impl<A> Ready<A> {
             if let Some(t) = &mut self.throttle {
                 t.sent(b.num_rows());
             }
+            self.returned = arrived;
         }
         Some((Some(message), advance))
     }
 
+    /// When the rows of the last batch returned arrived, as
+    /// [`flumen_runtime::Source::ready_span`] says it.
+    pub(crate) fn ready_span(&self) -> Option<(Instant, Instant)> {
+        self.returned.map(|at| (at, at))
+    }
+
     /// The advances of the messages still queued.
     pub(crate) fn advances(&self) -> impl Iterator<Item = &A> {
-        self.queue.iter().filter_map(|(_, a)| a.as_ref())
+        self.queue.iter().filter_map(|(_, a, _)| a.as_ref())
     }
 }

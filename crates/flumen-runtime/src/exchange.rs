@@ -10,10 +10,15 @@ use flumen_types::{FlumenError, Message, Result};
 use tokio::sync::mpsc::Sender;
 
 use crate::graph::Partitioning;
+use crate::latency::Origin;
+
+/// What a channel between two tasks carries: a message and, for batches and
+/// watermarks, the origin of the source rows behind it.
+pub(crate) type Envelope = (Message, Option<Origin>);
 
 /// Routes the output of one subtask over one edge.
 pub(crate) struct Exchange {
-    senders: Vec<Sender<Message>>,
+    senders: Vec<Sender<Envelope>>,
     route: Route,
 }
 
@@ -70,7 +75,7 @@ impl Exchange {
     /// edge, the single matching one).
     pub(crate) fn new(
         partitioning: &Partitioning,
-        senders: Vec<Sender<Message>>,
+        senders: Vec<Sender<Envelope>>,
         subtask: usize,
         max_parallelism: usize,
     ) -> Self {
@@ -90,38 +95,46 @@ impl Exchange {
         Exchange { senders, route }
     }
 
-    /// Sends a batch to the subtask(s) its rows belong to.
-    pub(crate) async fn send_batch(&mut self, batch: RecordBatch) -> Result<()> {
+    /// Sends a batch of `origin` to the subtask(s) its rows belong to.
+    pub(crate) async fn send_batch(
+        &mut self,
+        batch: RecordBatch,
+        origin: Option<Origin>,
+    ) -> Result<()> {
         match &mut self.route {
-            Route::Forward => send(&self.senders[0], Message::Batch(batch)).await,
+            Route::Forward => send(&self.senders[0], (Message::Batch(batch), origin)).await,
             Route::Rebalance { next } => {
                 let target = *next;
                 *next = (target + 1) % self.senders.len();
-                send(&self.senders[target], Message::Batch(batch)).await
+                send(&self.senders[target], (Message::Batch(batch), origin)).await
             }
-            Route::Broadcast => self.broadcast(Message::Batch(batch)).await,
+            Route::Broadcast => self.broadcast(Message::Batch(batch), origin).await,
             Route::Hash(router) => {
                 for (target, part) in router.split(&batch)? {
-                    send(&self.senders[target], Message::Batch(part)).await?;
+                    send(&self.senders[target], (Message::Batch(part), origin)).await?;
                 }
                 Ok(())
             }
         }
     }
 
-    /// Sends a watermark, barrier or end marker to every downstream subtask.
-    pub(crate) async fn broadcast(&mut self, msg: Message) -> Result<()> {
+    /// Sends a message (a watermark of `origin`, a barrier, an end marker)
+    /// to every downstream subtask.
+    pub(crate) async fn broadcast(&mut self, msg: Message, origin: Option<Origin>) -> Result<()> {
         for s in &self.senders {
-            send(s, msg.clone()).await?;
+            send(s, (msg.clone(), origin)).await?;
         }
         Ok(())
     }
 }
 
-async fn send(sender: &Sender<Message>, msg: Message) -> Result<()> {
+async fn send(sender: &Sender<Envelope>, envelope: Envelope) -> Result<()> {
     // The receiver only goes away when its task stopped, which means the job
     // is being torn down.
-    sender.send(msg).await.map_err(|_| FlumenError::Cancelled)
+    sender
+        .send(envelope)
+        .await
+        .map_err(|_| FlumenError::Cancelled)
 }
 
 #[cfg(test)]

@@ -9,13 +9,18 @@ use arrow::record_batch::RecordBatch;
 use flumen_types::{Barrier, FlumenError, Message, Result, Watermark};
 use tokio::sync::mpsc::Receiver;
 
+use crate::exchange::Envelope;
+use crate::latency::Origin;
+
 /// What the gate hands its task next.
 #[derive(Debug)]
 pub(crate) enum GateEvent {
-    /// A batch of the node's input `0` (its first input edge), `1`, ….
-    Batch(usize, RecordBatch),
-    /// The minimum watermark over all inputs advanced.
-    Watermark(Watermark),
+    /// A batch of the node's input `0` (its first input edge), `1`, …,
+    /// and its origin.
+    Batch(usize, RecordBatch, Option<Origin>),
+    /// The minimum watermark over all inputs advanced; the origin of the
+    /// watermark that moved it.
+    Watermark(Watermark, Option<Origin>),
     /// A barrier arrived on every input.
     Barrier(Barrier),
     /// Every channel of this input ended; other inputs go on.
@@ -27,7 +32,7 @@ pub(crate) enum GateEvent {
 }
 
 struct Input {
-    rx: Receiver<Message>,
+    rx: Receiver<Envelope>,
     /// Which input edge of the node this channel belongs to.
     edge: usize,
     watermark: Watermark,
@@ -53,7 +58,7 @@ pub(crate) struct InputGate {
 
 impl InputGate {
     /// A gate over `receivers`, each tagged with the input edge it belongs to.
-    pub(crate) fn new(receivers: Vec<(usize, Receiver<Message>)>) -> Self {
+    pub(crate) fn new(receivers: Vec<(usize, Receiver<Envelope>)>) -> Self {
         let inputs = receivers
             .into_iter()
             .map(|(edge, rx)| Input {
@@ -89,19 +94,21 @@ impl InputGate {
             if self.inputs.iter().all(|i| i.ended) {
                 return Ok(GateEvent::End);
             }
-            let (index, msg) = self.recv_any().await?;
+            let (index, (msg, origin)) = self.recv_any().await?;
             if !matches!(msg, Message::Idle) {
                 self.inputs[index].idle = false;
             }
             match msg {
-                Message::Batch(b) => return Ok(GateEvent::Batch(self.inputs[index].edge, b)),
+                Message::Batch(b) => {
+                    return Ok(GateEvent::Batch(self.inputs[index].edge, b, origin));
+                }
                 Message::Idle => {
                     self.inputs[index].idle = true;
                     let all_idle = self.inputs.iter().all(|i| i.idle || i.ended);
                     match self.advance_watermark() {
                         Some(wm) => {
                             self.pending_idle = all_idle;
-                            return Ok(GateEvent::Watermark(wm));
+                            return Ok(GateEvent::Watermark(wm, None));
                         }
                         None if all_idle => return Ok(GateEvent::Idle),
                         None => {}
@@ -111,7 +118,7 @@ impl InputGate {
                     let input = &mut self.inputs[index];
                     input.watermark = input.watermark.max(wm);
                     if let Some(wm) = self.advance_watermark() {
-                        return Ok(GateEvent::Watermark(wm));
+                        return Ok(GateEvent::Watermark(wm, origin));
                     }
                 }
                 Message::Barrier(b) => {
@@ -134,7 +141,7 @@ impl InputGate {
                         return Ok(GateEvent::Barrier(b));
                     }
                     if others_go_on && let Some(wm) = self.advance_watermark() {
-                        return Ok(GateEvent::Watermark(wm));
+                        return Ok(GateEvent::Watermark(wm, None));
                     }
                 }
             }
@@ -175,7 +182,7 @@ impl InputGate {
         Some(barrier)
     }
 
-    async fn recv_any(&mut self) -> Result<(usize, Message)> {
+    async fn recv_any(&mut self) -> Result<(usize, Envelope)> {
         let n = self.inputs.len();
         let start = self.start;
         self.start = (start + 1) % n;
@@ -208,18 +215,22 @@ mod tests {
         let (tx_a, rx_a) = channel(8);
         let (tx_b, rx_b) = channel(8);
         let mut gate = InputGate::new(vec![(0, rx_a), (0, rx_b)]);
-        tx_a.send(Message::Watermark(Watermark(10))).await.unwrap();
-        tx_b.send(Message::Watermark(Watermark(5))).await.unwrap();
+        tx_a.send((Message::Watermark(Watermark(10)), None))
+            .await
+            .unwrap();
+        tx_b.send((Message::Watermark(Watermark(5)), None))
+            .await
+            .unwrap();
         match gate.next().await.unwrap() {
-            GateEvent::Watermark(w) => assert_eq!(w, Watermark(5)),
+            GateEvent::Watermark(w, _) => assert_eq!(w, Watermark(5)),
             m => panic!("expected watermark, got {m:?}"),
         }
-        tx_b.send(Message::End).await.unwrap();
+        tx_b.send((Message::End, None)).await.unwrap();
         match gate.next().await.unwrap() {
-            GateEvent::Watermark(w) => assert_eq!(w, Watermark(10)),
+            GateEvent::Watermark(w, _) => assert_eq!(w, Watermark(10)),
             m => panic!("expected watermark, got {m:?}"),
         }
-        tx_a.send(Message::End).await.unwrap();
+        tx_a.send((Message::End, None)).await.unwrap();
         assert!(matches!(gate.next().await.unwrap(), GateEvent::End));
     }
 
@@ -228,12 +239,16 @@ mod tests {
         let (tx_a, rx_a) = channel(8);
         let (tx_b, rx_b) = channel(8);
         let mut gate = InputGate::new(vec![(0, rx_a), (0, rx_b)]);
-        tx_a.send(Message::Barrier(Barrier::checkpoint(1)))
+        tx_a.send((Message::Barrier(Barrier::checkpoint(1)), None))
             .await
             .unwrap();
-        tx_a.send(Message::Watermark(Watermark(99))).await.unwrap();
-        tx_b.send(Message::Watermark(Watermark(1))).await.unwrap();
-        tx_b.send(Message::Barrier(Barrier::checkpoint(1)))
+        tx_a.send((Message::Watermark(Watermark(99)), None))
+            .await
+            .unwrap();
+        tx_b.send((Message::Watermark(Watermark(1)), None))
+            .await
+            .unwrap();
+        tx_b.send((Message::Barrier(Barrier::checkpoint(1)), None))
             .await
             .unwrap();
         // Input a is blocked after its barrier, so b's messages come first.
@@ -242,7 +257,7 @@ mod tests {
             GateEvent::Barrier(Barrier { id: 1, .. })
         ));
         match gate.next().await.unwrap() {
-            GateEvent::Watermark(w) => assert_eq!(w, Watermark(1)),
+            GateEvent::Watermark(w, _) => assert_eq!(w, Watermark(1)),
             m => panic!("expected watermark, got {m:?}"),
         }
     }
@@ -253,14 +268,17 @@ mod tests {
         let (tx_b, rx_b) = channel(8);
         let mut gate = InputGate::new(vec![(0, rx_a), (1, rx_b)]);
         let batch = RecordBatch::new_empty(std::sync::Arc::new(arrow::datatypes::Schema::empty()));
-        tx_b.send(Message::Batch(batch)).await.unwrap();
-        assert!(matches!(gate.next().await.unwrap(), GateEvent::Batch(1, _)));
-        tx_b.send(Message::End).await.unwrap();
+        tx_b.send((Message::Batch(batch), None)).await.unwrap();
+        assert!(matches!(
+            gate.next().await.unwrap(),
+            GateEvent::Batch(1, _, _)
+        ));
+        tx_b.send((Message::End, None)).await.unwrap();
         assert!(matches!(
             gate.next().await.unwrap(),
             GateEvent::InputEnded(1)
         ));
-        tx_a.send(Message::End).await.unwrap();
+        tx_a.send((Message::End, None)).await.unwrap();
         assert!(matches!(gate.next().await.unwrap(), GateEvent::End));
     }
 
@@ -269,28 +287,38 @@ mod tests {
         let (tx_a, rx_a) = channel(8);
         let (tx_b, rx_b) = channel(8);
         let mut gate = InputGate::new(vec![(0, rx_a), (0, rx_b)]);
-        tx_a.send(Message::Watermark(Watermark(10))).await.unwrap();
-        tx_b.send(Message::Watermark(Watermark(5))).await.unwrap();
+        tx_a.send((Message::Watermark(Watermark(10)), None))
+            .await
+            .unwrap();
+        tx_b.send((Message::Watermark(Watermark(5)), None))
+            .await
+            .unwrap();
         assert!(matches!(
             gate.next().await.unwrap(),
-            GateEvent::Watermark(Watermark(5))
+            GateEvent::Watermark(Watermark(5), _)
         ));
-        tx_b.send(Message::Idle).await.unwrap();
+        tx_b.send((Message::Idle, None)).await.unwrap();
         assert!(matches!(
             gate.next().await.unwrap(),
-            GateEvent::Watermark(Watermark(10))
+            GateEvent::Watermark(Watermark(10), _)
         ));
-        tx_a.send(Message::Idle).await.unwrap();
+        tx_a.send((Message::Idle, None)).await.unwrap();
         assert!(matches!(gate.next().await.unwrap(), GateEvent::Idle));
         // All idle: the watermark is the largest of theirs (10, already out).
         // Both wake up: the watermark moves on from the minimum of the two,
         // never back below what was emitted.
-        tx_b.send(Message::Watermark(Watermark(7))).await.unwrap();
-        tx_a.send(Message::Watermark(Watermark(20))).await.unwrap();
-        tx_b.send(Message::Watermark(Watermark(30))).await.unwrap();
+        tx_b.send((Message::Watermark(Watermark(7)), None))
+            .await
+            .unwrap();
+        tx_a.send((Message::Watermark(Watermark(20)), None))
+            .await
+            .unwrap();
+        tx_b.send((Message::Watermark(Watermark(30)), None))
+            .await
+            .unwrap();
         assert!(matches!(
             gate.next().await.unwrap(),
-            GateEvent::Watermark(Watermark(20))
+            GateEvent::Watermark(Watermark(20), _)
         ));
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use flumen_state::MAX_KEY_GROUPS;
-use flumen_types::{DEFAULT_MAX_PARALLELISM, FlumenError, Message, Result};
+use flumen_types::{DEFAULT_MAX_PARALLELISM, FlumenError, Result};
 use tokio::sync::mpsc::{Receiver, Sender, UnboundedSender, channel, unbounded_channel};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -15,7 +15,7 @@ use crate::checkpoint::{
     CheckpointOptions, CheckpointStats, Coordinator, NodeMeta, Request, TaskAck, TaskLink,
     check_state_has_homes,
 };
-use crate::exchange::Exchange;
+use crate::exchange::{Envelope, Exchange};
 use crate::graph::{JobGraph, NodeId, NodeKind, Partitioning};
 use crate::input::InputGate;
 use crate::metrics::JobMetrics;
@@ -155,8 +155,8 @@ pub fn run_job(graph: &JobGraph, options: &RunOptions) -> Result<JobHandle> {
                 .any(|c| c.nodes.windows(2).any(|w| w[0] == e.from && w[1] == e.to))
         })
         .collect();
-    let mut senders: HashMap<(usize, usize, usize), Sender<Message>> = HashMap::new();
-    let mut receivers: HashMap<(usize, usize, usize), Receiver<Message>> = HashMap::new();
+    let mut senders: HashMap<(usize, usize, usize), Sender<Envelope>> = HashMap::new();
+    let mut receivers: HashMap<(usize, usize, usize), Receiver<Envelope>> = HashMap::new();
     for (ei, e) in graph.edges.iter().enumerate() {
         if chained[ei] {
             continue;
@@ -302,8 +302,8 @@ fn build_task(
     ctx: &TaskContext,
     options: &RunOptions,
     stop: Arc<AtomicBool>,
-    senders: &mut HashMap<(usize, usize, usize), Sender<Message>>,
-    receivers: &mut HashMap<(usize, usize, usize), Receiver<Message>>,
+    senders: &mut HashMap<(usize, usize, usize), Sender<Envelope>>,
+    receivers: &mut HashMap<(usize, usize, usize), Receiver<Envelope>>,
 ) -> Result<Task> {
     let head_id = nodes[0];
     let last_id = *nodes.last().expect("chains are never empty");
@@ -361,7 +361,7 @@ fn build_task(
                     continue;
                 }
                 let p_to = graph.nodes[e.to].parallelism;
-                let txs: Vec<Sender<Message>> = (0..p_to)
+                let txs: Vec<Sender<Envelope>> = (0..p_to)
                     .filter_map(|j| senders.remove(&(ei, ctx.subtask, j)))
                     .collect();
                 exchanges.push(Exchange::new(

@@ -10,6 +10,7 @@ mod exchange;
 mod graph;
 mod input;
 mod job;
+mod latency;
 mod lookup;
 mod metrics;
 mod operator;
@@ -18,6 +19,7 @@ mod task;
 pub use checkpoint::{CheckpointOptions, CheckpointStats, Restore};
 pub use graph::{JobGraph, Node, NodeId, NodeKind, Partitioning};
 pub use job::{JobHandle, RunOptions, SavepointRequester, run_job};
+pub use latency::{LatencyRecorder, LatencySummary, Origin, Percentiles};
 pub use lookup::{Lookup, LookupCache, LookupFactory, wait_for};
 pub use metrics::{JobMetrics, StateGauge};
 pub use operator::{

@@ -23,6 +23,8 @@ pub struct JobMetrics {
     /// Microseconds from the start until every task had restored its state
     /// (0: not restored).
     restored_us: AtomicU64,
+    /// How long after their origin sinks wrote rows.
+    latency: crate::latency::LatencyRecorder,
 }
 
 /// What one operator subtask last reported of its state size, so that it
@@ -127,6 +129,15 @@ impl JobMetrics {
             0 => None,
             us => Some(std::time::Duration::from_micros(us)),
         }
+    }
+    /// Percentiles of how long after their origin sinks wrote rows, and
+    /// of windows' emission delay.
+    pub fn latency(&self) -> crate::latency::LatencySummary {
+        self.latency.summary()
+    }
+    /// A sink wrote `rows` rows of `origin` just now.
+    pub(crate) fn record_latency(&self, origin: crate::latency::Origin, rows: usize) {
+        self.latency.record(origin, rows, std::time::Instant::now());
     }
     /// Bytes of operator state (windows, join rows, TopN rows, groups) held now.
     pub fn state_bytes(&self) -> u64 {

@@ -57,6 +57,14 @@ pub trait Source: Send {
     /// calls it again later; nothing may be lost or read twice by that.
     async fn next(&mut self) -> Result<Option<Message>>;
 
+    /// When the rows of the batch `next` returned last became ready, the
+    /// first and the last of them (a paced generator's due times, when a
+    /// message source took its first message), for latency. `None` (the
+    /// default): when `next` returned it.
+    fn ready_span(&self) -> Option<(std::time::Instant, std::time::Instant)> {
+        None
+    }
+
     /// Where each of its splits has read to, counting exactly the rows
     /// `next` has returned: what checkpoint `checkpoint` stores for it.
     fn snapshot_position(&mut self, _checkpoint: u64) -> Result<Vec<SplitPosition>> {

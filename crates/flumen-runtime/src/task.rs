@@ -21,6 +21,7 @@ use crate::checkpoint::{Control, NodeState, Restore, TaskAck};
 use crate::exchange::Exchange;
 use crate::graph::NodeId;
 use crate::input::{GateEvent, InputGate};
+use crate::latency::Origin;
 use crate::metrics::JobMetrics;
 use crate::operator::{Operator, Sink, Source, WatermarkGenerator};
 
@@ -130,26 +131,26 @@ impl Task {
                     }
                 }
                 Step::Event(event, advanced) => match event {
-                    GateEvent::Batch(input, batch) => {
+                    GateEvent::Batch(input, batch, origin) => {
                         let out = self.apply_head(input, batch)?;
-                        self.emit(out).await?;
+                        self.emit(out, origin).await?;
                         if let Some(wm) = advanced {
-                            self.on_watermark(wm).await?;
+                            self.on_watermark(wm, origin.map(Origin::watermark)).await?;
                         }
                     }
-                    GateEvent::Watermark(wm) => self.on_watermark(wm).await?,
+                    GateEvent::Watermark(wm, origin) => self.on_watermark(wm, origin).await?,
                     GateEvent::Barrier(b) => {
                         if self.on_barrier(b).await? {
                             return Ok(());
                         }
                     }
-                    GateEvent::Idle => self.emit_control(Message::Idle).await?,
+                    GateEvent::Idle => self.emit_control(Message::Idle, None).await?,
                     GateEvent::InputEnded(input) => {
                         if let Some(first) = self.operators.first_mut() {
                             let mut out = Vec::new();
                             first.input_ended(input, &mut out)?;
                             let out = self.apply_operators(1, out)?;
-                            self.emit(out).await?;
+                            self.emit(out, None).await?;
                         }
                     }
                     GateEvent::End => return self.finish().await,
@@ -306,26 +307,32 @@ impl Task {
             let mut out = Vec::new();
             self.operators[i].on_timer(&mut out)?;
             let out = self.apply_operators(i + 1, out)?;
-            self.emit(out).await?;
+            self.emit(out, None).await?;
         }
         Ok(())
     }
 
-    async fn on_watermark(&mut self, wm: Watermark) -> Result<()> {
+    /// Event time reached `wm`; what it releases is written as of `origin`,
+    /// when the watermark passed at the source.
+    async fn on_watermark(&mut self, wm: Watermark, origin: Option<Origin>) -> Result<()> {
+        let origin = origin.map(|o| Origin {
+            watermark: true,
+            ..o
+        });
         let mut current = Some(wm);
         for i in 0..self.operators.len() {
             let Some(wm) = current else { break };
             let mut out = Vec::new();
             current = self.operators[i].process_watermark(wm, &mut out)?;
             let out = self.apply_operators(i + 1, out)?;
-            self.emit(out).await?;
+            self.emit(out, origin).await?;
         }
         match current {
             Some(wm) => {
                 if let Some(slot) = &self.sink_watermark {
                     slot.store(wm.0, std::sync::atomic::Ordering::Relaxed);
                 }
-                self.emit_control(Message::Watermark(wm)).await
+                self.emit_control(Message::Watermark(wm), origin).await
             }
             None => Ok(()),
         }
@@ -336,13 +343,13 @@ impl Task {
     /// here (a savepoint that does not drain).
     async fn on_barrier(&mut self, b: Barrier) -> Result<bool> {
         if self.checkpoint.is_none() {
-            self.emit_control(Message::Barrier(b)).await?;
+            self.emit_control(Message::Barrier(b), None).await?;
             return Ok(false);
         }
         let paused = Instant::now();
         let states = self.snapshot(b.id).await?;
         let pause = paused.elapsed();
-        self.emit_control(Message::Barrier(b)).await?;
+        self.emit_control(Message::Barrier(b), None).await?;
         let cp = checkpointing(&mut self.checkpoint)?;
         cp.epoch = b.id + 1;
         let kind = if b.stop {
@@ -407,7 +414,7 @@ impl Task {
             let mut out = Vec::new();
             self.operators[i].finish(&mut out)?;
             let out = self.apply_operators(i + 1, out)?;
-            self.emit(out).await?;
+            self.emit(out, None).await?;
         }
         if self.checkpoint.is_some() {
             // The task's final state stands for it in every later
@@ -416,7 +423,7 @@ impl Task {
             let states = self.snapshot(epoch).await?;
             if let Tail::Exchanges(exchanges) = &mut self.tail {
                 for ex in exchanges {
-                    ex.broadcast(Message::End).await?;
+                    ex.broadcast(Message::End, None).await?;
                 }
             }
             let cp = checkpointing(&mut self.checkpoint)?;
@@ -439,14 +446,16 @@ impl Task {
             Tail::Sink(sink) => sink.finish().await,
             Tail::Exchanges(exchanges) => {
                 for ex in exchanges {
-                    ex.broadcast(Message::End).await?;
+                    ex.broadcast(Message::End, None).await?;
                 }
                 Ok(())
             }
         }
     }
 
-    async fn emit(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
+    /// Hands `batches`, made from input of `origin`, to the sink or the
+    /// exchanges; a sink's writes are recorded as latency from `origin`.
+    async fn emit(&mut self, batches: Vec<RecordBatch>, origin: Option<Origin>) -> Result<()> {
         for batch in batches {
             if batch.num_rows() == 0 {
                 continue;
@@ -456,23 +465,26 @@ impl Task {
                     let rows = batch.num_rows();
                     sink.write(batch).await?;
                     self.metrics.add_rows_out(rows);
+                    if let Some(origin) = origin {
+                        self.metrics.record_latency(origin, rows);
+                    }
                 }
                 Tail::Exchanges(exchanges) => {
                     let (last, rest) = exchanges
                         .split_last_mut()
                         .expect("a task without a sink has at least one output");
                     for ex in rest {
-                        ex.send_batch(batch.clone()).await?;
+                        ex.send_batch(batch.clone(), origin).await?;
                     }
-                    last.send_batch(batch).await?;
+                    last.send_batch(batch, origin).await?;
                 }
             }
         }
         Ok(())
     }
 
-    async fn emit_control(&mut self, msg: Message) -> Result<()> {
-        emit_control(&mut self.tail, msg).await
+    async fn emit_control(&mut self, msg: Message, origin: Option<Origin>) -> Result<()> {
+        emit_control(&mut self.tail, msg, origin).await
     }
 }
 
@@ -575,10 +587,10 @@ fn upload(
     }));
 }
 
-async fn emit_control(tail: &mut Tail, msg: Message) -> Result<()> {
+async fn emit_control(tail: &mut Tail, msg: Message, origin: Option<Origin>) -> Result<()> {
     if let Tail::Exchanges(exchanges) = tail {
         for ex in exchanges {
-            ex.broadcast(msg.clone()).await?;
+            ex.broadcast(msg.clone(), origin).await?;
         }
     }
     Ok(())
@@ -603,7 +615,7 @@ async fn pull_source(head: &mut SourceHead, tail: &mut Tail) -> Result<Option<Me
             msg = &mut next => msg,
             () = tokio::time::sleep_until(since + timeout) => {
                 head.waiting = Some((since, true));
-                emit_control(tail, Message::Idle).await?;
+                emit_control(tail, Message::Idle, None).await?;
                 next.await
             }
         }
@@ -618,16 +630,27 @@ fn source_event(
     next: Option<Message>,
     metrics: &JobMetrics,
 ) -> Result<Step> {
+    // When the rows of what the source returned became ready.
+    let origin = || {
+        let (first, last) = head.source.ready_span().unwrap_or_else(|| {
+            let now = std::time::Instant::now();
+            (now, now)
+        });
+        Origin::rows(first, last)
+    };
     Ok(match next {
         Some(Message::Batch(b)) => {
             metrics.add_rows_in(b.num_rows());
+            let origin = origin();
             let advanced = match &mut head.generator {
                 Some(generator) => generator.on_batch(&b)?,
                 None => None,
             };
-            Step::Event(GateEvent::Batch(0, b), advanced)
+            Step::Event(GateEvent::Batch(0, b, Some(origin)), advanced)
         }
-        Some(Message::Watermark(wm)) => Step::Event(GateEvent::Watermark(wm), None),
+        Some(Message::Watermark(wm)) => {
+            Step::Event(GateEvent::Watermark(wm, Some(origin().watermark())), None)
+        }
         Some(Message::Barrier(b)) => Step::Event(GateEvent::Barrier(b), None),
         Some(Message::Idle) => Step::Event(GateEvent::Idle, None),
         // At the end of its input a source with event time releases every
@@ -635,7 +658,7 @@ fn source_event(
         None if head.event_time => {
             head.event_time = false;
             head.generator = None;
-            Step::Event(GateEvent::Watermark(Watermark::MAX), None)
+            Step::Event(GateEvent::Watermark(Watermark::MAX, None), None)
         }
         Some(Message::End) | None => Step::Event(GateEvent::End, None),
     })

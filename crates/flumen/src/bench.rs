@@ -1,7 +1,9 @@
 //! `flumen bench nexmark`: runs a Nexmark query over the generator into a
 //! blackhole, several times, and reports events/s, events/s per core (CPU
 //! time of the whole process, generator included) and peak memory; with
-//! `--json`, one JSON object per run for scripts to compare.
+//! `--rate-limit`, the generator runs in real time and the latency of the
+//! rows written is reported; with `--json`, one JSON object per run for
+//! scripts to compare.
 
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
@@ -107,14 +109,25 @@ pub(crate) struct BenchArgs {
     /// mean: the kinds the query does not read go into blackholes.
     #[arg(long)]
     generate_all: bool,
+    /// Run the generator in real time at this many events per second (wall
+    /// clock, all kinds, all subtasks) and report the latency of the rows
+    /// written: from when each row's source event was due to when the sink
+    /// wrote it, and for windows the emission delay, from when the
+    /// watermark passed the window's end.
+    #[arg(long)]
+    rate_limit: Option<u64>,
+    /// With --rate-limit: how long a partial batch waits for more rows
+    /// before the generator sends it (the tables' `linger`), e.g. 1ms.
+    #[arg(long, requires = "rate_limit")]
+    linger: Option<String>,
 }
 
 /// One run as `--json` prints it. `events` counts the rows the sources
 /// produced: a query that reads only persons and auctions makes the
 /// generator skip bids, and those are not counted.
-fn run_json(query: &str, parallelism: usize, s: &Summary) -> serde_json::Value {
+fn run_json(query: &str, parallelism: usize, s: &Summary, latency: bool) -> serde_json::Value {
     let events = s.rows_in as f64;
-    serde_json::json!({
+    let mut json = serde_json::json!({
         "query": query,
         "parallelism": parallelism,
         "events": s.rows_in,
@@ -126,7 +139,36 @@ fn run_json(query: &str, parallelism: usize, s: &Summary) -> serde_json::Value {
         "events_per_core_s": events / s.cpu_seconds.max(1e-9),
         "peak_rss_bytes": s.peak_rss,
         "peak_state_bytes": s.peak_state,
-    })
+    });
+    if latency {
+        let l = &s.latency.latency;
+        json["latency_p50_ms"] = l.p50_ms.into();
+        json["latency_p99_ms"] = l.p99_ms.into();
+        json["latency_p999_ms"] = l.p999_ms.into();
+        json["latency_max_ms"] = l.max_ms.into();
+        let e = &s.latency.emission_delay;
+        if e.count > 0 {
+            json["emission_delay_p50_ms"] = e.p50_ms.into();
+            json["emission_delay_p99_ms"] = e.p99_ms.into();
+            json["emission_delay_max_ms"] = e.max_ms.into();
+        }
+    }
+    json
+}
+
+/// A run's latency as its progress line shows it.
+fn latency_text(l: &flumen_runtime::LatencySummary) -> String {
+    let mut text = format!(
+        ", latency p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms",
+        l.latency.p50_ms, l.latency.p99_ms, l.latency.p999_ms, l.latency.max_ms
+    );
+    if l.emission_delay.count > 0 {
+        text.push_str(&format!(
+            ", emission delay p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
+            l.emission_delay.p50_ms, l.emission_delay.p99_ms, l.emission_delay.max_ms
+        ));
+    }
+    text
 }
 
 fn query_sql(query: &str) -> Result<String> {
@@ -196,6 +238,15 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
                     .iter()
                     .map(|t| ("state_ttl".to_string(), t.clone())),
             )
+            .chain(
+                args.rate_limit
+                    .map(|r| ("events_per_second".to_string(), r.to_string())),
+            )
+            .chain(
+                args.linger
+                    .iter()
+                    .map(|l| ("linger".to_string(), l.clone())),
+            )
             .collect(),
             job_id: None,
         });
@@ -246,15 +297,21 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
         } else {
             String::new()
         };
+        let latency = if args.rate_limit.is_some() {
+            latency_text(&s.latency)
+        } else {
+            String::new()
+        };
         eprintln!(
-            "run {run}: {:.2} s, {:.2} M events/s, {:.2} M events/s per core, {} rows out{checkpoints}",
+            "run {run}: {:.2} s, {:.2} M events/s, {:.2} M events/s per core, {} rows out{checkpoints}{latency}",
             s.seconds,
             args.events as f64 / s.seconds / 1e6,
             args.events as f64 / s.cpu_seconds / 1e6,
             s.rows_out
         );
         if args.json {
-            println!("{}", run_json(&args.query, args.parallelism, &s));
+            let json = run_json(&args.query, args.parallelism, &s, args.rate_limit.is_some());
+            println!("{json}");
         }
         runs.push(s);
     }
@@ -266,11 +323,33 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
     let events = args.events as f64;
     let peak = runs.iter().map(|s| s.peak_rss).max().unwrap_or(0);
     let peak_state = runs.iter().map(|s| s.peak_state).max().unwrap_or(0);
+    let latency = match args.rate_limit {
+        Some(_) => {
+            let mut text = format!(
+                ", latency median p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms",
+                median(&|s| s.latency.latency.p50_ms),
+                median(&|s| s.latency.latency.p99_ms),
+                median(&|s| s.latency.latency.p999_ms),
+                median(&|s| s.latency.latency.max_ms),
+            );
+            if runs.iter().any(|s| s.latency.emission_delay.count > 0) {
+                text.push_str(&format!(
+                    ", emission delay median p99 {:.2} ms",
+                    median(&|s| s.latency.emission_delay.p99_ms)
+                ));
+            }
+            text
+        }
+        None => String::new(),
+    };
     let line = format!(
-        "nexmark {} events={} rate={} parallelism={} runs={}{}{}: median {:.2} M events/s, {:.2} M events/s per core, {:.2} M source rows/s, peak memory {} MiB, peak state {:.1} MiB",
+        "nexmark {} events={} rate={}{} parallelism={} runs={}{}{}: median {:.2} M events/s, {:.2} M events/s per core, {:.2} M source rows/s, peak memory {} MiB, peak state {:.1} MiB{latency}",
         args.query,
         args.events,
         args.rate,
+        args.rate_limit
+            .map(|r| format!(" rate_limit={r}"))
+            .unwrap_or_default(),
         args.parallelism,
         runs.len(),
         args.state_ttl

@@ -70,6 +70,8 @@ pub(crate) struct Summary {
     pub checkpoint_max_ms: u64,
     /// The longest a task stopped processing for a snapshot, in µs.
     pub checkpoint_max_pause_us: u64,
+    /// How long after their sources' rows became ready sinks wrote rows.
+    pub latency: flumen_runtime::LatencySummary,
 }
 
 /// The output watermark as progress shows it: the event time up to which
@@ -348,6 +350,7 @@ pub(crate) async fn execute(
         checkpoint_bytes: checkpoint_stats.max_bytes(),
         checkpoint_max_ms: checkpoint_stats.max_duration_ms(),
         checkpoint_max_pause_us: checkpoint_stats.max_pause_us(),
+        latency: metrics.latency(),
     };
     if report {
         let per_core = summary.rows_in as f64 / summary.cpu_seconds.max(1e-9);

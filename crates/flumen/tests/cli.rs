@@ -252,6 +252,68 @@ fn bench_json_prints_one_object_per_run_counting_only_generated_events() {
     assert_eq!(runs("generator", &["--generate-all"])[0]["events"], 20_000);
 }
 
+/// `--rate-limit` runs the generator in real time and measures latency from
+/// when each row was due, not from when its batch left the source: with a
+/// 40 ms linger the first rows of every batch waited about 40 ms for the
+/// others. Rows a watermark released (q7's windows) also count as emission
+/// delay; q1 has none.
+#[test]
+fn bench_rate_limit_reports_latency_from_when_rows_were_due() {
+    let work = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["bench", "nexmark", "--runs", "1", "-p", "2", "--json"];
+        all.extend_from_slice(args);
+        let out = flumen(&all, work.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let q1 = run(&[
+        "--query",
+        "q1",
+        "--events",
+        "8000",
+        "--rate-limit",
+        "20000",
+        "--linger",
+        "40ms",
+    ]);
+    let ms = |key: &str| {
+        q1[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {key} in {q1}"))
+    };
+    assert!(ms("latency_p50_ms") >= 15.0, "{q1}");
+    assert!(ms("latency_max_ms") >= 38.0, "{q1}");
+    assert!(ms("latency_p50_ms") <= ms("latency_p99_ms"), "{q1}");
+    assert!(ms("latency_p99_ms") <= ms("latency_p999_ms"), "{q1}");
+    assert!(ms("latency_p999_ms") <= ms("latency_max_ms"), "{q1}");
+    // 8,000 events at 20,000 a second take 0.4 s of wall clock.
+    assert!(ms("wall_s") >= 0.39, "{q1}");
+    assert!(q1.get("emission_delay_p99_ms").is_none(), "{q1}");
+    // 1,000 events per second of event time: a 10 s window holds 10,000
+    // events and closes (4 s of watermark delay later) within the run.
+    let q7 = run(&[
+        "--query",
+        "q7",
+        "--events",
+        "40000",
+        "--rate",
+        "1000",
+        "--rate-limit",
+        "200000",
+    ]);
+    assert!(q7["rows_written"].as_u64().unwrap() > 0, "{q7}");
+    let delay = q7["emission_delay_p99_ms"].as_f64();
+    assert!(delay.is_some_and(|d| d > 0.0), "{q7}");
+    // Without --rate-limit there is no latency to report.
+    let unpaced = run(&["--query", "q1", "--events", "1000"]);
+    assert!(unpaced.get("latency_p50_ms").is_none(), "{unpaced}");
+}
+
 #[test]
 fn missing_sql_file_is_an_error_naming_it() {
     let out = flumen(&["run", "no-such-file.sql"], &golden_dir());

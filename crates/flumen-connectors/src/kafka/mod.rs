@@ -120,6 +120,7 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
     crate::options::IDLE_TIMEOUT,
     crate::options::ALLOWED_LATENESS,
     crate::throttle::ROWS_PER_SECOND,
+    crate::options::LINGER,
     OptionSpec::optional(
         "key.fields",
         "sink: columns written as the message key, separated by ';' (default: no key)",

@@ -67,6 +67,8 @@ pub struct KafkaSourceFactory {
     dead_letters: Option<(ClientConfig, String)>,
     idle_after: Option<Duration>,
     rows_per_second: Option<u64>,
+    /// How long a partial batch waits for more messages.
+    linger: Duration,
 }
 
 impl KafkaSourceFactory {
@@ -148,6 +150,9 @@ impl KafkaSourceFactory {
             dead_letters,
             idle_after: (!idle_after.is_zero()).then_some(idle_after),
             rows_per_second: options.parse::<u64>("rows_per_second")?,
+            linger: options
+                .duration("linger")?
+                .unwrap_or(crate::options::DEFAULT_LINGER),
         })
     }
 
@@ -187,6 +192,7 @@ impl KafkaSourceFactory {
             clocks: watermarks.map(|w| SplitClocks::new(w, 0, self.idle_after)),
             ended: Vec::new(),
             idle_sent: false,
+            linger: self.linger,
         };
         for (topic, partition) in &self.partitions {
             source.add_split(topic, *partition);
@@ -350,6 +356,8 @@ struct KafkaSource {
     ended: Vec<usize>,
     /// Whether it said it is idle, having no partition.
     idle_sent: bool,
+    /// How long a partial batch waits for more messages.
+    linger: Duration,
 }
 
 #[async_trait]
@@ -364,6 +372,10 @@ impl Source for KafkaSource {
                     Some(msg) => return Ok(Some(msg)),
                     None => continue,
                 }
+            }
+            if self.splits.iter().any(|s| s.taken_next.is_some()) {
+                self.decode_taken()?;
+                continue;
             }
             if !self.assigned {
                 self.assign().await?;
@@ -394,18 +406,35 @@ impl Source for KafkaSource {
                 }
                 continue;
             };
+            let arrived = std::time::Instant::now();
+            self.pending.arrived(arrived);
             self.take(first)?;
+            // A cancel while lingering leaves the messages taken in their
+            // splits' buffers: the next call decodes them first.
+            let deadline = Instant::from_std(arrived) + self.linger;
             let mut taken = 1;
             while taken < DEFAULT_BATCH_SIZE {
-                match stream.next().now_or_never() {
-                    Some(Some(m)) => self.take(m)?,
-                    _ => break,
+                let next = match stream.next().now_or_never() {
+                    Some(m) => m,
+                    None if self.linger.is_zero() => break,
+                    None => tokio::time::timeout_at(deadline, stream.next())
+                        .await
+                        .ok()
+                        .flatten(),
+                };
+                match next {
+                    Some(m) => self.take(m)?,
+                    None => break,
                 }
                 taken += 1;
             }
             drop(stream);
             self.decode_taken()?;
         }
+    }
+
+    fn ready_span(&self) -> Option<(std::time::Instant, std::time::Instant)> {
+        self.pending.ready_span()
     }
 
     fn snapshot_position(&mut self, checkpoint: u64) -> Result<Vec<SplitPosition>> {

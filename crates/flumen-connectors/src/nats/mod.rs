@@ -110,6 +110,7 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
     crate::options::IDLE_TIMEOUT,
     crate::options::ALLOWED_LATENESS,
     crate::throttle::ROWS_PER_SECOND,
+    crate::options::LINGER,
     crate::guarantee::OPTION,
 ];
 

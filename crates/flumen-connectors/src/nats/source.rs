@@ -65,6 +65,8 @@ pub struct NatsSourceFactory {
     bad_data: BadData,
     idle_after: Option<Duration>,
     rows_per_second: Option<u64>,
+    /// How long a partial batch waits for more messages.
+    linger: Duration,
 }
 
 impl NatsSourceFactory {
@@ -122,6 +124,9 @@ impl NatsSourceFactory {
             bad_data: BadData::parse(options)?,
             idle_after: (!idle_after.is_zero()).then_some(idle_after),
             rows_per_second: options.parse::<u64>("rows_per_second")?,
+            linger: options
+                .duration("linger")?
+                .unwrap_or(crate::options::DEFAULT_LINGER),
         })
     }
 
@@ -190,6 +195,7 @@ impl NatsSourceFactory {
             clocks,
             ended: Vec::new(),
             idle_sent: false,
+            linger: self.linger,
             dead: Vec::new(),
         }
     }
@@ -332,6 +338,8 @@ struct NatsSource {
     ended: Vec<usize>,
     /// Whether it said it is idle, having no split.
     idle_sent: bool,
+    /// How long a partial batch waits for more messages.
+    linger: Duration,
     /// Dead letters decoded and not yet stored in their subject
     /// (`dead_letter.subject`).
     dead: Vec<String>,
@@ -355,6 +363,11 @@ impl Source for NatsSource {
                     None => continue,
                 }
             }
+            if self.splits.iter().any(|s| s.taken_next.is_some()) {
+                self.decode_taken()?;
+                self.publish_dead_letters().await?;
+                continue;
+            }
             if !self.opened {
                 self.open().await?;
             }
@@ -377,18 +390,35 @@ impl Source for NatsSource {
                 }
                 continue;
             };
+            let arrived = std::time::Instant::now();
+            self.pending.arrived(arrived);
             self.take(first)?;
+            // A cancel while lingering leaves the messages taken in their
+            // splits' buffers: the next call decodes them first.
+            let deadline = tokio::time::Instant::from_std(arrived) + self.linger;
             let mut taken = 1;
             while taken < DEFAULT_BATCH_SIZE {
-                match self.messages.next().now_or_never() {
-                    Some(Some(m)) => self.take(m)?,
-                    _ => break,
+                let next = match self.messages.next().now_or_never() {
+                    Some(m) => m,
+                    None if self.linger.is_zero() => break,
+                    None => tokio::time::timeout_at(deadline, self.messages.next())
+                        .await
+                        .ok()
+                        .flatten(),
+                };
+                match next {
+                    Some(m) => self.take(m)?,
+                    None => break,
                 }
                 taken += 1;
             }
             self.decode_taken()?;
             self.publish_dead_letters().await?;
         }
+    }
+
+    fn ready_span(&self) -> Option<(std::time::Instant, std::time::Instant)> {
+        self.pending.ready_span()
     }
 
     fn snapshot_position(&mut self, checkpoint: u64) -> Result<Vec<SplitPosition>> {

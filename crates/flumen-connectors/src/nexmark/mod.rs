@@ -5,11 +5,17 @@
 //! stores each lane's next block; restored at another parallelism, subtask
 //! `j` of `q` takes the lanes `i` with `i % q == j` and always generates the
 //! lowest block of its lanes next, so its event time stays in order.
+//!
+//! With `events_per_second` the generator runs in real time: event `n` is
+//! due `n / events_per_second` after the start, and a block goes once its
+//! last event is due; blocks then hold the events of one `linger`, so no row
+//! waits longer than that for the others of its batch.
 
 mod generator;
 mod rng;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::compute::cast;
@@ -23,6 +29,7 @@ pub use generator::{EventKind, Generator, GeneratorConfig, event_numbers};
 
 use crate::options::{OptionSpec, Options};
 use crate::throttle::Throttle;
+use tokio::time::Instant;
 
 /// Options of the `nexmark` connector.
 pub(crate) const OPTIONS: &[OptionSpec] = &[
@@ -34,6 +41,11 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
     OptionSpec::optional("rate", "events per second of event time (default 10000000)"),
     OptionSpec::optional("seed", "seed of every random choice (default 0)"),
     crate::throttle::ROWS_PER_SECOND,
+    OptionSpec::optional(
+        "events_per_second",
+        "run in real time: wall-clock events per second, all kinds, over all subtasks; each row is sent once due, in batches of one linger (for latency benchmarks)",
+    ),
+    crate::options::LINGER,
     crate::options::IDLE_TIMEOUT,
     crate::options::ALLOWED_LATENESS,
 ];
@@ -76,6 +88,10 @@ pub struct NexmarkSourceFactory {
     schema: SchemaRef,
     block_events: u64,
     rows_per_second: Option<u64>,
+    /// With `events_per_second`: wall-clock events per second.
+    events_per_second: Option<u64>,
+    /// The clock all subtasks of a paced generator share.
+    clock: Arc<OnceLock<(u64, Instant)>>,
 }
 
 impl NexmarkSourceFactory {
@@ -104,6 +120,17 @@ impl NexmarkSourceFactory {
         }
         let seed = options.parse::<u64>("seed")?.unwrap_or(0);
         let rows_per_second = options.parse::<u64>("rows_per_second")?;
+        let events_per_second = options
+            .parse::<u64>("events_per_second")?
+            .filter(|&e| e > 0);
+        if events_per_second.is_some() && rows_per_second.is_some() {
+            return Err(FlumenError::config(
+                "nexmark options rows_per_second and events_per_second both pace the generator; give one",
+            ));
+        }
+        let linger = options
+            .duration("linger")?
+            .unwrap_or(crate::options::DEFAULT_LINGER);
         let canonical = kind.schema();
         let projected = match projection {
             Some(p) => Arc::new(table_schema.project(p)?),
@@ -136,7 +163,12 @@ impl NexmarkSourceFactory {
             columns.push(index);
         }
         let per_epoch = kind.per_epoch();
-        let block_events = generator::EPOCH * (DEFAULT_BATCH_SIZE as u64).div_ceil(per_epoch);
+        let mut block_events = generator::EPOCH * (DEFAULT_BATCH_SIZE as u64).div_ceil(per_epoch);
+        if let Some(eps) = events_per_second {
+            // The events due within one linger, in whole epochs.
+            let lingering = (eps as f64 * linger.as_secs_f64()) as u64 / generator::EPOCH;
+            block_events = block_events.min(generator::EPOCH * lingering.max(1));
+        }
         Ok(NexmarkSourceFactory {
             generator: Arc::new(Generator::new(GeneratorConfig { rate, seed })),
             kind,
@@ -145,6 +177,8 @@ impl NexmarkSourceFactory {
             schema: projected,
             block_events,
             rows_per_second,
+            events_per_second,
+            clock: Arc::default(),
         })
     }
 }
@@ -183,6 +217,11 @@ impl SourceFactory for NexmarkSourceFactory {
             subtask: ctx.subtask as u64,
             parallelism: ctx.parallelism as u64,
             throttle: Throttle::new(self.rows_per_second, ctx.parallelism),
+            pace: self.events_per_second.map(|eps| Pace {
+                events_per_second: eps as f64,
+                clock: self.clock.clone(),
+            }),
+            ready: None,
         }))
     }
 }
@@ -242,6 +281,30 @@ struct NexmarkSource {
     subtask: u64,
     parallelism: u64,
     throttle: Option<Throttle>,
+    pace: Option<Pace>,
+    /// With a pace: when the rows of the last batch became due.
+    ready: Option<(std::time::Instant, std::time::Instant)>,
+}
+
+/// The generator in real time.
+struct Pace {
+    events_per_second: f64,
+    /// The subtasks' shared start: an event and when it was due.
+    clock: Arc<OnceLock<(u64, Instant)>>,
+}
+
+impl Pace {
+    /// Starts the clock, unless another subtask did: event `n` is due now.
+    fn start(&mut self, n: u64) {
+        self.clock.get_or_init(|| (n, Instant::now()));
+    }
+
+    /// When event `n` is due.
+    fn due(&mut self, n: u64) -> Instant {
+        let (first, at) = *self.clock.get_or_init(|| (n, Instant::now()));
+        let ahead = n.saturating_sub(first) as f64 / self.events_per_second;
+        at + Duration::from_secs_f64(ahead)
+    }
 }
 
 #[async_trait]
@@ -250,7 +313,8 @@ impl Source for NexmarkSource {
         if let Some(t) = &mut self.throttle {
             t.wait().await;
         }
-        // From here on nothing awaits: a cancelled call has changed nothing.
+        // Nothing changes before the pace's sleep, the only await below: a
+        // cancelled call has changed nothing.
         loop {
             let Some(lane) = self
                 .lanes
@@ -262,6 +326,16 @@ impl Source for NexmarkSource {
             };
             let start = lane.next_block.saturating_mul(self.block_events);
             let end = (start + self.block_events).min(self.end);
+            if let Some(pace) = &mut self.pace {
+                // The lanes' first blocks at this point are due one after
+                // the other, whichever subtask starts first.
+                let round = self.block_events * lane.step;
+                pace.start(start / round * round);
+                let (first, last) = (pace.due(start), pace.due(end - 1));
+                // Safe to cancel: only the pace's clock may have started.
+                tokio::time::sleep_until(last).await;
+                self.ready = Some((first.into_std(), last.into_std()));
+            }
             lane.next_block += lane.step;
             let arrays = self.generator.build(self.kind, start, end, &self.columns);
             let rows = arrays.first().map_or_else(
@@ -291,6 +365,10 @@ impl Source for NexmarkSource {
         }
     }
 
+    fn ready_span(&self) -> Option<(std::time::Instant, std::time::Instant)> {
+        self.ready
+    }
+
     fn snapshot_position(&mut self, _checkpoint: u64) -> Result<Vec<SplitPosition>> {
         Ok(self
             .lanes
@@ -316,5 +394,84 @@ impl Source for NexmarkSource {
             .filter(|l| l.index % self.parallelism == self.subtask)
             .collect();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flumen_runtime::JobMetrics;
+
+    fn paced(events_per_second: &str, linger: &str) -> NexmarkSourceFactory {
+        let options = Options::new(
+            [
+                ("kind", "bid"),
+                ("events", "20000"),
+                ("events_per_second", events_per_second),
+                ("linger", linger),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap();
+        NexmarkSourceFactory::try_new(&options, &EventKind::Bid.schema(), None).unwrap()
+    }
+
+    /// In real time every batch goes once its last row is due, holds the
+    /// rows of one linger, and says when its first and last rows were due.
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_generator_sends_each_batch_once_its_rows_are_due() {
+        // 100,000 events/s over 2 subtasks, 10 ms linger: blocks of 1,000
+        // events, subtask 0 taking blocks 0, 2, 4, … of the global sequence.
+        let factory = paced("100000", "10ms");
+        let ctx = |i| TaskContext::new(i, 2, 128, Arc::new(JobMetrics::default()));
+        let mut source = factory.create(&ctx(0)).unwrap();
+        let start = Instant::now();
+        // Subtask 1 asks first: its first block is still due after 0's.
+        let mut other = factory.create(&ctx(1)).unwrap();
+        other.next().await.unwrap();
+        let (first, _) = other.ready_span().unwrap();
+        assert_eq!(first, start.into_std() + Duration::from_millis(10));
+        let mut blocks = 0;
+        while let Some(msg) = source.next().await.unwrap() {
+            let Message::Batch(b) = msg else { continue };
+            let (first, last) = source.ready_span().unwrap();
+            let now = Instant::now().into_std();
+            // Block 2k covers events 2,000k … 2,000k + 999, due 20k ms
+            // (first) to 20k + 9.99 ms (last) after the start.
+            let k = blocks as u64;
+            let due = |ms: f64| start.into_std() + Duration::from_secs_f64(ms / 1000.0);
+            assert_eq!(first, due(20.0 * k as f64), "block {k}");
+            assert_eq!(last, due(20.0 * k as f64 + 9.99), "block {k}");
+            assert!(now >= last, "block {k} sent before its last row was due");
+            // 46 of every 50 events are bids.
+            assert_eq!(b.num_rows(), 920);
+            blocks += 1;
+        }
+        assert_eq!(blocks, 10);
+        // The last block, block 18, was due at 189.99 ms.
+        assert!(start.elapsed() >= Duration::from_micros(189_990));
+        assert!(start.elapsed() < Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_fast_pace_keeps_full_batches_and_two_paces_are_an_error() {
+        // 100 M events/s within 1 ms would be 100,000 events: the block
+        // stays at the ~8,192 rows of an unpaced one.
+        let fast = paced("100000000", "1ms");
+        assert_eq!(fast.block_events, 8950);
+        assert_eq!(paced("1000", "1ms").block_events, generator::EPOCH);
+        let options = Options::new(
+            [
+                ("kind", "bid"),
+                ("events_per_second", "10"),
+                ("rows_per_second", "10"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap();
+        let err = NexmarkSourceFactory::try_new(&options, &EventKind::Bid.schema(), None)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("give one"), "{err}");
     }
 }

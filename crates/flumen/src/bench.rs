@@ -62,6 +62,16 @@ fn kinds_into_blackholes(kinds: &[&str]) -> String {
     sql
 }
 
+/// Where the benchmark's events come from.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Input {
+    /// The generator, as the job runs (its cost counts).
+    Generator,
+    /// Every batch built before the clock starts, served from memory: the
+    /// figures are the operators' cost alone.
+    Memory,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Suite {
     /// The Nexmark auction benchmark.
@@ -120,6 +130,11 @@ pub(crate) struct BenchArgs {
     /// before the generator sends it (the tables' `linger`), e.g. 1ms.
     #[arg(long, requires = "rate_limit")]
     linger: Option<String>,
+    /// `generator` (default): events are generated as the job runs;
+    /// `memory`: all input batches are built before the clock starts (keep
+    /// --events within memory: ~100 bytes per bid read).
+    #[arg(long, value_enum, default_value = "generator")]
+    input: Input,
 }
 
 /// One run as `--json` prints it. `events` counts the rows the sources
@@ -246,6 +261,10 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
                 args.linger
                     .iter()
                     .map(|l| ("linger".to_string(), l.clone())),
+            )
+            .chain(
+                (args.input == Input::Memory)
+                    .then(|| ("pregenerate".to_string(), "true".to_string())),
             )
             .collect(),
             job_id: None,

@@ -245,6 +245,10 @@ fn bench_json_prints_one_object_per_run_counting_only_generated_events() {
         let rate = run["events"].as_f64().unwrap() / run["wall_s"].as_f64().unwrap();
         assert!((rate / run["events_per_s"].as_f64().unwrap() - 1.0).abs() < 1e-9);
     }
+    // Batches built before the run count as the same events.
+    let memory = runs("q1", &["--input", "memory"]);
+    assert_eq!(memory[0]["events"], 18_400);
+    assert_eq!(memory[0]["rows_written"], 18_400);
     // q8 reads persons and auctions: the bids the generator skips do not
     // count, unless all kinds are generated.
     assert_eq!(runs("q8", &[])[0]["events"], 1_600);

@@ -46,6 +46,10 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
         "run in real time: wall-clock events per second, all kinds, over all subtasks; each row is sent once due, in batches of one linger (for latency benchmarks)",
     ),
     crate::options::LINGER,
+    OptionSpec::optional(
+        "pregenerate",
+        "true: build every batch when the job is planned and serve them from memory, so a benchmark times the operators alone (needs events; default false)",
+    ),
     crate::options::IDLE_TIMEOUT,
     crate::options::ALLOWED_LATENESS,
 ];
@@ -77,15 +81,55 @@ impl crate::Connector for Nexmark {
     }
 }
 
-/// Makes one generator source per subtask.
-pub struct NexmarkSourceFactory {
-    generator: Arc<Generator>,
+/// What a source's batches hold: one kind of event, some of its columns.
+#[derive(Clone)]
+struct BatchShape {
     kind: EventKind,
-    events: Option<u64>,
     /// Canonical column index of each output column.
     columns: Vec<usize>,
     /// The declared types of the output columns.
     schema: SchemaRef,
+}
+
+impl BatchShape {
+    /// The rows of events `start..end` of this kind, cast to the declared
+    /// types; `None` when the range holds none of them.
+    fn block(&self, generator: &Generator, start: u64, end: u64) -> Result<Option<RecordBatch>> {
+        let arrays = generator.build(self.kind, start, end, &self.columns);
+        let rows = arrays.first().map_or_else(
+            || generator::event_numbers(self.kind, start, end).count(),
+            |a| a.len(),
+        );
+        if rows == 0 {
+            return Ok(None);
+        }
+        let arrays = arrays
+            .into_iter()
+            .zip(self.schema.fields())
+            .map(|(a, f)| {
+                if a.data_type() == f.data_type() {
+                    Ok(a)
+                } else {
+                    cast(&a, f.data_type())
+                }
+            })
+            .collect::<Result<Vec<ArrayRef>, _>>()?;
+        let options = RecordBatchOptions::new().with_row_count(Some(rows));
+        Ok(Some(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            arrays,
+            &options,
+        )?))
+    }
+}
+
+/// Makes one generator source per subtask.
+pub struct NexmarkSourceFactory {
+    generator: Arc<Generator>,
+    shape: BatchShape,
+    events: Option<u64>,
+    /// With `pregenerate`: every block's batch, built when the job is planned.
+    memory: Option<Arc<Vec<Option<RecordBatch>>>>,
     block_events: u64,
     rows_per_second: Option<u64>,
     /// With `events_per_second`: wall-clock events per second.
@@ -169,12 +213,39 @@ impl NexmarkSourceFactory {
             let lingering = (eps as f64 * linger.as_secs_f64()) as u64 / generator::EPOCH;
             block_events = block_events.min(generator::EPOCH * lingering.max(1));
         }
-        Ok(NexmarkSourceFactory {
-            generator: Arc::new(Generator::new(GeneratorConfig { rate, seed })),
+        let generator = Generator::new(GeneratorConfig { rate, seed });
+        let shape = BatchShape {
             kind,
-            events,
             columns,
             schema: projected,
+        };
+        let memory = match options.get("pregenerate") {
+            None | Some("false") => None,
+            Some("true") => {
+                let Some(events) = events else {
+                    return Err(FlumenError::config(
+                        "nexmark option pregenerate = 'true' needs a bounded table: set events",
+                    ));
+                };
+                let blocks = (0..events.div_ceil(block_events))
+                    .map(|b| {
+                        let start = b * block_events;
+                        shape.block(&generator, start, (start + block_events).min(events))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Some(Arc::new(blocks))
+            }
+            Some(other) => {
+                return Err(FlumenError::config(format!(
+                    "nexmark option pregenerate = '{other}' is not true or false"
+                )));
+            }
+        };
+        Ok(NexmarkSourceFactory {
+            generator: Arc::new(generator),
+            shape,
+            events,
+            memory,
             block_events,
             rows_per_second,
             events_per_second,
@@ -189,14 +260,20 @@ impl SourceFactory for NexmarkSourceFactory {
             .events
             .map_or("unbounded".to_string(), |e| format!("{e} events"));
         let cols: Vec<&str> = self
+            .shape
             .schema
             .fields()
             .iter()
             .map(|f| f.name().as_str())
             .collect();
         format!(
-            "Source: nexmark {:?} ({events}) columns [{}]",
-            self.kind,
+            "Source: nexmark {:?} ({events}{}) columns [{}]",
+            self.shape.kind,
+            if self.memory.is_some() {
+                ", pregenerated"
+            } else {
+                ""
+            },
             cols.join(", ")
         )
     }
@@ -204,10 +281,9 @@ impl SourceFactory for NexmarkSourceFactory {
     fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Source>> {
         Ok(Box::new(NexmarkSource {
             generator: self.generator.clone(),
-            kind: self.kind,
+            shape: self.shape.clone(),
+            memory: self.memory.clone(),
             end: self.events.unwrap_or(u64::MAX),
-            columns: self.columns.clone(),
-            schema: self.schema.clone(),
             block_events: self.block_events,
             lanes: vec![Lane {
                 index: ctx.subtask as u64,
@@ -271,10 +347,10 @@ impl Lane {
 
 struct NexmarkSource {
     generator: Arc<Generator>,
-    kind: EventKind,
+    shape: BatchShape,
+    /// With `pregenerate`: every block's batch, built before the job ran.
+    memory: Option<Arc<Vec<Option<RecordBatch>>>>,
     end: u64,
-    columns: Vec<usize>,
-    schema: SchemaRef,
     block_events: u64,
     /// The lanes this subtask generates; the lowest next block goes first.
     lanes: Vec<Lane>,
@@ -336,28 +412,14 @@ impl Source for NexmarkSource {
                 tokio::time::sleep_until(last).await;
                 self.ready = Some((first.into_std(), last.into_std()));
             }
+            let block = lane.next_block;
             lane.next_block += lane.step;
-            let arrays = self.generator.build(self.kind, start, end, &self.columns);
-            let rows = arrays.first().map_or_else(
-                || generator::event_numbers(self.kind, start, end).count(),
-                |a| a.len(),
-            );
-            if rows == 0 {
-                continue;
-            }
-            let arrays = arrays
-                .into_iter()
-                .zip(self.schema.fields())
-                .map(|(a, f)| {
-                    if a.data_type() == f.data_type() {
-                        Ok(a)
-                    } else {
-                        cast(&a, f.data_type())
-                    }
-                })
-                .collect::<Result<Vec<ArrayRef>, _>>()?;
-            let options = RecordBatchOptions::new().with_row_count(Some(rows));
-            let batch = RecordBatch::try_new_with_options(self.schema.clone(), arrays, &options)?;
+            let batch = match &self.memory {
+                Some(blocks) => blocks.get(block as usize).cloned().flatten(),
+                None => self.shape.block(&self.generator, start, end)?,
+            };
+            let Some(batch) = batch else { continue };
+            let rows = batch.num_rows();
             if let Some(t) = &mut self.throttle {
                 t.sent(rows);
             }
@@ -451,6 +513,59 @@ mod tests {
         // The last block, block 18, was due at 189.99 ms.
         assert!(start.elapsed() >= Duration::from_micros(189_990));
         assert!(start.elapsed() < Duration::from_millis(200));
+    }
+
+    fn rows(factory: &NexmarkSourceFactory, parallelism: usize) -> Vec<RecordBatch> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut batches = Vec::new();
+        for i in 0..parallelism {
+            let ctx = TaskContext::new(i, parallelism, 128, Arc::new(JobMetrics::default()));
+            let mut source = factory.create(&ctx).unwrap();
+            while let Some(msg) = runtime.block_on(source.next()).unwrap() {
+                if let Message::Batch(b) = msg {
+                    batches.push(b);
+                }
+            }
+        }
+        batches
+    }
+
+    /// Batches built when the job is planned are the generator's, lane by
+    /// lane, at any parallelism.
+    #[test]
+    fn pregenerated_batches_equal_the_generated_ones() {
+        let options = |pregenerate: &str| {
+            Options::new(
+                [
+                    ("kind", "auction"),
+                    ("events", "1000000"),
+                    ("pregenerate", pregenerate),
+                ]
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+            )
+            .unwrap()
+        };
+        let schema = EventKind::Auction.schema();
+        let generated = NexmarkSourceFactory::try_new(&options("false"), &schema, None).unwrap();
+        let memory = NexmarkSourceFactory::try_new(&options("true"), &schema, None).unwrap();
+        assert!(memory.describe().contains("pregenerated"));
+        assert!(!generated.describe().contains("pregenerated"));
+        for p in [1, 3] {
+            let want = rows(&generated, p);
+            assert_eq!(want.iter().map(|b| b.num_rows()).sum::<usize>(), 60_000);
+            assert_eq!(rows(&memory, p), want, "parallelism {p}");
+        }
+        let unbounded = Options::new(
+            [("kind", "auction"), ("pregenerate", "true")]
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap();
+        let err = NexmarkSourceFactory::try_new(&unbounded, &schema, None)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("set events"), "{err}");
     }
 
     #[test]

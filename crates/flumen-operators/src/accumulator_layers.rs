@@ -68,9 +68,9 @@ static SERIAL: AtomicU64 = AtomicU64::new(0);
 /// The states of groups `0..groups` of every aggregate, frozen.
 pub(crate) struct Layer {
     serial: u64,
-    groups: usize,
+    pub(crate) groups: usize,
     /// Per aggregate, its state columns.
-    states: Vec<Vec<ArrayRef>>,
+    pub(crate) states: Vec<Vec<ArrayRef>>,
 }
 
 impl Layer {
@@ -162,6 +162,19 @@ impl Layers {
     pub(crate) fn merged(&mut self, aggregates: &[AggregateCall]) -> Result<Accumulators> {
         self.adopt_compacted();
         merge(&self.layers, aggregates)
+    }
+
+    /// The whole state, the live accumulators frozen and every layer merged
+    /// into one, which stays in place: what a pane gives each sliding
+    /// window it belongs to. `None` when it holds no group.
+    pub(crate) fn whole_layer(
+        &mut self,
+        live: &mut Accumulators,
+        aggregates: &[AggregateCall],
+    ) -> Result<Option<Arc<Layer>>> {
+        self.freeze(live, aggregates)?;
+        self.compact(aggregates)?;
+        Ok(self.layers.first().cloned())
     }
 
     /// Merges the layers into one, in place.

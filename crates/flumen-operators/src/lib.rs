@@ -28,4 +28,4 @@ pub use top_n::{RankFunction, TopNFactory, TopNWindow};
 pub use union::UnionFactory;
 pub use unnest::UnnestFactory;
 pub use updating_aggregate::{RETRACTABLE, UpdatingAggregateFactory};
-pub use window_aggregate::{AggregateCall, WindowAggregateFactory};
+pub use window_aggregate::{AggregateCall, Panes, WindowAggregateFactory};

@@ -1,5 +1,7 @@
 //! Expands one list column into one row per element, repeating the other
-//! columns (SQL `UNNEST`); rows with an empty or null list disappear.
+//! columns (SQL `UNNEST`); rows with an empty or null list disappear. Under
+//! a window aggregate that builds sliding windows from panes, the UNNEST of
+//! `hop(…)` gives each row only its list's last element, its last window.
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use arrow::compute::take;
@@ -15,22 +17,39 @@ pub struct UnnestFactory {
     /// column's position gives the elements).
     sources: Vec<usize>,
     output: SchemaRef,
+    /// Only the last element of each list.
+    last_only: bool,
 }
 
 impl UnnestFactory {
-    /// Unnests `list_column`; output column `j` comes from input column `sources[j]`.
-    pub fn new(list_column: usize, sources: Vec<usize>, output: SchemaRef) -> Self {
+    /// Unnests `list_column`; output column `j` comes from input column
+    /// `sources[j]`; with `last_only`, one row per list, its last element.
+    pub fn new(
+        list_column: usize,
+        sources: Vec<usize>,
+        output: SchemaRef,
+        last_only: bool,
+    ) -> Self {
         UnnestFactory {
             list_column,
             sources,
             output,
+            last_only,
         }
     }
 }
 
 impl OperatorFactory for UnnestFactory {
     fn describe(&self) -> String {
-        format!("Unnest: column {}", self.list_column)
+        format!(
+            "Unnest: column {}{}",
+            self.list_column,
+            if self.last_only {
+                ", last element only (panes)"
+            } else {
+                ""
+            }
+        )
     }
 
     fn create(&self, _ctx: &TaskContext) -> Result<Box<dyn Operator>> {
@@ -38,6 +57,7 @@ impl OperatorFactory for UnnestFactory {
             list_column: self.list_column,
             sources: self.sources.clone(),
             output: self.output.clone(),
+            last_only: self.last_only,
         }))
     }
 }
@@ -46,6 +66,44 @@ struct Unnest {
     list_column: usize,
     sources: Vec<usize>,
     output: SchemaRef,
+    last_only: bool,
+}
+
+impl Unnest {
+    /// One row per non-empty list, with its last element.
+    fn last_elements(&self, batch: &RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
+        let lists = batch.column(self.list_column).as_list::<i32>();
+        let offsets = lists.value_offsets();
+        let mut rows = Vec::with_capacity(lists.len());
+        let mut last = Vec::with_capacity(lists.len());
+        for row in 0..lists.len() {
+            if lists.is_valid(row) && offsets[row + 1] > offsets[row] {
+                rows.push(row as u32);
+                last.push(offsets[row + 1] as u32 - 1);
+            }
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let elements = take(lists.values(), &UInt32Array::from(last), None)?;
+        let every = rows.len() == batch.num_rows();
+        let rows = UInt32Array::from(rows);
+        let columns = self
+            .sources
+            .iter()
+            .map(|&c| -> Result<ArrayRef> {
+                if c == self.list_column {
+                    Ok(elements.clone())
+                } else if every {
+                    Ok(batch.column(c).clone())
+                } else {
+                    Ok(take(batch.column(c), &rows, None)?)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.push(RecordBatch::try_new(self.output.clone(), columns)?);
+        Ok(())
+    }
 }
 
 impl Operator for Unnest {
@@ -57,6 +115,9 @@ impl Operator for Unnest {
                 lists.data_type()
             )));
         };
+        if self.last_only {
+            return self.last_elements(&batch, out);
+        }
         let offsets = lists.value_offsets();
         let mut repeat = Vec::with_capacity(offsets[offsets.len() - 1] as usize);
         for row in 0..lists.len() {

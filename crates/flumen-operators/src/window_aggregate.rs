@@ -3,6 +3,12 @@
 //! once, when the watermark passes the window's end. Group
 //! keys are interned by DataFusion's `GroupValues` and aggregates are
 //! DataFusion `GroupsAccumulator`s, updated once per batch and window.
+//!
+//! Sliding windows of size S every L can share panes ([`Panes`]): each row
+//! then arrives once, in the last window that holds it (its start is the
+//! row's L-long pane), is aggregated into that pane, and a window is built
+//! when it closes by merging the accumulator states of its S/L panes, as
+//! Flink's slice sharing does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -21,7 +27,7 @@ use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
-use flumen_state::{KeyGroups, StateSnapshot, state_column};
+use flumen_state::{KeyGroup, KeyGroups, StateSnapshot, state_column};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
 use crate::accumulator_layers::{Accumulators, Layers, SharedLayers, new_accumulators};
@@ -107,6 +113,22 @@ pub struct WindowAggregateFactory {
     /// late rows and emitting corrections (`-U`/`+U`); 0 for none. When set,
     /// `output` ends with the op column.
     pub allowed_lateness_ns: i64,
+    /// Sliding windows built from panes; `None`: every window is
+    /// aggregated on its own (rows arrive once per window).
+    pub panes: Option<Panes>,
+}
+
+/// How sliding windows share panes: rows arrive once, keyed by the start
+/// of the last window holding them (a multiple of the slide, their pane),
+/// and the window starting at `s` is the panes `s, s + slide, …` up to its
+/// end. Needs no allowed lateness, event time, and keys besides the window's.
+#[derive(Debug, Clone)]
+pub struct Panes {
+    /// The slide: each pane's length; it divides the window size.
+    pub slide_ns: i64,
+    /// Keys (positions among the keys) other than the window key that are
+    /// the window start plus a constant (a window end): they move with it.
+    pub shifted: Vec<usize>,
 }
 
 /// How long after its end, by the wall clock, a processing-time window
@@ -127,7 +149,7 @@ impl OperatorFactory for WindowAggregateFactory {
             .map(|a| a.function.name().to_string())
             .collect();
         format!(
-            "WindowAggregate{}: windows end {} ms after key {}, keys {:?}, [{}]",
+            "WindowAggregate{}: windows end {} ms after key {}{}, keys {:?}, [{}]",
             if self.processing_time {
                 " (processing time)"
             } else {
@@ -135,24 +157,47 @@ impl OperatorFactory for WindowAggregateFactory {
             },
             self.size_ns / 1_000_000,
             self.window_key,
+            match &self.panes {
+                Some(p) => format!(
+                    ", built from panes of {} ms (keys {:?} move with the window)",
+                    p.slide_ns / 1_000_000,
+                    p.shifted
+                ),
+                None => String::new(),
+            },
             self.key_columns,
             aggs.join(", ")
         )
     }
 
     fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Operator>> {
-        // The window key is the same for all of a window's rows, so a
-        // window's table interns only the other keys (unless there are none).
+        // The window key (and with panes the keys moving with it) is the
+        // same for all of a window's rows, so a window's table interns only
+        // the other keys (unless there are none).
         let window_in_groups = self.key_columns.len() == 1;
+        let mut constant_keys = Vec::new();
+        if !window_in_groups {
+            constant_keys.push(self.window_key);
+            if let Some(p) = &self.panes {
+                constant_keys.extend(p.shifted.iter().copied());
+            }
+            constant_keys.sort_unstable();
+        }
+        if self.panes.is_some() && constant_keys.len() >= self.key_columns.len() {
+            return Err(FlumenError::internal(
+                "window aggregate: panes need a key besides the window's",
+            ));
+        }
         let group_keys: Vec<usize> = (0..self.key_columns.len())
-            .filter(|&k| window_in_groups || k != self.window_key)
+            .filter(|k| !constant_keys.contains(k))
             .collect();
         let group_schema = Arc::new(self.key_schema.project(&group_keys)?);
         Ok(Box::new(WindowAggregate {
             group_columns: group_keys.iter().map(|&k| self.key_columns[k]).collect(),
             group_keys,
             group_schema,
-            window_in_groups,
+            constant_keys,
+            panes: self.panes.clone(),
             key_columns: self.key_columns.clone(),
             window_key: self.window_key,
             size_ns: self.size_ns,
@@ -170,8 +215,9 @@ impl OperatorFactory for WindowAggregateFactory {
 }
 
 struct Window {
-    /// The window key's value, the same for every group of the window.
-    window_value: ScalarValue,
+    /// The values of the keys constant within the window (the window key,
+    /// and with panes the keys moving with it), by position among them.
+    constants: Vec<ScalarValue>,
     /// The groups' keys (without the window key, when there are others).
     groups: Box<dyn GroupValues>,
     /// The groups' keys in group order, as chunks of key columns: a copy
@@ -289,8 +335,9 @@ pub struct WindowAggregate {
     /// Which keys those are, by position among the keys.
     group_keys: Vec<usize>,
     group_schema: SchemaRef,
-    /// Whether the window key is interned too (it is the only key).
-    window_in_groups: bool,
+    /// The keys constant within a window, in order: not interned.
+    constant_keys: Vec<usize>,
+    panes: Option<Panes>,
     key_columns: Vec<usize>,
     window_key: usize,
     size_ns: i64,
@@ -313,12 +360,12 @@ pub(crate) fn df(e: impl std::fmt::Display) -> FlumenError {
 }
 
 impl WindowAggregate {
-    /// A window without groups, whose window key is `window_value`.
-    fn new_window(&self, window_value: ScalarValue) -> Result<Window> {
+    /// A window without groups, whose constant keys are `constants`.
+    fn new_window(&self, constants: Vec<ScalarValue>) -> Result<Window> {
         let groups =
             new_group_values(self.group_schema.clone(), &GroupOrdering::None).map_err(df)?;
         Ok(Window {
-            window_value,
+            constants,
             groups,
             keys: Vec::new(),
             small_chunks: 0,
@@ -332,10 +379,13 @@ impl WindowAggregate {
 
     fn update(&mut self, start: i64, rows: &RecordBatch) -> Result<()> {
         if !self.windows.contains_key(&start) {
-            let value =
-                ScalarValue::try_from_array(rows.column(self.key_columns[self.window_key]), 0)
-                    .map_err(df)?;
-            let window = self.new_window(value)?;
+            let constants = self
+                .constant_keys
+                .iter()
+                .map(|&k| ScalarValue::try_from_array(rows.column(self.key_columns[k]), 0))
+                .collect::<datafusion::common::Result<Vec<_>>>()
+                .map_err(df)?;
+            let window = self.new_window(constants)?;
             self.windows.insert(start, window);
         }
         let window = self.windows.get_mut(&start).expect("inserted above");
@@ -385,15 +435,10 @@ impl WindowAggregate {
         self.all_keys(window, keys)
     }
 
-    /// All key columns from the interned ones: the window key's column
-    /// put back in its place.
-    fn all_keys(&self, window: &Window, mut keys: Vec<ArrayRef>) -> Result<Vec<ArrayRef>> {
-        if !self.window_in_groups {
-            let n = keys.first().map_or(0, |k| k.len());
-            let column = window.window_value.to_array_of_size(n).map_err(df)?;
-            keys.insert(self.window_key, column);
-        }
-        Ok(keys)
+    /// All key columns from the interned ones: the constant keys' columns
+    /// put back in their places.
+    fn all_keys(&self, window: &Window, keys: Vec<ArrayRef>) -> Result<Vec<ArrayRef>> {
+        insert_constants(keys, &self.constant_keys, &window.constants)
     }
 
     /// The window's current result (keys and aggregates), leaving its state
@@ -495,8 +540,15 @@ impl WindowAggregate {
         let keys = &rows.columns()[1..1 + k];
         let mut window = match self.windows.remove(&start) {
             Some(w) => w,
-            None => self
-                .new_window(ScalarValue::try_from_array(&keys[self.window_key], 0).map_err(df)?)?,
+            None => {
+                let constants = self
+                    .constant_keys
+                    .iter()
+                    .map(|&k| ScalarValue::try_from_array(&keys[k], 0))
+                    .collect::<datafusion::common::Result<Vec<_>>>()
+                    .map_err(df)?;
+                self.new_window(constants)?
+            }
         };
         let interned: Vec<ArrayRef> = self.group_keys.iter().map(|&g| keys[g].clone()).collect();
         let mut ids = Vec::with_capacity(rows.num_rows());
@@ -522,6 +574,95 @@ impl WindowAggregate {
         }
         self.windows.insert(start, window);
         Ok(())
+    }
+
+    /// With panes: builds and emits every sliding window that ends after
+    /// `from` and at or before `upto` (a window closes once the watermark
+    /// reaches its end), in order, and frees each pane once the last window
+    /// holding it, the one it starts, has fired. Windows without a pane are
+    /// skipped, so a watermark jump costs nothing.
+    fn fire_panes(
+        &mut self,
+        slide: i64,
+        from: i64,
+        upto: i64,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let size = self.size_ns;
+        // The first window not yet fired: the least start, a multiple of
+        // the slide, whose window ends after `from`.
+        let mut start = if from == i64::MIN {
+            i64::MIN
+        } else {
+            from.saturating_sub(size).div_euclid(slide) * slide + slide
+        };
+        while let Some(&pane) = self.windows.range(start..).next().map(|(p, _)| p) {
+            if pane >= start.saturating_add(size) {
+                // The windows before this pane's first one are empty.
+                start = pane - size + slide;
+            }
+            if start.saturating_add(size) > upto {
+                break;
+            }
+            if let Some(batch) = self.build_window(start)? {
+                out.push(batch);
+            }
+            while let Some(entry) = self.windows.first_entry() {
+                if *entry.key() > start {
+                    break;
+                }
+                entry.remove();
+            }
+            start += slide;
+        }
+        Ok(())
+    }
+
+    /// The sliding window starting at `start`: its panes' groups and
+    /// accumulator states merged (the panes keep theirs for the next
+    /// windows), its keys moved from each pane's to its own; `None` when no
+    /// pane holds a group.
+    fn build_window(&mut self, start: i64) -> Result<Option<RecordBatch>> {
+        let end = start.saturating_add(self.size_ns);
+        let mut groups =
+            new_group_values(self.group_schema.clone(), &GroupOrdering::None).map_err(df)?;
+        let mut accumulators = new_accumulators(&self.aggregates)?;
+        let mut constants = None;
+        let mut ids = Vec::new();
+        for (&pane_start, pane) in self.windows.range_mut(start..end) {
+            if pane.groups.is_empty() {
+                continue;
+            }
+            if constants.is_none() {
+                constants = Some(
+                    pane.constants
+                        .iter()
+                        .map(|v| shift_timestamp(v, start - pane_start))
+                        .collect::<Result<Vec<_>>>()?,
+                );
+            }
+            let keys = pane.joined_keys()?;
+            groups.intern(&keys, &mut ids).map_err(df)?;
+            let total = groups.len();
+            if let Some(layer) = pane
+                .layers
+                .whole_layer(&mut pane.accumulators, &self.aggregates)?
+            {
+                for (acc, state) in accumulators.iter_mut().zip(&layer.states) {
+                    acc.merge_batch(state, &ids[..layer.groups], total)
+                        .map_err(df)?;
+                }
+            }
+        }
+        let Some(constants) = constants else {
+            return Ok(None);
+        };
+        let keys = groups.emit(EmitTo::All).map_err(df)?;
+        let mut columns = insert_constants(keys, &self.constant_keys, &constants)?;
+        for mut acc in accumulators {
+            columns.push(acc.evaluate(EmitTo::All).map_err(df)?);
+        }
+        Ok(Some(RecordBatch::try_new(self.output.clone(), columns)?))
     }
 
     fn emit(&self, mut window: Window) -> Result<RecordBatch> {
@@ -607,8 +748,11 @@ impl Operator for WindowAggregate {
         } else {
             watermark.0
         };
+        let before = self.watermark;
         self.watermark = self.watermark.max(now);
-        if self.allowed_lateness_ns > 0 {
+        if let Some(slide) = self.panes.as_ref().map(|p| p.slide_ns) {
+            self.fire_panes(slide, before, self.watermark, out)?;
+        } else if self.allowed_lateness_ns > 0 {
             self.fire_with_lateness(self.watermark, out)?;
         } else {
             while let Some(entry) = self.windows.first_entry() {
@@ -646,6 +790,9 @@ impl Operator for WindowAggregate {
     }
 
     fn finish(&mut self, out: &mut Vec<RecordBatch>) -> Result<()> {
+        if let Some(slide) = self.panes.as_ref().map(|p| p.slide_ns) {
+            self.fire_panes(slide, self.watermark, i64::MAX, out)?;
+        }
         if self.allowed_lateness_ns > 0 {
             self.fire_with_lateness(i64::MAX, out)?;
         }
@@ -660,7 +807,13 @@ impl Operator for WindowAggregate {
     /// its snapshot rows to the snapshot's writer.
     fn snapshot_state(&mut self) -> Result<StateSnapshot> {
         let mut snapshot = StateSnapshot::default();
-        let keys: Vec<usize> = (1..=self.key_columns.len()).collect();
+        // Rows go to the key groups the exchange sends their keys to: with
+        // panes, by the keys but the window's.
+        let keys: Vec<usize> = if self.panes.is_some() {
+            self.group_keys.iter().map(|g| 1 + g).collect()
+        } else {
+            (1..=self.key_columns.len()).collect()
+        };
         for (&start, window) in &mut self.windows {
             window
                 .layers
@@ -669,8 +822,8 @@ impl Operator for WindowAggregate {
                 start,
                 groups: window.groups.len(),
                 keys: window.keys.clone(),
-                window_value: (!self.window_in_groups).then(|| window.window_value.clone()),
-                window_key: self.window_key,
+                constants: window.constants.clone(),
+                constant_keys: self.constant_keys.clone(),
                 key_count: self.key_columns.len(),
                 layers: window.layers.share(),
                 dirty: window.dirty,
@@ -686,10 +839,27 @@ impl Operator for WindowAggregate {
                 move || rows.build(),
             );
         }
+        // The watermark, so that a restored subtask knows which windows
+        // have fired (with panes, a pane outlives its first windows) and
+        // which rows are late: a row in every key group it owns.
+        if self.watermark > i64::MIN {
+            let range = self.key_groups.range;
+            let key_groups: Vec<KeyGroup> = (range.start..range.end).collect();
+            let values = Int64Array::from_value(self.watermark, key_groups.len());
+            snapshot.add_columns(WATERMARK_TABLE, vec![Arc::new(values)], &key_groups)?;
+        }
         Ok(snapshot)
     }
 
     fn restore_state(&mut self, snapshot: &StateSnapshot) -> Result<()> {
+        if let Some(batch) = snapshot.rows(WATERMARK_TABLE, self.key_groups.range)? {
+            let marks = state_column::<Int64Array>(&batch, WATERMARK_TABLE, 0)?;
+            // Every subtask had the same watermark at the barrier; the least
+            // fires nothing twice that a greater one would have kept.
+            if let Some(least) = marks.values().iter().min() {
+                self.watermark = self.watermark.max(*least);
+            }
+        }
         let Some(batch) = snapshot.rows(WINDOW_TABLE, self.key_groups.range)? else {
             return Ok(());
         };
@@ -719,6 +889,8 @@ impl Operator for WindowAggregate {
 
 /// The snapshot table of open windows' groups.
 const WINDOW_TABLE: usize = 0;
+/// The snapshot table of the subtask's watermark, one row per key group.
+const WATERMARK_TABLE: usize = 1;
 
 /// What a snapshot keeps of one window, to build its rows from later.
 struct WindowRows {
@@ -726,9 +898,9 @@ struct WindowRows {
     groups: usize,
     /// The window's copy of its keys, as chunks in group order.
     keys: Vec<Vec<ArrayRef>>,
-    /// The window key's value, when it is not among the interned keys.
-    window_value: Option<ScalarValue>,
-    window_key: usize,
+    /// The values of the keys not interned, and their positions.
+    constants: Vec<ScalarValue>,
+    constant_keys: Vec<usize>,
     /// How many keys the output has, the window key among them.
     key_count: usize,
     layers: SharedLayers,
@@ -770,10 +942,11 @@ impl WindowRows {
             });
         }
         let starts: ArrayRef = Arc::new(Int64Array::from_value(self.start, n));
-        let window_column = self
-            .window_value
+        let constant_columns = self
+            .constants
+            .iter()
             .map(|v| v.to_array_of_size(n))
-            .transpose()
+            .collect::<datafusion::common::Result<Vec<_>>>()
             .map_err(df)?;
         let mut parts = Vec::with_capacity(self.keys.len());
         let mut at = 0;
@@ -781,8 +954,8 @@ impl WindowRows {
             let len = chunk.first().map_or(0, |c| c.len());
             let mut columns: Vec<ArrayRef> = vec![starts.slice(at, len)];
             let mut keys = chunk;
-            if let Some(w) = &window_column {
-                keys.insert(self.window_key, w.slice(at, len));
+            for (&k, c) in self.constant_keys.iter().zip(&constant_columns) {
+                keys.insert(k, c.slice(at, len));
             }
             columns.extend(keys);
             columns.extend(states.iter().chain(&tail).map(|c| c.slice(at, len)));
@@ -791,4 +964,50 @@ impl WindowRows {
         }
         Ok(parts)
     }
+}
+
+/// `keys` with the constant keys' columns, `values` at positions
+/// `positions` (ascending), put back in their places.
+fn insert_constants(
+    mut keys: Vec<ArrayRef>,
+    positions: &[usize],
+    values: &[ScalarValue],
+) -> Result<Vec<ArrayRef>> {
+    let n = keys.first().map_or(0, |k| k.len());
+    for (&k, v) in positions.iter().zip(values) {
+        keys.insert(k, v.to_array_of_size(n).map_err(df)?);
+    }
+    Ok(keys)
+}
+
+/// A timestamp key `delta_ns` later (earlier when negative): a pane's
+/// window keys moved to another window holding it.
+fn shift_timestamp(value: &ScalarValue, delta_ns: i64) -> Result<ScalarValue> {
+    let shifted = |v: &Option<i64>, per: i64| -> Result<Option<i64>> {
+        if delta_ns % per != 0 {
+            return Err(FlumenError::internal(format!(
+                "window aggregate: a slide of {delta_ns} ns does not fit the key's unit"
+            )));
+        }
+        Ok(v.map(|v| v + delta_ns / per))
+    };
+    Ok(match value {
+        ScalarValue::TimestampSecond(v, tz) => {
+            ScalarValue::TimestampSecond(shifted(v, 1_000_000_000)?, tz.clone())
+        }
+        ScalarValue::TimestampMillisecond(v, tz) => {
+            ScalarValue::TimestampMillisecond(shifted(v, 1_000_000)?, tz.clone())
+        }
+        ScalarValue::TimestampMicrosecond(v, tz) => {
+            ScalarValue::TimestampMicrosecond(shifted(v, 1_000)?, tz.clone())
+        }
+        ScalarValue::TimestampNanosecond(v, tz) => {
+            ScalarValue::TimestampNanosecond(shifted(v, 1)?, tz.clone())
+        }
+        other => {
+            return Err(FlumenError::internal(format!(
+                "window aggregate: a pane's window key {other:?} is not a timestamp"
+            )));
+        }
+    })
 }

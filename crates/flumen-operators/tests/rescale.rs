@@ -22,7 +22,7 @@ use datafusion::logical_expr::Operator as BinaryOp;
 use datafusion::physical_expr::aggregate::AggregateExprBuilder;
 use datafusion::physical_expr::expressions::{BinaryExpr, col, lit};
 use flumen_operators::{
-    AggregateCall, Expiry, HashJoinFactory, JoinKind, JoinSide, RankFunction,
+    AggregateCall, Expiry, HashJoinFactory, JoinKind, JoinSide, Panes, RankFunction,
     SessionAggregateFactory, SessionColumn, TopNFactory, TopNWindow, UpdatingAggregateFactory,
     WindowAggregateFactory,
 };
@@ -269,6 +269,74 @@ fn fired_windows_with_allowed_lateness_move_by_key_group() {
     );
 }
 
+/// Sliding windows of 3 s every second built from panes: each row arrives
+/// once, in its pane (the start of its last window), shuffled by its key
+/// alone. The windows equal those of the rows copied into each of their
+/// three windows, and move by key group with the watermark that says which
+/// windows have fired (a pane outlives its first two windows).
+#[test]
+fn sliding_windows_from_panes_move_by_key_group() {
+    let panes = WindowAggregateFactory {
+        panes: Some(Panes {
+            slide_ns: SECOND,
+            shifted: Vec::new(),
+        }),
+        ..window_aggregate(0)
+    };
+    let rows = check(&panes, &[vec![0]], &sliding_steps(|pane| vec![pane]));
+    let copied = check(
+        &window_aggregate(0),
+        &[vec![0, 1]],
+        &sliding_steps(|pane| vec![pane - 2 * SECOND, pane - SECOND, pane]),
+    );
+    assert_eq!(rows, copied);
+    assert_eq!(rows.len(), 20 * 11, "20 keys in each of 11 windows");
+}
+
+/// [`bid_steps`] as window rows of 1 s panes, each row copied to the window
+/// starts `starts` gives for its pane.
+fn sliding_steps(starts: impl Fn(i64) -> Vec<i64>) -> Vec<Step> {
+    let schema = window_input();
+    bid_steps(9)
+        .into_iter()
+        .map(|s| match s {
+            Step::Batch(i, b) => {
+                let (mut k, mut start, mut v) = (Vec::new(), Vec::new(), Vec::new());
+                let ts = b
+                    .column(2)
+                    .as_any()
+                    .downcast_ref::<TimestampNanosecondArray>();
+                for (r, t) in ts.unwrap().values().iter().enumerate() {
+                    for s in starts(t - t % SECOND) {
+                        k.push(
+                            b.column(0)
+                                .as_any()
+                                .downcast_ref::<Int64Array>()
+                                .unwrap()
+                                .value(r),
+                        );
+                        v.push(
+                            b.column(1)
+                                .as_any()
+                                .downcast_ref::<Int64Array>()
+                                .unwrap()
+                                .value(r),
+                        );
+                        start.push(s);
+                    }
+                }
+                let columns: Vec<ArrayRef> = vec![
+                    Arc::new(Int64Array::from(k)),
+                    Arc::new(TimestampNanosecondArray::from(start)),
+                    Arc::new(Int64Array::from(v)),
+                ];
+                Step::Batch(i, RecordBatch::try_new(schema.clone(), columns).unwrap())
+            }
+            w => w,
+        })
+        .collect()
+}
+
 /// A 3 s tumbling window aggregate (count and max per key and window).
 fn window_aggregate(allowed_lateness_ns: i64) -> WindowAggregateFactory {
     let schema = window_input();
@@ -294,6 +362,7 @@ fn window_aggregate(allowed_lateness_ns: i64) -> WindowAggregateFactory {
         output: Arc::new(Schema::new(fields)),
         processing_time: false,
         allowed_lateness_ns,
+        panes: None,
     }
 }
 

@@ -22,6 +22,7 @@ use crate::script::{self, MetadataClause, WatermarkClause};
 
 mod aggregate;
 mod lookup;
+mod panes;
 mod streaming;
 mod top_n;
 
@@ -90,6 +91,10 @@ pub struct Planner {
     /// How many session aggregates are being planned around their input:
     /// session rows are refused outside one.
     session_rows_wanted: std::sync::atomic::AtomicUsize,
+    /// The UNNESTs of `hop(…)` (by address in the plan being planned) that
+    /// give each row only its last window, for window aggregates built
+    /// from panes.
+    pane_unnests: std::sync::Mutex<Vec<usize>>,
 }
 
 /// A DataFusion session configured as flumen plans: spans kept for error
@@ -124,6 +129,7 @@ impl Planner {
             queries: Vec::new(),
             state_ttl_ns,
             session_rows_wanted: std::sync::atomic::AtomicUsize::new(0),
+            pane_unnests: std::sync::Mutex::new(Vec::new()),
         }
     }
 

@@ -339,6 +339,42 @@ async fn hopping_window_aggregates_match_batch() {
     check_sql("hopping", HOPPING_AGGREGATES, None).await;
 }
 
+/// Sliding windows built from panes (each bid aggregated once, into its
+/// 3 s pane, and each 12 s window merged from four panes): every kind of
+/// merged state (count, sum, min, max, avg, distinct count, a filtered
+/// count) over a string key, behind a filter that does not read the window;
+/// and beside it, windows that cannot share panes (a filter and an
+/// aggregate reading the window), built row by row.
+const PANE_AGGREGATES: &str = "
+CREATE TABLE panes_out (
+    kind VARCHAR, channel VARCHAR, window_start TIMESTAMP(3), window_end TIMESTAMP(3),
+    bids BIGINT, total BIGINT, lowest BIGINT, highest BIGINT, mean DOUBLE,
+    bidders BIGINT, big BIGINT
+) WITH (connector = 'blackhole');
+INSERT INTO panes_out
+SELECT 'panes', channel, window_start, window_end, count(*), sum(price), min(price),
+       max(price), avg(price), count(DISTINCT bidder), count(*) FILTER (WHERE price > 1000)
+FROM hop(bid, descriptor(date_time), INTERVAL '3' SECOND, INTERVAL '12' SECOND)
+WHERE auction % 3 = 0
+GROUP BY channel, window_start, window_end
+UNION ALL
+SELECT 'window filter', channel, window_start, window_end, count(*), sum(price), min(price),
+       max(price), avg(price), count(DISTINCT bidder), 0
+FROM hop(bid, descriptor(date_time), INTERVAL '2' SECOND, INTERVAL '6' SECOND)
+WHERE date_part('second', window_start) < 30
+GROUP BY channel, window_start, window_end
+UNION ALL
+SELECT 'window read', channel, window_start, window_end, count(*), 0, 0, 0, 0,
+       max(date_part('second', window_end)), 0
+FROM hop(bid, descriptor(date_time), INTERVAL '2' SECOND, INTERVAL '6' SECOND)
+GROUP BY channel, window_start, window_end;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sliding_windows_from_panes_match_batch() {
+    check_sql("panes", PANE_AGGREGATES, None).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn q15_matches_batch() {
     check_query("q15").await;

@@ -256,6 +256,61 @@ fn bench_json_prints_one_object_per_run_counting_only_generated_events() {
     assert_eq!(runs("generator", &["--generate-all"])[0]["events"], 20_000);
 }
 
+/// Sliding windows share panes only where that gives the same rows: the
+/// window aggregate's input carries each bid once (its last window) and is
+/// shuffled by the group key alone; a filter or an aggregate that reads the
+/// window keeps one row per window.
+#[test]
+fn sliding_windows_share_panes_where_nothing_reads_the_window() {
+    let work = tempfile::tempdir().unwrap();
+    let explain = |select: &str| {
+        let sql = format!(
+            "CREATE TABLE bid (auction BIGINT, price BIGINT, channel VARCHAR, date_time TIMESTAMP(3),
+                 WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
+               WITH (connector = 'nexmark', kind = 'bid', events = '1000');
+             CREATE TABLE out (channel VARCHAR, s TIMESTAMP(3), e TIMESTAMP(3), n BIGINT)
+               WITH (connector = 'blackhole');
+             INSERT INTO out {select};"
+        );
+        std::fs::write(work.path().join("job.sql"), sql).unwrap();
+        let out = flumen(&["explain", "job.sql", "-p", "2"], work.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let hop = "FROM hop(bid, descriptor(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND)";
+    let panes = explain(&format!(
+        "SELECT channel, window_start, window_end, count(*) {hop} WHERE price > 10 \
+         GROUP BY channel, window_start, window_end"
+    ));
+    assert!(panes.contains("last element only (panes)"), "{panes}");
+    assert!(
+        panes.contains("built from panes of 2000 ms (keys [2] move with the window)"),
+        "{panes}"
+    );
+    assert!(panes.contains("<- hash[0] exchange"), "{panes}");
+    for select in [
+        format!(
+            "SELECT channel, window_start, window_end, count(*) {hop} \
+             WHERE date_part('second', window_start) < 30 GROUP BY channel, window_start, window_end"
+        ),
+        format!(
+            "SELECT channel, window_start, window_end, max(date_part('second', window_start)) {hop} \
+             GROUP BY channel, window_start, window_end"
+        ),
+        format!(
+            "SELECT 'all', window_start, window_end, count(*) {hop} GROUP BY window_start, window_end"
+        ),
+    ] {
+        let text = explain(&select);
+        assert!(!text.contains("panes"), "{select}:\n{text}");
+        assert!(!text.contains("<- hash[0] exchange"), "{select}:\n{text}");
+    }
+}
+
 /// `--rate-limit` runs the generator in real time and measures latency from
 /// when each row was due, not from when its batch left the source: with a
 /// 40 ms linger the first rows of every batch waited about 40 ms for the

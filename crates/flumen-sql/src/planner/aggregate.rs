@@ -27,6 +27,7 @@ impl Planner {
         &self,
         a: &Aggregate,
         input: Stream,
+        panes: Option<super::panes::PanePlan>,
         graph: &mut JobGraph,
         pos: &SourcePos,
     ) -> Result<Stream> {
@@ -115,6 +116,9 @@ impl Planner {
                 ));
             }
         }
+        if panes.as_ref().is_some_and(|p| p.window_key != window_key) {
+            return Err(pos.error("internal: the panes' window key is not the aggregate's"));
+        }
         let (input, keys) = self.with_keys(input, a.input.schema(), &a.group_expr, graph, pos)?;
         let aggregate = NodeKind::Operator(Arc::new(WindowAggregateFactory {
             key_columns: keys.clone(),
@@ -125,9 +129,21 @@ impl Planner {
             output: output.clone(),
             processing_time,
             allowed_lateness_ns,
+            panes: panes.as_ref().map(|p| p.panes.clone()),
         }));
+        let hashed: Vec<usize> = match &panes {
+            Some(p) => keys
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != p.window_key && !p.panes.shifted.contains(i))
+                .map(|(_, &k)| k)
+                .collect(),
+            None => keys.clone(),
+        };
         let node = graph.add_node(aggregate, self.options.parallelism);
-        graph.connect(input.node, node, Partitioning::Hash(keys));
+        // A window built from panes merges each group's panes: the group,
+        // not the pane, picks the subtask.
+        graph.connect(input.node, node, Partitioning::Hash(hashed));
         Ok(Stream {
             node,
             schema: output,

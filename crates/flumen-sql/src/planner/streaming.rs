@@ -165,8 +165,14 @@ impl Planner {
                     return Err(pos.error("only UNNEST of one level of a list is supported yet"));
                 }
                 let schema = Arc::new(u.schema.as_arrow().clone());
-                let factory =
-                    UnnestFactory::new(*list_column, u.dependency_indices.clone(), schema.clone());
+                let address = u as *const datafusion::logical_expr::logical_plan::Unnest as usize;
+                let last_only = self.pane_unnests.lock().is_ok_and(|p| p.contains(&address));
+                let factory = UnnestFactory::new(
+                    *list_column,
+                    u.dependency_indices.clone(),
+                    schema.clone(),
+                    last_only,
+                );
                 Ok(Stream {
                     node: self.add(
                         graph,
@@ -189,11 +195,19 @@ impl Planner {
                 if sessions {
                     self.session_rows_wanted.fetch_add(1, Ordering::Relaxed);
                 }
+                let panes = if sessions {
+                    None
+                } else {
+                    self.pane_plan(a, pos)?
+                };
+                if let (Some(p), Ok(mut unnests)) = (&panes, self.pane_unnests.lock()) {
+                    unnests.push(p.unnest);
+                }
                 let input = Box::pin(self.plan_stream(&a.input, graph, pos)).await;
                 if sessions {
                     self.session_rows_wanted.fetch_sub(1, Ordering::Relaxed);
                 }
-                self.plan_aggregate(a, input?, graph, pos)
+                self.plan_aggregate(a, input?, panes, graph, pos)
             }
             LogicalPlan::Union(u) => {
                 let mut inputs = Vec::new();

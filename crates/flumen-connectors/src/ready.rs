@@ -74,3 +74,24 @@ impl<A> Ready<A> {
         self.queue.iter().filter_map(|(_, a, _)| a.as_ref())
     }
 }
+
+/// The next message of a partial batch: one the stream has ready, else one
+/// that comes before `deadline` (a linger after the batch's first); `None`
+/// when none does, or without a deadline (no linger) when none is ready.
+/// Safe to cancel: a message is only taken when it is returned.
+pub(crate) async fn next_within<S: futures::Stream + Unpin>(
+    stream: &mut S,
+    deadline: Option<tokio::time::Instant>,
+) -> Option<S::Item> {
+    use futures::{FutureExt, StreamExt};
+    match stream.next().now_or_never() {
+        Some(m) => m,
+        None => match deadline {
+            Some(d) => tokio::time::timeout_at(d, stream.next())
+                .await
+                .ok()
+                .flatten(),
+            None => None,
+        },
+    }
+}

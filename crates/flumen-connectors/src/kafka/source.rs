@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use flumen_runtime::{JobMetrics, Source, SourceFactory, TaskContext, WatermarkStrategy};
 use flumen_state::checkpoint::SplitPosition;
 use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Message, Result};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message as _};
@@ -29,7 +29,7 @@ use crate::clocks::SplitClocks;
 use crate::format::{MessageFormat, PayloadDecoder};
 use crate::metadata::{MetadataColumns, Records};
 use crate::payloads::Payloads;
-use crate::ready::Ready;
+use crate::ready::{Ready, next_within};
 use crate::throttle::Throttle;
 
 /// How long a subtask waits for a message before it looks at idleness and
@@ -411,21 +411,14 @@ impl Source for KafkaSource {
             self.take(first)?;
             // A cancel while lingering leaves the messages taken in their
             // splits' buffers: the next call decodes them first.
-            let deadline = Instant::from_std(arrived) + self.linger;
+            let deadline =
+                (!self.linger.is_zero()).then(|| Instant::from_std(arrived) + self.linger);
             let mut taken = 1;
             while taken < DEFAULT_BATCH_SIZE {
-                let next = match stream.next().now_or_never() {
-                    Some(m) => m,
-                    None if self.linger.is_zero() => break,
-                    None => tokio::time::timeout_at(deadline, stream.next())
-                        .await
-                        .ok()
-                        .flatten(),
+                let Some(m) = next_within(&mut stream, deadline).await else {
+                    break;
                 };
-                match next {
-                    Some(m) => self.take(m)?,
-                    None => break,
-                }
+                self.take(m)?;
                 taken += 1;
             }
             drop(stream);

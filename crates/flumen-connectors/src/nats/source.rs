@@ -21,8 +21,8 @@ use bytes::Bytes;
 use flumen_runtime::{JobMetrics, Source, SourceFactory, TaskContext, WatermarkStrategy};
 use flumen_state::checkpoint::SplitPosition;
 use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Message, Result};
+use futures::StreamExt;
 use futures::stream::{BoxStream, SelectAll};
-use futures::{FutureExt, StreamExt};
 
 use super::Server;
 use crate::TableSpec;
@@ -31,7 +31,7 @@ use crate::clocks::SplitClocks;
 use crate::format::{MessageFormat, PayloadDecoder};
 use crate::metadata::{MetadataColumns, Records};
 use crate::payloads::Payloads;
-use crate::ready::Ready;
+use crate::ready::{Ready, next_within};
 use crate::throttle::Throttle;
 
 /// How long a subtask waits for a message before it looks at idleness.
@@ -395,21 +395,14 @@ impl Source for NatsSource {
             self.take(first)?;
             // A cancel while lingering leaves the messages taken in their
             // splits' buffers: the next call decodes them first.
-            let deadline = tokio::time::Instant::from_std(arrived) + self.linger;
+            let deadline = (!self.linger.is_zero())
+                .then(|| tokio::time::Instant::from_std(arrived) + self.linger);
             let mut taken = 1;
             while taken < DEFAULT_BATCH_SIZE {
-                let next = match self.messages.next().now_or_never() {
-                    Some(m) => m,
-                    None if self.linger.is_zero() => break,
-                    None => tokio::time::timeout_at(deadline, self.messages.next())
-                        .await
-                        .ok()
-                        .flatten(),
+                let Some(m) = next_within(&mut self.messages, deadline).await else {
+                    break;
                 };
-                match next {
-                    Some(m) => self.take(m)?,
-                    None => break,
-                }
+                self.take(m)?;
                 taken += 1;
             }
             self.decode_taken()?;

@@ -37,6 +37,10 @@ const QUERIES: &[(&str, &str)] = &[
     ("q20", include_str!("../../../benchmarks/nexmark/q20.sql")),
     ("q21", include_str!("../../../benchmarks/nexmark/q21.sql")),
     ("q22", include_str!("../../../benchmarks/nexmark/q22.sql")),
+    (
+        "skew_channel",
+        include_str!("../../../benchmarks/skew_channel.sql"),
+    ),
 ];
 
 /// Blackholes for every column of each kind of event.
@@ -84,7 +88,9 @@ pub(crate) struct BenchArgs {
     /// Benchmark suite.
     #[arg(value_enum)]
     suite: Suite,
-    /// Query to run: q0–q5, q7–q22, or `generator` (the source alone).
+    /// Query to run: q0–q5, q7–q22, `skew_channel` (bids per hot channel
+    /// and window, `benchmarks/skew_channel.sql`), or `generator` (the
+    /// source alone).
     /// q10 writes its files under the system's temporary directory,
     /// removed after each run.
     #[arg(long, default_value = "q1")]

@@ -21,12 +21,25 @@ use crate::window_aggregate::{AggregateCall, df};
 /// Accumulators given their state by [`merge`]: one per aggregate.
 pub(crate) type Accumulators = Vec<Box<dyn GroupsAccumulator>>;
 
-/// One empty accumulator per aggregate.
+/// One empty accumulator per aggregate; COUNT(DISTINCT)s of one integer
+/// column share a set of values (`shared_distinct`).
 pub(crate) fn new_accumulators(aggregates: &[AggregateCall]) -> Result<Accumulators> {
+    let mut shared: Vec<Option<Box<dyn GroupsAccumulator>>> =
+        (0..aggregates.len()).map(|_| None).collect();
+    for members in crate::shared_distinct::shared_groups(aggregates) {
+        let accumulators =
+            crate::shared_distinct::shared_accumulators(aggregates, &members).map_err(df)?;
+        for (&m, acc) in members.iter().zip(accumulators) {
+            shared[m] = Some(acc);
+        }
+    }
     aggregates
         .iter()
-        .map(|a| -> Result<Box<dyn GroupsAccumulator>> {
-            if a.function.groups_accumulator_supported() {
+        .zip(shared)
+        .map(|(a, shared)| -> Result<Box<dyn GroupsAccumulator>> {
+            if let Some(acc) = shared {
+                Ok(acc)
+            } else if a.function.groups_accumulator_supported() {
                 a.function.create_groups_accumulator().map_err(df)
             } else {
                 let f = a.function.clone();

@@ -12,6 +12,7 @@ mod lookup_join;
 mod projection;
 mod retract_top_n;
 mod session_aggregate;
+mod shared_distinct;
 mod top_n;
 mod union;
 mod unnest;

@@ -1,0 +1,440 @@
+//! COUNT(DISTINCT) aggregates over the same integer column, with different
+//! filters (Nexmark q16 has four per column), share one set of distinct
+//! values per group: each (group, value) keeps a bit per aggregate, set
+//! when a row that aggregate counts has the value, and each aggregate keeps
+//! its counts per group, so a value is stored once however many aggregates
+//! count it. Each aggregate is still a `GroupsAccumulator` of its own, with
+//! DataFusion's state layout (a list of values per group), so snapshots,
+//! layers and panes treat it as any other.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray};
+use arrow::buffer::OffsetBuffer;
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Int64Type};
+use datafusion::common::Result as DfResult;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+
+use crate::window_aggregate::AggregateCall;
+
+/// The distinct values of one column, per group, of several aggregates.
+struct SharedSet {
+    /// (group, value) packed into one word (the group in the top 20 bits,
+    /// the value in the other 44, when both fit) → which aggregates have
+    /// counted it, one bit each: 17 bytes a value.
+    packed: HashMap<u64, u8, ahash::RandomState>,
+    /// The (group, value) pairs that do not fit a word.
+    wide: HashMap<(u32, i64), u8, ahash::RandomState>,
+    /// Per aggregate, its count per group.
+    counts: Vec<Vec<i64>>,
+}
+
+/// Bits of a packed key that hold the value.
+const VALUE_BITS: u32 = 44;
+
+/// The set's hasher: fast, and fixed (no random source needed).
+fn hasher() -> ahash::RandomState {
+    ahash::RandomState::with_seeds(1, 2, 3, 4)
+}
+
+/// `(group, value)` as one word, when both fit.
+fn pack(group: usize, value: i64) -> Option<u64> {
+    let limit = 1i64 << (VALUE_BITS - 1);
+    (group < 1 << (64 - VALUE_BITS) && (-limit..limit).contains(&value))
+        .then_some(((group as u64) << VALUE_BITS) | (value as u64 & ((1 << VALUE_BITS) - 1)))
+}
+
+/// The group and value of a packed key.
+fn unpack(key: u64) -> (usize, i64) {
+    let shift = 64 - VALUE_BITS;
+    (
+        (key >> VALUE_BITS) as usize,
+        ((key << shift) as i64) >> shift,
+    )
+}
+
+impl SharedSet {
+    fn new(members: usize) -> Self {
+        SharedSet {
+            packed: HashMap::with_hasher(hasher()),
+            wide: HashMap::with_hasher(hasher()),
+            counts: vec![Vec::new(); members],
+        }
+    }
+
+    /// Aggregate `member` counts `value` in `group`.
+    fn add(&mut self, member: usize, group: usize, value: i64) {
+        let bits = match pack(group, value) {
+            Some(key) => self.packed.entry(key).or_insert(0),
+            None => self.wide.entry((group as u32, value)).or_insert(0),
+        };
+        if *bits & (1 << member) == 0 {
+            *bits |= 1 << member;
+            self.counts[member][group] += 1;
+        }
+    }
+
+    fn grow(&mut self, member: usize, groups: usize) {
+        if self.counts[member].len() < groups {
+            self.counts[member].resize(groups, 0);
+        }
+    }
+}
+
+/// One COUNT(DISTINCT) of a shared set.
+struct SharedDistinctCount {
+    set: Arc<Mutex<SharedSet>>,
+    member: usize,
+    /// The state's list field, as DataFusion declares it.
+    item: Arc<Field>,
+}
+
+/// The aggregates of `aggregates` (by index) that are COUNT(DISTINCT) of an
+/// integer column counted by at least one other such aggregate, grouped by
+/// column.
+pub(crate) fn shared_groups(aggregates: &[AggregateCall]) -> Vec<Vec<usize>> {
+    let mut by_column: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, a) in aggregates.iter().enumerate() {
+        let f = &a.function;
+        let expressions = f.expressions();
+        let [expr] = expressions.as_slice() else {
+            continue;
+        };
+        let integer_state = f.state_fields().ok().is_some_and(|s| {
+            matches!(s.as_slice(), [one] if matches!(one.data_type(),
+                DataType::List(item) if matches!(item.data_type(), DataType::Int64 | DataType::Int32)))
+        });
+        if !(f.is_distinct() && f.fun().name() == "count" && integer_state) {
+            continue;
+        }
+        let column = format!("{expr}");
+        match by_column.iter_mut().find(|(c, _)| *c == column) {
+            Some((_, members)) => members.push(i),
+            None => by_column.push((column, vec![i])),
+        }
+    }
+    by_column
+        .into_iter()
+        .map(|(_, m)| m)
+        .filter(|m| (2..=8).contains(&m.len()))
+        .collect()
+}
+
+/// Accumulators sharing one set, one per aggregate of `members`.
+pub(crate) fn shared_accumulators(
+    aggregates: &[AggregateCall],
+    members: &[usize],
+) -> DfResult<Vec<Box<dyn GroupsAccumulator>>> {
+    let set = Arc::new(Mutex::new(SharedSet::new(members.len())));
+    members
+        .iter()
+        .enumerate()
+        .map(|(member, &a)| -> DfResult<Box<dyn GroupsAccumulator>> {
+            let state = aggregates[a].function.state_fields()?;
+            let DataType::List(item) = state[0].data_type() else {
+                return Err(DataFusionError::Internal(
+                    "COUNT(DISTINCT) state is not a list".into(),
+                ));
+            };
+            Ok(Box::new(SharedDistinctCount {
+                set: set.clone(),
+                member,
+                item: item.clone(),
+            }))
+        })
+        .collect()
+}
+
+fn poisoned<T>(_: T) -> DataFusionError {
+    DataFusionError::Internal("a shared distinct set's lock is poisoned".into())
+}
+
+impl SharedDistinctCount {
+    fn values(&self, array: &ArrayRef) -> DfResult<Int64Array> {
+        Ok(cast(array, &DataType::Int64)?
+            .as_primitive::<Int64Type>()
+            .clone())
+    }
+}
+
+impl GroupsAccumulator for SharedDistinctCount {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> DfResult<()> {
+        let column = self.values(&values[0])?;
+        let mut set = self.set.lock().map_err(poisoned)?;
+        set.grow(self.member, total_num_groups);
+        for (row, &group) in group_indices.iter().enumerate() {
+            let counted = opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row));
+            if counted && column.is_valid(row) {
+                set.add(self.member, group, column.value(row));
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> DfResult<ArrayRef> {
+        let EmitTo::All = emit_to else {
+            return Err(DataFusionError::NotImplemented(
+                "emitting some groups of a shared COUNT(DISTINCT)".into(),
+            ));
+        };
+        let mut set = self.set.lock().map_err(poisoned)?;
+        let counts = std::mem::take(&mut set.counts[self.member]);
+        Ok(Arc::new(Int64Array::from(counts)))
+    }
+
+    /// This aggregate's values per group, which it gives up (the set keeps
+    /// the values other aggregates counted).
+    fn state(&mut self, emit_to: EmitTo) -> DfResult<Vec<ArrayRef>> {
+        let EmitTo::All = emit_to else {
+            return Err(DataFusionError::NotImplemented(
+                "the state of some groups of a shared COUNT(DISTINCT)".into(),
+            ));
+        };
+        let mut set = self.set.lock().map_err(poisoned)?;
+        let groups = set.counts[self.member].len();
+        let bit = 1u32 << self.member;
+        let mut per_group: Vec<Vec<i64>> = vec![Vec::new(); groups];
+        let bit = bit as u8;
+        set.packed.retain(|&key, bits| {
+            if *bits & bit != 0 {
+                let (group, value) = unpack(key);
+                per_group[group].push(value);
+                *bits &= !bit;
+            }
+            *bits != 0
+        });
+        set.wide.retain(|&(group, value), bits| {
+            if *bits & bit != 0 {
+                per_group[group as usize].push(value);
+                *bits &= !bit;
+            }
+            *bits != 0
+        });
+        set.counts[self.member] = Vec::new();
+        let lengths = per_group.iter().map(Vec::len);
+        let offsets = OffsetBuffer::from_lengths(lengths);
+        let flat = Int64Array::from_iter_values(per_group.into_iter().flatten());
+        let values = cast(&flat, self.item.data_type())?;
+        Ok(vec![Arc::new(ListArray::try_new(
+            self.item.clone(),
+            offsets,
+            values,
+            None,
+        )?)])
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> DfResult<()> {
+        let lists = values[0].as_list::<i32>();
+        let mut set = self.set.lock().map_err(poisoned)?;
+        set.grow(self.member, total_num_groups);
+        for (row, &group) in group_indices.iter().enumerate() {
+            if lists.is_null(row) {
+                continue;
+            }
+            let list = self.values(&lists.value(row))?;
+            for v in list.iter().flatten() {
+                set.add(self.member, group, v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Each row as a group of its own: a list of its value, or none.
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> DfResult<Vec<ArrayRef>> {
+        let column = &values[0];
+        let counted = |row: usize| {
+            column.is_valid(row) && opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row))
+        };
+        let lengths = (0..column.len()).map(|row| usize::from(counted(row)));
+        let keep = BooleanArray::from_iter((0..column.len()).map(|row| Some(counted(row))));
+        let kept = arrow::compute::filter(column, &keep)?;
+        let values = cast(&kept, self.item.data_type())?;
+        Ok(vec![Arc::new(ListArray::try_new(
+            self.item.clone(),
+            OffsetBuffer::from_lengths(lengths),
+            values,
+            None,
+        )?)])
+    }
+
+    /// The first aggregate of a set reports the set; the others their counts.
+    fn size(&self) -> usize {
+        let Ok(set) = self.set.lock() else {
+            return 0;
+        };
+        let counts = set.counts[self.member].capacity() * 8;
+        if self.member == 0 {
+            counts
+                + set.packed.capacity() * (std::mem::size_of::<(u64, u8)>() + 1)
+                + set.wide.capacity() * (std::mem::size_of::<((u32, i64), u8)>() + 1)
+        } else {
+            counts
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use arrow::datatypes::Schema;
+    use datafusion::functions_aggregate::count::count_udaf;
+    use datafusion::physical_expr::aggregate::AggregateExprBuilder;
+    use datafusion::physical_expr::expressions::col;
+
+    use super::*;
+    use crate::accumulator_layers::{Layers, new_accumulators};
+
+    fn count_distinct(column: &str, schema: &Arc<Schema>) -> AggregateCall {
+        let expr = AggregateExprBuilder::new(count_udaf(), vec![col(column, schema).unwrap()])
+            .schema(schema.clone())
+            .alias(format!("n_{column}"))
+            .distinct()
+            .build()
+            .unwrap();
+        AggregateCall {
+            function: Arc::new(expr),
+            filter: None,
+        }
+    }
+
+    /// Three filtered COUNT(DISTINCT v) share one set for v (w has its own
+    /// accumulator);
+    /// across a barrier's freeze (state given up, merged back) the counts
+    /// equal distinct values counted one set per aggregate.
+    #[test]
+    fn shared_counts_equal_one_set_per_aggregate_across_a_freeze() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("v", DataType::Int64, true),
+            Field::new("w", DataType::Int32, true),
+        ]));
+        let aggregates = vec![
+            count_distinct("v", &schema),
+            count_distinct("v", &schema),
+            count_distinct("w", &schema),
+            count_distinct("v", &schema),
+        ];
+        assert_eq!(shared_groups(&aggregates), vec![vec![0, 1, 3]]);
+        // Filters of aggregates 0, 1 and 3 (2 counts every row).
+        let filter = |a: usize, row: usize| match a {
+            0 => !row.is_multiple_of(3),
+            1 => row.is_multiple_of(2),
+            3 => row % 7 == 1 || row.is_multiple_of(5),
+            _ => true,
+        };
+        for freeze in [false, true] {
+            let got = run(&aggregates, freeze, &filter);
+            for (a, counts) in got.iter().enumerate() {
+                assert_eq!(
+                    counts,
+                    &expected(a, &filter),
+                    "aggregate {a}, freeze {freeze}"
+                );
+            }
+        }
+    }
+
+    /// Rows of batch `batch`: values of v (small, negative, at the limits of
+    /// packing and too wide for it; some null), of w, and group ids.
+    fn rows(batch: usize) -> (Int64Array, arrow::array::Int32Array, Vec<usize>) {
+        let rows = 500;
+        let v = Int64Array::from_iter((0..rows).map(|r| {
+            let small = ((r * 37 + batch * 13) % 90) as i64;
+            (r % 11 != 0).then_some(match r % 13 {
+                0 => i64::MAX - small % 3,
+                1 => -small,
+                // At the packing limits, and apart from `small` only in
+                // the value's top bits.
+                2 => (1 << 43) - 1 - small % 3,
+                3 => -(1 << 43) + small % 3,
+                4 => small + (1 << 42),
+                _ => small,
+            })
+        }));
+        let w = arrow::array::Int32Array::from_iter(
+            (0..rows).map(|r| Some(((r * 7 + batch) % 40) as i32)),
+        );
+        let ids = (0..rows).map(|r| (r * 5 + batch) % GROUPS).collect();
+        (v, w, ids)
+    }
+
+    const GROUPS: usize = 6;
+    const BATCHES: usize = 4;
+
+    /// Each aggregate's counts per group after every batch, with its state
+    /// frozen into layers after batch 1 and at the end (and merged back) or
+    /// evaluated live.
+    fn run(
+        aggregates: &[AggregateCall],
+        freeze: bool,
+        filter: &dyn Fn(usize, usize) -> bool,
+    ) -> Vec<Vec<i64>> {
+        let mut live = new_accumulators(aggregates).unwrap();
+        let mut layers = Layers::default();
+        for batch in 0..BATCHES {
+            let (v, w, ids) = rows(batch);
+            for (a, acc) in live.iter_mut().enumerate() {
+                let column: ArrayRef = if a == 2 {
+                    Arc::new(w.clone())
+                } else {
+                    Arc::new(v.clone())
+                };
+                let mask = BooleanArray::from_iter((0..ids.len()).map(|r| Some(filter(a, r))));
+                acc.update_batch(&[column], &ids, Some(&mask), GROUPS)
+                    .unwrap();
+            }
+            if freeze && batch == 1 {
+                layers.freeze(&mut live, aggregates).unwrap();
+            }
+        }
+        if freeze {
+            layers.freeze(&mut live, aggregates).unwrap();
+            live = layers.merged(aggregates).unwrap();
+        }
+        live.iter_mut()
+            .map(|acc| {
+                let counts = acc.evaluate(EmitTo::All).unwrap();
+                counts.as_primitive::<Int64Type>().values().to_vec()
+            })
+            .collect()
+    }
+
+    /// Aggregate `a`'s distinct values per group, counted with a set each.
+    fn expected(a: usize, filter: &dyn Fn(usize, usize) -> bool) -> Vec<i64> {
+        let mut seen: HashSet<(usize, i64)> = HashSet::new();
+        for batch in 0..BATCHES {
+            let (v, w, ids) = rows(batch);
+            for (r, &g) in ids.iter().enumerate() {
+                let value = if a == 2 {
+                    Some(i64::from(w.value(r)))
+                } else {
+                    v.is_valid(r).then(|| v.value(r))
+                };
+                if let Some(value) = value.filter(|_| filter(a, r)) {
+                    seen.insert((g, value));
+                }
+            }
+        }
+        (0..GROUPS)
+            .map(|g| seen.iter().filter(|(sg, _)| *sg == g).count() as i64)
+            .collect()
+    }
+}

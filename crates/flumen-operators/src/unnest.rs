@@ -86,23 +86,31 @@ impl Unnest {
             return Ok(());
         }
         let elements = take(lists.values(), &UInt32Array::from(last), None)?;
-        let every = rows.len() == batch.num_rows();
-        let rows = UInt32Array::from(rows);
+        let rows = (rows.len() < batch.num_rows()).then(|| UInt32Array::from(rows));
+        out.push(self.assemble(batch, &elements, rows.as_ref())?);
+        Ok(())
+    }
+
+    /// The output batch: `elements` in the list column's place, the other
+    /// columns' input rows `rows` (all of them, in order, when `None`).
+    fn assemble(
+        &self,
+        batch: &RecordBatch,
+        elements: &ArrayRef,
+        rows: Option<&UInt32Array>,
+    ) -> Result<RecordBatch> {
         let columns = self
             .sources
             .iter()
             .map(|&c| -> Result<ArrayRef> {
-                if c == self.list_column {
-                    Ok(elements.clone())
-                } else if every {
-                    Ok(batch.column(c).clone())
-                } else {
-                    Ok(take(batch.column(c), &rows, None)?)
-                }
+                Ok(match rows {
+                    _ if c == self.list_column => elements.clone(),
+                    Some(rows) => take(batch.column(c), rows, None)?,
+                    None => batch.column(c).clone(),
+                })
             })
             .collect::<Result<Vec<_>>>()?;
-        out.push(RecordBatch::try_new(self.output.clone(), columns)?);
-        Ok(())
+        Ok(RecordBatch::try_new(self.output.clone(), columns)?)
     }
 }
 
@@ -130,21 +138,10 @@ impl Operator for Unnest {
         let first = offsets[0] as usize;
         let last = offsets[offsets.len() - 1] as usize;
         let elements = lists.values().slice(first, last - first);
-        let columns = self
-            .sources
-            .iter()
-            .map(|&c| -> Result<ArrayRef> {
-                if c == self.list_column {
-                    Ok(elements.clone())
-                } else {
-                    Ok(take(batch.column(c), &repeat, None)?)
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
         if repeat.is_empty() {
             return Ok(());
         }
-        out.push(RecordBatch::try_new(self.output.clone(), columns)?);
+        out.push(self.assemble(&batch, &elements, Some(&repeat))?);
         Ok(())
     }
 }

@@ -364,6 +364,22 @@ pub(crate) async fn execute(
             summary.cpu_seconds,
             summary.peak_rss >> 20
         );
+        let l = &summary.latency.latency;
+        if l.count > 0 {
+            let e = &summary.latency.emission_delay;
+            let emission = if e.count > 0 {
+                format!(
+                    "; windows' emission delay p50 {:.1} ms, p99 {:.1} ms",
+                    e.p50_ms, e.p99_ms
+                )
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "latency from a source row's arrival to its result's write: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms{emission}",
+                l.p50_ms, l.p99_ms, l.max_ms
+            );
+        }
         if summary.peak_state > 0 {
             eprintln!(
                 "operator state: peak {:.1} MiB, {:.1} MiB at the end",

@@ -413,7 +413,14 @@ fn ctrl_c_stops_an_unbounded_run_cleanly_with_progress_and_summary() {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    for part in ["rows in", "rows/s", "stopping", "done:", "per core"] {
+    for part in [
+        "rows in",
+        "rows/s",
+        "stopping",
+        "done:",
+        "per core",
+        "latency from a source row's arrival to its result's write: p50",
+    ] {
         assert!(stderr.contains(part), "missing {part:?} in:\n{stderr}");
     }
 }

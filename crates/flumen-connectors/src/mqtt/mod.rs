@@ -97,6 +97,7 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
     crate::options::IDLE_TIMEOUT,
     crate::options::ALLOWED_LATENESS,
     crate::throttle::ROWS_PER_SECOND,
+    crate::options::LINGER,
     OptionSpec::optional(
         "connect.max-retries",
         "attempts to reach the broker in a row, with backoff from 100 ms to 5 s, before the job fails (default 8)",

@@ -47,6 +47,8 @@ pub struct MqttSourceFactory {
     bad_data: BadData,
     idle_after: Option<Duration>,
     rows_per_second: Option<u64>,
+    /// How long a partial batch waits for more messages.
+    linger: Duration,
 }
 
 impl MqttSourceFactory {
@@ -78,6 +80,9 @@ impl MqttSourceFactory {
             bad_data: BadData::parse(options)?,
             idle_after: (!idle_after.is_zero()).then_some(idle_after),
             rows_per_second: options.parse::<u64>("rows_per_second")?,
+            linger: options
+                .duration("linger")?
+                .unwrap_or(crate::options::DEFAULT_LINGER),
         })
     }
 
@@ -133,6 +138,7 @@ impl MqttSourceFactory {
             to_ack: VecDeque::new(),
             clocks,
             idle_sent: false,
+            linger: self.linger,
         }
     }
 }
@@ -226,6 +232,8 @@ struct MqttSource {
     to_ack: VecDeque<Ack>,
     clocks: Option<SplitClocks>,
     idle_sent: bool,
+    /// How long a partial batch waits for more messages.
+    linger: Duration,
 }
 
 impl Drop for MqttSource {
@@ -254,6 +262,11 @@ impl Source for MqttSource {
                     None => continue,
                 }
             }
+            // Messages taken before a cancel (mid-linger) go first.
+            if self.splits.iter().any(|s| !s.buffer.positions().is_empty()) {
+                self.decode_taken()?;
+                continue;
+            }
             if self.incoming.is_none() {
                 self.start();
             }
@@ -276,17 +289,32 @@ impl Source for MqttSource {
                 }
                 continue;
             };
+            let arrived = std::time::Instant::now();
+            self.pending.arrived(arrived);
             self.take(first)?;
+            let deadline = (!self.linger.is_zero())
+                .then(|| tokio::time::Instant::from_std(arrived) + self.linger);
             let mut taken = 1;
             while taken < DEFAULT_BATCH_SIZE {
-                match self.incoming.as_mut().map(|i| i.try_recv()) {
-                    Some(Ok(m)) => self.take(m)?,
-                    _ => break,
-                }
+                let incoming = self.incoming.as_mut().expect("started above");
+                let next = match (incoming.try_recv(), deadline) {
+                    (Ok(m), _) => Some(m),
+                    (Err(_), Some(d)) => tokio::time::timeout_at(d, incoming.recv())
+                        .await
+                        .ok()
+                        .flatten(),
+                    (Err(_), None) => None,
+                };
+                let Some(m) = next else { break };
+                self.take(m)?;
                 taken += 1;
             }
             self.decode_taken()?;
         }
+    }
+
+    fn ready_span(&self) -> Option<(std::time::Instant, std::time::Instant)> {
+        self.pending.ready_span()
     }
 
     /// MQTT has no position to rewind to: a persistent session keeps what

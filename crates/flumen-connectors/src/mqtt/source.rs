@@ -296,7 +296,9 @@ impl Source for MqttSource {
                 .then(|| tokio::time::Instant::from_std(arrived) + self.linger);
             let mut taken = 1;
             while taken < DEFAULT_BATCH_SIZE {
-                let incoming = self.incoming.as_mut().expect("started above");
+                let Some(incoming) = self.incoming.as_mut() else {
+                    break;
+                };
                 let next = match (incoming.try_recv(), deadline) {
                     (Ok(m), _) => Some(m),
                     (Err(_), Some(d)) => tokio::time::timeout_at(d, incoming.recv())

@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
+use datafusion::common::Column as LogicalColumn;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
-use datafusion::logical_expr::{Aggregate, Expr};
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan};
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use flumen_operators::{
     AggregateCall, RETRACTABLE, SessionAggregateFactory, SessionColumn, UpdatingAggregateFactory,
@@ -95,12 +96,7 @@ impl Planner {
         let mut allowed_lateness_ns = 0;
         let mut output = output;
         let mut updating = None;
-        if let Some((table, _)) = trace_column(ts_plan, &ts)
-            && let Some(text) = self
-                .tables
-                .get(&table)
-                .and_then(|t| t.options.get("allowed_lateness"))
-        {
+        if let Some((table, text)) = self.allowed_lateness(ts_plan, &ts) {
             allowed_lateness_ns = crate::script::duration_nanos(text).ok_or_else(|| {
                 pos.error(format!(
                     "table '{table}': allowed_lateness must be a duration such as '5 s', not '{text}'"
@@ -150,6 +146,18 @@ impl Planner {
             updating,
             bounded: input.bounded,
         })
+    }
+
+    /// The table of event-time column `ts` of `plan`, and its
+    /// `allowed_lateness` option when it has one.
+    pub(super) fn allowed_lateness(
+        &self,
+        plan: &LogicalPlan,
+        ts: &LogicalColumn,
+    ) -> Option<(String, &str)> {
+        let (table, _) = trace_column(plan, ts)?;
+        let text = self.tables.get(&table)?.options.get("allowed_lateness")?;
+        Some((table, text))
     }
 
     /// A `GROUP BY` over a `session(…)` table function: rows arrive as

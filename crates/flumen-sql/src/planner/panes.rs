@@ -13,7 +13,7 @@ use flumen_operators::Panes;
 use flumen_types::Result;
 
 use super::Planner;
-use super::streaming::{is_proctime, trace_column};
+use super::streaming::is_proctime;
 use crate::errors::SourcePos;
 
 /// Where a group key comes from, when it is a hop window's start (plus an
@@ -94,12 +94,31 @@ impl Planner {
     }
 
     /// Whether the table of event-time column `ts` keeps windows open for
-    /// late rows.
+    /// late rows (or says so in a way the aggregate will refuse).
     fn has_allowed_lateness(&self, plan: &LogicalPlan, ts: &LogicalColumn) -> bool {
-        trace_column(plan, ts)
-            .and_then(|(table, _)| self.tables.get(&table))
-            .and_then(|t| t.options.get("allowed_lateness"))
-            .is_some_and(|text| crate::script::duration_nanos(text).is_none_or(|ns| ns > 0))
+        self.allowed_lateness(plan, ts)
+            .is_some_and(|(_, text)| crate::script::duration_nanos(text).is_none_or(|ns| ns > 0))
+    }
+
+    /// The UNNESTs (by address) the aggregates being planned want to give
+    /// each row its last window only. A poisoned lock only means a panic
+    /// elsewhere; the list is whole.
+    pub(super) fn pane_unnests(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
+        self.pane_unnests.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the UNNEST at `address` off that list; whether it was on it.
+    /// An address is on it only while its aggregate's input is planned, so
+    /// a later plan's node at the same address is never mistaken for it.
+    pub(super) fn take_pane_unnest(&self, address: usize) -> bool {
+        let mut unnests = self.pane_unnests();
+        match unnests.iter().position(|&a| a == address) {
+            Some(i) => {
+                unnests.swap_remove(i);
+                true
+            }
+            None => false,
+        }
     }
 }
 

@@ -166,7 +166,7 @@ impl Planner {
                 }
                 let schema = Arc::new(u.schema.as_arrow().clone());
                 let address = u as *const datafusion::logical_expr::logical_plan::Unnest as usize;
-                let last_only = self.pane_unnests.lock().is_ok_and(|p| p.contains(&address));
+                let last_only = self.take_pane_unnest(address);
                 let factory = UnnestFactory::new(
                     *list_column,
                     u.dependency_indices.clone(),
@@ -195,17 +195,24 @@ impl Planner {
                 if sessions {
                     self.session_rows_wanted.fetch_add(1, Ordering::Relaxed);
                 }
-                let panes = if sessions {
+                let mut panes = if sessions {
                     None
                 } else {
                     self.pane_plan(a, pos)?
                 };
-                if let (Some(p), Ok(mut unnests)) = (&panes, self.pane_unnests.lock()) {
-                    unnests.push(p.unnest);
+                if let Some(p) = &panes {
+                    self.pane_unnests().push(p.unnest);
                 }
                 let input = Box::pin(self.plan_stream(&a.input, graph, pos)).await;
                 if sessions {
                     self.session_rows_wanted.fetch_sub(1, Ordering::Relaxed);
+                }
+                // Panes only if the UNNEST was planned to give last windows:
+                // it takes its address out of the list when it is.
+                if let Some(p) = &panes
+                    && self.take_pane_unnest(p.unnest)
+                {
+                    panes = None;
                 }
                 self.plan_aggregate(a, input?, panes, graph, pos)
             }

@@ -759,7 +759,9 @@ fn split_positions(splits: &[Split], pending: &Ready<(usize, i64)>) -> Vec<Split
         .map(|(id, s)| SplitPosition {
             split: split_name(&s.topic, s.partition),
             position: s.next_offset.map(|o| vec![o as u64]).unwrap_or_default(),
-            done: s.done && !queued.contains(&id),
+            // Rows taken but not decoded (a barrier came while the batch
+            // lingered) are not returned yet either.
+            done: s.done && !queued.contains(&id) && s.taken_next.is_none(),
         })
         .collect()
 }
@@ -817,5 +819,11 @@ mod tests {
         assert!(positions[1].done && positions[1].position.is_empty());
         let pending = Ready::new(None);
         assert!(split_positions(&splits, &pending)[0].done);
+        // Messages taken before the end and not yet decoded: not done.
+        let mut lingering = splits;
+        lingering[0].taken_next = Some(9);
+        let positions = split_positions(&lingering, &pending);
+        assert!(!positions[0].done, "rows up to offset 9 are still buffered");
+        assert_eq!(positions[0].position, vec![7]);
     }
 }

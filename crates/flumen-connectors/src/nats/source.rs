@@ -303,6 +303,21 @@ struct Split {
     taken_next: Option<(u64, Subject)>,
 }
 
+/// Each split's position: the sequence after the rows returned, and
+/// whether it is done, which it is not while rows of it are `queued` or
+/// taken but not decoded (a barrier came while the batch lingered).
+fn split_positions(splits: &[Split], queued: &[usize]) -> Vec<SplitPosition> {
+    splits
+        .iter()
+        .enumerate()
+        .map(|(id, s)| SplitPosition {
+            split: s.name.clone(),
+            position: s.next_sequence.map(|n| vec![n]).unwrap_or_default(),
+            done: s.done && !queued.contains(&id) && s.taken_next.is_none(),
+        })
+        .collect()
+}
+
 /// Where a split's returned rows reach: the sequence after them and the
 /// subject that acknowledges them.
 type Advance = (usize, u64, Subject);
@@ -421,16 +436,7 @@ impl Source for NatsSource {
             self.acks.insert(checkpoint, replies);
         }
         let queued: Vec<usize> = self.pending.advances().map(|(id, _, _)| *id).collect();
-        Ok(self
-            .splits
-            .iter()
-            .enumerate()
-            .map(|(id, s)| SplitPosition {
-                split: s.name.clone(),
-                position: s.next_sequence.map(|n| vec![n]).unwrap_or_default(),
-                done: s.done && !queued.contains(&id),
-            })
-            .collect())
+        Ok(split_positions(&self.splits, &queued))
     }
 
     fn restore_position(&mut self, positions: &[SplitPosition]) -> Result<()> {
@@ -746,4 +752,36 @@ async fn open_consumer(
         .create_consumer(config)
         .await
         .map_err(|e| failed("cannot be made", &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A split at its end is done only once every row of it is returned:
+    /// none queued, none taken and waiting to be decoded.
+    #[test]
+    fn a_split_at_its_end_is_done_only_once_its_rows_are_returned() {
+        let split = |taken_next: Option<(u64, Subject)>| Split {
+            name: "bids".into(),
+            subject: None,
+            consumer: "flumen-bids".into(),
+            next_sequence: Some(7),
+            opened: true,
+            done: true,
+            clock: 0,
+            buffer: Payloads::default(),
+            records: Records::default(),
+            taken_next,
+        };
+        let splits = vec![split(None), split(Some((9, Subject::from("reply"))))];
+        let positions = split_positions(&splits, &[]);
+        assert!(positions[0].done);
+        assert!(
+            !positions[1].done,
+            "rows up to sequence 9 are still buffered"
+        );
+        assert_eq!(positions[1].position, vec![7]);
+        assert!(!split_positions(&splits, &[0])[0].done, "rows queued");
+    }
 }

@@ -7,6 +7,7 @@ mod accumulator_layers;
 mod columns;
 mod filter;
 mod join;
+mod kept_rows;
 mod limit;
 mod lookup_join;
 mod projection;

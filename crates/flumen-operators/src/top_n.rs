@@ -8,24 +8,27 @@
 //! Order keys are encoded with `arrow-row`, so comparing two rows is one
 //! `memcmp`; a row worse than a full partition's last kept row is rejected
 //! with that one comparison, which is what most rows do once a partition
-//! has filled up. Rows that get in are copied out of their batch together.
+//! has filled up. Rows still kept at the end of a batch are copied out of it
+//! together, into [`KeptRows`].
 
 use std::collections::BTreeMap;
-
-use datafusion::common::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, Int8Array, Int64Array, RecordBatch, UInt32Array,
-    UInt64Array,
+    ArrayRef, AsArray, BinaryArray, Int8Array, Int64Array, RecordBatch, RecordBatchOptions,
+    UInt32Array, UInt64Array,
 };
-use arrow::compute::{SortOptions, cast, interleave, take};
+use arrow::compute::{SortOptions, cast, take};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
-use arrow::row::{OwnedRow, RowConverter, SortField};
+use arrow::row::{RowConverter, Rows, SortField};
+use datafusion::common::{HashMap, HashSet};
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
 use flumen_state::{KeyGroup, KeyGroups, StateSnapshot, state_column};
-use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Result, RowOp, Watermark};
+use flumen_types::{FlumenError, Result, RowOp, Watermark};
+use hashbrown::HashTable;
+use smallvec::SmallVec;
 
+use crate::kept_rows::{KeptRows, Keys, RowRef, kept_schema};
 use crate::retract_top_n::{RetractTopN, RetractTopNSpec};
 
 /// How rows are numbered within a partition.
@@ -157,32 +160,45 @@ impl OperatorFactory for TopNFactory {
                 ctx.metrics.clone(),
             )));
         }
-        Ok(Box::new(TopN {
+        Ok(Box::new(self.top_n(ctx, partition, order)))
+    }
+}
+
+impl TopNFactory {
+    /// A TopN over an append-only input.
+    fn top_n(&self, ctx: &TaskContext, partition: RowConverter, order: RowConverter) -> TopN {
+        let kept_schema = kept_schema(&self.output, self.width);
+        TopN {
             width: self.width,
             partition_columns: self.partition_columns.clone(),
             order_columns: self.order_columns.iter().map(|o| o.0).collect(),
-            function: self.function,
-            limit: self.limit,
+            ranking: Ranking {
+                function: self.function,
+                limit: self.limit,
+            },
             window: self.window,
             state_ttl_ns: self.state_ttl_ns,
             output: self.output.clone(),
+            kept: KeptRows::new(kept_schema.clone()),
+            kept_schema,
             partition_converter: partition,
             order_converter: order,
-            partitions: HashMap::new(),
+            partitions: Vec::new(),
+            free_partitions: Vec::new(),
+            index: HashTable::new(),
+            hasher: ahash::RandomState::with_seeds(
+                0x243f_6a88_85a3_08d3,
+                0x1319_8a2e_0370_7344,
+                0xa409_3822_299f_31d0,
+                0x082e_fa98_ec4e_6c89,
+            ),
             closing: BTreeMap::new(),
-            slots: Vec::new(),
-            free_slots: Vec::new(),
-            next_id: 0,
             watermark: i64::MIN,
             last_sweep: i64::MIN,
-            retained_rows: 0,
-            live_entries: 0,
-            retained_bytes: 0,
-            partition_key_bytes: 0,
             key_groups: ctx.key_groups,
             metrics: ctx.metrics.clone(),
             gauge: StateGauge::default(),
-        }))
+        }
     }
 }
 
@@ -227,288 +243,286 @@ pub(crate) fn partition_key_groups(
     Ok(groups)
 }
 
-/// Bytes a partition costs besides its key: its map entry and `Vec`.
-const PARTITION_OVERHEAD: usize = 64;
+/// Marks an entry whose row is still in the batch being processed.
+const PENDING: u32 = u32::MAX;
 
-/// A kept row: its order key, where its values are, and an identity.
-struct Entry {
-    key: OwnedRow,
-    slot: u32,
-    row: u32,
-    id: u64,
-}
-
+/// One partition: its kept rows, best first, ties in arrival order.
+#[derive(Default)]
 struct Partition {
-    /// Best first; ties in arrival order.
-    entries: Vec<Entry>,
-    /// The watermark when a row last got in (for `state_ttl`).
+    entries: SmallVec<[RowRef; 2]>,
+    /// The watermark when a row last got in (`state_ttl`, no window).
     touched_at: i64,
 }
 
-/// Copied-out candidate rows and how many entries still point into them.
-struct Slot {
-    batch: RecordBatch,
-    refs: usize,
+/// A kept row with its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Numbered {
+    rank: u64,
+    at: RowRef,
 }
 
-/// The running TopN of one subtask.
+/// One output row: a kept row, its number, and the change.
+struct OutRow {
+    at: RowRef,
+    rank: u64,
+    op: RowOp,
+}
+
+/// Where keys are read: kept rows from the store, `PENDING` rows from the
+/// batch being processed.
+struct KeySource<'a> {
+    kept: &'a KeptRows,
+    order: Option<&'a Rows>,
+    partition: Option<&'a Rows>,
+}
+
+impl<'a> KeySource<'a> {
+    fn order(&self, r: RowRef) -> &'a [u8] {
+        match self.order {
+            Some(batch) if r.slot == PENDING => batch.row(r.row as usize).data(),
+            _ => self.kept.order_key(r),
+        }
+    }
+
+    fn partition(&self, r: RowRef) -> &'a [u8] {
+        if r.slot == PENDING {
+            self.batch_partition(r.row as usize)
+        } else {
+            self.kept.partition_key(r)
+        }
+    }
+
+    /// The partition key of a row of the batch (no bytes without PARTITION BY).
+    fn batch_partition(&self, row: usize) -> &'a [u8] {
+        self.partition.map_or(&[], |keys| keys.row(row).data())
+    }
+}
+
+/// The numbering rule: which rows a partition keeps and their numbers.
+#[derive(Clone, Copy)]
+struct Ranking {
+    function: RankFunction,
+    limit: usize,
+}
+
+impl Ranking {
+    /// Whether entry `i` ties with the one before (only ranks care).
+    fn tie(&self, entries: &[RowRef], i: usize, keys: &KeySource) -> bool {
+        self.function != RankFunction::RowNumber
+            && i > 0
+            && keys.order(entries[i - 1]) == keys.order(entries[i])
+    }
+
+    /// `entries` with their numbers, appended to `out`.
+    fn number_into(&self, entries: &[RowRef], keys: &KeySource, out: &mut Vec<Numbered>) {
+        let mut dense = 0;
+        let mut previous = None;
+        for (i, &at) in entries.iter().enumerate() {
+            let rank = next_rank(
+                self.function,
+                i,
+                self.tie(entries, i, keys),
+                previous,
+                &mut dense,
+            );
+            previous = Some(rank);
+            out.push(Numbered { rank, at });
+        }
+    }
+
+    /// How many of `entries` are numbered within the limit.
+    fn keep(&self, entries: &[RowRef], keys: &KeySource) -> usize {
+        if self.function == RankFunction::RowNumber {
+            return entries.len().min(self.limit);
+        }
+        let mut dense = 0;
+        let mut previous = None;
+        for i in 0..entries.len() {
+            let rank = next_rank(
+                self.function,
+                i,
+                self.tie(entries, i, keys),
+                previous,
+                &mut dense,
+            );
+            if rank > self.limit as u64 {
+                return i;
+            }
+            previous = Some(rank);
+        }
+        entries.len()
+    }
+
+    /// Whether a row with `key` cannot get into a partition holding `entries`.
+    fn rejects(&self, entries: &[RowRef], key: &[u8], keys: &KeySource) -> bool {
+        if entries.len() < self.limit {
+            return false;
+        }
+        let Some(&last) = entries.last() else {
+            return false;
+        };
+        let last = keys.order(last);
+        match self.function {
+            // A tie with the last kept row comes after it in arrival order.
+            RankFunction::RowNumber => key >= last,
+            // More rows than the limit are kept only as ties, so a row
+            // worse than the last is ranked past the limit.
+            RankFunction::Rank => key > last,
+            // Ties do not use up dense ranks: a worse row gets in while
+            // fewer distinct values than the limit are kept.
+            RankFunction::DenseRank => {
+                let distinct = 1
+                    + (1..entries.len())
+                        .filter(|&i| keys.order(entries[i - 1]) != keys.order(entries[i]))
+                        .count();
+                distinct >= self.limit && key > last
+            }
+        }
+    }
+}
+
+/// The changes between a partition's numbered rows before and after.
+fn diff(before: &[Numbered], after: &[Numbered], out: &mut Vec<OutRow>) {
+    let row = |n: &Numbered, op| OutRow {
+        at: n.at,
+        rank: n.rank,
+        op,
+    };
+    for i in 0..before.len().max(after.len()) {
+        match (before.get(i), after.get(i)) {
+            (Some(o), Some(n)) if o == n => {}
+            (Some(o), Some(n)) => {
+                out.push(row(o, RowOp::UpdateBefore));
+                out.push(row(n, RowOp::UpdateAfter));
+            }
+            (Some(o), None) => out.push(row(o, RowOp::Delete)),
+            (None, Some(n)) => out.push(row(n, RowOp::Insert)),
+            (None, None) => {}
+        }
+    }
+}
+
+/// A 32-bit hash spread over 64 bits, for a table that keeps only 32.
+fn wide(hash: u32) -> u64 {
+    (u64::from(hash) << 32) | u64::from(hash)
+}
+
+/// The running TopN of one subtask. Partitions live in a `Vec` found through
+/// a table of (index, hash); their keys are read from their kept rows, so a
+/// partition costs 32 bytes and a few in the table besides its rows.
 pub struct TopN {
     width: usize,
     partition_columns: Vec<usize>,
     order_columns: Vec<usize>,
-    function: RankFunction,
-    limit: usize,
+    ranking: Ranking,
     window: Option<TopNWindow>,
     state_ttl_ns: Option<i64>,
     output: SchemaRef,
+    kept_schema: SchemaRef,
     partition_converter: RowConverter,
     order_converter: RowConverter,
-    partitions: HashMap<Box<[u8]>, Partition>,
+    kept: KeptRows,
+    partitions: Vec<Partition>,
+    free_partitions: Vec<u32>,
+    index: HashTable<(u32, u32)>,
+    hasher: ahash::RandomState,
     /// Windowed partitions by window end, to close them in order.
-    closing: BTreeMap<i64, Vec<Box<[u8]>>>,
-    slots: Vec<Option<Slot>>,
-    free_slots: Vec<u32>,
-    next_id: u64,
+    closing: BTreeMap<i64, Vec<u32>>,
     watermark: i64,
     /// The watermark of the last `state_ttl` sweep.
     last_sweep: i64,
-    /// Rows held by all slots, live or not.
-    retained_rows: usize,
-    /// Entries of all partitions.
-    live_entries: usize,
-    /// Bytes of all slots.
-    retained_bytes: usize,
-    /// Bytes of the partition keys and their map entries.
-    partition_key_bytes: usize,
     /// How partition keys map to key groups, and which this subtask owns.
     key_groups: KeyGroups,
     metrics: Arc<JobMetrics>,
     gauge: StateGauge,
 }
 
-/// A kept row with its number, as a partition held it before a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Numbered {
-    rank: u64,
-    slot: u32,
-    row: u32,
-    id: u64,
-}
-
-/// One output row: a kept row, its number, and the change.
-struct OutRow {
-    slot: u32,
-    row: u32,
-    rank: u64,
-    op: RowOp,
-}
-
 impl TopN {
-    /// The numbers of `entries` (best first) under `function`.
-    fn ranks(function: RankFunction, entries: &[Entry]) -> Vec<u64> {
-        let mut ranks: Vec<u64> = Vec::with_capacity(entries.len());
-        let mut dense = 0;
-        for (i, e) in entries.iter().enumerate() {
-            let tie = i > 0 && entries[i - 1].key == e.key;
-            ranks.push(next_rank(
-                function,
-                i,
-                tie,
-                ranks.last().copied(),
-                &mut dense,
-            ));
-        }
-        ranks
+    fn hash(&self, key: &[u8]) -> u32 {
+        // Half the hash is kept; the table spreads it with `wide`.
+        self.hasher.hash_one(key) as u32
     }
 
-    /// Drops entries numbered beyond the limit; returns them.
-    fn trim(&self, entries: &mut Vec<Entry>) -> Vec<Entry> {
-        let ranks = Self::ranks(self.function, entries);
-        let keep = ranks
-            .iter()
-            .take_while(|&&r| r <= self.limit as u64)
-            .count();
-        entries.split_off(keep)
+    /// The partition keyed `key` (its hash `h`), if any.
+    fn find(&self, h: u32, key: &[u8], keys: &KeySource) -> Option<u32> {
+        self.index
+            .find(wide(h), |&(i, hh)| {
+                hh == h && keys.partition(self.partitions[i as usize].entries[0]) == key
+            })
+            .map(|&(i, _)| i)
     }
 
-    /// Whether a row with `key` cannot get into a partition holding `entries`.
-    fn rejects(&self, entries: &[Entry], key: &[u8]) -> bool {
-        if entries.len() < self.limit {
-            return false;
-        }
-        let last = entries.last().expect("a full partition has entries");
-        match self.function {
-            // A tie with the last kept row comes after it in arrival order.
-            RankFunction::RowNumber => key >= last.key.row().as_ref(),
-            // More rows than the limit are kept only as ties, so a row
-            // worse than the last is ranked past the limit.
-            RankFunction::Rank => key > last.key.row().as_ref(),
-            // Ties do not use up dense ranks: a worse row gets in while
-            // fewer distinct values than the limit are kept.
-            RankFunction::DenseRank => {
-                let distinct = 1 + entries.windows(2).filter(|w| w[0].key != w[1].key).count();
-                distinct >= self.limit && key > last.key.row().as_ref()
-            }
-        }
-    }
-
-    fn store_slot(&mut self, batch: RecordBatch) -> u32 {
-        self.retained_rows += batch.num_rows();
-        self.retained_bytes += batch.get_array_memory_size();
-        let slot = Slot { batch, refs: 0 };
-        match self.free_slots.pop() {
-            Some(i) => {
-                self.slots[i as usize] = Some(slot);
-                i
-            }
+    /// A new partition holding `first`, under hash `h`.
+    fn open_partition(&mut self, h: u32, first: RowRef, touched_at: i64) -> u32 {
+        let pidx = match self.free_partitions.pop() {
+            Some(i) => i,
             None => {
-                self.slots.push(Some(slot));
-                (self.slots.len() - 1) as u32
+                self.partitions.push(Partition::default());
+                (self.partitions.len() - 1) as u32
             }
-        }
+        };
+        let p = &mut self.partitions[pidx as usize];
+        p.entries.push(first);
+        p.touched_at = touched_at;
+        self.index
+            .insert_unique(wide(h), (pidx, h), |&(_, hh)| wide(hh));
+        pidx
     }
 
-    fn release(&mut self, entries: Vec<Entry>) {
-        self.live_entries -= entries.len();
-        for e in entries {
-            let slot = self.slots[e.slot as usize]
-                .as_mut()
-                .expect("entries point to live slots");
-            slot.refs -= 1;
-            if slot.refs == 0 {
-                self.free_slot(e.slot);
-            }
+    /// Drops a partition and its rows.
+    fn remove_partition(&mut self, pidx: u32) {
+        let entries = std::mem::take(&mut self.partitions[pidx as usize].entries);
+        let Some(&first) = entries.first() else {
+            return;
+        };
+        let h = self.hash(self.kept.partition_key(first));
+        if let Ok(found) = self.index.find_entry(wide(h), |&(i, _)| i == pidx) {
+            found.remove();
         }
+        for r in entries {
+            self.kept.release(r);
+        }
+        self.free_partitions.push(pidx);
     }
 
-    fn free_slot(&mut self, slot: u32) {
-        if let Some(s) = self.slots[slot as usize].take() {
-            self.retained_rows -= s.batch.num_rows();
-            self.retained_bytes -= s.batch.get_array_memory_size();
-            self.free_slots.push(slot);
-        }
-    }
-
-    /// Copies the kept rows into fresh slots once dead rows dominate: a kept
-    /// row otherwise holds on to every row copied out of its batch with it.
+    /// Copies the emptiest slots' live rows together, repointing entries.
     fn compact(&mut self) -> Result<()> {
-        if self.retained_rows <= self.live_entries + self.live_entries / 2 + DEFAULT_BATCH_SIZE {
-            return Ok(());
-        }
-        let mut picks: Vec<(u32, u32)> = Vec::with_capacity(self.live_entries);
-        for p in self.partitions.values() {
-            picks.extend(p.entries.iter().map(|e| (e.slot, e.row)));
-        }
-        let schema = Arc::new(arrow::datatypes::Schema::new(
-            self.output.fields()[..self.width].to_vec(),
-        ));
-        let mut fresh: Vec<RecordBatch> = Vec::new();
-        for chunk in picks.chunks(DEFAULT_BATCH_SIZE) {
-            let mut local: HashMap<u32, usize> = HashMap::new();
-            let mut used: Vec<u32> = Vec::new();
-            let rows: Vec<(usize, usize)> = chunk
-                .iter()
-                .map(|&(slot, row)| {
-                    let n = *local.entry(slot).or_insert_with(|| {
-                        used.push(slot);
-                        used.len() - 1
-                    });
-                    (n, row as usize)
-                })
-                .collect();
-            let columns = (0..self.width)
-                .map(|c| {
-                    let arrays: Vec<&dyn Array> = used
-                        .iter()
-                        .map(|&s| {
-                            self.slots[s as usize]
-                                .as_ref()
-                                .expect("kept rows are in live slots")
-                                .batch
-                                .column(c)
-                                .as_ref()
-                        })
-                        .collect();
-                    interleave(&arrays, &rows)
-                })
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            fresh.push(RecordBatch::try_new(schema.clone(), columns)?);
-        }
-        self.slots.clear();
-        self.free_slots.clear();
-        self.retained_rows = 0;
-        self.retained_bytes = 0;
-        let ids: Vec<u32> = fresh.into_iter().map(|b| self.store_slot(b)).collect();
-        let mut n = 0;
-        for p in self.partitions.values_mut() {
-            for e in &mut p.entries {
-                e.slot = ids[n / DEFAULT_BATCH_SIZE];
-                e.row = (n % DEFAULT_BATCH_SIZE) as u32;
-                n += 1;
+        let partitions = &mut self.partitions;
+        self.kept.compact(|owner, from, to| {
+            if let Some(e) = partitions[owner as usize]
+                .entries
+                .iter_mut()
+                .find(|e| **e == from)
+            {
+                *e = to;
             }
-        }
-        for (i, &id) in ids.iter().enumerate() {
-            let rows = if i + 1 == ids.len() {
-                n - i * DEFAULT_BATCH_SIZE
-            } else {
-                DEFAULT_BATCH_SIZE
-            };
-            self.slots[id as usize].as_mut().expect("stored above").refs = rows;
-        }
-        Ok(())
+        })
     }
 
-    /// Drops partitions no row got into for `state_ttl`.
+    /// Drops partitions no row got into for `state_ttl` (windowed partitions
+    /// go when their window closes).
     fn expire_idle(&mut self) {
         let Some(ttl) = self.state_ttl_ns else { return };
-        if self.watermark < self.last_sweep.saturating_add(ttl / 2) {
+        if self.window.is_some() || self.watermark < self.last_sweep.saturating_add(ttl / 2) {
             return;
         }
         self.last_sweep = self.watermark;
         let cutoff = self.watermark.saturating_sub(ttl);
-        let idle: Vec<Box<[u8]>> = self
+        let idle: Vec<u32> = self
             .partitions
             .iter()
-            .filter(|(_, p)| p.touched_at < cutoff)
-            .map(|(k, _)| k.clone())
+            .enumerate()
+            .filter(|(_, p)| !p.entries.is_empty() && p.touched_at < cutoff)
+            .map(|(i, _)| i as u32)
             .collect();
-        for key in idle {
-            if let Some(p) = self.partitions.remove(&key) {
-                self.partition_key_bytes -= key.len() + PARTITION_OVERHEAD;
-                self.release(p.entries);
-            }
+        for pidx in idle {
+            self.remove_partition(pidx);
         }
     }
 
     fn emit(&self, rows: &[OutRow]) -> Result<RecordBatch> {
-        let mut local: HashMap<u32, usize> = HashMap::new();
-        let mut used: Vec<u32> = Vec::new();
-        let picks: Vec<(usize, usize)> = rows
-            .iter()
-            .map(|r| {
-                let n = *local.entry(r.slot).or_insert_with(|| {
-                    used.push(r.slot);
-                    used.len() - 1
-                });
-                (n, r.row as usize)
-            })
-            .collect();
-        let mut columns: Vec<ArrayRef> = (0..self.width)
-            .map(|c| {
-                let arrays: Vec<&dyn Array> = used
-                    .iter()
-                    .map(|&s| {
-                        self.slots[s as usize]
-                            .as_ref()
-                            .expect("emitted rows are live")
-                            .batch
-                            .column(c)
-                            .as_ref()
-                    })
-                    .collect();
-                interleave(&arrays, &picks)
-            })
-            .collect::<std::result::Result<_, _>>()?;
+        let at: Vec<RowRef> = rows.iter().map(|r| r.at).collect();
+        let mut columns = self.kept.gather(&at)?;
         columns.push(Arc::new(UInt64Array::from_iter_values(
             rows.iter().map(|r| r.rank),
         )));
@@ -520,134 +534,78 @@ impl TopN {
         Ok(RecordBatch::try_new(self.output.clone(), columns)?)
     }
 
-    /// `entries` with their numbers, appended to `out` (no allocation once
-    /// `out` has grown).
-    fn numbered_into(&self, entries: &[Entry], out: &mut Vec<Numbered>) {
-        let first = out.len();
-        let mut dense = 0;
-        for (i, e) in entries.iter().enumerate() {
-            let tie = i > 0 && entries[i - 1].key == e.key;
-            let previous = (out.len() > first).then(|| out[out.len() - 1].rank);
-            out.push(Numbered {
-                rank: next_rank(self.function, i, tie, previous, &mut dense),
-                slot: e.slot,
-                row: e.row,
-                id: e.id,
-            });
-        }
-    }
-
-    /// The changes between a partition's numbered rows before and after.
-    fn diff(
-        &self,
-        before: &[Numbered],
-        after: &[Entry],
-        scratch: &mut Vec<Numbered>,
-        out: &mut Vec<OutRow>,
-    ) {
-        scratch.clear();
-        self.numbered_into(after, scratch);
-        let after = &scratch[..];
-        let row = |n: &Numbered, op| OutRow {
-            slot: n.slot,
-            row: n.row,
-            rank: n.rank,
-            op,
-        };
-        for i in 0..before.len().max(after.len()) {
-            match (before.get(i), after.get(i)) {
-                (Some(o), Some(n)) if o.rank == n.rank && o.id == n.id => {}
-                (Some(o), Some(n)) => {
-                    out.push(row(o, RowOp::UpdateBefore));
-                    out.push(row(n, RowOp::UpdateAfter));
-                }
-                (Some(o), None) => out.push(row(o, RowOp::Delete)),
-                (None, Some(n)) => out.push(row(n, RowOp::Insert)),
-                (None, None) => {}
-            }
-        }
-    }
-
-    /// Adds an empty partition `pkey`, closing at `end` when windowed.
-    fn open_partition(&mut self, pkey: &[u8], end: i64) {
-        let boxed: Box<[u8]> = pkey.into();
-        self.partition_key_bytes += boxed.len() + PARTITION_OVERHEAD;
-        if self.window.is_some() {
-            self.closing.entry(end).or_default().push(boxed.clone());
-        }
-        self.partitions.insert(
-            boxed,
-            Partition {
-                entries: Vec::new(),
-                touched_at: self.watermark,
-            },
-        );
-    }
-
     fn close_windows(&mut self, upto: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
         while let Some(entry) = self.closing.first_entry() {
             if *entry.key() > upto {
                 break;
             }
-            let keys = entry.remove();
-            let mut rows = Vec::new();
-            let mut released = Vec::new();
-            for key in keys {
-                let Some(p) = self.partitions.remove(&key) else {
-                    continue;
-                };
-                self.partition_key_bytes -= key.len() + PARTITION_OVERHEAD;
-                let ranks = Self::ranks(self.function, &p.entries);
-                for (e, rank) in p.entries.iter().zip(ranks) {
-                    rows.push(OutRow {
-                        slot: e.slot,
-                        row: e.row,
-                        rank,
-                        op: RowOp::Insert,
-                    });
-                }
-                released.extend(p.entries);
+            let closed = entry.remove();
+            let keys = KeySource {
+                kept: &self.kept,
+                order: None,
+                partition: None,
+            };
+            let mut numbered = Vec::new();
+            for &pidx in &closed {
+                let entries = &self.partitions[pidx as usize].entries;
+                self.ranking.number_into(entries, &keys, &mut numbered);
             }
-            if !rows.is_empty() {
+            if !numbered.is_empty() {
+                let rows: Vec<OutRow> = numbered
+                    .iter()
+                    .map(|n| OutRow {
+                        at: n.at,
+                        rank: n.rank,
+                        op: RowOp::Insert,
+                    })
+                    .collect();
                 out.push(self.emit(&rows)?);
             }
-            self.release(released);
+            for pidx in closed {
+                self.remove_partition(pidx);
+            }
         }
         Ok(())
     }
-}
 
-impl TopN {
+    /// Bytes of the state: kept rows, partitions, the table.
+    fn state_bytes(&self) -> usize {
+        let spilled = if self.ranking.limit > 2 {
+            self.kept.live_rows() * std::mem::size_of::<RowRef>()
+        } else {
+            0
+        };
+        self.kept.bytes()
+            + self.partitions.capacity() * std::mem::size_of::<Partition>()
+            + spilled
+            + self.index.capacity() * (std::mem::size_of::<(u32, u32)>() + 1)
+    }
+
     /// The kept rows of every partition as snapshot columns: the row's
-    /// values, its partition and order keys (`arrow-row` bytes), its
-    /// arrival id, its partition's last update and window end.
+    /// values, its partition and order keys (`arrow-row` bytes), its place
+    /// in its partition, its partition's last update and window end.
     fn kept_rows(&self) -> Result<(Vec<ArrayRef>, Vec<KeyGroup>)> {
-        let mut ends: HashMap<&[u8], i64> = HashMap::new();
-        for (&end, keys) in &self.closing {
-            for key in keys {
-                ends.insert(key, end);
+        let mut ends: HashMap<u32, i64> = HashMap::new();
+        for (&end, closing) in &self.closing {
+            for &pidx in closing {
+                ends.insert(pidx, end);
             }
         }
-        let mut rows = Vec::with_capacity(self.live_entries);
-        let (mut partition, mut order, mut ids, mut touched, mut end) =
+        let live = self.kept.live_rows();
+        let mut at = Vec::with_capacity(live);
+        let (mut partition, mut order, mut places, mut touched, mut end) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (pkey, p) in &self.partitions {
-            for e in &p.entries {
-                rows.push(OutRow {
-                    slot: e.slot,
-                    row: e.row,
-                    rank: 0,
-                    op: RowOp::Insert,
-                });
-                partition.push(pkey.as_ref());
-                order.push(e.key.row().data().to_vec());
-                ids.push(e.id);
+        for (pidx, p) in self.partitions.iter().enumerate() {
+            for (place, &r) in p.entries.iter().enumerate() {
+                at.push(r);
+                partition.push(self.kept.partition_key(r));
+                order.push(self.kept.order_key(r));
+                places.push(place as u64);
                 touched.push(p.touched_at);
-                end.push(ends.get(pkey.as_ref()).copied().unwrap_or(i64::MAX));
+                end.push(ends.get(&(pidx as u32)).copied().unwrap_or(i64::MAX));
             }
         }
-        let values = self.emit(&rows)?;
-        let mut columns = values.columns()[..self.width].to_vec();
+        let mut columns = self.kept.gather(&at)?;
         let key_groups = partition_key_groups(
             &self.partition_converter,
             !self.partition_columns.is_empty(),
@@ -656,7 +614,7 @@ impl TopN {
         )?;
         columns.push(Arc::new(BinaryArray::from_iter_values(partition)));
         columns.push(Arc::new(BinaryArray::from_iter_values(order)));
-        columns.push(Arc::new(UInt64Array::from(ids)));
+        columns.push(Arc::new(UInt64Array::from(places)));
         columns.push(Arc::new(Int64Array::from(touched)));
         columns.push(Arc::new(Int64Array::from(end)));
         Ok((columns, key_groups))
@@ -666,7 +624,7 @@ impl TopN {
 impl Operator for TopN {
     fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
         let n = batch.num_rows();
-        if n == 0 {
+        if n == 0 || self.ranking.limit == 0 {
             return Ok(());
         }
         let partition_cols: Vec<ArrayRef> = self
@@ -680,15 +638,10 @@ impl Operator for TopN {
             .map(|&c| batch.column(c).clone())
             .collect();
         // Without PARTITION BY every row is in the one partition, keyed by
-        // no bytes (arrow-row encodes no columns as no rows).
+        // no bytes.
         let partition_keys = (!partition_cols.is_empty())
             .then(|| self.partition_converter.convert_columns(&partition_cols))
             .transpose()?;
-        let pkey_of = |row: usize| -> &[u8] {
-            partition_keys
-                .as_ref()
-                .map_or(&[], |keys| keys.row(row).data())
-        };
         let order_keys = self.order_converter.convert_columns(&order_cols)?;
         let window_ends: Option<Vec<Option<i64>>> = match self.window {
             Some(w) => {
@@ -709,107 +662,116 @@ impl Operator for TopN {
             }
             None => None,
         };
-        // Pass 1: which rows could get in, judged against the state before
-        // this batch (a cheap, conservative filter); the exact decision is
-        // made when they are inserted below.
-        let mut candidates: Vec<u32> = Vec::new();
+        let ranking = self.ranking;
+        // Each row goes in as a `PENDING` entry pointing into the batch; the
+        // rows still kept at the end are copied out together.
+        let mut before: Vec<Numbered> = Vec::new();
+        let mut touched: Vec<(u32, usize, usize)> = Vec::new();
+        let mut seen: HashSet<u32> = HashSet::new();
+        let mut evicted: Vec<RowRef> = Vec::new();
         let mut late = 0;
         for row in 0..n {
-            if let Some(ends) = &window_ends {
-                match ends[row] {
-                    Some(end) if end > self.watermark => {}
+            let end = match &window_ends {
+                Some(ends) => match ends[row] {
+                    Some(end) if end > self.watermark => end,
                     _ => {
                         late += 1;
                         continue;
                     }
+                },
+                None => i64::MAX,
+            };
+            let keys = KeySource {
+                kept: &self.kept,
+                order: Some(&order_keys),
+                partition: partition_keys.as_ref(),
+            };
+            let pkey = keys.batch_partition(row);
+            let key = order_keys.row(row).data();
+            let at = RowRef {
+                slot: PENDING,
+                row: row as u32,
+            };
+            let h = self.hash(pkey);
+            let Some(pidx) = self.find(h, pkey, &keys) else {
+                let pidx = self.open_partition(h, at, self.watermark);
+                if self.window.is_some() {
+                    self.closing.entry(end).or_default().push(pidx);
                 }
-            }
-            let pkey = pkey_of(row);
-            let rejected = self
-                .partitions
-                .get(pkey)
-                .is_some_and(|p| self.rejects(&p.entries, order_keys.row(row).as_ref()));
-            if !rejected {
-                candidates.push(row as u32);
-            }
-        }
-        self.metrics.add_late_rows_dropped(late);
-        if candidates.is_empty() {
-            return Ok(());
-        }
-        let indices = UInt32Array::from(candidates.clone());
-        let copied: Vec<ArrayRef> = batch.columns()[..self.width]
-            .iter()
-            .map(|c| take(c, &indices, None))
-            .collect::<std::result::Result<_, _>>()?;
-        let schema = Arc::new(arrow::datatypes::Schema::new(
-            self.output.fields()[..self.width].to_vec(),
-        ));
-        let slot = self.store_slot(RecordBatch::try_new(schema, copied)?);
-        // Pass 2: insert, remembering each touched partition's rows before.
-        // Keys borrowed from this batch's rows; numbered rows in one buffer.
-        let mut before: HashMap<&[u8], (usize, usize)> = HashMap::new();
-        let mut before_rows: Vec<Numbered> = Vec::new();
-        let mut touched: Vec<&[u8]> = Vec::new();
-        let mut evicted = Vec::new();
-        let mut refs = 0;
-        for (i, &row) in candidates.iter().enumerate() {
-            let pkey = pkey_of(row as usize);
-            let key = order_keys.row(row as usize);
-            if !self.partitions.contains_key(pkey) {
-                let end = window_ends
-                    .as_ref()
-                    .and_then(|e| e[row as usize])
-                    .unwrap_or(i64::MAX);
-                self.open_partition(pkey, end);
-            }
-            let partition = self.partitions.get(pkey).expect("inserted above");
-            if self.rejects(&partition.entries, key.as_ref()) {
+                seen.insert(pidx);
+                touched.push((pidx, before.len(), before.len()));
+                continue;
+            };
+            let p = &mut self.partitions[pidx as usize];
+            if ranking.rejects(&p.entries, key, &keys) {
                 continue;
             }
-            if self.window.is_none() && !before.contains_key(pkey) {
-                let start = before_rows.len();
-                self.numbered_into(&partition.entries, &mut before_rows);
-                before.insert(pkey, (start, before_rows.len()));
-                touched.push(pkey);
+            if seen.insert(pidx) {
+                let start = before.len();
+                if self.window.is_none() {
+                    ranking.number_into(&p.entries, &keys, &mut before);
+                }
+                touched.push((pidx, start, before.len()));
             }
-            let id = self.next_id;
-            self.next_id += 1;
-            let mut entries = std::mem::take(
-                &mut self
-                    .partitions
-                    .get_mut(pkey)
-                    .expect("inserted above")
-                    .entries,
-            );
-            let at = entries.partition_point(|e| e.key.row() <= key);
-            entries.insert(
-                at,
-                Entry {
-                    key: key.owned(),
-                    slot,
-                    row: i as u32,
-                    id,
-                },
-            );
-            refs += 1;
-            self.live_entries += 1;
-            evicted.extend(self.trim(&mut entries));
-            let partition = self.partitions.get_mut(pkey).expect("inserted above");
-            partition.entries = entries;
-            partition.touched_at = self.watermark;
+            let place = p.entries.partition_point(|&e| keys.order(e) <= key);
+            p.entries.insert(place, at);
+            let keep = ranking.keep(&p.entries, &keys);
+            evicted.extend(p.entries.drain(keep..).filter(|e| e.slot != PENDING));
+            p.touched_at = self.watermark;
         }
-        self.slots[slot as usize]
-            .as_mut()
-            .expect("stored above")
-            .refs += refs;
+        self.metrics.add_late_rows_dropped(late);
+        // Copy out the batch's rows still kept, in touched order.
+        let mut take_rows: Vec<u32> = Vec::new();
+        let mut owners: Vec<u32> = Vec::new();
+        for &(pidx, _, _) in &touched {
+            for e in &self.partitions[pidx as usize].entries {
+                if e.slot == PENDING {
+                    take_rows.push(e.row);
+                    owners.push(pidx);
+                }
+            }
+        }
+        if !take_rows.is_empty() {
+            let keys = KeySource {
+                kept: &self.kept,
+                order: Some(&order_keys),
+                partition: partition_keys.as_ref(),
+            };
+            let order =
+                Keys::from_keys(take_rows.iter().map(|&r| order_keys.row(r as usize).data()));
+            let partition =
+                Keys::from_keys(take_rows.iter().map(|&r| keys.batch_partition(r as usize)));
+            let indices = UInt32Array::from(take_rows);
+            let columns: Vec<ArrayRef> = batch.columns()[..self.width]
+                .iter()
+                .map(|c| take(c, &indices, None))
+                .collect::<std::result::Result<_, _>>()?;
+            let options = RecordBatchOptions::new().with_row_count(Some(indices.len()));
+            let values =
+                RecordBatch::try_new_with_options(self.kept_schema.clone(), columns, &options)?;
+            let slot = self.kept.add(values, order, partition, owners);
+            let mut next = 0;
+            for &(pidx, _, _) in &touched {
+                for e in self.partitions[pidx as usize].entries.iter_mut() {
+                    if e.slot == PENDING {
+                        *e = RowRef { slot, row: next };
+                        next += 1;
+                    }
+                }
+            }
+        }
         if self.window.is_none() {
+            let keys = KeySource {
+                kept: &self.kept,
+                order: None,
+                partition: None,
+            };
             let mut rows = Vec::new();
-            let mut scratch = Vec::new();
-            for pkey in &touched {
-                let after = &self.partitions[*pkey].entries;
-                let (start, end) = before[pkey];
-                self.diff(&before_rows[start..end], after, &mut scratch, &mut rows);
+            let mut after = Vec::new();
+            for &(pidx, start, end) in &touched {
+                after.clear();
+                ranking.number_into(&self.partitions[pidx as usize].entries, &keys, &mut after);
+                diff(&before[start..end], &after, &mut rows);
             }
             if !rows.is_empty() {
                 out.push(self.emit(&rows)?);
@@ -817,12 +779,8 @@ impl Operator for TopN {
         }
         // Rows evicted this batch may have been emitted above as `-U`/`-D`:
         // release them only now.
-        self.release(evicted);
-        if self.slots[slot as usize]
-            .as_ref()
-            .is_some_and(|s| s.refs == 0)
-        {
-            self.free_slot(slot);
+        for r in evicted {
+            self.kept.release(r);
         }
         self.compact()
     }
@@ -837,9 +795,7 @@ impl Operator for TopN {
             self.close_windows(self.watermark, out)?;
         }
         self.expire_idle();
-        let bytes = self.retained_bytes
-            + self.partition_key_bytes
-            + self.live_entries * (std::mem::size_of::<Entry>() + 16);
+        let bytes = self.state_bytes();
         self.metrics.report_state(&mut self.gauge, bytes);
         Ok(Some(watermark))
     }
@@ -854,7 +810,7 @@ impl Operator for TopN {
 
     fn snapshot_state(&mut self) -> Result<StateSnapshot> {
         let mut snapshot = StateSnapshot::default();
-        if self.live_entries > 0 {
+        if self.kept.live_rows() > 0 {
             let (columns, key_groups) = self.kept_rows()?;
             snapshot.add_columns(0, columns, &key_groups)?;
         }
@@ -866,42 +822,60 @@ impl Operator for TopN {
             return Ok(());
         };
         let w = self.width;
-        let schema = Arc::new(arrow::datatypes::Schema::new(
-            self.output.fields()[..w].to_vec(),
-        ));
+        let n = rows.num_rows();
         let partition = state_column::<BinaryArray>(&rows, 0, w)?;
         let order = state_column::<BinaryArray>(&rows, 0, w + 1)?;
-        let ids = state_column::<UInt64Array>(&rows, 0, w + 2)?;
+        let places = state_column::<UInt64Array>(&rows, 0, w + 2)?;
         let touched = state_column::<Int64Array>(&rows, 0, w + 3)?;
         let ends = state_column::<Int64Array>(&rows, 0, w + 4)?;
-        let values = RecordBatch::try_new(schema, rows.columns()[..w].to_vec())?;
-        let slot = self.store_slot(values);
-        let parser = self.order_converter.parser();
-        for row in 0..rows.num_rows() {
-            let pkey = partition.value(row);
-            if !self.partitions.contains_key(pkey) {
-                self.open_partition(pkey, ends.value(row));
-            }
-            let id = ids.value(row);
-            self.next_id = self.next_id.max(id + 1);
-            let p = self.partitions.get_mut(pkey).expect("opened above");
-            p.entries.push(Entry {
-                key: parser.parse(order.value(row)).owned(),
+        let options = RecordBatchOptions::new().with_row_count(Some(n));
+        let values = RecordBatch::try_new_with_options(
+            self.kept_schema.clone(),
+            rows.columns()[..w].to_vec(),
+            &options,
+        )?;
+        let slot = self.kept.add(
+            values,
+            Keys::from_keys(order.iter().map(|k| k.unwrap_or_default())),
+            Keys::from_keys(partition.iter().map(|k| k.unwrap_or_default())),
+            vec![0; n],
+        );
+        let mut restored = Vec::new();
+        for row in 0..n {
+            let at = RowRef {
                 slot,
                 row: row as u32,
-                id,
+            };
+            let pkey = partition.value(row);
+            let h = self.hash(pkey);
+            let keys = KeySource {
+                kept: &self.kept,
+                order: None,
+                partition: None,
+            };
+            let pidx = match self.find(h, pkey, &keys) {
+                Some(pidx) => {
+                    self.partitions[pidx as usize].entries.push(at);
+                    pidx
+                }
+                None => {
+                    let pidx = self.open_partition(h, at, touched.value(row));
+                    if self.window.is_some() {
+                        self.closing.entry(ends.value(row)).or_default().push(pidx);
+                    }
+                    restored.push(pidx);
+                    pidx
+                }
+            };
+            self.kept.set_owner(at, pidx);
+        }
+        let kept = &self.kept;
+        for pidx in restored {
+            self.partitions[pidx as usize].entries.sort_by(|a, b| {
+                (kept.order_key(*a), places.value(a.row as usize))
+                    .cmp(&(kept.order_key(*b), places.value(b.row as usize)))
             });
-            p.touched_at = touched.value(row);
         }
-        for p in self.partitions.values_mut() {
-            p.entries
-                .sort_by(|a, b| (a.key.row(), a.id).cmp(&(b.key.row(), b.id)));
-        }
-        self.live_entries += rows.num_rows();
-        self.slots[slot as usize]
-            .as_mut()
-            .expect("stored above")
-            .refs = rows.num_rows();
         Ok(())
     }
 }
@@ -910,64 +884,187 @@ impl Operator for TopN {
 mod tests {
     use super::*;
 
-    fn entry(key: &[u8], id: u64) -> Entry {
-        let converter = RowConverter::new(vec![SortField::new(DataType::Binary)]).unwrap();
-        let array: ArrayRef = Arc::new(arrow::array::BinaryArray::from(vec![key]));
+    /// A key source over `keys`, each row a `PENDING` entry.
+    fn pending(keys: &[&str]) -> (KeptRows, Rows, Vec<RowRef>) {
+        let converter = RowConverter::new(vec![SortField::new(DataType::Utf8)]).unwrap();
+        let array: ArrayRef = Arc::new(arrow::array::StringArray::from(keys.to_vec()));
         let rows = converter.convert_columns(&[array]).unwrap();
-        Entry {
-            key: rows.row(0).owned(),
-            slot: 0,
-            row: 0,
-            id,
-        }
+        let kept = KeptRows::new(Arc::new(arrow::datatypes::Schema::empty()));
+        let at = (0..keys.len() as u32)
+            .map(|row| RowRef { slot: PENDING, row })
+            .collect();
+        (kept, rows, at)
+    }
+
+    fn ranks(function: RankFunction, keys: &[&str]) -> Vec<u64> {
+        let (kept, rows, at) = pending(keys);
+        let source = KeySource {
+            kept: &kept,
+            order: Some(&rows),
+            partition: None,
+        };
+        let mut out = Vec::new();
+        Ranking { function, limit: 2 }.number_into(&at, &source, &mut out);
+        out.iter().map(|n| n.rank).collect()
     }
 
     #[test]
     fn rank_functions_number_ties_as_sql_does() {
-        let entries = vec![entry(b"a", 0), entry(b"a", 1), entry(b"b", 2)];
-        assert_eq!(TopN::ranks(RankFunction::RowNumber, &entries), [1, 2, 3]);
-        assert_eq!(TopN::ranks(RankFunction::Rank, &entries), [1, 1, 3]);
-        assert_eq!(TopN::ranks(RankFunction::DenseRank, &entries), [1, 1, 2]);
+        let keys = ["a", "a", "b"];
+        assert_eq!(ranks(RankFunction::RowNumber, &keys), [1, 2, 3]);
+        assert_eq!(ranks(RankFunction::Rank, &keys), [1, 1, 3]);
+        assert_eq!(ranks(RankFunction::DenseRank, &keys), [1, 1, 2]);
     }
 
     #[test]
-    fn unchanged_ranks_emit_nothing_and_a_shift_emits_updates() {
-        let numbered = |rank, id| Numbered {
-            rank,
-            slot: 0,
-            row: 0,
-            id,
+    fn ties_past_the_limit_are_kept_only_by_ranks() {
+        let (kept, rows, at) = pending(&["a", "b", "b", "c"]);
+        let source = KeySource {
+            kept: &kept,
+            order: Some(&rows),
+            partition: None,
         };
-        let before = vec![numbered(1, 10), numbered(2, 11)];
-        let after = vec![entry(b"a", 12), entry(b"b", 10)];
-        let op = TopN {
-            width: 0,
-            partition_columns: vec![],
-            order_columns: vec![],
+        let keep = |function| Ranking { function, limit: 2 }.keep(&at, &source);
+        assert_eq!(keep(RankFunction::RowNumber), 2);
+        assert_eq!(keep(RankFunction::Rank), 3);
+        assert_eq!(keep(RankFunction::DenseRank), 3);
+    }
+
+    /// Applies an updating TopN's output (key, value, rank, op) to `rows`.
+    fn apply(rows: &mut HashMap<(i64, i64, u64), i64>, out: &[RecordBatch]) {
+        for b in out {
+            let key = b.column(0).as_primitive::<Int64Type>();
+            let value = b.column(1).as_primitive::<Int64Type>();
+            let rank = b.column(2).as_primitive::<arrow::datatypes::UInt64Type>();
+            let op = b.column(3).as_primitive::<arrow::datatypes::Int8Type>();
+            for r in 0..b.num_rows() {
+                let sign = if RowOp::from_code(op.value(r)).unwrap().is_addition() {
+                    1
+                } else {
+                    -1
+                };
+                *rows
+                    .entry((key.value(r), value.value(r), rank.value(r)))
+                    .or_default() += sign;
+            }
+        }
+        rows.retain(|_, n| *n != 0);
+    }
+
+    #[test]
+    fn compacted_and_restored_rows_keep_their_partitions() {
+        // The 2 highest values per key over 40 batches: most rows get in and
+        // are pushed out later, so slots fill with dead rows and are
+        // compacted; a snapshot halfway is restored into a fresh operator.
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("k", DataType::Int64, false),
+            arrow::datatypes::Field::new("v", DataType::Int64, false),
+        ]));
+        let mut output: Vec<arrow::datatypes::Field> =
+            schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        output.push(arrow::datatypes::Field::new(
+            "rank",
+            DataType::UInt64,
+            false,
+        ));
+        output.push(arrow::datatypes::Field::new("_op", DataType::Int8, false));
+        let factory = TopNFactory {
+            input: schema.clone(),
+            width: 2,
+            partition_columns: vec![0],
+            order_columns: vec![(
+                1,
+                SortOptions {
+                    descending: true,
+                    nulls_first: false,
+                },
+            )],
             function: RankFunction::RowNumber,
             limit: 2,
             window: None,
             state_ttl_ns: None,
-            output: Arc::new(arrow::datatypes::Schema::empty()),
-            partition_converter: RowConverter::new(vec![]).unwrap(),
-            order_converter: RowConverter::new(vec![]).unwrap(),
-            partitions: HashMap::new(),
-            closing: BTreeMap::new(),
-            slots: Vec::new(),
-            free_slots: Vec::new(),
-            next_id: 0,
-            watermark: i64::MIN,
-            last_sweep: i64::MIN,
-            retained_rows: 0,
-            live_entries: 0,
-            retained_bytes: 0,
-            partition_key_bytes: 0,
-            key_groups: KeyGroups::of_subtask(0, 1, 128),
-            metrics: Arc::new(JobMetrics::default()),
-            gauge: StateGauge::default(),
+            output: Arc::new(arrow::datatypes::Schema::new(output)),
+            op_column: None,
         };
+        let ctx = TaskContext::new(0, 1, 128, Arc::new(JobMetrics::default()));
+        let create = || {
+            let converter = |t| RowConverter::new(vec![SortField::new(t)]).unwrap();
+            let order = RowConverter::new(vec![SortField::new_with_options(
+                DataType::Int64,
+                factory.order_columns[0].1,
+            )])
+            .unwrap();
+            factory.top_n(&ctx, converter(DataType::Int64), order)
+        };
+        let mut op = create();
+        let (mut seed, mut next_value) = (7u64, 0i64);
+        let mut best: HashMap<i64, Vec<i64>> = HashMap::new();
+        let mut rows = HashMap::new();
+        for b in 0..40 {
+            let (mut keys, mut values) = (Vec::new(), Vec::new());
+            for _ in 0..8192 {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                // Most rows go to 1,000 hot keys; the rest to 20,000 rare
+                // ones whose rows stay kept for many batches.
+                let key = if seed % 10 == 0 {
+                    1000 + (seed >> 33) as i64 % 20_000
+                } else {
+                    (seed >> 33) as i64 % 1000
+                };
+                // Values rise with jitter: new rows mostly push old ones out.
+                next_value += 1;
+                let value = next_value * 4 + (seed >> 20) as i64 % 4;
+                keys.push(key);
+                values.push(value);
+                let kept = best.entry(key).or_default();
+                kept.push(value);
+                kept.sort_unstable_by(|a, b| b.cmp(a));
+                kept.truncate(2);
+            }
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(keys)),
+                    Arc::new(Int64Array::from(values)),
+                ],
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            op.process_batch(batch, &mut out).unwrap();
+            apply(&mut rows, &out);
+            if b == 20 {
+                let snapshot = op.snapshot_state().unwrap().resolve().unwrap();
+                op = create();
+                op.restore_state(&snapshot).unwrap();
+            }
+        }
+        // Compaction keeps dead rows within a quarter of the live ones.
+        let (held, live) = (op.kept.held_rows(), op.kept.live_rows());
+        assert!(live > 20_000, "rare keys keep rows in every slot");
+        assert!(
+            held - live <= live / 4 + flumen_types::DEFAULT_BATCH_SIZE,
+            "{} dead rows",
+            held - live
+        );
+        let mut expected = HashMap::new();
+        for (key, kept) in best {
+            for (i, value) in kept.into_iter().enumerate() {
+                expected.insert((key, value, i as u64 + 1), 1);
+            }
+        }
+        assert_eq!(rows, expected);
+    }
+
+    #[test]
+    fn unchanged_ranks_emit_nothing_and_a_shift_emits_updates() {
+        let at = |row| RowRef { slot: 0, row };
+        let numbered = |rank, row| Numbered { rank, at: at(row) };
+        let before = vec![numbered(1, 10), numbered(2, 11)];
+        let after = vec![numbered(1, 12), numbered(2, 10)];
         let mut out = Vec::new();
-        op.diff(&before, &after, &mut Vec::new(), &mut out);
+        diff(&before, &after, &mut out);
         let ops: Vec<(RowOp, u64)> = out.iter().map(|r| (r.op, r.rank)).collect();
         assert_eq!(
             ops,
@@ -979,12 +1076,7 @@ mod tests {
             ]
         );
         let mut out = Vec::new();
-        op.diff(
-            &before,
-            &[entry(b"a", 10), entry(b"b", 11)],
-            &mut Vec::new(),
-            &mut out,
-        );
+        diff(&before, &before, &mut out);
         assert!(out.is_empty());
     }
 }

@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::compute::interleave;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use flumen_types::{DEFAULT_BATCH_SIZE, Result};
 
 /// Where a kept row is: its slot and its index in the slot.
@@ -79,6 +79,8 @@ struct Slot {
     /// A bit per row: still kept.
     live: Vec<u64>,
     live_rows: usize,
+    /// The live rows' own Arrow size.
+    live_arrow_bytes: usize,
     bytes: usize,
 }
 
@@ -97,6 +99,8 @@ pub(crate) struct KeptRows {
     /// Rows held by all slots, live or dead.
     rows: usize,
     live: usize,
+    /// The live rows' own Arrow size.
+    live_arrow_bytes: usize,
     bytes: usize,
 }
 
@@ -109,6 +113,7 @@ impl KeptRows {
             free: Vec::new(),
             rows: 0,
             live: 0,
+            live_arrow_bytes: 0,
             bytes: 0,
         }
     }
@@ -132,8 +137,10 @@ impl KeptRows {
             + partition.bytes()
             + owner.capacity() * 4
             + live.capacity() * 8;
+        let arrow_bytes = batch.columns().iter().map(|c| arrow_bytes(c, None)).sum();
         self.rows += n;
         self.live += n;
+        self.live_arrow_bytes += arrow_bytes;
         self.bytes += bytes;
         let slot = Slot {
             batch,
@@ -142,6 +149,7 @@ impl KeptRows {
             owner,
             live,
             live_rows: n,
+            live_arrow_bytes: arrow_bytes,
             bytes,
         };
         match self.free.pop() {
@@ -190,6 +198,14 @@ impl KeptRows {
         slot.live[row / 64] &= !(1 << (row % 64));
         slot.live_rows -= 1;
         self.live -= 1;
+        let row_bytes: usize = slot
+            .batch
+            .columns()
+            .iter()
+            .map(|c| arrow_bytes(c, Some(row)))
+            .sum();
+        slot.live_arrow_bytes -= row_bytes;
+        self.live_arrow_bytes -= row_bytes;
         if slot.live_rows == 0 {
             self.free_slot(r.slot);
         }
@@ -199,6 +215,7 @@ impl KeptRows {
         if let Some(s) = self.slots[slot as usize].take() {
             self.rows -= s.batch.num_rows();
             self.live -= s.live_rows;
+            self.live_arrow_bytes -= s.live_arrow_bytes;
             self.bytes -= s.bytes;
             self.free.push(slot);
         }
@@ -207,6 +224,12 @@ impl KeptRows {
     /// Live rows.
     pub(crate) fn live_rows(&self) -> usize {
         self.live
+    }
+
+    /// The live rows' own Arrow size: what they would take packed in one
+    /// batch (values, offsets), without this store's keys and slack.
+    pub(crate) fn live_arrow_bytes(&self) -> usize {
+        self.live_arrow_bytes
     }
 
     /// Rows held, live or dead.
@@ -321,9 +344,91 @@ impl KeptRows {
     }
 }
 
+/// The Arrow size of one row of `array` (`Some(row)`), or of all of it:
+/// fixed-width values, and for strings and binaries their bytes and offset.
+/// Other types count their share of the array's memory.
+fn arrow_bytes(array: &ArrayRef, row: Option<usize>) -> usize {
+    let rows = row.map_or(array.len(), |_| 1);
+    let var = |offsets: &[i32]| match row {
+        Some(r) => (offsets[r + 1] - offsets[r]) as usize,
+        None => (offsets[offsets.len() - 1] - offsets[0]) as usize,
+    };
+    match array.data_type() {
+        DataType::Utf8 => var(array.as_string::<i32>().value_offsets()) + 4 * rows,
+        DataType::Binary => var(array.as_binary::<i32>().value_offsets()) + 4 * rows,
+        DataType::Boolean => rows.div_ceil(8),
+        t => match t.primitive_width() {
+            Some(width) => width * rows,
+            None => array.get_array_memory_size() * rows / array.len().max(1),
+        },
+    }
+}
+
 /// The schema of the kept columns: the first `width` fields of `output`.
 pub(crate) fn kept_schema(output: &SchemaRef, width: usize) -> SchemaRef {
     Arc::new(arrow::datatypes::Schema::new(
         output.fields()[..width].to_vec(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+
+    #[test]
+    fn live_rows_count_their_own_arrow_bytes_through_release_and_compaction() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, false),
+        ]));
+        let mut kept = KeptRows::new(schema.clone());
+        // Three slots of 8,192 rows; row i's string is i % 7 bytes long.
+        let text = |i: usize| "x".repeat(i % 7);
+        let mut slots = Vec::new();
+        for s in 0..3 {
+            let rows: Vec<usize> = (s * 8192..(s + 1) * 8192).collect();
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|&i| i as i64))),
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|&i| text(i)))),
+                ],
+            )
+            .unwrap();
+            let keys = Keys::from_keys(rows.iter().map(|_| &b"k"[..]));
+            let owners = rows.iter().map(|&i| i as u32).collect();
+            slots.push(kept.add(batch, Keys::default(), keys, owners));
+        }
+        let expected = |live: &[usize]| live.iter().map(|&i| 8 + 4 + i % 7).sum::<usize>();
+        let mut live: Vec<usize> = (0..3 * 8192).collect();
+        assert_eq!(kept.live_arrow_bytes(), expected(&live));
+        // Release 7 of every 8 rows: the slots are compacted into one.
+        live.retain(|&i| {
+            if i % 8 != 0 {
+                kept.release(RowRef {
+                    slot: slots[i / 8192],
+                    row: (i % 8192) as u32,
+                });
+            }
+            i % 8 == 0
+        });
+        assert_eq!(kept.live_arrow_bytes(), expected(&live));
+        let mut moves = Vec::new();
+        kept.compact(|owner, _, to| moves.push((owner as usize, to)))
+            .unwrap();
+        assert_eq!(moves.len(), live.len());
+        assert_eq!(kept.held_rows(), live.len());
+        assert_eq!(kept.live_arrow_bytes(), expected(&live));
+        // Every moved row still holds its own values.
+        let values = kept
+            .gather(&moves.iter().map(|m| m.1).collect::<Vec<_>>())
+            .unwrap();
+        let n = values[0].as_primitive::<arrow::datatypes::Int64Type>();
+        for (i, (owner, _)) in moves.iter().enumerate() {
+            assert_eq!(n.value(i) as usize, *owner);
+            assert_eq!(values[1].as_string::<i32>().value(i), text(*owner));
+        }
+    }
 }

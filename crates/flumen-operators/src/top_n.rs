@@ -22,7 +22,9 @@ use arrow::compute::{SortOptions, cast, take};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::{HashMap, HashSet};
-use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
+use flumen_runtime::{
+    JobMetrics, KeptGauge, KeptRowsReport, Operator, OperatorFactory, StateGauge, TaskContext,
+};
 use flumen_state::{KeyGroup, KeyGroups, StateSnapshot, state_column};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 use hashbrown::HashTable;
@@ -198,6 +200,7 @@ impl TopNFactory {
             key_groups: ctx.key_groups,
             metrics: ctx.metrics.clone(),
             gauge: StateGauge::default(),
+            kept_gauge: KeptGauge::default(),
         }
     }
 }
@@ -435,6 +438,7 @@ pub struct TopN {
     key_groups: KeyGroups,
     metrics: Arc<JobMetrics>,
     gauge: StateGauge,
+    kept_gauge: KeptGauge,
 }
 
 impl TopN {
@@ -797,6 +801,12 @@ impl Operator for TopN {
         self.expire_idle();
         let bytes = self.state_bytes();
         self.metrics.report_state(&mut self.gauge, bytes);
+        let kept = KeptRowsReport {
+            rows: self.kept.live_rows() as u64,
+            arrow_bytes: self.kept.live_arrow_bytes() as u64,
+            state_bytes: bytes as u64,
+        };
+        self.metrics.report_kept(&mut self.kept_gauge, kept);
         Ok(Some(watermark))
     }
 

@@ -21,7 +21,7 @@ pub use graph::{JobGraph, Node, NodeId, NodeKind, Partitioning};
 pub use job::{JobHandle, RunOptions, SavepointRequester, run_job};
 pub use latency::{LatencyRecorder, LatencySummary, Origin, Percentiles};
 pub use lookup::{Lookup, LookupCache, LookupFactory, wait_for};
-pub use metrics::{JobMetrics, StateGauge};
+pub use metrics::{JobMetrics, KeptGauge, KeptRowsReport, StateGauge};
 pub use operator::{
     Operator, OperatorFactory, Sink, SinkFactory, Source, SourceFactory, TaskContext,
     WatermarkGenerator, WatermarkStrategy,

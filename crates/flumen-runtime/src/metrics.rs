@@ -14,6 +14,11 @@ pub struct JobMetrics {
     late_rows_dropped: AtomicU64,
     state_bytes: AtomicI64,
     peak_state_bytes: AtomicI64,
+    /// Rows kept by operators that keep input rows (TopN), with their own
+    /// Arrow size and the state bytes that hold them, as last reported.
+    kept_rows: AtomicI64,
+    kept_arrow_bytes: AtomicI64,
+    kept_state_bytes: AtomicI64,
     /// Each sink subtask's latest watermark (registered when the job starts).
     sink_watermarks: Mutex<Vec<Arc<AtomicI64>>>,
     /// When the job started.
@@ -32,6 +37,25 @@ pub struct JobMetrics {
 #[derive(Debug, Default)]
 pub struct StateGauge {
     reported: i64,
+}
+
+/// What one operator subtask last reported of the rows it keeps.
+#[derive(Debug, Default)]
+pub struct KeptGauge {
+    reported: KeptRowsReport,
+}
+
+/// Rows kept by operators that keep whole input rows (TopN): how many, their
+/// own Arrow size (values and offsets, packed), and the state bytes that
+/// hold them, so the state's overhead over the rows themselves shows.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KeptRowsReport {
+    /// Rows kept.
+    pub rows: u64,
+    /// Their Arrow size.
+    pub arrow_bytes: u64,
+    /// The state bytes of the operators holding them.
+    pub state_bytes: u64,
 }
 
 impl JobMetrics {
@@ -156,6 +180,28 @@ impl JobMetrics {
         if delta != 0 {
             let now = self.state_bytes.fetch_add(delta, Ordering::Relaxed) + delta;
             self.peak_state_bytes.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+    /// An operator subtask now keeps `now` (reported with its state, and left
+    /// standing when it finishes, so a bounded run's figures remain).
+    pub fn report_kept(&self, gauge: &mut KeptGauge, now: KeptRowsReport) {
+        let delta = |new: u64, old: u64| new as i64 - old as i64;
+        let old = gauge.reported;
+        self.kept_rows
+            .fetch_add(delta(now.rows, old.rows), Ordering::Relaxed);
+        self.kept_arrow_bytes
+            .fetch_add(delta(now.arrow_bytes, old.arrow_bytes), Ordering::Relaxed);
+        self.kept_state_bytes
+            .fetch_add(delta(now.state_bytes, old.state_bytes), Ordering::Relaxed);
+        gauge.reported = now;
+    }
+    /// The rows operators keep, as last reported.
+    pub fn kept_rows(&self) -> KeptRowsReport {
+        let load = |a: &AtomicI64| a.load(Ordering::Relaxed).max(0) as u64;
+        KeptRowsReport {
+            rows: load(&self.kept_rows),
+            arrow_bytes: load(&self.kept_arrow_bytes),
+            state_bytes: load(&self.kept_state_bytes),
         }
     }
     /// Counts malformed records a source sent to its dead-letter output.

@@ -117,7 +117,10 @@ pub(crate) struct BenchArgs {
     /// Print one JSON object per run on standard output (the summary
     /// line goes to standard error): query, parallelism, events (rows the
     /// sources really produced), rows_read, rows_written, wall_s, cpu_s,
-    /// events_per_s, events_per_core_s, peak_rss_bytes, peak_state_bytes.
+    /// events_per_s, events_per_core_s, peak_rss_bytes, peak_state_bytes;
+    /// with a TopN, the rows it kept at the end (kept_rows), their own
+    /// Arrow size (kept_arrow_bytes) and the state holding them
+    /// (kept_state_bytes).
     #[arg(long)]
     json: bool,
     /// Generate all three kinds of event even when the query reads fewer
@@ -161,6 +164,11 @@ fn run_json(query: &str, parallelism: usize, s: &Summary, latency: bool) -> serd
         "peak_rss_bytes": s.peak_rss,
         "peak_state_bytes": s.peak_state,
     });
+    if s.kept.rows > 0 {
+        json["kept_rows"] = s.kept.rows.into();
+        json["kept_arrow_bytes"] = s.kept.arrow_bytes.into();
+        json["kept_state_bytes"] = s.kept.state_bytes.into();
+    }
     if latency {
         let l = &s.latency.latency;
         json["latency_p50_ms"] = l.p50_ms.into();
@@ -348,6 +356,19 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
     let events = args.events as f64;
     let peak = runs.iter().map(|s| s.peak_rss).max().unwrap_or(0);
     let peak_state = runs.iter().map(|s| s.peak_state).max().unwrap_or(0);
+    let last = runs.last().map(|s| s.kept).unwrap_or_default();
+    let kept = if last.rows > 0 {
+        let per_row = |bytes: u64| bytes as f64 / last.rows as f64;
+        format!(
+            ", kept rows {:.2} M: {:.0} B each in state, {:.0} B of Arrow ({:.2}x)",
+            last.rows as f64 / 1e6,
+            per_row(last.state_bytes),
+            per_row(last.arrow_bytes),
+            last.state_bytes as f64 / last.arrow_bytes.max(1) as f64
+        )
+    } else {
+        String::new()
+    };
     let latency = match args.rate_limit {
         Some(_) => {
             let mut text = format!(
@@ -368,7 +389,7 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
         None => String::new(),
     };
     let line = format!(
-        "nexmark {} events={} rate={}{} parallelism={} runs={}{}{}: median {:.2} M events/s, {:.2} M events/s per core, {:.2} M source rows/s, peak memory {} MiB, peak state {:.1} MiB{latency}",
+        "nexmark {} events={} rate={}{} parallelism={} runs={}{}{}: median {:.2} M events/s, {:.2} M events/s per core, {:.2} M source rows/s, peak memory {} MiB, peak state {:.1} MiB{kept}{latency}",
         args.query,
         args.events,
         args.rate,

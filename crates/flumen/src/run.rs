@@ -72,6 +72,8 @@ pub(crate) struct Summary {
     pub checkpoint_max_pause_us: u64,
     /// How long after their sources' rows became ready sinks wrote rows.
     pub latency: flumen_runtime::LatencySummary,
+    /// The rows TopN operators kept at the end, and what holding them cost.
+    pub kept: flumen_runtime::KeptRowsReport,
 }
 
 /// The output watermark as progress shows it: the event time up to which
@@ -346,6 +348,7 @@ pub(crate) async fn execute(
         cpu_seconds: after.cpu_seconds - cpu_before,
         peak_rss: after.peak_rss,
         peak_state: metrics.peak_state_bytes(),
+        kept: metrics.kept_rows(),
         checkpoints: checkpoint_stats.completed(),
         checkpoint_bytes: checkpoint_stats.max_bytes(),
         checkpoint_max_ms: checkpoint_stats.max_duration_ms(),

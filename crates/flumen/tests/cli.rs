@@ -244,7 +244,17 @@ fn bench_json_prints_one_object_per_run_counting_only_generated_events() {
         assert_eq!(run["rows_written"], 18_400);
         let rate = run["events"].as_f64().unwrap() / run["wall_s"].as_f64().unwrap();
         assert!((rate / run["events_per_s"].as_f64().unwrap() - 1.0).abs() < 1e-9);
+        assert!(run.get("kept_rows").is_none(), "q1 keeps no rows: {run}");
     }
+    // A TopN reports the rows it kept, their own Arrow size (a bid is ~234
+    // bytes: four integers, a channel, a ~96-byte url, ~82 bytes of extra)
+    // and the state that holds them.
+    let q19 = runs("q19", &[]);
+    let kept = q19[0]["kept_rows"].as_u64().unwrap();
+    assert!(kept > 1_000 && kept < 18_400, "{}", q19[0]);
+    let arrow = q19[0]["kept_arrow_bytes"].as_u64().unwrap() / kept;
+    assert!((150..300).contains(&arrow), "{arrow} bytes per row");
+    assert!(q19[0]["kept_state_bytes"].as_u64().unwrap() > kept * arrow);
     // The skewed-channel benchmark runs as the Nexmark queries do.
     let skew = runs("skew_channel", &[]);
     assert_eq!(skew[0]["events"], 18_400);

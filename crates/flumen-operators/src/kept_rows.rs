@@ -1,13 +1,13 @@
-//! The rows a TopN keeps: their values in Arrow batches ("slots"), each
-//! row's order and partition keys as `arrow-row` bytes beside them, and the
-//! partition that owns it. A row that falls out is marked dead; once dead
-//! rows pass a quarter of the live ones, the emptiest slots are copied
-//! together, a few at a time, so memory stays near the live rows' own size
-//! without ever copying every kept row at once.
+//! The rows a TopN keeps: their values in Arrow batches ("slots"), and
+//! beside them each row's partition and order keys (`arrow-row` bytes, the
+//! two side by side so one cache line usually holds both). A row that falls
+//! out is marked dead; once dead rows pass a quarter of the live ones, the
+//! emptiest slots are copied together, a few at a time, so memory stays near
+//! the live rows' own size without ever copying every kept row at once.
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions};
 use arrow::compute::interleave;
 use arrow::datatypes::{DataType, SchemaRef};
 use flumen_types::{DEFAULT_BATCH_SIZE, Result};
@@ -21,31 +21,38 @@ pub(crate) struct RowRef {
     pub row: u32,
 }
 
-/// Variable-length byte strings, one per row, packed into one buffer; no
-/// offsets when every string has the same length (fixed-width keys).
+/// Each row's partition key and order key, packed into one buffer, the two
+/// of a row next to each other; no offsets when every row's keys have the
+/// same lengths (fixed-width key columns).
 #[derive(Default)]
 pub(crate) struct Keys {
     data: Vec<u8>,
-    /// `n + 1` offsets, or empty when every key is `width` bytes long.
+    /// `2n + 1` offsets (row `i`: partition key from `2i` to `2i + 1`,
+    /// order key from `2i + 1` to `2i + 2`), or empty when fixed.
     offsets: Vec<u32>,
-    width: usize,
+    /// The partition and order key lengths when fixed.
+    widths: (usize, usize),
 }
 
 impl Keys {
-    /// Packs `keys`.
-    pub(crate) fn from_keys<'a>(keys: impl Iterator<Item = &'a [u8]> + Clone) -> Keys {
-        let mut lengths = keys.clone().map(<[u8]>::len);
-        let width = lengths.next().unwrap_or(0);
-        let fixed = lengths.all(|l| l == width);
+    /// Packs `(partition key, order key)` pairs.
+    pub(crate) fn from_pairs<'a>(keys: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone) -> Keys {
+        let mut lengths = keys.clone().map(|(p, o)| (p.len(), o.len()));
+        let widths = lengths.next().unwrap_or((0, 0));
+        let fixed = lengths.all(|l| l == widths);
         let mut packed = Keys {
-            width,
+            widths,
             ..Keys::default()
         };
         if !fixed {
             packed.offsets.push(0);
         }
-        for key in keys {
-            packed.data.extend_from_slice(key);
+        for (partition, order) in keys {
+            packed.data.extend_from_slice(partition);
+            if !fixed {
+                packed.offsets.push(packed.data.len() as u32);
+            }
+            packed.data.extend_from_slice(order);
             if !fixed {
                 packed.offsets.push(packed.data.len() as u32);
             }
@@ -55,12 +62,23 @@ impl Keys {
         packed
     }
 
-    /// The key of row `i`.
-    pub(crate) fn get(&self, i: usize) -> &[u8] {
+    /// The partition key of row `i`.
+    pub(crate) fn partition(&self, i: usize) -> &[u8] {
         if self.offsets.is_empty() {
-            &self.data[i * self.width..(i + 1) * self.width]
+            let start = i * (self.widths.0 + self.widths.1);
+            &self.data[start..start + self.widths.0]
         } else {
-            &self.data[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+            &self.data[self.offsets[2 * i] as usize..self.offsets[2 * i + 1] as usize]
+        }
+    }
+
+    /// The order key of row `i`.
+    pub(crate) fn order(&self, i: usize) -> &[u8] {
+        if self.offsets.is_empty() {
+            let start = i * (self.widths.0 + self.widths.1) + self.widths.0;
+            &self.data[start..start + self.widths.1]
+        } else {
+            &self.data[self.offsets[2 * i + 1] as usize..self.offsets[2 * i + 2] as usize]
         }
     }
 
@@ -69,13 +87,18 @@ impl Keys {
     }
 }
 
+/// Rows a compaction copied: each row's old and new place. The old slots
+/// stay readable until [`KeptRows::retire`] frees them.
+pub(crate) struct Compaction {
+    /// `(from, to)` of every live row of the retired slots.
+    pub moves: Vec<(RowRef, RowRef)>,
+    retired: Vec<u32>,
+}
+
 /// One batch of kept rows.
 struct Slot {
     batch: RecordBatch,
-    order: Keys,
-    partition: Keys,
-    /// The partition (an index of the caller's) that owns each row.
-    owner: Vec<u32>,
+    keys: Keys,
     /// A bit per row: still kept.
     live: Vec<u64>,
     live_rows: usize,
@@ -118,25 +141,14 @@ impl KeptRows {
         }
     }
 
-    /// Stores `batch` (every row live) with its rows' keys and owners;
-    /// returns its slot.
-    pub(crate) fn add(
-        &mut self,
-        batch: RecordBatch,
-        order: Keys,
-        partition: Keys,
-        owner: Vec<u32>,
-    ) -> u32 {
+    /// Stores `batch` (every row live) with its rows' keys; returns its slot.
+    pub(crate) fn add(&mut self, batch: RecordBatch, keys: Keys) -> u32 {
         let n = batch.num_rows();
         let mut live = vec![u64::MAX; n.div_ceil(64)];
         if !n.is_multiple_of(64) {
             live[n / 64] = (1 << (n % 64)) - 1;
         }
-        let bytes = batch.get_array_memory_size()
-            + order.bytes()
-            + partition.bytes()
-            + owner.capacity() * 4
-            + live.capacity() * 8;
+        let bytes = batch.get_array_memory_size() + keys.bytes() + live.capacity() * 8;
         let arrow_bytes = batch.columns().iter().map(|c| arrow_bytes(c, None)).sum();
         self.rows += n;
         self.live += n;
@@ -144,9 +156,7 @@ impl KeptRows {
         self.bytes += bytes;
         let slot = Slot {
             batch,
-            order,
-            partition,
-            owner,
+            keys,
             live,
             live_rows: n,
             live_arrow_bytes: arrow_bytes,
@@ -172,20 +182,12 @@ impl KeptRows {
 
     /// The order key of a kept row.
     pub(crate) fn order_key(&self, r: RowRef) -> &[u8] {
-        self.slot(r.slot).order.get(r.row as usize)
+        self.slot(r.slot).keys.order(r.row as usize)
     }
 
     /// The partition key of a kept row.
     pub(crate) fn partition_key(&self, r: RowRef) -> &[u8] {
-        self.slot(r.slot).partition.get(r.row as usize)
-    }
-
-    /// Sets the owner of a kept row.
-    pub(crate) fn set_owner(&mut self, r: RowRef, owner: u32) {
-        self.slots[r.slot as usize]
-            .as_mut()
-            .expect("a kept row's slot is live")
-            .owner[r.row as usize] = owner;
+        self.slot(r.slot).keys.partition(r.row as usize)
     }
 
     /// Marks a row dead; frees its slot when it was the slot's last.
@@ -238,7 +240,7 @@ impl KeptRows {
         self.rows
     }
 
-    /// Bytes of every slot: values, keys, owners and live bits.
+    /// Bytes of every slot: values, keys and live bits.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
@@ -271,11 +273,12 @@ impl KeptRows {
 
     /// Copies the live rows of the emptiest slots into fresh ones once dead
     /// rows exceed a quarter of the live (and a batch): enough slots to bring
-    /// them under an eighth. `moved(owner, from, to)` is told each move.
-    pub(crate) fn compact(&mut self, mut moved: impl FnMut(u32, RowRef, RowRef)) -> Result<()> {
+    /// them under an eighth. The caller repoints its entries by the moves,
+    /// then hands the compaction back to [`KeptRows::retire`].
+    pub(crate) fn compact(&mut self) -> Result<Option<Compaction>> {
         let dead = self.rows - self.live;
         if dead <= self.live / 4 + DEFAULT_BATCH_SIZE {
-            return Ok(());
+            return Ok(None);
         }
         let mut sparse: Vec<(f64, u32)> = self
             .slots
@@ -289,17 +292,17 @@ impl KeptRows {
             .collect();
         sparse.sort_by(|a, b| a.0.total_cmp(&b.0));
         let mut to_remove = dead - self.live / 8;
-        let mut chosen = Vec::new();
+        let mut retired = Vec::new();
         for (_, slot) in sparse {
             if to_remove == 0 {
                 break;
             }
             let s = self.slot(slot);
             to_remove = to_remove.saturating_sub(s.batch.num_rows() - s.live_rows);
-            chosen.push(slot);
+            retired.push(slot);
         }
         let mut from: Vec<RowRef> = Vec::new();
-        for &slot in &chosen {
+        for &slot in &retired {
             let s = self.slot(slot);
             from.extend(
                 (0..s.batch.num_rows())
@@ -313,34 +316,43 @@ impl KeptRows {
         let mut fresh = Vec::new();
         for chunk in from.chunks(DEFAULT_BATCH_SIZE) {
             let columns = self.gather(chunk)?;
-            let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
-            let order = Keys::from_keys(chunk.iter().map(|&r| self.order_key(r)));
-            let partition = Keys::from_keys(chunk.iter().map(|&r| self.partition_key(r)));
-            let owner: Vec<u32> = chunk
-                .iter()
-                .map(|r| self.slot(r.slot).owner[r.row as usize])
-                .collect();
-            fresh.push((batch, order, partition, owner));
+            let batch = RecordBatch::try_new_with_options(
+                self.schema.clone(),
+                columns,
+                &RecordBatchOptions::new().with_row_count(Some(chunk.len())),
+            )?;
+            let keys = Keys::from_pairs(
+                chunk
+                    .iter()
+                    .map(|&r| (self.partition_key(r), self.order_key(r))),
+            );
+            fresh.push((batch, keys));
         }
-        // Fresh slots first, so none reuses a chosen slot's number while
-        // entries still point into it.
-        let mut at = 0;
-        for (batch, order, partition, owner) in fresh {
+        // Fresh slots are added while the retired ones still hold their
+        // rows, so none reuses a retired slot's number.
+        let mut moves = Vec::with_capacity(from.len());
+        let mut from = from.into_iter();
+        for (batch, keys) in fresh {
             let n = batch.num_rows();
-            let slot = self.add(batch, order, partition, owner);
-            for row in 0..n {
-                let to = RowRef {
-                    slot,
-                    row: row as u32,
-                };
-                moved(self.slot(slot).owner[row], from[at + row], to);
+            let slot = self.add(batch, keys);
+            for (row, old) in (0..n).zip(from.by_ref()) {
+                moves.push((
+                    old,
+                    RowRef {
+                        slot,
+                        row: row as u32,
+                    },
+                ));
             }
-            at += n;
         }
-        for slot in chosen {
+        Ok(Some(Compaction { moves, retired }))
+    }
+
+    /// Frees the slots a compaction copied out of.
+    pub(crate) fn retire(&mut self, compaction: Compaction) {
+        for slot in compaction.retired {
             self.free_slot(slot);
         }
-        Ok(())
     }
 }
 
@@ -397,9 +409,9 @@ mod tests {
                 ],
             )
             .unwrap();
-            let keys = Keys::from_keys(rows.iter().map(|_| &b"k"[..]));
-            let owners = rows.iter().map(|&i| i as u32).collect();
-            slots.push(kept.add(batch, Keys::default(), keys, owners));
+            let owners: Vec<[u8; 4]> = rows.iter().map(|&i| (i as u32).to_be_bytes()).collect();
+            let keys = Keys::from_pairs(owners.iter().map(|o| (&o[..], &b"k"[..])));
+            slots.push(kept.add(batch, keys));
         }
         let expected = |live: &[usize]| live.iter().map(|&i| 8 + 4 + i % 7).sum::<usize>();
         let mut live: Vec<usize> = (0..3 * 8192).collect();
@@ -415,20 +427,25 @@ mod tests {
             i % 8 == 0
         });
         assert_eq!(kept.live_arrow_bytes(), expected(&live));
-        let mut moves = Vec::new();
-        kept.compact(|owner, _, to| moves.push((owner as usize, to)))
-            .unwrap();
+        let compaction = kept.compact().unwrap().unwrap();
+        let moves: Vec<(RowRef, RowRef)> = compaction.moves.clone();
+        kept.retire(compaction);
         assert_eq!(moves.len(), live.len());
         assert_eq!(kept.held_rows(), live.len());
         assert_eq!(kept.live_arrow_bytes(), expected(&live));
-        // Every moved row still holds its own values.
+        // Every moved row holds its own values and keys, and came from the
+        // place it names.
         let values = kept
             .gather(&moves.iter().map(|m| m.1).collect::<Vec<_>>())
             .unwrap();
         let n = values[0].as_primitive::<arrow::datatypes::Int64Type>();
-        for (i, (owner, _)) in moves.iter().enumerate() {
-            assert_eq!(n.value(i) as usize, *owner);
-            assert_eq!(values[1].as_string::<i32>().value(i), text(*owner));
+        for (i, (from, to)) in moves.iter().enumerate() {
+            let row = n.value(i) as usize;
+            let slot = slots.iter().position(|&s| s == from.slot).unwrap();
+            assert_eq!(row, slot * 8192 + from.row as usize);
+            assert_eq!(values[1].as_string::<i32>().value(i), text(row));
+            assert_eq!(kept.partition_key(*to), (row as u32).to_be_bytes());
+            assert_eq!(kept.order_key(*to), b"k");
         }
     }
 }

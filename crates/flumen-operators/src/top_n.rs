@@ -21,14 +21,13 @@ use arrow::array::{
 use arrow::compute::{SortOptions, cast, take};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, Rows, SortField};
-use datafusion::common::{HashMap, HashSet};
+use datafusion::common::HashMap;
 use flumen_runtime::{
     JobMetrics, KeptGauge, KeptRowsReport, Operator, OperatorFactory, StateGauge, TaskContext,
 };
 use flumen_state::{KeyGroup, KeyGroups, StateSnapshot, state_column};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 use hashbrown::HashTable;
-use smallvec::SmallVec;
 
 use crate::kept_rows::{KeptRows, Keys, RowRef, kept_schema};
 use crate::retract_top_n::{RetractTopN, RetractTopNSpec};
@@ -185,9 +184,8 @@ impl TopNFactory {
             kept_schema,
             partition_converter: partition,
             order_converter: order,
-            partitions: Vec::new(),
-            free_partitions: Vec::new(),
-            index: HashTable::new(),
+            partitions: HashTable::new(),
+            batches: 0,
             hasher: ahash::RandomState::with_seeds(
                 0x243f_6a88_85a3_08d3,
                 0x1319_8a2e_0370_7344,
@@ -249,12 +247,71 @@ pub(crate) fn partition_key_groups(
 /// Marks an entry whose row is still in the batch being processed.
 const PENDING: u32 = u32::MAX;
 
-/// One partition: its kept rows, best first, ties in arrival order.
-#[derive(Default)]
+/// One partition: its kept rows, best first, ties in arrival order. Its key
+/// is read from its first row.
 struct Partition {
-    entries: SmallVec<[RowRef; 2]>,
+    /// 32 bits of the partition key's hash.
+    hash: u32,
+    /// The number of the batch that last changed it (to note its rows
+    /// before that batch once).
+    stamp: u32,
     /// The watermark when a row last got in (`state_ttl`, no window).
     touched_at: i64,
+    entries: Entries,
+}
+
+/// A partition's kept rows: one inline (TopN 1, deduplication), more in a
+/// boxed `Vec`, so that a partition takes 32 bytes of its table.
+enum Entries {
+    One(RowRef),
+    // Boxed so that the enum is 16 bytes, not 32: most partitions hold one.
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<RowRef>>),
+}
+
+impl std::ops::Deref for Entries {
+    type Target = [RowRef];
+
+    fn deref(&self) -> &[RowRef] {
+        match self {
+            Entries::One(r) => std::slice::from_ref(r),
+            Entries::Many(rows) => rows,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Entries {
+    fn deref_mut(&mut self) -> &mut [RowRef] {
+        match self {
+            Entries::One(r) => std::slice::from_mut(r),
+            Entries::Many(rows) => rows,
+        }
+    }
+}
+
+impl Entries {
+    /// Inserts `r` at `place`.
+    fn insert(&mut self, place: usize, r: RowRef) {
+        match self {
+            Entries::One(first) => {
+                let mut rows = Vec::with_capacity(2);
+                rows.push(*first);
+                rows.insert(place, r);
+                *self = Entries::Many(Box::new(rows));
+            }
+            Entries::Many(rows) => rows.insert(place, r),
+        }
+    }
+
+    /// Keeps the first `keep` rows (at least one) and hands the rest to `out`.
+    fn truncate_into(&mut self, keep: usize, out: &mut Vec<RowRef>) {
+        if let Entries::Many(rows) = self {
+            out.extend(rows.drain(keep.max(1)..));
+            if rows.len() == 1 {
+                *self = Entries::One(rows[0]);
+            }
+        }
+    }
 }
 
 /// A kept row with its number.
@@ -410,9 +467,9 @@ fn wide(hash: u32) -> u64 {
     (u64::from(hash) << 32) | u64::from(hash)
 }
 
-/// The running TopN of one subtask. Partitions live in a `Vec` found through
-/// a table of (index, hash); their keys are read from their kept rows, so a
-/// partition costs 32 bytes and a few in the table besides its rows.
+/// The running TopN of one subtask. Partitions live in a hash table by
+/// their key's hash; their keys are read from their kept rows, so a
+/// partition costs its 40 bytes in the table besides its rows.
 pub struct TopN {
     width: usize,
     partition_columns: Vec<usize>,
@@ -425,12 +482,12 @@ pub struct TopN {
     partition_converter: RowConverter,
     order_converter: RowConverter,
     kept: KeptRows,
-    partitions: Vec<Partition>,
-    free_partitions: Vec<u32>,
-    index: HashTable<(u32, u32)>,
+    partitions: HashTable<Partition>,
+    /// Batches processed (wrapping; stamps are reset when it wraps).
+    batches: u32,
     hasher: ahash::RandomState,
-    /// Windowed partitions by window end, to close them in order.
-    closing: BTreeMap<i64, Vec<u32>>,
+    /// Windowed partitions' keys by window end, to close them in order.
+    closing: BTreeMap<i64, Vec<Box<[u8]>>>,
     watermark: i64,
     /// The watermark of the last `state_ttl` sweep.
     last_sweep: i64,
@@ -441,66 +498,74 @@ pub struct TopN {
     kept_gauge: KeptGauge,
 }
 
+/// The bucket of the partition keyed `key` (hash `h`), if any.
+fn find_partition(
+    table: &HashTable<Partition>,
+    h: u32,
+    key: &[u8],
+    keys: &KeySource,
+) -> Option<usize> {
+    table.find_bucket_index(wide(h), |p| {
+        p.hash == h && keys.partition(p.entries[0]) == key
+    })
+}
+
+/// The partition in `bucket`, found this batch: buckets stay put because
+/// each batch reserves room for all its rows before inserting any.
+fn bucket(table: &mut HashTable<Partition>, bucket: usize) -> &mut Partition {
+    table
+        .get_bucket_mut(bucket)
+        .expect("a bucket found this batch holds its partition")
+}
+
 impl TopN {
     fn hash(&self, key: &[u8]) -> u32 {
         // Half the hash is kept; the table spreads it with `wide`.
         self.hasher.hash_one(key) as u32
     }
 
-    /// The partition keyed `key` (its hash `h`), if any.
-    fn find(&self, h: u32, key: &[u8], keys: &KeySource) -> Option<u32> {
-        self.index
-            .find(wide(h), |&(i, hh)| {
-                hh == h && keys.partition(self.partitions[i as usize].entries[0]) == key
-            })
-            .map(|&(i, _)| i)
-    }
-
-    /// A new partition holding `first`, under hash `h`.
-    fn open_partition(&mut self, h: u32, first: RowRef, touched_at: i64) -> u32 {
-        let pidx = match self.free_partitions.pop() {
-            Some(i) => i,
-            None => {
-                self.partitions.push(Partition::default());
-                (self.partitions.len() - 1) as u32
-            }
+    /// Drops the partition keyed `key` and its rows.
+    fn remove_partition(&mut self, key: &[u8]) {
+        let h = self.hash(key);
+        let keys = KeySource {
+            kept: &self.kept,
+            order: None,
+            partition: None,
         };
-        let p = &mut self.partitions[pidx as usize];
-        p.entries.push(first);
-        p.touched_at = touched_at;
-        self.index
-            .insert_unique(wide(h), (pidx, h), |&(_, hh)| wide(hh));
-        pidx
-    }
-
-    /// Drops a partition and its rows.
-    fn remove_partition(&mut self, pidx: u32) {
-        let entries = std::mem::take(&mut self.partitions[pidx as usize].entries);
-        let Some(&first) = entries.first() else {
+        let Ok(found) = self.partitions.find_entry(wide(h), |p| {
+            p.hash == h && keys.partition(p.entries[0]) == key
+        }) else {
             return;
         };
-        let h = self.hash(self.kept.partition_key(first));
-        if let Ok(found) = self.index.find_entry(wide(h), |&(i, _)| i == pidx) {
-            found.remove();
-        }
-        for r in entries {
+        let (p, _) = found.remove();
+        for &r in p.entries.iter() {
             self.kept.release(r);
         }
-        self.free_partitions.push(pidx);
     }
 
     /// Copies the emptiest slots' live rows together, repointing entries.
     fn compact(&mut self) -> Result<()> {
-        let partitions = &mut self.partitions;
-        self.kept.compact(|owner, from, to| {
-            if let Some(e) = partitions[owner as usize]
-                .entries
-                .iter_mut()
-                .find(|e| **e == from)
-            {
+        let Some(compaction) = self.kept.compact()? else {
+            return Ok(());
+        };
+        let keys = KeySource {
+            kept: &self.kept,
+            order: None,
+            partition: None,
+        };
+        for &(from, to) in &compaction.moves {
+            // Both places hold the row until the compaction is retired.
+            let key = keys.partition(to);
+            let h = self.hasher.hash_one(key) as u32;
+            let found = self.partitions.find_mut(wide(h), |p| {
+                p.hash == h && keys.partition(p.entries[0]) == key
+            });
+            if let Some(e) = found.and_then(|p| p.entries.iter_mut().find(|e| **e == from)) {
                 *e = to;
             }
-        })
+        }
+        self.kept.retire(compaction);
+        Ok(())
     }
 
     /// Drops partitions no row got into for `state_ttl` (windowed partitions
@@ -512,16 +577,16 @@ impl TopN {
         }
         self.last_sweep = self.watermark;
         let cutoff = self.watermark.saturating_sub(ttl);
-        let idle: Vec<u32> = self
-            .partitions
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| !p.entries.is_empty() && p.touched_at < cutoff)
-            .map(|(i, _)| i as u32)
-            .collect();
-        for pidx in idle {
-            self.remove_partition(pidx);
-        }
+        let kept = &mut self.kept;
+        self.partitions.retain(|p| {
+            if p.touched_at >= cutoff {
+                return true;
+            }
+            for &r in p.entries.iter() {
+                kept.release(r);
+            }
+            false
+        });
     }
 
     fn emit(&self, rows: &[OutRow]) -> Result<RecordBatch> {
@@ -550,9 +615,12 @@ impl TopN {
                 partition: None,
             };
             let mut numbered = Vec::new();
-            for &pidx in &closed {
-                let entries = &self.partitions[pidx as usize].entries;
-                self.ranking.number_into(entries, &keys, &mut numbered);
+            for key in &closed {
+                let h = self.hash(key);
+                if let Some(b) = find_partition(&self.partitions, h, key, &keys) {
+                    let p = self.partitions.get_bucket(b).expect("found above");
+                    self.ranking.number_into(&p.entries, &keys, &mut numbered);
+                }
             }
             if !numbered.is_empty() {
                 let rows: Vec<OutRow> = numbered
@@ -565,48 +633,49 @@ impl TopN {
                     .collect();
                 out.push(self.emit(&rows)?);
             }
-            for pidx in closed {
-                self.remove_partition(pidx);
+            for key in closed {
+                self.remove_partition(&key);
             }
         }
         Ok(())
     }
 
-    /// Bytes of the state: kept rows, partitions, the table.
+    /// Bytes of the state: kept rows, the partitions' table, the window
+    /// ends' keys.
     fn state_bytes(&self) -> usize {
         let spilled = if self.ranking.limit > 2 {
             self.kept.live_rows() * std::mem::size_of::<RowRef>()
         } else {
             0
         };
-        self.kept.bytes()
-            + self.partitions.capacity() * std::mem::size_of::<Partition>()
-            + spilled
-            + self.index.capacity() * (std::mem::size_of::<(u32, u32)>() + 1)
+        let closing: usize = self.closing.values().flatten().map(|k| k.len() + 16).sum();
+        self.kept.bytes() + self.partitions.allocation_size() + spilled + closing
     }
 
     /// The kept rows of every partition as snapshot columns: the row's
     /// values, its partition and order keys (`arrow-row` bytes), its place
     /// in its partition, its partition's last update and window end.
     fn kept_rows(&self) -> Result<(Vec<ArrayRef>, Vec<KeyGroup>)> {
-        let mut ends: HashMap<u32, i64> = HashMap::new();
+        let mut ends: HashMap<&[u8], i64> = HashMap::new();
         for (&end, closing) in &self.closing {
-            for &pidx in closing {
-                ends.insert(pidx, end);
+            for key in closing {
+                ends.insert(key, end);
             }
         }
         let live = self.kept.live_rows();
         let mut at = Vec::with_capacity(live);
         let (mut partition, mut order, mut places, mut touched, mut end) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (pidx, p) in self.partitions.iter().enumerate() {
+        for p in &self.partitions {
+            let key = self.kept.partition_key(p.entries[0]);
+            let window_end = ends.get(key).copied().unwrap_or(i64::MAX);
             for (place, &r) in p.entries.iter().enumerate() {
                 at.push(r);
-                partition.push(self.kept.partition_key(r));
+                partition.push(key);
                 order.push(self.kept.order_key(r));
                 places.push(place as u64);
                 touched.push(p.touched_at);
-                end.push(ends.get(&(pidx as u32)).copied().unwrap_or(i64::MAX));
+                end.push(window_end);
             }
         }
         let mut columns = self.kept.gather(&at)?;
@@ -667,11 +736,28 @@ impl Operator for TopN {
             None => None,
         };
         let ranking = self.ranking;
+        self.batches = self.batches.wrapping_add(1);
+        if self.batches == 0 {
+            // The batch count wrapped: forget every stamp.
+            for p in self.partitions.iter_mut() {
+                p.stamp = 0;
+            }
+            self.batches = 1;
+        }
+        let stamp = self.batches;
+        // Room for every row, so that no insert moves a bucket found earlier
+        // in this batch.
+        self.partitions.reserve(n, |p| wide(p.hash));
         // Each row goes in as a `PENDING` entry pointing into the batch; the
         // rows still kept at the end are copied out together.
+        let keys = KeySource {
+            kept: &self.kept,
+            order: Some(&order_keys),
+            partition: partition_keys.as_ref(),
+        };
         let mut before: Vec<Numbered> = Vec::new();
-        let mut touched: Vec<(u32, usize, usize)> = Vec::new();
-        let mut seen: HashSet<u32> = HashSet::new();
+        // Each changed partition's bucket and its rows before (in `before`).
+        let mut touched: Vec<(usize, usize, usize)> = Vec::new();
         let mut evicted: Vec<RowRef> = Vec::new();
         let mut late = 0;
         for row in 0..n {
@@ -685,66 +771,83 @@ impl Operator for TopN {
                 },
                 None => i64::MAX,
             };
-            let keys = KeySource {
-                kept: &self.kept,
-                order: Some(&order_keys),
-                partition: partition_keys.as_ref(),
-            };
             let pkey = keys.batch_partition(row);
             let key = order_keys.row(row).data();
             let at = RowRef {
                 slot: PENDING,
                 row: row as u32,
             };
-            let h = self.hash(pkey);
-            let Some(pidx) = self.find(h, pkey, &keys) else {
-                let pidx = self.open_partition(h, at, self.watermark);
+            let h = self.hasher.hash_one(pkey) as u32;
+            let Some(b) = find_partition(&self.partitions, h, pkey, &keys) else {
+                let partition = Partition {
+                    hash: h,
+                    stamp,
+                    touched_at: self.watermark,
+                    entries: Entries::One(at),
+                };
+                let b = self
+                    .partitions
+                    .insert_unique(wide(h), partition, |p| wide(p.hash))
+                    .bucket_index();
                 if self.window.is_some() {
-                    self.closing.entry(end).or_default().push(pidx);
+                    self.closing.entry(end).or_default().push(pkey.into());
                 }
-                seen.insert(pidx);
-                touched.push((pidx, before.len(), before.len()));
+                touched.push((b, before.len(), before.len()));
                 continue;
             };
-            let p = &mut self.partitions[pidx as usize];
+            let p = bucket(&mut self.partitions, b);
             if ranking.rejects(&p.entries, key, &keys) {
                 continue;
             }
-            if seen.insert(pidx) {
+            if p.stamp != stamp {
+                p.stamp = stamp;
                 let start = before.len();
                 if self.window.is_none() {
                     ranking.number_into(&p.entries, &keys, &mut before);
                 }
-                touched.push((pidx, start, before.len()));
+                touched.push((b, start, before.len()));
             }
-            let place = p.entries.partition_point(|&e| keys.order(e) <= key);
-            p.entries.insert(place, at);
-            let keep = ranking.keep(&p.entries, &keys);
-            evicted.extend(p.entries.drain(keep..).filter(|e| e.slot != PENDING));
+            if ranking.function == RankFunction::RowNumber && ranking.limit == 1 {
+                // Not rejected: strictly better than the one row kept.
+                let old = std::mem::replace(&mut p.entries, Entries::One(at));
+                evicted.extend(old.iter().filter(|e| e.slot != PENDING));
+            } else {
+                let place = p.entries.partition_point(|&e| keys.order(e) <= key);
+                p.entries.insert(place, at);
+                let keep = ranking.keep(&p.entries, &keys);
+                let start = evicted.len();
+                p.entries.truncate_into(keep, &mut evicted);
+                // Rows of this batch pushed out again were never stored.
+                let mut i = start;
+                while i < evicted.len() {
+                    if evicted[i].slot == PENDING {
+                        evicted.swap_remove(i);
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
             p.touched_at = self.watermark;
         }
         self.metrics.add_late_rows_dropped(late);
         // Copy out the batch's rows still kept, in touched order.
         let mut take_rows: Vec<u32> = Vec::new();
-        let mut owners: Vec<u32> = Vec::new();
-        for &(pidx, _, _) in &touched {
-            for e in &self.partitions[pidx as usize].entries {
-                if e.slot == PENDING {
-                    take_rows.push(e.row);
-                    owners.push(pidx);
-                }
-            }
+        for &(b, _, _) in &touched {
+            let p = self.partitions.get_bucket(b).expect("touched this batch");
+            take_rows.extend(
+                p.entries
+                    .iter()
+                    .filter(|e| e.slot == PENDING)
+                    .map(|e| e.row),
+            );
         }
         if !take_rows.is_empty() {
-            let keys = KeySource {
-                kept: &self.kept,
-                order: Some(&order_keys),
-                partition: partition_keys.as_ref(),
-            };
-            let order =
-                Keys::from_keys(take_rows.iter().map(|&r| order_keys.row(r as usize).data()));
-            let partition =
-                Keys::from_keys(take_rows.iter().map(|&r| keys.batch_partition(r as usize)));
+            let packed = Keys::from_pairs(take_rows.iter().map(|&r| {
+                (
+                    keys.batch_partition(r as usize),
+                    order_keys.row(r as usize).data(),
+                )
+            }));
             let indices = UInt32Array::from(take_rows);
             let columns: Vec<ArrayRef> = batch.columns()[..self.width]
                 .iter()
@@ -753,10 +856,10 @@ impl Operator for TopN {
             let options = RecordBatchOptions::new().with_row_count(Some(indices.len()));
             let values =
                 RecordBatch::try_new_with_options(self.kept_schema.clone(), columns, &options)?;
-            let slot = self.kept.add(values, order, partition, owners);
+            let slot = self.kept.add(values, packed);
             let mut next = 0;
-            for &(pidx, _, _) in &touched {
-                for e in self.partitions[pidx as usize].entries.iter_mut() {
+            for &(b, _, _) in &touched {
+                for e in bucket(&mut self.partitions, b).entries.iter_mut() {
                     if e.slot == PENDING {
                         *e = RowRef { slot, row: next };
                         next += 1;
@@ -772,9 +875,10 @@ impl Operator for TopN {
             };
             let mut rows = Vec::new();
             let mut after = Vec::new();
-            for &(pidx, start, end) in &touched {
+            for &(b, start, end) in &touched {
+                let p = self.partitions.get_bucket(b).expect("touched this batch");
                 after.clear();
-                ranking.number_into(&self.partitions[pidx as usize].entries, &keys, &mut after);
+                ranking.number_into(&p.entries, &keys, &mut after);
                 diff(&before[start..end], &after, &mut rows);
             }
             if !rows.is_empty() {
@@ -846,11 +950,8 @@ impl Operator for TopN {
         )?;
         let slot = self.kept.add(
             values,
-            Keys::from_keys(order.iter().map(|k| k.unwrap_or_default())),
-            Keys::from_keys(partition.iter().map(|k| k.unwrap_or_default())),
-            vec![0; n],
+            Keys::from_pairs((0..n).map(|r| (partition.value(r), order.value(r)))),
         );
-        let mut restored = Vec::new();
         for row in 0..n {
             let at = RowRef {
                 slot,
@@ -863,25 +964,31 @@ impl Operator for TopN {
                 order: None,
                 partition: None,
             };
-            let pidx = match self.find(h, pkey, &keys) {
-                Some(pidx) => {
-                    self.partitions[pidx as usize].entries.push(at);
-                    pidx
-                }
-                None => {
-                    let pidx = self.open_partition(h, at, touched.value(row));
-                    if self.window.is_some() {
-                        self.closing.entry(ends.value(row)).or_default().push(pidx);
-                    }
-                    restored.push(pidx);
-                    pidx
-                }
+            if let Some(b) = find_partition(&self.partitions, h, pkey, &keys) {
+                let entries = &mut bucket(&mut self.partitions, b).entries;
+                entries.insert(entries.len(), at);
+                continue;
+            }
+            let partition = Partition {
+                hash: h,
+                stamp: 0,
+                touched_at: touched.value(row),
+                entries: Entries::One(at),
             };
-            self.kept.set_owner(at, pidx);
+            self.partitions
+                .insert_unique(wide(h), partition, |p| wide(p.hash));
+            if self.window.is_some() {
+                self.closing
+                    .entry(ends.value(row))
+                    .or_default()
+                    .push(pkey.into());
+            }
         }
+        // Restored into a fresh operator: every partition's rows come from
+        // this snapshot, in their places within it.
         let kept = &self.kept;
-        for pidx in restored {
-            self.partitions[pidx as usize].entries.sort_by(|a, b| {
+        for p in self.partitions.iter_mut() {
+            p.entries.sort_by(|a, b| {
                 (kept.order_key(*a), places.value(a.row as usize))
                     .cmp(&(kept.order_key(*b), places.value(b.row as usize)))
             });

@@ -116,6 +116,10 @@ pub struct WindowAggregateFactory {
     /// Sliding windows built from panes; `None`: every window is
     /// aggregated on its own (rows arrive once per window).
     pub panes: Option<Panes>,
+    /// Input rows are partial states from a [`crate::LocalAggregateFactory`]
+    /// (two-phase aggregation): the keys, then each aggregate's state
+    /// fields, merged into the groups instead of aggregated.
+    pub merge_states: bool,
 }
 
 /// How sliding windows share panes: rows arrive once, keyed by the start
@@ -149,7 +153,7 @@ impl OperatorFactory for WindowAggregateFactory {
             .map(|a| a.function.name().to_string())
             .collect();
         format!(
-            "WindowAggregate{}: windows end {} ms after key {}{}, keys {:?}, [{}]",
+            "WindowAggregate{}: windows end {} ms after key {}{}, keys {:?}, [{}]{}",
             if self.processing_time {
                 " (processing time)"
             } else {
@@ -166,7 +170,12 @@ impl OperatorFactory for WindowAggregateFactory {
                 None => String::new(),
             },
             self.key_columns,
-            aggs.join(", ")
+            aggs.join(", "),
+            if self.merge_states {
+                ", merging partial states"
+            } else {
+                ""
+            }
         )
     }
 
@@ -198,6 +207,11 @@ impl OperatorFactory for WindowAggregateFactory {
             group_schema,
             constant_keys,
             panes: self.panes.clone(),
+            merged_states: if self.merge_states {
+                Some(state_fields(&self.aggregates)?.1)
+            } else {
+                None
+            },
             key_columns: self.key_columns.clone(),
             window_key: self.window_key,
             size_ns: self.size_ns,
@@ -338,6 +352,9 @@ pub struct WindowAggregate {
     /// The keys constant within a window, in order: not interned.
     constant_keys: Vec<usize>,
     panes: Option<Panes>,
+    /// With partial states as input: where each aggregate's state columns
+    /// start after the keys (and one past the last).
+    merged_states: Option<Vec<usize>>,
     key_columns: Vec<usize>,
     window_key: usize,
     size_ns: i64,
@@ -397,6 +414,15 @@ impl WindowAggregate {
         let mut group_indices = Vec::with_capacity(rows.num_rows());
         window.intern(&keys, &mut group_indices)?;
         let total = window.groups.len();
+        if let Some(starts) = &self.merged_states {
+            let k = self.key_columns.len();
+            for (a, acc) in window.accumulators.iter_mut().enumerate() {
+                let state = &rows.columns()[k + starts[a]..k + starts[a + 1]];
+                acc.merge_batch(state, &group_indices, total).map_err(df)?;
+            }
+            window.dirty = true;
+            return Ok(());
+        }
         for (agg, acc) in self.aggregates.iter().zip(&mut window.accumulators) {
             let values = agg
                 .inputs()

@@ -363,6 +363,7 @@ fn window_aggregate(allowed_lateness_ns: i64) -> WindowAggregateFactory {
         processing_time: false,
         allowed_lateness_ns,
         panes: None,
+        merge_states: false,
     }
 }
 

@@ -26,6 +26,9 @@ mod panes;
 mod streaming;
 mod top_n;
 
+/// Flink's setting for two-phase (local-global) aggregation.
+const AGG_PHASE_STRATEGY: &str = "table.optimizer.agg-phase-strategy";
+
 /// How scripts are planned.
 #[derive(Debug, Clone)]
 pub struct PlannerOptions {
@@ -88,6 +91,9 @@ pub struct Planner {
     queries: Vec<Query>,
     /// `SET state_ttl`: how long (event time) a regular join keeps a row.
     state_ttl_ns: Option<i64>,
+    /// `SET 'table.optimizer.agg-phase-strategy' = 'TWO_PHASE'`: window
+    /// aggregates pre-aggregate each batch before their exchange.
+    two_phase: bool,
     /// How many session aggregates are being planned around their input:
     /// session rows are refused outside one.
     session_rows_wanted: std::sync::atomic::AtomicUsize,
@@ -128,6 +134,7 @@ impl Planner {
             event_times: HashMap::new(),
             queries: Vec::new(),
             state_ttl_ns,
+            two_phase: false,
             session_rows_wanted: std::sync::atomic::AtomicUsize::new(0),
             pane_unnests: std::sync::Mutex::new(Vec::new()),
         }
@@ -336,22 +343,37 @@ impl Planner {
                 ..
             }) => {
                 let name = variable.to_string().trim_matches('\'').to_lowercase();
-                if name != "state_ttl" {
-                    return Err(pos.error(format!(
-                        "unknown setting '{name}'; valid settings: state_ttl"
-                    )));
-                }
                 let value = values
                     .first()
                     .map(|v| v.to_string().trim_matches('\'').to_string())
                     .unwrap_or_default();
-                let Some(ns) = script::duration_nanos(&value) else {
-                    return Err(pos.error(format!(
-                        "state_ttl must be a duration such as '10 s', '5 min' or '1 h', not '{value}'"
-                    )));
-                };
-                if !self.options.overrides.iter().any(|(k, _)| k == "state_ttl") {
-                    self.state_ttl_ns = Some(ns);
+                match name.as_str() {
+                    "state_ttl" => {
+                        let Some(ns) = script::duration_nanos(&value) else {
+                            return Err(pos.error(format!(
+                                "state_ttl must be a duration such as '10 s', '5 min' or '1 h', not '{value}'"
+                            )));
+                        };
+                        if !self.options.overrides.iter().any(|(k, _)| k == "state_ttl") {
+                            self.state_ttl_ns = Some(ns);
+                        }
+                    }
+                    AGG_PHASE_STRATEGY => {
+                        self.two_phase = match value.to_uppercase().as_str() {
+                            "TWO_PHASE" => true,
+                            "ONE_PHASE" | "AUTO" => false,
+                            _ => {
+                                return Err(pos.error(format!(
+                                    "{AGG_PHASE_STRATEGY} must be 'AUTO', 'ONE_PHASE' or 'TWO_PHASE', not '{value}'"
+                                )));
+                            }
+                        };
+                    }
+                    _ => {
+                        return Err(pos.error(format!(
+                            "unknown setting '{name}'; valid settings: state_ttl, {AGG_PHASE_STRATEGY}"
+                        )));
+                    }
                 }
             }
             other => {

@@ -375,6 +375,45 @@ async fn sliding_windows_from_panes_match_batch() {
     check_sql("panes", PANE_AGGREGATES, None).await;
 }
 
+/// Two-phase aggregation: windows per channel (four hot channels hold half
+/// the bids), tumbling and sliding (from panes and copied per window), with
+/// every mergeable aggregate, a FILTER and a string key; a COUNT(DISTINCT)
+/// keeps one phase.
+const TWO_PHASE_AGGREGATES: &str = "
+SET 'table.optimizer.agg-phase-strategy' = 'TWO_PHASE';
+CREATE TABLE two_phase_out (
+    kind VARCHAR, channel VARCHAR, window_start TIMESTAMP(3), window_end TIMESTAMP(3),
+    bids BIGINT, total BIGINT, lowest BIGINT, highest BIGINT, mean DOUBLE,
+    big BIGINT, bidders BIGINT
+) WITH (connector = 'blackhole');
+INSERT INTO two_phase_out
+SELECT 'tumble', channel, window_start, window_end, count(*), sum(price), min(price),
+       max(price), avg(price), count(*) FILTER (WHERE price > 1000), 0
+FROM tumble(bid, descriptor(date_time), INTERVAL '10' SECOND)
+GROUP BY channel, window_start, window_end
+UNION ALL
+SELECT 'panes', channel, window_start, window_end, count(*), sum(price), min(price),
+       max(price), avg(price), count(*) FILTER (WHERE price > 1000), 0
+FROM hop(bid, descriptor(date_time), INTERVAL '3' SECOND, INTERVAL '12' SECOND)
+WHERE auction % 3 = 0
+GROUP BY channel, window_start, window_end
+UNION ALL
+SELECT 'window read', channel, window_start, window_end, count(*), 0, 0, 0, 0,
+       max(date_part('second', window_end)), 0
+FROM hop(bid, descriptor(date_time), INTERVAL '2' SECOND, INTERVAL '6' SECOND)
+GROUP BY channel, window_start, window_end
+UNION ALL
+SELECT 'distinct', channel, window_start, window_end, count(*), 0, 0, 0, 0, 0,
+       count(DISTINCT bidder)
+FROM tumble(bid, descriptor(date_time), INTERVAL '10' SECOND)
+GROUP BY channel, window_start, window_end;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_phase_window_aggregates_match_batch() {
+    check_sql("two_phase", TWO_PHASE_AGGREGATES, None).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn q15_matches_batch() {
     check_query("q15").await;

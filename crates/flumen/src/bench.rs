@@ -144,6 +144,10 @@ pub(crate) struct BenchArgs {
     /// --events within memory: ~100 bytes per bid read).
     #[arg(long, value_enum, default_value = "generator")]
     input: Input,
+    /// A setting for the query, as `SET 'KEY' = 'VALUE'` would set it, e.g.
+    /// `table.optimizer.agg-phase-strategy=TWO_PHASE`; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    settings: Vec<String>,
 }
 
 /// One run as `--json` prints it. `events` counts the rows the sources
@@ -246,7 +250,14 @@ async fn unread_kinds(args: &BenchArgs, sql: &str) -> Result<Vec<&'static str>> 
 
 pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
     let Suite::Nexmark = args.suite;
-    let sql = query_sql(&args.query)?;
+    let mut sql = String::new();
+    for setting in &args.settings {
+        let Some((key, value)) = setting.split_once('=') else {
+            bail!("--set takes KEY=VALUE, not '{setting}'");
+        };
+        sql.push_str(&format!("SET '{}' = '{}';\n", key.trim(), value.trim()));
+    }
+    sql.push_str(&query_sql(&args.query)?);
     let unread = if args.generate_all {
         unread_kinds(&args, &sql).await?
     } else {
@@ -388,8 +399,9 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
         }
         None => String::new(),
     };
+    let settings: String = args.settings.iter().map(|s| format!(" set {s}")).collect();
     let line = format!(
-        "nexmark {} events={} rate={}{} parallelism={} runs={}{}{}: median {:.2} M events/s, {:.2} M events/s per core, {:.2} M source rows/s, peak memory {} MiB, peak state {:.1} MiB{kept}{latency}",
+        "nexmark {}{settings} events={} rate={}{} parallelism={} runs={}{}{}: median {:.2} M events/s, {:.2} M events/s per core, {:.2} M source rows/s, peak memory {} MiB, peak state {:.1} MiB{kept}{latency}",
         args.query,
         args.events,
         args.rate,

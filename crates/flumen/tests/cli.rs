@@ -325,6 +325,67 @@ fn sliding_windows_share_panes_where_nothing_reads_the_window() {
     }
 }
 
+#[test]
+fn two_phase_aggregation_is_set_by_flinks_setting_and_skips_distinct() {
+    let work = tempfile::tempdir().unwrap();
+    let explain = |set: &str, aggregate: &str| {
+        let sql = format!(
+            "{set}
+             CREATE TABLE bid (auction BIGINT, price BIGINT, channel VARCHAR, date_time TIMESTAMP(3),
+                 WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
+               WITH (connector = 'nexmark', kind = 'bid', events = '1000');
+             CREATE TABLE out (channel VARCHAR, s TIMESTAMP(3), e TIMESTAMP(3), n BIGINT)
+               WITH (connector = 'blackhole');
+             INSERT INTO out SELECT channel, window_start, window_end, {aggregate}
+               FROM tumble(bid, descriptor(date_time), INTERVAL '10' SECOND)
+               GROUP BY channel, window_start, window_end;"
+        );
+        std::fs::write(work.path().join("job.sql"), sql).unwrap();
+        flumen(&["explain", "job.sql", "-p", "2"], work.path())
+    };
+    let text = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let set = "SET 'table.optimizer.agg-phase-strategy' = 'TWO_PHASE';";
+    let two = text(explain(set, "count(*)"));
+    assert!(
+        two.contains("LocalAggregate: partial states per batch"),
+        "{two}"
+    );
+    assert!(two.contains("merging partial states"), "{two}");
+    // The local aggregate runs in the source's task: only its partial rows
+    // cross the hash exchange.
+    let local = two.find("LocalAggregate").unwrap();
+    let hash = two.find("<- hash").unwrap();
+    assert!(local < hash, "{two}");
+    for plan in [
+        text(explain("", "count(*)")),
+        text(explain(
+            "SET 'table.optimizer.agg-phase-strategy' = 'ONE_PHASE';",
+            "count(*)",
+        )),
+        text(explain(set, "count(DISTINCT auction) + count(*)")),
+    ] {
+        assert!(!plan.contains("LocalAggregate"), "{plan}");
+        assert!(!plan.contains("merging partial states"), "{plan}");
+    }
+    let wrong = explain(
+        "SET 'table.optimizer.agg-phase-strategy' = 'THREE_PHASE';",
+        "count(*)",
+    );
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success());
+    assert!(
+        stderr.contains("'AUTO', 'ONE_PHASE' or 'TWO_PHASE', not 'THREE_PHASE'"),
+        "{stderr}"
+    );
+}
+
 /// `--rate-limit` runs the generator in real time and measures latency from
 /// when each row was due, not from when its batch left the source: with a
 /// 40 ms linger the first rows of every batch waited about 40 ms for the

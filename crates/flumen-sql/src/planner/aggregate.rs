@@ -9,8 +9,8 @@ use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan};
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use flumen_operators::{
-    AggregateCall, RETRACTABLE, SessionAggregateFactory, SessionColumn, UpdatingAggregateFactory,
-    WindowAggregateFactory,
+    AggregateCall, LocalAggregateFactory, RETRACTABLE, SessionAggregateFactory, SessionColumn,
+    UpdatingAggregateFactory, WindowAggregateFactory,
 };
 use flumen_runtime::{JobGraph, NodeKind, Partitioning};
 use flumen_types::{Result, op_field};
@@ -116,30 +116,52 @@ impl Planner {
             return Err(pos.error("internal: the panes' window key is not the aggregate's"));
         }
         let (input, keys) = self.with_keys(input, a.input.schema(), &a.group_expr, graph, pos)?;
+        let key_schema = Arc::new(input.schema.project(&keys)?);
+        // Two-phase: a local aggregate before the exchange sends partial
+        // states, which the window aggregate merges (not for DISTINCT: a
+        // partial set of distinct values is no smaller than its rows).
+        let two_phase = self.two_phase && aggregates.iter().all(|a| !a.function.is_distinct());
+        let (input_node, key_columns) = if two_phase {
+            let local = LocalAggregateFactory {
+                key_columns: keys.clone(),
+                aggregates: aggregates.clone(),
+                key_schema: key_schema.clone(),
+            };
+            let node = self.add(
+                graph,
+                input.node,
+                NodeKind::Operator(Arc::new(local)),
+                Partitioning::Forward,
+            );
+            (node, (0..keys.len()).collect::<Vec<_>>())
+        } else {
+            (input.node, keys.clone())
+        };
         let aggregate = NodeKind::Operator(Arc::new(WindowAggregateFactory {
-            key_columns: keys.clone(),
+            key_columns: key_columns.clone(),
             window_key,
             size_ns,
             aggregates,
-            key_schema: Arc::new(input.schema.project(&keys)?),
+            key_schema,
             output: output.clone(),
             processing_time,
             allowed_lateness_ns,
             panes: panes.as_ref().map(|p| p.panes.clone()),
+            merge_states: two_phase,
         }));
         let hashed: Vec<usize> = match &panes {
-            Some(p) => keys
+            Some(p) => key_columns
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| *i != p.window_key && !p.panes.shifted.contains(i))
                 .map(|(_, &k)| k)
                 .collect(),
-            None => keys.clone(),
+            None => key_columns.clone(),
         };
         let node = graph.add_node(aggregate, self.options.parallelism);
         // A window built from panes merges each group's panes: the group,
         // not the pane, picks the subtask.
-        graph.connect(input.node, node, Partitioning::Hash(hashed));
+        graph.connect(input_node, node, Partitioning::Hash(hashed));
         Ok(Stream {
             node,
             schema: output,

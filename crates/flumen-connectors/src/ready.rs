@@ -95,3 +95,42 @@ pub(crate) async fn next_within<S: futures::Stream + Unpin>(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::SinkExt;
+    use std::time::Duration;
+
+    /// A partial batch takes what is ready and what comes within the
+    /// linger, then stops at the deadline; without a linger it takes only
+    /// what is ready.
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_batch_waits_one_linger_for_more_and_no_longer() {
+        let (mut tx, mut rx) = futures::channel::mpsc::channel::<u32>(16);
+        tx.send(1).await.unwrap();
+        tx.send(2).await.unwrap();
+        let mut later = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            later.send(3).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(8)).await;
+            later.send(4).await.unwrap();
+        });
+        let start = tokio::time::Instant::now();
+        let deadline = Some(start + Duration::from_millis(5));
+        let mut batch = Vec::new();
+        while let Some(m) = next_within(&mut rx, deadline).await {
+            batch.push(m);
+        }
+        // 1 and 2 were ready, 3 came within the 5 ms linger, 4 after it.
+        assert_eq!(batch, [1, 2, 3]);
+        assert_eq!(start.elapsed(), Duration::from_millis(5));
+        // Without a linger nothing that is not ready is waited for.
+        let start = tokio::time::Instant::now();
+        assert_eq!(next_within(&mut rx, None).await, None);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        tokio::time::sleep(Duration::from_millis(6)).await;
+        assert_eq!(next_within(&mut rx, None).await, Some(4));
+    }
+}

@@ -8,6 +8,8 @@
 //! layers and panes treat it as any other.
 
 use std::collections::HashMap;
+
+use hashbrown::HashTable;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray};
@@ -22,10 +24,12 @@ use crate::window_aggregate::AggregateCall;
 
 /// The distinct values of one column, per group, of several aggregates.
 struct SharedSet {
-    /// (group, value) packed into one word (the group in the top 20 bits,
-    /// the value in the other 44, when both fit) → which aggregates have
-    /// counted it, one bit each: 17 bytes a value.
-    packed: HashMap<u64, u8, ahash::RandomState>,
+    /// (group, value) and which aggregates have counted it, one word each:
+    /// the group in the top 20 bits, the value in the next 36, a bit per
+    /// aggregate in the low 8 (when group and value fit): 9 bytes a value
+    /// with the table's control byte.
+    packed: HashTable<u64>,
+    hasher: ahash::RandomState,
     /// The (group, value) pairs that do not fit a word.
     wide: HashMap<(u32, i64), u8, ahash::RandomState>,
     /// Per aggregate, its count per group.
@@ -33,17 +37,24 @@ struct SharedSet {
 }
 
 /// Bits of a packed key that hold the value.
-const VALUE_BITS: u32 = 44;
+const VALUE_BITS: u32 = 36;
+
+/// Bits of a packed key that hold the group.
+const GROUP_BITS: u32 = 20;
+
+/// Low bits of a packed word that hold the aggregates' bits.
+const MEMBER_BITS: u32 = 8;
 
 /// The set's hasher: fast, and fixed (no random source needed).
 fn hasher() -> ahash::RandomState {
     ahash::RandomState::with_seeds(1, 2, 3, 4)
 }
 
-/// `(group, value)` as one word, when both fit.
+/// `(group, value)` as one key of `GROUP_BITS + VALUE_BITS` bits, when
+/// both fit.
 fn pack(group: usize, value: i64) -> Option<u64> {
     let limit = 1i64 << (VALUE_BITS - 1);
-    (group < 1 << (64 - VALUE_BITS) && (-limit..limit).contains(&value))
+    (group < 1 << GROUP_BITS && (-limit..limit).contains(&value))
         .then_some(((group as u64) << VALUE_BITS) | (value as u64 & ((1 << VALUE_BITS) - 1)))
 }
 
@@ -59,7 +70,8 @@ fn unpack(key: u64) -> (usize, i64) {
 impl SharedSet {
     fn new(members: usize) -> Self {
         SharedSet {
-            packed: HashMap::with_hasher(hasher()),
+            packed: HashTable::new(),
+            hasher: hasher(),
             wide: HashMap::with_hasher(hasher()),
             counts: vec![Vec::new(); members],
         }
@@ -67,12 +79,31 @@ impl SharedSet {
 
     /// Aggregate `member` counts `value` in `group`.
     fn add(&mut self, member: usize, group: usize, value: i64) {
-        let bits = match pack(group, value) {
-            Some(key) => self.packed.entry(key).or_insert(0),
-            None => self.wide.entry((group as u32, value)).or_insert(0),
+        let bit = 1u8 << member;
+        let new = match pack(group, value) {
+            Some(key) => {
+                let hasher = &self.hasher;
+                let word = self
+                    .packed
+                    .entry(
+                        hasher.hash_one(key),
+                        |w| w >> MEMBER_BITS == key,
+                        |w| hasher.hash_one(w >> MEMBER_BITS),
+                    )
+                    .or_insert(key << MEMBER_BITS)
+                    .into_mut();
+                let new = *word as u8 & bit == 0;
+                *word |= u64::from(bit);
+                new
+            }
+            None => {
+                let bits = self.wide.entry((group as u32, value)).or_insert(0);
+                let new = *bits & bit == 0;
+                *bits |= bit;
+                new
+            }
         };
-        if *bits & (1 << member) == 0 {
-            *bits |= 1 << member;
+        if new {
             self.counts[member][group] += 1;
         }
     }
@@ -204,13 +235,13 @@ impl GroupsAccumulator for SharedDistinctCount {
         let bit = 1u32 << self.member;
         let mut per_group: Vec<Vec<i64>> = vec![Vec::new(); groups];
         let bit = bit as u8;
-        set.packed.retain(|&key, bits| {
-            if *bits & bit != 0 {
-                let (group, value) = unpack(key);
+        set.packed.retain(|word| {
+            if *word as u8 & bit != 0 {
+                let (group, value) = unpack(*word >> MEMBER_BITS);
                 per_group[group].push(value);
-                *bits &= !bit;
+                *word &= !u64::from(bit);
             }
-            *bits != 0
+            *word as u8 != 0
         });
         set.wide.retain(|&(group, value), bits| {
             if *bits & bit != 0 {
@@ -283,7 +314,7 @@ impl GroupsAccumulator for SharedDistinctCount {
         let counts = set.counts[self.member].capacity() * 8;
         if self.member == 0 {
             counts
-                + set.packed.capacity() * (std::mem::size_of::<(u64, u8)>() + 1)
+                + set.packed.capacity() * (std::mem::size_of::<u64>() + 1)
                 + set.wide.capacity() * (std::mem::size_of::<((u32, i64), u8)>() + 1)
         } else {
             counts
@@ -363,9 +394,9 @@ mod tests {
                 1 => -small,
                 // At the packing limits, and apart from `small` only in
                 // the value's top bits.
-                2 => (1 << 43) - 1 - small % 3,
-                3 => -(1 << 43) + small % 3,
-                4 => small + (1 << 42),
+                2 => (1 << 35) - 1 - small % 3,
+                3 => -(1 << 35) + small % 3,
+                4 => small + (1 << 34),
                 _ => small,
             })
         }));

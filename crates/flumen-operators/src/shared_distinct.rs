@@ -34,6 +34,17 @@ struct SharedSet {
     wide: HashMap<(u32, i64), u8, ahash::RandomState>,
     /// Per aggregate, its count per group.
     counts: Vec<Vec<i64>>,
+    /// The batch the aggregates are being updated with: applied once the
+    /// last has handed its filter in, looking each row up once for all.
+    pending: Option<Pending>,
+}
+
+/// One batch's update, gathered from the aggregates of a set.
+struct Pending {
+    column: Int64Array,
+    groups: Vec<usize>,
+    /// Per aggregate: `None` until it is updated, then its filter, if any.
+    filters: Vec<Option<Option<BooleanArray>>>,
 }
 
 /// Bits of a packed key that hold the value.
@@ -74,12 +85,77 @@ impl SharedSet {
             hasher: hasher(),
             wide: HashMap::with_hasher(hasher()),
             counts: vec![Vec::new(); members],
+            pending: None,
+        }
+    }
+
+    /// Aggregate `member` is updated with `column` for rows of `groups`:
+    /// noted, and the batch applied once every aggregate of the set has
+    /// been (they are updated in order, on the same rows). A batch the
+    /// earlier ones were not updated with is applied for those first.
+    fn update(
+        &mut self,
+        member: usize,
+        column: Int64Array,
+        groups: &[usize],
+        filter: Option<&BooleanArray>,
+    ) {
+        // The same batch: the same values buffer (the pending batch holds
+        // its buffer, so no later batch can have that address) and rows.
+        let same = self.pending.as_ref().is_some_and(|p| {
+            p.filters[member].is_none()
+                && p.groups.len() == groups.len()
+                && p.column.len() == column.len()
+                && p.column.offset() == column.offset()
+                && p.column.values().inner().as_ptr() == column.values().inner().as_ptr()
+        });
+        if !same {
+            self.apply();
+            self.pending = Some(Pending {
+                column,
+                groups: groups.to_vec(),
+                filters: vec![None; self.counts.len()],
+            });
+        }
+        let pending = self.pending.as_mut().expect("set above");
+        pending.filters[member] = Some(filter.cloned());
+        if member + 1 == self.counts.len() {
+            self.apply();
+        }
+    }
+
+    /// Applies the pending batch: each row is looked up once, with the bits
+    /// of the aggregates that count it.
+    fn apply(&mut self) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        for (row, &group) in p.groups.iter().enumerate() {
+            if !p.column.is_valid(row) {
+                continue;
+            }
+            let mut bits = 0u8;
+            for (m, filter) in p.filters.iter().enumerate() {
+                let counted = match filter {
+                    None => false,
+                    Some(None) => true,
+                    Some(Some(f)) => f.is_valid(row) && f.value(row),
+                };
+                bits |= u8::from(counted) << m;
+            }
+            if bits != 0 {
+                self.add_bits(bits, group, p.column.value(row));
+            }
         }
     }
 
     /// Aggregate `member` counts `value` in `group`.
     fn add(&mut self, member: usize, group: usize, value: i64) {
-        let bit = 1u8 << member;
+        self.add_bits(1 << member, group, value);
+    }
+
+    /// The aggregates of `bits` count `value` in `group`.
+    fn add_bits(&mut self, bit: u8, group: usize, value: i64) {
         let new = match pack(group, value) {
             Some(key) => {
                 let hasher = &self.hasher;
@@ -92,19 +168,22 @@ impl SharedSet {
                     )
                     .or_insert(key << MEMBER_BITS)
                     .into_mut();
-                let new = *word as u8 & bit == 0;
+                let new = bit & !(*word as u8);
                 *word |= u64::from(bit);
                 new
             }
             None => {
                 let bits = self.wide.entry((group as u32, value)).or_insert(0);
-                let new = *bits & bit == 0;
+                let new = bit & !*bits;
                 *bits |= bit;
                 new
             }
         };
-        if new {
+        let mut new = new;
+        while new != 0 {
+            let member = new.trailing_zeros() as usize;
             self.counts[member][group] += 1;
+            new &= new - 1;
         }
     }
 
@@ -202,12 +281,7 @@ impl GroupsAccumulator for SharedDistinctCount {
         let column = self.values(&values[0])?;
         let mut set = self.set.lock().map_err(poisoned)?;
         set.grow(self.member, total_num_groups);
-        for (row, &group) in group_indices.iter().enumerate() {
-            let counted = opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row));
-            if counted && column.is_valid(row) {
-                set.add(self.member, group, column.value(row));
-            }
-        }
+        set.update(self.member, column, group_indices, opt_filter);
         Ok(())
     }
 
@@ -218,6 +292,8 @@ impl GroupsAccumulator for SharedDistinctCount {
             ));
         };
         let mut set = self.set.lock().map_err(poisoned)?;
+        // Updates still gathering are applied before anything is read.
+        set.apply();
         let counts = std::mem::take(&mut set.counts[self.member]);
         Ok(Arc::new(Int64Array::from(counts)))
     }
@@ -231,6 +307,8 @@ impl GroupsAccumulator for SharedDistinctCount {
             ));
         };
         let mut set = self.set.lock().map_err(poisoned)?;
+        // Updates still gathering are applied before anything is read.
+        set.apply();
         let groups = set.counts[self.member].len();
         let bit = 1u32 << self.member;
         let mut per_group: Vec<Vec<i64>> = vec![Vec::new(); groups];
@@ -271,6 +349,8 @@ impl GroupsAccumulator for SharedDistinctCount {
     ) -> DfResult<()> {
         let lists = values[0].as_list::<i32>();
         let mut set = self.set.lock().map_err(poisoned)?;
+        // Updates still gathering are applied before anything is read.
+        set.apply();
         set.grow(self.member, total_num_groups);
         for (row, &group) in group_indices.iter().enumerate() {
             if lists.is_null(row) {
@@ -371,13 +451,15 @@ mod tests {
             3 => row % 7 == 1 || row.is_multiple_of(5),
             _ => true,
         };
-        for freeze in [false, true] {
-            let got = run(&aggregates, freeze, &filter);
+        // In order, the set looks each row up once for all its aggregates;
+        // in reverse, each batch is applied when the next one starts.
+        for (freeze, reverse) in [(false, false), (true, false), (false, true)] {
+            let got = run(&aggregates, freeze, reverse, &filter);
             for (a, counts) in got.iter().enumerate() {
                 assert_eq!(
                     counts,
                     &expected(a, &filter),
-                    "aggregate {a}, freeze {freeze}"
+                    "aggregate {a}, freeze {freeze}, reverse {reverse}"
                 );
             }
         }
@@ -416,13 +498,18 @@ mod tests {
     fn run(
         aggregates: &[AggregateCall],
         freeze: bool,
+        reverse: bool,
         filter: &dyn Fn(usize, usize) -> bool,
     ) -> Vec<Vec<i64>> {
         let mut live = new_accumulators(aggregates).unwrap();
         let mut layers = Layers::default();
         for batch in 0..BATCHES {
             let (v, w, ids) = rows(batch);
-            for (a, acc) in live.iter_mut().enumerate() {
+            let mut order: Vec<_> = live.iter_mut().enumerate().collect();
+            if reverse {
+                order.reverse();
+            }
+            for (a, acc) in order {
                 let column: ArrayRef = if a == 2 {
                     Arc::new(w.clone())
                 } else {

@@ -3,7 +3,10 @@
 //! values per group: each (group, value) keeps a bit per aggregate, set
 //! when a row that aggregate counts has the value, and each aggregate keeps
 //! its counts per group, so a value is stored once however many aggregates
-//! count it. Each aggregate is still a `GroupsAccumulator` of its own, with
+//! count it: (group, value) and the bits share one word of a hash table. The
+//! aggregates hand their filters in as they are updated and the last looks
+//! each row up once with all their bits. Each aggregate is still a
+//! `GroupsAccumulator` of its own, with
 //! DataFusion's state layout (a list of values per group), so snapshots,
 //! layers and panes treat it as any other.
 

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, RecordBatch};
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::logical_expr::EmitTo;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
@@ -18,7 +18,7 @@ use flumen_types::{FlumenError, Result};
 
 use crate::accumulator_layers::new_accumulators;
 use crate::columns::state_fields;
-use crate::window_aggregate::AggregateCall;
+use crate::window_aggregate::{AggregateCall, names};
 
 fn df(e: datafusion::error::DataFusionError) -> FlumenError {
     FlumenError::execution(format!("local aggregate: {e}"))
@@ -54,15 +54,10 @@ impl LocalAggregateFactory {
 
 impl OperatorFactory for LocalAggregateFactory {
     fn describe(&self) -> String {
-        let aggs: Vec<String> = self
-            .aggregates
-            .iter()
-            .map(|a| a.function.name().to_string())
-            .collect();
         format!(
             "LocalAggregate: partial states per batch, keys {:?}, [{}]",
             self.key_columns,
-            aggs.join(", ")
+            names(&self.aggregates)
         )
     }
 
@@ -107,27 +102,7 @@ impl Operator for LocalAggregate {
             .iter()
             .zip(new_accumulators(&self.aggregates)?)
         {
-            let values = agg
-                .inputs()
-                .iter()
-                .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(rows)))
-                .collect::<datafusion::common::Result<Vec<_>>>()
-                .map_err(df)?;
-            let filter = match &agg.filter {
-                Some(f) => Some(
-                    f.evaluate(&batch)
-                        .and_then(|v| v.into_array(rows))
-                        .map_err(df)?,
-                ),
-                None => None,
-            };
-            acc.update_batch(
-                &values,
-                &group_indices,
-                filter.as_ref().map(|f| f.as_boolean()),
-                total,
-            )
-            .map_err(df)?;
+            agg.update(acc.as_mut(), &batch, &group_indices, total)?;
             columns.extend(acc.state(EmitTo::All).map_err(df)?);
         }
         out.push(RecordBatch::try_new(self.output.clone(), columns)?);

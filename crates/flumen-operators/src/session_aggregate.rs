@@ -22,7 +22,7 @@ use flumen_state::{KeyGroupRange, KeyedTable, StateSnapshot, state_column};
 use flumen_types::{FlumenError, Result, Watermark};
 
 use crate::columns::{merge_state, row_state_fields, scalar_column, take_states};
-use crate::window_aggregate::{AggregateCall, sorted_arguments};
+use crate::window_aggregate::{AggregateCall, names, sorted_arguments};
 
 /// What one group-by column of the output is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,17 +55,12 @@ pub struct SessionAggregateFactory {
 
 impl OperatorFactory for SessionAggregateFactory {
     fn describe(&self) -> String {
-        let aggs: Vec<String> = self
-            .aggregates
-            .iter()
-            .map(|a| a.function.name().to_string())
-            .collect();
         format!(
             "SessionAggregate: keys {:?}, sessions from columns {} to {}, [{}]",
             self.key_columns,
             self.start_column,
             self.end_column,
-            aggs.join(", ")
+            names(&self.aggregates)
         )
     }
 

@@ -20,7 +20,7 @@ use flumen_state::{KeyGroupRange, KeyedTable, StateSnapshot, state_column};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
 use crate::columns::{merge_state, row_state_fields, scalar_column, take_states};
-use crate::window_aggregate::{AggregateCall, sorted_arguments};
+use crate::window_aggregate::{AggregateCall, names, sorted_arguments};
 
 /// Makes [`UpdatingAggregate`] operators.
 pub struct UpdatingAggregateFactory {
@@ -43,11 +43,6 @@ pub const RETRACTABLE: &[&str] = &["count", "sum", "avg"];
 
 impl OperatorFactory for UpdatingAggregateFactory {
     fn describe(&self) -> String {
-        let aggs: Vec<String> = self
-            .aggregates
-            .iter()
-            .map(|a| a.function.name().to_string())
-            .collect();
         let state = match self.state_ttl_ns {
             Some(ttl) => format!(", state_ttl {} ms", ttl / 1_000_000),
             None => " [UNBOUNDED STATE: one row per group; set state_ttl to bound it]".to_string(),
@@ -55,7 +50,7 @@ impl OperatorFactory for UpdatingAggregateFactory {
         format!(
             "UpdatingAggregate: keys {:?}, [{}]{}{state}",
             self.key_columns,
-            aggs.join(", "),
+            names(&self.aggregates),
             if self.op_column.is_some() {
                 ", retracting"
             } else {

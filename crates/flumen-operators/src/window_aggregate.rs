@@ -52,6 +52,40 @@ impl AggregateCall {
         inputs.extend(self.function.order_bys().iter().map(|o| o.expr.clone()));
         inputs
     }
+
+    /// Updates `acc` with `rows` (row `i` in group `group_indices[i]`, of
+    /// `total` groups): its inputs evaluated on them, its filter applied.
+    pub(crate) fn update(
+        &self,
+        acc: &mut dyn datafusion::logical_expr::GroupsAccumulator,
+        rows: &RecordBatch,
+        group_indices: &[usize],
+        total: usize,
+    ) -> Result<()> {
+        let n = rows.num_rows();
+        let values = self
+            .inputs()
+            .iter()
+            .map(|e| e.evaluate(rows).and_then(|v| v.into_array(n)))
+            .collect::<datafusion::common::Result<Vec<_>>>()
+            .map_err(df)?;
+        let filter = match &self.filter {
+            Some(f) => Some(f.evaluate(rows).and_then(|v| v.into_array(n)).map_err(df)?),
+            None => None,
+        };
+        let filter = filter.as_ref().map(|f| f.as_boolean());
+        acc.update_batch(&values, group_indices, filter, total)
+            .map_err(df)
+    }
+}
+
+/// The aggregates' function names, for `describe`.
+pub(crate) fn names(aggregates: &[AggregateCall]) -> String {
+    aggregates
+        .iter()
+        .map(|a| a.function.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Each aggregate's argument arrays for the rows `order` of `batch`, in that
@@ -147,11 +181,6 @@ fn wall_clock_ns() -> i64 {
 
 impl OperatorFactory for WindowAggregateFactory {
     fn describe(&self) -> String {
-        let aggs: Vec<String> = self
-            .aggregates
-            .iter()
-            .map(|a| a.function.name().to_string())
-            .collect();
         format!(
             "WindowAggregate{}: windows end {} ms after key {}{}, keys {:?}, [{}]{}",
             if self.processing_time {
@@ -170,7 +199,7 @@ impl OperatorFactory for WindowAggregateFactory {
                 None => String::new(),
             },
             self.key_columns,
-            aggs.join(", "),
+            names(&self.aggregates),
             if self.merge_states {
                 ", merging partial states"
             } else {
@@ -424,23 +453,7 @@ impl WindowAggregate {
             return Ok(());
         }
         for (agg, acc) in self.aggregates.iter().zip(&mut window.accumulators) {
-            let values = agg
-                .inputs()
-                .iter()
-                .map(|e| e.evaluate(rows).and_then(|v| v.into_array(rows.num_rows())))
-                .collect::<datafusion::common::Result<Vec<_>>>()
-                .map_err(df)?;
-            let filter = match &agg.filter {
-                Some(f) => Some(
-                    f.evaluate(rows)
-                        .and_then(|v| v.into_array(rows.num_rows()))
-                        .map_err(df)?,
-                ),
-                None => None,
-            };
-            let filter = filter.as_ref().map(|f| f.as_boolean());
-            acc.update_batch(&values, &group_indices, filter, total)
-                .map_err(df)?;
+            agg.update(acc.as_mut(), rows, &group_indices, total)?;
         }
         window.dirty = true;
         Ok(())

@@ -26,7 +26,7 @@ use flumen_runtime::{
     JobMetrics, KeptGauge, KeptRowsReport, Operator, OperatorFactory, StateGauge, TaskContext,
 };
 use flumen_state::{KeyGroup, KeyGroups, StateSnapshot, state_column};
-use flumen_types::{FlumenError, Result, RowOp, Watermark};
+use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Result, RowOp, Watermark};
 use hashbrown::HashTable;
 
 use crate::kept_rows::{KeptRows, Keys, RowRef, kept_schema};
@@ -942,55 +942,64 @@ impl Operator for TopN {
         let places = state_column::<UInt64Array>(&rows, 0, w + 2)?;
         let touched = state_column::<Int64Array>(&rows, 0, w + 3)?;
         let ends = state_column::<Int64Array>(&rows, 0, w + 4)?;
-        let options = RecordBatchOptions::new().with_row_count(Some(n));
-        let values = RecordBatch::try_new_with_options(
-            self.kept_schema.clone(),
-            rows.columns()[..w].to_vec(),
-            &options,
-        )?;
-        let slot = self.kept.add(
-            values,
-            Keys::from_pairs((0..n).map(|r| (partition.value(r), order.value(r)))),
-        );
-        for row in 0..n {
-            let at = RowRef {
-                slot,
-                row: row as u32,
-            };
-            let pkey = partition.value(row);
-            let h = self.hash(pkey);
-            let keys = KeySource {
-                kept: &self.kept,
-                order: None,
-                partition: None,
-            };
-            if let Some(b) = find_partition(&self.partitions, h, pkey, &keys) {
-                let entries = &mut bucket(&mut self.partitions, b).entries;
-                entries.insert(entries.len(), at);
-                continue;
-            }
-            let partition = Partition {
-                hash: h,
-                stamp: 0,
-                touched_at: touched.value(row),
-                entries: Entries::One(at),
-            };
-            self.partitions
-                .insert_unique(wide(h), partition, |p| wide(p.hash));
-            if self.window.is_some() {
-                self.closing
-                    .entry(ends.value(row))
-                    .or_default()
-                    .push(pkey.into());
+        // Slots of a batch's size, as processing makes them, so that a
+        // compaction later copies a few of them and not the whole state.
+        // The snapshot row where each slot starts, for the rows' places.
+        let mut slot_starts: HashMap<u32, usize> = HashMap::new();
+        for start in (0..n).step_by(DEFAULT_BATCH_SIZE) {
+            let len = DEFAULT_BATCH_SIZE.min(n - start);
+            let columns = rows.columns()[..w]
+                .iter()
+                .map(|c| c.slice(start, len))
+                .collect();
+            let options = RecordBatchOptions::new().with_row_count(Some(len));
+            let values =
+                RecordBatch::try_new_with_options(self.kept_schema.clone(), columns, &options)?;
+            let keys = Keys::from_pairs(
+                (start..start + len).map(|r| (partition.value(r), order.value(r))),
+            );
+            let slot = self.kept.add(values, keys);
+            slot_starts.insert(slot, start);
+            for row in start..start + len {
+                let at = RowRef {
+                    slot,
+                    row: (row - start) as u32,
+                };
+                let pkey = partition.value(row);
+                let h = self.hash(pkey);
+                let keys = KeySource {
+                    kept: &self.kept,
+                    order: None,
+                    partition: None,
+                };
+                if let Some(b) = find_partition(&self.partitions, h, pkey, &keys) {
+                    let entries = &mut bucket(&mut self.partitions, b).entries;
+                    entries.insert(entries.len(), at);
+                    continue;
+                }
+                let partition = Partition {
+                    hash: h,
+                    stamp: 0,
+                    touched_at: touched.value(row),
+                    entries: Entries::One(at),
+                };
+                self.partitions
+                    .insert_unique(wide(h), partition, |p| wide(p.hash));
+                if self.window.is_some() {
+                    self.closing
+                        .entry(ends.value(row))
+                        .or_default()
+                        .push(pkey.into());
+                }
             }
         }
         // Restored into a fresh operator: every partition's rows come from
         // this snapshot, in their places within it.
         let kept = &self.kept;
+        let place = |r: &RowRef| places.value(slot_starts[&r.slot] + r.row as usize);
         for p in self.partitions.iter_mut() {
             p.entries.sort_by(|a, b| {
-                (kept.order_key(*a), places.value(a.row as usize))
-                    .cmp(&(kept.order_key(*b), places.value(b.row as usize)))
+                (kept.order_key(*a), place(a)).cmp(&(kept.order_key(*b), place(b)))
             });
         }
         Ok(())

@@ -107,3 +107,40 @@ pub(crate) fn merge_state(
     let state: Vec<ArrayRef> = columns.iter().map(|c| c.slice(row, 1)).collect();
     acc.merge_batch(&state).map_err(err)
 }
+
+/// Takes row `row` of one aggregate's state columns back out of `acc`,
+/// rebuilding it (with `create`) from its state minus that one. Exact for
+/// the states of the aggregates that can take rows back (COUNT, SUM, AVG:
+/// counts and sums), where the state of some rows is the sum of the
+/// states of their parts; a null part (no value counted) subtracts nothing.
+pub(crate) fn subtract_state(
+    acc: &mut Box<dyn Accumulator>,
+    columns: &[ArrayRef],
+    row: usize,
+    create: impl Fn() -> Result<Box<dyn Accumulator>>,
+) -> Result<()> {
+    let have = acc.state().map_err(err)?;
+    let left = have
+        .into_iter()
+        .zip(columns)
+        .map(|(have, column)| {
+            let part = ScalarValue::try_from_array(column, row).map_err(err)?;
+            Ok(if part.is_null() {
+                have
+            } else if have.is_null() {
+                part.arithmetic_negate().map_err(err)?
+            } else {
+                have.sub(&part).map_err(err)?
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let state = left
+        .iter()
+        .map(ScalarValue::to_array)
+        .collect::<datafusion::common::Result<Vec<_>>>()
+        .map_err(err)?;
+    let mut fresh = create()?;
+    fresh.merge_batch(&state).map_err(err)?;
+    *acc = fresh;
+    Ok(())
+}

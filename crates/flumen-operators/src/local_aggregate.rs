@@ -5,20 +5,27 @@
 //! the exchange once per batch instead of once per row, so one subtask does
 //! not take most of the work (Flink's local-global aggregation). Nothing is
 //! kept between batches: the operator has no state to checkpoint.
+//!
+//! Before a non-windowed aggregate each partial row also says how many
+//! rows it holds; over an updating input a group's additions and its
+//! retractions become two partial rows (the second marked as a retraction),
+//! built with the retracting accumulators the aggregate after the exchange
+//! keeps, so it can merge the one and take the other back.
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::{Schema, SchemaRef};
-use datafusion::logical_expr::EmitTo;
+use arrow::array::{ArrayRef, AsArray, Int8Array, Int64Array, RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, Field, Int8Type, Schema, SchemaRef};
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::{Accumulator, EmitTo};
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use flumen_runtime::{Operator, OperatorFactory, TaskContext};
-use flumen_types::{FlumenError, Result};
+use flumen_types::{FlumenError, Result, RowOp, op_field};
 
 use crate::accumulator_layers::new_accumulators;
-use crate::columns::state_fields;
-use crate::window_aggregate::{AggregateCall, names};
+use crate::columns::{row_state_fields, scalar_column, state_fields};
+use crate::window_aggregate::{AggregateCall, names, sorted_arguments};
 
 fn df(e: datafusion::error::DataFusionError) -> FlumenError {
     FlumenError::execution(format!("local aggregate: {e}"))
@@ -33,14 +40,38 @@ pub struct LocalAggregateFactory {
     pub aggregates: Vec<AggregateCall>,
     /// Schema of the key columns.
     pub key_schema: SchemaRef,
+    /// What the partial rows say of the rows they hold.
+    pub rows: PartialRows,
 }
+
+/// What a local aggregate's partial rows carry besides keys and states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartialRows {
+    /// Nothing: a window aggregate needs no row count.
+    Uncounted,
+    /// A `_rows` column: how many rows each partial row aggregates.
+    Counted,
+    /// The input is updating, its op column at this index: a `_rows`
+    /// column and an op column, `+I` for a group's additions and `-D` for
+    /// its retractions.
+    Retracting(usize),
+}
+
+/// The name of the row-count column of partial rows.
+pub const PARTIAL_ROWS: &str = "_rows";
 
 impl LocalAggregateFactory {
     /// The output: the keys, then each aggregate's state fields in order
-    /// (what [`crate::WindowAggregateFactory`] merges when its
-    /// `merge_states` is set).
+    /// (what [`crate::WindowAggregateFactory`] and
+    /// [`crate::UpdatingAggregateFactory`] merge when their `merge_states`
+    /// is set), then the row count and op column when `rows` asks.
     pub fn output(&self) -> Result<SchemaRef> {
-        let (states, _) = state_fields(&self.aggregates)?;
+        let states = match self.rows {
+            PartialRows::Retracting(_) => {
+                row_state_fields(self.aggregates.len(), |a| sliding(&self.aggregates, a))?.0
+            }
+            _ => state_fields(&self.aggregates)?.0,
+        };
         let mut fields: Vec<_> = self
             .key_schema
             .fields()
@@ -48,6 +79,12 @@ impl LocalAggregateFactory {
             .map(|f| f.as_ref().clone())
             .collect();
         fields.extend(states);
+        if self.rows != PartialRows::Uncounted {
+            fields.push(Field::new(PARTIAL_ROWS, DataType::Int64, false));
+        }
+        if let PartialRows::Retracting(_) = self.rows {
+            fields.push(op_field());
+        }
         Ok(Arc::new(Schema::new(fields)))
     }
 }
@@ -55,9 +92,13 @@ impl LocalAggregateFactory {
 impl OperatorFactory for LocalAggregateFactory {
     fn describe(&self) -> String {
         format!(
-            "LocalAggregate: partial states per batch, keys {:?}, [{}]",
+            "LocalAggregate: partial states per batch, keys {:?}, [{}]{}",
             self.key_columns,
-            names(&self.aggregates)
+            names(&self.aggregates),
+            match self.rows {
+                PartialRows::Retracting(_) => ", additions and retractions apart",
+                _ => "",
+            }
         )
     }
 
@@ -66,6 +107,7 @@ impl OperatorFactory for LocalAggregateFactory {
             key_columns: self.key_columns.clone(),
             aggregates: self.aggregates.clone(),
             groups: new_group_values(self.key_schema.clone(), &GroupOrdering::None).map_err(df)?,
+            rows: self.rows,
             output: self.output()?,
         }))
     }
@@ -77,7 +119,17 @@ pub struct LocalAggregate {
     aggregates: Vec<AggregateCall>,
     /// The groups of the batch being aggregated (emptied after each).
     groups: Box<dyn GroupValues>,
+    rows: PartialRows,
     output: SchemaRef,
+}
+
+/// A fresh retracting accumulator of aggregate `a`, the kind a
+/// non-windowed aggregate over an updating input keeps.
+fn sliding(aggregates: &[AggregateCall], a: usize) -> Result<Box<dyn Accumulator>> {
+    aggregates[a]
+        .function
+        .create_sliding_accumulator()
+        .map_err(df)
 }
 
 impl Operator for LocalAggregate {
@@ -97,6 +149,11 @@ impl Operator for LocalAggregate {
         let mut columns = self.groups.emit(EmitTo::All).map_err(df)?;
         // Emitting all does not reset every kind of group table's index.
         self.groups.clear_shrink(rows);
+        if let PartialRows::Retracting(op) = self.rows {
+            let parts = self.retracting_parts(&batch, op, &group_indices, columns)?;
+            out.push(parts);
+            return Ok(());
+        }
         for (agg, mut acc) in self
             .aggregates
             .iter()
@@ -105,7 +162,89 @@ impl Operator for LocalAggregate {
             agg.update(acc.as_mut(), &batch, &group_indices, total)?;
             columns.extend(acc.state(EmitTo::All).map_err(df)?);
         }
+        if self.rows == PartialRows::Counted {
+            let mut counts = vec![0i64; total];
+            for &g in &group_indices {
+                counts[g] += 1;
+            }
+            columns.push(Arc::new(Int64Array::from(counts)));
+        }
         out.push(RecordBatch::try_new(self.output.clone(), columns)?);
         Ok(())
     }
 }
+
+impl LocalAggregate {
+    /// The partial rows of a batch of an updating input (op column `op`):
+    /// per group, one of its additions and one of its retractions (when it
+    /// has them), each the state of a fresh retracting accumulator updated
+    /// with those rows. `keys` holds each group's keys, by group index.
+    fn retracting_parts(
+        &self,
+        batch: &RecordBatch,
+        op: usize,
+        group_indices: &[usize],
+        keys: Vec<ArrayRef>,
+    ) -> Result<RecordBatch> {
+        let ops = batch.column(op).as_primitive::<Int8Type>().values();
+        // Rows by group, additions first: (group, retraction bit, row).
+        let mut order: Vec<u64> = group_indices
+            .iter()
+            .zip(ops.iter())
+            .enumerate()
+            .map(|(row, (&g, &op))| {
+                let retract = !RowOp::from_code(op).is_some_and(RowOp::is_addition);
+                ((g as u64) << 32) | (u64::from(retract) << 31) | row as u64
+            })
+            .collect();
+        order.sort_unstable();
+        let indices = UInt32Array::from_iter_values(order.iter().map(|&o| o as u32 & ROW_BITS));
+        let arguments = sorted_arguments(&self.aggregates, batch, &indices)?;
+        let width = self.output.fields().len() - self.key_columns.len() - 2;
+        let mut states: Vec<Vec<ScalarValue>> = vec![Vec::new(); width];
+        let (mut groups, mut counts, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
+        let mut start = 0;
+        while start < order.len() {
+            let part = order[start] >> 31;
+            let end = start
+                + order[start..]
+                    .iter()
+                    .take_while(|&&o| o >> 31 == part)
+                    .count();
+            let mut field = 0;
+            for (a, args) in arguments.iter().enumerate() {
+                let mut acc = sliding(&self.aggregates, a)?;
+                let rows: Vec<ArrayRef> =
+                    args.iter().map(|v| v.slice(start, end - start)).collect();
+                acc.update_batch(&rows).map_err(df)?;
+                for value in acc.state().map_err(df)? {
+                    states[field].push(value);
+                    field += 1;
+                }
+            }
+            groups.push((part >> 1) as u32);
+            counts.push((end - start) as i64);
+            kinds.push(if part & 1 == 0 {
+                RowOp::Insert
+            } else {
+                RowOp::Delete
+            } as i8);
+            start = end;
+        }
+        let groups = UInt32Array::from(groups);
+        let mut columns: Vec<ArrayRef> = keys
+            .iter()
+            .map(|k| arrow::compute::take(k, &groups, None))
+            .collect::<std::result::Result<_, _>>()?;
+        for values in states {
+            let field = self.output.field(columns.len());
+            columns.push(scalar_column(values.into_iter(), field)?);
+        }
+        columns.push(Arc::new(Int64Array::from(counts)));
+        columns.push(Arc::new(Int8Array::from(kinds)));
+        Ok(RecordBatch::try_new(self.output.clone(), columns)?)
+    }
+}
+
+/// The row bits of a sort key (below its retraction bit).
+const ROW_BITS: u32 = (1 << 31) - 1;

@@ -12,14 +12,14 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, Int8Array, Int64Array, RecordBatch, UInt32Array};
-use arrow::datatypes::{DataType, Field, Int8Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Int8Type, Int64Type, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
 use flumen_state::{KeyGroupRange, KeyedTable, StateSnapshot, state_column};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
-use crate::columns::{merge_state, row_state_fields, scalar_column, take_states};
+use crate::columns::{merge_state, row_state_fields, scalar_column, subtract_state, take_states};
 use crate::window_aggregate::{AggregateCall, names, sorted_arguments};
 
 /// Makes [`UpdatingAggregate`] operators.
@@ -35,6 +35,9 @@ pub struct UpdatingAggregateFactory {
     pub state_ttl_ns: Option<i64>,
     /// The keys, one column per aggregate, then the op column.
     pub output: SchemaRef,
+    /// The input holds a local aggregate's partial rows (keys, states, row
+    /// count, op column when updating), merged rather than aggregated.
+    pub merge_states: bool,
 }
 
 /// Names of the aggregates that can take back a row exactly (their
@@ -48,9 +51,14 @@ impl OperatorFactory for UpdatingAggregateFactory {
             None => " [UNBOUNDED STATE: one row per group; set state_ttl to bound it]".to_string(),
         };
         format!(
-            "UpdatingAggregate: keys {:?}, [{}]{}{state}",
+            "UpdatingAggregate: keys {:?}, [{}]{}{}{state}",
             self.key_columns,
             names(&self.aggregates),
+            if self.merge_states {
+                ", merging partial states"
+            } else {
+                ""
+            },
             if self.op_column.is_some() {
                 ", retracting"
             } else {
@@ -64,7 +72,13 @@ impl OperatorFactory for UpdatingAggregateFactory {
             .iter()
             .map(|f| f.as_ref().clone())
             .collect();
+        let updating = self.op_column.is_some();
+        let (_, state_starts) = row_state_fields(self.aggregates.len(), |a| {
+            new_accumulator(&self.aggregates, updating, a)
+        })?;
         Ok(Box::new(UpdatingAggregate {
+            merge_states: self.merge_states,
+            state_starts,
             key_columns: self.key_columns.clone(),
             aggregates: self.aggregates.clone(),
             op_column: self.op_column,
@@ -90,6 +104,10 @@ fn err(e: impl std::fmt::Display) -> FlumenError {
 
 /// The running groups of one subtask.
 pub struct UpdatingAggregate {
+    merge_states: bool,
+    /// Where each aggregate's fields start in an accumulator state row
+    /// (and one past the last).
+    state_starts: Vec<usize>,
     key_columns: Vec<usize>,
     aggregates: Vec<AggregateCall>,
     op_column: Option<usize>,
@@ -174,6 +192,28 @@ impl UpdatingAggregate {
             self.touched_at.push(touched_at);
         }
         Ok(())
+    }
+
+    /// Each aggregate's state columns of a batch of partial rows, and their
+    /// row counts, in the order `indices`.
+    fn sorted_states(
+        &self,
+        batch: &RecordBatch,
+        indices: &UInt32Array,
+    ) -> Result<(Vec<Vec<ArrayRef>>, Int64Array)> {
+        let k = self.key_columns.len();
+        let starts = &self.state_starts;
+        let take = |c: &ArrayRef| arrow::compute::take(c, indices, None);
+        let states = (0..self.aggregates.len())
+            .map(|a| {
+                batch.columns()[k + starts[a]..k + starts[a + 1]]
+                    .iter()
+                    .map(|c| Ok(take(c)?))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<_>>()?;
+        let rows = take(batch.column(k + starts[self.aggregates.len()]))?;
+        Ok((states, rows.as_primitive::<Int64Type>().clone()))
     }
 
     fn values(&mut self, group: usize) -> Result<Vec<ScalarValue>> {
@@ -270,8 +310,18 @@ impl Operator for UpdatingAggregate {
         order.sort_unstable();
         let group_of = |o: u64| (o >> 32) as usize;
         let indices = UInt32Array::from_iter_values(order.iter().map(|&o| (o & ROW_MASK) as u32));
-        let arguments = sorted_arguments(&self.aggregates, &batch, &indices)?;
+        let (arguments, partial_rows) = if self.merge_states {
+            let (states, rows) = self.sorted_states(&batch, &indices)?;
+            (states, Some(rows))
+        } else {
+            (sorted_arguments(&self.aggregates, &batch, &indices)?, None)
+        };
+        let rows_in = |from: usize, to: usize| match &partial_rows {
+            Some(r) => r.values()[from..to].iter().sum::<i64>(),
+            None => (to - from) as i64,
+        };
         let n = self.aggregates.len();
+        let updating = self.op_column.is_some();
         let mut changes = Vec::new();
         let mut start = 0;
         while start < order.len() {
@@ -296,15 +346,25 @@ impl Operator for UpdatingAggregate {
                 if split > start {
                     let part: Vec<ArrayRef> =
                         args.iter().map(|v| v.slice(start, split - start)).collect();
-                    acc.update_batch(&part).map_err(err)?;
+                    if self.merge_states {
+                        acc.merge_batch(&part).map_err(err)?;
+                    } else {
+                        acc.update_batch(&part).map_err(err)?;
+                    }
                 }
-                if end > split {
+                if self.merge_states {
+                    for row in split..end {
+                        subtract_state(acc, args, row, || {
+                            new_accumulator(&self.aggregates, updating, a)
+                        })?;
+                    }
+                } else if end > split {
                     let part: Vec<ArrayRef> =
                         args.iter().map(|v| v.slice(split, end - split)).collect();
                     acc.retract_batch(&part).map_err(err)?;
                 }
             }
-            let now = was + (split - start) as i64 - (end - split) as i64;
+            let now = was + rows_in(start, split) - rows_in(split, end);
             self.counts[group] = now;
             self.touched_at[group] = self.watermark;
             match (old, now > 0) {

@@ -247,6 +247,7 @@ fn updating_aggregate_groups_move_by_key_group() {
         op_column: None,
         state_ttl_ns: None,
         output,
+        merge_states: false,
     };
     let rows = check(&factory, &[vec![0]], &bid_steps(8));
     assert!(rows.iter().any(|r| r.ends_with("|3")), "updates expected");
@@ -875,6 +876,7 @@ fn an_aggregate_of_an_updating_input_moves_by_key_group() {
         op_column: Some(2),
         state_ttl_ns: None,
         output,
+        merge_states: false,
     };
     let rows = check(&factory, &[vec![0]], &steps);
     assert!(rows.iter().any(|r| r.ends_with("|2")), "updates expected");

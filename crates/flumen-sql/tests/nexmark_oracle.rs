@@ -414,6 +414,40 @@ async fn two_phase_window_aggregates_match_batch() {
     check_sql("two_phase", TWO_PHASE_AGGREGATES, None).await;
 }
 
+/// Two-phase aggregation without a window: running aggregates per channel
+/// (append-only input: partial states with row counts), the distribution
+/// of running bid counts per auction (an updating input: each change moves
+/// an auction from one count's group to the next, so partial rows take
+/// states back, groups empty and are deleted; SUM over a column that is
+/// often null pins that a partial with no values takes nothing back), and
+/// a DISTINCT aggregate, which stays one phase.
+const TWO_PHASE_UPDATING: &str = "
+SET 'table.optimizer.agg-phase-strategy' = 'TWO_PHASE';
+CREATE TABLE two_phase_updating_out (
+    kind VARCHAR, k VARCHAR, n BIGINT, total BIGINT, lowest BIGINT, highest BIGINT,
+    mean DOUBLE, big BIGINT
+) WITH (connector = 'blackhole');
+INSERT INTO two_phase_updating_out
+SELECT 'append', channel, count(*), sum(price), min(price), max(price), avg(price),
+       count(*) FILTER (WHERE price > 1000)
+FROM bid
+GROUP BY channel
+UNION ALL
+SELECT 'updating', CAST(c AS VARCHAR), count(*), sum(auction), 0, 0, avg(top),
+       sum(CASE WHEN top > 20000000 THEN top END)
+FROM (SELECT auction, count(*) AS c, max(price) AS top FROM bid GROUP BY auction)
+GROUP BY c
+UNION ALL
+SELECT 'distinct', channel, count(DISTINCT bidder), 0, 0, 0, 0, 0
+FROM bid
+GROUP BY channel;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_phase_updating_aggregates_match_batch() {
+    check_sql("two_phase_updating", TWO_PHASE_UPDATING, None).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn q15_matches_batch() {
     check_query("q15").await;

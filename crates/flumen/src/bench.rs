@@ -41,6 +41,10 @@ const QUERIES: &[(&str, &str)] = &[
         "skew_channel",
         include_str!("../../../benchmarks/skew_channel.sql"),
     ),
+    (
+        "skew_channel_running",
+        include_str!("../../../benchmarks/skew_channel_running.sql"),
+    ),
 ];
 
 /// Blackholes for every column of each kind of event.
@@ -89,8 +93,9 @@ pub(crate) struct BenchArgs {
     #[arg(value_enum)]
     suite: Suite,
     /// Query to run: q0–q5, q7–q22, `skew_channel` (bids per hot channel
-    /// and window, `benchmarks/skew_channel.sql`), or `generator` (the
-    /// source alone).
+    /// and window, `benchmarks/skew_channel.sql`), `skew_channel_running`
+    /// (the same without a window: an updating result), or `generator`
+    /// (the source alone).
     /// q10 writes its files under the system's temporary directory,
     /// removed after each run.
     #[arg(long, default_value = "q1")]

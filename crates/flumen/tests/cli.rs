@@ -386,6 +386,32 @@ fn two_phase_aggregation_is_set_by_flinks_setting_and_skips_distinct() {
     );
 }
 
+/// Without a window, two-phase aggregation plans a local aggregate before
+/// the exchange too: with row counts over an append-only input, and with a
+/// group's additions and retractions in rows apart over an updating one.
+#[test]
+fn two_phase_plans_non_windowed_aggregates_over_updating_inputs() {
+    let work = tempfile::tempdir().unwrap();
+    let sql = "SET 'table.optimizer.agg-phase-strategy' = 'TWO_PHASE';
+         CREATE TABLE bid (auction BIGINT, price BIGINT)
+           WITH (connector = 'nexmark', kind = 'bid', events = '1000');
+         CREATE TABLE out (c BIGINT, auctions BIGINT, mean DOUBLE) WITH (connector = 'blackhole');
+         INSERT INTO out SELECT c, count(*), avg(top)
+           FROM (SELECT auction, count(*) AS c, max(price) AS top FROM bid GROUP BY auction)
+           GROUP BY c;";
+    std::fs::write(work.path().join("job.sql"), sql).unwrap();
+    let out = flumen(&["explain", "job.sql", "-p", "2"], work.path());
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(plan.matches("LocalAggregate").count(), 2, "{plan}");
+    assert_eq!(plan.matches("merging partial states").count(), 2, "{plan}");
+    assert!(plan.contains("additions and retractions apart"), "{plan}");
+}
+
 /// `--rate-limit` runs the generator in real time and measures latency from
 /// when each row was due, not from when its batch left the source: with a
 /// 40 ms linger the first rows of every batch waited about 40 ms for the

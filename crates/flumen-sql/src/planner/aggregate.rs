@@ -9,8 +9,8 @@ use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan};
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use flumen_operators::{
-    AggregateCall, LocalAggregateFactory, RETRACTABLE, SessionAggregateFactory, SessionColumn,
-    UpdatingAggregateFactory, WindowAggregateFactory,
+    AggregateCall, LocalAggregateFactory, PartialRows, RETRACTABLE, SessionAggregateFactory,
+    SessionColumn, UpdatingAggregateFactory, WindowAggregateFactory,
 };
 use flumen_runtime::{JobGraph, NodeKind, Partitioning};
 use flumen_types::{Result, op_field};
@@ -126,6 +126,7 @@ impl Planner {
                 key_columns: keys.clone(),
                 aggregates: aggregates.clone(),
                 key_schema: key_schema.clone(),
+                rows: PartialRows::Uncounted,
             };
             let node = self.add(
                 graph,
@@ -280,18 +281,48 @@ impl Planner {
         let (input, keys) = self.with_keys(input, a.input.schema(), &a.group_expr, graph, pos)?;
         let output = stream_schema(&a.schema, true);
         let group_text: Vec<String> = a.group_expr.iter().map(Expr::to_string).collect();
+        let op_column = retracting.then(|| input.schema.fields().len() - 1);
+        // Two-phase, as for windows: partial states with their row counts,
+        // a group's retractions apart from its additions.
+        let two_phase = self.two_phase && aggregates.iter().all(|a| !a.function.is_distinct());
+        let (input_node, key_columns, op_column) = if two_phase {
+            let local = LocalAggregateFactory {
+                key_columns: keys.clone(),
+                aggregates: aggregates.clone(),
+                key_schema: Arc::new(input.schema.project(&keys)?),
+                rows: match op_column {
+                    Some(op) => PartialRows::Retracting(op),
+                    None => PartialRows::Counted,
+                },
+            };
+            let width = local.output()?.fields().len();
+            let node = self.add(
+                graph,
+                input.node,
+                NodeKind::Operator(Arc::new(local)),
+                Partitioning::Forward,
+            );
+            (
+                node,
+                (0..keys.len()).collect(),
+                op_column.map(|_| width - 1),
+            )
+        } else {
+            (input.node, keys, op_column)
+        };
         let factory = UpdatingAggregateFactory {
-            key_columns: keys.clone(),
+            key_columns: key_columns.clone(),
             aggregates,
-            op_column: retracting.then(|| input.schema.fields().len() - 1),
+            op_column,
             state_ttl_ns: self.state_ttl_ns,
             output: output.clone(),
+            merge_states: two_phase,
         };
         let node = graph.add_node(
             NodeKind::Operator(Arc::new(factory)),
             self.options.parallelism,
         );
-        graph.connect(input.node, node, Partitioning::Hash(keys));
+        graph.connect(input_node, node, Partitioning::Hash(key_columns));
         Ok(Stream {
             node,
             schema: output,

@@ -20,6 +20,7 @@ mod union;
 mod unnest;
 mod updating_aggregate;
 mod window_aggregate;
+mod word_set;
 
 pub use filter::FilterFactory;
 pub use join::{Expiry, HashJoinFactory, JoinKind, JoinSide};

@@ -3,16 +3,15 @@
 //! values per group: each (group, value) keeps a bit per aggregate, set
 //! when a row that aggregate counts has the value, and each aggregate keeps
 //! its counts per group, so a value is stored once however many aggregates
-//! count it: (group, value) and the bits share one word of a hash table. The
-//! aggregates hand their filters in as they are updated and the last looks
-//! each row up once with all their bits. Each aggregate is still a
+//! count it: (group, value) and the bits share one word of a
+//! [`WordSet`]. The aggregates hand their filters in as they are updated
+//! and the last looks each row up once with all their bits, prefetching
+//! the slots of the rows a few ahead. Each aggregate is still a
 //! `GroupsAccumulator` of its own, with
 //! DataFusion's state layout (a list of values per group), so snapshots,
 //! layers and panes treat it as any other.
 
 use std::collections::HashMap;
-
-use hashbrown::HashTable;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray};
@@ -24,6 +23,7 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 
 use crate::window_aggregate::AggregateCall;
+use crate::word_set::{FLAG_BITS, WordSet};
 
 /// The distinct values of one column, per group, of several aggregates.
 struct SharedSet {
@@ -31,8 +31,7 @@ struct SharedSet {
     /// the group in the top 20 bits, the value in the next 36, a bit per
     /// aggregate in the low 8 (when group and value fit): 9 bytes a value
     /// with the table's control byte.
-    packed: HashTable<u64>,
-    hasher: ahash::RandomState,
+    packed: WordSet,
     /// The (group, value) pairs that do not fit a word.
     wide: HashMap<(u32, i64), u8, ahash::RandomState>,
     /// Per aggregate, its count per group.
@@ -40,7 +39,14 @@ struct SharedSet {
     /// The batch the aggregates are being updated with: applied once the
     /// last has handed its filter in, looking each row up once for all.
     pending: Option<Pending>,
+    /// Scratch for [`Self::apply`]: each packable row's key, bits, group
+    /// and home slot.
+    batch: Vec<(u64, u8, u32, usize)>,
 }
+
+/// How many rows ahead of the one being looked up [`SharedSet::apply`]
+/// prefetches: enough to cover a memory access at this loop's pace.
+const PREFETCH_AHEAD: usize = 16;
 
 /// One batch's update, gathered from the aggregates of a set.
 struct Pending {
@@ -57,7 +63,7 @@ const VALUE_BITS: u32 = 36;
 const GROUP_BITS: u32 = 20;
 
 /// Low bits of a packed word that hold the aggregates' bits.
-const MEMBER_BITS: u32 = 8;
+const MEMBER_BITS: u32 = FLAG_BITS;
 
 /// The set's hasher: fast, and fixed (no random source needed).
 fn hasher() -> ahash::RandomState {
@@ -84,11 +90,11 @@ fn unpack(key: u64) -> (usize, i64) {
 impl SharedSet {
     fn new(members: usize) -> Self {
         SharedSet {
-            packed: HashTable::new(),
-            hasher: hasher(),
+            packed: WordSet::new(),
             wide: HashMap::with_hasher(hasher()),
             counts: vec![Vec::new(); members],
             pending: None,
+            batch: Vec::new(),
         }
     }
 
@@ -128,11 +134,15 @@ impl SharedSet {
     }
 
     /// Applies the pending batch: each row is looked up once, with the bits
-    /// of the aggregates that count it.
+    /// of the aggregates that count it. Home slots are computed for the
+    /// whole batch first (room reserved, so they stay valid), and each
+    /// lookup prefetches the slot of the row `PREFETCH_AHEAD` later.
     fn apply(&mut self) {
         let Some(p) = self.pending.take() else {
             return;
         };
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.clear();
         for (row, &group) in p.groups.iter().enumerate() {
             if !p.column.is_valid(row) {
                 continue;
@@ -146,43 +156,55 @@ impl SharedSet {
                 };
                 bits |= u8::from(counted) << m;
             }
-            if bits != 0 {
-                self.add_bits(bits, group, p.column.value(row));
+            if bits == 0 {
+                continue;
+            }
+            let value = p.column.value(row);
+            match pack(group, value) {
+                Some(key) => batch.push((key, bits, group as u32, 0)),
+                None => self.add_wide(bits, group, value),
             }
         }
+        self.packed.reserve(batch.len());
+        for entry in &mut batch {
+            entry.3 = self.packed.home(entry.0);
+        }
+        for i in 0..batch.len() {
+            if let Some(ahead) = batch.get(i + PREFETCH_AHEAD) {
+                self.packed.prefetch(ahead.3);
+            }
+            let (key, bits, group, home) = batch[i];
+            let new = self.packed.insert(home, key, bits);
+            self.count(new, group as usize);
+        }
+        self.batch = batch;
     }
 
     /// Aggregate `member` counts `value` in `group`.
     fn add(&mut self, member: usize, group: usize, value: i64) {
-        self.add_bits(1 << member, group, value);
+        let bit = 1 << member;
+        match pack(group, value) {
+            Some(key) => {
+                self.packed.reserve(1);
+                let home = self.packed.home(key);
+                let new = self.packed.insert(home, key, bit);
+                self.count(new, group);
+            }
+            None => self.add_wide(bit, group, value),
+        }
     }
 
-    /// The aggregates of `bits` count `value` in `group`.
-    fn add_bits(&mut self, bit: u8, group: usize, value: i64) {
-        let new = match pack(group, value) {
-            Some(key) => {
-                let hasher = &self.hasher;
-                let word = self
-                    .packed
-                    .entry(
-                        hasher.hash_one(key),
-                        |w| w >> MEMBER_BITS == key,
-                        |w| hasher.hash_one(w >> MEMBER_BITS),
-                    )
-                    .or_insert(key << MEMBER_BITS)
-                    .into_mut();
-                let new = bit & !(*word as u8);
-                *word |= u64::from(bit);
-                new
-            }
-            None => {
-                let bits = self.wide.entry((group as u32, value)).or_insert(0);
-                let new = bit & !*bits;
-                *bits |= bit;
-                new
-            }
-        };
-        let mut new = new;
+    /// The aggregates of `bits` count `value` in `group`, a pair that does
+    /// not fit a word.
+    fn add_wide(&mut self, bit: u8, group: usize, value: i64) {
+        let bits = self.wide.entry((group as u32, value)).or_insert(0);
+        let new = bit & !*bits;
+        *bits |= bit;
+        self.count(new, group);
+    }
+
+    /// Counts a value newly in `group` for each aggregate of `new`.
+    fn count(&mut self, mut new: u8, group: usize) {
         while new != 0 {
             let member = new.trailing_zeros() as usize;
             self.counts[member][group] += 1;
@@ -397,7 +419,7 @@ impl GroupsAccumulator for SharedDistinctCount {
         let counts = set.counts[self.member].capacity() * 8;
         if self.member == 0 {
             counts
-                + set.packed.capacity() * (std::mem::size_of::<u64>() + 1)
+                + set.packed.capacity() * std::mem::size_of::<u64>()
                 + set.wide.capacity() * (std::mem::size_of::<((u32, i64), u8)>() + 1)
         } else {
             counts

@@ -1,0 +1,181 @@
+//! A set of 56-bit keys, each with 8 flag bits, stored as one `u64` word per
+//! key in an open-addressing table (linear probing): a lookup reads the
+//! words themselves, one cache line for most keys, where a hashbrown table
+//! reads its control bytes and then its slots, two lines apart. A batch can
+//! compute every key's home slot first and prefetch a few keys ahead, so
+//! the cache misses of a large set overlap instead of queueing.
+
+/// Flag bits below each word's key.
+pub(crate) const FLAG_BITS: u32 = 8;
+
+/// The table grows when it would be fuller than `MAX_LOAD_NUM /
+/// MAX_LOAD_DEN`.
+const MAX_LOAD_NUM: usize = 3;
+const MAX_LOAD_DEN: usize = 4;
+
+/// Keys and their flags. A stored word always has a flag set, so 0 marks
+/// an empty slot.
+pub(crate) struct WordSet {
+    /// `key << FLAG_BITS | flags`, or 0; a power-of-two number of slots.
+    slots: Vec<u64>,
+    len: usize,
+    /// Mixed into every hash, so inputs cannot be chosen to collide.
+    seed: u64,
+}
+
+impl WordSet {
+    /// An empty set.
+    pub(crate) fn new() -> Self {
+        use std::hash::BuildHasher;
+        Self {
+            slots: Vec::new(),
+            len: 0,
+            seed: std::collections::hash_map::RandomState::new().hash_one(0u64),
+        }
+    }
+
+    /// Slots allocated (each 8 bytes).
+    pub(crate) fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Makes room for `more` new keys, so that home slots computed before
+    /// inserting them stay valid.
+    pub(crate) fn reserve(&mut self, more: usize) {
+        let needed = self.len + more;
+        if needed * MAX_LOAD_DEN <= self.slots.len() * MAX_LOAD_NUM {
+            return;
+        }
+        let capacity = (needed * MAX_LOAD_DEN / MAX_LOAD_NUM + 1)
+            .next_power_of_two()
+            .max(16);
+        let old = std::mem::replace(&mut self.slots, vec![0; capacity]);
+        self.len = 0;
+        for word in old.into_iter().filter(|&w| w != 0) {
+            let home = self.home(word >> FLAG_BITS);
+            self.place(home, word);
+        }
+    }
+
+    /// The slot where `key`'s probe starts. Valid until the table grows.
+    pub(crate) fn home(&self, key: u64) -> usize {
+        let product = u128::from(key ^ self.seed) * 0x9E37_79B9_7F4A_7C15;
+        let hash = (product as u64) ^ ((product >> 64) as u64);
+        hash as usize & (self.slots.len() - 1)
+    }
+
+    /// Asks the CPU to start loading `home`'s cache line.
+    #[inline]
+    pub(crate) fn prefetch(&self, home: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            let slot = self.slots[home..].as_ptr().cast();
+            // SAFETY: SSE is part of every x86_64 target, and a prefetch
+            // is a hint that reads nothing and never faults; the address
+            // is in the table anyway.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(slot) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = home;
+    }
+
+    /// Sets `flags` (not 0) on `key`, adding it if absent; `home` is
+    /// `self.home(key)` and room was reserved. Returns the flags that were
+    /// not set before.
+    #[inline]
+    pub(crate) fn insert(&mut self, home: usize, key: u64, flags: u8) -> u8 {
+        let mask = self.slots.len() - 1;
+        let mut i = home;
+        loop {
+            let word = self.slots[i];
+            if word == 0 {
+                self.slots[i] = (key << FLAG_BITS) | u64::from(flags);
+                self.len += 1;
+                return flags;
+            }
+            if word >> FLAG_BITS == key {
+                self.slots[i] = word | u64::from(flags);
+                return flags & !(word as u8);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Puts a word known to be absent in the first free slot from `home`.
+    fn place(&mut self, home: usize, word: u64) {
+        let mask = self.slots.len() - 1;
+        let mut i = home;
+        while self.slots[i] != 0 {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = word;
+        self.len += 1;
+    }
+
+    /// Keeps the words for which `keep` returns true, after it has changed
+    /// them as it likes (it must not clear a kept word's flags or change
+    /// its key). The table is rebuilt at the size the kept words need.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&mut u64) -> bool) {
+        let mut kept = 0;
+        for word in self.slots.iter_mut().filter(|w| **w != 0) {
+            if keep(word) {
+                kept += 1;
+            } else {
+                *word = 0;
+            }
+        }
+        let old = std::mem::take(&mut self.slots);
+        self.len = 0;
+        if kept == 0 {
+            return;
+        }
+        self.reserve(kept);
+        for word in old.into_iter().filter(|&w| w != 0) {
+            let home = self.home(word >> FLAG_BITS);
+            self.place(home, word);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// Against a map: flags accumulate per key, `insert` reports only the
+    /// new ones, growth and `retain` keep every other word where it can be
+    /// found, and colliding keys (a tiny table fills its probe runs) are
+    /// told apart.
+    #[test]
+    fn words_keep_their_flags_through_growth_and_retain() {
+        let mut set = WordSet::new();
+        let mut expected: HashMap<u64, u8> = HashMap::new();
+        for i in 0..20_000u64 {
+            let key = (i * 7919) % 5_003 + (i % 3) * (1 << 40);
+            let flags = 1u8 << (i % 5);
+            set.reserve(1);
+            let home = set.home(key);
+            let new = set.insert(home, key, flags);
+            let was = expected.entry(key).or_insert(0);
+            assert_eq!(new, flags & !*was, "key {key}");
+            *was |= flags;
+        }
+        assert!(set.capacity() * 3 >= set.len * 4);
+        set.retain(|w| {
+            *w &= !1;
+            *w as u8 != 0
+        });
+        expected.retain(|_, f| {
+            *f &= !1;
+            *f != 0
+        });
+        assert_eq!(set.len, expected.len());
+        for (&key, &flags) in &expected {
+            set.reserve(1);
+            let home = set.home(key);
+            assert_eq!(set.insert(home, key, flags), 0, "key {key} kept its flags");
+        }
+        assert_eq!(set.len, expected.len(), "no key was added twice");
+    }
+}

@@ -143,20 +143,26 @@ impl SharedSet {
         };
         let mut batch = std::mem::take(&mut self.batch);
         batch.clear();
-        for (row, &group) in p.groups.iter().enumerate() {
-            if !p.column.is_valid(row) {
-                continue;
+        // Each row's bits, a filter at a time over its set bits.
+        let mut row_bits = vec![0u8; p.groups.len()];
+        for (m, filter) in p.filters.iter().enumerate() {
+            let bit = 1u8 << m;
+            match filter {
+                None => {}
+                Some(None) => row_bits.iter_mut().for_each(|b| *b |= bit),
+                Some(Some(f)) => {
+                    let counted = match f.nulls() {
+                        Some(valid) => valid.inner() & f.values(),
+                        None => f.values().clone(),
+                    };
+                    for row in counted.set_indices() {
+                        row_bits[row] |= bit;
+                    }
+                }
             }
-            let mut bits = 0u8;
-            for (m, filter) in p.filters.iter().enumerate() {
-                let counted = match filter {
-                    None => false,
-                    Some(None) => true,
-                    Some(Some(f)) => f.is_valid(row) && f.value(row),
-                };
-                bits |= u8::from(counted) << m;
-            }
-            if bits == 0 {
+        }
+        for (row, (&group, &bits)) in p.groups.iter().zip(&row_bits).enumerate() {
+            if bits == 0 || !p.column.is_valid(row) {
                 continue;
             }
             let value = p.column.value(row);
@@ -469,8 +475,10 @@ mod tests {
             count_distinct("v", &schema),
         ];
         assert_eq!(shared_groups(&aggregates), vec![vec![0, 1, 3]]);
-        // Filters of aggregates 0, 1 and 3 (2 counts every row).
+        // Filters of aggregates 0, 1 and 3 (2 counts every row); a row
+        // `NULL_FILTER` picks has a null filter, which counts nothing.
         let filter = |a: usize, row: usize| match a {
+            _ if NULL_FILTER(row) => false,
             0 => !row.is_multiple_of(3),
             1 => row.is_multiple_of(2),
             3 => row % 7 == 1 || row.is_multiple_of(5),
@@ -517,6 +525,9 @@ mod tests {
     const GROUPS: usize = 6;
     const BATCHES: usize = 4;
 
+    /// Rows whose filter is null.
+    const NULL_FILTER: fn(usize) -> bool = |row| row % 17 == 4;
+
     /// Each aggregate's counts per group after every batch, with its state
     /// frozen into layers after batch 1 and at the end (and merged back) or
     /// evaluated live.
@@ -540,7 +551,13 @@ mod tests {
                 } else {
                     Arc::new(v.clone())
                 };
-                let mask = BooleanArray::from_iter((0..ids.len()).map(|r| Some(filter(a, r))));
+                // A null's value bit is set: only its validity says no.
+                let mask = BooleanArray::new(
+                    (0..ids.len())
+                        .map(|r| filter(a, r) || NULL_FILTER(r))
+                        .collect(),
+                    Some((0..ids.len()).map(|r| !NULL_FILTER(r)).collect()),
+                );
                 acc.update_batch(&[column], &ids, Some(&mask), GROUPS)
                     .unwrap();
             }

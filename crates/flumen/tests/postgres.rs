@@ -334,6 +334,100 @@ fn lookup_joins_ride_out_cut_connections() {
     );
 }
 
+/// The lookup cache against a table changed mid-run (one key, which every
+/// bid reads): with `expire-after-write` of 200 ms, bids read the new value
+/// once the cached entry expired, and no later bid the old one; with an
+/// hour, every bid carries the value first read although the table changed.
+#[test]
+fn lookup_cache_serves_a_key_until_it_expires() {
+    let tables = Tables::new("flumen_lookup_ttl", 2);
+    for (t, ttl, refreshed) in [(&tables.0[0], "200 ms", true), (&tables.0[1], "1 h", false)] {
+        psql(&format!(
+            "CREATE TABLE {t} (id bigint PRIMARY KEY, label text);
+             INSERT INTO {t} VALUES (0, 'old');"
+        ));
+        let work = tempfile::tempdir().unwrap();
+        let sql = format!(
+            "
+CREATE TABLE bid (auction BIGINT, date_time TIMESTAMP(3))
+  WITH (connector = 'nexmark', kind = 'bid', events = '20000', rate = '1000',
+        rows_per_second = '5000');
+CREATE TABLE labels (id BIGINT, label VARCHAR)
+  WITH (connector = 'postgres', url = '{}', 'table-name' = '{t}',
+        'lookup.partial-cache.expire-after-write' = '{ttl}');
+CREATE TABLE out (auction BIGINT, date_time TIMESTAMP(3), label VARCHAR)
+  WITH (connector = 'filesystem', path = 'out', format = 'json');
+INSERT INTO out SELECT b.auction, b.date_time, l.label
+FROM bid AS b JOIN labels FOR SYSTEM_TIME AS OF b.date_time AS l ON b.auction * 0 = l.id;",
+            database()
+        );
+        std::fs::write(work.path().join("job.sql"), sql).unwrap();
+        let mut child = flumen(&["run", "job.sql", "-p", "1"], work.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A second after the lookups connected: about a quarter of the
+        // way through the bids (~3.7 s of them).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'flumen {t}'"
+        ))
+        .trim()
+            == "0"
+        {
+            assert!(Instant::now() < deadline, "the lookups never connected");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(1000));
+        psql(&format!("UPDATE {t} SET label = 'new' WHERE id = 0"));
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the job did not finish within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The labels in the bids' order (event time: one event a
+        // millisecond, one subtask).
+        let mut rows: Vec<(String, String)> =
+            common::bids::lines_of(&work.path().join("out"), false)
+                .iter()
+                .map(|line| {
+                    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                    (
+                        v["date_time"].to_string(),
+                        v["label"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+        rows.sort();
+        let labels: Vec<&str> = rows.iter().map(|(_, l)| l.as_str()).collect();
+        assert!(labels.len() > 18_000, "{} rows", labels.len());
+        let first_new = labels.iter().position(|&l| l == "new");
+        if refreshed {
+            let k = first_new.expect("bids after the change and its expiry read the new value");
+            assert!(
+                k > 1000,
+                "the old value was read until the change: {k} rows"
+            );
+            assert!(
+                labels[k..].iter().all(|&l| l == "new"),
+                "an old value after the new one"
+            );
+            assert!(labels.len() - k > 1000, "{} rows new", labels.len() - k);
+        } else {
+            assert_eq!(first_new, None, "the cached value held for the hour");
+        }
+    }
+}
+
 /// Runs `query` over the generator's bids with `customers` declared as a
 /// postgres table with `columns` over table `table` (and more `options`),
 /// expecting it to fail; its stderr.

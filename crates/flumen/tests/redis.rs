@@ -11,7 +11,9 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use common::bids::{BID_COLUMNS, OUT_COLUMNS, WINDOWED, bids, expected};
 use common::flumen;
@@ -409,4 +411,58 @@ fn lookup_joins_of_hashes_and_strings_equal_the_batch_join() {
             ),
         );
     }
+}
+
+/// A throttled, checkpointed lookup job without a cache whose connections
+/// to Redis are cut twice mid-run (`CLIENT KILL` of the clients whose last
+/// command was an `MGET`): the lookups reconnect and retry without
+/// restarting the job, and the output still equals the batch join.
+#[test]
+fn lookup_joins_ride_out_cut_connections() {
+    let prefix = Prefix::new("lookup-cut");
+    store_customers(&prefix.0, false);
+    let work = tempfile::tempdir().unwrap();
+    let cut = |work: &Path, p: &str| {
+        let child = common::start_checkpointed(work, "job.sql", p);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut con = connection();
+        let mut cuts = 0;
+        while cuts < 2 {
+            assert!(Instant::now() < deadline, "the job never read from Redis");
+            std::thread::sleep(Duration::from_millis(1000));
+            let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut con).unwrap();
+            let readers: Vec<&str> = clients
+                .lines()
+                .filter(|l| l.contains(" cmd=mget "))
+                .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+                .collect();
+            for id in &readers {
+                let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("ID")
+                    .arg(id)
+                    .query(&mut con);
+            }
+            if !readers.is_empty() {
+                cuts += 1;
+            }
+        }
+        let log = common::finish_checkpointed(child, work, Duration::from_secs(120));
+        assert!(
+            !log.contains("restarting from checkpoint"),
+            "the lookups should reconnect and retry, not restart the job: {log}"
+        );
+    };
+    common::lookup::check_runs(
+        work.path(),
+        &format!(
+            "connector = 'redis', url = '{}', 'data-type' = 'string', 'key.fields' = 'id', \
+             'key.prefix' = '{}', 'lookup.cache' = 'NONE'",
+            url(),
+            prefix.0
+        ),
+        &["2"],
+        ", rows_per_second = '4000'",
+        &cut,
+    );
 }

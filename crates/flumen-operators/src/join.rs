@@ -6,7 +6,6 @@
 //! nulls at once and retracts it when its first match arrives.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -22,6 +21,8 @@ use datafusion::physical_expr::PhysicalExpr;
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
 use flumen_state::{KeyGroups, StateSnapshot, state_column};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
+
+use crate::hash_heads::{HashHeads, NIL};
 
 /// Which rows a join keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,7 +154,7 @@ impl OperatorFactory for HashJoinFactory {
             slots: Vec::new(),
             live: 0,
             bytes: 0,
-            heads: HashMap::default(),
+            heads: HashHeads::default(),
             entries: Vec::new(),
             dead_entries: 0,
             closed: false,
@@ -175,23 +176,8 @@ impl OperatorFactory for HashJoinFactory {
     }
 }
 
-/// Hashes are already uniform; the map uses them as they are.
-#[derive(Default)]
-struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, _: &[u8]) {
-        unreachable!("only u64 keys are hashed")
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
-const NIL: u32 = u32::MAX;
+/// How many rows ahead a batch prefetches its rows' index slots.
+const PREFETCH_AHEAD: usize = 16;
 const HASH_STATE: RandomState = RandomState::with_seed(0x10_1e_d5);
 
 /// One stored batch of a side.
@@ -251,7 +237,7 @@ struct SideState {
     /// Bytes of the live slots.
     bytes: usize,
     /// Key hash to the newest entry with that hash.
-    heads: HashMap<u64, u32, BuildHasherDefault<IdentityHasher>>,
+    heads: HashHeads,
     entries: Vec<Entry>,
     /// Entries whose slot was freed; the index is rebuilt when they dominate.
     dead_entries: usize,
@@ -265,11 +251,16 @@ impl SideState {
     fn store(&mut self, slot: Slot) {
         self.bytes += slot.bytes();
         let id = self.slots.len() as u32;
+        self.heads.reserve(slot.hashes.len());
+        let homes: Vec<usize> = slot.hashes.iter().map(|&h| self.heads.home(h)).collect();
         for (row, &h) in slot.hashes.iter().enumerate() {
+            if let Some(&ahead) = homes.get(row + PREFETCH_AHEAD) {
+                self.heads.prefetch(ahead);
+            }
             if h == NULL_KEY || slot.gone(row) {
                 continue;
             }
-            let head = self.heads.entry(h).or_insert(NIL);
+            let head = self.heads.entry(homes[row], h);
             self.entries.push(Entry {
                 slot: id,
                 row: row as u32,
@@ -316,7 +307,7 @@ impl SideState {
     /// `row`; false when no such row is held. A slot left with no row is
     /// freed.
     fn take_back(&mut self, hash: u64, key: Row<'_>, row: Row<'_>) -> bool {
-        let Some(&head) = self.heads.get(&hash) else {
+        let Some(head) = self.heads.get(self.heads.home(hash), hash) else {
             return false;
         };
         let mut e = head;
@@ -463,11 +454,15 @@ impl HashJoin {
         if other.live == 0 {
             return m;
         }
+        let homes: Vec<usize> = hashes.iter().map(|&h| other.heads.home(h)).collect();
         for (row, &h) in hashes.iter().enumerate() {
+            if let Some(&ahead) = homes.get(row + PREFETCH_AHEAD) {
+                other.heads.prefetch(ahead);
+            }
             if h == NULL_KEY {
                 continue;
             }
-            let Some(&head) = other.heads.get(&h) else {
+            let Some(head) = other.heads.get(homes[row], h) else {
                 continue;
             };
             let mut e = head;

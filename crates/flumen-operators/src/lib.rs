@@ -12,6 +12,7 @@ mod kept_rows;
 mod limit;
 mod local_aggregate;
 mod lookup_join;
+mod open_table;
 mod projection;
 mod retract_top_n;
 mod session_aggregate;

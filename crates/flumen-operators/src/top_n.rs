@@ -27,9 +27,9 @@ use flumen_runtime::{
 };
 use flumen_state::{KeyGroup, KeyGroups, StateSnapshot, state_column};
 use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Result, RowOp, Watermark};
-use hashbrown::HashTable;
 
 use crate::kept_rows::{KeptRows, Keys, RowRef, kept_schema};
+use crate::open_table::{Hashed, OpenTable};
 use crate::retract_top_n::{RetractTopN, RetractTopNSpec};
 
 /// How rows are numbered within a partition.
@@ -184,7 +184,7 @@ impl TopNFactory {
             kept_schema,
             partition_converter: partition,
             order_converter: order,
-            partitions: HashTable::new(),
+            partitions: OpenTable::new(),
             batches: 0,
             hasher: ahash::RandomState::with_seeds(
                 0x243f_6a88_85a3_08d3,
@@ -462,14 +462,18 @@ fn diff(before: &[Numbered], after: &[Numbered], out: &mut Vec<OutRow>) {
     }
 }
 
-/// A 32-bit hash spread over 64 bits, for a table that keeps only 32.
-fn wide(hash: u32) -> u64 {
-    (u64::from(hash) << 32) | u64::from(hash)
+/// How many rows ahead a batch prefetches its rows' partition slots.
+const PREFETCH_AHEAD: usize = 16;
+
+impl Hashed for Partition {
+    fn hash32(&self) -> u32 {
+        self.hash
+    }
 }
 
-/// The running TopN of one subtask. Partitions live in a hash table by
-/// their key's hash; their keys are read from their kept rows, so a
-/// partition costs its 40 bytes in the table besides its rows.
+/// The running TopN of one subtask. Partitions live in an open-addressing
+/// table by their key's hash; their keys are read from their kept rows, so
+/// a partition costs its 32 bytes in the table besides its rows.
 pub struct TopN {
     width: usize,
     partition_columns: Vec<usize>,
@@ -482,7 +486,7 @@ pub struct TopN {
     partition_converter: RowConverter,
     order_converter: RowConverter,
     kept: KeptRows,
-    partitions: HashTable<Partition>,
+    partitions: OpenTable<Partition>,
     /// Batches processed (wrapping; stamps are reset when it wraps).
     batches: u32,
     hasher: ahash::RandomState,
@@ -498,29 +502,39 @@ pub struct TopN {
     kept_gauge: KeptGauge,
 }
 
-/// The bucket of the partition keyed `key` (hash `h`), if any.
+/// The slot of the partition keyed `key` (hash `h`), if any.
 fn find_partition(
-    table: &HashTable<Partition>,
+    table: &OpenTable<Partition>,
     h: u32,
     key: &[u8],
     keys: &KeySource,
 ) -> Option<usize> {
-    table.find_bucket_index(wide(h), |p| {
-        p.hash == h && keys.partition(p.entries[0]) == key
-    })
+    find_partition_from(table, table.home(h), h, key, keys)
 }
 
-/// The partition in `bucket`, found this batch: buckets stay put because
-/// each batch reserves room for all its rows before inserting any.
-fn bucket(table: &mut HashTable<Partition>, bucket: usize) -> &mut Partition {
+/// [`find_partition`] with the probe's start, `table.home(h)`, known.
+fn find_partition_from(
+    table: &OpenTable<Partition>,
+    home: usize,
+    h: u32,
+    key: &[u8],
+    keys: &KeySource,
+) -> Option<usize> {
+    table.find(home, h, |p| keys.partition(p.entries[0]) == key)
+}
+
+/// The partition in `slot`, found this batch: slots stay put because each
+/// batch reserves room for all its rows before inserting any, and nothing
+/// is removed during a batch.
+fn bucket(table: &mut OpenTable<Partition>, slot: usize) -> &mut Partition {
     table
-        .get_bucket_mut(bucket)
-        .expect("a bucket found this batch holds its partition")
+        .get_mut(slot)
+        .expect("a slot found this batch holds its partition")
 }
 
 impl TopN {
     fn hash(&self, key: &[u8]) -> u32 {
-        // Half the hash is kept; the table spreads it with `wide`.
+        // Half the hash is kept; the table spreads it itself.
         self.hasher.hash_one(key) as u32
     }
 
@@ -532,12 +546,10 @@ impl TopN {
             order: None,
             partition: None,
         };
-        let Ok(found) = self.partitions.find_entry(wide(h), |p| {
-            p.hash == h && keys.partition(p.entries[0]) == key
-        }) else {
+        let Some(slot) = find_partition(&self.partitions, h, key, &keys) else {
             return;
         };
-        let (p, _) = found.remove();
+        let p = self.partitions.remove(slot).expect("found above");
         for &r in p.entries.iter() {
             self.kept.release(r);
         }
@@ -557,9 +569,8 @@ impl TopN {
             // Both places hold the row until the compaction is retired.
             let key = keys.partition(to);
             let h = self.hasher.hash_one(key) as u32;
-            let found = self.partitions.find_mut(wide(h), |p| {
-                p.hash == h && keys.partition(p.entries[0]) == key
-            });
+            let found = find_partition(&self.partitions, h, key, &keys);
+            let found = found.and_then(|slot| self.partitions.get_mut(slot));
             if let Some(e) = found.and_then(|p| p.entries.iter_mut().find(|e| **e == from)) {
                 *e = to;
             }
@@ -618,7 +629,7 @@ impl TopN {
             for key in &closed {
                 let h = self.hash(key);
                 if let Some(b) = find_partition(&self.partitions, h, key, &keys) {
-                    let p = self.partitions.get_bucket(b).expect("found above");
+                    let p = self.partitions.get(b).expect("found above");
                     self.ranking.number_into(&p.entries, &keys, &mut numbered);
                 }
             }
@@ -666,7 +677,7 @@ impl TopN {
         let mut at = Vec::with_capacity(live);
         let (mut partition, mut order, mut places, mut touched, mut end) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for p in &self.partitions {
+        for p in self.partitions.iter() {
             let key = self.kept.partition_key(p.entries[0]);
             let window_end = ends.get(key).copied().unwrap_or(i64::MAX);
             for (place, &r) in p.entries.iter().enumerate() {
@@ -747,7 +758,18 @@ impl Operator for TopN {
         let stamp = self.batches;
         // Room for every row, so that no insert moves a bucket found earlier
         // in this batch.
-        self.partitions.reserve(n, |p| wide(p.hash));
+        self.partitions.reserve(n);
+        // Every row's partition hash and probe start, so that each lookup
+        // can prefetch the slot of the row `PREFETCH_AHEAD` later.
+        let hashes: Vec<u32> = (0..n)
+            .map(|row| {
+                let pkey = partition_keys
+                    .as_ref()
+                    .map_or(&[][..], |k| k.row(row).data());
+                self.hasher.hash_one(pkey) as u32
+            })
+            .collect();
+        let homes: Vec<usize> = hashes.iter().map(|&h| self.partitions.home(h)).collect();
         // Each row goes in as a `PENDING` entry pointing into the batch; the
         // rows still kept at the end are copied out together.
         let keys = KeySource {
@@ -771,24 +793,24 @@ impl Operator for TopN {
                 },
                 None => i64::MAX,
             };
+            if let Some(&ahead) = homes.get(row + PREFETCH_AHEAD) {
+                self.partitions.prefetch(ahead);
+            }
             let pkey = keys.batch_partition(row);
             let key = order_keys.row(row).data();
             let at = RowRef {
                 slot: PENDING,
                 row: row as u32,
             };
-            let h = self.hasher.hash_one(pkey) as u32;
-            let Some(b) = find_partition(&self.partitions, h, pkey, &keys) else {
+            let h = hashes[row];
+            let Some(b) = find_partition_from(&self.partitions, homes[row], h, pkey, &keys) else {
                 let partition = Partition {
                     hash: h,
                     stamp,
                     touched_at: self.watermark,
                     entries: Entries::One(at),
                 };
-                let b = self
-                    .partitions
-                    .insert_unique(wide(h), partition, |p| wide(p.hash))
-                    .bucket_index();
+                let b = self.partitions.insert(homes[row], partition);
                 if self.window.is_some() {
                     self.closing.entry(end).or_default().push(pkey.into());
                 }
@@ -833,7 +855,7 @@ impl Operator for TopN {
         // Copy out the batch's rows still kept, in touched order.
         let mut take_rows: Vec<u32> = Vec::new();
         for &(b, _, _) in &touched {
-            let p = self.partitions.get_bucket(b).expect("touched this batch");
+            let p = self.partitions.get(b).expect("touched this batch");
             take_rows.extend(
                 p.entries
                     .iter()
@@ -876,7 +898,7 @@ impl Operator for TopN {
             let mut rows = Vec::new();
             let mut after = Vec::new();
             for &(b, start, end) in &touched {
-                let p = self.partitions.get_bucket(b).expect("touched this batch");
+                let p = self.partitions.get(b).expect("touched this batch");
                 after.clear();
                 ranking.number_into(&p.entries, &keys, &mut after);
                 diff(&before[start..end], &after, &mut rows);
@@ -967,6 +989,7 @@ impl Operator for TopN {
                 };
                 let pkey = partition.value(row);
                 let h = self.hash(pkey);
+                self.partitions.reserve(1);
                 let keys = KeySource {
                     kept: &self.kept,
                     order: None,
@@ -983,8 +1006,8 @@ impl Operator for TopN {
                     touched_at: touched.value(row),
                     entries: Entries::One(at),
                 };
-                self.partitions
-                    .insert_unique(wide(h), partition, |p| wide(p.hash));
+                let home = self.partitions.home(h);
+                self.partitions.insert(home, partition);
                 if self.window.is_some() {
                     self.closing
                         .entry(ends.value(row))
@@ -1032,6 +1055,12 @@ mod tests {
         let mut out = Vec::new();
         Ranking { function, limit: 2 }.number_into(&at, &source, &mut out);
         out.iter().map(|n| n.rank).collect()
+    }
+
+    /// A partition takes 32 bytes of its table, empty slots included.
+    #[test]
+    fn a_partition_slot_is_32_bytes() {
+        assert_eq!(std::mem::size_of::<Option<Partition>>(), 32);
     }
 
     #[test]

@@ -57,17 +57,7 @@ impl HashHeads {
     /// Asks the CPU to start loading `home`'s cache line.
     #[inline]
     pub(crate) fn prefetch(&self, home: usize) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            let slot = self.slots[home..].as_ptr().cast();
-            // SAFETY: SSE is part of every x86_64 target, and a prefetch
-            // is a hint that reads nothing and never faults; the address
-            // is in the table anyway.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(slot) };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = home;
+        crate::prefetch::prefetch(&self.slots, home);
     }
 
     /// The head of `hash` (probe starting at `home`), if it has one.

@@ -302,25 +302,14 @@ fn lookup_joins_ride_out_cut_connections() {
     let t = &tables.0[0];
     create_customers(t);
     let cut = |work: &Path, p: &str| {
-        let child = common::start_checkpointed(work, "job.sql", p);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut cuts = 0;
-        while cuts < 2 {
-            assert!(Instant::now() < deadline, "the job never connected");
-            std::thread::sleep(Duration::from_millis(1000));
-            let n = psql(&format!(
+        common::lookup::run_cut_twice(work, p, &|| {
+            psql(&format!(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
                  WHERE application_name = 'flumen {t}'"
-            ));
-            if n.trim() != "0" {
-                cuts += 1;
-            }
-        }
-        let log = common::finish_checkpointed(child, work, Duration::from_secs(120));
-        assert!(
-            !log.contains("restarting from checkpoint"),
-            "the lookups should reconnect and retry, not restart the job: {log}"
-        );
+            ))
+            .trim()
+                != "0"
+        });
     };
     common::lookup::check_runs(
         work.path(),

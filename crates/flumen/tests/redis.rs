@@ -13,7 +13,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use common::bids::{BID_COLUMNS, OUT_COLUMNS, WINDOWED, bids, expected};
 use common::flumen;
@@ -423,14 +422,10 @@ fn lookup_joins_ride_out_cut_connections() {
     store_customers(&prefix.0, false);
     let work = tempfile::tempdir().unwrap();
     let cut = |work: &Path, p: &str| {
-        let child = common::start_checkpointed(work, "job.sql", p);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut con = connection();
-        let mut cuts = 0;
-        while cuts < 2 {
-            assert!(Instant::now() < deadline, "the job never read from Redis");
-            std::thread::sleep(Duration::from_millis(1000));
-            let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut con).unwrap();
+        let con = std::cell::RefCell::new(connection());
+        common::lookup::run_cut_twice(work, p, &|| {
+            let mut con = con.borrow_mut();
+            let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut *con).unwrap();
             let readers: Vec<&str> = clients
                 .lines()
                 .filter(|l| l.contains(" cmd=mget "))
@@ -441,17 +436,10 @@ fn lookup_joins_ride_out_cut_connections() {
                     .arg("KILL")
                     .arg("ID")
                     .arg(id)
-                    .query(&mut con);
+                    .query(&mut *con);
             }
-            if !readers.is_empty() {
-                cuts += 1;
-            }
-        }
-        let log = common::finish_checkpointed(child, work, Duration::from_secs(120));
-        assert!(
-            !log.contains("restarting from checkpoint"),
-            "the lookups should reconnect and retry, not restart the job: {log}"
-        );
+            !readers.is_empty()
+        });
     };
     common::lookup::check_runs(
         work.path(),

@@ -196,3 +196,26 @@ pub fn check_runs(
         }
     }
 }
+
+/// Runs the checkpointed job `job.sql` in `work` at `parallelism`, calling
+/// `cut` every second until it has cut the job's connections twice (it
+/// says whether it found any), then waits for the job: the lookups must
+/// reconnect and retry, never restart the job from a checkpoint.
+pub fn run_cut_twice(work: &Path, parallelism: &str, cut: &dyn Fn() -> bool) {
+    use std::time::{Duration, Instant};
+    let child = super::start_checkpointed(work, "job.sql", parallelism);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut cuts = 0;
+    while cuts < 2 {
+        assert!(Instant::now() < deadline, "the job never connected");
+        std::thread::sleep(Duration::from_millis(1000));
+        if cut() {
+            cuts += 1;
+        }
+    }
+    let log = super::finish_checkpointed(child, work, Duration::from_secs(120));
+    assert!(
+        !log.contains("restarting from checkpoint"),
+        "the lookups should reconnect and retry, not restart the job: {log}"
+    );
+}

@@ -14,7 +14,7 @@ pub(crate) trait Hashed {
 }
 
 /// The table grows when it would be fuller than this many eighths.
-const MAX_LOAD_EIGHTHS: usize = 6;
+const MAX_LOAD_EIGHTHS: usize = 7;
 
 /// Values of `T` by their hash.
 pub(crate) struct OpenTable<T> {

@@ -11,8 +11,11 @@ use arrow::array::{Array, AsArray, BooleanArray};
 use arrow::buffer::BooleanBuffer;
 use arrow::compute::filter_record_batch;
 use arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::error::DataFusionError;
 use datafusion::logical_expr::Operator as BinaryOp;
-use datafusion::physical_expr::expressions::{BinaryExpr, LikeExpr};
+use datafusion::physical_expr::expressions::{BinaryExpr, Column, LikeExpr};
+use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use flumen_runtime::{Operator, OperatorFactory, TaskContext};
 use flumen_types::{FlumenError, Result};
@@ -28,8 +31,41 @@ pub struct FilterFactory {
 #[derive(Clone)]
 struct Ordered {
     cheap: Arc<dyn PhysicalExpr>,
+    /// The costly side over a batch of only the `used` columns, so that
+    /// picking out the open rows copies no other column.
     costly: Arc<dyn PhysicalExpr>,
+    used: Vec<usize>,
     or: bool,
+}
+
+impl Ordered {
+    fn new(
+        cheap: &Arc<dyn PhysicalExpr>,
+        costly: &Arc<dyn PhysicalExpr>,
+        or: bool,
+    ) -> Option<Self> {
+        let mut used: Vec<usize> = collect_columns(costly).iter().map(Column::index).collect();
+        used.sort_unstable();
+        let costly = costly
+            .clone()
+            .transform_down(|e| {
+                let Some(c) = e.downcast_ref::<Column>() else {
+                    return Ok(Transformed::no(e));
+                };
+                let at = used
+                    .binary_search(&c.index())
+                    .map_err(|_| DataFusionError::Internal(format!("column {c} not collected")))?;
+                Ok(Transformed::yes(Arc::new(Column::new(c.name(), at)) as _))
+            })
+            .ok()?
+            .data;
+        Some(Ordered {
+            cheap: cheap.clone(),
+            costly,
+            used,
+            or,
+        })
+    }
 }
 
 impl FilterFactory {
@@ -41,16 +77,8 @@ impl FilterFactory {
             .and_then(|b| {
                 let or = *b.op() == BinaryOp::Or;
                 match (costly(b.left()), costly(b.right())) {
-                    (true, false) => Some(Ordered {
-                        cheap: b.right().clone(),
-                        costly: b.left().clone(),
-                        or,
-                    }),
-                    (false, true) => Some(Ordered {
-                        cheap: b.left().clone(),
-                        costly: b.right().clone(),
-                        or,
-                    }),
+                    (true, false) => Ordered::new(b.right(), b.left(), or),
+                    (false, true) => Ordered::new(b.left(), b.right(), or),
                     _ => None,
                 }
             });
@@ -121,7 +149,10 @@ impl Ordered {
         if open.count_set_bits() == 0 {
             return Ok(first);
         }
-        let rest = filter_record_batch(batch, &BooleanArray::new(open.clone(), None))?;
+        let rest = filter_record_batch(
+            &batch.project(&self.used)?,
+            &BooleanArray::new(open.clone(), None),
+        )?;
         let second = true_rows(costly, &rest)?;
         let mut keep = arrow::array::BooleanBufferBuilder::new(batch.num_rows());
         if or {

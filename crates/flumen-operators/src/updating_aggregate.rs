@@ -257,12 +257,15 @@ impl UpdatingAggregate {
         Ok(())
     }
 
-    fn emit(&self, changes: &[Change]) -> Result<RecordBatch> {
+    /// The changes as output rows; their values are moved out.
+    fn emit(&self, changes: &mut [Change]) -> Result<RecordBatch> {
         let mut columns = self.keys.emit(changes.iter().map(|c| c.group))?;
         for a in 0..self.aggregates.len() {
             let field = self.output.field(columns.len());
             columns.push(scalar_column(
-                changes.iter().map(|c| c.values[a].clone()),
+                changes
+                    .iter_mut()
+                    .map(|c| std::mem::replace(&mut c.values[a], ScalarValue::Null)),
                 field,
             )?);
         }
@@ -323,6 +326,8 @@ impl Operator for UpdatingAggregate {
         let n = self.aggregates.len();
         let updating = self.op_column.is_some();
         let mut changes = Vec::new();
+        // One group's argument slices, reused from group to group.
+        let mut part: Vec<ArrayRef> = Vec::new();
         let mut start = 0;
         while start < order.len() {
             let group = group_of(order[start]);
@@ -344,8 +349,8 @@ impl Operator for UpdatingAggregate {
             for (a, args) in arguments.iter().enumerate() {
                 let acc = &mut self.accumulators[group * n + a];
                 if split > start {
-                    let part: Vec<ArrayRef> =
-                        args.iter().map(|v| v.slice(start, split - start)).collect();
+                    part.clear();
+                    part.extend(args.iter().map(|v| v.slice(start, split - start)));
                     if self.merge_states {
                         acc.merge_batch(&part).map_err(err)?;
                     } else {
@@ -359,8 +364,8 @@ impl Operator for UpdatingAggregate {
                         })?;
                     }
                 } else if end > split {
-                    let part: Vec<ArrayRef> =
-                        args.iter().map(|v| v.slice(split, end - split)).collect();
+                    part.clear();
+                    part.extend(args.iter().map(|v| v.slice(split, end - split)));
                     acc.retract_batch(&part).map_err(err)?;
                 }
             }
@@ -406,7 +411,7 @@ impl Operator for UpdatingAggregate {
             start = end;
         }
         if !changes.is_empty() {
-            out.push(self.emit(&changes)?);
+            out.push(self.emit(&mut changes)?);
         }
         Ok(())
     }

@@ -4,6 +4,8 @@
 //! its control bytes and then its slots. Home slots can be computed for a
 //! whole batch first and prefetched a few rows ahead (as `word_set` does).
 
+use crate::probing::grown_capacity;
+
 /// A head no slot holds: the slot is empty.
 pub(crate) const NIL: u32 = u32::MAX;
 
@@ -33,13 +35,10 @@ impl HashHeads {
     /// Makes room for `more` new hashes, so that home slots computed
     /// before inserting them stay valid.
     pub(crate) fn reserve(&mut self, more: usize) {
-        let needed = self.len + more;
-        if needed * 8 <= self.slots.len() * MAX_LOAD_EIGHTHS {
+        let Some(capacity) = grown_capacity(self.len, more, self.slots.len(), MAX_LOAD_EIGHTHS)
+        else {
             return;
-        }
-        let capacity = (needed * 8 / MAX_LOAD_EIGHTHS + 1)
-            .next_power_of_two()
-            .max(16);
+        };
         let old = std::mem::replace(&mut self.slots, vec![(0, NIL); capacity]);
         self.len = 0;
         for (hash, head) in old.into_iter().filter(|&(_, head)| head != NIL) {
@@ -57,7 +56,7 @@ impl HashHeads {
     /// Asks the CPU to start loading `home`'s cache line.
     #[inline]
     pub(crate) fn prefetch(&self, home: usize) {
-        crate::prefetch::prefetch(&self.slots, home);
+        crate::probing::prefetch(&self.slots, home);
     }
 
     /// The head of `hash` (probe starting at `home`), if it has one.

@@ -13,7 +13,7 @@ mod limit;
 mod local_aggregate;
 mod lookup_join;
 mod open_table;
-mod prefetch;
+mod probing;
 mod projection;
 mod retract_top_n;
 mod session_aggregate;

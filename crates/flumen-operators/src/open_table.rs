@@ -7,6 +7,8 @@
 //! table grows or loses a value; removal shifts later values of a probe
 //! run back (no tombstones).
 
+use crate::probing::grown_capacity;
+
 /// A value that knows its hash.
 pub(crate) trait Hashed {
     /// Its 32-bit hash, as it was inserted.
@@ -21,8 +23,6 @@ pub(crate) struct OpenTable<T> {
     /// A power-of-two number of slots, or none.
     slots: Vec<Option<T>>,
     len: usize,
-    /// log2 of the slot count.
-    bits: u32,
 }
 
 impl<T: Hashed> OpenTable<T> {
@@ -31,7 +31,6 @@ impl<T: Hashed> OpenTable<T> {
         Self {
             slots: Vec::new(),
             len: 0,
-            bits: 0,
         }
     }
 
@@ -43,33 +42,30 @@ impl<T: Hashed> OpenTable<T> {
     /// The slot where a probe for `hash` starts; valid until the table
     /// grows.
     pub(crate) fn home(&self, hash: u32) -> usize {
-        if self.bits == 0 {
+        if self.slots.is_empty() {
             return 0;
         }
+        let bits = self.slots.len().trailing_zeros();
         // Fibonacci hashing: the top bits of the product spread any hash.
-        (u64::from(hash).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits)) as usize
+        (u64::from(hash).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize
     }
 
     /// Asks the CPU to start loading `home`'s cache line.
     #[inline]
     pub(crate) fn prefetch(&self, home: usize) {
-        crate::prefetch::prefetch(&self.slots, home);
+        crate::probing::prefetch(&self.slots, home);
     }
 
     /// Makes room for `more` new values, so that no insert of them moves
     /// a slot found before.
     pub(crate) fn reserve(&mut self, more: usize) {
-        let needed = self.len + more;
-        if needed * 8 <= self.slots.len() * MAX_LOAD_EIGHTHS {
+        let Some(capacity) = grown_capacity(self.len, more, self.slots.len(), MAX_LOAD_EIGHTHS)
+        else {
             return;
-        }
-        let capacity = (needed * 8 / MAX_LOAD_EIGHTHS + 1)
-            .next_power_of_two()
-            .max(16);
+        };
         let mut slots = Vec::with_capacity(capacity);
         slots.resize_with(capacity, || None);
         let old = std::mem::replace(&mut self.slots, slots);
-        self.bits = capacity.trailing_zeros();
         self.len = 0;
         for value in old.into_iter().flatten() {
             let home = self.home(value.hash32());
@@ -154,7 +150,6 @@ impl<T: Hashed> OpenTable<T> {
             .filter_map(|mut v| keep(&mut v).then_some(v))
             .collect();
         self.len = 0;
-        self.bits = 0;
         self.reserve(kept.len());
         for value in kept {
             let home = self.home(value.hash32());

@@ -5,13 +5,13 @@
 //! compute every key's home slot first and prefetch a few keys ahead, so
 //! the cache misses of a large set overlap instead of queueing.
 
+use crate::probing::grown_capacity;
+
 /// Flag bits below each word's key.
 pub(crate) const FLAG_BITS: u32 = 8;
 
-/// The table grows when it would be fuller than `MAX_LOAD_NUM /
-/// MAX_LOAD_DEN`.
-const MAX_LOAD_NUM: usize = 3;
-const MAX_LOAD_DEN: usize = 4;
+/// The table grows when it would be fuller than this many eighths.
+const MAX_LOAD_EIGHTHS: usize = 6;
 
 /// Keys and their flags. A stored word always has a flag set, so 0 marks
 /// an empty slot.
@@ -42,13 +42,10 @@ impl WordSet {
     /// Makes room for `more` new keys, so that home slots computed before
     /// inserting them stay valid.
     pub(crate) fn reserve(&mut self, more: usize) {
-        let needed = self.len + more;
-        if needed * MAX_LOAD_DEN <= self.slots.len() * MAX_LOAD_NUM {
+        let Some(capacity) = grown_capacity(self.len, more, self.slots.len(), MAX_LOAD_EIGHTHS)
+        else {
             return;
-        }
-        let capacity = (needed * MAX_LOAD_DEN / MAX_LOAD_NUM + 1)
-            .next_power_of_two()
-            .max(16);
+        };
         let old = std::mem::replace(&mut self.slots, vec![0; capacity]);
         self.len = 0;
         for word in old.into_iter().filter(|&w| w != 0) {
@@ -67,7 +64,7 @@ impl WordSet {
     /// Asks the CPU to start loading `home`'s cache line.
     #[inline]
     pub(crate) fn prefetch(&self, home: usize) {
-        crate::prefetch::prefetch(&self.slots, home);
+        crate::probing::prefetch(&self.slots, home);
     }
 
     /// Sets `flags` (not 0) on `key`, adding it if absent; `home` is

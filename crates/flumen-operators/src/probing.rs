@@ -1,0 +1,39 @@
+//! What the open-addressing tables (`word_set`, `hash_heads`, `open_table`)
+//! share: when to grow and to what size, and the software prefetch with
+//! which a batch that computed its rows' home slots first asks for the slot
+//! of the row a few ahead, so the cache misses into a large table overlap
+//! instead of queueing.
+
+/// The slot count a table of `slots` slots holding `len` entries needs for
+/// `more` more, if it must grow: the smallest power of two (at least 16)
+/// that keeps it at most `max_load_eighths` eighths full.
+pub(crate) fn grown_capacity(
+    len: usize,
+    more: usize,
+    slots: usize,
+    max_load_eighths: usize,
+) -> Option<usize> {
+    let needed = len + more;
+    (needed * 8 > slots * max_load_eighths).then(|| {
+        (needed * 8 / max_load_eighths + 1)
+            .next_power_of_two()
+            .max(16)
+    })
+}
+
+/// Asks the CPU to start loading the cache line of `slots[at]` (nothing
+/// when `at` is past the end).
+#[inline]
+pub(crate) fn prefetch<T>(slots: &[T], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(slot) = slots.get(at) {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let address = std::ptr::from_ref(slot).cast();
+        // SAFETY: SSE is part of every x86_64 target, and a prefetch is a
+        // hint that reads nothing and never faults; the address is a live
+        // element anyway.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(address) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (slots, at);
+}

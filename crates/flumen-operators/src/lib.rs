@@ -28,7 +28,7 @@ mod word_set;
 pub use filter::FilterFactory;
 pub use join::{Expiry, HashJoinFactory, JoinKind, JoinSide};
 pub use limit::LimitFactory;
-pub use local_aggregate::{LocalAggregateFactory, PARTIAL_ROWS, PartialRows};
+pub use local_aggregate::{LocalAggregateFactory, PartialRows};
 pub use lookup_join::LookupJoinFactory;
 pub use projection::ProjectionFactory;
 pub use session_aggregate::{SessionAggregateFactory, SessionColumn};

@@ -25,6 +25,7 @@ use flumen_types::{FlumenError, Result, RowOp, op_field};
 
 use crate::accumulator_layers::new_accumulators;
 use crate::columns::{row_state_fields, scalar_column, state_fields};
+use crate::updating_aggregate::group_order;
 use crate::window_aggregate::{AggregateCall, names, sorted_arguments};
 
 fn df(e: datafusion::error::DataFusionError) -> FlumenError {
@@ -58,7 +59,7 @@ pub enum PartialRows {
 }
 
 /// The name of the row-count column of partial rows.
-pub const PARTIAL_ROWS: &str = "_rows";
+const PARTIAL_ROWS: &str = "_rows";
 
 impl LocalAggregateFactory {
     /// The output: the keys, then each aggregate's state fields in order
@@ -187,22 +188,13 @@ impl LocalAggregate {
         keys: Vec<ArrayRef>,
     ) -> Result<RecordBatch> {
         let ops = batch.column(op).as_primitive::<Int8Type>().values();
-        // Rows by group, additions first: (group, retraction bit, row).
-        let mut order: Vec<u64> = group_indices
-            .iter()
-            .zip(ops.iter())
-            .enumerate()
-            .map(|(row, (&g, &op))| {
-                let retract = !RowOp::from_code(op).is_some_and(RowOp::is_addition);
-                ((g as u64) << 32) | (u64::from(retract) << 31) | row as u64
-            })
-            .collect();
-        order.sort_unstable();
-        let indices = UInt32Array::from_iter_values(order.iter().map(|&o| o as u32 & ROW_BITS));
+        let (order, indices) = group_order(group_indices, Some(ops));
         let arguments = sorted_arguments(&self.aggregates, batch, &indices)?;
         let width = self.output.fields().len() - self.key_columns.len() - 2;
         let mut states: Vec<Vec<ScalarValue>> = vec![Vec::new(); width];
         let (mut groups, mut counts, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
+        // One group's argument slices, reused from part to part.
+        let mut rows: Vec<ArrayRef> = Vec::new();
         let mut start = 0;
         while start < order.len() {
             let part = order[start] >> 31;
@@ -214,8 +206,8 @@ impl LocalAggregate {
             let mut field = 0;
             for (a, args) in arguments.iter().enumerate() {
                 let mut acc = sliding(&self.aggregates, a)?;
-                let rows: Vec<ArrayRef> =
-                    args.iter().map(|v| v.slice(start, end - start)).collect();
+                rows.clear();
+                rows.extend(args.iter().map(|v| v.slice(start, end - start)));
                 acc.update_batch(&rows).map_err(df)?;
                 for value in acc.state().map_err(df)? {
                     states[field].push(value);
@@ -245,6 +237,3 @@ impl LocalAggregate {
         Ok(RecordBatch::try_new(self.output.clone(), columns)?)
     }
 }
-
-/// The row bits of a sort key (below its retraction bit).
-const ROW_BITS: u32 = (1 << 31) - 1;

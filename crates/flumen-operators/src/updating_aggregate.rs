@@ -137,6 +137,25 @@ pub struct UpdatingAggregate {
 const RETRACT_BIT: u64 = 1 << 31;
 const ROW_MASK: u64 = RETRACT_BIT - 1;
 
+/// The rows of a batch by group, additions before retractions within a
+/// group: one `u64` per row, (group, retraction bit, row), sorts as fast as
+/// integers. `ids` are the rows' groups and `ops` their op codes when the
+/// input is updating. Also the rows' indices in that order.
+pub(crate) fn group_order(ids: &[usize], ops: Option<&[i8]>) -> (Vec<u64>, UInt32Array) {
+    let mut order: Vec<u64> = ids
+        .iter()
+        .enumerate()
+        .map(|(row, &g)| {
+            let retract =
+                ops.is_some_and(|ops| !RowOp::from_code(ops[row]).is_some_and(RowOp::is_addition));
+            ((g as u64) << 32) | (u64::from(retract) << 31) | row as u64
+        })
+        .collect();
+    order.sort_unstable();
+    let indices = UInt32Array::from_iter_values(order.iter().map(|&o| (o & ROW_MASK) as u32));
+    (order, indices)
+}
+
 /// One output row: a group's old or new result.
 struct Change {
     group: usize,
@@ -290,29 +309,11 @@ impl Operator for UpdatingAggregate {
         let mut ids = Vec::with_capacity(rows);
         self.keys.intern(&key_arrays, rows, &mut ids)?;
         self.add_groups(self.keys.len(), self.watermark)?;
-        // Which rows take a row back (an updating input).
-        let retract: Option<Vec<bool>> = self.op_column.map(|c| {
-            batch
-                .column(c)
-                .as_primitive::<Int8Type>()
-                .values()
-                .iter()
-                .map(|&op| !RowOp::from_code(op).is_some_and(RowOp::is_addition))
-                .collect()
-        });
-        // Rows by group, additions before retractions within a group: one
-        // u64 per row (group, retraction bit, row) sorts as fast as integers.
-        let mut order: Vec<u64> = ids
-            .iter()
-            .enumerate()
-            .map(|(row, &g)| {
-                let r = retract.as_ref().is_some_and(|r| r[row]);
-                ((g as u64) << 32) | (u64::from(r) << 31) | row as u64
-            })
-            .collect();
-        order.sort_unstable();
+        let ops = self
+            .op_column
+            .map(|c| batch.column(c).as_primitive::<Int8Type>().values().as_ref());
+        let (order, indices) = group_order(&ids, ops);
         let group_of = |o: u64| (o >> 32) as usize;
-        let indices = UInt32Array::from_iter_values(order.iter().map(|&o| (o & ROW_MASK) as u32));
         let (arguments, partial_rows) = if self.merge_states {
             let (states, rows) = self.sorted_states(&batch, &indices)?;
             (states, Some(rows))

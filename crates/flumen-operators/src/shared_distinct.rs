@@ -29,8 +29,8 @@ use crate::word_set::{FLAG_BITS, WordSet};
 struct SharedSet {
     /// (group, value) and which aggregates have counted it, one word each:
     /// the group in the top 20 bits, the value in the next 36, a bit per
-    /// aggregate in the low 8 (when group and value fit): 9 bytes a value
-    /// with the table's control byte.
+    /// aggregate in the low 8 (when group and value fit): 8 bytes a value
+    /// in a table 3/8 to 3/4 full.
     packed: WordSet,
     /// The (group, value) pairs that do not fit a word.
     wide: HashMap<(u32, i64), u8, ahash::RandomState>,
@@ -120,13 +120,13 @@ impl SharedSet {
         });
         if !same {
             self.apply();
-            self.pending = Some(Pending {
-                column,
-                groups: groups.to_vec(),
-                filters: vec![None; self.counts.len()],
-            });
         }
-        let pending = self.pending.as_mut().expect("set above");
+        let members = self.counts.len();
+        let pending = self.pending.get_or_insert_with(|| Pending {
+            column,
+            groups: groups.to_vec(),
+            filters: vec![None; members],
+        });
         pending.filters[member] = Some(filter.cloned());
         if member + 1 == self.counts.len() {
             self.apply();

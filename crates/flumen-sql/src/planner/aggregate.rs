@@ -120,7 +120,7 @@ impl Planner {
         // Two-phase: a local aggregate before the exchange sends partial
         // states, which the window aggregate merges (not for DISTINCT: a
         // partial set of distinct values is no smaller than its rows).
-        let two_phase = self.two_phase && aggregates.iter().all(|a| !a.function.is_distinct());
+        let two_phase = self.two_phase_for(&aggregates);
         let (input_node, key_columns) = if two_phase {
             let local = LocalAggregateFactory {
                 key_columns: keys.clone(),
@@ -284,7 +284,7 @@ impl Planner {
         let op_column = retracting.then(|| input.schema.fields().len() - 1);
         // Two-phase, as for windows: partial states with their row counts,
         // a group's retractions apart from its additions.
-        let two_phase = self.two_phase && aggregates.iter().all(|a| !a.function.is_distinct());
+        let two_phase = self.two_phase_for(&aggregates);
         let (input_node, key_columns, op_column) = if two_phase {
             let local = LocalAggregateFactory {
                 key_columns: keys.clone(),
@@ -332,6 +332,13 @@ impl Planner {
             )),
             bounded: input.bounded,
         })
+    }
+
+    /// Whether `aggregates` are aggregated in two phases: when asked for
+    /// and none is DISTINCT (a partial set of distinct values is no smaller
+    /// than its rows).
+    fn two_phase_for(&self, aggregates: &[AggregateCall]) -> bool {
+        self.two_phase && aggregates.iter().all(|a| !a.function.is_distinct())
     }
 
     /// DataFusion's aggregate functions for the aggregate expressions.

@@ -759,17 +759,6 @@ impl Operator for TopN {
         // Room for every row, so that no insert moves a bucket found earlier
         // in this batch.
         self.partitions.reserve(n);
-        // Every row's partition hash and probe start, so that each lookup
-        // can prefetch the slot of the row `PREFETCH_AHEAD` later.
-        let hashes: Vec<u32> = (0..n)
-            .map(|row| {
-                let pkey = partition_keys
-                    .as_ref()
-                    .map_or(&[][..], |k| k.row(row).data());
-                self.hasher.hash_one(pkey) as u32
-            })
-            .collect();
-        let homes: Vec<usize> = hashes.iter().map(|&h| self.partitions.home(h)).collect();
         // Each row goes in as a `PENDING` entry pointing into the batch; the
         // rows still kept at the end are copied out together.
         let keys = KeySource {
@@ -777,6 +766,12 @@ impl Operator for TopN {
             order: Some(&order_keys),
             partition: partition_keys.as_ref(),
         };
+        // Every row's partition hash and probe start, so that each lookup
+        // can prefetch the slot of the row `PREFETCH_AHEAD` later.
+        let hashes: Vec<u32> = (0..n)
+            .map(|row| self.hash(keys.batch_partition(row)))
+            .collect();
+        let homes: Vec<usize> = hashes.iter().map(|&h| self.partitions.home(h)).collect();
         let mut before: Vec<Numbered> = Vec::new();
         // Each changed partition's bucket and its rows before (in `before`).
         let mut touched: Vec<(usize, usize, usize)> = Vec::new();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, BooleanArray};
 use arrow::buffer::BooleanBuffer;
-use arrow::compute::filter_record_batch;
+use arrow::compute::{filter_record_batch, prep_null_mask_filter};
 use arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::DataFusionError;
@@ -65,6 +65,35 @@ impl Ordered {
             used,
             or,
         })
+    }
+
+    /// The rows to keep: `cheap` over the batch, then `costly` over the
+    /// rows still undecided (for `OR` those where `cheap` is not true, for
+    /// `AND` those where it is), its result put back in their places.
+    fn rows(&self, batch: &RecordBatch) -> Result<BooleanBuffer> {
+        let (cheap, costly, or) = (&self.cheap, &self.costly, self.or);
+        let first = true_rows(cheap, batch)?;
+        let open = if or { !&first } else { first.clone() };
+        if open.count_set_bits() == 0 {
+            return Ok(first);
+        }
+        let rest = filter_record_batch(
+            &batch.project(&self.used)?,
+            &BooleanArray::new(open.clone(), None),
+        )?;
+        let second = true_rows(costly, &rest)?;
+        let mut keep = arrow::array::BooleanBufferBuilder::new(batch.num_rows());
+        if or {
+            keep.append_buffer(&first);
+        } else {
+            keep.append_n(batch.num_rows(), false);
+        }
+        for (j, row) in open.set_indices().enumerate() {
+            if second.value(j) {
+                keep.set_bit(row, true);
+            }
+        }
+        Ok(keep.finish())
     }
 }
 
@@ -132,41 +161,7 @@ fn true_rows(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<Boolea
             value.data_type()
         )));
     };
-    Ok(match mask.nulls() {
-        Some(valid) => valid.inner() & mask.values(),
-        None => mask.values().clone(),
-    })
-}
-
-impl Ordered {
-    /// The rows to keep: `cheap` over the batch, then `costly` over the
-    /// rows still undecided (for `OR` those where `cheap` is not true, for
-    /// `AND` those where it is), its result put back in their places.
-    fn rows(&self, batch: &RecordBatch) -> Result<BooleanBuffer> {
-        let (cheap, costly, or) = (&self.cheap, &self.costly, self.or);
-        let first = true_rows(cheap, batch)?;
-        let open = if or { !&first } else { first.clone() };
-        if open.count_set_bits() == 0 {
-            return Ok(first);
-        }
-        let rest = filter_record_batch(
-            &batch.project(&self.used)?,
-            &BooleanArray::new(open.clone(), None),
-        )?;
-        let second = true_rows(costly, &rest)?;
-        let mut keep = arrow::array::BooleanBufferBuilder::new(batch.num_rows());
-        if or {
-            keep.append_buffer(&first);
-        } else {
-            keep.append_n(batch.num_rows(), false);
-        }
-        for (j, row) in open.set_indices().enumerate() {
-            if second.value(j) {
-                keep.set_bit(row, true);
-            }
-        }
-        Ok(keep.finish())
-    }
+    Ok(prep_null_mask_filter(mask).values().clone())
 }
 
 impl Operator for Filter {

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray};
 use arrow::buffer::OffsetBuffer;
-use arrow::compute::cast;
+use arrow::compute::{cast, prep_null_mask_filter};
 use arrow::datatypes::{DataType, Field, Int64Type};
 use datafusion::common::Result as DfResult;
 use datafusion::error::DataFusionError;
@@ -151,11 +151,7 @@ impl SharedSet {
                 None => {}
                 Some(None) => row_bits.iter_mut().for_each(|b| *b |= bit),
                 Some(Some(f)) => {
-                    let counted = match f.nulls() {
-                        Some(valid) => valid.inner() & f.values(),
-                        None => f.values().clone(),
-                    };
-                    for row in counted.set_indices() {
+                    for row in prep_null_mask_filter(f).values().set_indices() {
                         row_bits[row] |= bit;
                     }
                 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, BooleanArray};
 use arrow::buffer::BooleanBuffer;
-use arrow::compute::{filter_record_batch, prep_null_mask_filter};
+use arrow::compute::filter_record_batch;
 use arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::DataFusionError;
@@ -161,7 +161,15 @@ fn true_rows(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<Boolea
             value.data_type()
         )));
     };
-    Ok(prep_null_mask_filter(mask).values().clone())
+    Ok(true_bits(mask))
+}
+
+/// The rows where `mask` is true: its values where it is not null.
+pub(crate) fn true_bits(mask: &BooleanArray) -> BooleanBuffer {
+    match mask.nulls() {
+        Some(valid) => valid.inner() & mask.values(),
+        None => mask.values().clone(),
+    }
 }
 
 impl Operator for Filter {

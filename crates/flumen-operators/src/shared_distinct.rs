@@ -16,12 +16,13 @@ use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray};
 use arrow::buffer::OffsetBuffer;
-use arrow::compute::{cast, prep_null_mask_filter};
+use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Int64Type};
 use datafusion::common::Result as DfResult;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 
+use crate::filter::true_bits;
 use crate::window_aggregate::AggregateCall;
 use crate::word_set::{FLAG_BITS, WordSet};
 
@@ -151,7 +152,7 @@ impl SharedSet {
                 None => {}
                 Some(None) => row_bits.iter_mut().for_each(|b| *b |= bit),
                 Some(Some(f)) => {
-                    for row in prep_null_mask_filter(f).values().set_indices() {
+                    for row in true_bits(f).set_indices() {
                         row_bits[row] |= bit;
                     }
                 }

@@ -394,6 +394,17 @@ fn store_customers(prefix: &str, hashes: bool) {
     pipe.query::<()>(&mut con).unwrap();
 }
 
+/// The options of the customers stored under `prefix` as Redis
+/// `data_type`s, read by lookups with the cache `options`.
+fn customers_with(data_type: &str, prefix: &Prefix, options: &str) -> String {
+    format!(
+        "connector = 'redis', url = '{}', 'data-type' = '{data_type}', 'key.fields' = 'id', \
+         'key.prefix' = '{}', {options}",
+        url(),
+        prefix.0
+    )
+}
+
 #[test]
 fn lookup_joins_of_hashes_and_strings_equal_the_batch_join() {
     for (hashes, data_type) in [(true, "hash"), (false, "string")] {
@@ -402,11 +413,10 @@ fn lookup_joins_of_hashes_and_strings_equal_the_batch_join() {
         let work = tempfile::tempdir().unwrap();
         common::lookup::check(
             work.path(),
-            &format!(
-                "connector = 'redis', url = '{}', 'data-type' = '{data_type}', 'key.fields' = 'id', \
-                 'key.prefix' = '{}', 'lookup.partial-cache.max-rows' = '100'",
-                url(),
-                prefix.0
+            &customers_with(
+                data_type,
+                &prefix,
+                "'lookup.partial-cache.max-rows' = '100'",
             ),
         );
     }
@@ -443,12 +453,7 @@ fn lookup_joins_ride_out_cut_connections() {
     };
     common::lookup::check_runs(
         work.path(),
-        &format!(
-            "connector = 'redis', url = '{}', 'data-type' = 'string', 'key.fields' = 'id', \
-             'key.prefix' = '{}', 'lookup.cache' = 'NONE'",
-            url(),
-            prefix.0
-        ),
+        &customers_with("string", &prefix, "'lookup.cache' = 'NONE'"),
         &["2"],
         ", rows_per_second = '4000'",
         &cut,

@@ -13,7 +13,6 @@ use arrow::array::{
 use arrow::compute::{can_cast_types, cast};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use flumen_types::{FlumenError, Result};
-use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 
 use crate::TableSpec;
 use crate::options::OptionSpec;
@@ -248,20 +247,15 @@ pub(crate) struct Records {
 
 impl Records {
     /// Keeps what `wanted` says of a Kafka record's metadata.
-    pub(crate) fn push_kafka(&mut self, message: &BorrowedMessage<'_>, wanted: Wanted) {
+    pub(crate) fn push_kafka(&mut self, message: &impl crate::kafka::Record, wanted: Wanted) {
         self.timestamps
-            .push(message.timestamp().to_millis().filter(|_| wanted.timestamp));
+            .push(message.timestamp_ms().filter(|_| wanted.timestamp));
         self.keys
             .push(message.key().filter(|_| wanted.key).map(<[u8]>::to_vec));
         self.headers
             .push(message.headers().filter(|_| wanted.headers).map(|h| {
-                headers_json(h.iter().map(|header| {
-                    (
-                        header.key.to_string(),
-                        header
-                            .value
-                            .map(|v| String::from_utf8_lossy(v).into_owned()),
-                    )
+                headers_json(h.into_iter().map(|(key, value)| {
+                    (key, value.map(|v| String::from_utf8_lossy(v).into_owned()))
                 }))
             }));
         self.subjects.push(None);

@@ -6,6 +6,7 @@
 //! completes, or at least once.
 
 mod dead_letters;
+mod drain;
 mod sink;
 mod source;
 
@@ -21,6 +22,7 @@ use rdkafka::error::KafkaError;
 use crate::options::OptionSpec;
 use crate::{Delivery, Options, TableSpec};
 
+pub(crate) use drain::Record;
 pub use sink::KafkaSinkFactory;
 pub use source::KafkaSourceFactory;
 

@@ -17,11 +17,11 @@ use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Message, Result};
 use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::time::Instant;
 
 use super::dead_letters::DeadLetterTopic;
+use super::drain::{ConsumerQueue, Record};
 use super::{CALL_TIMEOUT, brokers, client_config, kafka_error};
 use crate::TableSpec;
 use crate::bad_data::{BadData, DeadLetters};
@@ -193,6 +193,8 @@ impl KafkaSourceFactory {
             ended: Vec::new(),
             idle_sent: false,
             linger: self.linger,
+            queue: None,
+            last_split: None,
         };
         for (topic, partition) in &self.partitions {
             source.add_split(topic, *partition);
@@ -358,6 +360,11 @@ struct KafkaSource {
     idle_sent: bool,
     /// How long a partial batch waits for more messages.
     linger: Duration,
+    /// The consumer's queue, drained many messages at a time once the
+    /// first of a batch arrived; made at the first batch.
+    queue: Option<ConsumerQueue>,
+    /// The split of the last message taken.
+    last_split: Option<usize>,
 }
 
 #[async_trait]
@@ -413,14 +420,24 @@ impl Source for KafkaSource {
             // splits' buffers: the next call decodes them first.
             let deadline =
                 (!self.linger.is_zero()).then(|| Instant::from_std(arrived) + self.linger);
+            let mut queue = match self.queue.take() {
+                Some(q) => q,
+                None => ConsumerQueue::new(self.consumer.clone()),
+            };
             let mut taken = 1;
             while taken < DEFAULT_BATCH_SIZE {
+                let drained = queue.drain(DEFAULT_BATCH_SIZE - taken, |m| self.take(m))?;
+                taken += drained;
+                if drained > 0 {
+                    continue;
+                }
                 let Some(m) = next_within(&mut stream, deadline).await else {
                     break;
                 };
                 self.take(m)?;
                 taken += 1;
             }
+            self.queue = Some(queue);
             drop(stream);
             self.decode_taken()?;
         }
@@ -625,21 +642,35 @@ impl KafkaSource {
     }
 
     /// Buffers one message (or notes a partition's end).
-    fn take(&mut self, message: Result<BorrowedMessage<'_>, KafkaError>) -> Result<()> {
+    fn take(&mut self, message: Result<impl Record, KafkaError>) -> Result<()> {
         let message = match message {
             Ok(m) => m,
             Err(KafkaError::PartitionEOF(partition)) => {
                 self.at_end(partition);
                 return Ok(());
             }
+            Err(e) if client_recovers(&e) => {
+                // Drained batches leave these to librdkafka's own log.
+                eprintln!("kafka source of {}: {e}; reconnecting", self.brokers);
+                return Ok(());
+            }
             Err(e) => return Err(kafka_error(format!("reading from {}", self.brokers), e)),
         };
-        let Some(&id) = self
-            .by_topic
-            .get(message.topic())
-            .and_then(|p| p.get(&message.partition()))
-        else {
-            return Ok(());
+        let (topic, partition) = (message.topic(), message.partition());
+        let id = match self.last_split {
+            // Messages come in runs of one partition: most skip the maps.
+            Some(id)
+                if self.splits[id].partition == partition && self.splits[id].topic == topic =>
+            {
+                id
+            }
+            _ => {
+                let Some(&id) = self.by_topic.get(topic).and_then(|p| p.get(&partition)) else {
+                    return Ok(());
+                };
+                self.last_split = Some(id);
+                id
+            }
         };
         let split = &mut self.splits[id];
         split.taken_next = Some(message.offset() + 1);
@@ -747,6 +778,18 @@ impl KafkaSource {
                 .send_to_dead_letter(self.subtask, &dead, &self.metrics),
         }
     }
+}
+
+/// Whether a consumer error is one librdkafka recovers from by itself,
+/// reconnecting with backoff and fetching on from where it was (a broker
+/// gone away or not resolved for now): the source waits for it, as Flink's
+/// does, instead of restarting the job.
+fn client_recovers(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(Code::BrokerTransportFailure | Code::AllBrokersDown | Code::Resolve)
+    )
 }
 
 /// Where each split has read to, counting only rows returned: a split

@@ -1,5 +1,5 @@
 -- q21: the channel id of each bid: fixed for the four hot channels, else
--- parsed from the `channel_id` parameter of its URL.
+-- parsed from the `channel_id` parameter of its URL (Flink's REGEXP_EXTRACT).
 CREATE TABLE nexmark_q21 (
     auction    BIGINT,
     bidder     BIGINT,
@@ -19,8 +19,8 @@ SELECT
         WHEN lower(channel) = 'google' THEN '1'
         WHEN lower(channel) = 'facebook' THEN '2'
         WHEN lower(channel) = 'baidu' THEN '3'
-        ELSE regexp_match(url, '(&|^)channel_id=([^&]*)')[2]
+        ELSE regexp_extract(url, '(&|^)channel_id=([^&]*)', 2)
     END AS channel_id
 FROM bid
-WHERE regexp_match(url, '(&|^)channel_id=([^&]*)')[2] IS NOT NULL
+WHERE regexp_extract(url, '(&|^)channel_id=([^&]*)', 2) IS NOT NULL
    OR lower(channel) IN ('apple', 'google', 'facebook', 'baidu');

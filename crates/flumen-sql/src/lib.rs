@@ -8,6 +8,7 @@
 mod catalog;
 mod errors;
 mod planner;
+mod regexp_extract;
 mod script;
 mod time_shift;
 mod tvf;

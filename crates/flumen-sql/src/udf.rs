@@ -1,6 +1,7 @@
 //! Scalar functions flumen adds to DataFusion's: `count_char(text, ch)`
 //! counts the occurrences of one character (Nexmark q14's user function, and
-//! the example of how to register a Rust UDF).
+//! the example of how to register a Rust UDF); `regexp_extract` is in its
+//! own module.
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ pub fn udfs() -> Vec<ScalarUDF> {
         ScalarUDF::new_from_impl(Hop::new()),
         ScalarUDF::new_from_impl(Cumulate::new()),
         ScalarUDF::new_from_impl(ProcTime::new()),
+        ScalarUDF::new_from_impl(crate::regexp_extract::RegexpExtract::new()),
     ]
 }
 

@@ -6,7 +6,9 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Array, StringBuilder, TimestampMillisecondArray};
+use arrow::array::{
+    ArrayRef, Int64Array, StringArray, StringBuilder, TimestampMillisecondArray, UInt32Array,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use super::rng::Rng;
@@ -146,8 +148,12 @@ pub struct Generator {
     config: GeneratorConfig,
     /// Random lower-case text that strings are cut from.
     pool: String,
-    /// `(channel, url)` of the 10,000 ordinary channels, then the 4 hot ones.
-    channels: Vec<(String, String)>,
+    /// The names of the 10,000 ordinary channels, then the 4 hot ones, in
+    /// one buffer: bids copy them out by index, and a contiguous table
+    /// misses the cache less than 10,004 separate strings.
+    channel_names: StringArray,
+    /// The URL of each channel, likewise.
+    channel_urls: StringArray,
     names: Vec<String>,
     /// "0000" to "9999", concatenated.
     digits: String,
@@ -236,10 +242,12 @@ impl Generator {
         for d in 0..10_000 {
             let _ = write!(digits, "{d:04}");
         }
+        let (names_of, urls_of): (Vec<String>, Vec<String>) = channels.into_iter().unzip();
         Generator {
             config,
             pool,
-            channels,
+            channel_names: StringArray::from(names_of),
+            channel_urls: StringArray::from(urls_of),
             names,
             digits,
         }
@@ -278,7 +286,7 @@ impl Generator {
         columns: &[usize],
     ) -> Vec<ArrayRef> {
         let rows = events.clone().count();
-        let mut c = Columns::new(EventKind::Person, columns, rows);
+        let mut c = Columns::new(EventKind::Person, columns, &[], rows);
         for n in events {
             let mut rng = Rng::for_event(self.config.seed, n);
             let name = &self.names[rng.below(self.names.len() as u64) as usize];
@@ -321,7 +329,7 @@ impl Generator {
         columns: &[usize],
     ) -> Vec<ArrayRef> {
         let rows = events.clone().count();
-        let mut c = Columns::new(EventKind::Auction, columns, rows);
+        let mut c = Columns::new(EventKind::Auction, columns, &[], rows);
         let rate = self.config.rate;
         // Auctions run for twice the time, on average, in which the generator
         // opens `IN_FLIGHT_AUCTIONS` auctions.
@@ -359,7 +367,8 @@ impl Generator {
 
     fn bids(&self, events: impl Iterator<Item = u64> + Clone, columns: &[usize]) -> Vec<ArrayRef> {
         let rows = events.clone().count();
-        let mut c = Columns::new(EventKind::Bid, columns, rows);
+        let mut c = Columns::new(EventKind::Bid, columns, &[3, 4], rows);
+        let mut picks = Vec::with_capacity(rows);
         for n in events {
             let mut rng = Rng::for_event(self.config.seed, n);
             let auction = if rng.below(2) > 0 {
@@ -380,15 +389,16 @@ impl Generator {
             };
             let extra = extra_len(&mut rng, 32, 100);
             let extra = self.text(&mut rng, extra);
-            let (channel, url) = &self.channels[channel];
             c.int(0, FIRST_ID + auction);
             c.int(1, FIRST_ID + bidder);
             c.int(2, price);
-            c.str(3, channel);
-            c.str(4, url);
+            picks.push(channel as u32);
             c.int(5, self.timestamp_ms(n));
             c.str(6, extra);
         }
+        let picks = UInt32Array::from(picks);
+        c.gather(3, &self.channel_names, &picks);
+        c.gather(4, &self.channel_urls, &picks);
         c.finish()
     }
 }
@@ -421,11 +431,16 @@ struct Columns {
     schema: SchemaRef,
     ints: Vec<Option<Vec<i64>>>,
     strings: Vec<Option<StringBuilder>>,
+    /// String columns gathered whole from a table instead of built.
+    taken: Vec<Option<ArrayRef>>,
     order: Vec<usize>,
 }
 
 impl Columns {
-    fn new(kind: EventKind, wanted: &[usize], rows: usize) -> Self {
+    /// Builders for the `wanted` columns of `rows` events of `kind`; the
+    /// `gathered` string columns come whole from a table
+    /// ([`Columns::gather`]) and get no builder.
+    fn new(kind: EventKind, wanted: &[usize], gathered: &[usize], rows: usize) -> Self {
         let schema = kind.schema();
         let mut ints = Vec::with_capacity(schema.fields().len());
         let mut strings = Vec::with_capacity(schema.fields().len());
@@ -435,9 +450,11 @@ impl Columns {
             ints.push((want && !is_string).then(|| Vec::with_capacity(rows)));
             // Sized for the column's largest values so no batch reallocates.
             let bytes = rows * max_string_len(kind, field.name());
-            strings.push((want && is_string).then(|| StringBuilder::with_capacity(rows, bytes)));
+            let built = want && is_string && !gathered.contains(&c);
+            strings.push(built.then(|| StringBuilder::with_capacity(rows, bytes)));
         }
         Columns {
+            taken: vec![None; schema.fields().len()],
             schema,
             ints,
             strings,
@@ -459,6 +476,16 @@ impl Columns {
         }
     }
 
+    /// Sets string column `col`, if requested, to the `table` values that
+    /// `picks` index.
+    fn gather(&mut self, col: usize, table: &StringArray, picks: &UInt32Array) {
+        if self.order.contains(&col) {
+            // Every pick indexes the table: `take` cannot fail.
+            let values = arrow::compute::take(table, picks, None).expect("picks index the table");
+            self.taken[col] = Some(values);
+        }
+    }
+
     #[inline]
     fn string_builder(&mut self, col: usize) -> Option<&mut StringBuilder> {
         self.strings[col].as_mut()
@@ -471,6 +498,9 @@ impl Columns {
             .map(|&c| -> ArrayRef {
                 if let Some(b) = self.strings[c].as_mut() {
                     return Arc::new(b.finish());
+                }
+                if let Some(values) = self.taken[c].take() {
+                    return values;
                 }
                 let ints = self.ints[c].take().unwrap_or_default();
                 match self.schema.field(c).data_type() {

@@ -18,6 +18,7 @@ mod projection;
 mod retract_top_n;
 mod session_aggregate;
 mod shared_distinct;
+mod slots;
 mod top_n;
 mod union;
 mod unnest;

@@ -6,6 +6,7 @@
 //! the cache misses of a large set overlap instead of queueing.
 
 use crate::probing::grown_capacity;
+use crate::slots::Slots;
 
 /// Flag bits below each word's key.
 pub(crate) const FLAG_BITS: u32 = 8;
@@ -17,7 +18,7 @@ const MAX_LOAD_EIGHTHS: usize = 6;
 /// an empty slot.
 pub(crate) struct WordSet {
     /// `key << FLAG_BITS | flags`, or 0; a power-of-two number of slots.
-    slots: Vec<u64>,
+    slots: Slots<u64>,
     len: usize,
     /// Mixed into every hash, so inputs cannot be chosen to collide.
     seed: u64,
@@ -28,7 +29,7 @@ impl WordSet {
     pub(crate) fn new() -> Self {
         use std::hash::BuildHasher;
         Self {
-            slots: Vec::new(),
+            slots: Slots::empty(),
             len: 0,
             seed: std::collections::hash_map::RandomState::new().hash_one(0u64),
         }
@@ -46,9 +47,9 @@ impl WordSet {
         else {
             return;
         };
-        let old = std::mem::replace(&mut self.slots, vec![0; capacity]);
+        let old = std::mem::replace(&mut self.slots, Slots::zeroed(capacity));
         self.len = 0;
-        for word in old.into_iter().filter(|&w| w != 0) {
+        for &word in old.iter().filter(|&&w| w != 0) {
             let home = self.home(word >> FLAG_BITS);
             self.place(home, word);
         }
@@ -112,13 +113,13 @@ impl WordSet {
                 *word = 0;
             }
         }
-        let old = std::mem::take(&mut self.slots);
+        let old = std::mem::replace(&mut self.slots, Slots::empty());
         self.len = 0;
         if kept == 0 {
             return;
         }
         self.reserve(kept);
-        for word in old.into_iter().filter(|&w| w != 0) {
+        for &word in old.iter().filter(|&&w| w != 0) {
             let home = self.home(word >> FLAG_BITS);
             self.place(home, word);
         }

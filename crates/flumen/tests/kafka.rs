@@ -339,10 +339,12 @@ fn a_broker_outage_mid_run_loses_and_doubles_nothing() {
     );
 }
 
-/// Documents a limit of the broker the tests run against: tansu 0.6 with
-/// its in-memory storage rejects `EndTxn`, so transactions cannot commit
-/// and flumen's exactly-once Kafka sink cannot be tested against it. If
-/// this test fails, tansu supports them now: test the exactly-once sink.
+/// Documents a limit of the broker the tests run against: tansu 0.6's
+/// broker serves no `EndTxn` request with any storage (its PostgreSQL and
+/// SQLite storages keep transactions, but no request ends one), so
+/// transactions cannot commit and flumen's exactly-once Kafka sink cannot
+/// be tested against it. If this test fails, tansu supports them now:
+/// test the exactly-once sink.
 #[test]
 fn tansu_in_memory_cannot_commit_transactions() {
     let topics = Topics::new("flumen-txn", 1, 1);

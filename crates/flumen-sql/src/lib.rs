@@ -11,6 +11,7 @@ mod planner;
 mod regexp_extract;
 mod script;
 mod time_shift;
+mod to_char;
 mod tvf;
 mod udf;
 mod watermark;

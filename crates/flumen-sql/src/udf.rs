@@ -1,7 +1,7 @@
 //! Scalar functions flumen adds to DataFusion's: `count_char(text, ch)`
 //! counts the occurrences of one character (Nexmark q14's user function, and
-//! the example of how to register a Rust UDF); `regexp_extract` is in its
-//! own module.
+//! the example of how to register a Rust UDF); `regexp_extract` and the
+//! faster `to_char` are in modules of their own.
 
 use std::sync::Arc;
 
@@ -20,6 +20,7 @@ pub fn udfs() -> Vec<ScalarUDF> {
         ScalarUDF::new_from_impl(Cumulate::new()),
         ScalarUDF::new_from_impl(ProcTime::new()),
         ScalarUDF::new_from_impl(crate::regexp_extract::RegexpExtract::new()),
+        ScalarUDF::new_from_impl(crate::to_char::ToChar::new()),
     ]
 }
 

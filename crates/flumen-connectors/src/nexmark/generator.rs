@@ -187,7 +187,13 @@ fn recent_id(rng: &mut Rng, last: i64, window: i64) -> i64 {
 /// Log-uniform in `[100, 10^8]`: `round(10^(6u) * 100)`, computed as a
 /// power of two, which is cheaper than `powf`.
 fn price(rng: &mut Rng) -> i64 {
-    ((rng.next_f64() * 6.0 * std::f64::consts::LOG2_10).exp2() * 100.0).round() as i64
+    round_positive((rng.next_f64() * 6.0 * std::f64::consts::LOG2_10).exp2() * 100.0)
+}
+
+/// `x.round() as i64` for `0 <= x < 2^52` without a call into libm: adding
+/// one half is exact there, and the cast truncates.
+fn round_positive(x: f64) -> i64 {
+    (x + 0.5) as i64
 }
 
 /// Length of the `extra` padding that brings an event to `average` bytes.
@@ -196,7 +202,8 @@ fn extra_len(rng: &mut Rng, current: usize, average: usize) -> usize {
         return 0;
     }
     let desired = average - current;
-    let delta = (desired as f64 * 0.2).round() as u64;
+    // A fifth, rounded: `desired / 5` is never a half, so this is exact.
+    let delta = (desired as u64 * 2 + 5) / 10;
     (desired as u64 - delta + rng.below(2 * delta + 1)) as usize
 }
 
@@ -632,6 +639,29 @@ mod tests {
                 !u.contains("&channel_id="),
                 "{c} {u}"
             );
+        }
+    }
+
+    /// The integer roundings give what the float ones they replace gave.
+    #[test]
+    fn roundings_equal_the_float_ones() {
+        for desired in 0..100_000u64 {
+            assert_eq!(
+                (desired * 2 + 5) / 10,
+                (desired as f64 * 0.2).round() as u64,
+                "{desired}"
+            );
+        }
+        let mut rng = Rng::for_event(7, 0);
+        let halves = (100..2_000_000).map(|n| n as f64 + 0.5);
+        let below = (100..2_000_000).map(|n| f64::from_bits((n as f64 + 0.5).to_bits() - 1));
+        let random = (0..1_000_000).map(|_| (rng.next_f64() * 6.0 * 3.33).exp2() * 100.0);
+        for x in halves
+            .chain(below)
+            .chain(random)
+            .chain([1e8, 1e8 - 0.5, 2f64.powi(51)])
+        {
+            assert_eq!(round_positive(x), x.round() as i64, "{x}");
         }
     }
 

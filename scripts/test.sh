@@ -8,6 +8,19 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flumen/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 scripts/setup.sh
+
+# Each change of a crate's dependencies links new test executables (~580 MB
+# each) beside the old ones in the shared target directory; keep only the
+# newest of each name so the disk does not fill over many runs.
+DEPS="$CARGO_TARGET_DIR/debug/deps"
+if [ -d "$DEPS" ]; then
+    find "$DEPS" -maxdepth 1 -type f -executable -regextype posix-extended \
+        -regex '.*/[A-Za-z0-9_]+-[0-9a-f]{16}' -printf '%T@ %f\n' \
+        | sort -rn \
+        | awk '{ name = $2; sub(/-[0-9a-f]+$/, "", name); if (seen[name]++) print $2 }' \
+        | while read -r stale; do rm -f "$DEPS/$stale"; done
+fi
+
 # The servers the connector tests talk to, on loopback (installed when
 # missing); the tests read their addresses from these variables. Servers
 # this run started are stopped when it ends.

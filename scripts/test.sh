@@ -10,14 +10,15 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 scripts/setup.sh
 
 # Each change of a crate's dependencies links new test executables (~580 MB
-# each) beside the old ones in the shared target directory; keep only the
-# newest of each name so the disk does not fill over many runs.
+# each) beside the old ones in the shared target directory; keep the newest
+# two of each name (the `flumen` binary and its unit tests share one) so the
+# disk does not fill over many runs.
 DEPS="$CARGO_TARGET_DIR/debug/deps"
 if [ -d "$DEPS" ]; then
     find "$DEPS" -maxdepth 1 -type f -executable -regextype posix-extended \
         -regex '.*/[A-Za-z0-9_]+-[0-9a-f]{16}' -printf '%T@ %f\n' \
         | sort -rn \
-        | awk '{ name = $2; sub(/-[0-9a-f]+$/, "", name); if (seen[name]++) print $2 }' \
+        | awk '{ name = $2; sub(/-[0-9a-f]+$/, "", name); if (seen[name]++ >= 2) print $2 }' \
         | while read -r stale; do rm -f "$DEPS/$stale"; done
 fi
 

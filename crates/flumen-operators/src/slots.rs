@@ -10,18 +10,18 @@ use std::alloc::{GlobalAlloc, Layout, System, handle_alloc_error};
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
-/// A fixed number of `T` slots.
-pub(crate) struct Slots<T: Copy> {
-    ptr: NonNull<T>,
+/// A fixed number of `u64` slots.
+pub(crate) struct Slots {
+    ptr: NonNull<u64>,
     len: usize,
 }
 
-// SAFETY: `Slots` owns its slots as a `Vec` would.
-unsafe impl<T: Copy + Send> Send for Slots<T> {}
-// SAFETY: shared access only reads, as through `&[T]`.
-unsafe impl<T: Copy + Sync> Sync for Slots<T> {}
+// SAFETY: `Slots` owns its slots as a `Vec<u64>` would.
+unsafe impl Send for Slots {}
+// SAFETY: shared access only reads, as through `&[u64]`.
+unsafe impl Sync for Slots {}
 
-impl<T: Copy> Slots<T> {
+impl Slots {
     /// No slots.
     pub(crate) fn empty() -> Self {
         Slots {
@@ -33,11 +33,9 @@ impl<T: Copy> Slots<T> {
     /// The layout of `len` slots: a table larger than the address space
     /// is a bug, not an input.
     fn layout(len: usize) -> Layout {
-        Layout::array::<T>(len).expect("a table of slots fits in memory")
+        Layout::array::<u64>(len).expect("a table of slots fits in memory")
     }
-}
 
-impl Slots<u64> {
     /// `len` slots of 0.
     pub(crate) fn zeroed(len: usize) -> Self {
         let layout = Self::layout(len);
@@ -51,23 +49,23 @@ impl Slots<u64> {
     }
 }
 
-impl<T: Copy> Deref for Slots<T> {
-    type Target = [T];
+impl Deref for Slots {
+    type Target = [u64];
 
-    fn deref(&self) -> &[T] {
+    fn deref(&self) -> &[u64] {
         // SAFETY: `len` initialised slots (or none, at a dangling pointer).
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 
-impl<T: Copy> DerefMut for Slots<T> {
-    fn deref_mut(&mut self) -> &mut [T] {
+impl DerefMut for Slots {
+    fn deref_mut(&mut self) -> &mut [u64] {
         // SAFETY: as in `deref`, borrowed mutably through `self`.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
-impl<T: Copy> Drop for Slots<T> {
+impl Drop for Slots {
     fn drop(&mut self) {
         let layout = Self::layout(self.len);
         if layout.size() > 0 {
@@ -93,7 +91,7 @@ mod tests {
             assert!(small.iter().all(|&w| w == 0));
             small.iter_mut().for_each(|w| *w = u64::MAX);
         }
-        assert!(Slots::<u64>::empty().is_empty());
-        assert!(Slots::<u64>::zeroed(0).is_empty());
+        assert!(Slots::empty().is_empty());
+        assert!(Slots::zeroed(0).is_empty());
     }
 }

@@ -18,7 +18,7 @@ const MAX_LOAD_EIGHTHS: usize = 6;
 /// an empty slot.
 pub(crate) struct WordSet {
     /// `key << FLAG_BITS | flags`, or 0; a power-of-two number of slots.
-    slots: Slots<u64>,
+    slots: Slots,
     len: usize,
     /// Mixed into every hash, so inputs cannot be chosen to collide.
     seed: u64,

@@ -162,7 +162,9 @@ impl Record for RawRecord<'_> {
         // SAFETY: a consumed message's topic handle lives as long as the
         // message, and its name is a NUL-terminated string.
         let name = unsafe { CStr::from_ptr(rdsys::rd_kafka_topic_name(self.0.rkt)) };
-        name.to_str().unwrap_or("")
+        // Kafka topic names are ASCII letters, digits, `.`, `_` and `-`
+        // (brokers refuse others), so the name is always UTF-8.
+        name.to_str().unwrap_or_default()
     }
 
     fn partition(&self) -> i32 {

@@ -196,14 +196,19 @@ fn round_positive(x: f64) -> i64 {
     (x + 0.5) as i64
 }
 
+/// `(n as f64 * 0.2).round()` in integers: `n / 5` is never a half, so
+/// rounding `2n / 10` up from .5 is exact.
+fn fifth_rounded(n: u64) -> u64 {
+    (n * 2 + 5) / 10
+}
+
 /// Length of the `extra` padding that brings an event to `average` bytes.
 fn extra_len(rng: &mut Rng, current: usize, average: usize) -> usize {
     if current >= average {
         return 0;
     }
     let desired = average - current;
-    // A fifth, rounded: `desired / 5` is never a half, so this is exact.
-    let delta = (desired as u64 * 2 + 5) / 10;
+    let delta = fifth_rounded(desired as u64);
     (desired as u64 - delta + rng.below(2 * delta + 1)) as usize
 }
 
@@ -647,7 +652,7 @@ mod tests {
     fn roundings_equal_the_float_ones() {
         for desired in 0..100_000u64 {
             assert_eq!(
-                (desired * 2 + 5) / 10,
+                fifth_rounded(desired),
                 (desired as f64 * 0.2).round() as u64,
                 "{desired}"
             );

@@ -90,6 +90,10 @@ pub(crate) const OPTIONS: &[OptionSpec] = &[
         "sink: bytes after which a new file starts (default 134217728)",
     ),
     OptionSpec::optional(
+        "parquet.compression",
+        "parquet sink: uncompressed, snappy, gzip, lz4 or zstd (default snappy)",
+    ),
+    OptionSpec::optional(
         "partition_by",
         "columns (a, b) whose values name the directories rows go to, Hive-style: path/a=1/b=x/; they are left out of the files and read back from the directory names (default none)",
     ),

@@ -5,24 +5,56 @@
 //! `regexp_match(text, pattern)[group]` gives the same value but builds a
 //! list of every group per row and then copies one out of it; this writes
 //! the one group straight into the result.
+//!
+//! `regexp_extract(…) IS NOT NULL`, the usual test of whether a text has
+//! the pattern (Nexmark q21's filter), becomes `regexp_extract_matched(text,
+//! pattern)` when the group takes part in every match: a yes-or-no search
+//! that stops at the first match instead of locating it and its groups.
 
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, ArrayRef, AsArray, StringBuilder, new_null_array};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, StringBuilder, new_null_array};
+use arrow::buffer::BooleanBuffer;
 use arrow::datatypes::DataType;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err};
+use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature, Volatility,
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility,
 };
 use regex::Regex;
+
+/// The last pattern a function compiled: batches bring the same constant
+/// pattern, so it is compiled once.
+#[derive(Debug, Default)]
+struct Compiled(Mutex<Option<(String, Regex)>>);
+
+impl Compiled {
+    /// `pattern` compiled, or the one compiled last when it is the same.
+    fn regex(&self, pattern: &str) -> Result<Regex> {
+        // A poisoned lock only means another batch panicked while holding
+        // it; the cached regex is still whole.
+        let mut compiled = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((p, regex)) = compiled.as_ref()
+            && p == pattern
+        {
+            return Ok(regex.clone());
+        }
+        let regex = Regex::new(pattern).map_err(|e| {
+            DataFusionError::Execution(format!("regexp_extract: pattern '{pattern}': {e}"))
+        })?;
+        *compiled = Some((pattern.to_string(), regex.clone()));
+        Ok(regex)
+    }
+}
 
 /// The UDF, with the last pattern it compiled.
 #[derive(Debug)]
 pub(crate) struct RegexpExtract {
     signature: Signature,
-    /// Batches bring the same constant pattern: it is compiled once.
-    compiled: Mutex<Option<(String, Regex)>>,
+    compiled: Compiled,
 }
 
 impl RegexpExtract {
@@ -36,25 +68,8 @@ impl RegexpExtract {
                 ],
                 Volatility::Immutable,
             ),
-            compiled: Mutex::new(None),
+            compiled: Compiled::default(),
         }
-    }
-
-    /// `pattern` compiled, or the one compiled last when it is the same.
-    fn regex(&self, pattern: &str) -> Result<Regex> {
-        // A poisoned lock only means another batch panicked while holding
-        // it; the cached regex is still whole.
-        let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((p, regex)) = compiled.as_ref()
-            && p == pattern
-        {
-            return Ok(regex.clone());
-        }
-        let regex = Regex::new(pattern).map_err(|e| {
-            DataFusionError::Execution(format!("regexp_extract: pattern '{pattern}': {e}"))
-        })?;
-        *compiled = Some((pattern.to_string(), regex.clone()));
-        Ok(regex)
     }
 }
 
@@ -104,7 +119,7 @@ impl ScalarUDFImpl for RegexpExtract {
             Some(ColumnarValue::Scalar(ScalarValue::Int64(None))) => return nulls(),
             Some(_) => return exec_err!("regexp_extract's group must be a constant integer"),
         };
-        let regex = self.regex(pattern)?;
+        let regex = self.compiled.regex(pattern)?;
         let groups = regex.captures_len() - 1;
         let Some(group) = usize::try_from(group).ok().filter(|g| *g <= groups) else {
             return exec_err!(
@@ -131,6 +146,115 @@ impl ScalarUDFImpl for RegexpExtract {
         }
         Ok(ColumnarValue::Array(Arc::new(out.finish()) as ArrayRef))
     }
+}
+
+/// `regexp_extract_matched(text, pattern)`: whether `pattern` matches
+/// `text`, false for a null text; what `regexp_extract(text, pattern,
+/// group) IS NOT NULL` is when the group takes part in every match.
+/// Planned only by [`match_tests`], never named in SQL.
+#[derive(Debug)]
+struct RegexpExtractMatched {
+    signature: Signature,
+    compiled: Compiled,
+}
+
+impl PartialEq for RegexpExtractMatched {
+    fn eq(&self, other: &Self) -> bool {
+        self.signature == other.signature
+    }
+}
+
+impl Eq for RegexpExtractMatched {}
+
+impl Hash for RegexpExtractMatched {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.signature.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for RegexpExtractMatched {
+    fn name(&self) -> &str {
+        "regexp_extract_matched"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let [
+            text,
+            ColumnarValue::Scalar(ScalarValue::Utf8(Some(pattern))),
+        ] = args.args.as_slice()
+        else {
+            return exec_err!("regexp_extract_matched takes a text and a constant pattern");
+        };
+        let regex = self.compiled.regex(pattern)?;
+        let text = text.to_array(rows)?;
+        let text = text.as_string_opt::<i32>().ok_or_else(|| {
+            DataFusionError::Execution("regexp_extract takes VARCHAR text".into())
+        })?;
+        let matched = BooleanBuffer::collect_bool(text.len(), |i| {
+            text.is_valid(i) && regex.is_match(text.value(i))
+        });
+        Ok(ColumnarValue::Array(Arc::new(BooleanArray::new(
+            matched, None,
+        ))))
+    }
+}
+
+/// `expr` with each `regexp_extract(text, pattern [, group]) IS NOT NULL`
+/// whose constant group takes part in every match of its constant pattern
+/// (group 0, or a pattern whose groups all always match, as q21's
+/// `(&|^)channel_id=([^&]*)`) turned into `regexp_extract_matched(text,
+/// pattern)`. A bad pattern or group is left alone, to fail as it did.
+pub(crate) fn match_tests(expr: Expr) -> Result<Expr> {
+    expr.transform_up(|e| {
+        let Expr::IsNotNull(inner) = &e else {
+            return Ok(Transformed::no(e));
+        };
+        let Expr::ScalarFunction(f) = inner.as_ref() else {
+            return Ok(Transformed::no(e));
+        };
+        if f.func.name() != "regexp_extract" {
+            return Ok(Transformed::no(e));
+        }
+        let (text, pattern, group) = match f.args.as_slice() {
+            [text, Expr::Literal(ScalarValue::Utf8(Some(p)), _)] => (text, p, 0),
+            [
+                text,
+                Expr::Literal(ScalarValue::Utf8(Some(p)), _),
+                Expr::Literal(ScalarValue::Int64(Some(g)), _),
+            ] => (text, p, *g),
+            _ => return Ok(Transformed::no(e)),
+        };
+        let Ok(regex) = Regex::new(pattern) else {
+            return Ok(Transformed::no(e));
+        };
+        let groups = regex.captures_len();
+        let always = group == 0
+            || (usize::try_from(group).is_ok_and(|g| g < groups)
+                && regex.static_captures_len() == Some(groups));
+        if !always {
+            return Ok(Transformed::no(e));
+        }
+        let matched = ScalarUDF::new_from_impl(RegexpExtractMatched {
+            signature: Signature::exact(
+                vec![DataType::Utf8, DataType::Utf8],
+                Volatility::Immutable,
+            ),
+            compiled: Compiled::default(),
+        });
+        Ok(Transformed::yes(Expr::ScalarFunction(
+            ScalarFunction::new_udf(Arc::new(matched), vec![text.clone(), f.args[1].clone()]),
+        )))
+    })
+    .data()
 }
 
 #[cfg(test)]
@@ -205,5 +329,89 @@ mod tests {
             .to_string();
         assert!(err.contains("pattern '(a'"), "{err}");
         assert!(extract(&[Some("a")], "(a)", Some(-1)).is_err());
+    }
+
+    /// The rewrite of `regexp_extract(text, pattern, group) IS NOT NULL`.
+    fn rewritten(pattern: Expr, group: Option<i64>) -> Expr {
+        let mut args = vec![datafusion::prelude::col("t"), pattern];
+        args.extend(group.map(|g| Expr::Literal(ScalarValue::Int64(Some(g)), None)));
+        let extract = Expr::ScalarFunction(ScalarFunction::new_udf(
+            Arc::new(ScalarUDF::new_from_impl(RegexpExtract::new())),
+            args,
+        ));
+        match_tests(extract.is_not_null()).unwrap()
+    }
+
+    fn is_matched(e: &Expr) -> bool {
+        matches!(e, Expr::ScalarFunction(f) if f.func.name() == "regexp_extract_matched")
+    }
+
+    fn literal(p: &str) -> Expr {
+        Expr::Literal(ScalarValue::Utf8(Some(p.into())), None)
+    }
+
+    /// Only a group that takes part in every match of a valid constant
+    /// pattern is tested by a match alone.
+    #[test]
+    fn only_tests_of_groups_in_every_match_become_matches() {
+        let q21 = "(&|^)channel_id=([^&]*)";
+        assert!(is_matched(&rewritten(literal(q21), Some(2))));
+        assert!(is_matched(&rewritten(literal(q21), Some(0))));
+        assert!(is_matched(&rewritten(literal(q21), None)));
+        assert!(is_matched(&rewritten(literal("(a)?b"), Some(0))));
+        assert!(!is_matched(&rewritten(literal("(a)?b"), Some(1))));
+        assert!(!is_matched(&rewritten(literal("(a)|(b)"), Some(2))));
+        assert!(!is_matched(&rewritten(literal(q21), Some(3))), "no group 3");
+        assert!(
+            !is_matched(&rewritten(literal("(a"), Some(1))),
+            "bad pattern"
+        );
+        let column = datafusion::prelude::col("p");
+        assert!(!is_matched(&rewritten(column, Some(1))), "not a constant");
+    }
+
+    /// The match test gives what `IS NOT NULL` of the extracted group gives,
+    /// false for a null text.
+    #[test]
+    fn a_match_test_equals_the_extracted_group_being_not_null() {
+        let texts = [
+            Some("https://x/item?query=1&channel_id=42&y=7"),
+            Some("channel_id=9&channel_id=10"),
+            Some("https://x/item?query=1"),
+            None,
+            Some("&channel_id="),
+            Some("https://x/item?query=1&xchannel_id=3"),
+        ];
+        let check = |pattern: &str, group: i64, expected: Vec<bool>| {
+            let args = ScalarFunctionArgs {
+                args: vec![
+                    ColumnarValue::Array(Arc::new(StringArray::from(texts.to_vec()))),
+                    ColumnarValue::Scalar(ScalarValue::Utf8(Some(pattern.into()))),
+                ],
+                arg_fields: vec![],
+                number_rows: texts.len(),
+                return_field: Arc::new(Field::new("r", DataType::Boolean, true)),
+                config_options: Arc::new(ConfigOptions::default()),
+            };
+            let Expr::ScalarFunction(f) = rewritten(literal(pattern), Some(group)) else {
+                panic!("a function")
+            };
+            let ColumnarValue::Array(got) = f.func.invoke_with_args(args).unwrap() else {
+                panic!("an array")
+            };
+            let extracted = extract(&texts, pattern, Some(group)).unwrap();
+            let want: BooleanArray = (0..texts.len())
+                .map(|i| Some(extracted.is_valid(i)))
+                .collect();
+            assert_eq!(got.as_boolean(), &want, "{pattern}");
+            assert_eq!(want, BooleanArray::from(expected), "{pattern}");
+        };
+        check(
+            "(&|^)channel_id=([^&]*)",
+            2,
+            vec![true, true, false, false, true, false],
+        );
+        // Matches every text, even an empty one: a null text is still false.
+        check("(x?)", 1, vec![true, true, true, false, true, true]);
     }
 }

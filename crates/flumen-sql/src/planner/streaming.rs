@@ -60,12 +60,14 @@ impl Stream {
 
 impl Planner {
     /// The physical expression of `expr` over `schema`, with fixed-length
-    /// timestamp arithmetic done on integers (`time_shift`).
+    /// timestamp arithmetic done on integers (`time_shift`) and regular
+    /// expressions only tested where only a match matters (`regexp_extract`).
     fn physical(
         &self,
         expr: Expr,
         schema: &DFSchema,
     ) -> datafusion::common::Result<Arc<dyn PhysicalExpr>> {
+        let expr = crate::regexp_extract::match_tests(expr)?;
         let physical = self.ctx.state().create_physical_expr(expr, schema)?;
         crate::time_shift::fast_time_arithmetic(physical, schema.as_arrow())
     }

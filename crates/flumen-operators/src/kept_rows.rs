@@ -4,13 +4,23 @@
 //! out is marked dead; once dead rows pass a quarter of the live ones, the
 //! emptiest slots are copied together, a few at a time, so memory stays near
 //! the live rows' own size without ever copying every kept row at once.
+//! String columns are kept as ids into a dictionary of their distinct
+//! values while those stay few (`string_dictionary`).
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions};
-use arrow::compute::interleave;
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
+use arrow::compute::{interleave, take};
+use arrow::datatypes::{DataType, SchemaRef, UInt32Type};
 use flumen_types::{DEFAULT_BATCH_SIZE, Result};
+
+use crate::string_dictionary::StringDictionary;
+
+/// The most bytes of distinct strings a column's dictionary holds. A column
+/// with more (mostly distinct values, such as random padding) is kept as
+/// plain strings from then on; below it, rebuilding the dictionary's array
+/// when a batch brings new strings stays cheap.
+const DICTIONARY_LIMIT: usize = 4 << 20;
 
 /// Where a kept row is: its slot and its index in the slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +107,9 @@ pub(crate) struct Compaction {
 
 /// One batch of kept rows.
 struct Slot {
-    batch: RecordBatch,
+    /// The kept columns; a column with a dictionary holds its ids.
+    columns: Vec<ArrayRef>,
+    rows: usize,
     keys: Keys,
     /// A bit per row: still kept.
     live: Vec<u64>,
@@ -117,6 +129,8 @@ impl Slot {
 pub(crate) struct KeptRows {
     /// The kept columns.
     schema: SchemaRef,
+    /// Per kept column: the dictionary its strings are kept in, if any.
+    dictionaries: Vec<Option<StringDictionary>>,
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
     /// Rows held by all slots, live or dead.
@@ -130,8 +144,14 @@ pub(crate) struct KeptRows {
 impl KeptRows {
     /// An empty store of rows with `schema`.
     pub(crate) fn new(schema: SchemaRef) -> Self {
+        let dictionaries = schema
+            .fields()
+            .iter()
+            .map(|f| (f.data_type() == &DataType::Utf8).then(StringDictionary::new))
+            .collect();
         KeptRows {
             schema,
+            dictionaries,
             slots: Vec::new(),
             free: Vec::new(),
             rows: 0,
@@ -141,21 +161,78 @@ impl KeptRows {
         }
     }
 
-    /// Stores `batch` (every row live) with its rows' keys; returns its slot.
-    pub(crate) fn add(&mut self, batch: RecordBatch, keys: Keys) -> u32 {
-        let n = batch.num_rows();
+    /// Stores rows `rows` of the kept `columns` (every row live), with
+    /// their keys; returns their slot. Strings kept in a dictionary are
+    /// looked up where they are, not copied first.
+    pub(crate) fn add(
+        &mut self,
+        columns: &[ArrayRef],
+        rows: &UInt32Array,
+        keys: Keys,
+    ) -> Result<u32> {
+        let mut kept = Vec::with_capacity(columns.len());
+        for (c, column) in columns.iter().enumerate() {
+            let ids = match &mut self.dictionaries[c] {
+                Some(dictionary) => {
+                    dictionary.intern(column.as_string::<i32>(), rows, DICTIONARY_LIMIT)
+                }
+                None => None,
+            };
+            kept.push(match ids {
+                Some(ids) => Arc::new(ids) as ArrayRef,
+                None => {
+                    self.keep_plainly(c)?;
+                    take(column, rows, None)?
+                }
+            });
+        }
+        let arrow_bytes = kept
+            .iter()
+            .enumerate()
+            .map(|(c, array)| self.stored_arrow_bytes(c, array, None))
+            .sum();
+        Ok(self.insert(kept, rows.len(), keys, arrow_bytes))
+    }
+
+    /// Turns column `c` of every slot from dictionary ids back into
+    /// strings, and keeps it so from now on.
+    fn keep_plainly(&mut self, c: usize) -> Result<()> {
+        let Some(dictionary) = self.dictionaries[c].take() else {
+            return Ok(());
+        };
+        for slot in self.slots.iter_mut().flatten() {
+            let strings = take(
+                dictionary.values(),
+                slot.columns[c].as_primitive::<UInt32Type>(),
+                None,
+            )?;
+            let grown = strings.get_array_memory_size() - slot.columns[c].get_array_memory_size();
+            slot.columns[c] = strings;
+            slot.bytes += grown;
+            self.bytes += grown;
+        }
+        Ok(())
+    }
+
+    /// Stores a slot of `columns` as kept (every row live).
+    fn insert(&mut self, columns: Vec<ArrayRef>, n: usize, keys: Keys, arrow_bytes: usize) -> u32 {
         let mut live = vec![u64::MAX; n.div_ceil(64)];
         if !n.is_multiple_of(64) {
             live[n / 64] = (1 << (n % 64)) - 1;
         }
-        let bytes = batch.get_array_memory_size() + keys.bytes() + live.capacity() * 8;
-        let arrow_bytes = batch.columns().iter().map(|c| arrow_bytes(c, None)).sum();
+        let bytes = columns
+            .iter()
+            .map(|c| c.get_array_memory_size())
+            .sum::<usize>()
+            + keys.bytes()
+            + live.capacity() * 8;
         self.rows += n;
         self.live += n;
         self.live_arrow_bytes += arrow_bytes;
         self.bytes += bytes;
         let slot = Slot {
-            batch,
+            columns,
+            rows: n,
             keys,
             live,
             live_rows: n,
@@ -190,22 +267,43 @@ impl KeptRows {
         self.slot(r.slot).keys.partition(r.row as usize)
     }
 
+    /// The Arrow size of row `row` (`Some`) or all rows of kept column `c`
+    /// as stored in `array`: as plain strings where it holds ids.
+    fn stored_arrow_bytes(&self, c: usize, array: &ArrayRef, row: Option<usize>) -> usize {
+        let Some(dictionary) = &self.dictionaries[c] else {
+            return arrow_bytes(array, row);
+        };
+        let ids = array.as_primitive::<UInt32Type>();
+        let len = |i: usize| {
+            if ids.is_null(i) {
+                0
+            } else {
+                dictionary.string_len(ids.value(i))
+            }
+        };
+        match row {
+            Some(i) => 4 + len(i),
+            None => (0..ids.len()).map(|i| 4 + len(i)).sum(),
+        }
+    }
+
     /// Marks a row dead; frees its slot when it was the slot's last.
     pub(crate) fn release(&mut self, r: RowRef) {
+        let row = r.row as usize;
+        let row_bytes: usize = self
+            .slot(r.slot)
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(c, array)| self.stored_arrow_bytes(c, array, Some(row)))
+            .sum();
         let slot = self.slots[r.slot as usize]
             .as_mut()
             .expect("a kept row's slot is live");
-        let row = r.row as usize;
         debug_assert!(slot.is_live(row), "a row is released once");
         slot.live[row / 64] &= !(1 << (row % 64));
         slot.live_rows -= 1;
         self.live -= 1;
-        let row_bytes: usize = slot
-            .batch
-            .columns()
-            .iter()
-            .map(|c| arrow_bytes(c, Some(row)))
-            .sum();
         slot.live_arrow_bytes -= row_bytes;
         self.live_arrow_bytes -= row_bytes;
         if slot.live_rows == 0 {
@@ -215,7 +313,7 @@ impl KeptRows {
 
     fn free_slot(&mut self, slot: u32) {
         if let Some(s) = self.slots[slot as usize].take() {
-            self.rows -= s.batch.num_rows();
+            self.rows -= s.rows;
             self.live -= s.live_rows;
             self.live_arrow_bytes -= s.live_arrow_bytes;
             self.bytes -= s.bytes;
@@ -240,13 +338,35 @@ impl KeptRows {
         self.rows
     }
 
-    /// Bytes of every slot: values, keys and live bits.
+    /// Bytes of every slot (values, keys and live bits) and dictionary.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
+            + self
+                .dictionaries
+                .iter()
+                .flatten()
+                .map(StringDictionary::bytes)
+                .sum::<usize>()
     }
 
     /// The kept columns of `rows`, in that order.
     pub(crate) fn gather(&self, rows: &[RowRef]) -> Result<Vec<ArrayRef>> {
+        let mut columns = self.gather_stored(rows)?;
+        for (column, dictionary) in columns.iter_mut().zip(&self.dictionaries) {
+            if let Some(dictionary) = dictionary {
+                *column = take(
+                    dictionary.values(),
+                    column.as_primitive::<UInt32Type>(),
+                    None,
+                )?;
+            }
+        }
+        Ok(columns)
+    }
+
+    /// The kept columns of `rows` as stored: ids where a column has a
+    /// dictionary.
+    fn gather_stored(&self, rows: &[RowRef]) -> Result<Vec<ArrayRef>> {
         let mut used: Vec<u32> = Vec::new();
         let mut picks: Vec<(usize, usize)> = Vec::with_capacity(rows.len());
         for r in rows {
@@ -264,7 +384,7 @@ impl KeptRows {
             .map(|c| {
                 let arrays: Vec<&dyn Array> = used
                     .iter()
-                    .map(|&s| self.slot(s).batch.column(c).as_ref())
+                    .map(|&s| self.slot(s).columns[c].as_ref())
                     .collect();
                 Ok(interleave(&arrays, &picks)?)
             })
@@ -286,7 +406,7 @@ impl KeptRows {
             .enumerate()
             .filter_map(|(i, s)| {
                 let s = s.as_ref()?;
-                let n = s.batch.num_rows();
+                let n = s.rows;
                 (s.live_rows < n).then(|| (s.live_rows as f64 / n as f64, i as u32))
             })
             .collect();
@@ -298,43 +418,38 @@ impl KeptRows {
                 break;
             }
             let s = self.slot(slot);
-            to_remove = to_remove.saturating_sub(s.batch.num_rows() - s.live_rows);
+            to_remove = to_remove.saturating_sub(s.rows - s.live_rows);
             retired.push(slot);
         }
         let mut from: Vec<RowRef> = Vec::new();
         for &slot in &retired {
             let s = self.slot(slot);
-            from.extend(
-                (0..s.batch.num_rows())
-                    .filter(|&r| s.is_live(r))
-                    .map(|r| RowRef {
-                        slot,
-                        row: r as u32,
-                    }),
-            );
+            from.extend((0..s.rows).filter(|&r| s.is_live(r)).map(|r| RowRef {
+                slot,
+                row: r as u32,
+            }));
         }
         let mut fresh = Vec::new();
         for chunk in from.chunks(DEFAULT_BATCH_SIZE) {
-            let columns = self.gather(chunk)?;
-            let batch = RecordBatch::try_new_with_options(
-                self.schema.clone(),
-                columns,
-                &RecordBatchOptions::new().with_row_count(Some(chunk.len())),
-            )?;
+            let columns = self.gather_stored(chunk)?;
+            let arrow_bytes = columns
+                .iter()
+                .enumerate()
+                .map(|(c, array)| self.stored_arrow_bytes(c, array, None))
+                .sum::<usize>();
             let keys = Keys::from_pairs(
                 chunk
                     .iter()
                     .map(|&r| (self.partition_key(r), self.order_key(r))),
             );
-            fresh.push((batch, keys));
+            fresh.push((columns, chunk.len(), keys, arrow_bytes));
         }
         // Fresh slots are added while the retired ones still hold their
         // rows, so none reuses a retired slot's number.
         let mut moves = Vec::with_capacity(from.len());
         let mut from = from.into_iter();
-        for (batch, keys) in fresh {
-            let n = batch.num_rows();
-            let slot = self.add(batch, keys);
+        for (columns, n, keys, arrow_bytes) in fresh {
+            let slot = self.insert(columns, n, keys, arrow_bytes);
             for (row, old) in (0..n).zip(from.by_ref()) {
                 moves.push((
                     old,
@@ -386,7 +501,7 @@ pub(crate) fn kept_schema(output: &SchemaRef, width: usize) -> SchemaRef {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Int64Array, StringArray};
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{Field, Schema};
 
     #[test]
@@ -411,7 +526,8 @@ mod tests {
             .unwrap();
             let owners: Vec<[u8; 4]> = rows.iter().map(|&i| (i as u32).to_be_bytes()).collect();
             let keys = Keys::from_pairs(owners.iter().map(|o| (&o[..], &b"k"[..])));
-            slots.push(kept.add(batch, keys));
+            let every = UInt32Array::from_iter_values(0..8192);
+            slots.push(kept.add(batch.columns(), &every, keys).unwrap());
         }
         let expected = |live: &[usize]| live.iter().map(|&i| 8 + 4 + i % 7).sum::<usize>();
         let mut live: Vec<usize> = (0..3 * 8192).collect();
@@ -446,6 +562,56 @@ mod tests {
             assert_eq!(values[1].as_string::<i32>().value(i), text(row));
             assert_eq!(kept.partition_key(*to), (row as u32).to_be_bytes());
             assert_eq!(kept.order_key(*to), b"k");
+        }
+    }
+
+    /// Few distinct strings are kept once each; a column whose distinct
+    /// strings pass the dictionary's limit turns back into plain strings,
+    /// in the slots already kept too, and every row reads back as added.
+    #[test]
+    fn string_columns_stay_in_a_dictionary_while_their_distinct_values_are_few() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("few", DataType::Utf8, true),
+            Field::new("many", DataType::Utf8, false),
+        ]));
+        let few = |i: usize| (i % 5 != 4).then(|| format!("channel-{}", i % 5));
+        let many = |i: usize| format!("{i:0200}");
+        let mut kept = KeptRows::new(schema.clone());
+        let mut slots = Vec::new();
+        // 200-byte distinct strings pass the 4 MiB limit in the third slot.
+        for s in 0..4 {
+            let rows: Vec<usize> = (s * 8192..(s + 1) * 8192).collect();
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from_iter(rows.iter().map(|&i| few(i)))),
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|&i| many(i)))),
+                ],
+            )
+            .unwrap();
+            let owners: Vec<[u8; 4]> = rows.iter().map(|&i| (i as u32).to_be_bytes()).collect();
+            let keys = Keys::from_pairs(owners.iter().map(|o| (&o[..], &b"k"[..])));
+            let every = UInt32Array::from_iter_values(0..8192);
+            slots.push(kept.add(batch.columns(), &every, keys).unwrap());
+        }
+        assert!(kept.dictionaries[0].is_some(), "five strings stay in one");
+        assert!(kept.dictionaries[1].is_none(), "distinct strings do not");
+        let expected: usize = (0..4 * 8192)
+            .map(|i| 8 + few(i).map_or(0, |f| f.len()) + 200)
+            .sum();
+        assert_eq!(kept.live_arrow_bytes(), expected);
+        let rows: Vec<RowRef> = (0..4 * 8192)
+            .rev()
+            .map(|i| RowRef {
+                slot: slots[i / 8192],
+                row: (i % 8192) as u32,
+            })
+            .collect();
+        let values = kept.gather(&rows).unwrap();
+        for (n, i) in (0..4 * 8192).rev().enumerate() {
+            let got = values[0].as_string::<i32>();
+            assert_eq!(got.is_valid(n).then(|| got.value(n).to_string()), few(i));
+            assert_eq!(values[1].as_string::<i32>().value(n), many(i));
         }
     }
 }

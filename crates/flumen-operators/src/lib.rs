@@ -19,6 +19,7 @@ mod retract_top_n;
 mod session_aggregate;
 mod shared_distinct;
 mod slots;
+mod string_dictionary;
 mod top_n;
 mod union;
 mod unnest;

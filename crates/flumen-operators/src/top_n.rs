@@ -15,10 +15,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, AsArray, BinaryArray, Int8Array, Int64Array, RecordBatch, RecordBatchOptions,
-    UInt32Array, UInt64Array,
+    ArrayRef, AsArray, BinaryArray, Int8Array, Int64Array, RecordBatch, UInt32Array, UInt64Array,
 };
-use arrow::compute::{SortOptions, cast, take};
+use arrow::compute::{SortOptions, cast};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::HashMap;
@@ -168,7 +167,6 @@ impl OperatorFactory for TopNFactory {
 impl TopNFactory {
     /// A TopN over an append-only input.
     fn top_n(&self, ctx: &TaskContext, partition: RowConverter, order: RowConverter) -> TopN {
-        let kept_schema = kept_schema(&self.output, self.width);
         TopN {
             width: self.width,
             partition_columns: self.partition_columns.clone(),
@@ -180,8 +178,7 @@ impl TopNFactory {
             window: self.window,
             state_ttl_ns: self.state_ttl_ns,
             output: self.output.clone(),
-            kept: KeptRows::new(kept_schema.clone()),
-            kept_schema,
+            kept: KeptRows::new(kept_schema(&self.output, self.width)),
             partition_converter: partition,
             order_converter: order,
             partitions: OpenTable::new(),
@@ -482,7 +479,6 @@ pub struct TopN {
     window: Option<TopNWindow>,
     state_ttl_ns: Option<i64>,
     output: SchemaRef,
-    kept_schema: SchemaRef,
     partition_converter: RowConverter,
     order_converter: RowConverter,
     kept: KeptRows,
@@ -866,14 +862,9 @@ impl Operator for TopN {
                 )
             }));
             let indices = UInt32Array::from(take_rows);
-            let columns: Vec<ArrayRef> = batch.columns()[..self.width]
-                .iter()
-                .map(|c| take(c, &indices, None))
-                .collect::<std::result::Result<_, _>>()?;
-            let options = RecordBatchOptions::new().with_row_count(Some(indices.len()));
-            let values =
-                RecordBatch::try_new_with_options(self.kept_schema.clone(), columns, &options)?;
-            let slot = self.kept.add(values, packed);
+            let slot = self
+                .kept
+                .add(&batch.columns()[..self.width], &indices, packed)?;
             let mut next = 0;
             for &(b, _, _) in &touched {
                 for e in bucket(&mut self.partitions, b).entries.iter_mut() {
@@ -965,17 +956,11 @@ impl Operator for TopN {
         let mut slot_starts: HashMap<u32, usize> = HashMap::new();
         for start in (0..n).step_by(DEFAULT_BATCH_SIZE) {
             let len = DEFAULT_BATCH_SIZE.min(n - start);
-            let columns = rows.columns()[..w]
-                .iter()
-                .map(|c| c.slice(start, len))
-                .collect();
-            let options = RecordBatchOptions::new().with_row_count(Some(len));
-            let values =
-                RecordBatch::try_new_with_options(self.kept_schema.clone(), columns, &options)?;
             let keys = Keys::from_pairs(
                 (start..start + len).map(|r| (partition.value(r), order.value(r))),
             );
-            let slot = self.kept.add(values, keys);
+            let indices = UInt32Array::from_iter_values(start as u32..(start + len) as u32);
+            let slot = self.kept.add(&rows.columns()[..w], &indices, keys)?;
             slot_starts.insert(slot, start);
             for row in start..start + len {
                 let at = RowRef {

@@ -23,11 +23,14 @@ use crate::script::{self, MetadataClause, WatermarkClause};
 mod aggregate;
 mod lookup;
 mod panes;
+mod split_distinct;
 mod streaming;
 mod top_n;
 
 /// Flink's setting for two-phase (local-global) aggregation.
 const AGG_PHASE_STRATEGY: &str = "table.optimizer.agg-phase-strategy";
+const SPLIT_DISTINCT: &str = "table.optimizer.distinct-agg.split.enabled";
+const SPLIT_BUCKETS: &str = "table.optimizer.distinct-agg.split.bucket-num";
 
 /// How scripts are planned.
 #[derive(Debug, Clone)]
@@ -94,6 +97,11 @@ pub struct Planner {
     /// `SET 'table.optimizer.agg-phase-strategy' = 'TWO_PHASE'`: window
     /// aggregates pre-aggregate each batch before their exchange.
     two_phase: bool,
+    /// `SET 'table.optimizer.distinct-agg.split.enabled' = 'true'`: the
+    /// bucket count a non-windowed DISTINCT aggregate is split by
+    /// (`table.optimizer.distinct-agg.split.bucket-num`, 1024 as in Flink).
+    split_distinct: Option<u32>,
+    split_buckets: u32,
     /// How many session aggregates are being planned around their input:
     /// session rows are refused outside one.
     session_rows_wanted: std::sync::atomic::AtomicUsize,
@@ -104,7 +112,8 @@ pub struct Planner {
 }
 
 /// A DataFusion session configured as flumen plans: spans kept for error
-/// positions, VARCHAR as Arrow `Utf8`, and flumen's UDFs registered. Tests use
+/// positions, VARCHAR as Arrow `Utf8`, DISTINCT aggregates left whole, and
+/// flumen's UDFs registered. Tests use
 /// the same session for their batch oracle.
 pub fn session() -> SessionContext {
     let mut config = SessionConfig::new();
@@ -112,6 +121,11 @@ pub fn session() -> SessionContext {
     opts.sql_parser.collect_spans = true;
     opts.sql_parser.map_string_types_to_utf8view = false;
     let ctx = SessionContext::new_with_config(config);
+    // DataFusion rewrites `count(DISTINCT x), max(y) … GROUP BY k` as an
+    // aggregate by (k, x) under one by k: for a stream, an aggregate over
+    // an updating input, where MAX cannot take a row back. flumen's
+    // aggregates count distinct values themselves.
+    ctx.remove_optimizer_rule("single_distinct_aggregation_to_group_by");
     for udf in crate::udf::udfs() {
         ctx.register_udf(udf);
     }
@@ -135,6 +149,8 @@ impl Planner {
             queries: Vec::new(),
             state_ttl_ns,
             two_phase: false,
+            split_distinct: None,
+            split_buckets: 1024,
             session_rows_wanted: std::sync::atomic::AtomicUsize::new(0),
             pane_unnests: std::sync::Mutex::new(Vec::new()),
         }
@@ -369,9 +385,32 @@ impl Planner {
                             }
                         };
                     }
+                    SPLIT_DISTINCT => {
+                        let on = match value.to_lowercase().as_str() {
+                            "true" => true,
+                            "false" => false,
+                            _ => {
+                                return Err(pos.error(format!(
+                                    "{SPLIT_DISTINCT} must be 'true' or 'false', not '{value}'"
+                                )));
+                            }
+                        };
+                        self.split_distinct = on.then_some(self.split_buckets);
+                    }
+                    SPLIT_BUCKETS => {
+                        let Some(n) = value.parse::<u32>().ok().filter(|n| *n > 0) else {
+                            return Err(pos.error(format!(
+                                "{SPLIT_BUCKETS} must be a positive integer, not '{value}'"
+                            )));
+                        };
+                        self.split_buckets = n;
+                        if self.split_distinct.is_some() {
+                            self.split_distinct = Some(n);
+                        }
+                    }
                     _ => {
                         return Err(pos.error(format!(
-                            "unknown setting '{name}'; valid settings: state_ttl, {AGG_PHASE_STRATEGY}"
+                            "unknown setting '{name}'; valid settings: state_ttl, {AGG_PHASE_STRATEGY}, {SPLIT_DISTINCT}, {SPLIT_BUCKETS}"
                         )));
                     }
                 }

@@ -45,6 +45,10 @@ const QUERIES: &[(&str, &str)] = &[
         "skew_channel_running",
         include_str!("../../../benchmarks/skew_channel_running.sql"),
     ),
+    (
+        "skew_channel_distinct",
+        include_str!("../../../benchmarks/skew_channel_distinct.sql"),
+    ),
 ];
 
 /// Blackholes for every column of each kind of event.
@@ -94,7 +98,9 @@ pub(crate) struct BenchArgs {
     suite: Suite,
     /// Query to run: q0–q5, q7–q22, `skew_channel` (bids per hot channel
     /// and window, `benchmarks/skew_channel.sql`), `skew_channel_running`
-    /// (the same without a window: an updating result), or `generator`
+    /// (the same without a window: an updating result),
+    /// `skew_channel_distinct` (distinct bidders per channel, for
+    /// split-distinct aggregation), or `generator`
     /// (the source alone).
     /// q10 writes its files under the system's temporary directory,
     /// removed after each run.

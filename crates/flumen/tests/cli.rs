@@ -412,6 +412,68 @@ fn two_phase_plans_non_windowed_aggregates_over_updating_inputs() {
     assert!(plan.contains("additions and retractions apart"), "{plan}");
 }
 
+/// Flink's split-distinct setting plans a non-windowed COUNT(DISTINCT) as
+/// an aggregate by key and bucket of the distinct value, then one summing
+/// the buckets per key; windowed aggregates, aggregates that cannot be
+/// summed and plans without the setting stay one aggregate.
+#[test]
+fn split_distinct_is_set_by_flinks_setting_for_non_windowed_aggregates() {
+    let work = tempfile::tempdir().unwrap();
+    let explain = |set: &str, select: &str| {
+        let sql = format!(
+            "{set}
+             CREATE TABLE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR,
+                 date_time TIMESTAMP(3), WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
+               WITH (connector = 'nexmark', kind = 'bid', events = '1000');
+             CREATE TABLE out (channel VARCHAR, n BIGINT, m BIGINT) WITH (connector = 'blackhole');
+             INSERT INTO out {select};"
+        );
+        std::fs::write(work.path().join("job.sql"), sql).unwrap();
+        flumen(&["explain", "job.sql", "-p", "2"], work.path())
+    };
+    let text = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let on = "SET 'table.optimizer.distinct-agg.split.enabled' = 'true';
+              SET 'table.optimizer.distinct-agg.split.bucket-num' = '64';";
+    let running = "SELECT channel, count(DISTINCT bidder), count(*) FROM bid GROUP BY channel";
+    let split = text(explain(on, running));
+    assert!(split.contains("flumen_bucket(bidder@0, 64)"), "{split}");
+    assert!(
+        split.contains("[sum(count(DISTINCT bid.bidder)), sum(count(Int64(1)))], retracting"),
+        "{split}"
+    );
+    assert_eq!(split.matches("<- hash").count(), 2, "{split}");
+    let windowed = "SELECT channel, count(DISTINCT bidder), count(*)
+        FROM tumble(bid, descriptor(date_time), INTERVAL '10' SECOND)
+        GROUP BY channel, window_start, window_end";
+    for plan in [
+        text(explain("", running)),
+        text(explain(on, windowed)),
+        text(explain(
+            on,
+            "SELECT channel, count(DISTINCT bidder), max(price) FROM bid GROUP BY channel",
+        )),
+    ] {
+        assert!(!plan.contains("flumen_bucket"), "{plan}");
+        assert_eq!(plan.matches("<- hash").count(), 1, "{plan}");
+    }
+    let wrong = explain(
+        "SET 'table.optimizer.distinct-agg.split.bucket-num' = '0';",
+        running,
+    );
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        stderr.contains("bucket-num must be a positive integer, not '0'"),
+        "{stderr}"
+    );
+}
+
 /// `--rate-limit` runs the generator in real time and measures latency from
 /// when each row was due, not from when its batch left the source: with a
 /// 40 ms linger the first rows of every batch waited about 40 ms for the

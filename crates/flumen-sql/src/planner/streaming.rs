@@ -194,6 +194,17 @@ impl Planner {
                     .group_expr
                     .iter()
                     .any(|g| session_column(g, &a.input).is_some());
+                let windowed = a.group_expr.iter().any(|g| {
+                    window_of(g, &a.input).is_some() || window_call(g, &a.input).is_some()
+                });
+                if let Some(buckets) = self.split_distinct
+                    && !sessions
+                    && !windowed
+                    && let Some(split) =
+                        super::split_distinct::split(a, buckets).map_err(|e| pos.datafusion(e))?
+                {
+                    return Box::pin(self.plan_stream(&split, graph, pos)).await;
+                }
                 if sessions {
                     self.session_rows_wanted.fetch_add(1, Ordering::Relaxed);
                 }

@@ -27,9 +27,22 @@ use datafusion::logical_expr::{
 use regex::Regex;
 
 /// The last pattern a function compiled: batches bring the same constant
-/// pattern, so it is compiled once.
+/// pattern, so it is compiled once. A cache, not part of the function's
+/// identity: every two compare equal.
 #[derive(Debug, Default)]
 struct Compiled(Mutex<Option<(String, Regex)>>);
+
+impl PartialEq for Compiled {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Compiled {}
+
+impl Hash for Compiled {
+    fn hash<H: Hasher>(&self, _state: &mut H) {}
+}
 
 impl Compiled {
     /// `pattern` compiled, or the one compiled last when it is the same.
@@ -51,7 +64,7 @@ impl Compiled {
 }
 
 /// The UDF, with the last pattern it compiled.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct RegexpExtract {
     signature: Signature,
     compiled: Compiled,
@@ -70,20 +83,6 @@ impl RegexpExtract {
             ),
             compiled: Compiled::default(),
         }
-    }
-}
-
-impl PartialEq for RegexpExtract {
-    fn eq(&self, other: &Self) -> bool {
-        self.signature == other.signature
-    }
-}
-
-impl Eq for RegexpExtract {}
-
-impl Hash for RegexpExtract {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.signature.hash(state);
     }
 }
 
@@ -152,24 +151,10 @@ impl ScalarUDFImpl for RegexpExtract {
 /// `text`, false for a null text; what `regexp_extract(text, pattern,
 /// group) IS NOT NULL` is when the group takes part in every match.
 /// Planned only by [`match_tests`], never named in SQL.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq, Hash)]
 struct RegexpExtractMatched {
     signature: Signature,
     compiled: Compiled,
-}
-
-impl PartialEq for RegexpExtractMatched {
-    fn eq(&self, other: &Self) -> bool {
-        self.signature == other.signature
-    }
-}
-
-impl Eq for RegexpExtractMatched {}
-
-impl Hash for RegexpExtractMatched {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.signature.hash(state);
-    }
 }
 
 impl ScalarUDFImpl for RegexpExtractMatched {

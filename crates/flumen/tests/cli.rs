@@ -325,6 +325,16 @@ fn sliding_windows_share_panes_where_nothing_reads_the_window() {
     }
 }
 
+/// The stdout of a run that must have succeeded.
+fn succeeded(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[test]
 fn two_phase_aggregation_is_set_by_flinks_setting_and_skips_distinct() {
     let work = tempfile::tempdir().unwrap();
@@ -343,16 +353,8 @@ fn two_phase_aggregation_is_set_by_flinks_setting_and_skips_distinct() {
         std::fs::write(work.path().join("job.sql"), sql).unwrap();
         flumen(&["explain", "job.sql", "-p", "2"], work.path())
     };
-    let text = |out: std::process::Output| {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
     let set = "SET 'table.optimizer.agg-phase-strategy' = 'TWO_PHASE';";
-    let two = text(explain(set, "count(*)"));
+    let two = succeeded(explain(set, "count(*)"));
     assert!(
         two.contains("LocalAggregate: partial states per batch"),
         "{two}"
@@ -364,12 +366,12 @@ fn two_phase_aggregation_is_set_by_flinks_setting_and_skips_distinct() {
     let hash = two.find("<- hash").unwrap();
     assert!(local < hash, "{two}");
     for plan in [
-        text(explain("", "count(*)")),
-        text(explain(
+        succeeded(explain("", "count(*)")),
+        succeeded(explain(
             "SET 'table.optimizer.agg-phase-strategy' = 'ONE_PHASE';",
             "count(*)",
         )),
-        text(explain(set, "count(DISTINCT auction) + count(*)")),
+        succeeded(explain(set, "count(DISTINCT auction) + count(*)")),
     ] {
         assert!(!plan.contains("LocalAggregate"), "{plan}");
         assert!(!plan.contains("merging partial states"), "{plan}");
@@ -431,18 +433,10 @@ fn split_distinct_is_set_by_flinks_setting_for_non_windowed_aggregates() {
         std::fs::write(work.path().join("job.sql"), sql).unwrap();
         flumen(&["explain", "job.sql", "-p", "2"], work.path())
     };
-    let text = |out: std::process::Output| {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
     let on = "SET 'table.optimizer.distinct-agg.split.enabled' = 'true';
               SET 'table.optimizer.distinct-agg.split.bucket-num' = '64';";
     let running = "SELECT channel, count(DISTINCT bidder), count(*) FROM bid GROUP BY channel";
-    let split = text(explain(on, running));
+    let split = succeeded(explain(on, running));
     assert!(split.contains("flumen_bucket(bidder@0, 64)"), "{split}");
     assert!(
         split.contains("[sum(count(DISTINCT bid.bidder)), sum(count(Int64(1)))], retracting"),
@@ -453,9 +447,9 @@ fn split_distinct_is_set_by_flinks_setting_for_non_windowed_aggregates() {
         FROM tumble(bid, descriptor(date_time), INTERVAL '10' SECOND)
         GROUP BY channel, window_start, window_end";
     for plan in [
-        text(explain("", running)),
-        text(explain(on, windowed)),
-        text(explain(
+        succeeded(explain("", running)),
+        succeeded(explain(on, windowed)),
+        succeeded(explain(
             on,
             "SELECT channel, count(DISTINCT bidder), max(price) FROM bid GROUP BY channel",
         )),

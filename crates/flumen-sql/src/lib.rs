@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+mod case_lookup;
 mod catalog;
 mod errors;
 mod planner;

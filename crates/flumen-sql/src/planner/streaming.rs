@@ -60,8 +60,9 @@ impl Stream {
 
 impl Planner {
     /// The physical expression of `expr` over `schema`, with fixed-length
-    /// timestamp arithmetic done on integers (`time_shift`) and regular
-    /// expressions only tested where only a match matters (`regexp_extract`).
+    /// timestamp arithmetic done on integers (`time_shift`), regular
+    /// expressions only tested where only a match matters (`regexp_extract`)
+    /// and CASEs of constant comparisons in one pass (`case_lookup`).
     fn physical(
         &self,
         expr: Expr,
@@ -69,7 +70,8 @@ impl Planner {
     ) -> datafusion::common::Result<Arc<dyn PhysicalExpr>> {
         let expr = crate::regexp_extract::match_tests(expr)?;
         let physical = self.ctx.state().create_physical_expr(expr, schema)?;
-        crate::time_shift::fast_time_arithmetic(physical, schema.as_arrow())
+        let physical = crate::time_shift::fast_time_arithmetic(physical, schema.as_arrow())?;
+        crate::case_lookup::one_pass_cases(physical, schema.as_arrow())
     }
 
     pub(super) fn add(

@@ -160,3 +160,50 @@ async fn a_parquet_codec_that_is_unknown_or_given_to_another_format_is_an_error(
         "{err}"
     );
 }
+
+/// Whether the data pages of column `c` of the Parquet file at `path` hold
+/// plain values (a column whose dictionary filled up falls back to them).
+fn plain_data_pages(path: &std::path::Path, c: usize) -> bool {
+    let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    let meta = reader.metadata();
+    meta.row_groups().iter().any(|g| {
+        g.column(c)
+            .page_encoding_stats_mask()
+            .expect("data page encodings")
+            .is_set(parquet::basic::Encoding::PLAIN)
+    })
+}
+
+/// A column of few values keeps its dictionary; one of 100,000 distinct
+/// BIGINTs falls back to plain values once its dictionary passes the cap,
+/// within the row group, instead of hashing every value into it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_dictionaries_stop_at_their_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: String = (0..100_000)
+        .map(|i| format!("{{\"id\": {}, \"name\": \"name-{}\"}}\n", i * 7919, i % 7))
+        .collect();
+    std::fs::write(dir.path().join("in.json"), lines).unwrap();
+    let out = dir.path().join("out");
+    let sql = format!(
+        "CREATE TABLE src (id BIGINT, name VARCHAR) WITH (connector = 'filesystem', path = '{}', format = 'json');\n\
+         CREATE TABLE dst (id BIGINT, name VARCHAR) WITH (connector = 'filesystem', path = '{}', format = 'parquet');\n\
+         INSERT INTO dst SELECT id, name FROM src;",
+        dir.path().join("in.json").display(),
+        out.display()
+    );
+    common::run_scripts(&[("job.sql", &sql)], 1, &[])
+        .await
+        .unwrap();
+    let file = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .unwrap();
+    assert!(plain_data_pages(&file, 0), "unique ids fall back to plain");
+    assert!(
+        !plain_data_pages(&file, 1),
+        "seven names keep their dictionary"
+    );
+}

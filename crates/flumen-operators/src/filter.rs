@@ -44,21 +44,7 @@ impl Ordered {
         costly: &Arc<dyn PhysicalExpr>,
         or: bool,
     ) -> Option<Self> {
-        let mut used: Vec<usize> = collect_columns(costly).iter().map(Column::index).collect();
-        used.sort_unstable();
-        let costly = costly
-            .clone()
-            .transform_down(|e| {
-                let Some(c) = e.downcast_ref::<Column>() else {
-                    return Ok(Transformed::no(e));
-                };
-                let at = used
-                    .binary_search(&c.index())
-                    .map_err(|_| DataFusionError::Internal(format!("column {c} not collected")))?;
-                Ok(Transformed::yes(Arc::new(Column::new(c.name(), at)) as _))
-            })
-            .ok()?
-            .data;
+        let (costly, used) = on_used_columns(costly).ok()?;
         Some(Ordered {
             cheap: cheap.clone(),
             costly,
@@ -184,6 +170,29 @@ impl Operator for Filter {
         }
         Ok(())
     }
+}
+
+/// `expr` over a batch of only the columns it reads, and those columns'
+/// indices (sorted): evaluating it on a few rows then copies no other
+/// column (`RecordBatch::project` with them, then filter).
+pub fn on_used_columns(
+    expr: &Arc<dyn PhysicalExpr>,
+) -> datafusion::common::Result<(Arc<dyn PhysicalExpr>, Vec<usize>)> {
+    let mut used: Vec<usize> = collect_columns(expr).iter().map(Column::index).collect();
+    used.sort_unstable();
+    let renumbered = expr
+        .clone()
+        .transform_down(|e| {
+            let Some(c) = e.downcast_ref::<Column>() else {
+                return Ok(Transformed::no(e));
+            };
+            let at = used
+                .binary_search(&c.index())
+                .map_err(|_| DataFusionError::Internal(format!("column {c} not collected")))?;
+            Ok(Transformed::yes(Arc::new(Column::new(c.name(), at)) as _))
+        })?
+        .data;
+    Ok((renumbered, used))
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ mod updating_aggregate;
 mod window_aggregate;
 mod word_set;
 
-pub use filter::FilterFactory;
+pub use filter::{FilterFactory, on_used_columns};
 pub use join::{Expiry, HashJoinFactory, JoinKind, JoinSide};
 pub use limit::LimitFactory;
 pub use local_aggregate::{LocalAggregateFactory, PartialRows};

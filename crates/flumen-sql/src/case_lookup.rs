@@ -17,11 +17,10 @@ use arrow::compute::kernels::zip::zip;
 use arrow::compute::{filter_record_batch, take};
 use arrow::datatypes::{DataType, Schema};
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
-use datafusion::common::{DataFusionError, Result, ScalarValue};
+use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::{ColumnarValue, Operator};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::expressions::{BinaryExpr, CaseExpr, Column, Literal};
-use datafusion::physical_expr::utils::collect_columns;
+use datafusion::physical_expr::expressions::{BinaryExpr, CaseExpr, Literal};
 
 /// The one-pass CASE.
 #[derive(Debug)]
@@ -93,15 +92,13 @@ impl CaseLookup {
         let Some(subject) = subject else {
             return Ok(None);
         };
-        let mut used = Vec::new();
-        let otherwise = match c.else_expr() {
+        let (otherwise, used) = match c.else_expr() {
             Some(e) if e.data_type(schema)? != result_type => return Ok(None),
             Some(e) => {
-                used = collect_columns(e).iter().map(Column::index).collect();
-                used.sort_unstable();
-                Some(on_columns(e, &used)?)
+                let (e, used) = flumen_operators::on_used_columns(e)?;
+                (Some(e), used)
             }
-            None => None,
+            None => (None, Vec::new()),
         };
         Ok(Some(CaseLookup {
             subject: subject.clone(),
@@ -179,21 +176,6 @@ impl CaseLookup {
             .collect();
         Ok(take(&values, &places, None)?)
     }
-}
-
-/// `expr` over a batch of only the `used` columns (sorted).
-fn on_columns(expr: &Arc<dyn PhysicalExpr>, used: &[usize]) -> Result<Arc<dyn PhysicalExpr>> {
-    expr.clone()
-        .transform_down(|e| {
-            let Some(c) = e.downcast_ref::<Column>() else {
-                return Ok(Transformed::no(e));
-            };
-            let at = used
-                .binary_search(&c.index())
-                .map_err(|_| DataFusionError::Internal(format!("column {c} not collected")))?;
-            Ok(Transformed::yes(Arc::new(Column::new(c.name(), at)) as _))
-        })
-        .data()
 }
 
 impl PhysicalExpr for CaseLookup {

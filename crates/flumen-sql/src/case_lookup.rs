@@ -16,8 +16,8 @@ use arrow::compute::kernels::cmp::eq;
 use arrow::compute::kernels::zip::zip;
 use arrow::compute::{filter_record_batch, take};
 use arrow::datatypes::{DataType, Schema};
+use datafusion::common::Result;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
-use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::{ColumnarValue, Operator};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{BinaryExpr, CaseExpr, Literal};
@@ -27,8 +27,9 @@ use datafusion::physical_expr::expressions::{BinaryExpr, CaseExpr, Literal};
 struct CaseLookup {
     /// The expression every branch compares.
     subject: Arc<dyn PhysicalExpr>,
-    /// Each branch's constant to compare with and its result, in order.
-    branches: Vec<(ScalarValue, ScalarValue)>,
+    /// Each branch's constant to compare with and its result, in order,
+    /// as one-row arrays made once for every batch.
+    branches: Vec<(Scalar<ArrayRef>, Scalar<ArrayRef>)>,
     /// The `ELSE`, over a batch of only the `used` columns.
     otherwise: Option<Arc<dyn PhysicalExpr>>,
     used: Vec<usize>,
@@ -87,7 +88,10 @@ impl CaseLookup {
                 return Ok(None);
             }
             subject = Some(b.left());
-            branches.push((value.value().clone(), result.value().clone()));
+            branches.push((
+                Scalar::new(value.value().to_array()?),
+                Scalar::new(result.value().to_array()?),
+            ));
         }
         let Some(subject) = subject else {
             return Ok(None);
@@ -120,7 +124,7 @@ impl CaseLookup {
         let mut open = BooleanBuffer::new_set(rows);
         let mut taken = Vec::with_capacity(self.branches.len());
         for (value, _) in &self.branches {
-            let equal = eq(&subject, &Scalar::new(value.to_array()?))?;
+            let equal = eq(&subject, value)?;
             // A null comparison takes no row.
             let hit = match equal.nulls() {
                 Some(n) => equal.values() & n.inner(),
@@ -134,7 +138,7 @@ impl CaseLookup {
         for ((_, then), hit) in self.branches.iter().zip(taken).rev() {
             if hit.count_set_bits() > 0 {
                 let mask = BooleanArray::new(hit, None);
-                result = zip(&mask, &Scalar::new(then.to_array()?), &result)?;
+                result = zip(&mask, then, &result)?;
             }
         }
         Ok(result)

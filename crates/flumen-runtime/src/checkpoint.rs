@@ -267,14 +267,16 @@ impl Coordinator {
                             finished[ack.task] = Some(state);
                         }
                     }
-                    // Once every task has ended, the checkpoint that
-                    // completes holds the job's end, and sinks commit what
-                    // they staged last.
+                    // Once every task has ended, a last checkpoint of their
+                    // final states holds the job's end, and sinks commit what
+                    // they staged last. The pending one cannot stand for it:
+                    // a task that took its barrier and then ended staged more
+                    // after it, and waits for a later commit.
                     let all_ended = finished.iter().all(Option::is_some);
                     if let Some(p) = pending.take_if(|p| p.acks.iter().all(Option::is_some)) {
                         let stop = p.stop;
-                        self.complete(p, all_ended).await?;
-                        if stop || all_ended {
+                        self.complete(p, false).await?;
+                        if stop {
                             return Ok(());
                         }
                     }
@@ -427,4 +429,84 @@ pub(crate) fn check_state_has_homes(
         notes.push(format!("dropping state: {what}"));
     }
     Ok(notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc::unbounded_channel;
+
+    /// Task 0 takes barrier 1 and then ends (staging more output after the
+    /// barrier); task 1 ends before barrier 1 reaches it, so its final
+    /// state completes checkpoint 1. Task 0 waits for a commit past 1: the
+    /// job's end must be a later checkpoint, not checkpoint 1 marked
+    /// finished (which left task 0 waiting on a closed channel, and its
+    /// output after barrier 1 uncommitted).
+    #[tokio::test]
+    async fn the_end_is_a_checkpoint_after_every_barrier_a_task_took() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap()).unwrap();
+        let (control0, mut commands0) = unbounded_channel();
+        let (control1, _commands1) = unbounded_channel();
+        let (acks_tx, acks) = unbounded_channel();
+        let (_requests_tx, requests) = unbounded_channel();
+        let (go, _go_rx) = watch::channel(false);
+        let coordinator = Coordinator {
+            options: CheckpointOptions {
+                store: store.clone(),
+                interval: Duration::from_millis(1),
+                retention: 10,
+                job_id: "job".to_string(),
+                first_id: 1,
+                restore: None,
+                allow_unmatched_state: false,
+            },
+            tasks: vec![
+                TaskLink {
+                    control: control0,
+                    is_source: true,
+                },
+                TaskLink {
+                    control: control1,
+                    is_source: true,
+                },
+            ],
+            acks,
+            requests,
+            nodes: Vec::new(),
+            sinks: Vec::new(),
+            fingerprint: String::new(),
+            max_parallelism: 1,
+            stats: Arc::new(CheckpointStats::default()),
+            go,
+        };
+        let running = tokio::spawn(coordinator.run());
+        let Some(Control::Barrier(b)) = commands0.recv().await else {
+            panic!("barrier 1 is injected");
+        };
+        assert_eq!(b.id, 1);
+        let ack = |task, checkpoint| TaskAck {
+            task,
+            checkpoint,
+            state: Ok(Vec::new()),
+            pause: Duration::ZERO,
+        };
+        for a in [ack(0, Some(1)), ack(0, None), ack(1, None)] {
+            acks_tx.send(a).unwrap();
+        }
+        running.await.unwrap().unwrap();
+        let mut commits = Vec::new();
+        while let Ok(c) = commands0.try_recv() {
+            if let Control::Commit(n) = c {
+                commits.push(n);
+            }
+        }
+        assert!(
+            commits.iter().any(|&n| n >= 2),
+            "task 0 (epoch 2) got commits {commits:?}"
+        );
+        let (last, _) = store.latest().await.unwrap();
+        let last = last.expect("a manifest");
+        assert!(last.finished && last.id >= 2, "{last:?}");
+    }
 }

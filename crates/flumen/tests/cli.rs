@@ -4,8 +4,15 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// This crate's directory, read when the test runs (cargo and nextest set
+/// it): a test binary reused from a checkout elsewhere (the target directory
+/// is shared) would otherwise read that checkout's files.
+fn crate_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+}
+
 fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+    crate_dir().join("tests/golden")
 }
 
 fn flumen(args: &[&str], dir: &Path) -> Output {
@@ -134,7 +141,7 @@ fn zero_parallelism_is_refused() {
 
 #[test]
 fn explain_prints_plan_and_job_graph() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = crate_dir().join("../..");
     let out = flumen(
         &[
             "explain",
@@ -580,7 +587,7 @@ fn ctrl_c_stops_an_unbounded_run_cleanly_with_progress_and_summary() {
 
 #[test]
 fn explain_gives_the_same_operator_ids_at_any_parallelism() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = crate_dir().join("../..");
     let ids = |p: &str| -> Vec<String> {
         let out = flumen(
             &[

@@ -36,7 +36,10 @@ pub fn service(name: &str, var: &str) -> String {
     if let Ok(address) = std::env::var(var) {
         return address;
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/services.sh");
+    // Read when the test runs: a test binary reused from another checkout
+    // (the target directory is shared) would otherwise run that one's script.
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let script = Path::new(&crate_dir).join("../../scripts/services.sh");
     let out = Command::new("bash")
         .arg(script)
         .arg(name)

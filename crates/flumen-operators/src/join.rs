@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int8Array, Int64Array, RecordBatch, UInt32Array,
-    new_null_array,
+    Array, ArrayRef, AsArray, BooleanArray, Int8Array, Int64Array, RecordBatch, RecordBatchOptions,
+    UInt32Array, new_null_array,
 };
 use arrow::compute::kernels::aggregate::max;
-use arrow::compute::{cast, filter_record_batch, interleave, take, take_record_batch};
+use arrow::compute::{cast, interleave, take, take_record_batch};
 use arrow::datatypes::{DataType, Int8Type, Int64Type, SchemaRef, TimeUnit};
 use arrow::row::{Row, RowConverter, Rows, SortField};
 use datafusion::common::hash_utils::{RandomState, create_hashes};
@@ -163,7 +163,11 @@ impl OperatorFactory for HashJoinFactory {
         Ok(Box::new(HashJoin {
             kind: self.kind,
             sides: [state(&self.left), state(&self.right)],
-            filter: self.filter.clone(),
+            filter: self
+                .filter
+                .as_ref()
+                .map(|f| PairFilter::new(f, &self.joined))
+                .transpose()?,
             state_ttl_ns: self.state_ttl_ns,
             joined: self.joined.clone(),
             output: self.output.clone(),
@@ -371,7 +375,7 @@ const NULL_KEY: u64 = 0x6e75_6c6c_6b65_7921;
 pub struct HashJoin {
     kind: JoinKind,
     sides: [SideState; 2],
-    filter: Option<Arc<dyn PhysicalExpr>>,
+    filter: Option<PairFilter>,
     state_ttl_ns: Option<i64>,
     joined: SchemaRef,
     output: SchemaRef,
@@ -385,6 +389,28 @@ pub struct HashJoin {
 
 fn err(e: impl std::fmt::Display) -> FlumenError {
     FlumenError::execution(format!("join: {e}"))
+}
+
+/// The residual filter over only the joined columns it reads.
+struct PairFilter {
+    /// The filter, its columns renumbered into `columns`.
+    expr: Arc<dyn PhysicalExpr>,
+    /// The joined columns it reads, ascending.
+    columns: Vec<usize>,
+    /// Their schema.
+    schema: SchemaRef,
+}
+
+impl PairFilter {
+    fn new(filter: &Arc<dyn PhysicalExpr>, joined: &SchemaRef) -> Result<Self> {
+        let (expr, columns) = crate::filter::on_used_columns(filter).map_err(err)?;
+        let schema = Arc::new(joined.project(&columns)?);
+        Ok(PairFilter {
+            expr,
+            columns,
+            schema,
+        })
+    }
 }
 
 /// Pairs of (probe row, stored slot, stored row) that matched.
@@ -490,7 +516,8 @@ impl HashJoin {
         batch: &RecordBatch,
         m: Matches,
     ) -> Result<(Option<RecordBatch>, Matches)> {
-        let (joined, m) = self.matched_pairs(side, batch, m)?;
+        let build = !matches!(self.kind, JoinKind::LeftSemi | JoinKind::LeftAnti);
+        let (joined, m) = self.matched_pairs(side, batch, m, build)?;
         let Some(joined) = joined else {
             return Ok((None, m));
         };
@@ -516,21 +543,66 @@ impl HashJoin {
         })
     }
 
+    /// The pairs of `m` that pass the residual filter, and their joined
+    /// rows (left columns, then right columns) when `build`. The filter is
+    /// evaluated on the columns it reads first, so the other columns (an
+    /// auction's strings) are copied only for the pairs it keeps.
     fn matched_pairs(
         &self,
         side: usize,
         batch: &RecordBatch,
         m: Matches,
+        build: bool,
     ) -> Result<(Option<RecordBatch>, Matches)> {
-        if m.probe.is_empty() {
+        let m = match &self.filter {
+            Some(filter) if !m.probe.is_empty() => {
+                let n = m.probe.len();
+                let columns = self.pair_columns(side, batch, &m, &filter.columns)?;
+                let options = RecordBatchOptions::new().with_row_count(Some(n));
+                let narrow =
+                    RecordBatch::try_new_with_options(filter.schema.clone(), columns, &options)?;
+                let mask = filter
+                    .expr
+                    .evaluate(&narrow)
+                    .and_then(|v| v.into_array(n))
+                    .map_err(err)?;
+                let mask: &BooleanArray = mask.as_boolean();
+                if mask.null_count() == 0 && mask.true_count() == n {
+                    m
+                } else {
+                    let mut kept = Matches::default();
+                    for i in 0..n {
+                        if mask.is_valid(i) && mask.value(i) {
+                            kept.probe.push(m.probe[i]);
+                            kept.stored.push(m.stored[i]);
+                        }
+                    }
+                    kept
+                }
+            }
+            _ => m,
+        };
+        if m.probe.is_empty() || !build {
             return Ok((None, m));
         }
+        let all: Vec<usize> = (0..self.joined.fields().len()).collect();
+        let columns = self.pair_columns(side, batch, &m, &all)?;
+        Ok((Some(RecordBatch::try_new(self.joined.clone(), columns)?), m))
+    }
+
+    /// The joined columns `columns` (indices into the left columns, then
+    /// the right columns) of the pairs `m`: probe rows of `batch`, on
+    /// `side`, and stored rows of the other side.
+    fn pair_columns(
+        &self,
+        side: usize,
+        batch: &RecordBatch,
+        m: &Matches,
+        columns: &[usize],
+    ) -> Result<Vec<ArrayRef>> {
         let other = &self.sides[1 - side];
+        let left_width = self.sides[0].spec.width;
         let indices = UInt32Array::from(m.probe.clone());
-        let probe_cols: Vec<ArrayRef> = batch.columns()[..self.sides[side].spec.width]
-            .iter()
-            .map(|c| take(c, &indices, None))
-            .collect::<std::result::Result<_, _>>()?;
         // Stored rows come from many slots: number the slots they use.
         let mut local: HashMap<usize, usize> = HashMap::new();
         let mut used = Vec::new();
@@ -545,8 +617,17 @@ impl HashJoin {
                 (n, row)
             })
             .collect();
-        let stored_cols: Vec<ArrayRef> = (0..other.spec.width)
-            .map(|c| {
+        columns
+            .iter()
+            .map(|&c| {
+                let (from, c) = if c < left_width {
+                    (0, c)
+                } else {
+                    (1, c - left_width)
+                };
+                if from == side {
+                    return Ok(take(batch.column(c), &indices, None)?);
+                }
                 let arrays: Vec<&dyn Array> = used
                     .iter()
                     .map(|&s| {
@@ -558,39 +639,9 @@ impl HashJoin {
                             .as_ref()
                     })
                     .collect();
-                interleave(&arrays, &picks)
+                Ok(interleave(&arrays, &picks)?)
             })
-            .collect::<std::result::Result<_, _>>()?;
-        let (left, right) = if side == 0 {
-            (probe_cols, stored_cols)
-        } else {
-            (stored_cols, probe_cols)
-        };
-        let mut columns = left;
-        columns.extend(right);
-        let n = m.probe.len();
-        let joined = RecordBatch::try_new(self.joined.clone(), columns)?;
-        let Some(filter) = &self.filter else {
-            return Ok((Some(joined), m));
-        };
-        let mask = filter
-            .evaluate(&joined)
-            .and_then(|v| v.into_array(n))
-            .map_err(err)?;
-        let mask: &BooleanArray = mask.as_boolean();
-        let keep: Vec<bool> = (0..n).map(|i| mask.is_valid(i) && mask.value(i)).collect();
-        if keep.iter().all(|&k| k) {
-            return Ok((Some(joined), m));
-        }
-        let joined = filter_record_batch(&joined, &BooleanArray::from(keep.clone()))?;
-        let mut kept = Matches::default();
-        for (i, k) in keep.into_iter().enumerate() {
-            if k {
-                kept.probe.push(m.probe[i]);
-                kept.stored.push(m.stored[i]);
-            }
-        }
-        Ok((Some(joined), kept))
+            .collect()
     }
 
     /// Rows `rows` of a left batch, alone (a semi join's output), tagged

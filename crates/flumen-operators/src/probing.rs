@@ -25,15 +25,23 @@ pub(crate) fn grown_capacity(
 /// when `at` is past the end).
 #[inline]
 pub(crate) fn prefetch<T>(slots: &[T], at: usize) {
-    #[cfg(target_arch = "x86_64")]
     if let Some(slot) = slots.get(at) {
+        prefetch_ref(slot);
+    }
+}
+
+/// Asks the CPU to start loading the cache line holding the start of `value`.
+#[inline]
+pub(crate) fn prefetch_ref<T: ?Sized>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let address = std::ptr::from_ref(slot).cast();
+        let address = std::ptr::from_ref(value).cast();
         // SAFETY: SSE is part of every x86_64 target, and a prefetch is a
-        // hint that reads nothing and never faults; the address is a live
-        // element anyway.
+        // hint that reads nothing and never faults; the address is of a
+        // live value anyway.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(address) };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (slots, at);
+    let _ = value;
 }

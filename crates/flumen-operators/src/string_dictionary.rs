@@ -11,6 +11,11 @@ use arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 
 use crate::open_table::{Hashed, OpenTable};
 
+/// How many rows ahead an intern prefetches a row's table slot, and then
+/// its string.
+const SLOT_AHEAD: usize = 16;
+const STRING_AHEAD: usize = 8;
+
 /// An id and the hash of its string.
 #[derive(Clone, Copy)]
 struct Entry {
@@ -66,15 +71,36 @@ impl StringDictionary {
         let (len_before, bytes_before) = (self.len(), self.bytes.len());
         self.table.reserve(rows.len());
         let mut ids = Vec::with_capacity(rows.len());
-        for &i in rows.values() {
+        // Hashes and home slots first, so that each lookup can start
+        // loading the slot, then the string, of a row a few ahead: the
+        // strings (thousands of URLs) are rarely in cache.
+        let hashes: Vec<u32> = rows
+            .values()
+            .iter()
+            .map(|&i| self.hasher.hash_one(strings.value(i as usize).as_bytes()) as u32)
+            .collect();
+        let homes: Vec<usize> = hashes.iter().map(|&h| self.table.home(h)).collect();
+        for (k, &i) in rows.values().iter().enumerate() {
+            if let Some(&home) = homes.get(k + SLOT_AHEAD) {
+                self.table.prefetch(home);
+            }
+            if let Some(e) = homes
+                .get(k + STRING_AHEAD)
+                .and_then(|&home| self.table.first_with_hash(home, hashes[k + STRING_AHEAD]))
+            {
+                let s = self.string(e.id);
+                crate::probing::prefetch_ref(s);
+                if let Some(tail) = s.get(64..) {
+                    crate::probing::prefetch_ref(tail);
+                }
+            }
             let i = i as usize;
             if strings.is_null(i) {
                 ids.push(0);
                 continue;
             }
             let s = strings.value(i).as_bytes();
-            let hash = self.hasher.hash_one(s) as u32;
-            let home = self.table.home(hash);
+            let (hash, home) = (hashes[k], homes[k]);
             let found = self
                 .table
                 .find(home, hash, |e| self.string(e.id) == s)

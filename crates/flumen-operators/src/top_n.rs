@@ -459,8 +459,10 @@ fn diff(before: &[Numbered], after: &[Numbered], out: &mut Vec<OutRow>) {
     }
 }
 
-/// How many rows ahead a batch prefetches its rows' partition slots.
+/// How many rows ahead a batch prefetches its rows' partition slots, and
+/// then the keys of a partition's one kept row.
 const PREFETCH_AHEAD: usize = 16;
+const KEYS_AHEAD: usize = 8;
 
 impl Hashed for Partition {
     fn hash32(&self) -> u32 {
@@ -786,6 +788,19 @@ impl Operator for TopN {
             };
             if let Some(&ahead) = homes.get(row + PREFETCH_AHEAD) {
                 self.partitions.prefetch(ahead);
+            }
+            // The slot of the row `KEYS_AHEAD` on is in cache by now: start
+            // loading the keys of its one kept row (TopN 1, deduplication),
+            // which the key comparison reads next.
+            if let Some(Partition {
+                entries: Entries::One(kept),
+                ..
+            }) = homes.get(row + KEYS_AHEAD).and_then(|&home| {
+                self.partitions
+                    .first_with_hash(home, hashes[row + KEYS_AHEAD])
+            }) && kept.slot != PENDING
+            {
+                self.kept.prefetch_keys(*kept);
             }
             let pkey = keys.batch_partition(row);
             let key = order_keys.row(row).data();

@@ -29,8 +29,9 @@ pub enum FlumenError {
     /// The reader of the job's output went away (stdout closed by `| head`).
     #[error("output closed")]
     OutputClosed,
-    /// The job was cancelled because another task failed.
-    #[error("cancelled")]
+    /// The job was cancelled because another task failed. It reaches a user
+    /// only if no task reported why (a task ended early without an error).
+    #[error("cancelled: a channel between the job's tasks closed, and no task reported an error")]
     Cancelled,
     /// A checkpoint or savepoint cannot be used: torn, corrupt, or holding
     /// state that does not fit the job.

@@ -1042,3 +1042,77 @@ async fn plain_limit_gives_n_of_the_rows() {
         }
     }
 }
+
+/// A TopN by the join key runs chained to the join (its rows are already
+/// where the key sends them); one by another column of the joined rows
+/// must go through an exchange.
+const TOP_N_BY_JOIN_KEY: &str = "
+CREATE TABLE best_two (id BIGINT, seller BIGINT, bidder BIGINT, price BIGINT, n BIGINT) WITH (connector = 'blackhole');
+INSERT INTO best_two
+SELECT id, seller, bidder, price, n FROM (
+    SELECT A.id, A.seller, B.bidder, B.price,
+           ROW_NUMBER() OVER (PARTITION BY A.id ORDER BY B.price DESC, B.date_time, B.bidder) AS n
+    FROM auction AS A JOIN bid AS B ON A.id = B.auction
+    WHERE B.date_time BETWEEN A.date_time AND A.expires
+) WHERE n <= 2;
+";
+
+const TOP_N_BY_OTHER_COLUMN: &str = "
+CREATE TABLE best_per_seller (seller BIGINT, id BIGINT, bidder BIGINT, price BIGINT) WITH (connector = 'blackhole');
+INSERT INTO best_per_seller
+SELECT seller, id, bidder, price FROM (
+    SELECT A.seller, A.id, B.bidder, B.price,
+           ROW_NUMBER() OVER (PARTITION BY A.seller ORDER BY B.price DESC, B.date_time, B.bidder, A.id) AS n
+    FROM auction AS A JOIN bid AS B ON A.id = B.auction
+    WHERE B.date_time BETWEEN A.date_time AND A.expires
+) WHERE n <= 1;
+";
+
+const TOP_N_OF_A_LEFT_JOIN: &str = "
+CREATE TABLE best_or_none (id BIGINT, bidder BIGINT, price BIGINT) WITH (connector = 'blackhole');
+INSERT INTO best_or_none
+SELECT id, bidder, price FROM (
+    SELECT A.id, B.bidder, B.price,
+           ROW_NUMBER() OVER (PARTITION BY A.id ORDER BY B.price DESC NULLS LAST, B.bidder, B.date_time) AS n
+    FROM auction AS A LEFT JOIN bid AS B ON A.id = B.auction
+) WHERE n <= 1;
+";
+
+/// A FULL join's bids without an auction are padded with a NULL id on the
+/// subtask of their auction: a TopN by the id needs them in one place.
+const TOP_N_OF_A_FULL_JOIN: &str = "
+CREATE TABLE best_or_orphan (id BIGINT, auction BIGINT, price BIGINT) WITH (connector = 'blackhole');
+INSERT INTO best_or_orphan
+SELECT id, auction, price FROM (
+    SELECT A.id, B.auction, B.price,
+           ROW_NUMBER() OVER (PARTITION BY A.id ORDER BY B.price DESC NULLS LAST, B.auction, B.bidder, B.date_time) AS n
+    FROM auction AS A FULL JOIN bid AS B
+      ON A.id = B.auction AND B.date_time < A.date_time + INTERVAL '3' SECOND
+) WHERE n <= 1;
+";
+
+/// Joined by the bidder (not the first column), ranked per auction: the
+/// projection between join and TopN moves the key's column.
+const TOP_N_BY_A_COLUMN_BEFORE_THE_KEY: &str = "
+CREATE TABLE best_by_person (auction BIGINT, bidder BIGINT, price BIGINT) WITH (connector = 'blackhole');
+INSERT INTO best_by_person
+SELECT auction, bidder, price FROM (
+    SELECT B.auction, B.bidder, B.price,
+           ROW_NUMBER() OVER (PARTITION BY B.auction ORDER BY B.price DESC, B.bidder, B.date_time) AS n
+    FROM bid AS B JOIN person AS P ON B.bidder = P.id
+) WHERE n <= 1;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_n_after_joins_match_batch() {
+    check_sql(
+        "top n by a column before the join key",
+        TOP_N_BY_A_COLUMN_BEFORE_THE_KEY,
+        None,
+    )
+    .await;
+    check_sql("top n of a full join", TOP_N_OF_A_FULL_JOIN, None).await;
+    check_sql("top n by the join key", TOP_N_BY_JOIN_KEY, None).await;
+    check_sql("top n by another column", TOP_N_BY_OTHER_COLUMN, None).await;
+    check_sql("top n of a left join", TOP_N_OF_A_LEFT_JOIN, None).await;
+}

@@ -168,6 +168,7 @@ impl Planner {
             schema: output,
             updating,
             bounded: input.bounded,
+            hash_key: None,
         })
     }
 
@@ -247,6 +248,7 @@ impl Planner {
             schema: output,
             updating: None,
             bounded: input.bounded,
+            hash_key: None,
         })
     }
 
@@ -331,6 +333,7 @@ impl Planner {
                 group_text.join(", ")
             )),
             bounded: input.bounded,
+            hash_key: None,
         })
     }
 

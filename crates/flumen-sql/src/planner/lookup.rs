@@ -270,6 +270,7 @@ impl Planner {
         Ok(Stream {
             node,
             schema,
+            hash_key: None,
             ..left
         })
     }

@@ -35,6 +35,11 @@ pub(super) struct Stream {
     pub updating: Option<String>,
     /// Whether every source under it is bounded (files), so it ends by itself.
     pub bounded: bool,
+    /// Columns by whose hash its subtasks already hold their rows (at the
+    /// job's parallelism): what a join's output keeps of its exchanges. An
+    /// operator keyed by exactly these columns takes it forward, chained,
+    /// instead of through another exchange.
+    pub hash_key: Option<Vec<usize>>,
 }
 
 /// The arrow schema of a plan's output, with the op column appended when
@@ -107,7 +112,11 @@ impl Planner {
         }
         let node = graph.add_node(NodeKind::Operator(Arc::new(LimitFactory { limit })), 1);
         graph.connect(input.node, node, Partitioning::Rebalance);
-        Ok(Stream { node, ..input })
+        Ok(Stream {
+            node,
+            hash_key: None,
+            ..input
+        })
     }
 
     /// Plans `plan` and everything below it; returns the stream it produces.
@@ -187,6 +196,7 @@ impl Planner {
                     schema,
                     updating: None,
                     bounded: input.bounded,
+                    hash_key: None,
                 })
             }
             LogicalPlan::Aggregate(a) => {
@@ -260,6 +270,7 @@ impl Planner {
                     schema,
                     updating,
                     bounded: inputs.iter().all(|s| s.bounded),
+                    hash_key: None,
                 })
             }
             LogicalPlan::Join(j) => {
@@ -339,12 +350,27 @@ impl Planner {
             exprs.push(Arc::new(Column::new(OP_COLUMN, input.width())));
         }
         let schema = stream_schema(&p.schema, input.updating.is_some());
+        // The rows stay where they are: the partitioning holds if every
+        // hashed column is passed through, as it is.
+        let passed = |k: usize| {
+            p.expr
+                .iter()
+                .position(|e| match e.clone().unalias_nested().data {
+                    Expr::Column(c) => p.input.schema().index_of_column(&c).ok() == Some(k),
+                    _ => false,
+                })
+        };
+        let hash_key = input
+            .hash_key
+            .as_ref()
+            .and_then(|key| key.iter().map(|&k| passed(k)).collect());
         let kind = NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, schema.clone())));
         Ok(Stream {
             node: self.add(graph, input.node, kind, Partitioning::Forward),
             schema,
             updating: input.updating,
             bounded: input.bounded,
+            hash_key,
         })
     }
 
@@ -410,6 +436,7 @@ impl Planner {
             schema,
             updating: None,
             bounded: input.bounded,
+            hash_key: None,
         })
     }
 
@@ -521,6 +548,7 @@ impl Planner {
             schema,
             updating,
             bounded: spec.connector() == "filesystem",
+            hash_key: None,
         })
     }
 
@@ -576,6 +604,7 @@ impl Planner {
                 schema,
                 updating: input.updating,
                 bounded: input.bounded,
+                hash_key: None,
             },
             (width..width + keys.len()).collect(),
         ))
@@ -629,6 +658,7 @@ impl Planner {
                     .to_string()
             }),
             bounded: joined.bounded,
+            hash_key: None,
         })
     }
 
@@ -784,6 +814,7 @@ impl Planner {
             _ => None,
         };
         let schema = stream_schema(&j.schema, updating.is_some());
+        let left_width = left_side.width;
         let factory = HashJoinFactory {
             kind,
             left: left_side,
@@ -798,6 +829,11 @@ impl Planner {
             NodeKind::Operator(Arc::new(factory)),
             self.options.parallelism,
         );
+        // Every output row's left columns come from a left row this subtask
+        // was sent by the hash of its key (not so for a FULL join's right
+        // rows padded with nulls).
+        let hash_key =
+            (kind != JoinKind::Full && lk.iter().all(|&k| k < left_width)).then(|| lk.clone());
         graph.connect(left.node, node, Partitioning::Hash(lk));
         graph.connect(right.node, node, Partitioning::Hash(rk));
         Ok(Stream {
@@ -805,6 +841,7 @@ impl Planner {
             schema,
             updating,
             bounded: left.bounded && right.bounded,
+            hash_key,
         })
     }
 

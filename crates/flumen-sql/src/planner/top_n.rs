@@ -202,20 +202,33 @@ impl Planner {
             output: schema.clone(),
             op_column,
         };
-        let node = graph.add_node(
-            NodeKind::Operator(Arc::new(factory)),
-            self.options.parallelism,
-        );
-        graph.connect(
-            input.node,
-            node,
-            Partitioning::Hash(partition_columns.to_vec()),
-        );
+        // Rows a join already holds by the partition key stay where they
+        // are: the TopN is chained to the join.
+        let node = if input.hash_key.as_deref() == Some(partition_columns) {
+            self.add(
+                graph,
+                input.node,
+                NodeKind::Operator(Arc::new(factory)),
+                Partitioning::Forward,
+            )
+        } else {
+            let node = graph.add_node(
+                NodeKind::Operator(Arc::new(factory)),
+                self.options.parallelism,
+            );
+            graph.connect(
+                input.node,
+                node,
+                Partitioning::Hash(partition_columns.to_vec()),
+            );
+            node
+        };
         Ok(Stream {
             node,
             schema,
             updating,
             bounded,
+            hash_key: None,
         })
     }
 
@@ -293,6 +306,7 @@ impl Planner {
                 "ORDER BY … LIMIT {limit} keeps the first {limit} rows, which change as rows arrive"
             )),
             bounded,
+            hash_key: None,
         })
     }
 }

@@ -275,7 +275,10 @@ impl Coordinator {
                     let all_ended = finished.iter().all(Option::is_some);
                     if let Some(p) = pending.take_if(|p| p.acks.iter().all(Option::is_some)) {
                         let stop = p.stop;
-                        self.complete(p, false).await?;
+                        // A task that takes a stop barrier stops there
+                        // without ending, so a savepoint of tasks that all
+                        // ended holds only final states: the job's end.
+                        self.complete(p, stop && all_ended).await?;
                         if stop {
                             return Ok(());
                         }
@@ -436,21 +439,27 @@ mod tests {
     use super::*;
     use tokio::sync::mpsc::unbounded_channel;
 
-    /// Task 0 takes barrier 1 and then ends (staging more output after the
-    /// barrier); task 1 ends before barrier 1 reaches it, so its final
-    /// state completes checkpoint 1. Task 0 waits for a commit past 1: the
-    /// job's end must be a later checkpoint, not checkpoint 1 marked
-    /// finished (which left task 0 waiting on a closed channel, and its
-    /// output after barrier 1 uncommitted).
-    #[tokio::test]
-    async fn the_end_is_a_checkpoint_after_every_barrier_a_task_took() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path().to_str().unwrap()).unwrap();
-        let (control0, mut commands0) = unbounded_channel();
-        let (control1, _commands1) = unbounded_channel();
+    /// A coordinator of two source tasks checkpointing every millisecond
+    /// into `store`: it, each task's control channel, and the senders of
+    /// acknowledgements and requests.
+    #[allow(clippy::type_complexity)]
+    fn two_tasks(
+        store: &CheckpointStore,
+    ) -> (
+        Coordinator,
+        [UnboundedReceiver<Control>; 2],
+        UnboundedSender<TaskAck>,
+        UnboundedSender<Request>,
+    ) {
+        let (control0, commands0) = unbounded_channel();
+        let (control1, commands1) = unbounded_channel();
         let (acks_tx, acks) = unbounded_channel();
-        let (_requests_tx, requests) = unbounded_channel();
-        let (go, _go_rx) = watch::channel(false);
+        let (requests_tx, requests) = unbounded_channel();
+        let (go, _) = watch::channel(false);
+        let link = |control| TaskLink {
+            control,
+            is_source: true,
+        };
         let coordinator = Coordinator {
             options: CheckpointOptions {
                 store: store.clone(),
@@ -461,16 +470,7 @@ mod tests {
                 restore: None,
                 allow_unmatched_state: false,
             },
-            tasks: vec![
-                TaskLink {
-                    control: control0,
-                    is_source: true,
-                },
-                TaskLink {
-                    control: control1,
-                    is_source: true,
-                },
-            ],
+            tasks: vec![link(control0), link(control1)],
             acks,
             requests,
             nodes: Vec::new(),
@@ -480,19 +480,36 @@ mod tests {
             stats: Arc::new(CheckpointStats::default()),
             go,
         };
+        (coordinator, [commands0, commands1], acks_tx, requests_tx)
+    }
+
+    fn ack(task: usize, checkpoint: Option<u64>) -> TaskAck {
+        TaskAck {
+            task,
+            checkpoint,
+            state: Ok(Vec::new()),
+            pause: Duration::ZERO,
+        }
+    }
+
+    /// Task 0 takes barrier 1 and then ends (staging more output after the
+    /// barrier); task 1 ends before barrier 1 reaches it, so its final
+    /// state completes checkpoint 1. Task 0 waits for a commit past 1: the
+    /// job's end must be a later checkpoint, not checkpoint 1 marked
+    /// finished (which left task 0 waiting on a closed channel, and its
+    /// output after barrier 1 uncommitted).
+    #[tokio::test]
+    async fn the_end_is_a_checkpoint_after_every_barrier_a_task_took() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap()).unwrap();
+        let (coordinator, [mut commands0, _commands1], acks, _requests) = two_tasks(&store);
         let running = tokio::spawn(coordinator.run());
         let Some(Control::Barrier(b)) = commands0.recv().await else {
             panic!("barrier 1 is injected");
         };
         assert_eq!(b.id, 1);
-        let ack = |task, checkpoint| TaskAck {
-            task,
-            checkpoint,
-            state: Ok(Vec::new()),
-            pause: Duration::ZERO,
-        };
         for a in [ack(0, Some(1)), ack(0, None), ack(1, None)] {
-            acks_tx.send(a).unwrap();
+            acks.send(a).unwrap();
         }
         running.await.unwrap().unwrap();
         let mut commits = Vec::new();
@@ -508,5 +525,29 @@ mod tests {
         let (last, _) = store.latest().await.unwrap();
         let last = last.expect("a manifest");
         assert!(last.finished && last.id >= 2, "{last:?}");
+    }
+
+    /// Both tasks end before the stop barrier reaches them: the savepoint
+    /// holds their final states and is the job's end.
+    #[tokio::test]
+    async fn a_savepoint_of_ended_tasks_is_the_jobs_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap()).unwrap();
+        let (mut coordinator, [mut commands0, _commands1], acks, requests) = two_tasks(&store);
+        coordinator.options.interval = Duration::from_secs(3600);
+        let running = tokio::spawn(coordinator.run());
+        requests.send(Request::StopWithSavepoint).unwrap();
+        let Some(Control::Barrier(b)) = commands0.recv().await else {
+            panic!("the stop barrier is injected");
+        };
+        assert!(b.stop);
+        for a in [ack(0, None), ack(1, None)] {
+            acks.send(a).unwrap();
+        }
+        running.await.unwrap().unwrap();
+        let (last, _) = store.latest().await.unwrap();
+        let last = last.expect("a manifest");
+        assert_eq!(last.kind, CheckpointKind::Savepoint);
+        assert!(last.finished, "{last:?}");
     }
 }

@@ -413,6 +413,39 @@ impl PairFilter {
     }
 }
 
+/// Where the rows of some matched pairs are read from, worked out once for
+/// all the columns gathered: the probe rows, and the stored rows as
+/// (index into `slots`, row) for `interleave`.
+struct PairRows {
+    probe: UInt32Array,
+    /// The stored slots the pairs use, each once.
+    slots: Vec<usize>,
+    stored: Vec<(usize, usize)>,
+}
+
+impl PairRows {
+    fn of(m: &Matches) -> Self {
+        let mut local: HashMap<usize, usize> = HashMap::new();
+        let mut slots = Vec::new();
+        let stored = m
+            .stored
+            .iter()
+            .map(|&(slot, row)| {
+                let n = *local.entry(slot).or_insert_with(|| {
+                    slots.push(slot);
+                    slots.len() - 1
+                });
+                (n, row)
+            })
+            .collect();
+        PairRows {
+            probe: UInt32Array::from(m.probe.clone()),
+            slots,
+            stored,
+        }
+    }
+}
+
 /// Pairs of (probe row, stored slot, stored row) that matched.
 #[derive(Default)]
 struct Matches {
@@ -554,10 +587,14 @@ impl HashJoin {
         m: Matches,
         build: bool,
     ) -> Result<(Option<RecordBatch>, Matches)> {
+        if m.probe.is_empty() {
+            return Ok((None, m));
+        }
+        let mut rows = PairRows::of(&m);
         let m = match &self.filter {
-            Some(filter) if !m.probe.is_empty() => {
+            Some(filter) => {
                 let n = m.probe.len();
-                let columns = self.pair_columns(side, batch, &m, &filter.columns)?;
+                let columns = self.pair_columns(side, batch, &rows, &filter.columns)?;
                 let options = RecordBatchOptions::new().with_row_count(Some(n));
                 let narrow =
                     RecordBatch::try_new_with_options(filter.schema.clone(), columns, &options)?;
@@ -577,46 +614,32 @@ impl HashJoin {
                             kept.stored.push(m.stored[i]);
                         }
                     }
+                    rows = PairRows::of(&kept);
                     kept
                 }
             }
-            _ => m,
+            None => m,
         };
         if m.probe.is_empty() || !build {
             return Ok((None, m));
         }
         let all: Vec<usize> = (0..self.joined.fields().len()).collect();
-        let columns = self.pair_columns(side, batch, &m, &all)?;
+        let columns = self.pair_columns(side, batch, &rows, &all)?;
         Ok((Some(RecordBatch::try_new(self.joined.clone(), columns)?), m))
     }
 
     /// The joined columns `columns` (indices into the left columns, then
-    /// the right columns) of the pairs `m`: probe rows of `batch`, on
-    /// `side`, and stored rows of the other side.
+    /// the right columns) of the pairs `rows` reads: probe rows of `batch`,
+    /// on `side`, and stored rows of the other side.
     fn pair_columns(
         &self,
         side: usize,
         batch: &RecordBatch,
-        m: &Matches,
+        rows: &PairRows,
         columns: &[usize],
     ) -> Result<Vec<ArrayRef>> {
         let other = &self.sides[1 - side];
         let left_width = self.sides[0].spec.width;
-        let indices = UInt32Array::from(m.probe.clone());
-        // Stored rows come from many slots: number the slots they use.
-        let mut local: HashMap<usize, usize> = HashMap::new();
-        let mut used = Vec::new();
-        let picks: Vec<(usize, usize)> = m
-            .stored
-            .iter()
-            .map(|&(slot, row)| {
-                let n = *local.entry(slot).or_insert_with(|| {
-                    used.push(slot);
-                    used.len() - 1
-                });
-                (n, row)
-            })
-            .collect();
         columns
             .iter()
             .map(|&c| {
@@ -626,9 +649,10 @@ impl HashJoin {
                     (1, c - left_width)
                 };
                 if from == side {
-                    return Ok(take(batch.column(c), &indices, None)?);
+                    return Ok(take(batch.column(c), &rows.probe, None)?);
                 }
-                let arrays: Vec<&dyn Array> = used
+                let arrays: Vec<&dyn Array> = rows
+                    .slots
                     .iter()
                     .map(|&s| {
                         other.slots[s]
@@ -639,7 +663,7 @@ impl HashJoin {
                             .as_ref()
                     })
                     .collect();
-                Ok(interleave(&arrays, &picks)?)
+                Ok(interleave(&arrays, &rows.stored)?)
             })
             .collect()
     }

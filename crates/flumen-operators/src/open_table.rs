@@ -95,18 +95,7 @@ impl<T: Hashed> OpenTable<T> {
     /// what a prefetch of the value's own data reads.
     #[inline]
     pub(crate) fn first_with_hash(&self, home: usize, hash: u32) -> Option<&T> {
-        if self.slots.is_empty() {
-            return None;
-        }
-        let mask = self.slots.len() - 1;
-        let mut i = home;
-        while let Some(value) = &self.slots[i] {
-            if value.hash32() == hash {
-                return Some(value);
-            }
-            i = (i + 1) & mask;
-        }
-        None
+        self.find(home, hash, |_| true).and_then(|i| self.get(i))
     }
 
     /// Puts `value`, known to be absent, in the first free slot from

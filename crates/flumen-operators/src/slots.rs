@@ -1,14 +1,18 @@
-//! The slot array of `word_set` (q16's large, long-lived distinct sets),
-//! taken from the system allocator instead of the global one. flumen's global allocator (mimalloc) keeps freed memory for 10 s so
-//! that batches reuse it; a table that grew would keep its old slots
-//! resident that long, a third more memory than the table itself. The
-//! system allocator maps a table of more than 32 MiB on its own and returns
-//! it to the kernel when it is freed, and a zeroed one is faulted in only
-//! as slots are written.
+//! The slot arrays of `word_set` (q16's large, long-lived distinct sets),
+//! not from the global allocator. flumen's global allocator (mimalloc)
+//! keeps freed memory for 10 s so that batches reuse it; a table that grew
+//! would keep its old slots resident that long. A table of at least
+//! [`MAPPED_BYTES`] is mapped on its own, so freeing it returns it to the
+//! kernel at once, a new one is faulted in only as slots are written, and a
+//! table being moved into a larger one can give its pages back as it goes;
+//! smaller ones come from the system allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System, handle_alloc_error};
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
+
+/// Tables at least this large are mapped from the kernel on their own.
+const MAPPED_BYTES: usize = 256 << 10;
 
 /// A fixed number of `u64` slots.
 pub(crate) struct Slots {
@@ -42,10 +46,52 @@ impl Slots {
         if layout.size() == 0 {
             return Self::empty();
         }
-        // SAFETY: the layout has a non-zero size.
-        let raw = unsafe { System.alloc_zeroed(layout) };
+        let raw = if layout.size() >= MAPPED_BYTES {
+            // SAFETY: a new private anonymous mapping (zero-filled by the
+            // kernel) of the layout's size; it touches no existing memory.
+            let mapped = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    layout.size(),
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if mapped == libc::MAP_FAILED {
+                handle_alloc_error(layout);
+            }
+            mapped.cast::<u8>()
+        } else {
+            // SAFETY: the layout has a non-zero size.
+            unsafe { System.alloc_zeroed(layout) }
+        };
         let ptr = NonNull::new(raw.cast::<u64>()).unwrap_or_else(|| handle_alloc_error(layout));
         Slots { ptr, len }
+    }
+
+    /// Frees the memory of the slots in `range`, which the caller no
+    /// longer reads: a table being moved into a larger one gives its
+    /// memory back as the move goes, so the two are never both resident.
+    /// The slots read as 0 afterwards. Tables too small to be mapped on
+    /// their own, and pages only partly in `range`, are kept.
+    pub(crate) fn discard(&mut self, range: std::ops::Range<usize>) {
+        const PAGE: usize = 4096;
+        const SLOT: usize = std::mem::size_of::<u64>();
+        let bytes = self.len * SLOT;
+        if bytes < MAPPED_BYTES || range.start >= range.end {
+            return;
+        }
+        let base = self.ptr.as_ptr() as usize;
+        let start = (base + range.start * SLOT).next_multiple_of(PAGE);
+        let end = (base + range.end.min(self.len) * SLOT) / PAGE * PAGE;
+        if start < end {
+            // SAFETY: whole pages inside this table's own mapping, which
+            // no borrow reaches (`&mut self`); a private anonymous page
+            // dropped this way reads as zero again, as `zeroed` promises.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        }
     }
 }
 
@@ -68,7 +114,11 @@ impl DerefMut for Slots {
 impl Drop for Slots {
     fn drop(&mut self) {
         let layout = Self::layout(self.len);
-        if layout.size() > 0 {
+        if layout.size() >= MAPPED_BYTES {
+            // SAFETY: mapped with this size in `zeroed`, and no slot is
+            // borrowed past `self`. munmap fails only for a bad range.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), layout.size()) };
+        } else if layout.size() > 0 {
             // SAFETY: allocated by `System` with this layout in `zeroed`.
             unsafe { System.dealloc(self.ptr.as_ptr().cast(), layout) };
         }
@@ -81,6 +131,7 @@ mod tests {
 
     #[test]
     fn slots_start_as_asked_and_keep_what_is_written() {
+        // 800 KB: mapped on its own (the 8 KB ones below: the system allocator).
         let mut words = Slots::zeroed(100_000);
         assert!(words.iter().all(|&w| w == 0));
         words[99_999] = 7;
@@ -91,6 +142,13 @@ mod tests {
             assert!(small.iter().all(|&w| w == 0));
             small.iter_mut().for_each(|w| *w = u64::MAX);
         }
+        // Discarded pages read as 0; slots outside the range keep theirs.
+        words.iter_mut().for_each(|w| *w = 9);
+        words.discard(1_000..90_000);
+        assert_eq!(words[999], 9);
+        assert_eq!(words[90_000], 9);
+        let zeroed = words.iter().filter(|&&w| w == 0).count();
+        assert!((88_000..=89_000).contains(&zeroed), "{zeroed} slots read 0");
         assert!(Slots::empty().is_empty());
         assert!(Slots::zeroed(0).is_empty());
     }

@@ -187,7 +187,12 @@ fn recent_id(rng: &mut Rng, last: i64, window: i64) -> i64 {
 /// Log-uniform in `[100, 10^8]`: `round(10^(6u) * 100)`, computed as a
 /// power of two, which is cheaper than `powf`.
 fn price(rng: &mut Rng) -> i64 {
-    round_positive((rng.next_f64() * 6.0 * std::f64::consts::LOG2_10).exp2() * 100.0)
+    price_of(rng.next_f64())
+}
+
+/// [`price`] of a uniform draw `u` in `[0, 1)`.
+fn price_of(u: f64) -> i64 {
+    round_positive((u * 6.0 * std::f64::consts::LOG2_10).exp2() * 100.0)
 }
 
 /// `x.round() as i64` for `0 <= x < 2^52` without a call into libm: adding
@@ -393,7 +398,8 @@ impl Generator {
             } else {
                 recent_id(&mut rng, last_person(n), ACTIVE_PEOPLE)
             };
-            let price = price(&mut rng);
+            // Drawn whether or not it is read, so later draws stay the same.
+            let price_draw = rng.next_f64();
             let channel = if rng.below(2) > 0 {
                 CHANNELS + rng.below(HOT_CHANNELS.len() as u64) as usize
             } else {
@@ -403,7 +409,9 @@ impl Generator {
             let extra = self.text(&mut rng, extra);
             c.int(0, FIRST_ID + auction);
             c.int(1, FIRST_ID + bidder);
-            c.int(2, price);
+            if c.wants(2) {
+                c.int(2, price_of(price_draw));
+            }
             picks.push(channel as u32);
             c.int(5, self.timestamp_ms(n));
             c.str(6, extra);
@@ -472,6 +480,13 @@ impl Columns {
             strings,
             order: wanted.to_vec(),
         }
+    }
+
+    /// Whether integer column `col` was requested: a value nobody reads
+    /// need not be computed.
+    #[inline]
+    fn wants(&self, col: usize) -> bool {
+        self.ints[col].is_some()
     }
 
     #[inline]
@@ -699,6 +714,11 @@ mod tests {
             "a projection yields the same values"
         );
         assert_eq!(&projected[1], &all[2]);
+        // Without the price, which is then not computed, the draws after it
+        // (the channel) are the same.
+        let without_price = g.build(EventKind::Bid, 0, 10_000, &[3, 1]);
+        assert_eq!(&without_price[0], &all[3], "channels without the price");
+        assert_eq!(&without_price[1], &all[1]);
     }
 
     #[test]

@@ -39,13 +39,18 @@ struct HashRouter {
 impl HashRouter {
     /// Splits `batch` into one batch per downstream subtask by key hash.
     fn split(&mut self, batch: &RecordBatch) -> Result<Vec<(usize, RecordBatch)>> {
+        let parallelism = self.indices.len();
+        if parallelism == 1 {
+            // One downstream subtask takes every row: nothing to hash.
+            let rows = (batch.num_rows() > 0).then(|| (0, batch.clone()));
+            return Ok(rows.into_iter().collect());
+        }
         let keys: Vec<ArrayRef> = self
             .key_columns
             .iter()
             .map(|&c| batch.column(c).clone())
             .collect();
         hash_keys(&keys, batch.num_rows(), &mut self.hashes)?;
-        let parallelism = self.indices.len();
         for idx in &mut self.indices {
             idx.clear();
         }
@@ -182,5 +187,23 @@ mod tests {
             parts.len() > 1,
             "97 keys should spread over several subtasks"
         );
+    }
+
+    /// One downstream subtask gets every row of a batch, and nothing of an
+    /// empty one.
+    #[test]
+    fn hash_split_to_one_subtask_passes_batches_whole() {
+        let keys = Int64Array::from_iter_values(0..1_000);
+        let batch = RecordBatch::try_from_iter([("k", Arc::new(keys) as ArrayRef)]).unwrap();
+        let mut router = HashRouter {
+            key_columns: vec![0],
+            max_parallelism: 128,
+            hashes: Vec::new(),
+            indices: vec![Vec::new(); 1],
+        };
+        let parts = router.split(&batch).unwrap();
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0], (0, batch.clone()));
+        assert!(router.split(&batch.slice(0, 0)).unwrap().is_empty());
     }
 }

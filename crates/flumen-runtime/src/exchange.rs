@@ -158,16 +158,23 @@ mod tests {
         assert!(owners.windows(2).all(|w| w[0] <= w[1]));
     }
 
-    #[test]
-    fn hash_split_keeps_each_key_on_one_subtask() {
-        let keys = Int64Array::from_iter_values((0..10_000).map(|i| i % 97));
+    /// A batch of `keys` in column 0 and a router hashing that column to
+    /// `subtasks` subtasks.
+    fn keys_and_router(keys: Int64Array, subtasks: usize) -> (RecordBatch, HashRouter) {
         let batch = RecordBatch::try_from_iter([("k", Arc::new(keys) as ArrayRef)]).unwrap();
-        let mut router = HashRouter {
+        let router = HashRouter {
             key_columns: vec![0],
             max_parallelism: 128,
             hashes: Vec::new(),
-            indices: vec![Vec::new(); 4],
+            indices: vec![Vec::new(); subtasks],
         };
+        (batch, router)
+    }
+
+    #[test]
+    fn hash_split_keeps_each_key_on_one_subtask() {
+        let (batch, mut router) =
+            keys_and_router(Int64Array::from_iter_values((0..10_000).map(|i| i % 97)), 4);
         let parts = router.split(&batch).unwrap();
         let mut owner = std::collections::HashMap::new();
         let mut rows = 0;
@@ -193,14 +200,7 @@ mod tests {
     /// empty one.
     #[test]
     fn hash_split_to_one_subtask_passes_batches_whole() {
-        let keys = Int64Array::from_iter_values(0..1_000);
-        let batch = RecordBatch::try_from_iter([("k", Arc::new(keys) as ArrayRef)]).unwrap();
-        let mut router = HashRouter {
-            key_columns: vec![0],
-            max_parallelism: 128,
-            hashes: Vec::new(),
-            indices: vec![Vec::new(); 1],
-        };
+        let (batch, mut router) = keys_and_router(Int64Array::from_iter_values(0..1_000), 1);
         let parts = router.split(&batch).unwrap();
         assert_eq!(parts.len(), 1);
         assert_eq!(parts[0], (0, batch.clone()));

@@ -590,11 +590,14 @@ impl HashJoin {
         if m.probe.is_empty() {
             return Ok((None, m));
         }
-        let mut rows = PairRows::of(&m);
+        // Where the pairs' rows are read from, kept for the joined rows when
+        // the filter drops no pair.
+        let mut rows = None;
         let m = match &self.filter {
             Some(filter) => {
                 let n = m.probe.len();
-                let columns = self.pair_columns(side, batch, &rows, &filter.columns)?;
+                let all_pairs = PairRows::of(&m);
+                let columns = self.pair_columns(side, batch, &all_pairs, &filter.columns)?;
                 let options = RecordBatchOptions::new().with_row_count(Some(n));
                 let narrow =
                     RecordBatch::try_new_with_options(filter.schema.clone(), columns, &options)?;
@@ -605,6 +608,7 @@ impl HashJoin {
                     .map_err(err)?;
                 let mask: &BooleanArray = mask.as_boolean();
                 if mask.null_count() == 0 && mask.true_count() == n {
+                    rows = Some(all_pairs);
                     m
                 } else {
                     let mut kept = Matches::default();
@@ -614,7 +618,6 @@ impl HashJoin {
                             kept.stored.push(m.stored[i]);
                         }
                     }
-                    rows = PairRows::of(&kept);
                     kept
                 }
             }
@@ -623,6 +626,7 @@ impl HashJoin {
         if m.probe.is_empty() || !build {
             return Ok((None, m));
         }
+        let rows = rows.unwrap_or_else(|| PairRows::of(&m));
         let all: Vec<usize> = (0..self.joined.fields().len()).collect();
         let columns = self.pair_columns(side, batch, &rows, &all)?;
         Ok((Some(RecordBatch::try_new(self.joined.clone(), columns)?), m))

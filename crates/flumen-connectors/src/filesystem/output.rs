@@ -1,6 +1,6 @@
-//! Where the file sink's bytes go: a buffered writer to a hidden file that
-//! is renamed into place later (local directories and stores without
-//! resumable uploads), or a multipart upload to the file's final name that
+//! Where the file sink's bytes go: a hidden file that is renamed into place
+//! later (written directly in a local directory, through a buffered writer
+//! in stores without resumable uploads), or a multipart upload to the file's final name that
 //! nobody sees until it is completed (S3), so committing is completing the
 //! upload instead of copying the file.
 
@@ -15,12 +15,15 @@ use object_store::{MultipartId, ObjectStore, ObjectStoreExt};
 use parquet::arrow::async_writer::AsyncFileWriter;
 use tokio::io::AsyncWriteExt;
 
+use super::local_file::LocalFile;
+
 /// Bytes gathered before a part is uploaded. S3 wants every part but the
 /// last to hold at least 5 MiB.
 const PART_SIZE: usize = 8 << 20;
 
 /// The bytes of one file being written.
 pub(super) enum Output {
+    Local(Box<LocalFile>),
     Buffered(Box<BufWriter>),
     Upload(Box<Upload>),
 }
@@ -29,6 +32,7 @@ impl Output {
     /// Appends `bytes`.
     pub(super) async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match self {
+            Output::Local(f) => f.write(bytes).await,
             Output::Buffered(w) => w.write_all(bytes).await,
             Output::Upload(u) => u.write(bytes).await.map_err(std::io::Error::other),
         }
@@ -38,6 +42,7 @@ impl Output {
     /// upload is sealed: all its parts are stored, waiting to be completed.
     pub(super) async fn finish(&mut self) -> std::io::Result<Option<Sealed>> {
         match self {
+            Output::Local(f) => f.flush().await.map(|()| None),
             Output::Buffered(w) => w.shutdown().await.map(|()| None),
             Output::Upload(u) => u.seal().await.map(Some).map_err(std::io::Error::other),
         }
@@ -58,6 +63,7 @@ impl AsyncFileWriter for Output {
     fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
         Box::pin(async move {
             match self {
+                Output::Local(f) => f.flush().await,
                 Output::Buffered(w) => w.flush().await,
                 Output::Upload(u) => u.upload_part().await.map_err(std::io::Error::other),
             }

@@ -20,6 +20,7 @@ use flumen_state::{KeyGroupRange, Location, StateSnapshot};
 use flumen_types::{FlumenError, Result};
 use futures::TryStreamExt;
 use object_store::buffered::BufWriter;
+use object_store::local::LocalFileSystem;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -28,6 +29,7 @@ use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::Format;
+use super::local_file::LocalFile;
 use super::output::{Output, Sealed, Upload};
 use super::partition::Partitioning;
 use crate::Options;
@@ -121,6 +123,7 @@ impl SinkFactory for FileSinkFactory {
         Ok(Box::new(FileSink {
             location: self.location.clone(),
             store: self.location.store.clone(),
+            local: self.location.local.is_some().then(LocalFileSystem::new),
             uploads: self.location.multipart.clone(),
             dir: self.location.path.clone(),
             display: self.location.display.clone(),
@@ -192,6 +195,9 @@ fn staged_checkpoint(name: &str) -> Option<u64> {
 struct FileSink {
     location: Location,
     store: Arc<dyn ObjectStore>,
+    /// For a local directory: where the store keeps a path, so that files
+    /// are written there directly ([`LocalFile`]).
+    local: Option<LocalFileSystem>,
     /// The store again where files are staged as resumable uploads (S3).
     uploads: Option<Arc<dyn MultipartStore>>,
     dir: Path,
@@ -344,8 +350,17 @@ impl FileSink {
             ),
             None => {
                 let temp = dir.join(temp.as_str());
-                let out = BufWriter::new(self.store.clone(), temp.clone());
-                (temp, Output::Buffered(Box::new(out)))
+                let out = match &self.local {
+                    Some(local) => {
+                        let path = local.path_to_filesystem(&temp).map_err(|e| self.err(e))?;
+                        let file = LocalFile::create(path).await.map_err(|e| self.err(e))?;
+                        Output::Local(Box::new(file))
+                    }
+                    None => {
+                        Output::Buffered(Box::new(BufWriter::new(self.store.clone(), temp.clone())))
+                    }
+                };
+                (temp, out)
             }
         };
         let writer = match self.format {

@@ -14,15 +14,23 @@ use std::path::PathBuf;
 /// Bytes gathered before they are written out as one chunk.
 const CHUNK: usize = 8 << 20;
 
-/// A local file being written.
+/// What a chunk's write hands back: the file and the chunk's emptied buffer.
+type Written = std::io::Result<(File, Vec<u8>)>;
+
+/// A local file being written. One chunk is written on a blocking thread
+/// while the next gathers.
 pub(super) struct LocalFile {
-    /// `None` only while a chunk is being written on a blocking thread.
-    file: Option<File>,
     path: PathBuf,
+    /// The file, while no chunk is being written.
+    file: Option<File>,
+    /// The chunk being written.
+    writing: Option<tokio::task::JoinHandle<Written>>,
     buffer: Vec<u8>,
-    /// Bytes written to the file so far.
+    /// The other chunk's buffer, kept to be filled again.
+    spare: Vec<u8>,
+    /// Bytes handed to the file so far.
     written: u64,
-    /// The last chunk written, whose writeback has been started.
+    /// The last chunk handed to the file.
     in_flight: Option<(u64, u64)>,
 }
 
@@ -42,50 +50,67 @@ impl LocalFile {
         .await
         .map_err(std::io::Error::other)??;
         Ok(LocalFile {
-            file: Some(file),
             path,
+            file: Some(file),
+            writing: None,
             buffer: Vec::new(),
+            spare: Vec::new(),
             written: 0,
             in_flight: None,
         })
     }
 
-    /// Appends `bytes`, writing a chunk out once one has gathered.
+    /// Appends `bytes`, starting a chunk's write once one has gathered.
     pub(super) async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.buffer.extend_from_slice(bytes);
         if self.buffer.len() >= CHUNK {
-            self.flush().await?;
+            self.start_write().await?;
         }
         Ok(())
     }
 
-    /// Writes out what is gathered; its writeback starts, and that of the
-    /// chunk before is awaited and its pages dropped.
+    /// Writes out everything gathered and waits until it is written.
     pub(super) async fn flush(&mut self) -> std::io::Result<()> {
+        self.start_write().await?;
+        self.settle().await
+    }
+
+    /// Waits for the chunk being written, taking the file and its buffer
+    /// back.
+    async fn settle(&mut self) -> std::io::Result<()> {
+        if let Some(writing) = self.writing.take() {
+            let (file, buffer) = writing.await.map_err(std::io::Error::other)??;
+            self.file = Some(file);
+            self.spare = buffer;
+        }
+        Ok(())
+    }
+
+    /// Once the chunk before is written, starts writing what is gathered
+    /// on a blocking thread: its writeback starts, and that of the chunk
+    /// before is awaited and its pages dropped.
+    async fn start_write(&mut self) -> std::io::Result<()> {
+        self.settle().await?;
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let (Some(mut file), mut buffer) = (self.file.take(), std::mem::take(&mut self.buffer))
-        else {
+        let Some(mut file) = self.file.take() else {
             return Err(std::io::Error::other(format!(
                 "{}: an earlier write of this file failed",
                 self.path.display()
             )));
         };
+        let mut buffer = std::mem::replace(&mut self.buffer, std::mem::take(&mut self.spare));
         let chunk = (self.written, buffer.len() as u64);
         let previous = self.in_flight;
-        let (file, buffer) = tokio::task::spawn_blocking(move || {
+        self.writing = Some(tokio::task::spawn_blocking(move || {
             file.write_all(&buffer)?;
             write_back(&file, chunk, previous);
             buffer.clear();
-            Ok::<_, std::io::Error>((file, buffer))
-        })
-        .await
-        .map_err(std::io::Error::other)??;
+            Ok((file, buffer))
+        }));
         self.written += chunk.1;
         self.in_flight = Some(chunk);
-        self.file = Some(file);
-        self.buffer = buffer;
         Ok(())
     }
 }

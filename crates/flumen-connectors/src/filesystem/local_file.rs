@@ -69,6 +69,22 @@ impl LocalFile {
         Ok(())
     }
 
+    /// Appends the bytes of `buf` and leaves it empty. When nothing is
+    /// gathered, `buf` itself becomes the gathered bytes (and a large one
+    /// goes out as its own chunk), and `buf` gets the emptied buffer.
+    pub(super) async fn write_vec(&mut self, buf: &mut Vec<u8>) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            std::mem::swap(&mut self.buffer, buf);
+        } else {
+            self.buffer.extend_from_slice(buf);
+            buf.clear();
+        }
+        if self.buffer.len() >= CHUNK / 2 {
+            self.start_write().await?;
+        }
+        Ok(())
+    }
+
     /// Writes out everything gathered and waits until it is written.
     pub(super) async fn flush(&mut self) -> std::io::Result<()> {
         self.start_write().await?;
@@ -211,6 +227,23 @@ mod tests {
         // pages were dropped (checked before reading brings them back).
         #[cfg(target_os = "linux")]
         assert_eq!(cached_pages(&path, 0..CHUNK - 4096), 0);
+        assert!(std::fs::read(&path).unwrap() == expected, "bytes differ");
+    }
+
+    #[tokio::test]
+    async fn handed_buffers_are_taken_whole_and_given_back_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("file.bin");
+        let mut file = LocalFile::create(path.clone()).await.unwrap();
+        let mut expected = Vec::new();
+        for (i, len) in [100, CHUNK / 2 + 7, 3, CHUNK, 1].into_iter().enumerate() {
+            let mut buf = vec![i as u8 + 1; len];
+            expected.extend_from_slice(&buf);
+            file.write_vec(&mut buf).await.unwrap();
+            assert!(buf.is_empty(), "buffer {i} handed back with bytes");
+        }
+        file.flush().await.unwrap();
+        drop(file);
         assert!(std::fs::read(&path).unwrap() == expected, "bytes differ");
     }
 }

@@ -3,6 +3,7 @@
 
 mod local_file;
 mod output;
+mod parquet_file;
 mod partition;
 mod sink;
 mod source;

@@ -6,13 +6,10 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use futures::future::BoxFuture;
 use object_store::buffered::BufWriter;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{MultipartId, ObjectStore, ObjectStoreExt};
-use parquet::arrow::async_writer::AsyncFileWriter;
 use tokio::io::AsyncWriteExt;
 
 use super::local_file::LocalFile;
@@ -38,6 +35,19 @@ impl Output {
         }
     }
 
+    /// Appends the bytes of `buf`, leaving it empty (with room) to be
+    /// filled again; a local file takes a large `buf` without copying it.
+    pub(super) async fn write_vec(&mut self, buf: &mut Vec<u8>) -> std::io::Result<()> {
+        match self {
+            Output::Local(f) => f.write_vec(buf).await,
+            _ => {
+                self.write_all(buf).await?;
+                buf.clear();
+                Ok(())
+            }
+        }
+    }
+
     /// Writes out the last bytes. A buffered file is then complete; an
     /// upload is sealed: all its parts are stored, waiting to be completed.
     pub(super) async fn finish(&mut self) -> std::io::Result<Option<Sealed>> {
@@ -46,29 +56,6 @@ impl Output {
             Output::Buffered(w) => w.shutdown().await.map(|()| None),
             Output::Upload(u) => u.seal().await.map(Some).map_err(std::io::Error::other),
         }
-    }
-}
-
-impl AsyncFileWriter for Output {
-    fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
-        Box::pin(async move {
-            self.write_all(&bs)
-                .await
-                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
-        })
-    }
-
-    /// Parquet's writer calls this after the footer; the sink finishes
-    /// the output itself afterwards, so this only flushes.
-    fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
-        Box::pin(async move {
-            match self {
-                Output::Local(f) => f.flush().await,
-                Output::Buffered(w) => w.flush().await,
-                Output::Upload(u) => u.upload_part().await.map_err(std::io::Error::other),
-            }
-            .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
-        })
     }
 }
 

@@ -24,13 +24,13 @@ use object_store::local::LocalFileSystem;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::Format;
 use super::local_file::LocalFile;
 use super::output::{Output, Sealed, Upload};
+use super::parquet_file::ParquetFile;
 use super::partition::Partitioning;
 use crate::Options;
 
@@ -247,7 +247,7 @@ struct OpenFile {
 
 enum FileWriter {
     Text(Output),
-    Parquet(Box<AsyncArrowWriter<Output>>),
+    Parquet(Box<ParquetFile>),
 }
 
 /// An I/O error of the sink, naming its path, with its cause kept (a retry
@@ -365,7 +365,7 @@ impl FileSink {
         };
         let writer = match self.format {
             Format::Parquet => FileWriter::Parquet(Box::new(
-                AsyncArrowWriter::try_new(out, self.schema.clone(), Some(self.parquet.clone()))
+                ParquetFile::try_new(out, self.schema.clone(), self.parquet.clone())
                     .map_err(|e| self.err(e))?,
             )),
             _ => FileWriter::Text(out),
@@ -390,10 +390,7 @@ impl FileSink {
     async fn close(&mut self, file: OpenFile) -> Result<()> {
         let sealed = match file.writer {
             FileWriter::Text(mut out) => out.finish().await.map_err(|e| self.err(e))?,
-            FileWriter::Parquet(mut w) => {
-                w.finish().await.map_err(|e| self.err(e))?;
-                w.into_inner().finish().await.map_err(|e| self.err(e))?
-            }
+            FileWriter::Parquet(w) => w.finish().await.map_err(|e| self.err(e))?,
         };
         let staged = match sealed {
             Some(sealed) => StagedFile::Upload(sealed),
@@ -431,7 +428,7 @@ impl FileSink {
         match &mut file.writer {
             FileWriter::Parquet(w) => {
                 w.write(batch).await.map_err(|e| write_error(display, e))?;
-                file.bytes = w.bytes_written() as u64 + w.in_progress_size() as u64;
+                file.bytes = w.bytes();
             }
             FileWriter::Text(w) => {
                 let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 2);

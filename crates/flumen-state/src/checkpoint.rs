@@ -26,12 +26,14 @@ use bytes::Bytes;
 use flumen_types::{FlumenError, Result};
 use futures::TryStreamExt;
 use object_store::buffered::BufWriter;
+use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use crate::key_group::{KeyGroup, KeyGroupRange};
+use crate::local_file::LocalFile;
 use crate::location::Location;
 use crate::snapshot::{KEY_GROUP_COLUMN, StateSnapshot};
 
@@ -186,6 +188,9 @@ pub struct Listed {
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
+    /// For a local directory: where the store keeps a path, so that state
+    /// files are written there directly ([`LocalFile`]).
+    local: Option<LocalFileSystem>,
     root: Path,
     display: String,
 }
@@ -194,6 +199,47 @@ fn checksum(bytes: &[u8]) -> String {
     let mut h = twox_hash::XxHash64::with_seed(0);
     h.write(bytes);
     format!("{:016x}", h.finish())
+}
+
+/// Where a state file's bytes go: a local file, renamed into place when
+/// complete, or a multipart upload, visible when completed.
+enum StateOut {
+    Local {
+        file: LocalFile,
+        temp: std::path::PathBuf,
+        target: std::path::PathBuf,
+    },
+    Store(BufWriter),
+}
+
+impl StateOut {
+    /// Appends the bytes of `buf`, leaving it empty to be filled again.
+    async fn write_vec(&mut self, buf: &mut Vec<u8>) -> std::io::Result<()> {
+        match self {
+            StateOut::Local { file, .. } => file.write_vec(buf).await,
+            StateOut::Store(out) => {
+                out.write_all(buf).await?;
+                buf.clear();
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes out the rest and makes the file visible under its name.
+    async fn finish(self) -> std::io::Result<()> {
+        match self {
+            StateOut::Local {
+                mut file,
+                temp,
+                target,
+            } => {
+                file.flush().await?;
+                drop(file);
+                tokio::fs::rename(&temp, &target).await
+            }
+            StateOut::Store(mut out) => out.shutdown().await,
+        }
+    }
 }
 
 impl CheckpointStore {
@@ -208,6 +254,7 @@ impl CheckpointStore {
         }
         Ok(CheckpointStore {
             store: location.store,
+            local: location.local.is_some().then(LocalFileSystem::new),
             root: location.path,
             display: location.display,
         })
@@ -247,7 +294,7 @@ impl CheckpointStore {
             // Encoded a batch at a time and streamed out (a multipart
             // upload, made visible whole at the end), so memory holds one
             // batch's encoding, not the file's.
-            let mut out = BufWriter::new(self.store.clone(), self.path(&path));
+            let mut out = self.state_file(&path).await.map_err(io)?;
             let mut hash = twox_hash::XxHash64::with_seed(0);
             let mut size = 0u64;
             let mut writer = FileWriter::try_new(Vec::new(), &batches[0].schema())?;
@@ -263,15 +310,15 @@ impl CheckpointStore {
                         true
                     }
                 };
-                let chunk = std::mem::take(writer.get_mut());
-                hash.write(&chunk);
+                let chunk = writer.get_mut();
+                hash.write(chunk);
                 size += chunk.len() as u64;
-                out.write_all(&chunk).await.map_err(io)?;
+                out.write_vec(chunk).await.map_err(io)?;
                 if last {
                     break;
                 }
             }
-            out.shutdown().await.map_err(io)?;
+            out.finish().await.map_err(io)?;
             files.push(StateFile {
                 path,
                 subtask,
@@ -283,6 +330,22 @@ impl CheckpointStore {
             });
         }
         Ok(files)
+    }
+
+    /// A state file being written to `path` (relative to the root).
+    async fn state_file(&self, path: &str) -> std::io::Result<StateOut> {
+        let path = self.path(path);
+        let Some(local) = &self.local else {
+            return Ok(StateOut::Store(BufWriter::new(self.store.clone(), path)));
+        };
+        let target = local
+            .path_to_filesystem(&path)
+            .map_err(std::io::Error::other)?;
+        let mut name = target.file_name().unwrap_or_default().to_owned();
+        name.push(".inprogress");
+        let temp = target.with_file_name(name);
+        let file = LocalFile::create(temp.clone()).await?;
+        Ok(StateOut::Local { file, temp, target })
     }
 
     async fn read_checked(&self, file: &StateFile) -> Result<Bytes> {

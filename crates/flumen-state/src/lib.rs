@@ -9,6 +9,7 @@
 pub mod checkpoint;
 mod key_group;
 mod keyed_table;
+mod local_file;
 mod location;
 mod snapshot;
 
@@ -17,5 +18,6 @@ pub use key_group::{
     subtask_for_key_group,
 };
 pub use keyed_table::KeyedTable;
+pub use local_file::LocalFile;
 pub use location::{Location, S3Settings};
 pub use snapshot::{KEY_GROUP_COLUMN, StateSnapshot, state_column};

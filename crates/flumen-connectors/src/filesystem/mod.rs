@@ -1,7 +1,6 @@
 //! The `filesystem` connector: reads and writes JSON lines, CSV and Parquet
 //! files in a local directory or an object store.
 
-mod local_file;
 mod output;
 mod parquet_file;
 mod partition;

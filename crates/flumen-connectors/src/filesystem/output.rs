@@ -6,13 +6,12 @@
 
 use std::sync::Arc;
 
+use flumen_state::LocalFile;
 use object_store::buffered::BufWriter;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{MultipartId, ObjectStore, ObjectStoreExt};
 use tokio::io::AsyncWriteExt;
-
-use super::local_file::LocalFile;
 
 /// Bytes gathered before a part is uploaded. S3 wants every part but the
 /// last to hold at least 5 MiB.

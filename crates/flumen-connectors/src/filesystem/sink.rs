@@ -16,7 +16,7 @@ use arrow::array::{AsArray, ListBuilder, RecordBatch, StringArray, StringBuilder
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use flumen_runtime::{Sink, SinkFactory, TaskContext};
-use flumen_state::{KeyGroupRange, Location, StateSnapshot};
+use flumen_state::{KeyGroupRange, LocalFile, Location, StateSnapshot};
 use flumen_types::{FlumenError, Result};
 use futures::TryStreamExt;
 use object_store::buffered::BufWriter;
@@ -28,7 +28,6 @@ use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::Format;
-use super::local_file::LocalFile;
 use super::output::{Output, Sealed, Upload};
 use super::parquet_file::ParquetFile;
 use super::partition::Partitioning;

@@ -1,9 +1,9 @@
-//! A file the sink writes in a local directory: its bytes go to disk in
-//! chunks, and once a chunk is on disk its pages leave the page cache.
-//! A streaming sink writes far more than it will read back; left in the
-//! page cache, its files take fresh pages for every byte written (the
-//! kernel's copy into new pages was 39 % of q10's CPU) and push out pages
-//! other programs use. Each chunk's writeback is started as soon as it is
+//! A file written in a local directory (a file sink's output, a
+//! checkpoint's state): its bytes go to disk in chunks, and once a chunk is
+//! on disk its pages leave the page cache. flumen writes far more than it
+//! reads back; left in the page cache, its files take fresh pages for
+//! every byte written (the kernel's copy into new pages was 39 % of q10's
+//! CPU) and push out pages other programs use. Each chunk's writeback is started as soon as it is
 //! written and awaited when the next one is, so a disk slower than the job
 //! slows the sink (backpressure) instead of filling memory.
 
@@ -14,12 +14,13 @@ use std::path::PathBuf;
 /// Bytes gathered before they are written out as one chunk.
 const CHUNK: usize = 8 << 20;
 
-/// What a chunk's write hands back: the file and the chunk's emptied buffer.
-type Written = std::io::Result<(File, Vec<u8>)>;
+/// What a chunk's write hands back: the file, the chunk's emptied buffer
+/// and the range of its last piece, whose writeback is under way.
+type Written = std::io::Result<(File, Vec<u8>, (u64, u64))>;
 
 /// A local file being written. One chunk is written on a blocking thread
 /// while the next gathers.
-pub(super) struct LocalFile {
+pub struct LocalFile {
     path: PathBuf,
     /// The file, while no chunk is being written.
     file: Option<File>,
@@ -30,13 +31,13 @@ pub(super) struct LocalFile {
     spare: Vec<u8>,
     /// Bytes handed to the file so far.
     written: u64,
-    /// The last chunk handed to the file.
+    /// The last piece written, as of the last chunk settled.
     in_flight: Option<(u64, u64)>,
 }
 
 impl LocalFile {
     /// Creates (or empties) the file at `path`, and its directory if missing.
-    pub(super) async fn create(path: PathBuf) -> std::io::Result<Self> {
+    pub async fn create(path: PathBuf) -> std::io::Result<Self> {
         let opened = path.clone();
         let file = tokio::task::spawn_blocking(move || match File::create(&opened) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -61,7 +62,7 @@ impl LocalFile {
     }
 
     /// Appends `bytes`, starting a chunk's write once one has gathered.
-    pub(super) async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.buffer.extend_from_slice(bytes);
         if self.buffer.len() >= CHUNK {
             self.start_write().await?;
@@ -72,7 +73,7 @@ impl LocalFile {
     /// Appends the bytes of `buf` and leaves it empty. When nothing is
     /// gathered, `buf` itself becomes the gathered bytes (and a large one
     /// goes out as its own chunk), and `buf` gets the emptied buffer.
-    pub(super) async fn write_vec(&mut self, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    pub async fn write_vec(&mut self, buf: &mut Vec<u8>) -> std::io::Result<()> {
         if self.buffer.is_empty() {
             std::mem::swap(&mut self.buffer, buf);
         } else {
@@ -86,7 +87,7 @@ impl LocalFile {
     }
 
     /// Writes out everything gathered and waits until it is written.
-    pub(super) async fn flush(&mut self) -> std::io::Result<()> {
+    pub async fn flush(&mut self) -> std::io::Result<()> {
         self.start_write().await?;
         self.settle().await
     }
@@ -95,16 +96,19 @@ impl LocalFile {
     /// back.
     async fn settle(&mut self) -> std::io::Result<()> {
         if let Some(writing) = self.writing.take() {
-            let (file, buffer) = writing.await.map_err(std::io::Error::other)??;
+            let (file, buffer, last) = writing.await.map_err(std::io::Error::other)??;
             self.file = Some(file);
             self.spare = buffer;
+            self.in_flight = Some(last);
         }
         Ok(())
     }
 
     /// Once the chunk before is written, starts writing what is gathered
-    /// on a blocking thread: its writeback starts, and that of the chunk
-    /// before is awaited and its pages dropped.
+    /// on a blocking thread, in pieces of at most [`CHUNK`] bytes (a
+    /// checkpoint hands over a whole table at once): each piece's
+    /// writeback starts, and that of the piece before is awaited and its
+    /// pages dropped.
     async fn start_write(&mut self) -> std::io::Result<()> {
         self.settle().await?;
         if self.buffer.is_empty() {
@@ -117,16 +121,20 @@ impl LocalFile {
             )));
         };
         let mut buffer = std::mem::replace(&mut self.buffer, std::mem::take(&mut self.spare));
-        let chunk = (self.written, buffer.len() as u64);
-        let previous = self.in_flight;
+        let (mut at, mut previous) = (self.written, self.in_flight);
+        self.written += buffer.len() as u64;
         self.writing = Some(tokio::task::spawn_blocking(move || {
-            file.write_all(&buffer)?;
-            write_back(&file, chunk, previous);
+            let mut last = (at, 0);
+            for piece in buffer.chunks(CHUNK) {
+                file.write_all(piece)?;
+                last = (at, piece.len() as u64);
+                write_back(&file, last, previous);
+                previous = Some(last);
+                at += last.1;
+            }
             buffer.clear();
-            Ok((file, buffer))
+            Ok((file, buffer, last))
         }));
-        self.written += chunk.1;
-        self.in_flight = Some(chunk);
         Ok(())
     }
 }
@@ -227,6 +235,21 @@ mod tests {
         // pages were dropped (checked before reading brings them back).
         #[cfg(target_os = "linux")]
         assert_eq!(cached_pages(&path, 0..CHUNK - 4096), 0);
+        assert!(std::fs::read(&path).unwrap() == expected, "bytes differ");
+    }
+
+    #[tokio::test]
+    async fn one_large_buffer_goes_out_in_pieces_whose_pages_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("table.arrow");
+        let mut file = LocalFile::create(path.clone()).await.unwrap();
+        let expected: Vec<u8> = (0..3 * CHUNK + 5).map(|i| (i % 251) as u8).collect();
+        let mut buf = expected.clone();
+        file.write_vec(&mut buf).await.unwrap();
+        file.flush().await.unwrap();
+        drop(file);
+        #[cfg(target_os = "linux")]
+        assert_eq!(cached_pages(&path, 0..2 * CHUNK - 4096), 0);
         assert!(std::fs::read(&path).unwrap() == expected, "bytes differ");
     }
 

@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::flumen;
-use common::postgres::{Tables, database, psql};
+use common::postgres::{FreshDatabase, Tables, database, psql, psql_at};
 
 const EVENTS: u64 = 240_000;
 const THROTTLED_SECONDS: u64 = 12;
@@ -126,6 +126,44 @@ fn sigkill_at_random_moments_writes_each_row_once() {
         tables.0[2]
     ));
     assert_eq!(staged.trim(), "1", "one staging table per target");
+}
+
+/// Sinks that start together in a database flumen has not written to yet
+/// each create flumen's schema and progress table "if not exists", which
+/// PostgreSQL does not make safe against a concurrent creator: all must
+/// start, and every row arrive.
+#[test]
+fn sinks_starting_together_in_a_fresh_database_all_start() {
+    let work = tempfile::tempdir().unwrap();
+    let db = FreshDatabase::new("flumen_fresh");
+    const SINKS: usize = 6;
+    let mut sql = String::from(
+        "CREATE TABLE bid (auction BIGINT, price BIGINT)
+           WITH (connector = 'nexmark', kind = 'bid', events = '5000', seed = '3');\n",
+    );
+    for i in 0..SINKS {
+        psql_at(
+            &db.url,
+            &format!("CREATE TABLE t{i} (auction bigint, price bigint)"),
+        );
+        sql.push_str(&format!(
+            "CREATE TABLE t{i} (auction BIGINT, price BIGINT)
+               WITH (connector = 'postgres', url = '{}', 'table-name' = 't{i}');
+             INSERT INTO t{i} SELECT auction, price FROM bid WHERE price % {SINKS} = {i};\n",
+            db.url
+        ));
+    }
+    std::fs::write(work.path().join("fresh.sql"), sql).unwrap();
+    common::run_ok(work.path(), "fresh.sql", "2");
+    let counts: Vec<String> = (0..SINKS)
+        .map(|i| {
+            psql_at(&db.url, &format!("SELECT count(*) FROM t{i}"))
+                .trim()
+                .to_string()
+        })
+        .collect();
+    let total: u64 = counts.iter().map(|c| c.parse::<u64>().unwrap()).sum();
+    assert_eq!(total, 5000 * 46 / 50, "rows per sink: {counts:?}");
 }
 
 #[test]

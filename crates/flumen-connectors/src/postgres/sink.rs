@@ -212,8 +212,11 @@ impl Shared {
                 )));
             }
         }
+        // One lock for every sink's DDL, not one per staging table: each
+        // creates the shared schema and progress table "if not exists",
+        // which PostgreSQL does not make safe against a concurrent creator.
         let ddl = format!(
-            "SELECT pg_advisory_xact_lock(7243392, hashtext('{staging}')); \
+            "SELECT pg_advisory_xact_lock(7243392, 0); \
              CREATE SCHEMA IF NOT EXISTS flumen; \
              CREATE TABLE IF NOT EXISTS flumen.sink_progress (sink text NOT NULL, subtask int NOT NULL, \
                checkpoint bigint NOT NULL, updated timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (sink, subtask)); \
@@ -221,7 +224,7 @@ impl Shared {
                _flumen_subtask int NOT NULL, _flumen_epoch bigint NOT NULL, _flumen_op smallint NOT NULL, \
                _flumen_seq bigserial); \
              CREATE INDEX IF NOT EXISTS {index} ON {staging} (_flumen_sink, _flumen_subtask, _flumen_epoch);",
-            staging = self.staging.replace('\'', "''"),
+            staging = self.staging,
             defs = defs.join(", "),
             index = ident(&format!(
                 "{}_by_sink",

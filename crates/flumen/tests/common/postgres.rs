@@ -13,8 +13,13 @@ pub fn database() -> &'static str {
 
 /// Runs `sql` with psql; its rows, `|`-separated, one per line.
 pub fn psql(sql: &str) -> String {
+    psql_at(database(), sql)
+}
+
+/// Runs `sql` with psql in the database at `url`.
+pub fn psql_at(url: &str, sql: &str) -> String {
     let out = Command::new("psql")
-        .args([database(), "-v", "ON_ERROR_STOP=1", "-qtA", "-c", sql])
+        .args([url, "-v", "ON_ERROR_STOP=1", "-qtA", "-c", sql])
         .output()
         .expect("psql runs");
     assert!(
@@ -46,5 +51,38 @@ impl Drop for Tables {
                 .args([database(), "-qc", &format!("DROP TABLE IF EXISTS {t}")])
                 .output();
         }
+    }
+}
+
+/// A database of one test, on the same server, dropped when the test ends
+/// however it ends: for what only happens where flumen has not been yet.
+pub struct FreshDatabase {
+    name: String,
+    /// Its URL.
+    pub url: String,
+}
+
+impl FreshDatabase {
+    pub fn new(test: &str) -> Self {
+        let name = super::unique_name(test).replace('-', "_");
+        psql(&format!("CREATE DATABASE {name}"));
+        let base = database();
+        let server = &base[..base.rfind('/').expect("a URL names its database")];
+        FreshDatabase {
+            url: format!("{server}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for FreshDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                database(),
+                "-qc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
     }
 }

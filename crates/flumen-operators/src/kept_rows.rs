@@ -376,18 +376,18 @@ impl KeptRows {
     /// The kept columns of `rows` as stored: ids where a column has a
     /// dictionary.
     fn gather_stored(&self, rows: &[RowRef]) -> Result<Vec<ArrayRef>> {
+        // The slots the rows come from, numbered in order of first use:
+        // rows of an update or a snapshot come from anywhere in the store.
         let mut used: Vec<u32> = Vec::new();
+        let mut number = vec![u32::MAX; self.slots.len()];
         let mut picks: Vec<(usize, usize)> = Vec::with_capacity(rows.len());
         for r in rows {
-            // Rows come in runs from a few slots: look back before searching.
-            let n = match used.iter().rposition(|&s| s == r.slot) {
-                Some(n) => n,
-                None => {
-                    used.push(r.slot);
-                    used.len() - 1
-                }
-            };
-            picks.push((n, r.row as usize));
+            let n = &mut number[r.slot as usize];
+            if *n == u32::MAX {
+                *n = used.len() as u32;
+                used.push(r.slot);
+            }
+            picks.push((*n as usize, r.row as usize));
         }
         (0..self.schema.fields().len())
             .map(|c| {

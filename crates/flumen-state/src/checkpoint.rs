@@ -201,6 +201,21 @@ fn checksum(bytes: &[u8]) -> String {
     format!("{:016x}", h.finish())
 }
 
+/// About the bytes of state encoded at once: a larger batch (an operator's
+/// whole state gathered into one) is written in slices of about this size,
+/// so the encoding buffer stays this small and is reused, instead of
+/// growing (copied at each doubling, into fresh pages) to the whole state.
+const PIECE_BYTES: usize = 8 << 20;
+
+/// `batch` in slices of about [`PIECE_BYTES`] (its buffers shared, not copied).
+fn pieces(batch: &RecordBatch) -> impl Iterator<Item = RecordBatch> + '_ {
+    let rows = batch.num_rows();
+    let per = (rows * PIECE_BYTES / batch.get_array_memory_size().max(1)).clamp(1, rows.max(1));
+    (0..rows.max(1))
+        .step_by(per)
+        .map(move |start| batch.slice(start, per.min(rows - start)))
+}
+
 /// Where a state file's bytes go: a local file, renamed into place when
 /// complete, or a multipart upload, visible when completed.
 enum StateOut {
@@ -298,11 +313,15 @@ impl CheckpointStore {
             let mut hash = twox_hash::XxHash64::with_seed(0);
             let mut size = 0u64;
             let mut writer = FileWriter::try_new(Vec::new(), &batches[0].schema())?;
-            let mut chunks = batches.iter().map(Some).chain(std::iter::once(None));
+            let mut chunks = batches
+                .iter()
+                .flat_map(pieces)
+                .map(Some)
+                .chain(std::iter::once(None));
             loop {
                 let last = match chunks.next() {
                     Some(Some(batch)) => {
-                        writer.write(batch)?;
+                        writer.write(&batch)?;
                         false
                     }
                     _ => {
@@ -614,7 +633,7 @@ pub fn open_dir(raw: &str) -> Result<(CheckpointStore, String)> {
 mod tests {
     use std::sync::Arc;
 
-    use arrow::array::Int64Array;
+    use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
@@ -698,6 +717,58 @@ mod tests {
         let (latest, skipped) = store.latest().await.unwrap();
         assert_eq!(latest.unwrap().id, 1);
         assert!(skipped.is_empty());
+    }
+
+    /// A state larger than a piece is written as several batches, each
+    /// holding only its own rows' bytes, and reads back whole.
+    #[tokio::test]
+    async fn a_large_state_is_written_in_pieces_and_reads_back_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(tmp.path().to_str().unwrap()).unwrap();
+        let n = 1_500_000;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("v", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..n as i64)),
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| format!("value {i}")),
+                )),
+            ],
+        )
+        .unwrap();
+        let key_groups: Vec<KeyGroup> = (0..n).map(|i| (i % 128) as KeyGroup).collect();
+        let mut snapshot = StateSnapshot::default();
+        snapshot.add(0, &batch, &key_groups).unwrap();
+        let files = store.write_state("cp", "op", 0, &snapshot).await.unwrap();
+        let bytes = std::fs::read(tmp.path().join(&files[0].path)).unwrap();
+        let stored = batch.get_array_memory_size() + 2 * n;
+        assert!(
+            (bytes.len() as f64) < 1.2 * stored as f64,
+            "{} bytes written for {stored} of state: slices wrote whole buffers",
+            bytes.len()
+        );
+        let reader = FileReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+        let batches = reader.map(|b| b.unwrap()).collect::<Vec<_>>();
+        assert!(
+            batches.len() >= stored / PIECE_BYTES,
+            "{} batches for {stored} bytes",
+            batches.len()
+        );
+        assert!(batches.iter().all(|b| b.num_rows() < n / 2));
+        let files: Vec<&StateFile> = files.iter().collect();
+        let back = store
+            .read_state(&files, KeyGroupRange { start: 0, end: 128 })
+            .await
+            .unwrap();
+        let back = back.to_batches().unwrap();
+        let back = arrow::compute::concat_batches(&back[0].1[0].schema(), &back[0].1).unwrap();
+        assert_eq!(back.num_rows(), n);
+        assert_eq!(back.column(0), batch.column(0));
+        assert_eq!(back.column(1), batch.column(1));
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, StringArray, UInt32Array};
 use arrow::compute::{interleave, take};
 use arrow::datatypes::{DataType, SchemaRef, UInt32Type};
 use flumen_types::{DEFAULT_BATCH_SIZE, Result};
@@ -110,7 +110,8 @@ struct Slot {
     /// The kept columns; a column with a dictionary holds its ids.
     columns: Vec<ArrayRef>,
     rows: usize,
-    keys: Keys,
+    /// Shared with snapshots being written.
+    keys: Arc<Keys>,
     /// A bit per row: still kept.
     live: Vec<u64>,
     live_rows: usize,
@@ -233,7 +234,7 @@ impl KeptRows {
         let slot = Slot {
             columns,
             rows: n,
-            keys,
+            keys: Arc::new(keys),
             live,
             live_rows: n,
             live_arrow_bytes: arrow_bytes,
@@ -360,44 +361,43 @@ impl KeptRows {
 
     /// The kept columns of `rows`, in that order.
     pub(crate) fn gather(&self, rows: &[RowRef]) -> Result<Vec<ArrayRef>> {
-        let mut columns = self.gather_stored(rows)?;
-        for (column, dictionary) in columns.iter_mut().zip(&self.dictionaries) {
-            if let Some(dictionary) = dictionary {
-                *column = take(
-                    dictionary.values(),
-                    column.as_primitive::<UInt32Type>(),
-                    None,
-                )?;
-            }
-        }
-        Ok(columns)
+        let columns = self.gather_stored(rows)?;
+        let values: Vec<Option<&StringArray>> = self
+            .dictionaries
+            .iter()
+            .map(|d| d.as_ref().map(StringDictionary::values))
+            .collect();
+        resolve_ids(columns, &values)
     }
 
     /// The kept columns of `rows` as stored: ids where a column has a
     /// dictionary.
     fn gather_stored(&self, rows: &[RowRef]) -> Result<Vec<ArrayRef>> {
-        // The slots the rows come from, numbered in order of first use:
-        // rows of an update or a snapshot come from anywhere in the store.
-        let mut used: Vec<u32> = Vec::new();
-        let mut number = vec![u32::MAX; self.slots.len()];
-        let mut picks: Vec<(usize, usize)> = Vec::with_capacity(rows.len());
-        for r in rows {
-            let n = &mut number[r.slot as usize];
-            if *n == u32::MAX {
-                *n = used.len() as u32;
-                used.push(r.slot);
-            }
-            picks.push((*n as usize, r.row as usize));
+        gather_columns(
+            self.schema.fields().len(),
+            self.slots.len(),
+            |s, c| self.slot(s).columns[c].as_ref(),
+            rows,
+        )
+    }
+
+    /// The kept rows as they are now, to be read while this store goes on
+    /// changing: the slots' arrays and keys and the dictionaries' strings
+    /// are shared, not copied.
+    pub(crate) fn frozen(&self) -> FrozenRows {
+        FrozenRows {
+            width: self.schema.fields().len(),
+            slots: self
+                .slots
+                .iter()
+                .map(|s| s.as_ref().map(|s| (s.columns.clone(), s.keys.clone())))
+                .collect(),
+            dictionaries: self
+                .dictionaries
+                .iter()
+                .map(|d| d.as_ref().map(|d| d.values().clone()))
+                .collect(),
         }
-        (0..self.schema.fields().len())
-            .map(|c| {
-                let arrays: Vec<&dyn Array> = used
-                    .iter()
-                    .map(|&s| self.slot(s).columns[c].as_ref())
-                    .collect();
-                Ok(interleave(&arrays, &picks)?)
-            })
-            .collect()
     }
 
     /// Copies the live rows of the emptiest slots into fresh ones once dead
@@ -505,6 +505,87 @@ pub(crate) fn kept_schema(output: &SchemaRef, width: usize) -> SchemaRef {
     Arc::new(arrow::datatypes::Schema::new(
         output.fields()[..width].to_vec(),
     ))
+}
+
+/// The kept rows of a [`KeptRows`] at one moment (a snapshot's), readable
+/// on another thread while the store goes on.
+pub(crate) struct FrozenRows {
+    width: usize,
+    slots: Vec<Option<(Vec<ArrayRef>, Arc<Keys>)>>,
+    dictionaries: Vec<Option<StringArray>>,
+}
+
+impl FrozenRows {
+    fn slot(&self, slot: u32) -> &(Vec<ArrayRef>, Arc<Keys>) {
+        self.slots[slot as usize]
+            .as_ref()
+            .expect("a kept row's slot is live")
+    }
+
+    /// The partition key of a kept row.
+    pub(crate) fn partition_key(&self, r: RowRef) -> &[u8] {
+        self.slot(r.slot).1.partition(r.row as usize)
+    }
+
+    /// The order key of a kept row.
+    pub(crate) fn order_key(&self, r: RowRef) -> &[u8] {
+        self.slot(r.slot).1.order(r.row as usize)
+    }
+
+    /// The kept columns of `rows`, in that order.
+    pub(crate) fn gather(&self, rows: &[RowRef]) -> Result<Vec<ArrayRef>> {
+        let columns = gather_columns(
+            self.width,
+            self.slots.len(),
+            |s, c| self.slot(s).0[c].as_ref(),
+            rows,
+        )?;
+        let values: Vec<Option<&StringArray>> =
+            self.dictionaries.iter().map(Option::as_ref).collect();
+        resolve_ids(columns, &values)
+    }
+}
+
+/// Columns `0..width` of `rows`, from slots numbered below `slots`.
+fn gather_columns<'a>(
+    width: usize,
+    slots: usize,
+    column: impl Fn(u32, usize) -> &'a dyn Array,
+    rows: &[RowRef],
+) -> Result<Vec<ArrayRef>> {
+    // The slots the rows come from, numbered in order of first use: rows
+    // of an update or a snapshot come from anywhere in the store.
+    let mut used: Vec<u32> = Vec::new();
+    let mut number = vec![u32::MAX; slots];
+    let mut picks: Vec<(usize, usize)> = Vec::with_capacity(rows.len());
+    for r in rows {
+        let n = &mut number[r.slot as usize];
+        if *n == u32::MAX {
+            *n = used.len() as u32;
+            used.push(r.slot);
+        }
+        picks.push((*n as usize, r.row as usize));
+    }
+    (0..width)
+        .map(|c| {
+            let arrays: Vec<&dyn Array> = used.iter().map(|&s| column(s, c)).collect();
+            Ok(interleave(&arrays, &picks)?)
+        })
+        .collect()
+}
+
+/// Turns the id columns of `columns` (those with a dictionary's strings in
+/// `values`) into their strings.
+fn resolve_ids(
+    mut columns: Vec<ArrayRef>,
+    values: &[Option<&StringArray>],
+) -> Result<Vec<ArrayRef>> {
+    for (column, values) in columns.iter_mut().zip(values) {
+        if let Some(values) = values {
+            *column = take(*values, column.as_primitive::<UInt32Type>(), None)?;
+        }
+    }
+    Ok(columns)
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use flumen_runtime::{
 use flumen_state::{KeyGroup, KeyGroups, StateSnapshot, state_column};
 use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Result, RowOp, Watermark};
 
-use crate::kept_rows::{KeptRows, Keys, RowRef, kept_schema};
+use crate::kept_rows::{FrozenRows, KeptRows, Keys, RowRef, kept_schema};
 use crate::open_table::{Hashed, OpenTable};
 use crate::retract_top_n::{RetractTopN, RetractTopNSpec};
 
@@ -180,6 +180,11 @@ impl TopNFactory {
             output: self.output.clone(),
             kept: KeptRows::new(kept_schema(&self.output, self.width)),
             partition_converter: partition,
+            partition_fields: self
+                .partition_columns
+                .iter()
+                .map(|&c| SortField::new(self.input.field(c).data_type().clone()))
+                .collect(),
             order_converter: order,
             partitions: OpenTable::new(),
             batches: 0,
@@ -482,6 +487,8 @@ pub struct TopN {
     state_ttl_ns: Option<i64>,
     output: SchemaRef,
     partition_converter: RowConverter,
+    /// The partition converter's fields, to make another for snapshots.
+    partition_fields: Vec<SortField>,
     order_converter: RowConverter,
     kept: KeptRows,
     partitions: OpenTable<Partition>,
@@ -661,10 +668,11 @@ impl TopN {
         self.kept.bytes() + self.partitions.allocation_size() + spilled + closing
     }
 
-    /// The kept rows of every partition as snapshot columns: the row's
-    /// values, its partition and order keys (`arrow-row` bytes), its place
-    /// in its partition, its partition's last update and window end.
-    fn kept_rows(&self) -> Result<(Vec<ArrayRef>, Vec<KeyGroup>)> {
+    /// The kept rows of every partition as snapshot column sets, built
+    /// later from the rows as they are now: the row's values, its partition
+    /// and order keys (`arrow-row` bytes), its place in its partition, its
+    /// partition's last update and window end; with their key groups.
+    fn deferred_rows(&self) -> DeferredRows {
         let mut ends: HashMap<&[u8], i64> = HashMap::new();
         for (&end, closing) in &self.closing {
             for key in closing {
@@ -672,34 +680,73 @@ impl TopN {
             }
         }
         let live = self.kept.live_rows();
-        let mut at = Vec::with_capacity(live);
-        let (mut partition, mut order, mut places, mut touched, mut end) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut rows = DeferredRows {
+            kept: self.kept.frozen(),
+            at: Vec::with_capacity(live),
+            places: Vec::with_capacity(live),
+            touched: Vec::with_capacity(live),
+            ends: Vec::with_capacity(live),
+            partition_fields: self.partition_fields.clone(),
+            key_groups: self.key_groups,
+        };
         for p in self.partitions.iter() {
             let key = self.kept.partition_key(p.entries[0]);
             let window_end = ends.get(key).copied().unwrap_or(i64::MAX);
             for (place, &r) in p.entries.iter().enumerate() {
-                at.push(r);
-                partition.push(key);
-                order.push(self.kept.order_key(r));
-                places.push(place as u64);
-                touched.push(p.touched_at);
-                end.push(window_end);
+                rows.at.push(r);
+                rows.places.push(place as u64);
+                rows.touched.push(p.touched_at);
+                rows.ends.push(window_end);
             }
         }
-        let mut columns = self.kept.gather(&at)?;
-        let key_groups = partition_key_groups(
-            &self.partition_converter,
-            !self.partition_columns.is_empty(),
-            &partition,
-            &self.key_groups,
-        )?;
-        columns.push(Arc::new(BinaryArray::from_iter_values(partition)));
-        columns.push(Arc::new(BinaryArray::from_iter_values(order)));
-        columns.push(Arc::new(UInt64Array::from(places)));
-        columns.push(Arc::new(Int64Array::from(touched)));
-        columns.push(Arc::new(Int64Array::from(end)));
-        Ok((columns, key_groups))
+        rows
+    }
+}
+
+/// A TopN's kept rows at a barrier, with what a snapshot stores beside
+/// them, built into snapshot columns off the task's path.
+struct DeferredRows {
+    kept: FrozenRows,
+    at: Vec<RowRef>,
+    places: Vec<u64>,
+    touched: Vec<i64>,
+    ends: Vec<i64>,
+    /// The partition key's columns, to decode keys and hash them as the
+    /// exchange does.
+    partition_fields: Vec<SortField>,
+    key_groups: KeyGroups,
+}
+
+/// Rows per column set of a deferred snapshot: each gathered, then written
+/// out, in pieces this size.
+const SNAPSHOT_ROWS: usize = 65_536;
+
+impl DeferredRows {
+    /// The snapshot's column sets with their rows' key groups.
+    fn build(self) -> Result<Vec<(Vec<ArrayRef>, Vec<KeyGroup>)>> {
+        let converter = RowConverter::new(self.partition_fields.clone())?;
+        let partitioned = !self.partition_fields.is_empty();
+        let mut sets = Vec::new();
+        for start in (0..self.at.len()).step_by(SNAPSHOT_ROWS) {
+            let end = (start + SNAPSHOT_ROWS).min(self.at.len());
+            let at = &self.at[start..end];
+            let partition: Vec<&[u8]> = at.iter().map(|&r| self.kept.partition_key(r)).collect();
+            let order = BinaryArray::from_iter_values(at.iter().map(|&r| self.kept.order_key(r)));
+            let key_groups =
+                partition_key_groups(&converter, partitioned, &partition, &self.key_groups)?;
+            let mut columns = self.kept.gather(at)?;
+            columns.push(Arc::new(BinaryArray::from_iter_values(partition)));
+            columns.push(Arc::new(order));
+            columns.push(Arc::new(UInt64Array::from(
+                self.places[start..end].to_vec(),
+            )));
+            columns.push(Arc::new(Int64Array::from(
+                self.touched[start..end].to_vec(),
+            )));
+            columns.push(Arc::new(Int64Array::from(self.ends[start..end].to_vec())));
+            sets.push((columns, key_groups));
+        }
+        Ok(sets)
     }
 }
 
@@ -947,10 +994,8 @@ impl Operator for TopN {
 
     fn snapshot_state(&mut self) -> Result<StateSnapshot> {
         let mut snapshot = StateSnapshot::default();
-        if self.kept.live_rows() > 0 {
-            let (columns, key_groups) = self.kept_rows()?;
-            snapshot.add_columns(0, columns, &key_groups)?;
-        }
+        let rows = self.deferred_rows();
+        snapshot.add_deferred_grouped(0, rows.at.len(), move || rows.build());
         Ok(snapshot)
     }
 
@@ -1105,7 +1150,8 @@ mod tests {
     fn compacted_and_restored_rows_keep_their_partitions() {
         // The 2 highest values per key over 40 batches: most rows get in and
         // are pushed out later, so slots fill with dead rows and are
-        // compacted; a snapshot halfway is restored into a fresh operator.
+        // compacted; a snapshot halfway, built after the operator went on,
+        // is restored into a fresh operator.
         let schema = Arc::new(arrow::datatypes::Schema::new(vec![
             arrow::datatypes::Field::new("k", DataType::Int64, false),
             arrow::datatypes::Field::new("v", DataType::Int64, false),
@@ -1146,11 +1192,10 @@ mod tests {
             .unwrap();
             factory.top_n(&ctx, converter(DataType::Int64), order)
         };
-        let mut op = create();
         let (mut seed, mut next_value) = (7u64, 0i64);
         let mut best: HashMap<i64, Vec<i64>> = HashMap::new();
-        let mut rows = HashMap::new();
-        for b in 0..40 {
+        let mut batches = Vec::new();
+        for _ in 0..40 {
             let (mut keys, mut values) = (Vec::new(), Vec::new());
             for _ in 0..8192 {
                 seed = seed
@@ -1173,19 +1218,32 @@ mod tests {
                 kept.sort_unstable_by(|a, b| b.cmp(a));
                 kept.truncate(2);
             }
-            let batch = RecordBatch::try_new(
-                schema.clone(),
-                vec![
-                    Arc::new(Int64Array::from(keys)),
-                    Arc::new(Int64Array::from(values)),
-                ],
-            )
-            .unwrap();
+            batches.push(
+                RecordBatch::try_new(
+                    schema.clone(),
+                    vec![
+                        Arc::new(Int64Array::from(keys)),
+                        Arc::new(Int64Array::from(values)),
+                    ],
+                )
+                .unwrap(),
+            );
+        }
+        let mut op = create();
+        let mut rows = HashMap::new();
+        for (b, batch) in batches.iter().enumerate() {
             let mut out = Vec::new();
-            op.process_batch(batch, &mut out).unwrap();
+            op.process_batch(batch.clone(), &mut out).unwrap();
             apply(&mut rows, &out);
             if b == 20 {
-                let snapshot = op.snapshot_state().unwrap().resolve().unwrap();
+                // The snapshot is built only after the operator has gone
+                // on (evicting, compacting and reusing slots): it must
+                // still hold the rows of the barrier.
+                let snapshot = op.snapshot_state().unwrap();
+                for later in &batches[21..26] {
+                    op.process_batch(later.clone(), &mut Vec::new()).unwrap();
+                }
+                let snapshot = snapshot.resolve().unwrap();
                 op = create();
                 op.restore_state(&snapshot).unwrap();
             }

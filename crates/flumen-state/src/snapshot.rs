@@ -91,14 +91,29 @@ impl Part {
 /// Builds the rows of a deferred part: column sets, each a batch's columns.
 type MakeRows = Box<dyn FnOnce() -> Result<Vec<Vec<ArrayRef>>> + Send + Sync>;
 
+/// Builds the rows of a deferred part with their key groups: column sets,
+/// each a batch's columns and its rows' key groups.
+type MakeGroupedRows =
+    Box<dyn FnOnce() -> Result<Vec<(Vec<ArrayRef>, Vec<KeyGroup>)>> + Send + Sync>;
+
+/// How a deferred part is built and its rows' key groups found.
+enum Make {
+    /// Key groups hashed from the columns `keys`, out of `max_parallelism`.
+    Keyed {
+        keys: Vec<usize>,
+        max_parallelism: usize,
+        make: MakeRows,
+    },
+    /// Key groups built with the rows.
+    Grouped(MakeGroupedRows),
+}
+
 /// Rows of a table that an operator hands over as work to do rather than
 /// as arrays: built by [`StateSnapshot::resolve`], off the barrier's path.
 struct Deferred {
     table: usize,
     rows: usize,
-    keys: Vec<usize>,
-    max_parallelism: usize,
-    make: MakeRows,
+    make: Make,
 }
 
 /// The keyed state of one or more subtasks of an operator. An operator
@@ -200,9 +215,29 @@ impl StateSnapshot {
             self.deferred.push(Deferred {
                 table,
                 rows,
-                keys: keys.to_vec(),
-                max_parallelism,
-                make: Box::new(make),
+                make: Make::Keyed {
+                    keys: keys.to_vec(),
+                    max_parallelism,
+                    make: Box::new(make),
+                },
+            });
+        }
+    }
+
+    /// [`StateSnapshot::add_deferred`] for rows whose key groups `make`
+    /// works out itself (each column set with its rows' key groups), where
+    /// they are not a hash of some of the columns.
+    pub fn add_deferred_grouped(
+        &mut self,
+        table: usize,
+        rows: usize,
+        make: impl FnOnce() -> Result<Vec<(Vec<ArrayRef>, Vec<KeyGroup>)>> + Send + Sync + 'static,
+    ) {
+        if rows > 0 {
+            self.deferred.push(Deferred {
+                table,
+                rows,
+                make: Make::Grouped(Box::new(make)),
             });
         }
     }
@@ -211,15 +246,27 @@ impl StateSnapshot {
     /// written; the rows each one built must be the number it declared.
     pub fn resolve(mut self) -> Result<Self> {
         for d in std::mem::take(&mut self.deferred) {
-            let mut built = 0;
-            for columns in (d.make)()? {
-                let before = self.parts.len();
-                self.add_keyed_columns(d.table, columns, &d.keys, d.max_parallelism)?;
-                built += self.parts[before..]
-                    .iter()
-                    .map(|p| p.batch.num_rows())
-                    .sum::<usize>();
+            let before = self.parts.len();
+            match d.make {
+                Make::Keyed {
+                    keys,
+                    max_parallelism,
+                    make,
+                } => {
+                    for columns in make()? {
+                        self.add_keyed_columns(d.table, columns, &keys, max_parallelism)?;
+                    }
+                }
+                Make::Grouped(make) => {
+                    for (columns, key_groups) in make()? {
+                        self.add_columns(d.table, columns, &key_groups)?;
+                    }
+                }
             }
+            let built = self.parts[before..]
+                .iter()
+                .map(|p| p.batch.num_rows())
+                .sum::<usize>();
             if built != d.rows {
                 return Err(FlumenError::internal(format!(
                     "state table {}: {built} rows built, {} declared",

@@ -717,8 +717,8 @@ struct DeferredRows {
     key_groups: KeyGroups,
 }
 
-/// Rows per column set of a deferred snapshot: each gathered, then written
-/// out, in pieces this size.
+/// Rows per column set of a deferred snapshot: the kept rows are gathered,
+/// and their key groups hashed, this many at a time.
 const SNAPSHOT_ROWS: usize = 65_536;
 
 impl DeferredRows {

@@ -517,6 +517,8 @@ pub(crate) struct FrozenRows {
 
 impl FrozenRows {
     fn slot(&self, slot: u32) -> &(Vec<ArrayRef>, Arc<Keys>) {
+        // Rows are read by the references the partitions held when these
+        // slots were frozen, and a partition only refers to live slots.
         self.slots[slot as usize]
             .as_ref()
             .expect("a kept row's slot is live")

@@ -306,9 +306,9 @@ impl CheckpointStore {
         for (k, (table, batches)) in snapshot.to_batches()?.into_iter().enumerate() {
             let path = format!("{dir}/{operator}-{subtask}-t{table}-{k}.arrow");
             let io = |e| self.io(&format!("writing {path}"), e);
-            // Encoded a batch at a time and streamed out (a multipart
-            // upload, made visible whole at the end), so memory holds one
-            // batch's encoding, not the file's.
+            // Encoded a piece at a time and streamed out (to a hidden local
+            // file or a multipart upload, made visible whole at the end),
+            // so memory holds one piece's encoding, not the file's.
             let mut out = self.state_file(&path).await.map_err(io)?;
             let mut hash = twox_hash::XxHash64::with_seed(0);
             let mut size = 0u64;

@@ -106,7 +106,7 @@ impl LocalFile {
 
     /// Once the chunk before is written, starts writing what is gathered
     /// on a blocking thread, in pieces of at most [`CHUNK`] bytes (a
-    /// checkpoint hands over a whole table at once): each piece's
+    /// Parquet row group is handed over whole): each piece's
     /// writeback starts, and that of the piece before is awaited and its
     /// pages dropped.
     async fn start_write(&mut self) -> std::io::Result<()> {

@@ -722,31 +722,35 @@ struct DeferredRows {
 const SNAPSHOT_ROWS: usize = 65_536;
 
 impl DeferredRows {
-    /// The snapshot's column sets with their rows' key groups.
-    fn build(self) -> Result<Vec<(Vec<ArrayRef>, Vec<KeyGroup>)>> {
+    /// The snapshot's column sets with their rows' key groups, each built
+    /// when the iterator is advanced to it.
+    fn sets(self) -> impl Iterator<Item = Result<(Vec<ArrayRef>, Vec<KeyGroup>)>> + Send {
+        (0..self.at.len())
+            .step_by(SNAPSHOT_ROWS)
+            .map(move |start| self.set(start))
+    }
+
+    /// The column set of the rows from `start` on, at most [`SNAPSHOT_ROWS`].
+    fn set(&self, start: usize) -> Result<(Vec<ArrayRef>, Vec<KeyGroup>)> {
         let converter = RowConverter::new(self.partition_fields.clone())?;
         let partitioned = !self.partition_fields.is_empty();
-        let mut sets = Vec::new();
-        for start in (0..self.at.len()).step_by(SNAPSHOT_ROWS) {
-            let end = (start + SNAPSHOT_ROWS).min(self.at.len());
-            let at = &self.at[start..end];
-            let partition: Vec<&[u8]> = at.iter().map(|&r| self.kept.partition_key(r)).collect();
-            let order = BinaryArray::from_iter_values(at.iter().map(|&r| self.kept.order_key(r)));
-            let key_groups =
-                partition_key_groups(&converter, partitioned, &partition, &self.key_groups)?;
-            let mut columns = self.kept.gather(at)?;
-            columns.push(Arc::new(BinaryArray::from_iter_values(partition)));
-            columns.push(Arc::new(order));
-            columns.push(Arc::new(UInt64Array::from(
-                self.places[start..end].to_vec(),
-            )));
-            columns.push(Arc::new(Int64Array::from(
-                self.touched[start..end].to_vec(),
-            )));
-            columns.push(Arc::new(Int64Array::from(self.ends[start..end].to_vec())));
-            sets.push((columns, key_groups));
-        }
-        Ok(sets)
+        let end = (start + SNAPSHOT_ROWS).min(self.at.len());
+        let at = &self.at[start..end];
+        let partition: Vec<&[u8]> = at.iter().map(|&r| self.kept.partition_key(r)).collect();
+        let order = BinaryArray::from_iter_values(at.iter().map(|&r| self.kept.order_key(r)));
+        let key_groups =
+            partition_key_groups(&converter, partitioned, &partition, &self.key_groups)?;
+        let mut columns = self.kept.gather(at)?;
+        columns.push(Arc::new(BinaryArray::from_iter_values(partition)));
+        columns.push(Arc::new(order));
+        columns.push(Arc::new(UInt64Array::from(
+            self.places[start..end].to_vec(),
+        )));
+        columns.push(Arc::new(Int64Array::from(
+            self.touched[start..end].to_vec(),
+        )));
+        columns.push(Arc::new(Int64Array::from(self.ends[start..end].to_vec())));
+        Ok((columns, key_groups))
     }
 }
 
@@ -995,7 +999,7 @@ impl Operator for TopN {
     fn snapshot_state(&mut self) -> Result<StateSnapshot> {
         let mut snapshot = StateSnapshot::default();
         let rows = self.deferred_rows();
-        snapshot.add_deferred_grouped(0, rows.at.len(), move || rows.build());
+        snapshot.add_deferred_grouped(0, rows.at.len(), rows.sets());
         Ok(snapshot)
     }
 

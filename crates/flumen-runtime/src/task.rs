@@ -536,30 +536,16 @@ fn upload(
     cp.last_upload = Some(tokio::spawn(async move {
         let mut out = Vec::with_capacity(states.len());
         let mut failure = None;
-        // Rows that operators left to build (from state they no longer
-        // change) are built on a blocking thread, beside processing.
-        let resolved = tokio::task::spawn_blocking(move || {
-            states
-                .into_iter()
-                .map(|(state, snapshot)| Ok((state, snapshot.resolve()?)))
-                .collect::<Result<Vec<_>>>()
-        })
-        .await
-        .unwrap_or_else(|e| Err(FlumenError::internal(format!("building a snapshot: {e}"))));
-        let states = match resolved {
-            Ok(states) => states,
-            Err(e) => {
-                failure = Some(e);
-                Vec::new()
-            }
-        };
         for (mut state, snapshot) in states {
             if snapshot.num_rows() > 0 {
                 let id = ids
                     .iter()
                     .find(|(n, _)| *n == state.node)
                     .map_or("node", |(_, id)| id.as_str());
-                match store.write_state(&dir, id, state.subtask, &snapshot).await {
+                // Rows that operators left to build (from state they no
+                // longer change) are built as they are written, beside
+                // processing.
+                match store.write_state(&dir, id, state.subtask, snapshot).await {
                     Ok(files) => state.files = files,
                     Err(e) => {
                         failure = Some(e);

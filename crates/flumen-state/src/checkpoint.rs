@@ -19,6 +19,7 @@ use std::collections::BTreeSet;
 use std::hash::Hasher;
 use std::sync::Arc;
 
+use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 use arrow::record_batch::RecordBatch;
@@ -257,6 +258,67 @@ impl StateOut {
     }
 }
 
+/// A state file being written: batches of one table and schema, encoded
+/// a piece at a time and streamed out (to a hidden local file or a
+/// multipart upload, made visible whole at the end), so memory holds one
+/// piece's encoding, not the file's.
+struct OpenStateFile {
+    writer: FileWriter<Vec<u8>>,
+    schema: SchemaRef,
+    table: usize,
+    subtask: usize,
+    path: String,
+    out: StateOut,
+    hash: twox_hash::XxHash64,
+    size: u64,
+    rows: u64,
+    /// The first and last key group written so far.
+    key_groups: Option<[KeyGroup; 2]>,
+}
+
+impl OpenStateFile {
+    /// Encodes `batch` (slices of it, when large) and writes it out.
+    async fn write(&mut self, store: &CheckpointStore, batch: &RecordBatch) -> Result<()> {
+        self.rows += batch.num_rows() as u64;
+        self.key_groups = key_group_span(batch, self.key_groups);
+        for piece in pieces(batch) {
+            self.writer.write(&piece)?;
+            self.write_encoded(store).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes out what the encoder holds, leaving its buffer empty.
+    async fn write_encoded(&mut self, store: &CheckpointStore) -> Result<()> {
+        let chunk = self.writer.get_mut();
+        self.hash.write(chunk);
+        self.size += chunk.len() as u64;
+        self.out
+            .write_vec(chunk)
+            .await
+            .map_err(|e| store.io(&format!("writing {}", self.path), e))
+    }
+
+    /// Ends the file, makes it visible under its name and describes it.
+    async fn finish(mut self, store: &CheckpointStore) -> Result<StateFile> {
+        self.writer.finish()?;
+        self.write_encoded(store).await?;
+        self.out
+            .finish()
+            .await
+            .map_err(|e| store.io(&format!("writing {}", self.path), e))?;
+        Ok(StateFile {
+            path: self.path,
+            subtask: self.subtask,
+            table: self.table,
+            rows: self.rows,
+            size: self.size,
+            checksum: format!("{:016x}", self.hash.finish()),
+            key_groups: self.key_groups.unwrap_or([0, 0]),
+        })
+    }
+}
+
 impl CheckpointStore {
     /// The checkpoints under `raw` (a local directory, created if missing,
     /// or an object-store URL).
@@ -294,59 +356,62 @@ impl CheckpointStore {
     }
 
     /// Writes the state of one operator subtask into checkpoint directory
-    /// `dir` and returns the files written.
+    /// `dir` and returns the files written: one per run of batches of the
+    /// same table and schema.
     pub async fn write_state(
         &self,
         dir: &str,
         operator: &str,
         subtask: usize,
-        snapshot: &StateSnapshot,
+        snapshot: StateSnapshot,
     ) -> Result<Vec<StateFile>> {
         let mut files = Vec::new();
-        for (k, (table, batches)) in snapshot.to_batches()?.into_iter().enumerate() {
-            let path = format!("{dir}/{operator}-{subtask}-t{table}-{k}.arrow");
-            let io = |e| self.io(&format!("writing {path}"), e);
-            // Encoded a piece at a time and streamed out (to a hidden local
-            // file or a multipart upload, made visible whole at the end),
-            // so memory holds one piece's encoding, not the file's.
-            let mut out = self.state_file(&path).await.map_err(io)?;
-            let mut hash = twox_hash::XxHash64::with_seed(0);
-            let mut size = 0u64;
-            let mut writer = FileWriter::try_new(Vec::new(), &batches[0].schema())?;
-            let mut chunks = batches
-                .iter()
-                .flat_map(pieces)
-                .map(Some)
-                .chain(std::iter::once(None));
-            loop {
-                let last = match chunks.next() {
-                    Some(Some(batch)) => {
-                        writer.write(&batch)?;
-                        false
+        let mut open: Option<OpenStateFile> = None;
+        let mut batches = snapshot.into_stored();
+        loop {
+            // A deferred part is built when asked for, so the next batch
+            // is taken on a blocking thread, beside processing.
+            let (back, next) = tokio::task::spawn_blocking(move || {
+                let next = batches.next();
+                (batches, next)
+            })
+            .await
+            .map_err(|e| FlumenError::internal(format!("building a snapshot: {e}")))?;
+            batches = back;
+            let Some(next) = next else { break };
+            let (table, batch) = next?;
+            let same = open
+                .as_ref()
+                .is_some_and(|o| o.table == table && *o.schema == *batch.schema());
+            let file = match &mut open {
+                Some(file) if same => file,
+                _ => {
+                    if let Some(done) = open.take() {
+                        files.push(done.finish(self).await?);
                     }
-                    _ => {
-                        writer.finish()?;
-                        true
-                    }
-                };
-                let chunk = writer.get_mut();
-                hash.write(chunk);
-                size += chunk.len() as u64;
-                out.write_vec(chunk).await.map_err(io)?;
-                if last {
-                    break;
+                    let path = format!("{dir}/{operator}-{subtask}-t{table}-{}.arrow", files.len());
+                    let out = self
+                        .state_file(&path)
+                        .await
+                        .map_err(|e| self.io(&format!("writing {path}"), e))?;
+                    open.insert(OpenStateFile {
+                        writer: FileWriter::try_new(Vec::new(), &batch.schema())?,
+                        schema: batch.schema(),
+                        table,
+                        subtask,
+                        path,
+                        out,
+                        hash: twox_hash::XxHash64::with_seed(0),
+                        size: 0,
+                        rows: 0,
+                        key_groups: None,
+                    })
                 }
-            }
-            out.finish().await.map_err(io)?;
-            files.push(StateFile {
-                path,
-                subtask,
-                table,
-                rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
-                size,
-                checksum: format!("{:016x}", hash.finish()),
-                key_groups: key_group_span(&batches),
-            });
+            };
+            file.write(self, &batch).await?;
+        }
+        if let Some(done) = open {
+            files.push(done.finish(self).await?);
         }
         Ok(files)
     }
@@ -600,24 +665,18 @@ impl CheckpointStore {
     }
 }
 
-/// The first and last key group of stored batches (their last column).
-fn key_group_span(batches: &[RecordBatch]) -> [KeyGroup; 2] {
-    let mut span: Option<[KeyGroup; 2]> = None;
-    for batch in batches {
-        let Some(column) = batch
-            .column_by_name(KEY_GROUP_COLUMN)
-            .and_then(|c| c.as_any().downcast_ref::<arrow::array::UInt16Array>())
-        else {
-            continue;
-        };
-        for &k in column.values() {
-            span = Some(match span {
-                None => [k, k],
-                Some([a, b]) => [a.min(k), b.max(k)],
-            });
-        }
+/// `span` widened to the key groups of a stored batch (its last column).
+fn key_group_span(batch: &RecordBatch, mut span: Option<[KeyGroup; 2]>) -> Option<[KeyGroup; 2]> {
+    let column = batch
+        .column_by_name(KEY_GROUP_COLUMN)
+        .and_then(|c| c.as_any().downcast_ref::<arrow::array::UInt16Array>());
+    for &k in column.map(|c| c.values().as_ref()).unwrap_or_default() {
+        span = Some(match span {
+            None => [k, k],
+            Some([a, b]) => [a.min(k), b.max(k)],
+        });
     }
-    span.unwrap_or([0, 0])
+    span
 }
 
 /// Opens the checkpoint or savepoint directory at `raw` directly (for
@@ -633,7 +692,7 @@ pub fn open_dir(raw: &str) -> Result<(CheckpointStore, String)> {
 mod tests {
     use std::sync::Arc;
 
-    use arrow::array::{Int64Array, StringArray};
+    use arrow::array::{ArrayRef, Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
@@ -689,7 +748,7 @@ mod tests {
     async fn write(store: &CheckpointStore, id: u64) -> Manifest {
         let dir = dir_name(CheckpointKind::Checkpoint, id);
         let files = store
-            .write_state(&dir, "op", 0, &snapshot(vec![1, 2, 3], &[5, 9, 5]))
+            .write_state(&dir, "op", 0, snapshot(vec![1, 2, 3], &[5, 9, 5]))
             .await
             .unwrap();
         let m = manifest(id, files);
@@ -719,6 +778,70 @@ mod tests {
         assert!(skipped.is_empty());
     }
 
+    /// Deferred rows are built a set at a time as they are written: when a
+    /// set is built, the one before it has been written and dropped (so a
+    /// large state passes through the memory of one set), and the sets of
+    /// one table and schema go into one file with the table's ready rows.
+    #[tokio::test]
+    async fn deferred_sets_are_built_one_at_a_time_as_they_are_written() {
+        use std::sync::{Mutex, Weak};
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(tmp.path().to_str().unwrap()).unwrap();
+        let mut snapshot = StateSnapshot::default();
+        snapshot
+            .add_columns(0, vec![Arc::new(Int64Array::from(vec![-1]))], &[7])
+            .unwrap();
+        let last: Arc<Mutex<Option<Weak<dyn arrow::array::Array>>>> = Arc::default();
+        let overlaps = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (seen, counted) = (last.clone(), overlaps.clone());
+        let sets = (0..5i64).map(move |k| {
+            let mut before = seen.lock().unwrap();
+            if before.as_ref().is_some_and(|w| w.upgrade().is_some()) {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let values: ArrayRef = Arc::new(Int64Array::from_iter_values(k * 10..k * 10 + 10));
+            *before = Some(Arc::downgrade(&values));
+            Ok((vec![values], vec![k as KeyGroup + 1; 10]))
+        });
+        snapshot.add_deferred_grouped(0, 50, sets);
+        let files = store.write_state("cp", "op", 0, snapshot).await.unwrap();
+        assert_eq!(overlaps.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!((files[0].rows, files[0].key_groups), (51, [1, 7]));
+        let files: Vec<&StateFile> = files.iter().collect();
+        let back = store
+            .read_state(&files, KeyGroupRange { start: 0, end: 128 })
+            .await
+            .unwrap();
+        let mut values: Vec<i64> = back
+            .rows(0, KeyGroupRange { start: 0, end: 128 })
+            .unwrap()
+            .unwrap()
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .values()
+            .to_vec();
+        values.sort_unstable();
+        assert_eq!(values, (-1..50).collect::<Vec<_>>());
+
+        let mut short = StateSnapshot::default();
+        short.add_deferred_grouped(
+            1,
+            3,
+            std::iter::once(Ok((
+                vec![Arc::new(Int64Array::from(vec![1])) as ArrayRef],
+                vec![0],
+            ))),
+        );
+        let err = store.write_state("cp", "op", 1, short).await.unwrap_err();
+        assert!(
+            err.to_string().contains("1 rows built, 3 declared"),
+            "{err}"
+        );
+    }
+
     /// A state larger than a piece is written as several batches, each
     /// holding only its own rows' bytes, and reads back whole.
     #[tokio::test]
@@ -743,7 +866,7 @@ mod tests {
         let key_groups: Vec<KeyGroup> = (0..n).map(|i| (i % 128) as KeyGroup).collect();
         let mut snapshot = StateSnapshot::default();
         snapshot.add(0, &batch, &key_groups).unwrap();
-        let files = store.write_state("cp", "op", 0, &snapshot).await.unwrap();
+        let files = store.write_state("cp", "op", 0, snapshot).await.unwrap();
         let bytes = std::fs::read(tmp.path().join(&files[0].path)).unwrap();
         let stored = batch.get_array_memory_size() + 2 * n;
         assert!(
@@ -781,7 +904,7 @@ mod tests {
         }
         // 5: files but no manifest (never completed): ignored silently.
         store
-            .write_state("chk-00000005", "op", 0, &snapshot(vec![1], &[1]))
+            .write_state("chk-00000005", "op", 0, snapshot(vec![1], &[1]))
             .await
             .unwrap();
         // 4: a file truncated; 3: a file missing; 2: a file changed.

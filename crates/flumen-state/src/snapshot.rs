@@ -68,6 +68,23 @@ impl Part {
         self.key_groups.get(&self.batch)
     }
 
+    /// The part's rows with a trailing [`KEY_GROUP_COLUMN`]: how a
+    /// checkpoint stores them. The rows' buffers are shared, not copied.
+    fn stored(&self) -> Result<RecordBatch> {
+        let mut fields = self.batch.schema().fields().to_vec();
+        fields.push(Arc::new(Field::new(
+            KEY_GROUP_COLUMN,
+            DataType::UInt16,
+            false,
+        )));
+        let mut columns = self.batch.columns().to_vec();
+        columns.push(Arc::new(self.key_groups()?.clone()));
+        Ok(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?)
+    }
+
     /// The part's rows whose key group lies in `range`, with their key groups.
     fn in_range(&self, range: KeyGroupRange) -> Result<Option<Part>> {
         let key_groups = self.key_groups()?;
@@ -88,32 +105,16 @@ impl Part {
     }
 }
 
-/// Builds the rows of a deferred part: column sets, each a batch's columns.
-type MakeRows = Box<dyn FnOnce() -> Result<Vec<Vec<ArrayRef>>> + Send + Sync>;
-
-/// Builds the rows of a deferred part with their key groups: column sets,
-/// each a batch's columns and its rows' key groups.
-type MakeGroupedRows =
-    Box<dyn FnOnce() -> Result<Vec<(Vec<ArrayRef>, Vec<KeyGroup>)>> + Send + Sync>;
-
-/// How a deferred part is built and its rows' key groups found.
-enum Make {
-    /// Key groups hashed from the columns `keys`, out of `max_parallelism`.
-    Keyed {
-        keys: Vec<usize>,
-        max_parallelism: usize,
-        make: MakeRows,
-    },
-    /// Key groups built with the rows.
-    Grouped(MakeGroupedRows),
-}
+/// Builds the parts of a deferred table one at a time, as they are asked for.
+type Sets = Box<dyn Iterator<Item = Result<Part>> + Send>;
 
 /// Rows of a table that an operator hands over as work to do rather than
-/// as arrays: built by [`StateSnapshot::resolve`], off the barrier's path.
+/// as arrays: built part by part when the snapshot is written out (or
+/// resolved), off the barrier's path.
 struct Deferred {
     table: usize,
     rows: usize,
-    make: Make,
+    sets: Sets,
 }
 
 /// The keyed state of one or more subtasks of an operator. An operator
@@ -146,21 +147,9 @@ impl StateSnapshot {
         batch: &RecordBatch,
         key_groups: &[KeyGroup],
     ) -> Result<()> {
-        if batch.num_rows() != key_groups.len() {
-            return Err(FlumenError::internal(format!(
-                "state table {table}: {} rows but {} key groups",
-                batch.num_rows(),
-                key_groups.len()
-            )));
+        if batch.num_rows() > 0 {
+            self.parts.push(given_part(table, batch, key_groups)?);
         }
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
-        self.parts.push(Part {
-            table,
-            batch: batch.clone(),
-            key_groups: KeyGroupsOf::given(UInt16Array::from(key_groups.to_vec())),
-        });
         Ok(())
     }
 
@@ -176,31 +165,16 @@ impl StateSnapshot {
         keys: &[usize],
         max_parallelism: usize,
     ) -> Result<()> {
-        let batch = columns_batch(columns)?;
-        if let Some(&bad) = keys.iter().find(|&&k| k >= batch.num_columns()) {
-            return Err(FlumenError::internal(format!(
-                "state table {table}: key column {bad} of {} columns",
-                batch.num_columns()
-            )));
+        let part = keyed_part(table, columns, keys, max_parallelism)?;
+        if part.batch.num_rows() > 0 {
+            self.parts.push(part);
         }
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
-        self.parts.push(Part {
-            table,
-            batch,
-            key_groups: KeyGroupsOf {
-                computed: std::sync::OnceLock::new(),
-                keys: keys.to_vec(),
-                max_parallelism,
-            },
-        });
         Ok(())
     }
 
     /// Adds `rows` rows to table `table` that `make` builds later, when the
-    /// snapshot is resolved (beside processing, not at the barrier): column
-    /// sets keyed by the columns `keys`, as for
+    /// snapshot is written out (beside processing, not at the barrier):
+    /// column sets keyed by the columns `keys`, as for
     /// [`StateSnapshot::add_keyed_columns`]. `make` must build from data the
     /// operator no longer changes.
     pub fn add_deferred(
@@ -209,72 +183,76 @@ impl StateSnapshot {
         rows: usize,
         keys: &[usize],
         max_parallelism: usize,
-        make: impl FnOnce() -> Result<Vec<Vec<ArrayRef>>> + Send + Sync + 'static,
+        make: impl FnOnce() -> Result<Vec<Vec<ArrayRef>>> + Send + 'static,
     ) {
-        if rows > 0 {
-            self.deferred.push(Deferred {
-                table,
-                rows,
-                make: Make::Keyed {
-                    keys: keys.to_vec(),
-                    max_parallelism,
-                    make: Box::new(make),
-                },
-            });
-        }
+        let keys = keys.to_vec();
+        let sets = std::iter::once_with(make).flat_map(move |built| {
+            let keys = keys.clone();
+            let parts: Vec<Result<Part>> = match built {
+                Ok(sets) => sets
+                    .into_iter()
+                    .map(|columns| keyed_part(table, columns, &keys, max_parallelism))
+                    .collect(),
+                Err(e) => vec![Err(e)],
+            };
+            parts
+        });
+        self.add_sets(table, rows, Box::new(sets));
     }
 
-    /// [`StateSnapshot::add_deferred`] for rows whose key groups `make`
-    /// works out itself (each column set with its rows' key groups), where
-    /// they are not a hash of some of the columns.
+    /// Adds `rows` rows to table `table` that `sets` builds one column set
+    /// at a time, each with its rows' key groups, when the snapshot is
+    /// written out: a set is written and dropped before the next is built,
+    /// so a large state is copied through the same memory, a set at a
+    /// time. `sets` must build from data the operator no longer changes.
     pub fn add_deferred_grouped(
         &mut self,
         table: usize,
         rows: usize,
-        make: impl FnOnce() -> Result<Vec<(Vec<ArrayRef>, Vec<KeyGroup>)>> + Send + Sync + 'static,
+        sets: impl Iterator<Item = Result<(Vec<ArrayRef>, Vec<KeyGroup>)>> + Send + 'static,
     ) {
+        let parts = sets.map(move |set| {
+            let (columns, key_groups) = set?;
+            given_part(table, &columns_batch(columns)?, &key_groups)
+        });
+        self.add_sets(table, rows, Box::new(parts));
+    }
+
+    fn add_sets(&mut self, table: usize, rows: usize, sets: Sets) {
         if rows > 0 {
-            self.deferred.push(Deferred {
-                table,
-                rows,
-                make: Make::Grouped(Box::new(make)),
-            });
+            self.deferred.push(Deferred { table, rows, sets });
         }
     }
 
-    /// Builds the deferred rows, so that the snapshot can be read and
-    /// written; the rows each one built must be the number it declared.
+    /// Builds the deferred rows, so that the snapshot can be read; the rows
+    /// each part built must be the number it declared.
     pub fn resolve(mut self) -> Result<Self> {
-        for d in std::mem::take(&mut self.deferred) {
-            let before = self.parts.len();
-            match d.make {
-                Make::Keyed {
-                    keys,
-                    max_parallelism,
-                    make,
-                } => {
-                    for columns in make()? {
-                        self.add_keyed_columns(d.table, columns, &keys, max_parallelism)?;
-                    }
-                }
-                Make::Grouped(make) => {
-                    for (columns, key_groups) in make()? {
-                        self.add_columns(d.table, columns, &key_groups)?;
-                    }
-                }
-            }
-            let built = self.parts[before..]
-                .iter()
-                .map(|p| p.batch.num_rows())
-                .sum::<usize>();
-            if built != d.rows {
-                return Err(FlumenError::internal(format!(
-                    "state table {}: {built} rows built, {} declared",
-                    d.table, d.rows
-                )));
+        let deferred = std::mem::take(&mut self.deferred);
+        for part in BuiltParts::new(deferred) {
+            let part = part?;
+            if part.batch.num_rows() > 0 {
+                self.parts.push(part);
             }
         }
         Ok(self)
+    }
+
+    /// The snapshot as `(table, stored batch)` in the form
+    /// [`StateSnapshot::to_batches`] gives, the batches of a table and
+    /// schema one after another; deferred rows are built as the iterator
+    /// is advanced, so only the batch in hand need be in memory.
+    pub fn into_stored(self) -> impl Iterator<Item = Result<(usize, RecordBatch)>> + Send {
+        let ready = match stored_groups(&self.parts) {
+            Ok(groups) => groups
+                .into_iter()
+                .flat_map(|(table, batches)| batches.into_iter().map(move |b| Ok((table, b))))
+                .collect(),
+            Err(e) => vec![Err(e)],
+        };
+        let built = BuiltParts::new(self.deferred)
+            .filter(|part| !part.as_ref().is_ok_and(|p| p.batch.num_rows() == 0))
+            .map(|part| part.and_then(|p| Ok((p.table, p.stored()?))));
+        ready.into_iter().chain(built)
     }
 
     /// An error unless every deferred part has been built.
@@ -349,27 +327,7 @@ impl StateSnapshot {
     /// rows' buffers are shared, not copied.
     pub fn to_batches(&self) -> Result<Vec<(usize, Vec<RecordBatch>)>> {
         self.resolved()?;
-        let mut groups: Vec<(usize, Vec<RecordBatch>)> = Vec::new();
-        for part in &self.parts {
-            let mut fields = part.batch.schema().fields().to_vec();
-            fields.push(Arc::new(Field::new(
-                KEY_GROUP_COLUMN,
-                DataType::UInt16,
-                false,
-            )));
-            let mut columns = part.batch.columns().to_vec();
-            columns.push(Arc::new(part.key_groups()?.clone()));
-            let stored = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
-            let same = |b: &RecordBatch| b.schema() == stored.schema();
-            match groups
-                .iter_mut()
-                .find(|(t, g)| *t == part.table && g.first().is_some_and(same))
-            {
-                Some((_, g)) => g.push(stored),
-                None => groups.push((part.table, vec![stored])),
-            }
-        }
-        Ok(groups)
+        stored_groups(&self.parts)
     }
 
     /// Adds the rows of a stored batch of `table` (made by
@@ -401,6 +359,117 @@ impl StateSnapshot {
             self.parts.push(kept);
         }
         Ok(())
+    }
+}
+
+/// The stored batches of `parts`, grouped by table and schema.
+fn stored_groups(parts: &[Part]) -> Result<Vec<(usize, Vec<RecordBatch>)>> {
+    let mut groups: Vec<(usize, Vec<RecordBatch>)> = Vec::new();
+    for part in parts {
+        let stored = part.stored()?;
+        let same = |b: &RecordBatch| b.schema() == stored.schema();
+        match groups
+            .iter_mut()
+            .find(|(t, g)| *t == part.table && g.first().is_some_and(same))
+        {
+            Some((_, g)) => g.push(stored),
+            None => groups.push((part.table, vec![stored])),
+        }
+    }
+    Ok(groups)
+}
+
+/// The rows of `batch` in table `table`, row `i` in key group `key_groups[i]`.
+fn given_part(table: usize, batch: &RecordBatch, key_groups: &[KeyGroup]) -> Result<Part> {
+    if batch.num_rows() != key_groups.len() {
+        return Err(FlumenError::internal(format!(
+            "state table {table}: {} rows but {} key groups",
+            batch.num_rows(),
+            key_groups.len()
+        )));
+    }
+    Ok(Part {
+        table,
+        batch: batch.clone(),
+        key_groups: KeyGroupsOf::given(UInt16Array::from(key_groups.to_vec())),
+    })
+}
+
+/// Rows given as columns in table `table`, their key groups to be hashed
+/// from the columns `keys` out of `max_parallelism` when first needed.
+fn keyed_part(
+    table: usize,
+    columns: Vec<ArrayRef>,
+    keys: &[usize],
+    max_parallelism: usize,
+) -> Result<Part> {
+    let batch = columns_batch(columns)?;
+    if let Some(&bad) = keys.iter().find(|&&k| k >= batch.num_columns()) {
+        return Err(FlumenError::internal(format!(
+            "state table {table}: key column {bad} of {} columns",
+            batch.num_columns()
+        )));
+    }
+    Ok(Part {
+        table,
+        batch,
+        key_groups: KeyGroupsOf {
+            computed: std::sync::OnceLock::new(),
+            keys: keys.to_vec(),
+            max_parallelism,
+        },
+    })
+}
+
+/// The parts of deferred tables, built one at a time as asked for; after
+/// each table's last part, an error if it built other than the rows it
+/// declared.
+struct BuiltParts {
+    deferred: std::vec::IntoIter<Deferred>,
+    /// The table being built and the rows it has built so far.
+    current: Option<(Deferred, usize)>,
+}
+
+impl BuiltParts {
+    fn new(deferred: Vec<Deferred>) -> Self {
+        BuiltParts {
+            deferred: deferred.into_iter(),
+            current: None,
+        }
+    }
+}
+
+impl Iterator for BuiltParts {
+    type Item = Result<Part>;
+
+    fn next(&mut self) -> Option<Result<Part>> {
+        loop {
+            let (d, built) = match &mut self.current {
+                Some(current) => current,
+                None => self.current.insert((self.deferred.next()?, 0)),
+            };
+            match d.sets.next() {
+                Some(Ok(part)) => {
+                    *built += part.batch.num_rows();
+                    return Some(Ok(part));
+                }
+                Some(Err(e)) => {
+                    self.current = None;
+                    self.deferred = Vec::new().into_iter();
+                    return Some(Err(e));
+                }
+                None => {
+                    let (table, declared, built) = (d.table, d.rows, *built);
+                    self.current = None;
+                    if built != declared {
+                        self.deferred = Vec::new().into_iter();
+                        return Some(Err(FlumenError::internal(format!(
+                            "state table {table}: {built} rows built, {declared} declared"
+                        ))));
+                    }
+                }
+            }
+        }
     }
 }
 

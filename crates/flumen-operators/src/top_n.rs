@@ -12,7 +12,7 @@
 //! together, into [`KeptRows`].
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{
     ArrayRef, AsArray, BinaryArray, Int8Array, Int64Array, RecordBatch, UInt32Array, UInt64Array,
@@ -198,6 +198,7 @@ impl TopNFactory {
             watermark: i64::MIN,
             last_sweep: i64::MIN,
             key_groups: ctx.key_groups,
+            spare_rows: Arc::default(),
             metrics: ctx.metrics.clone(),
             gauge: StateGauge::default(),
             kept_gauge: KeptGauge::default(),
@@ -502,6 +503,10 @@ pub struct TopN {
     last_sweep: i64,
     /// How partition keys map to key groups, and which this subtask owns.
     key_groups: KeyGroups,
+    /// The snapshot rows' buffer of the last checkpoint, handed back when
+    /// its upload is done, so that the next barrier fills pages already
+    /// touched (fresh pages cost more than the pass that fills them).
+    spare_rows: Arc<Mutex<Vec<SnapshotRow>>>,
     metrics: Arc<JobMetrics>,
     gauge: StateGauge,
     kept_gauge: KeptGauge,
@@ -680,26 +685,85 @@ impl TopN {
             }
         }
         let live = self.kept.live_rows();
+        let mut buffer = std::mem::take(&mut *lock(&self.spare_rows));
+        buffer.clear();
+        buffer.reserve(live);
         let mut rows = DeferredRows {
             kept: self.kept.frozen(),
-            at: Vec::with_capacity(live),
-            places: Vec::with_capacity(live),
-            touched: Vec::with_capacity(live),
-            ends: Vec::with_capacity(live),
+            rows: buffer,
             partition_fields: self.partition_fields.clone(),
             key_groups: self.key_groups,
+            spare: self.spare_rows.clone(),
         };
         for p in self.partitions.iter() {
             let key = self.kept.partition_key(p.entries[0]);
             let window_end = ends.get(key).copied().unwrap_or(i64::MAX);
             for (place, &r) in p.entries.iter().enumerate() {
-                rows.at.push(r);
-                rows.places.push(place as u64);
-                rows.touched.push(p.touched_at);
-                rows.ends.push(window_end);
+                rows.rows.push(SnapshotRow {
+                    at: r,
+                    place: place as u64,
+                    touched: p.touched_at,
+                    end: window_end,
+                });
             }
         }
         rows
+    }
+}
+
+/// A kept row in a snapshot: where it is, its place in its partition, and
+/// its partition's last update and window end.
+#[derive(Clone, Copy)]
+struct SnapshotRow {
+    at: RowRef,
+    place: u64,
+    touched: i64,
+    end: i64,
+}
+
+/// The spare buffer, even if a thread panicked holding it (it holds no
+/// invariant: it is cleared before use).
+fn lock(spare: &Mutex<Vec<SnapshotRow>>) -> std::sync::MutexGuard<'_, Vec<SnapshotRow>> {
+    spare
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Orders `rows` slot by slot, in place (one pass of an American flag sort
+/// on the slot number; the order of a snapshot's rows does not matter to a
+/// restore), so that a snapshot set gathers from a few slots' arrays in
+/// turn instead of reading each row from anywhere in the store.
+fn sort_by_slot(rows: &mut [SnapshotRow]) {
+    let slots = rows
+        .iter()
+        .map(|r| r.at.slot as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let mut ends = vec![0usize; slots];
+    for r in rows.iter() {
+        ends[r.at.slot as usize] += 1;
+    }
+    let mut total = 0;
+    for end in &mut ends {
+        total += *end;
+        *end = total;
+    }
+    // `next[s]`: the first place of slot `s`'s range not yet holding one of
+    // its rows. Once the ranges before `s` are full, every row still out of
+    // place belongs to `s` or a later slot.
+    let mut next: Vec<usize> = (0..slots)
+        .map(|s| if s == 0 { 0 } else { ends[s - 1] })
+        .collect();
+    for s in 0..slots {
+        while next[s] < ends[s] {
+            let home = rows[next[s]].at.slot as usize;
+            if home == s {
+                next[s] += 1;
+            } else {
+                rows.swap(next[s], next[home]);
+                next[home] += 1;
+            }
+        }
     }
 }
 
@@ -707,14 +771,23 @@ impl TopN {
 /// them, built into snapshot columns off the task's path.
 struct DeferredRows {
     kept: FrozenRows,
-    at: Vec<RowRef>,
-    places: Vec<u64>,
-    touched: Vec<i64>,
-    ends: Vec<i64>,
+    rows: Vec<SnapshotRow>,
     /// The partition key's columns, to decode keys and hash them as the
     /// exchange does.
     partition_fields: Vec<SortField>,
     key_groups: KeyGroups,
+    /// Where `rows`' buffer goes back when the snapshot is written.
+    spare: Arc<Mutex<Vec<SnapshotRow>>>,
+}
+
+impl Drop for DeferredRows {
+    fn drop(&mut self) {
+        let rows = std::mem::take(&mut self.rows);
+        let mut spare = lock(&self.spare);
+        if rows.capacity() > spare.capacity() {
+            *spare = rows;
+        }
+    }
 }
 
 /// Rows per column set of a deferred snapshot: the kept rows are gathered,
@@ -725,31 +798,41 @@ impl DeferredRows {
     /// The snapshot's column sets with their rows' key groups, each built
     /// when the iterator is advanced to it.
     fn sets(self) -> impl Iterator<Item = Result<(Vec<ArrayRef>, Vec<KeyGroup>)>> + Send {
-        (0..self.at.len())
-            .step_by(SNAPSHOT_ROWS)
-            .map(move |start| self.set(start))
+        std::iter::once_with(move || {
+            let mut rows = self;
+            sort_by_slot(&mut rows.rows);
+            rows
+        })
+        .flat_map(|rows| {
+            (0..rows.rows.len())
+                .step_by(SNAPSHOT_ROWS)
+                .map(move |start| rows.set(start))
+        })
     }
 
     /// The column set of the rows from `start` on, at most [`SNAPSHOT_ROWS`].
     fn set(&self, start: usize) -> Result<(Vec<ArrayRef>, Vec<KeyGroup>)> {
         let converter = RowConverter::new(self.partition_fields.clone())?;
         let partitioned = !self.partition_fields.is_empty();
-        let end = (start + SNAPSHOT_ROWS).min(self.at.len());
-        let at = &self.at[start..end];
+        let end = (start + SNAPSHOT_ROWS).min(self.rows.len());
+        let rows = &self.rows[start..end];
+        let at: Vec<RowRef> = rows.iter().map(|r| r.at).collect();
         let partition: Vec<&[u8]> = at.iter().map(|&r| self.kept.partition_key(r)).collect();
         let order = BinaryArray::from_iter_values(at.iter().map(|&r| self.kept.order_key(r)));
         let key_groups =
             partition_key_groups(&converter, partitioned, &partition, &self.key_groups)?;
-        let mut columns = self.kept.gather(at)?;
+        let mut columns = self.kept.gather(&at)?;
         columns.push(Arc::new(BinaryArray::from_iter_values(partition)));
         columns.push(Arc::new(order));
-        columns.push(Arc::new(UInt64Array::from(
-            self.places[start..end].to_vec(),
+        columns.push(Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.place),
         )));
-        columns.push(Arc::new(Int64Array::from(
-            self.touched[start..end].to_vec(),
+        columns.push(Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.touched),
         )));
-        columns.push(Arc::new(Int64Array::from(self.ends[start..end].to_vec())));
+        columns.push(Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.end),
+        )));
         Ok((columns, key_groups))
     }
 }
@@ -999,7 +1082,7 @@ impl Operator for TopN {
     fn snapshot_state(&mut self) -> Result<StateSnapshot> {
         let mut snapshot = StateSnapshot::default();
         let rows = self.deferred_rows();
-        snapshot.add_deferred_grouped(0, rows.at.len(), rows.sets());
+        snapshot.add_deferred_grouped(0, rows.rows.len(), rows.sets());
         Ok(snapshot)
     }
 
@@ -1099,6 +1182,35 @@ mod tests {
         let mut out = Vec::new();
         Ranking { function, limit: 2 }.number_into(&at, &source, &mut out);
         out.iter().map(|n| n.rank).collect()
+    }
+
+    #[test]
+    fn snapshot_rows_sorted_by_slot_are_the_same_rows() {
+        let mut seed = 11u64;
+        let mut rows: Vec<SnapshotRow> = (0..5000u64)
+            .map(|place| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                SnapshotRow {
+                    at: RowRef {
+                        slot: (seed >> 40) as u32 % 37 * 2,
+                        row: (seed >> 20) as u32 % 8192,
+                    },
+                    place,
+                    touched: 0,
+                    end: 0,
+                }
+            })
+            .collect();
+        let key = |r: &SnapshotRow| (r.at.slot, r.at.row, r.place);
+        let mut before: Vec<_> = rows.iter().map(key).collect();
+        sort_by_slot(&mut rows);
+        assert!(rows.windows(2).all(|w| w[0].at.slot <= w[1].at.slot));
+        let mut after: Vec<_> = rows.iter().map(key).collect();
+        before.sort_unstable();
+        after.sort_unstable();
+        assert_eq!(before, after);
     }
 
     /// A partition takes 32 bytes of its table, empty slots included.
@@ -1248,6 +1360,8 @@ mod tests {
                     op.process_batch(later.clone(), &mut Vec::new()).unwrap();
                 }
                 let snapshot = snapshot.resolve().unwrap();
+                // Its rows' buffer is back, for the next barrier to fill.
+                assert!(lock(&op.spare_rows).capacity() >= snapshot.num_rows());
                 op = create();
                 op.restore_state(&snapshot).unwrap();
             }

@@ -64,7 +64,6 @@ impl Direct {
     /// last part block (padded, then the file cut to its true length), to
     /// be written again whole when more bytes come.
     fn write(&mut self, file: &File, mut bytes: &[u8], tail: bool) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
         let range = self.start..self.start + CHUNK;
         while !bytes.is_empty() {
             let stage = &mut self.stage[range.clone()];
@@ -74,7 +73,7 @@ impl Direct {
             bytes = &bytes[n..];
             let whole = self.held / ALIGN * ALIGN;
             if whole > 0 && (self.held == CHUNK || bytes.is_empty()) {
-                file.write_all_at(&stage[..whole], self.at)?;
+                write_at(file, &stage[..whole], self.at)?;
                 self.at += whole as u64;
                 stage.copy_within(whole..self.held, 0);
                 self.held -= whole;
@@ -84,11 +83,39 @@ impl Direct {
             let stage = &mut self.stage[range];
             let padded = self.held.next_multiple_of(ALIGN);
             stage[self.held..padded].fill(0);
-            file.write_all_at(&stage[..padded], self.at)?;
+            write_at(file, &stage[..padded], self.at)?;
             file.set_len(self.at + self.held as u64)?;
         }
         Ok(())
     }
+}
+
+/// Writes `bytes` at `offset` of a file opened for direct I/O. A file
+/// system that took `O_DIRECT` at open but refuses a direct write (EINVAL)
+/// gets the file turned to buffered writes, and the write again.
+#[cfg(target_os = "linux")]
+fn write_at(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    match file.write_all_at(bytes, offset) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let fd = file.as_raw_fd();
+            // SAFETY: `fd` is open for the duration of the calls, which
+            // take and set integer flags only.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+            if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
+                return Err(e);
+            }
+            file.write_all_at(bytes, offset)
+        }
+        other => other,
+    }
+}
+
+/// Elsewhere files are never opened for direct I/O.
+#[cfg(not(target_os = "linux"))]
+fn write_at(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
 }
 
 /// Creates (or empties) the file at `path` for direct writes where its file
@@ -382,6 +409,22 @@ mod tests {
         }
         drop(file);
         assert!(std::fs::read(&path).unwrap() == expected, "bytes differ");
+    }
+
+    /// A direct write the file system refuses (here: unaligned) is made
+    /// again through the page cache.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_refused_direct_write_is_written_buffered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("refused.bin");
+        let out = create(&path).unwrap();
+        if out.direct.is_none() {
+            return; // no direct I/O on this file system: nothing refuses
+        }
+        write_at(&out.file, b"abc", 1).unwrap();
+        write_at(&out.file, b"d", 4).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"\0abcd");
     }
 
     #[tokio::test]

@@ -186,16 +186,12 @@ impl StateSnapshot {
         make: impl FnOnce() -> Result<Vec<Vec<ArrayRef>>> + Send + 'static,
     ) {
         let keys = keys.to_vec();
-        let sets = std::iter::once_with(make).flat_map(move |built| {
-            let keys = keys.clone();
-            let parts: Vec<Result<Part>> = match built {
-                Ok(sets) => sets
-                    .into_iter()
-                    .map(|columns| keyed_part(table, columns, &keys, max_parallelism))
-                    .collect(),
-                Err(e) => vec![Err(e)],
-            };
-            parts
+        let sets = std::iter::once_with(make).flat_map(move |built| match built {
+            Ok(sets) => sets
+                .into_iter()
+                .map(|columns| keyed_part(table, columns, &keys, max_parallelism))
+                .collect(),
+            Err(e) => vec![Err(e)],
         });
         self.add_sets(table, rows, Box::new(sets));
     }

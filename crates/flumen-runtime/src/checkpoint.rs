@@ -26,6 +26,11 @@ pub struct CheckpointOptions {
     pub store: CheckpointStore,
     /// Time between the start of one checkpoint and the next.
     pub interval: Duration,
+    /// Least time between the end of one checkpoint and the start of the
+    /// next (Flink's `min-pause`): when checkpoints take longer than the
+    /// interval, processing still gets this much time to itself between
+    /// them instead of the next starting at once.
+    pub min_pause: Duration,
     /// Complete checkpoints kept (savepoints are never deleted).
     pub retention: usize,
     /// Names the job's output apart from other jobs'; kept across restarts.
@@ -200,6 +205,15 @@ fn now_ms() -> u64 {
 }
 
 impl Coordinator {
+    /// When the checkpoint after one started at `started` and ending now
+    /// may start: an interval after its start and the minimum pause after
+    /// its end.
+    fn next_start(&self, started: Instant) -> tokio::time::Instant {
+        let interval = self.options.interval.max(Duration::from_millis(1));
+        let after_start = tokio::time::Instant::from_std(started + interval);
+        after_start.max(tokio::time::Instant::now() + self.options.min_pause)
+    }
+
     pub(crate) async fn run(mut self) -> Result<()> {
         let committed = self.options.restore.as_ref().map(|r| r.manifest.id);
         for sink in &self.sinks {
@@ -240,8 +254,8 @@ impl Coordinator {
                             // A periodic checkpoint is given up (once, however
                             // many tasks fail it); the next one tries again.
                             Some(n) if !pending.as_ref().is_some_and(|p| p.id == n && p.stop) => {
-                                if pending.as_ref().is_some_and(|p| p.id == n) {
-                                    pending = None;
+                                if let Some(p) = pending.take_if(|p| p.id == n) {
+                                    tick.reset_at(self.next_start(p.started));
                                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
                                     self.stats.warn(format!("checkpoint {n} failed: {e}"));
                                 }
@@ -275,6 +289,7 @@ impl Coordinator {
                     let all_ended = finished.iter().all(Option::is_some);
                     if let Some(p) = pending.take_if(|p| p.acks.iter().all(Option::is_some)) {
                         let stop = p.stop;
+                        let started = p.started;
                         // A task that takes a stop barrier stops there
                         // without ending, so a savepoint of tasks that all
                         // ended holds only final states: the job's end.
@@ -282,6 +297,7 @@ impl Coordinator {
                         if stop {
                             return Ok(());
                         }
+                        tick.reset_at(self.next_start(started));
                     }
                     if all_ended {
                         let last = Pending {
@@ -464,6 +480,7 @@ mod tests {
             options: CheckpointOptions {
                 store: store.clone(),
                 interval: Duration::from_millis(1),
+                min_pause: Duration::ZERO,
                 retention: 10,
                 job_id: "job".to_string(),
                 first_id: 1,
@@ -525,6 +542,48 @@ mod tests {
         let (last, _) = store.latest().await.unwrap();
         let last = last.expect("a manifest");
         assert!(last.finished && last.id >= 2, "{last:?}");
+    }
+
+    /// With a minimum pause, a checkpoint starts no sooner than that after
+    /// the last one completed, however short the interval.
+    #[tokio::test]
+    async fn checkpoints_wait_the_minimum_pause_after_the_last_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap()).unwrap();
+        let (mut coordinator, [mut commands0, _commands1], acks, _requests) = two_tasks(&store);
+        let pause = Duration::from_millis(150);
+        coordinator.options.min_pause = pause;
+        let running = tokio::spawn(coordinator.run());
+        let mut completed: Option<Instant> = None;
+        for expected in 1..=4 {
+            let b = loop {
+                match commands0.recv().await {
+                    Some(Control::Barrier(b)) => break b,
+                    Some(_) => {}
+                    None => panic!("barrier {expected} is injected"),
+                }
+            };
+            assert_eq!(b.id, expected);
+            if let Some(at) = completed {
+                let waited = at.elapsed();
+                assert!(
+                    waited >= pause,
+                    "barrier {expected} {waited:?} after the last"
+                );
+            }
+            acks.send(ack(0, Some(b.id))).unwrap();
+            acks.send(ack(1, Some(b.id))).unwrap();
+            // Completed once its commit goes out.
+            loop {
+                match commands0.recv().await {
+                    Some(Control::Commit(n)) if n == b.id => break,
+                    Some(_) => {}
+                    None => panic!("checkpoint {expected} completes"),
+                }
+            }
+            completed = Some(Instant::now());
+        }
+        running.abort();
     }
 
     /// Both tasks end before the stop barrier reaches them: the savepoint

@@ -125,6 +125,10 @@ pub(crate) struct BenchArgs {
     /// system's temporary directory, removed after each run): 1s, 10s, …
     #[arg(long, value_parser = crate::parse_duration)]
     checkpoint_interval: Option<std::time::Duration>,
+    /// With --checkpoint-interval: least time from the end of one
+    /// checkpoint to the start of the next (Flink's min-pause).
+    #[arg(long, value_parser = crate::parse_duration, requires = "checkpoint_interval")]
+    checkpoint_min_pause: Option<std::time::Duration>,
     /// Print one JSON object per run on standard output (the summary
     /// line goes to standard error): query, parallelism, events (rows the
     /// sources really produced), rows_read, rows_written, wall_s, cpu_s,
@@ -328,6 +332,7 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
                         &dir.display().to_string(),
                     )?,
                     interval,
+                    min_pause: args.checkpoint_min_pause.unwrap_or_default(),
                     retention: 3,
                     job_id: flumen_sql::new_job_id(),
                     first_id: 1,

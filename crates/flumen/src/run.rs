@@ -29,6 +29,11 @@ pub(crate) struct CheckpointArgs {
     /// Time between checkpoints: 200ms, 10s, '10 s', …
     #[arg(long, default_value = "10s", value_parser = crate::parse_duration, requires = "checkpoint_dir")]
     checkpoint_interval: Duration,
+    /// Least time from the end of one checkpoint to the start of the next
+    /// (Flink's min-pause), for checkpoints that take longer than the
+    /// interval: 5s, 500ms, …; none by default.
+    #[arg(long, value_parser = crate::parse_duration, requires = "checkpoint_dir")]
+    checkpoint_min_pause: Option<Duration>,
     /// Complete checkpoints kept (savepoints are never deleted).
     #[arg(long, default_value_t = 3, requires = "checkpoint_dir")]
     checkpoint_retention: usize,
@@ -135,6 +140,7 @@ pub(crate) async fn run(
         let options = CheckpointOptions {
             store: store.clone(),
             interval: args.checkpoint_interval,
+            min_pause: args.checkpoint_min_pause.unwrap_or_default(),
             retention: args.checkpoint_retention.max(1),
             job_id: job_id.clone(),
             first_id,

@@ -199,6 +199,7 @@ impl TopNFactory {
             last_sweep: i64::MIN,
             key_groups: ctx.key_groups,
             spare_rows: Arc::default(),
+            ended: false,
             metrics: ctx.metrics.clone(),
             gauge: StateGauge::default(),
             kept_gauge: KeptGauge::default(),
@@ -507,6 +508,9 @@ pub struct TopN {
     /// its upload is done, so that the next barrier fills pages already
     /// touched (fresh pages cost more than the pass that fills them).
     spare_rows: Arc<Mutex<Vec<SnapshotRow>>>,
+    /// The input ended: no barrier follows the last snapshot, so its
+    /// buffer is not kept for one.
+    ended: bool,
     metrics: Arc<JobMetrics>,
     gauge: StateGauge,
     kept_gauge: KeptGauge,
@@ -704,7 +708,7 @@ impl TopN {
             watermark: self.watermark,
             partition_fields: self.partition_fields.clone(),
             key_groups: self.key_groups,
-            spare: self.spare_rows.clone(),
+            spare: (!self.ended).then(|| self.spare_rows.clone()),
         };
         for p in self.partitions.iter() {
             // Fewer than 2^32 partitions, and rows in one: each takes
@@ -817,8 +821,9 @@ struct DeferredRows {
     /// exchange does.
     partition_fields: Vec<SortField>,
     key_groups: KeyGroups,
-    /// Where `rows`' buffer goes back when the snapshot is written.
-    spare: Arc<Mutex<Vec<SnapshotRow>>>,
+    /// Where `rows`' buffer goes back when the snapshot is written; none
+    /// after the input ended.
+    spare: Option<Arc<Mutex<Vec<SnapshotRow>>>>,
 }
 
 /// A barrier whose TopN holds `live` rows leaves the next one a buffer for
@@ -834,6 +839,7 @@ impl Drop for DeferredRows {
     /// this process never used costs up to ~50 µs on a VM, and filling a
     /// fresh 500 MB buffer at a barrier paused q19 for 6 s.
     fn drop(&mut self) {
+        let Some(spare) = &self.spare else { return };
         let mut rows = std::mem::take(&mut self.rows);
         let wanted = spare_rows_for(rows.len());
         if rows.capacity() < wanted {
@@ -841,7 +847,7 @@ impl Drop for DeferredRows {
             rows.resize(wanted, SnapshotRow::UNSET);
         }
         rows.clear();
-        let mut spare = lock(&self.spare);
+        let mut spare = lock(spare);
         if rows.capacity() > spare.capacity() {
             *spare = rows;
         }
@@ -1143,6 +1149,7 @@ impl Operator for TopN {
         if self.window.is_some() {
             self.close_windows(i64::MAX, out)?;
         }
+        self.ended = true;
         self.metrics.report_state(&mut self.gauge, 0);
         Ok(())
     }
@@ -1413,6 +1420,21 @@ mod tests {
                 (0..b.num_rows()).map(move |r| (k.value(r), v.value(r)))
             })
             .collect()
+    }
+
+    /// After the input ended, the last snapshot's buffer is freed, not
+    /// grown and kept for a barrier that never comes.
+    #[test]
+    fn the_snapshot_after_the_end_keeps_no_spare_buffer() {
+        let (schema, mut op) = timed_top_n(false, None);
+        op.process_batch(kvs(&schema, &[(1, 10, 0), (2, 5, 0)]), &mut Vec::new())
+            .unwrap();
+        op.snapshot_state().unwrap().resolve().unwrap();
+        assert!(lock(&op.spare_rows).capacity() >= spare_rows_for(2));
+        op.finish(&mut Vec::new()).unwrap();
+        let snapshot = op.snapshot_state().unwrap().resolve().unwrap();
+        assert_eq!(snapshot.num_rows(), 2);
+        assert_eq!(lock(&op.spare_rows).capacity(), 0);
     }
 
     /// Restored, a windowed partition closes when the watermark passes its

@@ -554,36 +554,41 @@ mod tests {
         let pause = Duration::from_millis(150);
         coordinator.options.min_pause = pause;
         let running = tokio::spawn(coordinator.run());
-        let mut completed: Option<Instant> = None;
-        for expected in 1..=4 {
-            let b = loop {
-                match commands0.recv().await {
-                    Some(Control::Barrier(b)) => break b,
-                    Some(_) => {}
-                    None => panic!("barrier {expected} is injected"),
+        // Bounded: a coordinator that never injects fails, not hangs.
+        let checked = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut completed: Option<Instant> = None;
+            for expected in 1..=4 {
+                let b = loop {
+                    match commands0.recv().await {
+                        Some(Control::Barrier(b)) => break b,
+                        Some(_) => {}
+                        None => panic!("barrier {expected} is injected"),
+                    }
+                };
+                assert_eq!(b.id, expected);
+                if let Some(at) = completed {
+                    let waited = at.elapsed();
+                    assert!(
+                        waited >= pause,
+                        "barrier {expected} {waited:?} after the last"
+                    );
                 }
-            };
-            assert_eq!(b.id, expected);
-            if let Some(at) = completed {
-                let waited = at.elapsed();
-                assert!(
-                    waited >= pause,
-                    "barrier {expected} {waited:?} after the last"
-                );
-            }
-            acks.send(ack(0, Some(b.id))).unwrap();
-            acks.send(ack(1, Some(b.id))).unwrap();
-            // Completed once its commit goes out.
-            loop {
-                match commands0.recv().await {
-                    Some(Control::Commit(n)) if n == b.id => break,
-                    Some(_) => {}
-                    None => panic!("checkpoint {expected} completes"),
+                acks.send(ack(0, Some(b.id))).unwrap();
+                acks.send(ack(1, Some(b.id))).unwrap();
+                // Completed once its commit goes out.
+                loop {
+                    match commands0.recv().await {
+                        Some(Control::Commit(n)) if n == b.id => break,
+                        Some(_) => {}
+                        None => panic!("checkpoint {expected} completes"),
+                    }
                 }
+                completed = Some(Instant::now());
             }
-            completed = Some(Instant::now());
-        }
+        })
+        .await;
         running.abort();
+        checked.expect("four checkpoints within 30 s");
     }
 
     /// Both tasks end before the stop barrier reaches them: the savepoint

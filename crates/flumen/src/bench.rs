@@ -131,8 +131,9 @@ pub(crate) struct BenchArgs {
     checkpoint_min_pause: Option<std::time::Duration>,
     /// Print one JSON object per run on standard output (the summary
     /// line goes to standard error): query, parallelism, events (rows the
-    /// sources really produced), rows_read, rows_written, wall_s, cpu_s,
-    /// events_per_s, events_per_core_s, peak_rss_bytes, peak_state_bytes;
+    /// sources really produced), rows_read, rows_written, wall_s, cpu_s
+    /// (with its system part, sys_s, and the minor page faults behind most
+    /// of it, page_faults), events_per_s, events_per_core_s, peak_rss_bytes, peak_state_bytes;
     /// with a TopN, the rows it kept at the end (kept_rows), their own
     /// Arrow size (kept_arrow_bytes) and the state holding them
     /// (kept_state_bytes).
@@ -178,6 +179,8 @@ fn run_json(query: &str, parallelism: usize, s: &Summary, latency: bool) -> serd
         "rows_written": s.rows_out,
         "wall_s": s.seconds,
         "cpu_s": s.cpu_seconds,
+        "sys_s": s.system_seconds,
+        "page_faults": s.minor_faults,
         "events_per_s": events / s.seconds.max(1e-9),
         "events_per_core_s": events / s.cpu_seconds.max(1e-9),
         "peak_rss_bytes": s.peak_rss,

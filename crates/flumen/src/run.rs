@@ -64,6 +64,10 @@ pub(crate) struct Summary {
     pub rows_out: u64,
     pub seconds: f64,
     pub cpu_seconds: f64,
+    /// The system part of `cpu_seconds`.
+    pub system_seconds: f64,
+    /// Minor page faults during the run (first touches of fresh memory).
+    pub minor_faults: u64,
     pub peak_rss: u64,
     /// The most bytes operator state held at once.
     pub peak_state: u64,
@@ -266,7 +270,7 @@ pub(crate) async fn execute(
     checkpoints: Option<(CheckpointOptions, bool)>,
 ) -> Result<Summary> {
     let started = Instant::now();
-    let cpu_before = usage().cpu_seconds;
+    let before = usage();
     let drain = checkpoints.as_ref().is_none_or(|(_, drain)| *drain);
     let options = RunOptions {
         checkpoints: checkpoints.map(|(c, _)| c),
@@ -351,7 +355,9 @@ pub(crate) async fn execute(
         rows_in: metrics.rows_in(),
         rows_out: metrics.rows_out(),
         seconds,
-        cpu_seconds: after.cpu_seconds - cpu_before,
+        cpu_seconds: after.cpu_seconds - before.cpu_seconds,
+        system_seconds: after.system_seconds - before.system_seconds,
+        minor_faults: after.minor_faults - before.minor_faults,
         peak_rss: after.peak_rss,
         peak_state: metrics.peak_state_bytes(),
         kept: metrics.kept_rows(),

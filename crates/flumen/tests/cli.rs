@@ -237,6 +237,8 @@ fn bench_json_prints_one_object_per_run_counting_only_generated_events() {
             "rows_written",
             "wall_s",
             "cpu_s",
+            "sys_s",
+            "page_faults",
             "events_per_s",
             "events_per_core_s",
             "peak_rss_bytes",
@@ -252,6 +254,8 @@ fn bench_json_prints_one_object_per_run_counting_only_generated_events() {
         let rate = run["events"].as_f64().unwrap() / run["wall_s"].as_f64().unwrap();
         assert!((rate / run["events_per_s"].as_f64().unwrap() - 1.0).abs() < 1e-9);
         assert!(run.get("kept_rows").is_none(), "q1 keeps no rows: {run}");
+        let sys = run["sys_s"].as_f64().unwrap();
+        assert!(sys >= 0.0 && sys <= run["cpu_s"].as_f64().unwrap(), "{run}");
     }
     // A TopN reports the rows it kept, their own Arrow size (a bid is ~234
     // bytes: four integers, a channel, a ~96-byte url, ~82 bytes of extra)
@@ -262,6 +266,13 @@ fn bench_json_prints_one_object_per_run_counting_only_generated_events() {
     let arrow = q19[0]["kept_arrow_bytes"].as_u64().unwrap() / kept;
     assert!((150..300).contains(&arrow), "{arrow} bytes per row");
     assert!(q19[0]["kept_state_bytes"].as_u64().unwrap() > kept * arrow);
+    // Its kept rows are fresh memory: at least a fault per 4 KiB of them.
+    let faults = q19[0]["page_faults"].as_u64().unwrap();
+    assert!(
+        faults >= kept * arrow / 4096,
+        "{faults} page faults: {}",
+        q19[0]
+    );
     // The skewed-channel benchmark runs as the Nexmark queries do.
     let skew = runs("skew_channel", &[]);
     assert_eq!(skew[0]["events"], 18_400);

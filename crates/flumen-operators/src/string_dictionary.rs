@@ -4,6 +4,7 @@
 //! storing each once shrinks TopN state, and in a VM where every fresh page
 //! costs microseconds to fault in, smaller state is faster state.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use arrow::array::{Array, StringArray, UInt32Array};
@@ -36,7 +37,7 @@ pub(crate) struct StringDictionary {
     /// Where string `i` starts; one more than the strings.
     offsets: Vec<i32>,
     table: OpenTable<Entry>,
-    hasher: ahash::RandomState,
+    hasher: foldhash::fast::FixedState,
     /// The strings as one array, as of the last call to [`Self::intern`].
     values: Arc<StringArray>,
 }
@@ -48,12 +49,7 @@ impl StringDictionary {
             bytes: Vec::new(),
             offsets: vec![0],
             table: OpenTable::new(),
-            hasher: ahash::RandomState::with_seeds(
-                0x243f_6a88_85a3_08d3,
-                0x1319_8a2e_0370_7344,
-                0xa409_3822_299f_31d0,
-                0x082e_fa98_ec4e_6c89,
-            ),
+            hasher: foldhash::fast::FixedState::with_seed(0x243f_6a88_85a3_08d3),
             values: Arc::new(StringArray::new_null(0)),
         }
     }

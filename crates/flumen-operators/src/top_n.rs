@@ -12,6 +12,7 @@
 //! together, into [`KeptRows`].
 
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{
@@ -188,12 +189,7 @@ impl TopNFactory {
             order_converter: order,
             partitions: OpenTable::new(),
             batches: 0,
-            hasher: ahash::RandomState::with_seeds(
-                0x243f_6a88_85a3_08d3,
-                0x1319_8a2e_0370_7344,
-                0xa409_3822_299f_31d0,
-                0x082e_fa98_ec4e_6c89,
-            ),
+            hasher: foldhash::fast::FixedState::with_seed(0x243f_6a88_85a3_08d3),
             closing: BTreeMap::new(),
             watermark: i64::MIN,
             last_sweep: i64::MIN,
@@ -496,7 +492,7 @@ pub struct TopN {
     partitions: OpenTable<Partition>,
     /// Batches processed (wrapping; stamps are reset when it wraps).
     batches: u32,
-    hasher: ahash::RandomState,
+    hasher: foldhash::fast::FixedState,
     /// Windowed partitions' keys by window end, to close them in order.
     closing: BTreeMap<i64, Vec<Box<[u8]>>>,
     watermark: i64,

@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, StringArray, UInt32Array};
-use arrow::compute::{interleave, take};
+use arrow::array::{Array, ArrayRef, AsArray, DictionaryArray, StringArray, UInt32Array};
+use arrow::compute::{cast, interleave, take};
 use arrow::datatypes::{DataType, SchemaRef, UInt32Type};
 use flumen_types::{DEFAULT_BATCH_SIZE, Result};
 
@@ -534,18 +534,40 @@ impl FrozenRows {
         self.slot(r.slot).1.order(r.row as usize)
     }
 
-    /// The kept columns of `rows`, in that order.
-    pub(crate) fn gather(&self, rows: &[RowRef]) -> Result<Vec<ArrayRef>> {
-        let columns = gather_columns(
+    /// The kept columns of `rows`, in that order, a column kept in a
+    /// dictionary as a `Dictionary(UInt32, Utf8)` array of its ids over all
+    /// its strings: a snapshot writes each string once per state file (the
+    /// frozen strings are one array, so every set of a snapshot shares
+    /// them), not once per row.
+    pub(crate) fn gather_encoded(&self, rows: &[RowRef]) -> Result<Vec<ArrayRef>> {
+        let mut columns = gather_columns(
             self.width,
             self.slots.len(),
             |s, c| self.slot(s).0[c].as_ref(),
             rows,
         )?;
-        let values: Vec<Option<&StringArray>> =
-            self.dictionaries.iter().map(Option::as_ref).collect();
-        resolve_ids(columns, &values)
+        for (column, values) in columns.iter_mut().zip(&self.dictionaries) {
+            if let Some(values) = values {
+                let ids = column.as_primitive::<UInt32Type>().clone();
+                let values: ArrayRef = Arc::new(values.clone());
+                *column = Arc::new(DictionaryArray::<UInt32Type>::try_new(ids, values)?);
+            }
+        }
+        Ok(columns)
     }
+}
+
+/// `columns` with each dictionary-encoded column as plain values (a
+/// snapshot's strings, as [`FrozenRows::gather_encoded`] writes them), so
+/// that restored rows can be added as they were kept.
+pub(crate) fn decoded(columns: &[ArrayRef]) -> Result<Vec<ArrayRef>> {
+    columns
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Dictionary(_, values) => Ok(cast(c, values)?),
+            _ => Ok(c.clone()),
+        })
+        .collect()
 }
 
 /// Columns `0..width` of `rows`, from slots numbered below `slots`.

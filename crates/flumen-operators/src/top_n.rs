@@ -28,7 +28,7 @@ use flumen_runtime::{
 use flumen_state::{KeyGroup, KeyGroups, StateSnapshot, state_column};
 use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Result, RowOp, Watermark};
 
-use crate::kept_rows::{FrozenRows, KeptRows, Keys, RowRef, kept_schema};
+use crate::kept_rows::{FrozenRows, KeptRows, Keys, RowRef, decoded, kept_schema};
 use crate::open_table::{Hashed, OpenTable};
 use crate::retract_top_n::{RetractTopN, RetractTopNSpec};
 
@@ -881,7 +881,7 @@ impl DeferredRows {
         let order = BinaryArray::from_iter_values(at.iter().map(|&r| self.kept.order_key(r)));
         let key_groups =
             partition_key_groups(&converter, partitioned, &partition, &self.key_groups)?;
-        let mut columns = self.kept.gather(&at)?;
+        let mut columns = self.kept.gather_encoded(&at)?;
         columns.push(Arc::new(BinaryArray::from_iter_values(partition)));
         columns.push(Arc::new(order));
         let untimed = PartitionTimes {
@@ -1177,8 +1177,15 @@ impl Operator for TopN {
             let keys = Keys::from_pairs(
                 (start..start + len).map(|r| (partition.value(r), order.value(r))),
             );
-            let indices = UInt32Array::from_iter_values(start as u32..(start + len) as u32);
-            let slot = self.kept.add(&rows.columns()[..w], &indices, keys)?;
+            // Strings a snapshot wrote dictionary-encoded come back plain a
+            // slot's rows at a time.
+            let values: Vec<ArrayRef> = rows.columns()[..w]
+                .iter()
+                .map(|c| c.slice(start, len))
+                .collect();
+            let values = decoded(&values)?;
+            let indices = UInt32Array::from_iter_values(0..len as u32);
+            let slot = self.kept.add(&values, &indices, keys)?;
             slot_starts.insert(slot, start);
             for row in start..start + len {
                 let at = RowRef {

@@ -11,7 +11,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Array, RecordBatch, TimestampNanosecondArray, UInt32Array};
+use arrow::array::{
+    ArrayRef, Int64Array, RecordBatch, StringArray, TimestampNanosecondArray, UInt32Array,
+};
 use arrow::compute::take_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::util::display::array_value_to_string;
@@ -639,6 +641,70 @@ fn top_n(
 #[test]
 fn top_n_per_key_moves_by_key_group() {
     check(&top_n(bids(), vec![0], None), &[vec![0]], &bid_steps(8));
+}
+
+/// A TopN keeping bids with a `channel` of few distinct values (nulls
+/// among them), and its input.
+fn channel_top_n() -> (TopNFactory, Vec<Step>) {
+    let mut fields: Vec<Field> = bids().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("channel", DataType::Utf8, true));
+    let input = Arc::new(Schema::new(fields.clone()));
+    let channel =
+        |b: usize, r: usize| ((r + b) % 6 != 5).then(|| format!("channel-{}", (r * 5 + b) % 6));
+    let steps: Vec<Step> = bid_steps(8)
+        .into_iter()
+        .enumerate()
+        .map(|(i, step)| match step {
+            Step::Batch(side, batch) => {
+                let strings: StringArray = (0..batch.num_rows()).map(|r| channel(i, r)).collect();
+                let mut columns = batch.columns().to_vec();
+                columns.push(Arc::new(strings));
+                Step::Batch(side, RecordBatch::try_new(input.clone(), columns).unwrap())
+            }
+            watermark => watermark,
+        })
+        .collect();
+    fields.push(Field::new("rank", DataType::UInt64, false));
+    fields.push(Field::new("_op", DataType::Int8, false));
+    let factory = TopNFactory {
+        width: 4,
+        output: Arc::new(Schema::new(fields)),
+        ..top_n(input, vec![0], None)
+    };
+    (factory, steps)
+}
+
+/// The TopN's strings, kept in a dictionary, move as the other columns do
+/// and come back in every output row, nulls included.
+#[test]
+fn top_n_with_dictionary_strings_moves_by_key_group() {
+    let (factory, steps) = channel_top_n();
+    let rows = check(&factory, &[vec![0]], &steps);
+    assert!(rows.iter().any(|r| r.contains("|channel-")), "{rows:?}");
+    assert!(
+        rows.iter().any(|r| r.contains("||")),
+        "a null channel: {rows:?}"
+    );
+}
+
+/// A snapshot writes the strings of a dictionary column as ids into one
+/// copy of its strings, not a string per row.
+#[test]
+fn a_top_n_snapshot_keeps_dictionary_strings_encoded() {
+    let (factory, steps) = channel_top_n();
+    let mut ops = create(&factory, 1);
+    let mut out = Vec::new();
+    for step in &steps {
+        apply(&mut ops, step, &[vec![0]], &mut out);
+    }
+    let snapshot = ops[0].snapshot_state().unwrap().resolve().unwrap();
+    let stored = snapshot.to_batches().unwrap();
+    let channel = stored[0].1[0].column(3);
+    assert_eq!(
+        channel.data_type(),
+        &DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8))
+    );
+    assert!(channel.null_count() > 0);
 }
 
 #[test]

@@ -894,6 +894,55 @@ mod tests {
         assert_eq!(back.column(1), batch.column(1));
     }
 
+    /// Sets of a dictionary-encoded column over one array of strings go
+    /// into one file that holds the strings once, not once per row or per
+    /// set, and read back as written.
+    #[tokio::test]
+    async fn dictionary_sets_sharing_their_strings_write_them_once() {
+        use arrow::array::{DictionaryArray, UInt32Array};
+        use arrow::datatypes::UInt32Type;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(tmp.path().to_str().unwrap()).unwrap();
+        let strings: ArrayRef = Arc::new(StringArray::from_iter_values(
+            (0..100).map(|i| format!("{i:0100}")),
+        ));
+        let (sets, per_set) = (20, 10_000);
+        let values = strings.clone();
+        let built = (0..sets).map(move |s| {
+            let ids =
+                UInt32Array::from_iter_values((0..per_set).map(|i| ((i * 7 + s) % 100) as u32));
+            let column = DictionaryArray::<UInt32Type>::try_new(ids, values.clone()).unwrap();
+            Ok((
+                vec![Arc::new(column) as ArrayRef],
+                vec![s as KeyGroup; per_set],
+            ))
+        });
+        let mut snapshot = StateSnapshot::default();
+        snapshot.add_deferred_grouped(0, sets * per_set, built);
+        let files = store.write_state("cp", "op", 0, snapshot).await.unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+        // 4-byte ids and a key group per row, the 10 KB of strings once.
+        assert!(
+            files[0].size < (sets * per_set * 8 + 64 * 1024) as u64,
+            "{} bytes",
+            files[0].size
+        );
+        let files: Vec<&StateFile> = files.iter().collect();
+        let back = store
+            .read_state(&files, KeyGroupRange { start: 0, end: 128 })
+            .await
+            .unwrap();
+        let rows = back
+            .rows(0, KeyGroupRange { start: 3, end: 4 })
+            .unwrap()
+            .unwrap();
+        let got = arrow::compute::cast(rows.column(0), &DataType::Utf8).unwrap();
+        let want: StringArray = (0..per_set)
+            .map(|i| Some(format!("{:0100}", (i * 7 + 3) % 100)))
+            .collect();
+        assert_eq!(got.as_ref(), &want as &dyn arrow::array::Array);
+    }
+
     #[tokio::test]
     async fn torn_checkpoints_are_skipped_with_the_reason() {
         let tmp = tempfile::tempdir().unwrap();

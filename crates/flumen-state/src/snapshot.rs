@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt16Array};
-use arrow::compute::{concat_batches, filter_record_batch};
+use arrow::compute::{cast, concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, UInt16Type};
 use flumen_types::{FlumenError, Result};
 
@@ -285,7 +285,9 @@ impl StateSnapshot {
     }
 
     /// The rows of `table` whose key groups lie in `range`, in one batch;
-    /// `None` when there are none.
+    /// `None` when there are none. Parts that dictionary-encode different
+    /// columns (subtasks of one operator may) come back with every
+    /// dictionary column decoded.
     pub fn rows(&self, table: usize, range: KeyGroupRange) -> Result<Option<RecordBatch>> {
         self.resolved()?;
         let mut batches = Vec::new();
@@ -294,10 +296,17 @@ impl StateSnapshot {
                 batches.push(kept.batch);
             }
         }
-        match batches.first() {
-            None => Ok(None),
-            Some(first) => Ok(Some(concat_batches(&first.schema(), &batches)?)),
+        let Some(first) = batches.first() else {
+            return Ok(None);
+        };
+        let schema = first.schema();
+        if batches.iter().any(|b| b.schema() != schema) {
+            batches = batches
+                .iter()
+                .map(dictionaries_decoded)
+                .collect::<Result<_>>()?;
         }
+        Ok(Some(concat_batches(&batches[0].schema(), &batches)?))
     }
 
     /// The key groups holding state, ascending.
@@ -470,6 +479,29 @@ impl Iterator for BuiltParts {
 }
 
 /// Columns named by position (`c0`, `c1`, …), as one batch.
+/// `batch` with each dictionary column cast to its values' type.
+fn dictionaries_decoded(batch: &RecordBatch) -> Result<RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Dictionary(_, values) => cast(c, values),
+            _ => Ok(c.clone()),
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(&columns)
+        .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
+        .collect();
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
 fn columns_batch(columns: Vec<ArrayRef>) -> Result<RecordBatch> {
     let fields: Vec<Field> = columns
         .iter()
@@ -544,6 +576,33 @@ mod tests {
         let without = stored[0].1[0].project(&[0]).unwrap();
         let err = back.add_stored(0, &without, range).unwrap_err();
         assert!(err.to_string().contains("_key_group"), "{err}");
+    }
+
+    /// Parts of one table that differ in which columns they
+    /// dictionary-encode come back as one batch, every dictionary decoded.
+    #[test]
+    fn parts_with_and_without_a_dictionary_read_back_together() {
+        use arrow::array::{DictionaryArray, StringArray, UInt32Array};
+        use arrow::datatypes::UInt32Type;
+        let strings: ArrayRef = Arc::new(StringArray::from(vec!["a", "b"]));
+        let encoded = DictionaryArray::<UInt32Type>::try_new(
+            UInt32Array::from(vec![Some(1), None, Some(0)]),
+            strings,
+        )
+        .unwrap();
+        let mut a = StateSnapshot::default();
+        a.add_columns(0, vec![Arc::new(encoded)], &[1, 2, 3])
+            .unwrap();
+        let mut b = StateSnapshot::default();
+        b.add_columns(0, vec![Arc::new(StringArray::from(vec!["c"]))], &[4])
+            .unwrap();
+        let all = StateSnapshot::merge([a, b]);
+        let rows = all
+            .rows(0, KeyGroupRange { start: 0, end: 8 })
+            .unwrap()
+            .unwrap();
+        let got: Vec<Option<&str>> = rows.column(0).as_string::<i32>().iter().collect();
+        assert_eq!(got, [Some("b"), None, Some("a"), Some("c")]);
     }
 
     #[test]

@@ -59,13 +59,22 @@ WHERE A.category = 10;
 CREATE TABLE updating (channel VARCHAR, n BIGINT, top BIGINT)
   WITH (connector = 'filesystem', path = '{out}/updating', format = 'csv', changelog = 'true');
 INSERT INTO updating SELECT channel, count(*), max(price) FROM bid GROUP BY channel;
+
+CREATE TABLE top (auction BIGINT, price BIGINT, bidder BIGINT, channel VARCHAR, rn BIGINT)
+  WITH (connector = 'filesystem', path = '{out}/top', format = 'csv', changelog = 'true');
+INSERT INTO top
+SELECT auction, price, bidder, channel, rn FROM (
+  SELECT auction, price, bidder, channel, ROW_NUMBER() OVER (
+    PARTITION BY auction ORDER BY price DESC, date_time, bidder, channel) AS rn
+  FROM bid)
+WHERE rn <= 2;
 ",
         bid = rps(46),
         auction = rps(3),
     )
 }
 
-const SINKS: [&str; 3] = ["windowed", "joined", "updating"];
+const SINKS: [&str; 4] = ["windowed", "joined", "updating", "top"];
 
 fn run_to_end(args: &[&str], dir: &Path) -> Output {
     let out = flumen(args, dir).output().expect("flumen runs");

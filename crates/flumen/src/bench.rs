@@ -136,7 +136,10 @@ pub(crate) struct BenchArgs {
     /// of it, page_faults), events_per_s, events_per_core_s, peak_rss_bytes, peak_state_bytes;
     /// with a TopN, the rows it kept at the end (kept_rows), their own
     /// Arrow size (kept_arrow_bytes) and the state holding them
-    /// (kept_state_bytes).
+    /// (kept_state_bytes); with checkpoints, how many completed
+    /// (checkpoints), the largest's bytes (checkpoint_max_bytes), the
+    /// longest's duration (checkpoint_max_ms) and the longest a task
+    /// stopped for a snapshot (checkpoint_max_pause_ms).
     #[arg(long)]
     json: bool,
     /// Generate all three kinds of event even when the query reads fewer
@@ -186,6 +189,12 @@ fn run_json(query: &str, parallelism: usize, s: &Summary, latency: bool) -> serd
         "peak_rss_bytes": s.peak_rss,
         "peak_state_bytes": s.peak_state,
     });
+    if s.checkpoints > 0 {
+        json["checkpoints"] = s.checkpoints.into();
+        json["checkpoint_max_bytes"] = s.checkpoint_bytes.into();
+        json["checkpoint_max_ms"] = s.checkpoint_max_ms.into();
+        json["checkpoint_max_pause_ms"] = (s.checkpoint_max_pause_us as f64 / 1e3).into();
+    }
     if s.kept.rows > 0 {
         json["kept_rows"] = s.kept.rows.into();
         json["kept_arrow_bytes"] = s.kept.arrow_bytes.into();

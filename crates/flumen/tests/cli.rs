@@ -273,6 +273,16 @@ fn bench_json_prints_one_object_per_run_counting_only_generated_events() {
         "{faults} page faults: {}",
         q19[0]
     );
+    assert!(q19[0].get("checkpoints").is_none(), "{}", q19[0]);
+    // With checkpoints, at least the one at the end of the input, and what
+    // the largest wrote.
+    let checkpointed = runs("q19", &["--checkpoint-interval", "1s"]);
+    assert!(checkpointed[0]["checkpoints"].as_u64().unwrap() >= 1);
+    let bytes = checkpointed[0]["checkpoint_max_bytes"].as_u64().unwrap();
+    assert!(bytes > kept * 8, "{bytes} bytes: {}", checkpointed[0]);
+    for key in ["checkpoint_max_ms", "checkpoint_max_pause_ms"] {
+        assert!(checkpointed[0][key].as_f64().is_some(), "no {key}");
+    }
     // The skewed-channel benchmark runs as the Nexmark queries do.
     let skew = runs("skew_channel", &[]);
     assert_eq!(skew[0]["events"], 18_400);

@@ -290,8 +290,10 @@ impl std::ops::DerefMut for Entries {
 }
 
 impl Entries {
-    /// Inserts `r` at `place`.
-    fn insert(&mut self, place: usize, r: RowRef) {
+    /// Inserts `r` at `place`. `most` is the most rows the partition can
+    /// hold (0 when unbounded): a full `Vec` grows to it rather than past
+    /// it (a TopN 10 holds at most 11 rows, in 88 bytes, not 16 in 128).
+    fn insert(&mut self, place: usize, r: RowRef, most: usize) {
         match self {
             Entries::One(first) => {
                 let mut rows = Vec::with_capacity(2);
@@ -299,7 +301,13 @@ impl Entries {
                 rows.insert(place, r);
                 *self = Entries::Many(Box::new(rows));
             }
-            Entries::Many(rows) => rows.insert(place, r),
+            Entries::Many(rows) => {
+                let len = rows.len();
+                if len == rows.capacity() && len < most && len * 2 > most {
+                    rows.reserve_exact(most - len);
+                }
+                rows.insert(place, r);
+            }
         }
     }
 
@@ -411,6 +419,16 @@ impl Ranking {
             previous = Some(rank);
         }
         entries.len()
+    }
+
+    /// The most rows a partition holds at once (0: no bound): a row
+    /// number's limit, and one more while a row goes in before the last is
+    /// pushed out; ranks keep ties past the limit.
+    fn most_rows(&self) -> usize {
+        match self.function {
+            RankFunction::RowNumber => self.limit + 1,
+            RankFunction::Rank | RankFunction::DenseRank => 0,
+        }
     }
 
     /// Whether a row with `key` cannot get into a partition holding `entries`.
@@ -1045,7 +1063,7 @@ impl Operator for TopN {
                 evicted.extend(old.iter().filter(|e| e.slot != PENDING));
             } else {
                 let place = p.entries.partition_point(|&e| keys.order(e) <= key);
-                p.entries.insert(place, at);
+                p.entries.insert(place, at, ranking.most_rows());
                 let keep = ranking.keep(&p.entries, &keys);
                 let start = evicted.len();
                 p.entries.truncate_into(keep, &mut evicted);
@@ -1202,7 +1220,7 @@ impl Operator for TopN {
                 };
                 if let Some(b) = find_partition(&self.partitions, h, pkey, &keys) {
                     let entries = &mut bucket(&mut self.partitions, b).entries;
-                    entries.insert(entries.len(), at);
+                    entries.insert(entries.len(), at, self.ranking.most_rows());
                     continue;
                 }
                 let partition = Partition {
@@ -1294,6 +1312,33 @@ mod tests {
     #[test]
     fn a_snapshot_row_is_16_bytes() {
         assert_eq!(std::mem::size_of::<SnapshotRow>(), 16);
+    }
+
+    /// A row number's partition grows its rows to the most it can hold,
+    /// not past it; a rank's grows as a `Vec` does.
+    #[test]
+    fn kept_rows_of_a_partition_grow_to_the_most_it_holds() {
+        let at = |row| RowRef { slot: 0, row };
+        let capacity = |e: &Entries| match e {
+            Entries::Many(rows) => rows.capacity(),
+            Entries::One(_) => 1,
+        };
+        let (mut bounded, mut unbounded) = (Entries::One(at(0)), Entries::One(at(0)));
+        let mut out = Vec::new();
+        for row in 1..40 {
+            bounded.insert(0, at(row), 11);
+            let keep = bounded.len().min(10);
+            bounded.truncate_into(keep, &mut out);
+            unbounded.insert(0, at(row), 0);
+            assert!(
+                capacity(&bounded) <= 11,
+                "{} at row {row}",
+                capacity(&bounded)
+            );
+        }
+        assert_eq!(bounded.len(), 10);
+        assert_eq!(capacity(&bounded), 11);
+        assert!(capacity(&unbounded) >= 40);
     }
 
     /// A partition takes 32 bytes of its table, empty slots included.

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, DictionaryArray, StringArray, UInt32Array};
+use arrow::buffer::NullBuffer;
 use arrow::compute::{cast, interleave, take};
 use arrow::datatypes::{DataType, SchemaRef, UInt32Type};
 use flumen_types::{DEFAULT_BATCH_SIZE, Result};
@@ -140,6 +141,10 @@ pub(crate) struct KeptRows {
     /// The live rows' own Arrow size.
     live_arrow_bytes: usize,
     bytes: usize,
+    /// Per kept column: the strings of the last dictionary-encoded column
+    /// added (a restored snapshot's) and their ids here, so that the slots
+    /// of one state file map their ids without looking up a string again.
+    remaps: Vec<Option<(ArrayRef, Vec<u32>)>>,
 }
 
 impl KeptRows {
@@ -151,6 +156,7 @@ impl KeptRows {
             .map(|f| (f.data_type() == &DataType::Utf8).then(StringDictionary::new))
             .collect();
         KeptRows {
+            remaps: vec![None; schema.fields().len()],
             schema,
             dictionaries,
             slots: Vec::new(),
@@ -164,7 +170,9 @@ impl KeptRows {
 
     /// Stores rows `rows` of the kept `columns` (every row live), with
     /// their keys; returns their slot. Strings kept in a dictionary are
-    /// looked up where they are, not copied first.
+    /// looked up where they are, not copied first; a string column may
+    /// come dictionary-encoded (`Dictionary(UInt32, Utf8)`, as snapshots
+    /// write it), whose strings are then looked up once, not once a row.
     pub(crate) fn add(
         &mut self,
         columns: &[ArrayRef],
@@ -173,17 +181,25 @@ impl KeptRows {
     ) -> Result<u32> {
         let mut kept = Vec::with_capacity(columns.len());
         for (c, column) in columns.iter().enumerate() {
-            let ids = match &mut self.dictionaries[c] {
-                Some(dictionary) => {
+            let encoded = column.as_dictionary_opt::<UInt32Type>();
+            let ids = match (&mut self.dictionaries[c], encoded) {
+                (Some(dictionary), Some(encoded)) => {
+                    remapped_ids(dictionary, &mut self.remaps[c], encoded, rows)?
+                }
+                (Some(dictionary), None) => {
                     dictionary.intern(column.as_string::<i32>(), rows, DICTIONARY_LIMIT)
                 }
-                None => None,
+                (None, _) => None,
             };
             kept.push(match ids {
                 Some(ids) => Arc::new(ids) as ArrayRef,
                 None => {
                     self.keep_plainly(c)?;
-                    take(column, rows, None)?
+                    let picked = take(column, rows, None)?;
+                    match picked.data_type() {
+                        DataType::Dictionary(_, values) => cast(&picked, values)?,
+                        _ => picked,
+                    }
                 }
             });
         }
@@ -557,17 +573,46 @@ impl FrozenRows {
     }
 }
 
-/// `columns` with each dictionary-encoded column as plain values (a
-/// snapshot's strings, as [`FrozenRows::gather_encoded`] writes them), so
-/// that restored rows can be added as they were kept.
-pub(crate) fn decoded(columns: &[ArrayRef]) -> Result<Vec<ArrayRef>> {
-    columns
-        .iter()
-        .map(|c| match c.data_type() {
-            DataType::Dictionary(_, values) => Ok(cast(c, values)?),
-            _ => Ok(c.clone()),
-        })
-        .collect()
+/// The ids in `dictionary` of rows `rows` of `encoded` (null where the
+/// row is), its strings added once per distinct strings array (`remap`
+/// keeps the last one's ids); `None`, with nothing added, when they would
+/// bring the dictionary past its limit.
+fn remapped_ids(
+    dictionary: &mut StringDictionary,
+    remap: &mut Option<(ArrayRef, Vec<u32>)>,
+    encoded: &DictionaryArray<UInt32Type>,
+    rows: &UInt32Array,
+) -> Result<Option<UInt32Array>> {
+    let values = encoded.values();
+    let known = remap
+        .as_ref()
+        .is_some_and(|(seen, _)| seen.to_data().ptr_eq(&values.to_data()));
+    if !known {
+        let Some(strings) = values.as_string_opt::<i32>() else {
+            return Ok(None);
+        };
+        let every = UInt32Array::from_iter_values(0..strings.len() as u32);
+        let Some(ids) = dictionary.intern(strings, &every, DICTIONARY_LIMIT) else {
+            *remap = None;
+            return Ok(None);
+        };
+        *remap = Some((values.clone(), ids.values().to_vec()));
+    }
+    let Some((_, ids)) = remap.as_ref() else {
+        return Ok(None);
+    };
+    let keys = encoded.keys();
+    let mapped = rows.values().iter().map(|&r| {
+        let r = r as usize;
+        if keys.is_valid(r) {
+            ids[keys.value(r) as usize]
+        } else {
+            0
+        }
+    });
+    let nulls = (keys.null_count() > 0)
+        .then(|| NullBuffer::from_iter(rows.values().iter().map(|&r| keys.is_valid(r as usize))));
+    Ok(Some(UInt32Array::new(mapped.collect(), nulls)))
 }
 
 /// Columns `0..width` of `rows`, from slots numbered below `slots`.
@@ -677,6 +722,96 @@ mod tests {
             assert_eq!(kept.partition_key(*to), (row as u32).to_be_bytes());
             assert_eq!(kept.order_key(*to), b"k");
         }
+    }
+
+    /// Dictionary-encoded strings (a restored snapshot's) are kept as the
+    /// same ids as plain ones, nulls included, whether their column has a
+    /// dictionary or was turned plain; the rows read back as added.
+    #[test]
+    fn dictionary_encoded_strings_are_kept_as_plain_ones_are() {
+        use arrow::datatypes::UInt32Type;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("few", DataType::Utf8, true),
+            Field::new("many", DataType::Utf8, false),
+        ]));
+        let mut kept = KeptRows::new(schema.clone());
+        // Past the limit: "many" is kept plainly from the first slot on.
+        let long = |i: usize| format!("{i:0200}");
+        let n = DICTIONARY_LIMIT / 200 + 10;
+        let plain = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter(
+                    (0..n).map(|i| Some(format!("c{}", i % 3))),
+                )),
+                Arc::new(StringArray::from_iter_values((0..n).map(long))),
+            ],
+        )
+        .unwrap();
+        let owners: Vec<[u8; 4]> = (0..n).map(|i| (i as u32).to_be_bytes()).collect();
+        let keys = || Keys::from_pairs(owners.iter().map(|o| (&o[..], &b"k"[..])));
+        let first = kept
+            .add(
+                plain.columns(),
+                &UInt32Array::from_iter_values(0..n as u32),
+                keys(),
+            )
+            .unwrap();
+        assert!(kept.dictionaries[1].is_none());
+        let few_values: ArrayRef = Arc::new(StringArray::from(vec!["c2", "x", "c0"]));
+        let few = DictionaryArray::<UInt32Type>::try_new(
+            UInt32Array::from(vec![Some(0), None, Some(1), Some(2), Some(1)]),
+            few_values,
+        )
+        .unwrap();
+        let many_values: ArrayRef = Arc::new(StringArray::from(vec!["m0", "m1"]));
+        let many = DictionaryArray::<UInt32Type>::try_new(
+            UInt32Array::from(vec![1, 0, 0, 1, 1]),
+            many_values,
+        )
+        .unwrap();
+        let columns: Vec<ArrayRef> = vec![Arc::new(few), Arc::new(many)];
+        // Two slots from the one encoded column (its strings looked up once).
+        let picks = [vec![4u32, 3, 1], vec![0u32, 2]];
+        let mut slots = Vec::new();
+        for p in &picks {
+            let k = Keys::from_pairs(p.iter().map(|_| (&b"p"[..], &b"k"[..])));
+            slots.push(
+                kept.add(&columns, &UInt32Array::from(p.clone()), k)
+                    .unwrap(),
+            );
+        }
+        assert_eq!(kept.dictionaries[0].as_ref().unwrap().values().len(), 4);
+        let rows: Vec<RowRef> = [
+            (slots[0], 0),
+            (slots[0], 1),
+            (slots[0], 2),
+            (slots[1], 0),
+            (slots[1], 1),
+            (first, 7),
+        ]
+        .iter()
+        .map(|&(slot, row)| RowRef { slot, row })
+        .collect();
+        let values = kept.gather(&rows).unwrap();
+        let few: Vec<Option<&str>> = values[0].as_string::<i32>().iter().collect();
+        assert_eq!(
+            few,
+            [
+                Some("x"),
+                Some("c0"),
+                None,
+                Some("c2"),
+                Some("x"),
+                Some("c1")
+            ]
+        );
+        let many: Vec<&str> = values[1]
+            .as_string::<i32>()
+            .iter()
+            .map(Option::unwrap)
+            .collect();
+        assert_eq!(many, ["m1", "m1", "m0", "m1", "m0", &long(7)]);
     }
 
     /// Few distinct strings are kept once each; a column whose distinct

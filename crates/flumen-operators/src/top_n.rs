@@ -28,7 +28,7 @@ use flumen_runtime::{
 use flumen_state::{KeyGroup, KeyGroups, StateSnapshot, state_column};
 use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Result, RowOp, Watermark};
 
-use crate::kept_rows::{FrozenRows, KeptRows, Keys, RowRef, decoded, kept_schema};
+use crate::kept_rows::{FrozenRows, KeptRows, Keys, RowRef, kept_schema};
 use crate::open_table::{Hashed, OpenTable};
 use crate::retract_top_n::{RetractTopN, RetractTopNSpec};
 
@@ -1195,15 +1195,8 @@ impl Operator for TopN {
             let keys = Keys::from_pairs(
                 (start..start + len).map(|r| (partition.value(r), order.value(r))),
             );
-            // Strings a snapshot wrote dictionary-encoded come back plain a
-            // slot's rows at a time.
-            let values: Vec<ArrayRef> = rows.columns()[..w]
-                .iter()
-                .map(|c| c.slice(start, len))
-                .collect();
-            let values = decoded(&values)?;
-            let indices = UInt32Array::from_iter_values(0..len as u32);
-            let slot = self.kept.add(&values, &indices, keys)?;
+            let indices = UInt32Array::from_iter_values(start as u32..(start + len) as u32);
+            let slot = self.kept.add(&rows.columns()[..w], &indices, keys)?;
             slot_starts.insert(slot, start);
             for row in start..start + len {
                 let at = RowRef {

@@ -1176,66 +1176,72 @@ impl Operator for TopN {
     }
 
     fn restore_state(&mut self, snapshot: &StateSnapshot) -> Result<()> {
-        let Some(rows) = snapshot.rows(0, self.key_groups.range)? else {
-            return Ok(());
-        };
+        // A part at a time, as stored: the table is never copied whole.
+        let parts = snapshot.batches(0, self.key_groups.range)?;
         let w = self.width;
-        let n = rows.num_rows();
-        let partition = state_column::<BinaryArray>(&rows, 0, w)?;
-        let order = state_column::<BinaryArray>(&rows, 0, w + 1)?;
-        let places = state_column::<UInt64Array>(&rows, 0, w + 2)?;
-        let touched = state_column::<Int64Array>(&rows, 0, w + 3)?;
-        let ends = state_column::<Int64Array>(&rows, 0, w + 4)?;
-        // Slots of a batch's size, as processing makes them, so that a
-        // compaction later copies a few of them and not the whole state.
-        // The snapshot row where each slot starts, for the rows' places.
-        let mut slot_starts: HashMap<u32, usize> = HashMap::new();
-        for start in (0..n).step_by(DEFAULT_BATCH_SIZE) {
-            let len = DEFAULT_BATCH_SIZE.min(n - start);
-            let keys = Keys::from_pairs(
-                (start..start + len).map(|r| (partition.value(r), order.value(r))),
-            );
-            let indices = UInt32Array::from_iter_values(start as u32..(start + len) as u32);
-            let slot = self.kept.add(&rows.columns()[..w], &indices, keys)?;
-            slot_starts.insert(slot, start);
-            for row in start..start + len {
-                let at = RowRef {
-                    slot,
-                    row: (row - start) as u32,
-                };
-                let pkey = partition.value(row);
-                let h = self.hash(pkey);
-                self.partitions.reserve(1);
-                let keys = KeySource {
-                    kept: &self.kept,
-                    order: None,
-                    partition: None,
-                };
-                if let Some(b) = find_partition(&self.partitions, h, pkey, &keys) {
-                    let entries = &mut bucket(&mut self.partitions, b).entries;
-                    entries.insert(entries.len(), at, self.ranking.most_rows());
-                    continue;
-                }
-                let partition = Partition {
-                    hash: h,
-                    stamp: 0,
-                    touched_at: touched.value(row),
-                    entries: Entries::One(at),
-                };
-                let home = self.partitions.home(h);
-                self.partitions.insert(home, partition);
-                if self.window.is_some() {
-                    self.closing
-                        .entry(ends.value(row))
-                        .or_default()
-                        .push(pkey.into());
+        // Each slot's part and the row of it where the slot starts, for
+        // the rows' places.
+        let mut slot_starts: HashMap<u32, (usize, usize)> = HashMap::new();
+        let mut places = Vec::with_capacity(parts.len());
+        for (part, rows) in parts.iter().enumerate() {
+            let n = rows.num_rows();
+            let partition = state_column::<BinaryArray>(rows, 0, w)?;
+            let order = state_column::<BinaryArray>(rows, 0, w + 1)?;
+            places.push(state_column::<UInt64Array>(rows, 0, w + 2)?);
+            let touched = state_column::<Int64Array>(rows, 0, w + 3)?;
+            let ends = state_column::<Int64Array>(rows, 0, w + 4)?;
+            // Slots of a batch's size, as processing makes them, so that a
+            // compaction later copies a few of them and not the whole state.
+            for start in (0..n).step_by(DEFAULT_BATCH_SIZE) {
+                let len = DEFAULT_BATCH_SIZE.min(n - start);
+                let keys = Keys::from_pairs(
+                    (start..start + len).map(|r| (partition.value(r), order.value(r))),
+                );
+                let indices = UInt32Array::from_iter_values(start as u32..(start + len) as u32);
+                let slot = self.kept.add(&rows.columns()[..w], &indices, keys)?;
+                slot_starts.insert(slot, (part, start));
+                for row in start..start + len {
+                    let at = RowRef {
+                        slot,
+                        row: (row - start) as u32,
+                    };
+                    let pkey = partition.value(row);
+                    let h = self.hash(pkey);
+                    self.partitions.reserve(1);
+                    let keys = KeySource {
+                        kept: &self.kept,
+                        order: None,
+                        partition: None,
+                    };
+                    if let Some(b) = find_partition(&self.partitions, h, pkey, &keys) {
+                        let entries = &mut bucket(&mut self.partitions, b).entries;
+                        entries.insert(entries.len(), at, self.ranking.most_rows());
+                        continue;
+                    }
+                    let partition = Partition {
+                        hash: h,
+                        stamp: 0,
+                        touched_at: touched.value(row),
+                        entries: Entries::One(at),
+                    };
+                    let home = self.partitions.home(h);
+                    self.partitions.insert(home, partition);
+                    if self.window.is_some() {
+                        self.closing
+                            .entry(ends.value(row))
+                            .or_default()
+                            .push(pkey.into());
+                    }
                 }
             }
         }
         // Restored into a fresh operator: every partition's rows come from
         // this snapshot, in their places within it.
         let kept = &self.kept;
-        let place = |r: &RowRef| places.value(slot_starts[&r.slot] + r.row as usize);
+        let place = |r: &RowRef| {
+            let (part, start) = slot_starts[&r.slot];
+            places[part].value(start + r.row as usize)
+        };
         for p in self.partitions.iter_mut() {
             p.entries.sort_by(|a, b| {
                 (kept.order_key(*a), place(a)).cmp(&(kept.order_key(*b), place(b)))

@@ -643,6 +643,36 @@ fn top_n_per_key_moves_by_key_group() {
     check(&top_n(bids(), vec![0], None), &[vec![0]], &bid_steps(8));
 }
 
+/// Row numbers break ties by arrival: a restore, from the parts of
+/// several subtasks, puts tied rows back in their places, so the numbers
+/// tied rows get stay those of an uninterrupted run.
+#[test]
+fn top_n_row_numbers_keep_their_ties_in_order() {
+    // Values 0..5 only: every key's top rows tie.
+    let steps: Vec<Step> = bid_steps(8)
+        .into_iter()
+        .map(|step| match step {
+            Step::Batch(side, batch) => {
+                let v = batch
+                    .column(1)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap();
+                let tied = Int64Array::from_iter_values(v.values().iter().map(|v| v % 5));
+                let mut columns = batch.columns().to_vec();
+                columns[1] = Arc::new(tied);
+                Step::Batch(side, RecordBatch::try_new(bids(), columns).unwrap())
+            }
+            watermark => watermark,
+        })
+        .collect();
+    let factory = TopNFactory {
+        function: RankFunction::RowNumber,
+        ..top_n(bids(), vec![0], None)
+    };
+    check(&factory, &[vec![0]], &steps);
+}
+
 /// A TopN keeping bids with a `channel` of few distinct values (nulls
 /// among them), and its input.
 fn channel_top_n() -> (TopNFactory, Vec<Step>) {

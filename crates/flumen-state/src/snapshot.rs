@@ -284,11 +284,10 @@ impl StateSnapshot {
         merged
     }
 
-    /// The rows of `table` whose key groups lie in `range`, in one batch;
-    /// `None` when there are none. Parts that dictionary-encode different
-    /// columns (subtasks of one operator may) come back with every
-    /// dictionary column decoded.
-    pub fn rows(&self, table: usize, range: KeyGroupRange) -> Result<Option<RecordBatch>> {
+    /// The rows of `table` whose key groups lie in `range`, a batch per
+    /// part as stored (no copy of the whole table, as [`Self::rows`] makes;
+    /// parts may differ in which columns they dictionary-encode).
+    pub fn batches(&self, table: usize, range: KeyGroupRange) -> Result<Vec<RecordBatch>> {
         self.resolved()?;
         let mut batches = Vec::new();
         for part in self.parts.iter().filter(|p| p.table == table) {
@@ -296,6 +295,15 @@ impl StateSnapshot {
                 batches.push(kept.batch);
             }
         }
+        Ok(batches)
+    }
+
+    /// The rows of `table` whose key groups lie in `range`, in one batch;
+    /// `None` when there are none. Parts that dictionary-encode different
+    /// columns (subtasks of one operator may) come back with every
+    /// dictionary column decoded.
+    pub fn rows(&self, table: usize, range: KeyGroupRange) -> Result<Option<RecordBatch>> {
+        let mut batches = self.batches(table, range)?;
         let Some(first) = batches.first() else {
             return Ok(None);
         };

@@ -1062,23 +1062,42 @@ impl HashJoin {
         );
     }
 
-    /// Stores the snapshot rows of one side again, one slot per expiry time.
-    fn restore_side(&mut self, side: usize, rows: &RecordBatch) -> Result<()> {
-        let width = rows.num_columns().checked_sub(2).ok_or_else(|| {
+    /// Stores the snapshot rows of one side again, one slot per expiry
+    /// time, gathered from the stored parts (never one copy of them all).
+    fn restore_side(&mut self, side: usize, parts: &[RecordBatch]) -> Result<()> {
+        let Some(first) = parts.first() else {
+            return Ok(());
+        };
+        let width = first.num_columns().checked_sub(2).ok_or_else(|| {
             flumen_types::FlumenError::state(format!(
                 "state table {side} has {} columns, fewer than a join side stores",
-                rows.num_columns()
+                first.num_columns()
             ))
         })?;
-        let expiry = state_column::<Int64Array>(rows, side, width + 1)?.clone();
-        // The match counts: checked here, read per part below.
-        state_column::<UInt32Array>(rows, side, width)?;
-        let mut by_expiry: std::collections::BTreeMap<i64, Vec<u32>> = Default::default();
-        for (row, &at) in expiry.values().iter().enumerate() {
-            by_expiry.entry(at).or_default().push(row as u32);
+        let mut by_expiry: std::collections::BTreeMap<i64, Vec<(usize, usize)>> =
+            Default::default();
+        for (p, rows) in parts.iter().enumerate() {
+            if rows.schema() != first.schema() {
+                return Err(flumen_types::FlumenError::state(format!(
+                    "state table {side}: parts of different layouts"
+                )));
+            }
+            let expiry = state_column::<Int64Array>(rows, side, width + 1)?;
+            // The match counts: checked here, read per slot below.
+            state_column::<UInt32Array>(rows, side, width)?;
+            for (row, &at) in expiry.values().iter().enumerate() {
+                by_expiry.entry(at).or_default().push((p, row));
+            }
         }
         for (expires_at, picked) in by_expiry {
-            let part = take_record_batch(rows, &UInt32Array::from(picked))?;
+            let columns = (0..first.num_columns())
+                .map(|c| {
+                    let arrays: Vec<&dyn Array> =
+                        parts.iter().map(|p| p.column(c).as_ref()).collect();
+                    interleave(&arrays, &picked)
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let part = RecordBatch::try_new(first.schema(), columns)?;
             let batch = part.project(&(0..width).collect::<Vec<_>>())?;
             let keys = self.sides[side].spec.key_columns(&batch);
             let key_rows = self.key_rows(&keys)?;
@@ -1158,9 +1177,7 @@ impl Operator for HashJoin {
 
     fn restore_state(&mut self, snapshot: &StateSnapshot) -> Result<()> {
         for side in 0..2 {
-            if let Some(rows) = snapshot.rows(side, self.key_groups.range)? {
-                self.restore_side(side, &rows)?;
-            }
+            self.restore_side(side, &snapshot.batches(side, self.key_groups.range)?)?;
         }
         self.report_state();
         Ok(())

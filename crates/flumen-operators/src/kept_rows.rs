@@ -13,7 +13,7 @@ use arrow::array::{Array, ArrayRef, AsArray, DictionaryArray, StringArray, UInt3
 use arrow::buffer::NullBuffer;
 use arrow::compute::{cast, interleave, take};
 use arrow::datatypes::{DataType, SchemaRef, UInt32Type};
-use flumen_types::{DEFAULT_BATCH_SIZE, Result};
+use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Result};
 
 use crate::string_dictionary::StringDictionary;
 
@@ -187,7 +187,15 @@ impl KeptRows {
                     remapped_ids(dictionary, &mut self.remaps[c], encoded, rows)?
                 }
                 (Some(dictionary), None) => {
-                    dictionary.intern(column.as_string::<i32>(), rows, DICTIONARY_LIMIT)
+                    // Plain strings again: a restore's strings are done with.
+                    self.remaps[c] = None;
+                    let strings = column.as_string_opt::<i32>().ok_or_else(|| {
+                        FlumenError::state(format!(
+                            "kept column {c} holds {}, not text",
+                            column.data_type()
+                        ))
+                    })?;
+                    dictionary.intern(strings, rows, DICTIONARY_LIMIT)
                 }
                 (None, _) => None,
             };
@@ -196,9 +204,12 @@ impl KeptRows {
                 None => {
                     self.keep_plainly(c)?;
                     let picked = take(column, rows, None)?;
-                    match picked.data_type() {
-                        DataType::Dictionary(_, values) => cast(&picked, values)?,
-                        _ => picked,
+                    // A restored column may come encoded: kept as declared.
+                    let declared = self.schema.field(c).data_type();
+                    if picked.data_type() == declared {
+                        picked
+                    } else {
+                        cast(&picked, declared)?
                     }
                 }
             });
@@ -602,17 +613,26 @@ fn remapped_ids(
         return Ok(None);
     };
     let keys = encoded.keys();
-    let mapped = rows.values().iter().map(|&r| {
-        let r = r as usize;
-        if keys.is_valid(r) {
-            ids[keys.value(r) as usize]
-        } else {
-            0
-        }
-    });
+    let mapped = rows
+        .values()
+        .iter()
+        .map(|&r| {
+            let r = r as usize;
+            if keys.is_null(r) {
+                return Ok(0);
+            }
+            let key = keys.value(r);
+            ids.get(key as usize).copied().ok_or_else(|| {
+                FlumenError::state(format!(
+                    "a dictionary key {key} past its {} strings",
+                    ids.len()
+                ))
+            })
+        })
+        .collect::<Result<Vec<u32>>>()?;
     let nulls = (keys.null_count() > 0)
         .then(|| NullBuffer::from_iter(rows.values().iter().map(|&r| keys.is_valid(r as usize))));
-    Ok(Some(UInt32Array::new(mapped.collect(), nulls)))
+    Ok(Some(UInt32Array::new(mapped.into(), nulls)))
 }
 
 /// Columns `0..width` of `rows`, from slots numbered below `slots`.
@@ -812,6 +832,45 @@ mod tests {
             .map(Option::unwrap)
             .collect();
         assert_eq!(many, ["m1", "m1", "m0", "m1", "m0", &long(7)]);
+    }
+
+    /// A column of another type where text is kept (a snapshot of another
+    /// layout) is an error naming the column, not a panic; so is a
+    /// dictionary key past its strings.
+    #[test]
+    fn a_kept_column_of_the_wrong_type_is_an_error() {
+        use arrow::array::Int64Array;
+        use arrow::datatypes::UInt32Type;
+        let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, false)]));
+        let mut kept = KeptRows::new(schema);
+        let keys = || Keys::from_pairs([(&b"p"[..], &b"k"[..])].into_iter());
+        let numbers: ArrayRef = Arc::new(Int64Array::from(vec![7]));
+        let err = kept
+            .add(&[numbers], &UInt32Array::from(vec![0]), keys())
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("kept column 0 holds Int64, not text"),
+            "{err}"
+        );
+        let strings: ArrayRef = Arc::new(StringArray::from(vec!["a"]));
+        // SAFETY: deliberately corrupt: key 3 of one string, which the
+        // restore must refuse rather than index.
+        let bad = unsafe {
+            DictionaryArray::<UInt32Type>::new_unchecked(UInt32Array::from(vec![3]), strings)
+        };
+        let err = kept
+            .add(
+                &[Arc::new(bad) as ArrayRef],
+                &UInt32Array::from(vec![0]),
+                keys(),
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("dictionary key 3 past its 1 strings"),
+            "{err}"
+        );
     }
 
     /// Few distinct strings are kept once each; a column whose distinct

@@ -1239,6 +1239,7 @@ impl Operator for TopN {
         // this snapshot, in their places within it.
         let kept = &self.kept;
         let place = |r: &RowRef| {
+            // Every entry restored here points into a slot added above.
             let (part, start) = slot_starts[&r.slot];
             places[part].value(start + r.row as usize)
         };

@@ -19,7 +19,7 @@ use arrow::row::{Row, RowConverter, Rows, SortField};
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::physical_expr::PhysicalExpr;
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
-use flumen_state::{KeyGroups, StateSnapshot, state_column};
+use flumen_state::{KeyGroupRange, KeyGroups, StateSnapshot, state_column};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
 use crate::hash_heads::{HashHeads, NIL};
@@ -96,6 +96,12 @@ pub struct HashJoinFactory {
     pub state_ttl_ns: Option<i64>,
     /// One input is bounded: once it ends the other side's rows are freed.
     pub bounded_input: bool,
+    /// The side (0 left, 1 right) every subtask receives whole (a small
+    /// bounded table broadcast to them), the other side's rows being
+    /// spread over the subtasks in any way; `None`: both sides hashed by
+    /// key. Subtask 0 alone snapshots the broadcast side, and every
+    /// subtask restores all of it.
+    pub broadcast: Option<usize>,
     /// Left columns, right columns, and the op column for a left join; only
     /// the left columns for a semi join.
     pub output: SchemaRef,
@@ -133,6 +139,9 @@ impl OperatorFactory for HashJoinFactory {
         );
         if let Some(f) = &self.filter {
             text.push_str(&format!(", filter {f}"));
+        }
+        if let Some(side) = self.broadcast {
+            text.push_str(&format!(", {} side broadcast", ["left", "right"][side]));
         }
         for (name, side) in [("left", &self.left), ("right", &self.right)] {
             if side.op_column.is_some() {
@@ -174,6 +183,8 @@ impl OperatorFactory for HashJoinFactory {
             watermark: i64::MIN,
             converter: None,
             key_groups: ctx.key_groups,
+            broadcast: self.broadcast,
+            subtask: ctx.subtask,
             metrics: ctx.metrics.clone(),
             gauge: StateGauge::default(),
         }))
@@ -383,6 +394,10 @@ pub struct HashJoin {
     converter: Option<RowConverter>,
     /// How keys map to key groups, and which this subtask owns.
     key_groups: KeyGroups,
+    /// The side every subtask holds whole ([`HashJoinFactory::broadcast`]).
+    broadcast: Option<usize>,
+    /// This subtask's index: subtask 0 snapshots the broadcast side.
+    subtask: usize,
     metrics: Arc<JobMetrics>,
     gauge: StateGauge,
 }
@@ -1170,16 +1185,29 @@ impl Operator for HashJoin {
     fn snapshot_state(&mut self) -> Result<StateSnapshot> {
         let mut snapshot = StateSnapshot::default();
         for side in 0..2 {
-            self.side_state(side, &mut snapshot);
+            // Every subtask holds the same broadcast rows at a barrier (it
+            // has seen the same input up to it): one copy is enough.
+            if self.broadcast != Some(side) || self.subtask == 0 {
+                self.side_state(side, &mut snapshot);
+            }
         }
         Ok(snapshot)
     }
 
     fn restore_state(&mut self, snapshot: &StateSnapshot) -> Result<()> {
         for side in 0..2 {
-            self.restore_side(side, &snapshot.batches(side, self.key_groups.range)?)?;
+            let range = if self.broadcast == Some(side) {
+                KeyGroupRange::ALL
+            } else {
+                self.key_groups.range
+            };
+            self.restore_side(side, &snapshot.batches(side, range)?)?;
         }
         self.report_state();
         Ok(())
+    }
+
+    fn broadcast_tables(&self) -> Vec<usize> {
+        self.broadcast.into_iter().collect()
     }
 }

@@ -41,6 +41,17 @@ enum Step {
     Watermark(i64),
 }
 
+/// How an input's rows reach the subtasks, as its exchange sends them.
+#[derive(Clone)]
+enum Routing {
+    /// By the hash of these columns.
+    Hash(Vec<usize>),
+    /// Every row to every subtask.
+    Broadcast,
+    /// Row `r` of a batch to subtask `r % parallelism`: anywhere, once.
+    Spread,
+}
+
 /// What the run at each parallelism leaves: output rows and the snapshot.
 struct Outcome {
     rows: Vec<String>,
@@ -62,7 +73,7 @@ fn create(factory: &dyn OperatorFactory, parallelism: usize) -> Vec<Box<dyn Oper
 /// index), snapshotting and restoring between stages, then ends the input.
 fn run(
     factory: &dyn OperatorFactory,
-    keys: &[Vec<usize>],
+    keys: &[Routing],
     steps: &[Step],
     stages: &[(usize, usize)],
 ) -> Outcome {
@@ -130,16 +141,28 @@ fn run(
     }
 }
 
-/// Feeds one input event to the subtasks in `ops`, routed by key.
-fn apply(
-    ops: &mut [Box<dyn Operator>],
-    step: &Step,
-    keys: &[Vec<usize>],
-    out: &mut Vec<RecordBatch>,
-) {
+/// Feeds one input event to the subtasks in `ops`, routed as `keys` says.
+fn apply(ops: &mut [Box<dyn Operator>], step: &Step, keys: &[Routing], out: &mut Vec<RecordBatch>) {
     match step {
         Step::Batch(input, batch) => {
-            for (subtask, part) in route(batch, &keys[*input], ops.len()) {
+            let parts = match &keys[*input] {
+                Routing::Hash(columns) => route(batch, columns, ops.len()),
+                Routing::Broadcast => (0..ops.len()).map(|s| (s, batch.clone())).collect(),
+                Routing::Spread => {
+                    let p = ops.len();
+                    (0..p)
+                        .map(|s| {
+                            let rows: Vec<u32> =
+                                (s..batch.num_rows()).step_by(p).map(|r| r as u32).collect();
+                            (
+                                s,
+                                take_record_batch(batch, &UInt32Array::from(rows)).unwrap(),
+                            )
+                        })
+                        .collect()
+                }
+            };
+            for (subtask, part) in parts {
                 ops[subtask].process_input(*input, part, out).unwrap();
             }
         }
@@ -171,6 +194,12 @@ fn route(batch: &RecordBatch, keys: &[usize], parallelism: usize) -> Vec<(usize,
 /// Runs straight through at parallelism 1, and with state moved 2 → 3 and
 /// 3 → 1 halfway; all three must give the same rows.
 fn check(factory: &dyn OperatorFactory, keys: &[Vec<usize>], steps: &[Step]) -> Vec<String> {
+    let keys: Vec<Routing> = keys.iter().cloned().map(Routing::Hash).collect();
+    check_routed(factory, &keys, steps)
+}
+
+/// [`check`] with the inputs routed as `keys` says.
+fn check_routed(factory: &dyn OperatorFactory, keys: &[Routing], steps: &[Step]) -> Vec<String> {
     let half = steps.len() / 2;
     let straight = run(factory, keys, steps, &[(1, steps.len())]);
     assert!(!straight.rows.is_empty());
@@ -551,6 +580,7 @@ fn interval_join_sides_move_by_key_group() {
         joined: joined.clone(),
         state_ttl_ns: None,
         bounded_input: false,
+        broadcast: None,
         output: joined,
     };
     check(&factory, &[vec![0], vec![0]], &steps);
@@ -599,6 +629,7 @@ fn left_join_matches_move_by_key_group() {
         joined,
         state_ttl_ns: None,
         bounded_input: false,
+        broadcast: None,
         output: Arc::new(Schema::new(fields)),
     };
     let rows = check(&factory, &[vec![0], vec![0]], &steps);
@@ -606,6 +637,83 @@ fn left_join_matches_move_by_key_group() {
         rows.iter().any(|r| r.ends_with("|1")),
         "retractions expected"
     );
+}
+
+/// A join whose right side every subtask receives whole (a small table
+/// broadcast) and whose left rows go anywhere: subtask 0 alone snapshots
+/// the broadcast rows, every subtask restores all of them, and the left
+/// rows (with their match counts, for the LEFT join) move by key group.
+#[test]
+fn broadcast_join_sides_move_whole_and_by_key_group() {
+    let table = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, false),
+    ]));
+    // Bids of keys 0..20 from the start; table rows of even keys at the
+    // start, of keys divisible by 3 only late, after the state moves.
+    let table_rows = |keys: Vec<i64>| {
+        let names = StringArray::from_iter_values(keys.iter().map(|k| format!("name-{k}")));
+        let batch = RecordBatch::try_new(
+            table.clone(),
+            vec![Arc::new(Int64Array::from(keys)), Arc::new(names)],
+        )
+        .unwrap();
+        Step::Batch(1, batch)
+    };
+    let mut steps = vec![table_rows((0..20).step_by(2).collect())];
+    let bid_batches = bid_steps(6);
+    let late = bid_batches.len() * 2 / 3;
+    for (i, step) in bid_batches.into_iter().enumerate() {
+        if i == late {
+            steps.push(table_rows(vec![3, 9, 15]));
+        }
+        steps.push(step);
+    }
+    for kind in [JoinKind::Inner, JoinKind::Left] {
+        let mut fields: Vec<Field> = bids().fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.extend(
+            table
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true)),
+        );
+        let joined = Arc::new(Schema::new(fields.clone()));
+        if kind == JoinKind::Left {
+            fields.push(Field::new("_op", DataType::Int8, false));
+        }
+        let factory = HashJoinFactory {
+            kind,
+            left: JoinSide {
+                keys: vec![0],
+                width: 3,
+                expiry: None,
+                op_column: None,
+            },
+            right: JoinSide {
+                keys: vec![0],
+                width: 2,
+                expiry: None,
+                op_column: None,
+            },
+            filter: None,
+            joined,
+            state_ttl_ns: None,
+            bounded_input: true,
+            broadcast: Some(1),
+            output: Arc::new(Schema::new(fields)),
+        };
+        let rows = check_routed(&factory, &[Routing::Spread, Routing::Broadcast], &steps);
+        assert!(
+            rows.iter().any(|r| r.contains("name-9")),
+            "{kind:?}: late matches"
+        );
+        if kind == JoinKind::Left {
+            assert!(
+                rows.iter().any(|r| r.ends_with("|1")),
+                "retractions expected"
+            );
+        }
+    }
 }
 
 fn top_n(
@@ -725,7 +833,7 @@ fn a_top_n_snapshot_keeps_dictionary_strings_encoded() {
     let mut ops = create(&factory, 1);
     let mut out = Vec::new();
     for step in &steps {
-        apply(&mut ops, step, &[vec![0]], &mut out);
+        apply(&mut ops, step, &[Routing::Hash(vec![0])], &mut out);
     }
     let snapshot = ops[0].snapshot_state().unwrap().resolve().unwrap();
     let stored = snapshot.to_batches().unwrap();
@@ -923,6 +1031,7 @@ fn a_join_of_an_updating_input_moves_by_key_group() {
         joined,
         state_ttl_ns: None,
         bounded_input: false,
+        broadcast: None,
         output: Arc::new(Schema::new(fields)),
     };
     let rows = check(&factory, &[vec![0], vec![0]], &steps);

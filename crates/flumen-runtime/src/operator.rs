@@ -147,6 +147,13 @@ pub trait Operator: Send {
     fn restore_state(&mut self, _snapshot: &StateSnapshot) -> Result<()> {
         Ok(())
     }
+
+    /// State tables every subtask holds whole (a join's broadcast side):
+    /// one subtask snapshots them, and a restore reads all their key
+    /// groups, not only the subtask's own.
+    fn broadcast_tables(&self) -> Vec<usize> {
+        Vec::new()
+    }
 }
 
 /// Consumes the output of a job. With checkpoints on, a sink commits in two
@@ -223,6 +230,12 @@ pub trait SourceFactory: Send + Sync {
         _watermarks: &Arc<dyn WatermarkStrategy>,
     ) -> Result<Option<Box<dyn Source>>> {
         Ok(None)
+    }
+    /// For a bounded source, the bytes it reads in all (its files' sizes):
+    /// what the planner weighs before broadcasting it to every subtask of
+    /// a join. `None` (the default): unbounded or unknown.
+    fn bounded_bytes(&self) -> Option<u64> {
+        None
     }
 }
 

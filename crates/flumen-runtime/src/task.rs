@@ -188,7 +188,8 @@ impl Task {
                 .map_err(|e| restoring("source", id, e))?;
         }
         for (op, (_, id, name)) in self.operators.iter_mut().zip(&cp.operator_nodes) {
-            let Some(snapshot) = read_snapshot(&restore, id, cp.range).await else {
+            let whole = op.broadcast_tables();
+            let Some(snapshot) = read_snapshot(&restore, id, cp.range, &whole).await else {
                 continue;
             };
             // An operator's restore reads columns by the layout it wrote;
@@ -200,7 +201,7 @@ impl Task {
             restored.map_err(|e| restoring(name, id, e))?;
         }
         if let (Tail::Sink(sink), Some((_, id))) = (&mut self.tail, &cp.sink_node)
-            && let Some(snapshot) = read_snapshot(&restore, id, cp.range).await
+            && let Some(snapshot) = read_snapshot(&restore, id, cp.range, &[]).await
         {
             let restored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 sink.restore_state(&snapshot?)
@@ -498,18 +499,20 @@ fn checkpointing(cp: &mut Option<TaskCheckpoint>) -> Result<&mut TaskCheckpoint>
 const WRONG_LAYOUT: &str = "its state tables do not have the layout this operator stores";
 
 /// The state node `id` stored in the checkpoint `restore` resumes from, for
-/// the key groups in `range`; `None` when it stored none.
+/// the key groups in `range` (all of them for the tables in `whole`);
+/// `None` when it stored none.
 async fn read_snapshot(
     restore: &Restore,
     id: &str,
     range: KeyGroupRange,
+    whole: &[usize],
 ) -> Option<Result<StateSnapshot>> {
     let state = restore.manifest.operator(id)?;
     if state.files.is_empty() {
         return None;
     }
     let files: Vec<&StateFile> = state.files.iter().collect();
-    Some(restore.store.read_state(&files, range).await)
+    Some(restore.store.read_state(&files, range, whole).await)
 }
 
 /// Stores the snapshots of `states` under checkpoint directory `dir` in the

@@ -31,6 +31,10 @@ mod top_n;
 const AGG_PHASE_STRATEGY: &str = "table.optimizer.agg-phase-strategy";
 const SPLIT_DISTINCT: &str = "table.optimizer.distinct-agg.split.enabled";
 const SPLIT_BUCKETS: &str = "table.optimizer.distinct-agg.split.bucket-num";
+/// Flink's setting for the largest table (bytes) a join broadcasts; -1: none.
+const BROADCAST_THRESHOLD: &str = "table.optimizer.join.broadcast-threshold";
+/// Flink's default broadcast threshold: 1 MiB.
+const DEFAULT_BROADCAST_THRESHOLD: u64 = 1 << 20;
 
 /// How scripts are planned.
 #[derive(Debug, Clone)]
@@ -102,6 +106,10 @@ pub struct Planner {
     /// (`table.optimizer.distinct-agg.split.bucket-num`, 1024 as in Flink).
     split_distinct: Option<u32>,
     split_buckets: u32,
+    /// `SET 'table.optimizer.join.broadcast-threshold'`: a join sends a
+    /// bounded side read from at most this many bytes of files to every
+    /// subtask whole, instead of hashing both sides; `None` (-1): never.
+    broadcast_threshold: Option<u64>,
     /// How many session aggregates are being planned around their input:
     /// session rows are refused outside one.
     session_rows_wanted: std::sync::atomic::AtomicUsize,
@@ -151,6 +159,7 @@ impl Planner {
             two_phase: false,
             split_distinct: None,
             split_buckets: 1024,
+            broadcast_threshold: Some(DEFAULT_BROADCAST_THRESHOLD),
             session_rows_wanted: std::sync::atomic::AtomicUsize::new(0),
             pane_unnests: std::sync::Mutex::new(Vec::new()),
         }
@@ -408,9 +417,20 @@ impl Planner {
                             self.split_distinct = Some(n);
                         }
                     }
+                    BROADCAST_THRESHOLD => {
+                        self.broadcast_threshold = match value.parse::<i64>() {
+                            Ok(-1) => None,
+                            Ok(bytes) if bytes >= 0 => Some(bytes as u64),
+                            _ => {
+                                return Err(pos.error(format!(
+                                    "{BROADCAST_THRESHOLD} must be a number of bytes, or -1 to never broadcast, not '{value}'"
+                                )));
+                            }
+                        };
+                    }
                     _ => {
                         return Err(pos.error(format!(
-                            "unknown setting '{name}'; valid settings: state_ttl, {AGG_PHASE_STRATEGY}, {SPLIT_DISTINCT}, {SPLIT_BUCKETS}"
+                            "unknown setting '{name}'; valid settings: state_ttl, {AGG_PHASE_STRATEGY}, {SPLIT_DISTINCT}, {SPLIT_BUCKETS}, {BROADCAST_THRESHOLD}"
                         )));
                     }
                 }

@@ -136,22 +136,44 @@ async fn check_sql(q: &str, query_sql: &str, compare: Option<&str>) {
     let expected = rows(&batch);
     assert!(!expected.is_empty(), "{q}: the batch result has rows");
 
+    // The runs in order broadcast every side of a join read from files that
+    // a join can broadcast (the input files are all under the threshold
+    // set here); the reordered runs hash both sides of every join.
+    const BROADCAST_JOINS: &str =
+        "SET 'table.optimizer.join.broadcast-threshold' = '1000000000';\n";
+    const HASHED_JOINS: &str = "SET 'table.optimizer.join.broadcast-threshold' = '-1';\n";
     let runs = [
-        (1, &file_ddl, "in order"),
-        (2, &file_ddl, "in order"),
-        (4, &file_ddl, "in order"),
-        (1, &reordered_ddl, "reordered within the watermark bound"),
-        (2, &reordered_ddl, "reordered within the watermark bound"),
-        (4, &reordered_ddl, "reordered within the watermark bound"),
+        (1, &file_ddl, "in order", BROADCAST_JOINS),
+        (2, &file_ddl, "in order", BROADCAST_JOINS),
+        (4, &file_ddl, "in order", BROADCAST_JOINS),
+        (
+            1,
+            &reordered_ddl,
+            "reordered within the watermark bound",
+            HASHED_JOINS,
+        ),
+        (
+            2,
+            &reordered_ddl,
+            "reordered within the watermark bound",
+            HASHED_JOINS,
+        ),
+        (
+            4,
+            &reordered_ddl,
+            "reordered within the watermark bound",
+            HASHED_JOINS,
+        ),
     ];
-    for (parallelism, ddl, order) in runs {
+    for (parallelism, ddl, order, settings) in runs {
         let out = tempfile::tempdir().unwrap();
         let sink = format!(
             "connector = 'filesystem', path = '{}', format = 'parquet', changelog = 'true'",
             out.path().display()
         );
         assert!(query_sql.contains("connector = 'blackhole'"));
-        let streaming_sql = query_sql.replace("connector = 'blackhole'", &sink);
+        let streaming_sql =
+            settings.to_string() + &query_sql.replace("connector = 'blackhole'", &sink);
         let what = format!("{q} at parallelism {parallelism}, input {order}");
         let metrics = run_scripts(
             &[("files.sql", ddl), (&format!("{q}.sql"), &streaming_sql)],

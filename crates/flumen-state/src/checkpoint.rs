@@ -463,15 +463,21 @@ impl CheckpointStore {
         Ok(bytes)
     }
 
-    /// The rows of `files` in key groups `range`, checked against their
-    /// sizes and checksums.
+    /// The rows of `files` in key groups `range` (every key group of the
+    /// tables in `whole`), checked against their sizes and checksums.
     pub async fn read_state(
         &self,
         files: &[&StateFile],
         range: KeyGroupRange,
+        whole: &[usize],
     ) -> Result<StateSnapshot> {
         let mut snapshot = StateSnapshot::default();
         for file in files {
+            let range = if whole.contains(&file.table) {
+                KeyGroupRange::ALL
+            } else {
+                range
+            };
             let [first, last] = file.key_groups;
             if last < range.start || first >= range.end {
                 continue;
@@ -764,15 +770,21 @@ mod tests {
         assert_eq!(m.operators[0].files[0].key_groups, [5, 9]);
         let files: Vec<&StateFile> = m.operators[0].files.iter().collect();
         let low = store
-            .read_state(&files, KeyGroupRange { start: 0, end: 6 })
+            .read_state(&files, KeyGroupRange { start: 0, end: 6 }, &[])
             .await
             .unwrap();
         assert_eq!(low.num_rows(), 2);
         let none = store
-            .read_state(&files, KeyGroupRange { start: 10, end: 20 })
+            .read_state(&files, KeyGroupRange { start: 10, end: 20 }, &[])
             .await
             .unwrap();
         assert_eq!(none.num_rows(), 0);
+        // A table every subtask holds whole is read in all its key groups.
+        let whole = store
+            .read_state(&files, KeyGroupRange { start: 10, end: 20 }, &[0])
+            .await
+            .unwrap();
+        assert_eq!(whole.num_rows(), 3);
         let (latest, skipped) = store.latest().await.unwrap();
         assert_eq!(latest.unwrap().id, 1);
         assert!(skipped.is_empty());
@@ -810,7 +822,7 @@ mod tests {
         assert_eq!((files[0].rows, files[0].key_groups), (51, [1, 7]));
         let files: Vec<&StateFile> = files.iter().collect();
         let back = store
-            .read_state(&files, KeyGroupRange { start: 0, end: 128 })
+            .read_state(&files, KeyGroupRange { start: 0, end: 128 }, &[])
             .await
             .unwrap();
         let mut values: Vec<i64> = back
@@ -884,7 +896,7 @@ mod tests {
         assert!(batches.iter().all(|b| b.num_rows() < n / 2));
         let files: Vec<&StateFile> = files.iter().collect();
         let back = store
-            .read_state(&files, KeyGroupRange { start: 0, end: 128 })
+            .read_state(&files, KeyGroupRange { start: 0, end: 128 }, &[])
             .await
             .unwrap();
         let back = back.to_batches().unwrap();
@@ -929,7 +941,7 @@ mod tests {
         );
         let files: Vec<&StateFile> = files.iter().collect();
         let back = store
-            .read_state(&files, KeyGroupRange { start: 0, end: 128 })
+            .read_state(&files, KeyGroupRange { start: 0, end: 128 }, &[])
             .await
             .unwrap();
         let rows = back

@@ -51,6 +51,13 @@ pub struct KeyGroupRange {
 }
 
 impl KeyGroupRange {
+    /// Every key group there can be: what a restore reads of a table every
+    /// subtask holds whole.
+    pub const ALL: KeyGroupRange = KeyGroupRange {
+        start: 0,
+        end: MAX_KEY_GROUPS as KeyGroup,
+    };
+
     /// The range [`subtask_for_key_group`] gives `subtask`: the key groups
     /// `kg` with `kg * parallelism / max_parallelism == subtask`.
     pub fn of_subtask(subtask: usize, parallelism: usize, max_parallelism: usize) -> Self {

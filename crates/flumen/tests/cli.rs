@@ -206,6 +206,72 @@ fn an_updating_result_is_shuffled_by_the_sinks_key() {
 }
 
 #[test]
+fn a_join_broadcasts_a_small_file_table_and_forwards_the_other_side() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("side.csv"), "k,name\n0,zero\n1,one\n").unwrap();
+    let job = |setting: &str, join: &str| {
+        format!(
+            "{setting}
+             CREATE TABLE bid (auction BIGINT, price BIGINT)
+               WITH (connector = 'nexmark', kind = 'bid', events = '1000');
+             CREATE TABLE side (k BIGINT, name VARCHAR)
+               WITH (connector = 'filesystem', path = 'side.csv', format = 'csv');
+             CREATE TABLE out (auction BIGINT, name VARCHAR) WITH (connector = 'blackhole');
+             INSERT INTO out SELECT b.auction, s.name FROM {join} ON b.auction % 2 = s.k;"
+        )
+    };
+    let explain = |sql: &str| {
+        std::fs::write(work.path().join("job.sql"), sql).unwrap();
+        let out = flumen(&["explain", "job.sql", "-p", "2"], work.path());
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.success(), text + &err)
+    };
+    let inner = "bid AS b JOIN side AS s";
+    let (ok, text) = explain(&job("", inner));
+    assert!(ok, "{text}");
+    for part in [
+        "<- forward exchange from Task 0",
+        "<- broadcast exchange from Task 1",
+        "right side broadcast",
+    ] {
+        assert!(text.contains(part), "missing {part:?} in:\n{text}");
+    }
+    // Broadcasting turned off, a table over the threshold, or a table whose
+    // unmatched rows the join emits (the preserved side of a LEFT join):
+    // both sides are hashed.
+    for (setting, join) in [
+        (
+            "SET 'table.optimizer.join.broadcast-threshold' = '-1';",
+            inner,
+        ),
+        (
+            "SET 'table.optimizer.join.broadcast-threshold' = '10';",
+            inner,
+        ),
+        ("", "side AS s LEFT JOIN bid AS b"),
+    ] {
+        let (ok, text) = explain(&job(setting, join));
+        assert!(ok, "{text}");
+        assert!(!text.contains("broadcast"), "{setting} {join}:\n{text}");
+        assert_eq!(
+            text.matches("] exchange from Task").count(),
+            2,
+            "{setting} {join}: two hash exchanges into the join:\n{text}"
+        );
+    }
+    let (ok, text) = explain(&job(
+        "SET 'table.optimizer.join.broadcast-threshold' = 'small';",
+        inner,
+    ));
+    assert!(!ok);
+    assert!(
+        text.contains("must be a number of bytes, or -1 to never broadcast, not 'small'"),
+        "{text}"
+    );
+}
+
+#[test]
 fn bench_json_prints_one_object_per_run_counting_only_generated_events() {
     let work = tempfile::tempdir().unwrap();
     let runs = |query: &str, extra: &[&str]| -> Vec<serde_json::Value> {

@@ -19,9 +19,27 @@ use common::flumen;
 const EVENTS: u64 = 240_000;
 const THROTTLED_SECONDS: u64 = 12;
 
-/// A windowed aggregate, a regular join and an updating aggregate, each to
+/// Rows of the small table the job's broadcast join reads (from a CSV file
+/// beside `out`, which [`job_sql`] writes).
+const SIDE_ROWS: u64 = 50;
+
+/// A windowed aggregate, a regular join, an updating aggregate, a TopN and
+/// a join with a small file table (broadcast to every join subtask), each to
 /// a file sink, over the Nexmark generator, throttled or not.
 fn job_sql(out: &Path, throttle: bool) -> String {
+    let side = out.with_extension("side.csv");
+    let rows: String = (0..SIDE_ROWS).map(|k| format!("{k},name-{k}\n")).collect();
+    std::fs::write(&side, format!("k,name\n{rows}")).unwrap();
+    // The table read over the first quarter of a throttled run: bids wait
+    // in the join's state for it until then.
+    let side_rps = if throttle {
+        format!(
+            ", rows_per_second = '{}'",
+            SIDE_ROWS * 4 / THROTTLED_SECONDS
+        )
+    } else {
+        String::new()
+    };
     // rows_per_second per table: its share of the events over the run.
     let rps = |share: u64| {
         if throttle {
@@ -68,13 +86,21 @@ SELECT auction, price, bidder, channel, rn FROM (
     PARTITION BY auction ORDER BY price DESC, date_time, bidder, channel) AS rn
   FROM bid)
 WHERE rn <= 2;
+
+CREATE TABLE side (k BIGINT, name VARCHAR)
+  WITH (connector = 'filesystem', path = '{side}', format = 'csv'{side_rps});
+CREATE TABLE named (auction BIGINT, price BIGINT, name VARCHAR)
+  WITH (connector = 'filesystem', path = '{out}/named', format = 'csv');
+INSERT INTO named
+SELECT B.auction, B.price, S.name FROM bid AS B JOIN side AS S ON B.auction % 500 = S.k;
 ",
         bid = rps(46),
         auction = rps(3),
+        side = side.display(),
     )
 }
 
-const SINKS: [&str; 4] = ["windowed", "joined", "updating", "top"];
+const SINKS: [&str; 5] = ["windowed", "joined", "updating", "top", "named"];
 
 fn run_to_end(args: &[&str], dir: &Path) -> Output {
     let out = flumen(args, dir).output().expect("flumen runs");

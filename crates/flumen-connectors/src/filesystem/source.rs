@@ -159,6 +159,10 @@ impl SourceFactory for FileSourceFactory {
         Ok(Box::new(self.source(ctx, None)?))
     }
 
+    fn bounded_bytes(&self) -> Option<u64> {
+        Some(self.files.iter().map(|(_, size)| size).sum())
+    }
+
     /// With event time, a subtask reads all its files side by side (a batch
     /// from each in turn) and its watermark is the minimum over the files it
     /// has not finished, so files need not be in event-time order.

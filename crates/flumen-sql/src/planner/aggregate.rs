@@ -168,6 +168,7 @@ impl Planner {
             schema: output,
             updating,
             bounded: input.bounded,
+            bounded_bytes: None,
             hash_key: None,
         })
     }
@@ -248,6 +249,7 @@ impl Planner {
             schema: output,
             updating: None,
             bounded: input.bounded,
+            bounded_bytes: None,
             hash_key: None,
         })
     }
@@ -333,6 +335,7 @@ impl Planner {
                 group_text.join(", ")
             )),
             bounded: input.bounded,
+            bounded_bytes: None,
             hash_key: None,
         })
     }

@@ -270,6 +270,7 @@ impl Planner {
         Ok(Stream {
             node,
             schema,
+            bounded_bytes: None,
             hash_key: None,
             ..left
         })

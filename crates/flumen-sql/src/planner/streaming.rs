@@ -35,6 +35,10 @@ pub(super) struct Stream {
     pub updating: Option<String>,
     /// Whether every source under it is bounded (files), so it ends by itself.
     pub bounded: bool,
+    /// For a bounded source's rows, filtered or projected: the bytes of its
+    /// files, which a join weighs before broadcasting the stream; `None`
+    /// for anything else.
+    pub bounded_bytes: Option<u64>,
     /// Columns by whose hash its subtasks already hold their rows (at the
     /// job's parallelism): what a join's output keeps of its exchanges. An
     /// operator keyed by exactly these columns takes it forward, chained,
@@ -196,6 +200,7 @@ impl Planner {
                     schema,
                     updating: None,
                     bounded: input.bounded,
+                    bounded_bytes: None,
                     hash_key: None,
                 })
             }
@@ -270,6 +275,7 @@ impl Planner {
                     schema,
                     updating,
                     bounded: inputs.iter().all(|s| s.bounded),
+                    bounded_bytes: None,
                     hash_key: None,
                 })
             }
@@ -370,6 +376,7 @@ impl Planner {
             schema,
             updating: input.updating,
             bounded: input.bounded,
+            bounded_bytes: input.bounded_bytes,
             hash_key,
         })
     }
@@ -436,6 +443,7 @@ impl Planner {
             schema,
             updating: None,
             bounded: input.bounded,
+            bounded_bytes: None,
             hash_key: None,
         })
     }
@@ -496,6 +504,7 @@ impl Planner {
         let source = flumen_connectors::source_factory(spec, projection.as_deref())
             .await
             .map_err(|e| pos.wrap(e))?;
+        let bounded_bytes = source.bounded_bytes();
         let mut node = graph.add_node(NodeKind::Source(source), self.options.parallelism);
         let produced = match &projection {
             Some(p) => Arc::new(spec.schema.project(p)?),
@@ -548,6 +557,7 @@ impl Planner {
             schema,
             updating,
             bounded: spec.connector() == "filesystem",
+            bounded_bytes,
             hash_key: None,
         })
     }
@@ -604,6 +614,7 @@ impl Planner {
                 schema,
                 updating: input.updating,
                 bounded: input.bounded,
+                bounded_bytes: input.bounded_bytes,
                 hash_key: None,
             },
             (width..width + keys.len()).collect(),
@@ -658,6 +669,7 @@ impl Planner {
                     .to_string()
             }),
             bounded: joined.bounded,
+            bounded_bytes: None,
             hash_key: None,
         })
     }
@@ -815,6 +827,8 @@ impl Planner {
         };
         let schema = stream_schema(&j.schema, updating.is_some());
         let left_width = left_side.width;
+        let broadcast =
+            self.broadcast_side(kind, [&left, &right], [&left_side, &right_side], graph);
         let factory = HashJoinFactory {
             kind,
             left: left_side,
@@ -823,6 +837,7 @@ impl Planner {
             state_ttl_ns: self.state_ttl_ns,
             joined: Arc::new(joined.as_arrow().clone()),
             bounded_input: left.bounded || right.bounded,
+            broadcast,
             output: schema.clone(),
         };
         let node = graph.add_node(
@@ -831,18 +846,77 @@ impl Planner {
         );
         // Every output row's left columns come from a left row this subtask
         // was sent by the hash of its key (not so for a FULL join's right
-        // rows padded with nulls).
+        // rows padded with nulls, nor when a side is broadcast).
         let hash_key =
-            (kind != JoinKind::Full && lk.iter().all(|&k| k < left_width)).then(|| lk.clone());
-        graph.connect(left.node, node, Partitioning::Hash(lk));
-        graph.connect(right.node, node, Partitioning::Hash(rk));
+            (kind != JoinKind::Full && broadcast.is_none() && lk.iter().all(|&k| k < left_width))
+                .then(|| lk.clone());
+        let partitionings = match broadcast {
+            None => [Partitioning::Hash(lk), Partitioning::Hash(rk)],
+            Some(side) => {
+                // The other side's rows stay where they are: with their own
+                // subtask when it lines up with the join's.
+                let other = [&left, &right][1 - side];
+                let spread = if graph.nodes()[other.node].parallelism == self.options.parallelism {
+                    Partitioning::Forward
+                } else {
+                    Partitioning::Rebalance
+                };
+                let mut p = [spread.clone(), spread];
+                p[side] = Partitioning::Broadcast;
+                p
+            }
+        };
+        let [left_partitioning, right_partitioning] = partitionings;
+        graph.connect(left.node, node, left_partitioning);
+        graph.connect(right.node, node, right_partitioning);
         Ok(Stream {
             node,
             schema,
             updating,
             bounded: left.bounded && right.bounded,
+            bounded_bytes: None,
             hash_key,
         })
+    }
+
+    /// The side of a join to broadcast to every join subtask, if any: a
+    /// bounded source's rows (filtered or projected) of at most the
+    /// broadcast threshold's bytes, the smaller if both are, that the join
+    /// neither pads with nulls (the right side of a LEFT, semi or anti
+    /// join; either of an inner one) nor expires: each subtask expires by
+    /// its own watermark, so their copies could differ, and one copy is
+    /// what a checkpoint keeps. The other side must not be updating unless
+    /// it can go forward, each row with its retractions.
+    fn broadcast_side(
+        &self,
+        kind: JoinKind,
+        streams: [&Stream; 2],
+        sides: [&JoinSide; 2],
+        graph: &JobGraph,
+    ) -> Option<usize> {
+        let threshold = self.broadcast_threshold?;
+        if self.state_ttl_ns.is_some() {
+            return None;
+        }
+        let candidates: &[usize] = match kind {
+            JoinKind::Inner => &[0, 1],
+            JoinKind::Left | JoinKind::LeftSemi | JoinKind::LeftAnti => &[1],
+            JoinKind::Full => &[],
+        };
+        candidates
+            .iter()
+            .filter(|&&s| sides[s].expiry.is_none())
+            .filter(|&&s| {
+                let other = streams[1 - s];
+                other.updating.is_none()
+                    || graph.nodes()[other.node].parallelism == self.options.parallelism
+            })
+            .filter_map(|&s| {
+                let bytes = streams[s].bounded_bytes.filter(|&b| b <= threshold)?;
+                Some((bytes, s))
+            })
+            .min()
+            .map(|(_, s)| s)
     }
 
     /// If `key` (an expression over `plan`'s output) is an event-time window

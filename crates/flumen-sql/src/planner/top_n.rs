@@ -228,6 +228,7 @@ impl Planner {
             schema,
             updating,
             bounded,
+            bounded_bytes: None,
             hash_key: None,
         })
     }
@@ -306,6 +307,7 @@ impl Planner {
                 "ORDER BY … LIMIT {limit} keeps the first {limit} rows, which change as rows arrive"
             )),
             bounded,
+            bounded_bytes: None,
             hash_key: None,
         })
     }

@@ -1207,6 +1207,10 @@ impl Operator for HashJoin {
         Ok(())
     }
 
+    fn first_input(&self) -> Option<usize> {
+        self.broadcast
+    }
+
     fn broadcast_tables(&self) -> Vec<usize> {
         self.broadcast.into_iter().collect()
     }

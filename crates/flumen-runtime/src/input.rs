@@ -54,6 +54,9 @@ pub(crate) struct InputGate {
     pending_input_end: Option<usize>,
     /// Every input went idle with a watermark: the idleness is reported next.
     pending_idle: bool,
+    /// The input edge read before the others until it ends
+    /// ([`InputGate::reading_first`]).
+    first: Option<usize>,
 }
 
 impl InputGate {
@@ -77,7 +80,19 @@ impl InputGate {
             pending_barrier: None,
             pending_input_end: None,
             pending_idle: false,
+            first: None,
         }
+    }
+
+    /// Reads input edge `edge` alone while any of its channels can deliver,
+    /// until it ends: the other inputs wait (their senders are held back),
+    /// so an operator that needs one input whole first (a join's broadcast
+    /// table) does not keep the others' rows meanwhile. When every channel
+    /// of `edge` has ended or waits for a barrier's alignment, all inputs
+    /// are read.
+    pub(crate) fn reading_first(mut self, edge: Option<usize>) -> Self {
+        self.first = edge;
+        self
     }
 
     /// The next event for the task: a batch, a watermark that advanced the
@@ -186,11 +201,16 @@ impl InputGate {
         let n = self.inputs.len();
         let start = self.start;
         self.start = (start + 1) % n;
+        let first = self.first.filter(|&edge| {
+            self.inputs
+                .iter()
+                .any(|i| i.edge == edge && !i.ended && !i.blocked)
+        });
         poll_fn(|cx| {
             for k in 0..n {
                 let index = (start + k) % n;
                 let input = &mut self.inputs[index];
-                if input.ended || input.blocked {
+                if input.ended || input.blocked || first.is_some_and(|edge| input.edge != edge) {
                     continue;
                 }
                 match input.rx.poll_recv(cx) {
@@ -280,6 +300,56 @@ mod tests {
         ));
         tx_a.send((Message::End, None)).await.unwrap();
         assert!(matches!(gate.next().await.unwrap(), GateEvent::End));
+    }
+
+    /// Input 1 is read first: input 0's batches wait until input 1 ends,
+    /// except while input 1 waits for a barrier's alignment.
+    #[tokio::test]
+    async fn an_input_read_first_holds_the_others_back_until_it_ends() {
+        let (tx_a, rx_a) = channel(8);
+        let (tx_b, rx_b) = channel(8);
+        let (tx_c, rx_c) = channel(8);
+        let mut gate = InputGate::new(vec![(0, rx_a), (1, rx_b), (1, rx_c)]).reading_first(Some(1));
+        let batch = || {
+            let schema = std::sync::Arc::new(arrow::datatypes::Schema::empty());
+            Message::Batch(RecordBatch::new_empty(schema))
+        };
+        tx_a.send((batch(), None)).await.unwrap();
+        tx_a.send((Message::Barrier(Barrier::checkpoint(1)), None))
+            .await
+            .unwrap();
+        tx_a.send((batch(), None)).await.unwrap();
+        tx_b.send((batch(), None)).await.unwrap();
+        tx_b.send((Message::Barrier(Barrier::checkpoint(1)), None))
+            .await
+            .unwrap();
+        tx_c.send((Message::End, None)).await.unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(match gate.next().await.unwrap() {
+                GateEvent::Batch(input, _, _) => format!("batch {input}"),
+                GateEvent::Barrier(b) => format!("barrier {}", b.id),
+                m => format!("{m:?}"),
+            });
+        }
+        // Input 1's batch first; once its channels ended or wait at the
+        // barrier, input 0 is read up to the barrier.
+        assert_eq!(seen, ["batch 1", "batch 0", "barrier 1"]);
+        // Input 1 is read first again: its next batch before input 0's.
+        tx_b.send((batch(), None)).await.unwrap();
+        assert!(matches!(
+            gate.next().await.unwrap(),
+            GateEvent::Batch(1, _, _)
+        ));
+        tx_b.send((Message::End, None)).await.unwrap();
+        assert!(matches!(
+            gate.next().await.unwrap(),
+            GateEvent::InputEnded(1)
+        ));
+        assert!(matches!(
+            gate.next().await.unwrap(),
+            GateEvent::Batch(0, _, _)
+        ));
     }
 
     #[tokio::test]

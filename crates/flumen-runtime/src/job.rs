@@ -349,7 +349,8 @@ fn build_task(
                     }
                 }
             }
-            Head::Inputs(InputGate::new(rxs))
+            let first = operators.first().and_then(|o| o.first_input());
+            Head::Inputs(InputGate::new(rxs).reading_first(first))
         }
     };
     let tail = match sink {

@@ -148,6 +148,14 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// An input to read before the others, until it ends (a join's
+    /// broadcast table): meanwhile the others wait upstream, held back, so
+    /// their rows need not wait in this operator's state. Read by the task
+    /// of an operator at the head of its chain.
+    fn first_input(&self) -> Option<usize> {
+        None
+    }
+
     /// State tables every subtask holds whole (a join's broadcast side):
     /// one subtask snapshots them, and a restore reads all their key
     /// groups, not only the subtask's own.

@@ -19,7 +19,7 @@ use arrow::row::{Row, RowConverter, Rows, SortField};
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::physical_expr::PhysicalExpr;
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
-use flumen_state::{KeyGroupRange, KeyGroups, StateSnapshot, state_column};
+use flumen_state::{KeyGroupRange, KeyGroups, StateSnapshot, gather_parts, state_column};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
 use crate::hash_heads::{HashHeads, NIL};
@@ -1092,11 +1092,6 @@ impl HashJoin {
         let mut by_expiry: std::collections::BTreeMap<i64, Vec<(usize, usize)>> =
             Default::default();
         for (p, rows) in parts.iter().enumerate() {
-            if rows.schema() != first.schema() {
-                return Err(flumen_types::FlumenError::state(format!(
-                    "state table {side}: parts of different layouts"
-                )));
-            }
             let expiry = state_column::<Int64Array>(rows, side, width + 1)?;
             // The match counts: checked here, read per slot below.
             state_column::<UInt32Array>(rows, side, width)?;
@@ -1105,14 +1100,7 @@ impl HashJoin {
             }
         }
         for (expires_at, picked) in by_expiry {
-            let columns = (0..first.num_columns())
-                .map(|c| {
-                    let arrays: Vec<&dyn Array> =
-                        parts.iter().map(|p| p.column(c).as_ref()).collect();
-                    interleave(&arrays, &picked)
-                })
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            let part = RecordBatch::try_new(first.schema(), columns)?;
+            let part = gather_parts(side, parts, &picked)?;
             let batch = part.project(&(0..width).collect::<Vec<_>>())?;
             let keys = self.sides[side].spec.key_columns(&batch);
             let key_rows = self.key_rows(&keys)?;

@@ -334,35 +334,36 @@ impl Operator for RetractTopN {
         Ok(snapshot)
     }
 
+    /// Takes the stored rows back a part at a time, as stored (no copy of
+    /// the whole table first).
     fn restore_state(&mut self, snapshot: &StateSnapshot) -> Result<()> {
-        let Some(batch) = snapshot.rows(0, self.key_groups.range)? else {
-            return Ok(());
-        };
         let w = self.spec.width;
-        let pkeys = state_column::<BinaryArray>(&batch, 0, w)?;
-        let okeys = state_column::<BinaryArray>(&batch, 0, w + 1)?;
-        let ids = state_column::<UInt64Array>(&batch, 0, w + 2)?;
-        let touched = state_column::<Int64Array>(&batch, 0, w + 3)?;
-        let rows = self
-            .spec
-            .row_converter
-            .convert_columns(&batch.columns()[..w])?;
         let parser = self.spec.order_converter.parser();
-        for r in 0..batch.num_rows() {
-            let pkey = pkeys.value(r);
-            let key = parser.parse(okeys.value(r)).owned();
-            let row = rows.row(r).owned();
-            self.bytes += row_bytes(&key, &row);
-            if !self.partitions.contains_key(pkey) {
-                self.bytes += pkey.len() + ROW_OVERHEAD;
+        for batch in snapshot.batches(0, self.key_groups.range)? {
+            let pkeys = state_column::<BinaryArray>(&batch, 0, w)?;
+            let okeys = state_column::<BinaryArray>(&batch, 0, w + 1)?;
+            let ids = state_column::<UInt64Array>(&batch, 0, w + 2)?;
+            let touched = state_column::<Int64Array>(&batch, 0, w + 3)?;
+            let rows = self
+                .spec
+                .row_converter
+                .convert_columns(&batch.columns()[..w])?;
+            for r in 0..batch.num_rows() {
+                let pkey = pkeys.value(r);
+                let key = parser.parse(okeys.value(r)).owned();
+                let row = rows.row(r).owned();
+                self.bytes += row_bytes(&key, &row);
+                if !self.partitions.contains_key(pkey) {
+                    self.bytes += pkey.len() + ROW_OVERHEAD;
+                }
+                let p = self.partitions.entry(pkey.into()).or_insert(Ranked {
+                    rows: BTreeMap::new(),
+                    touched_at: i64::MIN,
+                });
+                p.rows.insert((key, ids.value(r)), row);
+                p.touched_at = p.touched_at.max(touched.value(r));
+                self.next_id = self.next_id.max(ids.value(r) + 1);
             }
-            let p = self.partitions.entry(pkey.into()).or_insert(Ranked {
-                rows: BTreeMap::new(),
-                touched_at: i64::MIN,
-            });
-            p.rows.insert((key, ids.value(r)), row);
-            p.touched_at = p.touched_at.max(touched.value(r));
-            self.next_id = self.next_id.max(ids.value(r) + 1);
         }
         Ok(())
     }

@@ -422,27 +422,30 @@ impl Operator for SessionAggregate {
         Ok(snapshot)
     }
 
+    /// Opens the stored sessions a part at a time, as stored (no copy of
+    /// the whole table first).
     fn restore_state(&mut self, snapshot: &StateSnapshot) -> Result<()> {
-        let Some(batch) = snapshot.rows(0, self.owned)? else {
-            return Ok(());
-        };
-        let (k, rows) = (self.key_columns.len(), batch.num_rows());
+        let k = self.key_columns.len();
         let (_, state_starts) = row_state_fields(self.aggregates.len(), |a| {
             new_accumulator(&self.aggregates, a)
         })?;
-        let starts = state_column::<Int64Array>(&batch, 0, k)?.clone();
-        let ends = state_column::<Int64Array>(&batch, 0, k + 1)?.clone();
-        let mut ids = Vec::with_capacity(rows);
-        self.keys.intern(&batch.columns()[..k], rows, &mut ids)?;
-        self.sessions.resize_with(self.keys.len(), BTreeMap::new);
-        let states = &batch.columns()[k + 2..];
-        for (row, &key) in ids.iter().enumerate() {
-            let mut accumulators = self.new_accumulators()?;
-            for (a, acc) in accumulators.iter_mut().enumerate() {
-                let columns = &states[state_starts[a]..state_starts[a + 1]];
-                merge_state(acc.as_mut(), columns, row)?;
+        let mut ids = Vec::new();
+        for batch in snapshot.batches(0, self.owned)? {
+            let starts = state_column::<Int64Array>(&batch, 0, k)?.clone();
+            let ends = state_column::<Int64Array>(&batch, 0, k + 1)?.clone();
+            ids.clear();
+            self.keys
+                .intern(&batch.columns()[..k], batch.num_rows(), &mut ids)?;
+            self.sessions.resize_with(self.keys.len(), BTreeMap::new);
+            let states = &batch.columns()[k + 2..];
+            for (row, &key) in ids.iter().enumerate() {
+                let mut accumulators = self.new_accumulators()?;
+                for (a, acc) in accumulators.iter_mut().enumerate() {
+                    let columns = &states[state_starts[a]..state_starts[a + 1]];
+                    merge_state(acc.as_mut(), columns, row)?;
+                }
+                self.open(key, starts.value(row), ends.value(row), accumulators);
             }
-            self.open(key, starts.value(row), ends.value(row), accumulators);
         }
         Ok(())
     }

@@ -457,26 +457,29 @@ impl Operator for UpdatingAggregate {
         Ok(snapshot)
     }
 
+    /// Merges the stored groups a part at a time, as stored (no copy of
+    /// the whole table first).
     fn restore_state(&mut self, snapshot: &StateSnapshot) -> Result<()> {
-        let Some(batch) = snapshot.rows(0, self.owned)? else {
-            return Ok(());
-        };
-        let (k, rows) = (self.key_columns.len(), batch.num_rows());
+        let k = self.key_columns.len();
         let (_, starts) = row_state_fields(self.aggregates.len(), |a| self.new_accumulator(a))?;
         let width = k + starts[self.aggregates.len()] + 2;
-        let count = state_column::<Int64Array>(&batch, 0, width - 2)?;
-        let touched = state_column::<Int64Array>(&batch, 0, width - 1)?;
-        let mut ids = Vec::with_capacity(rows);
-        self.keys.intern(&batch.columns()[..k], rows, &mut ids)?;
-        self.add_groups(self.keys.len(), i64::MIN)?;
         let n = self.aggregates.len();
-        for (row, &group) in ids.iter().enumerate() {
-            for a in 0..n {
-                let columns = &batch.columns()[k + starts[a]..k + starts[a + 1]];
-                merge_state(self.accumulators[group * n + a].as_mut(), columns, row)?;
+        let mut ids = Vec::new();
+        for batch in snapshot.batches(0, self.owned)? {
+            let count = state_column::<Int64Array>(&batch, 0, width - 2)?;
+            let touched = state_column::<Int64Array>(&batch, 0, width - 1)?;
+            ids.clear();
+            self.keys
+                .intern(&batch.columns()[..k], batch.num_rows(), &mut ids)?;
+            self.add_groups(self.keys.len(), i64::MIN)?;
+            for (row, &group) in ids.iter().enumerate() {
+                for a in 0..n {
+                    let columns = &batch.columns()[k + starts[a]..k + starts[a + 1]];
+                    merge_state(self.accumulators[group * n + a].as_mut(), columns, row)?;
+                }
+                self.counts[group] += count.value(row);
+                self.touched_at[group] = self.touched_at[group].max(touched.value(row));
             }
-            self.counts[group] += count.value(row);
-            self.touched_at[group] = self.touched_at[group].max(touched.value(row));
         }
         Ok(())
     }

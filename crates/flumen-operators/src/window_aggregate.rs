@@ -27,7 +27,7 @@ use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
-use flumen_state::{KeyGroup, KeyGroups, StateSnapshot, state_column};
+use flumen_state::{KeyGroup, KeyGroups, StateSnapshot, gather_parts, state_column};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
 use crate::accumulator_layers::{Accumulators, Layers, SharedLayers, new_accumulators};
@@ -890,37 +890,45 @@ impl Operator for WindowAggregate {
         Ok(snapshot)
     }
 
+    /// Gathers each window's groups from the stored parts (one copy; no
+    /// concatenated copy of the whole table first).
     fn restore_state(&mut self, snapshot: &StateSnapshot) -> Result<()> {
-        if let Some(batch) = snapshot.rows(WATERMARK_TABLE, self.key_groups.range)? {
+        // Every subtask had the same watermark at the barrier; the least
+        // fires nothing twice that a greater one would have kept.
+        let mut least: Option<i64> = None;
+        for batch in snapshot.batches(WATERMARK_TABLE, self.key_groups.range)? {
             let marks = state_column::<Int64Array>(&batch, WATERMARK_TABLE, 0)?;
-            // Every subtask had the same watermark at the barrier; the least
-            // fires nothing twice that a greater one would have kept.
-            if let Some(least) = marks.values().iter().min() {
-                self.watermark = self.watermark.max(*least);
-            }
+            least = least
+                .into_iter()
+                .chain(marks.values().iter().copied())
+                .min();
         }
-        let Some(batch) = snapshot.rows(WINDOW_TABLE, self.key_groups.range)? else {
-            return Ok(());
-        };
+        if let Some(least) = least {
+            self.watermark = self.watermark.max(least);
+        }
+        let parts = snapshot.batches(WINDOW_TABLE, self.key_groups.range)?;
         let k = self.key_columns.len();
         let (_, states) = state_fields(&self.aggregates)?;
-        let emitted = state_column::<BooleanArray>(
-            &batch,
-            WINDOW_TABLE,
-            2 + k + states[self.aggregates.len()],
-        )?
-        .clone();
-        // Rows of each window, its emitted groups first.
-        let mut rows: BTreeMap<i64, (Vec<u32>, Vec<u32>)> = BTreeMap::new();
-        let starts = state_column::<Int64Array>(&batch, WINDOW_TABLE, 0)?;
-        for (row, start) in starts.values().iter().enumerate() {
-            let (sent, unsent) = rows.entry(*start).or_default();
-            if emitted.value(row) { sent } else { unsent }.push(row as u32);
+        // Rows (part, row) of each window: emitted groups, then the others.
+        type Picked = Vec<(usize, usize)>;
+        let mut rows: BTreeMap<i64, (Picked, Picked)> = BTreeMap::new();
+        for (p, batch) in parts.iter().enumerate() {
+            let emitted = state_column::<BooleanArray>(
+                batch,
+                WINDOW_TABLE,
+                2 + k + states[self.aggregates.len()],
+            )?;
+            let starts = state_column::<Int64Array>(batch, WINDOW_TABLE, 0)?;
+            for (row, start) in starts.values().iter().enumerate() {
+                let (sent, unsent) = rows.entry(*start).or_default();
+                if emitted.value(row) { sent } else { unsent }.push((p, row));
+            }
         }
         for (start, (sent, unsent)) in rows {
             let emitted = sent.len();
-            let order = UInt32Array::from_iter_values(sent.into_iter().chain(unsent));
-            self.restore_window(start, &take_record_batch(&batch, &order)?, emitted)?;
+            let picked: Vec<(usize, usize)> = sent.into_iter().chain(unsent).collect();
+            let window = gather_parts(WINDOW_TABLE, &parts, &picked)?;
+            self.restore_window(start, &window, emitted)?;
         }
         Ok(())
     }

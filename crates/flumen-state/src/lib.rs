@@ -20,4 +20,4 @@ pub use key_group::{
 pub use keyed_table::KeyedTable;
 pub use local_file::LocalFile;
 pub use location::{Location, S3Settings};
-pub use snapshot::{KEY_GROUP_COLUMN, StateSnapshot, state_column};
+pub use snapshot::{KEY_GROUP_COLUMN, StateSnapshot, gather_parts, state_column};

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt16Array};
-use arrow::compute::{cast, concat_batches, filter_record_batch};
+use arrow::compute::{cast, concat_batches, filter_record_batch, interleave};
 use arrow::datatypes::{DataType, Field, Schema, UInt16Type};
 use flumen_types::{FlumenError, Result};
 
@@ -545,6 +545,38 @@ pub fn state_column<T: 'static>(batch: &RecordBatch, table: usize, index: usize)
     })
 }
 
+/// The rows `picked` (part, row) of a table's stored `parts` (from
+/// [`StateSnapshot::batches`]) in one batch, in that order: one copy of
+/// the rows an operator restores together, without first concatenating
+/// the table. Parts of different layouts are an error naming `table`.
+pub fn gather_parts(
+    table: usize,
+    parts: &[RecordBatch],
+    picked: &[(usize, usize)],
+) -> Result<RecordBatch> {
+    let Some(first) = parts.first() else {
+        return Err(FlumenError::internal(format!(
+            "state table {table}: rows gathered from no parts"
+        )));
+    };
+    if parts.iter().any(|p| p.schema() != first.schema()) {
+        return Err(FlumenError::state(format!(
+            "state table {table}: parts of different layouts"
+        )));
+    }
+    let columns = (0..first.num_columns())
+        .map(|c| {
+            let arrays: Vec<&dyn Array> = parts.iter().map(|p| p.column(c).as_ref()).collect();
+            interleave(&arrays, picked)
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new_with_options(
+        first.schema(),
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(picked.len())),
+    )?)
+}
+
 #[cfg(test)]
 mod tests {
     use arrow::array::{AsArray, Int64Array};
@@ -555,6 +587,26 @@ mod tests {
     fn batch(values: Vec<i64>) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
         RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(values))]).unwrap()
+    }
+
+    #[test]
+    fn rows_gathered_from_parts_come_in_the_order_picked() {
+        let parts = [batch(vec![10, 11, 12]), batch(vec![20, 21])];
+        let got = gather_parts(0, &parts, &[(1, 1), (0, 2), (1, 0), (0, 0)]).unwrap();
+        assert_eq!(
+            got.column(0).as_primitive::<Int64Type>().values().to_vec(),
+            [21, 12, 20, 10]
+        );
+        let other = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("w", DataType::Int64, false)])),
+            vec![Arc::new(Int64Array::from(vec![1]))],
+        )
+        .unwrap();
+        let err = gather_parts(3, &[parts[0].clone(), other], &[(0, 0)]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("state table 3: parts of different layouts")
+        );
     }
 
     fn values(batch: Option<RecordBatch>) -> Vec<i64> {

@@ -237,9 +237,10 @@ fn a_join_broadcasts_a_small_file_table_and_forwards_the_other_side() {
     ] {
         assert!(text.contains(part), "missing {part:?} in:\n{text}");
     }
-    // Broadcasting turned off, a table over the threshold, or a table whose
-    // unmatched rows the join emits (the preserved side of a LEFT join):
-    // both sides are hashed.
+    // Broadcasting turned off, a table over the threshold, a table whose
+    // unmatched rows the join emits (the preserved side of a LEFT join), or
+    // rows that state_ttl drops (each subtask by its own watermark): both
+    // sides are hashed.
     for (setting, join) in [
         (
             "SET 'table.optimizer.join.broadcast-threshold' = '-1';",
@@ -250,6 +251,7 @@ fn a_join_broadcasts_a_small_file_table_and_forwards_the_other_side() {
             inner,
         ),
         ("", "side AS s LEFT JOIN bid AS b"),
+        ("SET state_ttl = '10 s';", inner),
     ] {
         let (ok, text) = explain(&job(setting, join));
         assert!(ok, "{text}");

@@ -548,7 +548,10 @@ pub fn state_column<T: 'static>(batch: &RecordBatch, table: usize, index: usize)
 /// The rows `picked` (part, row) of a table's stored `parts` (from
 /// [`StateSnapshot::batches`]) in one batch, in that order: one copy of
 /// the rows an operator restores together, without first concatenating
-/// the table. Parts of different layouts are an error naming `table`.
+/// the table. Parts of different layouts (column counts or types) are an
+/// error naming `table`. Called once per group of rows (a window, a join
+/// slot), so the layouts are checked by the column count and the gather
+/// itself, not by comparing every part's schema each time.
 pub fn gather_parts(
     table: usize,
     parts: &[RecordBatch],
@@ -559,7 +562,12 @@ pub fn gather_parts(
             "state table {table}: rows gathered from no parts"
         )));
     };
-    if parts.iter().any(|p| p.schema() != first.schema()) {
+    let layouts = |e: arrow::error::ArrowError| {
+        FlumenError::state(format!(
+            "state table {table}: parts of different layouts: {e}"
+        ))
+    };
+    if parts.iter().any(|p| p.num_columns() != first.num_columns()) {
         return Err(FlumenError::state(format!(
             "state table {table}: parts of different layouts"
         )));
@@ -569,12 +577,14 @@ pub fn gather_parts(
             let arrays: Vec<&dyn Array> = parts.iter().map(|p| p.column(c).as_ref()).collect();
             interleave(&arrays, picked)
         })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new_with_options(
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(layouts)?;
+    RecordBatch::try_new_with_options(
         first.schema(),
         columns,
         &arrow::array::RecordBatchOptions::new().with_row_count(Some(picked.len())),
-    )?)
+    )
+    .map_err(layouts)
 }
 
 #[cfg(test)]
@@ -598,15 +608,28 @@ mod tests {
             [21, 12, 20, 10]
         );
         let other = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![Field::new("w", DataType::Int64, false)])),
-            vec![Arc::new(Int64Array::from(vec![1]))],
+            Arc::new(Schema::new(vec![Field::new("v", DataType::Utf8, false)])),
+            vec![Arc::new(arrow::array::StringArray::from(vec!["1"]))],
         )
         .unwrap();
-        let err = gather_parts(3, &[parts[0].clone(), other], &[(0, 0)]).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("state table 3: parts of different layouts")
-        );
+        let wider = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("v", DataType::Int64, false),
+                Field::new("w", DataType::Int64, false),
+            ])),
+            vec![
+                Arc::new(Int64Array::from(vec![1])),
+                Arc::new(Int64Array::from(vec![2])),
+            ],
+        )
+        .unwrap();
+        for odd in [other, wider] {
+            let err = gather_parts(3, &[parts[0].clone(), odd], &[(0, 0)]).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("state table 3: parts of different layouts")
+            );
+        }
     }
 
     fn values(batch: Option<RecordBatch>) -> Vec<i64> {

@@ -10,11 +10,10 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, Scalar, UInt32Array};
+use arrow::array::{Array, ArrayRef, BooleanArray, Datum, RecordBatch, Scalar};
 use arrow::buffer::BooleanBuffer;
 use arrow::compute::kernels::cmp::eq;
-use arrow::compute::kernels::zip::zip;
-use arrow::compute::{filter_record_batch, take};
+use arrow::compute::{filter_record_batch, interleave};
 use arrow::datatypes::{DataType, Schema};
 use datafusion::common::Result;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
@@ -134,51 +133,62 @@ impl CaseLookup {
             open = &open & &!&hit;
             taken.push(hit);
         }
-        let mut result = self.otherwise(batch, &open)?;
-        for ((_, then), hit) in self.branches.iter().zip(taken).rev() {
-            if hit.count_set_bits() > 0 {
-                let mask = BooleanArray::new(hit, None);
-                result = zip(&mask, then, &result)?;
+        let count = open.count_set_bits();
+        let otherwise = self.otherwise(batch, &open, count)?;
+        if count == rows {
+            return Ok(otherwise);
+        }
+        // Each row's source: (array, row) of the branches' results, then
+        // the ELSE's values at the open rows in order. One copy of each
+        // result, where zipping branch after branch copied every row once
+        // per branch taken.
+        let sources: Vec<&dyn Array> = self
+            .branches
+            .iter()
+            .map(|(_, then)| then.get().0)
+            .chain(std::iter::once(otherwise.as_ref()))
+            .collect();
+        let open_source = self.branches.len();
+        let mut from = vec![(open_source, 0); rows];
+        for (b, hit) in taken.iter().enumerate() {
+            for row in hit.set_indices() {
+                from[row] = (b, 0);
             }
         }
-        Ok(result)
+        if self.otherwise.is_some() {
+            for (next, row) in open.set_indices().enumerate() {
+                from[row].1 = next;
+            }
+        }
+        Ok(interleave(&sources, &from)?)
     }
 
-    /// The `ELSE` at the `open` rows (nulls elsewhere, and everywhere
-    /// without an `ELSE`), evaluated over those rows only.
-    fn otherwise(&self, batch: &RecordBatch, open: &BooleanBuffer) -> Result<ArrayRef> {
-        let rows = batch.num_rows();
-        let nulls = || -> Result<ArrayRef> {
+    /// The `ELSE` at the `open` rows (`count` of them), evaluated over
+    /// those rows only, in their order; one null without an `ELSE`.
+    fn otherwise(
+        &self,
+        batch: &RecordBatch,
+        open: &BooleanBuffer,
+        count: usize,
+    ) -> Result<ArrayRef> {
+        let nulls = |rows| -> Result<ArrayRef> {
             Ok(arrow::array::new_null_array(
                 &self.result_type(batch)?,
                 rows,
             ))
         };
         let Some(otherwise) = &self.otherwise else {
-            return nulls();
+            return nulls(if count == batch.num_rows() { count } else { 1 });
         };
-        let count = open.count_set_bits();
         if count == 0 {
-            return nulls();
+            return nulls(0);
         }
         let columns = batch.project(&self.used)?;
-        if count == rows {
-            return otherwise.evaluate(&columns)?.into_array(rows);
+        if count == batch.num_rows() {
+            return otherwise.evaluate(&columns)?.into_array(count);
         }
         let picked = filter_record_batch(&columns, &BooleanArray::new(open.clone(), None))?;
-        let values = otherwise.evaluate(&picked)?.into_array(count)?;
-        // Row r of the batch reads the open row it is, counted.
-        let mut next = 0u32;
-        let places: UInt32Array = open
-            .iter()
-            .map(|is_open| {
-                is_open.then(|| {
-                    next += 1;
-                    next - 1
-                })
-            })
-            .collect();
-        Ok(take(&values, &places, None)?)
+        otherwise.evaluate(&picked)?.into_array(count)
     }
 }
 
@@ -300,12 +310,17 @@ mod tests {
     fn a_one_pass_case_equals_datafusions() {
         let batch = batch();
         let schema = batch.schema();
+        // The whole batch, rows every branch or none took, and one row.
+        let parts = [(0, 7), (0, 1), (3, 2), (1, 2), (5, 1)];
         for otherwise in [Some("url"), None] {
             let original = channel_case(otherwise, &schema);
             let lookup = CaseLookup::of(&original, &schema).unwrap().unwrap();
-            let want = original.evaluate(&batch).unwrap().into_array(7).unwrap();
-            let got = lookup.evaluate_array(&batch).unwrap();
-            assert_eq!(&got, &want, "ELSE {otherwise:?}");
+            for (offset, len) in parts {
+                let part = batch.slice(offset, len);
+                let want = original.evaluate(&part).unwrap().into_array(len).unwrap();
+                let got = lookup.evaluate_array(&part).unwrap();
+                assert_eq!(&got, &want, "ELSE {otherwise:?}, rows {offset}+{len}");
+            }
         }
         let want = StringArray::from(vec![
             Some("0"),

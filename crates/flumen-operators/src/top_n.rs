@@ -340,14 +340,21 @@ struct OutRow {
 /// batch being processed.
 struct KeySource<'a> {
     kept: &'a KeptRows,
-    order: Option<&'a Rows>,
-    partition: Option<&'a Rows>,
+    /// The batch's order keys and partition keys, by row: slices taken
+    /// once per batch, as `Rows::row` is a call per use.
+    order: Option<&'a [&'a [u8]]>,
+    partition: Option<&'a [&'a [u8]]>,
+}
+
+/// Each row's bytes of `rows`, to index without a call per use.
+fn row_slices(rows: &Rows) -> Vec<&[u8]> {
+    rows.iter().map(|r| r.data()).collect()
 }
 
 impl<'a> KeySource<'a> {
     fn order(&self, r: RowRef) -> &'a [u8] {
         match self.order {
-            Some(batch) if r.slot == PENDING => batch.row(r.row as usize).data(),
+            Some(batch) if r.slot == PENDING => batch[r.row as usize],
             _ => self.kept.order_key(r),
         }
     }
@@ -362,7 +369,7 @@ impl<'a> KeySource<'a> {
 
     /// The partition key of a row of the batch (no bytes without PARTITION BY).
     fn batch_partition(&self, row: usize) -> &'a [u8] {
-        self.partition.map_or(&[], |keys| keys.row(row).data())
+        self.partition.map_or(&[], |keys| keys[row])
     }
 }
 
@@ -981,10 +988,12 @@ impl Operator for TopN {
         self.partitions.reserve(n);
         // Each row goes in as a `PENDING` entry pointing into the batch; the
         // rows still kept at the end are copied out together.
+        let order_rows = row_slices(&order_keys);
+        let partition_rows = partition_keys.as_ref().map(row_slices);
         let keys = KeySource {
             kept: &self.kept,
-            order: Some(&order_keys),
-            partition: partition_keys.as_ref(),
+            order: Some(&order_rows),
+            partition: partition_rows.as_deref(),
         };
         // Every row's partition hash and probe start, so that each lookup
         // can prefetch the slot of the row `PREFETCH_AHEAD` later.
@@ -1025,7 +1034,7 @@ impl Operator for TopN {
                 self.kept.prefetch_keys(*kept);
             }
             let pkey = keys.batch_partition(row);
-            let key = order_keys.row(row).data();
+            let key = order_rows[row];
             let at = RowRef {
                 slot: PENDING,
                 row: row as u32,
@@ -1092,12 +1101,11 @@ impl Operator for TopN {
             );
         }
         if !take_rows.is_empty() {
-            let packed = Keys::from_pairs(take_rows.iter().map(|&r| {
-                (
-                    keys.batch_partition(r as usize),
-                    order_keys.row(r as usize).data(),
-                )
-            }));
+            let packed = Keys::from_pairs(
+                take_rows
+                    .iter()
+                    .map(|&r| (keys.batch_partition(r as usize), order_rows[r as usize])),
+            );
             let indices = UInt32Array::from(take_rows);
             let slot = self
                 .kept
@@ -1270,6 +1278,7 @@ mod tests {
 
     fn ranks(function: RankFunction, keys: &[&str]) -> Vec<u64> {
         let (kept, rows, at) = pending(keys);
+        let rows = row_slices(&rows);
         let source = KeySource {
             kept: &kept,
             order: Some(&rows),
@@ -1358,6 +1367,7 @@ mod tests {
     #[test]
     fn ties_past_the_limit_are_kept_only_by_ranks() {
         let (kept, rows, at) = pending(&["a", "b", "b", "c"]);
+        let rows = row_slices(&rows);
         let source = KeySource {
             kept: &kept,
             order: Some(&rows),

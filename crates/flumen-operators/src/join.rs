@@ -5,7 +5,7 @@
 //! other input has ended. A left outer join emits a left row padded with
 //! nulls at once and retracts it when its first match arrives.
 
-use std::collections::HashMap;
+use datafusion::common::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{

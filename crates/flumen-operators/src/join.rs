@@ -442,15 +442,21 @@ impl PairRows {
     fn of(m: &Matches) -> Self {
         let mut local: HashMap<usize, usize> = HashMap::new();
         let mut slots = Vec::new();
+        // Pairs come in runs of one stored slot (rows stored together
+        // match together): the map is read once per run.
+        let mut last = (usize::MAX, 0);
         let stored = m
             .stored
             .iter()
             .map(|&(slot, row)| {
-                let n = *local.entry(slot).or_insert_with(|| {
-                    slots.push(slot);
-                    slots.len() - 1
-                });
-                (n, row)
+                if slot != last.0 {
+                    let n = *local.entry(slot).or_insert_with(|| {
+                        slots.push(slot);
+                        slots.len() - 1
+                    });
+                    last = (slot, n);
+                }
+                (last.1, row)
             })
             .collect();
         PairRows {

@@ -5,8 +5,7 @@
 //! were read. The output is append-only: a later change of the table does
 //! not revise rows already joined.
 
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,6 +13,8 @@ use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array, new_
 use arrow::compute::{filter_record_batch, interleave, sort_to_indices, take, take_record_batch};
 use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, SortField};
+use datafusion::common::HashMap;
+use datafusion::common::hash_map::Entry;
 use datafusion::physical_expr::PhysicalExpr;
 use flumen_runtime::{
     Lookup, LookupCache, LookupFactory, Operator, OperatorFactory, TaskContext, wait_for,

@@ -161,13 +161,24 @@ impl OperatorFactory for TopNFactory {
                 ctx.metrics.clone(),
             )));
         }
-        Ok(Box::new(self.top_n(ctx, partition, order)))
+        // Only a TopN that expires idle partitions keeps when each was
+        // last changed: 8 bytes more per partition.
+        Ok(match self.state_ttl_ns {
+            Some(_) => Box::new(self.top_n::<i64>(ctx, partition, order)),
+            None => Box::new(self.top_n::<()>(ctx, partition, order)),
+        })
     }
 }
 
 impl TopNFactory {
     /// A TopN over an append-only input.
-    fn top_n(&self, ctx: &TaskContext, partition: RowConverter, order: RowConverter) -> TopN {
+    fn top_n<T: Touched>(
+        &self,
+        ctx: &TaskContext,
+        partition: RowConverter,
+        order: RowConverter,
+    ) -> TopN<T> {
+        debug_assert!(T::KEPT || self.state_ttl_ns.is_none());
         TopN {
             width: self.width,
             partition_columns: self.partition_columns.clone(),
@@ -247,16 +258,46 @@ pub(crate) fn partition_key_groups(
 /// Marks an entry whose row is still in the batch being processed.
 const PENDING: u32 = u32::MAX;
 
+/// When a partition last took a row: the watermark (`i64`) for a TopN that
+/// expires idle partitions (`state_ttl`), nothing (`()`) for the others,
+/// whose partitions are then 24 bytes instead of 32.
+pub(crate) trait Touched: Copy + Send + 'static {
+    /// Whether the time is kept.
+    const KEPT: bool;
+    /// The time `watermark`.
+    fn at(watermark: i64) -> Self;
+    /// The time kept, or `otherwise` when none is.
+    fn or(self, otherwise: i64) -> i64;
+}
+
+impl Touched for i64 {
+    const KEPT: bool = true;
+    fn at(watermark: i64) -> Self {
+        watermark
+    }
+    fn or(self, _otherwise: i64) -> i64 {
+        self
+    }
+}
+
+impl Touched for () {
+    const KEPT: bool = false;
+    fn at(_watermark: i64) -> Self {}
+    fn or(self, otherwise: i64) -> i64 {
+        otherwise
+    }
+}
+
 /// One partition: its kept rows, best first, ties in arrival order. Its key
 /// is read from its first row.
-struct Partition {
+struct Partition<T> {
     /// 32 bits of the partition key's hash.
     hash: u32,
     /// The number of the batch that last changed it (to note its rows
     /// before that batch once).
     stamp: u32,
     /// The watermark when a row last got in (`state_ttl`, no window).
-    touched_at: i64,
+    touched_at: T,
     entries: Entries,
 }
 
@@ -492,7 +533,7 @@ fn diff(before: &[Numbered], after: &[Numbered], out: &mut Vec<OutRow>) {
 const PREFETCH_AHEAD: usize = 16;
 const KEYS_AHEAD: usize = 8;
 
-impl Hashed for Partition {
+impl<T> Hashed for Partition<T> {
     fn hash32(&self) -> u32 {
         self.hash
     }
@@ -500,8 +541,9 @@ impl Hashed for Partition {
 
 /// The running TopN of one subtask. Partitions live in an open-addressing
 /// table by their key's hash; their keys are read from their kept rows, so
-/// a partition costs its 32 bytes in the table besides its rows.
-pub struct TopN {
+/// a partition costs its 24 bytes in the table besides its rows (32 with
+/// `state_ttl`).
+pub struct TopN<T: Touched> {
     width: usize,
     partition_columns: Vec<usize>,
     order_columns: Vec<usize>,
@@ -514,7 +556,7 @@ pub struct TopN {
     partition_fields: Vec<SortField>,
     order_converter: RowConverter,
     kept: KeptRows,
-    partitions: OpenTable<Partition>,
+    partitions: OpenTable<Partition<T>>,
     /// Batches processed (wrapping; stamps are reset when it wraps).
     batches: u32,
     hasher: foldhash::fast::FixedState,
@@ -538,8 +580,8 @@ pub struct TopN {
 }
 
 /// The slot of the partition keyed `key` (hash `h`), if any.
-fn find_partition(
-    table: &OpenTable<Partition>,
+fn find_partition<T>(
+    table: &OpenTable<Partition<T>>,
     h: u32,
     key: &[u8],
     keys: &KeySource,
@@ -548,8 +590,8 @@ fn find_partition(
 }
 
 /// [`find_partition`] with the probe's start, `table.home(h)`, known.
-fn find_partition_from(
-    table: &OpenTable<Partition>,
+fn find_partition_from<T>(
+    table: &OpenTable<Partition<T>>,
     home: usize,
     h: u32,
     key: &[u8],
@@ -561,13 +603,13 @@ fn find_partition_from(
 /// The partition in `slot`, found this batch: slots stay put because each
 /// batch reserves room for all its rows before inserting any, and nothing
 /// is removed during a batch.
-fn bucket(table: &mut OpenTable<Partition>, slot: usize) -> &mut Partition {
+fn bucket<T>(table: &mut OpenTable<Partition<T>>, slot: usize) -> &mut Partition<T> {
     table
         .get_mut(slot)
         .expect("a slot found this batch holds its partition")
 }
 
-impl TopN {
+impl<T: Touched> TopN<T> {
     fn hash(&self, key: &[u8]) -> u32 {
         // Half the hash is kept; the table spreads it itself.
         self.hasher.hash_one(key) as u32
@@ -625,7 +667,7 @@ impl TopN {
         let cutoff = self.watermark.saturating_sub(ttl);
         let kept = &mut self.kept;
         self.partitions.retain(|p| {
-            if p.touched_at >= cutoff {
+            if p.touched_at.or(i64::MAX) >= cutoff {
                 return true;
             }
             for &r in p.entries.iter() {
@@ -738,7 +780,7 @@ impl TopN {
             if timed {
                 let key = self.kept.partition_key(p.entries[0]);
                 rows.partitions.push(PartitionTimes {
-                    touched: p.touched_at,
+                    touched: p.touched_at.or(self.watermark),
                     end: ends.get(key).copied().unwrap_or(i64::MAX),
                 });
             }
@@ -932,7 +974,7 @@ impl DeferredRows {
     }
 }
 
-impl Operator for TopN {
+impl<T: Touched> Operator for TopN<T> {
     fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
         let n = batch.num_rows();
         if n == 0 || self.ranking.limit == 0 {
@@ -1044,7 +1086,7 @@ impl Operator for TopN {
                 let partition = Partition {
                     hash: h,
                     stamp,
-                    touched_at: self.watermark,
+                    touched_at: T::at(self.watermark),
                     entries: Entries::One(at),
                 };
                 let b = self.partitions.insert(homes[row], partition);
@@ -1086,7 +1128,7 @@ impl Operator for TopN {
                     }
                 }
             }
-            p.touched_at = self.watermark;
+            p.touched_at = T::at(self.watermark);
         }
         self.metrics.add_late_rows_dropped(late);
         // Copy out the batch's rows still kept, in touched order.
@@ -1229,7 +1271,7 @@ impl Operator for TopN {
                     let partition = Partition {
                         hash: h,
                         stamp: 0,
-                        touched_at: touched.value(row),
+                        touched_at: T::at(touched.value(row)),
                         entries: Entries::One(at),
                     };
                     let home = self.partitions.home(h);
@@ -1350,10 +1392,12 @@ mod tests {
         assert!(capacity(&unbounded) >= 40);
     }
 
-    /// A partition takes 32 bytes of its table, empty slots included.
+    /// A partition takes 24 bytes of its table, empty slots included, 32
+    /// when it keeps the time it last took a row (`state_ttl`).
     #[test]
-    fn a_partition_slot_is_32_bytes() {
-        assert_eq!(std::mem::size_of::<Option<Partition>>(), 32);
+    fn a_partition_slot_is_24_bytes_or_32_with_its_time() {
+        assert_eq!(std::mem::size_of::<Option<Partition<()>>>(), 24);
+        assert_eq!(std::mem::size_of::<Option<Partition<i64>>>(), 32);
     }
 
     #[test]
@@ -1402,7 +1446,27 @@ mod tests {
 
     /// A TopN of the highest `v` per `k` (and per 10 ns window of `start`
     /// when `windowed`), one row each, over rows `(k, v, start)`.
-    fn timed_top_n(windowed: bool, state_ttl_ns: Option<i64>) -> (SchemaRef, TopN) {
+    fn timed_top_n<T: Touched>(windowed: bool, state_ttl_ns: Option<i64>) -> (SchemaRef, TopN<T>) {
+        let (schema, factory) = timed_factory(windowed, state_ttl_ns);
+        let ctx = TaskContext::new(0, 1, 128, Arc::new(JobMetrics::default()));
+        let partition = RowConverter::new(
+            factory
+                .partition_columns
+                .iter()
+                .map(|&c| SortField::new(schema.field(c).data_type().clone()))
+                .collect(),
+        )
+        .unwrap();
+        let order = RowConverter::new(vec![SortField::new_with_options(
+            DataType::Int64,
+            factory.order_columns[0].1,
+        )])
+        .unwrap();
+        (schema, factory.top_n(&ctx, partition, order))
+    }
+
+    /// The factory of [`timed_top_n`]'s TopN, and its input schema.
+    fn timed_factory(windowed: bool, state_ttl_ns: Option<i64>) -> (SchemaRef, TopNFactory) {
         use arrow::datatypes::{Field, Schema};
         let schema = Arc::new(Schema::new(vec![
             Field::new("k", DataType::Int64, false),
@@ -1440,18 +1504,31 @@ mod tests {
             output: Arc::new(Schema::new(output)),
             op_column: None,
         };
+        (schema, factory)
+    }
+
+    /// A TopN the factory makes with `state_ttl` (the one that keeps each
+    /// partition's time) drops a partition idle for longer.
+    #[test]
+    fn a_top_n_made_with_state_ttl_expires_idle_partitions() {
+        let (schema, factory) = timed_factory(false, Some(100));
         let ctx = TaskContext::new(0, 1, 128, Arc::new(JobMetrics::default()));
-        let partition = RowConverter::new(
-            factory
-                .partition_columns
-                .iter()
-                .map(|&c| SortField::new(schema.field(c).data_type().clone()))
-                .collect(),
-        )
-        .unwrap();
-        let order =
-            RowConverter::new(vec![SortField::new_with_options(DataType::Int64, order)]).unwrap();
-        (schema.clone(), factory.top_n(&ctx, partition, order))
+        let mut op = factory.create(&ctx).unwrap();
+        op.process_watermark(Watermark(0), &mut Vec::new()).unwrap();
+        op.process_batch(kvs(&schema, &[(1, 10, 0), (2, 10, 0)]), &mut Vec::new())
+            .unwrap();
+        op.process_watermark(Watermark(90), &mut Vec::new())
+            .unwrap();
+        op.process_batch(kvs(&schema, &[(2, 20, 0)]), &mut Vec::new())
+            .unwrap();
+        op.process_watermark(Watermark(150), &mut Vec::new())
+            .unwrap();
+        // Key 1 (last changed at 0) is gone and takes a lower value anew;
+        // key 2 (changed at 90) keeps its value and rejects a lower one.
+        let mut out = Vec::new();
+        op.process_batch(kvs(&schema, &[(1, 3, 0), (2, 3, 0)]), &mut out)
+            .unwrap();
+        assert_eq!(kv_rows(&out), [(1, 3)]);
     }
 
     fn kvs(schema: &SchemaRef, rows: &[(i64, i64, i64)]) -> RecordBatch {
@@ -1484,7 +1561,7 @@ mod tests {
     /// grown and kept for a barrier that never comes.
     #[test]
     fn the_snapshot_after_the_end_keeps_no_spare_buffer() {
-        let (schema, mut op) = timed_top_n(false, None);
+        let (schema, mut op) = timed_top_n::<()>(false, None);
         op.process_batch(kvs(&schema, &[(1, 10, 0), (2, 5, 0)]), &mut Vec::new())
             .unwrap();
         op.snapshot_state().unwrap().resolve().unwrap();
@@ -1499,12 +1576,12 @@ mod tests {
     /// own window's end, not only at the end of input.
     #[test]
     fn restored_windows_close_at_their_ends() {
-        let (schema, mut op) = timed_top_n(true, None);
+        let (schema, mut op) = timed_top_n::<()>(true, None);
         let rows = [(1, 5, 0), (1, 7, 0), (2, 4, 100)];
         op.process_batch(kvs(&schema, &rows), &mut Vec::new())
             .unwrap();
         let snapshot = op.snapshot_state().unwrap().resolve().unwrap();
-        let (_, mut op) = timed_top_n(true, None);
+        let (_, mut op) = timed_top_n::<()>(true, None);
         op.restore_state(&snapshot).unwrap();
         let mut out = Vec::new();
         op.process_watermark(Watermark(50), &mut out).unwrap();
@@ -1518,7 +1595,7 @@ mod tests {
     /// update, not from the barrier's.
     #[test]
     fn restored_partitions_expire_from_their_last_update() {
-        let (schema, mut op) = timed_top_n(false, Some(100));
+        let (schema, mut op) = timed_top_n::<i64>(false, Some(100));
         op.process_watermark(Watermark(0), &mut Vec::new()).unwrap();
         op.process_batch(kvs(&schema, &[(1, 10, 0)]), &mut Vec::new())
             .unwrap();
@@ -1527,7 +1604,7 @@ mod tests {
         op.process_batch(kvs(&schema, &[(2, 10, 0)]), &mut Vec::new())
             .unwrap();
         let snapshot = op.snapshot_state().unwrap().resolve().unwrap();
-        let (_, mut op) = timed_top_n(false, Some(100));
+        let (_, mut op) = timed_top_n::<i64>(false, Some(100));
         op.restore_state(&snapshot).unwrap();
         op.process_watermark(Watermark(150), &mut Vec::new())
             .unwrap();
@@ -1583,7 +1660,7 @@ mod tests {
                 factory.order_columns[0].1,
             )])
             .unwrap();
-            factory.top_n(&ctx, converter(DataType::Int64), order)
+            factory.top_n::<()>(&ctx, converter(DataType::Int64), order)
         };
         let (mut seed, mut next_value) = (7u64, 0i64);
         let mut best: HashMap<i64, Vec<i64>> = HashMap::new();

@@ -1445,9 +1445,10 @@ mod tests {
     }
 
     /// A TopN of the highest `v` per `k` (and per 10 ns window of `start`
-    /// when `windowed`), one row each, over rows `(k, v, start)`.
-    fn timed_top_n<T: Touched>(windowed: bool, state_ttl_ns: Option<i64>) -> (SchemaRef, TopN<T>) {
-        let (schema, factory) = timed_factory(windowed, state_ttl_ns);
+    /// when `windowed`), one row each, over rows `(k, v, start)`; no
+    /// `state_ttl`.
+    fn timed_top_n(windowed: bool) -> (SchemaRef, TopN<()>) {
+        let (schema, factory) = timed_factory(windowed, None);
         let ctx = TaskContext::new(0, 1, 128, Arc::new(JobMetrics::default()));
         let partition = RowConverter::new(
             factory
@@ -1507,30 +1508,6 @@ mod tests {
         (schema, factory)
     }
 
-    /// A TopN the factory makes with `state_ttl` (the one that keeps each
-    /// partition's time) drops a partition idle for longer.
-    #[test]
-    fn a_top_n_made_with_state_ttl_expires_idle_partitions() {
-        let (schema, factory) = timed_factory(false, Some(100));
-        let ctx = TaskContext::new(0, 1, 128, Arc::new(JobMetrics::default()));
-        let mut op = factory.create(&ctx).unwrap();
-        op.process_watermark(Watermark(0), &mut Vec::new()).unwrap();
-        op.process_batch(kvs(&schema, &[(1, 10, 0), (2, 10, 0)]), &mut Vec::new())
-            .unwrap();
-        op.process_watermark(Watermark(90), &mut Vec::new())
-            .unwrap();
-        op.process_batch(kvs(&schema, &[(2, 20, 0)]), &mut Vec::new())
-            .unwrap();
-        op.process_watermark(Watermark(150), &mut Vec::new())
-            .unwrap();
-        // Key 1 (last changed at 0) is gone and takes a lower value anew;
-        // key 2 (changed at 90) keeps its value and rejects a lower one.
-        let mut out = Vec::new();
-        op.process_batch(kvs(&schema, &[(1, 3, 0), (2, 3, 0)]), &mut out)
-            .unwrap();
-        assert_eq!(kv_rows(&out), [(1, 3)]);
-    }
-
     fn kvs(schema: &SchemaRef, rows: &[(i64, i64, i64)]) -> RecordBatch {
         let column = |f: fn(&(i64, i64, i64)) -> i64| -> Vec<i64> { rows.iter().map(f).collect() };
         RecordBatch::try_new(
@@ -1561,7 +1538,7 @@ mod tests {
     /// grown and kept for a barrier that never comes.
     #[test]
     fn the_snapshot_after_the_end_keeps_no_spare_buffer() {
-        let (schema, mut op) = timed_top_n::<()>(false, None);
+        let (schema, mut op) = timed_top_n(false);
         op.process_batch(kvs(&schema, &[(1, 10, 0), (2, 5, 0)]), &mut Vec::new())
             .unwrap();
         op.snapshot_state().unwrap().resolve().unwrap();
@@ -1576,12 +1553,12 @@ mod tests {
     /// own window's end, not only at the end of input.
     #[test]
     fn restored_windows_close_at_their_ends() {
-        let (schema, mut op) = timed_top_n::<()>(true, None);
+        let (schema, mut op) = timed_top_n(true);
         let rows = [(1, 5, 0), (1, 7, 0), (2, 4, 100)];
         op.process_batch(kvs(&schema, &rows), &mut Vec::new())
             .unwrap();
         let snapshot = op.snapshot_state().unwrap().resolve().unwrap();
-        let (_, mut op) = timed_top_n::<()>(true, None);
+        let (_, mut op) = timed_top_n(true);
         op.restore_state(&snapshot).unwrap();
         let mut out = Vec::new();
         op.process_watermark(Watermark(50), &mut out).unwrap();
@@ -1592,10 +1569,13 @@ mod tests {
     }
 
     /// Restored, a partition expires by `state_ttl` from its own last
-    /// update, not from the barrier's.
+    /// update, not from the barrier's. Made as the factory makes a TopN
+    /// with `state_ttl`: the one that keeps each partition's time.
     #[test]
     fn restored_partitions_expire_from_their_last_update() {
-        let (schema, mut op) = timed_top_n::<i64>(false, Some(100));
+        let (schema, factory) = timed_factory(false, Some(100));
+        let ctx = TaskContext::new(0, 1, 128, Arc::new(JobMetrics::default()));
+        let mut op = factory.create(&ctx).unwrap();
         op.process_watermark(Watermark(0), &mut Vec::new()).unwrap();
         op.process_batch(kvs(&schema, &[(1, 10, 0)]), &mut Vec::new())
             .unwrap();
@@ -1604,7 +1584,7 @@ mod tests {
         op.process_batch(kvs(&schema, &[(2, 10, 0)]), &mut Vec::new())
             .unwrap();
         let snapshot = op.snapshot_state().unwrap().resolve().unwrap();
-        let (_, mut op) = timed_top_n::<i64>(false, Some(100));
+        let mut op = factory.create(&ctx).unwrap();
         op.restore_state(&snapshot).unwrap();
         op.process_watermark(Watermark(150), &mut Vec::new())
             .unwrap();

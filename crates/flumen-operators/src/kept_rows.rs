@@ -48,12 +48,20 @@ pub(crate) struct Keys {
 impl Keys {
     /// Packs `(partition key, order key)` pairs.
     pub(crate) fn from_pairs<'a>(keys: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone) -> Keys {
-        let mut lengths = keys.clone().map(|(p, o)| (p.len(), o.len()));
-        let widths = lengths.next().unwrap_or((0, 0));
-        let fixed = lengths.all(|l| l == widths);
+        let lengths = keys.clone().map(|(p, o)| (p.len(), o.len()));
+        let widths = lengths.clone().next().unwrap_or((0, 0));
+        let (mut fixed, mut rows, mut bytes) = (true, 0, 0);
+        for l in lengths {
+            fixed &= l == widths;
+            rows += 1;
+            bytes += l.0 + l.1;
+        }
+        // Sized once: growing by doubling and then shrinking to fit copied
+        // the keys several times over.
         let mut packed = Keys {
+            data: Vec::with_capacity(bytes),
+            offsets: Vec::with_capacity(if fixed { 0 } else { 2 * rows + 1 }),
             widths,
-            ..Keys::default()
         };
         if !fixed {
             packed.offsets.push(0);
@@ -68,8 +76,6 @@ impl Keys {
                 packed.offsets.push(packed.data.len() as u32);
             }
         }
-        packed.data.shrink_to_fit();
-        packed.offsets.shrink_to_fit();
         packed
     }
 

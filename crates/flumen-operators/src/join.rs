@@ -5,7 +5,6 @@
 //! other input has ended. A left outer join emits a left row padded with
 //! nulls at once and retracts it when its first match arrives.
 
-use datafusion::common::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -16,6 +15,7 @@ use arrow::compute::kernels::aggregate::max;
 use arrow::compute::{cast, interleave, take, take_record_batch};
 use arrow::datatypes::{DataType, Int8Type, Int64Type, SchemaRef, TimeUnit};
 use arrow::row::{Row, RowConverter, Rows, SortField};
+use datafusion::common::HashMap;
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::physical_expr::PhysicalExpr;
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};

@@ -139,9 +139,8 @@ impl CaseLookup {
             return Ok(otherwise);
         }
         // Each row's source: (array, row) of the branches' results, then
-        // the ELSE's values at the open rows in order. One copy of each
-        // result, where zipping branch after branch copied every row once
-        // per branch taken.
+        // the ELSE's values at the open rows in order; each result is
+        // copied once.
         let sources: Vec<&dyn Array> = self
             .branches
             .iter()
@@ -155,34 +154,26 @@ impl CaseLookup {
                 from[row] = (b, 0);
             }
         }
-        if self.otherwise.is_some() {
-            for (next, row) in open.set_indices().enumerate() {
-                from[row].1 = next;
-            }
+        for (next, row) in open.set_indices().enumerate() {
+            from[row].1 = next;
         }
         Ok(interleave(&sources, &from)?)
     }
 
     /// The `ELSE` at the `open` rows (`count` of them), evaluated over
-    /// those rows only, in their order; one null without an `ELSE`.
+    /// those rows only, in their order; nulls without an `ELSE`.
     fn otherwise(
         &self,
         batch: &RecordBatch,
         open: &BooleanBuffer,
         count: usize,
     ) -> Result<ArrayRef> {
-        let nulls = |rows| -> Result<ArrayRef> {
-            Ok(arrow::array::new_null_array(
+        let Some(otherwise) = self.otherwise.as_ref().filter(|_| count > 0) else {
+            return Ok(arrow::array::new_null_array(
                 &self.result_type(batch)?,
-                rows,
-            ))
+                count,
+            ));
         };
-        let Some(otherwise) = &self.otherwise else {
-            return nulls(if count == batch.num_rows() { count } else { 1 });
-        };
-        if count == 0 {
-            return nulls(0);
-        }
         let columns = batch.project(&self.used)?;
         if count == batch.num_rows() {
             return otherwise.evaluate(&columns)?.into_array(count);

@@ -248,6 +248,15 @@ impl KeptRows {
         Ok(())
     }
 
+    /// The slot the next [`KeptRows::add`] stores its rows in, so that a
+    /// caller can point at them before copying them.
+    pub(crate) fn next_slot(&self) -> u32 {
+        match self.free.last() {
+            Some(&i) => i,
+            None => self.slots.len() as u32,
+        }
+    }
+
     /// Stores a slot of `columns` as kept (every row live).
     fn insert(&mut self, columns: Vec<ArrayRef>, n: usize, keys: Keys, arrow_bytes: usize) -> u32 {
         let mut live = vec![u64::MAX; n.div_ceil(64)];
@@ -688,6 +697,33 @@ mod tests {
     use super::*;
     use arrow::array::{Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{Field, Schema};
+
+    /// `next_slot` names the slot `add` then stores in: a new one, or one
+    /// freed when its last row was released.
+    #[test]
+    fn next_slot_is_the_slot_add_stores_in() {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let mut kept = KeptRows::new(schema.clone());
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(0..2))])
+                .unwrap();
+        let add = |kept: &mut KeptRows| {
+            let next = kept.next_slot();
+            let keys = Keys::from_pairs([(&b"p"[..], &b"o"[..]); 2].into_iter());
+            let slot = kept
+                .add(batch.columns(), &UInt32Array::from(vec![0, 1]), keys)
+                .unwrap();
+            assert_eq!(slot, next);
+            slot
+        };
+        let (a, b) = (add(&mut kept), add(&mut kept));
+        assert_ne!(a, b);
+        for row in 0..2 {
+            kept.release(RowRef { slot: a, row });
+        }
+        assert_eq!(add(&mut kept), a);
+        assert_eq!(add(&mut kept), 2);
+    }
 
     #[test]
     fn live_rows_count_their_own_arrow_bytes_through_release_and_compaction() {

@@ -282,16 +282,15 @@ impl KeptRows {
             live_arrow_bytes: arrow_bytes,
             bytes,
         };
-        match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = Some(slot);
-                i
-            }
-            None => {
-                self.slots.push(Some(slot));
-                (self.slots.len() - 1) as u32
-            }
+        // The slot `next_slot` names, so that the two never disagree.
+        let i = self.next_slot();
+        if i as usize == self.slots.len() {
+            self.slots.push(Some(slot));
+        } else {
+            self.free.pop();
+            self.slots[i as usize] = Some(slot);
         }
+        i
     }
 
     fn slot(&self, slot: u32) -> &Slot {

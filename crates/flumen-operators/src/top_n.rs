@@ -1074,7 +1074,7 @@ impl<T: Touched> Operator for TopN<T> {
                     entries: Entries::One(kept),
                     ..
                 }) if kept.slot != PENDING => self.kept.prefetch_keys(*kept),
-                // Only the rows' address is taken: their length is not read.
+                // The rows start where the slice does.
                 Some(Partition {
                     entries: Entries::Many(rows),
                     ..
@@ -1147,33 +1147,33 @@ impl<T: Touched> Operator for TopN<T> {
         let mut take_rows: Vec<u32> = Vec::new();
         let mut rows: Vec<OutRow> = Vec::new();
         let mut after: Vec<Numbered> = Vec::new();
-        let mut moved: Vec<(u32, RowRef)> = Vec::new();
+        // Where each row of the batch that stays goes in the new slot.
+        let mut placed: Vec<u32> = vec![0; if emits { n } else { 0 }];
         for &(b, start, end) in &touched {
             let p = bucket(&mut self.partitions, b);
-            let first = rows.len();
             if emits {
                 after.clear();
                 ranking.number_into(&p.entries, &keys, &mut after);
                 diff(&before[start..end], &after, &mut rows);
             }
-            moved.clear();
             for e in p.entries.iter_mut() {
                 if e.slot == PENDING {
-                    let to = RowRef {
-                        slot,
-                        row: take_rows.len() as u32,
-                    };
+                    let to = take_rows.len() as u32;
                     take_rows.push(e.row);
-                    moved.push((e.row, to));
-                    *e = to;
+                    if emits {
+                        placed[e.row as usize] = to;
+                    }
+                    *e = RowRef { slot, row: to };
                 }
             }
-            for r in &mut rows[first..] {
-                if r.at.slot == PENDING
-                    && let Some(&(_, to)) = moved.iter().find(|(row, _)| *row == r.at.row)
-                {
-                    r.at = to;
-                }
+        }
+        // The emitted changes name the rows of the batch where they now are.
+        for r in &mut rows {
+            if r.at.slot == PENDING {
+                r.at = RowRef {
+                    slot,
+                    row: placed[r.at.row as usize],
+                };
             }
         }
         if !take_rows.is_empty() {

@@ -198,6 +198,10 @@ const HASH_STATE: RandomState = RandomState::with_seed(0x10_1e_d5);
 /// One stored batch of a side.
 struct Slot {
     batch: RecordBatch,
+    /// The rows of `batch` this subtask holds, when a hash exchange shared
+    /// the batch between subtasks instead of copying each its rows; the
+    /// other fields' rows are positions in it. `None`: every row.
+    own: Option<UInt32Array>,
     keys: Rows,
     hashes: Vec<u64>,
     /// Per row: how many right rows it matched (left joins only). Shared
@@ -221,8 +225,15 @@ struct Retractable {
 }
 
 impl Slot {
+    /// Its share of the batch's bytes (a shared batch counted once over
+    /// the subtasks that hold its rows), and what it keeps beside.
     fn bytes(&self) -> usize {
-        self.batch.get_array_memory_size()
+        let batch = self.batch.get_array_memory_size();
+        let batch = match &self.own {
+            Some(own) => batch * own.len() / self.batch.num_rows().max(1) + own.len() * 4,
+            None => batch,
+        };
+        batch
             + self.keys.size()
             + self.hashes.capacity() * 8
             + self.matched.capacity() * 4
@@ -230,6 +241,18 @@ impl Slot {
                 .retractable
                 .as_ref()
                 .map_or(0, |r| r.rows.size() + r.gone.len())
+    }
+
+    /// How many rows it holds.
+    fn rows(&self) -> usize {
+        self.own
+            .as_ref()
+            .map_or(self.batch.num_rows(), |own| own.len())
+    }
+
+    /// The row of `batch` that is row `row` of the slot.
+    fn batch_row(&self, row: usize) -> usize {
+        self.own.as_ref().map_or(row, |own| own.value(row) as usize)
     }
 
     /// Whether row `row` was taken back.
@@ -439,12 +462,13 @@ struct PairRows {
 }
 
 impl PairRows {
-    fn of(m: &Matches) -> Self {
+    /// The rows of the matches `m`, whose stored rows are in `stored`.
+    fn of(m: &Matches, stored: &SideState) -> Self {
         let mut local: HashMap<usize, usize> = HashMap::new();
         let mut slots = Vec::new();
         // Pairs come in runs of one stored slot (rows stored together
         // match together): the map is read once per run.
-        let mut last = (usize::MAX, 0);
+        let mut last = (usize::MAX, 0, None);
         let stored = m
             .stored
             .iter()
@@ -454,9 +478,10 @@ impl PairRows {
                         slots.push(slot);
                         slots.len() - 1
                     });
-                    last = (slot, n);
+                    let own = stored.slots[slot].as_ref().and_then(|s| s.own.as_ref());
+                    last = (slot, n, own);
                 }
-                (last.1, row)
+                (last.1, last.2.map_or(row, |own| own.value(row) as usize))
             })
             .collect();
         PairRows {
@@ -507,17 +532,25 @@ impl HashJoin {
         Ok(hashes)
     }
 
-    fn expires_at(&self, side: usize, batch: &RecordBatch) -> Result<i64> {
+    /// When a slot of `batch` (of rows `own` of it, when given) on `side`
+    /// can be freed.
+    fn expires_at(
+        &self,
+        side: usize,
+        batch: &RecordBatch,
+        own: Option<&UInt32Array>,
+    ) -> Result<i64> {
         let by_ttl = self
             .state_ttl_ns
             .map_or(i64::MAX, |ttl| self.watermark.max(0).saturating_add(ttl));
         let by_column = match self.sides[side].spec.expiry {
             Some(e) => {
+                let column = match own {
+                    Some(own) => take(batch.column(e.column), own, None)?,
+                    None => batch.column(e.column).clone(),
+                };
                 let times = cast(
-                    &cast(
-                        batch.column(e.column),
-                        &DataType::Timestamp(TimeUnit::Nanosecond, None),
-                    )?,
+                    &cast(&column, &DataType::Timestamp(TimeUnit::Nanosecond, None))?,
                     &DataType::Int64,
                 )?;
                 max(times.as_primitive::<Int64Type>())
@@ -617,7 +650,7 @@ impl HashJoin {
         let m = match &self.filter {
             Some(filter) => {
                 let n = m.probe.len();
-                let all_pairs = PairRows::of(&m);
+                let all_pairs = PairRows::of(&m, &self.sides[1 - side]);
                 let columns = self.pair_columns(side, batch, &all_pairs, &filter.columns)?;
                 let options = RecordBatchOptions::new().with_row_count(Some(n));
                 let narrow =
@@ -647,7 +680,7 @@ impl HashJoin {
         if m.probe.is_empty() || !build {
             return Ok((None, m));
         }
-        let rows = rows.unwrap_or_else(|| PairRows::of(&m));
+        let rows = rows.unwrap_or_else(|| PairRows::of(&m, &self.sides[1 - side]));
         let all: Vec<usize> = (0..self.joined.fields().len()).collect();
         let columns = self.pair_columns(side, batch, &rows, &all)?;
         Ok((Some(RecordBatch::try_new(self.joined.clone(), columns)?), m))
@@ -779,7 +812,7 @@ impl HashJoin {
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
         let Some(op_column) = self.sides[side].spec.op_column else {
-            return self.add_rows(side, batch, out);
+            return self.add_rows(side, batch, None, out);
         };
         let ops = batch.column(op_column).as_primitive::<Int8Type>();
         let (mut additions, mut retractions) = (Vec::new(), Vec::new());
@@ -791,13 +824,13 @@ impl HashJoin {
             }
         }
         if retractions.is_empty() {
-            return self.add_rows(side, batch, out);
+            return self.add_rows(side, batch, None, out);
         }
         let taken = take_record_batch(&batch, &UInt32Array::from(retractions))?;
         let missing = self.take_back(side, taken, false, out)?;
         if !additions.is_empty() {
             let added = take_record_batch(&batch, &UInt32Array::from(additions))?;
-            self.add_rows(side, added, out)?;
+            self.add_rows(side, added, None, out)?;
         }
         if let Some(missing) = missing {
             // Rows not held (or dropped by state_ttl) still take back what
@@ -928,29 +961,47 @@ impl HashJoin {
         let mut slots: Vec<_> = changed.into_iter().collect();
         slots.sort_unstable_by_key(|(s, _)| *s);
         for (slot, rows) in slots {
-            let batch = &self.sides[side].slots[slot]
+            let slot = self.sides[side].slots[slot]
                 .as_ref()
-                .expect("matched slots are live")
-                .batch;
-            out.push(self.match_change(side, batch, &rows, added)?);
+                .expect("matched slots are live");
+            let rows: Vec<u32> = rows
+                .iter()
+                .map(|&r| slot.batch_row(r as usize) as u32)
+                .collect();
+            out.push(self.match_change(side, &slot.batch, &rows, added)?);
         }
         Ok(())
     }
 
-    /// Joins rows that add to `side` and stores them.
+    /// Joins rows that add to `side` (rows `own` of `batch`, a batch shared
+    /// with other subtasks, when given: inner joins only) and stores them.
     fn add_rows(
         &mut self,
         side: usize,
         batch: RecordBatch,
+        own: Option<UInt32Array>,
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
-        if batch.num_rows() == 0 {
+        debug_assert!(own.is_none() || self.kind == JoinKind::Inner);
+        let n = own.as_ref().map_or(batch.num_rows(), |own| own.len());
+        if n == 0 {
             return Ok(());
         }
-        let keys = self.sides[side].spec.key_columns(&batch);
+        let mut keys = self.sides[side].spec.key_columns(&batch);
+        if let Some(own) = &own {
+            for k in &mut keys {
+                *k = take(k, own, None)?;
+            }
+        }
         let rows = self.key_rows(&keys)?;
-        let hashes = Self::hashes(&keys, batch.num_rows())?;
-        let matches = Self::probe(&self.sides[1 - side], &rows, &hashes);
+        let hashes = Self::hashes(&keys, n)?;
+        let mut matches = Self::probe(&self.sides[1 - side], &rows, &hashes);
+        if let Some(own) = &own {
+            // Probe rows as rows of the batch, which the joined rows read.
+            for r in &mut matches.probe {
+                *r = own.value(*r as usize);
+            }
+        }
         let (joined, matches) = self.joined(side, &batch, matches)?;
         let mut matched = Vec::new();
         if self.counts(side) {
@@ -984,11 +1035,12 @@ impl HashJoin {
             out.push(j);
         }
         if !self.sides[side].closed {
-            let expires_at = self.expires_at(side, &batch)?;
+            let expires_at = self.expires_at(side, &batch, own.as_ref())?;
             if expires_at >= self.watermark {
                 let retractable = self.retractable(side, &batch)?;
                 self.sides[side].store(Slot {
                     batch,
+                    own,
                     keys: rows,
                     hashes,
                     matched: Arc::new(matched),
@@ -1016,6 +1068,7 @@ impl HashJoin {
 /// A stored slot as a snapshot holds it until its rows are built.
 struct SlotRows {
     batch: RecordBatch,
+    own: Option<UInt32Array>,
     matched: Arc<Vec<u32>>,
     gone: Option<Arc<Vec<bool>>>,
     expires_at: i64,
@@ -1024,14 +1077,19 @@ struct SlotRows {
 impl SlotRows {
     /// The rows not taken back, with their match counts and expiry.
     fn columns(&self) -> Result<Vec<ArrayRef>> {
+        // The slot's own rows of a shared batch, to which the rest refers.
+        let all = match &self.own {
+            Some(own) => take_record_batch(&self.batch, own)?,
+            None => self.batch.clone(),
+        };
         let kept: Option<Vec<u32>> = self
             .gone
             .as_ref()
             .filter(|g| g.contains(&true))
             .map(|g| (0..g.len() as u32).filter(|&r| !g[r as usize]).collect());
         let batch = match &kept {
-            None => self.batch.clone(),
-            Some(kept) => take_record_batch(&self.batch, &UInt32Array::from(kept.clone()))?,
+            None => all,
+            Some(kept) => take_record_batch(&all, &UInt32Array::from(kept.clone()))?,
         };
         let rows = batch.num_rows();
         let matched = match &kept {
@@ -1059,6 +1117,7 @@ impl HashJoin {
             .flatten()
             .map(|slot| SlotRows {
                 batch: slot.batch.clone(),
+                own: slot.own.clone(),
                 matched: slot.matched.clone(),
                 gone: slot.retractable.as_ref().map(|r| r.gone.clone()),
                 expires_at: slot.expires_at,
@@ -1068,11 +1127,7 @@ impl HashJoin {
             .slots
             .iter()
             .flatten()
-            .map(|s| {
-                s.retractable
-                    .as_ref()
-                    .map_or(s.batch.num_rows(), |r| r.alive)
-            })
+            .map(|s| s.retractable.as_ref().map_or(s.rows(), |r| r.alive))
             .sum();
         snapshot.add_deferred(
             side,
@@ -1121,6 +1176,7 @@ impl HashJoin {
             let retractable = self.retractable(side, &batch)?;
             self.sides[side].store(Slot {
                 batch,
+                own: None,
                 keys: key_rows,
                 hashes,
                 matched,
@@ -1144,6 +1200,22 @@ impl Operator for HashJoin {
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
         self.process(input.min(1), batch, out)
+    }
+
+    /// An inner join of an appending side keeps the shared batch with the
+    /// positions of its rows: no copy of them at the exchange or here.
+    fn process_rows(
+        &mut self,
+        input: usize,
+        batch: RecordBatch,
+        rows: &UInt32Array,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let side = input.min(1);
+        if self.kind == JoinKind::Inner && self.sides[side].spec.op_column.is_none() {
+            return self.add_rows(side, batch, Some(rows.clone()), out);
+        }
+        self.process(side, take_record_batch(&batch, rows)?, out)
     }
 
     fn input_ended(&mut self, input: usize, _out: &mut Vec<RecordBatch>) -> Result<()> {

@@ -145,8 +145,21 @@ fn run(
 fn apply(ops: &mut [Box<dyn Operator>], step: &Step, keys: &[Routing], out: &mut Vec<RecordBatch>) {
     match step {
         Step::Batch(input, batch) => {
-            let parts = match &keys[*input] {
-                Routing::Hash(columns) => route(batch, columns, ops.len()),
+            let parts: Vec<(usize, RecordBatch)> = match &keys[*input] {
+                Routing::Hash(columns) => {
+                    // As the hash exchange sends them: a batch whose rows
+                    // all go to one subtask whole, else the shared batch
+                    // and the positions of each subtask's rows.
+                    for (subtask, rows) in route(batch, columns, ops.len()) {
+                        if rows.len() == batch.num_rows() {
+                            ops[subtask].process_input(*input, batch.clone(), out)
+                        } else {
+                            ops[subtask].process_rows(*input, batch.clone(), &rows, out)
+                        }
+                        .unwrap();
+                    }
+                    return;
+                }
                 Routing::Broadcast => (0..ops.len()).map(|s| (s, batch.clone())).collect(),
                 Routing::Spread => {
                     let p = ops.len();
@@ -175,7 +188,7 @@ fn apply(ops: &mut [Box<dyn Operator>], step: &Step, keys: &[Routing], out: &mut
 }
 
 /// The rows of `batch` each subtask's exchange would send it.
-fn route(batch: &RecordBatch, keys: &[usize], parallelism: usize) -> Vec<(usize, RecordBatch)> {
+fn route(batch: &RecordBatch, keys: &[usize], parallelism: usize) -> Vec<(usize, UInt32Array)> {
     let columns: Vec<ArrayRef> = keys.iter().map(|&c| batch.column(c).clone()).collect();
     let mut hashes = Vec::new();
     hash_keys(&columns, batch.num_rows(), &mut hashes).unwrap();
@@ -187,7 +200,7 @@ fn route(batch: &RecordBatch, keys: &[usize], parallelism: usize) -> Vec<(usize,
     rows.into_iter()
         .enumerate()
         .filter(|(_, r)| !r.is_empty())
-        .map(|(s, r)| (s, take_record_batch(batch, &UInt32Array::from(r)).unwrap()))
+        .map(|(s, r)| (s, UInt32Array::from(r)))
         .collect()
 }
 

@@ -3,7 +3,6 @@
 //! `send` wait, which is how backpressure reaches the sources.
 
 use arrow::array::{ArrayRef, UInt32Array};
-use arrow::compute::take_record_batch;
 use arrow::record_batch::RecordBatch;
 use flumen_state::{hash_keys, key_group_for_hash, subtask_for_key_group};
 use flumen_types::{FlumenError, Message, Result};
@@ -37,12 +36,15 @@ struct HashRouter {
 }
 
 impl HashRouter {
-    /// Splits `batch` into one batch per downstream subtask by key hash.
-    fn split(&mut self, batch: &RecordBatch) -> Result<Vec<(usize, RecordBatch)>> {
+    /// Splits `batch` by key hash into what each downstream subtask gets:
+    /// the whole batch when all its rows go there, else the batch shared
+    /// with the row indices of its part (the receiver copies them out, or
+    /// a join keeps the shared batch), so the sender copies nothing.
+    fn split(&mut self, batch: &RecordBatch) -> Result<Vec<(usize, Message)>> {
         let parallelism = self.indices.len();
         if parallelism == 1 {
             // One downstream subtask takes every row: nothing to hash.
-            let rows = (batch.num_rows() > 0).then(|| (0, batch.clone()));
+            let rows = (batch.num_rows() > 0).then(|| (0, Message::Batch(batch.clone())));
             return Ok(rows.into_iter().collect());
         }
         let keys: Vec<ArrayRef> = self
@@ -65,9 +67,9 @@ impl HashRouter {
                 continue;
             }
             let part = if idx.len() == batch.num_rows() {
-                batch.clone()
+                Message::Batch(batch.clone())
             } else {
-                take_record_batch(batch, &UInt32Array::from(idx.clone()))?
+                Message::Rows(batch.clone(), UInt32Array::from(idx.clone()))
             };
             parts.push((target, part));
         }
@@ -116,7 +118,7 @@ impl Exchange {
             Route::Broadcast => self.broadcast(Message::Batch(batch), origin).await,
             Route::Hash(router) => {
                 for (target, part) in router.split(&batch)? {
-                    send(&self.senders[target], (Message::Batch(part), origin)).await?;
+                    send(&self.senders[target], (part, origin)).await?;
                 }
                 Ok(())
             }
@@ -179,14 +181,19 @@ mod tests {
         let mut owner = std::collections::HashMap::new();
         let mut rows = 0;
         for (target, part) in &parts {
-            rows += part.num_rows();
-            let col = part
+            let Message::Rows(shared, indices) = part else {
+                panic!("a part of a batch split four ways is sent as its rows");
+            };
+            assert_eq!(shared, &batch, "the batch is shared, not copied");
+            rows += indices.len();
+            let col = shared
                 .column(0)
                 .as_any()
                 .downcast_ref::<Int64Array>()
                 .unwrap();
-            for k in col.values() {
-                assert_eq!(*owner.entry(*k).or_insert(*target), *target);
+            for &i in indices.values() {
+                let k = col.value(i as usize);
+                assert_eq!(*owner.entry(k).or_insert(*target), *target);
             }
         }
         assert_eq!(rows, 10_000);
@@ -203,7 +210,7 @@ mod tests {
         let (batch, mut router) = keys_and_router(Int64Array::from_iter_values(0..1_000), 1);
         let parts = router.split(&batch).unwrap();
         assert_eq!(parts.len(), 1);
-        assert_eq!(parts[0], (0, batch.clone()));
+        assert!(matches!(&parts[0], (0, Message::Batch(b)) if b == &batch));
         assert!(router.split(&batch.slice(0, 0)).unwrap().is_empty());
     }
 }

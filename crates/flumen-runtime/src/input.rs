@@ -5,6 +5,7 @@
 use std::future::poll_fn;
 use std::task::Poll;
 
+use arrow::array::UInt32Array;
 use arrow::record_batch::RecordBatch;
 use flumen_types::{Barrier, FlumenError, Message, Result, Watermark};
 use tokio::sync::mpsc::Receiver;
@@ -16,8 +17,9 @@ use crate::latency::Origin;
 #[derive(Debug)]
 pub(crate) enum GateEvent {
     /// A batch of the node's input `0` (its first input edge), `1`, …,
-    /// and its origin.
-    Batch(usize, RecordBatch, Option<Origin>),
+    /// the rows of it meant for this subtask when it is shared with others
+    /// (`None`: all), and its origin.
+    Batch(usize, RecordBatch, Option<UInt32Array>, Option<Origin>),
     /// The minimum watermark over all inputs advanced; the origin of the
     /// watermark that moved it.
     Watermark(Watermark, Option<Origin>),
@@ -115,7 +117,11 @@ impl InputGate {
             }
             match msg {
                 Message::Batch(b) => {
-                    return Ok(GateEvent::Batch(self.inputs[index].edge, b, origin));
+                    return Ok(GateEvent::Batch(self.inputs[index].edge, b, None, origin));
+                }
+                Message::Rows(b, rows) => {
+                    let edge = self.inputs[index].edge;
+                    return Ok(GateEvent::Batch(edge, b, Some(rows), origin));
                 }
                 Message::Idle => {
                     self.inputs[index].idle = true;
@@ -291,7 +297,7 @@ mod tests {
         tx_b.send((Message::Batch(batch), None)).await.unwrap();
         assert!(matches!(
             gate.next().await.unwrap(),
-            GateEvent::Batch(1, _, _)
+            GateEvent::Batch(1, _, _, _)
         ));
         tx_b.send((Message::End, None)).await.unwrap();
         assert!(matches!(
@@ -327,7 +333,7 @@ mod tests {
         let mut seen = Vec::new();
         for _ in 0..3 {
             seen.push(match gate.next().await.unwrap() {
-                GateEvent::Batch(input, _, _) => format!("batch {input}"),
+                GateEvent::Batch(input, _, _, _) => format!("batch {input}"),
                 GateEvent::Barrier(b) => format!("barrier {}", b.id),
                 m => format!("{m:?}"),
             });
@@ -339,7 +345,7 @@ mod tests {
         tx_b.send((batch(), None)).await.unwrap();
         assert!(matches!(
             gate.next().await.unwrap(),
-            GateEvent::Batch(1, _, _)
+            GateEvent::Batch(1, _, _, _)
         ));
         tx_b.send((Message::End, None)).await.unwrap();
         assert!(matches!(
@@ -348,7 +354,7 @@ mod tests {
         ));
         assert!(matches!(
             gate.next().await.unwrap(),
-            GateEvent::Batch(0, _, _)
+            GateEvent::Batch(0, _, _, _)
         ));
     }
 

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use arrow::array::UInt32Array;
+use arrow::compute::take_record_batch;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use flumen_state::checkpoint::SplitPosition;
@@ -101,6 +103,20 @@ pub trait Operator: Send {
     ) -> Result<()> {
         debug_assert_eq!(input, 0, "a one-input operator got input {input}");
         self.process_batch(batch, out)
+    }
+
+    /// Processes rows `rows` (ascending) of a batch of input `input` that a
+    /// hash exchange shared between subtasks instead of copying each its
+    /// rows. The default copies them out; an operator that keeps whole
+    /// input batches (a join's state) can keep the shared one instead.
+    fn process_rows(
+        &mut self,
+        input: usize,
+        batch: RecordBatch,
+        rows: &UInt32Array,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        self.process_input(input, take_record_batch(&batch, rows)?, out)
     }
 
     /// Every upstream subtask of input `input` has finished while other

@@ -8,6 +8,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use arrow::array::UInt32Array;
+use arrow::compute::take_record_batch;
 use arrow::record_batch::RecordBatch;
 use flumen_state::StateSnapshot;
 use flumen_state::checkpoint::{CheckpointStore, StateFile, dir_name};
@@ -131,8 +133,8 @@ impl Task {
                     }
                 }
                 Step::Event(event, advanced) => match event {
-                    GateEvent::Batch(input, batch, origin) => {
-                        let out = self.apply_head(input, batch)?;
+                    GateEvent::Batch(input, batch, rows, origin) => {
+                        let out = self.apply_head(input, batch, rows)?;
                         self.emit(out, origin).await?;
                         if let Some(wm) = advanced {
                             self.on_watermark(wm, origin.map(Origin::watermark)).await?;
@@ -273,14 +275,26 @@ impl Task {
         }
     }
 
-    /// Runs a batch of input `input` through the chain: the first operator
-    /// is told which input it came from, the rest see one input.
-    fn apply_head(&mut self, input: usize, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+    /// Runs a batch of input `input` (only rows `rows` of it, when given)
+    /// through the chain: the first operator is told which input it came
+    /// from, the rest see one input.
+    fn apply_head(
+        &mut self,
+        input: usize,
+        batch: RecordBatch,
+        rows: Option<UInt32Array>,
+    ) -> Result<Vec<RecordBatch>> {
         let Some(first) = self.operators.first_mut() else {
-            return Ok(vec![batch]);
+            return Ok(vec![match rows {
+                Some(rows) => take_record_batch(&batch, &rows)?,
+                None => batch,
+            }]);
         };
         let mut out = Vec::new();
-        first.process_input(input, batch, &mut out)?;
+        match rows {
+            Some(rows) => first.process_rows(input, batch, &rows, &mut out)?,
+            None => first.process_input(input, batch, &mut out)?,
+        }
         self.apply_operators(1, out)
     }
 
@@ -628,6 +642,14 @@ fn source_event(
         Origin::rows(first, last)
     };
     Ok(match next {
+        // Sources send whole batches; a part of one is taken as its rows.
+        Some(Message::Rows(b, rows)) => {
+            return source_event(
+                head,
+                Some(Message::Batch(take_record_batch(&b, &rows)?)),
+                metrics,
+            );
+        }
         Some(Message::Batch(b)) => {
             metrics.add_rows_in(b.num_rows());
             let origin = origin();
@@ -635,7 +657,7 @@ fn source_event(
                 Some(generator) => generator.on_batch(&b)?,
                 None => None,
             };
-            Step::Event(GateEvent::Batch(0, b, Some(origin)), advanced)
+            Step::Event(GateEvent::Batch(0, b, None, Some(origin)), advanced)
         }
         Some(Message::Watermark(wm)) => {
             Step::Event(GateEvent::Watermark(wm, Some(origin().watermark())), None)

@@ -1,5 +1,6 @@
 //! The one ordered stream of messages between tasks.
 
+use arrow::array::UInt32Array;
 use arrow::record_batch::RecordBatch;
 
 /// Event-time progress: no row with an event time below this will follow
@@ -42,6 +43,9 @@ impl Barrier {
 pub enum Message {
     /// A batch of rows.
     Batch(RecordBatch),
+    /// Rows of a batch whose other rows went to other subtasks (a hash
+    /// exchange's part, sent without copying): the listed rows, ascending.
+    Rows(RecordBatch, UInt32Array),
     /// Event time has advanced.
     Watermark(Watermark),
     /// A checkpoint barrier.

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use arrow::array::{
     ArrayRef, AsArray, BinaryArray, Int8Array, Int64Array, RecordBatch, UInt32Array, UInt64Array,
 };
-use arrow::compute::{SortOptions, cast};
+use arrow::compute::{SortOptions, cast, take};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::HashMap;
@@ -611,6 +611,247 @@ fn bucket<T>(table: &mut OpenTable<Partition<T>>, slot: usize) -> &mut Partition
 }
 
 impl<T: Touched> TopN<T> {
+    /// Ranks rows `own` of `batch` (all its rows when `None`) into their
+    /// partitions, emits the changes, and copies the rows that stay.
+    fn process(
+        &mut self,
+        batch: &RecordBatch,
+        own: Option<&UInt32Array>,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let n = own.map_or(batch.num_rows(), |own| own.len());
+        if n == 0 || self.ranking.limit == 0 {
+            return Ok(());
+        }
+        // The columns the ranking reads, of this subtask's rows only.
+        let column = |c: usize| -> Result<ArrayRef> {
+            Ok(match own {
+                Some(own) => take(batch.column(c), own, None)?,
+                None => batch.column(c).clone(),
+            })
+        };
+        let partition_cols: Vec<ArrayRef> = self
+            .partition_columns
+            .iter()
+            .map(|&c| column(c))
+            .collect::<Result<_>>()?;
+        let order_cols: Vec<ArrayRef> = self
+            .order_columns
+            .iter()
+            .map(|&c| column(c))
+            .collect::<Result<_>>()?;
+        // Without PARTITION BY every row is in the one partition, keyed by
+        // no bytes.
+        let partition_keys = (!partition_cols.is_empty())
+            .then(|| self.partition_converter.convert_columns(&partition_cols))
+            .transpose()?;
+        let order_keys = self.order_converter.convert_columns(&order_cols)?;
+        let window_ends: Option<Vec<Option<i64>>> = match self.window {
+            Some(w) => {
+                let starts = cast(
+                    &cast(
+                        &column(w.column)?,
+                        &DataType::Timestamp(TimeUnit::Nanosecond, None),
+                    )?,
+                    &DataType::Int64,
+                )?;
+                Some(
+                    starts
+                        .as_primitive::<Int64Type>()
+                        .iter()
+                        .map(|s| s.map(|s| s.saturating_add(w.size_ns)))
+                        .collect(),
+                )
+            }
+            None => None,
+        };
+        let ranking = self.ranking;
+        self.batches = self.batches.wrapping_add(1);
+        if self.batches == 0 {
+            // The batch count wrapped: forget every stamp.
+            for p in self.partitions.iter_mut() {
+                p.stamp = 0;
+            }
+            self.batches = 1;
+        }
+        let stamp = self.batches;
+        // Room for every row, so that no insert moves a bucket found earlier
+        // in this batch.
+        self.partitions.reserve(n);
+        // Each row goes in as a `PENDING` entry pointing into the batch; the
+        // rows still kept at the end are copied out together.
+        let order_rows = row_slices(&order_keys);
+        let partition_rows = partition_keys.as_ref().map(row_slices);
+        let keys = KeySource {
+            kept: &self.kept,
+            order: Some(&order_rows),
+            partition: partition_rows.as_deref(),
+        };
+        // Every row's partition hash and probe start, so that each lookup
+        // can prefetch the slot of the row `PREFETCH_AHEAD` later.
+        let hashes: Vec<u32> = (0..n)
+            .map(|row| self.hash(keys.batch_partition(row)))
+            .collect();
+        let homes: Vec<usize> = hashes.iter().map(|&h| self.partitions.home(h)).collect();
+        let mut before: Vec<Numbered> = Vec::new();
+        // Each changed partition's bucket and its rows before (in `before`).
+        let mut touched: Vec<(usize, usize, usize)> = Vec::new();
+        let mut evicted: Vec<RowRef> = Vec::new();
+        let mut late = 0;
+        for row in 0..n {
+            let end = match &window_ends {
+                Some(ends) => match ends[row] {
+                    Some(end) if end > self.watermark => end,
+                    _ => {
+                        late += 1;
+                        continue;
+                    }
+                },
+                None => i64::MAX,
+            };
+            if let Some(&ahead) = homes.get(row + PREFETCH_AHEAD) {
+                self.partitions.prefetch(ahead);
+            }
+            // The slot of the row `KEYS_AHEAD` on is in cache by now: start
+            // loading the keys of its one kept row (TopN 1, deduplication),
+            // which the key comparison reads next, or its rows.
+            match homes.get(row + KEYS_AHEAD).and_then(|&home| {
+                self.partitions
+                    .first_with_hash(home, hashes[row + KEYS_AHEAD])
+            }) {
+                Some(Partition {
+                    entries: Entries::One(kept),
+                    ..
+                }) if kept.slot != PENDING => self.kept.prefetch_keys(*kept),
+                // The rows start where the slice does.
+                Some(Partition {
+                    entries: Entries::Many(rows),
+                    ..
+                }) => crate::probing::prefetch_ref(&rows[..]),
+                _ => {}
+            }
+            let pkey = keys.batch_partition(row);
+            let key = order_rows[row];
+            let at = RowRef {
+                slot: PENDING,
+                row: row as u32,
+            };
+            let h = hashes[row];
+            let Some(b) = find_partition_from(&self.partitions, homes[row], h, pkey, &keys) else {
+                let partition = Partition {
+                    hash: h,
+                    stamp,
+                    touched_at: T::at(self.watermark),
+                    entries: Entries::One(at),
+                };
+                let b = self.partitions.insert(homes[row], partition);
+                if self.window.is_some() {
+                    self.closing.entry(end).or_default().push(pkey.into());
+                }
+                touched.push((b, before.len(), before.len()));
+                continue;
+            };
+            let p = bucket(&mut self.partitions, b);
+            if ranking.rejects(&p.entries, key, &keys) {
+                continue;
+            }
+            if p.stamp != stamp {
+                p.stamp = stamp;
+                let start = before.len();
+                if self.window.is_none() {
+                    ranking.number_into(&p.entries, &keys, &mut before);
+                }
+                touched.push((b, start, before.len()));
+            }
+            if ranking.function == RankFunction::RowNumber && ranking.limit == 1 {
+                // Not rejected: strictly better than the one row kept.
+                let old = std::mem::replace(&mut p.entries, Entries::One(at));
+                evicted.extend(old.iter().filter(|e| e.slot != PENDING));
+            } else {
+                let place = p.entries.partition_point(|&e| keys.order(e) <= key);
+                p.entries.insert(place, at, ranking.most_rows());
+                let keep = ranking.keep(&p.entries, &keys);
+                let start = evicted.len();
+                p.entries.truncate_into(keep, &mut evicted);
+                // Rows of this batch pushed out again were never stored.
+                let mut i = start;
+                while i < evicted.len() {
+                    if evicted[i].slot == PENDING {
+                        evicted.swap_remove(i);
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            p.touched_at = T::at(self.watermark);
+        }
+        self.metrics.add_late_rows_dropped(late);
+        // One pass over the partitions this batch touched (by now each a
+        // likely cache and TLB miss, so read once, not three times): number
+        // its rows for the changes to emit (its rows of this batch still
+        // pending, their keys read from the batch), then point those rows
+        // at the slot they are copied into below, in touched order.
+        let slot = self.kept.next_slot();
+        let emits = self.window.is_none();
+        let mut take_rows: Vec<u32> = Vec::new();
+        let mut rows: Vec<OutRow> = Vec::new();
+        let mut after: Vec<Numbered> = Vec::new();
+        // Where each row of the batch that stays goes in the new slot.
+        let mut placed: Vec<u32> = vec![0; if emits { n } else { 0 }];
+        for &(b, start, end) in &touched {
+            let p = bucket(&mut self.partitions, b);
+            if emits {
+                after.clear();
+                ranking.number_into(&p.entries, &keys, &mut after);
+                diff(&before[start..end], &after, &mut rows);
+            }
+            for e in p.entries.iter_mut() {
+                if e.slot == PENDING {
+                    let to = take_rows.len() as u32;
+                    take_rows.push(e.row);
+                    if emits {
+                        placed[e.row as usize] = to;
+                    }
+                    *e = RowRef { slot, row: to };
+                }
+            }
+        }
+        // The emitted changes name the rows of the batch where they now are.
+        for r in &mut rows {
+            if r.at.slot == PENDING {
+                r.at = RowRef {
+                    slot,
+                    row: placed[r.at.row as usize],
+                };
+            }
+        }
+        if !take_rows.is_empty() {
+            let packed = Keys::from_pairs(
+                take_rows
+                    .iter()
+                    .map(|&r| (keys.batch_partition(r as usize), order_rows[r as usize])),
+            );
+            // Positions in this subtask's rows, as rows of the batch.
+            let indices = match own {
+                Some(own) => take_rows.iter().map(|&r| own.value(r as usize)).collect(),
+                None => UInt32Array::from(take_rows),
+            };
+            let added = self
+                .kept
+                .add(&batch.columns()[..self.width], &indices, packed)?;
+            debug_assert_eq!(added, slot, "rows go to the slot next_slot names");
+        }
+        if !rows.is_empty() {
+            out.push(self.emit(&rows)?);
+        }
+        // Rows evicted this batch may have been emitted above as `-U`/`-D`:
+        // release them only now.
+        for r in evicted {
+            self.kept.release(r);
+        }
+        self.compact()
+    }
+
     fn hash(&self, key: &[u8]) -> u32 {
         // Half the hash is kept; the table spreads it itself.
         self.hasher.hash_one(key) as u32
@@ -977,226 +1218,18 @@ impl DeferredRows {
 
 impl<T: Touched> Operator for TopN<T> {
     fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
-        let n = batch.num_rows();
-        if n == 0 || self.ranking.limit == 0 {
-            return Ok(());
-        }
-        let partition_cols: Vec<ArrayRef> = self
-            .partition_columns
-            .iter()
-            .map(|&c| batch.column(c).clone())
-            .collect();
-        let order_cols: Vec<ArrayRef> = self
-            .order_columns
-            .iter()
-            .map(|&c| batch.column(c).clone())
-            .collect();
-        // Without PARTITION BY every row is in the one partition, keyed by
-        // no bytes.
-        let partition_keys = (!partition_cols.is_empty())
-            .then(|| self.partition_converter.convert_columns(&partition_cols))
-            .transpose()?;
-        let order_keys = self.order_converter.convert_columns(&order_cols)?;
-        let window_ends: Option<Vec<Option<i64>>> = match self.window {
-            Some(w) => {
-                let starts = cast(
-                    &cast(
-                        batch.column(w.column),
-                        &DataType::Timestamp(TimeUnit::Nanosecond, None),
-                    )?,
-                    &DataType::Int64,
-                )?;
-                Some(
-                    starts
-                        .as_primitive::<Int64Type>()
-                        .iter()
-                        .map(|s| s.map(|s| s.saturating_add(w.size_ns)))
-                        .collect(),
-                )
-            }
-            None => None,
-        };
-        let ranking = self.ranking;
-        self.batches = self.batches.wrapping_add(1);
-        if self.batches == 0 {
-            // The batch count wrapped: forget every stamp.
-            for p in self.partitions.iter_mut() {
-                p.stamp = 0;
-            }
-            self.batches = 1;
-        }
-        let stamp = self.batches;
-        // Room for every row, so that no insert moves a bucket found earlier
-        // in this batch.
-        self.partitions.reserve(n);
-        // Each row goes in as a `PENDING` entry pointing into the batch; the
-        // rows still kept at the end are copied out together.
-        let order_rows = row_slices(&order_keys);
-        let partition_rows = partition_keys.as_ref().map(row_slices);
-        let keys = KeySource {
-            kept: &self.kept,
-            order: Some(&order_rows),
-            partition: partition_rows.as_deref(),
-        };
-        // Every row's partition hash and probe start, so that each lookup
-        // can prefetch the slot of the row `PREFETCH_AHEAD` later.
-        let hashes: Vec<u32> = (0..n)
-            .map(|row| self.hash(keys.batch_partition(row)))
-            .collect();
-        let homes: Vec<usize> = hashes.iter().map(|&h| self.partitions.home(h)).collect();
-        let mut before: Vec<Numbered> = Vec::new();
-        // Each changed partition's bucket and its rows before (in `before`).
-        let mut touched: Vec<(usize, usize, usize)> = Vec::new();
-        let mut evicted: Vec<RowRef> = Vec::new();
-        let mut late = 0;
-        for row in 0..n {
-            let end = match &window_ends {
-                Some(ends) => match ends[row] {
-                    Some(end) if end > self.watermark => end,
-                    _ => {
-                        late += 1;
-                        continue;
-                    }
-                },
-                None => i64::MAX,
-            };
-            if let Some(&ahead) = homes.get(row + PREFETCH_AHEAD) {
-                self.partitions.prefetch(ahead);
-            }
-            // The slot of the row `KEYS_AHEAD` on is in cache by now: start
-            // loading the keys of its one kept row (TopN 1, deduplication),
-            // which the key comparison reads next, or its rows.
-            match homes.get(row + KEYS_AHEAD).and_then(|&home| {
-                self.partitions
-                    .first_with_hash(home, hashes[row + KEYS_AHEAD])
-            }) {
-                Some(Partition {
-                    entries: Entries::One(kept),
-                    ..
-                }) if kept.slot != PENDING => self.kept.prefetch_keys(*kept),
-                // The rows start where the slice does.
-                Some(Partition {
-                    entries: Entries::Many(rows),
-                    ..
-                }) => crate::probing::prefetch_ref(&rows[..]),
-                _ => {}
-            }
-            let pkey = keys.batch_partition(row);
-            let key = order_rows[row];
-            let at = RowRef {
-                slot: PENDING,
-                row: row as u32,
-            };
-            let h = hashes[row];
-            let Some(b) = find_partition_from(&self.partitions, homes[row], h, pkey, &keys) else {
-                let partition = Partition {
-                    hash: h,
-                    stamp,
-                    touched_at: T::at(self.watermark),
-                    entries: Entries::One(at),
-                };
-                let b = self.partitions.insert(homes[row], partition);
-                if self.window.is_some() {
-                    self.closing.entry(end).or_default().push(pkey.into());
-                }
-                touched.push((b, before.len(), before.len()));
-                continue;
-            };
-            let p = bucket(&mut self.partitions, b);
-            if ranking.rejects(&p.entries, key, &keys) {
-                continue;
-            }
-            if p.stamp != stamp {
-                p.stamp = stamp;
-                let start = before.len();
-                if self.window.is_none() {
-                    ranking.number_into(&p.entries, &keys, &mut before);
-                }
-                touched.push((b, start, before.len()));
-            }
-            if ranking.function == RankFunction::RowNumber && ranking.limit == 1 {
-                // Not rejected: strictly better than the one row kept.
-                let old = std::mem::replace(&mut p.entries, Entries::One(at));
-                evicted.extend(old.iter().filter(|e| e.slot != PENDING));
-            } else {
-                let place = p.entries.partition_point(|&e| keys.order(e) <= key);
-                p.entries.insert(place, at, ranking.most_rows());
-                let keep = ranking.keep(&p.entries, &keys);
-                let start = evicted.len();
-                p.entries.truncate_into(keep, &mut evicted);
-                // Rows of this batch pushed out again were never stored.
-                let mut i = start;
-                while i < evicted.len() {
-                    if evicted[i].slot == PENDING {
-                        evicted.swap_remove(i);
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
-            p.touched_at = T::at(self.watermark);
-        }
-        self.metrics.add_late_rows_dropped(late);
-        // One pass over the partitions this batch touched (by now each a
-        // likely cache and TLB miss, so read once, not three times): number
-        // its rows for the changes to emit (its rows of this batch still
-        // pending, their keys read from the batch), then point those rows
-        // at the slot they are copied into below, in touched order.
-        let slot = self.kept.next_slot();
-        let emits = self.window.is_none();
-        let mut take_rows: Vec<u32> = Vec::new();
-        let mut rows: Vec<OutRow> = Vec::new();
-        let mut after: Vec<Numbered> = Vec::new();
-        // Where each row of the batch that stays goes in the new slot.
-        let mut placed: Vec<u32> = vec![0; if emits { n } else { 0 }];
-        for &(b, start, end) in &touched {
-            let p = bucket(&mut self.partitions, b);
-            if emits {
-                after.clear();
-                ranking.number_into(&p.entries, &keys, &mut after);
-                diff(&before[start..end], &after, &mut rows);
-            }
-            for e in p.entries.iter_mut() {
-                if e.slot == PENDING {
-                    let to = take_rows.len() as u32;
-                    take_rows.push(e.row);
-                    if emits {
-                        placed[e.row as usize] = to;
-                    }
-                    *e = RowRef { slot, row: to };
-                }
-            }
-        }
-        // The emitted changes name the rows of the batch where they now are.
-        for r in &mut rows {
-            if r.at.slot == PENDING {
-                r.at = RowRef {
-                    slot,
-                    row: placed[r.at.row as usize],
-                };
-            }
-        }
-        if !take_rows.is_empty() {
-            let packed = Keys::from_pairs(
-                take_rows
-                    .iter()
-                    .map(|&r| (keys.batch_partition(r as usize), order_rows[r as usize])),
-            );
-            let indices = UInt32Array::from(take_rows);
-            let added = self
-                .kept
-                .add(&batch.columns()[..self.width], &indices, packed)?;
-            debug_assert_eq!(added, slot, "rows go to the slot next_slot names");
-        }
-        if !rows.is_empty() {
-            out.push(self.emit(&rows)?);
-        }
-        // Rows evicted this batch may have been emitted above as `-U`/`-D`:
-        // release them only now.
-        for r in evicted {
-            self.kept.release(r);
-        }
-        self.compact()
+        self.process(&batch, None, out)
+    }
+
+    /// Only the kept rows are copied out of a batch the exchange shared.
+    fn process_rows(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        rows: &UInt32Array,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        self.process(&batch, Some(rows), out)
     }
 
     fn process_watermark(

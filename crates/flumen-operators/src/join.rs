@@ -157,6 +157,11 @@ impl OperatorFactory for HashJoinFactory {
         text
     }
 
+    /// An inner join stores a shared batch with its positions.
+    fn reads_shared_rows(&self) -> bool {
+        self.kind == JoinKind::Inner
+    }
+
     fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Operator>> {
         let state = |side: &JoinSide| SideState {
             spec: side.clone(),

@@ -114,6 +114,11 @@ impl OperatorFactory for TopNFactory {
         text
     }
 
+    /// A TopN over an appending input copies out only the rows it keeps.
+    fn reads_shared_rows(&self) -> bool {
+        self.op_column.is_none()
+    }
+
     fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Operator>> {
         let sort_fields = |columns: Vec<(usize, SortOptions)>| -> Result<RowConverter> {
             let fields = columns

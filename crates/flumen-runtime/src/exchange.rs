@@ -3,6 +3,7 @@
 //! `send` wait, which is how backpressure reaches the sources.
 
 use arrow::array::{ArrayRef, UInt32Array};
+use arrow::compute::take_record_batch;
 use arrow::record_batch::RecordBatch;
 use flumen_state::{hash_keys, key_group_for_hash, subtask_for_key_group};
 use flumen_types::{FlumenError, Message, Result};
@@ -30,6 +31,10 @@ enum Route {
 
 struct HashRouter {
     key_columns: Vec<usize>,
+    /// Whether the receivers read a shared batch's rows in place
+    /// ([`crate::OperatorFactory::reads_shared_rows`]): send it with their
+    /// positions rather than a copy each.
+    shares: bool,
     max_parallelism: usize,
     hashes: Vec<u64>,
     indices: Vec<Vec<u32>>,
@@ -37,9 +42,9 @@ struct HashRouter {
 
 impl HashRouter {
     /// Splits `batch` by key hash into what each downstream subtask gets:
-    /// the whole batch when all its rows go there, else the batch shared
-    /// with the row indices of its part (the receiver copies them out, or
-    /// a join keeps the shared batch), so the sender copies nothing.
+    /// the whole batch when all its rows go there, else its rows: the
+    /// batch shared with their positions when the receivers read them in
+    /// place, a copy of them otherwise.
     fn split(&mut self, batch: &RecordBatch) -> Result<Vec<(usize, Message)>> {
         let parallelism = self.indices.len();
         if parallelism == 1 {
@@ -68,8 +73,10 @@ impl HashRouter {
             }
             let part = if idx.len() == batch.num_rows() {
                 Message::Batch(batch.clone())
-            } else {
+            } else if self.shares {
                 Message::Rows(batch.clone(), UInt32Array::from(idx.clone()))
+            } else {
+                Message::Batch(take_record_batch(batch, &UInt32Array::from(idx.clone()))?)
             };
             parts.push((target, part));
         }
@@ -79,12 +86,14 @@ impl HashRouter {
 
 impl Exchange {
     /// An exchange over `senders`, one per downstream subtask (for a forward
-    /// edge, the single matching one).
+    /// edge, the single matching one); `shares`: a hash exchange sends
+    /// shared batches with positions (the receivers read them in place).
     pub(crate) fn new(
         partitioning: &Partitioning,
         senders: Vec<Sender<Envelope>>,
         subtask: usize,
         max_parallelism: usize,
+        shares: bool,
     ) -> Self {
         let route = match partitioning {
             Partitioning::Forward => Route::Forward,
@@ -94,6 +103,7 @@ impl Exchange {
             Partitioning::Broadcast => Route::Broadcast,
             Partitioning::Hash(cols) => Route::Hash(HashRouter {
                 key_columns: cols.clone(),
+                shares,
                 max_parallelism,
                 hashes: Vec::new(),
                 indices: vec![Vec::new(); senders.len()],
@@ -147,7 +157,8 @@ async fn send(sender: &Sender<Envelope>, envelope: Envelope) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Int64Array, RecordBatch};
+    use arrow::array::{AsArray, Int64Array, RecordBatch};
+    use arrow::datatypes::Int64Type;
     use std::sync::Arc;
 
     #[test]
@@ -161,11 +172,16 @@ mod tests {
     }
 
     /// A batch of `keys` in column 0 and a router hashing that column to
-    /// `subtasks` subtasks.
-    fn keys_and_router(keys: Int64Array, subtasks: usize) -> (RecordBatch, HashRouter) {
+    /// `subtasks` subtasks, sharing the batch with them when `shares`.
+    fn keys_and_router(
+        keys: Int64Array,
+        subtasks: usize,
+        shares: bool,
+    ) -> (RecordBatch, HashRouter) {
         let batch = RecordBatch::try_from_iter([("k", Arc::new(keys) as ArrayRef)]).unwrap();
         let router = HashRouter {
             key_columns: vec![0],
+            shares,
             max_parallelism: 128,
             hashes: Vec::new(),
             indices: vec![Vec::new(); subtasks],
@@ -173,41 +189,51 @@ mod tests {
         (batch, router)
     }
 
+    /// Each key's rows go to one subtask, every row once: copied out for
+    /// receivers that copy anyway, shared with their positions for those
+    /// that read them in place.
     #[test]
     fn hash_split_keeps_each_key_on_one_subtask() {
-        let (batch, mut router) =
-            keys_and_router(Int64Array::from_iter_values((0..10_000).map(|i| i % 97)), 4);
-        let parts = router.split(&batch).unwrap();
-        let mut owner = std::collections::HashMap::new();
-        let mut rows = 0;
-        for (target, part) in &parts {
-            let Message::Rows(shared, indices) = part else {
-                panic!("a part of a batch split four ways is sent as its rows");
-            };
-            assert_eq!(shared, &batch, "the batch is shared, not copied");
-            rows += indices.len();
-            let col = shared
-                .column(0)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap();
-            for &i in indices.values() {
-                let k = col.value(i as usize);
-                assert_eq!(*owner.entry(k).or_insert(*target), *target);
+        for shares in [false, true] {
+            let keys = Int64Array::from_iter_values((0..10_000).map(|i| i % 97));
+            let (batch, mut router) = keys_and_router(keys, 4, shares);
+            let parts = router.split(&batch).unwrap();
+            let mut owner = std::collections::HashMap::new();
+            let mut rows = 0;
+            for (target, part) in &parts {
+                let keys: Vec<i64> = match part {
+                    Message::Rows(shared, indices) if shares => {
+                        assert_eq!(shared, &batch, "the batch is shared, not copied");
+                        let col = shared.column(0).as_primitive::<Int64Type>();
+                        indices
+                            .values()
+                            .iter()
+                            .map(|&i| col.value(i as usize))
+                            .collect()
+                    }
+                    Message::Batch(part) if !shares => {
+                        part.column(0).as_primitive::<Int64Type>().values().to_vec()
+                    }
+                    _ => panic!("shares {shares}: a part sent as {part:?}"),
+                };
+                rows += keys.len();
+                for k in keys {
+                    assert_eq!(*owner.entry(k).or_insert(*target), *target);
+                }
             }
+            assert_eq!(rows, 10_000);
+            assert!(
+                parts.len() > 1,
+                "97 keys should spread over several subtasks"
+            );
         }
-        assert_eq!(rows, 10_000);
-        assert!(
-            parts.len() > 1,
-            "97 keys should spread over several subtasks"
-        );
     }
 
     /// One downstream subtask gets every row of a batch, and nothing of an
     /// empty one.
     #[test]
     fn hash_split_to_one_subtask_passes_batches_whole() {
-        let (batch, mut router) = keys_and_router(Int64Array::from_iter_values(0..1_000), 1);
+        let (batch, mut router) = keys_and_router(Int64Array::from_iter_values(0..1_000), 1, true);
         let parts = router.split(&batch).unwrap();
         assert_eq!(parts.len(), 1);
         assert!(matches!(&parts[0], (0, Message::Batch(b)) if b == &batch));

@@ -365,11 +365,14 @@ fn build_task(
                 let txs: Vec<Sender<Envelope>> = (0..p_to)
                     .filter_map(|j| senders.remove(&(ei, ctx.subtask, j)))
                     .collect();
+                let shares = matches!(&graph.nodes[e.to].kind,
+                    NodeKind::Operator(f) if f.reads_shared_rows());
                 exchanges.push(Exchange::new(
                     &e.partitioning,
                     txs,
                     ctx.subtask,
                     options.max_parallelism,
+                    shares,
                 ));
             }
             Tail::Exchanges(exchanges)

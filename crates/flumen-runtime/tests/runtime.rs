@@ -240,6 +240,98 @@ async fn hash_exchange_sends_each_key_to_one_subtask() {
     }
 }
 
+/// Passes rows through and counts the batches that came shared (with their
+/// rows' positions) and whole; `shares`: what its factory says it reads.
+struct CountShared {
+    shares: bool,
+    shared: Arc<AtomicU64>,
+    whole: Arc<AtomicU64>,
+}
+
+impl OperatorFactory for CountShared {
+    fn describe(&self) -> String {
+        "CountShared".into()
+    }
+    fn create(&self, _ctx: &TaskContext) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(SharedCounter {
+            shared: self.shared.clone(),
+            whole: self.whole.clone(),
+        }))
+    }
+    fn reads_shared_rows(&self) -> bool {
+        self.shares
+    }
+}
+
+struct SharedCounter {
+    shared: Arc<AtomicU64>,
+    whole: Arc<AtomicU64>,
+}
+
+impl Operator for SharedCounter {
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
+        self.whole.fetch_add(1, Ordering::SeqCst);
+        out.push(batch);
+        Ok(())
+    }
+    fn process_rows(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        rows: &arrow::array::UInt32Array,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        self.shared.fetch_add(1, Ordering::SeqCst);
+        out.push(arrow::compute::take_record_batch(&batch, rows)?);
+        Ok(())
+    }
+}
+
+/// A hash exchange shares its batches with an operator that reads rows in
+/// place and copies each subtask's rows for one that does not; either way
+/// every row arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_exchange_shares_batches_only_with_operators_that_read_them_in_place() {
+    for shares in [false, true] {
+        let (source, _) = counter(Some(20), 1000);
+        let (shared, whole) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let op = CountShared {
+            shares,
+            shared: shared.clone(),
+            whole: whole.clone(),
+        };
+        let sink = Collect::default();
+        let rows = sink.rows.clone();
+        let mut g = JobGraph::new();
+        let s = g.add_node(NodeKind::Source(source), 1);
+        let o = g.add_node(NodeKind::Operator(Arc::new(op)), 2);
+        let k = g.add_node(NodeKind::Sink(Arc::new(sink)), 1);
+        g.connect(s, o, Partitioning::Hash(vec![0]));
+        g.connect(o, k, Partitioning::Rebalance);
+        run_job(&g, &RunOptions::default())
+            .unwrap()
+            .wait()
+            .await
+            .unwrap();
+        let values: HashSet<i64> = rows.lock().unwrap().iter().map(|r| r.1).collect();
+        assert_eq!(values.len(), 20_000, "shares {shares}: every row once");
+        let (shared, whole) = (shared.load(Ordering::SeqCst), whole.load(Ordering::SeqCst));
+        if shares {
+            assert_eq!(
+                (shared, whole),
+                (40, 0),
+                "each batch shared with both subtasks"
+            );
+        } else {
+            assert_eq!(
+                (shared, whole),
+                (0, 40),
+                "each subtask gets a copy of its rows"
+            );
+        }
+    }
+}
+
 #[test]
 fn parallelism_beyond_the_key_groups_is_rejected() {
     let (source, _) = counter(Some(1), 1);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measures the all-queries table of BENCHMARKS.md: every shipped Nexmark
 # query (q0–q22; q6 is not shipped) at parallelism 1 and 2, EVENTS events
-# (default 100 M), 3 runs each in its own process (q3 and q8 with
+# (default 100 M), 3 runs in one process (`--runs 3`; q3 and q8 with
 # `--generate-all`, so that their events are all three kinds, as Flink's
 # figures count them); prints one Markdown row per query with the medians,
 # and keeps every run's JSON line in $OUT (default

@@ -5,7 +5,7 @@
 use arrow::array::{ArrayRef, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::record_batch::RecordBatch;
-use flumen_state::{hash_keys, key_group_for_hash, subtask_for_key_group};
+use flumen_state::{KeyGroup, hash_keys, key_group_for_hash, subtask_for_key_group};
 use flumen_types::{FlumenError, Message, Result};
 use tokio::sync::mpsc::Sender;
 
@@ -31,6 +31,8 @@ enum Route {
 
 struct HashRouter {
     key_columns: Vec<usize>,
+    /// The subtask owning each key group (no division per row).
+    owners: Vec<u32>,
     /// Whether the receivers read a shared batch's rows in place
     /// ([`crate::OperatorFactory::reads_shared_rows`]): send it with their
     /// positions rather than a copy each.
@@ -63,8 +65,7 @@ impl HashRouter {
         }
         for (row, &h) in self.hashes.iter().enumerate() {
             let kg = key_group_for_hash(h, self.max_parallelism);
-            let target = subtask_for_key_group(kg, self.max_parallelism, parallelism);
-            self.indices[target].push(row as u32);
+            self.indices[self.owners[usize::from(kg)] as usize].push(row as u32);
         }
         let mut parts = Vec::with_capacity(parallelism);
         for (target, idx) in self.indices.iter().enumerate() {
@@ -103,6 +104,7 @@ impl Exchange {
             Partitioning::Broadcast => Route::Broadcast,
             Partitioning::Hash(cols) => Route::Hash(HashRouter {
                 key_columns: cols.clone(),
+                owners: owners(max_parallelism, senders.len()),
                 shares,
                 max_parallelism,
                 hashes: Vec::new(),
@@ -145,6 +147,13 @@ impl Exchange {
     }
 }
 
+/// The subtask of `parallelism` owning each of `max_parallelism` key groups.
+fn owners(max_parallelism: usize, parallelism: usize) -> Vec<u32> {
+    (0..max_parallelism)
+        .map(|kg| subtask_for_key_group(kg as KeyGroup, max_parallelism, parallelism) as u32)
+        .collect()
+}
+
 async fn send(sender: &Sender<Envelope>, envelope: Envelope) -> Result<()> {
     // The receiver only goes away when its task stopped, which means the job
     // is being torn down.
@@ -181,6 +190,7 @@ mod tests {
         let batch = RecordBatch::try_from_iter([("k", Arc::new(keys) as ArrayRef)]).unwrap();
         let router = HashRouter {
             key_columns: vec![0],
+            owners: owners(128, subtasks),
             shares,
             max_parallelism: 128,
             hashes: Vec::new(),

@@ -207,13 +207,6 @@ fn fifth_rounded(n: u64) -> u64 {
     (n * 2 + 5) / 10
 }
 
-/// The bytes of an auction before its `extra`: id, item name, description
-/// and six numbers.
-const AUCTION_FIXED_BYTES: usize = 8 + 20 + 100 + 6 * 8;
-
-/// The bytes of a bid before its `extra`: four numbers.
-const BID_FIXED_BYTES: usize = 32;
-
 /// Length of the `extra` padding that brings an event to `average` bytes.
 fn extra_len(rng: &mut Rng, current: usize, average: usize) -> usize {
     if current >= average {
@@ -373,7 +366,7 @@ impl Generator {
                 recent_id(&mut rng, last_person(n), ACTIVE_PEOPLE)
             };
             let category = FIRST_CATEGORY + rng.below(NUM_CATEGORIES) as i64;
-            let extra = extra_len(&mut rng, AUCTION_FIXED_BYTES, 500);
+            let extra = extra_len(&mut rng, 8 + 20 + 100 + 6 * 8, 500);
             let extra = self.text(&mut rng, extra);
             c.int(0, FIRST_ID + last_auction(n));
             c.str(1, item);
@@ -412,7 +405,7 @@ impl Generator {
             } else {
                 rng.below(CHANNELS as u64) as usize
             };
-            let extra = extra_len(&mut rng, BID_FIXED_BYTES, 100);
+            let extra = extra_len(&mut rng, 32, 100);
             let extra = self.text(&mut rng, extra);
             c.int(0, FIRST_ID + auction);
             c.int(1, FIRST_ID + bidder);
@@ -440,28 +433,16 @@ pub fn event_numbers(kind: EventKind, start: u64, end: u64) -> impl Iterator<Ite
         .filter(move |n| (start..end).contains(n))
 }
 
-/// The mean and an upper bound of the length of a generated string
-/// column's values (the mean of `extra` is what pads an event to its
-/// average size; where it varies with other values, the bound).
-fn string_lens(kind: EventKind, column: &str) -> (usize, usize) {
+/// An upper bound on the length of a generated string column's values.
+fn max_string_len(kind: EventKind, column: &str) -> usize {
     match (kind, column) {
-        (EventKind::Person, "extra") => (160, 160),
-        (EventKind::Auction, "extra") => (500 - AUCTION_FIXED_BYTES, 390),
-        (EventKind::Bid, "extra") => (100 - BID_FIXED_BYTES, 82),
-        (_, "url") => (96, 96),
-        (_, "description") => (100, 100),
-        _ => (24, 24),
+        (EventKind::Person, "extra") => 160,
+        (EventKind::Auction, "extra") => 390,
+        (EventKind::Bid, "extra") => 82,
+        (_, "url") => 96,
+        (_, "description") => 100,
+        _ => 24,
     }
-}
-
-/// The bytes to reserve for `rows` values of a string column whose values
-/// average `mean` bytes and are at most `max`: their mean with a margin
-/// that the total of a batch of random lengths does not outgrow (3 % and
-/// four of the longest), never more than `max` each. A buffer reserved for
-/// the longest values kept 20 % of an auction's `extra` unused in every
-/// batch a join holds.
-fn string_bytes(rows: usize, (mean, max): (usize, usize)) -> usize {
-    (rows * mean + rows * mean / 32 + 4 * max).min(rows * max)
 }
 
 /// Builders for the requested columns of one batch; columns nobody reads are
@@ -487,8 +468,8 @@ impl Columns {
             let want = wanted.contains(&c);
             let is_string = field.data_type() == &DataType::Utf8;
             ints.push((want && !is_string).then(|| Vec::with_capacity(rows)));
-            // Sized so that no batch reallocates, and with little to spare.
-            let bytes = string_bytes(rows, string_lens(kind, field.name()));
+            // Sized for the column's largest values so no batch reallocates.
+            let bytes = rows * max_string_len(kind, field.name());
             let built = want && is_string && !gathered.contains(&c);
             strings.push(built.then(|| StringBuilder::with_capacity(rows, bytes)));
         }
@@ -715,37 +696,6 @@ mod tests {
         assert!((60.0..76.0).contains(&avg(EventKind::Bid, 6)));
         assert!((300.0..350.0).contains(&avg(EventKind::Auction, 9)));
         assert!((110.0..150.0).contains(&avg(EventKind::Person, 7)));
-    }
-
-    /// String buffers are reserved near their values' size, and no batch
-    /// outgrows its reservation (growing would copy the buffer).
-    #[test]
-    fn string_buffers_fit_their_values() {
-        let g = generator();
-        let columns = [
-            (EventKind::Auction, 9, "extra"),
-            (EventKind::Auction, 2, "description"),
-            (EventKind::Bid, 6, "extra"),
-        ];
-        for (kind, col, name) in columns {
-            for (start, end) in [(0, 100), (1_000, 5_000), (7, 140_000), (123_456, 900_000)] {
-                let a = &g.build(kind, start, end, &[col])[0];
-                let s = a.as_string::<i32>();
-                let used = s.value_data().len();
-                let capacity = s.values().capacity();
-                let reserved = string_bytes(s.len(), string_lens(kind, name));
-                assert!(
-                    capacity <= reserved.next_multiple_of(64),
-                    "{kind:?} {name} {start}..{end}: grew from {reserved} to {capacity} bytes"
-                );
-                if s.len() >= 1_000 {
-                    assert!(
-                        capacity * 100 <= used * 106,
-                        "{kind:?} {name}: {capacity} bytes reserved for {used}"
-                    );
-                }
-            }
-        }
     }
 
     #[test]

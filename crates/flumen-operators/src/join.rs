@@ -157,9 +157,11 @@ impl OperatorFactory for HashJoinFactory {
         text
     }
 
-    /// An inner join stores a shared batch with its positions.
-    fn reads_shared_rows(&self) -> bool {
-        self.kind == JoinKind::Inner
+    /// An inner join stores a shared batch of an appending side with its
+    /// positions.
+    fn reads_shared_rows(&self, input: usize) -> bool {
+        let side = if input == 0 { &self.left } else { &self.right };
+        self.kind == JoinKind::Inner && side.op_column.is_none()
     }
 
     fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Operator>> {

@@ -115,7 +115,7 @@ impl OperatorFactory for TopNFactory {
     }
 
     /// A TopN over an appending input copies out only the rows it keeps.
-    fn reads_shared_rows(&self) -> bool {
+    fn reads_shared_rows(&self, _input: usize) -> bool {
         self.op_column.is_none()
     }
 

@@ -365,8 +365,11 @@ fn build_task(
                 let txs: Vec<Sender<Envelope>> = (0..p_to)
                     .filter_map(|j| senders.remove(&(ei, ctx.subtask, j)))
                     .collect();
+                // The edge's input index at its node: the order in which
+                // the node's input edges were connected.
+                let input = graph.edges[..ei].iter().filter(|x| x.to == e.to).count();
                 let shares = matches!(&graph.nodes[e.to].kind,
-                    NodeKind::Operator(f) if f.reads_shared_rows());
+                    NodeKind::Operator(f) if f.reads_shared_rows(input));
                 exchanges.push(Exchange::new(
                     &e.partitioning,
                     txs,

@@ -269,13 +269,13 @@ pub trait OperatorFactory: Send + Sync {
     fn describe(&self) -> String;
     /// The operator of subtask `ctx.subtask`.
     fn create(&self, ctx: &TaskContext) -> Result<Box<dyn Operator>>;
-    /// Whether its operators read the rows of a batch shared between
-    /// subtasks in place ([`Operator::process_rows`] without copying them
-    /// all): a hash exchange into it then sends each subtask the batch and
-    /// its rows' positions. Into the others (the default) the exchange
-    /// copies each subtask's rows out itself, while the batch it just made
-    /// is still in its core's cache.
-    fn reads_shared_rows(&self) -> bool {
+    /// Whether its operators read the rows of a batch of input `input`
+    /// shared between subtasks in place ([`Operator::process_rows`] without
+    /// copying them all): a hash exchange into that input then sends each
+    /// subtask the batch and its rows' positions. Into the others (the
+    /// default) the exchange copies each subtask's rows out itself, while
+    /// the batch it just made is still in its core's cache.
+    fn reads_shared_rows(&self, _input: usize) -> bool {
         false
     }
 }

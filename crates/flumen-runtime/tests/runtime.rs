@@ -241,9 +241,10 @@ async fn hash_exchange_sends_each_key_to_one_subtask() {
 }
 
 /// Passes rows through and counts the batches that came shared (with their
-/// rows' positions) and whole; `shares`: what its factory says it reads.
+/// rows' positions) and whole; `shares`: the input its factory says it
+/// reads in place, if any.
 struct CountShared {
-    shares: bool,
+    shares: Option<usize>,
     shared: Arc<AtomicU64>,
     whole: Arc<AtomicU64>,
 }
@@ -258,8 +259,8 @@ impl OperatorFactory for CountShared {
             whole: self.whole.clone(),
         }))
     }
-    fn reads_shared_rows(&self) -> bool {
-        self.shares
+    fn reads_shared_rows(&self, input: usize) -> bool {
+        self.shares == Some(input)
     }
 }
 
@@ -274,6 +275,14 @@ impl Operator for SharedCounter {
         out.push(batch);
         Ok(())
     }
+    fn process_input(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        self.process_batch(batch, out)
+    }
     fn process_rows(
         &mut self,
         _input: usize,
@@ -287,13 +296,12 @@ impl Operator for SharedCounter {
     }
 }
 
-/// A hash exchange shares its batches with an operator that reads rows in
-/// place and copies each subtask's rows for one that does not; either way
-/// every row arrives once.
+/// A hash exchange shares its batches with the input of an operator that
+/// reads rows in place there, and copies each subtask's rows for the other
+/// inputs and operators; either way every row arrives once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hash_exchange_shares_batches_only_with_operators_that_read_them_in_place() {
-    for shares in [false, true] {
-        let (source, _) = counter(Some(20), 1000);
+    for shares in [None, Some(0), Some(1)] {
         let (shared, whole) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let op = CountShared {
             shares,
@@ -303,32 +311,33 @@ async fn hash_exchange_shares_batches_only_with_operators_that_read_them_in_plac
         let sink = Collect::default();
         let rows = sink.rows.clone();
         let mut g = JobGraph::new();
-        let s = g.add_node(NodeKind::Source(source), 1);
         let o = g.add_node(NodeKind::Operator(Arc::new(op)), 2);
+        // Two inputs of 20 batches each, both hashed over two subtasks.
+        for _ in 0..2 {
+            let (source, _) = counter(Some(20), 1000);
+            let s = g.add_node(NodeKind::Source(source), 1);
+            g.connect(s, o, Partitioning::Hash(vec![0]));
+        }
         let k = g.add_node(NodeKind::Sink(Arc::new(sink)), 1);
-        g.connect(s, o, Partitioning::Hash(vec![0]));
         g.connect(o, k, Partitioning::Rebalance);
         run_job(&g, &RunOptions::default())
             .unwrap()
             .wait()
             .await
             .unwrap();
-        let values: HashSet<i64> = rows.lock().unwrap().iter().map(|r| r.1).collect();
-        assert_eq!(values.len(), 20_000, "shares {shares}: every row once");
-        let (shared, whole) = (shared.load(Ordering::SeqCst), whole.load(Ordering::SeqCst));
-        if shares {
-            assert_eq!(
-                (shared, whole),
-                (40, 0),
-                "each batch shared with both subtasks"
-            );
-        } else {
-            assert_eq!(
-                (shared, whole),
-                (0, 40),
-                "each subtask gets a copy of its rows"
-            );
+        let mut counts: HashMap<i64, usize> = HashMap::new();
+        for r in rows.lock().unwrap().iter() {
+            *counts.entry(r.1).or_default() += 1;
         }
+        assert_eq!(counts.len(), 20_000, "shares {shares:?}: every value");
+        assert!(
+            counts.values().all(|&c| c == 2),
+            "shares {shares:?}: every row of both inputs once"
+        );
+        let (shared, whole) = (shared.load(Ordering::SeqCst), whole.load(Ordering::SeqCst));
+        // Each batch of an input goes to both subtasks: shared or copied.
+        let expected = if shares.is_some() { (40, 40) } else { (0, 80) };
+        assert_eq!((shared, whole), expected, "shares {shares:?}");
     }
 }
 

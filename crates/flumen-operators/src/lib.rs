@@ -9,6 +9,7 @@ mod filter;
 mod hash_heads;
 mod join;
 mod kept_rows;
+mod key_columns;
 mod limit;
 mod local_aggregate;
 mod lookup_join;

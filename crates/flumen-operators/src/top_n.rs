@@ -30,6 +30,7 @@ use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Result, RowOp, Watermark};
 use thin_vec::ThinVec;
 
 use crate::kept_rows::{FrozenRows, KeptRows, Keys, RowRef, kept_schema};
+use crate::key_columns::KeyColumns;
 use crate::open_table::{Hashed, OpenTable};
 use crate::retract_top_n::{RetractTopN, RetractTopNSpec};
 
@@ -170,8 +171,8 @@ impl OperatorFactory for TopNFactory {
         // Only a TopN that expires idle partitions keeps when each was
         // last changed: 8 bytes more per partition.
         Ok(match self.state_ttl_ns {
-            Some(_) => Box::new(self.top_n::<i64>(ctx, partition, order)),
-            None => Box::new(self.top_n::<()>(ctx, partition, order)),
+            Some(_) => Box::new(self.top_n::<i64>(ctx, partition, order)?),
+            None => Box::new(self.top_n::<()>(ctx, partition, order)?),
         })
     }
 }
@@ -183,9 +184,20 @@ impl TopNFactory {
         ctx: &TaskContext,
         partition: RowConverter,
         order: RowConverter,
-    ) -> TopN<T> {
+    ) -> Result<TopN<T>> {
         debug_assert!(T::KEPT || self.state_ttl_ns.is_none());
-        TopN {
+        let partition_columns: Vec<(usize, SortOptions)> = self
+            .partition_columns
+            .iter()
+            .map(|&c| (c, SortOptions::default()))
+            .collect();
+        let keyed = KeyColumns::new(
+            &self.input,
+            self.width,
+            &partition_columns,
+            &self.order_columns,
+        )?;
+        Ok(TopN {
             width: self.width,
             partition_columns: self.partition_columns.clone(),
             order_columns: self.order_columns.iter().map(|o| o.0).collect(),
@@ -196,7 +208,7 @@ impl TopNFactory {
             window: self.window,
             state_ttl_ns: self.state_ttl_ns,
             output: self.output.clone(),
-            kept: KeptRows::new(kept_schema(&self.output, self.width)),
+            kept: KeptRows::new(kept_schema(&self.output, self.width), keyed),
             partition_converter: partition,
             partition_fields: self
                 .partition_columns
@@ -216,7 +228,7 @@ impl TopNFactory {
             metrics: ctx.metrics.clone(),
             gauge: StateGauge::default(),
             kept_gauge: KeptGauge::default(),
-        }
+        })
     }
 }
 
@@ -1360,7 +1372,10 @@ mod tests {
         let converter = RowConverter::new(vec![SortField::new(DataType::Utf8)]).unwrap();
         let array: ArrayRef = Arc::new(arrow::array::StringArray::from(keys.to_vec()));
         let rows = converter.convert_columns(&[array]).unwrap();
-        let kept = KeptRows::new(Arc::new(arrow::datatypes::Schema::empty()));
+        let kept = KeptRows::new(
+            Arc::new(arrow::datatypes::Schema::empty()),
+            KeyColumns::none(0),
+        );
         let at = (0..keys.len() as u32)
             .map(|row| RowRef { slot: PENDING, row })
             .collect();
@@ -1512,7 +1527,7 @@ mod tests {
             factory.order_columns[0].1,
         )])
         .unwrap();
-        (schema, factory.top_n(&ctx, partition, order))
+        (schema, factory.top_n(&ctx, partition, order).unwrap())
     }
 
     /// The factory of [`timed_top_n`]'s TopN, and its input schema.
@@ -1689,7 +1704,9 @@ mod tests {
                 factory.order_columns[0].1,
             )])
             .unwrap();
-            factory.top_n::<()>(&ctx, converter(DataType::Int64), order)
+            factory
+                .top_n::<()>(&ctx, converter(DataType::Int64), order)
+                .unwrap()
         };
         let (mut seed, mut next_value) = (7u64, 0i64);
         let mut best: HashMap<i64, Vec<i64>> = HashMap::new();

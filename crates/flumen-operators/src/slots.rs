@@ -5,7 +5,10 @@
 //! [`MAPPED_BYTES`] is mapped on its own, so freeing it returns it to the
 //! kernel at once, a new one is faulted in only as slots are written, and a
 //! table being moved into a larger one can give its pages back as it goes;
-//! smaller ones come from the system allocator.
+//! smaller ones come from the system allocator. A move has the kernel fault
+//! in the pages it is about to fill first ([`Slots::touch`]): a probe reads
+//! a slot before writing it, so a fresh page would fault twice (the read
+//! maps the shared zero page, the write then replaces it).
 
 use std::alloc::{GlobalAlloc, Layout, System, handle_alloc_error};
 use std::ops::{Deref, DerefMut};
@@ -102,6 +105,37 @@ impl Slots {
             // dropped this way reads as zero again, as `zeroed` promises.
             unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
         }
+    }
+}
+
+impl Slots {
+    /// Has the kernel fault in, writable, the pages of a mapped table that
+    /// hold slots `range` (whole pages around it), without changing them;
+    /// nothing for a table from the system allocator, or where the kernel
+    /// cannot (before Linux 5.14): slower then, not wrong.
+    pub(crate) fn touch(&mut self, range: std::ops::Range<usize>) {
+        const SLOT: usize = std::mem::size_of::<u64>();
+        let bytes = self.len * SLOT;
+        if bytes < MAPPED_BYTES || range.start >= range.end.min(self.len) {
+            return;
+        }
+        let page = page_size();
+        let base = self.ptr.as_ptr() as usize;
+        let start = (base + range.start * SLOT) / page * page;
+        let end = (base + range.end.min(self.len) * SLOT).next_multiple_of(page);
+        #[cfg(target_os = "linux")]
+        // SAFETY: whole pages of this table's own mapping (it starts on a
+        // page, and its length is rounded up to pages by the kernel), which
+        // no borrow reaches (`&mut self`); populating changes no contents.
+        unsafe {
+            libc::madvise(
+                start as *mut libc::c_void,
+                end - start,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
+        #[cfg(not(target_os = "linux"))]
+        let _ = (start, end);
     }
 }
 

@@ -10,6 +10,7 @@ mod hash_heads;
 mod join;
 mod kept_rows;
 mod key_columns;
+mod key_order;
 mod limit;
 mod local_aggregate;
 mod lookup_join;

@@ -31,6 +31,7 @@ use thin_vec::ThinVec;
 
 use crate::kept_rows::{FrozenRows, KeptRows, Keys, RowRef, kept_schema};
 use crate::key_columns::KeyColumns;
+use crate::key_order;
 use crate::open_table::{Hashed, OpenTable};
 use crate::retract_top_n::{RetractTopN, RetractTopNSpec};
 
@@ -444,7 +445,7 @@ impl Ranking {
     fn tie(&self, entries: &[RowRef], i: usize, keys: &KeySource) -> bool {
         self.function != RankFunction::RowNumber
             && i > 0
-            && keys.order(entries[i - 1]) == keys.order(entries[i])
+            && key_order::equal(keys.order(entries[i - 1]), keys.order(entries[i]))
     }
 
     /// `entries` with their numbers, appended to `out`.
@@ -508,10 +509,10 @@ impl Ranking {
         let last = keys.order(last);
         match self.function {
             // A tie with the last kept row comes after it in arrival order.
-            RankFunction::RowNumber => key >= last,
+            RankFunction::RowNumber => key_order::compare(key, last).is_ge(),
             // More rows than the limit are kept only as ties, so a row
             // worse than the last is ranked past the limit.
-            RankFunction::Rank => key > last,
+            RankFunction::Rank => key_order::compare(key, last).is_gt(),
             // Ties do not use up dense ranks: a worse row gets in while
             // fewer distinct values than the limit are kept.
             RankFunction::DenseRank => {
@@ -519,7 +520,7 @@ impl Ranking {
                     + (1..entries.len())
                         .filter(|&i| keys.order(entries[i - 1]) != keys.order(entries[i]))
                         .count();
-                distinct >= self.limit && key > last
+                distinct >= self.limit && key_order::compare(key, last).is_gt()
             }
         }
     }
@@ -615,7 +616,9 @@ fn find_partition_from<T>(
     key: &[u8],
     keys: &KeySource,
 ) -> Option<usize> {
-    table.find(home, h, |p| keys.partition(p.entries[0]) == key)
+    table.find(home, h, |p| {
+        key_order::equal(keys.partition(p.entries[0]), key)
+    })
 }
 
 /// The partition in `slot`, found this batch: slots stay put because each
@@ -785,7 +788,9 @@ impl<T: Touched> TopN<T> {
                 let old = std::mem::replace(&mut p.entries, Entries::One(at));
                 evicted.extend(old.iter().filter(|e| e.slot != PENDING));
             } else {
-                let place = p.entries.partition_point(|&e| keys.order(e) <= key);
+                let place = p
+                    .entries
+                    .partition_point(|&e| key_order::compare(keys.order(e), key).is_le());
                 p.entries.insert(place, at, ranking.most_rows());
                 let keep = ranking.keep(&p.entries, &keys);
                 let start = evicted.len();

@@ -164,6 +164,9 @@ fn read_committed_at(brokers: &str, topic: &str, least: usize) -> Vec<String> {
     // record batch, so the messages after it come after the end is
     // signalled: read on until nothing came for a second.
     let mut last = std::time::Instant::now();
+    // Offsets read per partition, to tell a failing test's reader whether
+    // the log has holes or ends short of the listed end.
+    let mut offsets = vec![Vec::new(); partitions];
     while at_end.len() < partitions
         || last.elapsed() < Duration::from_secs(1)
         || lines.len() < least
@@ -171,11 +174,31 @@ fn read_committed_at(brokers: &str, topic: &str, least: usize) -> Vec<String> {
         if std::time::Instant::now() >= deadline {
             // What came: the caller's comparison names what is missing.
             assert!(at_end.len() == partitions, "{topic}: not read within 60 s");
+            eprintln!(
+                "{topic}: {} of at least {least} messages read within 60 s",
+                lines.len()
+            );
+            for (p, read) in offsets.iter_mut().enumerate() {
+                read.sort_unstable();
+                let holes: Vec<_> = read
+                    .windows(2)
+                    .filter(|w| w[1] > w[0] + 1)
+                    .map(|w| (w[0] + 1)..w[1])
+                    .collect();
+                let listed = consumer.fetch_watermarks(topic, p as i32, Duration::from_secs(10));
+                eprintln!(
+                    "partition {p}: {} messages read, offsets {:?} to {:?}, holes {holes:?}, listed (low, high) {listed:?}",
+                    read.len(),
+                    read.first(),
+                    read.last()
+                );
+            }
             break;
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 last = std::time::Instant::now();
+                offsets[m.partition() as usize].push(m.offset());
                 lines.push(String::from_utf8(m.payload().unwrap().to_vec()).unwrap());
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {

@@ -3,6 +3,8 @@
 -- same three tables over Parquet files runs the same queries over them.
 -- `flumen run --set events=N` (or rate, seed) overrides the options below.
 -- Event time is `date_time`; watermarks trail it by 4 seconds (NEXMARK.md).
+-- Person and auction ids are unique, as the generator makes them: declared
+-- (NOT ENFORCED, as in Flink) so that state keyed by them can be freed.
 
 CREATE TABLE person (
     id            BIGINT,
@@ -13,6 +15,7 @@ CREATE TABLE person (
     state         VARCHAR,
     date_time     TIMESTAMP(3),
     extra         VARCHAR,
+    PRIMARY KEY (id) NOT ENFORCED,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
 ) WITH (connector = 'nexmark', kind = 'person', events = '10000000', rate = '10000000', seed = '42');
 
@@ -27,6 +30,7 @@ CREATE TABLE auction (
     seller      BIGINT,
     category    BIGINT,
     extra       VARCHAR,
+    PRIMARY KEY (id) NOT ENFORCED,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
 ) WITH (connector = 'nexmark', kind = 'auction', events = '10000000', rate = '10000000', seed = '42');
 

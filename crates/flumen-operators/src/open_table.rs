@@ -164,6 +164,30 @@ impl<T: Hashed> OpenTable<T> {
         }
     }
 
+    /// Takes out, in place, the values for which `drop` holds, handing
+    /// each to `dropped`: one pass over the slots, no new table. `drop` may
+    /// see a kept value more than once (removals shift values back).
+    pub(crate) fn remove_where(
+        &mut self,
+        mut drop: impl FnMut(&T) -> bool,
+        mut dropped: impl FnMut(T),
+    ) {
+        for i in 0..self.slots.len() {
+            // A removal shifts a later value into slot `i`: look again. A
+            // value shifted into a slot before `i` (a run wrapping past the
+            // end) was looked at already.
+            while self.slots[i].as_ref().is_some_and(&mut drop) {
+                let value = self.remove(i).expect("slot checked above");
+                dropped(value);
+            }
+        }
+    }
+
+    /// How many values it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// Every value, in slot order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
         self.slots.iter().flatten()
@@ -246,6 +270,48 @@ mod tests {
         }
         check(&t, &expected);
         assert!(removed > 500, "{removed} removals");
+    }
+
+    /// `remove_where` over long probe runs, some wrapping past the end
+    /// (97 hashes), rounds of it between inserts: it hands over exactly the
+    /// values dropped, the rest stay findable, and the table keeps its size.
+    #[test]
+    fn remove_where_takes_out_exactly_the_dropped_values_in_place() {
+        let mut t: OpenTable<Item> = OpenTable::new();
+        let mut expected: HashMap<u64, u64> = HashMap::new();
+        for round in 0..6u64 {
+            for key in round * 400..round * 400 + 700 {
+                let hash = (key % 97) as u32;
+                t.reserve(1);
+                let home = t.home(hash);
+                if t.find(home, hash, |i| i.key == key).is_none() {
+                    t.insert(
+                        home,
+                        Item {
+                            hash,
+                            key,
+                            value: key,
+                        },
+                    );
+                    expected.insert(key, key);
+                }
+            }
+            let size = t.slots.len();
+            let mut gone = Vec::new();
+            t.remove_where(|i| (i.key / 3 + round) % 4 == 0, |i| gone.push(i.key));
+            let mut want: Vec<u64> = expected
+                .keys()
+                .copied()
+                .filter(|k| (k / 3 + round) % 4 == 0)
+                .collect();
+            expected.retain(|k, _| (k / 3 + round) % 4 != 0);
+            gone.sort_unstable();
+            want.sort_unstable();
+            assert_eq!(gone, want, "round {round}");
+            assert_eq!(t.slots.len(), size, "no new table");
+            assert_eq!(t.len(), expected.len());
+            check(&t, &expected);
+        }
     }
 
     /// Runs that wrap past the table's last slot: items of two hashes whose

@@ -29,6 +29,7 @@ use flumen_state::{KeyGroup, KeyGroups, StateSnapshot, state_column};
 use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Result, RowOp, Watermark};
 use thin_vec::ThinVec;
 
+use crate::join::Expiry;
 use crate::kept_rows::{FrozenRows, KeptRows, Keys, RowRef, kept_schema};
 use crate::key_columns::KeyColumns;
 use crate::key_order;
@@ -74,6 +75,12 @@ pub struct TopNFactory {
     /// A partition not changed for this long (event time, by watermark) is
     /// dropped; without a window and without it, partitions live forever.
     pub state_ttl_ns: Option<i64>,
+    /// Set when a partition's rows stop coming once the watermark passes a
+    /// time they carry (this column plus offset): the expiry of the one
+    /// join row, unique by a declared primary key, they all come from. The
+    /// partition is dropped then, and a row whose time the watermark has
+    /// already passed is late and dropped.
+    pub closes: Option<Expiry>,
     /// The `width` columns, the number (UInt64), and the op column when the
     /// result is updating (no window).
     pub output: SchemaRef,
@@ -107,6 +114,12 @@ impl OperatorFactory for TopNFactory {
         }
         if let Some(ttl) = self.state_ttl_ns {
             text.push_str(&format!(", state_ttl {} ms", ttl / 1_000_000));
+        } else if let Some(c) = self.closes {
+            text.push_str(&format!(
+                ", a partition closed when the watermark passes column {} + {} ms",
+                c.column,
+                c.offset_ns / 1_000_000
+            ));
         } else if self.window.is_none()
             && (!self.partition_columns.is_empty() || self.op_column.is_some())
         {
@@ -169,11 +182,11 @@ impl OperatorFactory for TopNFactory {
                 ctx.metrics.clone(),
             )));
         }
-        // Only a TopN that expires idle partitions keeps when each was
-        // last changed: 8 bytes more per partition.
-        Ok(match self.state_ttl_ns {
-            Some(_) => Box::new(self.top_n::<i64>(ctx, partition, order)?),
-            None => Box::new(self.top_n::<()>(ctx, partition, order)?),
+        // Only a TopN that expires idle or closed partitions keeps a time
+        // per partition: 8 bytes more each.
+        Ok(match (self.state_ttl_ns, self.closes) {
+            (None, None) => Box::new(self.top_n::<()>(ctx, partition, order)?),
+            _ => Box::new(self.top_n::<i64>(ctx, partition, order)?),
         })
     }
 }
@@ -186,7 +199,7 @@ impl TopNFactory {
         partition: RowConverter,
         order: RowConverter,
     ) -> Result<TopN<T>> {
-        debug_assert!(T::KEPT || self.state_ttl_ns.is_none());
+        debug_assert!(T::KEPT || (self.state_ttl_ns.is_none() && self.closes.is_none()));
         let partition_columns: Vec<(usize, SortOptions)> = self
             .partition_columns
             .iter()
@@ -208,6 +221,11 @@ impl TopNFactory {
             },
             window: self.window,
             state_ttl_ns: self.state_ttl_ns,
+            // `state_ttl` takes over when both are set.
+            closes: self.closes.filter(|_| self.state_ttl_ns.is_none()),
+            next_close: i64::MAX,
+            opened: 0,
+            swept: 0,
             output: self.output.clone(),
             kept: KeptRows::new(kept_schema(&self.output, self.width), keyed),
             partition_converter: partition,
@@ -221,6 +239,7 @@ impl TopNFactory {
             batches: 0,
             hasher: foldhash::fast::FixedState::with_seed(0x243f_6a88_85a3_08d3),
             closing: BTreeMap::new(),
+            closing_bytes: 0,
             watermark: i64::MIN,
             last_sweep: i64::MIN,
             key_groups: ctx.key_groups,
@@ -274,6 +293,11 @@ pub(crate) fn partition_key_groups(
     Ok(groups)
 }
 
+/// The state bytes of a key waiting in `closing`: its bytes and its box.
+fn closing_bytes(key: &[u8]) -> usize {
+    key.len() + std::mem::size_of::<Box<[u8]>>()
+}
+
 /// Marks an entry whose row is still in the batch being processed.
 const PENDING: u32 = u32::MAX;
 
@@ -315,7 +339,8 @@ struct Partition<T> {
     /// The number of the batch that last changed it (to note its rows
     /// before that batch once).
     stamp: u32,
-    /// The watermark when a row last got in (`state_ttl`, no window).
+    /// The watermark when a row last got in (`state_ttl`, no window), or
+    /// the latest time its rows close at (`closes`).
     touched_at: T,
     entries: Entries,
 }
@@ -569,6 +594,15 @@ pub struct TopN<T: Touched> {
     ranking: Ranking,
     window: Option<TopNWindow>,
     state_ttl_ns: Option<i64>,
+    closes: Option<Expiry>,
+    /// The earliest close time of the partitions (`closes`), found at each
+    /// sweep: none can be dropped before the watermark passes it.
+    next_close: i64,
+    /// Partitions opened since the last sweep of closed ones, and those
+    /// that sweep left: a sweep waits for half as many new ones, so that
+    /// its pass over the table is paid for by the rows that made them.
+    opened: usize,
+    swept: usize,
     output: SchemaRef,
     partition_converter: RowConverter,
     /// The partition converter's fields, to make another for snapshots.
@@ -581,6 +615,8 @@ pub struct TopN<T: Touched> {
     hasher: foldhash::fast::FixedState,
     /// Windowed partitions' keys by window end, to close them in order.
     closing: BTreeMap<i64, Vec<Box<[u8]>>>,
+    /// Bytes of the keys in `closing`, each with its box.
+    closing_bytes: usize,
     watermark: i64,
     /// The watermark of the last `state_ttl` sweep.
     last_sweep: i64,
@@ -666,23 +702,33 @@ impl<T: Touched> TopN<T> {
             .then(|| self.partition_converter.convert_columns(&partition_cols))
             .transpose()?;
         let order_keys = self.order_converter.convert_columns(&order_cols)?;
-        let window_ends: Option<Vec<Option<i64>>> = match self.window {
-            Some(w) => {
-                let starts = cast(
-                    &cast(
-                        &column(w.column)?,
-                        &DataType::Timestamp(TimeUnit::Nanosecond, None),
-                    )?,
-                    &DataType::Int64,
-                )?;
-                Some(
-                    starts
-                        .as_primitive::<Int64Type>()
-                        .iter()
-                        .map(|s| s.map(|s| s.saturating_add(w.size_ns)))
-                        .collect(),
-                )
-            }
+        // Each row's time in `column` plus `offset` (nanoseconds).
+        let shifted = |c: usize, offset: i64| -> Result<Vec<Option<i64>>> {
+            let times = cast(
+                &cast(
+                    &column(c)?,
+                    &DataType::Timestamp(TimeUnit::Nanosecond, None),
+                )?,
+                &DataType::Int64,
+            )?;
+            Ok(times
+                .as_primitive::<Int64Type>()
+                .iter()
+                .map(|t| t.map(|t| t.saturating_add(offset)))
+                .collect())
+        };
+        let window_ends = match self.window {
+            Some(w) => Some(shifted(w.column, w.size_ns)?),
+            None => None,
+        };
+        // Each row's close time; a null one never closes.
+        let close_times: Option<Vec<i64>> = match self.closes {
+            Some(c) => Some(
+                shifted(c.column, c.offset_ns)?
+                    .into_iter()
+                    .map(|t| t.unwrap_or(i64::MAX))
+                    .collect(),
+            ),
             None => None,
         };
         let ranking = self.ranking;
@@ -729,6 +775,15 @@ impl<T: Touched> TopN<T> {
                 },
                 None => i64::MAX,
             };
+            // A row of a closed partition (its join row freed already).
+            let close = match &close_times {
+                Some(times) if times[row] < self.watermark => {
+                    late += 1;
+                    continue;
+                }
+                Some(times) => times[row],
+                None => self.watermark,
+            };
             if let Some(&ahead) = homes.get(row + PREFETCH_AHEAD) {
                 self.partitions.prefetch(ahead);
             }
@@ -761,13 +816,16 @@ impl<T: Touched> TopN<T> {
                 let partition = Partition {
                     hash: h,
                     stamp,
-                    touched_at: T::at(self.watermark),
+                    touched_at: T::at(close),
                     entries: Entries::One(at),
                 };
                 let b = self.partitions.insert(homes[row], partition);
                 if self.window.is_some() {
                     self.closing.entry(end).or_default().push(pkey.into());
+                    self.closing_bytes += closing_bytes(pkey);
                 }
+                self.next_close = self.next_close.min(close);
+                self.opened += 1;
                 touched.push((b, before.len(), before.len()));
                 continue;
             };
@@ -805,7 +863,9 @@ impl<T: Touched> TopN<T> {
                     }
                 }
             }
-            p.touched_at = T::at(self.watermark);
+            if close_times.is_none() {
+                p.touched_at = T::at(self.watermark);
+            }
         }
         self.metrics.add_late_rows_dropped(late);
         // One pass over the partitions this batch touched (by now each a
@@ -941,6 +1001,38 @@ impl<T: Touched> TopN<T> {
         });
     }
 
+    /// Drops the partitions whose close time is before the watermark
+    /// (`closes`): their rows were final when they were emitted. In one
+    /// pass over the table, once enough partitions opened since the last.
+    fn drop_closed(&mut self) {
+        if self.closes.is_none()
+            || self.watermark <= self.next_close
+            || self.opened * 2 < self.swept
+        {
+            return;
+        }
+        let watermark = self.watermark;
+        let mut next_close = i64::MAX;
+        let mut released = Vec::new();
+        self.partitions.remove_where(
+            |p| {
+                let at = p.touched_at.or(i64::MAX);
+                next_close = next_close.min(at.max(watermark));
+                at < watermark
+            },
+            |p| released.extend(p.entries.iter().copied()),
+        );
+        // Released slot by slot, row by row: a release reads the row's
+        // values (their Arrow size), which are then near each other.
+        released.sort_unstable_by_key(|r| (r.slot, r.row));
+        for r in released {
+            self.kept.release(r);
+        }
+        self.next_close = next_close;
+        self.opened = 0;
+        self.swept = self.partitions.len();
+    }
+
     fn emit(&self, rows: &[OutRow]) -> Result<RecordBatch> {
         let at: Vec<RowRef> = rows.iter().map(|r| r.at).collect();
         let mut columns = self.kept.gather(&at)?;
@@ -961,6 +1053,7 @@ impl<T: Touched> TopN<T> {
                 break;
             }
             let closed = entry.remove();
+            self.closing_bytes -= closed.iter().map(|k| closing_bytes(k)).sum::<usize>();
             let keys = KeySource {
                 kept: &self.kept,
                 order: None,
@@ -1000,8 +1093,7 @@ impl<T: Touched> TopN<T> {
         } else {
             0
         };
-        let closing: usize = self.closing.values().flatten().map(|k| k.len() + 16).sum();
-        self.kept.bytes() + self.partitions.allocation_size() + spilled + closing
+        self.kept.bytes() + self.partitions.allocation_size() + spilled + self.closing_bytes
     }
 
     /// The kept rows of every partition as snapshot column sets, built
@@ -1027,7 +1119,7 @@ impl<T: Touched> TopN<T> {
         }
         // Without a window or a `state_ttl` nothing reads a partition's
         // last update or window end: no entry per partition is kept.
-        let timed = self.window.is_some() || self.state_ttl_ns.is_some();
+        let timed = self.window.is_some() || self.state_ttl_ns.is_some() || self.closes.is_some();
         let mut rows = DeferredRows {
             kept: self.kept.frozen(),
             rows: buffer,
@@ -1264,6 +1356,7 @@ impl<T: Touched> Operator for TopN<T> {
             self.close_windows(self.watermark, out)?;
         }
         self.expire_idle();
+        self.drop_closed();
         let bytes = self.state_bytes();
         self.metrics.report_state(&mut self.gauge, bytes);
         let kept = KeptRowsReport {
@@ -1347,7 +1440,10 @@ impl<T: Touched> Operator for TopN<T> {
                             .entry(ends.value(row))
                             .or_default()
                             .push(pkey.into());
+                        self.closing_bytes += closing_bytes(pkey);
                     }
+                    self.next_close = self.next_close.min(touched.value(row));
+                    self.opened += 1;
                 }
             }
         }
@@ -1571,6 +1667,7 @@ mod tests {
                 size_ns: 10,
             }),
             state_ttl_ns,
+            closes: None,
             output: Arc::new(Schema::new(output)),
             op_column: None,
         };
@@ -1637,6 +1734,67 @@ mod tests {
         assert_eq!(kv_rows(&out), [(2, 4)]);
     }
 
+    /// A TopN 1 per `k` by `v` whose partitions close at their rows'
+    /// `start` (the expiry of the join row they come from), as the planner
+    /// makes one after a join with a unique side.
+    fn closing_top_n() -> (SchemaRef, Box<dyn Operator>) {
+        let (schema, mut factory) = timed_factory(false, None);
+        factory.closes = Some(Expiry {
+            column: 2,
+            offset_ns: 0,
+        });
+        let ctx = TaskContext::new(0, 1, 128, Arc::new(JobMetrics::default()));
+        (schema, factory.create(&ctx).unwrap())
+    }
+
+    /// A partition whose close time the watermark has passed is dropped,
+    /// and a row of it arriving later is late; one closing at the
+    /// watermark itself stays, and so does a row closing then.
+    #[test]
+    fn closed_partitions_go_and_their_late_rows_with_them() {
+        let (schema, mut op) = closing_top_n();
+        let mut out = Vec::new();
+        op.process_batch(
+            kvs(&schema, &[(1, 10, 100), (2, 5, 300), (3, 8, 250)]),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(kv_rows(&out), [(1, 10), (2, 5), (3, 8)]);
+        op.process_watermark(Watermark(250), &mut Vec::new())
+            .unwrap();
+        let mut out = Vec::new();
+        op.process_batch(
+            kvs(
+                &schema,
+                &[(1, 20, 100), (2, 7, 300), (3, 1, 250), (4, 2, 250)],
+            ),
+            &mut out,
+        )
+        .unwrap();
+        // Key 1's row is late; key 2 takes its better row; key 3 is still
+        // there and keeps its better row; key 4 opens at its close time.
+        assert_eq!(kv_rows(&out), [(2, 5), (2, 7), (4, 2)]);
+    }
+
+    /// Restored, partitions close at their own close times.
+    #[test]
+    fn restored_partitions_close_at_their_own_times() {
+        let (schema, mut op) = closing_top_n();
+        op.process_batch(kvs(&schema, &[(1, 10, 100), (2, 5, 300)]), &mut Vec::new())
+            .unwrap();
+        let snapshot = op.snapshot_state().unwrap().resolve().unwrap();
+        let (_, mut op) = closing_top_n();
+        op.restore_state(&snapshot).unwrap();
+        op.process_watermark(Watermark(200), &mut Vec::new())
+            .unwrap();
+        let mut out = Vec::new();
+        op.process_batch(kvs(&schema, &[(1, 3, 250), (2, 4, 300)]), &mut out)
+            .unwrap();
+        // Key 1 closed at 100 and went: a lower row opens it anew; key 2
+        // keeps its better row.
+        assert_eq!(kv_rows(&out), [(1, 3)]);
+    }
+
     /// Restored, a partition expires by `state_ttl` from its own last
     /// update, not from the barrier's. Made as the factory makes a TopN
     /// with `state_ttl`: the one that keeps each partition's time.
@@ -1698,6 +1856,7 @@ mod tests {
             limit: 2,
             window: None,
             state_ttl_ns: None,
+            closes: None,
             output: Arc::new(arrow::datatypes::Schema::new(output)),
             op_column: None,
         };

@@ -754,6 +754,7 @@ fn top_n(
         limit: 3,
         window,
         state_ttl_ns: None,
+        closes: None,
         output: Arc::new(Schema::new(fields)),
         op_column: None,
     }
@@ -973,6 +974,7 @@ fn top_n_over_an_updating_input_moves_by_key_group() {
         limit: 2,
         window: None,
         state_ttl_ns: None,
+        closes: None,
         output,
         op_column: Some(3),
     };

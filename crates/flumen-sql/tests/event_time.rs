@@ -56,6 +56,28 @@ async fn a_query_not_selecting_event_time_still_gives_its_columns() {
     );
 }
 
+const Q9: &str = include_str!("../../../benchmarks/nexmark/q9.sql");
+
+/// q9 ranks the bids of each auction it joined: with auction ids declared
+/// unique, an auction's partition closes when the join frees the auction
+/// (the watermark passes `expires`); without the declaration, or ranked by
+/// another key, partitions live on.
+#[tokio::test]
+async fn a_topn_over_a_join_with_a_unique_side_closes_its_partitions() {
+    let closes = "a partition closed when the watermark passes column 6 + 0 ms";
+    let graph = plan(&format!("{NEXMARK_DDL}\n{Q9}")).await.unwrap();
+    assert!(graph.contains(closes), "{graph}");
+    let undeclared = NEXMARK_DDL.replace("PRIMARY KEY (id) NOT ENFORCED,", "");
+    let graph = plan(&format!("{undeclared}\n{Q9}")).await.unwrap();
+    assert!(
+        !graph.contains(closes) && graph.contains("UNBOUNDED STATE"),
+        "{graph}"
+    );
+    let by_bidder = Q9.replace("PARTITION BY A.id", "PARTITION BY B.bidder");
+    let graph = plan(&format!("{NEXMARK_DDL}\n{by_bidder}")).await.unwrap();
+    assert!(!graph.contains(closes), "{graph}");
+}
+
 async fn error_of(sql: &str) -> String {
     plan(sql).await.expect_err("the clause is rejected")
 }

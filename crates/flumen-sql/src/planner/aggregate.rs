@@ -17,7 +17,8 @@ use flumen_types::{Result, op_field};
 
 use super::Planner;
 use super::streaming::{
-    Stream, is_proctime, session_column, stream_schema, trace_column, window_call, window_of,
+    KeyFacts, Stream, is_proctime, session_column, stream_schema, trace_column, window_call,
+    window_of,
 };
 use crate::errors::SourcePos;
 
@@ -170,6 +171,7 @@ impl Planner {
             bounded: input.bounded,
             bounded_bytes: None,
             hash_key: None,
+            keys: KeyFacts::default(),
         })
     }
 
@@ -251,6 +253,7 @@ impl Planner {
             bounded: input.bounded,
             bounded_bytes: None,
             hash_key: None,
+            keys: KeyFacts::default(),
         })
     }
 
@@ -337,6 +340,7 @@ impl Planner {
             bounded: input.bounded,
             bounded_bytes: None,
             hash_key: None,
+            keys: KeyFacts::default(),
         })
     }
 

@@ -17,7 +17,7 @@ use flumen_runtime::{JobGraph, NodeKind, Partitioning};
 use flumen_types::{Result, op_field};
 
 use super::Planner;
-use super::streaming::{Stream, stream_schema};
+use super::streaming::{KeyFacts, Stream, stream_schema};
 use crate::errors::SourcePos;
 
 /// The table side of a lookup join: the scan, which table column each of
@@ -272,6 +272,7 @@ impl Planner {
             schema,
             bounded_bytes: None,
             hash_key: None,
+            keys: KeyFacts::default(),
             ..left
         })
     }

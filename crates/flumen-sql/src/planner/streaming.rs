@@ -44,6 +44,21 @@ pub(super) struct Stream {
     /// operator keyed by exactly these columns takes it forward, chained,
     /// instead of through another exchange.
     pub hash_key: Option<Vec<usize>>,
+    /// What is known of its rows by their keys.
+    pub keys: KeyFacts,
+}
+
+/// What the planner knows of a stream's rows by their key columns, for
+/// operators that can then keep less state.
+#[derive(Clone, Debug, Default)]
+pub(super) struct KeyFacts {
+    /// Columns whose values no two rows share: an append-only source's
+    /// declared `PRIMARY KEY`, passed on through filters and projections.
+    pub unique: Option<Vec<usize>>,
+    /// Rows equal in these columns stop coming once the watermark passes
+    /// the time in the expiry's column plus its offset: an inner join's
+    /// rows made from one row of a unique side, which the join frees then.
+    pub closing: Option<(Vec<usize>, Expiry)>,
 }
 
 /// The arrow schema of a plan's output, with the op column appended when
@@ -202,6 +217,7 @@ impl Planner {
                     bounded: input.bounded,
                     bounded_bytes: None,
                     hash_key: None,
+                    keys: KeyFacts::default(),
                 })
             }
             LogicalPlan::Aggregate(a) => {
@@ -277,6 +293,7 @@ impl Planner {
                     bounded: inputs.iter().all(|s| s.bounded),
                     bounded_bytes: None,
                     hash_key: None,
+                    keys: KeyFacts::default(),
                 })
             }
             LogicalPlan::Join(j) => {
@@ -366,10 +383,21 @@ impl Planner {
                     _ => false,
                 })
         };
-        let hash_key = input
-            .hash_key
-            .as_ref()
-            .and_then(|key| key.iter().map(|&k| passed(k)).collect());
+        let passed_all =
+            |key: &Vec<usize>| -> Option<Vec<usize>> { key.iter().map(|&k| passed(k)).collect() };
+        let hash_key = input.hash_key.as_ref().and_then(passed_all);
+        let keys = KeyFacts {
+            unique: input.keys.unique.as_ref().and_then(passed_all),
+            closing: input.keys.closing.as_ref().and_then(|(key, expiry)| {
+                Some((
+                    passed_all(key)?,
+                    Expiry {
+                        column: passed(expiry.column)?,
+                        ..*expiry
+                    },
+                ))
+            }),
+        };
         let kind = NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, schema.clone())));
         Ok(Stream {
             node: self.add(graph, input.node, kind, Partitioning::Forward),
@@ -378,6 +406,7 @@ impl Planner {
             bounded: input.bounded,
             bounded_bytes: input.bounded_bytes,
             hash_key,
+            keys,
         })
     }
 
@@ -445,6 +474,7 @@ impl Planner {
             bounded: input.bounded,
             bounded_bytes: None,
             hash_key: None,
+            keys: KeyFacts::default(),
         })
     }
 
@@ -552,6 +582,16 @@ impl Planner {
             fields.push(Arc::new(flumen_types::op_field()));
             schema = Arc::new(arrow::datatypes::Schema::new(fields));
         }
+        // A declared primary key holds of an append-only table's rows (as
+        // in Flink, NOT ENFORCED: the user vouches for it).
+        let unique = match &updating {
+            None if !spec.primary_key.is_empty() => spec
+                .primary_key
+                .iter()
+                .map(|k| schema.index_of(k).ok())
+                .collect(),
+            _ => None,
+        };
         Ok(Stream {
             node,
             schema,
@@ -559,6 +599,10 @@ impl Planner {
             bounded: spec.connector() == "filesystem",
             bounded_bytes,
             hash_key: None,
+            keys: KeyFacts {
+                unique,
+                closing: None,
+            },
         })
     }
 
@@ -616,6 +660,7 @@ impl Planner {
                 bounded: input.bounded,
                 bounded_bytes: input.bounded_bytes,
                 hash_key: None,
+                keys: input.keys,
             },
             (width..width + keys.len()).collect(),
         ))
@@ -671,6 +716,7 @@ impl Planner {
             bounded: joined.bounded,
             bounded_bytes: None,
             hash_key: None,
+            keys: KeyFacts::default(),
         })
     }
 
@@ -827,6 +873,25 @@ impl Planner {
         };
         let schema = stream_schema(&j.schema, updating.is_some());
         let left_width = left_side.width;
+        // An inner join's rows made from one row of a side unique by a key
+        // stop once the join frees that row: they close.
+        let closing = (kind == JoinKind::Inner && updating.is_none())
+            .then(|| {
+                [(&left, &left_side, 0), (&right, &right_side, left_width)]
+                    .into_iter()
+                    .find_map(|(stream, side, shift)| {
+                        let unique = stream.keys.unique.as_ref()?;
+                        let expiry = side.expiry?;
+                        Some((
+                            unique.iter().map(|&k| k + shift).collect(),
+                            Expiry {
+                                column: expiry.column + shift,
+                                ..expiry
+                            },
+                        ))
+                    })
+            })
+            .flatten();
         let broadcast =
             self.broadcast_side(kind, [&left, &right], [&left_side, &right_side], graph);
         let factory = HashJoinFactory {
@@ -876,6 +941,10 @@ impl Planner {
             bounded: left.bounded && right.bounded,
             bounded_bytes: None,
             hash_key,
+            keys: KeyFacts {
+                unique: None,
+                closing,
+            },
         })
     }
 

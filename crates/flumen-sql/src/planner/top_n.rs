@@ -16,7 +16,7 @@ use flumen_runtime::{JobGraph, NodeKind, Partitioning};
 use flumen_types::{Result, op_field};
 
 use super::Planner;
-use super::streaming::{Stream, stream_schema};
+use super::streaming::{KeyFacts, Stream, stream_schema};
 use crate::errors::SourcePos;
 
 /// A TopN found under a filter.
@@ -190,6 +190,15 @@ impl Planner {
             )
         });
         let schema = Arc::new(Schema::new(fields));
+        // Partitions that hold rows of one closing key close with it.
+        let closes = match (&input.keys.closing, window, op_column) {
+            (Some((key, expiry)), None, None)
+                if key.iter().all(|k| partition_columns.contains(k)) =>
+            {
+                Some(*expiry)
+            }
+            _ => None,
+        };
         let factory = TopNFactory {
             input: input.schema.clone(),
             width,
@@ -199,6 +208,7 @@ impl Planner {
             limit: pattern.limit,
             window,
             state_ttl_ns: self.state_ttl_ns,
+            closes,
             output: schema.clone(),
             op_column,
         };
@@ -230,6 +240,7 @@ impl Planner {
             bounded,
             bounded_bytes: None,
             hash_key: None,
+            keys: KeyFacts::default(),
         })
     }
 
@@ -285,6 +296,7 @@ impl Planner {
             limit,
             window: None,
             state_ttl_ns: self.state_ttl_ns,
+            closes: None,
             output: ranked.clone(),
             op_column,
         };
@@ -309,6 +321,7 @@ impl Planner {
             bounded,
             bounded_bytes: None,
             hash_key: None,
+            keys: KeyFacts::default(),
         })
     }
 }

@@ -11,6 +11,7 @@ mod errors;
 mod planner;
 mod regexp_extract;
 mod script;
+mod shared_regex;
 mod time_shift;
 mod to_char;
 mod tvf;

@@ -572,6 +572,7 @@ impl Planner {
         self.ctx
             .state()
             .optimize(plan)
+            .and_then(crate::shared_regex::share_regexes)
             .map_err(|e| pos.datafusion(e))
     }
 

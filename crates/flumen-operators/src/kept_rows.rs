@@ -388,6 +388,26 @@ impl KeptRows {
         }
     }
 
+    /// Marks `rows` dead, sorted by slot: a slot all of whose live rows
+    /// are among them is freed whole, without reading each row's size
+    /// (a TopN's closed partitions: rows kept about the same time close
+    /// about the same time).
+    pub(crate) fn release_sorted(&mut self, rows: &[RowRef]) {
+        for group in rows.chunk_by(|a, b| a.slot == b.slot) {
+            let slot = group[0].slot;
+            let whole = self.slots[slot as usize]
+                .as_ref()
+                .is_some_and(|s| s.live_rows == group.len());
+            if whole {
+                self.free_slot(slot);
+            } else {
+                for &r in group {
+                    self.release(r);
+                }
+            }
+        }
+    }
+
     fn free_slot(&mut self, slot: u32) {
         if let Some(s) = self.slots[slot as usize].take() {
             self.rows -= s.rows;
@@ -819,6 +839,78 @@ mod tests {
             assert_eq!(kept.partition_key(*to), (row as u32).to_be_bytes());
             assert_eq!(kept.order_key(*to), b"k");
         }
+    }
+
+    /// Rows released together, sorted by slot: a slot losing all its live
+    /// rows is freed whole, one losing some keeps the rest, and the counts
+    /// and Arrow bytes are those of releasing them one by one.
+    #[test]
+    fn rows_released_together_free_whole_slots_and_count_as_one_by_one() {
+        let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, false)]));
+        let fill = |kept: &mut KeptRows| -> Vec<u32> {
+            (0..2)
+                .map(|s| {
+                    let batch = RecordBatch::try_new(
+                        schema.clone(),
+                        vec![Arc::new(StringArray::from_iter_values(
+                            (0..10).map(|i| "x".repeat(s * 10 + i)),
+                        ))],
+                    )
+                    .unwrap();
+                    let owners: Vec<[u8; 4]> = (0..10u32).map(|i| i.to_be_bytes()).collect();
+                    let keys = Keys::from_pairs(owners.iter().map(|o| (&o[..], &b"k"[..])));
+                    let every = UInt32Array::from_iter_values(0..10);
+                    kept.add(batch.columns(), &every, keys).unwrap()
+                })
+                .collect()
+        };
+        let none = || KeyColumns::none(1);
+        let (mut together, mut one_by_one) = (
+            KeptRows::new(schema.clone(), none()),
+            KeptRows::new(schema.clone(), none()),
+        );
+        let slots = fill(&mut together);
+        assert_eq!(fill(&mut one_by_one), slots);
+        // Slot 0 had rows 3 and 5 released before; now its other 8 go, and
+        // 4 of slot 1's.
+        for kept in [&mut together, &mut one_by_one] {
+            for row in [3, 5] {
+                kept.release(RowRef {
+                    slot: slots[0],
+                    row,
+                });
+            }
+        }
+        let mut released: Vec<RowRef> = (0..10)
+            .filter(|r| *r != 3 && *r != 5)
+            .map(|row| RowRef {
+                slot: slots[0],
+                row,
+            })
+            .chain((2..6).map(|row| RowRef {
+                slot: slots[1],
+                row,
+            }))
+            .collect();
+        released.sort_unstable_by_key(|r| (r.slot, r.row));
+        together.release_sorted(&released);
+        for &r in &released {
+            one_by_one.release(r);
+        }
+        assert_eq!(together.live_rows(), 6);
+        assert_eq!(together.live_rows(), one_by_one.live_rows());
+        assert_eq!(together.live_arrow_bytes(), one_by_one.live_arrow_bytes());
+        assert_eq!(together.bytes(), one_by_one.bytes());
+        assert_eq!(together.held_rows(), 10, "slot 0 freed, slot 1 kept");
+        let left: Vec<RowRef> = [0, 1, 6, 7, 8, 9]
+            .map(|row| RowRef {
+                slot: slots[1],
+                row,
+            })
+            .to_vec();
+        let values = together.gather(&left).unwrap();
+        let strings = values[0].as_string::<i32>();
+        assert_eq!(strings.value(2), "x".repeat(16));
     }
 
     /// Dictionary-encoded strings (a restored snapshot's) are kept as the

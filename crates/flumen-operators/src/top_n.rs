@@ -1023,11 +1023,10 @@ impl<T: Touched> TopN<T> {
             |p| released.extend(p.entries.iter().copied()),
         );
         // Released slot by slot, row by row: a release reads the row's
-        // values (their Arrow size), which are then near each other.
+        // values (their Arrow size), which are then near each other, and a
+        // slot whose rows all closed is freed whole.
         released.sort_unstable_by_key(|r| (r.slot, r.row));
-        for r in released {
-            self.kept.release(r);
-        }
+        self.kept.release_sorted(&released);
         self.next_close = next_close;
         self.opened = 0;
         self.swept = self.partitions.len();

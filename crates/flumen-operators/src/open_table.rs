@@ -177,8 +177,9 @@ impl<T: Hashed> OpenTable<T> {
             // value shifted into a slot before `i` (a run wrapping past the
             // end) was looked at already.
             while self.slots[i].as_ref().is_some_and(&mut drop) {
-                let value = self.remove(i).expect("slot checked above");
-                dropped(value);
+                if let Some(value) = self.remove(i) {
+                    dropped(value);
+                }
             }
         }
     }

@@ -18,7 +18,7 @@ use arrow::row::{Row, RowConverter, Rows, SortField};
 use datafusion::common::HashMap;
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::physical_expr::PhysicalExpr;
-use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
+use flumen_runtime::{Admission, JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
 use flumen_state::{KeyGroupRange, KeyGroups, StateSnapshot, gather_parts, state_column};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
@@ -506,6 +506,20 @@ struct Matches {
     stored: Vec<(usize, usize)>,
 }
 
+impl Matches {
+    /// The pairs `mask` holds true for.
+    fn kept(&self, mask: &BooleanArray) -> Matches {
+        let mut kept = Matches::default();
+        for i in 0..self.probe.len() {
+            if mask.is_valid(i) && mask.value(i) {
+                kept.probe.push(self.probe[i]);
+                kept.stored.push(self.stored[i]);
+            }
+        }
+        kept
+    }
+}
+
 impl HashJoin {
     fn report_state(&mut self) {
         let bytes = self
@@ -602,16 +616,19 @@ impl HashJoin {
     }
 
     /// The joined rows of the matches (left columns, then right columns),
-    /// after the residual filter; returns the rows and the surviving matches.
-    /// Left joins tag the rows as inserts; semi joins build no rows here.
+    /// after the residual filter and those `next` admits (an inner join's
+    /// appended rows only: the others' pairs are counted); returns the
+    /// rows and the surviving matches. Left joins tag the rows as inserts;
+    /// semi joins build no rows here.
     fn joined(
         &self,
         side: usize,
         batch: &RecordBatch,
         m: Matches,
+        next: Option<&dyn Admission>,
     ) -> Result<(Option<RecordBatch>, Matches)> {
         let build = !matches!(self.kind, JoinKind::LeftSemi | JoinKind::LeftAnti);
-        let (joined, m) = self.matched_pairs(side, batch, m, build)?;
+        let (joined, m) = self.matched_pairs(side, batch, m, build, next)?;
         let Some(joined) = joined else {
             return Ok((None, m));
         };
@@ -639,14 +656,16 @@ impl HashJoin {
 
     /// The pairs of `m` that pass the residual filter, and their joined
     /// rows (left columns, then right columns) when `build`. The filter is
-    /// evaluated on the columns it reads first, so the other columns (an
-    /// auction's strings) are copied only for the pairs it keeps.
+    /// evaluated on the columns it reads first, and then `next`, the
+    /// operator the rows go to, is asked which it admits, so the other
+    /// columns (an auction's strings) are copied only for the pairs kept.
     fn matched_pairs(
         &self,
         side: usize,
         batch: &RecordBatch,
         m: Matches,
         build: bool,
+        next: Option<&dyn Admission>,
     ) -> Result<(Option<RecordBatch>, Matches)> {
         if m.probe.is_empty() {
             return Ok((None, m));
@@ -672,19 +691,33 @@ impl HashJoin {
                     rows = Some(all_pairs);
                     m
                 } else {
-                    let mut kept = Matches::default();
-                    for i in 0..n {
-                        if mask.is_valid(i) && mask.value(i) {
-                            kept.probe.push(m.probe[i]);
-                            kept.stored.push(m.stored[i]);
-                        }
-                    }
-                    kept
+                    m.kept(mask)
                 }
             }
             None => m,
         };
         if m.probe.is_empty() || !build {
+            return Ok((None, m));
+        }
+        // The operator the joined rows go to refuses some: only the rows it
+        // admits are built.
+        let m = match next {
+            Some(next) => {
+                let pairs = rows
+                    .take()
+                    .unwrap_or_else(|| PairRows::of(&m, &self.sides[1 - side]));
+                let columns = self.pair_columns(side, batch, &pairs, next.admission_columns())?;
+                match next.admits(&columns)? {
+                    Some(mask) => m.kept(&mask),
+                    None => {
+                        rows = Some(pairs);
+                        m
+                    }
+                }
+            }
+            None => m,
+        };
+        if m.probe.is_empty() {
             return Ok((None, m));
         }
         let rows = rows.unwrap_or_else(|| PairRows::of(&m, &self.sides[1 - side]));
@@ -819,7 +852,7 @@ impl HashJoin {
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
         let Some(op_column) = self.sides[side].spec.op_column else {
-            return self.add_rows(side, batch, None, out);
+            return self.add_rows(side, batch, None, None, out);
         };
         let ops = batch.column(op_column).as_primitive::<Int8Type>();
         let (mut additions, mut retractions) = (Vec::new(), Vec::new());
@@ -831,13 +864,13 @@ impl HashJoin {
             }
         }
         if retractions.is_empty() {
-            return self.add_rows(side, batch, None, out);
+            return self.add_rows(side, batch, None, None, out);
         }
         let taken = take_record_batch(&batch, &UInt32Array::from(retractions))?;
         let missing = self.take_back(side, taken, false, out)?;
         if !additions.is_empty() {
             let added = take_record_batch(&batch, &UInt32Array::from(additions))?;
-            self.add_rows(side, added, None, out)?;
+            self.add_rows(side, added, None, None, out)?;
         }
         if let Some(missing) = missing {
             // Rows not held (or dropped by state_ttl) still take back what
@@ -880,7 +913,7 @@ impl HashJoin {
             let key_rows = self.key_rows(&keys)?;
             let hashes = Self::hashes(&keys, gone.num_rows())?;
             let matches = Self::probe(&self.sides[1 - side], &key_rows, &hashes);
-            let (joined, matches) = self.joined(side, &gone, matches)?;
+            let (joined, matches) = self.joined(side, &gone, matches, None)?;
             if let Some(joined) = joined {
                 out.push(joined);
             }
@@ -987,6 +1020,7 @@ impl HashJoin {
         side: usize,
         batch: RecordBatch,
         own: Option<UInt32Array>,
+        next: Option<&dyn Admission>,
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
         debug_assert!(own.is_none() || self.kind == JoinKind::Inner);
@@ -1009,7 +1043,7 @@ impl HashJoin {
                 *r = own.value(*r as usize);
             }
         }
-        let (joined, matches) = self.joined(side, &batch, matches)?;
+        let (joined, matches) = self.joined(side, &batch, matches, next)?;
         let mut matched = Vec::new();
         if self.counts(side) {
             matched = vec![0u32; batch.num_rows()];
@@ -1220,9 +1254,30 @@ impl Operator for HashJoin {
     ) -> Result<()> {
         let side = input.min(1);
         if self.kind == JoinKind::Inner && self.sides[side].spec.op_column.is_none() {
-            return self.add_rows(side, batch, Some(rows.clone()), out);
+            return self.add_rows(side, batch, Some(rows.clone()), None, out);
         }
         self.process(side, take_record_batch(&batch, rows)?, out)
+    }
+
+    /// An inner join's appended rows whose joined rows `next` may refuse:
+    /// only those it admits are built (a TopN chained to the join).
+    fn process_offered(
+        &mut self,
+        input: usize,
+        batch: RecordBatch,
+        rows: Option<&UInt32Array>,
+        next: &dyn Admission,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        // Exactly the joined columns go out only from an inner join of
+        // appending inputs: updating and outer joins add an op column (and
+        // count their pairs), semi and anti joins keep the left ones.
+        let appended = self.output.fields().len() == self.joined.fields().len();
+        match (appended, rows) {
+            (true, rows) => self.add_rows(input.min(1), batch, rows.cloned(), Some(next), out),
+            (false, Some(rows)) => self.process_rows(input, batch, rows, out),
+            (false, None) => self.process_input(input, batch, out),
+        }
     }
 
     fn input_ended(&mut self, input: usize, _out: &mut Vec<RecordBatch>) -> Result<()> {
@@ -1286,5 +1341,143 @@ impl Operator for HashJoin {
 
     fn broadcast_tables(&self) -> Vec<usize> {
         self.broadcast.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{Field, Schema};
+    use datafusion::common::ScalarValue;
+    use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
+
+    use super::*;
+
+    /// Admits the rows whose column `column` is even.
+    struct Even {
+        column: [usize; 1],
+    }
+
+    impl Admission for Even {
+        fn admission_columns(&self) -> &[usize] {
+            &self.column
+        }
+
+        fn admits(&self, columns: &[ArrayRef]) -> Result<Option<BooleanArray>> {
+            let values = columns[0].as_primitive::<Int64Type>();
+            Ok(Some(values.iter().map(|v| v.map(|v| v % 2 == 0)).collect()))
+        }
+    }
+
+    fn pairs(schema: &SchemaRef, rows: &[(i64, i64)]) -> RecordBatch {
+        let keys = Int64Array::from_iter_values(rows.iter().map(|r| r.0));
+        let values = Int64Array::from_iter_values(rows.iter().map(|r| r.1));
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(keys), Arc::new(values)]).unwrap()
+    }
+
+    fn joined_rows(out: &[RecordBatch]) -> Vec<Vec<i64>> {
+        let mut rows: Vec<Vec<i64>> = out
+            .iter()
+            .flat_map(|b| {
+                (0..b.num_rows()).map(move |r| {
+                    (0..4)
+                        .map(|c| b.column(c).as_primitive::<Int64Type>().value(r))
+                        .collect()
+                })
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    /// An inner join builds only the joined rows the next operator admits
+    /// (after its own filter), whichever side probes; a left join, whose
+    /// pairs are counted, builds them all.
+    #[test]
+    fn joined_rows_are_built_only_where_the_next_operator_admits_them() {
+        let side_schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        // The right columns nullable: a left join pads them.
+        let mut fields = side_schema.fields().to_vec();
+        fields.extend(
+            side_schema
+                .fields()
+                .iter()
+                .map(|f| Arc::new(f.as_ref().clone().with_nullable(true))),
+        );
+        let joined = Arc::new(Schema::new(fields));
+        let side = JoinSide {
+            keys: vec![0],
+            width: 2,
+            expiry: None,
+            op_column: None,
+        };
+        // Pairs whose left value is below 5.
+        let filter: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(
+            Arc::new(Column::new("v", 1)),
+            datafusion::logical_expr::Operator::Lt,
+            Arc::new(Literal::new(ScalarValue::Int64(Some(5)))),
+        ));
+        let left = pairs(&side_schema, &[(1, 1), (1, 2), (2, 3), (3, 7)]);
+        let right = pairs(&side_schema, &[(1, 10), (1, 11), (2, 12), (3, 14), (2, 15)]);
+        let next = Even { column: [3] };
+        let run = |kind: JoinKind, offered: bool| {
+            let mut output = joined.fields().to_vec();
+            if kind == JoinKind::Left {
+                output.push(Arc::new(Field::new("_op", DataType::Int8, false)));
+            }
+            let factory = HashJoinFactory {
+                kind,
+                left: side.clone(),
+                right: side.clone(),
+                filter: Some(filter.clone()),
+                joined: joined.clone(),
+                state_ttl_ns: None,
+                bounded_input: false,
+                broadcast: None,
+                output: Arc::new(Schema::new(output)),
+            };
+            let ctx = TaskContext::new(0, 1, 128, Arc::new(JobMetrics::default()));
+            let mut join = factory.create(&ctx).unwrap();
+            let mut out = Vec::new();
+            // Left rows stored, then right rows probe; then left rows
+            // again (shared, with positions) probe the stored right rows.
+            for (input, batch, rows) in [
+                (0, left.clone(), None),
+                (1, right.clone(), None),
+                (0, left.clone(), Some(UInt32Array::from(vec![0, 2, 3]))),
+            ] {
+                match (offered, &rows) {
+                    (true, rows) => join
+                        .process_offered(input, batch, rows.as_ref(), &next, &mut out)
+                        .unwrap(),
+                    (false, Some(rows)) => join.process_rows(input, batch, rows, &mut out).unwrap(),
+                    (false, None) => join.process_input(input, batch, &mut out).unwrap(),
+                }
+            }
+            out.retain(|b| b.num_rows() > 0);
+            joined_rows(&out)
+        };
+        let all = run(JoinKind::Inner, false);
+        let even: Vec<Vec<i64>> = all.iter().filter(|r| r[3] % 2 == 0).cloned().collect();
+        assert_eq!(
+            all,
+            [
+                vec![1, 1, 1, 10],
+                vec![1, 1, 1, 10],
+                vec![1, 1, 1, 11],
+                vec![1, 1, 1, 11],
+                vec![1, 2, 1, 10],
+                vec![1, 2, 1, 11],
+                vec![2, 3, 2, 12],
+                vec![2, 3, 2, 12],
+                vec![2, 3, 2, 15],
+                vec![2, 3, 2, 15],
+            ]
+        );
+        assert_eq!(run(JoinKind::Inner, true), even);
+        assert_eq!(run(JoinKind::Left, true), run(JoinKind::Left, false));
     }
 }

@@ -16,14 +16,16 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{
-    ArrayRef, AsArray, BinaryArray, Int8Array, Int64Array, RecordBatch, UInt32Array, UInt64Array,
+    ArrayRef, AsArray, BinaryArray, BooleanArray, Int8Array, Int64Array, RecordBatch, UInt32Array,
+    UInt64Array,
 };
 use arrow::compute::{SortOptions, cast, take};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::HashMap;
 use flumen_runtime::{
-    JobMetrics, KeptGauge, KeptRowsReport, Operator, OperatorFactory, StateGauge, TaskContext,
+    Admission, JobMetrics, KeptGauge, KeptRowsReport, Operator, OperatorFactory, StateGauge,
+    TaskContext,
 };
 use flumen_state::{KeyGroup, KeyGroups, StateSnapshot, state_column};
 use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Result, RowOp, Watermark};
@@ -211,10 +213,19 @@ impl TopNFactory {
             &partition_columns,
             &self.order_columns,
         )?;
+        let closes = self.closes.filter(|_| self.state_ttl_ns.is_none());
+        let order_columns: Vec<usize> = self.order_columns.iter().map(|o| o.0).collect();
         Ok(TopN {
             width: self.width,
+            admission_columns: self
+                .partition_columns
+                .iter()
+                .chain(&order_columns)
+                .copied()
+                .chain(closes.map(|c| c.column))
+                .collect(),
             partition_columns: self.partition_columns.clone(),
-            order_columns: self.order_columns.iter().map(|o| o.0).collect(),
+            order_columns,
             ranking: Ranking {
                 function: self.function,
                 limit: self.limit,
@@ -222,7 +233,7 @@ impl TopNFactory {
             window: self.window,
             state_ttl_ns: self.state_ttl_ns,
             // `state_ttl` takes over when both are set.
-            closes: self.closes.filter(|_| self.state_ttl_ns.is_none()),
+            closes,
             next_close: i64::MAX,
             opened: 0,
             swept: 0,
@@ -291,6 +302,28 @@ pub(crate) fn partition_key_groups(
     let (mut hashes, mut groups) = (Vec::new(), Vec::new());
     key_groups.assign(&columns, keys.len(), &mut hashes, &mut groups)?;
     Ok(groups)
+}
+
+/// Each time of `column` (a timestamp) in nanoseconds plus `offset`.
+fn shifted_times(column: &ArrayRef, offset: i64) -> Result<Vec<Option<i64>>> {
+    let times = cast(
+        &cast(column, &DataType::Timestamp(TimeUnit::Nanosecond, None))?,
+        &DataType::Int64,
+    )?;
+    Ok(times
+        .as_primitive::<Int64Type>()
+        .iter()
+        .map(|t| t.map(|t| t.saturating_add(offset)))
+        .collect())
+}
+
+/// Each row's close time from its time in `column` plus `offset`; a null
+/// one never closes.
+fn close_times(column: &ArrayRef, offset: i64) -> Result<Vec<i64>> {
+    Ok(shifted_times(column, offset)?
+        .into_iter()
+        .map(|t| t.unwrap_or(i64::MAX))
+        .collect())
 }
 
 /// The state bytes of a key waiting in `closing`: its bytes and its box.
@@ -591,6 +624,9 @@ pub struct TopN<T: Touched> {
     width: usize,
     partition_columns: Vec<usize>,
     order_columns: Vec<usize>,
+    /// What [`Admission::admits`] reads: the partition columns, the order
+    /// columns and the close time's column, if any.
+    admission_columns: Vec<usize>,
     ranking: Ranking,
     window: Option<TopNWindow>,
     state_ttl_ns: Option<i64>,
@@ -696,39 +732,13 @@ impl<T: Touched> TopN<T> {
             .iter()
             .map(|&c| column(c))
             .collect::<Result<_>>()?;
-        // Without PARTITION BY every row is in the one partition, keyed by
-        // no bytes.
-        let partition_keys = (!partition_cols.is_empty())
-            .then(|| self.partition_converter.convert_columns(&partition_cols))
-            .transpose()?;
-        let order_keys = self.order_converter.convert_columns(&order_cols)?;
-        // Each row's time in `column` plus `offset` (nanoseconds).
-        let shifted = |c: usize, offset: i64| -> Result<Vec<Option<i64>>> {
-            let times = cast(
-                &cast(
-                    &column(c)?,
-                    &DataType::Timestamp(TimeUnit::Nanosecond, None),
-                )?,
-                &DataType::Int64,
-            )?;
-            Ok(times
-                .as_primitive::<Int64Type>()
-                .iter()
-                .map(|t| t.map(|t| t.saturating_add(offset)))
-                .collect())
-        };
+        let (partition_keys, order_keys) = self.batch_keys(&partition_cols, &order_cols)?;
         let window_ends = match self.window {
-            Some(w) => Some(shifted(w.column, w.size_ns)?),
+            Some(w) => Some(shifted_times(&column(w.column)?, w.size_ns)?),
             None => None,
         };
-        // Each row's close time; a null one never closes.
-        let close_times: Option<Vec<i64>> = match self.closes {
-            Some(c) => Some(
-                shifted(c.column, c.offset_ns)?
-                    .into_iter()
-                    .map(|t| t.unwrap_or(i64::MAX))
-                    .collect(),
-            ),
+        let close_times = match self.closes {
+            Some(c) => Some(close_times(&column(c.column)?, c.offset_ns)?),
             None => None,
         };
         let ranking = self.ranking;
@@ -784,27 +794,7 @@ impl<T: Touched> TopN<T> {
                 Some(times) => times[row],
                 None => self.watermark,
             };
-            if let Some(&ahead) = homes.get(row + PREFETCH_AHEAD) {
-                self.partitions.prefetch(ahead);
-            }
-            // The slot of the row `KEYS_AHEAD` on is in cache by now: start
-            // loading the keys of its one kept row (TopN 1, deduplication),
-            // which the key comparison reads next, or its rows.
-            match homes.get(row + KEYS_AHEAD).and_then(|&home| {
-                self.partitions
-                    .first_with_hash(home, hashes[row + KEYS_AHEAD])
-            }) {
-                Some(Partition {
-                    entries: Entries::One(kept),
-                    ..
-                }) if kept.slot != PENDING => self.kept.prefetch_keys(*kept),
-                // The rows start where the slice does.
-                Some(Partition {
-                    entries: Entries::Many(rows),
-                    ..
-                }) => crate::probing::prefetch_ref(&rows[..]),
-                _ => {}
-            }
+            self.prefetch_ahead(&homes, &hashes, row);
             let pkey = keys.batch_partition(row);
             let key = order_rows[row];
             let at = RowRef {
@@ -932,6 +922,50 @@ impl<T: Touched> TopN<T> {
             self.kept.release(r);
         }
         self.compact()
+    }
+
+    /// Starts loading what the lookups of rows ahead of `row` read: the
+    /// partition slot of the row `PREFETCH_AHEAD` on, and, that of the row
+    /// `KEYS_AHEAD` on being in cache by now, the keys of its one kept row
+    /// (TopN 1, deduplication), which the key comparison reads next, or its
+    /// rows.
+    #[inline]
+    fn prefetch_ahead(&self, homes: &[usize], hashes: &[u32], row: usize) {
+        if let Some(&ahead) = homes.get(row + PREFETCH_AHEAD) {
+            self.partitions.prefetch(ahead);
+        }
+        match homes.get(row + KEYS_AHEAD).and_then(|&home| {
+            self.partitions
+                .first_with_hash(home, hashes[row + KEYS_AHEAD])
+        }) {
+            Some(Partition {
+                entries: Entries::One(kept),
+                ..
+            }) if kept.slot != PENDING => self.kept.prefetch_keys(*kept),
+            // The rows start where the slice does.
+            Some(Partition {
+                entries: Entries::Many(rows),
+                ..
+            }) => crate::probing::prefetch_ref(&rows[..]),
+            _ => {}
+        }
+    }
+
+    /// The partition keys and the order keys of rows whose partition and
+    /// order columns these are; no partition keys without PARTITION BY
+    /// (every row is in the one partition, keyed by no bytes).
+    fn batch_keys(
+        &self,
+        partition_cols: &[ArrayRef],
+        order_cols: &[ArrayRef],
+    ) -> Result<(Option<Rows>, Rows)> {
+        let partition_keys = (!partition_cols.is_empty())
+            .then(|| self.partition_converter.convert_columns(partition_cols))
+            .transpose()?;
+        Ok((
+            partition_keys,
+            self.order_converter.convert_columns(order_cols)?,
+        ))
     }
 
     fn hash(&self, key: &[u8]) -> u32 {
@@ -1329,7 +1363,96 @@ impl DeferredRows {
     }
 }
 
+/// A TopN refuses the rows its partitions reject as they stand: rows
+/// processed since can only have made a partition's last kept row better
+/// (rows leave only at watermarks), so a row rejected now is rejected then.
+/// A TopN 1 also refuses rows another row of their batch beats. Late rows
+/// are admitted, to be counted where they are dropped.
+impl<T: Touched> Admission for TopN<T> {
+    fn admission_columns(&self) -> &[usize] {
+        &self.admission_columns
+    }
+
+    fn admits(&self, columns: &[ArrayRef]) -> Result<Option<BooleanArray>> {
+        let (partition_cols, rest) = columns.split_at(self.partition_columns.len());
+        let (order_cols, rest) = rest.split_at(self.order_columns.len());
+        let Some(n) = columns.first().map(|c| c.len()) else {
+            return Ok(None);
+        };
+        let (partition_keys, order_keys) = self.batch_keys(partition_cols, order_cols)?;
+        let order_rows = row_slices(&order_keys);
+        let partition_rows = partition_keys.as_ref().map(row_slices);
+        let keys = KeySource {
+            kept: &self.kept,
+            order: Some(&order_rows),
+            partition: partition_rows.as_deref(),
+        };
+        // Late rows are admitted; the others are candidates.
+        let mut admit = vec![true; n];
+        let mut candidates: Vec<u32> = match (self.closes, rest.first()) {
+            (Some(c), Some(column)) => close_times(column, c.offset_ns)?
+                .iter()
+                .enumerate()
+                .filter(|&(_, &t)| t >= self.watermark)
+                .map(|(row, _)| row as u32)
+                .collect(),
+            _ => (0..n as u32).collect(),
+        };
+        if self.ranking.function == RankFunction::RowNumber && self.ranking.limit == 1 {
+            // A row of a TopN 1 beaten by another of the batch never shows:
+            // a batch's changes are emitted once, after all its rows. Ties
+            // go to the earlier row.
+            let mut best: HashMap<&[u8], u32, _> =
+                HashMap::with_capacity_and_hasher(candidates.len(), self.hasher.clone());
+            for &row in &candidates {
+                let key = order_rows[row as usize];
+                best.entry(keys.batch_partition(row as usize))
+                    .and_modify(|b| {
+                        if key_order::compare(key, order_rows[*b as usize]).is_lt() {
+                            *b = row;
+                        }
+                    })
+                    .or_insert(row);
+            }
+            let mut winner = vec![false; n];
+            for &row in best.values() {
+                winner[row as usize] = true;
+            }
+            candidates.retain(|&row| {
+                admit[row as usize] = winner[row as usize];
+                winner[row as usize]
+            });
+        }
+        if self.partitions.len() > 0 {
+            let hashes: Vec<u32> = candidates
+                .iter()
+                .map(|&row| self.hash(keys.batch_partition(row as usize)))
+                .collect();
+            let homes: Vec<usize> = hashes.iter().map(|&h| self.partitions.home(h)).collect();
+            for (i, &row) in candidates.iter().enumerate() {
+                self.prefetch_ahead(&homes, &hashes, i);
+                let pkey = keys.batch_partition(row as usize);
+                admit[row as usize] =
+                    find_partition_from(&self.partitions, homes[i], hashes[i], pkey, &keys)
+                        .and_then(|b| self.partitions.get(b))
+                        .is_none_or(|p| {
+                            !self
+                                .ranking
+                                .rejects(&p.entries, order_rows[row as usize], &keys)
+                        });
+            }
+        }
+        Ok((admit.contains(&false)).then(|| BooleanArray::from(admit)))
+    }
+}
+
 impl<T: Touched> Operator for TopN<T> {
+    fn admission(&self) -> Option<&dyn Admission> {
+        // A windowed TopN's rows wait for their window's end; no limit,
+        // no rows.
+        (self.window.is_none() && self.ranking.limit > 0).then_some(self as &dyn Admission)
+    }
+
     fn process_batch(&mut self, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
         self.process(&batch, None, out)
     }
@@ -1773,6 +1896,128 @@ mod tests {
         // Key 1's row is late; key 2 takes its better row; key 3 is still
         // there and keeps its better row; key 4 opens at its close time.
         assert_eq!(kv_rows(&out), [(2, 5), (2, 7), (4, 2)]);
+    }
+
+    /// The sorted `(k, v, start, rank, op)` rows of `out`.
+    fn changes(out: &[RecordBatch]) -> Vec<(i64, i64, i64, u64, i8)> {
+        let mut rows: Vec<_> = out
+            .iter()
+            .flat_map(|b| {
+                let k = b.column(0).as_primitive::<Int64Type>().clone();
+                let v = b.column(1).as_primitive::<Int64Type>().clone();
+                let start = b
+                    .column(2)
+                    .as_primitive::<arrow::datatypes::TimestampNanosecondType>()
+                    .clone();
+                let rank = b
+                    .column(3)
+                    .as_primitive::<arrow::datatypes::UInt64Type>()
+                    .clone();
+                let op = b
+                    .column(4)
+                    .as_primitive::<arrow::datatypes::Int8Type>()
+                    .clone();
+                (0..b.num_rows()).map(move |r| {
+                    let row = (k.value(r), v.value(r), start.value(r));
+                    (row.0, row.1, row.2, rank.value(r), op.value(r))
+                })
+            })
+            .collect();
+        rows.sort_unstable();
+        rows
+    }
+
+    /// A TopN given only the rows it admits of each batch emits what it
+    /// emits given them all, and counts the same late rows: for every rank
+    /// function, limits 1 to 3, with and without closing partitions, over
+    /// batches of few keys and values (many ties, told apart by their
+    /// distinct `start`, which is output too) and a rising watermark.
+    #[test]
+    fn admitted_rows_change_what_all_rows_change() {
+        use arrow::datatypes::{Field, Schema};
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |below: u64| -> i64 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % below) as i64
+        };
+        let (mut refused, mut late) = (0, 0);
+        for function in [
+            RankFunction::RowNumber,
+            RankFunction::Rank,
+            RankFunction::DenseRank,
+        ] {
+            for limit in 1..=3 {
+                for closing in [false, true] {
+                    let (schema, mut factory) = timed_factory(false, None);
+                    factory.width = 3;
+                    let mut output = schema.fields().to_vec();
+                    output.push(Arc::new(Field::new("rank", DataType::UInt64, false)));
+                    output.push(Arc::new(Field::new("_op", DataType::Int8, false)));
+                    factory.output = Arc::new(Schema::new(output));
+                    factory.function = function;
+                    factory.limit = limit;
+                    factory.closes = closing.then_some(Expiry {
+                        column: 2,
+                        offset_ns: 0,
+                    });
+                    let (all_metrics, some_metrics) = (
+                        Arc::new(JobMetrics::default()),
+                        Arc::new(JobMetrics::default()),
+                    );
+                    let mut all = factory
+                        .create(&TaskContext::new(0, 1, 128, all_metrics.clone()))
+                        .unwrap();
+                    let mut some = factory
+                        .create(&TaskContext::new(0, 1, 128, some_metrics.clone()))
+                        .unwrap();
+                    for round in 0..40 {
+                        // Rows starting up to 20 ns before the last
+                        // watermark (late where partitions close), each
+                        // start its own.
+                        let rows: Vec<(i64, i64, i64)> = (0..1 + next(30))
+                            .map(|i| (next(6), next(8), (round * 10 + next(60) - 20) * 64 + i))
+                            .collect();
+                        let batch = kvs(&schema, &rows);
+                        let next_op = some.admission().expect("a TopN without a window admits");
+                        let columns: Vec<ArrayRef> = next_op
+                            .admission_columns()
+                            .iter()
+                            .map(|&c| batch.column(c).clone())
+                            .collect();
+                        let offered = match next_op.admits(&columns).unwrap() {
+                            Some(mask) => {
+                                refused += mask.false_count();
+                                arrow::compute::filter_record_batch(&batch, &mask).unwrap()
+                            }
+                            None => batch.clone(),
+                        };
+                        let (mut want, mut got) = (Vec::new(), Vec::new());
+                        all.process_batch(batch, &mut want).unwrap();
+                        some.process_batch(offered, &mut got).unwrap();
+                        assert_eq!(
+                            changes(&got),
+                            changes(&want),
+                            "{function:?} {limit} closing {closing} round {round}"
+                        );
+                        let watermark = Watermark(round * 10 * 64);
+                        all.process_watermark(watermark, &mut Vec::new()).unwrap();
+                        some.process_watermark(watermark, &mut Vec::new()).unwrap();
+                    }
+                    assert_eq!(
+                        some_metrics.late_rows_dropped(),
+                        all_metrics.late_rows_dropped()
+                    );
+                    late += all_metrics.late_rows_dropped();
+                }
+            }
+        }
+        // Rows were refused, by the state and within batches, and late.
+        assert!(
+            refused > 1000 && late > 100,
+            "{refused} refused, {late} late"
+        );
     }
 
     /// Restored, partitions close at their own close times.

@@ -23,6 +23,6 @@ pub use latency::{LatencyRecorder, LatencySummary, Origin, Percentiles};
 pub use lookup::{Lookup, LookupCache, LookupFactory, wait_for};
 pub use metrics::{JobMetrics, KeptGauge, KeptRowsReport, StateGauge};
 pub use operator::{
-    Operator, OperatorFactory, Sink, SinkFactory, Source, SourceFactory, TaskContext,
+    Admission, Operator, OperatorFactory, Sink, SinkFactory, Source, SourceFactory, TaskContext,
     WatermarkGenerator, WatermarkStrategy,
 };

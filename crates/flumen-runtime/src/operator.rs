@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::UInt32Array;
+use arrow::array::{ArrayRef, BooleanArray, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -88,6 +88,20 @@ pub trait Source: Send {
     }
 }
 
+/// Which offered rows an operator would change nothing for, asked by the
+/// operator chained before it before that one builds them whole: a join
+/// then copies an auction's strings only for the bids a TopN could keep.
+pub trait Admission {
+    /// The input columns the answer reads, in the order `admits` takes them.
+    fn admission_columns(&self) -> &[usize];
+
+    /// For the rows of one batch the operator will get whole, whose
+    /// admission columns are `columns`: false where the row, in that batch,
+    /// processed now or after batches processed since, would change neither
+    /// the operator's state, its output nor its metrics; `None` admits all.
+    fn admits(&self, columns: &[ArrayRef]) -> Result<Option<BooleanArray>>;
+}
+
 /// A synchronous step over batches; chained operators run in one loop.
 pub trait Operator: Send {
     /// Processes one batch, pushing any output batches to `out`.
@@ -117,6 +131,29 @@ pub trait Operator: Send {
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
         self.process_input(input, take_record_batch(&batch, rows)?, out)
+    }
+
+    /// Processes a batch as [`Operator::process_rows`] (with `rows`) or
+    /// [`Operator::process_input`] do, knowing that every output batch goes
+    /// to `next`, which may refuse some of its rows before they are built.
+    fn process_offered(
+        &mut self,
+        input: usize,
+        batch: RecordBatch,
+        rows: Option<&UInt32Array>,
+        _next: &dyn Admission,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        match rows {
+            Some(rows) => self.process_rows(input, batch, rows, out),
+            None => self.process_input(input, batch, out),
+        }
+    }
+
+    /// What this operator can say of rows before they are built
+    /// ([`Admission`]), to the operator chained before it.
+    fn admission(&self) -> Option<&dyn Admission> {
+        None
     }
 
     /// Every upstream subtask of input `input` has finished while other

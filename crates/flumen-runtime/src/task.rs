@@ -284,16 +284,19 @@ impl Task {
         batch: RecordBatch,
         rows: Option<UInt32Array>,
     ) -> Result<Vec<RecordBatch>> {
-        let Some(first) = self.operators.first_mut() else {
+        let Some((first, rest)) = self.operators.split_first_mut() else {
             return Ok(vec![match rows {
                 Some(rows) => take_record_batch(&batch, &rows)?,
                 None => batch,
             }]);
         };
         let mut out = Vec::new();
-        match rows {
-            Some(rows) => first.process_rows(input, batch, &rows, &mut out)?,
-            None => first.process_input(input, batch, &mut out)?,
+        match (rest.first().and_then(|next| next.admission()), rows) {
+            (Some(next), rows) => {
+                first.process_offered(input, batch, rows.as_ref(), next, &mut out)?
+            }
+            (None, Some(rows)) => first.process_rows(input, batch, &rows, &mut out)?,
+            (None, None) => first.process_input(input, batch, &mut out)?,
         }
         self.apply_operators(1, out)
     }

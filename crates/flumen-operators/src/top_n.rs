@@ -1363,6 +1363,18 @@ impl DeferredRows {
     }
 }
 
+/// The best row of a batch in one partition, while a TopN 1 looks for it.
+struct BatchBest {
+    hash: u32,
+    row: u32,
+}
+
+impl Hashed for BatchBest {
+    fn hash32(&self) -> u32 {
+        self.hash
+    }
+}
+
 /// A TopN refuses the rows its partitions reject as they stand: rows
 /// processed since can only have made a partition's last kept row better
 /// (rows leave only at watermarks), so a row rejected now is rejected then.
@@ -1398,36 +1410,48 @@ impl<T: Touched> Admission for TopN<T> {
                 .collect(),
             _ => (0..n as u32).collect(),
         };
+        let mut hashes: Vec<u32> = candidates
+            .iter()
+            .map(|&row| self.hash(keys.batch_partition(row as usize)))
+            .collect();
         if self.ranking.function == RankFunction::RowNumber && self.ranking.limit == 1 {
             // A row of a TopN 1 beaten by another of the batch never shows:
             // a batch's changes are emitted once, after all its rows. Ties
             // go to the earlier row.
-            let mut best: HashMap<&[u8], u32, _> =
-                HashMap::with_capacity_and_hasher(candidates.len(), self.hasher.clone());
-            for &row in &candidates {
-                let key = order_rows[row as usize];
-                best.entry(keys.batch_partition(row as usize))
-                    .and_modify(|b| {
-                        if key_order::compare(key, order_rows[*b as usize]).is_lt() {
-                            *b = row;
+            let mut best: OpenTable<BatchBest> = OpenTable::new();
+            best.reserve(candidates.len());
+            for (&row, &h) in candidates.iter().zip(&hashes) {
+                let (home, pkey) = (best.home(h), keys.batch_partition(row as usize));
+                let found = best.find(home, h, |b| {
+                    key_order::equal(keys.batch_partition(b.row as usize), pkey)
+                });
+                match found.and_then(|b| best.get_mut(b)) {
+                    Some(b) => {
+                        let key = order_rows[row as usize];
+                        if key_order::compare(key, order_rows[b.row as usize]).is_lt() {
+                            b.row = row;
                         }
-                    })
-                    .or_insert(row);
+                    }
+                    None => {
+                        best.insert(home, BatchBest { hash: h, row });
+                    }
+                }
             }
             let mut winner = vec![false; n];
-            for &row in best.values() {
-                winner[row as usize] = true;
+            for b in best.iter() {
+                winner[b.row as usize] = true;
             }
-            candidates.retain(|&row| {
+            let (mut kept, mut kept_hashes) = (Vec::new(), Vec::new());
+            for (&row, &h) in candidates.iter().zip(&hashes) {
                 admit[row as usize] = winner[row as usize];
-                winner[row as usize]
-            });
+                if winner[row as usize] {
+                    kept.push(row);
+                    kept_hashes.push(h);
+                }
+            }
+            (candidates, hashes) = (kept, kept_hashes);
         }
         if self.partitions.len() > 0 {
-            let hashes: Vec<u32> = candidates
-                .iter()
-                .map(|&row| self.hash(keys.batch_partition(row as usize)))
-                .collect();
             let homes: Vec<usize> = hashes.iter().map(|&h| self.partitions.home(h)).collect();
             for (i, &row) in candidates.iter().enumerate() {
                 self.prefetch_ahead(&homes, &hashes, i);

@@ -1386,6 +1386,13 @@ impl<T: Touched> Admission for TopN<T> {
     }
 
     fn admits(&self, columns: &[ArrayRef]) -> Result<Option<BooleanArray>> {
+        if columns.len() != self.admission_columns.len() {
+            return Err(FlumenError::internal(format!(
+                "a TopN's admission reads {} columns, offered {}",
+                self.admission_columns.len(),
+                columns.len()
+            )));
+        }
         let (partition_cols, rest) = columns.split_at(self.partition_columns.len());
         let (order_cols, rest) = rest.split_at(self.order_columns.len());
         let Some(n) = columns.first().map(|c| c.len()) else {
@@ -1437,19 +1444,17 @@ impl<T: Touched> Admission for TopN<T> {
                     }
                 }
             }
-            let mut winner = vec![false; n];
+            for &row in &candidates {
+                admit[row as usize] = false;
+            }
             for b in best.iter() {
-                winner[b.row as usize] = true;
+                admit[b.row as usize] = true;
             }
-            let (mut kept, mut kept_hashes) = (Vec::new(), Vec::new());
-            for (&row, &h) in candidates.iter().zip(&hashes) {
-                admit[row as usize] = winner[row as usize];
-                if winner[row as usize] {
-                    kept.push(row);
-                    kept_hashes.push(h);
-                }
-            }
-            (candidates, hashes) = (kept, kept_hashes);
+            (candidates, hashes) = candidates
+                .iter()
+                .zip(&hashes)
+                .filter(|&(&row, _)| admit[row as usize])
+                .unzip();
         }
         if self.partitions.len() > 0 {
             let homes: Vec<usize> = hashes.iter().map(|&h| self.partitions.home(h)).collect();
@@ -1466,7 +1471,7 @@ impl<T: Touched> Admission for TopN<T> {
                         });
             }
         }
-        Ok((admit.contains(&false)).then(|| BooleanArray::from(admit)))
+        Ok(admit.contains(&false).then(|| BooleanArray::from(admit)))
     }
 }
 
@@ -2042,6 +2047,42 @@ mod tests {
             refused > 1000 && late > 100,
             "{refused} refused, {late} late"
         );
+    }
+
+    /// Before any row is kept, a TopN 1 refuses the rows of a batch that
+    /// another of its rows beats, a tie going to the earlier row.
+    #[test]
+    fn a_top_1_refuses_the_rows_its_batch_beats() {
+        let (schema, factory) = timed_factory(false, None);
+        let ctx = TaskContext::new(0, 1, 128, Arc::new(JobMetrics::default()));
+        let top_n = factory.create(&ctx).unwrap();
+        let batch = kvs(&schema, &[(1, 2, 0), (1, 5, 0), (2, 1, 0), (1, 5, 0)]);
+        let admission = top_n.admission().expect("a TopN without a window admits");
+        let mask = admission
+            .admits(&batch.columns()[..2])
+            .unwrap()
+            .expect("rows are refused");
+        assert_eq!(
+            mask.iter().collect::<Vec<_>>(),
+            [Some(false), Some(true), Some(true), Some(false)]
+        );
+    }
+
+    /// Columns other than the admission's are an error, not a panic.
+    #[test]
+    fn admission_of_other_columns_is_an_error() {
+        let (schema, factory) = timed_factory(false, None);
+        let ctx = TaskContext::new(0, 1, 128, Arc::new(JobMetrics::default()));
+        let top_n = factory.create(&ctx).unwrap();
+        let batch = kvs(&schema, &[(1, 2, 3)]);
+        let admission = top_n.admission().expect("a TopN without a window admits");
+        assert_eq!(admission.admission_columns(), [0, 1]);
+        let err = admission.admits(&batch.columns()[..1]).unwrap_err();
+        assert!(
+            err.to_string().contains("reads 2 columns, offered 1"),
+            "{err}"
+        );
+        assert!(admission.admits(&batch.columns()[..2]).is_ok());
     }
 
     /// Restored, partitions close at their own close times.

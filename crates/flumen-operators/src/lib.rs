@@ -6,6 +6,7 @@
 mod accumulator_layers;
 mod columns;
 mod filter;
+mod growing_buffer;
 mod hash_heads;
 mod join;
 mod kept_rows;

@@ -8,8 +8,9 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use arrow::array::{Array, StringArray, UInt32Array};
-use arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
+use arrow::buffer::{NullBuffer, OffsetBuffer};
 
+use crate::growing_buffer::GrowingBuffer;
 use crate::open_table::{Hashed, OpenTable};
 
 /// How many rows ahead an intern prefetches a row's table slot, and then
@@ -33,21 +34,24 @@ impl Hashed for Entry {
 /// Distinct strings by id, and ids by string.
 pub(crate) struct StringDictionary {
     /// The strings back to back.
-    bytes: Vec<u8>,
+    bytes: GrowingBuffer<u8>,
     /// Where string `i` starts; one more than the strings.
-    offsets: Vec<i32>,
+    offsets: GrowingBuffer<i32>,
     table: OpenTable<Entry>,
     hasher: foldhash::fast::FixedState,
-    /// The strings as one array, as of the last call to [`Self::intern`].
+    /// The strings as one array, as of the last call to [`Self::intern`]:
+    /// a view of `bytes` and `offsets`, not a copy.
     values: Arc<StringArray>,
 }
 
 impl StringDictionary {
     /// An empty dictionary.
     pub(crate) fn new() -> Self {
+        let mut offsets = GrowingBuffer::new();
+        offsets.push(0);
         StringDictionary {
-            bytes: Vec::new(),
-            offsets: vec![0],
+            bytes: GrowingBuffer::new(),
+            offsets,
             table: OpenTable::new(),
             hasher: foldhash::fast::FixedState::with_seed(0x243f_6a88_85a3_08d3),
             values: Arc::new(StringArray::new_null(0)),
@@ -118,11 +122,16 @@ impl StringDictionary {
             ids.push(id);
         }
         if self.len() > len_before {
-            self.values = Arc::new(StringArray::new(
-                OffsetBuffer::new(ScalarBuffer::from(self.offsets.clone())),
-                Buffer::from(self.bytes.clone()),
-                None,
-            ));
+            // SAFETY: the offsets start at 0 and never decrease (each is the
+            // length of `bytes` after a string was appended), and `bytes` is
+            // whole `&str`s back to back, so valid UTF-8 between any two.
+            self.values = Arc::new(unsafe {
+                StringArray::new_unchecked(
+                    OffsetBuffer::new_unchecked(self.offsets.to_scalar_buffer()),
+                    self.bytes.to_scalar_buffer().into_inner(),
+                    None,
+                )
+            });
         }
         let nulls = (strings.null_count() > 0).then(|| {
             NullBuffer::from_iter(rows.values().iter().map(|&i| strings.is_valid(i as usize)))
@@ -143,14 +152,14 @@ impl StringDictionary {
 
     /// The string of `id`.
     fn string(&self, id: u32) -> &[u8] {
-        let id = id as usize;
-        &self.bytes[self.offsets[id] as usize..self.offsets[id + 1] as usize]
+        let (id, offsets) = (id as usize, self.offsets.as_slice());
+        &self.bytes.as_slice()[offsets[id] as usize..offsets[id + 1] as usize]
     }
 
     /// The byte length of the string of `id`.
     pub(crate) fn string_len(&self, id: u32) -> usize {
-        let id = id as usize;
-        (self.offsets[id + 1] - self.offsets[id]) as usize
+        let (id, offsets) = (id as usize, self.offsets.as_slice());
+        (offsets[id + 1] - offsets[id]) as usize
     }
 
     /// Every string, at its id.
@@ -158,13 +167,10 @@ impl StringDictionary {
         &self.values
     }
 
-    /// Bytes held: the strings (twice: as built and as an array), their
-    /// offsets and the table.
+    /// Bytes held: the strings and their offsets (which the values array
+    /// views) and the table.
     pub(crate) fn bytes(&self) -> usize {
-        self.bytes.capacity()
-            + self.offsets.capacity() * 4
-            + self.values.get_array_memory_size()
-            + self.table.allocation_size()
+        self.bytes.allocation_size() + self.offsets.allocation_size() + self.table.allocation_size()
     }
 }
 
@@ -180,8 +186,14 @@ mod tests {
         let ids = dictionary.intern(&first, &every(5), 1 << 20).unwrap();
         assert_eq!(ids.null_count(), 1);
         assert_eq!(ids.value(0), ids.value(3), "one id per distinct string");
+        let before = dictionary.values().clone();
         let second = StringArray::from(vec![Some("c"), Some("a"), Some("b")]);
         let more = dictionary.intern(&second, &every(3), 1 << 20).unwrap();
+        assert_eq!(
+            before,
+            StringArray::from(vec!["b", "a", ""]),
+            "values lent before are unchanged"
+        );
         assert_eq!(more.value(1), ids.value(1), "ids are stable");
         assert_eq!(dictionary.values().len(), 4);
         for (strings, ids) in [(&first, &ids), (&second, &more)] {

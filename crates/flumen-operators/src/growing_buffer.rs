@@ -32,12 +32,13 @@ unsafe impl Send for Region {}
 // SAFETY: as for `Send`: shared access reads written bytes only.
 unsafe impl Sync for Region {}
 
-impl std::panic::RefUnwindSafe for Region {}
-
 impl Region {
     /// A region of `bytes` bytes (at least one, so that it is a real
     /// allocation).
     fn new(bytes: usize) -> Self {
+        // Only a size past `isize::MAX` fails, which no buffer reaches: a
+        // dictionary holds at most a few MiB of strings (and a `Vec` would
+        // panic alike).
         let layout = Layout::from_size_align(bytes.max(1), ALIGN)
             .expect("a dictionary's buffer fits in memory");
         // SAFETY: the layout's size is at least 1.

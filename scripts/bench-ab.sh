@@ -7,8 +7,9 @@
 # the medians of user seconds, system seconds and M events/s per core, and
 # B's user time as a share of A's. A run of one binary against a copy of
 # itself (q18, 4 pairs of 5 M events) gave a median share of 0.98, single
-# pairs from 0.89 to 1.05: trust medians of 5 pairs or more, and
-# differences larger than that. Needs 2 cores and release builds; stop
+# pairs from 0.89 to 1.05: trust medians of 5 pairs or more, and only
+# differences wider than that spread. A run that fails is named with the
+# last line it wrote to standard error. Needs 2 cores and release builds; stop
 # other work (and the services: `scripts/services.sh stop`) first.
 #
 #   scripts/bench-ab.sh A_BINARY B_BINARY [QUERY…]
@@ -16,7 +17,7 @@
 # Environment: EVENTS (default 20 M), PAIRS (default 5), P (default 1).
 set -euo pipefail
 if [ $# -lt 2 ]; then
-    sed -n '2,16p' "$0" >&2
+    sed -n '2,17p' "$0" >&2
     exit 2
 fi
 A="$1"
@@ -33,8 +34,9 @@ OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
 
 run() { # binary core query label pair
+    local err="$OUT/$3-$4-$5.err"
     taskset -c "$2" "$1" bench nexmark --query "$3" -p "$P" --events "$EVENTS" --runs 1 --json \
-        2>/dev/null | grep '^{' | sed "s/^{/{\"pair\":$5,/" >> "$OUT/$4.jsonl" || true
+        2>"$err" | grep '^{' | sed "s/^{/{\"pair\":$5,/" >> "$OUT/$4.jsonl" || true
 }
 
 for q in "${QUERIES[@]}"; do
@@ -51,24 +53,30 @@ for q in "${QUERIES[@]}"; do
     done
 done
 
-python3 - "$OUT" <<'EOF'
+python3 - "$OUT" "$PAIRS" "${QUERIES[@]}" <<'EOF'
 import json, statistics, sys
 from pathlib import Path
+out, pairs, queries = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 runs = {}
 for label in ("A", "B"):
-    path = Path(sys.argv[1]) / f"{label}.jsonl"
+    path = out / f"{label}.jsonl"
     for line in path.read_text().splitlines() if path.exists() else []:
         r = json.loads(line)
         runs.setdefault((r["query"], label), {})[r["pair"]] = r
 def figures(r):
     return r["cpu_s"] - r["sys_s"], r["sys_s"], r["events_per_core_s"] / 1e6
-queries = sorted({q for q, _ in runs}, key=lambda q: (len(q), q))
 for q in queries:
     a, b = runs.get((q, "A"), {}), runs.get((q, "B"), {})
     for i in sorted(a.keys() & b.keys()):
         (ua, sa, ca), (ub, sb, cb) = figures(a[i]), figures(b[i])
         print(f"{q} pair {i}: A user {ua:.2f} s sys {sa:.2f} s {ca:.2f} M/s/core"
               f" | B user {ub:.2f} s sys {sb:.2f} s {cb:.2f} M/s/core")
+for q in queries:
+    for label in ("A", "B"):
+        for i in range(1, pairs + 1):
+            if i not in runs.get((q, label), {}):
+                lines = (out / f"{q}-{label}-{i}.err").read_text().strip().splitlines()
+                print(f"{q} pair {i}: {label} failed: {lines[-1] if lines else 'no output'}")
 print()
 print("| query | A user s | B user s | B / A user | A sys s | B sys s | A M events/s per core | B M events/s per core |")
 print("|---|---|---|---|---|---|---|---|")
@@ -76,9 +84,9 @@ for q in queries:
     a = [figures(r) for r in runs.get((q, "A"), {}).values()]
     b = [figures(r) for r in runs.get((q, "B"), {}).values()]
     if not a or not b:
-        print(f"| {q} | (a run failed) |")
+        print(f"| {q} | (every run of A or of B failed) |")
         continue
     med = lambda rows, k: statistics.median(row[k] for row in rows)
-    print(f"| {q} | {med(a, 0):.2f} | {med(b, 0):.2f} | {med(b, 0) / med(a, 0):.2f} "
+    print(f"| {q} | {med(a, 0):.2f} | {med(b, 0):.2f} | {med(b, 0) / max(med(a, 0), 1e-9):.2f} "
           f"| {med(a, 1):.2f} | {med(b, 1):.2f} | {med(a, 2):.2f} | {med(b, 2):.2f} |")
 EOF

@@ -3,21 +3,24 @@
 # drifts by a third within an hour (the 2-core KVM guests these benchmarks
 # run on): the two runs of a pair go at the same time, each pinned to its
 # own core, so that both see the same minute of the host; the binaries
-# swap cores and start order every pair. Prints every pair, then per query
-# the medians of user seconds, system seconds and M events/s per core, and
-# B's user time as a share of A's. A run of one binary against a copy of
-# itself (q18, 4 pairs of 5 M events) gave a median share of 0.98, single
-# pairs from 0.89 to 1.05: trust medians of 5 pairs or more, and only
-# differences wider than that spread. A run that fails is named with the
-# last line it wrote to standard error. Needs 2 cores and release builds; stop
-# other work (and the services: `scripts/services.sh stop`) first.
+# swap cores and start order every pair. Prints every pair with B's user
+# time as a share of A's, then per query the medians of user seconds,
+# system seconds and M events/s per core, and the geometric mean and range
+# of the pairs' shares (each share compares runs of the same minute, so
+# the host's drift between pairs cancels in it, not in a ratio of
+# medians). Two A/A runs (one binary against itself, q4, 6 pairs of 10 M
+# events) gave 1.12 (pairs 1.03–1.22) and then 1.02 (0.84–1.13): a single
+# pair decides nothing, and six pairs nothing below ~10 %. A run that
+# fails is named with the last line it wrote to standard error. Needs 2
+# cores and release builds; stop other work (and the services:
+# `scripts/services.sh stop`) first.
 #
 #   scripts/bench-ab.sh A_BINARY B_BINARY [QUERY…]
 #
-# Environment: EVENTS (default 20 M), PAIRS (default 5), P (default 1).
+# Environment: EVENTS (default 20 M), PAIRS (default 6), P (default 1).
 set -euo pipefail
 if [ $# -lt 2 ]; then
-    sed -n '2,17p' "$0" >&2
+    sed -n '2,20p' "$0" >&2
     exit 2
 fi
 A="$1"
@@ -28,7 +31,7 @@ if [ ${#QUERIES[@]} -eq 0 ]; then
     QUERIES=(q18 q19 q9)
 fi
 EVENTS="${EVENTS:-20000000}"
-PAIRS="${PAIRS:-5}"
+PAIRS="${PAIRS:-6}"
 P="${P:-1}"
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
@@ -54,7 +57,7 @@ for q in "${QUERIES[@]}"; do
 done
 
 python3 - "$OUT" "$PAIRS" "${QUERIES[@]}" <<'EOF'
-import json, statistics, sys
+import json, math, statistics, sys
 from pathlib import Path
 out, pairs, queries = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 runs = {}
@@ -70,7 +73,7 @@ for q in queries:
     for i in sorted(a.keys() & b.keys()):
         (ua, sa, ca), (ub, sb, cb) = figures(a[i]), figures(b[i])
         print(f"{q} pair {i}: A user {ua:.2f} s sys {sa:.2f} s {ca:.2f} M/s/core"
-              f" | B user {ub:.2f} s sys {sb:.2f} s {cb:.2f} M/s/core")
+              f" | B user {ub:.2f} s sys {sb:.2f} s {cb:.2f} M/s/core | B/A user {ub / ua:.2f}")
 for q in queries:
     for label in ("A", "B"):
         for i in range(1, pairs + 1):
@@ -78,7 +81,7 @@ for q in queries:
                 lines = (out / f"{q}-{label}-{i}.err").read_text().strip().splitlines()
                 print(f"{q} pair {i}: {label} failed: {lines[-1] if lines else 'no output'}")
 print()
-print("| query | A user s | B user s | B / A user | A sys s | B sys s | A M events/s per core | B M events/s per core |")
+print("| query | A user s | B user s | B / A user (pairs' geometric mean; range) | A sys s | B sys s | A M events/s per core | B M events/s per core |")
 print("|---|---|---|---|---|---|---|---|")
 for q in queries:
     a = [figures(r) for r in runs.get((q, "A"), {}).values()]
@@ -87,6 +90,10 @@ for q in queries:
         print(f"| {q} | (every run of A or of B failed) |")
         continue
     med = lambda rows, k: statistics.median(row[k] for row in rows)
-    print(f"| {q} | {med(a, 0):.2f} | {med(b, 0):.2f} | {med(b, 0) / max(med(a, 0), 1e-9):.2f} "
+    both = runs[(q, "A")].keys() & runs[(q, "B")].keys()
+    shares = [figures(runs[(q, "B")][i])[0] / figures(runs[(q, "A")][i])[0] for i in both]
+    share = (f"{math.exp(statistics.mean(math.log(s) for s in shares)):.2f}; "
+             f"{min(shares):.2f}–{max(shares):.2f}" if shares else "no pair")
+    print(f"| {q} | {med(a, 0):.2f} | {med(b, 0):.2f} | {share} "
           f"| {med(a, 1):.2f} | {med(b, 1):.2f} | {med(a, 2):.2f} | {med(b, 2):.2f} |")
 EOF

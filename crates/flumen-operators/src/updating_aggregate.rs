@@ -172,10 +172,11 @@ fn sort_keys(keys: &mut Vec<u64>) {
     }
     let top = keys.iter().fold(0, |m, &k| m | k);
     let mut spare = vec![0u64; keys.len()];
+    let mut starts = vec![0usize; (1 << DIGIT_BITS) + 1];
     let mut shift = 31;
     while shift < 64 && top >> shift != 0 {
         let digit = |k: u64| ((k >> shift) & ((1 << DIGIT_BITS) - 1)) as usize;
-        let mut starts = vec![0usize; (1 << DIGIT_BITS) + 1];
+        starts.fill(0);
         for &k in keys.iter() {
             starts[digit(k) + 1] += 1;
         }

@@ -8,6 +8,7 @@ mod columns;
 mod filter;
 mod growing_buffer;
 mod hash_heads;
+mod int_aggregates;
 mod join;
 mod kept_rows;
 mod key_columns;

@@ -8,6 +8,8 @@
 //! Groups hold DataFusion row `Accumulator`s rather than a
 //! `GroupsAccumulator`, because an updating result must read a group's value
 //! without consuming it and take rows back, which `GroupsAccumulator` cannot.
+//! Over an appending input, integer `COUNT`, `SUM`, `MIN` and `MAX` are
+//! vectors indexed by group instead (`int_aggregates`).
 
 use std::sync::Arc;
 
@@ -20,6 +22,7 @@ use flumen_state::{KeyGroupRange, KeyedTable, StateSnapshot, state_column};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
 
 use crate::columns::{merge_state, row_state_fields, scalar_column, subtract_state, take_states};
+use crate::int_aggregates::IntAggregates;
 use crate::window_aggregate::{AggregateCall, names, sorted_arguments};
 
 /// Makes [`UpdatingAggregate`] operators.
@@ -73,9 +76,18 @@ impl OperatorFactory for UpdatingAggregateFactory {
             .map(|f| f.as_ref().clone())
             .collect();
         let updating = self.op_column.is_some();
-        let (_, state_starts) = row_state_fields(self.aggregates.len(), |a| {
+        let (state_fields, state_starts) = row_state_fields(self.aggregates.len(), |a| {
             new_accumulator(&self.aggregates, updating, a)
         })?;
+        let results: Vec<&Field> = self.output.fields()[self.key_columns.len()..]
+            .iter()
+            .map(|f| f.as_ref())
+            .collect();
+        let ints = if updating {
+            None
+        } else {
+            IntAggregates::for_aggregates(&self.aggregates, &results, &state_fields, &state_starts)
+        };
         Ok(Box::new(UpdatingAggregate {
             merge_states: self.merge_states,
             state_starts,
@@ -87,6 +99,7 @@ impl OperatorFactory for UpdatingAggregateFactory {
             keys: KeyedTable::new(key_fields, ctx.key_groups)?,
             owned: ctx.key_groups.range,
             accumulators: Vec::new(),
+            ints,
             counts: Vec::new(),
             touched_at: Vec::new(),
             watermark: i64::MIN,
@@ -117,8 +130,12 @@ pub struct UpdatingAggregate {
     keys: KeyedTable,
     /// The key groups this subtask owns.
     owned: KeyGroupRange,
-    /// `accumulators[group * aggregates.len() + a]`.
+    /// `accumulators[group * aggregates.len() + a]`; empty when `ints`
+    /// holds the aggregates.
     accumulators: Vec<Box<dyn Accumulator>>,
+    /// The aggregates as vectors by group, when they are all integer
+    /// `COUNT`, `SUM`, `MIN` or `MAX` over an appending input.
+    ints: Option<IntAggregates>,
     /// Rows currently counted in each group.
     counts: Vec<i64>,
     /// The watermark when each group was last updated (for `state_ttl`).
@@ -196,6 +213,26 @@ fn sort_keys(keys: &mut Vec<u64>) {
     }
 }
 
+/// The group of the run of `order` that starts at `start`, and where the
+/// run ends.
+fn run_at(order: &[u64], start: usize) -> (usize, usize) {
+    let group_of = |o: u64| (o >> 32) as usize;
+    let group = group_of(order[start]);
+    let mut end = start;
+    while end < order.len() && group_of(order[end]) == group {
+        end += 1;
+    }
+    (group, end)
+}
+
+/// Input rows in sorted rows `from..to`: one each, or a partial row's count.
+fn rows_in(partial_rows: Option<&Int64Array>, from: usize, to: usize) -> i64 {
+    match partial_rows {
+        Some(r) => r.values()[from..to].iter().sum::<i64>(),
+        None => (to - from) as i64,
+    }
+}
+
 /// One output row: a group's old or new result.
 struct Change {
     group: usize,
@@ -242,6 +279,12 @@ impl UpdatingAggregate {
 
     /// A group for every new id up to `groups`.
     fn add_groups(&mut self, groups: usize, touched_at: i64) -> Result<()> {
+        if let Some(ints) = &mut self.ints {
+            ints.add_groups(groups);
+            self.counts.resize(groups, 0);
+            self.touched_at.resize(groups, touched_at);
+            return Ok(());
+        }
         while self.counts.len() < groups {
             for a in 0..self.aggregates.len() {
                 let acc = self.new_accumulator(a)?;
@@ -301,6 +344,12 @@ impl UpdatingAggregate {
             return Ok(());
         }
         self.keys.retain(&keep)?;
+        self.counts = keep.iter().map(|&g| self.counts[g]).collect();
+        self.touched_at = keep.iter().map(|&g| self.touched_at[g]).collect();
+        if let Some(ints) = &mut self.ints {
+            ints.retain(&keep);
+            return Ok(());
+        }
         let n = self.aggregates.len();
         let mut old: Vec<Option<Box<dyn Accumulator>>> = std::mem::take(&mut self.accumulators)
             .into_iter()
@@ -311,8 +360,77 @@ impl UpdatingAggregate {
             .flat_map(|&g| g * n..(g + 1) * n)
             .map(|i| old[i].take().expect("each accumulator moves once"))
             .collect();
-        self.counts = keep.iter().map(|&g| self.counts[g]).collect();
-        self.touched_at = keep.iter().map(|&g| self.touched_at[g]).collect();
+        Ok(())
+    }
+
+    /// [`Operator::process_batch`] for aggregates held in `ints` (an
+    /// appending input, so no row is taken back): each group's run of
+    /// sorted rows updates its values in place, and its old and new values
+    /// go straight into the output columns.
+    fn update_ints(
+        &mut self,
+        order: &[u64],
+        arguments: &[Vec<ArrayRef>],
+        partial_rows: Option<&Int64Array>,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let ints = self
+            .ints
+            .as_mut()
+            .expect("called only when the aggregates are integer vectors");
+        let n = self.aggregates.len();
+        let mut groups = Vec::new();
+        let mut ops = Vec::new();
+        let mut results: Vec<Vec<Option<i64>>> = vec![Vec::new(); n];
+        let mut old = vec![None; n];
+        let mut start = 0;
+        while start < order.len() {
+            let (group, end) = run_at(order, start);
+            for (a, v) in old.iter_mut().enumerate() {
+                *v = ints.value(a, group);
+            }
+            for (a, args) in arguments.iter().enumerate() {
+                ints.update(a, group, &args[0], start, end, self.merge_states)?;
+            }
+            let was = self.counts[group];
+            let now = was + rows_in(partial_rows, start, end);
+            self.counts[group] = now;
+            self.touched_at[group] = self.watermark;
+            let mut push = |op: RowOp, values: &mut dyn Iterator<Item = Option<i64>>| {
+                groups.push(group);
+                ops.push(op as i8);
+                for (column, v) in results.iter_mut().zip(values) {
+                    column.push(v);
+                }
+            };
+            match (was > 0, now > 0) {
+                (false, true) => push(RowOp::Insert, &mut (0..n).map(|a| ints.value(a, group))),
+                (true, true) if !ints.equals(group, &old) => {
+                    push(RowOp::UpdateBefore, &mut old.iter().copied());
+                    push(
+                        RowOp::UpdateAfter,
+                        &mut (0..n).map(|a| ints.value(a, group)),
+                    );
+                }
+                (true, false) => {
+                    push(RowOp::Delete, &mut old.iter().copied());
+                    ints.reset(group);
+                }
+                _ => {}
+            }
+            start = end;
+        }
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let mut columns = self.keys.emit(groups.into_iter())?;
+        columns.extend(
+            results
+                .into_iter()
+                .map(|values| Arc::new(Int64Array::from(values)) as ArrayRef),
+        );
+        columns.push(Arc::new(Int8Array::from(ops)));
+        out.push(RecordBatch::try_new(self.output.clone(), columns)?);
         Ok(())
     }
 
@@ -353,17 +471,16 @@ impl Operator for UpdatingAggregate {
             .op_column
             .map(|c| batch.column(c).as_primitive::<Int8Type>().values().as_ref());
         let (order, indices) = group_order(&ids, ops);
-        let group_of = |o: u64| (o >> 32) as usize;
         let (arguments, partial_rows) = if self.merge_states {
             let (states, rows) = self.sorted_states(&batch, &indices)?;
             (states, Some(rows))
         } else {
             (sorted_arguments(&self.aggregates, &batch, &indices)?, None)
         };
-        let rows_in = |from: usize, to: usize| match &partial_rows {
-            Some(r) => r.values()[from..to].iter().sum::<i64>(),
-            None => (to - from) as i64,
-        };
+        if self.ints.is_some() {
+            return self.update_ints(&order, &arguments, partial_rows.as_ref(), out);
+        }
+        let rows_in = |from: usize, to: usize| rows_in(partial_rows.as_ref(), from, to);
         let n = self.aggregates.len();
         let updating = self.op_column.is_some();
         let mut changes = Vec::new();
@@ -371,11 +488,7 @@ impl Operator for UpdatingAggregate {
         let mut part: Vec<ArrayRef> = Vec::new();
         let mut start = 0;
         while start < order.len() {
-            let group = group_of(order[start]);
-            let mut end = start;
-            while end < order.len() && group_of(order[end]) == group {
-                end += 1;
-            }
+            let (group, end) = run_at(&order, start);
             let split = start
                 + order[start..end]
                     .iter()
@@ -468,6 +581,7 @@ impl Operator for UpdatingAggregate {
         if self.watermarks_seen % 1024 == 1 {
             let bytes = self.keys.size()
                 + self.accumulators.iter().map(|a| a.size()).sum::<usize>()
+                + self.ints.as_ref().map_or(0, IntAggregates::size)
                 + self.counts.len() * 16;
             self.metrics.report_state(&mut self.gauge, bytes);
         }
@@ -483,13 +597,17 @@ impl Operator for UpdatingAggregate {
         let layout = row_state_fields(self.aggregates.len(), |a| self.new_accumulator(a))?;
         let schema = self.snapshot_schema(&layout.0);
         let mut columns = self.keys.emit(0..groups)?;
-        let n = self.aggregates.len().max(1);
-        let (aggregates, updating) = (&self.aggregates, self.op_column.is_some());
-        columns.extend(take_states(
-            self.accumulators.chunks_mut(n),
-            &layout,
-            |a| new_accumulator(aggregates, updating, a),
-        )?);
+        if let Some(ints) = &self.ints {
+            columns.extend(ints.states());
+        } else {
+            let n = self.aggregates.len().max(1);
+            let (aggregates, updating) = (&self.aggregates, self.op_column.is_some());
+            columns.extend(take_states(
+                self.accumulators.chunks_mut(n),
+                &layout,
+                |a| new_accumulator(aggregates, updating, a),
+            )?);
+        }
         columns.push(Arc::new(Int64Array::from(self.counts.clone())));
         columns.push(Arc::new(Int64Array::from(self.touched_at.clone())));
         let batch = RecordBatch::try_new(schema, columns)?;
@@ -515,7 +633,12 @@ impl Operator for UpdatingAggregate {
             for (row, &group) in ids.iter().enumerate() {
                 for a in 0..n {
                     let columns = &batch.columns()[k + starts[a]..k + starts[a + 1]];
-                    merge_state(self.accumulators[group * n + a].as_mut(), columns, row)?;
+                    match &mut self.ints {
+                        Some(ints) => ints.update(a, group, &columns[0], row, row + 1, true)?,
+                        None => {
+                            merge_state(self.accumulators[group * n + a].as_mut(), columns, row)?
+                        }
+                    }
                 }
                 self.counts[group] += count.value(row);
                 self.touched_at[group] = self.touched_at[group].max(touched.value(row));

@@ -18,7 +18,7 @@ use arrow::compute::take_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::util::display::array_value_to_string;
 use datafusion::functions_aggregate::count::count_udaf;
-use datafusion::functions_aggregate::min_max::max_udaf;
+use datafusion::functions_aggregate::min_max::{max_udaf, min_udaf};
 use datafusion::functions_aggregate::sum::sum_udaf;
 use datafusion::logical_expr::Operator as BinaryOp;
 use datafusion::physical_expr::aggregate::AggregateExprBuilder;
@@ -280,13 +280,28 @@ fn updating_aggregate_groups_move_by_key_group() {
         Field::new("k", DataType::Int64, false),
         Field::new("n", DataType::Int64, true),
         Field::new("total", DataType::Int64, true),
+        Field::new("lowest", DataType::Int64, true),
+        Field::new("highest", DataType::Int64, true),
+        Field::new("highest_over_90", DataType::Int64, true),
         Field::new("_op", DataType::Int8, false),
     ]));
+    // A group with no row over 90 has a NULL MAX, in its snapshot too.
+    let over_90 = AggregateCall {
+        filter: Some(Arc::new(BinaryExpr::new(
+            col("v", &schema).unwrap(),
+            BinaryOp::Gt,
+            lit(90i64),
+        ))),
+        ..aggregate(max_udaf(), "v", &schema)
+    };
     let factory = UpdatingAggregateFactory {
         key_columns: vec![0],
         aggregates: vec![
             aggregate(count_udaf(), "v", &schema),
             aggregate(sum_udaf(), "v", &schema),
+            aggregate(min_udaf(), "v", &schema),
+            aggregate(max_udaf(), "v", &schema),
+            over_90,
         ],
         op_column: None,
         state_ttl_ns: None,
@@ -295,6 +310,10 @@ fn updating_aggregate_groups_move_by_key_group() {
     };
     let rows = check(&factory, &[vec![0]], &bid_steps(8));
     assert!(rows.iter().any(|r| r.ends_with("|3")), "updates expected");
+    assert!(
+        rows.iter().any(|r| r.ends_with("||0")),
+        "NULL maxima expected"
+    );
 }
 
 #[test]

@@ -473,6 +473,35 @@ async fn two_phase_updating_aggregates_match_batch() {
     check_sql("two_phase_updating", TWO_PHASE_UPDATING, None).await;
 }
 
+/// Integer COUNT, SUM, MIN and MAX over an appending input, which the
+/// running GROUP BY holds as vectors by group: NULL arguments (a SUM, MIN
+/// or MAX of no non-null row is NULL, a COUNT of a column skips them) and
+/// FILTERs, in one phase and, with the setting, in two.
+const INT_AGGREGATES: &str = "
+CREATE TABLE int_aggregates_out (
+    auction BIGINT, n BIGINT, big_bidders BIGINT, total BIGINT, lowest_bidder BIGINT,
+    highest BIGINT, big BIGINT, big_total BIGINT, big_lowest BIGINT, big_highest BIGINT
+) WITH (connector = 'blackhole');
+INSERT INTO int_aggregates_out
+SELECT auction, count(*), count(CASE WHEN price > 5000000 THEN bidder END), sum(price),
+       min(bidder), max(price), count(*) FILTER (WHERE price > 1000000),
+       sum(CASE WHEN price > 5000000 THEN price END),
+       min(price) FILTER (WHERE price > 5000000), max(CASE WHEN price > 5000000 THEN price END)
+FROM bid
+GROUP BY auction;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integer_aggregates_match_batch() {
+    check_sql("int_aggregates", INT_AGGREGATES, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integer_aggregates_in_two_phases_match_batch() {
+    let sql = format!("SET 'table.optimizer.agg-phase-strategy' = 'TWO_PHASE';{INT_AGGREGATES}");
+    check_sql("int_aggregates_two_phase", &sql, None).await;
+}
+
 /// Split-distinct aggregation: distinct bidders per channel (four hot
 /// channels hold half the bids) counted in 16 buckets of the bidder and
 /// summed, with a FILTER on a distinct count, a SUM(DISTINCT) of the same

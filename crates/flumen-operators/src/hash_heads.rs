@@ -4,7 +4,7 @@
 //! its control bytes and then its slots. Home slots can be computed for a
 //! whole batch first and prefetched a few rows ahead (as `word_set` does).
 
-use crate::probing::grown_capacity;
+use flumen_state::probing::grown_capacity;
 
 /// A head no slot holds: the slot is empty.
 pub(crate) const NIL: u32 = u32::MAX;
@@ -56,7 +56,7 @@ impl HashHeads {
     /// Asks the CPU to start loading `home`'s cache line.
     #[inline]
     pub(crate) fn prefetch(&self, home: usize) {
-        crate::probing::prefetch(&self.slots, home);
+        flumen_state::probing::prefetch(&self.slots, home);
     }
 
     /// The head of `hash` (probe starting at `home`), if it has one.

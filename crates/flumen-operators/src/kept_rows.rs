@@ -334,7 +334,7 @@ impl KeptRows {
     #[inline]
     pub(crate) fn prefetch_keys(&self, r: RowRef) {
         if let Some(Some(slot)) = self.slots.get(r.slot as usize) {
-            crate::probing::prefetch_ref(slot.keys.partition(r.row as usize));
+            flumen_state::probing::prefetch_ref(slot.keys.partition(r.row as usize));
         }
     }
 

@@ -17,7 +17,6 @@ mod limit;
 mod local_aggregate;
 mod lookup_join;
 mod open_table;
-mod probing;
 mod projection;
 mod retract_top_n;
 mod session_aggregate;

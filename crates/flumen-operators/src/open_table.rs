@@ -7,7 +7,7 @@
 //! table grows or loses a value; removal shifts later values of a probe
 //! run back (no tombstones).
 
-use crate::probing::grown_capacity;
+use flumen_state::probing::grown_capacity;
 
 /// A value that knows its hash.
 pub(crate) trait Hashed {
@@ -53,7 +53,7 @@ impl<T: Hashed> OpenTable<T> {
     /// Asks the CPU to start loading `home`'s cache line.
     #[inline]
     pub(crate) fn prefetch(&self, home: usize) {
-        crate::probing::prefetch(&self.slots, home);
+        flumen_state::probing::prefetch(&self.slots, home);
     }
 
     /// Makes room for `more` new values, so that no insert of them moves

@@ -89,9 +89,9 @@ impl StringDictionary {
                 .and_then(|&home| self.table.first_with_hash(home, hashes[k + STRING_AHEAD]))
             {
                 let s = self.string(e.id);
-                crate::probing::prefetch_ref(s);
+                flumen_state::probing::prefetch_ref(s);
                 if let Some(tail) = s.get(64..) {
-                    crate::probing::prefetch_ref(tail);
+                    flumen_state::probing::prefetch_ref(tail);
                 }
             }
             let i = i as usize;

@@ -946,7 +946,7 @@ impl<T: Touched> TopN<T> {
             Some(Partition {
                 entries: Entries::Many(rows),
                 ..
-            }) => crate::probing::prefetch_ref(&rows[..]),
+            }) => flumen_state::probing::prefetch_ref(&rows[..]),
             _ => {}
         }
     }

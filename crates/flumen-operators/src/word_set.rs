@@ -7,8 +7,8 @@
 //! that grows gives its old slots' memory back as it moves them, so growing
 //! never holds both tables whole (q16's sets would hold 1.5× their size).
 
-use crate::probing::grown_capacity;
 use crate::slots::Slots;
+use flumen_state::probing::grown_capacity;
 
 /// Flag bits below each word's key.
 pub(crate) const FLAG_BITS: u32 = 8;
@@ -95,7 +95,7 @@ impl WordSet {
     /// Asks the CPU to start loading `home`'s cache line.
     #[inline]
     pub(crate) fn prefetch(&self, home: usize) {
-        crate::probing::prefetch(&self.slots, home);
+        flumen_state::probing::prefetch(&self.slots, home);
     }
 
     /// Sets `flags` (not 0) on `key`, adding it if absent; `home` is

@@ -1,5 +1,6 @@
-//! A state table of keys: group keys interned to dense ids (DataFusion
-//! `GroupValues`, one vectorised call per batch), each also kept as an
+//! A state table of keys: group keys interned to dense ids (keys of one or
+//! two integer-like columns packed into words, `fixed_keys`; others by
+//! DataFusion `GroupValues`, one vectorised call per batch), each also kept as an
 //! `arrow-row` row so the key can be emitted again while its group lives on
 //! (which `GroupValues` alone cannot do without giving its keys up), and
 //! each tagged with its key group when it first appears.
@@ -14,16 +15,61 @@ use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use flumen_types::{FlumenError, Result};
 
+use crate::fixed_keys::FixedKeys;
 use crate::key_group::{KeyGroup, KeyGroups};
 
 fn err(e: impl std::fmt::Display) -> FlumenError {
     FlumenError::execution(format!("group keys: {e}"))
 }
 
+/// What gives keys their ids.
+enum Interner {
+    Fixed(FixedKeys),
+    Values(Box<dyn GroupValues>),
+}
+
+impl Interner {
+    /// The fastest interner for keys of `schema`.
+    fn new(schema: &SchemaRef) -> Result<Self> {
+        let columns: Vec<_> = schema
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        Ok(match FixedKeys::for_columns(&columns) {
+            Some(fixed) => Interner::Fixed(fixed),
+            None => Interner::Values(
+                new_group_values(schema.clone(), &GroupOrdering::None).map_err(err)?,
+            ),
+        })
+    }
+
+    fn intern(&mut self, keys: &[ArrayRef], ids: &mut Vec<usize>) -> Result<()> {
+        match self {
+            Interner::Fixed(fixed) => fixed.intern(keys, ids),
+            Interner::Values(groups) => groups.intern(keys, ids).map_err(err),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Interner::Fixed(fixed) => fixed.len(),
+            Interner::Values(groups) => groups.len(),
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            Interner::Fixed(fixed) => fixed.size(),
+            Interner::Values(groups) => groups.size(),
+        }
+    }
+}
+
 /// The keys of one operator subtask's groups, with their key groups.
 pub struct KeyedTable {
     schema: SchemaRef,
-    groups: Box<dyn GroupValues>,
+    groups: Interner,
     rows: Rows,
     converter: RowConverter,
     key_groups: KeyGroups,
@@ -49,7 +95,7 @@ impl KeyedTable {
         )?;
         let global = schema.fields().is_empty().then_some(0);
         Ok(KeyedTable {
-            groups: new_group_values(schema.clone(), &GroupOrdering::None).map_err(err)?,
+            groups: Interner::new(&schema)?,
             rows: converter.empty_rows(0, 0),
             converter,
             schema,
@@ -84,7 +130,7 @@ impl KeyedTable {
             return Ok(());
         }
         let before = self.groups.len();
-        self.groups.intern(keys, ids).map_err(err)?;
+        self.groups.intern(keys, ids)?;
         let total = self.groups.len();
         if total > before {
             let mut first = vec![u32::MAX; total - before];
@@ -138,11 +184,10 @@ impl KeyedTable {
             return Ok(());
         }
         let keys = self.emit(keep.iter().copied())?;
-        let mut groups =
-            new_group_values(self.schema.clone(), &GroupOrdering::None).map_err(err)?;
+        let mut groups = Interner::new(&self.schema)?;
         let mut ids = Vec::with_capacity(keep.len());
         if !keep.is_empty() {
-            groups.intern(&keys, &mut ids).map_err(err)?;
+            groups.intern(&keys, &mut ids)?;
         }
         self.groups = groups;
         self.rows = self.converter.empty_rows(keep.len(), 0);
@@ -185,6 +230,36 @@ mod tests {
         let kept = table.emit(0..2).unwrap();
         let kept: Vec<_> = kept[0].as_string::<i32>().iter().flatten().collect();
         assert_eq!(kept, ["b", "c"]);
+    }
+
+    #[test]
+    fn packed_keys_are_interned_again_after_retain() {
+        let groups = KeyGroups::of_subtask(0, 1, 128);
+        let fields = vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Int32, false),
+        ];
+        let mut table = KeyedTable::new(fields, groups).unwrap();
+        assert!(matches!(table.groups, Interner::Fixed(_)));
+        let batch = |a: Vec<Option<i64>>, b: Vec<i32>| -> Vec<ArrayRef> {
+            vec![
+                Arc::new(arrow::array::Int64Array::from(a)),
+                Arc::new(arrow::array::Int32Array::from(b)),
+            ]
+        };
+        let mut ids = Vec::new();
+        let keys = batch(vec![Some(10), None, Some(10), Some(30)], vec![1, 1, 1, 1]);
+        table.intern(&keys, 4, &mut ids).unwrap();
+        assert_eq!(ids, [0, 1, 0, 2]);
+        table.retain(&[1, 2]).unwrap();
+        let keys = batch(vec![Some(30), None, Some(10), Some(30)], vec![1, 1, 1, 2]);
+        table.intern(&keys, 4, &mut ids).unwrap();
+        assert_eq!(ids, [1, 0, 2, 3]);
+        let kept = table.emit(0..4).unwrap();
+        assert_eq!(
+            kept[0].as_primitive::<arrow::datatypes::Int64Type>(),
+            &arrow::array::Int64Array::from(vec![None, Some(30), Some(10), Some(30)])
+        );
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! and manifests in an object store.
 
 pub mod checkpoint;
+mod fixed_keys;
 mod key_group;
 mod keyed_table;
 mod local_file;
 mod location;
+pub mod probing;
 mod snapshot;
 
 pub use key_group::{

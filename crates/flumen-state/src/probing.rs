@@ -1,4 +1,5 @@
-//! What the open-addressing tables (`word_set`, `hash_heads`, `open_table`)
+//! What the open-addressing tables (`fixed_keys` here; `word_set`, `hash_heads`
+//! and `open_table` of the operators)
 //! share: when to grow and to what size, and the software prefetch with
 //! which a batch that computed its rows' home slots first asks for the slot
 //! of the row a few ahead, so the cache misses into a large table overlap
@@ -7,7 +8,7 @@
 /// The slot count a table of `slots` slots holding `len` entries needs for
 /// `more` more, if it must grow: the smallest power of two (at least 16)
 /// that keeps it at most `max_load_eighths` eighths full.
-pub(crate) fn grown_capacity(
+pub fn grown_capacity(
     len: usize,
     more: usize,
     slots: usize,
@@ -24,7 +25,7 @@ pub(crate) fn grown_capacity(
 /// Asks the CPU to start loading the cache line of `slots[at]` (nothing
 /// when `at` is past the end).
 #[inline]
-pub(crate) fn prefetch<T>(slots: &[T], at: usize) {
+pub fn prefetch<T>(slots: &[T], at: usize) {
     if let Some(slot) = slots.get(at) {
         prefetch_ref(slot);
     }
@@ -32,7 +33,7 @@ pub(crate) fn prefetch<T>(slots: &[T], at: usize) {
 
 /// Asks the CPU to start loading the cache line holding the start of `value`.
 #[inline]
-pub(crate) fn prefetch_ref<T: ?Sized>(value: &T) {
+pub fn prefetch_ref<T: ?Sized>(value: &T) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};

@@ -23,6 +23,7 @@ mod session_aggregate;
 mod shared_distinct;
 mod slots;
 mod string_dictionary;
+mod string_groups;
 mod top_n;
 mod union;
 mod unnest;

@@ -18,8 +18,7 @@ use arrow::array::{ArrayRef, AsArray, Int8Array, Int64Array, RecordBatch, UInt32
 use arrow::datatypes::{DataType, Field, Int8Type, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{Accumulator, EmitTo};
-use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
-use datafusion::physical_plan::aggregates::order::GroupOrdering;
+use datafusion::physical_plan::aggregates::group_values::GroupValues;
 use flumen_runtime::{Operator, OperatorFactory, TaskContext};
 use flumen_types::{FlumenError, Result, RowOp, op_field};
 
@@ -107,7 +106,7 @@ impl OperatorFactory for LocalAggregateFactory {
         Ok(Box::new(LocalAggregate {
             key_columns: self.key_columns.clone(),
             aggregates: self.aggregates.clone(),
-            groups: new_group_values(self.key_schema.clone(), &GroupOrdering::None).map_err(df)?,
+            groups: crate::string_groups::group_values(&self.key_schema).map_err(df)?,
             rows: self.rows,
             output: self.output()?,
         }))

@@ -24,8 +24,7 @@ use datafusion::common::ScalarValue;
 use datafusion::logical_expr::EmitTo;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
-use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
-use datafusion::physical_plan::aggregates::order::GroupOrdering;
+use datafusion::physical_plan::aggregates::group_values::GroupValues;
 use flumen_runtime::{JobMetrics, Operator, OperatorFactory, StateGauge, TaskContext};
 use flumen_state::{KeyGroup, KeyGroups, StateSnapshot, gather_parts, state_column};
 use flumen_types::{FlumenError, Result, RowOp, Watermark};
@@ -408,8 +407,7 @@ pub(crate) fn df(e: impl std::fmt::Display) -> FlumenError {
 impl WindowAggregate {
     /// A window without groups, whose constant keys are `constants`.
     fn new_window(&self, constants: Vec<ScalarValue>) -> Result<Window> {
-        let groups =
-            new_group_values(self.group_schema.clone(), &GroupOrdering::None).map_err(df)?;
+        let groups = crate::string_groups::group_values(&self.group_schema).map_err(df)?;
         Ok(Window {
             constants,
             groups,
@@ -663,8 +661,7 @@ impl WindowAggregate {
     /// pane holds a group.
     fn build_window(&mut self, start: i64) -> Result<Option<RecordBatch>> {
         let end = start.saturating_add(self.size_ns);
-        let mut groups =
-            new_group_values(self.group_schema.clone(), &GroupOrdering::None).map_err(df)?;
+        let mut groups = crate::string_groups::group_values(&self.group_schema).map_err(df)?;
         let mut accumulators = new_accumulators(&self.aggregates)?;
         let mut constants = None;
         let mut ids = Vec::new();

@@ -369,15 +369,12 @@ impl UpdatingAggregate {
     /// go straight into the output columns.
     fn update_ints(
         &mut self,
+        ints: &mut IntAggregates,
         order: &[u64],
         arguments: &[Vec<ArrayRef>],
         partial_rows: Option<&Int64Array>,
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
-        let ints = self
-            .ints
-            .as_mut()
-            .expect("called only when the aggregates are integer vectors");
         let n = self.aggregates.len();
         let mut groups = Vec::new();
         let mut ops = Vec::new();
@@ -477,8 +474,11 @@ impl Operator for UpdatingAggregate {
         } else {
             (sorted_arguments(&self.aggregates, &batch, &indices)?, None)
         };
-        if self.ints.is_some() {
-            return self.update_ints(&order, &arguments, partial_rows.as_ref(), out);
+        if let Some(mut ints) = self.ints.take() {
+            // Lent out for the batch and put back whatever it returns.
+            let done = self.update_ints(&mut ints, &order, &arguments, partial_rows.as_ref(), out);
+            self.ints = Some(ints);
+            return done;
         }
         let rows_in = |from: usize, to: usize| rows_in(partial_rows.as_ref(), from, to);
         let n = self.aggregates.len();

@@ -495,6 +495,49 @@ mod tests {
         }
     }
 
+    /// An aggregate that gives up its state starts again from nothing
+    /// while the others of its set keep theirs.
+    #[test]
+    fn one_aggregate_giving_up_its_state_restarts_alone() {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
+        let aggregates = vec![count_distinct("v", &schema), count_distinct("v", &schema)];
+        let mut accs = new_accumulators(&aggregates).unwrap();
+        let (v, _, ids) = rows(0);
+        let column: ArrayRef = Arc::new(v);
+        let update = |accs: &mut Vec<Box<dyn GroupsAccumulator>>| {
+            for acc in accs.iter_mut() {
+                acc.update_batch(std::slice::from_ref(&column), &ids, None, GROUPS)
+                    .unwrap();
+            }
+        };
+        update(&mut accs);
+        let given_up = accs[0].state(EmitTo::All).unwrap();
+        assert_eq!(given_up[0].len(), GROUPS);
+        update(&mut accs);
+        let counts: Vec<Vec<i64>> = accs
+            .iter_mut()
+            .map(|acc| {
+                let counts = acc.evaluate(EmitTo::All).unwrap();
+                counts.as_primitive::<Int64Type>().values().to_vec()
+            })
+            .collect();
+        let once: Vec<i64> = {
+            let mut seen: HashSet<(usize, i64)> = HashSet::new();
+            let (v, _, ids) = rows(0);
+            for (r, &g) in ids.iter().enumerate() {
+                if v.is_valid(r) {
+                    seen.insert((g, v.value(r)));
+                }
+            }
+            (0..GROUPS)
+                .map(|g| seen.iter().filter(|(sg, _)| *sg == g).count() as i64)
+                .collect()
+        };
+        assert!(once.iter().all(|&n| n > 0));
+        assert_eq!(counts[0], once, "the one that gave up its state");
+        assert_eq!(counts[1], once, "the one that kept it");
+    }
+
     /// Rows of batch `batch`: values of v (small, negative, at the limits of
     /// packing and too wide for it; some null), of w, and group ids.
     fn rows(batch: usize) -> (Int64Array, arrow::array::Int32Array, Vec<usize>) {

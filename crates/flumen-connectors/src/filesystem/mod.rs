@@ -1,6 +1,7 @@
 //! The `filesystem` connector: reads and writes JSON lines, CSV and Parquet
 //! files in a local directory or an object store.
 
+mod dictionary_choice;
 mod output;
 mod parquet_file;
 mod partition;

@@ -28,6 +28,7 @@ use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::Format;
+use super::dictionary_choice;
 use super::output::{Output, Sealed, Upload};
 use super::parquet_file::ParquetFile;
 use super::partition::Partitioning;
@@ -299,7 +300,8 @@ impl FileSink {
         write_error(&self.display, e)
     }
 
-    async fn open(&mut self, partition: &str) -> Result<OpenFile> {
+    /// Opens a file for `partition`, whose first rows will be `first`.
+    async fn open(&mut self, partition: &str, first: &RecordBatch) -> Result<OpenFile> {
         // Zero-padded, so that listing the files in name order lists each
         // subtask's files in the order they were written.
         let (file, temp) = match self.epoch {
@@ -364,8 +366,12 @@ impl FileSink {
         };
         let writer = match self.format {
             Format::Parquet => FileWriter::Parquet(Box::new(
-                ParquetFile::try_new(out, self.schema.clone(), self.parquet.clone())
-                    .map_err(|e| self.err(e))?,
+                ParquetFile::try_new(
+                    out,
+                    self.schema.clone(),
+                    dictionary_choice::properties(&self.parquet, first),
+                )
+                .map_err(|e| self.err(e))?,
             )),
             _ => FileWriter::Text(out),
         };
@@ -415,7 +421,7 @@ impl FileSink {
     /// of `partition`, opening one when there is none.
     async fn write_to(&mut self, partition: &str, batch: &RecordBatch) -> Result<()> {
         if !self.open.contains_key(partition) {
-            let file = self.open(partition).await?;
+            let file = self.open(partition, batch).await?;
             self.open.insert(partition.to_string(), file);
         }
         let format = self.format;

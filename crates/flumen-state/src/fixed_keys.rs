@@ -246,6 +246,33 @@ mod tests {
         assert!(seen.contains_key(&(None, 0)) && seen.contains_key(&(Some(0), 0)));
     }
 
+    /// Two keys, alike in one column and with equal 32-bit hashes (found by
+    /// search: the hash is fixed), get two ids, for each column they may
+    /// differ in.
+    #[test]
+    fn keys_with_equal_hashes_stay_apart() {
+        for differing in 0..2 {
+            let key = |v: u64| {
+                let mut words = [7, 7, 0];
+                words[differing] = v;
+                words
+            };
+            let mut by_hash = std::collections::HashMap::new();
+            let (v1, v2) = (0..1_000_000u64)
+                .find_map(|v| by_hash.insert(hash(&key(v)), v).map(|earlier| (earlier, v)))
+                .expect("32-bit hashes of a million keys collide");
+            let column = |values: [u64; 2]| -> ArrayRef {
+                Arc::new(Int64Array::from(values.map(|v| v as i64).to_vec()))
+            };
+            let (k1, k2) = (key(v1), key(v2));
+            let keys = [column([k1[0], k2[0]]), column([k1[1], k2[1]])];
+            let mut table = FixedKeys::for_columns(&[DataType::Int64, DataType::Int64]).unwrap();
+            let mut ids = Vec::new();
+            table.intern(&keys, &mut ids).unwrap();
+            assert_eq!(ids, [0, 1], "keys {k1:?} and {k2:?}");
+        }
+    }
+
     #[test]
     fn only_keys_of_one_or_two_integer_like_columns_pack() {
         let ts = DataType::Timestamp(TimeUnit::Millisecond, None);

@@ -12,6 +12,7 @@ mod planner;
 mod regexp_extract;
 mod script;
 mod shared_regex;
+mod text_memo;
 mod time_shift;
 mod to_char;
 mod tvf;

@@ -10,6 +10,9 @@
 //! the pattern (Nexmark q21's filter), becomes `regexp_extract_matched(text,
 //! pattern)` when the group takes part in every match: a yes-or-no search
 //! that stops at the first match instead of locating it and its groups.
+//!
+//! Matches are remembered per distinct text ([`TextMemo`]): q21's 10,004
+//! channel URLs are searched once each, not once a bid.
 
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
@@ -25,6 +28,8 @@ use datafusion::logical_expr::{
     Volatility,
 };
 use regex::Regex;
+
+use crate::text_memo::TextMemo;
 
 /// The last pattern a function compiled: batches bring the same constant
 /// pattern, so it is compiled once. A cache, not part of the function's
@@ -63,11 +68,69 @@ impl Compiled {
     }
 }
 
-/// The UDF, with the last pattern it compiled.
+/// Where a group matched in a text, if it did.
+type Span = Option<(usize, usize)>;
+
+/// Memos kept at most by one function.
+const MEMOS: usize = 8;
+
+/// Memos of the spans a pattern's group matched, each taken by one call
+/// at a time (subtasks may share the function), kept with the pattern and
+/// group they are for. A cache, not part of the function's identity.
+#[derive(Default)]
+struct Memos(Mutex<Vec<(String, usize, TextMemo<Span>)>>);
+
+impl std::fmt::Debug for Memos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Memos")
+    }
+}
+
+impl PartialEq for Memos {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Memos {}
+
+impl Hash for Memos {
+    fn hash<H: Hasher>(&self, _state: &mut H) {}
+}
+
+impl Memos {
+    /// A memo for `pattern`'s `group`: one kept for them, or a new one.
+    fn take(&self, pattern: &str, group: usize) -> TextMemo<Span> {
+        // A poisoned lock only means a call panicked while holding it;
+        // the memos are whole.
+        let mut memos = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match memos
+            .iter()
+            .position(|(p, g, _)| p == pattern && *g == group)
+        {
+            Some(i) => memos.swap_remove(i).2,
+            None => TextMemo::new(),
+        }
+    }
+
+    /// Keeps `memo` for the next call with `pattern` and `group`, and at
+    /// most [`MEMOS`] memos in all (the function may serve several call
+    /// sites and subtasks), dropping the one given back longest ago.
+    fn give_back(&self, pattern: &str, group: usize, memo: TextMemo<Span>) {
+        let mut memos = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if memos.len() == MEMOS {
+            memos.remove(0);
+        }
+        memos.push((pattern.to_string(), group, memo));
+    }
+}
+
+/// The UDF, with the last pattern it compiled and memos of its matches.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct RegexpExtract {
     signature: Signature,
     compiled: Compiled,
+    memos: Memos,
 }
 
 impl RegexpExtract {
@@ -82,6 +145,7 @@ impl RegexpExtract {
                 Volatility::Immutable,
             ),
             compiled: Compiled::default(),
+            memos: Memos::default(),
         }
     }
 }
@@ -131,18 +195,23 @@ impl ScalarUDFImpl for RegexpExtract {
         })?;
         let mut out = StringBuilder::with_capacity(text.len(), 0);
         let mut slots = regex.capture_locations();
+        let mut search = |s: &str| -> Span {
+            if group == 0 {
+                regex.find(s).map(|m| (m.start(), m.end()))
+            } else {
+                regex.captures_read(&mut slots, s)?;
+                slots.get(group)
+            }
+        };
+        let mut memo = self.memos.take(pattern, group);
         for value in text.iter() {
             let found = value.and_then(|s| {
-                let span = if group == 0 {
-                    regex.find(s).map(|m| (m.start(), m.end()))
-                } else {
-                    regex.captures_read(&mut slots, s)?;
-                    slots.get(group)
-                };
-                span.map(|(start, end)| &s[start..end])
+                let (start, end) = memo.get(s, &mut search)?;
+                Some(&s[start..end])
             });
             out.append_option(found);
         }
+        self.memos.give_back(pattern, group, memo);
         Ok(ColumnarValue::Array(Arc::new(out.finish()) as ArrayRef))
     }
 }
@@ -250,6 +319,16 @@ mod tests {
     use datafusion::common::config::ConfigOptions;
 
     fn extract(texts: &[Option<&str>], pattern: &str, group: Option<i64>) -> Result<StringArray> {
+        extract_with(&RegexpExtract::new(), texts, pattern, group)
+    }
+
+    /// [`extract`] by `udf`, which keeps its memos from call to call.
+    fn extract_with(
+        udf: &RegexpExtract,
+        texts: &[Option<&str>],
+        pattern: &str,
+        group: Option<i64>,
+    ) -> Result<StringArray> {
         let mut args = vec![
             ColumnarValue::Array(Arc::new(StringArray::from(texts.to_vec()))),
             ColumnarValue::Scalar(ScalarValue::Utf8(Some(pattern.into()))),
@@ -262,10 +341,48 @@ mod tests {
             return_field: Arc::new(Field::new("r", DataType::Utf8, true)),
             config_options: Arc::new(ConfigOptions::default()),
         };
-        let ColumnarValue::Array(a) = RegexpExtract::new().invoke_with_args(args)? else {
+        let ColumnarValue::Array(a) = udf.invoke_with_args(args)? else {
             panic!("an array")
         };
         Ok(a.as_string::<i32>().clone())
+    }
+
+    /// One function called again and again, with repeating texts and with
+    /// other groups and patterns between, gives what a fresh one gives:
+    /// what it remembers is kept apart by pattern and group.
+    #[test]
+    fn remembered_matches_are_those_of_their_pattern_and_group() {
+        let udf = RegexpExtract::new();
+        let urls: Vec<String> = (0..300)
+            .map(|i| {
+                format!(
+                    "https://x.com/p{}?a={}&channel_id={}",
+                    i % 7,
+                    i % 11,
+                    i % 50
+                )
+            })
+            .collect();
+        let texts: Vec<Option<&str>> = urls
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (i % 13 != 0).then_some(u.as_str()))
+            .collect();
+        let calls = [
+            ("(&|^)channel_id=([^&]*)", Some(2)),
+            ("(&|^)channel_id=([^&]*)", Some(1)),
+            ("(&|^)channel_id=([^&]*)", None),
+            ("a=([0-9]+)", Some(1)),
+        ];
+        for round in 0..3 {
+            for (pattern, group) in calls {
+                assert_eq!(
+                    extract_with(&udf, &texts, pattern, group).unwrap(),
+                    extract(&texts, pattern, group).unwrap(),
+                    "round {round}, {pattern} group {group:?}"
+                );
+            }
+        }
     }
 
     /// Each group of the first match, the whole match for group 0 and by

@@ -448,7 +448,18 @@ impl KeptRows {
 
     /// The kept columns of `rows`, in that order.
     pub(crate) fn gather(&self, rows: &[RowRef]) -> Result<Vec<ArrayRef>> {
-        let columns = self.gather_stored(rows)?;
+        let columns = match one_run(rows) {
+            // Rows in their slot's order (the rows a batch added, as a TopN
+            // that only inserts emits them): the slot's arrays sliced, not
+            // copied row by row.
+            Some((slot, start)) => self
+                .slot(slot)
+                .columns
+                .iter()
+                .map(|array| array.slice(start, rows.len()))
+                .collect(),
+            None => self.gather_stored(rows)?,
+        };
         let values: Vec<Option<&StringArray>> = self
             .dictionaries
             .iter()
@@ -732,6 +743,16 @@ fn gather_columns<'a>(
         .collect()
 }
 
+/// The slot and first row of `rows` when they are consecutive rows of one
+/// slot, in order.
+fn one_run(rows: &[RowRef]) -> Option<(u32, usize)> {
+    let first = rows.first()?;
+    rows.iter()
+        .enumerate()
+        .all(|(i, r)| r.slot == first.slot && r.row as usize == first.row as usize + i)
+        .then_some((first.slot, first.row as usize))
+}
+
 /// Turns the id columns of `columns` (those with a dictionary's strings in
 /// `values`) into their strings.
 fn resolve_ids(
@@ -752,6 +773,58 @@ mod tests {
     use arrow::array::{Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{Field, Schema};
     use std::collections::HashMap;
+
+    /// Consecutive rows of one slot are read as a slice of it; rows with a
+    /// gap, out of order or from two slots are gathered: both give the
+    /// rows asked for.
+    #[test]
+    fn runs_of_a_slot_read_as_the_rows_they_are() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new("s", DataType::Utf8, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter(
+                    (0..20i64).map(|i| (i % 7 != 3).then_some(i * 10)),
+                )),
+                Arc::new(StringArray::from_iter(
+                    (0..20).map(|i| (i % 5 != 2).then(|| format!("v{i}"))),
+                )),
+            ],
+        )
+        .unwrap();
+        let mut kept = KeptRows::new(schema, KeyColumns::none(2));
+        let mut slots = Vec::new();
+        for start in [0u32, 10] {
+            let rows = UInt32Array::from_iter_values(start..start + 10);
+            let keys = Keys::from_pairs((0..10).map(|_| (&b""[..], &b""[..])));
+            slots.push(kept.add(batch.columns(), &rows, keys).unwrap());
+        }
+        let at = |i: u32| RowRef {
+            slot: slots[i as usize / 10],
+            row: i % 10,
+        };
+        for picks in [
+            vec![3, 4, 5, 6, 7, 8, 9],
+            vec![10, 11, 12, 13, 14],
+            vec![12],
+            vec![3, 5, 6],
+            vec![5, 4],
+            vec![8, 9, 10, 11],
+            vec![3, 14, 15],
+        ] {
+            let rows: Vec<RowRef> = picks.iter().map(|&i| at(i)).collect();
+            let indices = UInt32Array::from(picks.clone());
+            let expected: Vec<ArrayRef> = batch
+                .columns()
+                .iter()
+                .map(|c| take(c, &indices, None).unwrap())
+                .collect();
+            assert_eq!(kept.gather(&rows).unwrap(), expected, "rows {picks:?}");
+        }
+    }
 
     /// `next_slot` names the slot `add` then stores in: a new one, or one
     /// freed when its last row was released.

@@ -31,30 +31,47 @@ use regex::Regex;
 
 use crate::text_memo::TextMemo;
 
-/// The last pattern a function compiled: batches bring the same constant
-/// pattern, so it is compiled once. A cache, not part of the function's
-/// identity: every two compare equal.
-#[derive(Debug, Default)]
-struct Compiled(Mutex<Option<(String, Regex)>>);
+/// State a function keeps between calls to save work (a compiled pattern,
+/// remembered matches): not part of the function's identity, so every two
+/// compare equal and it hashes to nothing.
+#[derive(Default)]
+struct Cache<T>(Mutex<T>);
 
-impl PartialEq for Compiled {
+impl<T> Cache<T> {
+    /// The state, locked. A poisoned lock only means a call panicked while
+    /// holding it; the state is whole.
+    fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<T> std::fmt::Debug for Cache<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cache")
+    }
+}
+
+impl<T> PartialEq for Cache<T> {
     fn eq(&self, _other: &Self) -> bool {
         true
     }
 }
 
-impl Eq for Compiled {}
+impl<T> Eq for Cache<T> {}
 
-impl Hash for Compiled {
+impl<T> Hash for Cache<T> {
     fn hash<H: Hasher>(&self, _state: &mut H) {}
 }
+
+/// The last pattern a function compiled: batches bring the same constant
+/// pattern, so it is compiled once.
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
+struct Compiled(Cache<Option<(String, Regex)>>);
 
 impl Compiled {
     /// `pattern` compiled, or the one compiled last when it is the same.
     fn regex(&self, pattern: &str) -> Result<Regex> {
-        // A poisoned lock only means another batch panicked while holding
-        // it; the cached regex is still whole.
-        let mut compiled = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut compiled = self.0.lock();
         if let Some((p, regex)) = compiled.as_ref()
             && p == pattern
         {
@@ -76,34 +93,14 @@ const MEMOS: usize = 8;
 
 /// Memos of the spans a pattern's group matched, each taken by one call
 /// at a time (subtasks may share the function), kept with the pattern and
-/// group they are for. A cache, not part of the function's identity.
-#[derive(Default)]
-struct Memos(Mutex<Vec<(String, usize, TextMemo<Span>)>>);
-
-impl std::fmt::Debug for Memos {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Memos")
-    }
-}
-
-impl PartialEq for Memos {
-    fn eq(&self, _other: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for Memos {}
-
-impl Hash for Memos {
-    fn hash<H: Hasher>(&self, _state: &mut H) {}
-}
+/// group they are for.
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
+struct Memos(Cache<Vec<(String, usize, TextMemo<Span>)>>);
 
 impl Memos {
     /// A memo for `pattern`'s `group`: one kept for them, or a new one.
     fn take(&self, pattern: &str, group: usize) -> TextMemo<Span> {
-        // A poisoned lock only means a call panicked while holding it;
-        // the memos are whole.
-        let mut memos = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut memos = self.0.lock();
         match memos
             .iter()
             .position(|(p, g, _)| p == pattern && *g == group)
@@ -117,7 +114,7 @@ impl Memos {
     /// most [`MEMOS`] memos in all (the function may serve several call
     /// sites and subtasks), dropping the one given back longest ago.
     fn give_back(&self, pattern: &str, group: usize, memo: TextMemo<Span>) {
-        let mut memos = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut memos = self.0.lock();
         if memos.len() == MEMOS {
             memos.remove(0);
         }

@@ -3,7 +3,9 @@
 //! event-time window is emitted once, append-only, when the watermark passes
 //! the window's end. A partition without one never closes: each batch that
 //! changes its first N emits the difference as an updating stream (`+I`,
-//! `-U`/`+U` where a rank's row changed, `-D`).
+//! `-U`/`+U` where a rank's row changed, `-D`): the changes of rows kept
+//! before the batch first, then the rows the batch added, as the slot they
+//! were stored in.
 //!
 //! Order keys are encoded with `arrow-row`, so comparing two rows is one
 //! `memcmp`; a row worse than a full partition's last kept row is rejected
@@ -868,8 +870,6 @@ impl<T: Touched> TopN<T> {
         let mut take_rows: Vec<u32> = Vec::new();
         let mut rows: Vec<OutRow> = Vec::new();
         let mut after: Vec<Numbered> = Vec::new();
-        // Where each row of the batch that stays goes in the new slot.
-        let mut placed: Vec<u32> = vec![0; if emits { n } else { 0 }];
         for &(b, start, end) in &touched {
             let p = bucket(&mut self.partitions, b);
             if emits {
@@ -881,22 +881,27 @@ impl<T: Touched> TopN<T> {
                 if e.slot == PENDING {
                     let to = take_rows.len() as u32;
                     take_rows.push(e.row);
-                    if emits {
-                        placed[e.row as usize] = to;
-                    }
                     *e = RowRef { slot, row: to };
                 }
             }
         }
-        // The emitted changes name the rows of the batch where they now are.
-        for r in &mut rows {
-            if r.at.slot == PENDING {
-                r.at = RowRef {
-                    slot,
-                    row: placed[r.at.row as usize],
-                };
-            }
-        }
+        // Each row of the batch that stays is emitted once, as an addition
+        // (`+I`, or `+U` where it takes a rank another row held), and in
+        // the order it is placed in the new slot: those go out after every
+        // other change, as that slot sliced, not gathered row by row. A
+        // (partition, rank)'s `-U` still comes before its `+U`, and the
+        // other changes keep their order.
+        let (added, changed): (Vec<OutRow>, Vec<OutRow>) =
+            rows.into_iter().partition(|r| r.at.slot == PENDING);
+        let added: Vec<OutRow> = added
+            .into_iter()
+            .zip(0..)
+            .map(|(r, row)| OutRow {
+                at: RowRef { slot, row },
+                ..r
+            })
+            .collect();
+        debug_assert!(!emits || added.len() == take_rows.len());
         if !take_rows.is_empty() {
             let packed = Keys::from_pairs(
                 take_rows
@@ -908,13 +913,15 @@ impl<T: Touched> TopN<T> {
                 Some(own) => take_rows.iter().map(|&r| own.value(r as usize)).collect(),
                 None => UInt32Array::from(take_rows),
             };
-            let added = self
+            let stored = self
                 .kept
                 .add(&batch.columns()[..self.width], &indices, packed)?;
-            debug_assert_eq!(added, slot, "rows go to the slot next_slot names");
+            debug_assert_eq!(stored, slot, "rows go to the slot next_slot names");
         }
-        if !rows.is_empty() {
-            out.push(self.emit(&rows)?);
+        for rows in [changed, added] {
+            if !rows.is_empty() {
+                out.push(self.emit(&rows)?);
+            }
         }
         // Rows evicted this batch may have been emitted above as `-U`/`-D`:
         // release them only now.
@@ -2256,6 +2263,85 @@ mod tests {
             }
         }
         assert_eq!(rows, expected);
+    }
+
+    /// An updating TopN's changes, applied in the order they come out to a
+    /// table keyed by (partition, rank) as an upsert sink applies them,
+    /// always retract the row that rank holds and add to a free rank, and
+    /// end with each partition's best rows: the rows a batch added go out
+    /// after the other changes, but never before their rank's `-U`.
+    #[test]
+    fn changes_applied_in_order_retract_each_rank_before_refilling_it() {
+        let (schema, mut factory) = timed_factory(false, None);
+        factory.limit = 3;
+        let mut op = factory
+            .create(&TaskContext::new(
+                0,
+                1,
+                128,
+                Arc::new(JobMetrics::default()),
+            ))
+            .unwrap();
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut best: HashMap<i64, Vec<i64>> = HashMap::new();
+        let mut ranks: HashMap<(i64, u64), i64> = HashMap::new();
+        let (mut added, mut shifted) = (0, 0);
+        for batch in 0..30 {
+            let rows: Vec<(i64, i64, i64)> = (0..400)
+                .map(|i| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    // Distinct values (no ties), rising with jitter, so
+                    // that most rows get in and shift the ranks below them.
+                    let value = (batch * 400 + i) * 16 + (seed >> 40) as i64 % 2_000;
+                    ((seed % 40) as i64, value * 1_000 + i, 0)
+                })
+                .collect();
+            for &(k, v, _) in &rows {
+                let kept = best.entry(k).or_default();
+                kept.push(v);
+                kept.sort_unstable_by(|a, b| b.cmp(a));
+                kept.truncate(3);
+            }
+            let mut out = Vec::new();
+            op.process_batch(kvs(&schema, &rows), &mut out).unwrap();
+            for b in &out {
+                let key = b.column(0).as_primitive::<Int64Type>();
+                let value = b.column(1).as_primitive::<Int64Type>();
+                let rank = b.column(2).as_primitive::<arrow::datatypes::UInt64Type>();
+                let op = b.column(3).as_primitive::<arrow::datatypes::Int8Type>();
+                for r in 0..b.num_rows() {
+                    let (at, v) = ((key.value(r), rank.value(r)), value.value(r));
+                    match RowOp::from_code(op.value(r)).unwrap() {
+                        RowOp::Insert => {
+                            added += 1;
+                            assert_eq!(ranks.insert(at, v), None, "+I into a held rank");
+                        }
+                        RowOp::UpdateAfter => {
+                            shifted += 1;
+                            assert_eq!(ranks.insert(at, v), None, "+U before its -U");
+                        }
+                        RowOp::UpdateBefore | RowOp::Delete => {
+                            assert_eq!(ranks.remove(&at), Some(v), "retracts another row");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            added >= 120 && shifted > 1_000,
+            "{added} inserts, {shifted} updates"
+        );
+        let expected: HashMap<(i64, u64), i64> = best
+            .into_iter()
+            .flat_map(|(k, kept)| {
+                kept.into_iter()
+                    .enumerate()
+                    .map(move |(i, v)| ((k, i as u64 + 1), v))
+            })
+            .collect();
+        assert_eq!(ranks, expected);
     }
 
     #[test]

@@ -249,7 +249,6 @@ impl TopNFactory {
                 .collect(),
             order_converter: order,
             partitions: OpenTable::new(),
-            batches: 0,
             hasher: foldhash::fast::FixedState::with_seed(0x243f_6a88_85a3_08d3),
             closing: BTreeMap::new(),
             closing_bytes: 0,
@@ -338,7 +337,7 @@ const PENDING: u32 = u32::MAX;
 
 /// When a partition last took a row: the watermark (`i64`) for a TopN that
 /// expires idle partitions (`state_ttl`), nothing (`()`) for the others,
-/// whose partitions are then 24 bytes instead of 32.
+/// whose partitions are then 16 bytes instead of 24.
 pub(crate) trait Touched: Copy + Send + 'static {
     /// Whether the time is kept.
     const KEPT: bool;
@@ -369,24 +368,21 @@ impl Touched for () {
 /// One partition: its kept rows, best first, ties in arrival order. Its key
 /// is read from its first row.
 struct Partition<T> {
-    /// 32 bits of the partition key's hash.
-    hash: u32,
-    /// The number of the batch that last changed it (to note its rows
-    /// before that batch once).
-    stamp: u32,
     /// The watermark when a row last got in (`state_ttl`, no window), or
     /// the latest time its rows close at (`closes`).
     touched_at: T,
     entries: Entries,
 }
 
-/// A partition's kept rows: one inline (TopN 1, deduplication), more in a
-/// `ThinVec` (one pointer to its length, capacity and rows together), so
-/// that the enum is 16 bytes and a lookup reaches the rows in one load
-/// where a boxed `Vec` took two.
+/// A partition's kept rows and 32 bits of its key's hash: one row inline
+/// (TopN 1, deduplication), more in a `ThinVec` (one pointer to its
+/// length, capacity and rows together), so that a lookup reaches the rows
+/// in one load where a boxed `Vec` took two. The hash sits beside the
+/// variant's tag, in bytes the row's alignment would leave empty: the
+/// enum is 16 bytes, and so a partition without a time.
 enum Entries {
-    One(RowRef),
-    Many(ThinVec<RowRef>),
+    One { hash: u32, row: RowRef },
+    Many { hash: u32, rows: ThinVec<RowRef> },
 }
 
 impl std::ops::Deref for Entries {
@@ -394,8 +390,8 @@ impl std::ops::Deref for Entries {
 
     fn deref(&self) -> &[RowRef] {
         match self {
-            Entries::One(r) => std::slice::from_ref(r),
-            Entries::Many(rows) => rows,
+            Entries::One { row, .. } => std::slice::from_ref(row),
+            Entries::Many { rows, .. } => rows,
         }
     }
 }
@@ -403,25 +399,32 @@ impl std::ops::Deref for Entries {
 impl std::ops::DerefMut for Entries {
     fn deref_mut(&mut self) -> &mut [RowRef] {
         match self {
-            Entries::One(r) => std::slice::from_mut(r),
-            Entries::Many(rows) => rows,
+            Entries::One { row, .. } => std::slice::from_mut(row),
+            Entries::Many { rows, .. } => rows,
         }
     }
 }
 
 impl Entries {
+    /// 32 bits of the partition key's hash.
+    fn hash(&self) -> u32 {
+        match self {
+            Entries::One { hash, .. } | Entries::Many { hash, .. } => *hash,
+        }
+    }
+
     /// Inserts `r` at `place`. `most` is the most rows the partition can
     /// hold (0 when unbounded): full rows grow to it rather than past it (a
     /// TopN 10 holds at most 11 rows, in 88 bytes, not 16 in 128).
     fn insert(&mut self, place: usize, r: RowRef, most: usize) {
         match self {
-            Entries::One(first) => {
+            Entries::One { hash, row } => {
                 let mut rows = ThinVec::with_capacity(2);
-                rows.push(*first);
+                rows.push(*row);
                 rows.insert(place, r);
-                *self = Entries::Many(rows);
+                *self = Entries::Many { hash: *hash, rows };
             }
-            Entries::Many(rows) => {
+            Entries::Many { rows, .. } => {
                 let len = rows.len();
                 if len == rows.capacity() && len < most && len * 2 > most {
                     rows.reserve_exact(most - len);
@@ -433,10 +436,13 @@ impl Entries {
 
     /// Keeps the first `keep` rows (at least one) and hands the rest to `out`.
     fn truncate_into(&mut self, keep: usize, out: &mut Vec<RowRef>) {
-        if let Entries::Many(rows) = self {
+        if let Entries::Many { hash, rows } = self {
             out.extend(rows.drain(keep.max(1)..));
             if rows.len() == 1 {
-                *self = Entries::One(rows[0]);
+                *self = Entries::One {
+                    hash: *hash,
+                    row: rows[0],
+                };
             }
         }
     }
@@ -614,13 +620,13 @@ const KEYS_AHEAD: usize = 8;
 
 impl<T> Hashed for Partition<T> {
     fn hash32(&self) -> u32 {
-        self.hash
+        self.entries.hash()
     }
 }
 
 /// The running TopN of one subtask. Partitions live in an open-addressing
 /// table by their key's hash; their keys are read from their kept rows, so
-/// a partition costs its 24 bytes in the table besides its rows (32 with
+/// a partition costs its 16 bytes in the table besides its rows (24 with
 /// `state_ttl`).
 pub struct TopN<T: Touched> {
     width: usize,
@@ -648,8 +654,6 @@ pub struct TopN<T: Touched> {
     order_converter: RowConverter,
     kept: KeptRows,
     partitions: OpenTable<Partition<T>>,
-    /// Batches processed (wrapping; stamps are reset when it wraps).
-    batches: u32,
     hasher: foldhash::fast::FixedState,
     /// Windowed partitions' keys by window end, to close them in order.
     closing: BTreeMap<i64, Vec<Box<[u8]>>>,
@@ -744,15 +748,6 @@ impl<T: Touched> TopN<T> {
             None => None,
         };
         let ranking = self.ranking;
-        self.batches = self.batches.wrapping_add(1);
-        if self.batches == 0 {
-            // The batch count wrapped: forget every stamp.
-            for p in self.partitions.iter_mut() {
-                p.stamp = 0;
-            }
-            self.batches = 1;
-        }
-        let stamp = self.batches;
         // Room for every row, so that no insert moves a bucket found earlier
         // in this batch.
         self.partitions.reserve(n);
@@ -806,10 +801,8 @@ impl<T: Touched> TopN<T> {
             let h = hashes[row];
             let Some(b) = find_partition_from(&self.partitions, homes[row], h, pkey, &keys) else {
                 let partition = Partition {
-                    hash: h,
-                    stamp,
                     touched_at: T::at(close),
-                    entries: Entries::One(at),
+                    entries: Entries::One { hash: h, row: at },
                 };
                 let b = self.partitions.insert(homes[row], partition);
                 if self.window.is_some() {
@@ -825,8 +818,10 @@ impl<T: Touched> TopN<T> {
             if ranking.rejects(&p.entries, key, &keys) {
                 continue;
             }
-            if p.stamp != stamp {
-                p.stamp = stamp;
+            // A partition this batch changed holds a row of the batch (a row
+            // that gets in is kept until a better row of the batch pushes
+            // it out): its rows before the batch are noted already.
+            if !p.entries.iter().any(|e| e.slot == PENDING) {
                 let start = before.len();
                 if self.window.is_none() {
                     ranking.number_into(&p.entries, &keys, &mut before);
@@ -835,7 +830,7 @@ impl<T: Touched> TopN<T> {
             }
             if ranking.function == RankFunction::RowNumber && ranking.limit == 1 {
                 // Not rejected: strictly better than the one row kept.
-                let old = std::mem::replace(&mut p.entries, Entries::One(at));
+                let old = std::mem::replace(&mut p.entries, Entries::One { hash: h, row: at });
                 evicted.extend(old.iter().filter(|e| e.slot != PENDING));
             } else {
                 let place = p
@@ -946,12 +941,12 @@ impl<T: Touched> TopN<T> {
                 .first_with_hash(home, hashes[row + KEYS_AHEAD])
         }) {
             Some(Partition {
-                entries: Entries::One(kept),
+                entries: Entries::One { row: kept, .. },
                 ..
             }) if kept.slot != PENDING => self.kept.prefetch_keys(*kept),
             // The rows start where the slice does.
             Some(Partition {
-                entries: Entries::Many(rows),
+                entries: Entries::Many { rows, .. },
                 ..
             }) => flumen_state::probing::prefetch_ref(&rows[..]),
             _ => {}
@@ -1586,10 +1581,8 @@ impl<T: Touched> Operator for TopN<T> {
                         continue;
                     }
                     let partition = Partition {
-                        hash: h,
-                        stamp: 0,
                         touched_at: T::at(touched.value(row)),
-                        entries: Entries::One(at),
+                        entries: Entries::One { hash: h, row: at },
                     };
                     let home = self.partitions.home(h);
                     self.partitions.insert(home, partition);
@@ -1689,15 +1682,17 @@ mod tests {
     }
 
     /// A row number's partition grows its rows to the most it can hold,
-    /// not past it; a rank's grows as a `Vec` does.
+    /// not past it; a rank's grows as a `Vec` does. The key's hash stays
+    /// through every change of form.
     #[test]
     fn kept_rows_of_a_partition_grow_to_the_most_it_holds() {
         let at = |row| RowRef { slot: 0, row };
         let capacity = |e: &Entries| match e {
-            Entries::Many(rows) => rows.capacity(),
-            Entries::One(_) => 1,
+            Entries::Many { rows, .. } => rows.capacity(),
+            Entries::One { .. } => 1,
         };
-        let (mut bounded, mut unbounded) = (Entries::One(at(0)), Entries::One(at(0)));
+        let one = |hash| Entries::One { hash, row: at(0) };
+        let (mut bounded, mut unbounded) = (one(7), one(9));
         let mut out = Vec::new();
         for row in 1..40 {
             bounded.insert(0, at(row), 11);
@@ -1713,14 +1708,17 @@ mod tests {
         assert_eq!(bounded.len(), 10);
         assert_eq!(capacity(&bounded), 11);
         assert!(capacity(&unbounded) >= 40);
+        assert_eq!((bounded.hash(), unbounded.hash()), (7, 9));
+        bounded.truncate_into(1, &mut out);
+        assert!(matches!(bounded, Entries::One { hash: 7, .. }));
     }
 
-    /// A partition takes 24 bytes of its table, empty slots included, 32
+    /// A partition takes 16 bytes of its table, empty slots included, 24
     /// when it keeps the time it last took a row (`state_ttl`).
     #[test]
-    fn a_partition_slot_is_24_bytes_or_32_with_its_time() {
-        assert_eq!(std::mem::size_of::<Option<Partition<()>>>(), 24);
-        assert_eq!(std::mem::size_of::<Option<Partition<i64>>>(), 32);
+    fn a_partition_slot_is_16_bytes_or_24_with_its_time() {
+        assert_eq!(std::mem::size_of::<Option<Partition<()>>>(), 16);
+        assert_eq!(std::mem::size_of::<Option<Partition<i64>>>(), 24);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use flumen_connectors::StdoutFormat;
+use flumen_runtime::Percentiles;
 
 use crate::run::{Summary, execute};
 
@@ -201,11 +202,16 @@ fn run_json(query: &str, parallelism: usize, s: &Summary, latency: bool) -> serd
         json["kept_state_bytes"] = s.kept.state_bytes.into();
     }
     if latency {
+        // Percentiles of no row would read as a latency of 0 ms: a run
+        // whose rows all came out when its input ended has only the count.
         let l = &s.latency.latency;
-        json["latency_p50_ms"] = l.p50_ms.into();
-        json["latency_p99_ms"] = l.p99_ms.into();
-        json["latency_p999_ms"] = l.p999_ms.into();
-        json["latency_max_ms"] = l.max_ms.into();
+        json["latency_rows"] = l.count.into();
+        if l.count > 0 {
+            json["latency_p50_ms"] = l.p50_ms.into();
+            json["latency_p99_ms"] = l.p99_ms.into();
+            json["latency_p999_ms"] = l.p999_ms.into();
+            json["latency_max_ms"] = l.max_ms.into();
+        }
         let e = &s.latency.emission_delay;
         if e.count > 0 {
             json["emission_delay_p50_ms"] = e.p50_ms.into();
@@ -216,8 +222,28 @@ fn run_json(query: &str, parallelism: usize, s: &Summary, latency: bool) -> serd
     json
 }
 
+/// What a run reports when no row it wrote has a latency: rows that only
+/// the end of the input released (a window still open then) have none.
+const NO_LATENCY: &str = ", latency of no row (every row came out when the input ended; \
+    for windows, a lower --rate of event time closes them during the run)";
+
+/// The median of `f` of the `of` percentiles of the runs that recorded a
+/// row there; at least one must have.
+fn median_where(
+    runs: &[Summary],
+    of: fn(&Summary) -> &Percentiles,
+    f: fn(&Percentiles) -> f64,
+) -> f64 {
+    let mut v: Vec<f64> = runs.iter().map(of).filter(|p| p.count > 0).map(f).collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// A run's latency as its progress line shows it.
 fn latency_text(l: &flumen_runtime::LatencySummary) -> String {
+    if l.latency.count == 0 {
+        return NO_LATENCY.to_string();
+    }
     let mut text = format!(
         ", latency p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms",
         l.latency.p50_ms, l.latency.p99_ms, l.latency.p999_ms, l.latency.max_ms
@@ -409,18 +435,23 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
         String::new()
     };
     let latency = match args.rate_limit {
+        Some(_) if runs.iter().all(|s| s.latency.latency.count == 0) => NO_LATENCY.to_string(),
         Some(_) => {
+            // Each median over the runs that measured a row (see
+            // `NO_LATENCY`).
+            let latency =
+                |f: fn(&Percentiles) -> f64| median_where(&runs, |s| &s.latency.latency, f);
             let mut text = format!(
                 ", latency median p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms",
-                median(&|s| s.latency.latency.p50_ms),
-                median(&|s| s.latency.latency.p99_ms),
-                median(&|s| s.latency.latency.p999_ms),
-                median(&|s| s.latency.latency.max_ms),
+                latency(|p| p.p50_ms),
+                latency(|p| p.p99_ms),
+                latency(|p| p.p999_ms),
+                latency(|p| p.max_ms),
             );
             if runs.iter().any(|s| s.latency.emission_delay.count > 0) {
                 text.push_str(&format!(
                     ", emission delay median p99 {:.2} ms",
-                    median(&|s| s.latency.emission_delay.p99_ms)
+                    median_where(&runs, |s| &s.latency.emission_delay, |p| p.p99_ms)
                 ));
             }
             text

@@ -568,7 +568,7 @@ fn split_distinct_is_set_by_flinks_setting_for_non_windowed_aggregates() {
 /// when each row was due, not from when its batch left the source: with a
 /// 40 ms linger the first rows of every batch waited about 40 ms for the
 /// others. Rows a watermark released (q7's windows) also count as emission
-/// delay; q1 has none.
+/// delay; q1 has none. A run that measured no row reports no percentiles.
 #[test]
 fn bench_rate_limit_reports_latency_from_when_rows_were_due() {
     let work = tempfile::tempdir().unwrap();
@@ -606,6 +606,7 @@ fn bench_rate_limit_reports_latency_from_when_rows_were_due() {
     // 8,000 events at 20,000 a second take 0.4 s of wall clock.
     assert!(ms("wall_s") >= 0.39, "{q1}");
     assert!(q1.get("emission_delay_p99_ms").is_none(), "{q1}");
+    assert_eq!(q1["latency_rows"], q1["rows_written"], "{q1}");
     // 1,000 events per second of event time: a 10 s window holds 10,000
     // events and closes (4 s of watermark delay later) within the run.
     let q7 = run(&[
@@ -621,6 +622,20 @@ fn bench_rate_limit_reports_latency_from_when_rows_were_due() {
     assert!(q7["rows_written"].as_u64().unwrap() > 0, "{q7}");
     let delay = q7["emission_delay_p99_ms"].as_f64();
     assert!(delay.is_some_and(|d| d > 0.0), "{q7}");
+    // At the default 10 M events per second of event time, 20,000 events
+    // span 2 ms: q7's one window comes out when the input ends, a row of
+    // no latency, which is not reported as 0 ms.
+    let open = run(&[
+        "--query",
+        "q7",
+        "--events",
+        "20000",
+        "--rate-limit",
+        "200000",
+    ]);
+    assert_eq!(open["rows_written"].as_u64(), Some(1), "{open}");
+    assert_eq!(open["latency_rows"].as_u64(), Some(0), "{open}");
+    assert!(open.get("latency_p50_ms").is_none(), "{open}");
     // Without --rate-limit there is no latency to report.
     let unpaced = run(&["--query", "q1", "--events", "1000"]);
     assert!(unpaced.get("latency_p50_ms").is_none(), "{unpaced}");

@@ -613,6 +613,23 @@ fn diff(before: &[Numbered], after: &[Numbered], out: &mut Vec<OutRow>) {
     }
 }
 
+/// Partitions of at most this many rows place a new row by counting, not
+/// by a binary search.
+const COUNTED_PLACE: usize = 16;
+
+/// Where a new row goes among a partition's `entries` (best first): after
+/// each entry that `not_worse` (than the new row) holds for. A few entries
+/// (a TopN 10 holds at most 11) are counted in one pass, whose reads of
+/// their keys (each likely a cache miss) do not wait on one another; a
+/// binary search waits for each miss before it knows the next to read.
+fn place(entries: &[RowRef], not_worse: impl Fn(RowRef) -> bool) -> usize {
+    if entries.len() <= COUNTED_PLACE {
+        entries.iter().map(|&e| usize::from(not_worse(e))).sum()
+    } else {
+        entries.partition_point(|&e| not_worse(e))
+    }
+}
+
 /// How many rows ahead a batch prefetches its rows' partition slots, and
 /// then the keys of a partition's one kept row.
 const PREFETCH_AHEAD: usize = 16;
@@ -833,9 +850,9 @@ impl<T: Touched> TopN<T> {
                 let old = std::mem::replace(&mut p.entries, Entries::One { hash: h, row: at });
                 evicted.extend(old.iter().filter(|e| e.slot != PENDING));
             } else {
-                let place = p
-                    .entries
-                    .partition_point(|&e| key_order::compare(keys.order(e), key).is_le());
+                let place = place(&p.entries, |e| {
+                    key_order::compare(keys.order(e), key).is_le()
+                });
                 p.entries.insert(place, at, ranking.most_rows());
                 let keep = ranking.keep(&p.entries, &keys);
                 let start = evicted.len();
@@ -1673,6 +1690,32 @@ mod tests {
         before.sort_unstable();
         after.sort_unstable();
         assert_eq!(before, after);
+    }
+
+    /// A new row goes after every row not worse than it (so after the rows
+    /// it ties with), whether its partition's rows are counted or searched.
+    #[test]
+    fn a_new_row_goes_after_the_rows_not_worse_than_it() {
+        for len in [
+            0u32,
+            1,
+            2,
+            5,
+            COUNTED_PLACE as u32,
+            COUNTED_PLACE as u32 + 1,
+            40,
+        ] {
+            // Best first, each value twice: 0, 0, 1, 1, 2, 2, …
+            let entries: Vec<RowRef> = (0..len).map(|row| RowRef { slot: 0, row }).collect();
+            for new in 0..len / 2 + 2 {
+                let got = place(&entries, |e| e.row / 2 <= new);
+                assert_eq!(
+                    got,
+                    len.min(2 * (new + 1)) as usize,
+                    "{len} rows, value {new}"
+                );
+            }
+        }
     }
 
     /// A barrier writes 16 bytes per kept row.

@@ -903,16 +903,11 @@ impl<T: Touched> TopN<T> {
         // other change, as that slot sliced, not gathered row by row. A
         // (partition, rank)'s `-U` still comes before its `+U`, and the
         // other changes keep their order.
-        let (added, changed): (Vec<OutRow>, Vec<OutRow>) =
+        let (mut added, changed): (Vec<OutRow>, Vec<OutRow>) =
             rows.into_iter().partition(|r| r.at.slot == PENDING);
-        let added: Vec<OutRow> = added
-            .into_iter()
-            .zip(0..)
-            .map(|(r, row)| OutRow {
-                at: RowRef { slot, row },
-                ..r
-            })
-            .collect();
+        for (r, row) in added.iter_mut().zip(0..) {
+            r.at = RowRef { slot, row };
+        }
         debug_assert!(!emits || added.len() == take_rows.len());
         if !take_rows.is_empty() {
             let packed = Keys::from_pairs(

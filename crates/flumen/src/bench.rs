@@ -227,16 +227,22 @@ fn run_json(query: &str, parallelism: usize, s: &Summary, latency: bool) -> serd
 const NO_LATENCY: &str = ", latency of no row (every row came out when the input ended; \
     for windows, a lower --rate of event time closes them during the run)";
 
+/// The median of `values` (the upper one of an even count); NaN for none,
+/// which callers rule out.
+fn median_of(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// The median of `f` of the `of` percentiles of the runs that recorded a
-/// row there; at least one must have.
+/// row there.
 fn median_where(
     runs: &[Summary],
     of: fn(&Summary) -> &Percentiles,
     f: fn(&Percentiles) -> f64,
 ) -> f64 {
-    let mut v: Vec<f64> = runs.iter().map(of).filter(|p| p.count > 0).map(f).collect();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    median_of(runs.iter().map(of).filter(|p| p.count > 0).map(f))
 }
 
 /// A run's latency as its progress line shows it.
@@ -413,11 +419,7 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<()> {
         }
         runs.push(s);
     }
-    let median = |f: &dyn Fn(&Summary) -> f64| {
-        let mut v: Vec<f64> = runs.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let median = |f: &dyn Fn(&Summary) -> f64| median_of(runs.iter().map(f));
     let events = args.events as f64;
     let peak = runs.iter().map(|s| s.peak_rss).max().unwrap_or(0);
     let peak_state = runs.iter().map(|s| s.peak_state).max().unwrap_or(0);

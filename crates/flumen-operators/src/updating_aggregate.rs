@@ -41,6 +41,11 @@ pub struct UpdatingAggregateFactory {
     /// The input holds a local aggregate's partial rows (keys, states, row
     /// count, op column when updating), merged rather than aggregated.
     pub merge_states: bool,
+    /// When the rows come routed by the hash of some key columns only
+    /// (positions in `key_columns`: a join's key, grouped by with more
+    /// columns, chained to the join): those, whose hash then gives each
+    /// group its key group. `None`: routed by all key columns.
+    pub routed_by: Option<Vec<usize>>,
 }
 
 /// Names of the aggregates that can take back a row exactly (their
@@ -53,8 +58,15 @@ impl OperatorFactory for UpdatingAggregateFactory {
             Some(ttl) => format!(", state_ttl {} ms", ttl / 1_000_000),
             None => " [UNBOUNDED STATE: one row per group; set state_ttl to bound it]".to_string(),
         };
+        let routed = match &self.routed_by {
+            Some(columns) => {
+                let by: Vec<usize> = columns.iter().map(|&c| self.key_columns[c]).collect();
+                format!(", rows routed by {by:?}")
+            }
+            None => String::new(),
+        };
         format!(
-            "UpdatingAggregate: keys {:?}, [{}]{}{}{state}",
+            "UpdatingAggregate: keys {:?}{routed}, [{}]{}{}{state}",
             self.key_columns,
             names(&self.aggregates),
             if self.merge_states {
@@ -96,7 +108,12 @@ impl OperatorFactory for UpdatingAggregateFactory {
             op_column: self.op_column,
             state_ttl_ns: self.state_ttl_ns,
             output: self.output.clone(),
-            keys: KeyedTable::new(key_fields, ctx.key_groups)?,
+            keys: match &self.routed_by {
+                Some(columns) => {
+                    KeyedTable::new(key_fields, ctx.key_groups)?.routed_by(columns.clone())
+                }
+                None => KeyedTable::new(key_fields, ctx.key_groups)?,
+            },
             owned: ctx.key_groups.range,
             accumulators: Vec::new(),
             ints,

@@ -307,6 +307,7 @@ fn updating_aggregate_groups_move_by_key_group() {
         state_ttl_ns: None,
         output,
         merge_states: false,
+        routed_by: None,
     };
     let rows = check(&factory, &[vec![0]], &bid_steps(8));
     assert!(rows.iter().any(|r| r.ends_with("|3")), "updates expected");
@@ -314,6 +315,44 @@ fn updating_aggregate_groups_move_by_key_group() {
         rows.iter().any(|r| r.ends_with("||0")),
         "NULL maxima expected"
     );
+}
+
+/// Groups keyed by `(k, class)` whose rows come routed by `k` alone (an
+/// aggregate chained to a join on `k`): a restored group's key group is
+/// `k`'s, so it lands where its later rows come.
+#[test]
+fn groups_routed_by_part_of_their_key_move_with_that_part() {
+    let schema = bids();
+    let output = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("class", DataType::Int64, false),
+        Field::new("n", DataType::Int64, true),
+        Field::new("_op", DataType::Int8, false),
+    ]));
+    let factory = UpdatingAggregateFactory {
+        key_columns: vec![0, 1],
+        aggregates: vec![aggregate(count_udaf(), "ts", &schema)],
+        op_column: None,
+        state_ttl_ns: None,
+        output,
+        merge_states: false,
+        routed_by: Some(vec![0]),
+    };
+    // Column 1 becomes a class of k, so each k is one group all along.
+    let steps: Vec<Step> = bid_steps(8)
+        .into_iter()
+        .map(|s| match s {
+            Step::Batch(i, b) => {
+                let k = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                let class = Int64Array::from_iter_values(k.values().iter().map(|k| k % 4));
+                let columns = vec![b.column(0).clone(), Arc::new(class), b.column(2).clone()];
+                Step::Batch(i, RecordBatch::try_new(schema.clone(), columns).unwrap())
+            }
+            w => w,
+        })
+        .collect();
+    let rows = check(&factory, &[vec![0]], &steps);
+    assert!(rows.iter().any(|r| r.ends_with("|3")), "updates expected");
 }
 
 #[test]
@@ -1116,6 +1155,7 @@ fn an_aggregate_of_an_updating_input_moves_by_key_group() {
         state_ttl_ns: None,
         output,
         merge_states: false,
+        routed_by: None,
     };
     let rows = check(&factory, &[vec![0]], &steps);
     assert!(rows.iter().any(|r| r.ends_with("|2")), "updates expected");

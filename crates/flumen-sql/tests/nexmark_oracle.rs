@@ -842,6 +842,56 @@ async fn joins_of_updating_inputs_match_batch() {
     check_sql("join of two aggregates", JOIN_OF_TWO_AGGREGATES, None).await;
 }
 
+/// Aggregates over a join's rows: grouped by the join's key and more (the
+/// aggregate is chained to the join where the join hashes its sides, its
+/// groups routed by the key alone), by a column that is not the key while
+/// the key is still among the columns (a new exchange), and over a LEFT join, whose null-padded rows are taken back.
+const JOIN_THEN_KEY_AND_MORE: &str = "
+CREATE TABLE per_auction (id BIGINT, category BIGINT, n BIGINT, total BIGINT) WITH (connector = 'blackhole');
+INSERT INTO per_auction
+SELECT a.id, a.category, count(*) AS n, sum(b.price) AS total
+FROM auction a JOIN bid b ON a.id = b.auction
+GROUP BY a.category, a.id;
+";
+
+const JOIN_THEN_OTHER_COLUMN: &str = "
+CREATE TABLE per_category (category BIGINT, n BIGINT, top BIGINT, ids BIGINT) WITH (connector = 'blackhole');
+INSERT INTO per_category
+SELECT a.category, count(*) AS n, max(b.price) AS top, sum(a.id) AS ids
+FROM auction a JOIN bid b ON a.id = b.auction
+GROUP BY a.category;
+";
+
+const LEFT_JOIN_THEN_KEY_AND_MORE: &str = "
+CREATE TABLE bids_per_auction (id BIGINT, seller BIGINT, n BIGINT) WITH (connector = 'blackhole');
+INSERT INTO bids_per_auction
+SELECT a.id, a.seller, count(b.price) AS n
+FROM auction a LEFT JOIN (SELECT * FROM bid WHERE price > 5000) b ON a.id = b.auction
+GROUP BY a.id, a.seller;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregates_over_a_join_match_batch() {
+    check_sql(
+        "join grouped by its key and more",
+        JOIN_THEN_KEY_AND_MORE,
+        None,
+    )
+    .await;
+    check_sql(
+        "join grouped by another column",
+        JOIN_THEN_OTHER_COLUMN,
+        None,
+    )
+    .await;
+    check_sql(
+        "left join grouped by its key and more",
+        LEFT_JOIN_THEN_KEY_AND_MORE,
+        None,
+    )
+    .await;
+}
+
 /// LEFT joins of updating inputs: every auction with its running bid count
 /// (right side updating: a count taken back from an auction's only match
 /// pads it with nulls again), and every running count with its auction if

@@ -75,6 +75,9 @@ pub struct KeyedTable {
     key_groups: KeyGroups,
     /// The key group of each id.
     tags: Vec<KeyGroup>,
+    /// The key columns whose hash gives a key its key group, when the rows
+    /// come routed by some of the keys only; `None`: all of them.
+    routed_by: Option<Vec<usize>>,
     hashes: Vec<u64>,
     /// With no key columns (a global aggregate) every row is in group 0,
     /// which exists once a row has come.
@@ -101,9 +104,19 @@ impl KeyedTable {
             schema,
             key_groups,
             tags: Vec::new(),
+            routed_by: None,
             hashes: Vec::new(),
             global,
         })
+    }
+
+    /// The same table, with each key's key group taken from the hash of the
+    /// key columns `columns` alone: the columns by whose hash its rows were
+    /// routed (a join's key, when grouping by it and more), so that a
+    /// restored key goes to the subtask its rows come to.
+    pub fn routed_by(mut self, columns: Vec<usize>) -> Self {
+        self.routed_by = Some(columns);
+        self
     }
 
     /// Number of keys.
@@ -152,8 +165,16 @@ impl KeyedTable {
 
     fn tag(&mut self, new_keys: &[ArrayRef], count: usize) -> Result<()> {
         let mut tags = Vec::with_capacity(count);
+        let routed: Vec<ArrayRef>;
+        let hashed = match &self.routed_by {
+            Some(columns) => {
+                routed = columns.iter().map(|&c| new_keys[c].clone()).collect();
+                &routed
+            }
+            None => new_keys,
+        };
         self.key_groups
-            .assign(new_keys, count, &mut self.hashes, &mut tags)?;
+            .assign(hashed, count, &mut self.hashes, &mut tags)?;
         self.tags.extend_from_slice(&tags);
         Ok(())
     }
@@ -230,6 +251,31 @@ mod tests {
         let kept = table.emit(0..2).unwrap();
         let kept: Vec<_> = kept[0].as_string::<i32>().iter().flatten().collect();
         assert_eq!(kept, ["b", "c"]);
+    }
+
+    #[test]
+    fn keys_routed_by_some_columns_take_those_columns_key_group() {
+        let groups = KeyGroups::of_subtask(0, 1, 128);
+        let fields = vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("category", DataType::Int64, true),
+        ];
+        let mut table = KeyedTable::new(fields, groups).unwrap().routed_by(vec![0]);
+        let ids: ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![1, 2, 3, 4]));
+        let categories: ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![7, 8, 9, 10]));
+        let mut interned = Vec::new();
+        table
+            .intern(&[ids.clone(), categories.clone()], 4, &mut interned)
+            .unwrap();
+        let (mut hashes, mut by_id, mut by_both) = (Vec::new(), Vec::new(), Vec::new());
+        groups
+            .assign(std::slice::from_ref(&ids), 4, &mut hashes, &mut by_id)
+            .unwrap();
+        groups
+            .assign(&[ids, categories], 4, &mut hashes, &mut by_both)
+            .unwrap();
+        assert_eq!(table.key_groups(), by_id);
+        assert_ne!(by_id, by_both);
     }
 
     #[test]

@@ -23,9 +23,11 @@ const THROTTLED_SECONDS: u64 = 12;
 /// beside `out`, which [`job_sql`] writes).
 const SIDE_ROWS: u64 = 50;
 
-/// A windowed aggregate, a regular join, an updating aggregate, a TopN and
-/// a join with a small file table (broadcast to every join subtask), each to
-/// a file sink, over the Nexmark generator, throttled or not.
+/// A windowed aggregate, a regular join, an updating aggregate over a join
+/// grouped by its key and more (chained to the join, its groups routed by
+/// the key), an updating aggregate, a TopN and a join with a small file
+/// table (broadcast to every join subtask), each to a file sink, over the
+/// Nexmark generator, throttled or not.
 fn job_sql(out: &Path, throttle: bool) -> String {
     let side = out.with_extension("side.csv");
     let rows: String = (0..SIDE_ROWS).map(|k| format!("{k},name-{k}\n")).collect();
@@ -71,6 +73,12 @@ INSERT INTO joined
 SELECT B.auction, B.price, A.seller FROM bid AS B JOIN auction AS A ON B.auction = A.id
 WHERE A.category = 10;
 
+CREATE TABLE per_auction (auction BIGINT, seller BIGINT, n BIGINT, top BIGINT)
+  WITH (connector = 'filesystem', path = '{out}/per_auction', format = 'csv', changelog = 'true');
+INSERT INTO per_auction
+SELECT A.id, A.seller, count(*), max(B.price) FROM auction AS A JOIN bid AS B ON A.id = B.auction
+GROUP BY A.id, A.seller;
+
 CREATE TABLE updating (channel VARCHAR, n BIGINT, top BIGINT)
   WITH (connector = 'filesystem', path = '{out}/updating', format = 'csv', changelog = 'true');
 INSERT INTO updating SELECT channel, count(*), max(price) FROM bid GROUP BY channel;
@@ -97,7 +105,14 @@ SELECT B.auction, B.price, S.name FROM bid AS B JOIN side AS S ON B.auction % 50
     )
 }
 
-const SINKS: [&str; 5] = ["windowed", "joined", "updating", "top", "named"];
+const SINKS: [&str; 6] = [
+    "windowed",
+    "joined",
+    "per_auction",
+    "updating",
+    "top",
+    "named",
+];
 
 fn run_to_end(args: &[&str], dir: &Path) -> Output {
     let out = flumen(args, dir).output().expect("flumen runs");

@@ -68,6 +68,12 @@ pub struct JoinSide {
     /// taken back leaves the side's state and takes back the joined rows it
     /// made; joined rows carry the op of the row that made them.
     pub op_column: Option<usize>,
+    /// The other side holds at most one row per key of this side, and
+    /// never takes it back (an append-only side unique by some of its join
+    /// keys: an auction's id, for its bids), in an inner join: a row of
+    /// this side that matched when it came can match nothing more, so it
+    /// is not stored.
+    pub settled_by_match: bool,
 }
 
 impl JoinSide {
@@ -504,6 +510,53 @@ impl PairRows {
 struct Matches {
     probe: Vec<u32>,
     stored: Vec<(usize, usize)>,
+}
+
+/// A batch to store, the rows of it the slot holds (`None`: all), and
+/// their keys and hashes.
+type Unsettled = (RecordBatch, Option<UInt32Array>, Rows, Vec<u64>);
+
+/// What a side settled by a match stores of a batch (of rows `own` of it):
+/// when the rows that no row of `matched` (rows of the batch) is are at
+/// most half the batch, those rows copied out with their keys and hashes,
+/// so that the batch is not kept for a few rows; otherwise all of it.
+/// `None` when every row matched.
+fn unsettled(
+    converter: &RowConverter,
+    batch: RecordBatch,
+    own: Option<UInt32Array>,
+    keys: Rows,
+    hashes: Vec<u64>,
+    matched: &[u32],
+) -> Result<Option<Unsettled>> {
+    if matched.is_empty() {
+        return Ok(Some((batch, own, keys, hashes)));
+    }
+    let mut settled = vec![false; batch.num_rows()];
+    for &r in matched {
+        settled[r as usize] = true;
+    }
+    let in_batch = |i: usize| own.as_ref().map_or(i as u32, |own| own.value(i));
+    let keep: Vec<usize> = (0..hashes.len())
+        .filter(|&i| !settled[in_batch(i) as usize])
+        .collect();
+    if keep.is_empty() {
+        return Ok(None);
+    }
+    // Stored as they are, the settled rows are never matched again; kept
+    // for more than half the batch, the batch stays anyway.
+    if keep.len() * 2 > batch.num_rows() {
+        return Ok(Some((batch, own, keys, hashes)));
+    }
+    let bytes = keep.iter().map(|&i| keys.row(i).as_ref().len()).sum();
+    let mut kept_keys = converter.empty_rows(keep.len(), bytes);
+    for &i in &keep {
+        kept_keys.push(keys.row(i));
+    }
+    let rows = UInt32Array::from_iter_values(keep.iter().map(|&i| in_batch(i)));
+    let copied = take_record_batch(&batch, &rows)?;
+    let kept_hashes = keep.iter().map(|&i| hashes[i]).collect();
+    Ok(Some((copied, None, kept_keys, kept_hashes)))
 }
 
 impl Matches {
@@ -1044,6 +1097,20 @@ impl HashJoin {
             }
         }
         let (joined, matches) = self.joined(side, &batch, matches, next)?;
+        // The converter exists once `key_rows` encoded a batch's keys.
+        let (batch, own, rows, hashes) = if self.sides[side].spec.settled_by_match
+            && let Some(converter) = &self.converter
+        {
+            match unsettled(converter, batch, own, rows, hashes, &matches.probe)? {
+                Some(unsettled) => unsettled,
+                None => {
+                    out.extend(joined);
+                    return Ok(());
+                }
+            }
+        } else {
+            (batch, own, rows, hashes)
+        };
         let mut matched = Vec::new();
         if self.counts(side) {
             matched = vec![0u32; batch.num_rows()];
@@ -1390,6 +1457,65 @@ mod tests {
         rows
     }
 
+    /// A right row that matched its left row (the left side unique by the
+    /// key) is not stored: only the rest are, copied out of a shared batch
+    /// they are few of, and those still match the left rows that come later.
+    #[test]
+    fn rows_that_matched_a_unique_side_are_not_stored() {
+        let side_schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let mut fields = side_schema.fields().to_vec();
+        fields.extend(side_schema.fields().iter().cloned());
+        let joined = Arc::new(Schema::new(fields));
+        let side = |settled_by_match| JoinSide {
+            keys: vec![0],
+            width: 2,
+            expiry: None,
+            op_column: None,
+            settled_by_match,
+        };
+        let run = |settled: bool| {
+            let factory = HashJoinFactory {
+                kind: JoinKind::Inner,
+                left: side(false),
+                right: side(settled),
+                filter: None,
+                joined: joined.clone(),
+                state_ttl_ns: None,
+                bounded_input: false,
+                broadcast: None,
+                output: joined.clone(),
+            };
+            let ctx = TaskContext::new(0, 1, 128, Arc::new(JobMetrics::default()));
+            let mut join = factory.create(&ctx).unwrap();
+            let mut out = Vec::new();
+            join.process_input(0, pairs(&side_schema, &[(1, 1), (2, 2)]), &mut out)
+                .unwrap();
+            // Rows 3 and 5 are another subtask's.
+            let right = [(1, 10), (3, 11), (2, 12), (9, 0), (4, 13), (9, 0)];
+            let own = UInt32Array::from(vec![0, 1, 2, 4]);
+            join.process_rows(1, pairs(&side_schema, &right), &own, &mut out)
+                .unwrap();
+            let stored = join.snapshot_state().unwrap().resolve().unwrap().num_rows();
+            join.process_input(0, pairs(&side_schema, &[(3, 3), (4, 4)]), &mut out)
+                .unwrap();
+            (joined_rows(&out), stored)
+        };
+        let expected = vec![
+            vec![1, 1, 1, 10],
+            vec![2, 2, 2, 12],
+            vec![3, 3, 3, 11],
+            vec![4, 4, 4, 13],
+        ];
+        let (rows, stored) = run(true);
+        assert_eq!(rows, expected);
+        // The two left rows, and the right rows of keys 3 and 4.
+        assert_eq!(stored, 4);
+        assert_eq!(run(false), (expected, 6));
+    }
+
     /// An inner join builds only the joined rows the next operator admits
     /// (after its own filter), whichever side probes; a left join, whose
     /// pairs are counted, builds them all.
@@ -1413,6 +1539,7 @@ mod tests {
             width: 2,
             expiry: None,
             op_column: None,
+            settled_by_match: false,
         };
         // Pairs whose left value is below 5.
         let filter: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(

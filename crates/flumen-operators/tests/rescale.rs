@@ -636,6 +636,7 @@ fn interval_join_sides_move_by_key_group() {
         width: 3,
         expiry,
         op_column: None,
+        settled_by_match: false,
     };
     let factory = HashJoinFactory {
         kind: JoinKind::Inner,
@@ -689,12 +690,14 @@ fn left_join_matches_move_by_key_group() {
             width: 1,
             expiry: None,
             op_column: None,
+            settled_by_match: false,
         },
         right: JoinSide {
             keys: vec![0],
             width: 3,
             expiry: None,
             op_column: None,
+            settled_by_match: false,
         },
         filter: None,
         joined,
@@ -759,12 +762,14 @@ fn broadcast_join_sides_move_whole_and_by_key_group() {
                 width: 3,
                 expiry: None,
                 op_column: None,
+                settled_by_match: false,
             },
             right: JoinSide {
                 keys: vec![0],
                 width: 2,
                 expiry: None,
                 op_column: None,
+                settled_by_match: false,
             },
             filter: None,
             joined,
@@ -1095,6 +1100,7 @@ fn a_join_of_an_updating_input_moves_by_key_group() {
         width,
         expiry: None,
         op_column,
+        settled_by_match: false,
     };
     let factory = HashJoinFactory {
         kind: JoinKind::Inner,

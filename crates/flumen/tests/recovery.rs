@@ -57,6 +57,7 @@ CREATE TABLE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, 
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
   WITH (connector = 'nexmark', kind = 'bid', events = '{EVENTS}', rate = '10000', seed = '7'{bid});
 CREATE TABLE auction (id BIGINT, seller BIGINT, category BIGINT, date_time TIMESTAMP(3),
+    PRIMARY KEY (id) NOT ENFORCED,
     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)
   WITH (connector = 'nexmark', kind = 'auction', events = '{EVENTS}', rate = '10000', seed = '7'{auction});
 

@@ -767,12 +767,14 @@ impl Planner {
             width: left.width(),
             expiry: None,
             op_column: left.updating.as_ref().map(|_| left.width()),
+            settled_by_match: false,
         };
         let mut right_side = JoinSide {
             keys: Vec::new(),
             width: right.width(),
             expiry: None,
             op_column: right.updating.as_ref().map(|_| right.width()),
+            settled_by_match: false,
         };
         // Window joins: both sides keyed by the same event-time window.
         for (l, r) in &j.on {
@@ -894,6 +896,20 @@ impl Planner {
             .flatten();
         let broadcast =
             self.broadcast_side(kind, [&left, &right], [&left_side, &right_side], graph);
+        // A row that matched a side unique by some of its join keys (an
+        // append-only source's primary key) can match nothing more: the
+        // join does not store it (an auction's bids, once it is there).
+        if kind == JoinKind::Inner && updating.is_none() && broadcast.is_none() {
+            let unique_by = |stream: &Stream, keys: &[usize]| {
+                stream
+                    .keys
+                    .unique
+                    .as_ref()
+                    .is_some_and(|u| !u.is_empty() && u.iter().all(|c| keys.contains(c)))
+            };
+            left_side.settled_by_match = unique_by(&right, &rk);
+            right_side.settled_by_match = unique_by(&left, &lk);
+        }
         let factory = HashJoinFactory {
             kind,
             left: left_side,

@@ -518,7 +518,7 @@ type Unsettled = (RecordBatch, Option<UInt32Array>, Rows, Vec<u64>);
 
 /// What a side settled by a match stores of a batch (of rows `own` of it):
 /// when the rows that no row of `matched` (rows of the batch) is are at
-/// most half the batch, those rows copied out with their keys and hashes,
+/// most half of its rows here, those rows copied out with their keys and hashes,
 /// so that the batch is not kept for a few rows; otherwise all of it.
 /// `None` when every row matched.
 fn unsettled(
@@ -543,9 +543,11 @@ fn unsettled(
     if keep.is_empty() {
         return Ok(None);
     }
-    // Stored as they are, the settled rows are never matched again; kept
-    // for more than half the batch, the batch stays anyway.
-    if keep.len() * 2 > batch.num_rows() {
+    // Stored as they are, the settled rows are never matched again. Kept
+    // for more than half of this subtask's rows, the batch stays anyway (a
+    // shared batch, for the other subtasks' rows too); copying them would
+    // cost more than it frees.
+    if keep.len() * 2 > hashes.len() {
         return Ok(Some((batch, own, keys, hashes)));
     }
     let bytes = keep.iter().map(|&i| keys.row(i).as_ref().len()).sum();

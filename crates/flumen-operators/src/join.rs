@@ -1461,7 +1461,8 @@ mod tests {
 
     /// A right row that matched its left row (the left side unique by the
     /// key) is not stored: only the rest are, copied out of a shared batch
-    /// they are few of, and those still match the left rows that come later.
+    /// they are few of, and those still match the left rows that come later;
+    /// a shared batch most of whose rows here are unmatched is stored whole.
     #[test]
     fn rows_that_matched_a_unique_side_are_not_stored() {
         let side_schema = Arc::new(Schema::new(vec![
@@ -1516,6 +1517,32 @@ mod tests {
         // The two left rows, and the right rows of keys 3 and 4.
         assert_eq!(stored, 4);
         assert_eq!(run(false), (expected, 6));
+
+        // Three of a subtask's four rows unmatched: more than half of its
+        // rows (though under half of the shared batch), so the batch is
+        // stored with all four rather than copied.
+        let factory = HashJoinFactory {
+            kind: JoinKind::Inner,
+            left: side(false),
+            right: side(true),
+            filter: None,
+            joined: joined.clone(),
+            state_ttl_ns: None,
+            bounded_input: false,
+            broadcast: None,
+            output: joined.clone(),
+        };
+        let ctx = TaskContext::new(0, 1, 128, Arc::new(JobMetrics::default()));
+        let mut join = factory.create(&ctx).unwrap();
+        let mut out = Vec::new();
+        join.process_input(0, pairs(&side_schema, &[(1, 1)]), &mut out)
+            .unwrap();
+        let right: Vec<(i64, i64)> = (1..=8).map(|k| (k, 10 + k)).collect();
+        let own = UInt32Array::from(vec![0, 1, 2, 3]);
+        join.process_rows(1, pairs(&side_schema, &right), &own, &mut out)
+            .unwrap();
+        let stored = join.snapshot_state().unwrap().resolve().unwrap().num_rows();
+        assert_eq!(stored, 1 + 4);
     }
 
     /// An inner join builds only the joined rows the next operator admits

@@ -1479,7 +1479,8 @@ mod tests {
             op_column: None,
             settled_by_match,
         };
-        let run = |settled: bool| {
+        // An inner join whose right rows are settled by a match or not.
+        let create = |settled: bool| {
             let factory = HashJoinFactory {
                 kind: JoinKind::Inner,
                 left: side(false),
@@ -1492,7 +1493,10 @@ mod tests {
                 output: joined.clone(),
             };
             let ctx = TaskContext::new(0, 1, 128, Arc::new(JobMetrics::default()));
-            let mut join = factory.create(&ctx).unwrap();
+            factory.create(&ctx).unwrap()
+        };
+        let run = |settled: bool| {
+            let mut join = create(settled);
             let mut out = Vec::new();
             join.process_input(0, pairs(&side_schema, &[(1, 1), (2, 2)]), &mut out)
                 .unwrap();
@@ -1521,19 +1525,7 @@ mod tests {
         // Three of a subtask's four rows unmatched: more than half of its
         // rows (though under half of the shared batch), so the batch is
         // stored with all four rather than copied.
-        let factory = HashJoinFactory {
-            kind: JoinKind::Inner,
-            left: side(false),
-            right: side(true),
-            filter: None,
-            joined: joined.clone(),
-            state_ttl_ns: None,
-            bounded_input: false,
-            broadcast: None,
-            output: joined.clone(),
-        };
-        let ctx = TaskContext::new(0, 1, 128, Arc::new(JobMetrics::default()));
-        let mut join = factory.create(&ctx).unwrap();
+        let mut join = create(true);
         let mut out = Vec::new();
         join.process_input(0, pairs(&side_schema, &[(1, 1)]), &mut out)
             .unwrap();

@@ -108,12 +108,7 @@ impl OperatorFactory for UpdatingAggregateFactory {
             op_column: self.op_column,
             state_ttl_ns: self.state_ttl_ns,
             output: self.output.clone(),
-            keys: match &self.routed_by {
-                Some(columns) => {
-                    KeyedTable::new(key_fields, ctx.key_groups)?.routed_by(columns.clone())
-                }
-                None => KeyedTable::new(key_fields, ctx.key_groups)?,
-            },
+            keys: KeyedTable::new(key_fields, ctx.key_groups)?.routed_by(self.routed_by.clone()),
             owned: ctx.key_groups.range,
             accumulators: Vec::new(),
             ints,

@@ -845,7 +845,8 @@ async fn joins_of_updating_inputs_match_batch() {
 /// Aggregates over a join's rows: grouped by the join's key and more (the
 /// aggregate is chained to the join where the join hashes its sides, its
 /// groups routed by the key alone), by a column that is not the key while
-/// the key is still among the columns (a new exchange), and over a LEFT join, whose null-padded rows are taken back.
+/// the key is still among the columns (a new exchange), and over a LEFT
+/// join, whose null-padded rows are taken back.
 const JOIN_THEN_KEY_AND_MORE: &str = "
 CREATE TABLE per_auction (id BIGINT, category BIGINT, n BIGINT, total BIGINT) WITH (connector = 'blackhole');
 INSERT INTO per_auction

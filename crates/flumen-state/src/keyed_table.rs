@@ -111,11 +111,11 @@ impl KeyedTable {
     }
 
     /// The same table, with each key's key group taken from the hash of the
-    /// key columns `columns` alone: the columns by whose hash its rows were
-    /// routed (a join's key, when grouping by it and more), so that a
-    /// restored key goes to the subtask its rows come to.
-    pub fn routed_by(mut self, columns: Vec<usize>) -> Self {
-        self.routed_by = Some(columns);
+    /// key columns `columns` alone when given: the columns by whose hash its
+    /// rows were routed (a join's key, when grouping by it and more), so
+    /// that a restored key goes to the subtask its rows come to.
+    pub fn routed_by(mut self, columns: Option<Vec<usize>>) -> Self {
+        self.routed_by = columns;
         self
     }
 
@@ -260,7 +260,9 @@ mod tests {
             Field::new("id", DataType::Int64, true),
             Field::new("category", DataType::Int64, true),
         ];
-        let mut table = KeyedTable::new(fields, groups).unwrap().routed_by(vec![0]);
+        let mut table = KeyedTable::new(fields, groups)
+            .unwrap()
+            .routed_by(Some(vec![0]));
         let ids: ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![1, 2, 3, 4]));
         let categories: ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![7, 8, 9, 10]));
         let mut interned = Vec::new();

@@ -341,21 +341,16 @@ impl Planner {
         // At parallelism 1 the exchange only hands batches on, and the task
         // boundary it makes lets the join and the aggregate use two cores:
         // chained there, q4 ran slower and took more CPU.
-        let node = match routed_by {
-            Some(_) if self.options.parallelism > 1 => {
-                self.add(graph, input_node, kind, Partitioning::Forward)
-            }
-            Some(routed) => {
-                let node = graph.add_node(kind, self.options.parallelism);
-                let columns = routed.iter().map(|&c| key_columns[c]).collect();
-                graph.connect(input_node, node, Partitioning::Hash(columns));
-                node
-            }
-            None => {
-                let node = graph.add_node(kind, self.options.parallelism);
-                graph.connect(input_node, node, Partitioning::Hash(key_columns));
-                node
-            }
+        let node = if routed_by.is_some() && self.options.parallelism > 1 {
+            self.add(graph, input_node, kind, Partitioning::Forward)
+        } else {
+            let hashed = match routed_by {
+                Some(routed) => routed.iter().map(|&c| key_columns[c]).collect(),
+                None => key_columns,
+            };
+            let node = graph.add_node(kind, self.options.parallelism);
+            graph.connect(input_node, node, Partitioning::Hash(hashed));
+            node
         };
         Ok(Stream {
             node,

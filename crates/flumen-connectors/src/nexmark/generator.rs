@@ -4,6 +4,7 @@
 //! straight into Arrow buffers, and only the columns a query reads are built.
 
 use std::fmt::Write;
+use std::hint::select_unpredictable;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, StringArray, StringBuilder, TimestampMillisecondArray};
@@ -177,10 +178,12 @@ fn last_auction(n: u64) -> i64 {
     }
 }
 
-/// A random base-0 id among the newest `window` ids up to `last`.
-fn recent_id(rng: &mut Rng, last: i64, window: i64) -> i64 {
+/// A random base-0 id among the newest `window` ids up to `last`, its draw
+/// taken from `rng` only when `take` (see [`Rng::below_if`]).
+#[inline]
+fn recent_id(rng: &mut Rng, last: i64, window: i64, take: bool) -> i64 {
     let min = (last - window + 1).max(0);
-    min + rng.below((last - min + 1).max(1) as u64) as i64
+    min + rng.below_if((last - min + 1).max(1) as u64, take) as i64
 }
 
 /// Log-uniform in `[100, 10^8]`: `round(10^(6u) * 100)`, computed as a
@@ -276,10 +279,6 @@ impl Generator {
         BASE_TIME_NS + ns as i64
     }
 
-    fn timestamp_ms(&self, n: u64) -> i64 {
-        self.timestamp_ns(n) / 1_000_000
-    }
-
     fn text(&self, rng: &mut Rng, len: usize) -> &str {
         let off = rng.below((POOL_BYTES - len) as u64) as usize;
         &self.pool[off..off + len]
@@ -303,6 +302,7 @@ impl Generator {
     ) -> Vec<ArrayRef> {
         let rows = events.clone().count();
         let mut c = Columns::new(EventKind::Person, columns, &[], rows);
+        let mut millis = Millis::new(self.config.rate);
         for n in events {
             let mut rng = Rng::for_event(self.config.seed, n);
             let name = &self.names[rng.below(self.names.len() as u64) as usize];
@@ -333,7 +333,7 @@ impl Generator {
             }
             c.str(4, city);
             c.str(5, state);
-            c.int(6, self.timestamp_ms(n));
+            c.int(6, millis.at(n));
             c.str(7, extra);
         }
         c.finish()
@@ -359,11 +359,10 @@ impl Generator {
             let reserve = initial + price(&mut rng);
             let ts_ns = self.timestamp_ns(n);
             let length_ns = 1 + rng.below((2 * horizon_ns).max(1)) as i64;
-            let seller = if rng.below(4) > 0 {
-                (last_person(n) / HOT_BLOCK) * HOT_BLOCK
-            } else {
-                recent_id(&mut rng, last_person(n), ACTIVE_PEOPLE)
-            };
+            let hot = rng.below(4) > 0;
+            let last = last_person(n);
+            let cold = recent_id(&mut rng, last, ACTIVE_PEOPLE, !hot);
+            let seller = select_unpredictable(hot, (last / HOT_BLOCK) * HOT_BLOCK, cold);
             let category = FIRST_CATEGORY + rng.below(NUM_CATEGORIES) as i64;
             let extra = extra_len(&mut rng, 8 + 20 + 100 + 6 * 8, 500);
             let extra = self.text(&mut rng, extra);
@@ -384,26 +383,27 @@ impl Generator {
     fn bids(&self, events: impl Iterator<Item = u64> + Clone, columns: &[usize]) -> Vec<ArrayRef> {
         let rows = events.clone().count();
         let mut c = Columns::new(EventKind::Bid, columns, &[3, 4], rows);
+        let mut millis = Millis::new(self.config.rate);
         let mut picks = Vec::with_capacity(rows);
         for n in events {
             let mut rng = Rng::for_event(self.config.seed, n);
-            let auction = if rng.below(2) > 0 {
-                (last_auction(n) / HOT_BLOCK) * HOT_BLOCK
-            } else {
-                recent_id(&mut rng, last_auction(n), IN_FLIGHT_AUCTIONS)
-            };
-            let bidder = if rng.below(4) > 0 {
-                (last_person(n) / HOT_BLOCK) * HOT_BLOCK + 1
-            } else {
-                recent_id(&mut rng, last_person(n), ACTIVE_PEOPLE)
-            };
+            // Hot or not is a coin flip per bid: each choice is made with
+            // a select, not a branch (the cold side's draw is made either
+            // way and kept only when cold), so the draws are those a branch
+            // would make.
+            let hot = rng.below(2) > 0;
+            let last = last_auction(n);
+            let cold = recent_id(&mut rng, last, IN_FLIGHT_AUCTIONS, !hot);
+            let auction = select_unpredictable(hot, (last / HOT_BLOCK) * HOT_BLOCK, cold);
+            let hot = rng.below(4) > 0;
+            let last = last_person(n);
+            let cold = recent_id(&mut rng, last, ACTIVE_PEOPLE, !hot);
+            let bidder = select_unpredictable(hot, (last / HOT_BLOCK) * HOT_BLOCK + 1, cold);
             // Drawn whether or not it is read, so later draws stay the same.
             let price_draw = rng.next_f64();
-            let channel = if rng.below(2) > 0 {
-                CHANNELS + rng.below(HOT_CHANNELS.len() as u64) as usize
-            } else {
-                rng.below(CHANNELS as u64) as usize
-            };
+            let hot = rng.below(2) > 0;
+            let bound = select_unpredictable(hot, HOT_CHANNELS.len(), CHANNELS);
+            let channel = select_unpredictable(hot, CHANNELS, 0) + rng.below(bound as u64) as usize;
             let extra = extra_len(&mut rng, 32, 100);
             let extra = self.text(&mut rng, extra);
             c.int(0, FIRST_ID + auction);
@@ -412,12 +412,48 @@ impl Generator {
                 c.int(2, price_of(price_draw));
             }
             picks.push(channel as u32);
-            c.int(5, self.timestamp_ms(n));
+            c.int(5, millis.at(n));
             c.str(6, extra);
         }
         c.gather(3, &self.channel_names, &picks);
         c.gather(4, &self.channel_urls, &picks);
         c.finish()
+    }
+}
+
+/// Event times in milliseconds of ascending event numbers, each
+/// [`Generator::timestamp_ns`] over a million, with a division only when
+/// the millisecond changes (every `rate / 1000` events at high rates), not
+/// two divisions by the rate for every event.
+struct Millis {
+    rate: u64,
+    /// The milliseconds since the base time of the last event asked for.
+    ms: u64,
+    /// The first event of the next millisecond.
+    next: u64,
+}
+
+impl Millis {
+    fn new(rate: u64) -> Self {
+        Millis {
+            rate,
+            ms: 0,
+            next: 0,
+        }
+    }
+
+    /// The event time of event `n`, which is not below any asked for before.
+    #[inline]
+    fn at(&mut self, n: u64) -> i64 {
+        if n >= self.next {
+            let rate = self.rate;
+            // `n * 1000 / rate` without overflow, as `timestamp_ns` does.
+            self.ms = (n / rate) * 1000 + (n % rate) * 1000 / rate;
+            // The least event `m` with `m * 1000 >= (ms + 1) * rate`.
+            let next = (u128::from(self.ms + 1) * u128::from(rate)).div_ceil(1000);
+            self.next = u64::try_from(next).unwrap_or(u64::MAX);
+        }
+        BASE_TIME_NS / 1_000_000 + self.ms as i64
     }
 }
 
@@ -699,6 +735,61 @@ mod tests {
         }
     }
 
+    /// The choices made by selects (hot or cold auction, bidder, seller and
+    /// channel) are those of plain branches, each cold side drawing only
+    /// when taken, so the generated events are what they were.
+    #[test]
+    fn coin_flips_choose_as_branches_would() {
+        let g = generator();
+        let recent = |rng: &mut Rng, last: i64, window: i64| {
+            let min = (last - window + 1).max(0);
+            min + rng.below((last - min + 1).max(1) as u64) as i64
+        };
+        let bids = g.build(EventKind::Bid, 0, EVENTS, &[0, 1, 2, 3]);
+        let (auctions, bidders, prices) = (ints(&bids[0]), ints(&bids[1]), ints(&bids[2]));
+        let channels = bids[3].as_string::<i32>();
+        for (i, n) in event_numbers(EventKind::Bid, 0, EVENTS).enumerate() {
+            let mut rng = Rng::for_event(42, n);
+            let auction = if rng.below(2) > 0 {
+                (last_auction(n) / HOT_BLOCK) * HOT_BLOCK
+            } else {
+                recent(&mut rng, last_auction(n), IN_FLIGHT_AUCTIONS)
+            };
+            let bidder = if rng.below(4) > 0 {
+                (last_person(n) / HOT_BLOCK) * HOT_BLOCK + 1
+            } else {
+                recent(&mut rng, last_person(n), ACTIVE_PEOPLE)
+            };
+            let price = price(&mut rng);
+            let channel = if rng.below(2) > 0 {
+                CHANNELS + rng.below(HOT_CHANNELS.len() as u64) as usize
+            } else {
+                rng.below(CHANNELS as u64) as usize
+            };
+            assert_eq!(auctions[i], FIRST_ID + auction, "auction of {n}");
+            assert_eq!(bidders[i], FIRST_ID + bidder, "bidder of {n}");
+            assert_eq!(prices[i], price, "price of {n}");
+            assert_eq!(channels.value(i), g.channel_names.value(channel), "{n}");
+        }
+        let sellers = ints(&g.build(EventKind::Auction, 0, EVENTS, &[7])[0]);
+        for (i, n) in event_numbers(EventKind::Auction, 0, EVENTS).enumerate() {
+            let mut rng = Rng::for_event(42, n);
+            let _ = (g.text(&mut rng, 20), g.text(&mut rng, 100));
+            let _ = (price(&mut rng), price(&mut rng));
+            let ts_ns = g.timestamp_ns(n);
+            let events_per_lifetime =
+                IN_FLIGHT_AUCTIONS as u64 * EPOCH / (AUCTION_END - PERSON_END);
+            let horizon_ns = (events_per_lifetime as u128 * 1_000_000_000 / 10_000_000) as u64;
+            let _ = (ts_ns, rng.below((2 * horizon_ns).max(1)));
+            let seller = if rng.below(4) > 0 {
+                (last_person(n) / HOT_BLOCK) * HOT_BLOCK
+            } else {
+                recent(&mut rng, last_person(n), ACTIVE_PEOPLE)
+            };
+            assert_eq!(sellers[i], FIRST_ID + seller, "seller of {n}");
+        }
+    }
+
     /// The integer roundings give what the float ones they replace gave.
     #[test]
     fn roundings_equal_the_float_ones() {
@@ -756,6 +847,25 @@ mod tests {
         let without_price = g.build(EventKind::Bid, 0, 10_000, &[3, 1]);
         assert_eq!(&without_price[0], &all[3], "channels without the price");
         assert_eq!(&without_price[1], &all[1]);
+    }
+
+    #[test]
+    fn milliseconds_counted_along_equal_the_divided_times() {
+        for rate in [1, 3, 7, 999, 1000, 1001, 12_345, 10_000_000, 123_456_789] {
+            let g = Generator::new(GeneratorConfig { rate, seed: 1 });
+            let mut millis = Millis::new(rate);
+            // Every event, then gaps as between bids of two epochs.
+            let events = (0..3000)
+                .chain((3000..400_000).step_by(7))
+                .chain([1_000_000_000]);
+            for n in events {
+                assert_eq!(
+                    millis.at(n),
+                    g.timestamp_ns(n) / 1_000_000,
+                    "event {n} at {rate}/s"
+                );
+            }
+        }
     }
 
     #[test]

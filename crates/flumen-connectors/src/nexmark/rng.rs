@@ -13,6 +13,12 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// `value` (uniform over all 64-bit values) scaled to `0..bound`.
+#[inline]
+fn scale(value: u64, bound: u64) -> u64 {
+    ((u128::from(value) * u128::from(bound)) >> 64) as u64
+}
+
 impl Rng {
     /// The stream of event `n` under `seed`.
     pub(crate) fn for_event(seed: u64, n: u64) -> Self {
@@ -30,7 +36,19 @@ impl Rng {
     /// Uniform in `0..bound` (`bound > 0`).
     #[inline]
     pub(crate) fn below(&mut self, bound: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(bound)) >> 64) as u64
+        scale(self.next_u64(), bound)
+    }
+
+    /// What [`Rng::below`] would return, taken from the stream only when
+    /// `take` (otherwise the stream is left as it was): a draw made on one
+    /// side of a coin flip, computed on both sides so that no branch waits
+    /// on the flip, which no predictor can guess.
+    #[inline]
+    pub(crate) fn below_if(&mut self, bound: u64, take: bool) -> u64 {
+        let before = self.0;
+        let value = self.next_u64();
+        self.0 = std::hint::select_unpredictable(take, self.0, before);
+        scale(value, bound)
     }
 
     /// Uniform in `[0, 1)`.
@@ -52,6 +70,18 @@ mod tests {
             seen[v as usize] = true;
         }
         assert!(seen.iter().all(|s| *s));
+    }
+
+    #[test]
+    fn a_draw_not_taken_leaves_the_stream_as_it_was() {
+        for n in 0..1000 {
+            let (mut taken, mut plain) = (Rng::for_event(3, n), Rng::for_event(3, n));
+            assert_eq!(taken.below_if(1000, true), plain.below(1000));
+            let mut skipped = Rng::for_event(3, n);
+            let _ = skipped.below_if(1000, false);
+            assert_eq!(skipped.next_u64(), Rng::for_event(3, n).next_u64());
+            assert_eq!(taken.next_u64(), plain.next_u64());
+        }
     }
 
     #[test]

@@ -385,6 +385,7 @@ impl Generator {
         let mut c = Columns::new(EventKind::Bid, columns, &[3, 4], rows);
         let mut millis = Millis::new(self.config.rate);
         let mut picks = Vec::with_capacity(rows);
+        let mut price_draws = Vec::with_capacity(if c.wants(2) { rows } else { 0 });
         for n in events {
             let mut rng = Rng::for_event(self.config.seed, n);
             // Hot or not is a coin flip per bid: each choice is made with
@@ -409,12 +410,16 @@ impl Generator {
             c.int(0, FIRST_ID + auction);
             c.int(1, FIRST_ID + bidder);
             if c.wants(2) {
-                c.int(2, price_of(price_draw));
+                price_draws.push(price_draw);
             }
             picks.push(channel as u32);
             c.int(5, millis.at(n));
             c.str(6, extra);
         }
+        // The prices after the draws, in a loop of their own: each is an
+        // `exp2` call, whose result the loop above would wait for; here the
+        // calls overlap one another.
+        c.set_ints(2, || price_draws.iter().map(|&u| price_of(u)).collect());
         c.gather(3, &self.channel_names, &picks);
         c.gather(4, &self.channel_urls, &picks);
         c.finish()
@@ -568,6 +573,13 @@ impl Columns {
     fn int(&mut self, col: usize, v: i64) {
         if let Some(vec) = &mut self.ints[col] {
             vec.push(v);
+        }
+    }
+
+    /// Sets integer column `col`, if requested, to the values `make` returns.
+    fn set_ints(&mut self, col: usize, make: impl FnOnce() -> Vec<i64>) {
+        if let Some(vec) = &mut self.ints[col] {
+            *vec = make();
         }
     }
 

@@ -148,6 +148,9 @@ pub struct Generator {
     config: GeneratorConfig,
     /// Random lower-case text that strings are cut from.
     pool: String,
+    /// The pool's bytes, then `BID_EXTRA_CHUNKS` chunks of zeros, for
+    /// [`copy_spans`] to copy bids' `extra` from.
+    padded_pool: Vec<u8>,
     /// The names of the 10,000 ordinary channels, then the 4 hot ones, in
     /// one buffer: bids copy them out by index, and a contiguous table
     /// misses the cache less than 10,004 separate strings.
@@ -264,6 +267,11 @@ impl Generator {
         let (names_of, urls_of): (Vec<String>, Vec<String>) = channels.into_iter().unzip();
         Generator {
             config,
+            padded_pool: {
+                let mut padded = pool.as_bytes().to_vec();
+                padded.resize(POOL_BYTES + BID_EXTRA_CHUNKS * CHUNK, 0);
+                padded
+            },
             pool,
             channel_names: StringTable::new(names_of),
             channel_urls: StringTable::new(urls_of),
@@ -280,8 +288,14 @@ impl Generator {
     }
 
     fn text(&self, rng: &mut Rng, len: usize) -> &str {
+        let (start, end) = self.text_span(rng, len);
+        &self.pool[start..end]
+    }
+
+    /// Where in the pool [`Generator::text`] would cut its string.
+    fn text_span(&self, rng: &mut Rng, len: usize) -> (usize, usize) {
         let off = rng.below((POOL_BYTES - len) as u64) as usize;
-        &self.pool[off..off + len]
+        (off, off + len)
     }
 
     /// Builds the `columns` (indices into `kind.schema()`) of every event of
@@ -382,7 +396,9 @@ impl Generator {
 
     fn bids(&self, events: impl Iterator<Item = u64> + Clone, columns: &[usize]) -> Vec<ArrayRef> {
         let rows = events.clone().count();
-        let mut c = Columns::new(EventKind::Bid, columns, &[3, 4], rows);
+        let mut c = Columns::new(EventKind::Bid, columns, &[3, 4, 6], rows);
+        let wants_extra = columns.contains(&6);
+        let mut extras = Vec::with_capacity(if wants_extra { rows } else { 0 });
         let mut millis = Millis::new(self.config.rate);
         let mut picks = Vec::with_capacity(rows);
         let mut price_draws = Vec::with_capacity(if c.wants(2) { rows } else { 0 });
@@ -406,7 +422,7 @@ impl Generator {
             let bound = select_unpredictable(hot, HOT_CHANNELS.len(), CHANNELS);
             let channel = select_unpredictable(hot, CHANNELS, 0) + rng.below(bound as u64) as usize;
             let extra = extra_len(&mut rng, 32, 100);
-            let extra = self.text(&mut rng, extra);
+            let extra = self.text_span(&mut rng, extra);
             c.int(0, FIRST_ID + auction);
             c.int(1, FIRST_ID + bidder);
             if c.wants(2) {
@@ -414,7 +430,9 @@ impl Generator {
             }
             picks.push(channel as u32);
             c.int(5, millis.at(n));
-            c.str(6, extra);
+            if wants_extra {
+                extras.push(extra);
+            }
         }
         // The prices after the draws, in a loop of their own: each is an
         // `exp2` call, whose result the loop above would wait for; here the
@@ -422,6 +440,13 @@ impl Generator {
         c.set_ints(2, || price_draws.iter().map(|&u| price_of(u)).collect());
         c.gather(3, &self.channel_names, &picks);
         c.gather(4, &self.channel_urls, &picks);
+        if wants_extra {
+            // SAFETY: the pool is ASCII, so every span of it is UTF-8 (and
+            // each fits: a bid's `extra_len` is at most 82 bytes).
+            c.take(6, unsafe {
+                copy_spans(&self.padded_pool, &extras, BID_EXTRA_CHUNKS)
+            });
+        }
         c.finish()
     }
 }
@@ -465,8 +490,11 @@ impl Millis {
 /// How many rows ahead [`StringTable::gather`] prefetches a pick's string.
 const GATHER_AHEAD: usize = 8;
 
-/// The bytes [`StringTable::gather`] copies at a time.
+/// The bytes [`copy_spans`] copies at a time.
 const CHUNK: usize = 32;
+
+/// The chunks that cover a bid's `extra` (at most 82 bytes).
+const BID_EXTRA_CHUNKS: usize = 3;
 
 /// Strings that batches pick by index (the channels' names and URLs), with
 /// their bytes kept again with room after the last, so that each pick is
@@ -512,54 +540,76 @@ impl StringTable {
             .iter()
             .map(|&p| (from[p as usize] as usize, from[p as usize + 1] as usize))
             .collect();
-        let mut offsets = Vec::with_capacity(picks.len() + 1);
-        offsets.push(0i32);
-        let mut total = 0usize;
-        for &(start, end) in &spans {
-            total += end - start;
-            offsets.push(total as i32);
+        // SAFETY: the spans are whole strings of the table, whose bytes
+        // start `padded` (the array was built from owned strings: its
+        // offsets start at 0), so UTF-8.
+        unsafe { copy_spans(&self.padded, &spans, self.chunks) }
+    }
+}
+
+/// The strings at `spans` (start and end in `padded`), copied as `chunks`
+/// 32-byte chunks each, past each one's end (the next one's bytes are
+/// written over the excess), rather than by a `memcpy` call of each
+/// string's length. A string of the span a few rows ahead is prefetched.
+///
+/// # Safety
+///
+/// Every span must be valid UTF-8. (A span longer than `chunks * CHUNK`
+/// bytes, or with fewer than that many bytes of `padded` from its start,
+/// panics.)
+unsafe fn copy_spans(padded: &[u8], spans: &[(usize, usize)], chunks: usize) -> StringArray {
+    let mut offsets = Vec::with_capacity(spans.len() + 1);
+    offsets.push(0i32);
+    let mut total = 0usize;
+    for &(start, end) in spans {
+        total += end - start;
+        offsets.push(total as i32);
+    }
+    let width = chunks * CHUNK;
+    let mut values: Vec<u8> = Vec::with_capacity(total + width);
+    let (source, target) = (padded.as_ptr(), values.as_mut_ptr());
+    let mut at = 0;
+    for (i, &(start, end)) in spans.iter().enumerate() {
+        if let Some(b) = spans
+            .get(i + GATHER_AHEAD)
+            .and_then(|&(a, _)| padded.get(a))
+        {
+            flumen_state::probing::prefetch_ref(b);
         }
-        let width = self.chunks * CHUNK;
-        let mut values: Vec<u8> = Vec::with_capacity(total + width);
-        let (source, target) = (self.padded.as_ptr(), values.as_mut_ptr());
-        let mut at = 0;
-        for (i, &(start, end)) in spans.iter().enumerate() {
-            if let Some(b) = spans
-                .get(i + GATHER_AHEAD)
-                .and_then(|&(a, _)| self.padded.get(a))
-            {
-                flumen_state::probing::prefetch_ref(b);
+        // Checked (a branch always taken the same way), so that a wrong
+        // span is a panic, not a read or write out of bounds.
+        assert!(
+            start <= end && end - start <= width && start + width <= padded.len(),
+            "span {start}..{end} does not fit {chunks} chunks of {} bytes",
+            padded.len()
+        );
+        for c in 0..chunks {
+            // SAFETY: `start + width` is within `padded` (checked above),
+            // and `at` is at most `total`, so `at + width` is within the
+            // capacity.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    source.add(start + c * CHUNK),
+                    target.add(at + c * CHUNK),
+                    CHUNK,
+                );
             }
-            for c in 0..self.chunks {
-                // SAFETY: `start` is an offset into the strings' bytes (the
-                // array was built from owned strings: its offsets start at
-                // 0), which `padded` follows with `width` more bytes, so
-                // `start + width` is within `padded`; `at` is at most
-                // `total`, so `at + width` is within the capacity.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        source.add(start + c * CHUNK),
-                        target.add(at + c * CHUNK),
-                        CHUNK,
-                    );
-                }
-            }
-            at += end - start;
         }
-        // SAFETY: every byte below `total` is written: each pick's chunks
-        // cover its own bytes at `at`, and what they wrote past its end is
-        // written again by the picks after it, or lies past `total`.
-        unsafe { values.set_len(total) };
-        // SAFETY: the offsets start at 0 and ascend by each string's length,
-        // ending at the length of `values`, which holds whole strings of a
-        // valid `StringArray` back to back, so valid UTF-8 between any two.
-        unsafe {
-            StringArray::new_unchecked(
-                OffsetBuffer::new_unchecked(offsets.into()),
-                values.into(),
-                None,
-            )
-        }
+        at += end - start;
+    }
+    // SAFETY: every byte below `total` is written: each span's chunks cover
+    // its own bytes at `at`, and what they wrote past its end is written
+    // again by the spans after it, or lies past `total`.
+    unsafe { values.set_len(total) };
+    // SAFETY: the offsets start at 0 and ascend by each span's length,
+    // ending at the length of `values`, which holds the spans' valid UTF-8
+    // (the caller's promise) back to back, so valid UTF-8 between any two.
+    unsafe {
+        StringArray::new_unchecked(
+            OffsetBuffer::new_unchecked(offsets.into()),
+            values.into(),
+            None,
+        )
     }
 }
 
@@ -647,6 +697,13 @@ impl Columns {
     fn str(&mut self, col: usize, v: &str) {
         if let Some(b) = &mut self.strings[col] {
             b.append_value(v);
+        }
+    }
+
+    /// Sets column `col`, if requested, to `values`.
+    fn take(&mut self, col: usize, values: StringArray) {
+        if self.order.contains(&col) {
+            self.taken[col] = Some(Arc::new(values));
         }
     }
 
@@ -809,7 +866,8 @@ mod tests {
 
     /// The choices made by selects (hot or cold auction, bidder, seller and
     /// channel) are those of plain branches, each cold side drawing only
-    /// when taken, so the generated events are what they were.
+    /// when taken, and `extra` copied by chunks is the pool's text, so the
+    /// generated events are what they were.
     #[test]
     fn coin_flips_choose_as_branches_would() {
         let g = generator();
@@ -817,9 +875,9 @@ mod tests {
             let min = (last - window + 1).max(0);
             min + rng.below((last - min + 1).max(1) as u64) as i64
         };
-        let bids = g.build(EventKind::Bid, 0, EVENTS, &[0, 1, 2, 3]);
+        let bids = g.build(EventKind::Bid, 0, EVENTS, &[0, 1, 2, 3, 6]);
         let (auctions, bidders, prices) = (ints(&bids[0]), ints(&bids[1]), ints(&bids[2]));
-        let channels = bids[3].as_string::<i32>();
+        let (channels, extras) = (bids[3].as_string::<i32>(), bids[4].as_string::<i32>());
         for (i, n) in event_numbers(EventKind::Bid, 0, EVENTS).enumerate() {
             let mut rng = Rng::for_event(42, n);
             let auction = if rng.below(2) > 0 {
@@ -846,6 +904,8 @@ mod tests {
                 g.channel_names.strings.value(channel),
                 "{n}"
             );
+            let len = extra_len(&mut rng, 32, 100);
+            assert_eq!(extras.value(i), g.text(&mut rng, len), "extra of {n}");
         }
         let sellers = ints(&g.build(EventKind::Auction, 0, EVENTS, &[7])[0]);
         for (i, n) in event_numbers(EventKind::Auction, 0, EVENTS).enumerate() {

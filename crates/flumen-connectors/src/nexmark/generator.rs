@@ -146,11 +146,10 @@ pub struct GeneratorConfig {
 /// Shared, precomputed tables of one generator configuration.
 pub struct Generator {
     config: GeneratorConfig,
-    /// Random lower-case text that strings are cut from.
+    /// `POOL_BYTES` of random lower-case text that strings are cut from,
+    /// then `BID_EXTRA_CHUNKS` chunks of NUL bytes that no string reaches,
+    /// for [`copy_spans`] to copy bids' `extra` past its end.
     pool: String,
-    /// The pool's bytes, then `BID_EXTRA_CHUNKS` chunks of zeros, for
-    /// [`copy_spans`] to copy bids' `extra` from.
-    padded_pool: Vec<u8>,
     /// The names of the 10,000 ordinary channels, then the 4 hot ones, in
     /// one buffer: bids copy them out by index, and a contiguous table
     /// misses the cache less than 10,004 separate strings.
@@ -226,9 +225,10 @@ impl Generator {
     /// Precomputes the tables for `config`.
     pub fn new(config: GeneratorConfig) -> Self {
         let mut rng = Rng::for_event(config.seed, u64::MAX);
-        let pool: String = (0..POOL_BYTES)
+        let mut pool: String = (0..POOL_BYTES)
             .map(|_| (b'a' + rng.below(26) as u8) as char)
             .collect();
+        pool.extend(std::iter::repeat_n('\0', BID_EXTRA_CHUNKS * CHUNK));
         let words = |rng: &mut Rng| {
             let mut w = String::new();
             for i in 0..3 {
@@ -267,11 +267,6 @@ impl Generator {
         let (names_of, urls_of): (Vec<String>, Vec<String>) = channels.into_iter().unzip();
         Generator {
             config,
-            padded_pool: {
-                let mut padded = pool.as_bytes().to_vec();
-                padded.resize(POOL_BYTES + BID_EXTRA_CHUNKS * CHUNK, 0);
-                padded
-            },
             pool,
             channel_names: StringTable::new(names_of),
             channel_urls: StringTable::new(urls_of),
@@ -444,7 +439,7 @@ impl Generator {
             // SAFETY: the pool is ASCII, so every span of it is UTF-8 (and
             // each fits: a bid's `extra_len` is at most 82 bytes).
             c.take(6, unsafe {
-                copy_spans(&self.padded_pool, &extras, BID_EXTRA_CHUNKS)
+                copy_spans(self.pool.as_bytes(), &extras, BID_EXTRA_CHUNKS)
             });
         }
         c.finish()
@@ -502,9 +497,9 @@ const BID_EXTRA_CHUNKS: usize = 3;
 /// `memcpy` call of its own length: a 12-byte channel name cost 9 ns a bid
 /// that way.
 struct StringTable {
+    /// The strings; their values buffer ends with `chunks * CHUNK` zero
+    /// bytes after the last string.
     strings: StringArray,
-    /// The strings' bytes back to back, then `chunks * CHUNK` zero bytes.
-    padded: Vec<u8>,
     /// How many chunks cover the longest string.
     chunks: usize,
 }
@@ -518,14 +513,11 @@ impl StringTable {
             .unwrap_or(0)
             .div_ceil(CHUNK)
             .max(1);
-        let strings = StringArray::from(strings);
-        let mut padded = strings.value_data().to_vec();
+        let plain = StringArray::from(strings);
+        let mut padded = plain.value_data().to_vec();
         padded.resize(padded.len() + chunks * CHUNK, 0);
-        StringTable {
-            strings,
-            padded,
-            chunks,
-        }
+        let strings = StringArray::new(plain.offsets().clone(), padded.into(), None);
+        StringTable { strings, chunks }
     }
 
     /// The strings at `picks`, as arrow's `take` would give them. The
@@ -540,10 +532,8 @@ impl StringTable {
             .iter()
             .map(|&p| (from[p as usize] as usize, from[p as usize + 1] as usize))
             .collect();
-        // SAFETY: the spans are whole strings of the table, whose bytes
-        // start `padded` (the array was built from owned strings: its
-        // offsets start at 0), so UTF-8.
-        unsafe { copy_spans(&self.padded, &spans, self.chunks) }
+        // SAFETY: the spans are whole strings of the table, so UTF-8.
+        unsafe { copy_spans(self.strings.value_data(), &spans, self.chunks) }
     }
 }
 
@@ -628,8 +618,6 @@ fn max_string_len(kind: EventKind, column: &str) -> usize {
     match (kind, column) {
         (EventKind::Person, "extra") => 160,
         (EventKind::Auction, "extra") => 390,
-        (EventKind::Bid, "extra") => 82,
-        (_, "url") => 96,
         (_, "description") => 100,
         _ => 24,
     }

@@ -3,7 +3,15 @@
 //! (Nexmark's bids carry one of 10,004 channel URLs, 66 bytes on average):
 //! storing each once shrinks TopN state, and in a VM where every fresh page
 //! costs microseconds to fault in, smaller state is faster state.
+//!
+//! A string longer than 16 bytes is hashed by its length and three of its
+//! 8-byte words (the first and the last two), not by all of its bytes: a
+//! URL then costs two multiplications instead of five. Strings that differ
+//! only elsewhere share a hash and so compare against one another; once a
+//! lookup meets more such strings than [`COLLISIONS_ALLOWED`] lets pass, the
+//! dictionary rehashes every string in full and stays so.
 
+use std::cell::Cell;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -17,6 +25,13 @@ use crate::open_table::{Hashed, OpenTable};
 /// its string.
 const SLOT_AHEAD: usize = 16;
 const STRING_AHEAD: usize = 8;
+
+/// Comparisons of a row's string with a different one of the same hash
+/// that one intern allows per row, and once, before hashing in full. A
+/// 32-bit hash of all bytes makes such a comparison about once in millions
+/// of rows; a sampled hash of strings that differ only in their middle
+/// makes one per such string for every row.
+const COLLISIONS_ALLOWED: (usize, usize) = (64, 8);
 
 /// An id and the hash of its string.
 #[derive(Clone, Copy)]
@@ -39,6 +54,9 @@ pub(crate) struct StringDictionary {
     offsets: GrowingBuffer<i32>,
     table: OpenTable<Entry>,
     hasher: foldhash::fast::FixedState,
+    /// Whether strings are hashed by all of their bytes (after a sampled
+    /// hash met too many strings that share it).
+    full_hash: bool,
     /// The strings as one array, as of the last call to [`Self::intern`]:
     /// a view of `bytes` and `offsets`, not a copy.
     values: Arc<StringArray>,
@@ -54,6 +72,7 @@ impl StringDictionary {
             offsets,
             table: OpenTable::new(),
             hasher: foldhash::fast::FixedState::with_seed(0x243f_6a88_85a3_08d3),
+            full_hash: false,
             values: Arc::new(StringArray::new_null(0)),
         }
     }
@@ -68,7 +87,21 @@ impl StringDictionary {
         rows: &UInt32Array,
         limit: usize,
     ) -> Option<UInt32Array> {
-        let (len_before, bytes_before) = (self.len(), self.bytes.len());
+        let before = (self.len(), self.bytes.len());
+        self.intern_since(strings, rows, limit, before)
+    }
+
+    /// [`Self::intern`], forgetting on refusal every string added since the
+    /// dictionary held `before` (strings and bytes): a lookup that gives up
+    /// on the sampled hash starts over, keeping what it added.
+    fn intern_since(
+        &mut self,
+        strings: &StringArray,
+        rows: &UInt32Array,
+        limit: usize,
+        before: (usize, usize),
+    ) -> Option<UInt32Array> {
+        let (len_before, bytes_before) = before;
         self.table.reserve(rows.len());
         let mut ids = Vec::with_capacity(rows.len());
         // Hashes and home slots first, so that each lookup can start
@@ -77,8 +110,15 @@ impl StringDictionary {
         let hashes: Vec<u32> = rows
             .values()
             .iter()
-            .map(|&i| self.hasher.hash_one(strings.value(i as usize).as_bytes()) as u32)
+            .map(|&i| self.hash(strings.value(i as usize).as_bytes()))
             .collect();
+        let collisions = Cell::new(0);
+        let (allowed, per_row) = COLLISIONS_ALLOWED;
+        let allowed = if self.full_hash {
+            usize::MAX
+        } else {
+            allowed + rows.len() / per_row
+        };
         let homes: Vec<usize> = hashes.iter().map(|&h| self.table.home(h)).collect();
         for (k, &i) in rows.values().iter().enumerate() {
             if let Some(&home) = homes.get(k + SLOT_AHEAD) {
@@ -103,10 +143,19 @@ impl StringDictionary {
             let (hash, home) = (hashes[k], homes[k]);
             let found = self
                 .table
-                .find(home, hash, |e| self.string(e.id) == s)
-                .and_then(|at| self.table.get(at));
+                .find(home, hash, |e| {
+                    let equal = self.string(e.id) == s;
+                    collisions.set(collisions.get() + usize::from(!equal));
+                    equal
+                })
+                .and_then(|at| self.table.get(at))
+                .map(|e| e.id);
+            if collisions.get() > allowed {
+                self.hash_in_full();
+                return self.intern_since(strings, rows, limit, before);
+            }
             let id = match found {
-                Some(e) => e.id,
+                Some(id) => id,
                 None => {
                     if self.bytes.len() + s.len() > limit {
                         self.truncate(len_before, bytes_before);
@@ -137,6 +186,47 @@ impl StringDictionary {
             NullBuffer::from_iter(rows.values().iter().map(|&i| strings.is_valid(i as usize)))
         });
         Some(UInt32Array::new(ids.into(), nulls))
+    }
+
+    /// The 32-bit hash of `s`: of all of its bytes when it is short or the
+    /// dictionary hashes in full, else of its length and its first and last
+    /// two 8-byte words (every byte up to 24 bytes).
+    fn hash(&self, s: &[u8]) -> u32 {
+        let n = s.len();
+        if n <= 16 || self.full_hash {
+            return self.hasher.hash_one(s) as u32;
+        }
+        let word = |at: usize| {
+            let mut w = [0; 8];
+            w.copy_from_slice(&s[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        let fold = |a: u64, b: u64| {
+            let m = u128::from(a) * u128::from(b);
+            (m as u64) ^ ((m >> 64) as u64)
+        };
+        // Odd constants (digits of pi), so that no word multiplies by zero.
+        let x = fold(
+            word(0) ^ 0x1319_8a2e_0370_7344,
+            word(n - 8) ^ 0xa409_3822_299f_31d0,
+        );
+        let y = fold(
+            word(n - 16) ^ 0x082e_fa98_ec4e_6c89,
+            n as u64 ^ 0x4528_21e6_38d0_1377,
+        );
+        fold(x ^ 0xbe54_66cf_34e9_0c6c, y ^ 0xc0ac_29b7_c97c_50dd) as u32
+    }
+
+    /// Rehashes every string by all of its bytes, from now on.
+    fn hash_in_full(&mut self) {
+        self.full_hash = true;
+        let mut table = OpenTable::new();
+        table.reserve(self.len());
+        for id in 0..self.len() as u32 {
+            let hash = self.hash(self.string(id));
+            table.insert(table.home(hash), Entry { hash, id });
+        }
+        self.table = table;
     }
 
     /// Forgets the strings from id `len` on, added by a failed intern.
@@ -208,6 +298,59 @@ mod tests {
         let back = take(dictionary.values(), &picked, None).unwrap();
         let want = StringArray::from(vec![Some("b"), None, Some("a")]);
         assert_eq!(back.as_ref(), &want as &dyn Array);
+    }
+
+    /// Distinct strings of 40 bytes that differ only in bytes 8 to 23, which
+    /// the sampled hash does not read: all of them share one hash.
+    fn alike(from: usize, to: usize) -> StringArray {
+        StringArray::from_iter_values(
+            (from..to).map(|i| format!("samehead{i:016}same-tail-16-byt")),
+        )
+    }
+
+    #[test]
+    fn strings_alike_but_in_their_middle_are_rehashed_in_full() {
+        let mut dictionary = StringDictionary::new();
+        let first = alike(0, 300);
+        let ids = dictionary.intern(&first, &every(300), 1 << 20).unwrap();
+        assert!(dictionary.full_hash, "300 strings of one hash: rehashed");
+        let second = alike(200, 500);
+        let more = dictionary.intern(&second, &every(300), 1 << 20).unwrap();
+        assert_eq!(dictionary.values().len(), 500);
+        assert_eq!(&ids.values()[200..], &more.values()[..100], "ids kept");
+        for (strings, ids) in [(&first, &ids), (&second, &more)] {
+            let back = take(dictionary.values(), ids, None).unwrap();
+            assert_eq!(back.as_ref(), strings as &dyn Array);
+        }
+        // A refusal after the rehash forgets what came before it too.
+        let third = alike(1000, 1300);
+        let mut small = StringDictionary::new();
+        assert!(small.intern(&third, &every(300), 40 * 299).is_none());
+        assert!(small.full_hash);
+        let fresh = small.intern(&alike(2000, 2002), &every(2), 80).unwrap();
+        assert_eq!(
+            fresh.values().to_vec(),
+            vec![0, 1],
+            "nothing of the refused kept"
+        );
+    }
+
+    #[test]
+    fn urls_that_differ_at_their_end_keep_the_sampled_hash() {
+        let urls = StringArray::from_iter_values((0..10_000).map(|i| {
+            let word = |k: usize| ["abc", "defgh", "ij", "klmnopq"][(i / k) % 4];
+            format!(
+                "https://www.nexmark.com/{}/{}/{}/item.htm?query=1&channel_id={i}",
+                word(1),
+                word(4),
+                word(16)
+            )
+        }));
+        let mut dictionary = StringDictionary::new();
+        let ids = dictionary.intern(&urls, &every(10_000), 1 << 20).unwrap();
+        assert!(!dictionary.full_hash);
+        let back = take(dictionary.values(), &ids, None).unwrap();
+        assert_eq!(back.as_ref(), &urls as &dyn Array);
     }
 
     fn every(n: u32) -> UInt32Array {

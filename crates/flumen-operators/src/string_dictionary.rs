@@ -26,6 +26,12 @@ use crate::open_table::{Hashed, OpenTable};
 const SLOT_AHEAD: usize = 16;
 const STRING_AHEAD: usize = 8;
 
+/// How many rows ahead the hashing pass prefetches a row's string in the
+/// batch: the rows a TopN keeps are picked across the batch in partition
+/// order, and the batch was written on another core, so each string's
+/// first read would miss.
+const SOURCE_AHEAD: usize = 16;
+
 /// Comparisons of a row's string with a different one of the same hash
 /// that one intern allows per row, and once, before hashing in full. A
 /// 32-bit hash of all bytes makes such a comparison about once in millions
@@ -107,10 +113,20 @@ impl StringDictionary {
         // Hashes and home slots first, so that each lookup can start
         // loading the slot, then the string, of a row a few ahead: the
         // strings (thousands of URLs) are rarely in cache.
-        let hashes: Vec<u32> = rows
-            .values()
+        let picked = rows.values();
+        let hashes: Vec<u32> = picked
             .iter()
-            .map(|&i| self.hash(strings.value(i as usize).as_bytes()))
+            .enumerate()
+            .map(|(k, &i)| {
+                if let Some(&ahead) = picked.get(k + SOURCE_AHEAD) {
+                    let s = strings.value(ahead as usize).as_bytes();
+                    if let (Some(first), Some(last)) = (s.first(), s.last()) {
+                        flumen_state::probing::prefetch_ref(first);
+                        flumen_state::probing::prefetch_ref(last);
+                    }
+                }
+                self.hash(strings.value(i as usize).as_bytes())
+            })
             .collect();
         let collisions = Cell::new(0);
         let (allowed, per_row) = COLLISIONS_ALLOWED;

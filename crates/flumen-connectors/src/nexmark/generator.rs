@@ -439,7 +439,7 @@ impl Generator {
             // SAFETY: the pool is ASCII, so every span of it is UTF-8 (and
             // each fits: a bid's `extra_len` is at most 82 bytes).
             c.take(6, unsafe {
-                copy_spans(self.pool.as_bytes(), &extras, BID_EXTRA_CHUNKS)
+                copy_spans::<BID_EXTRA_CHUNKS>(self.pool.as_bytes(), &extras)
             });
         }
         c.finish()
@@ -488,6 +488,10 @@ const GATHER_AHEAD: usize = 8;
 /// The bytes [`copy_spans`] copies at a time.
 const CHUNK: usize = 32;
 
+/// The most chunks a [`StringTable`]'s strings take (128 bytes): each
+/// count up to it is a copy of its own, with the chunks as fixed moves.
+const TABLE_CHUNKS: usize = 4;
+
 /// The chunks that cover a bid's `extra` (at most 82 bytes).
 const BID_EXTRA_CHUNKS: usize = 3;
 
@@ -513,6 +517,11 @@ impl StringTable {
             .unwrap_or(0)
             .div_ceil(CHUNK)
             .max(1);
+        assert!(
+            chunks <= TABLE_CHUNKS,
+            "a string table holds strings of at most {} bytes",
+            TABLE_CHUNKS * CHUNK
+        );
         let plain = StringArray::from(strings);
         let mut padded = plain.value_data().to_vec();
         padded.resize(padded.len() + chunks * CHUNK, 0);
@@ -532,22 +541,32 @@ impl StringTable {
             .iter()
             .map(|&p| (from[p as usize] as usize, from[p as usize + 1] as usize))
             .collect();
+        let data = self.strings.value_data();
         // SAFETY: the spans are whole strings of the table, so UTF-8.
-        unsafe { copy_spans(self.strings.value_data(), &spans, self.chunks) }
+        unsafe {
+            match self.chunks {
+                1 => copy_spans::<1>(data, &spans),
+                2 => copy_spans::<2>(data, &spans),
+                3 => copy_spans::<3>(data, &spans),
+                _ => copy_spans::<TABLE_CHUNKS>(data, &spans),
+            }
+        }
     }
 }
 
-/// The strings at `spans` (start and end in `padded`), copied as `chunks`
+/// The strings at `spans` (start and end in `padded`), copied as `CHUNKS`
 /// 32-byte chunks each, past each one's end (the next one's bytes are
 /// written over the excess), rather than by a `memcpy` call of each
-/// string's length. A string of the span a few rows ahead is prefetched.
+/// string's length; the count is a constant, so the chunks are moves (a
+/// count known only at run time made the loop a `memcpy` call again). A
+/// string of the span a few rows ahead is prefetched.
 ///
 /// # Safety
 ///
-/// Every span must be valid UTF-8. (A span longer than `chunks * CHUNK`
+/// Every span must be valid UTF-8. (A span longer than `CHUNKS * CHUNK`
 /// bytes, or with fewer than that many bytes of `padded` from its start,
 /// panics.)
-unsafe fn copy_spans(padded: &[u8], spans: &[(usize, usize)], chunks: usize) -> StringArray {
+unsafe fn copy_spans<const CHUNKS: usize>(padded: &[u8], spans: &[(usize, usize)]) -> StringArray {
     let mut offsets = Vec::with_capacity(spans.len() + 1);
     offsets.push(0i32);
     let mut total = 0usize;
@@ -555,7 +574,7 @@ unsafe fn copy_spans(padded: &[u8], spans: &[(usize, usize)], chunks: usize) -> 
         total += end - start;
         offsets.push(total as i32);
     }
-    let width = chunks * CHUNK;
+    let width = CHUNKS * CHUNK;
     let mut values: Vec<u8> = Vec::with_capacity(total + width);
     let (source, target) = (padded.as_ptr(), values.as_mut_ptr());
     let mut at = 0;
@@ -570,10 +589,10 @@ unsafe fn copy_spans(padded: &[u8], spans: &[(usize, usize)], chunks: usize) -> 
         // span is a panic, not a read or write out of bounds.
         assert!(
             start <= end && end - start <= width && start + width <= padded.len(),
-            "span {start}..{end} does not fit {chunks} chunks of {} bytes",
+            "span {start}..{end} does not fit {CHUNKS} chunks of {} bytes",
             padded.len()
         );
-        for c in 0..chunks {
+        for c in 0..CHUNKS {
             // SAFETY: `start + width` is within `padded` (checked above),
             // and `at` is at most `total`, so `at + width` is within the
             // capacity.
@@ -916,21 +935,27 @@ mod tests {
 
     #[test]
     fn picked_strings_are_those_take_gives() {
-        // Lengths 0 to 99, so one to four chunks, and picks in any order.
-        let strings: Vec<String> = (0..100)
-            .map(|len| (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect())
-            .collect();
-        let table = StringTable::new(strings);
-        let mut rng = Rng::for_event(9, 0);
-        let picks: Vec<u32> = (0..5000).map(|_| rng.below(100) as u32).collect();
-        let want = arrow::compute::take(
-            &table.strings,
-            &arrow::array::UInt32Array::from(picks.clone()),
-            None,
-        )
-        .unwrap();
-        assert_eq!(&table.gather(&picks) as &dyn Array, want.as_ref());
-        assert_eq!(table.gather(&[]).len(), 0);
+        // Tables of one to four chunks (longest strings 31, 50, 80 and 128
+        // bytes), of every length up to those, picked in any order.
+        for (longest, chunks) in [(31, 1), (50, 2), (80, 3), (128, 4)] {
+            let strings: Vec<String> = (0..=longest)
+                .map(|len| (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect())
+                .collect();
+            let table = StringTable::new(strings);
+            assert_eq!(table.chunks, chunks);
+            let mut rng = Rng::for_event(9, 0);
+            let picks: Vec<u32> = (0..5000)
+                .map(|_| rng.below(longest as u64 + 1) as u32)
+                .collect();
+            let want = arrow::compute::take(
+                &table.strings,
+                &arrow::array::UInt32Array::from(picks.clone()),
+                None,
+            )
+            .unwrap();
+            assert_eq!(&table.gather(&picks) as &dyn Array, want.as_ref());
+            assert_eq!(table.gather(&[]).len(), 0);
+        }
     }
 
     /// The integer roundings give what the float ones they replace gave.

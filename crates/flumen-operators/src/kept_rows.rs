@@ -329,15 +329,6 @@ impl KeptRows {
         self.slot(r.slot).keys.order(r.row as usize)
     }
 
-    /// Asks the CPU to start loading a kept row's keys (its partition and
-    /// order keys sit together).
-    #[inline]
-    pub(crate) fn prefetch_keys(&self, r: RowRef) {
-        if let Some(Some(slot)) = self.slots.get(r.slot as usize) {
-            flumen_state::probing::prefetch_ref(slot.keys.partition(r.row as usize));
-        }
-    }
-
     /// The partition key of a kept row.
     pub(crate) fn partition_key(&self, r: RowRef) -> &[u8] {
         self.slot(r.slot).keys.partition(r.row as usize)

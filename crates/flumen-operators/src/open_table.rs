@@ -91,13 +91,6 @@ impl<T: Hashed> OpenTable<T> {
         None
     }
 
-    /// The first value with `hash` probing from `home`, its key unchecked:
-    /// what a prefetch of the value's own data reads.
-    #[inline]
-    pub(crate) fn first_with_hash(&self, home: usize, hash: u32) -> Option<&T> {
-        self.find(home, hash, |_| true).and_then(|i| self.get(i))
-    }
-
     /// Puts `value`, known to be absent, in the first free slot from
     /// `home` (room reserved); its slot.
     pub(crate) fn insert(&mut self, home: usize, value: T) -> usize {

@@ -33,11 +33,12 @@ const SLOT_AHEAD: usize = 16;
 /// first read would miss.
 const SOURCE_AHEAD: usize = 16;
 
-/// Comparisons of a row's string with a different one of the same hash
-/// that one intern allows per row, and once, before hashing in full. A
-/// 32-bit hash of all bytes makes such a comparison about once in millions
-/// of rows; a sampled hash of strings that differ only in their middle
-/// makes one per such string for every row.
+/// How many comparisons of a row's string with a different string of the
+/// same hash one intern allows before the dictionary hashes in full: the
+/// first number, plus one per the second number of rows. A 32-bit hash of
+/// all bytes makes such a comparison about once in millions of rows; a
+/// sampled hash of strings that differ only in their middle makes one per
+/// such string for every row.
 const COLLISIONS_ALLOWED: (usize, usize) = (64, 8);
 
 /// An id and the hash of its string.
@@ -112,8 +113,7 @@ impl StringDictionary {
         self.table.reserve(rows.len());
         let mut ids = Vec::with_capacity(rows.len());
         // Hashes and home slots first, so that each lookup can start
-        // loading the slot, then the string, of a row a few ahead: the
-        // strings (thousands of URLs) are rarely in cache.
+        // loading the table slot of a row a few ahead.
         let picked = rows.values();
         let hashes: Vec<u32> = picked
             .iter()
@@ -137,7 +137,7 @@ impl StringDictionary {
             allowed + rows.len() / per_row
         };
         let homes: Vec<usize> = hashes.iter().map(|&h| self.table.home(h)).collect();
-        for (k, &i) in rows.values().iter().enumerate() {
+        for (k, &i) in picked.iter().enumerate() {
             if let Some(&home) = homes.get(k + SLOT_AHEAD) {
                 self.table.prefetch(home);
             }

@@ -24,6 +24,7 @@ mod shared_distinct;
 mod slots;
 mod string_dictionary;
 mod string_groups;
+mod string_take;
 mod top_n;
 mod union;
 mod unnest;

@@ -1,0 +1,169 @@
+//! `take` of short strings copied as whole 32-byte chunks. Arrow's `take`
+//! copies each string with a `memcpy` call of its own length; for strings of
+//! tens of bytes (URLs, names, padding) the call and its size dispatch cost
+//! more than the copy. Copying a fixed number of chunks per string, past its
+//! end, is a few plain vector moves; the bytes written past a string's end
+//! are overwritten by the next string or lie past the array's end.
+
+use arrow::array::{Array, StringArray, UInt32Array};
+use arrow::buffer::{NullBuffer, OffsetBuffer};
+
+/// Bytes of one copy.
+const CHUNK: usize = 32;
+
+/// How many picked strings ahead of the copy the source is prefetched: the
+/// picked rows are scattered over the array.
+const AHEAD: usize = 8;
+
+/// The strings of `array` at `indices`, in order (null where `array` is),
+/// or `None`, for the caller to use Arrow's `take`, when one of them is
+/// longer than 4 chunks (128 bytes; Arrow's per-string call no longer
+/// dominates such copies) or an index is null (its value may point
+/// anywhere). Panics on an index out of bounds.
+pub(crate) fn take_short_strings(
+    array: &StringArray,
+    indices: &UInt32Array,
+) -> Option<StringArray> {
+    if indices.null_count() > 0 {
+        return None;
+    }
+    let picked = indices.values();
+    let source = array.value_offsets();
+    let mut offsets = Vec::with_capacity(picked.len() + 1);
+    offsets.push(0i32);
+    let (mut total, mut longest) = (0usize, 0usize);
+    for &i in picked {
+        let i = i as usize;
+        let len = (source[i + 1] - source[i]) as usize;
+        longest = longest.max(len);
+        total += len;
+        offsets.push(i32::try_from(total).ok()?);
+    }
+    let values = match longest.div_ceil(CHUNK) {
+        0 | 1 => copy::<1>(array, picked, total),
+        2 => copy::<2>(array, picked, total),
+        3 => copy::<3>(array, picked, total),
+        4 => copy::<4>(array, picked, total),
+        _ => return None,
+    };
+    let nulls = (array.null_count() > 0)
+        .then(|| NullBuffer::from_iter(picked.iter().map(|&i| array.is_valid(i as usize))));
+    // SAFETY: the offsets start at 0 and ascend by each picked string's
+    // length to `total`, the length of `values`, which holds those strings
+    // (valid UTF-8, as `array` holds them) back to back.
+    Some(unsafe {
+        StringArray::new_unchecked(
+            OffsetBuffer::new_unchecked(offsets.into()),
+            values.into(),
+            nulls,
+        )
+    })
+}
+
+/// The bytes of the strings of `array` at `picked`, back to back (`total`
+/// of them), each copied as `CHUNKS` chunks; every string must fit them.
+fn copy<const CHUNKS: usize>(array: &StringArray, picked: &[u32], total: usize) -> Vec<u8> {
+    let width = CHUNKS * CHUNK;
+    let (offsets, bytes) = (array.value_offsets(), array.value_data());
+    let mut values: Vec<u8> = Vec::with_capacity(total + width);
+    let target = values.as_mut_ptr();
+    let mut at = 0;
+    for (k, &i) in picked.iter().enumerate() {
+        if let Some(&ahead) = picked.get(k + AHEAD)
+            && let Some(b) = bytes.get(offsets[ahead as usize] as usize)
+        {
+            flumen_state::probing::prefetch_ref(b);
+        }
+        let i = i as usize;
+        let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
+        let len = end - start;
+        // Checked, so that a string longer than the chunks (which the
+        // caller rules out) is a panic, not a write out of bounds.
+        assert!(
+            len <= width && at + len <= total,
+            "string {i} exceeds {CHUNKS} chunks"
+        );
+        if start + width <= bytes.len() {
+            for c in 0..CHUNKS {
+                // SAFETY: `start + width` is within `bytes` (checked just
+                // above), and `at + width <= total + width`, the capacity.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        bytes.as_ptr().add(start + c * CHUNK),
+                        target.add(at + c * CHUNK),
+                        CHUNK,
+                    );
+                }
+            }
+        } else {
+            // Near the end of `bytes`, whose chunks would read past it: the
+            // string alone.
+            // SAFETY: `start..end` is within `bytes`, and `at + len` within
+            // `total`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr().add(start), target.add(at), len);
+            }
+        }
+        at += len;
+    }
+    // SAFETY: every byte below `total` is written: each string's copy
+    // covers its own bytes at `at`, and what a chunk wrote past a string's
+    // end is written again by the strings after it, or lies past `total`.
+    unsafe { values.set_len(total) };
+    values
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::compute::take;
+
+    /// Strings of each chunk count (and empty ones, nulls, and strings at
+    /// the very end of the buffer, which are copied alone) come out as
+    /// Arrow's `take` gives them; longer strings are refused.
+    #[test]
+    fn short_strings_are_taken_as_arrow_takes_them() {
+        for longest in [0usize, 1, 31, 32, 33, 64, 65, 96, 97, 128] {
+            let strings: Vec<Option<String>> = (0..50)
+                .map(|i| {
+                    (i % 7 != 3).then(|| {
+                        let len = if i % 4 == 0 {
+                            longest
+                        } else {
+                            (i * 13) % (longest + 1)
+                        };
+                        (0..len)
+                            .map(|j| (b'a' + ((i + j) % 26) as u8) as char)
+                            .collect()
+                    })
+                })
+                .collect();
+            let array = StringArray::from(strings);
+            for indices in [
+                UInt32Array::from_iter_values([49, 0, 3, 48, 10, 49, 20, 47]),
+                UInt32Array::from_iter_values((0..50).rev()),
+                UInt32Array::from_iter_values([]),
+            ] {
+                let want = take(&array, &indices, None).unwrap();
+                let got = take_short_strings(&array, &indices).unwrap();
+                assert_eq!(&got as &dyn Array, want.as_ref(), "longest {longest}");
+            }
+        }
+        let long = StringArray::from(vec!["x".repeat(129), "y".to_string()]);
+        assert!(take_short_strings(&long, &UInt32Array::from_iter_values([1, 0])).is_none());
+        assert!(take_short_strings(&long, &UInt32Array::from_iter_values([1])).is_some());
+        let null_index = UInt32Array::from(vec![Some(1), None]);
+        assert!(take_short_strings(&long, &null_index).is_none());
+    }
+
+    /// A slice of an array reads its own strings, whose bytes sit after
+    /// others' in the shared buffer.
+    #[test]
+    fn slices_are_taken_from_their_own_offsets() {
+        let array = StringArray::from(vec!["first", "second", "third", "fourth"]);
+        let slice = array.slice(1, 3);
+        let indices = UInt32Array::from_iter_values([2, 0, 1]);
+        let got = take_short_strings(&slice, &indices).unwrap();
+        assert_eq!(got, StringArray::from(vec!["fourth", "second", "third"]));
+    }
+}

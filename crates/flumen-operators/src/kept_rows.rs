@@ -12,11 +12,12 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, DictionaryArray, StringArray, UInt32Array};
 use arrow::buffer::NullBuffer;
-use arrow::compute::{cast, interleave, take};
+use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, SchemaRef, UInt32Type};
 use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Result};
 
 use crate::key_columns::{Key, KeyColumns};
+use crate::stored_column::{StoredColumn, interleave_stored};
 use crate::string_dictionary::StringDictionary;
 use crate::string_take::take_short_strings;
 
@@ -145,8 +146,8 @@ pub(crate) struct Compaction {
 /// One batch of kept rows.
 struct Slot {
     /// The stored columns (those no key holds); a column with a dictionary
-    /// holds its ids.
-    columns: Vec<ArrayRef>,
+    /// holds its ids, and 8-byte integers may be narrowed.
+    columns: Vec<StoredColumn>,
     rows: usize,
     /// Shared with snapshots being written.
     keys: Arc<Keys>,
@@ -276,7 +277,7 @@ impl KeptRows {
         columns
             .iter()
             .enumerate()
-            .map(|(i, array)| self.stored_arrow_bytes(i, array, None))
+            .map(|(i, array)| self.plain_arrow_bytes(i, array, None))
             .sum::<usize>()
             + self.keyed.row_width() * rows
     }
@@ -288,13 +289,14 @@ impl KeptRows {
             return Ok(());
         };
         for slot in self.slots.iter_mut().flatten() {
-            let strings = take(
-                dictionary.values(),
-                slot.columns[c].as_primitive::<UInt32Type>(),
-                None,
-            )?;
-            let grown = strings.get_array_memory_size() - slot.columns[c].get_array_memory_size();
-            slot.columns[c] = strings;
+            let Some(ids) = slot.columns[c].plain() else {
+                return Err(FlumenError::state(format!(
+                    "the ids of column {c} are narrowed"
+                )));
+            };
+            let strings = take(dictionary.values(), ids.as_primitive::<UInt32Type>(), None)?;
+            let grown = strings.get_array_memory_size() - slot.columns[c].memory_size();
+            slot.columns[c] = StoredColumn::Plain(strings);
             slot.bytes += grown;
             self.bytes += grown;
         }
@@ -310,16 +312,15 @@ impl KeptRows {
         }
     }
 
-    /// Stores a slot of `columns` as kept (every row live).
+    /// Stores a slot of `columns` as kept (every row live), narrowed where
+    /// they can be.
     fn insert(&mut self, columns: Vec<ArrayRef>, n: usize, keys: Keys, arrow_bytes: usize) -> u32 {
+        let columns: Vec<StoredColumn> = columns.into_iter().map(StoredColumn::new).collect();
         let mut live = vec![u64::MAX; n.div_ceil(64)];
         if !n.is_multiple_of(64) {
             live[n / 64] = (1 << (n % 64)) - 1;
         }
-        let bytes = columns
-            .iter()
-            .map(|c| c.get_array_memory_size())
-            .sum::<usize>()
+        let bytes = columns.iter().map(StoredColumn::memory_size).sum::<usize>()
             + keys.bytes()
             + live.capacity() * 8;
         self.rows += n;
@@ -363,8 +364,18 @@ impl KeptRows {
     }
 
     /// The Arrow size of row `row` (`Some`) or all rows of stored column
+    /// `c` as a slot stores it: of the declared type where it is narrowed.
+    fn stored_arrow_bytes(&self, c: usize, column: &StoredColumn, row: Option<usize>) -> usize {
+        match column {
+            StoredColumn::Plain(array) => self.plain_arrow_bytes(c, array, row),
+            // Narrowed columns are of 8-byte integers.
+            StoredColumn::Narrow { .. } => 8 * row.map_or(column.len(), |_| 1),
+        }
+    }
+
+    /// The Arrow size of row `row` (`Some`) or all rows of stored column
     /// `c` as stored in `array`: as plain strings where it holds ids.
-    fn stored_arrow_bytes(&self, c: usize, array: &ArrayRef, row: Option<usize>) -> usize {
+    fn plain_arrow_bytes(&self, c: usize, array: &ArrayRef, row: Option<usize>) -> usize {
         let Some(dictionary) = &self.dictionaries[c] else {
             return arrow_bytes(array, row);
         };
@@ -475,7 +486,7 @@ impl KeptRows {
                 .slot(slot)
                 .columns
                 .iter()
-                .map(|array| array.slice(start, rows.len()))
+                .map(|column| column.slice(start, rows.len()))
                 .collect(),
             None => self.gather_stored(rows)?,
         };
@@ -498,7 +509,7 @@ impl KeptRows {
         gather_columns(
             self.stored.len(),
             self.slots.len(),
-            |s, c| self.slot(s).columns[c].as_ref(),
+            |s, c| &self.slot(s).columns[c],
             rows,
         )
     }
@@ -632,12 +643,12 @@ pub(crate) struct FrozenRows {
     keyed: Arc<KeyColumns>,
     /// Stored columns per slot.
     width: usize,
-    slots: Vec<Option<(Vec<ArrayRef>, Arc<Keys>)>>,
+    slots: Vec<Option<(Vec<StoredColumn>, Arc<Keys>)>>,
     dictionaries: Vec<Option<StringArray>>,
 }
 
 impl FrozenRows {
-    fn slot(&self, slot: u32) -> &(Vec<ArrayRef>, Arc<Keys>) {
+    fn slot(&self, slot: u32) -> &(Vec<StoredColumn>, Arc<Keys>) {
         // Rows are read by the references the partitions held when these
         // slots were frozen, and a partition only refers to live slots.
         self.slots[slot as usize]
@@ -664,7 +675,7 @@ impl FrozenRows {
         let mut columns = gather_columns(
             self.width,
             self.slots.len(),
-            |s, c| self.slot(s).0[c].as_ref(),
+            |s, c| &self.slot(s).0[c],
             rows,
         )?;
         for (column, values) in columns.iter_mut().zip(&self.dictionaries) {
@@ -738,7 +749,7 @@ fn remapped_ids(
 fn gather_columns<'a>(
     width: usize,
     slots: usize,
-    column: impl Fn(u32, usize) -> &'a dyn Array,
+    column: impl Fn(u32, usize) -> &'a StoredColumn,
     rows: &[RowRef],
 ) -> Result<Vec<ArrayRef>> {
     // The slots the rows come from, numbered in order of first use: rows
@@ -756,8 +767,8 @@ fn gather_columns<'a>(
     }
     (0..width)
         .map(|c| {
-            let arrays: Vec<&dyn Array> = used.iter().map(|&s| column(s, c)).collect();
-            Ok(interleave(&arrays, &picks)?)
+            let columns: Vec<&StoredColumn> = used.iter().map(|&s| column(s, c)).collect();
+            interleave_stored(&columns, &picks)
         })
         .collect()
 }
@@ -1280,8 +1291,9 @@ mod tests {
         let gathered = kept.gather(&every).unwrap();
         assert_eq!(gathered, batch.columns());
         assert_eq!(kept.live_arrow_bytes(), plain.live_arrow_bytes());
+        // Without keys, the Int64 column is narrowed to 4 bytes a row.
         assert!(
-            kept.bytes() + (8 + 4) * n <= plain.bytes(),
+            kept.bytes() + (4 + 4) * n <= plain.bytes(),
             "{} against {} bytes",
             kept.bytes(),
             plain.bytes()

@@ -22,6 +22,7 @@ mod retract_top_n;
 mod session_aggregate;
 mod shared_distinct;
 mod slots;
+mod stored_column;
 mod string_dictionary;
 mod string_groups;
 mod string_take;

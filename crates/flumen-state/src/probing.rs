@@ -34,15 +34,20 @@ pub fn prefetch<T>(slots: &[T], at: usize) {
 /// Asks the CPU to start loading the cache line holding the start of `value`.
 #[inline]
 pub fn prefetch_ref<T: ?Sized>(value: &T) {
+    prefetch_ptr(std::ptr::from_ref(value).cast::<u8>());
+}
+
+/// Asks the CPU to start loading the cache line at `address`, which need
+/// not point at anything live (a dangling pointer of an empty list).
+#[inline]
+pub fn prefetch_ptr<T>(address: *const T) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let address = std::ptr::from_ref(value).cast();
         // SAFETY: SSE is part of every x86_64 target, and a prefetch is a
-        // hint that reads nothing and never faults; the address is of a
-        // live value anyway.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(address) };
+        // hint that reads nothing and never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(address.cast()) };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
+    let _ = address;
 }

@@ -1,86 +1,132 @@
 //! A kept column as a TopN's slot stores it: as given, or, for a column of
-//! 8-byte integers (`Int64`, timestamps, dates, times and durations) whose
-//! values in the slot span less than 2^32, as 4-byte offsets from the
-//! least of them. Ids, bidders, prices and event times of one batch span
-//! far less than that, so each such column's state takes half the memory,
-//! and a TopN's state is mostly memory written once (a page fault per
-//! 4 KiB of it). Readers get the declared type back.
+//! integers whose values in the slot span little, as offsets from the
+//! least of them: 2 bytes a value where they span less than 2^16, 4 where
+//! 8-byte integers (`Int64`, timestamps, dates, times and durations) span
+//! less than 2^32. Dictionary ids, bidders, prices and event times of one
+//! batch span far less than their types allow, and a TopN's state is mostly
+//! memory written once (a page fault per 4 KiB of it). Readers get the
+//! declared type back.
 
-use arrow::array::{Array, ArrayData, ArrayRef, UInt32Array, make_array};
+use arrow::array::{Array, ArrayData, ArrayRef, AsArray, make_array};
 use arrow::buffer::{Buffer, NullBuffer, ScalarBuffer};
 use arrow::compute::interleave;
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, UInt32Type};
 use flumen_types::Result;
 
 /// One stored column of a slot.
 #[derive(Clone)]
 pub(crate) enum StoredColumn {
-    /// The column as given (or a dictionary's ids).
+    /// The column as given.
     Plain(ArrayRef),
-    /// Value `i` is `base + offsets[i]`, of type `data_type`.
+    /// Value `i` is `base + offsets[i]` (null where `nulls` says), of type
+    /// `data_type`.
     Narrow {
         base: i64,
-        offsets: UInt32Array,
+        offsets: Offsets,
+        nulls: Option<NullBuffer>,
         data_type: DataType,
     },
+}
+
+/// The offsets of a narrowed column.
+#[derive(Clone)]
+pub(crate) enum Offsets {
+    U16(ScalarBuffer<u16>),
+    U32(ScalarBuffer<u32>),
+}
+
+impl Offsets {
+    fn get(&self, i: usize) -> i64 {
+        match self {
+            Offsets::U16(o) => i64::from(o[i]),
+            Offsets::U32(o) => i64::from(o[i]),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Offsets::U16(o) => o.len(),
+            Offsets::U32(o) => o.len(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Offsets::U16(o) => o.inner().capacity(),
+            Offsets::U32(o) => o.inner().capacity(),
+        }
+    }
+}
+
+/// How the values of a narrowable type are laid out.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    I64,
+    I32,
+    U32,
+}
+
+/// The layout of `data_type` if its columns can be narrowed.
+fn layout(data_type: &DataType) -> Option<Layout> {
+    match data_type {
+        DataType::Int64
+        | DataType::Timestamp(..)
+        | DataType::Date64
+        | DataType::Time64(_)
+        | DataType::Duration(_) => Some(Layout::I64),
+        DataType::Int32 | DataType::Date32 | DataType::Time32(_) => Some(Layout::I32),
+        DataType::UInt32 => Some(Layout::U32),
+        _ => None,
+    }
+}
+
+/// The values of an array of `layout`, each as an `i64`.
+enum Values<'a> {
+    I64(&'a [i64]),
+    I32(&'a [i32]),
+    U32(&'a [u32]),
+}
+
+impl Values<'_> {
+    fn of(data: &ArrayData, layout: Layout) -> Values<'_> {
+        match layout {
+            Layout::I64 => Values::I64(data.buffer::<i64>(0)),
+            Layout::I32 => Values::I32(data.buffer::<i32>(0)),
+            Layout::U32 => Values::U32(data.buffer::<u32>(0)),
+        }
+    }
+
+    #[inline]
+    fn get(&self, i: usize) -> i64 {
+        match self {
+            Values::I64(v) => v[i],
+            Values::I32(v) => i64::from(v[i]),
+            Values::U32(v) => i64::from(v[i]),
+        }
+    }
 }
 
 impl StoredColumn {
     /// Stores `array`, narrowed when its type and values allow.
     pub(crate) fn new(array: ArrayRef) -> Self {
-        if !narrowable(array.data_type()) || array.is_empty() {
+        let Some(layout) = layout(array.data_type()) else {
             return StoredColumn::Plain(array);
-        }
+        };
         let data = array.to_data();
-        let values: &[i64] = data.buffer::<i64>(0);
         let nulls = array.logical_nulls();
-        // The span of the valid values; a null's value (anything) is
-        // stored as offset 0.
-        let valid = |i: usize| nulls.as_ref().is_none_or(|n| n.is_valid(i));
-        let (least, most) = match &nulls {
-            None => values
-                .iter()
-                .fold((i64::MAX, i64::MIN), |(l, m), &v| (l.min(v), m.max(v))),
-            Some(_) => (0..values.len())
-                .filter(|&i| valid(i))
-                .fold((i64::MAX, i64::MIN), |(l, m), i| {
-                    (l.min(values[i]), m.max(values[i]))
-                }),
+        let narrowed = match layout {
+            Layout::I64 => narrow(data.buffer::<i64>(0), nulls.as_ref(), true),
+            Layout::I32 => narrow(data.buffer::<i32>(0), nulls.as_ref(), false),
+            Layout::U32 => narrow(data.buffer::<u32>(0), nulls.as_ref(), false),
         };
-        if least > most {
-            // No valid value.
-            return StoredColumn::Plain(array);
-        }
-        if (most as i128 - least as i128) > u32::MAX as i128 {
-            return StoredColumn::Plain(array);
-        }
-        let offsets: ScalarBuffer<u32> = match &nulls {
-            None => values
-                .iter()
-                .map(|&v| v.wrapping_sub(least) as u32)
-                .collect(),
-            Some(_) => (0..values.len())
-                .map(|i| {
-                    if valid(i) {
-                        values[i].wrapping_sub(least) as u32
-                    } else {
-                        0
-                    }
-                })
-                .collect(),
-        };
-        StoredColumn::Narrow {
-            base: least,
-            offsets: UInt32Array::new(offsets, nulls),
-            data_type: array.data_type().clone(),
-        }
-    }
-
-    /// The column as stored (a dictionary's ids are plain).
-    pub(crate) fn plain(&self) -> Option<&ArrayRef> {
-        match self {
-            StoredColumn::Plain(array) => Some(array),
-            StoredColumn::Narrow { .. } => None,
+        match narrowed {
+            Some((base, offsets)) => StoredColumn::Narrow {
+                base,
+                offsets,
+                nulls,
+                data_type: array.data_type().clone(),
+            },
+            None => StoredColumn::Plain(array),
         }
     }
 
@@ -96,7 +142,26 @@ impl StoredColumn {
     pub(crate) fn memory_size(&self) -> usize {
         match self {
             StoredColumn::Plain(array) => array.get_array_memory_size(),
-            StoredColumn::Narrow { offsets, .. } => offsets.get_array_memory_size(),
+            StoredColumn::Narrow { offsets, nulls, .. } => {
+                offsets.bytes() + nulls.as_ref().map_or(0, |b| b.buffer().capacity())
+            }
+        }
+    }
+
+    /// Whether row `i` is null.
+    pub(crate) fn is_null(&self, i: usize) -> bool {
+        match self {
+            StoredColumn::Plain(array) => array.is_null(i),
+            StoredColumn::Narrow { nulls, .. } => nulls.as_ref().is_some_and(|b| b.is_null(i)),
+        }
+    }
+
+    /// The value of row `i` of a column of dictionary ids (`UInt32`).
+    pub(crate) fn id(&self, i: usize) -> u32 {
+        match self {
+            StoredColumn::Plain(array) => array.as_primitive::<UInt32Type>().value(i),
+            // Offsets from a `UInt32` base stay within `u32`.
+            StoredColumn::Narrow { base, offsets, .. } => (base + offsets.get(i)) as u32,
         }
     }
 
@@ -107,40 +172,112 @@ impl StoredColumn {
             StoredColumn::Narrow {
                 base,
                 offsets,
+                nulls,
                 data_type,
             } => {
-                let offsets = offsets.slice(start, len);
-                let values = offsets
-                    .values()
-                    .iter()
-                    .map(|&o| base.wrapping_add(i64::from(o)));
-                wide(data_type, values.collect(), offsets.nulls().cloned())
+                let values = match offsets {
+                    Offsets::U16(o) => added(*base, &o[start..start + len]),
+                    Offsets::U32(o) => added(*base, &o[start..start + len]),
+                };
+                wide(
+                    data_type,
+                    values,
+                    nulls.as_ref().map(|b| b.slice(start, len)),
+                )
+            }
+        }
+    }
+
+    /// Whether any row is null.
+    fn has_nulls(&self) -> bool {
+        match self {
+            StoredColumn::Plain(array) => array.null_count() > 0,
+            StoredColumn::Narrow { nulls, .. } => {
+                nulls.as_ref().is_some_and(|b| b.null_count() > 0)
             }
         }
     }
 }
 
-/// Whether columns of `data_type` are 8-byte integers that can be narrowed.
-fn narrowable(data_type: &DataType) -> bool {
-    matches!(
-        data_type,
-        DataType::Int64
-            | DataType::Timestamp(..)
-            | DataType::Date64
-            | DataType::Time64(_)
-            | DataType::Duration(_)
-    )
+/// `values` as a base and offsets from it (null rows' values, which may be
+/// anything, as offset 0): 2-byte offsets where the valid values span less
+/// than 2^16, 4-byte ones where they span less than 2^32 and `wide` (8-byte
+/// values); `None` where neither, or no value is valid. Without nulls the
+/// loops are plain passes over the slice, which the compiler vectorises.
+fn narrow<N: Copy + Into<i64>>(
+    values: &[N],
+    nulls: Option<&NullBuffer>,
+    wide: bool,
+) -> Option<(i64, Offsets)> {
+    let span = |(l, m): (i64, i64), v: N| {
+        let v: i64 = v.into();
+        (l.min(v), m.max(v))
+    };
+    let start = (i64::MAX, i64::MIN);
+    let (least, most) = match nulls {
+        None => values.iter().copied().fold(start, span),
+        Some(b) => values
+            .iter()
+            .zip(b.iter())
+            .filter(|&(_, valid)| valid)
+            .fold(start, |acc, (&v, _)| span(acc, v)),
+    };
+    if least > most {
+        return None;
+    }
+    let offset = |v: N| Into::<i64>::into(v).wrapping_sub(least) as u64;
+    let range = most as i128 - least as i128;
+    Some((
+        least,
+        if range <= i128::from(u16::MAX) {
+            Offsets::U16(match nulls {
+                None => values.iter().map(|&v| offset(v) as u16).collect(),
+                Some(b) => values
+                    .iter()
+                    .zip(b.iter())
+                    .map(|(&v, valid)| if valid { offset(v) as u16 } else { 0 })
+                    .collect(),
+            })
+        } else if range <= i128::from(u32::MAX) && wide {
+            Offsets::U32(match nulls {
+                None => values.iter().map(|&v| offset(v) as u32).collect(),
+                Some(b) => values
+                    .iter()
+                    .zip(b.iter())
+                    .map(|(&v, valid)| if valid { offset(v) as u32 } else { 0 })
+                    .collect(),
+            })
+        } else {
+            return None;
+        },
+    ))
 }
 
-/// An array of `data_type` (8-byte integers) of `values` and `nulls`.
-fn wide(data_type: &DataType, values: Buffer, nulls: Option<NullBuffer>) -> ArrayRef {
-    let len = values.len() / 8;
+/// `base` plus each of `offsets`, in one pass the compiler vectorises.
+fn added<O: Copy + Into<i64>>(base: i64, offsets: &[O]) -> Vec<i64> {
+    offsets
+        .iter()
+        .map(|&o| base.wrapping_add(o.into()))
+        .collect()
+}
+
+/// An array of `data_type` (a narrowable type) of `values` and `nulls`
+/// (as many as the values, when given).
+fn wide(data_type: &DataType, values: Vec<i64>, nulls: Option<NullBuffer>) -> ArrayRef {
+    let len = values.len();
+    // Each value is the base (a value of the type) plus an offset within
+    // the span of the type's values, so the casts are exact.
+    let buffer = match layout(data_type) {
+        Some(Layout::I64) | None => Buffer::from_vec(values),
+        Some(Layout::I32) => Buffer::from_vec(values.iter().map(|&v| v as i32).collect::<Vec<_>>()),
+        Some(Layout::U32) => Buffer::from_vec(values.iter().map(|&v| v as u32).collect::<Vec<_>>()),
+    };
     let data = ArrayData::builder(data_type.clone())
         .len(len)
-        .add_buffer(values)
+        .add_buffer(buffer)
         .nulls(nulls);
-    // SAFETY: `data_type` is an 8-byte primitive type (the only ones
-    // narrowed) and `values` holds `len` of them; `nulls`, when given, are
+    // SAFETY: `data_type` is a narrowable primitive type whose values
+    // `buffer` holds `len` of, in its layout; `nulls`, when given, are
     // `len` long (each caller builds both from the same rows).
     make_array(unsafe { data.build_unchecked() })
 }
@@ -158,44 +295,48 @@ pub(crate) fn interleave_stored(
     let Some(data_type) = narrow else {
         let arrays: Vec<&dyn Array> = columns
             .iter()
-            .filter_map(|c| c.plain().map(|a| a.as_ref()))
+            .filter_map(|c| match c {
+                StoredColumn::Plain(array) => Some(array.as_ref()),
+                StoredColumn::Narrow { .. } => None,
+            })
             .collect();
         return Ok(interleave(&arrays, picks)?);
     };
-    // Plain columns of 8-byte integers of any declared type, read as such.
+    // Every column's type is `data_type`, narrowable.
     let plain: Vec<Option<ArrayData>> = columns
         .iter()
-        .map(|c| c.plain().map(|a| a.to_data()))
+        .map(|c| match c {
+            StoredColumn::Plain(array) => Some(array.to_data()),
+            StoredColumn::Narrow { .. } => None,
+        })
         .collect();
-    let plain: Vec<&[i64]> = plain
+    let layout = layout(data_type).unwrap_or(Layout::I64);
+    let plain: Vec<Option<Values>> = plain
         .iter()
-        .map(|d| d.as_ref().map_or(&[][..], |d| d.buffer::<i64>(0)))
+        .map(|d| d.as_ref().map(|d| Values::of(d, layout)))
         .collect();
-    let value = |(array, row): (usize, usize)| match columns[array] {
-        StoredColumn::Plain(_) => plain[array][row],
-        StoredColumn::Narrow { base, offsets, .. } => {
-            base.wrapping_add(i64::from(offsets.values()[row]))
-        }
-    };
-    let valid = |(array, row): (usize, usize)| match columns[array] {
-        StoredColumn::Plain(plain) => plain.is_valid(row),
-        StoredColumn::Narrow { offsets, .. } => offsets.is_valid(row),
+    let value = |(array, row): (usize, usize)| match (columns[array], &plain[array]) {
+        (StoredColumn::Narrow { base, offsets, .. }, _) => base.wrapping_add(offsets.get(row)),
+        (StoredColumn::Plain(_), Some(values)) => values.get(row),
+        (StoredColumn::Plain(_), None) => 0,
     };
     let nulls = columns
         .iter()
-        .any(|c| match c {
-            StoredColumn::Plain(plain) => plain.null_count() > 0,
-            StoredColumn::Narrow { offsets, .. } => offsets.null_count() > 0,
-        })
-        .then(|| NullBuffer::from_iter(picks.iter().map(|&p| valid(p))));
-    let values: Buffer = picks.iter().map(|&p| value(p)).collect();
-    Ok(wide(data_type, values, nulls))
+        .any(|c| c.has_nulls())
+        .then(|| NullBuffer::from_iter(picks.iter().map(|&(a, r)| !columns[a].is_null(r))));
+    Ok(wide(
+        data_type,
+        picks.iter().map(|&p| value(p)).collect(),
+        nulls,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Float64Array, Int32Array, Int64Array, TimestampMillisecondArray};
+    use arrow::array::{
+        Date32Array, Float64Array, Int32Array, Int64Array, TimestampMillisecondArray, UInt32Array,
+    };
     use std::sync::Arc;
 
     fn stored(array: impl Array + 'static) -> (ArrayRef, StoredColumn) {
@@ -203,9 +344,10 @@ mod tests {
         (array.clone(), StoredColumn::new(array))
     }
 
-    /// Integers and timestamps spanning less than 2^32 (up to exactly
-    /// u32::MAX) are narrowed, nulls kept, and every slice reads back as
-    /// the same slice of what was stored.
+    /// 8-byte integers and timestamps spanning up to exactly u32::MAX, and
+    /// 4-byte integers, ids and dates up to u16::MAX, are narrowed, nulls
+    /// kept, and every slice reads back as the same slice of what was
+    /// stored, at the ends of each type's range too.
     #[test]
     fn narrow_spans_read_back_as_stored() {
         let base = 1_700_000_000_000i64;
@@ -217,6 +359,19 @@ mod tests {
                 Some(-5),
                 Some(1 << 31),
             ])),
+            stored(Int64Array::from(vec![Some(-5), None, Some(65_530)])),
+            stored(Int32Array::from(vec![
+                Some(i32::MIN),
+                None,
+                Some(i32::MIN + 65_535),
+            ])),
+            stored(Int32Array::from(vec![i32::MAX, i32::MAX - 65_535])),
+            stored(UInt32Array::from(vec![
+                Some(u32::MAX),
+                None,
+                Some(u32::MAX - 9),
+            ])),
+            stored(Date32Array::from(vec![19_000, 19_001])),
             stored(Int64Array::from(vec![i64::MAX - u32::MAX as i64, i64::MAX])),
             stored(Int64Array::from(vec![i64::MIN, i64::MIN + u32::MAX as i64])),
             stored(
@@ -230,7 +385,10 @@ mod tests {
             )),
         ];
         for (array, column) in cases {
-            assert!(column.plain().is_none(), "{array:?} is narrowed");
+            assert!(
+                matches!(column, StoredColumn::Narrow { .. }),
+                "{array:?} is narrowed"
+            );
             assert!(column.memory_size() < array.get_array_memory_size());
             assert_eq!(column.len(), array.len());
             for start in 0..array.len() {
@@ -244,8 +402,8 @@ mod tests {
         }
     }
 
-    /// A span of 2^32 or more, an empty column and columns of other types
-    /// are stored as they are.
+    /// A span of 2^32 or more (2^16 for 4-byte integers), an empty column
+    /// and columns of other types are stored as they are.
     #[test]
     fn wide_spans_and_other_types_stay_plain() {
         let cases = [
@@ -253,11 +411,14 @@ mod tests {
             stored(Int64Array::from(vec![i64::MIN, i64::MAX])),
             stored(Int64Array::from(Vec::<i64>::new())),
             stored(Int64Array::from(vec![None, None])),
-            stored(Int32Array::from(vec![1, 2])),
+            stored(Int32Array::from(vec![0, 65_536])),
+            stored(UInt32Array::from(vec![0, u32::MAX])),
             stored(Float64Array::from(vec![1.0, 2.0])),
         ];
         for (array, column) in cases {
-            let plain = column.plain().expect("stored as it is");
+            let StoredColumn::Plain(plain) = column else {
+                panic!("{array:?} is narrowed");
+            };
             assert_eq!(plain.as_ref(), array.as_ref());
         }
     }
@@ -271,7 +432,8 @@ mod tests {
             stored(Int64Array::from(vec![Some(0), Some(1 << 40)])),
             stored(Int64Array::from(vec![Some(-3), Some(-4), Some(-5), None])),
         ];
-        assert!(slots[0].1.plain().is_none() && slots[1].1.plain().is_some());
+        assert!(matches!(slots[0].1, StoredColumn::Narrow { .. }));
+        assert!(matches!(slots[1].1, StoredColumn::Plain(_)));
         let picks = [(2, 3), (0, 0), (1, 1), (0, 1), (2, 0), (1, 0), (0, 2)];
         let originals: Vec<&dyn Array> = slots.iter().map(|(a, _)| a.as_ref()).collect();
         let columns: Vec<&StoredColumn> = slots.iter().map(|(_, c)| c).collect();

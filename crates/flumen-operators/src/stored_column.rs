@@ -10,6 +10,7 @@
 use arrow::array::{Array, ArrayData, ArrayRef, AsArray, make_array};
 use arrow::buffer::{Buffer, NullBuffer, ScalarBuffer};
 use arrow::compute::interleave;
+use arrow::datatypes::ArrowNativeType;
 use arrow::datatypes::{DataType, UInt32Type};
 use flumen_types::Result;
 
@@ -230,27 +231,29 @@ fn narrow<N: Copy + Into<i64>>(
     Some((
         least,
         if range <= i128::from(u16::MAX) {
-            Offsets::U16(match nulls {
-                None => values.iter().map(|&v| offset(v) as u16).collect(),
-                Some(b) => values
-                    .iter()
-                    .zip(b.iter())
-                    .map(|(&v, valid)| if valid { offset(v) as u16 } else { 0 })
-                    .collect(),
-            })
+            Offsets::U16(each(values, nulls, |v| offset(v) as u16))
         } else if range <= i128::from(u32::MAX) && wide {
-            Offsets::U32(match nulls {
-                None => values.iter().map(|&v| offset(v) as u32).collect(),
-                Some(b) => values
-                    .iter()
-                    .zip(b.iter())
-                    .map(|(&v, valid)| if valid { offset(v) as u32 } else { 0 })
-                    .collect(),
-            })
+            Offsets::U32(each(values, nulls, |v| offset(v) as u32))
         } else {
             return None;
         },
     ))
+}
+
+/// `to` of each of `values`, 0 where `nulls` has a null.
+fn each<N: Copy, O: ArrowNativeType>(
+    values: &[N],
+    nulls: Option<&NullBuffer>,
+    to: impl Fn(N) -> O,
+) -> ScalarBuffer<O> {
+    match nulls {
+        None => values.iter().map(|&v| to(v)).collect(),
+        Some(b) => values
+            .iter()
+            .zip(b.iter())
+            .map(|(&v, valid)| if valid { to(v) } else { O::default() })
+            .collect(),
+    }
 }
 
 /// `base` plus each of `offsets`, in one pass the compiler vectorises.

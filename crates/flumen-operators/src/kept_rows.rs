@@ -6,7 +6,9 @@
 //! the live rows' own size without ever copying every kept row at once.
 //! String columns are kept as ids into a dictionary of their distinct
 //! values while those stay few (`string_dictionary`); columns a fixed-width
-//! key holds are not kept again but read from the keys (`key_columns`).
+//! key holds are not kept again but read from the keys (`key_columns`);
+//! integer columns (ids among them) are kept as narrow offsets from their
+//! least value where a slot's values allow (`stored_column`).
 
 use std::sync::Arc;
 
@@ -146,7 +148,7 @@ pub(crate) struct Compaction {
 /// One batch of kept rows.
 struct Slot {
     /// The stored columns (those no key holds); a column with a dictionary
-    /// holds its ids, and 8-byte integers may be narrowed.
+    /// holds its ids, and integer columns may be narrowed (`stored_column`).
     columns: Vec<StoredColumn>,
     rows: usize,
     /// Shared with snapshots being written.

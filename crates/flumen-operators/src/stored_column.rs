@@ -176,15 +176,20 @@ impl StoredColumn {
                 nulls,
                 data_type,
             } => {
-                let values = match offsets {
-                    Offsets::U16(o) => added(*base, &o[start..start + len]),
-                    Offsets::U32(o) => added(*base, &o[start..start + len]),
-                };
-                wide(
-                    data_type,
-                    values,
-                    nulls.as_ref().map(|b| b.slice(start, len)),
-                )
+                let nulls = nulls.as_ref().map(|b| b.slice(start, len));
+                let plus = |o: i64| base.wrapping_add(o);
+                match offsets {
+                    Offsets::U16(o) => wide(
+                        data_type,
+                        o[start..start + len].iter().map(|&o| plus(o.into())),
+                        nulls,
+                    ),
+                    Offsets::U32(o) => wide(
+                        data_type,
+                        o[start..start + len].iter().map(|&o| plus(o.into())),
+                        nulls,
+                    ),
+                }
             }
         }
     }
@@ -202,13 +207,13 @@ impl StoredColumn {
 
 /// `values` as a base and offsets from it (null rows' values, which may be
 /// anything, as offset 0): 2-byte offsets where the valid values span less
-/// than 2^16, 4-byte ones where they span less than 2^32 and `wide` (8-byte
-/// values); `None` where neither, or no value is valid. Without nulls the
+/// than 2^16, 4-byte ones where they span less than 2^32 and are 8-byte
+/// integers (`eight_bytes`); `None` where neither, or no value is valid. Without nulls the
 /// loops are plain passes over the slice, which the compiler vectorises.
 fn narrow<N: Copy + Into<i64>>(
     values: &[N],
     nulls: Option<&NullBuffer>,
-    wide: bool,
+    eight_bytes: bool,
 ) -> Option<(i64, Offsets)> {
     let span = |(l, m): (i64, i64), v: N| {
         let v: i64 = v.into();
@@ -232,7 +237,7 @@ fn narrow<N: Copy + Into<i64>>(
         least,
         if range <= i128::from(u16::MAX) {
             Offsets::U16(each(values, nulls, |v| offset(v) as u16))
-        } else if range <= i128::from(u32::MAX) && wide {
+        } else if range <= i128::from(u32::MAX) && eight_bytes {
             Offsets::U32(each(values, nulls, |v| offset(v) as u32))
         } else {
             return None;
@@ -256,24 +261,23 @@ fn each<N: Copy, O: ArrowNativeType>(
     }
 }
 
-/// `base` plus each of `offsets`, in one pass the compiler vectorises.
-fn added<O: Copy + Into<i64>>(base: i64, offsets: &[O]) -> Vec<i64> {
-    offsets
-        .iter()
-        .map(|&o| base.wrapping_add(o.into()))
-        .collect()
-}
-
 /// An array of `data_type` (a narrowable type) of `values` and `nulls`
-/// (as many as the values, when given).
-fn wide(data_type: &DataType, values: Vec<i64>, nulls: Option<NullBuffer>) -> ArrayRef {
-    let len = values.len();
+/// (as many as the values, when given), its buffer written in one pass of
+/// the type's own width.
+fn wide(
+    data_type: &DataType,
+    values: impl Iterator<Item = i64>,
+    nulls: Option<NullBuffer>,
+) -> ArrayRef {
+    fn buffer<T: ArrowNativeType>(values: Vec<T>) -> (usize, Buffer) {
+        (values.len(), Buffer::from_vec(values))
+    }
     // Each value is the base (a value of the type) plus an offset within
     // the span of the type's values, so the casts are exact.
-    let buffer = match layout(data_type) {
-        Some(Layout::I64) | None => Buffer::from_vec(values),
-        Some(Layout::I32) => Buffer::from_vec(values.iter().map(|&v| v as i32).collect::<Vec<_>>()),
-        Some(Layout::U32) => Buffer::from_vec(values.iter().map(|&v| v as u32).collect::<Vec<_>>()),
+    let (len, buffer) = match layout(data_type) {
+        Some(Layout::I64) | None => buffer(values.collect::<Vec<i64>>()),
+        Some(Layout::I32) => buffer(values.map(|v| v as i32).collect::<Vec<_>>()),
+        Some(Layout::U32) => buffer(values.map(|v| v as u32).collect::<Vec<_>>()),
     };
     let data = ArrayData::builder(data_type.clone())
         .len(len)
@@ -327,11 +331,7 @@ pub(crate) fn interleave_stored(
         .iter()
         .any(|c| c.has_nulls())
         .then(|| NullBuffer::from_iter(picks.iter().map(|&(a, r)| !columns[a].is_null(r))));
-    Ok(wide(
-        data_type,
-        picks.iter().map(|&p| value(p)).collect(),
-        nulls,
-    ))
+    Ok(wide(data_type, picks.iter().map(|&p| value(p)), nulls))
 }
 
 #[cfg(test)]

@@ -1,19 +1,11 @@
-//! `take` of short strings copied as whole 32-byte chunks. Arrow's `take`
-//! copies each string with a `memcpy` call of its own length; for strings of
-//! tens of bytes (URLs, names, padding) the call and its size dispatch cost
-//! more than the copy. Copying a fixed number of chunks per string, past its
-//! end, is a few plain vector moves; the bytes written past a string's end
-//! are overwritten by the next string or lie past the array's end.
+//! `take` of short strings copied as whole 32-byte chunks
+//! (`flumen_state::chunk_copy`). Arrow's `take` copies each string with a
+//! `memcpy` call of its own length; for strings of tens of bytes (URLs,
+//! names, padding) the call and its size dispatch cost more than the copy.
 
 use arrow::array::{Array, StringArray, UInt32Array};
 use arrow::buffer::{NullBuffer, OffsetBuffer};
-
-/// Bytes of one copy.
-const CHUNK: usize = 32;
-
-/// How many picked strings ahead of the copy the source is prefetched: the
-/// picked rows are scattered over the array.
-const AHEAD: usize = 8;
+use flumen_state::chunk_copy::{CHUNK, copy_spans};
 
 /// The strings of `array` at `indices`, in order (null where `array` is),
 /// or `None`, for the caller to use Arrow's `take`, when one of them is
@@ -31,19 +23,22 @@ pub(crate) fn take_short_strings(
     let source = array.value_offsets();
     let mut offsets = Vec::with_capacity(picked.len() + 1);
     offsets.push(0i32);
+    let mut spans = Vec::with_capacity(picked.len());
     let (mut total, mut longest) = (0usize, 0usize);
     for &i in picked {
         let i = i as usize;
-        let len = (source[i + 1] - source[i]) as usize;
-        longest = longest.max(len);
-        total += len;
+        let (start, end) = (source[i] as usize, source[i + 1] as usize);
+        spans.push((start, end));
+        longest = longest.max(end - start);
+        total += end - start;
         offsets.push(i32::try_from(total).ok()?);
     }
+    let bytes = array.value_data();
     let values = match longest.div_ceil(CHUNK) {
-        0 | 1 => copy::<1>(array, picked, total),
-        2 => copy::<2>(array, picked, total),
-        3 => copy::<3>(array, picked, total),
-        4 => copy::<4>(array, picked, total),
+        0 | 1 => copy_spans::<1>(bytes, &spans, total),
+        2 => copy_spans::<2>(bytes, &spans, total),
+        3 => copy_spans::<3>(bytes, &spans, total),
+        4 => copy_spans::<4>(bytes, &spans, total),
         _ => return None,
     };
     let nulls = (array.null_count() > 0)
@@ -58,59 +53,6 @@ pub(crate) fn take_short_strings(
             nulls,
         )
     })
-}
-
-/// The bytes of the strings of `array` at `picked`, back to back (`total`
-/// of them), each copied as `CHUNKS` chunks; every string must fit them.
-fn copy<const CHUNKS: usize>(array: &StringArray, picked: &[u32], total: usize) -> Vec<u8> {
-    let width = CHUNKS * CHUNK;
-    let (offsets, bytes) = (array.value_offsets(), array.value_data());
-    let mut values: Vec<u8> = Vec::with_capacity(total + width);
-    let target = values.as_mut_ptr();
-    let mut at = 0;
-    for (k, &i) in picked.iter().enumerate() {
-        if let Some(&ahead) = picked.get(k + AHEAD)
-            && let Some(b) = bytes.get(offsets[ahead as usize] as usize)
-        {
-            flumen_state::probing::prefetch_ref(b);
-        }
-        let i = i as usize;
-        let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
-        let len = end - start;
-        // Checked, so that a string longer than the chunks (which the
-        // caller rules out) is a panic, not a write out of bounds.
-        assert!(
-            len <= width && at + len <= total,
-            "string {i} exceeds {CHUNKS} chunks"
-        );
-        if start + width <= bytes.len() {
-            for c in 0..CHUNKS {
-                // SAFETY: `start + width` is within `bytes` (checked just
-                // above), and `at + width <= total + width`, the capacity.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        bytes.as_ptr().add(start + c * CHUNK),
-                        target.add(at + c * CHUNK),
-                        CHUNK,
-                    );
-                }
-            }
-        } else {
-            // Near the end of `bytes`, whose chunks would read past it: the
-            // string alone.
-            // SAFETY: `start..end` is within `bytes`, and `at + len` within
-            // `total`.
-            unsafe {
-                std::ptr::copy_nonoverlapping(bytes.as_ptr().add(start), target.add(at), len);
-            }
-        }
-        at += len;
-    }
-    // SAFETY: every byte below `total` is written: each string's copy
-    // covers its own bytes at `at`, and what a chunk wrote past a string's
-    // end is written again by the strings after it, or lies past `total`.
-    unsafe { values.set_len(total) };
-    values
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! and manifests in an object store.
 
 pub mod checkpoint;
+pub mod chunk_copy;
 mod fixed_keys;
 mod key_group;
 mod keyed_table;

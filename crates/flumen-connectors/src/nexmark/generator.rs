@@ -10,6 +10,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Int64Array, StringArray, StringBuilder, TimestampMillisecondArray};
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use flumen_state::chunk_copy::{CHUNK, copy_spans};
 
 use super::rng::Rng;
 
@@ -148,7 +149,7 @@ pub struct Generator {
     config: GeneratorConfig,
     /// `POOL_BYTES` of random lower-case text that strings are cut from,
     /// then `BID_EXTRA_CHUNKS` chunks of NUL bytes that no string reaches,
-    /// for [`copy_spans`] to copy bids' `extra` past its end.
+    /// for [`strings_of_spans`] to copy bids' `extra` past its end.
     pool: String,
     /// The names of the 10,000 ordinary channels, then the 4 hot ones, in
     /// one buffer: bids copy them out by index, and a contiguous table
@@ -439,7 +440,7 @@ impl Generator {
             // SAFETY: the pool is ASCII, so every span of it is UTF-8 (and
             // each fits: a bid's `extra_len` is at most 82 bytes).
             c.take(6, unsafe {
-                copy_spans::<BID_EXTRA_CHUNKS>(self.pool.as_bytes(), &extras)
+                strings_of_spans::<BID_EXTRA_CHUNKS>(self.pool.as_bytes(), &extras)
             });
         }
         c.finish()
@@ -481,12 +482,6 @@ impl Millis {
         BASE_TIME_NS / 1_000_000 + self.ms as i64
     }
 }
-
-/// How many rows ahead [`StringTable::gather`] prefetches a pick's string.
-const GATHER_AHEAD: usize = 8;
-
-/// The bytes [`copy_spans`] copies at a time.
-const CHUNK: usize = 32;
 
 /// The most chunks a [`StringTable`]'s strings take (128 bytes): each
 /// count up to it is a copy of its own, with the chunks as fixed moves.
@@ -545,28 +540,26 @@ impl StringTable {
         // SAFETY: the spans are whole strings of the table, so UTF-8.
         unsafe {
             match self.chunks {
-                1 => copy_spans::<1>(data, &spans),
-                2 => copy_spans::<2>(data, &spans),
-                3 => copy_spans::<3>(data, &spans),
-                _ => copy_spans::<TABLE_CHUNKS>(data, &spans),
+                1 => strings_of_spans::<1>(data, &spans),
+                2 => strings_of_spans::<2>(data, &spans),
+                3 => strings_of_spans::<3>(data, &spans),
+                _ => strings_of_spans::<TABLE_CHUNKS>(data, &spans),
             }
         }
     }
 }
 
-/// The strings at `spans` (start and end in `padded`), copied as `CHUNKS`
-/// 32-byte chunks each, past each one's end (the next one's bytes are
-/// written over the excess), rather than by a `memcpy` call of each
-/// string's length; the count is a constant, so the chunks are moves (a
-/// count known only at run time made the loop a `memcpy` call again). A
-/// string of the span a few rows ahead is prefetched.
+/// The strings at `spans` (start and end in `padded`), each copied as
+/// `CHUNKS` 32-byte chunks ([`copy_spans`]); `padded` has room for the
+/// chunks after its last string, so none is copied alone.
 ///
 /// # Safety
 ///
-/// Every span must be valid UTF-8. (A span longer than `CHUNKS * CHUNK`
-/// bytes, or with fewer than that many bytes of `padded` from its start,
-/// panics.)
-unsafe fn copy_spans<const CHUNKS: usize>(padded: &[u8], spans: &[(usize, usize)]) -> StringArray {
+/// Every span must be valid UTF-8. (A span longer than the chunks panics.)
+unsafe fn strings_of_spans<const CHUNKS: usize>(
+    padded: &[u8],
+    spans: &[(usize, usize)],
+) -> StringArray {
     let mut offsets = Vec::with_capacity(spans.len() + 1);
     offsets.push(0i32);
     let mut total = 0usize;
@@ -574,42 +567,7 @@ unsafe fn copy_spans<const CHUNKS: usize>(padded: &[u8], spans: &[(usize, usize)
         total += end - start;
         offsets.push(total as i32);
     }
-    let width = CHUNKS * CHUNK;
-    let mut values: Vec<u8> = Vec::with_capacity(total + width);
-    let (source, target) = (padded.as_ptr(), values.as_mut_ptr());
-    let mut at = 0;
-    for (i, &(start, end)) in spans.iter().enumerate() {
-        if let Some(b) = spans
-            .get(i + GATHER_AHEAD)
-            .and_then(|&(a, _)| padded.get(a))
-        {
-            flumen_state::probing::prefetch_ref(b);
-        }
-        // Checked (a branch always taken the same way), so that a wrong
-        // span is a panic, not a read or write out of bounds.
-        assert!(
-            start <= end && end - start <= width && start + width <= padded.len(),
-            "span {start}..{end} does not fit {CHUNKS} chunks of {} bytes",
-            padded.len()
-        );
-        for c in 0..CHUNKS {
-            // SAFETY: `start + width` is within `padded` (checked above),
-            // and `at` is at most `total`, so `at + width` is within the
-            // capacity.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    source.add(start + c * CHUNK),
-                    target.add(at + c * CHUNK),
-                    CHUNK,
-                );
-            }
-        }
-        at += end - start;
-    }
-    // SAFETY: every byte below `total` is written: each span's chunks cover
-    // its own bytes at `at`, and what they wrote past its end is written
-    // again by the spans after it, or lies past `total`.
-    unsafe { values.set_len(total) };
+    let values = copy_spans::<CHUNKS>(padded, spans, total);
     // SAFETY: the offsets start at 0 and ascend by each span's length,
     // ending at the length of `values`, which holds the spans' valid UTF-8
     // (the caller's promise) back to back, so valid UTF-8 between any two.

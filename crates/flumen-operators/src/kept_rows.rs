@@ -21,7 +21,7 @@ use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Result};
 use crate::key_columns::{Key, KeyColumns};
 use crate::stored_column::{StoredColumn, interleave_stored};
 use crate::string_dictionary::StringDictionary;
-use crate::string_take::take_short_strings;
+use flumen_state::string_take::take_array;
 
 /// The most bytes of distinct strings a column's dictionary holds. A column
 /// with more (mostly distinct values, such as random padding) is kept as
@@ -258,7 +258,7 @@ impl KeptRows {
                 Some(ids) => Arc::new(ids) as ArrayRef,
                 None => {
                     self.keep_plainly(i)?;
-                    let picked = take_rows(column.as_ref(), rows)?;
+                    let picked = take_array(column.as_ref(), rows)?;
                     // A restored column may come encoded: kept as declared.
                     let declared = self.schema.field(c).data_type();
                     if picked.data_type() == declared {
@@ -788,18 +788,6 @@ fn one_run(rows: &[RowRef]) -> Option<(u32, usize)> {
         .then_some((first.slot, first.row as usize))
 }
 
-/// Rows `rows` of `array`: strings copied by whole chunks where they are
-/// short, anything else by Arrow's `take`.
-fn take_rows(array: &dyn Array, rows: &UInt32Array) -> Result<ArrayRef> {
-    let short = array
-        .as_string_opt::<i32>()
-        .and_then(|strings| take_short_strings(strings, rows));
-    Ok(match short {
-        Some(strings) => Arc::new(strings),
-        None => take(array, rows, None)?,
-    })
-}
-
 /// Turns the id columns of `columns` (those with a dictionary's strings in
 /// `values`) into their strings.
 fn resolve_ids(
@@ -808,7 +796,7 @@ fn resolve_ids(
 ) -> Result<Vec<ArrayRef>> {
     for (column, values) in columns.iter_mut().zip(values) {
         if let Some(values) = values {
-            *column = take_rows(*values, column.as_primitive::<UInt32Type>())?;
+            *column = take_array(*values, column.as_primitive::<UInt32Type>())?;
         }
     }
     Ok(columns)

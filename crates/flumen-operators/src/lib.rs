@@ -25,7 +25,6 @@ mod slots;
 mod stored_column;
 mod string_dictionary;
 mod string_groups;
-mod string_take;
 mod top_n;
 mod union;
 mod unnest;

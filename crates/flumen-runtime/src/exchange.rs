@@ -3,8 +3,8 @@
 //! `send` wait, which is how backpressure reaches the sources.
 
 use arrow::array::{ArrayRef, UInt32Array};
-use arrow::compute::take_record_batch;
 use arrow::record_batch::RecordBatch;
+use flumen_state::string_take::take_batch;
 use flumen_state::{KeyGroup, hash_keys, key_group_for_hash, subtask_for_key_group};
 use flumen_types::{FlumenError, Message, Result};
 use tokio::sync::mpsc::Sender;
@@ -86,7 +86,7 @@ impl HashRouter {
             } else if self.shares {
                 Message::Rows(batch.clone(), UInt32Array::from(idx.to_vec()))
             } else {
-                Message::Batch(take_record_batch(batch, &UInt32Array::from(idx.to_vec()))?)
+                Message::Batch(take_batch(batch, &UInt32Array::from(idx.to_vec()))?)
             };
             parts.push((target, part));
         }

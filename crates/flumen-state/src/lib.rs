@@ -15,6 +15,7 @@ mod local_file;
 mod location;
 pub mod probing;
 mod snapshot;
+pub mod string_take;
 
 pub use key_group::{
     KeyGroup, KeyGroupRange, KeyGroups, MAX_KEY_GROUPS, hash_keys, key_group_for_hash,

@@ -1,21 +1,49 @@
 //! `take` of short strings copied as whole 32-byte chunks
-//! (`flumen_state::chunk_copy`). Arrow's `take` copies each string with a
+//! ([`crate::chunk_copy`]). Arrow's `take` copies each string with a
 //! `memcpy` call of its own length; for strings of tens of bytes (URLs,
-//! names, padding) the call and its size dispatch cost more than the copy.
+//! names, channels) the call and its size dispatch cost more than the copy.
 
-use arrow::array::{Array, StringArray, UInt32Array};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions, StringArray, UInt32Array,
+};
 use arrow::buffer::{NullBuffer, OffsetBuffer};
-use flumen_state::chunk_copy::{CHUNK, copy_spans};
+use arrow::compute::take;
+use arrow::error::ArrowError;
+
+use crate::chunk_copy::{CHUNK, copy_spans};
+
+/// Rows `rows` of `array`: strings copied by whole chunks where they are
+/// short, anything else by Arrow's `take`.
+pub fn take_array(array: &dyn Array, rows: &UInt32Array) -> Result<ArrayRef, ArrowError> {
+    let short = array
+        .as_string_opt::<i32>()
+        .and_then(|strings| take_short_strings(strings, rows));
+    Ok(match short {
+        Some(strings) => Arc::new(strings),
+        None => take(array, rows, None)?,
+    })
+}
+
+/// Rows `rows` of every column of `batch`, as [`take_array`] takes them:
+/// Arrow's `take_record_batch` with short strings copied by chunks.
+pub fn take_batch(batch: &RecordBatch, rows: &UInt32Array) -> Result<RecordBatch, ArrowError> {
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| take_array(c.as_ref(), rows))
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
+    RecordBatch::try_new_with_options(batch.schema(), columns, &options)
+}
 
 /// The strings of `array` at `indices`, in order (null where `array` is),
 /// or `None`, for the caller to use Arrow's `take`, when one of them is
 /// longer than 4 chunks (128 bytes; Arrow's per-string call no longer
 /// dominates such copies) or an index is null (its value may point
 /// anywhere). Panics on an index out of bounds.
-pub(crate) fn take_short_strings(
-    array: &StringArray,
-    indices: &UInt32Array,
-) -> Option<StringArray> {
+pub fn take_short_strings(array: &StringArray, indices: &UInt32Array) -> Option<StringArray> {
     if indices.null_count() > 0 {
         return None;
     }
@@ -96,6 +124,36 @@ mod tests {
         assert!(take_short_strings(&long, &UInt32Array::from_iter_values([1])).is_some());
         let null_index = UInt32Array::from(vec![Some(1), None]);
         assert!(take_short_strings(&long, &null_index).is_none());
+    }
+
+    /// A batch's rows come out as Arrow's `take_record_batch` gives them:
+    /// short strings by chunks, long ones and other types by Arrow, and a
+    /// batch without columns keeps its row count.
+    #[test]
+    fn batches_are_taken_as_arrow_takes_them() {
+        use arrow::array::Int64Array;
+        use arrow::compute::take_record_batch;
+        use arrow::datatypes::{DataType, Field, Schema};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("short", DataType::Utf8, true),
+            Field::new("long", DataType::Utf8, false),
+        ]));
+        let ids = Int64Array::from_iter((0..20).map(|i| (i % 5 != 2).then_some(i * 7)));
+        let short = StringArray::from_iter((0..20).map(|i| (i % 6 != 1).then(|| "s".repeat(i))));
+        let long = StringArray::from_iter_values((0..20).map(|i| "l".repeat(100 + 3 * i)));
+        let columns: Vec<ArrayRef> = vec![Arc::new(ids), Arc::new(short), Arc::new(long)];
+        let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+        let rows = UInt32Array::from_iter_values([19, 3, 3, 0, 12, 7]);
+        let want = take_record_batch(&batch, &rows).unwrap();
+        assert_eq!(take_batch(&batch, &rows).unwrap(), want);
+        let empty = RecordBatch::try_new_with_options(
+            Arc::new(Schema::empty()),
+            vec![],
+            &RecordBatchOptions::new().with_row_count(Some(20)),
+        )
+        .unwrap();
+        assert_eq!(take_batch(&empty, &rows).unwrap().num_rows(), 6);
     }
 
     /// A slice of an array reads its own strings, whose bytes sit after

@@ -14,6 +14,10 @@ use arrow::error::ArrowError;
 
 use crate::chunk_copy::{CHUNK, copy_spans};
 
+/// The longest string copied by chunks (4 of them): past it Arrow's
+/// per-string call no longer dominates a copy.
+const LONGEST: usize = 4 * CHUNK;
+
 /// Rows `rows` of `array`: strings copied by whole chunks where they are
 /// short, anything else by Arrow's `take`.
 pub fn take_array(array: &dyn Array, rows: &UInt32Array) -> Result<ArrayRef, ArrowError> {
@@ -39,9 +43,8 @@ pub fn take_batch(batch: &RecordBatch, rows: &UInt32Array) -> Result<RecordBatch
 }
 
 /// The strings of `array` at `indices`, in order (null where `array` is),
-/// or `None`, for the caller to use Arrow's `take`, when one of them is
-/// longer than 4 chunks (128 bytes; Arrow's per-string call no longer
-/// dominates such copies) or an index is null (its value may point
+/// or `None`, for the caller to use Arrow's `take`, as soon as one of them
+/// is longer than [`LONGEST`] or when an index is null (its value may point
 /// anywhere). Panics on an index out of bounds.
 pub fn take_short_strings(array: &StringArray, indices: &UInt32Array) -> Option<StringArray> {
     if indices.null_count() > 0 {
@@ -56,9 +59,14 @@ pub fn take_short_strings(array: &StringArray, indices: &UInt32Array) -> Option<
     for &i in picked {
         let i = i as usize;
         let (start, end) = (source[i] as usize, source[i + 1] as usize);
+        let len = end - start;
+        if len > LONGEST {
+            // Arrow's `take` copies this column; stop measuring it here.
+            return None;
+        }
         spans.push((start, end));
-        longest = longest.max(end - start);
-        total += end - start;
+        longest = longest.max(len);
+        total += len;
         offsets.push(i32::try_from(total).ok()?);
     }
     let bytes = array.value_data();

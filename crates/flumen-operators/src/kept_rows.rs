@@ -16,12 +16,12 @@ use arrow::array::{Array, ArrayRef, AsArray, DictionaryArray, StringArray, UInt3
 use arrow::buffer::NullBuffer;
 use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, SchemaRef, UInt32Type};
+use flumen_state::string_take::take_array;
 use flumen_types::{DEFAULT_BATCH_SIZE, FlumenError, Result};
 
 use crate::key_columns::{Key, KeyColumns};
 use crate::stored_column::{StoredColumn, interleave_stored};
 use crate::string_dictionary::StringDictionary;
-use flumen_state::string_take::take_array;
 
 /// The most bytes of distinct strings a column's dictionary holds. A column
 /// with more (mostly distinct values, such as random padding) is kept as

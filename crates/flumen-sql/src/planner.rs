@@ -231,11 +231,12 @@ impl Planner {
                 .then(|| self.event_times.get(&name).map(|e| e.column.clone()))
         };
         crate::tvf::expand_window_tvfs(&mut statement, &event_time_of).map_err(|e| pos.error(e))?;
+        let written = statement.clone();
         self.ctx
             .state()
             .statement_to_plan(DfStatement::Statement(Box::new(statement)))
             .await
-            .map_err(|e| pos.datafusion(e))
+            .map_err(|e| pos.datafusion_in(e, &written))
     }
 
     async fn add_statement(

@@ -11,7 +11,7 @@ use datafusion::common::DFSchema;
 use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::logical_expr::{DdlStatement, ExprSchemable, LogicalPlan, WriteOp};
 use datafusion::sql::parser::Statement as DfStatement;
-use datafusion::sql::sqlparser::ast::{CreateTableOptions, Spanned, Statement};
+use datafusion::sql::sqlparser::ast::{CreateTableOptions, Statement};
 use flumen_connectors::{StdoutFormat, StdoutSinkFactory, TableSpec};
 use flumen_runtime::{JobGraph, NodeKind, Partitioning};
 use flumen_types::{FlumenError, Result};
@@ -177,10 +177,10 @@ impl Planner {
         let statements = script::parse(file, &sql)?;
         let starts: Vec<(u64, u64)> = statements
             .iter()
-            .map(|s| (s.span().start.line, s.span().start.column))
+            .map(|(_, start)| (start.line, start.column))
             .collect();
-        for (i, statement) in statements.into_iter().enumerate() {
-            let pos = SourcePos::at(file, statement.span().start);
+        for (i, (statement, start)) in statements.into_iter().enumerate() {
+            let pos = SourcePos::at(file, start);
             let next = starts.get(i + 1).copied().unwrap_or((u64::MAX, u64::MAX));
             let (mine, rest): (Vec<_>, Vec<_>) = watermarks
                 .into_iter()

@@ -2,22 +2,52 @@
 //! table spec (columns and `WITH` options).
 
 use datafusion::sql::sqlparser::ast::{
-    ColumnOption, CreateTable, CreateTableOptions, Expr, SqlOption, Statement, TableConstraint,
-    Value,
+    ColumnOption, CreateTable, CreateTableOptions, Expr, Spanned, SqlOption, Statement,
+    TableConstraint, Value,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::{Location, Token};
 pub use flumen_types::duration_nanos;
 use flumen_types::{FlumenError, Result};
 
 use crate::errors::syntax_error;
 
-/// Every statement of `sql`, or a syntax error naming `file`, line and column.
-pub(crate) fn parse(file: &str, sql: &str) -> Result<Vec<Statement>> {
-    Parser::new(&GenericDialect {})
+/// Every statement of `sql` with where its errors point (its span's
+/// start: for `CREATE TABLE`, the table's name), or a syntax error naming
+/// `file`, line and column. A statement sqlparser keeps no span for (`SET`,
+/// `DROP`, `EXPLAIN`) points at its first token, not at the file's start.
+pub(crate) fn parse(file: &str, sql: &str) -> Result<Vec<(Statement, Location)>> {
+    let syntax = |e| syntax_error(file, e);
+    let mut parser = Parser::new(&GenericDialect {})
         .try_with_sql(sql)
-        .and_then(|mut p| p.parse_statements())
-        .map_err(|e| syntax_error(file, e))
+        .map_err(syntax)?;
+    let mut statements = Vec::new();
+    // As sqlparser's `parse_statements`: statements end with a semicolon,
+    // the last one's optional.
+    let mut ended = true;
+    loop {
+        while parser.consume_token(&Token::SemiColon) {
+            ended = true;
+        }
+        let next = parser.peek_token();
+        if next.token == Token::EOF {
+            break;
+        }
+        if !ended {
+            return parser.expected("end of statement", next).map_err(syntax);
+        }
+        let statement = parser.parse_statement().map_err(syntax)?;
+        let spanned = statement.span().start;
+        let start = if spanned.line > 0 {
+            spanned
+        } else {
+            next.span.start
+        };
+        statements.push((statement, start));
+        ended = false;
+    }
+    Ok(statements)
 }
 
 /// The `WITH (key = value, …)` options of a `CREATE TABLE`, as strings.

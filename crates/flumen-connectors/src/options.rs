@@ -111,10 +111,7 @@ impl Options {
         self.get(key)
             .map(|v| {
                 v.trim().parse::<T>().map_err(|_| {
-                    FlumenError::config(format!(
-                        "option {key} = '{v}' is not a valid {}",
-                        std::any::type_name::<T>()
-                    ))
+                    FlumenError::config(format!("option {key} = '{v}' is not {}", described::<T>()))
                 })
             })
             .transpose()
@@ -221,6 +218,19 @@ pub(crate) const IDLE_TIMEOUT: OptionSpec = OptionSpec::optional(
     "with WATERMARK FOR: a subtask without rows this long (default '10 s') stops holding back the watermark",
 );
 
+/// What a value parsed as `T` must be, in a user's words (not `u64`).
+fn described<T>() -> &'static str {
+    match std::any::type_name::<T>() {
+        "u64" | "usize" => "a whole number of 0 or more",
+        "u32" => "a whole number from 0 to 4294967295",
+        "u16" => "a whole number from 0 to 65535",
+        "i64" => "a whole number",
+        "bool" => "true or false",
+        "f64" => "a number",
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +268,22 @@ mod tests {
             .parse::<u64>("events")
             .unwrap_err();
         assert!(err.to_string().contains("events = 'ten'"), "{err}");
+        let errors = [
+            opts(&[("n", "-5")]).parse::<u64>("n").map(|_| ()),
+            opts(&[("n", "70000")]).parse::<u16>("n").map(|_| ()),
+            opts(&[("n", "yes")]).parse::<bool>("n").map(|_| ()),
+            opts(&[("n", "1.5")]).parse::<i64>("n").map(|_| ()),
+        ];
+        let said = [
+            "is not a whole number of 0 or more",
+            "is not a whole number from 0 to 65535",
+            "is not true or false",
+            "is not a whole number",
+        ];
+        for (parsed, want) in errors.into_iter().zip(said) {
+            let err = parsed.unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
     }
 
     #[test]

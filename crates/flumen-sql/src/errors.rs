@@ -129,10 +129,24 @@ pub(crate) fn syntax_error(file: &str, e: ParserError) -> FlumenError {
             .split(", Column: ")
             .map(|n| n.trim().parse::<u64>().ok());
         if let (Some(Some(line)), Some(Some(column))) = (nums.next(), nums.next()) {
-            return FlumenError::plan(format!("{file}:{line}:{column}: syntax error: {text}"));
+            return FlumenError::plan(format!(
+                "{file}:{line}:{column}: syntax error: {text}{}",
+                hint(text)
+            ));
         }
     }
     FlumenError::plan(format!("{file}: syntax error: {msg}"))
+}
+
+/// What a user most likely meant by a syntax error sqlparser words in its
+/// own terms: a `WITH` option name with dots left unquoted (`a.b = 'x'`)
+/// stops at the first dot, where sqlparser wanted `=`.
+fn hint(text: &str) -> &'static str {
+    if text.ends_with("Expected: =, found: .") {
+        "; an option name with dots goes in quotes, as in 'properties.bootstrap.servers' = '…'"
+    } else {
+        ""
+    }
 }
 
 #[cfg(test)]

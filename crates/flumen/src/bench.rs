@@ -153,7 +153,7 @@ pub(crate) struct BenchArgs {
     /// written: from when each row's source event was due to when the sink
     /// wrote it, and for windows the emission delay, from when the
     /// watermark passed the window's end.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     rate_limit: Option<u64>,
     /// With --rate-limit: how long a partial batch waits for more rows
     /// before the generator sends it (the tables' `linger`), e.g. 1ms.

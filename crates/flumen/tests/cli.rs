@@ -639,6 +639,23 @@ fn bench_rate_limit_reports_latency_from_when_rows_were_due() {
     // Without --rate-limit there is no latency to report.
     let unpaced = run(&["--query", "q1", "--events", "1000"]);
     assert!(unpaced.get("latency_p50_ms").is_none(), "{unpaced}");
+    // A rate of 0 events a second is refused, not taken as no limit.
+    let zero = flumen(
+        &[
+            "bench",
+            "nexmark",
+            "--query",
+            "q1",
+            "--events",
+            "1000",
+            "--rate-limit",
+            "0",
+        ],
+        work.path(),
+    );
+    assert!(!zero.status.success());
+    let stderr = String::from_utf8_lossy(&zero.stderr);
+    assert!(stderr.contains("--rate-limit"), "{stderr}");
 }
 
 #[test]

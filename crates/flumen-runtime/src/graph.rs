@@ -69,6 +69,9 @@ pub struct Node {
     /// For a source: after this long without a row, a subtask is marked idle
     /// and stops holding back the watermark downstream.
     pub idle_timeout: Option<std::time::Duration>,
+    /// The statement the node was planned from (`file:line:column INSERT
+    /// INTO t`), which a failing task's error names.
+    pub origin: Option<Arc<str>>,
 }
 
 /// An edge from one node to another.
@@ -105,8 +108,18 @@ impl JobGraph {
             parallelism: parallelism.max(1),
             watermarks: None,
             idle_timeout: None,
+            origin: None,
         });
         self.nodes.len() - 1
+    }
+
+    /// Names `origin` as the statement of every node from `first` on that
+    /// has none yet: the nodes one query added.
+    pub fn set_origin(&mut self, first: NodeId, origin: &str) {
+        let origin: Arc<str> = origin.into();
+        for node in self.nodes.iter_mut().skip(first) {
+            node.origin.get_or_insert_with(|| origin.clone());
+        }
     }
 
     /// Connects `from` to `to`.

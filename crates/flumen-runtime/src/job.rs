@@ -203,7 +203,13 @@ pub fn run_job(graph: &JobGraph, options: &RunOptions) -> Result<JobHandle> {
                 cp.restoring = restoring.clone();
                 task.checkpoint = Some(cp);
             }
-            tasks.spawn(task.run());
+            let origin = graph.nodes[head].origin.clone();
+            tasks.spawn(async move {
+                task.run().await.map_err(|e| match &origin {
+                    Some(o) => e.within(o),
+                    None => e,
+                })
+            });
         }
     }
     let checkpoint_stats = Arc::new(CheckpointStats::default());

@@ -590,6 +590,7 @@ impl Planner {
         let run_id = self.options.job_id.clone().unwrap_or_else(new_job_id);
         for (i, query) in self.queries.iter().enumerate() {
             logical_plans.push((query.label.clone(), query.plan.display_indent().to_string()));
+            let first = graph.nodes().len();
             let stream = self
                 .plan_stream(&query.plan, &mut graph, &query.pos)
                 .await?;
@@ -636,6 +637,9 @@ impl Planner {
                 Partitioning::Rebalance
             });
             graph.connect(last, sink, edge);
+            let pos = &query.pos;
+            let origin = format!("{}:{}:{} {}", pos.file, pos.line, pos.column, query.label);
+            graph.set_origin(first, &origin);
         }
         Ok(Pipeline {
             graph,

@@ -80,6 +80,17 @@ impl FlumenError {
         }
     }
 
+    /// This error as met while running the statement `origin`: an
+    /// operator's failure (a division by zero, a cast that fails) names the
+    /// statement; other kinds already name what failed and keep their
+    /// variant, which restart and retry decisions read.
+    pub fn within(self, origin: &str) -> Self {
+        match self {
+            FlumenError::Execution(m) => FlumenError::Execution(format!("{origin}: {m}")),
+            other => other,
+        }
+    }
+
     /// A [`FlumenError::Transient`] error: `context` says what flumen was
     /// doing, `source` what failed.
     pub fn transient(
@@ -129,6 +140,22 @@ impl FlumenError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An operator's failure names the statement it ran for; other errors
+    /// keep their variant (and so whether a restart may cure them).
+    #[test]
+    fn an_execution_error_names_its_statement_and_others_keep_their_kind() {
+        let e = FlumenError::execution("division by zero").within("q.sql:3:1 INSERT INTO t");
+        assert_eq!(e.to_string(), "q.sql:3:1 INSERT INTO t: division by zero");
+        assert_eq!(e.kind(), ErrorKind::User);
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = FlumenError::transient("reading", io).within("q.sql:3:1 INSERT INTO t");
+        assert!(matches!(e, FlumenError::Transient { .. }), "{e}");
+        assert!(matches!(
+            FlumenError::Cancelled.within("x"),
+            FlumenError::Cancelled
+        ));
+    }
 
     #[test]
     fn a_transient_error_keeps_its_cause_and_may_be_retried() {

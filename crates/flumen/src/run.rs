@@ -114,6 +114,14 @@ pub(crate) async fn run(
         .map_or_else(flumen_sql::new_job_id, |r| r.manifest.job_id.clone());
     let pipeline = plan.plan(format, Some(job_id.clone())).await?;
     if let Some(r) = initial.as_ref().filter(|r| r.manifest.finished) {
+        if r.manifest.fingerprint != pipeline.graph.fingerprint() {
+            bail!(
+                "checkpoint {} in {} holds the end of a job planned from other SQL (its operators are not this job's); \
+                 --fresh runs this job from the start",
+                r.manifest.id,
+                store.display()
+            );
+        }
         settle_sinks(&pipeline, r.manifest.id).await?;
         eprintln!(
             "the job already finished (checkpoint {} in {} holds its end); nothing to run. --fresh runs it again",

@@ -544,4 +544,19 @@ fn drain_on_sigterm_ends_the_job_and_a_finished_job_does_not_run_again() {
         stderr(&out)
     );
     assert_eq!(committed_rows(&work.join("drain/windowed")), windowed);
+    // Other SQL against the finished job's checkpoints is refused, not
+    // told that there is nothing to run.
+    let other = "CREATE TABLE bid (auction BIGINT) WITH (connector = 'nexmark', kind = 'bid', events = '10');\n\
+                 CREATE TABLE o (auction BIGINT) WITH (connector = 'blackhole');\n\
+                 INSERT INTO o SELECT auction FROM bid;\n";
+    std::fs::write(work.join("other.sql"), other).unwrap();
+    let out = flumen(&["run", "other.sql", "--checkpoint-dir", checkpoints], work)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("planned from other SQL"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -33,7 +33,7 @@ use flumen_types::{FlumenError, Result};
 
 pub use blackhole::BlackholeSinkFactory;
 pub use lookup::{lookup_cache, lookup_factory};
-pub use options::{OptionSpec, Options};
+pub use options::{OptionSpec, OptionValue, Options};
 pub use stdout::{StdoutFormat, StdoutSinkFactory};
 
 /// What a sink promises about each row it is given, with checkpoints on.

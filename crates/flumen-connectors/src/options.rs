@@ -106,12 +106,13 @@ impl Options {
         Ok(items)
     }
 
-    /// The value of `key` parsed as `T`, or an error naming the key and value.
-    pub fn parse<T: FromStr>(&self, key: &str) -> Result<Option<T>> {
+    /// The value of `key` parsed as `T`, or an error naming the key and
+    /// value and saying what the value must be.
+    pub fn parse<T: OptionValue>(&self, key: &str) -> Result<Option<T>> {
         self.get(key)
             .map(|v| {
                 v.trim().parse::<T>().map_err(|_| {
-                    FlumenError::config(format!("option {key} = '{v}' is not {}", described::<T>()))
+                    FlumenError::config(format!("option {key} = '{v}' is not {}", T::WHAT))
                 })
             })
             .transpose()
@@ -218,17 +219,28 @@ pub(crate) const IDLE_TIMEOUT: OptionSpec = OptionSpec::optional(
     "with WATERMARK FOR: a subtask without rows this long (default '10 s') stops holding back the watermark",
 );
 
-/// What a value parsed as `T` must be, in a user's words (not `u64`).
-fn described<T>() -> &'static str {
-    match std::any::type_name::<T>() {
-        "u64" | "usize" => "a whole number of 0 or more",
-        "u32" => "a whole number from 0 to 4294967295",
-        "u16" => "a whole number from 0 to 65535",
-        "i64" => "a whole number",
-        "bool" => "true or false",
-        "f64" => "a number",
-        other => other,
-    }
+/// A type an option's value is parsed as, with what such a value must be
+/// in a user's words (an error says "is not a whole number", not "u64").
+pub trait OptionValue: FromStr {
+    /// What a value must be, after "is not".
+    const WHAT: &'static str;
+}
+
+macro_rules! option_values {
+    ($($t:ty => $what:literal),* $(,)?) => {
+        $(impl OptionValue for $t {
+            const WHAT: &'static str = $what;
+        })*
+    };
+}
+
+option_values! {
+    u64 => "a whole number of 0 or more",
+    usize => "a whole number of 0 or more",
+    u32 => "a whole number from 0 to 4294967295",
+    u16 => "a whole number from 0 to 65535",
+    i64 => "a whole number",
+    bool => "true or false",
 }
 
 #[cfg(test)]

@@ -16,6 +16,13 @@ pub(crate) struct SourcePos {
     pub column: u64,
 }
 
+/// `file:line:column`, as errors name a place in the SQL.
+impl std::fmt::Display for SourcePos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
 impl SourcePos {
     pub(crate) fn at(file: &str, loc: Location) -> Self {
         SourcePos {
@@ -27,10 +34,7 @@ impl SourcePos {
 
     /// A plan error at this position.
     pub(crate) fn error(&self, msg: impl std::fmt::Display) -> FlumenError {
-        FlumenError::plan(format!(
-            "{}:{}:{}: {msg}",
-            self.file, self.line, self.column
-        ))
+        FlumenError::plan(format!("{self}: {msg}"))
     }
 
     /// A DataFusion planning error, at its own span when it has one.

@@ -637,9 +637,7 @@ impl Planner {
                 Partitioning::Rebalance
             });
             graph.connect(last, sink, edge);
-            let pos = &query.pos;
-            let origin = format!("{}:{}:{} {}", pos.file, pos.line, pos.column, query.label);
-            graph.set_origin(first, &origin);
+            graph.set_origin(first, &format!("{} {}", query.pos, query.label));
         }
         Ok(Pipeline {
             graph,

@@ -1,13 +1,17 @@
 //! CPU time and peak memory of this process, from `getrusage`.
 
+use std::time::Duration;
+
 /// Resource usage of the whole process so far.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Usage {
-    /// User plus system CPU seconds, all threads.
-    pub cpu_seconds: f64,
-    /// The system part of `cpu_seconds`: mostly page faults for fresh
-    /// memory, which on a virtual machine can cost more than the work.
-    pub system_seconds: f64,
+    /// User plus system CPU time, all threads. Kept in whole microseconds
+    /// (as the kernel reports it) so that differences stay exact and the
+    /// system part of a difference never exceeds the whole.
+    pub cpu: Duration,
+    /// The system part of `cpu`: mostly page faults for fresh memory,
+    /// which on a virtual machine can cost more than the work.
+    pub system: Duration,
     /// Page faults served without I/O (first touches of fresh memory).
     pub minor_faults: u64,
     /// Peak resident set size, bytes.
@@ -19,10 +23,12 @@ pub(crate) fn usage() -> Usage {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: RUSAGE_SELF with a valid pointer cannot fail.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
     Usage {
-        cpu_seconds: secs(ru.ru_utime) + secs(ru.ru_stime),
-        system_seconds: secs(ru.ru_stime),
+        cpu: time(ru.ru_utime) + time(ru.ru_stime),
+        system: time(ru.ru_stime),
         minor_faults: ru.ru_minflt as u64,
         peak_rss: ru.ru_maxrss as u64 * 1024,
     }

@@ -27,7 +27,7 @@ mod throttle;
 
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Field, SchemaRef};
 use flumen_runtime::{LookupFactory, SinkFactory, SourceFactory};
 use flumen_types::{FlumenError, Result};
 
@@ -97,6 +97,18 @@ pub trait Connector: Send + Sync {
     /// `timestamp`); other metadata columns make a table read-only.
     fn writable_metadata(&self) -> &'static [&'static str] {
         &[]
+    }
+    /// Checks the table's options beyond their names (a value only this
+    /// connector understands), when the table is declared.
+    fn check(&self, _spec: &TableSpec) -> Result<()> {
+        Ok(())
+    }
+    /// Checks a declared payload column (not a METADATA one) against what
+    /// the connector can fill it with, when the table is declared: a
+    /// connector with a fixed schema refuses a column it does not have or
+    /// would have to change the values of.
+    fn check_column(&self, _spec: &TableSpec, _column: &Field) -> Result<()> {
+        Ok(())
     }
     /// A source reading `spec`, producing only the `projection` columns.
     async fn source(
@@ -279,7 +291,19 @@ pub fn check_table(spec: &TableSpec) -> Result<()> {
             )));
         }
     }
-    Ok(())
+    connector.check(spec)
+}
+
+/// Checks `column`, a payload column of the table `spec` that
+/// [`check_table`] accepted, against its connector (see
+/// [`Connector::check_column`]).
+pub fn check_column(spec: &TableSpec, column: &Field) -> Result<()> {
+    connector_of(spec)?
+        .check_column(spec, column)
+        .map_err(|e| match e {
+            FlumenError::Config(m) => FlumenError::config(format!("table '{}': {m}", spec.name)),
+            other => other,
+        })
 }
 
 fn connector_of(spec: &TableSpec) -> Result<&'static dyn Connector> {

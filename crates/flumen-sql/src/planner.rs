@@ -297,6 +297,15 @@ impl Planner {
                     )));
                 }
                 flumen_connectors::check_table(&spec).map_err(|e| pos.wrap(e))?;
+                // The schema has the declared columns in their order, with
+                // their names as SQL normalised them.
+                for (column, field) in ct.columns.iter().zip(schema.fields()) {
+                    if spec.metadata.iter().any(|(c, _)| c == field.name()) {
+                        continue;
+                    }
+                    flumen_connectors::check_column(&spec, field)
+                        .map_err(|e| SourcePos::at(&pos.file, column.name.span.start).wrap(e))?;
+                }
                 if let Some(clause) = watermark {
                     let at = SourcePos {
                         file: pos.file.clone(),

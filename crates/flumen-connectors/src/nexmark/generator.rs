@@ -70,6 +70,15 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// The kind as the `kind` option names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Person => "person",
+            EventKind::Auction => "auction",
+            EventKind::Bid => "bid",
+        }
+    }
+
     /// The kind of event number `n`.
     pub fn of_event(n: u64) -> EventKind {
         match n % EPOCH {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::compute::cast;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use flumen_runtime::{Source, SourceFactory, TaskContext};
 use flumen_state::checkpoint::SplitPosition;
@@ -68,6 +68,12 @@ impl crate::Connector for Nexmark {
     fn reads(&self) -> bool {
         true
     }
+    fn check(&self, spec: &crate::TableSpec) -> Result<()> {
+        kind_of(&spec.options).map(|_| ())
+    }
+    fn check_column(&self, spec: &crate::TableSpec, column: &Field) -> Result<()> {
+        check_column(kind_of(&spec.options)?, column).map(|_| ())
+    }
     async fn source(
         &self,
         spec: &crate::TableSpec,
@@ -78,6 +84,79 @@ impl crate::Connector for Nexmark {
             &spec.schema,
             projection,
         )?))
+    }
+}
+
+/// The event kind a table of `options` holds.
+fn kind_of(options: &Options) -> Result<EventKind> {
+    match options.required("kind")? {
+        "person" => Ok(EventKind::Person),
+        "auction" => Ok(EventKind::Auction),
+        "bid" => Ok(EventKind::Bid),
+        other => Err(FlumenError::config(format!(
+            "nexmark option kind = '{other}' is not one of: person, auction, bid"
+        ))),
+    }
+}
+
+/// The generator's column that fills the declared `column` of a `kind`
+/// table, by its index among the kind's columns. Its declared type must
+/// be the generated one or one that holds every generated value as it is
+/// (a longer string type, finer timestamps, a wide enough decimal), as
+/// Flink's connectors refuse a table whose types do not fit: a cast that
+/// changes values (an id read as a timestamp, a timestamp truncated to
+/// seconds, a bigint narrowed) would be silent.
+fn check_column(kind: EventKind, column: &Field) -> Result<usize> {
+    let canonical = kind.schema();
+    let Ok(index) = canonical.index_of(column.name()) else {
+        let valid: Vec<&str> = canonical
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        return Err(FlumenError::config(format!(
+            "nexmark {} table has no column '{}'; its columns are: {}",
+            kind.name(),
+            column.name(),
+            valid.join(", ")
+        )));
+    };
+    let produced = canonical.field(index).data_type();
+    if !holds_every(produced, column.data_type()) {
+        return Err(FlumenError::config(format!(
+            "column '{}' is declared {} but nexmark's {} column '{}' is {}; declare it {}, or CAST it in the query",
+            column.name(),
+            column.data_type(),
+            kind.name(),
+            column.name(),
+            produced,
+            sql_name(produced),
+        )));
+    }
+    Ok(index)
+}
+
+/// Whether every value of the generated type `produced` reads unchanged
+/// as `declared`.
+fn holds_every(produced: &DataType, declared: &DataType) -> bool {
+    use DataType::*;
+    match (produced, declared) {
+        (a, b) if a == b => true,
+        (Utf8, LargeUtf8 | Utf8View) => true,
+        (Int64, Decimal128(precision, scale) | Decimal256(precision, scale)) => {
+            i16::from(*precision) - i16::from(*scale) >= 19
+        }
+        (Timestamp(TimeUnit::Millisecond, None), Timestamp(unit, _)) => *unit != TimeUnit::Second,
+        _ => false,
+    }
+}
+
+/// How SQL spells a generated column's type.
+fn sql_name(produced: &DataType) -> &'static str {
+    match produced {
+        DataType::Int64 => "BIGINT",
+        DataType::Utf8 => "VARCHAR",
+        _ => "TIMESTAMP(3)",
     }
 }
 
@@ -145,16 +224,7 @@ impl NexmarkSourceFactory {
         table_schema: &SchemaRef,
         projection: Option<&[usize]>,
     ) -> Result<Self> {
-        let kind = match options.required("kind")? {
-            "person" => EventKind::Person,
-            "auction" => EventKind::Auction,
-            "bid" => EventKind::Bid,
-            other => {
-                return Err(FlumenError::config(format!(
-                    "nexmark option kind = '{other}' is not one of: person, auction, bid"
-                )));
-            }
-        };
+        let kind = kind_of(options)?;
         let events = options.parse::<u64>("events")?;
         let rate = options.parse::<u64>("rate")?.unwrap_or(10_000_000);
         if !(1..=10_000_000_000).contains(&rate) {
@@ -175,37 +245,15 @@ impl NexmarkSourceFactory {
         let linger = options
             .duration("linger")?
             .unwrap_or(crate::options::DEFAULT_LINGER);
-        let canonical = kind.schema();
         let projected = match projection {
             Some(p) => Arc::new(table_schema.project(p)?),
             None => table_schema.clone(),
         };
-        let mut columns = Vec::with_capacity(projected.fields().len());
-        for field in projected.fields() {
-            let Ok(index) = canonical.index_of(field.name()) else {
-                let valid: Vec<&str> = canonical
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect();
-                return Err(FlumenError::config(format!(
-                    "nexmark {kind:?} table has no column '{}'; its columns are: {}",
-                    field.name(),
-                    valid.join(", ")
-                )));
-            };
-            let produced = canonical.field(index).data_type();
-            if produced != field.data_type()
-                && !arrow::compute::can_cast_types(produced, field.data_type())
-            {
-                return Err(FlumenError::config(format!(
-                    "column '{}' is declared {} but nexmark produces {produced}, which cannot be cast to it",
-                    field.name(),
-                    field.data_type()
-                )));
-            }
-            columns.push(index);
-        }
+        let columns = projected
+            .fields()
+            .iter()
+            .map(|field| check_column(kind, field))
+            .collect::<Result<Vec<usize>>>()?;
         let per_epoch = kind.per_epoch();
         let mut block_events = generator::EPOCH * (DEFAULT_BATCH_SIZE as u64).div_ceil(per_epoch);
         if let Some(eps) = events_per_second {
@@ -534,6 +582,93 @@ mod tests {
 
     /// Batches built when the job is planned are the generator's, lane by
     /// lane, at any parallelism.
+    /// A declared column must hold every generated value unchanged:
+    /// longer string types, finer timestamps and wide decimals are read
+    /// through a cast; types that would change values, and columns the
+    /// generator does not have, are refused naming the column.
+    #[test]
+    fn declared_types_must_hold_every_generated_value() {
+        use DataType::*;
+        let bid =
+            |name: &str, t: DataType| check_column(EventKind::Bid, &Field::new(name, t, true));
+        let ms = TimeUnit::Millisecond;
+        for (name, t) in [
+            ("auction", Int64),
+            ("channel", LargeUtf8),
+            ("channel", Utf8View),
+            ("date_time", Timestamp(ms, None)),
+            ("date_time", Timestamp(TimeUnit::Nanosecond, None)),
+            (
+                "date_time",
+                Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            ),
+            ("price", Decimal128(19, 0)),
+            ("price", Decimal128(21, 2)),
+            ("price", Decimal256(40, 4)),
+        ] {
+            assert!(bid(name, t.clone()).is_ok(), "{name} {t}");
+        }
+        for (name, t) in [
+            ("auction", Timestamp(ms, None)),
+            ("date_time", Timestamp(TimeUnit::Second, None)),
+            ("date_time", Int64),
+            ("price", Int32),
+            ("price", Float64),
+            ("price", Decimal128(18, 0)),
+            ("price", Decimal128(20, 2)),
+            ("channel", Int64),
+            ("auction", Utf8),
+        ] {
+            assert!(bid(name, t.clone()).is_err(), "{name} {t}");
+        }
+        let msg = bid("auction", Timestamp(ms, None)).unwrap_err().to_string();
+        assert!(
+            msg.contains("column 'auction' is declared Timestamp(ms)")
+                && msg.contains("nexmark's bid column 'auction' is Int64; declare it BIGINT"),
+            "{msg}"
+        );
+        let msg = bid("date_time", Utf8).unwrap_err().to_string();
+        assert!(msg.contains("declare it TIMESTAMP(3)"), "{msg}");
+        let msg = check_column(EventKind::Person, &Field::new("price", Int64, true))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("nexmark person table has no column 'price'; its columns are: id, name,"),
+            "{msg}"
+        );
+    }
+
+    /// Columns declared wider than generated read the generated values.
+    #[test]
+    fn widened_columns_read_the_generated_values() {
+        let options = Options::new(
+            [("kind", "bid"), ("events", "1000")].map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap();
+        let declared = Arc::new(arrow::datatypes::Schema::new(vec![
+            Field::new("price", DataType::Decimal128(21, 2), false),
+            Field::new("channel", DataType::Utf8View, false),
+            Field::new(
+                "date_time",
+                DataType::Timestamp(TimeUnit::Nanosecond, None),
+                false,
+            ),
+        ]));
+        let factory = NexmarkSourceFactory::try_new(&options, &declared, None).unwrap();
+        let wide = factory
+            .shape
+            .block(&factory.generator, 0, 1000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(wide.schema(), declared);
+        let canonical = EventKind::Bid.schema();
+        let columns = ["price", "channel", "date_time"].map(|c| canonical.index_of(c).unwrap());
+        let generated = factory.generator.build(EventKind::Bid, 0, 1000, &columns);
+        for (wide, generated) in wide.columns().iter().zip(&generated) {
+            assert_eq!(&cast(wide, generated.data_type()).unwrap(), generated);
+        }
+    }
+
     #[test]
     fn pregenerated_batches_equal_the_generated_ones() {
         let options = |pregenerate: &str| {

@@ -85,11 +85,11 @@ async fn error_of(sql: &str) -> String {
 #[tokio::test]
 async fn watermark_on_a_missing_column_names_it_and_where() {
     let msg = error_of(
-        "CREATE TABLE t (\n  ts TIMESTAMP(3),\n  WATERMARK FOR tss AS tss - INTERVAL '1' SECOND\n) WITH (connector = 'nexmark', kind = 'bid');\nSELECT ts FROM t;",
+        "CREATE TABLE t (\n  date_time TIMESTAMP(3),\n  WATERMARK FOR datetime AS datetime - INTERVAL '1' SECOND\n) WITH (connector = 'nexmark', kind = 'bid');\nSELECT date_time FROM t;",
     )
     .await;
     assert!(msg.starts_with("job.sql:3:3:"), "{msg}");
-    assert!(msg.contains("'tss'"), "{msg}");
+    assert!(msg.contains("'datetime'"), "{msg}");
 }
 
 #[tokio::test]
@@ -122,11 +122,11 @@ async fn two_watermarks_in_one_table_are_rejected() {
 #[tokio::test]
 async fn watermark_expression_may_use_only_the_event_time_column() {
     let msg = error_of(
-        "CREATE TABLE t (a TIMESTAMP(3), b TIMESTAMP(3), WATERMARK FOR a AS b) WITH (connector = 'nexmark', kind = 'bid');\nSELECT * FROM t;",
+        "CREATE TABLE t (date_time TIMESTAMP(3), expires TIMESTAMP(3), WATERMARK FOR date_time AS expires) WITH (connector = 'nexmark', kind = 'auction');\nSELECT * FROM t;",
     )
     .await;
     assert!(
-        msg.contains("may use only the event-time column 'a'"),
+        msg.contains("may use only the event-time column 'date_time'"),
         "{msg}"
     );
 }

@@ -10,6 +10,7 @@ mod catalog;
 mod errors;
 mod planner;
 mod regexp_extract;
+mod repeated_names;
 mod script;
 mod shared_regex;
 mod text_memo;

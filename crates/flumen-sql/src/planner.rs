@@ -231,6 +231,7 @@ impl Planner {
                 .then(|| self.event_times.get(&name).map(|e| e.column.clone()))
         };
         crate::tvf::expand_window_tvfs(&mut statement, &event_time_of).map_err(|e| pos.error(e))?;
+        crate::repeated_names::alias_repeats(&mut statement);
         let written = statement.clone();
         self.ctx
             .state()
@@ -676,6 +677,11 @@ pub fn new_job_id() -> String {
         .to_string()
 }
 
+/// "1 column", "3 columns".
+fn columns(n: usize) -> String {
+    format!("{n} column{}", if n == 1 { "" } else { "s" })
+}
+
 /// Rejects an INSERT whose query gives a column a type the table's column
 /// cannot take (a number into a timestamp, text into a number, …).
 fn check_insert_types(
@@ -685,9 +691,9 @@ fn check_insert_types(
 ) -> Result<()> {
     if target.fields().len() != source.fields().len() {
         return Err(FlumenError::plan(format!(
-            "INSERT INTO {table}: the table has {} columns but the query gives {}",
-            target.fields().len(),
-            source.fields().len()
+            "INSERT INTO {table}: the table has {} but the query gives {}",
+            columns(target.fields().len()),
+            columns(source.fields().len())
         )));
     }
     for (t, s) in target.fields().iter().zip(source.fields()) {

@@ -21,6 +21,6 @@ mod udf;
 mod watermark;
 
 pub use planner::{Pipeline, Planner, PlannerOptions, new_job_id, session};
-pub use script::duration_nanos;
+pub use script::{duration_nanos, strip_table_arguments};
 pub use tvf::expand_window_functions;
 pub use udf::udfs;

@@ -174,6 +174,7 @@ impl Planner {
             script::strip_metadata(&sql).map_err(|e| FlumenError::plan(format!("{file}:{e}")))?;
         let (sql, mut lookups) = script::strip_system_time(&sql)
             .map_err(|e| FlumenError::plan(format!("{file}:{e}")))?;
+        let sql = script::strip_table_arguments(&sql);
         let statements = script::parse(file, &sql)?;
         let starts: Vec<(u64, u64)> = statements
             .iter()

@@ -211,13 +211,11 @@ pub(crate) fn strip_system_time(sql: &str) -> Result<(String, Vec<SystemTimeClau
     let mut clauses = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
+        if let Some(next) = past_text_or_comment(bytes, i) {
+            i = next;
+            continue;
+        }
         match bytes[i] {
-            b'\'' | b'"' => i = skip_quoted_by(bytes, i, bytes[i]),
-            b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
             _ if starts_keyword(bytes, i, "for") => {
                 let Some(expr_start) = after_words(bytes, i, &["for", "system_time", "as", "of"])
                 else {
@@ -256,6 +254,148 @@ pub(crate) fn strip_system_time(sql: &str) -> Result<(String, Vec<SystemTimeClau
     }
     let stripped = String::from_utf8(out).expect("only ASCII bytes were replaced by spaces");
     Ok((stripped, clauses))
+}
+
+/// The window table functions whose table argument Flink writes `TABLE t`.
+const WINDOW_FUNCTIONS: [&str; 4] = ["tumble", "hop", "cumulate", "session"];
+
+/// Flink writes a window table function's table as `TABLE bid` (in
+/// `TABLE(TUMBLE(TABLE bid, DESCRIPTOR(date_time), INTERVAL '10' SECOND))`,
+/// also after `DATA =>`), which sqlparser does not take as an argument.
+/// Blanks that `TABLE` keyword, keeping positions, and rewrites a session's
+/// `TABLE bid PARTITION BY k1, k2` as `bid ,descriptor(k1, k2)` (the keys
+/// move one column left), the argument order `tvf` reads. Public for
+/// callers that parse flumen's SQL with sqlparser themselves (a batch
+/// oracle).
+pub fn strip_table_arguments(sql: &str) -> String {
+    let bytes = sql.as_bytes();
+    let mut out = bytes.to_vec();
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(next) = past_text_or_comment(bytes, i) {
+            i = next;
+            continue;
+        }
+        match WINDOW_FUNCTIONS
+            .iter()
+            .find(|w| starts_keyword(bytes, i, w))
+        {
+            Some(function) => {
+                i += function.len();
+                let open = skip_space(bytes, i);
+                if bytes.get(open) != Some(&b'(') {
+                    continue;
+                }
+                let args = arguments(bytes, open);
+                for (k, &(arg, _)) in args.iter().enumerate() {
+                    let mut table = skip_space(bytes, arg);
+                    if starts_keyword(bytes, table, "data") {
+                        let arrow = skip_space(bytes, table + 4);
+                        if bytes[arrow..].starts_with(b"=>") {
+                            table = skip_space(bytes, arrow + 2);
+                        }
+                    }
+                    let name = skip_space(bytes, table + 5);
+                    if !starts_keyword(bytes, table, "table") || name == table + 5 {
+                        continue;
+                    }
+                    blank(&mut out, table, table + 5);
+                    if *function == "session" {
+                        // The keys run to the argument that names the
+                        // time column.
+                        let keys_end = args[k + 1..]
+                            .iter()
+                            .map(|&(start, _)| start)
+                            .find(|&start| {
+                                let next = skip_space(bytes, start);
+                                starts_keyword(bytes, next, "descriptor")
+                                    || starts_keyword(bytes, next, "timecol")
+                            })
+                            .map_or(args[args.len() - 1].1, |start| start - 1);
+                        let after = skip_space(bytes, name_end(bytes, name));
+                        partition_as_descriptor(bytes, &mut out, after, keys_end);
+                    }
+                }
+                i = open + 1;
+            }
+            None => i += 1,
+        }
+    }
+    String::from_utf8(out).expect("only ASCII bytes were replaced, and the keys moved whole")
+}
+
+/// Rewrites `PARTITION BY keys` at `at`, if it is there, as
+/// `,descriptor(keys)` padded with spaces to its length, which is never
+/// shorter: `PARTITION BY ` takes 13 bytes at least, as `,descriptor(` and
+/// `)` do. The keys end at `end` (trailing whitespace left out).
+fn partition_as_descriptor(bytes: &[u8], out: &mut [u8], at: usize, mut end: usize) {
+    let Some(keys) = after_words(bytes, at, &["partition", "by"]) else {
+        return;
+    };
+    while end > keys && bytes[end - 1].is_ascii_whitespace() {
+        end -= 1;
+    }
+    let mut rewritten = b",descriptor(".to_vec();
+    rewritten.extend_from_slice(&bytes[keys..end]);
+    rewritten.push(b')');
+    debug_assert!(rewritten.len() <= end - at);
+    // Line breaks between PARTITION, BY and the keys go in the padding, so
+    // the lines after keep their numbers (all but when every gap is a
+    // single line break, which leaves no room).
+    let breaks = bytes[at..keys].iter().filter(|&&b| b == b'\n').count();
+    let room = end - at - rewritten.len();
+    rewritten.resize(end - at - breaks.min(room), b' ');
+    rewritten.resize(end - at, b'\n');
+    out[at..end].copy_from_slice(&rewritten);
+}
+
+/// The arguments of the call whose `(` is at `open`, as (start, end)
+/// ranges: split at commas outside nested parentheses and quotes, the last
+/// ending at the call's `)`.
+fn arguments(bytes: &[u8], open: usize) -> Vec<(usize, usize)> {
+    let mut args = Vec::new();
+    let mut start = open + 1;
+    let mut depth = 0usize;
+    let mut i = open + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' | b'"' => {
+                i = skip_quoted_by(bytes, i, bytes[i]);
+                continue;
+            }
+            b'(' => depth += 1,
+            b')' if depth == 0 => break,
+            b')' => depth -= 1,
+            b',' if depth == 0 => {
+                args.push((start, i));
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    args.push((start, i.min(bytes.len())));
+    args
+}
+
+/// The first byte at or after `i` that is not whitespace.
+fn skip_space(bytes: &[u8], mut i: usize) -> usize {
+    while bytes.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    i
+}
+
+/// The end of the (possibly qualified, possibly quoted) name at `i`.
+fn name_end(bytes: &[u8], mut i: usize) -> usize {
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' | b'`' => i = skip_quoted_by(bytes, i, bytes[i]),
+            b if b.is_ascii_alphanumeric() || b == b'_' || b == b'.' => i += 1,
+            _ => break,
+        }
+    }
+    i
 }
 
 /// Where the text after `words` (separated by whitespace) starts, if
@@ -457,6 +597,20 @@ fn column_lists(bytes: &[u8]) -> Vec<(usize, usize)> {
     lists
 }
 
+/// Past the quoted text or `--` comment that starts at `i`, if one does.
+fn past_text_or_comment(bytes: &[u8], i: usize) -> Option<usize> {
+    match bytes[i] {
+        b'\'' | b'"' => Some(skip_quoted_by(bytes, i, bytes[i])),
+        b'-' if bytes.get(i + 1) == Some(&b'-') => Some(
+            bytes[i..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(bytes.len(), |n| i + n),
+        ),
+        _ => None,
+    }
+}
+
 fn skip_quoted_by(bytes: &[u8], open: usize, quote: u8) -> usize {
     let mut i = open + 1;
     while i < bytes.len() {
@@ -561,6 +715,36 @@ fn parse_clause(text: &str) -> Option<WatermarkClause> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `TABLE` of a window function's table argument is blanked and a
+    /// session's `PARTITION BY` becomes a descriptor; everything else keeps
+    /// its place, and `TABLE` elsewhere (a quoted one, one after another
+    /// function) is left alone.
+    #[test]
+    fn flinks_table_arguments_are_blanked_in_place() {
+        let sql = "SELECT 'TUMBLE(TABLE x' FROM TABLE(\n  TUMBLE( TABLE bid, DESCRIPTOR(t), INTERVAL '1' SECOND))\nJOIN TABLE(f(TABLE y))";
+        let out = strip_table_arguments(sql);
+        assert_eq!(
+            out,
+            "SELECT 'TUMBLE(TABLE x' FROM TABLE(\n  TUMBLE(       bid, DESCRIPTOR(t), INTERVAL '1' SECOND))\nJOIN TABLE(f(TABLE y))"
+        );
+        let sql = "TABLE(SESSION(DATA =>\tTABLE bid  PARTITION  BY a, b , TIMECOL => DESCRIPTOR(t), GAP => x))";
+        assert_eq!(
+            strip_table_arguments(sql),
+            "TABLE(SESSION(DATA =>\t      bid  ,descriptor(a, b)  , TIMECOL => DESCRIPTOR(t), GAP => x))"
+        );
+        assert_eq!(strip_table_arguments(sql).len(), sql.len());
+        let sql = "session(TABLE bid PARTITION BY\n  k, DESCRIPTOR(t), g)";
+        assert_eq!(
+            strip_table_arguments(sql),
+            "session(      bid ,descriptor(k) \n, DESCRIPTOR(t), g)"
+        );
+        let sql = "session(TABLE bid PARTITION BY k, DESCRIPTOR(t), g)";
+        assert_eq!(
+            strip_table_arguments(sql),
+            "session(      bid ,descriptor(k), DESCRIPTOR(t), g)"
+        );
+    }
 
     #[test]
     fn system_time_clauses_are_taken_out_of_joins() {

@@ -1,10 +1,15 @@
-//! Window table functions, in the syntax DataFusion's parser takes (Flink's
-//! `TABLE(TUMBLE(TABLE bid, …))` does not parse):
+//! Window table functions, in flumen's short spelling:
 //!
 //! - `tumble(bid, descriptor(date_time), INTERVAL '10' SECOND)`
 //! - `hop(bid, descriptor(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND)` (slide, size)
 //! - `cumulate(bid, descriptor(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND)` (step, size)
 //! - `session(bid, descriptor(date_time), INTERVAL '10' SECOND, descriptor(bidder))` (gap, keys)
+//!
+//! and in Flink's, `TABLE(TUMBLE(TABLE bid, DESCRIPTOR(date_time), …))`,
+//! positional or with named arguments (`DATA =>`, `TIMECOL =>`, `SIZE =>`,
+//! …), a session's keys as `TABLE bid PARTITION BY bidder`: the planner
+//! first blanks the `TABLE` keyword DataFusion's parser does not take
+//! there (`script::strip_table_arguments`).
 //!
 //! Each is expanded, in the parsed statement, into a subquery over the table
 //! that adds `window_start` and `window_end`: `date_bin` for tumble, UNNEST
@@ -61,10 +66,19 @@ fn positional(args: &[FunctionArg]) -> Option<Vec<&ast::Expr>> {
         .collect()
 }
 
+/// A column's or table's name as SQL resolves it: unquoted ones in lower
+/// case.
+fn column_name(i: &ast::Ident) -> String {
+    match i.quote_style {
+        Some(_) => i.value.clone(),
+        None => i.value.to_lowercase(),
+    }
+}
+
 /// Column names given as `descriptor(a, b)` or as a bare identifier.
 fn descriptor(e: &ast::Expr) -> Option<Vec<String>> {
     match e {
-        ast::Expr::Identifier(i) => Some(vec![i.value.clone()]),
+        ast::Expr::Identifier(i) => Some(vec![column_name(i)]),
         ast::Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("descriptor") => {
             let FunctionArguments::List(list) = &f.args else {
                 return None;
@@ -72,7 +86,7 @@ fn descriptor(e: &ast::Expr) -> Option<Vec<String>> {
             positional(&list.args)?
                 .into_iter()
                 .map(|a| match a {
-                    ast::Expr::Identifier(i) => Some(i.value.clone()),
+                    ast::Expr::Identifier(i) => Some(column_name(i)),
                     _ => None,
                 })
                 .collect()
@@ -111,6 +125,79 @@ fn positive_interval(function: &str, what: &str, e: &ast::Expr) -> Result<i64, S
     }
 }
 
+/// The arguments of a window function call in the order [`expansion`]
+/// reads them: table, time column, size (slide, step or gap), then hop's
+/// and cumulate's size or a session's keys. They come positional in that
+/// order, by Flink's names (`DATA => bid, TIMECOL => DESCRIPTOR(t),
+/// SIZE => …`), or, for a session, with its keys right after its table
+/// (`session(bid, descriptor(k), descriptor(t), gap)`, as
+/// `script::strip_table_arguments` writes Flink's `TABLE bid PARTITION BY
+/// k`).
+fn window_args<'a>(function: &str, args: &'a [FunctionArg]) -> Result<Vec<&'a ast::Expr>, String> {
+    let names: &[&str] = match function {
+        "tumble" => &["data", "timecol", "size"],
+        "hop" => &["data", "timecol", "slide", "size"],
+        "cumulate" => &["data", "timecol", "step", "size"],
+        _ => &["data", "timecol", "gap"],
+    };
+    let bad = || format!("{function} takes {}", usage(function));
+    let mut named: Vec<Option<&ast::Expr>> = vec![None; names.len()];
+    let mut unnamed = Vec::new();
+    for arg in args {
+        match arg {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => unnamed.push(e),
+            FunctionArg::Named {
+                name,
+                arg: FunctionArgExpr::Expr(e),
+                ..
+            } => {
+                let name = name.value.to_lowercase();
+                if name == "offset" {
+                    return Err(format!(
+                        "{function}'s OFFSET is not supported: its windows are aligned to the epoch"
+                    ));
+                }
+                let Some(slot) = names.iter().position(|n| *n == name) else {
+                    return Err(format!(
+                        "{function} has no argument '{name}'; its arguments are {}",
+                        names.join(", ").to_uppercase()
+                    ));
+                };
+                if named[slot].replace(e).is_some() {
+                    return Err(format!(
+                        "{function}'s {} is given twice",
+                        name.to_uppercase()
+                    ));
+                }
+            }
+            _ => return Err(bad()),
+        }
+    }
+    let is_descriptor =
+        |e: &ast::Expr| matches!(e, ast::Expr::Function(_)) && descriptor(e).is_some();
+    if named.iter().any(Option::is_some) {
+        let mut exprs = named
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(bad)?;
+        match unnamed[..] {
+            [] if function != "session" => {}
+            [keys] if function == "session" && is_descriptor(keys) => exprs.push(keys),
+            _ => return Err(bad()),
+        }
+        return Ok(exprs);
+    }
+    match unnamed[..] {
+        [table, keys, time, gap]
+            if function == "session" && is_descriptor(keys) && is_descriptor(time) =>
+        {
+            Ok(vec![table, time, gap, keys])
+        }
+        _ if unnamed.len() == if function == "tumble" { 3 } else { 4 } => Ok(unnamed),
+        _ => Err(bad()),
+    }
+}
+
 /// The SQL of the subquery a window table function stands for, or an error
 /// saying how to call it.
 fn expansion(
@@ -118,18 +205,14 @@ fn expansion(
     args: &[FunctionArg],
     event_time_of: EventTimeOf,
 ) -> Result<String, String> {
-    let arity = if function == "tumble" { 3 } else { 4 };
     let bad = || format!("{function} takes {}", usage(function));
-    let exprs = positional(args).ok_or_else(bad)?;
-    if exprs.len() != arity {
-        return Err(bad());
-    }
+    let exprs = window_args(function, args)?;
     let table_name = exprs[0].to_string();
     let table = match exprs[0] {
-        ast::Expr::Identifier(i) => quoted(&i.value),
+        ast::Expr::Identifier(i) => quoted(&column_name(i)),
         ast::Expr::CompoundIdentifier(parts) => parts
             .iter()
-            .map(|p| quoted(&p.value))
+            .map(|p| quoted(&column_name(p)))
             .collect::<Vec<_>>()
             .join("."),
         _ => return Err(bad()),
@@ -218,20 +301,28 @@ pub(crate) fn expand_window_tvfs(
     impl VisitorMut for Expander<'_> {
         type Break = String;
         fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<String> {
-            let TableFactor::Table {
-                name,
-                alias,
-                args: Some(args),
-                ..
-            } = factor
-            else {
-                return ControlFlow::Continue(());
+            let (name, args, alias) = match factor {
+                TableFactor::Table {
+                    name,
+                    alias,
+                    args: Some(args),
+                    ..
+                } => (name.to_string(), &args.args, alias),
+                // Flink's spelling: FROM TABLE(TUMBLE(…)).
+                TableFactor::TableFunction {
+                    expr: ast::Expr::Function(f),
+                    alias,
+                } => match &f.args {
+                    FunctionArguments::List(list) => (f.name.to_string(), &list.args, alias),
+                    _ => return ControlFlow::Continue(()),
+                },
+                _ => return ControlFlow::Continue(()),
             };
-            let function = name.to_string().to_lowercase();
+            let function = name.to_lowercase();
             if !matches!(function.as_str(), "tumble" | "hop" | "cumulate" | "session") {
                 return ControlFlow::Continue(());
             }
-            let sql = match expansion(&function, &args.args, self.0) {
+            let sql = match expansion(&function, args, self.0) {
                 Ok(sql) => sql,
                 Err(e) => return ControlFlow::Break(e),
             };
@@ -260,7 +351,8 @@ pub(crate) fn expand_window_tvfs(
 /// subqueries they stand for: how DataFusion's batch engine computes the
 /// same windows (the tests' oracle).
 pub fn expand_window_functions(sql: &str) -> Result<String, String> {
-    let mut statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| e.to_string())?;
+    let sql = crate::script::strip_table_arguments(sql);
+    let mut statements = Parser::parse_sql(&GenericDialect {}, &sql).map_err(|e| e.to_string())?;
     for s in &mut statements {
         expand_window_tvfs(s, &|_| None)?;
     }
@@ -345,6 +437,66 @@ mod tests {
             assert!(err.contains(error), "{sql}: {err}");
         }
         assert!(expand("SELECT * FROM tumble(a_view, descriptor(p), INTERVAL '1' SECOND)").is_ok());
+    }
+
+    /// Flink's spelling of each window function, positional or with named
+    /// arguments in any order, expands to the same subquery as flumen's.
+    #[test]
+    fn flinks_spelling_expands_as_flumens() {
+        let same = |flink: &str, flumen: &str| {
+            let select = |from: &str| format!("SELECT * FROM {from} AS w");
+            assert_eq!(
+                expand_window_functions(&select(flink)),
+                expand_window_functions(&select(flumen)),
+                "{flink}"
+            );
+        };
+        same(
+            "TABLE(TUMBLE(TABLE bid, DESCRIPTOR(date_time), INTERVAL '10' SECOND))",
+            "tumble(bid, descriptor(date_time), INTERVAL '10' SECOND)",
+        );
+        same(
+            "TABLE(HOP(TABLE Bid, DESCRIPTOR(Date_Time), INTERVAL '2' SECOND, INTERVAL '10' SECONDS))",
+            "hop(bid, descriptor(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECONDS)",
+        );
+        same(
+            "TABLE(HOP(SIZE => INTERVAL '10' SECOND, DATA => TABLE bid, SLIDE => INTERVAL '2' SECOND, TIMECOL => DESCRIPTOR(date_time)))",
+            "hop(bid, descriptor(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND)",
+        );
+        same(
+            "TABLE(CUMULATE(DATA => TABLE bid, TIMECOL => DESCRIPTOR(date_time), STEP => INTERVAL '2' SECOND, SIZE => INTERVAL '10' SECOND))",
+            "cumulate(bid, descriptor(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND)",
+        );
+        same(
+            "TABLE(SESSION(TABLE bid PARTITION BY bidder, auction, DESCRIPTOR(date_time), INTERVAL '3' SECOND))",
+            "session(bid, descriptor(date_time), INTERVAL '3' SECOND, descriptor(bidder, auction))",
+        );
+        same(
+            "TABLE(SESSION(DATA => TABLE bid PARTITION BY auction, TIMECOL => DESCRIPTOR(date_time), GAP => INTERVAL '3' SECOND))",
+            "session(bid, descriptor(date_time), INTERVAL '3' SECOND, descriptor(auction))",
+        );
+        let err = |sql: &str| expand_window_functions(&format!("SELECT * FROM {sql}")).unwrap_err();
+        for (sql, error) in [
+            (
+                "TABLE(TUMBLE(TABLE bid, DESCRIPTOR(date_time), SIZE => INTERVAL '1' SECOND, OFFSET => INTERVAL '1' SECOND))",
+                "tumble's OFFSET is not supported",
+            ),
+            (
+                "TABLE(TUMBLE(DATA => TABLE bid, TIMECOL => DESCRIPTOR(date_time), WIDTH => INTERVAL '1' SECOND))",
+                "tumble has no argument 'width'; its arguments are DATA, TIMECOL, SIZE",
+            ),
+            (
+                "TABLE(TUMBLE(DATA => TABLE bid, TIMECOL => DESCRIPTOR(date_time)))",
+                "tumble takes tumble(<table>",
+            ),
+            (
+                "TABLE(SESSION(TABLE bid, DESCRIPTOR(date_time), INTERVAL '3' SECOND))",
+                "session takes session(<table>",
+            ),
+        ] {
+            let e = err(sql);
+            assert!(e.contains(error), "{sql}: {e}");
+        }
     }
 
     #[test]

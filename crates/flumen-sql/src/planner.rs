@@ -175,6 +175,7 @@ impl Planner {
         let (sql, mut lookups) = script::strip_system_time(&sql)
             .map_err(|e| FlumenError::plan(format!("{file}:{e}")))?;
         let sql = script::strip_table_arguments(&sql);
+        let sql = script::timestamp_ltz_as_timestamp(&sql);
         let statements = script::parse(file, &sql)?;
         let starts: Vec<(u64, u64)> = statements
             .iter()

@@ -256,6 +256,28 @@ pub(crate) fn strip_system_time(sql: &str) -> Result<(String, Vec<SystemTimeClau
     Ok((stripped, clauses))
 }
 
+/// Flink's `TIMESTAMP_LTZ(p)`, an instant shown in the session's time
+/// zone, becomes `TIMESTAMP    (p)` (its `_LTZ` blanked, keeping positions):
+/// flumen's time zone is UTC, where the two read and compute alike.
+pub(crate) fn timestamp_ltz_as_timestamp(sql: &str) -> String {
+    let bytes = sql.as_bytes();
+    let mut out = bytes.to_vec();
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(next) = past_text_or_comment(bytes, i) {
+            i = next;
+            continue;
+        }
+        if starts_keyword(bytes, i, "timestamp_ltz") {
+            blank(&mut out, i + 9, i + 13);
+            i += 13;
+        } else {
+            i += 1;
+        }
+    }
+    String::from_utf8(out).expect("only ASCII bytes were replaced")
+}
+
 /// The window table functions whose table argument Flink writes `TABLE t`.
 const WINDOW_FUNCTIONS: [&str; 4] = ["tumble", "hop", "cumulate", "session"];
 
@@ -715,6 +737,16 @@ fn parse_clause(text: &str) -> Option<WatermarkClause> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamp_ltz_is_read_as_timestamp_in_types_only() {
+        assert_eq!(
+            timestamp_ltz_as_timestamp(
+                "CREATE TABLE t (ts TIMESTAMP_LTZ(3), u timestamp_ltz, v to_timestamp_ltz(x, 3), w 'TIMESTAMP_LTZ') -- TIMESTAMP_LTZ"
+            ),
+            "CREATE TABLE t (ts TIMESTAMP    (3), u timestamp    , v to_timestamp_ltz(x, 3), w 'TIMESTAMP_LTZ') -- TIMESTAMP_LTZ"
+        );
+    }
 
     /// The `TABLE` of a window function's table argument is blanked and a
     /// session's `PARTITION BY` becomes a descriptor; everything else keeps

@@ -1,7 +1,9 @@
 //! Scalar functions flumen adds to DataFusion's: `count_char(text, ch)`
 //! counts the occurrences of one character (Nexmark q14's user function, and
-//! the example of how to register a Rust UDF); `regexp_extract` and the
-//! faster `to_char` are in modules of their own.
+//! the example of how to register a Rust UDF); `to_timestamp_ltz(n, p)`
+//! reads epoch seconds or milliseconds as a timestamp (Flink's function of
+//! that name); `regexp_extract` and the faster `to_char` are in modules of
+//! their own.
 
 use std::sync::Arc;
 
@@ -19,6 +21,7 @@ pub fn udfs() -> Vec<ScalarUDF> {
         ScalarUDF::new_from_impl(Hop::new()),
         ScalarUDF::new_from_impl(Cumulate::new()),
         ScalarUDF::new_from_impl(ProcTime::new()),
+        ScalarUDF::new_from_impl(ToTimestampLtz::new()),
         ScalarUDF::new_from_impl(crate::regexp_extract::RegexpExtract::new()),
         ScalarUDF::new_from_impl(crate::to_char::ToChar::new()),
     ]
@@ -64,6 +67,77 @@ impl ScalarUDFImpl for ProcTime {
             Some(now.as_millis() as i64),
             None,
         )))
+    }
+}
+
+/// `to_timestamp_ltz(n BIGINT, precision) -> TIMESTAMP(3)`: epoch seconds
+/// (precision 0) or milliseconds (precision 3) as a timestamp, as Flink's
+/// `TO_TIMESTAMP_LTZ` reads them, for event time carried as a number.
+/// flumen's time zone is UTC, so the result is a `TIMESTAMP(3)` in UTC.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ToTimestampLtz {
+    signature: Signature,
+}
+
+impl ToTimestampLtz {
+    fn new() -> Self {
+        ToTimestampLtz {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for ToTimestampLtz {
+    fn name(&self) -> &str {
+        "to_timestamp_ltz"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, args: &[DataType]) -> Result<Vec<DataType>> {
+        match args {
+            [n, p] if n.is_integer() && p.is_integer() => Ok(vec![DataType::Int64; 2]),
+            _ => exec_err!("to_timestamp_ltz(n, precision) takes an integer and 0 or 3"),
+        }
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Timestamp(
+            arrow::datatypes::TimeUnit::Millisecond,
+            None,
+        ))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let per_unit = match &args.args[1] {
+            ColumnarValue::Scalar(ScalarValue::Int64(Some(0))) => 1_000,
+            ColumnarValue::Scalar(ScalarValue::Int64(Some(3))) => 1,
+            other => {
+                return exec_err!(
+                    "to_timestamp_ltz's precision must be the constant 0 (seconds) or 3 (milliseconds), not {other}"
+                );
+            }
+        };
+        let millis = match &args.args[0] {
+            ColumnarValue::Scalar(ScalarValue::Int64(n)) => {
+                return Ok(ColumnarValue::Scalar(ScalarValue::TimestampMillisecond(
+                    n.map(|n| n.saturating_mul(per_unit)),
+                    None,
+                )));
+            }
+            ColumnarValue::Array(a) => a.as_primitive::<arrow::datatypes::Int64Type>(),
+            ColumnarValue::Scalar(other) => {
+                return exec_err!("to_timestamp_ltz takes an integer, not {other}");
+            }
+        };
+        let millis: arrow::array::TimestampMillisecondArray = if per_unit == 1 {
+            millis.reinterpret_cast()
+        } else {
+            millis.unary(|n| n.saturating_mul(per_unit))
+        };
+        Ok(ColumnarValue::Array(Arc::new(millis)))
     }
 }
 
@@ -296,6 +370,49 @@ mod tests {
     use arrow::array::StringArray;
     use arrow::datatypes::Field;
     use datafusion::common::config::ConfigOptions;
+
+    /// Epoch seconds and milliseconds read as Flink reads them, nulls kept;
+    /// a precision other than a constant 0 or 3 is an error saying so.
+    #[tokio::test]
+    async fn to_timestamp_ltz_reads_epoch_seconds_and_milliseconds() {
+        let ctx = crate::session();
+        let rows = |sql: &'static str| {
+            let ctx = ctx.clone();
+            async move {
+                let batches = ctx.sql(sql).await?.collect().await?;
+                Ok::<_, DataFusionError>(
+                    arrow::util::pretty::pretty_format_batches(&batches)
+                        .unwrap()
+                        .to_string(),
+                )
+            }
+        };
+        let text = rows(
+            "SELECT to_timestamp_ltz(n, 3) AS ms, to_timestamp_ltz(n / 1000, 0) AS s, \
+             to_timestamp_ltz(CAST(7 AS INT), 0) AS small \
+             FROM (VALUES (1733400000123), (CAST(NULL AS BIGINT)), (-1500)) AS t(n)",
+        )
+        .await
+        .unwrap();
+        for expected in [
+            "| 2024-12-05T12:00:00.123 | 2024-12-05T12:00:00 | 1970-01-01T00:00:07 |",
+            "|                         |                     | 1970-01-01T00:00:07 |",
+            "| 1969-12-31T23:59:58.500 | 1969-12-31T23:59:59 | 1970-01-01T00:00:07 |",
+        ] {
+            assert!(text.contains(expected), "{text}");
+        }
+        let err = rows("SELECT to_timestamp_ltz(5, 6)").await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("precision must be the constant 0 (seconds) or 3 (milliseconds)"),
+            "{err}"
+        );
+        let err = rows("SELECT to_timestamp_ltz('5', 3)").await.unwrap_err();
+        assert!(
+            err.to_string().contains("takes an integer and 0 or 3"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn hop_lists_the_starts_of_every_window_holding_the_time() {

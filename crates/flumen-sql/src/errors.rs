@@ -111,7 +111,7 @@ fn first_use(statement: &Statement, name: &str) -> Option<Location> {
 }
 
 /// DataFusion's message without the wrapper prefixes a user does not need.
-fn clean(e: &DataFusionError) -> String {
+pub(crate) fn clean(e: &DataFusionError) -> String {
     let msg = match e {
         DataFusionError::Diagnostic(_, inner) => inner.to_string(),
         other => other.to_string(),

@@ -18,7 +18,7 @@ use flumen_types::{FlumenError, Result};
 
 use crate::catalog::ConnectorTable;
 use crate::errors::SourcePos;
-use crate::script::{self, MetadataClause, WatermarkClause};
+use crate::script::{self, ComputedClause, MetadataClause, WatermarkClause};
 
 mod aggregate;
 mod lookup;
@@ -75,6 +75,13 @@ enum Target {
     Stdout,
 }
 
+/// A computed column of a table (`name AS expression`): its name among
+/// the table's columns and its expression over the table's other columns.
+struct ComputedColumn {
+    name: String,
+    expr: datafusion::logical_expr::Expr,
+}
+
 /// A table's event time: its column and the watermark expression.
 struct EventTime {
     column: String,
@@ -95,6 +102,9 @@ pub struct Planner {
     options: PlannerOptions,
     tables: HashMap<String, TableSpec>,
     event_times: HashMap<String, EventTime>,
+    /// Each table's computed columns, which its source does not read: a
+    /// projection after the source computes them.
+    computed: HashMap<String, Vec<ComputedColumn>>,
     queries: Vec<Query>,
     /// `SET state_ttl`: how long (event time) a regular join keeps a row.
     state_ttl_ns: Option<i64>,
@@ -154,6 +164,7 @@ impl Planner {
             options,
             tables: HashMap::new(),
             event_times: HashMap::new(),
+            computed: HashMap::new(),
             queries: Vec::new(),
             state_ttl_ns,
             two_phase: false,
@@ -176,6 +187,8 @@ impl Planner {
             .map_err(|e| FlumenError::plan(format!("{file}:{e}")))?;
         let sql = script::strip_table_arguments(&sql);
         let sql = script::timestamp_ltz_as_timestamp(&sql);
+        let (sql, mut computed) =
+            script::strip_computed(&sql).map_err(|e| FlumenError::plan(format!("{file}:{e}")))?;
         let statements = script::parse(file, &sql)?;
         let starts: Vec<(u64, u64)> = statements
             .iter()
@@ -192,6 +205,10 @@ impl Planner {
                 .into_iter()
                 .partition(|m| (m.line, m.column) < next);
             metadata = rest;
+            let (computed_columns, rest): (Vec<_>, Vec<_>) = computed
+                .into_iter()
+                .partition(|c| (c.line, c.column) < next);
+            computed = rest;
             let (clauses, rest): (Vec<_>, Vec<_>) =
                 lookups.into_iter().partition(|c| (c.line, c.column) < next);
             lookups = rest;
@@ -219,17 +236,18 @@ impl Planner {
                     "a table takes one WATERMARK FOR clause, inside its CREATE TABLE column list",
                 ));
             }
-            self.add_statement(statement, &pos, watermark, columns)
+            self.add_statement(statement, &pos, watermark, columns, computed_columns)
                 .await?;
         }
         Ok(())
     }
 
     async fn plan(&self, mut statement: Statement, pos: &SourcePos) -> Result<LogicalPlan> {
+        // A table with computed columns may window by one computed by
+        // PROCTIME(): the streaming planner checks its windows' time.
         let event_time_of = |table: &str| {
             let name = table.trim_matches('"').to_lowercase();
-            self.tables
-                .contains_key(&name)
+            (self.tables.contains_key(&name) && !self.computed.contains_key(&name))
                 .then(|| self.event_times.get(&name).map(|e| e.column.clone()))
         };
         crate::tvf::expand_window_tvfs(&mut statement, &event_time_of).map_err(|e| pos.error(e))?;
@@ -248,6 +266,7 @@ impl Planner {
         pos: &SourcePos,
         watermark: Option<WatermarkClause>,
         metadata: Vec<MetadataClause>,
+        computed: Vec<ComputedClause>,
     ) -> Result<()> {
         if let (Some(m), false) = (
             metadata.first(),
@@ -309,18 +328,22 @@ impl Planner {
                     flumen_connectors::check_column(&spec, field)
                         .map_err(|e| SourcePos::at(&pos.file, column.name.span.start).wrap(e))?;
                 }
+                let (schema, computed) = self.computed_columns(&spec, computed, &pos.file)?;
                 if let Some(clause) = watermark {
                     let at = SourcePos {
                         file: pos.file.clone(),
                         line: clause.line,
                         column: clause.column,
                     };
-                    let event_time = self.event_time(&name, &spec.schema, clause, &at)?;
+                    let event_time = self.event_time(&name, &schema, clause, &at)?;
                     self.event_times.insert(name.clone(), event_time);
                 }
                 self.ctx
                     .register_table(name.as_str(), Arc::new(ConnectorTable { schema }))
                     .map_err(|e| pos.datafusion(e))?;
+                if !computed.is_empty() {
+                    self.computed.insert(name.clone(), computed);
+                }
                 self.tables.insert(name, spec);
             }
             Statement::CreateView(_) => {
@@ -331,6 +354,14 @@ impl Planner {
                     .map_err(|e| pos.datafusion(e))?;
             }
             Statement::Insert(ref insert) => {
+                let target = insert.table.to_string().trim_matches('"').to_lowercase();
+                if let Some(computed) = self.computed.get(&target) {
+                    let names: Vec<&str> = computed.iter().map(|c| c.name.as_str()).collect();
+                    return Err(pos.error(format!(
+                        "table '{target}' has computed columns ({}), which are read, never written: INSERT INTO a table without them",
+                        names.join(", ")
+                    )));
+                }
                 let source_schema = match &insert.source {
                     Some(q) if insert.columns.is_empty() => Some(
                         self.plan(Statement::Query(q.clone()), pos)
@@ -354,6 +385,7 @@ impl Planner {
                         "'{table}' is a view; INSERT INTO needs a table declared with CREATE TABLE … WITH (connector = …)"
                     )));
                 };
+
                 if let Some(source) = source_schema {
                     check_insert_types(&table, &spec.schema, &source).map_err(|e| pos.wrap(e))?;
                 }
@@ -484,6 +516,60 @@ impl Planner {
     }
 
     /// Checks a table's `WATERMARK FOR` clause and plans its expression.
+    /// The columns of `spec`'s table with its computed columns in their
+    /// declared places, and the computed columns planned over the others
+    /// (which may be metadata columns, not other computed ones, as in
+    /// Flink).
+    fn computed_columns(
+        &self,
+        spec: &TableSpec,
+        clauses: Vec<ComputedClause>,
+        file: &str,
+    ) -> Result<(SchemaRef, Vec<ComputedColumn>)> {
+        if clauses.is_empty() {
+            return Ok((spec.schema.clone(), Vec::new()));
+        }
+        let df_schema = DFSchema::try_from_qualified_schema(spec.name.as_str(), &spec.schema)
+            .map_err(|e| FlumenError::plan(e.to_string()))?;
+        let mut fields = spec.schema.fields().to_vec();
+        let mut columns: Vec<ComputedColumn> = Vec::with_capacity(clauses.len());
+        for (k, clause) in clauses.into_iter().enumerate() {
+            let at = SourcePos {
+                file: file.to_string(),
+                line: clause.line,
+                column: clause.column,
+            };
+            let name = clause.name;
+            if fields.iter().any(|f| f.name() == &name) {
+                return Err(at.error(format!(
+                    "table '{}' declares column '{name}' twice",
+                    spec.name
+                )));
+            }
+            let in_column = |e: &dyn std::fmt::Display| {
+                at.error(format!(
+                    "in computed column '{name}' AS {}: {e}",
+                    clause.expr
+                ))
+            };
+            let expr = self
+                .ctx
+                .state()
+                .create_logical_expr(&clause.expr, &df_schema)
+                .map_err(|e| in_column(&crate::errors::clean(&e)))?;
+            let data_type = expr
+                .get_type(&df_schema)
+                .map_err(|e| in_column(&crate::errors::clean(&e)))?;
+            let index = clause.after + k;
+            fields.insert(
+                index,
+                Arc::new(arrow::datatypes::Field::new(&name, data_type, true)),
+            );
+            columns.push(ComputedColumn { name, expr });
+        }
+        Ok((Arc::new(arrow::datatypes::Schema::new(fields)), columns))
+    }
+
     fn event_time(
         &self,
         table: &str,

@@ -468,6 +468,81 @@ fn time_expr_end(bytes: &[u8], start: usize) -> usize {
     }
 }
 
+/// A computed column of a `CREATE TABLE` (Flink's `name AS expression`):
+/// not read from the connector but computed from the row's other columns
+/// as the row is read, e.g. `ts AS to_timestamp_ltz(epoch_ms, 3)` or
+/// `proc_time AS PROCTIME()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ComputedClause {
+    /// 1-based line and column where the column's name starts.
+    pub line: u64,
+    pub column: u64,
+    /// The column's name, as SQL resolves it.
+    pub name: String,
+    /// The expression, as SQL.
+    pub expr: String,
+    /// How many of the list's other columns come before it.
+    pub after: usize,
+}
+
+/// Blanks out every computed column (`name AS expression`, and a comma
+/// beside it) of the column lists of `CREATE TABLE` statements, keeping
+/// positions, and returns them.
+pub(crate) fn strip_computed(sql: &str) -> Result<(String, Vec<ComputedClause>)> {
+    const CONSTRAINTS: [&str; 6] = ["primary", "constraint", "unique", "foreign", "check", "key"];
+    let bytes = sql.as_bytes();
+    let mut out = bytes.to_vec();
+    let mut clauses = Vec::new();
+    for (open, _) in column_lists(bytes) {
+        let definitions = arguments(bytes, open);
+        let mut columns = 0;
+        for (k, &(start, end)) in definitions.iter().enumerate() {
+            let name = skip_space(bytes, start);
+            if name >= end || CONSTRAINTS.iter().any(|c| starts_keyword(bytes, name, c)) {
+                continue;
+            }
+            let name_end = name_end(bytes, name);
+            let keyword = skip_space(bytes, name_end);
+            if !starts_keyword(bytes, keyword, "as") || keyword == name_end {
+                columns += 1;
+                continue;
+            }
+            let (line, column) = line_col(sql, name);
+            let expr = sql[keyword + 2..end].trim();
+            if expr.is_empty() {
+                return Err(FlumenError::plan(format!(
+                    "{line}:{column}: expected an expression after AS in computed column '{}'",
+                    &sql[name..name_end]
+                )));
+            }
+            clauses.push(ComputedClause {
+                line,
+                column,
+                name: identifier(&sql[name..name_end]),
+                expr: expr.to_string(),
+                after: columns,
+            });
+            // Its comma goes too: the one before it, or for the list's
+            // first definition the one after.
+            let comma = if k > 0 { start - 1 } else { end };
+            blank(&mut out, start, end.min(bytes.len()));
+            if comma < bytes.len() && bytes[comma] == b',' {
+                out[comma] = b' ';
+            }
+        }
+    }
+    let stripped = String::from_utf8(out).expect("only ASCII bytes were replaced by spaces");
+    Ok((stripped, clauses))
+}
+
+/// A name as SQL resolves it: a quoted one as written, others in lower case.
+fn identifier(text: &str) -> String {
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(quoted) => quoted.replace("\"\"", "\""),
+        None => text.to_lowercase(),
+    }
+}
+
 /// A `METADATA [FROM 'key'] [VIRTUAL]` column clause taken out of a
 /// `CREATE TABLE` column list (Flink's syntax; sqlparser does not know it):
 /// the column is filled from the message's metadata (a Kafka record's
@@ -745,6 +820,45 @@ mod tests {
                 "CREATE TABLE t (ts TIMESTAMP_LTZ(3), u timestamp_ltz, v to_timestamp_ltz(x, 3), w 'TIMESTAMP_LTZ') -- TIMESTAMP_LTZ"
             ),
             "CREATE TABLE t (ts TIMESTAMP    (3), u timestamp    , v to_timestamp_ltz(x, 3), w 'TIMESTAMP_LTZ') -- TIMESTAMP_LTZ"
+        );
+    }
+
+    /// Computed columns are taken out with a comma beside them, counted
+    /// among the list's other columns; constraints are not columns, and
+    /// an `AS` inside a string is not a computed column.
+    #[test]
+    fn computed_columns_are_taken_out_keeping_positions() {
+        let sql = "CREATE TABLE t (\n  ts AS to_timestamp_ltz(ms, 3),\n  ms BIGINT,\n  \"P\" AS proctime(),\n  d VARCHAR DEFAULT 'a AS b',\n  PRIMARY KEY (ms) NOT ENFORCED\n) WITH (k = 'x AS y');\nSELECT a AS b FROM t";
+        let (stripped, clauses) = strip_computed(sql).unwrap();
+        assert_eq!(
+            stripped,
+            "CREATE TABLE t (\n                                \n  ms BIGINT \n                   ,\n  d VARCHAR DEFAULT 'a AS b',\n  PRIMARY KEY (ms) NOT ENFORCED\n) WITH (k = 'x AS y');\nSELECT a AS b FROM t"
+        );
+        assert_eq!(stripped.len(), sql.len());
+        assert_eq!(
+            clauses,
+            vec![
+                ComputedClause {
+                    line: 2,
+                    column: 3,
+                    name: "ts".into(),
+                    expr: "to_timestamp_ltz(ms, 3)".into(),
+                    after: 0,
+                },
+                ComputedClause {
+                    line: 4,
+                    column: 3,
+                    name: "P".into(),
+                    expr: "proctime()".into(),
+                    after: 1,
+                },
+            ]
+        );
+        let err = strip_computed("CREATE TABLE t (a BIGINT, b AS )").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("1:27: expected an expression after AS in computed column 'b'"),
+            "{err}"
         );
     }
 

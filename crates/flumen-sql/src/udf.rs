@@ -120,7 +120,10 @@ impl ScalarUDFImpl for ToTimestampLtz {
                 );
             }
         };
-        let millis = match &args.args[0] {
+        // Planned without type coercion (a computed column's expression),
+        // a smaller integer arrives as it is.
+        let n = args.args[0].cast_to(&DataType::Int64, None)?;
+        let millis = match &n {
             ColumnarValue::Scalar(ScalarValue::Int64(n)) => {
                 return Ok(ColumnarValue::Scalar(ScalarValue::TimestampMillisecond(
                     n.map(|n| n.saturating_mul(per_unit)),

@@ -15,8 +15,9 @@ use flumen_types::{FlumenError, Result, Watermark};
 
 /// Watermarks computed from the largest event time of each batch.
 pub(crate) struct ExprWatermarks {
-    /// Index of the event-time column in the source's batches.
-    column: usize,
+    /// The event time of the source's batches: a column, or a computed
+    /// column's expression over them.
+    time: Arc<dyn PhysicalExpr>,
     /// The one-column schema `expr` is compiled against.
     schema: SchemaRef,
     expr: Arc<dyn PhysicalExpr>,
@@ -25,13 +26,13 @@ pub(crate) struct ExprWatermarks {
 
 impl ExprWatermarks {
     pub(crate) fn new(
-        column: usize,
+        time: Arc<dyn PhysicalExpr>,
         schema: SchemaRef,
         expr: Arc<dyn PhysicalExpr>,
         text: String,
     ) -> Self {
         ExprWatermarks {
-            column,
+            time,
             schema,
             expr,
             text,
@@ -46,7 +47,7 @@ impl WatermarkStrategy for ExprWatermarks {
 
     fn create(&self) -> Box<dyn WatermarkGenerator> {
         Box::new(ExprWatermarkGenerator {
-            column: self.column,
+            time: self.time.clone(),
             schema: self.schema.clone(),
             expr: self.expr.clone(),
             latest: i64::MIN,
@@ -55,7 +56,7 @@ impl WatermarkStrategy for ExprWatermarks {
 }
 
 struct ExprWatermarkGenerator {
-    column: usize,
+    time: Arc<dyn PhysicalExpr>,
     schema: SchemaRef,
     expr: Arc<dyn PhysicalExpr>,
     /// The largest raw event time seen so far, in the column's unit.
@@ -64,7 +65,12 @@ struct ExprWatermarkGenerator {
 
 impl WatermarkGenerator for ExprWatermarkGenerator {
     fn on_batch(&mut self, batch: &RecordBatch) -> Result<Option<Watermark>> {
-        let times = batch.column(self.column);
+        let times = self
+            .time
+            .evaluate(batch)
+            .and_then(|v| v.into_array(batch.num_rows()))
+            .map_err(|e| FlumenError::execution(format!("computing the event time: {e}")))?;
+        let times = &times;
         let raw = cast(times, &DataType::Int64)?;
         let Some(batch_max) = max(raw.as_primitive::<Int64Type>()) else {
             return Ok(None);
@@ -101,7 +107,8 @@ mod tests {
             .create_logical_expr("ts - INTERVAL '4' SECOND", &df)
             .unwrap();
         let expr = state.create_physical_expr(logical, &df).unwrap();
-        let strategy = ExprWatermarks::new(0, schema.clone(), expr, "ts - 4 s".into());
+        let time = Arc::new(datafusion::physical_expr::expressions::Column::new("ts", 0));
+        let strategy = ExprWatermarks::new(time, schema.clone(), expr, "ts - 4 s".into());
         (schema, strategy.create())
     }
 

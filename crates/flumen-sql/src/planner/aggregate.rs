@@ -17,8 +17,7 @@ use flumen_types::{Result, op_field};
 
 use super::Planner;
 use super::streaming::{
-    KeyFacts, Stream, is_proctime, session_column, stream_schema, trace_column, window_call,
-    window_of,
+    KeyFacts, Stream, session_column, stream_schema, trace_column, window_call, window_of,
 };
 use crate::errors::SourcePos;
 
@@ -72,7 +71,7 @@ impl Planner {
                 "a window's size must be a constant INTERVAL of days, hours, minutes or seconds",
             )
         })?;
-        let processing_time = is_proctime(ts_plan, &ts);
+        let processing_time = self.is_processing_time(ts_plan, &ts);
         if !processing_time && !self.is_event_time(ts_plan, &ts) {
             return Err(pos.error(match trace_column(ts_plan, &ts) {
                 Some((table, column)) => match self.event_times.get(&table) {

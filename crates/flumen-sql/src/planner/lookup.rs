@@ -142,6 +142,11 @@ impl Planner {
             )));
         }
         let spec = &self.tables[table];
+        if self.computed.contains_key(table) {
+            return Err(pos.error(format!(
+                "table '{table}' is looked up by key, which a table with computed columns cannot be yet"
+            )));
+        }
         let right_schema = j.right.schema();
         // Conditions on the table's rows are conditions of the join: for a
         // LEFT join a row that fails them is no match.

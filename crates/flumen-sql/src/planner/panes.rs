@@ -13,7 +13,6 @@ use flumen_operators::Panes;
 use flumen_types::Result;
 
 use super::Planner;
-use super::streaming::is_proctime;
 use crate::errors::SourcePos;
 
 /// Where a group key comes from, when it is a hop window's start (plus an
@@ -73,7 +72,7 @@ impl Planner {
             && !others.is_empty()
             && others.iter().all(|&i| window_independent(&a.group_expr[i]))
             && a.aggr_expr.iter().all(window_independent)
-            && !is_proctime(first.ts_plan, &first.ts)
+            && !self.is_processing_time(first.ts_plan, &first.ts)
             && self.is_event_time(first.ts_plan, &first.ts)
             && !self.has_allowed_lateness(first.ts_plan, &first.ts);
         if !eligible {

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{Column as LogicalColumn, DFSchema, ScalarValue};
-use datafusion::logical_expr::logical_plan::{FetchType, SkipType};
+use datafusion::logical_expr::logical_plan::{FetchType, SkipType, TableScan};
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, JoinType, LogicalPlan, Operator};
 use datafusion::physical_expr::PhysicalExpr;
@@ -522,28 +522,24 @@ impl Planner {
                 spec.options.get("format").unwrap_or_default()
             )));
         }
-        let mut projection = scan.projection.clone();
-        let mut keep = None;
-        if let (Some(et), Some(p)) = (event_time, projection.as_mut()) {
-            let index = spec.schema.index_of(&et.column)?;
-            if !p.contains(&index) {
-                keep = Some((0..p.len()).collect::<Vec<usize>>());
-                p.push(index);
-            }
+        let computed = self.computed.get(table).map_or(&[][..], Vec::as_slice);
+        if changes && !computed.is_empty() {
+            return Err(pos.error(format!(
+                "table '{table}' holds change events, which cannot have computed columns yet"
+            )));
         }
-        let source = flumen_connectors::source_factory(spec, projection.as_deref())
-            .await
-            .map_err(|e| pos.wrap(e))?;
-        let bounded_bytes = source.bounded_bytes();
-        let mut node = graph.add_node(NodeKind::Source(source), self.options.parallelism);
-        let produced = match &projection {
-            Some(p) => Arc::new(spec.schema.project(p)?),
-            None => spec.schema.clone(),
+        let read = if computed.is_empty() {
+            self.read_columns(spec, scan, event_time, graph, pos)
+                .await?
+        } else {
+            self.read_computed(spec, scan, computed, event_time, graph, pos)
+                .await?
         };
+        let (mut node, produced, bounded_bytes) = (read.node, read.produced, read.bounded_bytes);
         let mut schema = produced.clone();
-        if let Some(et) = event_time {
-            let column = produced.index_of(&et.column)?;
-            let one_column = Arc::new(produced.project(&[column])?);
+        if let (Some(et), Some(time)) = (event_time, read.time) {
+            let field = scan.source.schema().field_with_name(&et.column)?.clone();
+            let one_column = Arc::new(Schema::new(vec![field]));
             let df_schema = DFSchema::try_from_qualified_schema(table, &one_column)
                 .map_err(|e| pos.datafusion(e))?;
             let expr = self
@@ -551,7 +547,7 @@ impl Planner {
                 .state()
                 .create_physical_expr(et.expr.clone(), &df_schema)
                 .map_err(|e| pos.datafusion(e))?;
-            let strategy = ExprWatermarks::new(column, one_column, expr, et.text.clone());
+            let strategy = ExprWatermarks::new(time, one_column, expr, et.text.clone());
             graph.set_watermarks(node, Arc::new(strategy));
             let idle = spec.options.get("idle_timeout").unwrap_or("10 s");
             let idle_ns = crate::script::duration_nanos(idle).ok_or_else(|| {
@@ -560,7 +556,7 @@ impl Planner {
                 ))
             })?;
             graph.set_idle_timeout(node, std::time::Duration::from_nanos(idle_ns as u64));
-            if let Some(keep) = keep {
+            if let Some(keep) = read.keep {
                 let exprs = keep
                     .iter()
                     .map(|&i| Arc::new(Column::new(produced.field(i).name(), i)) as _)
@@ -570,6 +566,10 @@ impl Planner {
                     NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, schema.clone())));
                 node = self.add(graph, node, kind, Partitioning::Forward);
             }
+        }
+        if !computed.is_empty() {
+            (node, schema) =
+                self.compute_columns(table, scan, computed, &produced, node, graph, pos)?;
         }
         let updating = changes.then(|| {
             format!(
@@ -604,6 +604,160 @@ impl Planner {
                 closing: None,
             },
         })
+    }
+
+    /// The source of a table without computed columns: the scan's columns,
+    /// and the event-time column too when only its watermarks need it.
+    async fn read_columns(
+        &self,
+        spec: &flumen_connectors::TableSpec,
+        scan: &TableScan,
+        event_time: Option<&crate::planner::EventTime>,
+        graph: &mut JobGraph,
+        pos: &SourcePos,
+    ) -> Result<Read> {
+        let mut projection = scan.projection.clone();
+        let mut keep = None;
+        if let (Some(et), Some(p)) = (event_time, projection.as_mut()) {
+            let index = spec.schema.index_of(&et.column)?;
+            if !p.contains(&index) {
+                keep = Some((0..p.len()).collect::<Vec<usize>>());
+                p.push(index);
+            }
+        }
+        let (node, produced, bounded_bytes) = self
+            .add_source(spec, projection.as_deref(), graph, pos)
+            .await?;
+        let time = event_time
+            .map(|et| self.column_expr(&spec.name, &et.column, &[], &produced, pos))
+            .transpose()?;
+        Ok(Read {
+            node,
+            produced,
+            bounded_bytes,
+            time,
+            keep,
+        })
+    }
+
+    /// The source of a table with computed columns: the columns the scan
+    /// wants that are not computed, those the wanted computed ones and the
+    /// event time are computed from, in the order first needed.
+    async fn read_computed(
+        &self,
+        spec: &flumen_connectors::TableSpec,
+        scan: &TableScan,
+        computed: &[crate::planner::ComputedColumn],
+        event_time: Option<&crate::planner::EventTime>,
+        graph: &mut JobGraph,
+        pos: &SourcePos,
+    ) -> Result<Read> {
+        let full = scan.source.schema();
+        let mut physical: Vec<usize> = Vec::new();
+        let mut need = |name: &str| -> Result<()> {
+            let index = spec.schema.index_of(name)?;
+            if !physical.contains(&index) {
+                physical.push(index);
+            }
+            Ok(())
+        };
+        let computed_by_name = |name: &str| computed.iter().find(|c| c.name == name);
+        let mut wanted: Vec<&str> = scan_columns(scan)
+            .into_iter()
+            .map(|i| full.field(i).name().as_str())
+            .collect();
+        wanted.extend(event_time.map(|et| et.column.as_str()));
+        for name in wanted {
+            match computed_by_name(name) {
+                Some(c) => {
+                    for column in c.expr.column_refs() {
+                        need(&column.name)?;
+                    }
+                }
+                None => need(name)?,
+            }
+        }
+        let (node, produced, bounded_bytes) =
+            self.add_source(spec, Some(&physical), graph, pos).await?;
+        let time = event_time
+            .map(|et| self.column_expr(&spec.name, &et.column, computed, &produced, pos))
+            .transpose()?;
+        Ok(Read {
+            node,
+            produced,
+            bounded_bytes,
+            time,
+            keep: None,
+        })
+    }
+
+    /// A source node reading `projection` of `spec`'s columns: the node,
+    /// the columns it produces, and the bytes of its files if bounded.
+    async fn add_source(
+        &self,
+        spec: &flumen_connectors::TableSpec,
+        projection: Option<&[usize]>,
+        graph: &mut JobGraph,
+        pos: &SourcePos,
+    ) -> Result<(NodeId, SchemaRef, Option<u64>)> {
+        let source = flumen_connectors::source_factory(spec, projection)
+            .await
+            .map_err(|e| pos.wrap(e))?;
+        let bounded_bytes = source.bounded_bytes();
+        let node = graph.add_node(NodeKind::Source(source), self.options.parallelism);
+        let produced = match projection {
+            Some(p) => Arc::new(spec.schema.project(p)?),
+            None => spec.schema.clone(),
+        };
+        Ok((node, produced, bounded_bytes))
+    }
+
+    /// Column `name` of a table with computed columns, over the columns
+    /// its source produced: a column of them, or a computed column's
+    /// expression.
+    fn column_expr(
+        &self,
+        table: &str,
+        name: &str,
+        computed: &[crate::planner::ComputedColumn],
+        produced: &SchemaRef,
+        pos: &SourcePos,
+    ) -> Result<Arc<dyn PhysicalExpr>> {
+        match computed.iter().find(|c| c.name == name) {
+            Some(c) => {
+                let df_schema = DFSchema::try_from_qualified_schema(table, produced)
+                    .map_err(|e| pos.datafusion(e))?;
+                self.ctx
+                    .state()
+                    .create_physical_expr(c.expr.clone(), &df_schema)
+                    .map_err(|e| pos.datafusion(e))
+            }
+            None => Ok(Arc::new(Column::new(name, produced.index_of(name)?))),
+        }
+    }
+
+    /// A projection after a table's source that gives the scan's columns,
+    /// computing the computed ones from the columns the source produced.
+    #[allow(clippy::too_many_arguments)]
+    fn compute_columns(
+        &self,
+        table: &str,
+        scan: &TableScan,
+        computed: &[crate::planner::ComputedColumn],
+        produced: &SchemaRef,
+        node: NodeId,
+        graph: &mut JobGraph,
+        pos: &SourcePos,
+    ) -> Result<(NodeId, SchemaRef)> {
+        let full = scan.source.schema();
+        let columns = scan_columns(scan);
+        let exprs = columns
+            .iter()
+            .map(|&i| self.column_expr(table, full.field(i).name(), computed, produced, pos))
+            .collect::<Result<Vec<_>>>()?;
+        let schema = Arc::new(full.project(&columns)?);
+        let kind = NodeKind::Operator(Arc::new(ProjectionFactory::new(exprs, schema.clone())));
+        Ok((self.add(graph, node, kind, Partitioning::Forward), schema))
     }
 
     /// Appends computed key columns to a stream so that a hash exchange and
@@ -1021,6 +1175,20 @@ impl Planner {
         })
     }
 
+    /// Whether column `c` of `plan` is processing time: computed by
+    /// `proctime()` in the query or in its table's computed column.
+    pub(super) fn is_processing_time(&self, plan: &LogicalPlan, c: &LogicalColumn) -> bool {
+        is_proctime(plan, c)
+            || trace_column(plan, c).is_some_and(|(table, column)| {
+                self.computed.get(&table).is_some_and(|computed| {
+                    computed.iter().any(|x| {
+                    x.name == column
+                        && matches!(&x.expr, Expr::ScalarFunction(f) if f.func.name() == "proctime")
+                })
+                })
+            })
+    }
+
     /// Whether column `c` of `plan` is, unchanged, a source's event-time column.
     pub(super) fn is_event_time(&self, plan: &LogicalPlan, c: &LogicalColumn) -> bool {
         trace_column(plan, c).is_some_and(|(table, column)| {
@@ -1029,6 +1197,27 @@ impl Planner {
                 .is_some_and(|et| et.column == column)
         })
     }
+}
+
+/// A table's source node and what it reads.
+struct Read {
+    node: NodeId,
+    /// The columns the source produces.
+    produced: SchemaRef,
+    /// The bytes of its files, for a bounded source.
+    bounded_bytes: Option<u64>,
+    /// With event time: its expression over `produced`.
+    time: Option<Arc<dyn PhysicalExpr>>,
+    /// The columns of `produced` the scan wants, when the source also
+    /// reads the event-time column for its watermarks only.
+    keep: Option<Vec<usize>>,
+}
+
+/// The indexes of the table's columns a scan produces, in its order.
+fn scan_columns(scan: &TableScan) -> Vec<usize> {
+    scan.projection
+        .clone()
+        .unwrap_or_else(|| (0..scan.source.schema().fields().len()).collect())
 }
 
 /// `lo <= hi` (or `<`) between two columns, in either spelling.
@@ -1223,7 +1412,7 @@ pub(super) fn session_column(key: &Expr, plan: &LogicalPlan) -> Option<SessionCo
 }
 
 /// Whether column `c` of `plan` is computed by `proctime()` (processing time).
-pub(super) fn is_proctime(plan: &LogicalPlan, c: &LogicalColumn) -> bool {
+fn is_proctime(plan: &LogicalPlan, c: &LogicalColumn) -> bool {
     matches!(
         defining_expr(plan, c),
         Some((Expr::ScalarFunction(f), false, _)) if f.func.name() == "proctime"

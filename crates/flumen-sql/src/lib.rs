@@ -7,6 +7,7 @@
 
 mod case_lookup;
 mod catalog;
+mod date_format;
 mod errors;
 mod planner;
 mod regexp_extract;

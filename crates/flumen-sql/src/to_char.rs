@@ -17,7 +17,9 @@ use chrono::format::{Fixed, Item, Numeric, StrftimeItems};
 use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature};
 
-/// DataFusion's `to_char`, with the fast path in front.
+/// DataFusion's `to_char`, with the fast path in front. DataFusion's alias
+/// `date_format` is not taken: that name is Flink's function, with Java's
+/// patterns (`date_format.rs`).
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct ToChar {
     inner: datafusion::functions::datetime::to_char::ToCharFunc,
@@ -117,10 +119,6 @@ fn format_all<T: ArrowTimestampType>(
 impl ScalarUDFImpl for ToChar {
     fn name(&self) -> &str {
         self.inner.name()
-    }
-
-    fn aliases(&self) -> &[String] {
-        self.inner.aliases()
     }
 
     fn signature(&self) -> &Signature {

@@ -24,6 +24,7 @@ pub fn udfs() -> Vec<ScalarUDF> {
         ScalarUDF::new_from_impl(ToTimestampLtz::new()),
         ScalarUDF::new_from_impl(crate::regexp_extract::RegexpExtract::new()),
         ScalarUDF::new_from_impl(crate::to_char::ToChar::new()),
+        ScalarUDF::new_from_impl(crate::date_format::DateFormat::new()),
     ]
 }
 

@@ -9,6 +9,7 @@ mod case_lookup;
 mod catalog;
 mod date_format;
 mod errors;
+mod group_windows;
 mod planner;
 mod regexp_extract;
 mod repeated_names;

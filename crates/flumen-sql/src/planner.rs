@@ -250,6 +250,7 @@ impl Planner {
             (self.tables.contains_key(&name) && !self.computed.contains_key(&name))
                 .then(|| self.event_times.get(&name).map(|e| e.column.clone()))
         };
+        crate::group_windows::rewrite_group_windows(&mut statement).map_err(|e| pos.error(e))?;
         crate::tvf::expand_window_tvfs(&mut statement, &event_time_of).map_err(|e| pos.error(e))?;
         crate::repeated_names::alias_repeats(&mut statement);
         let written = statement.clone();

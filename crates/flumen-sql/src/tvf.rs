@@ -347,13 +347,14 @@ pub(crate) fn expand_window_tvfs(
     }
 }
 
-/// `sql` (one statement) with its window table functions replaced by the
-/// subqueries they stand for: how DataFusion's batch engine computes the
+/// `sql` (one statement) with its window table functions (and Flink's group
+/// window functions) replaced by the subqueries they stand for: how DataFusion's batch engine computes the
 /// same windows (the tests' oracle).
 pub fn expand_window_functions(sql: &str) -> Result<String, String> {
     let sql = crate::script::strip_table_arguments(sql);
     let mut statements = Parser::parse_sql(&GenericDialect {}, &sql).map_err(|e| e.to_string())?;
     for s in &mut statements {
+        crate::group_windows::rewrite_group_windows(s)?;
         expand_window_tvfs(s, &|_| None)?;
     }
     Ok(statements

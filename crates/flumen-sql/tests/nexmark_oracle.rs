@@ -652,6 +652,36 @@ FROM TABLE(SESSION(TABLE bid PARTITION BY auction, DESCRIPTOR(date_time), INTERV
 GROUP BY auction, window_start, window_end;
 ";
 
+/// The same windows as Flink's group window functions: `GROUP BY
+/// TUMBLE(…)` with `TUMBLE_START`/`TUMBLE_END`, a table alias, and a
+/// session kept by the other GROUP BY key.
+const FLINK_GROUP_WINDOWS: &str = "
+CREATE TABLE group_window_out (
+    kind VARCHAR, auction BIGINT, window_start TIMESTAMP(3), window_end TIMESTAMP(3),
+    bids BIGINT, highest BIGINT
+) WITH (connector = 'blackhole');
+INSERT INTO group_window_out
+SELECT 'tumble', auction, TUMBLE_START(date_time, INTERVAL '10' SECOND),
+       TUMBLE_END(date_time, INTERVAL '10' SECOND), count(*), max(price)
+FROM bid
+GROUP BY auction, TUMBLE(date_time, INTERVAL '10' SECOND)
+UNION ALL
+SELECT 'hop', B.auction, HOP_START(B.date_time, INTERVAL '5' SECOND, INTERVAL '15' SECOND),
+       HOP_END(B.date_time, INTERVAL '5' SECOND, INTERVAL '15' SECOND), count(*), max(B.price)
+FROM bid AS B
+GROUP BY HOP(B.date_time, INTERVAL '5' SECOND, INTERVAL '15' SECOND), B.auction
+UNION ALL
+SELECT 'session', auction, SESSION_START(date_time, INTERVAL '3' SECOND),
+       SESSION_END(date_time, INTERVAL '3' SECOND), count(*), max(price)
+FROM bid
+GROUP BY auction, SESSION(date_time, INTERVAL '3' SECOND);
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flinks_group_windows_match_batch() {
+    check_sql("Flink's group windows", FLINK_GROUP_WINDOWS, None).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flinks_window_function_spelling_matches_batch() {
     check_sql("Flink's window functions", FLINK_WINDOW_FUNCTIONS, None).await;

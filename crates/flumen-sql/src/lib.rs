@@ -10,6 +10,7 @@ mod catalog;
 mod date_format;
 mod errors;
 mod group_windows;
+mod if_function;
 mod planner;
 mod regexp_extract;
 mod repeated_names;

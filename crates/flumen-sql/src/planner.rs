@@ -186,6 +186,7 @@ impl Planner {
         let (sql, mut lookups) = script::strip_system_time(&sql)
             .map_err(|e| FlumenError::plan(format!("{file}:{e}")))?;
         let sql = script::strip_table_arguments(&sql);
+        let sql = script::strip_statement_sets(&sql);
         let sql = script::timestamp_ltz_as_timestamp(&sql);
         let (sql, mut computed) =
             script::strip_computed(&sql).map_err(|e| FlumenError::plan(format!("{file}:{e}")))?;
@@ -253,6 +254,7 @@ impl Planner {
         crate::group_windows::rewrite_group_windows(&mut statement).map_err(|e| pos.error(e))?;
         crate::tvf::expand_window_tvfs(&mut statement, &event_time_of).map_err(|e| pos.error(e))?;
         crate::repeated_names::alias_repeats(&mut statement);
+        crate::if_function::rewrite_if(&mut statement).map_err(|e| pos.error(e))?;
         let written = statement.clone();
         self.ctx
             .state()

@@ -256,6 +256,54 @@ pub(crate) fn strip_system_time(sql: &str) -> Result<(String, Vec<SystemTimeClau
     Ok((stripped, clauses))
 }
 
+/// Flink's statement sets, `EXECUTE STATEMENT SET BEGIN INSERT …; INSERT
+/// …; END;` and the SQL client's `BEGIN STATEMENT SET; … END;`, group
+/// INSERTs into one job, as every INSERT of a flumen script already is:
+/// their keywords are blanked, keeping positions. The `END` is the first
+/// that starts a statement after the `BEGIN`.
+pub(crate) fn strip_statement_sets(sql: &str) -> String {
+    let bytes = sql.as_bytes();
+    let mut out = bytes.to_vec();
+    let mut i = 0;
+    let mut open = false;
+    // Whether `i` is where a statement may start: only spaces and comments
+    // since the last semicolon.
+    let mut statement_start = true;
+    while i < bytes.len() {
+        if let Some(next) = past_text_or_comment(bytes, i) {
+            statement_start &= bytes[i] == b'-';
+            i = next;
+            continue;
+        }
+        let begin = ["execute", "begin"]
+            .into_iter()
+            .filter(|_| statement_start && !open)
+            .find_map(|first| match first {
+                "execute" => after_words(bytes, i, &["execute", "statement", "set", "begin"]),
+                _ => after_words(bytes, i, &["begin", "statement", "set"]),
+            });
+        if let Some(end) = begin {
+            blank(&mut out, i, end);
+            open = true;
+            i = end;
+            continue;
+        }
+        if open && statement_start && starts_keyword(bytes, i, "end") {
+            blank(&mut out, i, i + 3);
+            open = false;
+            i += 3;
+            continue;
+        }
+        match bytes[i] {
+            b';' => statement_start = true,
+            b if b.is_ascii_whitespace() => {}
+            _ => statement_start = false,
+        }
+        i += 1;
+    }
+    String::from_utf8(out).expect("only ASCII bytes were replaced")
+}
+
 /// Flink's `TIMESTAMP_LTZ(p)`, an instant shown in the session's time
 /// zone, becomes `TIMESTAMP    (p)` (its `_LTZ` blanked, keeping positions):
 /// flumen's time zone is UTC, where the two read and compute alike.
@@ -812,6 +860,22 @@ fn parse_clause(text: &str) -> Option<WatermarkClause> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statement_sets_leave_their_inserts() {
+        let sql = "-- job\nEXECUTE STATEMENT SET\nBEGIN\n  INSERT INTO a SELECT CASE WHEN x THEN 1 END FROM t;\n  INSERT INTO b SELECT 'END' FROM t;\nEND;\nSELECT 1;";
+        assert_eq!(
+            strip_statement_sets(sql),
+            "-- job\n                     \n     \n  INSERT INTO a SELECT CASE WHEN x THEN 1 END FROM t;\n  INSERT INTO b SELECT 'END' FROM t;\n   ;\nSELECT 1;"
+        );
+        let sql = "begin statement set;\nINSERT INTO a SELECT 1;\nend;";
+        assert_eq!(
+            strip_statement_sets(sql),
+            "                   ;\nINSERT INTO a SELECT 1;\n   ;"
+        );
+        let plain = "SELECT a AS begin_x FROM t; SELECT end FROM t";
+        assert_eq!(strip_statement_sets(plain), plain);
+    }
 
     #[test]
     fn timestamp_ltz_is_read_as_timestamp_in_types_only() {

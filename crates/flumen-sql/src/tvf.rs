@@ -355,6 +355,7 @@ pub fn expand_window_functions(sql: &str) -> Result<String, String> {
     let mut statements = Parser::parse_sql(&GenericDialect {}, &sql).map_err(|e| e.to_string())?;
     for s in &mut statements {
         crate::group_windows::rewrite_group_windows(s)?;
+        crate::if_function::rewrite_if(s)?;
         expand_window_tvfs(s, &|_| None)?;
     }
     Ok(statements

@@ -283,7 +283,10 @@ impl Planner {
             return Err(at.error("METADATA belongs to a column of a CREATE TABLE"));
         }
         match statement {
-            Statement::CreateTable(ct) => {
+            Statement::CreateTable(mut ct) => {
+                // Every table lives as long as the job, so Flink's
+                // TEMPORARY changes nothing.
+                ct.temporary = false;
                 if ct.query.is_some() {
                     return Err(pos.error("CREATE TABLE … AS SELECT is not supported; declare the table, then INSERT INTO it"));
                 }
@@ -349,8 +352,9 @@ impl Planner {
                 }
                 self.tables.insert(name, spec);
             }
-            Statement::CreateView(_) => {
-                let plan = self.plan(statement, pos).await?;
+            Statement::CreateView(mut view) => {
+                view.temporary = false;
+                let plan = self.plan(Statement::CreateView(view), pos).await?;
                 self.ctx
                     .execute_logical_plan(plan)
                     .await

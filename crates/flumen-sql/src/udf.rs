@@ -1,8 +1,9 @@
 //! Scalar functions flumen adds to DataFusion's: `count_char(text, ch)`
 //! counts the occurrences of one character (Nexmark q14's user function, and
 //! the example of how to register a Rust UDF); `to_timestamp_ltz(n, p)`
-//! reads epoch seconds or milliseconds as a timestamp (Flink's function of
-//! that name); `regexp_extract` and the faster `to_char` are in modules of
+//! reads epoch seconds or milliseconds as a timestamp and
+//! `split_index(text, delimiter, i)` takes the `i`-th part of a text
+//! (Flink's functions of those names); `regexp_extract` and the faster `to_char` are in modules of
 //! their own.
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ pub fn udfs() -> Vec<ScalarUDF> {
         ScalarUDF::new_from_impl(Cumulate::new()),
         ScalarUDF::new_from_impl(ProcTime::new()),
         ScalarUDF::new_from_impl(ToTimestampLtz::new()),
+        ScalarUDF::new_from_impl(SplitIndex::new()),
         ScalarUDF::new_from_impl(crate::regexp_extract::RegexpExtract::new()),
         ScalarUDF::new_from_impl(crate::to_char::ToChar::new()),
         ScalarUDF::new_from_impl(crate::date_format::DateFormat::new()),
@@ -142,6 +144,72 @@ impl ScalarUDFImpl for ToTimestampLtz {
             millis.unary(|n| n.saturating_mul(per_unit))
         };
         Ok(ColumnarValue::Array(Arc::new(millis)))
+    }
+}
+
+/// `split_index(text, delimiter, i) -> VARCHAR`: the `i`-th (from 0) of
+/// the parts `delimiter` splits `text` into, empty parts kept; null when
+/// `i` is negative or past the last part, the delimiter is empty or an
+/// argument is null, as Flink's `SPLIT_INDEX`. (DataFusion's `split_part`
+/// counts from 1 and gives '' past the end.)
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SplitIndex {
+    signature: Signature,
+}
+
+impl SplitIndex {
+    fn new() -> Self {
+        SplitIndex {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for SplitIndex {
+    fn name(&self) -> &str {
+        "split_index"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, args: &[DataType]) -> Result<Vec<DataType>> {
+        let text = |t: &DataType| {
+            t.is_null() || matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+        };
+        match args {
+            [t, d, i] if text(t) && text(d) && (i.is_integer() || i.is_null()) => {
+                Ok(vec![DataType::Utf8, DataType::Utf8, DataType::Int64])
+            }
+            _ => exec_err!("split_index(text, delimiter, index) takes two texts and an integer"),
+        }
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let [text, delimiter, index] = arrays.as_slice() else {
+            return exec_err!("split_index takes three arguments");
+        };
+        let text = arrow::compute::cast(text, &DataType::Utf8)?;
+        let delimiter = arrow::compute::cast(delimiter, &DataType::Utf8)?;
+        let index = arrow::compute::cast(index, &DataType::Int64)?;
+        let (text, delimiter) = (text.as_string::<i32>(), delimiter.as_string::<i32>());
+        let index = index.as_primitive::<arrow::datatypes::Int64Type>();
+        let mut out = arrow::array::StringBuilder::with_capacity(rows, rows * 8);
+        for row in 0..rows {
+            let part = (!text.is_null(row) && !delimiter.is_null(row) && !index.is_null(row))
+                .then(|| (text.value(row), delimiter.value(row), index.value(row)))
+                .filter(|&(_, d, i)| !d.is_empty() && i >= 0)
+                .and_then(|(t, d, i)| t.split(d).nth(i as usize));
+            out.append_option(part);
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
     }
 }
 
@@ -416,6 +484,43 @@ mod tests {
             err.to_string().contains("takes an integer and 0 or 3"),
             "{err}"
         );
+    }
+
+    /// Flink's SPLIT_INDEX: parts from 0, empty parts kept, null past the
+    /// end, for a negative index, an empty delimiter or a null argument.
+    #[tokio::test]
+    async fn split_index_takes_the_part_flink_takes() {
+        let ctx = crate::session();
+        let sql = "SELECT split_index(t, d, i) AS p FROM (VALUES \
+                   ('a,b,,c', ',', 0, 1), ('a,b,,c', ',', 2, 2), ('a,b,,c', ',', 3, 3), \
+                   ('a,b,,c', ',', 4, 4), ('a,b', ',', -1, 5), ('a<>b', '<>', 1, 6), \
+                   ('ab', '', 0, 7), (CAST(NULL AS VARCHAR), ',', 0, 8), ('x', ',', 0, 9)) \
+                   AS v(t, d, i, n) ORDER BY n";
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let parts: Vec<Option<String>> = batches
+            .iter()
+            .flat_map(|b| {
+                let column = b.column(0).as_string::<i32>().clone();
+                (0..column.len())
+                    .map(move |i| column.is_valid(i).then(|| column.value(i).to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let expected = [
+            Some("a"),
+            Some(""),
+            Some("c"),
+            None,
+            None,
+            Some("b"),
+            None,
+            None,
+            Some("x"),
+        ];
+        assert_eq!(parts, expected.map(|p| p.map(String::from)).to_vec());
+        let sql = "SELECT split_index('a,b', ',', 1)";
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        assert_eq!(batches[0].column(0).as_string::<i32>().value(0), "b");
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod script;
 mod shared_regex;
 mod text_memo;
 mod time_shift;
+mod timestamp_units;
 mod to_char;
 mod tvf;
 mod udf;

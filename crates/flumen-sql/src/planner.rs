@@ -255,6 +255,7 @@ impl Planner {
         crate::tvf::expand_window_tvfs(&mut statement, &event_time_of).map_err(|e| pos.error(e))?;
         crate::repeated_names::alias_repeats(&mut statement);
         crate::if_function::rewrite_if(&mut statement).map_err(|e| pos.error(e))?;
+        crate::timestamp_units::quote_units(&mut statement);
         let written = statement.clone();
         self.ctx
             .state()

@@ -356,6 +356,7 @@ pub fn expand_window_functions(sql: &str) -> Result<String, String> {
     for s in &mut statements {
         crate::group_windows::rewrite_group_windows(s)?;
         crate::if_function::rewrite_if(s)?;
+        crate::timestamp_units::quote_units(s);
         expand_window_tvfs(s, &|_| None)?;
     }
     Ok(statements

@@ -24,6 +24,8 @@ pub fn udfs() -> Vec<ScalarUDF> {
         ScalarUDF::new_from_impl(ProcTime::new()),
         ScalarUDF::new_from_impl(ToTimestampLtz::new()),
         ScalarUDF::new_from_impl(SplitIndex::new()),
+        ScalarUDF::new_from_impl(crate::timestamp_units::TimestampDiff::new()),
+        ScalarUDF::new_from_impl(crate::timestamp_units::TimestampAdd::new()),
         ScalarUDF::new_from_impl(crate::regexp_extract::RegexpExtract::new()),
         ScalarUDF::new_from_impl(crate::to_char::ToChar::new()),
         ScalarUDF::new_from_impl(crate::date_format::DateFormat::new()),

@@ -12,8 +12,8 @@
 //! SELECT list and HAVING. Before planning, such a query is rewritten, in
 //! the parsed statement, into the window table function over its one table
 //! (`FROM tumble(bid, descriptor(date_time), INTERVAL '10' SECOND) AS bid
-//! … GROUP BY bidder, window_start, window_end`; a session's other keys
-//! become its partition), which `tvf` then expands.
+//! … GROUP BY bidder, window_start, window_end`; a session's other keys,
+//! if any, become its partition), which `tvf` then expands.
 
 use std::ops::ControlFlow;
 
@@ -136,13 +136,10 @@ fn rewrite_select(select: &mut Select) -> Result<(), String> {
             .ok_or(
                 "SESSION in GROUP BY partitions by the other GROUP BY keys, which must be columns",
             )?;
-        if names.is_empty() {
-            return Err(
-                "SESSION in GROUP BY needs another GROUP BY key to keep sessions by (GROUP BY user, SESSION(…))"
-                    .to_string(),
-            );
+        match names.is_empty() {
+            true => String::new(),
+            false => format!(", descriptor({})", names.join(", ")),
         }
-        format!(", descriptor({})", names.join(", "))
     } else {
         String::new()
     };
@@ -321,6 +318,12 @@ mod tests {
                  GROUP BY B.bidder, window_start, window_end"
             ))
         );
+        assert_eq!(
+            rewritten("SELECT count(*) FROM t GROUP BY SESSION(ts, INTERVAL '1' SECOND)"),
+            Ok(parsed(
+                "SELECT count(*) FROM session(t, descriptor(ts), INTERVAL '1' SECOND) AS t GROUP BY window_start, window_end"
+            ))
+        );
         let plain = "SELECT a, count(*) FROM t GROUP BY a";
         assert_eq!(rewritten(plain), Ok(parsed(plain)));
     }
@@ -335,10 +338,6 @@ mod tests {
             (
                 "SELECT count(*) FROM t GROUP BY TUMBLE(ts)",
                 "TUMBLE in GROUP BY takes TUMBLE(<time column>, INTERVAL '<size>')",
-            ),
-            (
-                "SELECT count(*) FROM t GROUP BY SESSION(ts, INTERVAL '1' SECOND)",
-                "SESSION in GROUP BY needs another GROUP BY key",
             ),
             (
                 "SELECT HOP_START(ts, INTERVAL '1' SECOND, INTERVAL '2' SECOND) FROM t GROUP BY TUMBLE(ts, INTERVAL '1' SECOND)",

@@ -52,7 +52,9 @@ fn usage(function: &str) -> &'static str {
         "cumulate" => {
             "cumulate(<table>, descriptor(<time column>), INTERVAL '<step>', INTERVAL '<size>')"
         }
-        _ => "session(<table>, descriptor(<time column>), INTERVAL '<gap>', descriptor(<key>, …))",
+        _ => {
+            "session(<table>, descriptor(<time column>), INTERVAL '<gap>'[, descriptor(<key>, …)])"
+        }
     }
 }
 
@@ -181,7 +183,7 @@ fn window_args<'a>(function: &str, args: &'a [FunctionArg]) -> Result<Vec<&'a as
             .collect::<Option<Vec<_>>>()
             .ok_or_else(bad)?;
         match unnamed[..] {
-            [] if function != "session" => {}
+            [] => {}
             [keys] if function == "session" && is_descriptor(keys) => exprs.push(keys),
             _ => return Err(bad()),
         }
@@ -194,6 +196,8 @@ fn window_args<'a>(function: &str, args: &'a [FunctionArg]) -> Result<Vec<&'a as
             Ok(vec![table, time, gap, keys])
         }
         _ if unnamed.len() == if function == "tumble" { 3 } else { 4 } => Ok(unnamed),
+        // A session without keys: one session stream for all rows.
+        [_, _, _] if function == "session" => Ok(unnamed),
         _ => Err(bad()),
     }
 }
@@ -271,14 +275,27 @@ fn expansion(
             )
         }
         _ => {
-            let keys: Vec<String> = descriptor(exprs[3])
-                .ok_or_else(bad)?
-                .iter()
-                .map(|k| quoted(k))
-                .collect();
+            let keys: Vec<String> = match exprs.get(3) {
+                Some(keys) => descriptor(keys)
+                    .ok_or_else(bad)?
+                    .iter()
+                    .map(|k| quoted(k))
+                    .collect(),
+                None => Vec::new(),
+            };
             let gap_ns = step;
-            let by_key = format!("PARTITION BY {}", keys.join(", "));
-            let session = format!("PARTITION BY {}, __flumen_session_id", keys.join(", "));
+            let by_key = match keys.is_empty() {
+                true => String::new(),
+                false => format!("PARTITION BY {}", keys.join(", ")),
+            };
+            let session = format!(
+                "PARTITION BY {}",
+                keys.iter()
+                    .map(String::as_str)
+                    .chain(["__flumen_session_id"])
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
             format!(
                 "SELECT * EXCLUDE (__flumen_session_new, __flumen_session_id) FROM (\
                  SELECT *, min({ts}) OVER ({session}) AS window_start, max({ts}) OVER ({session}) + {a} AS window_end \
@@ -478,6 +495,10 @@ mod tests {
             "TABLE(SESSION(DATA => TABLE bid PARTITION BY auction, TIMECOL => DESCRIPTOR(date_time), GAP => INTERVAL '3' SECOND))",
             "session(bid, descriptor(date_time), INTERVAL '3' SECOND, descriptor(auction))",
         );
+        same(
+            "TABLE(SESSION(TABLE bid, DESCRIPTOR(date_time), INTERVAL '3' SECOND))",
+            "session(bid, descriptor(date_time), INTERVAL '3' SECOND)",
+        );
         let err = |sql: &str| expand_window_functions(&format!("SELECT * FROM {sql}")).unwrap_err();
         for (sql, error) in [
             (
@@ -491,10 +512,6 @@ mod tests {
             (
                 "TABLE(TUMBLE(DATA => TABLE bid, TIMECOL => DESCRIPTOR(date_time)))",
                 "tumble takes tumble(<table>",
-            ),
-            (
-                "TABLE(SESSION(TABLE bid, DESCRIPTOR(date_time), INTERVAL '3' SECOND))",
-                "session takes session(<table>",
             ),
         ] {
             let e = err(sql);

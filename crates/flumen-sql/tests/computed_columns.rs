@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
-use common::{assert_same_rows, read_parquet_rows, rows, run_scripts};
+use common::{read_parquet_rows, rows, run_scripts};
 use datafusion::prelude::ParquetReadOptions;
 use parquet::arrow::ArrowWriter;
 
@@ -93,24 +93,14 @@ async fn queries_over_computed_columns_match_batch() {
         let batch = ctx.sql(&batch_sql).await.unwrap().collect().await.unwrap();
         let expected = rows(&batch);
         assert!(!expected.is_empty(), "{what}: the batch result has rows");
-        for parallelism in [1, 2, 4] {
-            let out = tempfile::tempdir().unwrap();
-            let sql = format!(
+        let sql = |out: &std::path::Path| {
+            format!(
                 "{}CREATE TABLE out ({columns}) WITH (connector = 'filesystem', path = '{}', format = 'parquet');\nINSERT INTO out {query};",
                 table(&input),
-                out.path().display()
-            );
-            let metrics = run_scripts(&[("job.sql", &sql)], parallelism, &[])
-                .await
-                .unwrap_or_else(|e| panic!("{what} at parallelism {parallelism}: {e}"));
-            assert_eq!(metrics.late_rows_dropped(), 0, "{what}: no row is late");
-            let actual = read_parquet_rows(out.path()).await;
-            assert_same_rows(
-                &format!("{what} at parallelism {parallelism}"),
-                &actual,
-                &expected,
-            );
-        }
+                out.display()
+            )
+        };
+        common::assert_streams_equal(what, sql, &expected).await;
     }
 }
 

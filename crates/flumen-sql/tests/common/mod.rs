@@ -169,3 +169,22 @@ pub fn assert_same_rows(what: &str, streaming: &[String], batch: &[String]) {
         batch.get(first_diff)
     );
 }
+
+/// Runs the script `sql(out)` (whose sink writes Parquet files to `out`)
+/// at parallelism 1, 2 and 4; each run must drop no late row and write
+/// exactly the rows `expected`.
+pub async fn assert_streams_equal(what: &str, sql: impl Fn(&Path) -> String, expected: &[String]) {
+    for parallelism in [1, 2, 4] {
+        let out = tempfile::tempdir().unwrap();
+        let metrics = run_scripts(&[("job.sql", &sql(out.path()))], parallelism, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{what} at parallelism {parallelism}: {e}"));
+        assert_eq!(metrics.late_rows_dropped(), 0, "{what}: no row is late");
+        let actual = read_parquet_rows(out.path()).await;
+        assert_same_rows(
+            &format!("{what} at parallelism {parallelism}"),
+            &actual,
+            expected,
+        );
+    }
+}

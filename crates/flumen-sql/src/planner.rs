@@ -179,6 +179,12 @@ impl Planner {
     /// Runs the statements of one script: DDL takes effect now, queries are
     /// kept for [`Planner::build`]. `file` names the script in errors.
     pub async fn add_script(&mut self, file: &str, sql: &str) -> Result<()> {
+        if let Some((line, column)) = script::first_hint(sql) {
+            return Err(FlumenError::plan(format!(
+                "{file}:{line}:{column}: hints (/*+ … */) are not supported yet: \
+                 give a table's options in its CREATE TABLE, or with --set KEY=VALUE"
+            )));
+        }
         let (sql, mut watermarks) =
             script::strip_watermarks(sql).map_err(|e| FlumenError::plan(format!("{file}:{e}")))?;
         let (sql, mut metadata) =

@@ -256,6 +256,25 @@ pub(crate) fn strip_system_time(sql: &str) -> Result<(String, Vec<SystemTimeClau
     Ok((stripped, clauses))
 }
 
+/// Where the first hint comment (`/*+ … */`, Flink's `OPTIONS(…)` for one
+/// query's table) starts, if there is one: sqlparser takes it for a
+/// comment, so its options would be dropped without a word.
+pub(crate) fn first_hint(sql: &str) -> Option<(u64, u64)> {
+    let bytes = sql.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(next) = past_text_or_comment(bytes, i) {
+            i = next;
+            continue;
+        }
+        if bytes[i..].starts_with(b"/*+") {
+            return Some(line_col(sql, i));
+        }
+        i += 1;
+    }
+    None
+}
+
 /// Flink's statement sets, `EXECUTE STATEMENT SET BEGIN INSERT …; INSERT
 /// …; END;` and the SQL client's `BEGIN STATEMENT SET; … END;`, group
 /// INSERTs into one job, as every INSERT of a flumen script already is:
@@ -860,6 +879,17 @@ fn parse_clause(text: &str) -> Option<WatermarkClause> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hints_are_found_outside_text_and_line_comments() {
+        assert_eq!(
+            first_hint(
+                "SELECT '/*+ x */' -- /*+ y */\nFROM t /* plain */ JOIN u\n  /*+ OPTIONS('a' = 'b') */"
+            ),
+            Some((3, 3))
+        );
+        assert_eq!(first_hint("SELECT 1 /* plain */"), None);
+    }
 
     #[test]
     fn statement_sets_leave_their_inserts() {

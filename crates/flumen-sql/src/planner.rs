@@ -529,7 +529,6 @@ impl Planner {
         }
     }
 
-    /// Checks a table's `WATERMARK FOR` clause and plans its expression.
     /// The columns of `spec`'s table with its computed columns in their
     /// declared places, and the computed columns planned over the others
     /// (which may be metadata columns, not other computed ones, as in
@@ -584,6 +583,7 @@ impl Planner {
         Ok((Arc::new(arrow::datatypes::Schema::new(fields)), columns))
     }
 
+    /// Checks a table's `WATERMARK FOR` clause and plans its expression.
     fn event_time(
         &self,
         table: &str,

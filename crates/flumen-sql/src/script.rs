@@ -556,7 +556,6 @@ pub(crate) struct ComputedClause {
 /// beside it) of the column lists of `CREATE TABLE` statements, keeping
 /// positions, and returns them.
 pub(crate) fn strip_computed(sql: &str) -> Result<(String, Vec<ComputedClause>)> {
-    const CONSTRAINTS: [&str; 6] = ["primary", "constraint", "unique", "foreign", "check", "key"];
     let bytes = sql.as_bytes();
     let mut out = bytes.to_vec();
     let mut clauses = Vec::new();
@@ -565,7 +564,7 @@ pub(crate) fn strip_computed(sql: &str) -> Result<(String, Vec<ComputedClause>)>
         let mut columns = 0;
         for (k, &(start, end)) in definitions.iter().enumerate() {
             let name = skip_space(bytes, start);
-            if name >= end || CONSTRAINTS.iter().any(|c| starts_keyword(bytes, name, c)) {
+            if name >= end || is_constraint(bytes, name) {
                 continue;
             }
             let name_end = name_end(bytes, name);
@@ -600,6 +599,22 @@ pub(crate) fn strip_computed(sql: &str) -> Result<(String, Vec<ComputedClause>)>
     }
     let stripped = String::from_utf8(out).expect("only ASCII bytes were replaced by spaces");
     Ok((stripped, clauses))
+}
+
+/// Whether the definition at `at` of a column list is a table constraint
+/// (`PRIMARY KEY (…)`, `CONSTRAINT name …`, `UNIQUE (…)`, `FOREIGN KEY
+/// (…)`, `CHECK (…)`), not a column: by the words constraints start with,
+/// so that a column called `key` or `unique_id` still counts as a column.
+fn is_constraint(bytes: &[u8], at: usize) -> bool {
+    let opens = |word: &str| {
+        starts_keyword(bytes, at, word)
+            && bytes.get(skip_space(bytes, at + word.len())) == Some(&b'(')
+    };
+    after_words(bytes, at, &["primary", "key"]).is_some()
+        || after_words(bytes, at, &["foreign", "key"]).is_some()
+        || starts_keyword(bytes, at, "constraint")
+        || opens("unique")
+        || opens("check")
 }
 
 /// A name as SQL resolves it: a quoted one as written, others in lower case.
@@ -948,6 +963,11 @@ mod tests {
                 },
             ]
         );
+        // A column called `key` is a column, not a constraint.
+        let (_, clauses) =
+            strip_computed("CREATE TABLE t (key VARCHAR, unique_id BIGINT, k AS upper(key), CONSTRAINT c UNIQUE (key))")
+                .unwrap();
+        assert_eq!(clauses[0].after, 2);
         let err = strip_computed("CREATE TABLE t (a BIGINT, b AS )").unwrap_err();
         assert!(
             err.to_string()

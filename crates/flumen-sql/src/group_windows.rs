@@ -18,11 +18,13 @@
 use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, Query, Select,
-    SetExpr, Statement, TableFactor, VisitMut, VisitorMut, visit_expressions_mut,
+    Expr, GroupByExpr, Ident, Query, Select, SetExpr, Statement, TableFactor, VisitMut, VisitorMut,
+    visit_expressions_mut,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
+
+use crate::sql_ast::call;
 
 /// The group window functions, each with the window table function it
 /// becomes and its number of arguments.
@@ -59,25 +61,6 @@ fn rewrite_body(body: &mut SetExpr) -> Result<(), String> {
     }
 }
 
-/// The function `e` calls, in lower case, with its positional arguments.
-fn call(e: &Expr) -> Option<(String, Vec<&Expr>)> {
-    let Expr::Function(f) = e else {
-        return None;
-    };
-    let FunctionArguments::List(list) = &f.args else {
-        return None;
-    };
-    let args = list
-        .args
-        .iter()
-        .map(|a| match a {
-            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
-            _ => None,
-        })
-        .collect::<Option<Vec<_>>>()?;
-    Some((f.name.to_string().to_lowercase(), args))
-}
-
 /// The window function and its arguments a GROUP BY item calls, if any.
 fn group_window(e: &Expr) -> Option<(&'static str, Vec<&Expr>)> {
     let (name, args) = call(e)?;
@@ -100,10 +83,13 @@ fn rewrite_select(select: &mut Select) -> Result<(), String> {
     let GroupByExpr::Expressions(keys, _) = &mut select.group_by else {
         return Ok(());
     };
-    let Some(at) = keys.iter().position(|k| group_window(k).is_some()) else {
+    let Some((at, (function, args))) = keys
+        .iter()
+        .enumerate()
+        .find_map(|(i, k)| group_window(k).map(|window| (i, window)))
+    else {
         return refuse_stray_helpers(select);
     };
-    let (function, args) = group_window(&keys[at]).expect("found just above");
     let arity = WINDOWS
         .iter()
         .find(|(w, _)| *w == function)

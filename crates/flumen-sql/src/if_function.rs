@@ -6,10 +6,9 @@
 use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
-use datafusion::sql::sqlparser::ast::{
-    CaseWhen, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Statement,
-    visit_expressions_mut,
-};
+use datafusion::sql::sqlparser::ast::{CaseWhen, Expr, Statement, visit_expressions_mut};
+
+use crate::sql_ast::call;
 
 /// Rewrites every `IF(c, a, b)` of `statement` as a CASE; an IF of another
 /// arity is an error saying how it is called.
@@ -21,19 +20,11 @@ pub(crate) fn rewrite_if(statement: &mut Statement) -> Result<(), String> {
         if !f.name.to_string().eq_ignore_ascii_case("if") {
             return ControlFlow::Continue(());
         }
-        let args = match &f.args {
-            FunctionArguments::List(list) => list
-                .args
-                .iter()
-                .map(|a| match a {
-                    FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
-                    _ => None,
-                })
-                .collect::<Option<Vec<_>>>(),
-            _ => None,
-        };
-        let Some([condition, then, otherwise]) = args.and_then(|a| <[Expr; 3]>::try_from(a).ok())
-        else {
+        // Named arguments, like a wrong count, get the error below.
+        let args: Vec<Expr> = call(e)
+            .map(|(_, args)| args.into_iter().cloned().collect())
+            .unwrap_or_default();
+        let Ok([condition, then, otherwise]) = <[Expr; 3]>::try_from(args) else {
             return ControlFlow::Break(format!(
                 "IF takes three arguments, IF(condition, value if true, value otherwise), not {e}"
             ));

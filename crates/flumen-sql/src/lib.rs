@@ -16,6 +16,7 @@ mod regexp_extract;
 mod repeated_names;
 mod script;
 mod shared_regex;
+mod sql_ast;
 mod text_memo;
 mod time_shift;
 mod timestamp_units;

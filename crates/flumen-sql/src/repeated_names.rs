@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::ops::ControlFlow;
 
+use crate::sql_ast::resolved_name;
 use datafusion::sql::sqlparser::ast::{
     Expr, Ident, Query, Select, SelectItem, SetExpr, Statement, VisitMut, VisitorMut,
 };
@@ -42,22 +43,18 @@ fn alias_in(body: &mut SetExpr) {
 /// qualifier (`None` when unqualified).
 fn name_of(item: &SelectItem) -> Option<(String, Option<String>)> {
     match item {
-        SelectItem::UnnamedExpr(Expr::Identifier(i)) => Some((normal(i), None)),
+        SelectItem::UnnamedExpr(Expr::Identifier(i)) => Some((resolved_name(i), None)),
         SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => {
             let (last, qualifier) = parts.split_last()?;
-            let qualifier = qualifier.iter().map(normal).collect::<Vec<_>>().join(".");
-            Some((normal(last), Some(qualifier)))
+            let qualifier = qualifier
+                .iter()
+                .map(resolved_name)
+                .collect::<Vec<_>>()
+                .join(".");
+            Some((resolved_name(last), Some(qualifier)))
         }
-        SelectItem::ExprWithAlias { alias, .. } => Some((normal(alias), None)),
+        SelectItem::ExprWithAlias { alias, .. } => Some((resolved_name(alias), None)),
         _ => None,
-    }
-}
-
-/// An identifier as SQL resolves it: unquoted ones in lower case.
-fn normal(ident: &Ident) -> String {
-    match ident.quote_style {
-        Some(_) => ident.value.clone(),
-        None => ident.value.to_lowercase(),
     }
 }
 

@@ -27,6 +27,8 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
+use crate::sql_ast::{positional, resolved_name};
+
 /// The alias the planner gives a session subquery; the streaming planner
 /// reads the session's table, time column and gap back from it.
 pub(crate) const SESSION_ALIAS_PREFIX: &str = "__flumen_session";
@@ -58,29 +60,10 @@ fn usage(function: &str) -> &'static str {
     }
 }
 
-/// The argument expressions, when every argument is a plain positional one.
-fn positional(args: &[FunctionArg]) -> Option<Vec<&ast::Expr>> {
-    args.iter()
-        .map(|a| match a {
-            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
-            _ => None,
-        })
-        .collect()
-}
-
-/// A column's or table's name as SQL resolves it: unquoted ones in lower
-/// case.
-fn column_name(i: &ast::Ident) -> String {
-    match i.quote_style {
-        Some(_) => i.value.clone(),
-        None => i.value.to_lowercase(),
-    }
-}
-
 /// Column names given as `descriptor(a, b)` or as a bare identifier.
 fn descriptor(e: &ast::Expr) -> Option<Vec<String>> {
     match e {
-        ast::Expr::Identifier(i) => Some(vec![column_name(i)]),
+        ast::Expr::Identifier(i) => Some(vec![resolved_name(i)]),
         ast::Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("descriptor") => {
             let FunctionArguments::List(list) = &f.args else {
                 return None;
@@ -88,7 +71,7 @@ fn descriptor(e: &ast::Expr) -> Option<Vec<String>> {
             positional(&list.args)?
                 .into_iter()
                 .map(|a| match a {
-                    ast::Expr::Identifier(i) => Some(column_name(i)),
+                    ast::Expr::Identifier(i) => Some(resolved_name(i)),
                     _ => None,
                 })
                 .collect()
@@ -213,10 +196,10 @@ fn expansion(
     let exprs = window_args(function, args)?;
     let table_name = exprs[0].to_string();
     let table = match exprs[0] {
-        ast::Expr::Identifier(i) => quoted(&column_name(i)),
+        ast::Expr::Identifier(i) => quoted(&resolved_name(i)),
         ast::Expr::CompoundIdentifier(parts) => parts
             .iter()
-            .map(|p| quoted(&column_name(p)))
+            .map(|p| quoted(&resolved_name(p)))
             .collect::<Vec<_>>()
             .join("."),
         _ => return Err(bad()),

@@ -128,11 +128,18 @@ impl ScalarUDFImpl for ToTimestampLtz {
         // Planned without type coercion (a computed column's expression),
         // a smaller integer arrives as it is.
         let n = args.args[0].cast_to(&DataType::Int64, None)?;
+        let out_of_range = |n: i64| {
+            DataFusionError::Execution(format!(
+                "to_timestamp_ltz: {n} seconds is past the last timestamp of milliseconds"
+            ))
+        };
         let millis = match &n {
             ColumnarValue::Scalar(ScalarValue::Int64(n)) => {
+                let millis = n
+                    .map(|n| n.checked_mul(per_unit).ok_or_else(|| out_of_range(n)))
+                    .transpose()?;
                 return Ok(ColumnarValue::Scalar(ScalarValue::TimestampMillisecond(
-                    n.map(|n| n.saturating_mul(per_unit)),
-                    None,
+                    millis, None,
                 )));
             }
             ColumnarValue::Array(a) => a.as_primitive::<arrow::datatypes::Int64Type>(),
@@ -143,7 +150,11 @@ impl ScalarUDFImpl for ToTimestampLtz {
         let millis: arrow::array::TimestampMillisecondArray = if per_unit == 1 {
             millis.reinterpret_cast()
         } else {
-            millis.unary(|n| n.saturating_mul(per_unit))
+            millis.try_unary(|n| {
+                n.checked_mul(per_unit).ok_or_else(|| {
+                    arrow::error::ArrowError::ComputeError(out_of_range(n).to_string())
+                })
+            })?
         };
         Ok(ColumnarValue::Array(Arc::new(millis)))
     }
@@ -481,6 +492,16 @@ mod tests {
                 .contains("precision must be the constant 0 (seconds) or 3 (milliseconds)"),
             "{err}"
         );
+        for sql in [
+            "SELECT to_timestamp_ltz(9223372036854775807, 0)",
+            "SELECT to_timestamp_ltz(n, 0) FROM (VALUES (1), (9223372036854776)) AS v(n)",
+        ] {
+            let err = rows(sql).await.unwrap_err();
+            assert!(
+                err.to_string().contains("past the last timestamp"),
+                "{sql}: {err}"
+            );
+        }
         let err = rows("SELECT to_timestamp_ltz('5', 3)").await.unwrap_err();
         assert!(
             err.to_string().contains("takes an integer and 0 or 3"),

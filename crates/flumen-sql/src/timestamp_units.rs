@@ -63,11 +63,12 @@ pub(crate) fn quote_units(statement: &mut Statement) {
     let _ = visit_expressions_mut(statement, quote);
 }
 
-/// The constant unit of a call, or an error naming the valid ones.
-fn unit_of(function: &str, arg: &ColumnarValue) -> Result<Unit> {
+/// The constant unit of a call, with its name, or an error naming the
+/// valid ones.
+fn unit_of<'a>(function: &str, arg: &'a ColumnarValue) -> Result<(Unit, &'a str)> {
     match arg {
         ColumnarValue::Scalar(ScalarValue::Utf8(Some(u))) => match unit(u) {
-            Some(unit) => Ok(unit),
+            Some(unit) => Ok((unit, u.as_str())),
             None => exec_err!("{function}'s unit must be {UNITS}, not {u}"),
         },
         _ => exec_err!("{function}'s unit must be a constant: {UNITS}"),
@@ -140,7 +141,7 @@ impl ScalarUDFImpl for TimestampDiff {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let unit = unit_of("TIMESTAMPDIFF", &args.args[0])?;
+        let (unit, _) = unit_of("TIMESTAMPDIFF", &args.args[0])?;
         let rows = args.number_rows;
         let (a, b) = (nanos(&args.args[1], rows)?, nanos(&args.args[2], rows)?);
         let (a, b) = (
@@ -195,7 +196,7 @@ impl ScalarUDFImpl for TimestampAdd {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let unit = unit_of("TIMESTAMPADD", &args.args[0])?;
+        let (unit, name) = unit_of("TIMESTAMPADD", &args.args[0])?;
         let rows = args.number_rows;
         let n = arrow::compute::cast(&args.args[1].to_array(rows)?, &DataType::Int64)?;
         let n = n.as_primitive::<arrow::datatypes::Int64Type>();
@@ -231,7 +232,7 @@ impl ScalarUDFImpl for TimestampAdd {
                 Some(v) => out.append_value(v),
                 None => {
                     return exec_err!(
-                        "TIMESTAMPADD: {n} {unit:?} from {} is out of range",
+                        "TIMESTAMPADD: {n} {name} from {} is out of range",
                         datetime(t)
                     );
                 }
@@ -324,6 +325,14 @@ mod tests {
             let text = add(unit, n, t).await.unwrap();
             assert!(text.contains(expected), "{unit} {n} {t}: {text}");
         }
+        let err = add("YEAR", 400_000, "2026-01-01 00:00:00")
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("TIMESTAMPADD: 400000 YEAR from 2026-01-01 00:00:00 is out of range"),
+            "{err}"
+        );
         let err = diff("FORTNIGHT", "2026-01-01 00:00:00", "2026-01-02 00:00:00")
             .await
             .unwrap_err();

@@ -619,10 +619,12 @@ fn is_constraint(bytes: &[u8], at: usize) -> bool {
 
 /// A name as SQL resolves it: a quoted one as written, others in lower case.
 fn identifier(text: &str) -> String {
-    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-        Some(quoted) => quoted.replace("\"\"", "\""),
-        None => text.to_lowercase(),
+    for quote in ['"', '`'] {
+        if let Some(quoted) = text.strip_prefix(quote).and_then(|t| t.strip_suffix(quote)) {
+            return quoted.replace(&format!("{quote}{quote}"), &quote.to_string());
+        }
     }
+    text.to_lowercase()
 }
 
 /// A `METADATA [FROM 'key'] [VIRTUAL]` column clause taken out of a
@@ -968,6 +970,10 @@ mod tests {
             strip_computed("CREATE TABLE t (key VARCHAR, unique_id BIGINT, k AS upper(key), CONSTRAINT c UNIQUE (key))")
                 .unwrap();
         assert_eq!(clauses[0].after, 2);
+        // Backticks quote as double quotes do (Flink writes them).
+        let (_, clauses) =
+            strip_computed("CREATE TABLE t (a BIGINT, `Proc` AS PROCTIME())").unwrap();
+        assert_eq!(clauses[0].name, "Proc");
         let err = strip_computed("CREATE TABLE t (a BIGINT, b AS )").unwrap_err();
         assert!(
             err.to_string()
